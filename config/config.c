@@ -1,0 +1,2 @@
+/* config/config.c */
+typedef int gale_placeholder_config;

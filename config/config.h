@@ -1,0 +1,90 @@
+/* config/config.h: Gale's configuration.
+ * Precedence: --set flag > environment GALE_<SECTION>_<KEY> > --config file > default.
+ * Every key lives in one table in config.c (name, type, bounds, default, help),
+ * from which parsing, validation, --help text and the README reference come.
+ * Errors name the key: "config: http.port: must be an integer 0..65535 (got \"x\")". */
+#ifndef GALE_CONFIG_H
+#define GALE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define CONFIG_STR_MAX 512
+
+struct config {
+    char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
+    struct {
+        char level[16];                  /* log.level: debug|info|warn|error */
+        char format[16];                 /* log.format: text|json */
+    } log;
+    struct {
+        char bind[64];                   /* http.bind, default "0.0.0.0" */
+        int port;                        /* http.port, default 8080; 0 = pick */
+        char api_key[CONFIG_STR_MAX];    /* http.api_key; "" = generate into data dir */
+        size_t max_header_bytes;         /* http.max_header_bytes, default 16384 */
+        size_t max_body_bytes;           /* http.max_body_bytes, default 1048576 */
+        bool ws_echo;                    /* http.ws_echo, default false */
+        size_t ws_max_message_bytes;     /* http.ws_max_message_bytes, default 1048576 */
+        bool ws_deflate;                 /* http.ws_deflate, default true */
+    } http;
+    struct {
+        bool enabled;                    /* line.enabled, default true */
+        char bind[64];                   /* line.bind */
+        int port;                        /* line.port, default 7000 */
+        size_t max_line_bytes;           /* line.max_line_bytes, default 65536 */
+        int max_errors;                  /* line.max_errors, default 10: errors before close */
+    } line;
+    struct {
+        bool enabled;                    /* mqtt.enabled, default true */
+        char bind[64];                   /* mqtt.bind */
+        int port;                        /* mqtt.port, default 1883 */
+        size_t max_packet_bytes;         /* mqtt.max_packet_bytes, default 1048576 */
+        bool allow_anonymous;            /* mqtt.allow_anonymous, default false */
+        int max_keepalive;               /* mqtt.max_keepalive seconds, default 65535 */
+        size_t max_inflight;             /* mqtt.max_inflight, default 20 */
+        size_t max_queued;               /* mqtt.max_queued messages per session, default 1000 */
+        char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
+    } mqtt;
+    struct {
+        bool auto_register;              /* devices.auto_register, default false */
+    } devices;
+    struct {
+        char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */
+        size_t batch_rows;               /* storage.batch_rows, default 1000 */
+        int batch_delay_ms;              /* storage.batch_delay_ms, default 5 */
+        size_t queue_high_rows;          /* storage.queue_high_rows, default 200000 */
+        size_t queue_low_rows;           /* storage.queue_low_rows, default 50000 */
+        size_t compact_rows;             /* storage.compact_rows, default 100000 */
+        int retention_days;              /* storage.retention_days, default 0 (forever) */
+    } storage;
+    struct {
+        int max_connections;             /* limits.max_connections, default 10000 */
+        int auth_timeout_ms;             /* limits.auth_timeout_ms, default 10000 */
+        int idle_timeout_ms;             /* limits.idle_timeout_ms, default 300000 */
+        size_t max_points_per_message;   /* limits.max_points_per_message, default 1000 */
+        size_t max_send_queue_bytes;     /* limits.max_send_queue_bytes, default 4194304 */
+    } limits;
+};
+
+/* Fills cfg with the embedded defaults. */
+void config_defaults(struct config *cfg);
+
+/* Applies the JSON text of a config file: {"http":{"port":8080},...}.
+ * Returns 0, or -1 with err (size errlen) naming the key. */
+int config_apply_json(struct config *cfg, const char *json, size_t len, char *err, size_t errlen);
+/* Reads and applies a file. -1 with err on unreadable file or bad content. */
+int config_apply_file(struct config *cfg, const char *path, char *err, size_t errlen);
+/* Applies GALE_<SECTION>_<KEY> variables from envp (NULL-terminated "K=V" strings).
+ * A GALE_ variable that names no key is an error. */
+int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t errlen);
+/* Applies one "section.key=value" assignment (value parsed by the key's type). */
+int config_apply_set(struct config *cfg, const char *assignment, char *err, size_t errlen);
+/* Cross-key checks (low water < high water, ...). */
+int config_validate(const struct config *cfg, char *err, size_t errlen);
+/* Writes the reference (every key, type, default, env name, help) as text. */
+void config_print_reference(FILE *out);
+/* Writes the effective config as JSON (api_key redacted). Returns heap string. */
+char *config_to_json(const struct config *cfg);
+
+#endif

@@ -1,0 +1,50 @@
+/* gateway/bus.c: see bus.h. A handful of sinks; a plain array suffices. */
+#include "gateway/bus.h"
+
+#include <stdlib.h>
+
+#include "gateway/util.h"
+
+#define BUS_MAX_SINKS 8
+
+struct bus_sink {
+    const char *name;
+    bus_sink_fn fn;
+    void *ctx;
+};
+
+struct bus {
+    struct bus_sink sinks[BUS_MAX_SINKS];
+    int nsinks;
+    uint64_t seq; /* last seq handed out */
+};
+
+struct bus *bus_new(void)
+{
+    return xcalloc(1, sizeof(struct bus));
+}
+
+void bus_free(struct bus *b)
+{
+    free(b);
+}
+
+void bus_add_sink(struct bus *b, const char *name, bus_sink_fn fn, void *ctx)
+{
+    if (b->nsinks == BUS_MAX_SINKS)
+        abort(); /* programming error: raise BUS_MAX_SINKS */
+    b->sinks[b->nsinks++] = (struct bus_sink){name, fn, ctx};
+}
+
+uint64_t bus_publish(struct bus *b, struct msg *m)
+{
+    m->seq = ++b->seq;
+    for (int i = 0; i < b->nsinks; i++)
+        b->sinks[i].fn(b->sinks[i].ctx, m);
+    return m->seq;
+}
+
+uint64_t bus_last_seq(const struct bus *b)
+{
+    return b->seq;
+}

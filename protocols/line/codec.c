@@ -1,0 +1,2 @@
+/* protocols/line/codec.c */
+typedef int gale_placeholder_codec;

@@ -1,0 +1,2 @@
+/* storage/store.c */
+typedef int gale_placeholder_store;

@@ -1,0 +1,133 @@
+/* storage/store.h: Gale's SQLite storage.
+ *
+ * Threads: store_open/store_load_* run on the loop thread before the loop runs
+ * (start-up may block). Afterwards the loop thread only calls the non-blocking
+ * submit functions below; one writer thread owns the write connection and
+ * commits sealed batches in order (group commit); queries run on libuv's work
+ * pool with read-only connections.
+ *
+ * Ordering and durability: every write operation (telemetry rows, device
+ * changes) gets the next store sequence number. Batches commit in sequence
+ * order, so durability is a single watermark: when on_durable(ctx, upto, ok)
+ * fires on the loop thread, every operation with seq <= upto is committed
+ * (ok = 1) or has failed for good (ok = 0, after the writer's retries).
+ *
+ * Layout (DESIGN.md "Storage layout"): acks come from a cheap append to an
+ * arrival-ordered log table committed in small batches; the writer moves rows
+ * in large sorted batches into the (device, key, ts) table off the ack path.
+ * Queries read both; a replayed (device, key, ts) replaces, never duplicates. */
+#ifndef GALE_STORE_H
+#define GALE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "gateway/msg.h"
+
+struct store;
+
+struct store_cfg {
+    const char *path;          /* database file */
+    size_t batch_rows;         /* seal the open batch at this many rows (default 1000) */
+    unsigned batch_delay_ms;   /* ... or this long after its first row (default 5) */
+    size_t queue_high_rows;    /* rows queued for the writer above which ingest pauses */
+    size_t queue_low_rows;     /* ... and below which it resumes */
+    size_t compact_rows;       /* move the log into the main table at this many rows */
+    unsigned retention_days;   /* 0 = keep forever */
+};
+
+/* Fired on the loop thread. */
+typedef void (*store_durable_fn)(void *ctx, uint64_t upto_seq, int ok);
+/* Fired on the loop thread when the writer queue crosses high (paused = 1)
+ * or low (paused = 0) water. */
+typedef void (*store_pressure_fn)(void *ctx, int paused);
+
+int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out);
+void store_set_callbacks(struct store *s, store_durable_fn on_durable,
+                         store_pressure_fn on_pressure, void *ctx);
+/* Seals the open batch, waits until the writer has committed everything,
+ * stops the writer thread, closes handles and the database. Loop thread;
+ * blocks. Safe on a half-built store. Fires no callbacks after it returns.
+ * The uv handles are closed: run the loop once more (UV_RUN_NOWAIT or
+ * until uv_loop_alive is 0) before uv_loop_close. */
+void store_close(struct store *s);
+
+/* ---- devices ---- */
+struct store_device {
+    const char *id;         /* device id */
+    const char *token_hash; /* hex HMAC-SHA-256 of the token; NULL keeps the old one */
+    const char *role;       /* "device" or an application role, e.g. "app" */
+    const char *attrs_json; /* JSON object text of user attributes, or NULL */
+    int64_t created_ms;
+    int64_t last_seen_ms;   /* 0 = never */
+    const char *protocol;   /* last protocol seen, or NULL */
+};
+typedef void (*store_device_fn)(void *ctx, const struct store_device *d);
+/* Start-up only (blocks): calls fn for every stored device. */
+int store_load_devices(struct store *s, store_device_fn fn, void *ctx);
+
+/* Start-up only (blocks): calls fn for the newest value of every (device, key). */
+typedef void (*store_latest_fn)(void *ctx, const char *device, const struct point *p);
+int store_load_latest(struct store *s, store_latest_fn fn, void *ctx);
+
+/* ---- writes: loop thread, never block; return the operation's seq ---- */
+/* Appends every point of m (kind MSG_TELEMETRY, device set); takes a reference. */
+uint64_t store_append(struct store *s, struct msg *m);
+/* Inserts or replaces a device row (all fields copied). */
+uint64_t store_put_device(struct store *s, const struct store_device *d);
+/* Updates presence only. */
+uint64_t store_touch_device(struct store *s, const char *id, int64_t last_seen_ms,
+                            const char *protocol);
+/* Deletes a device and all of its telemetry. */
+uint64_t store_delete_device(struct store *s, const char *id);
+/* Seq of the last submitted operation, and of the last durable one. */
+uint64_t store_last_seq(const struct store *s);
+uint64_t store_durable_seq(const struct store *s);
+/* Rows waiting for the writer (open batch + sealed batches). */
+size_t store_queued_rows(const struct store *s);
+
+/* Test seam: the next n commits fail with SQLite result code rc (e.g. SQLITE_FULL),
+ * retries included. Loop thread. */
+void store_fail_next_commits(struct store *s, int n, int rc);
+
+/* ---- reads: run on libuv's work pool, result on the loop thread ---- */
+enum store_agg { STORE_AGG_NONE = 0, STORE_AGG_AVG, STORE_AGG_MIN, STORE_AGG_MAX,
+                 STORE_AGG_SUM, STORE_AGG_COUNT };
+
+struct store_query {
+    char *device;          /* owned by the query */
+    char **keys;           /* owned; NULL/nkeys=0 means every key of the device */
+    size_t nkeys;
+    int64_t from_ms, to_ms; /* inclusive range */
+    size_t limit;          /* max points per key */
+    int desc;              /* 1 = newest first */
+    enum store_agg agg;
+    int64_t interval_ms;   /* bucket width when agg != NONE */
+};
+
+struct store_series {
+    char *key;
+    struct point *points;  /* points[i].key == key; str owned via the series */
+    size_t npoints;
+    int truncated;         /* 1 when more points matched than limit */
+};
+
+struct store_result {
+    int rc;                /* 0 or GW_ESTORE */
+    struct store_series *series;
+    size_t nseries;
+    /* private: storage for strings */
+    char **strs;
+    size_t nstrs;
+};
+
+/* Done callback runs on the loop thread; it owns res (free with store_result_free)
+ * and q (free with store_query_free). */
+typedef void (*store_query_fn)(void *ctx, struct store_query *q, struct store_result *res);
+/* Takes ownership of q. */
+int store_query_telemetry(struct store *s, struct store_query *q, store_query_fn fn, void *ctx);
+void store_query_free(struct store_query *q);
+void store_result_free(struct store_result *r);
+
+#endif

@@ -1,0 +1,1 @@
+# name source libraries — shared by tests/fuzz (libFuzzer) and tests/fuzz_replay (ctest).
