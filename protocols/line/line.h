@@ -18,7 +18,7 @@ struct line_decoder {
 };
 
 void line_decoder_init(struct line_decoder *d, size_t max_line_bytes);
-/* Decodes at most one line from p[0..len): on CODEC_FRAME, *line/*line_len is a view
+/* Decodes at most one line from p[0..len): on CODEC_FRAME, *line and *line_len are a view
  * into p (no newline, no trailing \r) and *used is the bytes to consume, newline
  * included. On CODEC_ERROR, *why is "line too long". NEED_MORE leaves p as is. */
 enum codec_rc line_decode(struct line_decoder *d, const uint8_t *p, size_t len,

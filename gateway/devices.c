@@ -1,0 +1,228 @@
+/* gateway/devices.c: see devices.h. */
+#include "gateway/devices.h"
+
+#include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/util.h"
+
+void devices_init(struct devices *d)
+{
+    map_init(&d->by_id);
+}
+
+static void free_latest(struct latest_val *lv)
+{
+    free(lv->key);
+    free((char *)lv->p.str);
+    free(lv);
+}
+
+static void free_device(struct device *dev)
+{
+    size_t it = 0;
+    void *v;
+    while (map_next(&dev->latest, &it, NULL, &v))
+        free_latest(v);
+    map_fini(&dev->latest);
+    free(dev->attrs_json);
+    free(dev);
+}
+
+void devices_fini(struct devices *d)
+{
+    size_t it = 0;
+    void *v;
+    while (map_next(&d->by_id, &it, NULL, &v))
+        free_device(v);
+    map_fini(&d->by_id);
+}
+
+struct device *devices_find(struct devices *d, const char *id)
+{
+    return map_get(&d->by_id, id, strlen(id));
+}
+
+struct device *devices_add(struct devices *d, const char *id, const char *token_hash,
+                           const char *role, int64_t created_ms)
+{
+    struct device *dev = xcalloc(1, sizeof *dev);
+    snprintf(dev->id, sizeof dev->id, "%s", id);
+    snprintf(dev->token_hash, sizeof dev->token_hash, "%s", token_hash ? token_hash : "");
+    snprintf(dev->role, sizeof dev->role, "%s", role && *role ? role : "device");
+    dev->created_ms = created_ms;
+    map_init(&dev->latest);
+    map_put(&d->by_id, dev->id, strlen(dev->id), dev);
+    return dev;
+}
+
+void devices_remove(struct devices *d, const char *id)
+{
+    struct device *dev = map_del(&d->by_id, id, strlen(id));
+    if (dev)
+        free_device(dev);
+}
+
+void devices_set_latest(struct device *dev, const struct point *p)
+{
+    size_t klen = strlen(p->key);
+    struct latest_val *lv = map_get(&dev->latest, p->key, klen);
+    if (lv && lv->p.ts_ms > p->ts_ms)
+        return;
+    if (!lv) {
+        lv = xcalloc(1, sizeof *lv);
+        lv->key = xstrndup(p->key, klen);
+        map_put(&dev->latest, lv->key, klen, lv);
+    }
+    free((char *)lv->p.str);
+    lv->p = *p;
+    lv->p.key = lv->key;
+    lv->p.str = p->str ? xstrndup(p->str, p->str_len) : NULL;
+}
+
+void devices_update_latest(struct device *dev, const struct msg *m)
+{
+    for (size_t i = 0; i < m->npoints; i++)
+        devices_set_latest(dev, &m->points[i]);
+}
+
+static int cmp_dev(const void *a, const void *b)
+{
+    return strcmp((*(struct device *const *)a)->id, (*(struct device *const *)b)->id);
+}
+
+struct device **devices_sorted(struct devices *d, size_t *n)
+{
+    struct device **arr = xmalloc((d->by_id.len + 1) * sizeof *arr);
+    size_t it = 0, i = 0;
+    void *v;
+    while (map_next(&d->by_id, &it, NULL, &v))
+        arr[i++] = v;
+    qsort(arr, i, sizeof *arr, cmp_dev);
+    *n = i;
+    return arr;
+}
+
+void devices_write_value_json(const struct point *p, struct buf *out)
+{
+    switch (p->type) {
+    case VAL_NUM:
+        if (isfinite(p->num) && p->num == (double)(int64_t)p->num && fabs(p->num) < 9e15)
+            buf_printf(out, "%lld", (long long)p->num);
+        else if (isfinite(p->num))
+            buf_printf(out, "%.17g", p->num);
+        else
+            buf_append_str(out, "null");
+        break;
+    case VAL_BOOL:
+        buf_append_str(out, p->num != 0 ? "true" : "false");
+        break;
+    case VAL_STR:
+        buf_append_json_str(out, p->str ? p->str : "", p->str ? p->str_len : 0);
+        break;
+    case VAL_JSON:
+        buf_append(out, p->str ? p->str : "null", p->str ? p->str_len : 4);
+        break;
+    }
+}
+
+void devices_write_json(const struct device *dev, struct buf *out)
+{
+    buf_append_str(out, "{\"id\":");
+    buf_append_json_str(out, dev->id, strlen(dev->id));
+    buf_append_str(out, ",\"role\":");
+    buf_append_json_str(out, dev->role, strlen(dev->role));
+    buf_printf(out, ",\"created\":%lld,\"online\":%s,\"last_seen\":", (long long)dev->created_ms,
+               dev->online > 0 ? "true" : "false");
+    if (dev->last_seen_ms)
+        buf_printf(out, "%lld", (long long)dev->last_seen_ms);
+    else
+        buf_append_str(out, "null");
+    buf_append_str(out, ",\"protocol\":");
+    if (dev->protocol[0])
+        buf_append_json_str(out, dev->protocol, strlen(dev->protocol));
+    else
+        buf_append_str(out, "null");
+    buf_printf(out, ",\"connections\":%d", dev->online);
+    if (dev->attrs_json) {
+        buf_append_str(out, ",\"attributes\":");
+        buf_append_str(out, dev->attrs_json);
+    }
+    buf_append_str(out, "}");
+}
+
+static int cmp_latest(const void *a, const void *b)
+{
+    return strcmp((*(struct latest_val *const *)a)->key, (*(struct latest_val *const *)b)->key);
+}
+
+void devices_write_latest_json(const struct device *dev, struct buf *out)
+{
+    struct latest_val **arr = xmalloc((dev->latest.len + 1) * sizeof *arr);
+    size_t it = 0, n = 0;
+    void *v;
+    while (map_next(&dev->latest, &it, NULL, &v))
+        arr[n++] = v;
+    qsort(arr, n, sizeof *arr, cmp_latest);
+    buf_append_str(out, "{");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_append_str(out, ",");
+        buf_append_json_str(out, arr[i]->key, strlen(arr[i]->key));
+        buf_printf(out, ":{\"ts\":%lld,\"value\":", (long long)arr[i]->p.ts_ms);
+        devices_write_value_json(&arr[i]->p, out);
+        buf_append_str(out, "}");
+    }
+    buf_append_str(out, "}");
+    free(arr);
+}
+
+void devices_new_token(char out[64])
+{
+    unsigned char raw[32];
+    static const char b64u[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        abort(); /* no randomness: refuse to mint guessable tokens */
+    for (size_t i = 0; i < 32; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16;
+        if (i + 1 < 32)
+            v |= (uint32_t)raw[i + 1] << 8;
+        if (i + 2 < 32)
+            v |= raw[i + 2];
+        out[o++] = b64u[(v >> 18) & 63];
+        out[o++] = b64u[(v >> 12) & 63];
+        if (i + 1 < 32)
+            out[o++] = b64u[(v >> 6) & 63];
+        if (i + 2 < 32)
+            out[o++] = b64u[v & 63];
+    }
+    out[o] = '\0';
+}
+
+void devices_hash_token(const unsigned char secret[32], const char *token, size_t len,
+                        char out[DEVICE_TOKEN_HASH_HEX + 1])
+{
+    unsigned char mac[32];
+    unsigned int maclen = sizeof mac;
+    HMAC(EVP_sha256(), secret, 32, (const unsigned char *)token, len, mac, &maclen);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+bool devices_check_token(const unsigned char secret[32], const struct device *dev,
+                         const char *token, size_t len)
+{
+    char h[DEVICE_TOKEN_HASH_HEX + 1];
+    if (!dev->token_hash[0] || len == 0 || len > 256)
+        return false;
+    devices_hash_token(secret, token, len, h);
+    return CRYPTO_memcmp(h, dev->token_hash, DEVICE_TOKEN_HASH_HEX) == 0;
+}

@@ -1,0 +1,176 @@
+/* gateway/gw.c: the event loop's lifecycle. Binds listeners, accepts
+ * connections into the registry, wires storage durability and backpressure to
+ * connections, and stops in order on SIGINT/SIGTERM: stop accepting, stop
+ * reading, let storage make everything already received durable (acks still go
+ * out), close connections, then stop the loop so main can close the store.
+ * Loop thread only. */
+#include "gateway/gw.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/util.h"
+#include "storage/store.h"
+
+#define STOP_DRAIN_MAX_MS 10000
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct gw_listener *l = server->data;
+    if (status < 0) {
+        log_warn("listener=%s accept error reason=\"%s\"", l->name, uv_strerror(status));
+        return;
+    }
+    conn_accept(server->loop->data, server, l->name, l->proto);
+}
+
+int gw_listen(struct gw *gw, const char *name, const char *bind, int port,
+              const struct proto_ops *proto)
+{
+    struct gw_listener *l;
+    struct sockaddr_storage ss;
+    int rc, len = sizeof ss;
+
+    if (gw->nlisteners == (int)(sizeof gw->listeners / sizeof gw->listeners[0]))
+        return GW_ELIMIT;
+    l = &gw->listeners[gw->nlisteners];
+    memset(&ss, 0, sizeof ss);
+    if (strchr(bind, ':'))
+        rc = uv_ip6_addr(bind, port, (struct sockaddr_in6 *)&ss);
+    else
+        rc = uv_ip4_addr(bind, port, (struct sockaddr_in *)&ss);
+    if (rc != 0) {
+        log_error("listener=%s bind=%s invalid address reason=\"%s\"", name, bind, uv_strerror(rc));
+        return rc;
+    }
+    uv_tcp_init(gw->loop, &l->tcp);
+    l->tcp.data = l;
+    l->name = name;
+    l->proto = proto;
+    l->open = true;
+    gw->nlisteners++;
+    rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
+    if (rc != 0) {
+        log_error("listener=%s bind=%s port=%d cannot listen reason=\"%s\"", name, bind, port,
+                  uv_strerror(rc));
+        return rc;
+    }
+    memset(&ss, 0, sizeof ss);
+    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
+    l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
+    log_info("listening protocol=%s port=%d bind=%s", name, l->port, bind);
+    return 0;
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct gw *gw = s->data;
+    gw_stop(gw, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t; /* housekeeping hooks ($SYS, retention triggers) attach here */
+}
+
+int gw_start(struct gw *gw)
+{
+    gw->loop->data = gw;
+    gw->started_ms = gw_now_ms();
+    uv_signal_init(gw->loop, &gw->sigint);
+    uv_signal_init(gw->loop, &gw->sigterm);
+    gw->sigint.data = gw->sigterm.data = gw;
+    uv_signal_start(&gw->sigint, on_signal, SIGINT);
+    uv_signal_start(&gw->sigterm, on_signal, SIGTERM);
+    uv_timer_init(gw->loop, &gw->tick);
+    gw->tick.data = gw;
+    uv_timer_start(&gw->tick, on_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&gw->tick);
+    return 0;
+}
+
+static void on_drain_check(uv_timer_t *t)
+{
+    struct gw *gw = t->data;
+    if (gw->store && store_durable_seq(gw->store) < store_last_seq(gw->store) &&
+        uv_now(gw->loop) < gw->stop_deadline_ms)
+        return; /* acks for what was received still go out */
+    uv_timer_stop(t);
+    conn_registry_close_all(gw, "shutting down");
+    uv_close((uv_handle_t *)t, NULL);
+    uv_stop(gw->loop);
+}
+
+void gw_stop(struct gw *gw, const char *why)
+{
+    if (gw->stopping)
+        return;
+    gw->stopping = true;
+    log_info("stopping reason=%s connections=%zu", why, gw->nconns);
+    for (int i = 0; i < gw->nlisteners; i++) {
+        if (gw->listeners[i].open) {
+            uv_close((uv_handle_t *)&gw->listeners[i].tcp, NULL);
+            gw->listeners[i].open = false;
+        }
+    }
+    for (struct conn *c = gw->conns; c; c = c->next)
+        conn_pause(c);
+    uv_signal_stop(&gw->sigint);
+    uv_signal_stop(&gw->sigterm);
+    gw->stop_deadline_ms = uv_now(gw->loop) + STOP_DRAIN_MAX_MS;
+    uv_timer_init(gw->loop, &gw->drain);
+    gw->drain.data = gw;
+    uv_timer_start(&gw->drain, on_drain_check, 0, 10);
+}
+
+void gw_close_handles(struct gw *gw)
+{
+    for (int i = 0; i < gw->nlisteners; i++) {
+        if (gw->listeners[i].open) {
+            uv_close((uv_handle_t *)&gw->listeners[i].tcp, NULL);
+            gw->listeners[i].open = false;
+        }
+    }
+    if (!uv_is_closing((uv_handle_t *)&gw->sigint))
+        uv_close((uv_handle_t *)&gw->sigint, NULL);
+    if (!uv_is_closing((uv_handle_t *)&gw->sigterm))
+        uv_close((uv_handle_t *)&gw->sigterm, NULL);
+    if (!uv_is_closing((uv_handle_t *)&gw->tick))
+        uv_close((uv_handle_t *)&gw->tick, NULL);
+}
+
+void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
+{
+    struct gw *gw = ctx;
+    if (!ok)
+        gw->metrics.storage_failures++;
+    conn_registry_durable(gw, upto_seq, ok);
+}
+
+void gw_on_pressure(void *ctx, int paused)
+{
+    struct gw *gw = ctx;
+    if (paused) {
+        gw->metrics.ingest_pauses++;
+        log_warn("storage queue above high water rows=%zu: pausing ingest reads",
+                 store_queued_rows(gw->store));
+    } else {
+        log_info("storage queue below low water rows=%zu: resuming ingest reads",
+                 store_queued_rows(gw->store));
+    }
+    conn_registry_pause_ingest(gw, paused != 0);
+}
+
+void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn)
+{
+    struct gw *gw = c->gw;
+    if (seq == 0 || (store_durable_seq(gw->store) >= seq && c->nwaiters == 0)) {
+        fn(c, tag, 1); /* nothing to wait for, or already durable */
+        return;
+    }
+    conn_await_durable(c, seq, tag, fn);
+}

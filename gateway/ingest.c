@@ -1,0 +1,115 @@
+/* gateway/ingest.c: see ingest.h. */
+#include "gateway/ingest.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "gateway/bus.h"
+#include "gateway/devices.h"
+#include "gateway/gw.h"
+#include "gateway/log.h"
+#include "gateway/telemetry.h"
+#include "gateway/util.h"
+#include "storage/store.h"
+
+static void sink_latest(void *ctx, struct msg *m)
+{
+    struct gw *gw = ctx;
+    struct device *dev;
+    if (m->kind != MSG_TELEMETRY || !m->device[0] || m->npoints == 0)
+        return;
+    dev = devices_find(gw->devices, m->device);
+    if (dev)
+        devices_update_latest(dev, m);
+}
+
+static void sink_storage(void *ctx, struct msg *m)
+{
+    struct gw *gw = ctx;
+    if (m->kind == MSG_TELEMETRY && m->device[0] && m->npoints > 0)
+        store_append(gw->store, m);
+}
+
+void ingest_init(struct gw *gw)
+{
+    bus_add_sink(gw->bus, "latest", sink_latest, gw);
+    bus_add_sink(gw->bus, "storage", sink_storage, gw);
+}
+
+struct device *ingest_auth(struct gw *gw, struct conn *c, const char *device, size_t dlen,
+                           const char *token, size_t tlen)
+{
+    char id[DEVICE_ID_MAX + 1];
+    struct device *dev = NULL;
+    const char *why = "unknown device";
+
+    if (!gw_valid_device_id(device, dlen)) {
+        why = "invalid device id";
+    } else {
+        memcpy(id, device, dlen);
+        id[dlen] = '\0';
+        dev = devices_find(gw->devices, id);
+        if (dev && !devices_check_token(gw->token_secret, dev, token, tlen)) {
+            dev = NULL;
+            why = "bad token";
+        }
+    }
+    if (!dev) {
+        gw->metrics.auth_failures++;
+        log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%.*s\" reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, c->proto->name, (int)(dlen > 64 ? 64 : dlen),
+                 device, why);
+    }
+    return dev;
+}
+
+void ingest_online(struct gw *gw, struct conn *c, struct device *dev, const char *proto)
+{
+    conn_authenticated(c, dev->id);
+    dev->online++;
+    dev->last_seen_ms = gw_now_ms();
+    snprintf(dev->protocol, sizeof dev->protocol, "%s", proto);
+    store_touch_device(gw->store, dev->id, dev->last_seen_ms, dev->protocol);
+    log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, c->peer,
+             proto, dev->id);
+}
+
+void ingest_offline(struct gw *gw, struct conn *c)
+{
+    struct device *dev;
+    if (!c->device[0])
+        return;
+    dev = devices_find(gw->devices, c->device);
+    if (!dev)
+        return; /* deleted while connected */
+    if (dev->online > 0)
+        dev->online--;
+    dev->last_seen_ms = gw_now_ms();
+    store_touch_device(gw->store, dev->id, dev->last_seen_ms, dev->protocol);
+}
+
+int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                     size_t len, struct ingest_result *res, const char **why, const char **code)
+{
+    struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
+    struct telem t;
+    struct msg *m;
+    int64_t now = gw_now_ms();
+
+    memset(res, 0, sizeof *res);
+    if (telem_decode(&lim, json, len, now, &t, why, code) != 0)
+        return -1;
+    res->has_seq = t.has_seq;
+    res->seq = t.seq;
+    res->npoints = t.npoints;
+    m = msg_new(MSG_TELEMETRY, dev->id, topic, json, len, t.points, t.npoints);
+    m->ts_ms = now;
+    telem_fini(&t);
+    dev->last_seen_ms = now;
+    gw->metrics.messages_in++;
+    gw->metrics.points_in += m->npoints;
+    bus_publish(gw->bus, m);
+    msg_unref(m);
+    res->store_seq = store_last_seq(gw->store);
+    return 0;
+}
