@@ -1,1 +1,309 @@
-int main(void) { return 0; }
+/* gateway/main.c: flags, config, wiring, run, orderly shutdown.
+ *
+ *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
+ *        [--log-format text|json] [--log-level LEVEL] [--check-config]
+ *        [--help] [--version]
+ *
+ * Start-up (may block): load config (defaults < file < env < flags), open the
+ * data dir, its secrets and the database, load devices and latest values into
+ * the loop's hot state, bind listeners. Then the loop runs until SIGINT or
+ * SIGTERM; gw_stop lets storage make everything received durable, and main
+ * closes the store (draining the writer) and every handle before exiting 0.
+ * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config. */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "gateway/bus.h"
+#include "gateway/devices.h"
+#include "gateway/gw.h"
+#include "gateway/ingest.h"
+#include "gateway/log.h"
+#include "gateway/util.h"
+#include "protocols/http/http.h"
+#include "protocols/line/line_proto.h"
+#include "storage/store.h"
+#include "web/rest.h"
+
+extern char **environ;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: gale [options]\n"
+            "  --config FILE          read a JSON config file (see config/gateway.json)\n"
+            "  --set section.key=val  set one key (repeatable); beats env and file\n"
+            "  --data-dir DIR         where the database and secrets live (default ./data)\n"
+            "  --log-format text|json log line format (log.format)\n"
+            "  --log-level LEVEL      debug, info, warn or error (log.level)\n"
+            "  --check-config         validate the configuration, print it, and exit\n"
+            "  --version              print the version and exit\n"
+            "  --help                 this text and the configuration reference\n"
+            "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
+            "Precedence: flag > environment > file > default.\n\n");
+    config_print_reference(out);
+}
+
+static int bad_config(const char *err)
+{
+    fprintf(stderr, "gale: %s\n", err);
+    return 2;
+}
+
+/* Parses flags into cfg; returns -1 to exit with *code. */
+static int load_config(int argc, char **argv, struct config *cfg, bool *check_only, int *code)
+{
+    char err[512];
+    const char *file = NULL, *data_dir = NULL, *log_format = NULL, *log_level = NULL;
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_next = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            *code = 0;
+            return -1;
+        } else if (strcmp(a, "--version") == 0) {
+            printf("gale %s\n", GALE_VERSION);
+            *code = 0;
+            return -1;
+        } else if (strcmp(a, "--check-config") == 0) {
+            *check_only = true;
+        } else if (strcmp(a, "--config") == 0 && has_next) {
+            file = argv[++i];
+        } else if (strcmp(a, "--data-dir") == 0 && has_next) {
+            data_dir = argv[++i];
+        } else if (strcmp(a, "--log-format") == 0 && has_next) {
+            log_format = argv[++i];
+        } else if (strcmp(a, "--log-level") == 0 && has_next) {
+            log_level = argv[++i];
+        } else if (strcmp(a, "--set") == 0 && has_next) {
+            i++; /* applied below, after file and env */
+        } else {
+            fprintf(stderr, "gale: unknown or incomplete option \"%s\" (see --help)\n", a);
+            *code = 2;
+            return -1;
+        }
+    }
+    config_defaults(cfg);
+    if (file && config_apply_file(cfg, file, err, sizeof err) != 0)
+        goto bad;
+    if (config_apply_env(cfg, environ, err, sizeof err) != 0)
+        goto bad;
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
+                goto bad;
+        } else if (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--data-dir") == 0 ||
+                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0) {
+            i++;
+        }
+    }
+    if (data_dir) {
+        snprintf(err, sizeof err, "gateway.data_dir=%s", data_dir);
+        if (config_apply_set(cfg, err, err, sizeof err) != 0)
+            goto bad;
+    }
+    if (log_format) {
+        snprintf(err, sizeof err, "log.format=%s", log_format);
+        if (config_apply_set(cfg, err, err, sizeof err) != 0)
+            goto bad;
+    }
+    if (log_level) {
+        snprintf(err, sizeof err, "log.level=%s", log_level);
+        if (config_apply_set(cfg, err, err, sizeof err) != 0)
+            goto bad;
+    }
+    if (config_validate(cfg, err, sizeof err) != 0)
+        goto bad;
+    return 0;
+bad:
+    *code = bad_config(err);
+    return -1;
+}
+
+/* Reads a secret file, or creates it with n random bytes (hex when text). */
+static int load_secret(const char *path, unsigned char *out, size_t n, bool *created)
+{
+    FILE *f = fopen(path, "rb");
+    *created = false;
+    if (f) {
+        size_t got = fread(out, 1, n, f);
+        fclose(f);
+        if (got == n)
+            return 0;
+        log_error("secret file %s is truncated (want %zu bytes)", path, n);
+        return -1;
+    }
+    if (errno != ENOENT || RAND_bytes(out, (int)n) != 1) {
+        log_error("cannot read secret file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write(fd, out, n) != (ssize_t)n || fsync(fd) != 0) {
+        log_error("cannot write secret file %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    *created = true;
+    return 0;
+}
+
+static int load_api_key(struct gw *gw, const struct config *cfg)
+{
+    char path[CONFIG_STR_MAX + 32];
+    unsigned char raw[24];
+    bool created;
+    static const char hex[] = "0123456789abcdef";
+
+    if (cfg->http.api_key[0]) {
+        snprintf(gw->api_key, sizeof gw->api_key, "%s", cfg->http.api_key);
+        return 0;
+    }
+    snprintf(path, sizeof path, "%s/api_key.bin", cfg->data_dir);
+    if (load_secret(path, raw, sizeof raw, &created) != 0)
+        return -1;
+    memcpy(gw->api_key, "gk_", 3);
+    for (size_t i = 0; i < sizeof raw; i++) {
+        gw->api_key[3 + 2 * i] = hex[raw[i] >> 4];
+        gw->api_key[4 + 2 * i] = hex[raw[i] & 15];
+    }
+    gw->api_key[3 + 2 * sizeof raw] = '\0';
+    /* a readable copy for the operator */
+    snprintf(path, sizeof path, "%s/api_key", cfg->data_dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fchmod(fileno(f), 0600);
+        fprintf(f, "%s\n", gw->api_key);
+        fclose(f);
+    }
+    log_info("api key %s path=%s (set http.api_key or GALE_HTTP_API_KEY to choose one)",
+             created ? "generated" : "loaded", path);
+    return 0;
+}
+
+static void on_device_loaded(void *ctx, const struct store_device *d)
+{
+    struct gw *gw = ctx;
+    struct device *dev = devices_add(gw->devices, d->id, d->token_hash, d->role, d->created_ms);
+    dev->last_seen_ms = d->last_seen_ms;
+    if (d->protocol)
+        snprintf(dev->protocol, sizeof dev->protocol, "%s", d->protocol);
+    if (d->attrs_json)
+        dev->attrs_json = xstrdup(d->attrs_json);
+}
+
+static void on_latest_loaded(void *ctx, const char *device, const struct point *p)
+{
+    struct gw *gw = ctx;
+    struct device *dev = devices_find(gw->devices, device);
+    if (dev)
+        devices_set_latest(dev, p);
+}
+
+static void on_walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    static struct config cfg;
+    struct gw gw;
+    struct devices devices;
+    struct store_cfg scfg;
+    uv_loop_t loop;
+    char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
+    bool check_only = false, created;
+    int code = 1, rc;
+
+    if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
+        return code;
+    log_setup((enum log_level)log_parse_level(cfg.log.level),
+              strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
+    if (check_only) {
+        char *js = config_to_json(&cfg);
+        printf("%s\n", js);
+        free(js);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
+        return 1;
+    }
+    memset(&gw, 0, sizeof gw);
+    gw.cfg = &cfg;
+    uv_loop_init(&loop);
+    gw.loop = &loop;
+    loop.data = &gw;
+    devices_init(&devices);
+    gw.devices = &devices;
+    gw.bus = bus_new();
+
+    snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
+    if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
+        load_api_key(&gw, &cfg) != 0)
+        goto out;
+    if (cfg.storage.path[0])
+        snprintf(dbpath, sizeof dbpath, "%s", cfg.storage.path);
+    else
+        snprintf(dbpath, sizeof dbpath, "%s/gale.db", cfg.data_dir);
+    scfg = (struct store_cfg){dbpath,
+                              cfg.storage.batch_rows,
+                              (unsigned)cfg.storage.batch_delay_ms,
+                              cfg.storage.queue_high_rows,
+                              cfg.storage.queue_low_rows,
+                              cfg.storage.compact_rows,
+                              (unsigned)cfg.storage.retention_days};
+    if (store_open(&loop, &scfg, &gw.store) != 0)
+        goto out;
+    store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);
+    if (store_load_devices(gw.store, on_device_loaded, &gw) != 0 ||
+        store_load_latest(gw.store, on_latest_loaded, &gw) != 0)
+        goto out;
+    log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
+
+    ingest_init(&gw);
+    rest_init(&gw);
+    gw_start(&gw);
+    rc = gw_listen(&gw, "http", cfg.http.bind, cfg.http.port, &http_proto);
+    if (rc == 0 && cfg.line.enabled)
+        rc = gw_listen(&gw, "line", cfg.line.bind, cfg.line.port, &line_proto);
+    if (rc != 0)
+        goto out;
+    log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    code = 0;
+out:
+    gw.stopping = true;
+    conn_registry_close_all(&gw, "shutting down");
+    gw_close_handles(&gw);
+    if (gw.store) {
+        store_close(gw.store); /* drains the writer: everything received is committed */
+        gw.store = NULL;
+    }
+    uv_walk(&loop, on_walk_close, NULL);
+    while (uv_run(&loop, UV_RUN_NOWAIT) != 0)
+        ;
+    if (uv_loop_close(&loop) != 0)
+        log_warn("loop closed with live handles");
+    if (gw.rest)
+        rest_fini(&gw);
+    bus_free(gw.bus);
+    devices_fini(&devices);
+    log_info("stopped code=%d", code);
+    return code;
+}

@@ -1,0 +1,34 @@
+#!/bin/sh
+# .ci/setup.sh: installs what Gale needs on Debian 12 (bookworm), then builds.
+#   .ci/setup.sh deps        build dependencies only (used by docker/Dockerfile)
+#   .ci/setup.sh test-deps   build + test dependencies (clients, browser, sanitizers)
+#   .ci/setup.sh runtime     runtime libraries only (the Docker image's final stage)
+# Installs only what is missing; safe to run again. Needs root (or sudo) for apt-get.
+set -eu
+
+BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
+  libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev"
+TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients python3 python3-paho-mqtt
+  python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps"
+RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates curl"
+
+case "${1:-deps}" in
+    deps) want="$BUILD_PKGS" ;;
+    test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
+    runtime) want="$RUNTIME_PKGS" ;;
+    *) echo "usage: $0 deps|test-deps|runtime" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi

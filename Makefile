@@ -1,0 +1,51 @@
+# Thin wrapper over CMake. `make run` and `make test` set up a fresh Debian 12
+# machine themselves (apt-get of missing packages) before building.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all gale setup setup-test run test test-asan fuzz bench clean
+
+all: gale
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+gale: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+setup:
+	sh .ci/setup.sh deps
+
+setup-test:
+	sh .ci/setup.sh test-deps
+
+# Run the gateway on its embedded defaults (data in ./data).
+run: setup
+	$(MAKE) gale
+	./$(BUILD)/gale --data-dir ./data
+
+# Set up, build and run the whole test suite.
+test: setup-test
+	$(MAKE) gale CMAKE_FLAGS="-DGALE_WERROR=ON"
+	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 600
+
+# The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: setup-test
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DGALE_SANITIZE=ON -DGALE_WERROR=ON
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 --timeout 900
+
+# libFuzzer targets (clang): make fuzz; then build-fuzz/tests/fuzz/fuzz_<name> corpus/
+fuzz: setup-test
+	CC=clang cmake -S . -B build-fuzz -DGALE_FUZZ=ON
+	cmake --build build-fuzz -j$(JOBS)
+
+bench: setup-test
+	$(MAKE) gale
+	sh tests/bench/run.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

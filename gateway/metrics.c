@@ -1,0 +1,59 @@
+/* gateway/metrics.c: Prometheus text exposition of gw's counters and gauges. */
+#include "gateway/metrics.h"
+
+#include "gateway/devices.h"
+#include "gateway/gw.h"
+#include "gateway/util.h"
+#include "storage/store.h"
+
+static void counter(struct buf *b, const char *name, const char *help, uint64_t v)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+               (unsigned long long)v);
+}
+
+static void gauge(struct buf *b, const char *name, const char *help, double v)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, v);
+}
+
+void metrics_render(struct gw *gw, struct buf *b)
+{
+    const struct metrics *m = &gw->metrics;
+    size_t online = 0, it = 0;
+    void *v;
+    while (map_next(&gw->devices->by_id, &it, NULL, &v))
+        online += ((struct device *)v)->online > 0;
+    gauge(b, "gale_uptime_seconds", "Seconds since start", (double)(gw_now_ms() - gw->started_ms) / 1000);
+    gauge(b, "gale_connections", "Live connections", (double)gw->nconns);
+    counter(b, "gale_connections_total", "Connections accepted", m->connections_total);
+    counter(b, "gale_connections_refused_total", "Connections refused at max_connections",
+            m->connections_refused);
+    gauge(b, "gale_devices", "Provisioned devices", (double)gw->devices->by_id.len);
+    gauge(b, "gale_devices_online", "Devices with a live connection", (double)online);
+    counter(b, "gale_bytes_received_total", "Bytes read from sockets", m->bytes_in);
+    counter(b, "gale_bytes_sent_total", "Bytes written to sockets", m->bytes_out);
+    counter(b, "gale_messages_received_total", "Messages published on the bus", m->messages_in);
+    counter(b, "gale_points_received_total", "Telemetry values decoded", m->points_in);
+    counter(b, "gale_line_errors_total", "Error lines sent on the line protocol", m->line_errors);
+    counter(b, "gale_auth_failures_total", "Rejected credentials", m->auth_failures);
+    counter(b, "gale_timeouts_total", "Connections closed by auth or idle timers", m->timeouts);
+    counter(b, "gale_http_requests_total", "HTTP requests answered", m->http_requests);
+    buf_printf(b, "# HELP gale_http_responses_total HTTP responses by status class\n"
+                  "# TYPE gale_http_responses_total counter\n");
+    for (int i = 1; i < 6; i++)
+        buf_printf(b, "gale_http_responses_total{class=\"%dxx\"} %llu\n", i,
+                   (unsigned long long)m->http_status[i]);
+    gauge(b, "gale_storage_queued_rows", "Rows waiting for the storage writer",
+          (double)store_queued_rows(gw->store));
+    gauge(b, "gale_storage_ingest_paused", "1 while ingest reads are paused by backpressure",
+          gw->ingest_paused ? 1 : 0);
+    counter(b, "gale_storage_ingest_pauses_total", "Backpressure episodes", m->ingest_pauses);
+    counter(b, "gale_storage_failures_total", "Batches that failed for good", m->storage_failures);
+    counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
+            m->mqtt_messages_sent);
+    counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);
+    counter(b, "gale_feed_sent_total", "Live-feed frames sent", m->feed_sent);
+    counter(b, "gale_feed_dropped_total", "Live-feed updates dropped for slow viewers",
+            m->feed_dropped);
+}
