@@ -1,0 +1,231 @@
+"""Helpers for integration tests: start the real gale binary on free ports,
+read its ports from the `listening` log lines, and talk to it with real clients.
+Every wait has a deadline; every process is stopped at the end."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+GALE_BIN = os.environ.get("GALE_BIN", os.path.join(os.getcwd(), "gale"))
+API_KEY = "test-api-key-0123456789"
+
+
+def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Gale:
+    """A running gale process. Use as a context manager."""
+
+    def __init__(self, data_dir=None, args=(), env=None, api_key=API_KEY):
+        self.own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="gale-test-")
+        self.args = list(args)
+        self.env = dict(os.environ)
+        self.env.pop("GALE_BIN", None)
+        if api_key:
+            self.env["GALE_HTTP_API_KEY"] = api_key
+        self.env.update(env or {})
+        self.api_key = api_key
+        self.proc = None
+        self.ports = {}
+        self.log_lines = []
+        self._lock = threading.Lock()
+
+    def start(self, wait_ports=("http", "line")):
+        cmd = [GALE_BIN, "--data-dir", self.data_dir,
+               "--set", "http.port=0", "--set", "line.port=0", "--set", "mqtt.port=0",
+               "--set", "http.bind=127.0.0.1", "--set", "line.bind=127.0.0.1",
+               "--set", "mqtt.bind=127.0.0.1"] + self.args
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=self.env, text=True, errors="replace")
+        threading.Thread(target=self._reader, daemon=True).start()
+        wait_for(lambda: all(p in self.ports for p in wait_ports) or self.proc.poll() is not None,
+                 15, "listening lines")
+        if self.proc.poll() is not None:
+            raise AssertionError("gale exited early:\n" + self.log())
+        return self
+
+    def _reader(self):
+        for line in self.proc.stdout:
+            with self._lock:
+                self.log_lines.append(line.rstrip("\n"))
+            m = re.search(r"listening protocol=(\w+) port=(\d+)", line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(2))
+            if os.environ.get("GALE_TEST_VERBOSE"):
+                sys.stderr.write("gale| " + line)
+
+    def log(self):
+        with self._lock:
+            return "\n".join(self.log_lines)
+
+    def wait_log(self, pattern, timeout=10):
+        rx = re.compile(pattern)
+        return wait_for(lambda: any(rx.search(l) for l in list(self.log_lines)), timeout,
+                        "log line matching %r" % pattern)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("gale did not stop within %ss" % timeout)
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for l in f:
+                if l.startswith("VmRSS:"):
+                    return int(l.split()[1])
+        return 0
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        try:
+            self.stop()
+        finally:
+            if self.own_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        if exc[0] is not None:
+            sys.stderr.write("---- gale log ----\n" + self.log()[-20000:] + "\n")
+        return False
+
+    # ---- HTTP ----
+    def http(self, method, path, body=None, key="default", headers=None, raw=False, timeout=10):
+        url = "http://127.0.0.1:%d%s" % (self.ports["http"], path)
+        data = None
+        if body is not None:
+            data = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if key == "default":
+            key = self.api_key
+        if key:
+            req.add_header("Authorization", "Bearer " + key)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, payload, hdrs = r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            status, payload, hdrs = e.code, e.read(), dict(e.headers)
+        if raw:
+            return status, payload, hdrs
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload.decode(errors="replace")
+
+    def create_device(self, dev_id, **extra):
+        body = {"id": dev_id}
+        body.update(extra)
+        st, js = self.http("POST", "/api/devices", body)
+        assert st == 201, (st, js)
+        return js["token"]
+
+    def line(self, device=None, token=None):
+        c = LineClient(self.ports["line"])
+        if device:
+            resp = c.auth(device, token)
+            assert resp == {"ok": True}, resp
+        return c
+
+
+class LineClient:
+    def __init__(self, port, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, dict) or isinstance(data, list):
+            data = json.dumps(data)
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def send_line(self, obj):
+        self.send((json.dumps(obj) if not isinstance(obj, (str, bytes)) else obj))
+        self.send(b"\n")
+
+    def read_line(self, timeout=10):
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by gale; buffered=%r" % self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def auth(self, device, token):
+        self.send_line({"device": device, "token": token})
+        return self.read_line()
+
+    def closed(self, timeout=5):
+        """True once gale closes the connection (reads past any pending lines)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+class Check:
+    """Counts assertions; prints a plain summary line and sets the exit code."""
+
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+
+    def __call__(self, cond, what):
+        if cond:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print("FAIL: %s: %s" % (self.name, what), flush=True)
+
+    def eq(self, got, want, what):
+        self(got == want, "%s: got %r, want %r" % (what, got, want))
+
+    def done(self):
+        print("%s: %d passed, %d failed" % (self.name, self.passed, self.failed))
+        sys.exit(1 if self.failed or self.passed == 0 else 0)

@@ -1,0 +1,94 @@
+"""Command line and config: --help, --version, --check-config, precedence, and
+invalid config -> one clear message naming the key, exit code 2."""
+import json
+import os
+import subprocess
+import tempfile
+import traceback
+
+from galetest import GALE_BIN, Check, Gale
+
+t = Check("test_cli")
+
+
+def run(args, env=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GALE_")}
+    e.update(env or {})
+    p = subprocess.run([GALE_BIN] + args, capture_output=True, text=True, env=e, timeout=30)
+    return p.returncode, p.stdout, p.stderr
+
+
+def main():
+    rc, out, _ = run(["--version"])
+    t(rc == 0 and out.startswith("gale "), "--version")
+    rc, out, _ = run(["--help"])
+    t(rc == 0 and "GALE_HTTP_PORT" in out and "http.port" in out, "--help lists keys and env")
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "g.json")
+        with open(cfg, "w") as f:
+            json.dump({"http": {"port": 9001}, "line": {"port": 9002}}, f)
+        rc, out, err = run(["--config", cfg, "--check-config"], env={"GALE_HTTP_PORT": "9003"})
+        t.eq(rc, 0, "--check-config exits 0")
+        js = json.loads(out)
+        t.eq(js["http"]["port"], 9003, "env beats file")
+        t.eq(js["line"]["port"], 9002, "file beats default")
+        rc, out, err = run(["--config", cfg, "--set", "http.port=9004", "--check-config"],
+                           env={"GALE_HTTP_PORT": "9003"})
+        t.eq(json.loads(out)["http"]["port"], 9004, "--set beats env")
+        rc, out, err = run(["--data-dir", d, "--check-config"])
+        t.eq(json.loads(out)["gateway"]["data_dir"], d, "--data-dir")
+
+        cases = [
+            (["--set", "http.port=70000"], "http.port"),
+            (["--set", "http.port=abc"], "http.port"),
+            (["--set", "http.prot=1"], "http.prot"),
+            (["--set", "log.level=loud"], "log.level"),
+            (["--config", os.path.join(d, "missing.json")], "missing.json"),
+        ]
+        with open(os.path.join(d, "bad.json"), "w") as f:
+            f.write('{"http": {"port": "eighty"}}')
+        cases.append((["--config", os.path.join(d, "bad.json")], "http.port"))
+        with open(os.path.join(d, "unknown.json"), "w") as f:
+            f.write('{"http": {"colour": 1}}')
+        cases.append((["--config", os.path.join(d, "unknown.json")], "http.colour"))
+        with open(os.path.join(d, "broken.json"), "w") as f:
+            f.write('{"http": ')
+        cases.append((["--config", os.path.join(d, "broken.json")], "broken.json"))
+        for args, key in cases:
+            rc, out, err = run(args + ["--check-config"])
+            t(rc == 2 and key in err and len(err.strip().splitlines()) == 1,
+              "%s -> exit 2 naming %s (rc=%d, err=%r)" % (args, key, rc, err))
+        rc, out, err = run(["--check-config"], env={"GALE_HTTP_PORT": "-5"})
+        t(rc == 2 and "http.port" in err, "bad env value names the key")
+        rc, out, err = run(["--check-config"], env={"GALE_LINE_PORTT": "5"})
+        t(rc == 2 and "GALE_LINE_PORTT" in err, "unknown GALE_ env key is an error")
+        rc, out, err = run(["--bogus"])
+        t.eq(rc, 2, "unknown flag exits 2")
+
+    # JSON logs, generated API key kept in the data dir
+    with Gale(args=["--log-format", "json"], api_key=None) as g:
+        line = g.wait_log(r'"listening"|listening')
+        first = [l for l in g.log_lines if "listening" in l][0]
+        js = json.loads(first)
+        t(js.get("level") == "info" and "port" in js, "JSON log lines are JSON objects")
+        key_file = os.path.join(g.data_dir, "api_key")
+        t(os.path.exists(key_file), "generated API key kept in the data dir")
+        key = open(key_file).read().strip()
+        st, _ = g.http("GET", "/api/devices", key=key)
+        t.eq(st, 200, "generated key works")
+        g.stop()
+        t.eq(g.proc.returncode, 0, "SIGTERM -> exit 0")
+        g2 = Gale(data_dir=g.data_dir, args=["--log-format", "json"], api_key=None).start()
+        st, _ = g2.http("GET", "/api/devices", key=key)
+        t.eq(st, 200, "same key after restart")
+        g2.stop()
+        t.eq(g2.proc.returncode, 0, "SIGINT/SIGTERM exit 0")
+
+
+try:
+    main()
+except Exception:
+    traceback.print_exc()
+    t(False, "exception")
+t.done()

@@ -1,0 +1,153 @@
+"""HTTP server behaviour over raw sockets: keep-alive, pipelining order, limits
+(413 before the body arrives, 431), malformed requests, connection limits and
+bounded memory; the gateway keeps serving after each."""
+import json
+import socket
+import traceback
+
+from galetest import API_KEY, Check, Gale, wait_for
+
+t = Check("test_http")
+
+
+def connect(g):
+    return socket.create_connection(("127.0.0.1", g.ports["http"]), timeout=10)
+
+
+def read_responses(s, n, timeout=10):
+    """Reads n complete responses (Content-Length framed); returns [(status, headers, body)]."""
+    s.settimeout(timeout)
+    buf, out = b"", []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+        clen = int(hdrs.get("content-length", 0))
+        while len(rest) < clen:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        if status != 100:
+            out.append((status, hdrs, rest[:clen]))
+        buf = rest[clen:]
+    return out
+
+
+def is_closed(s, timeout=5):
+    s.settimeout(timeout)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def served(g):
+    st, js = g.http("GET", "/api/health", key=None)
+    return st == 200
+
+
+def main():
+    with Gale(args=["--set", "http.max_header_bytes=4096", "--set", "http.max_body_bytes=65536",
+                    "--set", "limits.max_connections=20"]) as g:
+        auth = "Authorization: Bearer %s\r\n" % API_KEY
+        # pipelining: three requests in one write, answered in order on one connection
+        s = connect(g)
+        s.sendall(("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                   "GET /api/devices HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"
+                   "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").encode())
+        rs = read_responses(s, 3)
+        t.eq([r[0] for r in rs], [200, 200, 404], "pipelined replies in order")
+        t(json.loads(rs[1][2]).get("devices") == [], "second pipelined reply is the device list")
+        # keep-alive: the same socket serves another request
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        t.eq(read_responses(s, 1)[0][0], 200, "keep-alive connection reused")
+        # a request split into single bytes
+        for ch in b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n":
+            s.send(bytes([ch]))
+        t.eq(read_responses(s, 1)[0][0], 200, "byte-at-a-time request parsed")
+        s.close()
+
+        # HTTP/1.0 without keep-alive closes after the reply
+        s = connect(g)
+        s.sendall(b"GET /api/health HTTP/1.0\r\n\r\n")
+        r = read_responses(s, 1)
+        t.eq(r[0][0], 200, "HTTP/1.0 answered")
+        t(is_closed(s), "HTTP/1.0 connection closed after the reply")
+
+        # 413 as soon as the headers declare too much, without waiting for the body
+        s = connect(g)
+        s.sendall(("POST /api/devices HTTP/1.1\r\nHost: x\r\n" + auth +
+                   "Content-Length: 999999999\r\n\r\n").encode())
+        r = read_responses(s, 1)
+        t.eq(r[0][0] if r else None, 413, "huge Content-Length -> 413 before the body")
+        t.eq(json.loads(r[0][2]).get("code"), "body_too_large", "413 JSON body")
+        t(is_closed(s), "closed after 413")
+        # chunked body over the limit
+        s = connect(g)
+        s.sendall(("POST /api/devices HTTP/1.1\r\nHost: x\r\n" + auth +
+                   "Transfer-Encoding: chunked\r\n\r\n").encode())
+        chunk = b"x" * 30000
+        for _ in range(3):
+            try:
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                break
+        r = read_responses(s, 1)
+        t.eq(r[0][0] if r else None, 413, "chunked body over the limit -> 413")
+        # 431
+        s = connect(g)
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n")
+        r = read_responses(s, 1)
+        t.eq(r[0][0] if r else None, 431, "header over the limit -> 431")
+        t.eq(json.loads(r[0][2]).get("code"), "headers_too_large", "431 JSON body")
+        # malformed
+        s = connect(g)
+        s.sendall(b"BLAH\x01 / HTTP/1.1\r\n\r\n")
+        r = read_responses(s, 1)
+        t.eq(r[0][0] if r else None, 400, "malformed request line -> 400")
+        t(is_closed(s), "closed after 400")
+        t(served(g), "still serving after bad requests")
+        g.wait_log(r"proto=http bad request status=400 reason=")
+
+        # connection limit: excess refused and logged, others unaffected
+        socks = [connect(g) for _ in range(25)]
+        refused = sum(1 for x in socks if is_closed(x, timeout=1))
+        t(refused >= 5, "connections over max_connections are refused (%d)" % refused)
+        g.wait_log(r"refused reason=\"max connections reached\"")
+        for x in socks:
+            x.close()
+        wait_for(lambda: served(g), 5, "served again after limit")
+
+        # bounded memory: many clients declare big bodies and send nothing
+        rss0 = g.rss_kb()
+        socks = []
+        for _ in range(15):
+            x = connect(g)
+            x.sendall(("POST /api/devices/a/telemetry HTTP/1.1\r\nHost: x\r\n"
+                       "Content-Length: 60000\r\n\r\n").encode())
+            socks.append(x)
+        wait_for(lambda: True, 0.1)
+        rss1 = g.rss_kb()
+        t(rss1 - rss0 < 20000, "declared bodies do not allocate memory (%d kB)" % (rss1 - rss0))
+        for x in socks:
+            x.close()
+        t(served(g), "still serving at the end")
+
+
+try:
+    main()
+except Exception:
+    traceback.print_exc()
+    t(False, "exception")
+t.done()
