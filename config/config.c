@@ -1,2 +1,882 @@
-/* config/config.c */
-typedef int gale_placeholder_config;
+/* config/config.c: Gale's configuration, driven by one table of keys.
+ * Data moves one way: config_defaults() fills a struct config from the table's
+ * default texts, then each source overrides it in turn (the --config JSON file,
+ * GALE_<SECTION>_<KEY> environment variables, --set section.key=value flags).
+ * Every source decodes a value with the key's type from the table, checks its
+ * bounds and names the key in any error. Each apply works on a copy, so a
+ * failed call leaves the caller's config as it was. Runs on the main thread at
+ * startup, before the loop exists; no globals are written. */
+#include "config/config.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+
+#include "gateway/util.h"
+
+#define CONFIG_FILE_MAX_BYTES (1024 * 1024) /* a config file larger than this is refused */
+#define GOT_MAX 40                          /* bytes of a bad value quoted in an error */
+#define QUOTED_MAX (GOT_MAX * 4 + 8)        /* those bytes quoted and escaped, NUL included */
+#define MIB (1024LL * 1024)
+#define GIB (1024LL * MIB)
+
+enum key_type {
+    KEY_INT,  /* int field; JSON number, text integer; bounds min..max */
+    KEY_SIZE, /* size_t field; bytes or counts; plain integer, text may end in k|m|g */
+    KEY_BOOL, /* bool field; JSON true/false, text true/false/1/0/yes/no/on/off */
+    KEY_STR,  /* char[] field; min..(field size - 1) bytes */
+    KEY_ENUM, /* char[] field holding one of the '|'-separated words in choices */
+    KEY_JSON, /* char[] field holding a JSON array as compact text */
+};
+
+struct key {
+    const char *name;    /* "section.key" */
+    enum key_type type;
+    size_t offset;       /* of the field in struct config */
+    size_t size;         /* of the field, bytes (char[] capacity, NUL included) */
+    long long min, max;  /* KEY_INT/KEY_SIZE: value bounds; KEY_STR: min length, bytes */
+    const char *choices; /* KEY_ENUM: "debug|info|warn|error" */
+    const char *def;     /* default, as text in the key's --set syntax */
+    const char *help;    /* one line */
+};
+
+#define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+#define INT(n, f, lo, hi, d, h) { n, KEY_INT, FIELD(f), lo, hi, NULL, d, h }
+#define SIZE(n, f, lo, hi, d, h) { n, KEY_SIZE, FIELD(f), lo, hi, NULL, d, h }
+#define BOOL(n, f, d, h) { n, KEY_BOOL, FIELD(f), 0, 0, NULL, d, h }
+#define STR(n, f, minlen, d, h) { n, KEY_STR, FIELD(f), minlen, 0, NULL, d, h }
+#define ENUM(n, f, c, d, h) { n, KEY_ENUM, FIELD(f), 0, 0, c, d, h }
+#define JSON(n, f, d, h) { n, KEY_JSON, FIELD(f), 0, 0, NULL, d, h }
+
+/* The one list of keys: parsing, validation, defaults, gateway.json and the
+ * reference (gale --help, README) all come from here. Order = output order. */
+static const struct key keys[] = {
+    STR("gateway.data_dir", data_dir, 1, "./data",
+        "Directory for the database, the generated API key and other state."),
+    ENUM("log.level", log.level, "debug|info|warn|error", "info",
+         "Lowest level of log lines written."),
+    ENUM("log.format", log.format, "text|json", "text",
+         "Log line format: key=value text or one JSON object per line."),
+    STR("http.bind", http.bind, 1, "0.0.0.0", "Address the HTTP/WebSocket listener binds."),
+    INT("http.port", http.port, 0, 65535, "8080",
+        "HTTP port (REST, dashboard, WebSocket); 0 picks a free port."),
+    STR("http.api_key", http.api_key, 0, "",
+        "API key for REST and the live feed; empty = generate one into the data dir."),
+    SIZE("http.max_header_bytes", http.max_header_bytes, 256, 16 * MIB, "16384",
+         "Largest request head (request line + headers), bytes."),
+    SIZE("http.max_body_bytes", http.max_body_bytes, 0, GIB, "1048576",
+         "Largest request body, bytes."),
+    BOOL("http.ws_echo", http.ws_echo, "false",
+         "Test aid: echo device WebSocket messages back to the sender."),
+    SIZE("http.ws_max_message_bytes", http.ws_max_message_bytes, 125, GIB, "1048576",
+         "Largest WebSocket message (all fragments together), bytes."),
+    BOOL("http.ws_deflate", http.ws_deflate, "true",
+         "Offer permessage-deflate compression to WebSocket clients."),
+    BOOL("line.enabled", line.enabled, "true", "Run the raw TCP line-protocol listener."),
+    STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
+    INT("line.port", line.port, 0, 65535, "7000",
+        "Line-protocol TCP port; 0 picks a free port."),
+    SIZE("line.max_line_bytes", line.max_line_bytes, 64, GIB, "65536",
+         "Longest line (one JSON message), bytes."),
+    INT("line.max_errors", line.max_errors, 0, 1000000, "10",
+        "Bad lines after which a line-protocol connection is closed."),
+    BOOL("mqtt.enabled", mqtt.enabled, "true", "Run the MQTT listener."),
+    STR("mqtt.bind", mqtt.bind, 1, "0.0.0.0", "Address the MQTT listener binds."),
+    INT("mqtt.port", mqtt.port, 0, 65535, "1883", "MQTT TCP port; 0 picks a free port."),
+    SIZE("mqtt.max_packet_bytes", mqtt.max_packet_bytes, 64, 268435460, "1048576",
+         "Largest MQTT packet (fixed header included), bytes."),
+    BOOL("mqtt.allow_anonymous", mqtt.allow_anonymous, "false",
+         "Accept MQTT clients without device credentials."),
+    INT("mqtt.max_keepalive", mqtt.max_keepalive, 0, 65535, "65535",
+        "Largest keep-alive a client may ask for, seconds."),
+    SIZE("mqtt.max_inflight", mqtt.max_inflight, 1, 65535, "20",
+         "Unacknowledged QoS 1/2 messages in flight per client."),
+    SIZE("mqtt.max_queued", mqtt.max_queued, 0, 10000000, "1000",
+         "QoS 1/2 messages queued per session before the client is disconnected."),
+    JSON("mqtt.acl", mqtt.acl_json, "[]",
+         "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
+    BOOL("devices.auto_register", devices.auto_register, "false",
+         "Create unknown devices on first connect instead of refusing them."),
+    STR("storage.path", storage.path, 0, "",
+        "SQLite database file; empty = <data_dir>/gale.db."),
+    SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "1000",
+         "Rows per write transaction (group commit)."),
+    INT("storage.batch_delay_ms", storage.batch_delay_ms, 0, 60000, "5",
+        "Longest wait before a partial batch is committed, milliseconds."),
+    SIZE("storage.queue_high_rows", storage.queue_high_rows, 1, 1000000000, "200000",
+         "Queued rows at which ingest sockets stop reading."),
+    SIZE("storage.queue_low_rows", storage.queue_low_rows, 0, 1000000000, "50000",
+         "Queued rows below which ingest sockets read again."),
+    SIZE("storage.compact_rows", storage.compact_rows, 1, 1000000000, "100000",
+         "Log-table rows moved into the indexed table in one sorted pass."),
+    INT("storage.retention_days", storage.retention_days, 0, 36500, "0",
+        "Days of telemetry kept; 0 keeps everything."),
+    INT("limits.max_connections", limits.max_connections, 1, 10000000, "10000",
+        "Open connections (all listeners) before new ones are refused."),
+    INT("limits.auth_timeout_ms", limits.auth_timeout_ms, 1, 3600000, "10000",
+        "Time a new connection has to authenticate, milliseconds."),
+    INT("limits.idle_timeout_ms", limits.idle_timeout_ms, 1, 86400000, "300000",
+        "Silence after which a connection is closed, milliseconds."),
+    SIZE("limits.max_points_per_message", limits.max_points_per_message, 1, 1000000, "1000",
+         "Telemetry key/value points accepted in one message."),
+    SIZE("limits.max_send_queue_bytes", limits.max_send_queue_bytes, 1024, GIB, "4194304",
+         "Bytes queued for one slow client before it loses data or is closed."),
+};
+
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+/* ---- errors ---- */
+
+/* Formats the error into err (if any) and returns -1. */
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Writes s[0..n) into out (QUOTED_MAX bytes) double-quoted, with control bytes,
+ * quotes and backslashes escaped and at most GOT_MAX bytes of s shown. */
+static const char *quote(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0, i;
+
+    assert(outlen >= QUOTED_MAX);
+    out[o++] = '"';
+    for (i = 0; i < n && i < GOT_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (i < n) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return out;
+}
+
+/* ---- the table ---- */
+
+static const struct key *find_key(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strlen(keys[i].name) == len && memcmp(keys[i].name, name, len) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+/* Length of the section part of a key name ("http" in "http.port"). */
+static size_t section_len(const struct key *k)
+{
+    return (size_t)(strchr(k->name, '.') - k->name);
+}
+
+static int is_section(const char *s, size_t len)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (section_len(&keys[i]) == len && memcmp(keys[i].name, s, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* GALE_ + upper(section) + _ + upper(key). */
+static void env_name(const struct key *k, char *out, size_t outlen)
+{
+    size_t o = (size_t)snprintf(out, outlen, "GALE_");
+    for (const char *p = k->name; *p && o + 1 < outlen; p++)
+        out[o++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+    out[o] = '\0';
+}
+
+static void *field(struct config *cfg, const struct key *k)
+{
+    return (char *)cfg + k->offset;
+}
+
+static const void *cfield(const struct config *cfg, const struct key *k)
+{
+    return (const char *)cfg + k->offset;
+}
+
+static int enum_has(const char *choices, const char *s, size_t len)
+{
+    const char *p = choices;
+
+    for (;;) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        if (n == len && memcmp(p, s, len) == 0)
+            return 1;
+        if (!bar)
+            return 0;
+        p = bar + 1;
+    }
+}
+
+static const char *type_name(enum key_type t)
+{
+    switch (t) {
+    case KEY_INT: return "int";
+    case KEY_SIZE: return "size";
+    case KEY_BOOL: return "bool";
+    case KEY_STR: return "string";
+    case KEY_ENUM: return "enum";
+    case KEY_JSON: return "json array";
+    }
+    return "?";
+}
+
+/* ---- storing a value once it is decoded ---- */
+
+static int store_int(struct config *cfg, const struct key *k, long long v, const char *got,
+                     char *err, size_t errlen)
+{
+    if (v < k->min || v > k->max) {
+        if (k->type == KEY_INT)
+            return fail(err, errlen, "config: %s: must be an integer in %lld..%lld (got %s)",
+                        k->name, k->min, k->max, got);
+        return fail(err, errlen, "config: %s: must be a size in %lld..%lld (got %s)", k->name,
+                    k->min, k->max, got);
+    }
+    if (k->type == KEY_INT)
+        *(int *)field(cfg, k) = (int)v;
+    else
+        *(size_t *)field(cfg, k) = (size_t)v;
+    return 0;
+}
+
+static int store_str(struct config *cfg, const struct key *k, const char *s, size_t len,
+                     char *err, size_t errlen)
+{
+    char q[QUOTED_MAX];
+
+    if (memchr(s, '\0', len))
+        return fail(err, errlen, "config: %s: must not contain a NUL byte", k->name);
+    if (k->type == KEY_ENUM) {
+        if (!enum_has(k->choices, s, len))
+            return fail(err, errlen, "config: %s: must be one of %s (got %s)", k->name,
+                        k->choices, quote(s, len, q, sizeof q));
+    } else if (len + 1 > k->size) {
+        return fail(err, errlen, "config: %s: must be at most %zu bytes long (got %zu bytes)",
+                    k->name, k->size - 1, len);
+    } else if ((long long)len < k->min) {
+        return fail(err, errlen, "config: %s: must not be empty", k->name);
+    }
+    memcpy(field(cfg, k), s, len);
+    ((char *)field(cfg, k))[len] = '\0';
+    return 0;
+}
+
+/* Stores a parsed JSON value for KEY_JSON keys: an array, kept as compact text. */
+static int store_json(struct config *cfg, const struct key *k, const cJSON *v, char *err,
+                      size_t errlen)
+{
+    char *text;
+    int rc;
+
+    if (!cJSON_IsArray(v))
+        return fail(err, errlen, "config: %s: must be a JSON array", k->name);
+    text = cJSON_PrintUnformatted(v);
+    if (!text)
+        return fail(err, errlen, "config: %s: cannot encode value", k->name);
+    if (strlen(text) + 1 > k->size)
+        rc = fail(err, errlen, "config: %s: must be at most %zu bytes as compact JSON (got %zu)",
+                  k->name, k->size - 1, strlen(text));
+    else
+        rc = store_str(cfg, k, text, strlen(text), err, errlen);
+    cJSON_free(text);
+    return rc;
+}
+
+/* ---- decoding text values (environment, --set, defaults) ---- */
+
+static int parse_bool_text(const char *s, bool *out)
+{
+    static const char *const yes[] = { "true", "1", "yes", "on" };
+    static const char *const no[] = { "false", "0", "no", "off" };
+
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Decimal integer, optional sign; when suffix is set, an optional k|m|g (x1024^n).
+ * Values beyond +-2^62 are refused, which every key's bounds are far inside. */
+static int parse_int_text(const char *s, int suffix, long long *out)
+{
+    const long long lim = 1LL << 62;
+    long long v = 0;
+    int neg = 0, digits = 0;
+
+    if (*s == '-' || *s == '+')
+        neg = *s++ == '-';
+    for (; *s >= '0' && *s <= '9'; s++, digits++) {
+        if (v > (lim - (*s - '0')) / 10)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    if (!digits)
+        return -1;
+    if (suffix && *s) {
+        int shift = 0;
+        switch (*s) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        default: return -1;
+        }
+        if (v > (lim >> shift))
+            return -1;
+        v <<= shift;
+        s++;
+    }
+    if (*s)
+        return -1;
+    *out = neg ? -v : v;
+    return 0;
+}
+
+static int set_text(struct config *cfg, const struct key *k, const char *s, char *err,
+                    size_t errlen)
+{
+    char q[QUOTED_MAX];
+    long long v;
+    bool b;
+    cJSON *j;
+    int rc;
+
+    switch (k->type) {
+    case KEY_INT:
+    case KEY_SIZE:
+        quote(s, strlen(s), q, sizeof q);
+        if (parse_int_text(s, k->type == KEY_SIZE, &v) != 0) {
+            if (k->type == KEY_INT)
+                return fail(err, errlen, "config: %s: must be an integer in %lld..%lld (got %s)",
+                            k->name, k->min, k->max, q);
+            return fail(err, errlen,
+                        "config: %s: must be a size in %lld..%lld, optionally with k, m or g "
+                        "(got %s)",
+                        k->name, k->min, k->max, q);
+        }
+        return store_int(cfg, k, v, q, err, errlen);
+    case KEY_BOOL:
+        if (parse_bool_text(s, &b) != 0)
+            return fail(err, errlen,
+                        "config: %s: must be true, false, 1, 0, yes, no, on or off (got %s)",
+                        k->name, quote(s, strlen(s), q, sizeof q));
+        *(bool *)field(cfg, k) = b;
+        return 0;
+    case KEY_STR:
+    case KEY_ENUM:
+        return store_str(cfg, k, s, strlen(s), err, errlen);
+    case KEY_JSON:
+        j = cJSON_ParseWithOpts(s, NULL, 1); /* nothing may follow the value */
+        if (!j)
+            return fail(err, errlen, "config: %s: must be a JSON array (got invalid JSON %s)",
+                        k->name, quote(s, strlen(s), q, sizeof q));
+        rc = store_json(cfg, k, j, err, errlen);
+        cJSON_Delete(j);
+        return rc;
+    }
+    return fail(err, errlen, "config: %s: bad key type", k->name);
+}
+
+/* ---- decoding JSON values (config file) ---- */
+
+static const char *json_kind(const cJSON *v)
+{
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsTrue(v)) return "true";
+    if (cJSON_IsFalse(v)) return "false";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    return "an invalid value";
+}
+
+static int set_json(struct config *cfg, const struct key *k, const cJSON *v, char *err,
+                    size_t errlen)
+{
+    char got[64];
+    double d;
+
+    switch (k->type) {
+    case KEY_INT:
+    case KEY_SIZE:
+        if (!cJSON_IsNumber(v)) {
+            snprintf(got, sizeof got, "%s", json_kind(v));
+        } else {
+            d = v->valuedouble;
+            snprintf(got, sizeof got, "%.15g", d);
+            /* range first, so the cast that tests for a fraction is defined */
+            if (isfinite(d) && d >= (double)k->min && d <= (double)k->max &&
+                d == (double)(long long)d)
+                return store_int(cfg, k, (long long)d, got, err, errlen);
+        }
+        if (k->type == KEY_INT)
+            return fail(err, errlen, "config: %s: must be an integer in %lld..%lld (got %s)",
+                        k->name, k->min, k->max, got);
+        return fail(err, errlen, "config: %s: must be a size in %lld..%lld (got %s)", k->name,
+                    k->min, k->max, got);
+    case KEY_BOOL:
+        if (!cJSON_IsBool(v))
+            return fail(err, errlen, "config: %s: must be true or false (got %s)", k->name,
+                        json_kind(v));
+        *(bool *)field(cfg, k) = cJSON_IsTrue(v);
+        return 0;
+    case KEY_STR:
+    case KEY_ENUM:
+        if (!cJSON_IsString(v))
+            return fail(err, errlen, "config: %s: must be a string (got %s)", k->name,
+                        json_kind(v));
+        return store_str(cfg, k, v->valuestring, strlen(v->valuestring), err, errlen);
+    case KEY_JSON:
+        if (!cJSON_IsArray(v))
+            return fail(err, errlen, "config: %s: must be a JSON array (got %s)", k->name,
+                        json_kind(v));
+        return store_json(cfg, k, v, err, errlen);
+    }
+    return fail(err, errlen, "config: %s: bad key type", k->name);
+}
+
+/* ---- public API ---- */
+
+void config_defaults(struct config *cfg)
+{
+    char err[256];
+
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        int rc;
+        assert(strchr(k->name, '.') != NULL);
+        assert(k->type != KEY_INT || k->size == sizeof(int));
+        assert(k->type != KEY_SIZE || k->size == sizeof(size_t));
+        assert(k->type != KEY_BOOL || k->size == sizeof(bool));
+        rc = set_text(cfg, k, k->def, err, sizeof err);
+        assert(rc == 0); /* a default that fails its own key is a bug in the table */
+        (void)rc;
+    }
+}
+
+/* Applies a parsed document; cfg is a scratch copy. */
+static int apply_doc(struct config *cfg, const cJSON *doc, const char *src, char *err,
+                     size_t errlen)
+{
+    char q[QUOTED_MAX];
+    const cJSON *sec, *item;
+
+    if (!cJSON_IsObject(doc))
+        return fail(err, errlen, "config: %s%stop level must be a JSON object", src ? src : "",
+                    src ? ": " : "");
+    cJSON_ArrayForEach(sec, doc) {
+        size_t slen = strlen(sec->string);
+        if (!is_section(sec->string, slen))
+            return fail(err, errlen, "config: unknown section %s",
+                        quote(sec->string, slen, q, sizeof q));
+        if (!cJSON_IsObject(sec))
+            return fail(err, errlen, "config: %s: must be an object", sec->string);
+        cJSON_ArrayForEach(item, sec) {
+            char name[256];
+            const struct key *k;
+            int n = snprintf(name, sizeof name, "%s.%s", sec->string, item->string);
+            k = n > 0 && (size_t)n < sizeof name ? find_key(name, (size_t)n) : NULL;
+            if (!k)
+                return fail(err, errlen, "config: unknown key %s",
+                            quote(name, strnlen(name, sizeof name), q, sizeof q));
+            if (set_json(cfg, k, item, err, errlen) != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int apply_json_from(struct config *cfg, const char *json, size_t len, const char *src,
+                           char *err, size_t errlen)
+{
+    const char *end = NULL;
+    cJSON *doc;
+    struct config *tmp;
+    int rc;
+
+    doc = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (doc && end) {
+        /* cJSON stops after the first value; anything but whitespace after it is an error */
+        while (end < json + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+            end++;
+        if (end < json + len) {
+            cJSON_Delete(doc);
+            doc = NULL;
+        }
+    }
+    if (!doc) {
+        int line = 1;
+        if (!end || end < json || end > json + len)
+            end = json + len;
+        for (const char *p = json; p < end; p++)
+            line += *p == '\n';
+        return fail(err, errlen, "config: %s%sinvalid JSON near line %d", src ? src : "",
+                    src ? ": " : "", line);
+    }
+    tmp = xmalloc(sizeof *tmp);
+    *tmp = *cfg;
+    rc = apply_doc(tmp, doc, src, err, errlen);
+    if (rc == 0)
+        *cfg = *tmp;
+    free(tmp);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+int config_apply_json(struct config *cfg, const char *json, size_t len, char *err, size_t errlen)
+{
+    return apply_json_from(cfg, json, len, NULL, err, errlen);
+}
+
+int config_apply_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    char *data;
+    size_t len = 0, n;
+    int rc;
+
+    if (!f)
+        return fail(err, errlen, "config: %s: cannot read: %s", path, strerror(errno));
+    data = xmalloc(CONFIG_FILE_MAX_BYTES + 1);
+    while ((n = fread(data + len, 1, CONFIG_FILE_MAX_BYTES + 1 - len, f)) > 0)
+        len += n;
+    if (ferror(f)) {
+        rc = fail(err, errlen, "config: %s: cannot read: %s", path, strerror(errno));
+    } else if (len > CONFIG_FILE_MAX_BYTES) {
+        rc = fail(err, errlen, "config: %s: larger than %d bytes", path, CONFIG_FILE_MAX_BYTES);
+    } else {
+        rc = apply_json_from(cfg, data, len, path, err, errlen);
+    }
+    free(data);
+    fclose(f);
+    return rc;
+}
+
+int config_apply_set(struct config *cfg, const char *assignment, char *err, size_t errlen)
+{
+    char q[QUOTED_MAX];
+    const char *eq = strchr(assignment, '=');
+    const struct key *k;
+
+    if (!eq || !memchr(assignment, '.', (size_t)(eq - assignment)))
+        return fail(err, errlen, "config: --set %s: expected section.key=value",
+                    quote(assignment, strlen(assignment), q, sizeof q));
+    k = find_key(assignment, (size_t)(eq - assignment));
+    if (!k)
+        return fail(err, errlen, "config: unknown key %s",
+                    quote(assignment, (size_t)(eq - assignment), q, sizeof q));
+    /* set_text stores only after the value passed every check, so cfg stays whole */
+    return set_text(cfg, k, eq + 1, err, errlen);
+}
+
+/* 1 when s[0..len) names a known section, in any case ("HTTP"). */
+static int is_env_section(const char *s, size_t len)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (section_len(&keys[i]) == len && strncasecmp(keys[i].name, s, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* Applies one "NAME=value" entry to cfg; 0 also when it is not ours. The part
+ * after GALE_ matches in any case (GALE_HTTP_PORT, GALE_http_port). */
+static int apply_env_var(struct config *cfg, const char *var, char *err, size_t errlen)
+{
+    char q[QUOTED_MAX], q2[QUOTED_MAX], name[128], key[256];
+    const char *eq = strchr(var, '='), *sec = var + 5, *us;
+    size_t nlen, kl = 0;
+
+    if (!eq || strncmp(var, "GALE_", 5) != 0)
+        return 0;
+    nlen = (size_t)(eq - var);
+    us = memchr(sec, '_', (size_t)(eq - sec));
+    /* GALE_BIN, GALE_CONFIG, ...: not SECTION_KEY of a known section, so not ours */
+    if (!us || !is_env_section(sec, (size_t)(us - sec)))
+        return 0;
+    for (size_t i = 0; i < NKEYS; i++) {
+        env_name(&keys[i], name, sizeof name);
+        if (strlen(name) == nlen && strncasecmp(name, var, nlen) == 0)
+            return set_text(cfg, &keys[i], eq + 1, err, errlen);
+    }
+    /* report it as the key it would name: GALE_HTTP_PROT -> http.prot */
+    for (const char *p = sec; p < eq && kl + 1 < sizeof key; p++)
+        key[kl++] = p == us ? '.' : (char)tolower((unsigned char)*p);
+    return fail(err, errlen, "config: unknown key %s (from environment variable %s)",
+                quote(key, kl, q, sizeof q), quote(var, nlen, q2, sizeof q2));
+}
+
+int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t errlen)
+{
+    struct config *tmp;
+    int rc = 0;
+
+    if (!envp)
+        return 0;
+    tmp = xmalloc(sizeof *tmp);
+    *tmp = *cfg;
+    for (size_t i = 0; envp[i] && rc == 0; i++)
+        rc = apply_env_var(tmp, envp[i], err, errlen);
+    if (rc == 0)
+        *cfg = *tmp;
+    free(tmp);
+    return rc;
+}
+
+/* Checks one key's stored value against the table, as the setters would have. */
+static int check_key(const struct config *cfg, const struct key *k, char *err, size_t errlen)
+{
+    struct config scratch;
+    const char *s = cfield(cfg, k);
+    char got[32];
+    cJSON *j;
+    int rc;
+
+    switch (k->type) {
+    case KEY_INT:
+        snprintf(got, sizeof got, "%d", *(const int *)s);
+        return store_int(&scratch, k, *(const int *)s, got, err, errlen);
+    case KEY_SIZE:
+        snprintf(got, sizeof got, "%zu", *(const size_t *)s);
+        if (*(const size_t *)s > (size_t)k->max)
+            return store_int(&scratch, k, k->max + 1, got, err, errlen);
+        return store_int(&scratch, k, (long long)*(const size_t *)s, got, err, errlen);
+    case KEY_BOOL:
+        return 0;
+    case KEY_STR:
+    case KEY_ENUM:
+        if (!memchr(s, '\0', k->size))
+            return fail(err, errlen, "config: %s: not NUL-terminated", k->name);
+        return store_str(&scratch, k, s, strlen(s), err, errlen);
+    case KEY_JSON:
+        if (!memchr(s, '\0', k->size))
+            return fail(err, errlen, "config: %s: not NUL-terminated", k->name);
+        j = cJSON_ParseWithOpts(s, NULL, 1);
+        if (!j)
+            return fail(err, errlen, "config: %s: must be a JSON array (got invalid JSON)",
+                        k->name);
+        rc = store_json(&scratch, k, j, err, errlen);
+        cJSON_Delete(j);
+        return rc;
+    }
+    return 0;
+}
+
+static int same_address(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0 || strcmp(a, "0.0.0.0") == 0 || strcmp(b, "0.0.0.0") == 0 ||
+           strcmp(a, "::") == 0 || strcmp(b, "::") == 0;
+}
+
+int config_validate(const struct config *cfg, char *err, size_t errlen)
+{
+    const struct {
+        const char *name;
+        bool on;
+        const char *bind;
+        int port;
+    } ports[] = {
+        { "http", true, cfg->http.bind, cfg->http.port },
+        { "line", cfg->line.enabled, cfg->line.bind, cfg->line.port },
+        { "mqtt", cfg->mqtt.enabled, cfg->mqtt.bind, cfg->mqtt.port },
+    };
+    const size_t nports = sizeof ports / sizeof ports[0];
+
+    for (size_t i = 0; i < NKEYS; i++)
+        if (check_key(cfg, &keys[i], err, errlen) != 0)
+            return -1;
+    if (cfg->storage.queue_low_rows >= cfg->storage.queue_high_rows)
+        return fail(err, errlen,
+                    "config: storage.queue_low_rows (%zu) must be less than "
+                    "storage.queue_high_rows (%zu)",
+                    cfg->storage.queue_low_rows, cfg->storage.queue_high_rows);
+    if (cfg->storage.batch_rows > cfg->storage.queue_high_rows)
+        return fail(err, errlen,
+                    "config: storage.batch_rows (%zu) must not exceed storage.queue_high_rows "
+                    "(%zu)",
+                    cfg->storage.batch_rows, cfg->storage.queue_high_rows);
+    for (size_t i = 0; i < nports; i++)
+        for (size_t j = i + 1; j < nports; j++)
+            if (ports[i].on && ports[j].on && ports[i].port != 0 &&
+                ports[i].port == ports[j].port && same_address(ports[i].bind, ports[j].bind))
+                return fail(err, errlen, "config: %s.port and %s.port are both %d", ports[i].name,
+                            ports[j].name, ports[i].port);
+    return 0;
+}
+
+/* Adds one key's value to its section object in root. */
+static void add_value(cJSON *root, const struct config *cfg, const struct key *k)
+{
+    char sec[32];
+    size_t slen = section_len(k);
+    const char *leaf = k->name + slen + 1;
+    const void *f = cfield(cfg, k);
+    cJSON *obj, *v;
+
+    assert(slen < sizeof sec);
+    memcpy(sec, k->name, slen);
+    sec[slen] = '\0';
+    obj = cJSON_GetObjectItemCaseSensitive(root, sec);
+    if (!obj)
+        obj = cJSON_AddObjectToObject(root, sec);
+    switch (k->type) {
+    case KEY_INT: v = cJSON_CreateNumber(*(const int *)f); break;
+    case KEY_SIZE: v = cJSON_CreateNumber((double)*(const size_t *)f); break;
+    case KEY_BOOL: v = cJSON_CreateBool(*(const bool *)f); break;
+    case KEY_JSON:
+        v = cJSON_Parse(f);
+        if (!v)
+            v = cJSON_CreateString(f); /* not validated; show what is there */
+        break;
+    default:
+        if (strcmp(k->name, "http.api_key") == 0 && *(const char *)f)
+            v = cJSON_CreateString("***");
+        else
+            v = cJSON_CreateString(f);
+        break;
+    }
+    cJSON_AddItemToObject(obj, leaf, v);
+}
+
+char *config_to_json(const struct config *cfg)
+{
+    cJSON *root = cJSON_CreateObject();
+    char *text, *out;
+
+    for (size_t i = 0; i < NKEYS; i++)
+        add_value(root, cfg, &keys[i]);
+    text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text)
+        return xstrdup("{}");
+    out = xstrdup(text);
+    cJSON_free(text);
+    return out;
+}
+
+/* "int 0..65535", "size 64..1073741824", "enum debug|info|warn|error", ... */
+static void describe_type(const struct key *k, char *out, size_t outlen, const char *bar)
+{
+    switch (k->type) {
+    case KEY_INT:
+    case KEY_SIZE:
+        snprintf(out, outlen, "%s %lld..%lld", type_name(k->type), k->min, k->max);
+        break;
+    case KEY_ENUM: {
+        size_t o = (size_t)snprintf(out, outlen, "enum ");
+        for (const char *p = k->choices; *p && o + 4 < outlen; p++) {
+            if (*p == '|') {
+                o += (size_t)snprintf(out + o, outlen - o, "%s", bar);
+            } else {
+                out[o++] = *p;
+                out[o] = '\0';
+            }
+        }
+        break;
+    }
+    case KEY_STR:
+        snprintf(out, outlen, "string (max %zu)", k->size - 1);
+        break;
+    default:
+        snprintf(out, outlen, "%s", type_name(k->type));
+        break;
+    }
+}
+
+/* The default as shown in the reference: strings quoted, so "" is visible. */
+static void describe_default(const struct key *k, char *out, size_t outlen)
+{
+    snprintf(out, outlen, k->type == KEY_STR ? "\"%s\"" : "%s", k->def);
+}
+
+void config_print_reference(FILE *out)
+{
+    char env[96], type[96], def[64];
+
+    fprintf(out, "Configuration keys (precedence: --set > environment > --config file > "
+                 "default):\n");
+    fprintf(out, "  %-32s %-28s %-10s %s\n", "KEY", "TYPE", "DEFAULT", "ENVIRONMENT");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        env_name(k, env, sizeof env);
+        describe_type(k, type, sizeof type, "|");
+        describe_default(k, def, sizeof def);
+        fprintf(out, "  %-32s %-28s %-10s %s\n      %s\n", k->name, type, def, env, k->help);
+    }
+    fprintf(out, "Sizes accept a k, m or g suffix (x1024, x1024^2, x1024^3) in the environment\n"
+                 "and --set; booleans accept true/false, 1/0, yes/no, on/off there.\n");
+}
+
+/* Writes s with the characters that Markdown tables or HTML would eat escaped. */
+static void put_markdown(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '<')
+            fputs("&lt;", out);
+        else if (*s == '>')
+            fputs("&gt;", out);
+        else if (*s == '|')
+            fputs("\\|", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+void config_print_reference_markdown(FILE *out)
+{
+    char env[96], type[96], def[64];
+
+    fputs("| key | type | default | environment | description |\n", out);
+    fputs("|---|---|---|---|---|\n", out);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        env_name(k, env, sizeof env);
+        describe_type(k, type, sizeof type, ", ");
+        describe_default(k, def, sizeof def);
+        fprintf(out, "| `%s` | ", k->name);
+        put_markdown(out, type);
+        fprintf(out, " | `%s` | `%s` | ", def, env);
+        put_markdown(out, k->help);
+        fputs(" |\n", out);
+    }
+    fputs("\nSizes accept a `k`, `m` or `g` suffix (x1024, x1024^2, x1024^3) in the environment "
+          "and `--set`; booleans accept `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` there.\n",
+          out);
+}

@@ -84,6 +84,8 @@ int config_apply_set(struct config *cfg, const char *assignment, char *err, size
 int config_validate(const struct config *cfg, char *err, size_t errlen);
 /* Writes the reference (every key, type, default, env name, help) as text. */
 void config_print_reference(FILE *out);
+/* The same reference as a Markdown table (the README's config section). */
+void config_print_reference_markdown(FILE *out);
 /* Writes the effective config as JSON (api_key redacted). Returns heap string. */
 char *config_to_json(const struct config *cfg);
 

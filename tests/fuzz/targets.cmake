@@ -1,1 +1,4 @@
 # name source libraries — shared by tests/fuzz (libFuzzer) and tests/fuzz_replay (ctest).
+gale_fuzz_target(telemetry fuzz_telemetry.c gale_core)
+gale_fuzz_target(line fuzz_line.c gale_line)
+gale_fuzz_target(config fuzz_config.c gale_config)
