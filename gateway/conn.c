@@ -326,7 +326,12 @@ void conn_close(struct conn *c, const char *why)
         c->proto->close(c->proto_state, why);
     c->proto_state = NULL;
     wait_list_remove(gw, c);
-    c->nwaiters = 0;
+    while (c->nwaiters) { /* ok = -1: cancelled, so owners of tags can free them */
+        struct conn_waiter w = c->waiters[c->waiters_head];
+        c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
+        c->nwaiters--;
+        w.fn(c, w.tag, -1);
+    }
     registry_remove(gw, c);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_close);

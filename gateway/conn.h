@@ -32,8 +32,9 @@ struct proto_ops {
     void (*close)(void *state, const char *why); /* release state; no I/O */
 };
 
-/* Called when the operation with store seq has become durable (ok = 1) or has
- * failed for good (ok = 0). Not called when the connection closes first. */
+/* Called when the operation with store seq has become durable (ok = 1), has
+ * failed for good (ok = 0), or the connection closed first (ok = -1: send
+ * nothing, only release what tag refers to). */
 typedef void (*conn_durable_fn)(struct conn *c, uint64_t tag, int ok);
 
 struct conn_waiter {

@@ -58,6 +58,8 @@ static void on_durable(struct conn *c, uint64_t tag, int ok)
     struct line_conn *l = c->proto_state;
     char out[64];
     int n;
+    if (ok < 0)
+        return;
     if (ok) {
         n = snprintf(out, sizeof out, "{\"ack\":%llu}\n", (unsigned long long)tag);
         conn_send(c, out, (size_t)n);

@@ -66,8 +66,8 @@ def main():
             g.kill9()
 
     # backpressure: a tiny queue pauses ingest reads instead of growing memory
-    with Gale(args=["--set", "storage.queue_high_rows=2000", "--set", "storage.queue_low_rows=500",
-                    "--set", "storage.batch_rows=500"]) as g:
+    with Gale(args=["--set", "storage.queue_high_rows=200", "--set", "storage.queue_low_rows=50",
+                    "--set", "storage.batch_rows=1"]) as g:
         token = g.create_device("fast")
         c = g.line("fast", token)
         n = 60000
