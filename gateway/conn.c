@@ -319,7 +319,9 @@ void conn_close(struct conn *c, const char *why)
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
-    log_info("conn=%llu peer=%s proto=%s%s%s close reason=\"%s\" bytes_in=%llu bytes_out=%llu",
+    /* HTTP connections come and go by the thousand: their closes are debug noise */
+    log_write(strcmp(c->proto->name, "http") == 0 ? LOG_DEBUG : LOG_INFO,
+              "conn=%llu peer=%s proto=%s%s%s close reason=\"%s\" bytes_in=%llu bytes_out=%llu",
              (unsigned long long)c->id, c->peer, c->proto->name, c->device[0] ? " device=" : "",
              c->device, why, (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
     if (c->proto_state && c->proto->close)

@@ -42,6 +42,19 @@ static void format_time(char *out, size_t n)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 }
 
+static int is_integer(const char *v, size_t n)
+{
+    size_t i = (n > 0 && v[0] == '-') ? 1 : 0;
+    if (i == n || n > 18)
+        return 0;
+    if (v[i] == '0' && n > i + 1)
+        return 0;
+    for (; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
 /* Splits "a=1 b=\"x y\" word" into JSON members; bare words join "msg". */
 static void append_json_pairs(struct buf *out, const char *s)
 {
@@ -84,8 +97,10 @@ static void append_json_pairs(struct buf *out, const char *s)
         buf_append(out, ",", 1);
         buf_append_json_str(out, k, klen);
         buf_append(out, ":", 1);
-        (void)quoted;
-        buf_append_json_str(out, v, vlen);
+        if (!quoted && is_integer(v, vlen))
+            buf_append(out, v, vlen); /* numbers stay numbers */
+        else
+            buf_append_json_str(out, v, vlen);
     }
     if (words.len) {
         buf_append_str(out, ",\"msg\":");

@@ -127,8 +127,10 @@ static int on_headers_complete(llhttp_t *p)
         h->url_off = h->head.len - 1;
     }
     /* the path copy and the query follow the fields */
-    buf_append(&h->head, h->head.data + h->url_off, h->url_len);
-    buf_append(&h->head, "", 1);
+    buf_reserve(&h->head, h->url_len + 1); /* may move data: copy by offset after */
+    memcpy(h->head.data + h->head.len, h->head.data + h->url_off, h->url_len);
+    h->head.data[h->head.len + h->url_len] = '\0';
+    buf_commit(&h->head, h->url_len + 1);
     memset(r, 0, sizeof *r);
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->target = (const char *)h->head.data + h->url_off;

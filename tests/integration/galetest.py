@@ -68,6 +68,9 @@ class Gale:
             m = re.search(r"listening protocol=(\w+) port=(\d+)", line)
             if m:
                 self.ports[m.group(1)] = int(m.group(2))
+            elif line.startswith("{") and '"listening"' in line:
+                js = json.loads(line)
+                self.ports[js["protocol"]] = int(js["port"])
             if os.environ.get("GALE_TEST_VERBOSE"):
                 sys.stderr.write("gale| " + line)
 
