@@ -2,3 +2,4 @@
 gale_fuzz_target(telemetry fuzz_telemetry.c gale_core)
 gale_fuzz_target(line fuzz_line.c gale_line)
 gale_fuzz_target(config fuzz_config.c gale_config)
+gale_fuzz_target(mqtt fuzz_mqtt.c gale_mqtt)
