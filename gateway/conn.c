@@ -82,9 +82,10 @@ static void wait_list_remove(struct gw *gw, struct conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     struct conn *c = h->data;
+    struct buf *b = c->xport ? &c->raw : &c->in;
     (void)suggested;
-    out->base = (char *)buf_reserve(&c->in, READ_CHUNK);
-    out->len = c->in.cap - c->in.len;
+    out->base = (char *)buf_reserve(b, READ_CHUNK);
+    out->len = b->cap - b->len;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
@@ -97,7 +98,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         conn_close(c, nread == UV_EOF ? "peer closed" : uv_strerror((int)nread));
         return;
     }
-    buf_commit(&c->in, (size_t)nread);
+    buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
@@ -106,13 +107,28 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 
 void conn_refeed(struct conn *c)
 {
-    if (c->closing || c->in.len == 0)
+    if (c->closing || (c->in.len == 0 && c->raw.len == 0))
         return;
     conn_ref(c);
-    c->proto->feed(c->proto_state, &c->in);
-    if (!c->closing)
+    if (c->xport && c->raw.len)
+        c->xport->feed(c->xport_state, &c->raw, &c->in);
+    if (!c->closing && c->in.len)
+        c->proto->feed(c->proto_state, &c->in);
+    if (!c->closing) {
         buf_shrink(&c->in, 4 * READ_CHUNK);
+        buf_shrink(&c->raw, 4 * READ_CHUNK);
+    }
     conn_unref(c);
+}
+
+void conn_set_transport(struct conn *c, const struct transport_ops *t, void *state)
+{
+    c->xport = t;
+    c->xport_state = state;
+    if (c->in.len) { /* bytes after the upgrade request belong to the transport */
+        buf_append(&c->raw, c->in.data, c->in.len);
+        c->in.len = 0;
+    }
 }
 
 void conn_update_reading(struct conn *c)
@@ -168,6 +184,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listene
     c->gw = gw;
     c->refs = 1;
     buf_init(&c->in);
+    buf_init(&c->raw);
     uv_tcp_init(gw->loop, &c->tcp);
     c->tcp.data = c;
     c->handles_open = 1;
@@ -239,6 +256,14 @@ static void on_write(uv_write_t *req, int status)
 
 void conn_send(struct conn *c, const void *data, size_t len)
 {
+    if (c->xport && !c->closing && len)
+        c->xport->send(c->xport_state, data, len);
+    else
+        conn_send_raw(c, data, len);
+}
+
+void conn_send_raw(struct conn *c, const void *data, size_t len)
+{
     const char *p = data;
     struct write_req *w;
     uv_buf_t b;
@@ -298,6 +323,7 @@ void conn_close_after_write(struct conn *c, const char *why)
 static void free_conn(struct conn *c)
 {
     buf_fini(&c->in);
+    buf_fini(&c->raw);
     free(c->waiters);
     free(c);
 }
@@ -327,6 +353,9 @@ void conn_close(struct conn *c, const char *why)
     if (c->proto_state && c->proto->close)
         c->proto->close(c->proto_state, why);
     c->proto_state = NULL;
+    if (c->xport_state && c->xport->close)
+        c->xport->close(c->xport_state);
+    c->xport_state = NULL;
     wait_list_remove(gw, c);
     while (c->nwaiters) { /* ok = -1: cancelled, so owners of tags can free them */
         struct conn_waiter w = c->waiters[c->waiters_head];

@@ -32,6 +32,19 @@ struct proto_ops {
     void (*close)(void *state, const char *why); /* release state; no I/O */
 };
 
+/* A transport between the socket and the protocol (WebSocket, TLS): it decodes
+ * raw socket bytes, appending the protocol's bytes to c->in, and wraps what the
+ * protocol sends. */
+struct transport_ops {
+    const char *name;                             /* "websocket", "tls" */
+    /* Decodes raw (consuming it) and appends payload to in. Returns 0, or negative
+     * after having closed the connection. */
+    int (*feed)(void *state, struct buf *raw, struct buf *in);
+    /* Wraps data (a frame, a TLS record) and writes it with conn_send_raw. */
+    void (*send)(void *state, const void *data, size_t len);
+    void (*close)(void *state);                   /* release state; no I/O */
+};
+
 /* Called when the operation with store seq has become durable (ok = 1), has
  * failed for good (ok = 0), or the connection closed first (ok = -1: send
  * nothing, only release what tag refers to). */
@@ -51,6 +64,10 @@ struct conn {
     const char *listener;            /* "http", "line", "mqtt" */
     const struct proto_ops *proto;
     void *proto_state;
+    const struct transport_ops *xport;   /* NULL: the protocol reads the socket directly */
+    void *xport_state;
+    /* set by protocols that can carry commands to their device (line, ws-device) */
+    void (*send_command)(struct conn *c, const char *json, size_t len);
     char device[65];                 /* device id after auth, else "" */
     bool ingest;                     /* reads pause under storage backpressure */
     bool closing;
@@ -60,7 +77,8 @@ struct conn {
     unsigned idle_timeout_ms;        /* 0 = none */
     /* read-only */
     size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
-    struct buf in;                   /* bytes read, not yet consumed by the protocol */
+    struct buf in;                   /* bytes for the protocol, not yet consumed */
+    struct buf raw;                  /* socket bytes for the transport (when xport is set) */
     /* private */
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -84,8 +102,12 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listene
                          const struct proto_ops *proto);
 /* Swaps the protocol (state of the old one is released by the caller). */
 void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state);
-/* Copies data and writes it (uv_try_write first, the rest queued). */
+/* Puts a transport under the protocol; bytes already in c->in become raw input. */
+void conn_set_transport(struct conn *c, const struct transport_ops *t, void *state);
+/* Sends protocol bytes: through the transport when there is one. */
 void conn_send(struct conn *c, const void *data, size_t len);
+/* Copies data and writes it to the socket (uv_try_write first, the rest queued). */
+void conn_send_raw(struct conn *c, const void *data, size_t len);
 /* Closes once all queued bytes are written. */
 void conn_close_after_write(struct conn *c, const char *why);
 void conn_close(struct conn *c, const char *why);

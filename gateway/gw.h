@@ -33,15 +33,21 @@ struct gw {
     struct store *store;
     struct devices *devices;
     struct metrics metrics;
-    char api_key[128];               /* REST and live feed key */
+    char api_key[CONFIG_STR_MAX];    /* REST and live feed key */
     unsigned char token_secret[32];  /* HMAC key for device tokens */
     int64_t started_ms;
     void *mqtt;                      /* MQTT broker state (protocols/mqtt), or NULL */
     void *rest;                      /* REST state (web/rest.c) */
     void *http;                      /* struct http_server for the HTTP listener */
     void *feed;                      /* live feed hub (web/feed.c), or NULL */
+    void *commands;                  /* command tracking (web/commands.c) */
+    /* a device went online (first connection) or offline (last one closed) */
+    void (*on_presence)(struct gw *gw, const char *device, bool online);
+    /* a device answered a command over a non-MQTT transport */
+    void (*on_command_reply)(struct gw *gw, const char *device, const char *cmd_id,
+                             const void *payload, size_t len);
     /* read-only */
-    struct gw_listener listeners[4];
+    struct gw_listener listeners[8];
     int nlisteners;
     size_t nconns;                   /* live connections */
     bool ingest_paused;

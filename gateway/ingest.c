@@ -70,6 +70,8 @@ void ingest_online(struct gw *gw, struct conn *c, struct device *dev, const char
     dev->last_seen_ms = gw_now_ms();
     snprintf(dev->protocol, sizeof dev->protocol, "%s", proto);
     store_touch_device(gw->store, dev->id, dev->last_seen_ms, dev->protocol);
+    if (dev->online == 1 && gw->on_presence)
+        gw->on_presence(gw, dev->id, true);
     log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, c->peer,
              proto, dev->id);
 }
@@ -86,6 +88,8 @@ void ingest_offline(struct gw *gw, struct conn *c)
         dev->online--;
     dev->last_seen_ms = gw_now_ms();
     store_touch_device(gw->store, dev->id, dev->last_seen_ms, dev->protocol);
+    if (dev->online == 0 && gw->on_presence)
+        gw->on_presence(gw, dev->id, false);
 }
 
 int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,

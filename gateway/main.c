@@ -29,7 +29,9 @@
 #include "gateway/util.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
+#include "protocols/mqtt/broker.h"
 #include "storage/store.h"
+#include "web/commands.h"
 #include "web/rest.h"
 
 extern char **environ;
@@ -211,6 +213,12 @@ static void on_latest_loaded(void *ctx, const char *device, const struct point *
         devices_set_latest(dev, p);
 }
 
+/* Presence changes fan out to every part that reports them. */
+static void on_presence(struct gw *gw, const char *device, bool online)
+{
+    mqtt_broker_presence(gw, device, online);
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -277,11 +285,19 @@ int main(int argc, char **argv)
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
     ingest_init(&gw);
+    if (mqtt_broker_init(&gw) != 0)
+        goto out;
+    gw.on_presence = on_presence;
+    if (commands_init(&gw) != 0)
+        goto out;
+    gw.on_command_reply = commands_reply;
     rest_init(&gw);
     gw_start(&gw);
     rc = gw_listen(&gw, "http", cfg.http.bind, cfg.http.port, &http_proto);
     if (rc == 0 && cfg.line.enabled)
         rc = gw_listen(&gw, "line", cfg.line.bind, cfg.line.port, &line_proto);
+    if (rc == 0 && cfg.mqtt.enabled)
+        rc = gw_listen(&gw, "mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto);
     if (rc != 0)
         goto out;
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
@@ -302,6 +318,8 @@ out:
         log_warn("loop closed with live handles");
     if (gw.rest)
         rest_fini(&gw);
+    commands_fini(&gw);
+    mqtt_broker_fini(&gw);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

@@ -130,4 +130,50 @@ int store_query_telemetry(struct store *s, struct store_query *q, store_query_fn
 void store_query_free(struct store_query *q);
 void store_result_free(struct store_result *r);
 
+/* ---- MQTT broker state: retained messages, persistent sessions, commands ----
+ * Same ordered write stream as everything above (each returns its seq); loads are
+ * start-up only (block). */
+
+/* Sets the retained message of topic; payload_len 0 deletes it. Copies everything. */
+uint64_t store_put_retained(struct store *s, const char *topic, const void *payload,
+                            size_t payload_len, uint8_t qos);
+typedef void (*store_retained_fn)(void *ctx, const char *topic, const void *payload,
+                                  size_t payload_len, uint8_t qos);
+int store_load_retained(struct store *s, store_retained_fn fn, void *ctx);
+
+/* A persistent session (clean session 0): subs_json is a JSON array
+ * [{"filter":"a/#","qos":1},...], replaced whole on every change. */
+uint64_t store_put_session(struct store *s, const char *client_id, const char *subs_json);
+/* Deletes the session and every message queued for it. */
+uint64_t store_delete_session(struct store *s, const char *client_id);
+/* A QoS 1/2 message queued or in flight for a persistent session; msg_id is the
+ * session's own increasing number (delivery order). */
+uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t msg_id,
+                               const char *topic, const void *payload, size_t payload_len,
+                               uint8_t qos, uint8_t retain);
+uint64_t store_delete_session_msg(struct store *s, const char *client_id, uint64_t msg_id);
+typedef void (*store_session_fn)(void *ctx, const char *client_id, const char *subs_json);
+/* Called in msg_id order per session, after that session's store_session_fn. */
+typedef void (*store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
+                                     const char *topic, const void *payload,
+                                     size_t payload_len, uint8_t qos, uint8_t retain);
+int store_load_sessions(struct store *s, store_session_fn on_session,
+                        store_session_msg_fn on_msg, void *ctx);
+
+/* Commands sent to devices (REST -> MQTT/line), with their status history. */
+struct store_command {
+    const char *id;           /* command id */
+    const char *device;
+    const char *name;
+    const char *params_json;  /* JSON value text or NULL */
+    const char *status;       /* "queued" | "delivered" | "replied" | "expired" */
+    const char *reply_json;   /* JSON value text or NULL */
+    int64_t created_ms, updated_ms, expires_ms;
+};
+/* Inserts or replaces by id. */
+uint64_t store_put_command(struct store *s, const struct store_command *c);
+typedef void (*store_command_fn)(void *ctx, const struct store_command *c);
+/* Start-up only: every stored command created at or after since_ms. */
+int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, void *ctx);
+
 #endif

@@ -26,6 +26,7 @@
 #include "protocols/http/http.h"
 #include "storage/store.h"
 #include "web/assets.h"
+#include "web/commands.h"
 
 #define JSON "application/json"
 #define MAX_QUERY_KEYS 64
@@ -698,6 +699,22 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
                 telemetry_get(gw, h, req, dev);
             else
                 method_not_allowed(h, "GET, POST");
+            return;
+        }
+        if (strcmp(rest, "/commands") == 0) {
+            if (strcmp(m, "POST") == 0)
+                commands_post(gw, h, req, dev);
+            else if (strcmp(m, "GET") == 0)
+                commands_list(gw, h, dev);
+            else
+                method_not_allowed(h, "GET, POST");
+            return;
+        }
+        if (strncmp(rest, "/commands/", 10) == 0 && rest[10] && !strchr(rest + 10, '/')) {
+            if (strcmp(m, "GET") == 0)
+                commands_get(gw, h, dev, rest + 10);
+            else
+                method_not_allowed(h, "GET");
             return;
         }
     }

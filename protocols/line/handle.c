@@ -7,6 +7,7 @@
  *   bad auth / line too long -> error line, then close
  * Commands for the device are written to it as {"command":{...}} lines.
  * Loop thread only. */
+#define _GNU_SOURCE /* memmem */
 #include "protocols/line/line.h"
 
 #include <cjson/cJSON.h>
@@ -95,9 +96,28 @@ static void handle_auth(struct line_conn *l, const uint8_t *line, size_t len)
         return;
     }
     l->authed = true;
+    l->conn->send_command = line_send_command;
     snprintf(l->topic, sizeof l->topic, "devices/%s/telemetry", d->id);
     ingest_online(gw, l->conn, d, "line");
     conn_send(l->conn, "{\"ok\":true}\n", 12);
+}
+
+/* {"reply":{"id":"<cmd-id>",...}}: a command reply. Returns true when it was one. */
+static bool handle_reply(struct line_conn *l, const uint8_t *line, size_t len)
+{
+    cJSON *root = cJSON_ParseWithLength((const char *)line, len);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "reply");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    bool done = false;
+    if (cJSON_IsObject(r) && cJSON_IsString(id) && cJSON_GetArraySize(root) == 1) {
+        char *js = cJSON_PrintUnformatted(r);
+        l->conn->gw->on_command_reply(l->conn->gw, l->conn->device, id->valuestring, js,
+                                      strlen(js));
+        cJSON_free(js);
+        done = true;
+    }
+    cJSON_Delete(root);
+    return done;
 }
 
 static void handle_line(struct line_conn *l, const uint8_t *line, size_t len)
@@ -117,6 +137,8 @@ static void handle_line(struct line_conn *l, const uint8_t *line, size_t len)
         fatal(l, "unauthorized", "device was deleted");
         return;
     }
+    if (len > 9 && memmem(line, len < 32 ? len : 32, "\"reply\"", 7) && handle_reply(l, line, len))
+        return;
     if (ingest_telemetry(gw, dev, l->topic, line, len, &res, &why, &code) != 0) {
         gw->metrics.line_errors++;
         l->errors++;

@@ -1,0 +1,581 @@
+/* protocols/mqtt/broker.c: sessions, delivery, retained messages and $SYS.
+ *
+ * The broker is a bus sink: for each message it updates the retained store when
+ * the message carries the retain flag, then asks the router for matching
+ * sessions and delivers to each with min(published, granted) QoS. A session has
+ * an in-flight window (mqtt.max_inflight) and a queue (mqtt.max_queued) behind
+ * it; offline persistent sessions only queue. QoS 1/2 messages of persistent
+ * sessions are written to storage until acknowledged, so they survive a restart.
+ * Loop thread only. */
+#include "protocols/mqtt/broker_int.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/bus.h"
+#include "gateway/devices.h"
+#include "gateway/gw.h"
+#include "gateway/log.h"
+#include "gateway/util.h"
+#include "storage/store.h"
+
+#define SYS_INTERVAL_MS 10000
+
+/* ---- sending ---- */
+
+static size_t send_budget(const struct mqtt_broker *b)
+{
+    return b->gw->cfg->limits.max_send_queue_bytes / 2;
+}
+
+static void send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg *m, uint8_t qos,
+                         bool retain, bool dup, uint16_t id)
+{
+    mc->out.len = 0;
+    if (mqtt_encode_publish(&mc->out, m->topic, strlen(m->topic), m->payload, m->payload_len, qos,
+                            retain, dup, id) != 0)
+        return;
+    conn_send(mc->c, mc->out.data, mc->out.len);
+    mc->c->msgs_out++;
+    b->publish_out++;
+    b->gw->metrics.mqtt_messages_sent++;
+}
+
+static void out_free(struct out_msg *o)
+{
+    msg_unref(o->m);
+    free(o);
+}
+
+static uint16_t alloc_id(struct mqtt_session *s)
+{
+    for (;;) {
+        bool used = false;
+        s->next_id = (uint16_t)(s->next_id == 65535 ? 1 : s->next_id + 1);
+        for (size_t i = 0; i < s->ninflight; i++)
+            used |= s->inflight[i]->pkt_id == s->next_id;
+        if (!used)
+            return s->next_id;
+    }
+}
+
+static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
+{
+    o->pkt_id = alloc_id(s);
+    o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
+    s->inflight[s->ninflight++] = o;
+    send_publish(b, s->conn, o->m, o->qos, o->retain, false, o->pkt_id);
+}
+
+static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    return s->conn->c->send_queued_bytes > send_budget(b);
+}
+
+/* Moves queued messages into free in-flight slots while the connection keeps up. */
+static void pump(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    size_t max = b->gw->cfg->mqtt.max_inflight;
+    while (s->conn && !s->conn->c->closing && s->qhead && !over_budget(b, s)) {
+        struct out_msg *o = s->qhead;
+        if (o->qos > 0 && s->ninflight >= max)
+            break;
+        s->qhead = o->next;
+        if (!s->qhead)
+            s->qtail = NULL;
+        s->qlen--;
+        o->next = NULL;
+        if (o->qos == 0) {
+            send_publish(b, s->conn, o->m, 0, o->retain, false, 0);
+            out_free(o);
+        } else {
+            send_inflight(b, s, o);
+        }
+    }
+}
+
+static void persist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
+{
+    if (s->clean || o->qos == 0)
+        return;
+    o->store_id = ++s->next_store_id;
+    store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic, o->m->payload,
+                          o->m->payload_len, o->qos, o->retain);
+}
+
+static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
+{
+    if (o->store_id)
+        store_delete_session_msg(b->gw->store, s->client_id, o->store_id);
+}
+
+static void enqueue(struct mqtt_session *s, struct out_msg *o)
+{
+    if (s->qtail)
+        s->qtail->next = o;
+    else
+        s->qhead = o;
+    s->qtail = o;
+    s->qlen++;
+}
+
+/* Makes room under max_queued: drops the oldest QoS 0 message. Returns false when
+ * every queued message is QoS 1/2. */
+static bool drop_oldest_qos0(struct mqtt_session *s)
+{
+    struct out_msg *prev = NULL;
+    for (struct out_msg *o = s->qhead; o; prev = o, o = o->next) {
+        if (o->qos != 0)
+            continue;
+        if (prev)
+            prev->next = o->next;
+        else
+            s->qhead = o->next;
+        if (s->qtail == o)
+            s->qtail = prev;
+        s->qlen--;
+        out_free(o);
+        return true;
+    }
+    return false;
+}
+
+static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char *why)
+{
+    s->dropped++;
+    b->gw->metrics.mqtt_dropped++;
+    if (!s->drop_logged) {
+        s->drop_logged = true;
+        log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu",
+                 s->client_id, why, s->qlen, b->gw->cfg->mqtt.max_queued);
+    }
+}
+
+/* Delivers m to session s with effective qos. */
+static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m, uint8_t qos,
+                    bool retain)
+{
+    struct out_msg *o;
+    size_t max_queued = b->gw->cfg->mqtt.max_queued;
+
+    if (s->conn && qos == 0 && !s->qhead) {
+        if (over_budget(b, s)) {
+            count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
+            return;
+        }
+        send_publish(b, s->conn, m, 0, retain, false, 0);
+        return;
+    }
+    if (!s->conn && s->clean)
+        return;
+    o = xcalloc(1, sizeof *o);
+    o->m = msg_ref(m);
+    o->qos = qos;
+    o->retain = retain;
+    if (s->conn && qos > 0 && !s->qhead && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
+        !over_budget(b, s)) {
+        persist_msg(b, s, o);
+        send_inflight(b, s, o);
+        return;
+    }
+    if (s->qlen >= max_queued && !drop_oldest_qos0(s)) {
+        if (qos == 0 || !s->conn) {
+            count_drop(b, s, "session queue full");
+            out_free(o);
+            return;
+        }
+        /* a live subscriber that lets QoS 1/2 pile up past the limit is cut off */
+        count_drop(b, s, "session queue full");
+        out_free(o);
+        conn_close(s->conn->c, "subscriber too slow: session queue full");
+        return;
+    }
+    persist_msg(b, s, o);
+    enqueue(s, o);
+    if (s->conn)
+        pump(b, s);
+}
+
+/* ---- routing (bus sink) ---- */
+
+struct route_ctx {
+    struct mqtt_broker *b;
+    struct msg *m;
+};
+
+static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
+{
+    struct route_ctx *rc = ctx;
+    uint8_t q = rc->m->qos < qos ? rc->m->qos : qos;
+    (void)opts;
+    deliver(rc->b, sub, rc->m, q, false); /* retain is 0 to existing subscribers [MQTT-3.3.1-9] */
+}
+
+static void retained_set(struct mqtt_broker *b, struct msg *m)
+{
+    size_t tlen = strlen(m->topic);
+    struct retained *r = map_get(&b->retained, m->topic, tlen);
+    bool persist = m->topic[0] != '$';
+
+    if (m->payload_len == 0) { /* an empty retained message clears [MQTT-3.3.1-10] */
+        if (r) {
+            map_del(&b->retained, m->topic, tlen);
+            msg_unref(r->m);
+            free(r->topic);
+            free(r);
+        }
+    } else {
+        if (!r) {
+            r = xcalloc(1, sizeof *r);
+            r->topic = xstrdup(m->topic);
+            map_put(&b->retained, r->topic, tlen, r);
+        } else {
+            msg_unref(r->m);
+        }
+        r->m = msg_ref(m);
+        r->qos = m->qos;
+    }
+    if (persist)
+        store_put_retained(b->gw->store, m->topic, m->payload, m->payload_len, m->qos);
+}
+
+static void sink_mqtt(void *ctx, struct msg *m)
+{
+    struct mqtt_broker *b = ctx;
+    struct route_ctx rc = {b, m};
+    if (m->retain)
+        retained_set(b, m);
+    mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
+}
+
+void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                          size_t len, uint8_t qos)
+{
+    size_t it = 0;
+    void *v;
+    while (map_next(&b->retained, &it, NULL, &v)) {
+        struct retained *r = v;
+        if (mqtt_topic_matches(filter, len, r->topic, strlen(r->topic)))
+            deliver(b, s, r->m, r->qos < qos ? r->qos : qos, true);
+    }
+}
+
+void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device, const char *topic,
+                         const void *payload, size_t len, uint8_t qos, bool retain)
+{
+    struct msg *m = msg_new(kind, device, topic, payload, len, NULL, 0);
+    m->ts_ms = gw_now_ms();
+    m->qos = qos;
+    m->retain = retain;
+    bus_publish(gw->bus, m);
+    msg_unref(m);
+}
+
+/* ---- sessions ---- */
+
+struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *client_id)
+{
+    return map_get(&b->sessions, client_id, strlen(client_id));
+}
+
+struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean)
+{
+    struct mqtt_session *s = xcalloc(1, sizeof *s);
+    s->client_id = xstrdup(client_id);
+    s->clean = clean;
+    s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
+    map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
+    return s;
+}
+
+void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    struct out_msg *o, *next;
+    map_del(&b->sessions, s->client_id, strlen(s->client_id));
+    mqtt_router_remove_all(b->router, s);
+    for (o = s->qhead; o; o = next) {
+        next = o->next;
+        out_free(o);
+    }
+    for (size_t i = 0; i < s->ninflight; i++)
+        out_free(s->inflight[i]);
+    if (!s->clean)
+        store_delete_session(b->gw->store, s->client_id);
+    free(s->inflight);
+    free(s->qos2_in);
+    free(s->client_id);
+    free(s);
+}
+
+void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc)
+{
+    s->conn = mc;
+    s->drop_logged = false;
+    /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1] */
+    for (size_t i = 0; i < s->ninflight; i++) {
+        struct out_msg *o = s->inflight[i];
+        if (o->state == OUT_WAIT_PUBCOMP) {
+            mc->out.len = 0;
+            mqtt_encode_pubrel(&mc->out, o->pkt_id);
+            conn_send(mc->c, mc->out.data, mc->out.len);
+        } else {
+            send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id);
+        }
+    }
+    pump(b, s);
+}
+
+void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    s->conn = NULL;
+    if (s->clean)
+        broker_session_free(b, s);
+}
+
+static void list_sub(void *ctx, const char *filter, size_t len, uint8_t qos, uint32_t opts)
+{
+    cJSON *arr = ctx, *o = cJSON_CreateObject();
+    char *f = xstrndup(filter, len);
+    (void)opts;
+    cJSON_AddStringToObject(o, "filter", f);
+    cJSON_AddNumberToObject(o, "qos", qos);
+    cJSON_AddItemToArray(arr, o);
+    free(f);
+}
+
+void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    cJSON *arr;
+    char *js;
+    if (s->clean)
+        return;
+    arr = cJSON_CreateArray();
+    mqtt_router_list(b->router, s, list_sub, arr);
+    js = cJSON_PrintUnformatted(arr);
+    store_put_session(b->gw->store, s->client_id, js);
+    cJSON_free(js);
+    cJSON_Delete(arr);
+}
+
+static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_t state)
+{
+    for (size_t i = 0; i < s->ninflight; i++) {
+        struct out_msg *o = s->inflight[i];
+        if (o->pkt_id != id || o->state != state)
+            continue;
+        if (state == OUT_WAIT_PUBREC)
+            return o; /* stays in flight, waiting for PUBCOMP */
+        memmove(&s->inflight[i], &s->inflight[i + 1], (s->ninflight - i - 1) * sizeof o);
+        s->ninflight--;
+        return o;
+    }
+    return NULL;
+}
+
+static void completed(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
+{
+    if (b->on_delivered && s->device[0])
+        b->on_delivered(b->hook_ctx, s->device, o->m);
+    unpersist_msg(b, s, o);
+    out_free(o);
+    pump(b, s);
+}
+
+void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
+{
+    struct out_msg *o = take_inflight(s, id, OUT_WAIT_PUBACK);
+    if (o)
+        completed(b, s, o);
+}
+
+void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
+{
+    struct out_msg *o = take_inflight(s, id, OUT_WAIT_PUBREC);
+    (void)b;
+    if (o)
+        o->state = OUT_WAIT_PUBCOMP;
+    if (s->conn) { /* PUBREL even for an unknown id, so the client can finish */
+        s->conn->out.len = 0;
+        mqtt_encode_pubrel(&s->conn->out, id);
+        conn_send(s->conn->c, s->conn->out.data, s->conn->out.len);
+    }
+}
+
+void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
+{
+    struct out_msg *o = take_inflight(s, id, OUT_WAIT_PUBCOMP);
+    if (o)
+        completed(b, s, o);
+}
+
+/* ---- presence and $SYS ---- */
+
+void mqtt_broker_presence(struct gw *gw, const char *device, bool online)
+{
+    char topic[DEVICE_ID_MAX + 32];
+    const char *v = online ? "online" : "offline";
+    if (!gw->mqtt)
+        return;
+    snprintf(topic, sizeof topic, "devices/%s/status", device);
+    mqtt_broker_publish(gw, MSG_PLAIN, device, topic, v, strlen(v), 1, true);
+}
+
+static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned long long v)
+{
+    char val[64];
+    int n = snprintf(val, sizeof val, fmt, v);
+    mqtt_broker_publish(gw, MSG_PLAIN, "", topic, val, (size_t)n, 0, true);
+}
+
+static void on_sys_timer(uv_timer_t *t)
+{
+    struct mqtt_broker *b = t->data;
+    struct gw *gw = b->gw;
+    const struct metrics *m = &gw->metrics;
+    mqtt_broker_publish(gw, MSG_PLAIN, "", "$SYS/broker/version", "gale " GALE_VERSION,
+                        strlen("gale " GALE_VERSION), 0, true);
+    sys_pub(gw, "$SYS/broker/uptime", "%llu seconds",
+            (unsigned long long)((gw_now_ms() - gw->started_ms) / 1000));
+    sys_pub(gw, "$SYS/broker/clients/connected", "%llu", b->connected);
+    sys_pub(gw, "$SYS/broker/clients/total", "%llu", b->sessions.len);
+    sys_pub(gw, "$SYS/broker/messages/received", "%llu", b->publish_in);
+    sys_pub(gw, "$SYS/broker/messages/sent", "%llu", b->publish_out);
+    sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
+    sys_pub(gw, "$SYS/broker/bytes/received", "%llu", m->bytes_in);
+    sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", m->bytes_out);
+    sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu", mqtt_router_count(b->router));
+    sys_pub(gw, "$SYS/broker/retained messages/count", "%llu", b->retained.len);
+}
+
+/* ---- start-up ---- */
+
+static void on_retained_loaded(void *ctx, const char *topic, const void *payload, size_t len,
+                               uint8_t qos)
+{
+    struct mqtt_broker *b = ctx;
+    struct retained *r = xcalloc(1, sizeof *r);
+    r->topic = xstrdup(topic);
+    r->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
+    r->m->qos = qos;
+    r->m->retain = 1;
+    r->qos = qos;
+    map_put(&b->retained, r->topic, strlen(r->topic), r);
+}
+
+static void on_session_loaded(void *ctx, const char *client_id, const char *subs_json)
+{
+    struct mqtt_broker *b = ctx;
+    struct mqtt_session *s = broker_session_new(b, client_id, false);
+    cJSON *arr = cJSON_Parse(subs_json), *it;
+    cJSON_ArrayForEach(it, arr) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "filter");
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(it, "qos");
+        if (cJSON_IsString(f) && cJSON_IsNumber(q))
+            mqtt_router_subscribe(b->router, f->valuestring, strlen(f->valuestring), s,
+                                  (uint8_t)q->valueint);
+    }
+    cJSON_Delete(arr);
+}
+
+static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
+                                  const char *topic, const void *payload, size_t len, uint8_t qos,
+                                  uint8_t retain)
+{
+    struct mqtt_broker *b = ctx;
+    struct mqtt_session *s = broker_session_get(b, client_id);
+    struct out_msg *o;
+    if (!s)
+        return;
+    o = xcalloc(1, sizeof *o);
+    o->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
+    o->m->qos = qos;
+    o->qos = qos;
+    o->retain = retain;
+    o->store_id = msg_id;
+    if (msg_id > s->next_store_id)
+        s->next_store_id = msg_id;
+    enqueue(s, o);
+}
+
+int mqtt_broker_init(struct gw *gw)
+{
+    struct mqtt_broker *b = xcalloc(1, sizeof *b);
+    char err[256];
+
+    b->gw = gw;
+    b->router = mqtt_router_new();
+    map_init(&b->sessions);
+    map_init(&b->retained);
+    b->acl = acl_new(gw->cfg->mqtt.acl_json, err, sizeof err);
+    if (!b->acl) {
+        log_error("config: %s", err);
+        mqtt_router_free(b->router);
+        free(b);
+        return -1;
+    }
+    if (store_load_retained(gw->store, on_retained_loaded, b) != 0 ||
+        store_load_sessions(gw->store, on_session_loaded, on_session_msg_loaded, b) != 0) {
+        gw->mqtt = b;
+        mqtt_broker_fini(gw);
+        return -1;
+    }
+    gw->mqtt = b;
+    bus_add_sink(gw->bus, "mqtt", sink_mqtt, b);
+    uv_timer_init(gw->loop, &b->sys_timer);
+    b->sys_timer.data = b;
+    uv_timer_start(&b->sys_timer, on_sys_timer, 100, SYS_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&b->sys_timer);
+    log_info("mqtt retained=%zu sessions=%zu", b->retained.len, b->sessions.len);
+    return 0;
+}
+
+void mqtt_broker_fini(struct gw *gw)
+{
+    struct mqtt_broker *b = gw->mqtt;
+    size_t it = 0;
+    void *v;
+    if (!b)
+        return;
+    if (b->sys_timer.data && !uv_is_closing((uv_handle_t *)&b->sys_timer))
+        uv_close((uv_handle_t *)&b->sys_timer, NULL);
+    while (map_next(&b->sessions, &it, NULL, &v)) {
+        struct mqtt_session *s = v;
+        struct out_msg *o, *next;
+        for (o = s->qhead; o; o = next) {
+            next = o->next;
+            out_free(o);
+        }
+        for (size_t i = 0; i < s->ninflight; i++)
+            out_free(s->inflight[i]);
+        free(s->inflight);
+        free(s->qos2_in);
+        free(s->client_id);
+        free(s);
+    }
+    it = 0;
+    while (map_next(&b->retained, &it, NULL, &v)) {
+        struct retained *r = v;
+        msg_unref(r->m);
+        free(r->topic);
+        free(r);
+    }
+    map_fini(&b->sessions);
+    map_fini(&b->retained);
+    mqtt_router_free(b->router);
+    acl_free(b->acl);
+    free(b);
+    gw->mqtt = NULL;
+}
+
+void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered,
+                                   mqtt_reply_fn reply, void *ctx)
+{
+    struct mqtt_broker *b = gw->mqtt;
+    if (!b)
+        return;
+    b->on_delivered = delivered;
+    b->on_reply = reply;
+    b->hook_ctx = ctx;
+}

@@ -1,0 +1,105 @@
+/* protocols/mqtt/broker_int.h: state shared by broker.c (sessions, delivery,
+ * retained, $SYS) and handle.c (one connection's packets). Loop thread only. */
+#ifndef GALE_MQTT_BROKER_INT_H
+#define GALE_MQTT_BROKER_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "gateway/buf.h"
+#include "gateway/map.h"
+#include "gateway/msg.h"
+#include "protocols/mqtt/acl.h"
+#include "protocols/mqtt/broker.h"
+#include "protocols/mqtt/mqtt.h"
+
+enum out_state { OUT_QUEUED = 0, OUT_WAIT_PUBACK, OUT_WAIT_PUBREC, OUT_WAIT_PUBCOMP };
+
+/* One message on its way to one session. */
+struct out_msg {
+    struct msg *m;          /* shared message (reference held) */
+    uint8_t qos;            /* effective QoS: min(published, granted) */
+    bool retain;            /* retain flag to send (set only for retained-on-subscribe) */
+    uint8_t state;          /* enum out_state */
+    uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
+    uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
+    struct out_msg *next;   /* queue link */
+};
+
+struct mqtt_session {
+    char *client_id;            /* heap; map key */
+    bool clean;                 /* clean session: discarded at disconnect */
+    struct mqtt_conn *conn;     /* NULL while offline */
+    char device[65];            /* device the session speaks for, or "" */
+    struct out_msg *qhead, *qtail; /* waiting for a free in-flight slot or a connection */
+    size_t qlen;
+    struct out_msg **inflight;  /* sent, unacknowledged, in send order */
+    size_t ninflight;
+    uint16_t next_id;           /* last packet id handed out */
+    uint16_t *qos2_in;          /* incoming QoS 2 ids between PUBREC and PUBREL */
+    size_t nqos2_in, qos2_cap;
+    uint64_t next_store_id;     /* persistent message numbering */
+    uint64_t dropped;           /* messages dropped by the queue limit */
+    bool drop_logged;           /* one log line per overflow episode */
+};
+
+struct retained {
+    char *topic;                /* heap; map key */
+    struct msg *m;              /* the retained message (reference held) */
+    uint8_t qos;
+};
+
+struct mqtt_broker {
+    struct gw *gw;
+    struct mqtt_router *router;
+    struct map sessions;        /* client id -> struct mqtt_session */
+    struct map retained;        /* topic -> struct retained */
+    struct acl *acl;
+    uv_timer_t sys_timer;       /* $SYS publication */
+    size_t connected;           /* MQTT connections past CONNACK */
+    uint64_t publish_in;        /* PUBLISH packets received */
+    uint64_t publish_out;       /* PUBLISH packets sent */
+    uint64_t acl_denied;
+    mqtt_delivered_fn on_delivered;
+    mqtt_reply_fn on_reply;
+    void *hook_ctx;
+    uint64_t next_anon;         /* for server-assigned client ids */
+};
+
+struct mqtt_conn {
+    struct conn *c;
+    struct mqtt_broker *b;
+    struct mqtt_limits lim;
+    bool connected;             /* CONNACK 0 sent */
+    bool got_disconnect;        /* DISCONNECT received: no will */
+    struct mqtt_session *sess;
+    enum acl_role role;
+    char username[256];
+    char device[65];            /* device id when role is device */
+    bool has_will;
+    char *will_topic;
+    uint8_t *will_payload;
+    size_t will_len;
+    uint8_t will_qos;
+    bool will_retain;
+    struct buf out;             /* encoding scratch */
+};
+
+/* broker.c */
+struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *client_id);
+struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean);
+void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s);
+/* Attaches a connection: resends in-flight messages (DUP) and pumps the queue. */
+void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc);
+void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s);
+void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s);
+/* Client acks for messages the broker sent. */
+void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
+void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
+void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
+/* Sends retained messages matching filter to s with at most qos. */
+void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                          size_t len, uint8_t qos);
+
+#endif

@@ -1,0 +1,238 @@
+/* storage/store_int.h: shared inside storage/ and its unit tests only (store.h is the
+ * public contract). Holds struct store, the batch and operation records that travel
+ * from the loop thread to the writer thread, the write connection's statement table
+ * and two test seams (store_compact, STORE_COMMIT_TRIES).
+ *
+ * Who touches what: fields under "loop thread" are read and written only on the loop
+ * thread; "lock" fields only with s->lock held; "writer thread" fields only on the
+ * writer thread once it runs (store_open fills them before starting it, store_close
+ * reads them after joining it); the reader pool is guarded by s->pool_lock. */
+#ifndef GALE_STORE_INT_H
+#define GALE_STORE_INT_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "storage/store.h"
+
+#define STORE_SCHEMA_VERSION 2          /* PRAGMA user_version after migrations */
+#define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
+#define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
+#define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
+#define STORE_IDLE_MS 1000              /* writer idle this long: compact a non-empty log */
+#define STORE_RETENTION_PERIOD_MS 60000 /* start a retention sweep at most this often */
+#define STORE_RETENTION_PASS_ROWS 100000   /* rows deleted per retention transaction, at most */
+#define STORE_RETENTION_PASS_SERIES 65536  /* series visited per retention transaction */
+#define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
+#define STORE_POOL_MAX 4                /* idle read-only connections kept */
+#define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
+#define STORE_MAX_LIMIT 1000000         /* larger query limits are clamped to this */
+
+/* Defaults for zero fields of struct store_cfg (same values as config.c). */
+#define STORE_DEFAULT_BATCH_ROWS 1000
+#define STORE_DEFAULT_HIGH_ROWS 200000
+#define STORE_DEFAULT_LOW_ROWS 50000
+#define STORE_DEFAULT_COMPACT_ROWS 100000
+
+enum store_op_kind {
+    STORE_OP_PUT_DEVICE = 0,
+    STORE_OP_TOUCH_DEVICE,
+    STORE_OP_DELETE_DEVICE,
+    STORE_OP_COMPACT, /* compaction + retention pass after the batch commits */
+    /* broker state and commands (state.c) */
+    STORE_OP_PUT_RETAINED,      /* payload_len 0 deletes */
+    STORE_OP_PUT_SESSION,
+    STORE_OP_DELETE_SESSION,
+    STORE_OP_PUT_SESSION_MSG,
+    STORE_OP_DELETE_SESSION_MSG,
+    STORE_OP_PUT_COMMAND,
+};
+
+/* A write other than telemetry, in the same ordered stream. Every pointer is owned
+ * (or NULL); which fields a kind uses is said on the right. */
+struct store_op {
+    enum store_op_kind kind;
+    char *id;           /* device id | retained topic | session client id | command id;
+                         * NULL for STORE_OP_COMPACT */
+    char *token_hash;   /* device put: NULL keeps the old hash */
+    char *role;         /* device put */
+    char *attrs_json;   /* device put */
+    char *protocol;     /* device put / touch (touch: NULL keeps the old one) */
+    char *text;         /* session: subs JSON | command: name */
+    char *topic;        /* session msg */
+    char *device;       /* command */
+    char *params_json;  /* command */
+    char *status;       /* command */
+    char *reply_json;   /* command */
+    uint8_t *payload;   /* retained / session msg */
+    size_t payload_len; /* bytes in payload */
+    uint64_t msg_id;    /* session msg */
+    uint8_t qos;        /* retained / session msg */
+    uint8_t retain;     /* session msg */
+    int64_t created_ms; /* device / command, epoch ms */
+    int64_t last_seen_ms; /* device (0 = never) | command: updated_ms */
+    int64_t expires_ms; /* command, epoch ms */
+};
+
+/* One entry of a batch: exactly one of m and op is set. */
+struct store_item {
+    struct msg *m;              /* a reference, released on the writer thread */
+    struct store_op *op;        /* owned */
+};
+
+/* A group of operations committed in one transaction. Built on the loop thread,
+ * owned by the writer from the todo queue on, back on the loop via the done queue. */
+struct store_batch {
+    struct store_batch *next;   /* todo / done queue link */
+    struct store_item *items;   /* in seq order; freed by the writer after commit */
+    size_t nitems, cap;
+    size_t nrows;               /* telemetry points in items (counted in queued_rows) */
+    uint64_t last_seq;          /* every seq <= last_seq not in an earlier batch is here */
+    int ok;                     /* set by the writer: 1 committed, 0 failed for good */
+};
+
+/* uv handles live apart from struct store: store_close frees the store at once, the
+ * handles are freed by their close callbacks when the loop runs next. */
+struct store_handles {
+    uv_timer_t timer;           /* seals the open batch batch_delay_ms after its first row */
+    uv_async_t async;           /* writer -> loop: the done queue is not empty */
+    int nopen;                  /* initialised handles not yet closed */
+    struct store *s;            /* the store, for the timer and async callbacks */
+};
+
+/* A read-only connection with its prepared statements (query.c). */
+struct store_reader {
+    sqlite3 *db;
+    sqlite3_stmt *dev;          /* device name -> dev_id */
+    sqlite3_stmt *series_one;   /* (dev_id, key) -> series id */
+    sqlite3_stmt *series_all;   /* dev_id -> every (series id, key) */
+    sqlite3_stmt *log_scan;     /* log rows (series, ts, rowid) of a device in a range */
+    sqlite3_stmt *log_value;    /* rowid -> (t, v) */
+    sqlite3_stmt *main_asc;     /* main table rows of a series in a range, oldest first */
+    sqlite3_stmt *main_desc;    /* ... newest first */
+};
+
+/* Writer-thread cache of the device and series dictionaries: byte key -> id. */
+struct store_cache_slot {
+    uint64_t hash;
+    char *key;                  /* owned; NULL = empty slot */
+    size_t len;                 /* bytes in key */
+    int64_t id;
+};
+struct store_cache {
+    struct store_cache_slot *slots;
+    size_t cap;                 /* power of two, 0 before first use */
+    size_t count;
+};
+
+/* Statements of the write connection, prepared once in store_open (store.c). */
+enum store_stmt {
+    ST_BEGIN = 0, ST_COMMIT, ST_ROLLBACK,
+    ST_DEVID_GET, ST_DEVID_ADD, ST_SERIES_GET, ST_SERIES_ADD, ST_LOG_ADD,
+    ST_DEV_PUT, ST_DEV_TOUCH,
+    ST_DEL_TELEMETRY, ST_DEL_LOG, ST_DEL_LATEST, ST_DEL_SERIES, ST_DEL_DEVID, ST_DEL_DEVICE,
+    ST_COMPACT_MOVE, ST_COMPACT_LATEST, ST_COMPACT_CLEAR,
+    ST_RET_SERIES, ST_RET_BOUND, ST_RET_DELETE,
+    ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_MSGS_DEL,
+    ST_SESSION_MSG_PUT, ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
+    ST_COUNT
+};
+
+struct query_req;
+
+struct store {
+    /* read-only after store_open */
+    uv_loop_t *loop;
+    struct store_cfg cfg;       /* copy with defaults applied; cfg.path points at path */
+    char *path;                 /* owned copy of the database path */
+    struct store_handles *h;    /* NULL until created */
+
+    /* loop thread */
+    store_durable_fn on_durable;
+    store_pressure_fn on_pressure;
+    void *ctx;
+    struct store_batch *open;   /* batch being filled, or NULL */
+    uint64_t last_seq;          /* seq of the last submitted operation */
+    uint64_t durable_seq;       /* seq up to which the outcome has been reported */
+    size_t queued_rows;         /* points submitted and not yet reported done */
+    int paused;                 /* 1 after on_pressure(1) until on_pressure(0) */
+    int loop_ref;               /* async handle ref'd: operations await durability */
+    int closing;                /* store_close has started */
+    struct query_req *queries;  /* queries in flight (list head) */
+
+    /* s->lock: the two queues, the stop flag and the commit-failure seam */
+    uv_mutex_t lock;
+    uv_cond_t cond;             /* wakes the writer: todo not empty or stopping */
+    struct store_batch *todo_head, *todo_tail;  /* sealed, waiting for the writer */
+    struct store_batch *done_head, *done_tail;  /* committed or failed, for the loop */
+    int stopping;               /* writer: drain todo, then exit */
+    int fail_commits;           /* test seam: commits left to fail */
+    int fail_rc;                /* ... with this SQLite result code */
+
+    /* s->pool_lock: idle read-only connections, query completion */
+    uv_mutex_t pool_lock;
+    uv_cond_t pool_cond;        /* a query's work callback has finished */
+    struct store_reader *pool[STORE_POOL_MAX];
+    size_t npool;
+
+    /* writer thread */
+    sqlite3 *db;                /* the write connection */
+    sqlite3_stmt *st[ST_COUNT];
+    struct store_cache cache;   /* device and series ids */
+    char *scratch;              /* cache key buffer */
+    size_t scratch_cap;
+    int64_t log_rows;           /* rows in telemetry_log (committed) */
+    int64_t tx_log_rows;        /* change of log_rows inside the open transaction */
+    int compact_failed;         /* last compaction failed: wait for more rows or idle */
+    int64_t compact_retry_rows; /* ... retry at this many log rows */
+    uint64_t failed_batches;    /* batches failed for good since the last success */
+    int64_t ret_cursor;         /* retention: continue after this series id */
+    int ret_behind;             /* retention: last pass stopped at its budget */
+    uint64_t ret_last_ms;       /* retention: monotonic ms of the last full sweep's end */
+
+    /* which parts exist (for store_close on a half-built store) */
+    unsigned have_lock : 1, have_cond : 1, have_pool_lock : 1, have_pool_cond : 1,
+        have_thread : 1;
+    uv_thread_t thread;
+};
+
+/* ---- store.c ---- */
+/* Applies one operation inside the writer's open transaction: SQLite result code. */
+int store_apply_op(struct store *s, const struct store_op *op, int *compact);
+void store_op_free(struct store_op *op);
+
+/* ---- state.c ---- */
+/* Applies a broker-state or command operation (writer thread): SQLite result code. */
+int store_apply_state_op(struct store *s, const struct store_op *op);
+
+/* ---- writer.c ---- */
+/* Creates the timer and async handles and starts the writer thread (store_open). */
+int store_writer_start(struct store *s);
+/* uv_close()s the handles; they are freed when the loop runs (store_close). */
+void store_handles_close(struct store *s);
+/* Seals the open batch (loop thread). */
+void store_seal(struct store *s);
+/* Adds op to the open batch, seals it, returns the op's seq (loop thread). */
+uint64_t store_submit_op(struct store *s, struct store_op *op);
+/* Seals, waits for the writer to drain, joins it and reports what is done (store_close). */
+void store_writer_stop(struct store *s);
+void store_cache_clear(struct store_cache *c);
+
+/* ---- query.c ---- */
+/* Borrows a read-only connection from the pool (opens one when none is idle). */
+struct store_reader *store_reader_get(struct store *s);
+void store_reader_put(struct store *s, struct store_reader *r);
+/* Completes queries in flight before the store goes away (store_close). */
+void store_queries_finish(struct store *s);
+/* Closes the idle connections (store_close, after store_queries_finish). */
+void store_pool_close(struct store *s);
+
+/* ---- test seams ---- */
+/* Queues a forced compaction of the log (and a retention pass when retention_days > 0)
+ * in the ordered stream: its seq is reported durable once the compaction has run.
+ * Loop thread. */
+uint64_t store_compact(struct store *s);
+
+#endif

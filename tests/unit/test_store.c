@@ -1,0 +1,1153 @@
+/* tests/unit/test_store.c: the storage layer against a temporary database and a real
+ * uv loop: append -> durable -> query (four value types, order, limit, aggregation),
+ * replays before and after compaction, devices, latest after reopen, injected commit
+ * failures, backpressure, close/reopen, retention, broker state and commands,
+ * migration from schema v1. Tests wait for conditions by running
+ * the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until a deadline; every test
+ * ends with uv_loop_close() == 0. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sqlite3.h>
+#include <uv.h>
+
+#include "gateway/msg.h"
+#include "gateway/util.h"
+#include "storage/store.h"
+#include "storage/store_int.h"
+
+#define WAIT_MS 20000
+
+struct event {
+    uint64_t upto;
+    int ok;
+};
+
+struct fixture {
+    uv_loop_t loop;
+    uv_timer_t tick;             /* keeps UV_RUN_ONCE from sleeping past the deadline */
+    char dir[64];
+    char path[128];
+    struct store_cfg cfg;
+    struct store *s;
+    struct event events[4096];   /* on_durable calls */
+    size_t nevents;
+    int pressure[64];            /* on_pressure values */
+    size_t npressure;
+    int query_done;
+    struct store_result *res;
+};
+
+/* ---- fixture ---- */
+
+static void on_durable(void *ctx, uint64_t upto, int ok)
+{
+    struct fixture *f = ctx;
+
+    assert_true(f->nevents < sizeof f->events / sizeof f->events[0]);
+    if (f->nevents > 0)
+        assert_true(upto > f->events[f->nevents - 1].upto); /* watermark only advances */
+    f->events[f->nevents].upto = upto;
+    f->events[f->nevents].ok = ok;
+    f->nevents++;
+}
+
+static void on_pressure(void *ctx, int paused)
+{
+    struct fixture *f = ctx;
+
+    assert_true(f->npressure < sizeof f->pressure / sizeof f->pressure[0]);
+    f->pressure[f->npressure++] = paused;
+}
+
+static void default_cfg(struct fixture *f)
+{
+    memset(&f->cfg, 0, sizeof f->cfg);
+    f->cfg.path = f->path;
+    f->cfg.batch_rows = 1000;
+    f->cfg.batch_delay_ms = 5;
+    f->cfg.queue_high_rows = 200000;
+    f->cfg.queue_low_rows = 50000;
+    f->cfg.compact_rows = 100000;
+}
+
+static void do_open(struct fixture *f)
+{
+    f->nevents = 0; /* seqs start over with every open */
+    assert_int_equal(store_open(&f->loop, &f->cfg, &f->s), 0);
+    assert_non_null(f->s);
+    store_set_callbacks(f->s, on_durable, on_pressure, f);
+}
+
+static void do_close(struct fixture *f)
+{
+    store_close(f->s);
+    f->s = NULL;
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the store's handles finish closing */
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+
+    assert_non_null(f);
+    strcpy(f->dir, "/tmp/gale-test-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/gale.db", f->dir);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    assert_int_equal(uv_timer_init(&f->loop, &f->tick), 0);
+    default_cfg(f);
+    *state = f;
+    return 0;
+}
+
+static void remove_db(const char *path)
+{
+    char p[160];
+    const char *sfx[] = { "", "-wal", "-shm", "-journal" };
+
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", path, sfx[i]);
+        unlink(p);
+    }
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    if (f->s)
+        do_close(f);
+    store_result_free(f->res);
+    uv_close((uv_handle_t *)&f->tick, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    remove_db(f->path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+typedef int (*cond_fn)(struct fixture *f, const void *arg);
+
+/* Runs the loop until cond holds or WAIT_MS pass; returns cond's final value. */
+static int wait_until(struct fixture *f, cond_fn cond, const void *arg)
+{
+    uint64_t deadline = uv_hrtime() + (uint64_t)WAIT_MS * 1000000;
+    int ok;
+
+    uv_timer_start(&f->tick, on_tick, 10, 10);
+    while (!(ok = cond(f, arg)) && uv_hrtime() < deadline)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->tick);
+    return ok;
+}
+
+static int is_durable(struct fixture *f, const void *arg)
+{
+    return store_durable_seq(f->s) >= *(const uint64_t *)arg;
+}
+
+static void wait_durable(struct fixture *f, uint64_t seq)
+{
+    assert_true(wait_until(f, is_durable, &seq));
+}
+
+/* ok of the on_durable call that covered seq (-1 if none did). */
+static int outcome_of(const struct fixture *f, uint64_t seq)
+{
+    for (size_t i = 0; i < f->nevents; i++) {
+        if (f->events[i].upto >= seq)
+            return f->events[i].ok;
+    }
+    return -1;
+}
+
+/* ---- building messages ---- */
+
+static struct point pnum(const char *key, int64_t ts, double v)
+{
+    struct point p = { .ts_ms = ts, .key = key, .type = VAL_NUM, .num = v };
+    return p;
+}
+
+static struct point pbool(const char *key, int64_t ts, int v)
+{
+    struct point p = { .ts_ms = ts, .key = key, .type = VAL_BOOL, .num = v ? 1 : 0 };
+    return p;
+}
+
+static struct point ptext(const char *key, int64_t ts, enum val_type type, const char *v)
+{
+    struct point p = { .ts_ms = ts, .key = key, .type = type, .str = v, .str_len = strlen(v) };
+    return p;
+}
+
+static uint64_t append(struct fixture *f, const char *dev, const struct point *pts, size_t n)
+{
+    struct msg *m = msg_new(MSG_TELEMETRY, dev, "devices/x/telemetry", "{}", 2, pts, n);
+    uint64_t seq = store_append(f->s, m);
+
+    msg_unref(m); /* the store holds its own reference */
+    return seq;
+}
+
+static uint64_t append1(struct fixture *f, const char *dev, struct point p)
+{
+    return append(f, dev, &p, 1);
+}
+
+static void compact_now(struct fixture *f)
+{
+    wait_durable(f, store_compact(f->s));
+}
+
+/* ---- queries ---- */
+
+static void on_query(void *ctx, struct store_query *q, struct store_result *res)
+{
+    struct fixture *f = ctx;
+
+    store_query_free(q);
+    store_result_free(f->res);
+    f->res = res;
+    f->query_done = 1;
+}
+
+static int query_finished(struct fixture *f, const void *arg)
+{
+    (void)arg;
+    return f->query_done;
+}
+
+struct qspec {
+    const char *device;
+    const char *keys[4];        /* NULL-terminated; none = every key */
+    int64_t from, to;
+    size_t limit;
+    int desc;
+    enum store_agg agg;
+    int64_t interval;
+};
+
+static const struct store_result *query(struct fixture *f, const struct qspec *spec)
+{
+    struct store_query *q = calloc(1, sizeof *q);
+
+    assert_non_null(q);
+    q->device = xstrdup(spec->device);
+    while (q->nkeys < 4 && spec->keys[q->nkeys])
+        q->nkeys++;
+    if (q->nkeys) {
+        q->keys = xcalloc(q->nkeys, sizeof *q->keys);
+        for (size_t i = 0; i < q->nkeys; i++)
+            q->keys[i] = xstrdup(spec->keys[i]);
+    }
+    q->from_ms = spec->from;
+    q->to_ms = spec->to ? spec->to : INT64_MAX;
+    q->limit = spec->limit ? spec->limit : 1000;
+    q->desc = spec->desc;
+    q->agg = spec->agg;
+    q->interval_ms = spec->interval;
+    f->query_done = 0;
+    assert_int_equal(store_query_telemetry(f->s, q, on_query, f), 0);
+    assert_true(wait_until(f, query_finished, NULL));
+    assert_int_equal(f->res->rc, 0);
+    return f->res;
+}
+
+/* ---- direct SQLite inspection ---- */
+
+static int64_t count_rows(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+static int log_is_empty(struct fixture *f, const void *arg)
+{
+    (void)arg;
+    return count_rows(f->path, "SELECT count(*) FROM telemetry_log") == 0;
+}
+
+/* ---- tests ---- */
+
+static void test_value_types(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    const struct store_series *ser;
+    struct point pts[] = {
+        pnum("n", 1000, 21.5), pbool("b", 1000, 1), ptext("s", 1000, VAL_STR, "hello"),
+        ptext("j", 1000, VAL_JSON, "{\"a\":[1,2]}"), pnum("n", 2000, -3), pbool("b", 2000, 0),
+        ptext("s", 2000, VAL_STR, ""),
+    };
+    uint64_t seq;
+
+    do_open(f);
+    seq = append(f, "dev-1", pts, sizeof pts / sizeof pts[0]);
+    assert_int_equal(seq, store_last_seq(f->s));
+    assert_int_equal(store_queued_rows(f->s), 7);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(store_queued_rows(f->s), 0);
+
+    r = query(f, &(struct qspec){ .device = "dev-1", .keys = { "n", "b", "s", "j" } });
+    assert_int_equal(r->nseries, 4);
+    ser = &r->series[0];
+    assert_string_equal(ser->key, "n");
+    assert_int_equal(ser->npoints, 2);
+    assert_int_equal(ser->points[0].type, VAL_NUM);
+    assert_int_equal(ser->points[0].ts_ms, 1000);
+    assert_true(ser->points[0].num == 21.5);
+    assert_true(ser->points[1].num == -3);
+    assert_string_equal(ser->points[1].key, "n");
+    ser = &r->series[1];
+    assert_string_equal(ser->key, "b");
+    assert_int_equal(ser->points[0].type, VAL_BOOL);
+    assert_true(ser->points[0].num == 1);
+    assert_true(ser->points[1].num == 0);
+    ser = &r->series[2];
+    assert_int_equal(ser->points[0].type, VAL_STR);
+    assert_string_equal(ser->points[0].str, "hello");
+    assert_int_equal(ser->points[0].str_len, 5);
+    assert_string_equal(ser->points[1].str, "");
+    ser = &r->series[3];
+    assert_int_equal(ser->points[0].type, VAL_JSON);
+    assert_string_equal(ser->points[0].str, "{\"a\":[1,2]}");
+    assert_int_equal(ser->truncated, 0);
+
+    /* every key: sorted by key */
+    r = query(f, &(struct qspec){ .device = "dev-1" });
+    assert_int_equal(r->nseries, 4);
+    assert_string_equal(r->series[0].key, "b");
+    assert_string_equal(r->series[1].key, "j");
+    assert_string_equal(r->series[2].key, "n");
+    assert_string_equal(r->series[3].key, "s");
+
+    /* the same after compaction */
+    compact_now(f);
+    r = query(f, &(struct qspec){ .device = "dev-1", .keys = { "j", "b" } });
+    assert_int_equal(r->nseries, 2);
+    assert_string_equal(r->series[0].points[0].str, "{\"a\":[1,2]}");
+    assert_int_equal(r->series[1].points[0].type, VAL_BOOL);
+
+    /* unknown key: an empty series; unknown device: an empty result */
+    r = query(f, &(struct qspec){ .device = "dev-1", .keys = { "nope" } });
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 0);
+    r = query(f, &(struct qspec){ .device = "ghost" });
+    assert_int_equal(r->nseries, 0);
+}
+
+/* Expected ts sequences for key "x" holding ts 1..10 (value = ts * 1.5). */
+static const struct {
+    struct qspec q;
+    int64_t ts[10];
+    size_t n;
+    int truncated;
+} order_cases[] = {
+    { { .device = "d", .keys = { "x" }, .limit = 3 }, { 1, 2, 3 }, 3, 1 },
+    { { .device = "d", .keys = { "x" }, .limit = 3, .desc = 1 }, { 10, 9, 8 }, 3, 1 },
+    { { .device = "d", .keys = { "x" }, .limit = 10 }, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, 10, 0 },
+    { { .device = "d", .keys = { "x" }, .limit = 9, .desc = 1 },
+      { 10, 9, 8, 7, 6, 5, 4, 3, 2 }, 9, 1 },
+    { { .device = "d", .keys = { "x" }, .limit = 50, .desc = 1 },
+      { 10, 9, 8, 7, 6, 5, 4, 3, 2, 1 }, 10, 0 },
+    { { .device = "d", .keys = { "x" }, .from = 3, .to = 5 }, { 3, 4, 5 }, 3, 0 },
+    { { .device = "d", .keys = { "x" }, .from = 4, .to = 8, .limit = 2, .desc = 1 },
+      { 8, 7 }, 2, 1 },
+    { { .device = "d", .keys = { "x" }, .from = 4, .to = 6, .limit = 3 }, { 4, 5, 6 }, 3, 0 },
+    { { .device = "d", .keys = { "x" }, .from = 11, .to = 20 }, { 0 }, 0, 0 },
+};
+
+static void check_order_cases(struct fixture *f)
+{
+    for (size_t c = 0; c < sizeof order_cases / sizeof order_cases[0]; c++) {
+        const struct store_result *r = query(f, &order_cases[c].q);
+        const struct store_series *ser = &r->series[0];
+
+        assert_int_equal(r->nseries, 1);
+        assert_int_equal(ser->npoints, order_cases[c].n);
+        assert_int_equal(ser->truncated, order_cases[c].truncated);
+        for (size_t i = 0; i < ser->npoints; i++) {
+            assert_int_equal(ser->points[i].ts_ms, order_cases[c].ts[i]);
+            assert_true(ser->points[i].num == (double)ser->points[i].ts_ms * 1.5);
+        }
+    }
+}
+
+static void test_order_limit_both_tiers(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0;
+
+    do_open(f);
+    /* all in the log */
+    for (int ts = 10; ts >= 1; ts--) /* arrival order is not ts order */
+        seq = append1(f, "d", pnum("x", ts, ts * 1.5));
+    wait_durable(f, seq);
+    check_order_cases(f);
+    /* all in the main table */
+    compact_now(f);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 10);
+    check_order_cases(f);
+    /* split: odd ts replayed into the log (same values), so both tiers hold rows */
+    for (int ts = 1; ts <= 10; ts += 2)
+        seq = append1(f, "d", pnum("x", ts, ts * 1.5));
+    wait_durable(f, seq);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 5);
+    check_order_cases(f);
+    /* and a fresh mix: main holds 1..5, the log 6..10 */
+    store_delete_device(f->s, "d");
+    for (int ts = 1; ts <= 5; ts++)
+        append1(f, "d", pnum("x", ts, ts * 1.5));
+    compact_now(f);
+    for (int ts = 6; ts <= 10; ts++)
+        seq = append1(f, "d", pnum("x", ts, ts * 1.5));
+    wait_durable(f, seq);
+    check_order_cases(f);
+}
+
+static const struct {
+    struct qspec q;
+    int64_t ts[8];
+    double v[8];
+    size_t n;
+    int truncated;
+} agg_cases[] = {
+    /* key v: ts 0..99, value = ts */
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_AVG, .interval = 10, .limit = 3 },
+      { 0, 10, 20 }, { 4.5, 14.5, 24.5 }, 3, 1 },
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_MIN, .interval = 50 },
+      { 0, 50 }, { 0, 50 }, 2, 0 },
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_MAX, .interval = 50, .desc = 1 },
+      { 50, 0 }, { 99, 49 }, 2, 0 },
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_SUM, .interval = 100 },
+      { 0 }, { 4950 }, 1, 0 },
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_COUNT, .interval = 30, .limit = 2,
+        .desc = 1 },
+      { 90, 60 }, { 10, 30 }, 2, 1 },
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_COUNT, .interval = 30, .from = 25,
+        .to = 64 },
+      { 0, 30, 60 }, { 5, 30, 5 }, 3, 0 },
+    /* interval <= 0: one bucket stamped with its earliest ts */
+    { { .device = "a", .keys = { "v" }, .agg = STORE_AGG_AVG, .interval = 0, .from = 10,
+        .to = 19 },
+      { 10 }, { 14.5 }, 1, 0 },
+    /* key b: bool, true on even ts */
+    { { .device = "a", .keys = { "b" }, .agg = STORE_AGG_AVG, .interval = 100 },
+      { 0 }, { 0.5 }, 1, 0 },
+    /* key s: strings only, no bucket */
+    { { .device = "a", .keys = { "s" }, .agg = STORE_AGG_COUNT, .interval = 10 },
+      { 0 }, { 0 }, 0, 0 },
+    /* key neg: ts -25, -15, -5, 5: buckets floor toward minus infinity */
+    { { .device = "a", .keys = { "neg" }, .agg = STORE_AGG_SUM, .interval = 10,
+        .from = INT64_MIN },
+      { -30, -20, -10, 0 }, { 1, 2, 3, 4 }, 4, 0 },
+};
+
+static void check_agg_cases(struct fixture *f)
+{
+    for (size_t c = 0; c < sizeof agg_cases / sizeof agg_cases[0]; c++) {
+        const struct store_result *r = query(f, &agg_cases[c].q);
+        const struct store_series *ser = &r->series[0];
+
+        assert_int_equal(r->nseries, 1);
+        assert_int_equal(ser->npoints, agg_cases[c].n);
+        assert_int_equal(ser->truncated, agg_cases[c].truncated);
+        for (size_t i = 0; i < ser->npoints; i++) {
+            assert_int_equal(ser->points[i].ts_ms, agg_cases[c].ts[i]);
+            assert_int_equal(ser->points[i].type, VAL_NUM);
+            assert_true(ser->points[i].num == agg_cases[c].v[i]);
+        }
+    }
+}
+
+static void test_aggregation(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0;
+
+    do_open(f);
+    for (int ts = 0; ts < 100; ts++) {
+        struct point pts[] = { pnum("v", ts, ts), pbool("b", ts, ts % 2 == 0),
+                               ptext("s", ts, VAL_STR, "x") };
+        seq = append(f, "a", pts, 3);
+        if (ts == 49) /* first half compacted, second half in the log */
+            compact_now(f);
+    }
+    for (int i = 0; i < 4; i++)
+        seq = append1(f, "a", pnum("neg", -25 + 10 * i, i + 1));
+    wait_durable(f, seq);
+    check_agg_cases(f);
+    compact_now(f);
+    check_agg_cases(f);
+}
+
+static void test_replay_replaces(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    struct point twice[] = { pnum("k", 5, 4), pnum("k", 5, 5) };
+    uint64_t seq;
+
+    do_open(f);
+    append1(f, "d", pnum("k", 5, 1));
+    seq = append1(f, "d", pnum("k", 5, 2));
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 2);
+
+    compact_now(f);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 0);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 2);
+
+    /* a replay in the log shadows the main table */
+    seq = append1(f, "d", pnum("k", 5, 3));
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" }, .desc = 1 });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 3);
+
+    /* two replays in one message: the later one wins, before and after compaction */
+    seq = append(f, "d", twice, 2);
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d" });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 5);
+    compact_now(f);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+    r = query(f, &(struct qspec){ .device = "d", .agg = STORE_AGG_COUNT, .interval = 10 });
+    assert_true(r->series[0].points[0].num == 1);
+    r = query(f, &(struct qspec){ .device = "d" });
+    assert_true(r->series[0].points[0].num == 5);
+}
+
+static void test_compaction_by_rows(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t seq = 0;
+
+    f->cfg.compact_rows = 8;
+    do_open(f);
+    for (int i = 0; i < 3; i++) {
+        struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
+                               pnum("a", i, 10 + i) /* replay in the same message */ };
+        seq = append(f, "dev", pts, 4);
+    }
+    wait_durable(f, seq);
+    /* 12 log rows >= compact_rows: the writer moves them without being asked */
+    assert_true(wait_until(f, log_is_empty, NULL));
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 9);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM latest"), 3);
+    r = query(f, &(struct qspec){ .device = "dev", .keys = { "a" } });
+    assert_int_equal(r->series[0].npoints, 3);
+    for (int i = 0; i < 3; i++)
+        assert_true(r->series[0].points[i].num == 10 + i);
+}
+
+struct devices_seen {
+    size_t n;
+    char ids[8][16];
+    char token[8][16];
+    char role[8][16];
+    char attrs[8][32];
+    char protocol[8][16];
+    int64_t created[8], seen[8];
+};
+
+static void copy_or_dash(char *dst, size_t n, const char *src)
+{
+    snprintf(dst, n, "%s", src ? src : "-");
+}
+
+static void on_device(void *ctx, const struct store_device *d)
+{
+    struct devices_seen *ds = ctx;
+
+    assert_true(ds->n < 8);
+    copy_or_dash(ds->ids[ds->n], 16, d->id);
+    copy_or_dash(ds->token[ds->n], 16, d->token_hash);
+    copy_or_dash(ds->role[ds->n], 16, d->role);
+    copy_or_dash(ds->attrs[ds->n], 32, d->attrs_json);
+    copy_or_dash(ds->protocol[ds->n], 16, d->protocol);
+    ds->created[ds->n] = d->created_ms;
+    ds->seen[ds->n] = d->last_seen_ms;
+    ds->n++;
+}
+
+struct latest_seen {
+    size_t n;
+    char dev[16][16], key[16][16], str[16][32];
+    int64_t ts[16];
+    int type[16];
+    double num[16];
+};
+
+static void on_latest(void *ctx, const char *device, const struct point *p)
+{
+    struct latest_seen *ls = ctx;
+
+    assert_true(ls->n < 16);
+    snprintf(ls->dev[ls->n], 16, "%s", device);
+    snprintf(ls->key[ls->n], 16, "%s", p->key);
+    snprintf(ls->str[ls->n], 32, "%s", p->str ? p->str : "");
+    ls->ts[ls->n] = p->ts_ms;
+    ls->type[ls->n] = p->type;
+    ls->num[ls->n] = p->num;
+    ls->n++;
+}
+
+static void test_devices(void **state)
+{
+    struct fixture *f = *state;
+    struct devices_seen ds = { 0 };
+    struct latest_seen ls = { 0 };
+    const struct store_result *r;
+    uint64_t seq;
+
+    do_open(f);
+    store_put_device(f->s, &(struct store_device){ .id = "d1", .token_hash = "h1",
+                                                   .role = "device", .attrs_json = "{\"a\":1}",
+                                                   .created_ms = 100 });
+    store_put_device(f->s, &(struct store_device){ .id = "d2", .token_hash = "h2",
+                                                   .created_ms = 200, .protocol = "line" });
+    store_touch_device(f->s, "d1", 500, "mqtt");
+    store_touch_device(f->s, "d2", 600, NULL); /* keeps its protocol */
+    /* replace d1 without a token: the hash stays */
+    seq = store_put_device(f->s, &(struct store_device){ .id = "d1", .role = "app",
+                                                         .created_ms = 100,
+                                                         .last_seen_ms = 700,
+                                                         .protocol = "ws" });
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(store_load_devices(f->s, on_device, &ds), 0);
+    assert_int_equal(ds.n, 2);
+    assert_string_equal(ds.ids[0], "d1");
+    assert_string_equal(ds.token[0], "h1");
+    assert_string_equal(ds.role[0], "app");
+    assert_string_equal(ds.attrs[0], "-");
+    assert_string_equal(ds.protocol[0], "ws");
+    assert_int_equal(ds.created[0], 100);
+    assert_int_equal(ds.seen[0], 700);
+    assert_string_equal(ds.ids[1], "d2");
+    assert_string_equal(ds.token[1], "h2");
+    assert_string_equal(ds.role[1], "device");
+    assert_string_equal(ds.protocol[1], "line");
+    assert_int_equal(ds.seen[1], 600);
+
+    /* telemetry of both, in both tiers, then delete d1 */
+    append1(f, "d1", pnum("t", 1, 1));
+    append1(f, "d2", pnum("t", 1, 2));
+    compact_now(f);
+    append1(f, "d1", pnum("t", 2, 1));
+    append1(f, "d1", pnum("u", 2, 1));
+    append1(f, "d2", pnum("t", 2, 2));
+    seq = store_delete_device(f->s, "d1");
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d1" });
+    assert_int_equal(r->nseries, 0);
+    r = query(f, &(struct qspec){ .device = "d2" });
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 2);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM series"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM device_ids"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM latest"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 1);
+
+    /* the id can come back with fresh telemetry (the writer's id cache was reset) */
+    seq = append1(f, "d1", pnum("t", 3, 9));
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d1" });
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, 3);
+    seq = store_delete_device(f->s, "d1");
+    wait_durable(f, seq);
+
+    /* reopen: d2 only */
+    do_close(f);
+    do_open(f);
+    memset(&ds, 0, sizeof ds);
+    assert_int_equal(store_load_devices(f->s, on_device, &ds), 0);
+    assert_int_equal(ds.n, 1);
+    assert_string_equal(ds.ids[0], "d2");
+    assert_int_equal(store_load_latest(f->s, on_latest, &ls), 0);
+    assert_int_equal(ls.n, 1);
+    assert_string_equal(ls.dev[0], "d2");
+    assert_int_equal(ls.ts[0], 2);
+}
+
+static void check_latest(struct fixture *f)
+{
+    static const struct {
+        const char *dev, *key;
+        int64_t ts;
+        int type;
+        double num;
+        const char *str;
+    } want[] = {
+        { "d", "a", 10, VAL_NUM, 1, "" },     /* main newer than an old ts in the log */
+        { "d", "b", 20, VAL_NUM, 2, "" },     /* log newer than main */
+        { "d", "c", 7, VAL_STR, 0, "only" },  /* log only */
+        { "d", "e", 10, VAL_NUM, 2, "" },     /* replay in the log beats main */
+        { "d", "f", 3, VAL_BOOL, 1, "" },     /* main only */
+        { "z", "j", 1, VAL_JSON, 0, "[1]" },
+    };
+    struct latest_seen ls = { 0 };
+
+    assert_int_equal(store_load_latest(f->s, on_latest, &ls), 0);
+    assert_int_equal(ls.n, sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < ls.n; i++) {
+        assert_string_equal(ls.dev[i], want[i].dev);
+        assert_string_equal(ls.key[i], want[i].key);
+        assert_int_equal(ls.ts[i], want[i].ts);
+        assert_int_equal(ls.type[i], want[i].type);
+        assert_true(ls.num[i] == want[i].num);
+        assert_string_equal(ls.str[i], want[i].str);
+    }
+}
+
+static void test_latest_after_reopen(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq;
+
+    do_open(f);
+    append1(f, "d", pnum("a", 10, 1));
+    append1(f, "d", pnum("b", 10, 1));
+    append1(f, "d", pnum("e", 10, 1));
+    append1(f, "d", pbool("f", 3, 1));
+    compact_now(f);
+    append1(f, "d", pnum("a", 5, 99));
+    append1(f, "d", pnum("b", 20, 2));
+    append1(f, "d", ptext("c", 7, VAL_STR, "only"));
+    append1(f, "d", pnum("e", 10, 2));
+    seq = append1(f, "z", ptext("j", 1, VAL_JSON, "[1]"));
+    wait_durable(f, seq);
+    do_close(f);
+
+    do_open(f);
+    check_latest(f); /* latest table overlaid with the log */
+    compact_now(f);
+    check_latest(f); /* latest table alone */
+    do_close(f);
+    do_open(f);
+    check_latest(f);
+}
+
+static void test_commit_failure(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t a, b, b2, c, d;
+
+    do_open(f);
+    a = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, a);
+    assert_int_equal(outcome_of(f, a), 1);
+
+    /* every try of the next batch fails: reported not durable, rows absent */
+    store_fail_next_commits(f->s, STORE_COMMIT_TRIES, SQLITE_FULL);
+    b = append1(f, "d", pnum("k", 2, 2));
+    b2 = store_put_device(f->s, &(struct store_device){ .id = "d", .token_hash = "x" });
+    wait_durable(f, b2);
+    assert_int_equal(outcome_of(f, b), 0);
+    assert_int_equal(outcome_of(f, b2), 0);
+    for (size_t i = 0; i < f->nevents; i++) { /* nothing covering b was ever ok */
+        if (f->events[i].upto >= b) {
+            assert_int_equal(f->events[i].ok, 0);
+            break;
+        }
+    }
+
+    /* later batches are fine; a transient failure is retried and succeeds */
+    c = append1(f, "d", pnum("k", 3, 3));
+    wait_durable(f, c);
+    assert_int_equal(outcome_of(f, c), 1);
+    store_fail_next_commits(f->s, 1, SQLITE_BUSY);
+    d = append1(f, "d", pnum("k", 4, 4));
+    wait_durable(f, d);
+    assert_int_equal(outcome_of(f, d), 1);
+
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 3);
+    assert_int_equal(r->series[0].points[0].ts_ms, 1);
+    assert_int_equal(r->series[0].points[1].ts_ms, 3);
+    assert_int_equal(r->series[0].points[2].ts_ms, 4);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM devices"), 0);
+}
+
+static void test_backpressure(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0;
+
+    f->cfg.queue_high_rows = 10;
+    f->cfg.queue_low_rows = 5;
+    f->cfg.batch_delay_ms = 50;
+    do_open(f);
+    for (int i = 0; i < 2; i++) {
+        struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
+                               pnum("d", i, i) };
+        seq = append(f, "dev", pts, 4);
+    }
+    assert_int_equal(store_queued_rows(f->s), 8);
+    assert_int_equal(f->npressure, 0);
+    for (int i = 2; i < 6; i++) {
+        struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
+                               pnum("d", i, i) };
+        seq = append(f, "dev", pts, 4);
+    }
+    assert_int_equal(store_queued_rows(f->s), 24);
+    assert_int_equal(f->npressure, 1); /* once, at the crossing */
+    assert_int_equal(f->pressure[0], 1);
+    wait_durable(f, seq);
+    assert_int_equal(store_queued_rows(f->s), 0);
+    assert_int_equal(f->npressure, 2);
+    assert_int_equal(f->pressure[1], 0);
+}
+
+static void test_close_flushes_and_reopen(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t seq = 0;
+
+    f->cfg.batch_rows = 7;
+    f->cfg.batch_delay_ms = 10000; /* only size and close seal */
+    do_open(f);
+    for (int i = 0; i < 200; i++) {
+        struct point pts[] = { pnum("a", i, i), ptext("s", i, VAL_STR, "v") };
+        seq = append(f, "dev", pts, 2);
+    }
+    do_close(f); /* without running the loop: close commits and reports everything */
+    assert_true(f->nevents > 0);
+    assert_int_equal(f->events[f->nevents - 1].upto, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+
+    do_open(f);
+    r = query(f, &(struct qspec){ .device = "dev", .limit = 1000 });
+    assert_int_equal(r->nseries, 2);
+    assert_int_equal(r->series[0].npoints, 200);
+    assert_int_equal(r->series[1].npoints, 200);
+    assert_int_equal(r->series[0].truncated, 0);
+}
+
+static void test_non_telemetry_gets_seq(void **state)
+{
+    struct fixture *f = *state;
+    struct msg *m;
+    uint64_t s1, s2;
+
+    do_open(f);
+    m = msg_new(MSG_PLAIN, "dev", "some/topic", "x", 1, NULL, 0);
+    s1 = store_append(f->s, m);
+    msg_unref(m);
+    m = msg_new(MSG_TELEMETRY, "dev", "devices/dev/telemetry", "{}", 2, NULL, 0);
+    s2 = store_append(f->s, m);
+    msg_unref(m);
+    assert_int_equal(s2, s1 + 1);
+    assert_int_equal(store_queued_rows(f->s), 0);
+    wait_durable(f, s2);
+    assert_int_equal(outcome_of(f, s2), 1);
+}
+
+/* ---- broker state and commands ---- */
+
+struct state_seen {
+    char log[2048]; /* one line per callback, in call order */
+};
+
+static void seen_add(struct state_seen *ss, const char *line)
+{
+    size_t n = strlen(ss->log);
+
+    assert_true(n + strlen(line) + 2 < sizeof ss->log);
+    snprintf(ss->log + n, sizeof ss->log - n, "%s\n", line);
+}
+
+static void on_retained(void *ctx, const char *topic, const void *payload, size_t len,
+                        uint8_t qos)
+{
+    char line[128];
+
+    snprintf(line, sizeof line, "R %s %.*s q%d", topic, (int)len, (const char *)payload, qos);
+    seen_add(ctx, line);
+}
+
+static void on_session(void *ctx, const char *client_id, const char *subs_json)
+{
+    char line[128];
+
+    snprintf(line, sizeof line, "S %s %s", client_id, subs_json);
+    seen_add(ctx, line);
+}
+
+static void on_session_msg(void *ctx, const char *client_id, uint64_t msg_id, const char *topic,
+                           const void *payload, size_t len, uint8_t qos, uint8_t retain)
+{
+    char line[128];
+
+    snprintf(line, sizeof line, "M %s %llu %s [%.*s] q%d r%d", client_id,
+             (unsigned long long)msg_id, topic, (int)len, (const char *)payload, qos, retain);
+    seen_add(ctx, line);
+}
+
+static void on_command(void *ctx, const struct store_command *c)
+{
+    char line[256];
+
+    snprintf(line, sizeof line, "C %s %s %s %s %s %s %lld %lld %lld", c->id, c->device, c->name,
+             c->params_json ? c->params_json : "-", c->status, c->reply_json ? c->reply_json : "-",
+             (long long)c->created_ms, (long long)c->updated_ms, (long long)c->expires_ms);
+    seen_add(ctx, line);
+}
+
+static void check_state(struct fixture *f)
+{
+    struct state_seen ss = { { 0 } };
+
+    assert_int_equal(store_load_retained(f->s, on_retained, &ss), 0);
+    assert_int_equal(store_load_sessions(f->s, on_session, on_session_msg, &ss), 0);
+    assert_int_equal(store_load_commands(f->s, 1000, on_command, &ss), 0);
+    assert_string_equal(ss.log,
+                        "R a/1 one q1\n"
+                        "R a/3 three q0\n"
+                        "S c1 [{\"filter\":\"x/#\",\"qos\":1}]\n"
+                        "M c1 1 t/1 [p1] q1 r0\n"
+                        "M c1 3 t/3 [] q2 r1\n"
+                        "S c3 []\n"
+                        "C k2 dev cfg - queued - 1000 1000 9000\n"
+                        "C k1 dev reboot {\"now\":true} replied {\"ok\":1} 2000 2500 9000\n");
+}
+
+static void test_broker_state_and_commands(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq;
+
+    do_open(f);
+    store_put_retained(f->s, "a/1", "old", 3, 0);
+    store_put_retained(f->s, "a/1", "one", 3, 1); /* replaces */
+    store_put_retained(f->s, "a/2", "two", 3, 1);
+    store_put_retained(f->s, "a/2", NULL, 0, 0);  /* empty payload deletes */
+    store_put_retained(f->s, "a/3", "three", 5, 0);
+    store_put_session(f->s, "c1", "[]");
+    store_put_session(f->s, "c1", "[{\"filter\":\"x/#\",\"qos\":1}]");
+    store_put_session_msg(f->s, "c1", 3, "t/3", "", 0, 2, 1); /* out of order, empty payload */
+    store_put_session_msg(f->s, "c1", 1, "t/1", "p1", 2, 1, 0);
+    store_put_session_msg(f->s, "c1", 2, "t/2", "p2", 2, 1, 0);
+    store_delete_session_msg(f->s, "c1", 2);
+    store_put_session(f->s, "c2", "[]");
+    store_put_session_msg(f->s, "c2", 1, "t/1", "gone", 4, 1, 0);
+    store_delete_session(f->s, "c2"); /* with its messages */
+    store_put_session(f->s, "c3", "[]");
+    store_put_command(f->s, &(struct store_command){ .id = "k1", .device = "dev",
+                                                     .name = "reboot",
+                                                     .params_json = "{\"now\":true}",
+                                                     .status = "queued", .created_ms = 2000,
+                                                     .updated_ms = 2000, .expires_ms = 9000 });
+    store_put_command(f->s, &(struct store_command){ .id = "k1", .device = "dev",
+                                                     .name = "reboot",
+                                                     .params_json = "{\"now\":true}",
+                                                     .status = "replied",
+                                                     .reply_json = "{\"ok\":1}",
+                                                     .created_ms = 2000, .updated_ms = 2500,
+                                                     .expires_ms = 9000 });
+    store_put_command(f->s, &(struct store_command){ .id = "k2", .device = "dev",
+                                                     .name = "cfg", .status = "queued",
+                                                     .created_ms = 1000, .updated_ms = 1000,
+                                                     .expires_ms = 9000 });
+    seq = store_put_command(f->s, &(struct store_command){ .id = "k0", .device = "dev",
+                                                           .name = "old", .status = "expired",
+                                                           .created_ms = 999 });
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_msgs"), 2);
+    check_state(f);
+    do_close(f);
+    do_open(f);
+    check_state(f);
+}
+
+/* A version 1 database (telemetry only) is upgraded in place and keeps its data. */
+static void test_migration_v1_to_v2(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    sqlite3 *db;
+    uint64_t seq;
+
+    do_open(f);
+    seq = append1(f, "d", pnum("k", 1, 42));
+    wait_durable(f, seq);
+    do_close(f);
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DROP TABLE retained; DROP TABLE sessions;"
+                                      " DROP TABLE session_msgs; DROP TABLE commands;"
+                                      " PRAGMA user_version = 1;", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+
+    do_open(f);
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM retained"), 0);
+    r = query(f, &(struct qspec){ .device = "d" });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 42);
+    seq = store_put_retained(f->s, "x", "y", 1, 0);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+}
+
+/* The store keeps the loop alive exactly while operations await durability, so
+ * uv_run(UV_RUN_DEFAULT) returns once everything submitted is reported. */
+static void test_loop_alive_while_pending(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq;
+
+    do_open(f);
+    assert_int_equal(uv_loop_alive(&f->loop), 0);
+    append1(f, "d", pnum("k", 1, 1));
+    seq = store_put_device(f->s, &(struct store_device){ .id = "d" });
+    assert_int_equal(uv_loop_alive(&f->loop), 1);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(store_durable_seq(f->s), seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(uv_loop_alive(&f->loop), 0);
+}
+
+static void test_open_errors(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = (struct store *)1;
+    sqlite3 *db;
+
+    snprintf(f->path, sizeof f->path, "%s/missing/dir/gale.db", f->dir);
+    assert_int_equal(store_open(&f->loop, &f->cfg, &s), GW_ESTORE);
+    assert_null(s);
+
+    /* a database from a newer build is refused */
+    snprintf(f->path, sizeof f->path, "%s/gale.db", f->dir);
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(store_open(&f->loop, &f->cfg, &s), GW_ESTORE);
+    assert_null(s);
+    remove_db(f->path);
+
+    /* a fresh one is migrated to the current version */
+    do_open(f);
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
+    store_close(NULL);
+}
+
+static void test_retention(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    int64_t now = gw_now_ms(), old = now - 3 * 86400000LL;
+    uint64_t seq;
+
+    /* old rows reach the main table while retention is off */
+    do_open(f);
+    append1(f, "d", pnum("k", old, 1));
+    append1(f, "d", pnum("k", old + 1, 2));
+    compact_now(f);
+    do_close(f);
+
+    f->cfg.retention_days = 1;
+    do_open(f);
+    append1(f, "d", pnum("k", old + 2, 3)); /* expired on arrival: dropped at compaction */
+    seq = append1(f, "d", pnum("k", now, 4));
+    wait_durable(f, seq);
+    compact_now(f);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" }, .from = INT64_MIN });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, now);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+}
+
+static void on_query_at_close(void *ctx, struct store_query *q, struct store_result *res)
+{
+    int *calls = ctx;
+
+    (*calls)++;
+    store_query_free(q);
+    store_result_free(res);
+}
+
+static void test_queries_in_flight_at_close(void **state)
+{
+    struct fixture *f = *state;
+    int calls = 0;
+    uint64_t seq;
+
+    do_open(f);
+    seq = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, seq);
+    for (int i = 0; i < 8; i++) {
+        struct store_query *q = xcalloc(1, sizeof *q);
+        q->device = xstrdup("d");
+        q->to_ms = INT64_MAX;
+        q->limit = 10;
+        assert_int_equal(store_query_telemetry(f->s, q, on_query_at_close, &calls), 0);
+    }
+    do_close(f); /* answers all eight, one way or the other */
+    assert_int_equal(calls, 8);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_value_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_order_limit_both_tiers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_aggregation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_replaces, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compaction_by_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_latest_after_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_flushes_and_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_non_telemetry_gets_seq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broker_state_and_commands, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loop_alive_while_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queries_in_flight_at_close, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

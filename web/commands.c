@@ -1,0 +1,359 @@
+/* web/commands.c: see commands.h. Commands live in a map by id while pending and
+ * for a while after (bounded by MAX_KEPT); storage keeps their history. */
+#include "web/commands.h"
+
+#include <cjson/cJSON.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/bus.h"
+#include "gateway/devices.h"
+#include "gateway/gw.h"
+#include "gateway/log.h"
+#include "gateway/map.h"
+#include "gateway/util.h"
+#include "protocols/http/http.h"
+#include "protocols/mqtt/broker.h"
+#include "storage/store.h"
+
+#define MAX_KEPT 10000
+#define DEFAULT_TIMEOUT_MS 60000
+#define MAX_TIMEOUT_MS (7 * 24 * 3600 * 1000LL)
+
+struct command {
+    char id[33];
+    char device[DEVICE_ID_MAX + 1];
+    char *name;
+    char *params_json;      /* JSON text or NULL */
+    char status[12];        /* queued | delivered | replied | expired */
+    char *reply_json;       /* JSON text or NULL */
+    int64_t created_ms, updated_ms, expires_ms;
+    struct msg *m;          /* the published message while not yet delivered */
+    struct command *prev, *next; /* age list, oldest first */
+};
+
+struct commands {
+    struct gw *gw;
+    struct map by_id;
+    struct command *oldest, *newest;
+    uv_timer_t timer;       /* expiry */
+};
+
+static void cmd_free(struct command *c)
+{
+    free(c->name);
+    free(c->params_json);
+    free(c->reply_json);
+    msg_unref(c->m);
+    free(c);
+}
+
+static void list_remove(struct commands *cs, struct command *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        cs->oldest = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        cs->newest = c->prev;
+}
+
+static void list_append(struct commands *cs, struct command *c)
+{
+    c->prev = cs->newest;
+    c->next = NULL;
+    if (cs->newest)
+        cs->newest->next = c;
+    else
+        cs->oldest = c;
+    cs->newest = c;
+}
+
+static void keep_bounded(struct commands *cs)
+{
+    while (cs->by_id.len > MAX_KEPT && cs->oldest) {
+        struct command *c = cs->oldest;
+        list_remove(cs, c);
+        map_del(&cs->by_id, c->id, strlen(c->id));
+        cmd_free(c);
+    }
+}
+
+static uint64_t save(struct commands *cs, struct command *c)
+{
+    struct store_command sc = {c->id,         c->device,     c->name,      c->params_json,
+                               c->status,     c->reply_json, c->created_ms, c->updated_ms,
+                               c->expires_ms};
+    return store_put_command(cs->gw->store, &sc);
+}
+
+static void set_status(struct commands *cs, struct command *c, const char *status)
+{
+    snprintf(c->status, sizeof c->status, "%s", status);
+    c->updated_ms = gw_now_ms();
+    if (strcmp(status, "queued") != 0) {
+        msg_unref(c->m);
+        c->m = NULL;
+    }
+    save(cs, c);
+    log_info("device=%s command=%s name=%s status=%s", c->device, c->id, c->name, status);
+}
+
+static void write_json(const struct command *c, struct buf *b)
+{
+    buf_append_str(b, "{\"id\":");
+    buf_append_json_str(b, c->id, strlen(c->id));
+    buf_append_str(b, ",\"device\":");
+    buf_append_json_str(b, c->device, strlen(c->device));
+    buf_append_str(b, ",\"name\":");
+    buf_append_json_str(b, c->name, strlen(c->name));
+    buf_append_str(b, ",\"params\":");
+    buf_append_str(b, c->params_json ? c->params_json : "null");
+    buf_append_str(b, ",\"status\":");
+    buf_append_json_str(b, c->status, strlen(c->status));
+    buf_printf(b, ",\"created\":%lld,\"updated\":%lld,\"expires\":%lld",
+               (long long)c->created_ms, (long long)c->updated_ms, (long long)c->expires_ms);
+    if (c->reply_json) {
+        buf_append_str(b, ",\"reply\":");
+        buf_append_str(b, c->reply_json);
+    }
+    buf_append_str(b, "}");
+}
+
+static void on_delivered(void *ctx, const char *device, struct msg *m)
+{
+    struct commands *cs = ctx;
+    for (struct command *c = cs->newest; c; c = c->prev) {
+        if (c->m == m && strcmp(c->device, device) == 0) {
+            set_status(cs, c, "delivered");
+            return;
+        }
+    }
+}
+
+static void on_reply(void *ctx, const char *device, const char *cmd_id, const void *payload,
+                     size_t len)
+{
+    struct commands *cs = ctx;
+    commands_reply(cs->gw, device, cmd_id, payload, len);
+}
+
+void commands_reply(struct gw *gw, const char *device, const char *cmd_id, const void *payload,
+                    size_t len)
+{
+    struct commands *cs = gw->commands;
+    struct command *c = map_get(&cs->by_id, cmd_id, strlen(cmd_id));
+    cJSON *js;
+    if (!c || strcmp(c->device, device) != 0 || strcmp(c->status, "replied") == 0)
+        return;
+    js = cJSON_ParseWithLength(payload, len);
+    free(c->reply_json);
+    if (js) {
+        char *s = cJSON_PrintUnformatted(js);
+        c->reply_json = xstrdup(s);
+        cJSON_free(s);
+    } else { /* not JSON: kept as a string */
+        struct buf b;
+        buf_init(&b);
+        buf_append_json_str(&b, payload, len);
+        c->reply_json = xstrdup(buf_cstr(&b));
+        buf_fini(&b);
+    }
+    cJSON_Delete(js);
+    set_status(cs, c, "replied");
+}
+
+static void on_expiry(uv_timer_t *t)
+{
+    struct commands *cs = t->data;
+    int64_t now = gw_now_ms();
+    for (struct command *c = cs->oldest; c; c = c->next)
+        if ((strcmp(c->status, "queued") == 0 || strcmp(c->status, "delivered") == 0) &&
+            c->expires_ms <= now)
+            set_status(cs, c, "expired");
+}
+
+static void on_loaded(void *ctx, const struct store_command *sc)
+{
+    struct commands *cs = ctx;
+    struct command *c = xcalloc(1, sizeof *c);
+    snprintf(c->id, sizeof c->id, "%s", sc->id);
+    snprintf(c->device, sizeof c->device, "%s", sc->device);
+    c->name = xstrdup(sc->name ? sc->name : "");
+    c->params_json = sc->params_json ? xstrdup(sc->params_json) : NULL;
+    c->reply_json = sc->reply_json ? xstrdup(sc->reply_json) : NULL;
+    snprintf(c->status, sizeof c->status, "%s", sc->status ? sc->status : "queued");
+    c->created_ms = sc->created_ms;
+    c->updated_ms = sc->updated_ms;
+    c->expires_ms = sc->expires_ms;
+    map_put(&cs->by_id, c->id, strlen(c->id), c);
+    list_append(cs, c);
+    keep_bounded(cs);
+}
+
+int commands_init(struct gw *gw)
+{
+    struct commands *cs = xcalloc(1, sizeof *cs);
+    cs->gw = gw;
+    map_init(&cs->by_id);
+    gw->commands = cs;
+    if (store_load_commands(gw->store, gw_now_ms() - 7 * 24 * 3600 * 1000LL, on_loaded, cs) != 0)
+        return -1;
+    uv_timer_init(gw->loop, &cs->timer);
+    cs->timer.data = cs;
+    uv_timer_start(&cs->timer, on_expiry, 1000, 1000);
+    uv_unref((uv_handle_t *)&cs->timer);
+    mqtt_broker_set_command_hooks(gw, on_delivered, on_reply, cs);
+    return 0;
+}
+
+void commands_fini(struct gw *gw)
+{
+    struct commands *cs = gw->commands;
+    if (!cs)
+        return;
+    while (cs->oldest) {
+        struct command *c = cs->oldest;
+        list_remove(cs, c);
+        cmd_free(c);
+    }
+    map_fini(&cs->by_id);
+    free(cs);
+    gw->commands = NULL;
+}
+
+struct pending_202 {
+    struct buf body;
+};
+
+static void on_stored(struct conn *conn, uint64_t tag, int ok)
+{
+    struct pending_202 *p = (struct pending_202 *)(uintptr_t)tag;
+    struct http_conn *h = ok >= 0 ? http_from_conn(conn) : NULL;
+    if (h) {
+        if (ok)
+            http_respond(h, 202, "application/json", p->body.data, p->body.len, NULL);
+        else
+            http_respond_error(h, 503, "storage_error", "storage failure: command not queued");
+    }
+    buf_fini(&p->body);
+    free(p);
+}
+
+void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, struct device *dev)
+{
+    struct commands *cs = gw->commands;
+    cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
+    const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(root, "timeout_ms");
+    unsigned char rnd[16];
+    struct command *c;
+    struct pending_202 *p;
+    char topic[DEVICE_ID_MAX + 32];
+    struct buf payload;
+    uint64_t seq;
+    int64_t timeout = DEFAULT_TIMEOUT_MS;
+
+    if (!cJSON_IsObject(root) || !cJSON_IsString(name) || !name->valuestring[0] ||
+        strlen(name->valuestring) > 128) {
+        http_respond_error(h, 400, "bad_json",
+                           "body must be {\"name\":\"<1-128 chars>\",\"params\":{...}}");
+        goto out;
+    }
+    if (tmo) {
+        if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 1 || tmo->valuedouble > MAX_TIMEOUT_MS) {
+            http_respond_error(h, 400, "bad_param", "timeout_ms must be 1..604800000");
+            goto out;
+        }
+        timeout = (int64_t)tmo->valuedouble;
+    }
+    c = xcalloc(1, sizeof *c);
+    RAND_bytes(rnd, sizeof rnd);
+    for (int i = 0; i < 16; i++)
+        snprintf(c->id + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(c->device, sizeof c->device, "%s", dev->id);
+    c->name = xstrdup(name->valuestring);
+    if (params) {
+        char *s = cJSON_PrintUnformatted(params);
+        c->params_json = xstrdup(s);
+        cJSON_free(s);
+    }
+    snprintf(c->status, sizeof c->status, "queued");
+    c->created_ms = c->updated_ms = gw_now_ms();
+    c->expires_ms = c->created_ms + timeout;
+    map_put(&cs->by_id, c->id, strlen(c->id), c);
+    list_append(cs, c);
+    seq = save(cs, c);
+
+    buf_init(&payload);
+    buf_append_str(&payload, "{\"id\":");
+    buf_append_json_str(&payload, c->id, strlen(c->id));
+    buf_append_str(&payload, ",\"name\":");
+    buf_append_json_str(&payload, c->name, strlen(c->name));
+    buf_append_str(&payload, ",\"params\":");
+    buf_append_str(&payload, c->params_json ? c->params_json : "null");
+    buf_append_str(&payload, "}");
+    snprintf(topic, sizeof topic, "devices/%s/commands", dev->id);
+    c->m = msg_new(MSG_PLAIN, dev->id, topic, payload.data, payload.len, NULL, 0);
+    c->m->ts_ms = c->created_ms;
+    c->m->qos = 1;
+    bus_publish(gw->bus, c->m);
+    log_info("device=%s command=%s name=%s queued", dev->id, c->id, c->name);
+    for (struct conn *conn = gw->conns; conn; conn = conn->next) {
+        if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
+            conn->send_command(conn, (const char *)payload.data, payload.len);
+            if (strcmp(c->status, "queued") == 0)
+                set_status(cs, c, "delivered");
+        }
+    }
+    buf_fini(&payload);
+
+    p = xcalloc(1, sizeof *p);
+    buf_init(&p->body);
+    buf_append_str(&p->body, "{\"id\":");
+    buf_append_json_str(&p->body, c->id, strlen(c->id));
+    buf_append_str(&p->body, ",\"status\":\"queued\"}");
+    keep_bounded(cs);
+    gw_await_durable(http_conn_of(h), seq, (uint64_t)(uintptr_t)p, on_stored);
+out:
+    cJSON_Delete(root);
+}
+
+void commands_get(struct gw *gw, struct http_conn *h, struct device *dev, const char *cmd_id)
+{
+    struct commands *cs = gw->commands;
+    struct command *c = map_get(&cs->by_id, cmd_id, strlen(cmd_id));
+    struct buf b;
+    if (!c || strcmp(c->device, dev->id) != 0) {
+        http_respond_error(h, 404, "not_found", "no such command");
+        return;
+    }
+    buf_init(&b);
+    write_json(c, &b);
+    http_respond(h, 200, "application/json", b.data, b.len, NULL);
+    buf_fini(&b);
+}
+
+void commands_list(struct gw *gw, struct http_conn *h, struct device *dev)
+{
+    struct commands *cs = gw->commands;
+    struct buf b;
+    size_t n = 0;
+    buf_init(&b);
+    buf_append_str(&b, "{\"commands\":[");
+    for (struct command *c = cs->newest; c && n < 100; c = c->prev) {
+        if (strcmp(c->device, dev->id) != 0)
+            continue;
+        if (n++)
+            buf_append_str(&b, ",");
+        write_json(c, &b);
+    }
+    buf_append_str(&b, "]}");
+    http_respond(h, 200, "application/json", b.data, b.len, NULL);
+    buf_fini(&b);
+}
