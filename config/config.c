@@ -75,7 +75,8 @@ static const struct key keys[] = {
     SIZE("http.max_body_bytes", http.max_body_bytes, 0, GIB, "1048576",
          "Largest request body, bytes."),
     BOOL("http.ws_echo", http.ws_echo, "false",
-         "Test aid: echo device WebSocket messages back to the sender."),
+         "Serve /ws/echo, which sends every WebSocket message back as received "
+         "(for testing proxies and load balancers)."),
     SIZE("http.ws_max_message_bytes", http.ws_max_message_bytes, 125, GIB, "1048576",
          "Largest WebSocket message (all fragments together), bytes."),
     BOOL("http.ws_deflate", http.ws_deflate, "true",

@@ -73,6 +73,10 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             usage(stdout);
             *code = 0;
             return -1;
+        } else if (strcmp(a, "--config-reference") == 0) { /* the README's table */
+            config_print_reference_markdown(stdout);
+            *code = 0;
+            return -1;
         } else if (strcmp(a, "--version") == 0) {
             printf("gale %s\n", GALE_VERSION);
             *code = 0;

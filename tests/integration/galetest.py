@@ -113,12 +113,16 @@ class Gale:
 
     def __exit__(self, *exc):
         try:
-            self.stop()
+            rc = self.stop()
         finally:
             if self.own_dir:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
         if exc[0] is not None:
             sys.stderr.write("---- gale log ----\n" + self.log()[-20000:] + "\n")
+        elif rc != 0:
+            # a clean SIGTERM stop exits 0; sanitizer reports (leaks, bad accesses) do not
+            sys.stderr.write("---- gale log ----\n" + self.log()[-20000:] + "\n")
+            raise AssertionError("gale exited with %r after SIGTERM" % rc)
         return False
 
     # ---- HTTP ----
