@@ -87,6 +87,28 @@ def main():
         c7.send_line({"fresh": 1, "seq": 1})
         t.eq(c7.read_line(), {"ack": 1}, "fresh client served after all the bad input")
 
+        # commands reach a line-protocol device as a line; its reply is tracked
+        st, js = g.http("POST", "/api/devices/dev-1/commands",
+                        {"name": "reboot", "params": {"delay": 5}})
+        t.eq((st, js.get("status")), (202, "queued"), "command accepted")
+        cmd = js["id"]
+        line = c7.read_line()
+        t.eq(line.get("command", {}).get("name"), "reboot", "command arrives as a line")
+        t.eq(line["command"].get("id"), cmd, "command line carries its id")
+        st, js = g.http("GET", "/api/devices/dev-1/commands/" + cmd)
+        t.eq(js.get("status"), "delivered", "written to the device: delivered")
+        c7.send_line({"reply": {"id": cmd, "ok": True}})
+        wait_for(lambda: g.http("GET", "/api/devices/dev-1/commands/" + cmd)[1]["status"]
+                 == "replied", 5, "command replied")
+        st, js = g.http("GET", "/api/devices/dev-1/commands/" + cmd)
+        t.eq(js.get("reply"), {"id": cmd, "ok": True}, "reply stored with the command")
+        st, js = g.http("POST", "/api/devices/dev-1/commands", {"name": "x", "timeout_ms": 200})
+        c7.read_line()
+        wait_for(lambda: g.http("GET", "/api/devices/dev-1/commands/" + js["id"])[1]["status"]
+                 == "expired", 5, "unanswered command expires")
+        st, js = g.http("POST", "/api/devices/dev-1/commands", {"params": {}})
+        t.eq((st, js.get("code")), (400, "bad_json"), "command without name -> 400")
+
         # presence
         st, js = g.http("GET", "/api/devices/dev-1")
         t.eq(js.get("online"), True, "device online while connected")

@@ -108,6 +108,9 @@ def main():
         st, js = g.http("GET", "/api/devices/dev-1/telemetry?keys=t")
         t.eq(js.get("t", []), [], "re-created device starts without old telemetry")
 
+        st, js = g.http("GET", "/api/openapi.json", key=None)
+        t(st == 200 and js.get("openapi", "").startswith("3.") and "/api/devices" in js["paths"],
+          "OpenAPI document served")
         st, body, hdrs = g.http("GET", "/", key=None, raw=True)
         t.eq(st, 200, "dashboard index served")
         t("text/html" in hdrs.get("Content-Type", ""), "dashboard is HTML")
