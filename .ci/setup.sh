@@ -9,7 +9,8 @@ set -eu
 BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev"
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients python3 python3-paho-mqtt
-  python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps"
+  python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
+  chromium"
 RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates curl"
 
 case "${1:-deps}" in

@@ -558,6 +558,42 @@ static void telemetry_get(struct gw *gw, struct http_conn *h, struct http_req *r
 
 /* ---- misc ---- */
 
+static void connections_list(struct gw *gw, struct http_conn *h)
+{
+    struct buf b;
+    size_t n = 0;
+    buf_init(&b);
+    buf_append_str(&b, "{\"connections\":[");
+    for (struct conn *c = gw->conns; c; c = c->next) {
+        if (n++)
+            buf_append_str(&b, ",");
+        buf_printf(&b, "{\"id\":%llu,\"peer\":", (unsigned long long)c->id);
+        buf_append_json_str(&b, c->peer, strlen(c->peer));
+        buf_append_str(&b, ",\"listener\":");
+        buf_append_json_str(&b, c->listener, strlen(c->listener));
+        buf_append_str(&b, ",\"protocol\":");
+        buf_append_json_str(&b, c->proto->name, strlen(c->proto->name));
+        if (c->xport) {
+            buf_append_str(&b, ",\"transport\":");
+            buf_append_json_str(&b, c->xport->name, strlen(c->xport->name));
+        }
+        buf_append_str(&b, ",\"device\":");
+        if (c->device[0])
+            buf_append_json_str(&b, c->device, strlen(c->device));
+        else
+            buf_append_str(&b, "null");
+        buf_printf(&b,
+                   ",\"connected\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                   "\"messages_in\":%llu,\"messages_out\":%llu}",
+                   (long long)c->connected_ms, (unsigned long long)c->bytes_in,
+                   (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in,
+                   (unsigned long long)c->msgs_out);
+    }
+    buf_printf(&b, "],\"count\":%zu}", n);
+    reply_json(h, 200, &b);
+    buf_fini(&b);
+}
+
 static void health(struct gw *gw, struct http_conn *h)
 {
     struct buf b;
@@ -649,6 +685,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         metrics_render(gw, &b);
         http_respond(h, 200, "text/plain; version=0.0.4", b.data, b.len, NULL);
         buf_fini(&b);
+        return;
+    }
+    if (strcmp(path, "/api/connections") == 0) {
+        if (strcmp(m, "GET") == 0)
+            connections_list(gw, h);
+        else
+            method_not_allowed(h, "GET");
         return;
     }
     if (strcmp(path, "/api/devices") == 0) {

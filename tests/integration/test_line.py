@@ -109,6 +109,13 @@ def main():
         st, js = g.http("POST", "/api/devices/dev-1/commands", {"params": {}})
         t.eq((st, js.get("code")), (400, "bad_json"), "command without name -> 400")
 
+        # the connection registry
+        st, js = g.http("GET", "/api/connections")
+        mine = [x for x in js["connections"] if x["device"] == "dev-1" and x["protocol"] == "line"]
+        t.eq(len(mine), 1, "line connection listed in the registry")
+        t(mine and mine[0]["messages_in"] >= 2 and mine[0]["bytes_out"] > 0
+          and mine[0]["peer"].startswith("127.0.0.1:"), "registry entry has counters and peer")
+
         # presence
         st, js = g.http("GET", "/api/devices/dev-1")
         t.eq(js.get("online"), True, "device online while connected")
