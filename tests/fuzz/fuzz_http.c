@@ -4,7 +4,7 @@
  * fed as a connection would be: bytes appended to a buffer, the parser run until
  * it needs more, consumed bytes dropped. Checks: consumed never exceeds what was
  * given; a request's strings are NUL-terminated and inside their limits; the
- * split run and the whole run see the same requests and the same outcome. */
+ * split run and the whole run see the same requests and both fail or neither. */
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -102,7 +102,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     whole = run(data, size, 0, max_head, max_body);
     split = run(data, size, chunk ? chunk : 1, max_head, max_body);
     assert(whole.nreq == split.nreq);
-    assert(whole.status == split.status);
+    /* which limit or syntax check trips first may depend on how reads split a
+     * field (llhttp reports a field span when it ends or when the read ends), so
+     * both runs must fail or succeed together, not necessarily with one status */
+    assert((whole.status == 0) == (split.status == 0));
     assert(whole.hash == split.hash);
     return 0;
 }
