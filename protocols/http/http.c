@@ -31,6 +31,8 @@ static void *http_open(struct conn *c)
     h->conn = c;
     h->srv = c->gw->http;
     http_parser_init(&h->parser, h->srv->max_header_bytes, h->srv->max_body_bytes);
+    /* the first request must arrive within the auth timeout (no slow-drip openers) */
+    c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return h;
 }
 
@@ -85,6 +87,8 @@ static int http_feed(void *state, struct buf *in)
         h->busy = true;
         h->in_handler = true;
         c->msgs_in++;
+        if (c->auth_timeout_ms) /* from now on only the idle timeout applies */
+            conn_authenticated(c, NULL);
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
         if (c->closing)
             return 0; /* h is gone */

@@ -59,7 +59,8 @@ def served(g):
 
 def main():
     with Gale(args=["--set", "http.max_header_bytes=4096", "--set", "http.max_body_bytes=65536",
-                    "--set", "limits.max_connections=20"]) as g:
+                    "--set", "limits.max_connections=20",
+                    "--set", "limits.auth_timeout_ms=1500"]) as g:
         auth = "Authorization: Bearer %s\r\n" % API_KEY
         # pipelining: three requests in one write, answered in order on one connection
         s = connect(g)
@@ -119,6 +120,17 @@ def main():
         t(is_closed(s), "closed after 400")
         t(served(g), "still serving after bad requests")
         g.wait_log(r"proto=http bad request status=400 reason=")
+
+        # a connection that never completes its first request is closed by the timer
+        s = connect(g)
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+        t(is_closed(s, timeout=5), "half a request is closed after the request timeout")
+        # ... but an idle keep-alive connection after a request is not
+        s = connect(g)
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_responses(s, 1)
+        t(not is_closed(s, timeout=2), "keep-alive connection survives past the request timeout")
+        s.close()
 
         # connection limit: excess refused and logged, others unaffected
         socks = [connect(g) for _ in range(25)]
