@@ -115,8 +115,16 @@ void devices_write_value_json(const struct point *p, struct buf *out)
     case VAL_NUM:
         if (isfinite(p->num) && p->num == (double)(int64_t)p->num && fabs(p->num) < 9e15)
             buf_printf(out, "%lld", (long long)p->num);
-        else if (isfinite(p->num))
-            buf_printf(out, "%.17g", p->num);
+        else if (isfinite(p->num)) {
+            char tmp[32];
+            /* the shortest of %.15g/%.16g/%.17g that reads back as the same double */
+            for (int prec = 15; prec <= 17; prec++) {
+                snprintf(tmp, sizeof tmp, "%.*g", prec, p->num);
+                if (strtod(tmp, NULL) == p->num)
+                    break;
+            }
+            buf_append_str(out, tmp);
+        }
         else
             buf_append_str(out, "null");
         break;
