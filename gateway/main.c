@@ -32,7 +32,9 @@
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
 #include "web/commands.h"
+#include "web/feed.h"
 #include "web/rest.h"
+#include "web/ws_routes.h"
 
 extern char **environ;
 
@@ -221,6 +223,7 @@ static void on_latest_loaded(void *ctx, const char *device, const struct point *
 static void on_presence(struct gw *gw, const char *device, bool online)
 {
     mqtt_broker_presence(gw, device, online);
+    feed_presence(gw, device, online);
 }
 
 static void on_walk_close(uv_handle_t *h, void *arg)
@@ -296,6 +299,7 @@ int main(int argc, char **argv)
         goto out;
     gw.on_command_reply = commands_reply;
     rest_init(&gw);
+    ws_routes_init(&gw);
     gw_start(&gw);
     rc = gw_listen(&gw, "http", cfg.http.bind, cfg.http.port, &http_proto);
     if (rc == 0 && cfg.line.enabled)
@@ -322,6 +326,7 @@ out:
         log_warn("loop closed with live handles");
     if (gw.rest)
         rest_fini(&gw);
+    ws_routes_fini(&gw);
     commands_fini(&gw);
     mqtt_broker_fini(&gw);
     bus_free(gw.bus);

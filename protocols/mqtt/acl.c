@@ -22,6 +22,7 @@ struct acl_rule {
 struct acl {
     struct acl_rule *rules;
     size_t n;
+    bool sub_denials;  /* a rule with allow false applies to subscribe */
 };
 
 struct acl *acl_new(const char *json, char *err, size_t errlen)
@@ -52,6 +53,14 @@ struct acl *acl_new(const char *json, char *err, size_t errlen)
                      i);
             goto fail;
         }
+        for (const cJSON *k = it->child; k; k = k->next) { /* a typo must not widen a rule */
+            if (strcmp(k->string, "user") != 0 && strcmp(k->string, "client") != 0 &&
+                strcmp(k->string, "topic") != 0 && strcmp(k->string, "action") != 0 &&
+                strcmp(k->string, "allow") != 0) {
+                snprintf(err, errlen, "mqtt.acl[%zu]: unknown key \"%s\"", i, k->string);
+                goto fail;
+            }
+        }
         if (!mqtt_filter_valid(t->valuestring, strlen(t->valuestring))) {
             snprintf(err, errlen, "mqtt.acl[%zu]: topic \"%s\" is not a valid MQTT filter", i,
                      t->valuestring);
@@ -73,6 +82,8 @@ struct acl *acl_new(const char *json, char *err, size_t errlen)
         r->client = xstrdup(c ? c->valuestring : "*");
         r->topic = xstrdup(t->valuestring);
         r->allow = cJSON_IsTrue(al);
+        if (!r->allow && (r->action & ACL_SUBSCRIBE))
+            a->sub_denials = true;
         a->n = ++i;
     }
     cJSON_Delete(root);
@@ -94,6 +105,11 @@ void acl_free(struct acl *a)
     }
     free(a->rules);
     free(a);
+}
+
+bool acl_has_subscribe_denials(const struct acl *a)
+{
+    return a && a->sub_denials;
 }
 
 /* Next level of s[*pos..len): returns its length and advances *pos past the '/'. */
@@ -189,6 +205,9 @@ bool acl_check(const struct acl *a, enum acl_role role, const char *username,
         if (rule_matches_topic(buf, (size_t)n, topic, topic_len, action))
             return r->allow;
     }
+    /* '$' topics are the server's ($SYS): clients publish there only by an explicit rule */
+    if (action == ACL_PUBLISH && topic_len && topic[0] == '$')
+        return false;
     if (role == ACL_ROLE_APP || role == ACL_ROLE_ANONYMOUS)
         return true;
     if (!device)

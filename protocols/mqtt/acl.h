@@ -8,6 +8,8 @@
  *   device     publish and subscribe under devices/<its id>/# only
  *   app        everything
  *   anonymous  everything (only reachable with mqtt.allow_anonymous)
+ * except that no default lets a client publish to a topic starting with '$' (the
+ * server's own $SYS tree); only a rule can allow that.
  * For publish the rule's filter must match the topic name; for subscribe the
  * rule's filter must cover the requested filter (every topic the requested filter
  * can match is matched by the rule). Pure; loop thread. */
@@ -30,6 +32,10 @@ void acl_free(struct acl *a);
 bool acl_check(const struct acl *a, enum acl_role role, const char *username,
                const char *client_id, const char *device, const char *topic, size_t topic_len,
                enum acl_action action);
+/* True when some rule denies subscribing. A filter a rule allows (or the default covers)
+ * can still match a topic a rule denies ('#' and a denied "a/secret"), so the broker then
+ * checks each delivery too: acl_check(..., topic name, ACL_SUBSCRIBE). */
+bool acl_has_subscribe_denials(const struct acl *a);
 /* 1 when every topic that filter `inner` can match is also matched by `outer`. */
 bool acl_filter_covers(const char *outer, size_t olen, const char *inner, size_t ilen);
 

@@ -25,9 +25,21 @@
 
 /* ---- sending ---- */
 
+/* Flags kept with a persistent session's stored message (the store's retain byte):
+ * bit 0 the retain flag to send, bit 1 PUBREC received (only PUBREL is left to send). */
+#define STORED_RETAIN 0x01
+#define STORED_RELEASED 0x02
+
 static size_t send_budget(const struct mqtt_broker *b)
 {
     return b->gw->cfg->limits.max_send_queue_bytes / 2;
+}
+
+void broker_send(struct mqtt_conn *mc)
+{
+    conn_send(mc->c, mc->out.data, mc->out.len);
+    mc->out.len = 0;
+    mc->b->packets_out++;
 }
 
 static void send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg *m, uint8_t qos,
@@ -37,10 +49,17 @@ static void send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
     if (mqtt_encode_publish(&mc->out, m->topic, strlen(m->topic), m->payload, m->payload_len, qos,
                             retain, dup, id) != 0)
         return;
-    conn_send(mc->c, mc->out.data, mc->out.len);
+    broker_send(mc);
     mc->c->msgs_out++;
     b->publish_out++;
     b->gw->metrics.mqtt_messages_sent++;
+}
+
+static void send_pubrel(struct mqtt_conn *mc, uint16_t id)
+{
+    mc->out.len = 0;
+    mqtt_encode_pubrel(&mc->out, id);
+    broker_send(mc);
 }
 
 static void out_free(struct out_msg *o)
@@ -49,24 +68,41 @@ static void out_free(struct out_msg *o)
     free(o);
 }
 
-static uint16_t alloc_id(struct mqtt_session *s)
+static bool id_in_use(const struct mqtt_session *s, uint16_t id)
 {
-    for (;;) {
-        bool used = false;
-        s->next_id = (uint16_t)(s->next_id == 65535 ? 1 : s->next_id + 1);
-        for (size_t i = 0; i < s->ninflight; i++)
-            used |= s->inflight[i]->pkt_id == s->next_id;
-        if (!used)
-            return s->next_id;
+    for (size_t i = 0; i < s->ninflight; i++)
+        if (s->inflight[i]->pkt_id == id)
+            return true;
+    return false;
+}
+
+/* Packet id for o. A persistent session's message takes one derived from its stored
+ * number, so after a gateway restart it is resent with the id the client may still hold
+ * QoS 2 state for (it then answers PUBREC instead of delivering twice [MQTT-4.3.3-2]).
+ * Otherwise, or when that id is taken, the next free one. */
+static uint16_t pick_id(struct mqtt_session *s, const struct out_msg *o)
+{
+    if (o->store_id) {
+        uint16_t id = (uint16_t)((o->store_id - 1) % 65535 + 1);
+        if (!id_in_use(s, id))
+            return id;
     }
+    do
+        s->next_id = (uint16_t)(s->next_id == 65535 ? 1 : s->next_id + 1);
+    while (id_in_use(s, s->next_id));
+    return s->next_id;
 }
 
 static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
 {
-    o->pkt_id = alloc_id(s);
-    o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
+    o->pkt_id = pick_id(s, o);
     s->inflight[s->ninflight++] = o;
-    send_publish(b, s->conn, o->m, o->qos, o->retain, false, o->pkt_id);
+    if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
+        send_pubrel(s->conn, o->pkt_id);
+        return;
+    }
+    o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
+    send_publish(b, s->conn, o->m, o->qos, o->retain, o->dup, o->pkt_id);
 }
 
 static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
@@ -102,7 +138,7 @@ static void persist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct ou
         return;
     o->store_id = ++s->next_store_id;
     store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic, o->m->payload,
-                          o->m->payload_len, o->qos, o->retain);
+                          o->m->payload_len, o->qos, o->retain ? STORED_RETAIN : 0);
 }
 
 static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
@@ -160,6 +196,11 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     struct out_msg *o;
     size_t max_queued = b->gw->cfg->mqtt.max_queued;
 
+    if (acl_has_subscribe_denials(b->acl) &&
+        !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
+                   s->device[0] ? s->device : NULL, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
+        return; /* a rule denies this topic to s, though its filter was allowed */
+
     if (s->conn && qos == 0 && !s->qhead) {
         if (over_budget(b, s)) {
             count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
@@ -180,17 +221,16 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
         send_inflight(b, s, o);
         return;
     }
-    if (s->qlen >= max_queued && !drop_oldest_qos0(s)) {
-        if (qos == 0 || !s->conn) {
-            count_drop(b, s, "session queue full");
+    if (s->qlen >= max_queued) {
+        /* the oldest QoS 0 message makes room; failing that, the new one is dropped */
+        count_drop(b, s, "session queue full");
+        if (!drop_oldest_qos0(s)) {
             out_free(o);
+            /* a live subscriber that lets QoS 1/2 pile up past the limit is cut off */
+            if (qos > 0 && s->conn)
+                conn_close(s->conn->c, "subscriber too slow: session queue full");
             return;
         }
-        /* a live subscriber that lets QoS 1/2 pile up past the limit is cut off */
-        count_drop(b, s, "session queue full");
-        out_free(o);
-        conn_close(s->conn->c, "subscriber too slow: session queue full");
-        return;
     }
     persist_msg(b, s, o);
     enqueue(s, o);
@@ -213,53 +253,68 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
     deliver(rc->b, sub, rc->m, q, false); /* retain is 0 to existing subscribers [MQTT-3.3.1-9] */
 }
 
-static void retained_set(struct mqtt_broker *b, struct msg *m)
+void broker_enter(struct mqtt_broker *b)
 {
-    size_t tlen = strlen(m->topic);
-    struct retained *r = map_get(&b->retained, m->topic, tlen);
-    bool persist = m->topic[0] != '$';
+    b->depth++;
+}
 
-    if (m->payload_len == 0) { /* an empty retained message clears [MQTT-3.3.1-10] */
-        if (r) {
-            map_del(&b->retained, m->topic, tlen);
-            msg_unref(r->m);
-            free(r->topic);
-            free(r);
-        }
-    } else {
-        if (!r) {
-            r = xcalloc(1, sizeof *r);
-            r->topic = xstrdup(m->topic);
-            map_put(&b->retained, r->topic, tlen, r);
-        } else {
-            msg_unref(r->m);
-        }
-        r->m = msg_ref(m);
-        r->qos = m->qos;
+void broker_leave(struct mqtt_broker *b)
+{
+    if (--b->depth > 0)
+        return;
+    while (b->dead) { /* finishing may publish a will: routing nests, finishing what it adds */
+        struct mqtt_conn *mc = b->dead;
+        b->dead = mc->next_dead;
+        mqtt_conn_finish(mc);
     }
-    if (persist)
-        store_put_retained(b->gw->store, m->topic, m->payload, m->payload_len, m->qos);
 }
 
 static void sink_mqtt(void *ctx, struct msg *m)
 {
     struct mqtt_broker *b = ctx;
     struct route_ctx rc = {b, m};
-    if (m->retain)
-        retained_set(b, m);
+    broker_enter(b);
+    if (m->retain) {
+        retained_put(&b->retained, m);
+        if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
+            store_put_retained(b->gw->store, m->topic, m->payload, m->payload_len, m->qos);
+    }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
+    broker_leave(b);
+}
+
+struct retained_hits {
+    struct msg **m;             /* references held */
+    uint8_t *qos;
+    size_t n, cap;
+};
+
+static void collect_retained(void *ctx, struct retained *r)
+{
+    struct retained_hits *h = ctx;
+    if (h->n == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->m = xrealloc(h->m, h->cap * sizeof *h->m);
+        h->qos = xrealloc(h->qos, h->cap);
+    }
+    h->m[h->n] = msg_ref(r->m);
+    h->qos[h->n++] = r->qos;
 }
 
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                           size_t len, uint8_t qos)
 {
-    size_t it = 0;
-    void *v;
-    while (map_next(&b->retained, &it, NULL, &v)) {
-        struct retained *r = v;
-        if (mqtt_topic_matches(filter, len, r->topic, strlen(r->topic)))
-            deliver(b, s, r->m, r->qos < qos ? r->qos : qos, true);
+    struct retained_hits h = {0};
+    /* collected first: delivering must not run inside the walk */
+    retained_match(&b->retained, filter, len, collect_retained, &h);
+    broker_enter(b);
+    for (size_t i = 0; i < h.n; i++) {
+        deliver(b, s, h.m[i], h.qos[i] < qos ? h.qos[i] : qos, true);
+        msg_unref(h.m[i]);
     }
+    broker_leave(b);
+    free(h.m);
+    free(h.qos);
 }
 
 void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device, const char *topic,
@@ -280,33 +335,51 @@ struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *clien
     return map_get(&b->sessions, client_id, strlen(client_id));
 }
 
-struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean)
+static void set_identity(struct mqtt_session *s, enum acl_role role, const char *username)
+{
+    free(s->username);
+    s->username = xstrdup(username ? username : "");
+    s->role = (uint8_t)role;
+    /* a device's username is its id */
+    snprintf(s->device, sizeof s->device, "%s", role == ACL_ROLE_DEVICE ? s->username : "");
+}
+
+struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
+                                        enum acl_role role, const char *username)
 {
     struct mqtt_session *s = xcalloc(1, sizeof *s);
     s->client_id = xstrdup(client_id);
+    set_identity(s, role, username);
     s->clean = clean;
     s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
     return s;
 }
 
-void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
+/* Frees the session's memory only (shutdown, or after it was unlinked). */
+static void session_release(struct mqtt_session *s)
 {
     struct out_msg *o, *next;
-    map_del(&b->sessions, s->client_id, strlen(s->client_id));
-    mqtt_router_remove_all(b->router, s);
     for (o = s->qhead; o; o = next) {
         next = o->next;
         out_free(o);
     }
     for (size_t i = 0; i < s->ninflight; i++)
         out_free(s->inflight[i]);
-    if (!s->clean)
-        store_delete_session(b->gw->store, s->client_id);
     free(s->inflight);
     free(s->qos2_in);
     free(s->client_id);
+    free(s->username);
     free(s);
+}
+
+void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    map_del(&b->sessions, s->client_id, strlen(s->client_id));
+    mqtt_router_remove_all(b->router, s);
+    if (!s->clean)
+        store_delete_session(b->gw->store, s->client_id);
+    session_release(s);
 }
 
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc)
@@ -316,13 +389,10 @@ void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct
     /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1] */
     for (size_t i = 0; i < s->ninflight; i++) {
         struct out_msg *o = s->inflight[i];
-        if (o->state == OUT_WAIT_PUBCOMP) {
-            mc->out.len = 0;
-            mqtt_encode_pubrel(&mc->out, o->pkt_id);
-            conn_send(mc->c, mc->out.data, mc->out.len);
-        } else {
+        if (o->state == OUT_WAIT_PUBCOMP)
+            send_pubrel(mc, o->pkt_id);
+        else
             send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id);
-        }
     }
     pump(b, s);
 }
@@ -345,18 +415,34 @@ static void list_sub(void *ctx, const char *filter, size_t len, uint8_t qos, uin
     free(f);
 }
 
+static const char *const role_names[] = {"device", "app", "anonymous"};
+
+void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
+                                 enum acl_role role, const char *username)
+{
+    if (s->role == role && strcmp(s->username, username) == 0)
+        return;
+    set_identity(s, role, username);
+    broker_session_persist_subs(b, s);
+}
+
+/* Stored as {"user":"dev-1","role":"device","subs":[{"filter":"a/#","qos":1},...]} (a bare
+ * array of subscriptions is read too: the identity is then unknown, i.e. anonymous). */
 void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    cJSON *arr;
+    cJSON *root, *arr;
     char *js;
     if (s->clean)
         return;
-    arr = cJSON_CreateArray();
+    root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "user", s->username);
+    cJSON_AddStringToObject(root, "role", role_names[s->role]);
+    arr = cJSON_AddArrayToObject(root, "subs");
     mqtt_router_list(b->router, s, list_sub, arr);
-    js = cJSON_PrintUnformatted(arr);
+    js = cJSON_PrintUnformatted(root);
     store_put_session(b->gw->store, s->client_id, js);
     cJSON_free(js);
-    cJSON_Delete(arr);
+    cJSON_Delete(root);
 }
 
 static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_t state)
@@ -393,14 +479,15 @@ void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id
 void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
 {
     struct out_msg *o = take_inflight(s, id, OUT_WAIT_PUBREC);
-    (void)b;
-    if (o)
+    if (o) {
         o->state = OUT_WAIT_PUBCOMP;
-    if (s->conn) { /* PUBREL even for an unknown id, so the client can finish */
-        s->conn->out.len = 0;
-        mqtt_encode_pubrel(&s->conn->out, id);
-        conn_send(s->conn->c, s->conn->out.data, s->conn->out.len);
+        if (o->store_id) /* after a restart only PUBREL may be resent, never the PUBLISH */
+            store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic,
+                                  o->m->payload, o->m->payload_len, o->qos,
+                                  (o->retain ? STORED_RETAIN : 0) | STORED_RELEASED);
     }
+    if (s->conn) /* PUBREL even for an unknown id, so the client can finish */
+        send_pubrel(s->conn, id);
 }
 
 void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
@@ -429,24 +516,40 @@ static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned 
     mqtt_broker_publish(gw, MSG_PLAIN, "", topic, val, (size_t)n, 0, true);
 }
 
+/* The Mosquitto $SYS/broker/... tree (the parts that apply), retained, every 10 s. */
 static void on_sys_timer(uv_timer_t *t)
 {
     struct mqtt_broker *b = t->data;
     struct gw *gw = b->gw;
     const struct metrics *m = &gw->metrics;
+    unsigned long long total = b->sessions.len;
+    unsigned long long bytes_in = b->bytes_in_closed, bytes_out = b->bytes_out_closed;
     mqtt_broker_publish(gw, MSG_PLAIN, "", "$SYS/broker/version", "gale " GALE_VERSION,
                         strlen("gale " GALE_VERSION), 0, true);
     sys_pub(gw, "$SYS/broker/uptime", "%llu seconds",
             (unsigned long long)((gw_now_ms() - gw->started_ms) / 1000));
     sys_pub(gw, "$SYS/broker/clients/connected", "%llu", b->connected);
-    sys_pub(gw, "$SYS/broker/clients/total", "%llu", b->sessions.len);
-    sys_pub(gw, "$SYS/broker/messages/received", "%llu", b->publish_in);
-    sys_pub(gw, "$SYS/broker/messages/sent", "%llu", b->publish_out);
+    sys_pub(gw, "$SYS/broker/clients/active", "%llu", b->connected);
+    sys_pub(gw, "$SYS/broker/clients/disconnected", "%llu",
+            total > b->connected ? total - b->connected : 0);
+    sys_pub(gw, "$SYS/broker/clients/total", "%llu", total);
+    sys_pub(gw, "$SYS/broker/clients/maximum", "%llu", b->max_connected);
+    sys_pub(gw, "$SYS/broker/messages/received", "%llu", b->packets_in);
+    sys_pub(gw, "$SYS/broker/messages/sent", "%llu", b->packets_out);
+    sys_pub(gw, "$SYS/broker/publish/messages/received", "%llu", b->publish_in);
+    sys_pub(gw, "$SYS/broker/publish/messages/sent", "%llu", b->publish_out);
     sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
-    sys_pub(gw, "$SYS/broker/bytes/received", "%llu", m->bytes_in);
-    sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", m->bytes_out);
+    for (const struct conn *c = gw->conns; c; c = c->next) {
+        if (c->proto == &mqtt_proto) {
+            bytes_in += c->bytes_in;
+            bytes_out += c->bytes_out;
+        }
+    }
+    sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
+    sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
     sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu", mqtt_router_count(b->router));
-    sys_pub(gw, "$SYS/broker/retained messages/count", "%llu", b->retained.len);
+    sys_pub(gw, "$SYS/broker/retained messages/count", "%llu",
+            (unsigned long long)retained_count(&b->retained));
 }
 
 /* ---- start-up ---- */
@@ -455,20 +558,29 @@ static void on_retained_loaded(void *ctx, const char *topic, const void *payload
                                uint8_t qos)
 {
     struct mqtt_broker *b = ctx;
-    struct retained *r = xcalloc(1, sizeof *r);
-    r->topic = xstrdup(topic);
-    r->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
-    r->m->qos = qos;
-    r->m->retain = 1;
-    r->qos = qos;
-    map_put(&b->retained, r->topic, strlen(r->topic), r);
+    struct msg *m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
+    m->qos = qos;
+    m->retain = 1;
+    retained_put(&b->retained, m);
+    msg_unref(m);
 }
 
 static void on_session_loaded(void *ctx, const char *client_id, const char *subs_json)
 {
     struct mqtt_broker *b = ctx;
-    struct mqtt_session *s = broker_session_new(b, client_id, false);
-    cJSON *arr = cJSON_Parse(subs_json), *it;
+    cJSON *root = cJSON_Parse(subs_json), *arr = root, *it;
+    const cJSON *user = cJSON_GetObjectItemCaseSensitive(root, "user");
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
+    enum acl_role r = ACL_ROLE_ANONYMOUS;
+    struct mqtt_session *s;
+
+    if (cJSON_IsObject(root))
+        arr = cJSON_GetObjectItemCaseSensitive(root, "subs");
+    if (cJSON_IsString(role) && strcmp(role->valuestring, "device") == 0)
+        r = ACL_ROLE_DEVICE;
+    else if (cJSON_IsString(role) && strcmp(role->valuestring, "app") == 0)
+        r = ACL_ROLE_APP;
+    s = broker_session_new(b, client_id, false, r, cJSON_IsString(user) ? user->valuestring : "");
     cJSON_ArrayForEach(it, arr) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "filter");
         const cJSON *q = cJSON_GetObjectItemCaseSensitive(it, "qos");
@@ -476,7 +588,7 @@ static void on_session_loaded(void *ctx, const char *client_id, const char *subs
             mqtt_router_subscribe(b->router, f->valuestring, strlen(f->valuestring), s,
                                   (uint8_t)q->valueint);
     }
-    cJSON_Delete(arr);
+    cJSON_Delete(root);
 }
 
 static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
@@ -492,7 +604,10 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     o->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
     o->m->qos = qos;
     o->qos = qos;
-    o->retain = retain;
+    o->retain = (retain & STORED_RETAIN) != 0;
+    o->dup = true; /* it may have been in flight before the restart */
+    if (retain & STORED_RELEASED)
+        o->state = OUT_WAIT_PUBCOMP;
     o->store_id = msg_id;
     if (msg_id > s->next_store_id)
         s->next_store_id = msg_id;
@@ -507,7 +622,7 @@ int mqtt_broker_init(struct gw *gw)
     b->gw = gw;
     b->router = mqtt_router_new();
     map_init(&b->sessions);
-    map_init(&b->retained);
+    retained_init(&b->retained);
     b->acl = acl_new(gw->cfg->mqtt.acl_json, err, sizeof err);
     if (!b->acl) {
         log_error("config: %s", err);
@@ -527,7 +642,7 @@ int mqtt_broker_init(struct gw *gw)
     b->sys_timer.data = b;
     uv_timer_start(&b->sys_timer, on_sys_timer, 100, SYS_INTERVAL_MS);
     uv_unref((uv_handle_t *)&b->sys_timer);
-    log_info("mqtt retained=%zu sessions=%zu", b->retained.len, b->sessions.len);
+    log_info("mqtt retained=%zu sessions=%zu", retained_count(&b->retained), b->sessions.len);
     return 0;
 }
 
@@ -540,29 +655,10 @@ void mqtt_broker_fini(struct gw *gw)
         return;
     if (b->sys_timer.data && !uv_is_closing((uv_handle_t *)&b->sys_timer))
         uv_close((uv_handle_t *)&b->sys_timer, NULL);
-    while (map_next(&b->sessions, &it, NULL, &v)) {
-        struct mqtt_session *s = v;
-        struct out_msg *o, *next;
-        for (o = s->qhead; o; o = next) {
-            next = o->next;
-            out_free(o);
-        }
-        for (size_t i = 0; i < s->ninflight; i++)
-            out_free(s->inflight[i]);
-        free(s->inflight);
-        free(s->qos2_in);
-        free(s->client_id);
-        free(s);
-    }
-    it = 0;
-    while (map_next(&b->retained, &it, NULL, &v)) {
-        struct retained *r = v;
-        msg_unref(r->m);
-        free(r->topic);
-        free(r);
-    }
+    while (map_next(&b->sessions, &it, NULL, &v))
+        session_release(v);
     map_fini(&b->sessions);
-    map_fini(&b->retained);
+    retained_fini(&b->retained);
     mqtt_router_free(b->router);
     acl_free(b->acl);
     free(b);

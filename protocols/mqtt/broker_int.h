@@ -21,7 +21,9 @@ struct out_msg {
     struct msg *m;          /* shared message (reference held) */
     uint8_t qos;            /* effective QoS: min(published, granted) */
     bool retain;            /* retain flag to send (set only for retained-on-subscribe) */
-    uint8_t state;          /* enum out_state */
+    uint8_t state;          /* enum out_state (OUT_WAIT_PUBCOMP while queued: loaded from
+                             * storage after PUBREC, so only PUBREL is resent) */
+    bool dup;               /* may have been sent before (loaded after a restart) */
     uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
     uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
     struct out_msg *next;   /* queue link */
@@ -29,6 +31,10 @@ struct out_msg {
 
 struct mqtt_session {
     char *client_id;            /* heap; map key */
+    char *username;             /* heap; username of the session's client, "" for none */
+    uint8_t role;               /* enum acl_role of that client. A session of an
+                                 * authenticated client (device, app) is its own: no other
+                                 * identity may take it over or resume it */
     bool clean;                 /* clean session: discarded at disconnect */
     struct mqtt_conn *conn;     /* NULL while offline */
     char device[65];            /* device the session speaks for, or "" */
@@ -44,32 +50,50 @@ struct mqtt_session {
     bool drop_logged;           /* one log line per overflow episode */
 };
 
+struct ret_node;
+
 struct retained {
     char *topic;                /* heap; map key */
     struct msg *m;              /* the retained message (reference held) */
-    uint8_t qos;
+    uint8_t qos;                /* QoS it was published with */
+    struct ret_node *node;      /* its node in the trie */
+};
+
+/* retained.c: retained messages, by topic and in a trie of levels (filter walks). */
+struct retained_store {
+    struct ret_node *root;      /* the trie */
+    struct map by_topic;        /* topic -> struct retained */
 };
 
 struct mqtt_broker {
     struct gw *gw;
     struct mqtt_router *router;
     struct map sessions;        /* client id -> struct mqtt_session */
-    struct map retained;        /* topic -> struct retained */
+    struct retained_store retained;
     struct acl *acl;
     uv_timer_t sys_timer;       /* $SYS publication */
     size_t connected;           /* MQTT connections past CONNACK */
+    size_t max_connected;       /* highest value of connected */
+    uint64_t packets_in;        /* control packets received (every type) */
+    uint64_t packets_out;       /* control packets sent (every type) */
     uint64_t publish_in;        /* PUBLISH packets received */
     uint64_t publish_out;       /* PUBLISH packets sent */
-    uint64_t acl_denied;
+    uint64_t acl_denied;        /* publishes and subscriptions refused by the ACL */
+    uint64_t bytes_in_closed;   /* bytes received / sent by MQTT connections now closed */
+    uint64_t bytes_out_closed;
     mqtt_delivered_fn on_delivered;
     mqtt_reply_fn on_reply;
     void *hook_ctx;
     uint64_t next_anon;         /* for server-assigned client ids */
+    unsigned depth;             /* nesting of broker work (feeds, routing) in progress */
+    struct mqtt_conn *dead;     /* connections closed during that work, to finish after */
 };
 
 struct mqtt_conn {
-    struct conn *c;
+    struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
+    bool closed;                /* the connection closed; finishing may wait (see dead) */
+    struct mqtt_conn *next_dead; /* link in b->dead */
     struct mqtt_limits lim;
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
@@ -86,9 +110,39 @@ struct mqtt_conn {
     struct buf out;             /* encoding scratch */
 };
 
+/* retained.c */
+void retained_init(struct retained_store *rs);
+/* Frees every node and message (references dropped). */
+void retained_fini(struct retained_store *rs);
+/* Sets the retained message of m->topic to m (reference taken), or clears the topic when
+ * m's payload is empty [MQTT-3.3.1-10]. */
+void retained_put(struct retained_store *rs, struct msg *m);
+size_t retained_count(const struct retained_store *rs);
+typedef void (*retained_fn)(void *ctx, struct retained *r);
+/* Calls fn for each retained message whose topic the (valid) filter matches, '$' topics
+ * excluded from leading wildcards. fn must not change the store. */
+void retained_match(const struct retained_store *rs, const char *filter, size_t len,
+                    retained_fn fn, void *ctx);
+
+/* Broker work (a connection's feed, routing a message) runs between broker_enter and
+ * broker_leave. A connection closed meanwhile (a slow subscriber cut off, a failed send,
+ * a takeover) may still be in use up the stack, so its MQTT state is finished (will,
+ * session detach, presence, free) by the outermost broker_leave. */
+void broker_enter(struct mqtt_broker *b);
+void broker_leave(struct mqtt_broker *b);
+/* handle.c: publishes the will, detaches the session, updates presence, frees mc. */
+void mqtt_conn_finish(struct mqtt_conn *mc);
+
 /* broker.c */
+/* Sends the packet encoded in mc->out (and empties it); counts it for $SYS. */
+void broker_send(struct mqtt_conn *mc);
 struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *client_id);
-struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean);
+/* role and username: the client's identity (ACL checks on delivery, ownership). */
+struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
+                                        enum acl_role role, const char *username);
+/* Sets the identity of a resumed session (persisted when it changed). */
+void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
+                                 enum acl_role role, const char *username);
 void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s);
 /* Attaches a connection: resends in-flight messages (DUP) and pumps the queue. */
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc);

@@ -2,7 +2,8 @@
  * the input (mqtt_decode), enforces the 3.1.1 session rules the decoder cannot
  * (CONNECT first and once, client id rules, credentials, keepalive, ACL), and
  * hands publishes to the bus. QoS 1/2 acknowledgements go out in arrival order
- * and, for telemetry, only once its batch is durable (gw_await_durable).
+ * and only once what the message made storage write (telemetry, a retained message,
+ * offline persistent sessions' queues) is durable (gw_await_durable).
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
 #include <cjson/cJSON.h>
@@ -32,8 +33,7 @@ static void violation(struct mqtt_conn *mc, const char *why)
 
 static void send_buf(struct mqtt_conn *mc)
 {
-    conn_send(mc->c, mc->out.data, mc->out.len);
-    mc->out.len = 0;
+    broker_send(mc);
 }
 
 static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc)
@@ -78,12 +78,20 @@ static char *dup_str(struct mqtt_str s)
     return xstrndup(s.p ? s.p : "", s.len);
 }
 
+/* Anonymous access may name a device by username (no password) when that device has no
+ * token: it registered itself through anonymous telemetry (devices.auto_register). */
+static struct device *tokenless_device(struct gw *gw, const char *username)
+{
+    struct device *dev = username[0] ? devices_find(gw->devices, username) : NULL;
+    return dev && !dev->token_hash[0] ? dev : NULL;
+}
+
 static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_connect *cp = &pkt->connect;
     struct mqtt_broker *b = mc->b;
     struct gw *gw = b->gw;
-    struct device *dev = NULL;
+    struct device *dev = NULL, *presence = NULL;
     struct mqtt_session *s;
     char client_id[256];
     bool sp = false;
@@ -93,15 +101,17 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         return;
     }
     mc->lim.version = cp->level;
-    if (cp->client_id.len >= sizeof client_id) {
+    if (cp->client_id.len >= sizeof client_id ||
+        (cp->level == MQTT_V31 && cp->client_id.len > 23)) { /* 3.1 allows 1..23 bytes */
         connack(mc, false, MQTT_CONNACK_ID_REJECTED);
         return;
     }
     if (cp->client_id.len == 0) {
-        if (!cp->clean_session) { /* [MQTT-3.1.3-8] */
+        if (!cp->clean_session || cp->level == MQTT_V31) { /* [MQTT-3.1.3-8] */
             connack(mc, false, MQTT_CONNACK_ID_REJECTED);
             return;
         }
+        /* a unique id for this one clean session [MQTT-3.1.3-6] */
         snprintf(client_id, sizeof client_id, "gale-%llx-%llu",
                  (unsigned long long)gw->started_ms, (unsigned long long)++b->next_anon);
     } else {
@@ -129,9 +139,13 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         mc->role = strcmp(dev->role, "app") == 0 ? ACL_ROLE_APP : ACL_ROLE_DEVICE;
         if (mc->role == ACL_ROLE_DEVICE)
             snprintf(mc->device, sizeof mc->device, "%s", dev->id);
+        presence = dev; /* applications are in the registry too: they get presence */
     } else if (gw->cfg->mqtt.allow_anonymous &&
-               !(cp->has_username && devices_find(gw->devices, mc->username))) {
+               (!cp->has_username || !devices_find(gw->devices, mc->username) ||
+                tokenless_device(gw, mc->username))) {
+        /* a provisioned device's name needs its token, even here */
         mc->role = ACL_ROLE_ANONYMOUS;
+        presence = tokenless_device(gw, mc->username);
     } else {
         gw->metrics.auth_failures++;
         connack(mc, false, cp->has_username ? MQTT_CONNACK_BAD_CREDENTIALS
@@ -154,11 +168,22 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         mc->will_qos = cp->will_qos;
         mc->will_retain = cp->will_retain;
     }
-    /* takeover: the existing connection of this client id is closed [MQTT-3.1.4-2] */
+    /* A session of an authenticated client belongs to it: another identity may neither
+     * take it over nor resume it (it would read that client's messages). Sessions of
+     * anonymous clients are anyone's, as on any open broker. */
     s = broker_session_get(b, client_id);
+    if (s && s->role != ACL_ROLE_ANONYMOUS &&
+        (mc->role == ACL_ROLE_ANONYMOUS || strcmp(s->username, mc->username) != 0)) {
+        log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused: the client "
+                 "id belongs to another user",
+                 (unsigned long long)mc->c->id, mc->c->peer, client_id, mc->username);
+        connack(mc, false, MQTT_CONNACK_ID_REJECTED);
+        return;
+    }
+    /* takeover: the existing connection of this client id is closed [MQTT-3.1.4-2]. It
+     * ended without DISCONNECT, so its will is published (as MQTT 5.0 specifies). */
     if (s && s->conn) {
         struct mqtt_conn *old = s->conn;
-        old->got_disconnect = true; /* a takeover is not a failure: no will */
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" takes over conn=%llu",
                  (unsigned long long)mc->c->id, mc->c->peer, client_id,
                  (unsigned long long)old->c->id);
@@ -170,17 +195,17 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         s = NULL;
     }
     if (s) {
-        sp = true;
-        s->clean = false;
+        sp = true; /* [MQTT-3.2.2-2] */
+        broker_session_set_identity(b, s, mc->role, mc->username);
     } else {
-        s = broker_session_new(b, client_id, cp->clean_session);
+        s = broker_session_new(b, client_id, cp->clean_session, mc->role, mc->username);
         if (!s->clean)
             broker_session_persist_subs(b, s);
     }
-    snprintf(s->device, sizeof s->device, "%s", mc->device);
     mc->sess = s;
     mc->connected = true;
-    b->connected++;
+    if (++b->connected > b->max_connected)
+        b->max_connected = b->connected;
     mc->c->idle_timeout_ms = (unsigned)cp->keepalive_s * 1500; /* 1.5x [MQTT-3.1.2-24] */
     conn_authenticated(mc->c, mc->device);
     connack(mc, sp, MQTT_CONNACK_ACCEPTED);
@@ -188,8 +213,8 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
              "keepalive=%u session_present=%d",
              (unsigned long long)mc->c->id, mc->c->peer, client_id, mc->username,
              cp->clean_session, cp->keepalive_s, sp);
-    if (dev && mc->role == ACL_ROLE_DEVICE)
-        ingest_online(gw, mc->c, dev, "mqtt");
+    if (presence)
+        ingest_online(gw, mc->c, presence, "mqtt");
     broker_session_attach(b, s, mc);
 }
 
@@ -266,6 +291,38 @@ static void merge_attributes(struct gw *gw, struct device *dev, const uint8_t *p
     store_put_device(gw->store, &sd);
 }
 
+/* The device "me" names in ThingsBoard-style topics: the authenticated device, or for an
+ * anonymous client its username when that is a valid device id. NULL when none. */
+static const char *self_device(const struct mqtt_conn *mc)
+{
+    if (mc->device[0])
+        return mc->device;
+    if (mc->role == ACL_ROLE_ANONYMOUS && gw_valid_device_id(mc->username, strlen(mc->username)))
+        return mc->username;
+    return NULL;
+}
+
+/* Registers device id on its first telemetry (devices.auto_register, which anonymous access
+ * implies). An anonymous client whose username is that id is from then on the device's
+ * connection for presence. */
+static struct device *auto_register(struct mqtt_conn *mc, const char *id)
+{
+    struct gw *gw = mc->b->gw;
+    struct device *dev;
+    struct store_device sd;
+
+    if (!gw->cfg->devices.auto_register && !gw->cfg->mqtt.allow_anonymous)
+        return NULL;
+    dev = devices_add(gw->devices, id, NULL, "device", gw_now_ms());
+    sd = (struct store_device){dev->id, "", dev->role, NULL, dev->created_ms, 0, NULL};
+    store_put_device(gw->store, &sd);
+    log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
+             (unsigned long long)mc->c->id, mc->c->peer, id);
+    if (mc->role == ACL_ROLE_ANONYMOUS && !mc->c->device[0] && strcmp(mc->username, id) == 0)
+        ingest_online(gw, mc->c, dev, "mqtt");
+    return dev;
+}
+
 static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_publish *pp = &pkt->publish;
@@ -275,19 +332,19 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     const char *rest;
     struct device *dev = NULL;
     struct msg *m = NULL;
-    uint64_t seq = 0;
+    uint64_t seq = 0, before;
     bool stored = false;
+    const char *me = self_device(mc);
 
     b->publish_in++;
     mc->c->msgs_in++;
     if (pp->topic.len + 64 > sizeof stack_topic)
         topic = xmalloc(pp->topic.len + 64);
     /* ThingsBoard-style topics name the device through the credentials */
-    if (mc->device[0] && pp->topic.len == 23 && memcmp(pp->topic.p, "v1/devices/me/telemetry", 23) == 0)
-        snprintf(topic, pp->topic.len + 64, "devices/%s/telemetry", mc->device);
-    else if (mc->device[0] && pp->topic.len == 24 &&
-             memcmp(pp->topic.p, "v1/devices/me/attributes", 24) == 0)
-        snprintf(topic, pp->topic.len + 64, "devices/%s/attributes", mc->device);
+    if (me && pp->topic.len == 23 && memcmp(pp->topic.p, "v1/devices/me/telemetry", 23) == 0)
+        snprintf(topic, pp->topic.len + 64, "devices/%s/telemetry", me);
+    else if (me && pp->topic.len == 24 && memcmp(pp->topic.p, "v1/devices/me/attributes", 24) == 0)
+        snprintf(topic, pp->topic.len + 64, "devices/%s/attributes", me);
     else {
         memcpy(topic, pp->topic.p, pp->topic.len);
         topic[pp->topic.len] = '\0';
@@ -301,16 +358,12 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                  (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
     }
+    before = store_last_seq(gw->store);
     rest = device_topic(topic, id, sizeof id);
     if (rest) {
         dev = devices_find(gw->devices, id);
-        if (!dev && strcmp(rest, "telemetry") == 0 && gw->cfg->devices.auto_register) {
-            struct store_device sd;
-            dev = devices_add(gw->devices, id, NULL, "device", gw_now_ms());
-            sd = (struct store_device){dev->id, "", dev->role, NULL, dev->created_ms, 0, NULL};
-            store_put_device(gw->store, &sd);
-            log_info("device=%s registered on first telemetry (devices.auto_register)", id);
-        }
+        if (!dev && strcmp(rest, "telemetry") == 0)
+            dev = auto_register(mc, id);
     }
     if (dev && strcmp(rest, "telemetry") == 0) {
         struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
@@ -323,7 +376,6 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
             telem_fini(&t);
             dev->last_seen_ms = gw_now_ms();
             gw->metrics.points_in += m->npoints;
-            stored = true;
         } else {
             log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
                      (unsigned long long)mc->c->id, mc->c->peer, dev->id, why);
@@ -347,6 +399,9 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     gw->metrics.messages_in++;
     bus_publish(gw->bus, m);
     msg_unref(m);
+    /* whatever this message made storage write (telemetry rows, the retained message, the
+     * queues of offline persistent sessions, a new device) is durable before the ack */
+    stored = store_last_seq(gw->store) != before;
 ack:
     if (topic != stack_topic)
         free(topic);
@@ -500,6 +555,7 @@ static int mqtt_feed(void *state, struct buf *in)
             break;
         }
         off += used;
+        mc->b->packets_in++;
         handle_packet(mc, &pkt);
     }
     if (!c->closing)
@@ -520,9 +576,11 @@ static void mqtt_close(void *state, const char *why)
         }
         if (mc->sess && mc->sess->conn == mc)
             broker_session_detach(b, mc->sess);
-        if (mc->device[0])
+        if (mc->c->device[0])
             ingest_offline(b->gw, mc->c);
     }
+    b->bytes_in_closed += mc->c->bytes_in;
+    b->bytes_out_closed += mc->c->bytes_out;
     free(mc->will_topic);
     free(mc->will_payload);
     buf_fini(&mc->out);

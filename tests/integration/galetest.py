@@ -236,3 +236,178 @@ class Check:
     def done(self):
         print("%s: %d passed, %d failed" % (self.name, self.passed, self.failed))
         sys.exit(1 if self.failed or self.passed == 0 else 0)
+
+
+# ---- WebSocket (raw socket, for frames that real clients refuse to send) ----
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_accept_key(key):
+    import base64
+    import hashlib
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+class RawWS:
+    """A WebSocket client on a plain socket: writes any frame (masked or not, any
+    bits) and reads server frames. status/headers hold the handshake answer."""
+
+    def __init__(self, port, path, headers=None, subprotocol=None, extra=b"", timeout=10,
+                 handshake=True):
+        import base64
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        self.status = None
+        self.headers = {}
+        self.body = b""
+        if handshake:
+            req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                   "Sec-WebSocket-Version: 13\r\n" % (path, self.key))
+            if subprotocol:
+                req += "Sec-WebSocket-Protocol: %s\r\n" % subprotocol
+            for k, v in (headers or {}).items():
+                req += "%s: %s\r\n" % (k, v)
+            self.sock.sendall(req.encode() + b"\r\n" + extra)
+            self.read_head()
+
+    def read_head(self):
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during handshake: %r" % self.buf)
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        self.status = int(lines[0].split()[1])
+        for l in lines[1:]:
+            k, v = l.split(":", 1)
+            self.headers[k.strip().lower()] = v.strip()
+        n = int(self.headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        self.body, self.buf = self.buf[:n], self.buf[n:]
+        if self.status == 101:
+            assert self.headers.get("sec-websocket-accept") == ws_accept_key(self.key), \
+                self.headers
+        return self.status
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+        import struct
+        if isinstance(payload, str):
+            payload = payload.encode()
+        n = len(payload) if length is None else length
+        b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+        if n < 126:
+            hdr = bytes([b0, (0x80 if mask else 0) | n])
+        elif n < 65536:
+            hdr = bytes([b0, (0x80 if mask else 0) | 126]) + struct.pack(">H", n)
+        else:
+            hdr = bytes([b0, (0x80 if mask else 0) | 127]) + struct.pack(">Q", n)
+        if not mask:
+            return hdr + payload
+        key = os.urandom(4)
+        return hdr + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+    def send(self, opcode, payload=b"", **kw):
+        self.sock.sendall(self.frame(opcode, payload, **kw))
+
+    def send_text(self, s):
+        self.send(0x1, s.encode() if isinstance(s, str) else s)
+
+    def send_json(self, obj):
+        self.send_text(json.dumps(obj))
+
+    def _need(self, n, timeout):
+        self.sock.settimeout(timeout)
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by gale; buffered=%r" % self.buf[:200])
+            self.buf += chunk
+
+    def recv_frame(self, timeout=10):
+        """(fin, rsv, opcode, payload) of the next server frame."""
+        import struct
+        self._need(2, timeout)
+        b0, b1 = self.buf[0], self.buf[1]
+        assert b1 & 0x80 == 0, "server frames must not be masked"
+        n, off = b1 & 0x7f, 2
+        if n == 126:
+            self._need(4, timeout)
+            n, off = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10, timeout)
+            n, off = struct.unpack(">Q", self.buf[2:10])[0], 10
+        self._need(off + n, timeout)
+        payload = self.buf[off:off + n]
+        self.buf = self.buf[off + n:]
+        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0f, payload
+
+    def recv_msg(self, timeout=10):
+        """Next data message (text decoded, pings answered); ('close', code)."""
+        parts, op0 = [], None
+        while True:
+            fin, rsv, op, p = self.recv_frame(timeout)
+            if op == 0x9:
+                self.send(0xA, p)
+                continue
+            if op == 0xA:
+                continue
+            if op == 0x8:
+                return ("close", int.from_bytes(p[:2], "big") if len(p) >= 2 else 1005)
+            if op != 0:
+                op0 = op
+            parts.append(p)
+            if fin:
+                data = b"".join(parts)
+                return data.decode() if op0 == 1 else data
+
+    def recv_json(self, timeout=10):
+        m = self.recv_msg(timeout)
+        if isinstance(m, tuple):
+            raise ConnectionError("got close %r" % (m,))
+        return json.loads(m)
+
+    def read_close(self, timeout=10):
+        """Reads until the server's close frame: (code, reason) — (None, None) if the
+        connection ended without one."""
+        try:
+            while True:
+                fin, rsv, op, p = self.recv_frame(timeout)
+                if op == 0x8:
+                    code = int.from_bytes(p[:2], "big") if len(p) >= 2 else 1005
+                    return code, p[2:].decode(errors="replace")
+        except (ConnectionError, OSError):
+            return None, None
+
+    def closed(self, timeout=5):
+        """True once gale closes the TCP connection."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def metric(g, name):
+    """Value of one Prometheus sample from /metrics (0 when absent)."""
+    st, text = g.http("GET", "/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
