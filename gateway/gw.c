@@ -168,6 +168,10 @@ void gw_on_pressure(void *ctx, int paused)
 void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn)
 {
     struct gw *gw = c->gw;
+    if (c->closing) { /* as a cancelled waiter: the owner of tag releases it, sends nothing */
+        fn(c, tag, -1);
+        return;
+    }
     if (seq == 0 || (store_durable_seq(gw->store) >= seq && c->nwaiters == 0)) {
         fn(c, tag, 1); /* nothing to wait for, or already durable */
         return;

@@ -1,11 +1,22 @@
-/* protocols/mqtt/broker.c: sessions, delivery, retained messages and $SYS.
+/* protocols/mqtt/broker.c: sessions, delivery, retained messages, presence and $SYS.
  *
- * The broker is a bus sink: for each message it updates the retained store when
- * the message carries the retain flag, then asks the router for matching
- * sessions and delivers to each with min(published, granted) QoS. A session has
- * an in-flight window (mqtt.max_inflight) and a queue (mqtt.max_queued) behind
- * it; offline persistent sessions only queue. QoS 1/2 messages of persistent
- * sessions are written to storage until acknowledged, so they survive a restart.
+ * The broker is a bus sink: every message on the bus (MQTT, line, WebSocket, HTTP, the
+ * gateway's own) updates the retained store (retained.c) when it carries the retain flag,
+ * then the router (a trie of filters) names the matching sessions, and each gets it with
+ * min(published, granted) QoS. A session has an in-flight window (mqtt.max_inflight) and
+ * a queue (mqtt.max_queued) behind it; offline persistent sessions only queue. QoS 1/2
+ * messages of persistent sessions (clean session 0) are kept in storage, with flags that
+ * say how far each got (sent, PUBREC received), until acknowledged, so a restart resumes
+ * them; their packet ids derive from their stored number, so a resend keeps its id.
+ *
+ * Routing and a connection's packets run between broker_enter/broker_leave: a connection
+ * that closes meanwhile (a slow subscriber cut off, a failed send) is finished (will,
+ * session detach, presence) only by the outermost broker_leave, so no code up the stack
+ * sees its state freed and a will is never routed inside another routing.
+ *
+ * Where MQTT 5.0 plugs in: return and reason codes are uint8_t all the way, the router
+ * keeps a per-subscription option word (no-local, retain-as-published, identifiers), and
+ * limits are read per session from config (receive maximum = the in-flight window).
  * Loop thread only. */
 #include "protocols/mqtt/broker_int.h"
 
@@ -25,10 +36,12 @@
 
 /* ---- sending ---- */
 
-/* Flags kept with a persistent session's stored message (the store's retain byte):
- * bit 0 the retain flag to send, bit 1 PUBREC received (only PUBREL is left to send). */
+/* Flags kept with a persistent session's stored message (the store's retain byte), so a
+ * restart resumes each message where it was: bit 0 the retain flag to send, bit 1 PUBREC
+ * received (only PUBREL is left to send), bit 2 sent once (a resend carries DUP). */
 #define STORED_RETAIN 0x01
 #define STORED_RELEASED 0x02
+#define STORED_SENT 0x04
 
 static size_t send_budget(const struct mqtt_broker *b)
 {
@@ -93,8 +106,26 @@ static uint16_t pick_id(struct mqtt_session *s, const struct out_msg *o)
     return s->next_id;
 }
 
+/* Writes the stored copy of a persistent session's message (replacing the older one). */
+static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struct out_msg *o)
+{
+    uint8_t flags = (uint8_t)((o->retain ? STORED_RETAIN : 0) |
+                              (o->state == OUT_WAIT_PUBCOMP ? STORED_RELEASED : 0) |
+                              (o->sent ? STORED_SENT : 0));
+    store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic, o->m->payload,
+                          o->m->payload_len, o->qos, flags);
+}
+
+/* QoS 1/2 messages of persistent sessions are numbered (delivery order) and stored. */
+static void number_msg(struct mqtt_session *s, struct out_msg *o)
+{
+    if (!s->clean && o->qos > 0)
+        o->store_id = ++s->next_store_id;
+}
+
 static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
 {
+    bool dup = o->sent; /* sent before a restart [MQTT-3.3.1-1]; else a first attempt */
     o->pkt_id = pick_id(s, o);
     s->inflight[s->ninflight++] = o;
     if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
@@ -102,7 +133,12 @@ static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
         return;
     }
     o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
-    send_publish(b, s->conn, o->m, o->qos, o->retain, o->dup, o->pkt_id);
+    if (!o->sent) {
+        o->sent = true;
+        if (o->store_id)
+            store_msg(b, s, o);
+    }
+    send_publish(b, s->conn, o->m, o->qos, o->retain, dup, o->pkt_id);
 }
 
 static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
@@ -130,15 +166,6 @@ static void pump(struct mqtt_broker *b, struct mqtt_session *s)
             send_inflight(b, s, o);
         }
     }
-}
-
-static void persist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
-{
-    if (s->clean || o->qos == 0)
-        return;
-    o->store_id = ++s->next_store_id;
-    store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic, o->m->payload,
-                          o->m->payload_len, o->qos, o->retain ? STORED_RETAIN : 0);
 }
 
 static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
@@ -217,8 +244,8 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     o->retain = retain;
     if (s->conn && qos > 0 && !s->qhead && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
         !over_budget(b, s)) {
-        persist_msg(b, s, o);
-        send_inflight(b, s, o);
+        number_msg(s, o);
+        send_inflight(b, s, o); /* stores it, marked sent */
         return;
     }
     if (s->qlen >= max_queued) {
@@ -232,7 +259,9 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
             return;
         }
     }
-    persist_msg(b, s, o);
+    number_msg(s, o);
+    if (o->store_id)
+        store_msg(b, s, o);
     enqueue(s, o);
     if (s->conn)
         pump(b, s);
@@ -482,9 +511,7 @@ void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id
     if (o) {
         o->state = OUT_WAIT_PUBCOMP;
         if (o->store_id) /* after a restart only PUBREL may be resent, never the PUBLISH */
-            store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic,
-                                  o->m->payload, o->m->payload_len, o->qos,
-                                  (o->retain ? STORED_RETAIN : 0) | STORED_RELEASED);
+            store_msg(b, s, o);
     }
     if (s->conn) /* PUBREL even for an unknown id, so the client can finish */
         send_pubrel(s->conn, id);
@@ -605,7 +632,7 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     o->m->qos = qos;
     o->qos = qos;
     o->retain = (retain & STORED_RETAIN) != 0;
-    o->dup = true; /* it may have been in flight before the restart */
+    o->sent = (retain & STORED_SENT) != 0;
     if (retain & STORED_RELEASED)
         o->state = OUT_WAIT_PUBCOMP;
     o->store_id = msg_id;

@@ -23,7 +23,8 @@ struct out_msg {
     bool retain;            /* retain flag to send (set only for retained-on-subscribe) */
     uint8_t state;          /* enum out_state (OUT_WAIT_PUBCOMP while queued: loaded from
                              * storage after PUBREC, so only PUBREL is resent) */
-    bool dup;               /* may have been sent before (loaded after a restart) */
+    bool sent;              /* a PUBLISH of it went out (maybe before a restart): any
+                             * further one carries DUP */
     uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
     uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
     struct out_msg *next;   /* queue link */
@@ -92,8 +93,7 @@ struct mqtt_broker {
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
-    bool closed;                /* the connection closed; finishing may wait (see dead) */
-    struct mqtt_conn *next_dead; /* link in b->dead */
+    struct mqtt_conn *next_dead; /* link in b->dead: closed, not yet finished */
     struct mqtt_limits lim;
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
@@ -108,6 +108,10 @@ struct mqtt_conn {
     uint8_t will_qos;
     bool will_retain;
     struct buf out;             /* encoding scratch */
+    /* refusals: the first of each kind is logged, the rest counted and summed up at close */
+    uint64_t denied_pub;        /* publishes the ACL dropped */
+    uint64_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
+    uint64_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
 };
 
 /* retained.c */

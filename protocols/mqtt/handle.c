@@ -24,6 +24,8 @@
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
 
+static void finish_now(struct mqtt_conn *mc);
+
 static void violation(struct mqtt_conn *mc, const char *why)
 {
     log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
@@ -57,7 +59,7 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
     uint16_t id = (uint16_t)(tag & 0xffff);
-    if (ok < 0)
+    if (ok < 0 || !mc) /* closed first: nothing to send */
         return;
     if (!ok) { /* not stored: no ack, so the client sends it again */
         conn_close(c, "storage failure: message not acknowledged");
@@ -188,6 +190,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                  (unsigned long long)mc->c->id, mc->c->peer, client_id,
                  (unsigned long long)old->c->id);
         conn_close(old->c, "session taken over by a new connection");
+        finish_now(old);
         s = broker_session_get(b, client_id); /* a clean session ended with it */
     }
     if (s && cp->clean_session) {
@@ -354,8 +357,9 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
                    mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
-        log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
-                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
+        if (mc->denied_pub++ == 0)
+            log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
+                     (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
     }
     before = store_last_seq(gw->store);
@@ -376,7 +380,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
             telem_fini(&t);
             dev->last_seen_ms = gw_now_ms();
             gw->metrics.points_in += m->npoints;
-        } else {
+        } else if (mc->bad_telemetry++ == 0) {
             log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
                      (unsigned long long)mc->c->id, mc->c->peer, dev->id, why);
         }
@@ -405,7 +409,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 ack:
     if (topic != stack_topic)
         free(topic);
-    if (pp->qos == 0)
+    if (pp->qos == 0 || mc->c->closing) /* closed meanwhile (cut off as a subscriber) */
         return;
     /* acks keep arrival order: behind earlier waiters, or behind this message's commit */
     if (stored || mc->c->nwaiters)
@@ -434,9 +438,11 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
                        mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
             b->acl_denied++;
-            log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied filter=\"%.*s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, (int)f.len,
-                     f.p);
+            if (mc->denied_sub++ == 0)
+                log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied "
+                         "filter=\"%.*s\"",
+                         (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id,
+                         (int)f.len, f.p);
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
@@ -540,9 +546,11 @@ static void *mqtt_open(struct conn *c)
 static int mqtt_feed(void *state, struct buf *in)
 {
     struct mqtt_conn *mc = state;
-    struct conn *c = mc->c;
+    struct conn *c = mc->c; /* conn_refeed holds a reference: valid after mc is gone */
+    struct mqtt_broker *b = mc->b;
     size_t off = 0;
 
+    broker_enter(b);
     while (!c->closing && !c->close_after_write && off < in->len) {
         struct mqtt_packet pkt;
         size_t used;
@@ -555,19 +563,25 @@ static int mqtt_feed(void *state, struct buf *in)
             break;
         }
         off += used;
-        mc->b->packets_in++;
+        b->packets_in++;
         handle_packet(mc, &pkt);
     }
     if (!c->closing)
         buf_consume(in, off);
+    broker_leave(b); /* may finish (free) mc when it closed meanwhile */
     return c->closing ? -1 : 0;
 }
 
-static void mqtt_close(void *state, const char *why)
+void mqtt_conn_finish(struct mqtt_conn *mc)
 {
-    struct mqtt_conn *mc = state;
     struct mqtt_broker *b = mc->b;
-    (void)why;
+    broker_enter(b); /* a will routed here finishes what it closes after this one */
+    if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
+        log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
+                 "subscribe_denied=%llu telemetry_not_stored=%llu",
+                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess ? mc->sess->client_id : "",
+                 (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
+                 (unsigned long long)mc->bad_telemetry);
     if (mc->connected) {
         b->connected--;
         if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
@@ -585,6 +599,33 @@ static void mqtt_close(void *state, const char *why)
     free(mc->will_payload);
     buf_fini(&mc->out);
     free(mc);
+    broker_leave(b);
+}
+
+/* Finishes mc now rather than at the end of the current broker work (a takeover needs
+ * the old session detached before the new connection takes it). */
+static void finish_now(struct mqtt_conn *mc)
+{
+    struct mqtt_conn **p = &mc->b->dead;
+    while (*p && *p != mc)
+        p = &(*p)->next_dead;
+    if (*p) {
+        *p = mc->next_dead;
+        mqtt_conn_finish(mc);
+    }
+}
+
+static void mqtt_close(void *state, const char *why)
+{
+    struct mqtt_conn *mc = state;
+    struct mqtt_broker *b = mc->b;
+    (void)why;
+    if (b->depth > 0) { /* code up the stack may still use mc: finish after it */
+        mc->next_dead = b->dead;
+        b->dead = mc;
+        return;
+    }
+    mqtt_conn_finish(mc);
 }
 
 const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close};

@@ -92,7 +92,8 @@ static void expect(MQTTClient c, const char *topic, const char *payload, int qos
     MQTTClient_message *m = receive(c, &t, TIMEOUT_MS);
     CHECK(m != NULL, "no message (want %s %s)", topic, payload);
     CHECK(strcmp(t, topic) == 0, "topic %s, want %s", t, topic);
-    CHECK(m->payloadlen == (int)strlen(payload) && memcmp(m->payload, payload, strlen(payload)) == 0,
+    CHECK(m->payloadlen == (int)strlen(payload) &&
+              memcmp(m->payload, payload, strlen(payload)) == 0,
           "payload %.*s, want %s", m->payloadlen, (char *)m->payload, payload);
     CHECK(m->qos == qos, "qos %d, want %d", m->qos, qos);
     CHECK(m->retained == retained, "retained %d, want %d", m->retained, retained);

@@ -5,8 +5,8 @@ QoS 2 end to end, retained set and clear, will, takeover, ACL rules from config 
 clients, commands (MQTT and line protocol) with their status, presence, $SYS, and
 anonymous mode with auto-registration."""
 import json
-import os
 import queue
+import shutil
 import signal
 import subprocess
 import time
@@ -259,6 +259,21 @@ def commands(g):
         g.http("GET", "/api/devices/dev-1/commands/" + cid)), 5, "command status replied")
     t.eq(js.get("reply"), {"ok": True, "took": 3}, "reply stored with the command")
     d.stop()
+    # a device with a persistent session gets a command sent while it was offline
+    d = Client(port, "cmd-dev-p", "dev-1", C["dev-1"], clean=False)
+    d.sub(("devices/dev-1/commands", 1))
+    d.stop()
+    st, js = g.http("POST", "/api/devices/dev-1/commands", {"name": "later"})
+    cid_p = js["id"]
+    t.eq(g.http("GET", "/api/devices/dev-1/commands/" + cid_p)[1].get("status"), "queued",
+         "offline device: command queued")
+    d = Client(port, "cmd-dev-p", "dev-1", C["dev-1"], clean=False)
+    m = d.get()
+    t.eq(json.loads(m.payload).get("id"), cid_p, "command delivered when the device is back")
+    wait_for(lambda: g.http("GET", "/api/devices/dev-1/commands/" + cid_p)[1].get("status") ==
+             "delivered", 5, "queued command delivered after PUBACK")
+    d.stop()
+    Client(port, "cmd-dev-p", "dev-1", C["dev-1"], clean=True).stop()
     # the same command API reaches a device on the line protocol
     line = g.line("dev-2", C["dev-2"])
     st, js = g.http("POST", "/api/devices/dev-2/commands", {"name": "blink"})
@@ -398,7 +413,29 @@ def anonymous():
         n.stop()
 
 
+def bad_acl():
+    """An invalid rule is a configuration error naming the rule: Gale does not start."""
+    for rules, part in [('[{"topic":"a/#/b","allow":true}]', "mqtt.acl[0]: topic"),
+                        ('[{"topic":"a","allow":true,"acton":"publish"}]', 'unknown key "acton"')]:
+        g = Gale(args=["--set", "mqtt.acl=" + rules])
+        try:
+            g.start()
+            t(False, "gale started with mqtt.acl=%s" % rules)
+            g.stop()
+        except AssertionError:
+            g.proc.wait(10)
+            t(g.proc.returncode != 0, "invalid mqtt.acl: exit status %s" % g.proc.returncode)
+            t(part in g.log(), "the error names the rule (%s)" % part)
+        finally:
+            shutil.rmtree(g.data_dir, ignore_errors=True)
+
+
 def main():
+    try:
+        bad_acl()
+    except Exception:
+        traceback.print_exc()
+        t(False, "exception in bad_acl")
     with Gale(args=["--set", "mqtt.acl=" + json.dumps(ACL)]) as g:
         for d in ("dev-1", "dev-2", "dev-3", "backend-ro"):
             C[d] = g.create_device(d)

@@ -9,7 +9,7 @@ import time
 import traceback
 
 import mqttraw as mr
-from galetest import Check, Gale, wait_for
+from galetest import Check, Gale
 
 t = Check("test_mqtt_conformance")
 C = {}  # credentials: id -> token

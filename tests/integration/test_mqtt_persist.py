@@ -5,11 +5,10 @@ retained messages; the per-session queue limit (oldest QoS 0 dropped first, over
 counted and logged) and a live subscriber that falls too far behind."""
 import tempfile
 import shutil
-import time
 import traceback
 
 import mqttraw as mr
-from galetest import Check, Gale, wait_for
+from galetest import Check, Gale
 
 t = Check("test_mqtt_persist")
 C = {}
@@ -102,6 +101,7 @@ def across_restart(data_dir):
              [("devices/dev-1/telemetry", b'{"ts":%d,"values":{"k":%d}}' % (base + i, i), 1)
               for i in range(3)] + [("alerts/fire", b"alert-0", 2), ("alerts/fire", b"alert-1", 2)],
              "queued QoS 1/2 messages survive the restart, in order")
+        t.eq([p.dup for p in got], [False] * 5, "never sent before: first attempt, DUP 0")
         for p in got[3:]:
             h.send(mr.ack(mr.PUBREC, p.pid))
             t.eq(h.recv().type, mr.PUBREL, "PUBREL")
@@ -192,6 +192,30 @@ def queue_limit():
         a.send(mr.PINGREQ_BYTES)
         t.eq(a.recv().type, mr.PINGRESP, "publisher unaffected")
         a.close()
+        # cut off in the middle of its own PUBLISH: a client subscribed to what it publishes
+        # and never acknowledging, with a will that lands on another such client (whose will
+        # lands back): closes happen while messages are being routed
+        w = app(port, "loop-watch")
+        w.sub(1, [("loop/will/#", 0)])
+        others = []
+        for name in ("loop-a", "loop-b"):
+            o = app(port, name, will=("loop/x", name.encode(), 1, False))
+            o.sub(1, [("loop/#", 1)])
+            others.append(o)
+        selfish = app(port, "loop-self", will=("loop/will/self", b"gone", 0, False))
+        selfish.sub(1, [("loop/#", 1)])
+        for i in range(12):
+            selfish.send(mr.publish("loop/x", b"m%d" % i, qos=1, pid=i + 1))
+        t(selfish.closed(), "a publisher too slow for its own subscription is cut off")
+        for o in others:
+            t(o.closed(), "slow subscribers cut off by the same messages and by wills")
+        p = w.recv()
+        t.eq((p.topic, p.payload), ("loop/will/self", b"gone"), "its will is published")
+        fresh = app(port, "after-loop")
+        fresh.send(mr.PINGREQ_BYTES)
+        t.eq(fresh.recv().type, mr.PINGRESP, "server serves after the cascade")
+        fresh.close()
+        w.close()
 
 
 def acked_telemetry_survives_kill9():

@@ -20,7 +20,7 @@ async def recv_json(ws, timeout=5):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
-async def drain(ws, timeout=0.3):
+async def drain(ws, timeout=0.6):
     """Messages until none arrives for `timeout` seconds."""
     out = []
     try:

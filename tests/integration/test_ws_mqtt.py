@@ -40,11 +40,19 @@ def ws_client(port, cid, user, pw, transport="websockets"):
 
 
 def subscribe(c, topic, qos):
+    acked = set()
+    cond = threading.Condition()
+
+    def on_subscribe(cl, u, m, granted):  # installed first: the SUBACK may come at once
+        with cond:
+            acked.add(m)
+            cond.notify_all()
+
+    c.on_subscribe = on_subscribe
     r, mid = c.subscribe(topic, qos)
     assert r == 0
-    done = threading.Event()
-    c.on_subscribe = lambda cl, u, m, granted: done.set() if m == mid else None
-    assert done.wait(10), "no SUBACK"
+    with cond:
+        assert cond.wait_for(lambda: mid in acked, 10), "no SUBACK"
 
 
 def mqtt_str(s):
