@@ -101,11 +101,13 @@ static const struct key keys[] = {
     SIZE("mqtt.max_inflight", mqtt.max_inflight, 1, 65535, "20",
          "Unacknowledged QoS 1/2 messages in flight per client."),
     SIZE("mqtt.max_queued", mqtt.max_queued, 0, 10000000, "1000",
-         "QoS 1/2 messages queued per session before the client is disconnected."),
+         "Messages queued per session; past it the oldest QoS 0 is dropped, and a connected "
+         "client whose QoS 1/2 overflow is disconnected."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
-    BOOL("devices.auto_register", devices.auto_register, "false",
-         "Create unknown devices on first connect instead of refusing them."),
+    ENUM("devices.auto_register", devices.auto_register, "auto|true|false", "auto",
+         "Register an unknown device on its first telemetry (MQTT); auto = only when "
+         "mqtt.allow_anonymous is on."),
     STR("storage.path", storage.path, 0, "",
         "SQLite database file; empty = <data_dir>/gale.db."),
     SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "1000",

@@ -47,7 +47,7 @@ struct config {
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {
-        bool auto_register;              /* devices.auto_register, default false */
+        char auto_register[8];           /* devices.auto_register: auto|true|false, default auto */
     } devices;
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */

@@ -141,13 +141,15 @@ typedef void (*store_retained_fn)(void *ctx, const char *topic, const void *payl
                                   size_t payload_len, uint8_t qos);
 int store_load_retained(struct store *s, store_retained_fn fn, void *ctx);
 
-/* A persistent session (clean session 0): subs_json is a JSON array
- * [{"filter":"a/#","qos":1},...], replaced whole on every change. */
+/* A persistent session (clean session 0): subs_json is the broker's JSON record
+ * {"user":..,"role":..,"subs":[{"filter":"a/#","qos":1},...]} (a bare subs array is
+ * still read), replaced whole on every change. */
 uint64_t store_put_session(struct store *s, const char *client_id, const char *subs_json);
 /* Deletes the session and every message queued for it. */
 uint64_t store_delete_session(struct store *s, const char *client_id);
 /* A QoS 1/2 message queued or in flight for a persistent session; msg_id is the
- * session's own increasing number (delivery order). */
+ * session's own increasing number (delivery order). The `retain` byte carries flags:
+ * bit 0 retain, bit 1 released (PUBREC received), bit 2 sent. */
 uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t msg_id,
                                const char *topic, const void *payload, size_t payload_len,
                                uint8_t qos, uint8_t retain);

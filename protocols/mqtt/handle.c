@@ -314,7 +314,8 @@ static struct device *auto_register(struct mqtt_conn *mc, const char *id)
     struct device *dev;
     struct store_device sd;
 
-    if (!gw->cfg->devices.auto_register && !gw->cfg->mqtt.allow_anonymous)
+    if (strcmp(gw->cfg->devices.auto_register, "true") != 0 &&
+        !(strcmp(gw->cfg->devices.auto_register, "auto") == 0 && gw->cfg->mqtt.allow_anonymous))
         return NULL;
     dev = devices_add(gw->devices, id, NULL, "device", gw_now_ms());
     sd = (struct store_device){dev->id, "", dev->role, NULL, dev->created_ms, 0, NULL};

@@ -167,7 +167,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.mqtt.max_inflight, 20);
     assert_int_equal(c.mqtt.max_queued, 1000);
     assert_string_equal(c.mqtt.acl_json, "[]");
-    assert_false(c.devices.auto_register);
+    assert_string_equal(c.devices.auto_register, "auto");
     assert_string_equal(c.storage.path, "");
     assert_int_equal(c.storage.batch_rows, 1000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
