@@ -10,10 +10,10 @@
  * Frames wait in a per-viewer queue of references and are written once per loop
  * iteration, all of a viewer's pending frames in one write; when flushing gets
  * expensive the hub spaces its passes (flushing two thirds of the time at most), so
- * each write carries more updates (coalescing when busy). Each viewer has a byte budget: past it (bytes the
- * socket has not taken + bytes queued here) the oldest pending updates are dropped,
- * counted in gw->metrics.feed_dropped and reported to the viewer as
- * {"type":"dropped","count":N,"total":T} before its next update.
+ * each write carries more updates (coalescing when busy). Each viewer has a byte
+ * budget: past it (bytes the socket has not taken + bytes queued here) the oldest
+ * pending updates are dropped, counted in gw->metrics.feed_dropped and reported to
+ * the viewer as {"type":"dropped","count":N,"total":T} before its next update.
  *
  * Wire format (viewer -> hub): {"auth":"<api key>"} (when the upgrade carried no
  * key), {"subscribe":{"devices":["dev-*"],"keys":["temp"],"presence":true}},
