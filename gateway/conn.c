@@ -340,6 +340,11 @@ void conn_close(struct conn *c, const char *why)
     struct gw *gw = c->gw;
     if (c->closing)
         return;
+    if (c->xport && c->xport->goodbye && c->xport_state) {
+        c->xport->goodbye(c->xport_state, gw->stopping);
+        if (c->closing)
+            return; /* the goodbye's write failed and closed the connection */
+    }
     c->closing = true;
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);

@@ -43,6 +43,9 @@ struct transport_ops {
     /* Wraps data (a frame, a TLS record) and writes it with conn_send_raw. */
     void (*send)(void *state, const void *data, size_t len);
     void (*close)(void *state);                   /* release state; no I/O */
+    /* Optional: last words before the socket closes (a WebSocket close frame when
+     * none was sent yet: 1001 when the gateway is stopping, else 1000). */
+    void (*goodbye)(void *state, bool stopping);
 };
 
 /* Called when the operation with store seq has become durable (ok = 1), has

@@ -340,7 +340,7 @@ static int step_once(sqlite3_stmt *st)
 static int insert_points(struct store *s, const struct msg *m)
 {
     sqlite3_stmt *st = s->st[ST_LOG_ADD];
-    int64_t dev_id, sid;
+    int64_t dev_id = 0, sid = 0;
     int rc = resolve_device(s, m->device, &dev_id);
 
     for (size_t i = 0; rc == SQLITE_OK && i < m->npoints; i++) {

@@ -307,7 +307,19 @@ static void ws_xclose(void *state)
     uv_close((uv_handle_t *)&ws->timer, on_timer_closed);
 }
 
-const struct transport_ops ws_transport = {"websocket", ws_feed, ws_send, ws_xclose};
+/* The connection is closing without a close handshake of ours (a protocol's
+ * DISCONNECT, the gateway stopping): say so in a close frame. */
+static void ws_goodbye(void *state, bool stopping)
+{
+    struct ws_conn *ws = state;
+    if (ws->state != WS_OPEN)
+        return;
+    ws->state = WS_DISCARD; /* first: a failing write closes the connection again */
+    send_close_frame(ws, stopping ? WS_CLOSE_GOING_AWAY : WS_CLOSE_NORMAL,
+                     stopping ? "server shutting down" : "");
+}
+
+const struct transport_ops ws_transport = {"websocket", ws_feed, ws_send, ws_xclose, ws_goodbye};
 
 void ws_conn_attach(struct conn *c, const struct ws_conn_cfg *cfg)
 {
