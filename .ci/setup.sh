@@ -33,3 +33,12 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
+
+# MQTT.js for the MQTT-over-WebSocket client test (npm registry; skipped without npm)
+if [ "${1:-deps}" = test-deps ] && command -v npm >/dev/null 2>&1; then
+    dir="$(cd "$(dirname "$0")/.." && pwd)/tests/integration"
+    if [ ! -d "$dir/node_modules/mqtt" ]; then
+        npm install --prefix "$dir" --no-save --no-audit --no-fund mqtt@5 >/dev/null 2>&1 ||
+            echo "setup: npm install mqtt@5 failed; the MQTT.js test will be skipped"
+    fi
+fi
