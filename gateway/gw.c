@@ -6,6 +6,7 @@
  * Loop thread only. */
 #include "gateway/gw.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -177,4 +178,10 @@ void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_f
         return;
     }
     conn_await_durable(c, seq, tag, fn);
+}
+
+bool gw_api_key_ok(const struct gw *gw, const char *key)
+{
+    size_t klen = strlen(gw->api_key);
+    return key && klen > 0 && strlen(key) == klen && CRYPTO_memcmp(key, gw->api_key, klen) == 0;
 }

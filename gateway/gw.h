@@ -72,6 +72,9 @@ void gw_stop(struct gw *gw, const char *why);
 /* Closes the gw's own handles (listeners, signals, timers). */
 void gw_close_handles(struct gw *gw);
 
+/* Constant-time check of an API key (REST, live feed). NULL is refused. */
+bool gw_api_key_ok(const struct gw *gw, const char *key);
+
 /* Calls fn(c, tag, ok) once store seq is durable: at once when it already is. */
 void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn);
 

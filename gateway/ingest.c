@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "gateway/buf.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
@@ -116,4 +117,16 @@ int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const
     msg_unref(m);
     res->store_seq = store_last_seq(gw->store);
     return 0;
+}
+
+void ingest_write_error(struct buf *out, const char *code, const char *why, bool has_seq,
+                        int64_t seq)
+{
+    buf_append_str(out, "{\"error\":");
+    buf_append_json_str(out, why, strlen(why));
+    buf_append_str(out, ",\"code\":");
+    buf_append_json_str(out, code, strlen(code));
+    if (has_seq)
+        buf_printf(out, ",\"seq\":%lld", (long long)seq);
+    buf_append_str(out, "}");
 }

@@ -32,6 +32,11 @@ struct ingest_result {
     size_t npoints;
 };
 
+/* Appends {"error":why,"code":code[,"seq":seq]} (the device protocols' error object). */
+struct buf;
+void ingest_write_error(struct buf *out, const char *code, const char *why, bool has_seq,
+                        int64_t seq);
+
 /* Decodes telemetry JSON of dev and publishes it. Returns 0, or -1 with a static
  * reason and machine code (the connection stays usable). */
 int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,

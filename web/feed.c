@@ -21,7 +21,6 @@
 
 #include <cjson/cJSON.h>
 #include <fnmatch.h>
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -577,12 +576,6 @@ void feed_viewer_authenticated(struct conn *c)
         viewer_authed(v);
 }
 
-static bool key_ok(const struct gw *gw, const char *key)
-{
-    size_t klen = strlen(gw->api_key);
-    return klen > 0 && strlen(key) == klen && CRYPTO_memcmp(key, gw->api_key, klen) == 0;
-}
-
 static void viewer_error(struct feed_viewer *v, const char *code, const char *why)
 {
     send_error(v, code, why);
@@ -609,7 +602,7 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
     }
     if (!v->authed) {
         it = cJSON_GetObjectItemCaseSensitive(root, "auth");
-        if (!cJSON_IsString(it) || !key_ok(c->gw, it->valuestring))
+        if (!cJSON_IsString(it) || !gw_api_key_ok(c->gw, it->valuestring))
             goto unauthorized;
         viewer_authed(v);
         goto out;

@@ -52,25 +52,7 @@ static void reply_json(struct http_conn *h, int status, struct buf *b)
 
 static bool authorized(struct gw *gw, const struct http_req *req)
 {
-    const char *a = http_header(req, "authorization");
-    size_t klen = strlen(gw->api_key);
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
-        return false;
-    a += 7;
-    while (*a == ' ')
-        a++;
-    return strlen(a) == klen && klen > 0 && CRYPTO_memcmp(a, gw->api_key, klen) == 0;
-}
-
-static const char *bearer(const struct http_req *req)
-{
-    const char *a = http_header(req, "authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
-        return NULL;
-    a += 7;
-    while (*a == ' ')
-        a++;
-    return a;
+    return gw_api_key_ok(gw, http_bearer(req));
 }
 
 static void method_not_allowed(struct http_conn *h, const char *allow)
@@ -270,7 +252,7 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
 {
     struct ingest_result res;
     const char *why, *code;
-    const char *tok = bearer(req);
+    const char *tok = http_bearer(req);
     char topic[DEVICE_ID_MAX + 32];
     struct buf b;
 

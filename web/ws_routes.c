@@ -10,7 +10,6 @@
  * only. */
 #include "web/ws_routes.h"
 
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -66,23 +65,6 @@ static const struct proto_ops echo_proto = {"ws-echo", echo_open, echo_feed, ech
 
 /* ---- credentials --------------------------------------------------------------- */
 
-static const char *bearer(const struct http_req *req)
-{
-    const char *a = http_header(req, "authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
-        return NULL;
-    a += 7;
-    while (*a == ' ')
-        a++;
-    return a;
-}
-
-static bool api_key_ok(const struct gw *gw, const char *key)
-{
-    size_t klen = strlen(gw->api_key);
-    return klen > 0 && strlen(key) == klen && CRYPTO_memcmp(key, gw->api_key, klen) == 0;
-}
-
 static void unauthorized(struct gw *gw, struct http_conn *h, const char *msg)
 {
     gw->metrics.auth_failures++;
@@ -95,7 +77,7 @@ static int device_creds(struct gw *gw, struct http_conn *h, struct http_req *req
                         struct device **dev)
 {
     char id[DEVICE_ID_MAX + 2], token[256];
-    const char *tok = bearer(req);
+    const char *tok = http_bearer(req);
     bool has_id = http_query_param(req, "device", id, sizeof id);
 
     if (!tok && http_query_param(req, "token", token, sizeof token))
@@ -120,12 +102,12 @@ static int device_creds(struct gw *gw, struct http_conn *h, struct http_req *req
 static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req)
 {
     char key[CONFIG_STR_MAX];
-    const char *k = bearer(req);
+    const char *k = http_bearer(req);
     if (!k && http_query_param(req, "api_key", key, sizeof key))
         k = key;
     if (!k)
         return 0;
-    if (!api_key_ok(gw, k)) {
+    if (!gw_api_key_ok(gw, k)) {
         log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
                  (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
         unauthorized(gw, h, "wrong API key");

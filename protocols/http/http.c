@@ -130,6 +130,17 @@ const char *http_header(const struct http_req *req, const char *name)
     return NULL;
 }
 
+const char *http_bearer(const struct http_req *req)
+{
+    const char *a = http_header(req, "authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
+        return NULL;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    return a;
+}
+
 static int hexval(int c)
 {
     if (c >= '0' && c <= '9')

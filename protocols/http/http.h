@@ -62,6 +62,8 @@ struct http_conn *http_from_conn(struct conn *c);
 struct http_req *http_current(struct http_conn *h);
 /* Case-insensitive header lookup; NULL if absent. */
 const char *http_header(const struct http_req *req, const char *name);
+/* The credential of an "Authorization: Bearer <credential>" header, or NULL. */
+const char *http_bearer(const struct http_req *req);
 /* Query parameter lookup; decodes %XX and '+'. Returns 1 and fills out when found. */
 int http_query_param(const struct http_req *req, const char *name, char *out, size_t outlen);
 

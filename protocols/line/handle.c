@@ -36,13 +36,8 @@ static void send_error(struct line_conn *l, const char *code, const char *why, b
 {
     struct buf b;
     buf_init(&b);
-    buf_append_str(&b, "{\"error\":");
-    buf_append_json_str(&b, why, strlen(why));
-    buf_append_str(&b, ",\"code\":");
-    buf_append_json_str(&b, code, strlen(code));
-    if (has_seq)
-        buf_printf(&b, ",\"seq\":%lld", (long long)seq);
-    buf_append_str(&b, "}\n");
+    ingest_write_error(&b, code, why, has_seq, seq);
+    buf_append_str(&b, "\n");
     conn_send(l->conn, b.data, b.len);
     l->conn->msgs_out++;
     buf_fini(&b);

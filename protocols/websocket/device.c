@@ -45,13 +45,7 @@ static void send_error(struct ws_device *d, const char *code, const char *why, b
 {
     struct buf b;
     buf_init(&b);
-    buf_append_str(&b, "{\"error\":");
-    buf_append_json_str(&b, why, strlen(why));
-    buf_append_str(&b, ",\"code\":");
-    buf_append_json_str(&b, code, strlen(code));
-    if (has_seq)
-        buf_printf(&b, ",\"seq\":%lld", (long long)seq);
-    buf_append_str(&b, "}");
+    ingest_write_error(&b, code, why, has_seq, seq);
     send_text(d->conn, &b);
     buf_fini(&b);
 }
