@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all gale setup setup-test run test test-asan fuzz bench clean
+.PHONY: all gale configure setup setup-test run test test-asan fuzz bench clean
 
 all: gale
 
@@ -15,6 +15,9 @@ $(BUILD)/CMakeCache.txt:
 gale: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j$(JOBS)
 
+configure:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
 setup:
 	sh .ci/setup.sh deps
 
@@ -23,20 +26,22 @@ setup-test:
 
 # Run the gateway on its embedded defaults (data in ./data).
 run: setup
-	$(MAKE) gale
+	$(MAKE) configure
+	cmake --build $(BUILD) -j$(JOBS) --target gale
 	./$(BUILD)/gale --data-dir ./data
 
 # Set up, build and run the whole test suite.
 test: setup-test
-	$(MAKE) gale CMAKE_FLAGS="-DGALE_WERROR=ON"
-	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 600
+	$(MAKE) configure CMAKE_FLAGS="-DGALE_WERROR=ON -DGALE_TESTS=ON"
+	cmake --build $(BUILD) -j$(JOBS)
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -j2 --timeout 600
 
 # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: setup-test
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DGALE_SANITIZE=ON -DGALE_WERROR=ON
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 --timeout 900
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --no-tests=error -j2 --timeout 900
 
 # libFuzzer targets (clang): make fuzz; then build-fuzz/tests/fuzz/fuzz_<name> corpus/
 fuzz: setup-test
