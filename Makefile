@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all gale configure setup setup-test run test test-asan fuzz bench clean
+.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz bench clean
 
 all: gale
 
@@ -43,6 +43,12 @@ test-asan: setup-test
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --no-tests=error -j2 --timeout 900
 
+# The storage writer hand-off (loop <-> writer thread <-> read pool) under ThreadSanitizer.
+test-tsan: setup-test
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DGALE_TSAN=ON -DGALE_WERROR=ON
+	cmake --build build-tsan -j$(JOBS) --target test_store
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure --no-tests=error -R unit.test_store
+
 # libFuzzer targets (clang): make fuzz; then build-fuzz/tests/fuzz/fuzz_<name> corpus/
 fuzz: setup-test
 	CC=clang cmake -S . -B build-fuzz -DGALE_FUZZ=ON
@@ -53,4 +59,4 @@ bench: setup-test
 	sh tests/bench/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) build-tsan build-fuzz
