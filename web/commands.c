@@ -127,12 +127,28 @@ static void write_json(const struct command *c, struct buf *b)
 static void on_delivered(void *ctx, const char *device, struct msg *m)
 {
     struct commands *cs = ctx;
-    for (struct command *c = cs->newest; c; c = c->prev) {
+    char topic[DEVICE_ID_MAX + 32];
+    const cJSON *id;
+    cJSON *js;
+    struct command *c;
+
+    for (c = cs->newest; c; c = c->prev) {
         if (c->m == m && strcmp(c->device, device) == 0) {
             set_status(cs, c, "delivered");
             return;
         }
     }
+    /* a command queued before a restart comes back from storage as a new message:
+     * recognise it by its topic and id */
+    snprintf(topic, sizeof topic, "devices/%s/commands", device);
+    if (strcmp(m->topic, topic) != 0)
+        return;
+    js = cJSON_ParseWithLength((const char *)m->payload, m->payload_len);
+    id = cJSON_GetObjectItemCaseSensitive(js, "id");
+    c = cJSON_IsString(id) ? map_get(&cs->by_id, id->valuestring, strlen(id->valuestring)) : NULL;
+    if (c && strcmp(c->device, device) == 0 && strcmp(c->status, "queued") == 0)
+        set_status(cs, c, "delivered");
+    cJSON_Delete(js);
 }
 
 static void on_reply(void *ctx, const char *device, const char *cmd_id, const void *payload,
