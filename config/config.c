@@ -103,6 +103,8 @@ static const struct key keys[] = {
     SIZE("mqtt.max_queued", mqtt.max_queued, 0, 10000000, "1000",
          "Messages queued per session; past it the oldest QoS 0 is dropped, and a connected "
          "client whose QoS 1/2 overflow is disconnected."),
+    SIZE("mqtt.max_subscriptions", mqtt.max_subscriptions, 1, 10000000, "10000",
+         "Subscriptions one session may hold; more are refused in SUBACK (0x80)."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
     ENUM("devices.auto_register", devices.auto_register, "auto|true|false", "auto",

@@ -611,9 +611,10 @@ static void on_session_loaded(void *ctx, const char *client_id, const char *subs
     cJSON_ArrayForEach(it, arr) {
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "filter");
         const cJSON *q = cJSON_GetObjectItemCaseSensitive(it, "qos");
-        if (cJSON_IsString(f) && cJSON_IsNumber(q))
+        if (cJSON_IsString(f) && cJSON_IsNumber(q) &&
             mqtt_router_subscribe(b->router, f->valuestring, strlen(f->valuestring), s,
-                                  (uint8_t)q->valueint);
+                                  (uint8_t)q->valueint) == 1)
+            s->nsubs++;
     }
     cJSON_Delete(root);
 }

@@ -48,6 +48,7 @@ struct mqtt_session {
     size_t nqos2_in, qos2_cap;
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
+    size_t nsubs;               /* subscriptions held (mqtt.max_subscriptions) */
     bool drop_logged;           /* one log line per overflow episode */
 };
 

@@ -447,7 +447,18 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos);
+        if (mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions &&
+            !mqtt_router_has(b->router, f.p, f.len, mc->sess)) {
+            if (mc->denied_sub++ == 0)
+                log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
+                         "reason=\"mqtt.max_subscriptions reached\" limit=%zu",
+                         (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id,
+                         b->gw->cfg->mqtt.max_subscriptions);
+            rc[n++] = MQTT_SUBACK_FAILURE;
+            continue;
+        }
+        if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
+            mc->sess->nsubs++;
         rc[n++] = qos;
     }
     mc->out.len = 0;
@@ -470,7 +481,8 @@ static void handle_unsubscribe(struct mqtt_conn *mc, const struct mqtt_packet *p
     struct mqtt_str f;
     uint8_t opts;
     while (mqtt_filter_next(pkt, &off, &f, &opts))
-        mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess);
+        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1)
+            mc->sess->nsubs--;
     mc->out.len = 0;
     mqtt_encode_unsuback(&mc->out, pkt->id);
     send_buf(mc);

@@ -436,7 +436,8 @@ def main():
     except Exception:
         traceback.print_exc()
         t(False, "exception in bad_acl")
-    with Gale(args=["--set", "mqtt.acl=" + json.dumps(ACL)]) as g:
+    with Gale(args=["--set", "mqtt.acl=" + json.dumps(ACL),
+                    "--set", "mqtt.max_subscriptions=200000"]) as g:
         for d in ("dev-1", "dev-2", "dev-3", "backend-ro"):
             C[d] = g.create_device(d)
         C["backend-1"] = g.create_device("backend-1", role="app")
