@@ -1,6 +1,8 @@
 /* gateway/metrics.c: Prometheus text exposition of gw's counters and gauges. */
 #include "gateway/metrics.h"
 
+#include <string.h>
+
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/util.h"
@@ -26,6 +28,27 @@ void metrics_render(struct gw *gw, struct buf *b)
         online += ((struct device *)v)->online > 0;
     gauge(b, "gale_uptime_seconds", "Seconds since start", (double)(gw_now_ms() - gw->started_ms) / 1000);
     gauge(b, "gale_connections", "Live connections", (double)gw->nconns);
+    {
+        /* live connections by protocol (http, line, mqtt, ws-device, ws-live, ...) */
+        const char *names[16];
+        size_t counts[16], n = 0;
+        for (struct conn *c = gw->conns; c; c = c->next) {
+            size_t i;
+            for (i = 0; i < n && strcmp(names[i], c->proto->name) != 0; i++)
+                ;
+            if (i == n && n < 16) {
+                names[n] = c->proto->name;
+                counts[n++] = 0;
+            }
+            if (i < n)
+                counts[i]++;
+        }
+        buf_append_str(b, "# HELP gale_connections_by_protocol Live connections by protocol\n"
+                          "# TYPE gale_connections_by_protocol gauge\n");
+        for (size_t i = 0; i < n; i++)
+            buf_printf(b, "gale_connections_by_protocol{protocol=\"%s\"} %zu\n", names[i],
+                       counts[i]);
+    }
     counter(b, "gale_connections_total", "Connections accepted", m->connections_total);
     counter(b, "gale_connections_refused_total", "Connections refused at max_connections",
             m->connections_refused);

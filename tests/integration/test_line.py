@@ -128,6 +128,8 @@ def main():
         st, js = g.http("GET", "/metrics", raw=True)[:2]
         t.eq(st, 200, "metrics served")
         t(b"gale_line_errors_total" in js, "line error counter exported")
+        t(b'gale_connections_by_protocol{protocol="http"} 1' in js,
+          "connections by protocol (the scrape itself is one HTTP connection)")
         t(g.alive(), "gateway alive at the end")
     t.eq(g.proc.returncode, 0, "SIGTERM exits 0")
 
