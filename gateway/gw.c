@@ -73,11 +73,6 @@ static void on_signal(uv_signal_t *s, int signum)
     gw_stop(gw, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
-static void on_tick(uv_timer_t *t)
-{
-    (void)t; /* housekeeping hooks ($SYS, retention triggers) attach here */
-}
-
 int gw_start(struct gw *gw)
 {
     gw->loop->data = gw;
@@ -87,10 +82,7 @@ int gw_start(struct gw *gw)
     gw->sigint.data = gw->sigterm.data = gw;
     uv_signal_start(&gw->sigint, on_signal, SIGINT);
     uv_signal_start(&gw->sigterm, on_signal, SIGTERM);
-    uv_timer_init(gw->loop, &gw->tick);
-    gw->tick.data = gw;
-    uv_timer_start(&gw->tick, on_tick, 1000, 1000);
-    uv_unref((uv_handle_t *)&gw->tick);
+    gw->started = true;
     return 0;
 }
 
@@ -136,12 +128,12 @@ void gw_close_handles(struct gw *gw)
             gw->listeners[i].open = false;
         }
     }
+    if (!gw->started)
+        return; /* start-up failed before the signal handlers existed */
     if (!uv_is_closing((uv_handle_t *)&gw->sigint))
         uv_close((uv_handle_t *)&gw->sigint, NULL);
     if (!uv_is_closing((uv_handle_t *)&gw->sigterm))
         uv_close((uv_handle_t *)&gw->sigterm, NULL);
-    if (!uv_is_closing((uv_handle_t *)&gw->tick))
-        uv_close((uv_handle_t *)&gw->tick, NULL);
 }
 
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)

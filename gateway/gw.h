@@ -51,13 +51,13 @@ struct gw {
     int nlisteners;
     size_t nconns;                   /* live connections */
     bool ingest_paused;
+    bool started;                    /* gw_start ran: signal handlers exist */
     bool stopping;
     /* private */
     struct conn *conns;              /* registry list head */
     struct conn *waiting;            /* connections with durable waiters */
     uint64_t next_conn_id;
     uv_signal_t sigint, sigterm;
-    uv_timer_t tick;                 /* 1 s housekeeping */
     uv_timer_t drain;                /* shutdown: waits for storage to catch up */
     uint64_t stop_deadline_ms;       /* uv_now() limit for that wait */
 };

@@ -2,6 +2,7 @@
 invalid config -> one clear message naming the key, exit code 2."""
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import traceback
@@ -70,6 +71,19 @@ def main():
         t(rc == 2 and "GALE_LINE_PORTT" in err, "unknown GALE_ env key is an error")
         rc, out, err = run(["--bogus"])
         t.eq(rc, 2, "unknown flag exits 2")
+
+        # start-up failures exit 1 with the reason, without crashing
+        base = ["--data-dir", d, "--set", "http.bind=127.0.0.1", "--set", "line.port=0",
+                "--set", "mqtt.port=0"]
+        rc, out, err = run(base + ["--set", "http.port=0",
+                                   "--set", "storage.path=/nonexistent/dir/x.db"])
+        t(rc == 1 and "unable to open database file" in err, "unopenable database -> exit 1")
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rc, out, err = run(base + ["--set", "http.port=%d" % busy.getsockname()[1]])
+        busy.close()
+        t(rc == 1 and "address already in use" in err, "port in use -> exit 1 with the reason")
 
     # JSON logs, generated API key kept in the data dir
     with Gale(args=["--log-format", "json"], api_key=None) as g:
