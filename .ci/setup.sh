@@ -34,6 +34,14 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
+# Debian starts a Mosquitto service when the package is installed; the tests run
+# their own broker, and Gale wants port 1883 for itself.
+if [ "${1:-deps}" = test-deps ] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-active --quiet mosquitto 2>/dev/null; then
+    echo "setup: stopping and disabling the mosquitto service (port 1883 is Gale's)"
+    ${SUDO:-} systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
 # MQTT.js for the MQTT-over-WebSocket client test (npm registry; skipped without npm)
 if [ "${1:-deps}" = test-deps ] && command -v npm >/dev/null 2>&1; then
     dir="$(cd "$(dirname "$0")/.." && pwd)/tests/integration"
