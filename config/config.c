@@ -105,6 +105,8 @@ static const struct key keys[] = {
          "client whose QoS 1/2 overflow is disconnected."),
     SIZE("mqtt.max_subscriptions", mqtt.max_subscriptions, 1, 10000000, "10000",
          "Subscriptions one session may hold; more are refused in SUBACK (0x80)."),
+    SIZE("mqtt.max_retained", mqtt.max_retained, 1, 100000000, "100000",
+         "Retained topics kept; a new one past this is delivered but not retained."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
     ENUM("devices.auto_register", devices.auto_register, "auto|true|false", "auto",

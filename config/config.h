@@ -45,6 +45,7 @@ struct config {
         size_t max_inflight;             /* mqtt.max_inflight, default 20 */
         size_t max_queued;               /* mqtt.max_queued messages per session, default 1000 */
         size_t max_subscriptions;        /* mqtt.max_subscriptions per session, default 10000 */
+        size_t max_retained;             /* mqtt.max_retained topics, default 100000 */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {

@@ -298,13 +298,36 @@ void broker_leave(struct mqtt_broker *b)
     }
 }
 
+/* retained_put that keeps b->nretained (topics outside $SYS) in step. */
+static void retained_put_counted(struct mqtt_broker *b, struct msg *m)
+{
+    size_t tlen = strlen(m->topic);
+    bool had = map_get(&b->retained.by_topic, m->topic, tlen) != NULL;
+    retained_put(&b->retained, m);
+    if (m->topic[0] != '$') {
+        bool has = map_get(&b->retained.by_topic, m->topic, tlen) != NULL;
+        if (has && !had)
+            b->nretained++;
+        else if (had && !has)
+            b->nretained--;
+    }
+}
+
 static void sink_mqtt(void *ctx, struct msg *m)
 {
     struct mqtt_broker *b = ctx;
     struct route_ctx rc = {b, m};
     broker_enter(b);
-    if (m->retain) {
-        retained_put(&b->retained, m);
+    if (m->retain && m->payload_len > 0 && m->topic[0] != '$' &&
+        b->nretained >= b->gw->cfg->mqtt.max_retained &&
+        !map_get(&b->retained.by_topic, m->topic, strlen(m->topic))) {
+        /* delivered as usual, but not kept: memory stays bounded */
+        if (b->retained_refused++ == 0)
+            log_warn("mqtt retained message not kept topic=\"%s\" reason=\"mqtt.max_retained "
+                     "reached\" limit=%zu (logged once)",
+                     m->topic, b->gw->cfg->mqtt.max_retained);
+    } else if (m->retain) {
+        retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
             store_put_retained(b->gw->store, m->topic, m->payload, m->payload_len, m->qos);
     }
@@ -588,7 +611,7 @@ static void on_retained_loaded(void *ctx, const char *topic, const void *payload
     struct msg *m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
     m->qos = qos;
     m->retain = 1;
-    retained_put(&b->retained, m);
+    retained_put_counted(b, m);
     msg_unref(m);
 }
 

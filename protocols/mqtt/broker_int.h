@@ -81,6 +81,8 @@ struct mqtt_broker {
     uint64_t publish_in;        /* PUBLISH packets received */
     uint64_t publish_out;       /* PUBLISH packets sent */
     uint64_t acl_denied;        /* publishes and subscriptions refused by the ACL */
+    uint64_t retained_refused;  /* new retained topics refused at mqtt.max_retained */
+    size_t nretained;           /* retained topics kept, $SYS not counted */
     uint64_t bytes_in_closed;   /* bytes received / sent by MQTT connections now closed */
     uint64_t bytes_out_closed;
     mqtt_delivered_fn on_delivered;

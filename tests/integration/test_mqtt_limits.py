@@ -1,7 +1,9 @@
 """mqtt.max_subscriptions: a session past its limit gets SUBACK 0x80 for new
 filters (logged once), may still re-subscribe to a filter it holds, and gets
-room back when it unsubscribes."""
+room back when it unsubscribes. mqtt.max_retained: past it, a new retained topic
+is delivered but not kept, while kept topics can still be replaced."""
 import queue
+import subprocess
 import traceback
 
 import paho.mqtt.client as paho
@@ -12,7 +14,7 @@ t = Check("test_mqtt_limits")
 
 
 def main():
-    with Gale(args=["--set", "mqtt.max_subscriptions=3"]) as g:
+    with Gale(args=["--set", "mqtt.max_subscriptions=3", "--set", "mqtt.max_retained=3"]) as g:
         tok = g.create_device("app-l", role="app")
         acks = queue.Queue()
         ready = queue.Queue()
@@ -33,6 +35,15 @@ def main():
         c.subscribe("d/#", 1)
         t.eq(acks.get(timeout=10), [1], "room again after an unsubscribe")
         g.wait_log(r"subscribe refused reason=\"mqtt.max_subscriptions reached\" limit=3")
+        # mqtt.max_retained=3: devices/app-l/status (presence) and two more topics fit
+        for i in range(3):
+            c.publish("a/r%d" % i, "v%d" % i, qos=1, retain=True).wait_for_publish()
+        c.publish("a/r0", "v0b", qos=1, retain=True).wait_for_publish()
+        g.wait_log(r"retained message not kept topic=\"a/r2\"")
+        got = subprocess.run(["mosquitto_sub", "-p", str(g.ports["mqtt"]), "-u", "app-l", "-P", tok,
+                              "-t", "a/#", "-v", "-W", "2"], capture_output=True, text=True)
+        lines = sorted(got.stdout.split())
+        t.eq(lines, ["a/r0", "a/r1", "v0b", "v1"], "two retained topics kept, the first replaced")
         c.disconnect()
         c.loop_stop()
 
