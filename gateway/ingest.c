@@ -93,8 +93,9 @@ void ingest_offline(struct gw *gw, struct conn *c)
         gw->on_presence(gw, dev->id, false);
 }
 
-int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,
-                     size_t len, struct ingest_result *res, const char **why, const char **code)
+struct msg *ingest_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                          size_t len, struct ingest_result *res, const char **why,
+                          const char **code)
 {
     struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
     struct telem t;
@@ -103,7 +104,7 @@ int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const
 
     memset(res, 0, sizeof *res);
     if (telem_decode(&lim, json, len, now, &t, why, code) != 0)
-        return -1;
+        return NULL;
     res->has_seq = t.has_seq;
     res->seq = t.seq;
     res->npoints = t.npoints;
@@ -111,8 +112,17 @@ int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const
     m->ts_ms = now;
     telem_fini(&t);
     dev->last_seen_ms = now;
-    gw->metrics.messages_in++;
     gw->metrics.points_in += m->npoints;
+    return m;
+}
+
+int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                     size_t len, struct ingest_result *res, const char **why, const char **code)
+{
+    struct msg *m = ingest_decode(gw, dev, topic, json, len, res, why, code);
+    if (!m)
+        return -1;
+    gw->metrics.messages_in++;
     bus_publish(gw->bus, m);
     msg_unref(m);
     res->store_seq = store_last_seq(gw->store);

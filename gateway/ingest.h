@@ -37,6 +37,12 @@ struct buf;
 void ingest_write_error(struct buf *out, const char *code, const char *why, bool has_seq,
                         int64_t seq);
 
+/* Decodes telemetry JSON of dev into a message (refs = 1, the caller's) without
+ * publishing it; counts its points and marks dev seen. NULL with a static reason
+ * and machine code when the payload is not telemetry. */
+struct msg *ingest_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                          size_t len, struct ingest_result *res, const char **why,
+                          const char **code);
 /* Decodes telemetry JSON of dev and publishes it. Returns 0, or -1 with a static
  * reason and machine code (the connection stays usable). */
 int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const void *json,

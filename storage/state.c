@@ -213,18 +213,6 @@ static const void *col_blob(sqlite3_stmt *st, int i, size_t *len)
     return p ? p : "";
 }
 
-/* Finishes a load: logs a failure, releases the statements and the connection. */
-static int end_load(struct store *s, struct store_reader *r, int rc, const char *what,
-                    sqlite3_stmt *a, sqlite3_stmt *b)
-{
-    if (rc != SQLITE_DONE)
-        log_error("store: load %s: %s", what, sqlite3_errmsg(r->db));
-    sqlite3_finalize(a);
-    sqlite3_finalize(b);
-    store_reader_put(s, r);
-    return rc == SQLITE_DONE ? 0 : GW_ESTORE;
-}
-
 int store_load_retained(struct store *s, store_retained_fn fn, void *ctx)
 {
     struct store_reader *r = store_reader_get(s);
@@ -243,7 +231,7 @@ int store_load_retained(struct store *s, store_retained_fn fn, void *ctx)
             fn(ctx, topic, payload, len, (uint8_t)sqlite3_column_int(st, 2));
         rc = SQLITE_OK;
     }
-    return end_load(s, r, rc, "retained", st, NULL);
+    return store_end_load(s, r, rc, "retained", st, NULL);
 }
 
 int store_load_sessions(struct store *s, store_session_fn on_session,
@@ -284,7 +272,7 @@ int store_load_sessions(struct store *s, store_session_fn on_session,
     }
     if (!sqlite3_get_autocommit(r->db))
         sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
-    return end_load(s, r, rc, "sessions", st, msgs);
+    return store_end_load(s, r, rc, "sessions", st, msgs);
 }
 
 int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, void *ctx)
@@ -314,5 +302,5 @@ int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, 
             fn(ctx, &c);
         rc = SQLITE_OK;
     }
-    return end_load(s, r, rc, "commands", st, NULL);
+    return store_end_load(s, r, rc, "commands", st, NULL);
 }

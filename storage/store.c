@@ -493,11 +493,7 @@ int store_load_devices(struct store *s, store_device_fn fn, void *ctx)
         fn(ctx, &d);
         rc = SQLITE_OK;
     }
-    if (rc != SQLITE_DONE)
-        log_error("store: load devices: %s", sqlite3_errmsg(r->db));
-    sqlite3_finalize(st);
-    store_reader_put(s, r);
-    return rc == SQLITE_DONE ? 0 : GW_ESTORE;
+    return store_end_load(s, r, rc, "devices", st, NULL);
 }
 
 int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
@@ -534,9 +530,16 @@ int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
             fn(ctx, device, &p);
         rc = SQLITE_OK;
     }
+    return store_end_load(s, r, rc, "latest", st, NULL);
+}
+
+int store_end_load(struct store *s, struct store_reader *r, int rc, const char *what,
+                   sqlite3_stmt *a, sqlite3_stmt *b)
+{
     if (rc != SQLITE_DONE)
-        log_error("store: load latest: %s", sqlite3_errmsg(r->db));
-    sqlite3_finalize(st);
+        log_error("store: load %s: %s", what, sqlite3_errmsg(r->db));
+    sqlite3_finalize(a);
+    sqlite3_finalize(b);
     store_reader_put(s, r);
     return rc == SQLITE_DONE ? 0 : GW_ESTORE;
 }

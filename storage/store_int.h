@@ -224,6 +224,10 @@ void store_cache_clear(struct store_cache *c);
 /* Borrows a read-only connection from the pool (opens one when none is idle). */
 struct store_reader *store_reader_get(struct store *s);
 void store_reader_put(struct store *s, struct store_reader *r);
+/* Ends a start-up load: logs a failure (rc is the last sqlite3_step result),
+ * finalizes a and b (either may be NULL), returns the reader. 0 or GW_ESTORE. */
+int store_end_load(struct store *s, struct store_reader *r, int rc, const char *what,
+                   sqlite3_stmt *a, sqlite3_stmt *b);
 /* Completes queries in flight before the store goes away (store_close). */
 void store_queries_finish(struct store *s);
 /* Closes the idle connections (store_close, after store_queries_finish). */

@@ -132,6 +132,10 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
     cJSON *js;
     struct command *c;
 
+    /* every PUBACK of a device session comes here: only its commands topic matters */
+    snprintf(topic, sizeof topic, "devices/%s/commands", device);
+    if (strcmp(m->topic, topic) != 0)
+        return;
     for (c = cs->newest; c; c = c->prev) {
         if (c->m == m && strcmp(c->device, device) == 0) {
             set_status(cs, c, "delivered");
@@ -139,10 +143,7 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
         }
     }
     /* a command queued before a restart comes back from storage as a new message:
-     * recognise it by its topic and id */
-    snprintf(topic, sizeof topic, "devices/%s/commands", device);
-    if (strcmp(m->topic, topic) != 0)
-        return;
+     * recognise it by its id */
     js = cJSON_ParseWithLength((const char *)m->payload, m->payload_len);
     id = cJSON_GetObjectItemCaseSensitive(js, "id");
     c = cJSON_IsString(id) ? map_get(&cs->by_id, id->valuestring, strlen(id->valuestring)) : NULL;

@@ -16,7 +16,6 @@
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/telemetry.h"
 #include "gateway/util.h"
 #include "protocols/mqtt/broker_int.h"
 #include "storage/store.h"
@@ -371,17 +370,10 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
             dev = auto_register(mc, id);
     }
     if (dev && strcmp(rest, "telemetry") == 0) {
-        struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
-        struct telem t;
+        struct ingest_result res;
         const char *why, *code;
-        if (telem_decode(&lim, (const char *)pp->payload, pp->payload_len, gw_now_ms(), &t, &why,
-                         &code) == 0) {
-            m = msg_new(MSG_TELEMETRY, dev->id, topic, pp->payload, pp->payload_len, t.points,
-                        t.npoints);
-            telem_fini(&t);
-            dev->last_seen_ms = gw_now_ms();
-            gw->metrics.points_in += m->npoints;
-        } else if (mc->bad_telemetry++ == 0) {
+        m = ingest_decode(gw, dev, topic, pp->payload, pp->payload_len, &res, &why, &code);
+        if (!m && mc->bad_telemetry++ == 0) {
             log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
                      (unsigned long long)mc->c->id, mc->c->peer, dev->id, why);
         }

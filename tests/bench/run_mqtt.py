@@ -19,46 +19,14 @@ Bounded: each bench run gives up after 120 s; the defaults take about 1-2 minute
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listening on port %d" % port)
-
-
-def start_mosquitto(tmp):
-    port = free_port()
-    conf = os.path.join(tmp, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                "log_dest none\n" % port)
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return proc, port
+from mosquitto import Mosquitto  # noqa: E402
 
 
 def start_gale(build, tmp):
@@ -93,29 +61,26 @@ def main():
     build = os.path.abspath(a.build)
     bench = os.path.join(build, "tests", "bench", "bench_mqtt")
     tmp = tempfile.mkdtemp(prefix="gale-bench-mqtt-")
-    mosq = g = None
+    g = None
     results = {}
     try:
-        mosq, mport = start_mosquitto(tmp)
-        g, gport = start_gale(build, tmp)
-        servers = [("gale", gport), ("mosquitto", mport)]
-        print("clients=%d qos0=%d/client qos1=%d/client window=%d rounds=%d" %
-              (a.clients, a.qos0_msgs, a.qos1_msgs, a.window, a.rounds))
-        for rnd in range(a.rounds):
-            for qos, msgs in ((0, a.qos0_msgs), (1, a.qos1_msgs)):
-                for name, port in servers:
-                    rate = run_bench(bench, port, a.clients, msgs, qos, a.window)
-                    results.setdefault((name, qos), []).append(rate)
-                    print("round %d qos %d %-9s %10.0f msgs/s" % (rnd + 1, qos, name, rate),
-                          flush=True)
-        if not g.alive():
-            raise RuntimeError("gale died:\n" + g.log()[-3000:])
+        with Mosquitto() as mosq:
+            g, gport = start_gale(build, tmp)
+            servers = [("gale", gport), ("mosquitto", mosq.port)]
+            print("clients=%d qos0=%d/client qos1=%d/client window=%d rounds=%d" %
+                  (a.clients, a.qos0_msgs, a.qos1_msgs, a.window, a.rounds))
+            for rnd in range(a.rounds):
+                for qos, msgs in ((0, a.qos0_msgs), (1, a.qos1_msgs)):
+                    for name, port in servers:
+                        rate = run_bench(bench, port, a.clients, msgs, qos, a.window)
+                        results.setdefault((name, qos), []).append(rate)
+                        print("round %d qos %d %-9s %10.0f msgs/s" % (rnd + 1, qos, name, rate),
+                              flush=True)
+            if not g.alive():
+                raise RuntimeError("gale died:\n" + g.log()[-3000:])
     finally:
         if g:
             g.stop()
-        if mosq:
-            mosq.terminate()
-            mosq.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     print("| QoS | Gale msgs/s (median) | Mosquitto msgs/s (median) | Gale / Mosquitto |")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 import time
 import urllib.error
 import urllib.request
@@ -232,6 +233,16 @@ class Check:
 
     def eq(self, got, want, what):
         self(got == want, "%s: got %r, want %r" % (what, got, want))
+
+    def run(self, main):
+        """Runs main(); an exception counts as a failure. Then prints the summary
+        and exits (see done)."""
+        try:
+            main()
+        except Exception:
+            traceback.print_exc()
+            self(False, "exception")
+        self.done()
 
     def done(self):
         print("%s: %d passed, %d failed" % (self.name, self.passed, self.failed))

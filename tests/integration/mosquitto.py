@@ -23,7 +23,7 @@ class Mosquitto:
         conf = os.path.join(self.dir, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 100000\n%s" % (self.port, extra_conf))
+                    "max_queued_messages 100000\nlog_dest none\n%s" % (self.port, extra_conf))
         self.conf = conf
         self.proc = None
 

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import tempfile
-import traceback
 
 from galetest import GALE_BIN, Check, Gale
 
@@ -105,9 +104,4 @@ def main():
         t.eq(g2.proc.returncode, 0, "SIGINT/SIGTERM exit 0")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

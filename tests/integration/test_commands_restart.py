@@ -3,7 +3,6 @@ gateway restart: it is delivered when the device comes back, and its status
 moves from queued to delivered, then replied."""
 import json
 import queue
-import traceback
 
 import paho.mqtt.client as paho
 
@@ -66,9 +65,4 @@ def main():
             g.kill9()
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

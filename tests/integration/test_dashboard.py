@@ -6,27 +6,18 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import traceback
 import urllib.request
 
 import websockets
 
 from galetest import API_KEY, Check, Gale
+from mosquitto import free_port
 
 t = Check("test_dashboard")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Browser:
@@ -132,9 +123,4 @@ def main():
             shutil.rmtree(profile, ignore_errors=True)
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -5,7 +5,6 @@ healthcheck script is a runnable shell script that probes /api/health."""
 import os
 import re
 import subprocess
-import traceback
 
 from galetest import GALE_BIN, Check, Gale
 
@@ -42,9 +41,4 @@ def main():
     t(bad != 0, "healthcheck fails when nothing answers")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -4,7 +4,6 @@ never duplicate; backpressure keeps memory bounded."""
 import signal
 import threading
 import time
-import traceback
 
 from galetest import Check, Gale, wait_for
 
@@ -84,9 +83,4 @@ def main():
         g.wait_log(r"pausing ingest reads")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -3,7 +3,6 @@
 bounded memory; the gateway keeps serving after each."""
 import json
 import socket
-import traceback
 
 from galetest import API_KEY, Check, Gale, wait_for
 
@@ -157,9 +156,4 @@ def main():
         t(served(g), "still serving at the end")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -3,7 +3,6 @@ durable commit, read back over REST; every bad input gets its error and the
 gateway keeps serving."""
 import socket
 import time
-import traceback
 
 from galetest import Check, Gale, wait_for
 
@@ -134,9 +133,4 @@ def main():
     t.eq(g.proc.returncode, 0, "SIGTERM exits 0")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

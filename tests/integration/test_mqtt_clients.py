@@ -456,9 +456,4 @@ def main():
         t(False, "exception in anonymous")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -537,9 +537,4 @@ def main():
             c.close()
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

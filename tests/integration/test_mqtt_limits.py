@@ -4,7 +4,6 @@ room back when it unsubscribes. mqtt.max_retained: past it, a new retained topic
 is delivered but not kept, while kept topics can still be replaced."""
 import queue
 import subprocess
-import traceback
 
 import paho.mqtt.client as paho
 
@@ -48,9 +47,4 @@ def main():
         c.loop_stop()
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -3,7 +3,6 @@ this test) against a fresh gateway as a device and an application client, then c
 over REST that the telemetry it published was stored."""
 import os
 import subprocess
-import traceback
 
 from galetest import Check, Gale
 
@@ -32,9 +31,4 @@ def main():
         t(g.alive(), "gateway alive")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

@@ -1,6 +1,5 @@
 """REST API: auth, device lifecycle, latest, telemetry queries with limit and
 cursor, HTTP ingest with the device token, errors with JSON bodies."""
-import traceback
 
 from galetest import Check, Gale, wait_for
 
@@ -117,9 +116,4 @@ def main():
         t(g.alive(), "alive")
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)

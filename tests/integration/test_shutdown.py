@@ -3,7 +3,6 @@ accepting, acknowledge what it received, say goodbye (WebSocket close 1001) and
 exit 0 with everything acknowledged on disk."""
 import signal
 import socket
-import traceback
 
 from galetest import API_KEY, Check, Gale, RawWS
 
@@ -49,9 +48,4 @@ def main():
             g.kill9()
 
 
-try:
-    main()
-except Exception:
-    traceback.print_exc()
-    t(False, "exception")
-t.done()
+t.run(main)
