@@ -20,7 +20,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 #define CONFIG_FILE_MAX_BYTES (1024 * 1024) /* a config file larger than this is refused */
 #define GOT_MAX 40                          /* bytes of a bad value quoted in an error */

@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 #define BUS_MAX_SINKS 8
 

@@ -14,7 +14,8 @@
 
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 
 #define READ_CHUNK 65536
 

@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 struct conn;
 struct gw;

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 void devices_init(struct devices *d)
 {
@@ -233,4 +233,17 @@ bool devices_check_token(const unsigned char secret[32], const struct device *de
         return false;
     devices_hash_token(secret, token, len, h);
     return CRYPTO_memcmp(h, dev->token_hash, DEVICE_TOKEN_HASH_HEX) == 0;
+}
+
+int devices_valid_id(const char *s, size_t len)
+{
+    if (len < 1 || len > DEVICE_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '-'))
+            return 0;
+    }
+    return 1;
 }

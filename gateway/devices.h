@@ -9,11 +9,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/buf.h"
-#include "gateway/map.h"
+#include "base/buf.h"
+#include "base/map.h"
 #include "gateway/msg.h"
 
 #define DEVICE_ID_MAX 64
+
+/* Device ids: 1..64 chars of [A-Za-z0-9_.:-]. Returns 1 when valid. */
+int devices_valid_id(const char *s, size_t len);
 #define DEVICE_TOKEN_HASH_HEX 64
 
 struct latest_val {

@@ -11,7 +11,8 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/clock.h"
+#include "base/err.h"
 #include "storage/store.h"
 
 #define STOP_DRAIN_MAX_MS 10000

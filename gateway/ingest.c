@@ -4,13 +4,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/telemetry.h"
-#include "gateway/util.h"
+#include "base/clock.h"
 #include "storage/store.h"
 
 static void sink_latest(void *ctx, struct msg *m)
@@ -44,7 +44,7 @@ struct device *ingest_auth(struct gw *gw, struct conn *c, const char *device, si
     struct device *dev = NULL;
     const char *why = "unknown device";
 
-    if (!gw_valid_device_id(device, dlen)) {
+    if (!devices_valid_id(device, dlen)) {
         why = "invalid device id";
     } else {
         memcpy(id, device, dlen);

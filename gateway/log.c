@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 static enum log_level g_level = LOG_INFO;
 static enum log_format g_format = LOG_TEXT;

@@ -26,7 +26,7 @@
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
 #include "protocols/mqtt/broker.h"

@@ -5,7 +5,7 @@
 
 #include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "gateway/util.h"
+#include "base/clock.h"
 #include "storage/store.h"
 
 static void counter(struct buf *b, const char *name, const char *help, uint64_t v)

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 struct metrics {
     uint64_t connections_total;        /* accepted since start */

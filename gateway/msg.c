@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 struct msg *msg_new(enum msg_kind kind, const char *device, const char *topic,
                     const void *payload, size_t payload_len, const struct point *points,

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 #define TS_MAX_MS 253402300799999.0 /* 9999-12-31T23:59:59.999Z in epoch ms */
 #define SEQ_MAX 9007199254740991.0  /* 2^53 - 1: the largest integer a double holds exactly */

@@ -17,7 +17,8 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/err.h"
 #include "storage/store_int.h"
 
 struct query_req {

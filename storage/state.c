@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/err.h"
 #include "storage/store_int.h"
 
 static char *dup_or_null(const char *p)

@@ -27,7 +27,8 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/err.h"
 #include "storage/store_int.h"
 
 #define STORE_OPEN_FLAGS (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX)

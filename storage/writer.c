@@ -25,7 +25,8 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 #include "storage/store_int.h"
 
 /* ---- loop thread: batching ---- */

@@ -29,7 +29,8 @@
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 #include "protocols/websocket/ws_transport.h"
 
 #define FEED_MAX_GLOBS 64          /* globs per list in a subscription */

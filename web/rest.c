@@ -17,12 +17,14 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "base/err.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
 #include "web/assets.h"
@@ -113,7 +115,7 @@ static void device_create(struct gw *gw, struct http_conn *h, struct http_req *r
         http_respond_error(h, 400, "bad_json", "body must be a JSON object like {\"id\":\"dev-1\"}");
         goto out;
     }
-    if (!cJSON_IsString(id) || !gw_valid_device_id(id->valuestring, strlen(id->valuestring))) {
+    if (!cJSON_IsString(id) || !devices_valid_id(id->valuestring, strlen(id->valuestring))) {
         http_respond_error(h, 400, "invalid_id",
                            "id must be 1-64 characters of A-Z a-z 0-9 _ . : -");
         goto out;

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/ingest.h"

@@ -13,7 +13,7 @@
 
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/http/parser.h"
 
 struct http_conn {

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/conn.h"
 
 #define HTTP_MAX_HEADERS 64

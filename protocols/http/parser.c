@@ -6,7 +6,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gateway/util.h"
 
 enum field_kind { FIELD_NONE, FIELD_URL, FIELD_NAME, FIELD_VALUE };
 

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/http/http.h"
 
 enum http_parse_rc {

@@ -15,12 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/line/line_proto.h"
 
 struct line_conn {

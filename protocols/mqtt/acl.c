@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/mqtt/mqtt.h"
 
 struct acl_rule {

@@ -29,7 +29,8 @@
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 #include "storage/store.h"
 
 #define SYS_INTERVAL_MS 10000

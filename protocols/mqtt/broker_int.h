@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "gateway/buf.h"
-#include "gateway/map.h"
+#include "base/buf.h"
+#include "base/map.h"
 #include "gateway/msg.h"
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"

@@ -14,7 +14,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/err.h"
 #include "protocols/mqtt/mqtt_int.h"
 
 /* ---- remaining-length varint */

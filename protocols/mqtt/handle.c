@@ -16,7 +16,8 @@
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 #include "protocols/mqtt/broker_int.h"
 #include "storage/store.h"
 
@@ -257,7 +258,7 @@ static const char *device_topic(const char *topic, char *id, size_t idlen)
         return NULL;
     p = topic + 8;
     slash = strchr(p, '/');
-    if (!slash || (size_t)(slash - p) >= idlen || !gw_valid_device_id(p, (size_t)(slash - p)))
+    if (!slash || (size_t)(slash - p) >= idlen || !devices_valid_id(p, (size_t)(slash - p)))
         return NULL;
     memcpy(id, p, (size_t)(slash - p));
     id[slash - p] = '\0';
@@ -299,7 +300,7 @@ static const char *self_device(const struct mqtt_conn *mc)
 {
     if (mc->device[0])
         return mc->device;
-    if (mc->role == ACL_ROLE_ANONYMOUS && gw_valid_device_id(mc->username, strlen(mc->username)))
+    if (mc->role == ACL_ROLE_ANONYMOUS && devices_valid_id(mc->username, strlen(mc->username)))
         return mc->username;
     return NULL;
 }

@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/codec.h"
 
 /* Protocol levels (CONNECT "protocol level" byte). */

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/mqtt/broker_int.h"
 
 struct ret_node {

@@ -22,7 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/err.h"
 #include "protocols/mqtt/mqtt_int.h"
 
 struct rsub;

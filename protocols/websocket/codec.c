@@ -13,7 +13,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/err.h"
 #include "protocols/websocket/ws_int.h"
 
 /* ---- small helpers ------------------------------------------------------------ */

@@ -15,7 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/err.h"
 
 #define CHUNK_BYTES 16384 /* output produced per zlib call */
 

@@ -19,12 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "protocols/websocket/ws_transport.h"
 
 struct ws_device {

@@ -25,7 +25,8 @@
 
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
 
 #define WS_PING_MAX_MS 30000      /* ping an idle peer at least this often */
 #define WS_PING_MIN_MS 100        /* ...and no more often than this */

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <zlib.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/websocket/ws.h"
 
 struct ws_deflater {

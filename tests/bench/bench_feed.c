@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/websocket/ws.h"
 
 #define BUCKET_US 10

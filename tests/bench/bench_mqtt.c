@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/mqtt/mqtt.h"
 
 struct client {

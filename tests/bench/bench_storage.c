@@ -29,7 +29,7 @@
 #include <uv.h>
 
 #include "gateway/msg.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
 #include "storage/store.h"
 #include "storage/store_int.h"
 

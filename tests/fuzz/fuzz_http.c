@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/http/parser.h"
 
 struct outcome {

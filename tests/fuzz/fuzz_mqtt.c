@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/mqtt/mqtt.h"
 
 #define MAX_EVENTS 4096

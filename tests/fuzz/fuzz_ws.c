@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/websocket/ws.h"
 
 static const size_t read_sizes[16] = {1, 2, 3, 5, 7, 11, 16, 31, 64, 127, 256, 1000, 4096,

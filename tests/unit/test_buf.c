@@ -6,7 +6,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 static void test_reserve_commit_consume(void **state)
 {

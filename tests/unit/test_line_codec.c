@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/line/line.h"
 
 /* clang-format off */

@@ -16,8 +16,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
-#include "gateway/util.h"
+#include "base/buf.h"
+#include "base/err.h"
 #include "protocols/mqtt/mqtt.h"
 #include "protocols/mqtt/mqtt_int.h"
 

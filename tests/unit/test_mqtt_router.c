@@ -16,7 +16,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/util.h"
+#include "base/err.h"
 #include "protocols/mqtt/mqtt.h"
 #include "protocols/mqtt/mqtt_int.h"
 

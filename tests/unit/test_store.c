@@ -19,7 +19,9 @@
 #include <uv.h>
 
 #include "gateway/msg.h"
-#include "gateway/util.h"
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "base/err.h"
 #include "storage/store.h"
 #include "storage/store_int.h"
 

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "gateway/telemetry.h"
 
 #define NOW 1700000000123LL

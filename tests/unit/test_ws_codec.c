@@ -15,8 +15,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
-#include "gateway/util.h"
+#include "base/buf.h"
+#include "base/alloc.h"
+#include "base/err.h"
 #include "protocols/websocket/ws.h"
 #include "protocols/websocket/ws_int.h"
 

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 #include "protocols/websocket/ws.h"
 
 #define MAXH 12

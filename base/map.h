@@ -1,4 +1,4 @@
-/* gateway/map.h: string-keyed hash map (open addressing, linear probing,
+/* base/map.h: string-keyed hash map (open addressing, linear probing,
  * power-of-two capacity). Keys are borrowed: the caller keeps each key alive
  * while its entry exists (typically the key lives inside the value). */
 #ifndef GALE_MAP_H

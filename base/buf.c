@@ -1,12 +1,12 @@
-/* gateway/buf.c: see buf.h. */
-#include "gateway/buf.h"
+/* base/buf.c: see buf.h. */
+#include "base/buf.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 void buf_init(struct buf *b)
 {

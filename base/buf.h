@@ -1,4 +1,4 @@
-/* gateway/buf.h: growable byte buffer. Readers reserve room at the tail,
+/* base/buf.h: growable byte buffer. Readers reserve room at the tail,
  * commit what arrived, and decoders consume from the head once per read. */
 #ifndef GALE_BUF_H
 #define GALE_BUF_H

@@ -1,10 +1,10 @@
-/* gateway/map.c: see map.h. FNV-1a hashing; grows at 70% load (tombstones counted). */
-#include "gateway/map.h"
+/* base/map.c: see map.h. FNV-1a hashing; grows at 70% load (tombstones counted). */
+#include "base/map.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/util.h"
+#include "base/alloc.h"
 
 static const char tombstone_key[] = "";
 #define MAP_TOMBSTONE tombstone_key
