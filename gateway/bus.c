@@ -36,15 +36,9 @@ void bus_add_sink(struct bus *b, const char *name, bus_sink_fn fn, void *ctx)
     b->sinks[b->nsinks++] = (struct bus_sink){name, fn, ctx};
 }
 
-uint64_t bus_publish(struct bus *b, struct msg *m)
+void bus_publish(struct bus *b, struct msg *m, struct ticket *t)
 {
     m->seq = ++b->seq;
     for (int i = 0; i < b->nsinks; i++)
-        b->sinks[i].fn(b->sinks[i].ctx, m);
-    return m->seq;
-}
-
-uint64_t bus_last_seq(const struct bus *b)
-{
-    return b->seq;
+        b->sinks[i].fn(b->sinks[i].ctx, m, t);
 }

@@ -398,7 +398,8 @@ void conn_resume(struct conn *c)
     conn_update_reading(c);
 }
 
-void conn_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn)
+void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uint64_t tag,
+                        conn_durable_fn fn)
 {
     struct gw *gw = c->gw;
     if (c->closing)
@@ -414,7 +415,7 @@ void conn_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable
         c->waiters_head = 0;
     }
     c->waiters[(c->waiters_head + c->nwaiters) % c->waiters_cap] =
-        (struct conn_waiter){seq, tag, fn};
+        (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
     c->nwaiters++;
     if (!c->on_wait_list) {
         c->wnext = gw->waiting;
@@ -426,19 +427,26 @@ void conn_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable
     }
 }
 
-void conn_registry_durable(struct gw *gw, uint64_t upto_seq, int ok)
+void conn_registry_durable(struct gw *gw, uint64_t from_seq, uint64_t upto_seq, int ok)
 {
     struct conn *c = gw->waiting, *next;
     while (c) {
         next = c->wnext;
         conn_ref(c);
+        if (!ok) { /* every pending ticket that names a failed write fails */
+            for (size_t i = 0; i < c->nwaiters; i++) {
+                struct conn_waiter *w = &c->waiters[(c->waiters_head + i) % c->waiters_cap];
+                if (!ticket_empty(&w->t) && w->t.first <= upto_seq && w->t.last > from_seq)
+                    w->failed = true;
+            }
+        }
         while (c->nwaiters && !c->closing) {
             struct conn_waiter w = c->waiters[c->waiters_head];
-            if (w.seq > upto_seq)
+            if (w.t.last > upto_seq)
                 break;
             c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
             c->nwaiters--;
-            w.fn(c, w.tag, ok);
+            w.fn(c, w.tag, w.failed ? 0 : 1);
         }
         if (c->nwaiters == 0)
             wait_list_remove(gw, c);

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "gateway/ticket.h"
 
 struct conn;
 struct gw;
@@ -48,15 +49,16 @@ struct transport_ops {
     void (*goodbye)(void *state, bool stopping);
 };
 
-/* Called when the operation with store seq has become durable (ok = 1), has
- * failed for good (ok = 0), or the connection closed first (ok = -1: send
- * nothing, only release what tag refers to). */
+/* Called when every write of a ticket has become durable (ok = 1), when any of
+ * them failed for good (ok = 0), or when the connection closed first (ok = -1:
+ * send nothing, only release what tag refers to). */
 typedef void (*conn_durable_fn)(struct conn *c, uint64_t tag, int ok);
 
 struct conn_waiter {
-    uint64_t seq;        /* store seq awaited */
+    struct ticket t;     /* the writes awaited (empty: only the waiters before it) */
     uint64_t tag;        /* caller's value (line seq, request id, packet id) */
     conn_durable_fn fn;
+    bool failed;         /* a write of t failed: fires with ok = 0 */
 };
 
 struct conn {
@@ -123,11 +125,14 @@ void conn_pause(struct conn *c);
 void conn_resume(struct conn *c);
 /* Feeds buffered input to the protocol again (after conn_resume / a reply). */
 void conn_refeed(struct conn *c);
-/* Calls fn(c, tag, ok) once store seq is durable. */
-void conn_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn);
+/* Queues a waiter behind the connection's earlier ones (acks keep arrival order). */
+void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uint64_t tag,
+                        conn_durable_fn fn);
 
-/* Registry-level operations (gw calls these). */
-void conn_registry_durable(struct gw *gw, uint64_t upto_seq, int ok);
+/* Registry-level operations (gw calls these). Storage reported the writes with seqs in
+ * (from_seq, upto_seq] committed (ok = 1) or failed (ok = 0): waiters whose tickets
+ * overlap a failed range fail, and every waiter whose ticket ends by upto_seq fires. */
+void conn_registry_durable(struct gw *gw, uint64_t from_seq, uint64_t upto_seq, int ok);
 void conn_registry_pause_ingest(struct gw *gw, bool paused);
 /* Closes every connection (shutdown). */
 void conn_registry_close_all(struct gw *gw, const char *why);

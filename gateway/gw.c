@@ -140,9 +140,28 @@ void gw_close_handles(struct gw *gw)
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
 {
     struct gw *gw = ctx;
-    if (!ok)
+    uint64_t from = gw->durable_seq;
+
+    if (upto_seq <= from)
+        return;
+    gw->durable_seq = upto_seq;
+    if (!ok) {
         gw->metrics.storage_failures++;
-    conn_registry_durable(gw, upto_seq, ok);
+        gw->failed[gw->nfailed++ % 16] = (struct ticket){from + 1, upto_seq};
+    }
+    conn_registry_durable(gw, from, upto_seq, ok);
+}
+
+/* A ticket whose writes were all reported already: did any of them fail? */
+static bool reported_failed(const struct gw *gw, const struct ticket *t)
+{
+    unsigned n = gw->nfailed < 16 ? gw->nfailed : 16;
+    for (unsigned i = 0; i < n; i++) {
+        const struct ticket *f = &gw->failed[i];
+        if (f->first <= t->last && f->last >= t->first)
+            return true;
+    }
+    return false;
 }
 
 void gw_on_pressure(void *ctx, int paused)
@@ -159,18 +178,21 @@ void gw_on_pressure(void *ctx, int paused)
     conn_registry_pause_ingest(gw, paused != 0);
 }
 
-void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn)
+void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn_durable_fn fn)
 {
     struct gw *gw = c->gw;
+    bool done = ticket_empty(t) || t->last <= gw->durable_seq;
+    bool failed = !ticket_empty(t) && done && reported_failed(gw, t);
+
     if (c->closing) { /* as a cancelled waiter: the owner of tag releases it, sends nothing */
         fn(c, tag, -1);
         return;
     }
-    if (seq == 0 || (store_durable_seq(gw->store) >= seq && c->nwaiters == 0)) {
-        fn(c, tag, 1); /* nothing to wait for, or already durable */
+    if (done && c->nwaiters == 0) {
+        fn(c, tag, failed ? 0 : 1); /* nothing to wait for, or already reported */
         return;
     }
-    conn_await_durable(c, seq, tag, fn);
+    conn_await_durable(c, done ? NULL : t, failed, tag, fn);
 }
 
 bool gw_api_key_ok(const struct gw *gw, const char *key)

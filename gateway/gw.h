@@ -51,6 +51,9 @@ struct gw {
     int nlisteners;
     size_t nconns;                   /* live connections */
     bool ingest_paused;
+    uint64_t durable_seq;            /* storage reported every write up to here */
+    struct ticket failed[16];        /* the last failed write ranges (a ring) */
+    unsigned nfailed;                /* failed ranges reported so far */
     bool started;                    /* gw_start ran: signal handlers exist */
     bool stopping;
     /* private */
@@ -75,8 +78,10 @@ void gw_close_handles(struct gw *gw);
 /* Constant-time check of an API key (REST, live feed). NULL is refused. */
 bool gw_api_key_ok(const struct gw *gw, const char *key);
 
-/* Calls fn(c, tag, ok) once store seq is durable: at once when it already is. */
-void gw_await_durable(struct conn *c, uint64_t seq, uint64_t tag, conn_durable_fn fn);
+/* Calls fn(c, tag, ok) once every write of ticket t is durable (t may be NULL or empty:
+ * nothing to wait for but the connection's earlier waiters); at once when nothing is
+ * pending. ok = 0 when any write of t failed. */
+void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn_durable_fn fn);
 
 /* Storage callbacks (main wires them). */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);

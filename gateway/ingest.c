@@ -13,9 +13,10 @@
 #include "base/clock.h"
 #include "storage/store.h"
 
-static void sink_latest(void *ctx, struct msg *m)
+static void sink_latest(void *ctx, struct msg *m, struct ticket *t)
 {
     struct gw *gw = ctx;
+    (void)t;
     struct device *dev;
     if (m->kind != MSG_TELEMETRY || !m->device[0] || m->npoints == 0)
         return;
@@ -24,11 +25,11 @@ static void sink_latest(void *ctx, struct msg *m)
         devices_update_latest(dev, m);
 }
 
-static void sink_storage(void *ctx, struct msg *m)
+static void sink_storage(void *ctx, struct msg *m, struct ticket *t)
 {
     struct gw *gw = ctx;
     if (m->kind == MSG_TELEMETRY && m->device[0] && m->npoints > 0)
-        store_append(gw->store, m);
+        ticket_add(t, store_append(gw->store, m));
 }
 
 void ingest_init(struct gw *gw)
@@ -123,9 +124,8 @@ int ingest_telemetry(struct gw *gw, struct device *dev, const char *topic, const
     if (!m)
         return -1;
     gw->metrics.messages_in++;
-    bus_publish(gw->bus, m);
+    bus_publish(gw->bus, m, &res->ticket);
     msg_unref(m);
-    res->store_seq = store_last_seq(gw->store);
     return 0;
 }
 

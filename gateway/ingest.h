@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/ticket.h"
+
 struct gw;
 struct conn;
 struct device;
@@ -26,7 +28,7 @@ void ingest_online(struct gw *gw, struct conn *c, struct device *dev, const char
 void ingest_offline(struct gw *gw, struct conn *c);
 
 struct ingest_result {
-    uint64_t store_seq;  /* await this seq for durability (0 = nothing stored) */
+    struct ticket ticket; /* the writes the message caused: await it for durability */
     bool has_seq;        /* the payload carried "seq" */
     int64_t seq;         /* its value */
     size_t npoints;

@@ -274,7 +274,7 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
     struct pending_202 *p;
     char topic[DEVICE_ID_MAX + 32];
     struct buf payload;
-    uint64_t seq;
+    struct ticket t;
     int64_t timeout = DEFAULT_TIMEOUT_MS;
 
     if (!cJSON_IsObject(root) || !cJSON_IsString(name) || !name->valuestring[0] ||
@@ -306,7 +306,7 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
     c->expires_ms = c->created_ms + timeout;
     map_put(&cs->by_id, c->id, strlen(c->id), c);
     list_append(cs, c);
-    seq = save(cs, c);
+    t = ticket_one(save(cs, c));
 
     buf_init(&payload);
     buf_append_str(&payload, "{\"id\":");
@@ -320,7 +320,7 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
     c->m = msg_new(MSG_PLAIN, dev->id, topic, payload.data, payload.len, NULL, 0);
     c->m->ts_ms = c->created_ms;
     c->m->qos = 1;
-    bus_publish(gw->bus, c->m);
+    bus_publish(gw->bus, c->m, &t);
     log_info("device=%s command=%s name=%s queued", dev->id, c->id, c->name);
     for (struct conn *conn = gw->conns; conn; conn = conn->next) {
         if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
@@ -337,7 +337,7 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
     buf_append_json_str(&p->body, c->id, strlen(c->id));
     buf_append_str(&p->body, ",\"status\":\"queued\"}");
     keep_bounded(cs);
-    gw_await_durable(http_conn_of(h), seq, (uint64_t)(uintptr_t)p, on_stored);
+    gw_await_durable(http_conn_of(h), &t, (uint64_t)(uintptr_t)p, on_stored);
 out:
     cJSON_Delete(root);
 }

@@ -664,10 +664,12 @@ const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed,
 
 /* ---- the sink and presence ---------------------------------------------------- */
 
-static void feed_sink(void *ctx, struct msg *m)
+static void feed_sink(void *ctx, struct msg *m, struct ticket *t)
 {
     struct feed *hub = ctx;
     struct feed_frame *full = NULL;
+
+    (void)t;
 
     if (m->kind != MSG_TELEMETRY || m->npoints == 0 || !hub->groups)
         return;

@@ -86,7 +86,7 @@ static void on_reply_durable(struct conn *c, uint64_t tag, int ok)
     free(p);
 }
 
-static void reply_when_durable(struct http_conn *h, uint64_t seq, int status, struct buf *body,
+static void reply_when_durable(struct http_conn *h, const struct ticket *t, int status, struct buf *body,
                                const char *undo_device)
 {
     struct pending_reply *p = xcalloc(1, sizeof *p);
@@ -94,13 +94,14 @@ static void reply_when_durable(struct http_conn *h, uint64_t seq, int status, st
     p->body = *body; /* takes the bytes */
     buf_init(body);
     p->undo_device = undo_device ? xstrdup(undo_device) : NULL;
-    gw_await_durable(http_conn_of(h), seq, (uint64_t)(uintptr_t)p, on_reply_durable);
+    gw_await_durable(http_conn_of(h), t, (uint64_t)(uintptr_t)p, on_reply_durable);
 }
 
 /* ---- devices ---- */
 
 static void device_create(struct gw *gw, struct http_conn *h, struct http_req *req)
 {
+    struct ticket t;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
@@ -152,7 +153,8 @@ static void device_create(struct gw *gw, struct http_conn *h, struct http_req *r
     buf_append_json_str(&b, dev->role, strlen(dev->role));
     buf_append_str(&b, "}");
     log_info("device=%s created role=%s", dev->id, dev->role);
-    reply_when_durable(h, store_put_device(gw->store, &sd), 201, &b, dev->id);
+    t = ticket_one(store_put_device(gw->store, &sd));
+    reply_when_durable(h, &t, 201, &b, dev->id);
     OPENSSL_cleanse(token, sizeof token);
 out:
     cJSON_free(attrs_json);
@@ -181,6 +183,7 @@ static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev
 {
     char id[DEVICE_ID_MAX + 1];
     struct buf b;
+    struct ticket t;
     struct conn *self = http_conn_of(h);
 
     snprintf(id, sizeof id, "%s", dev->id);
@@ -195,12 +198,14 @@ static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev
     buf_append_str(&b, "{\"deleted\":");
     buf_append_json_str(&b, id, strlen(id));
     buf_append_str(&b, "}");
-    reply_when_durable(h, store_delete_device(gw->store, id), 200, &b, NULL);
+    t = ticket_one(store_delete_device(gw->store, id));
+    reply_when_durable(h, &t, 200, &b, NULL);
 }
 
 static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *req,
                          struct device *dev)
 {
+    struct ticket t;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "attributes");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "token");
@@ -242,7 +247,8 @@ static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *re
         buf_append_str(&b, "}");
         OPENSSL_cleanse(token, sizeof token);
     }
-    reply_when_durable(h, store_put_device(gw->store, &sd), 200, &b, NULL);
+    t = ticket_one(store_put_device(gw->store, &sd));
+    reply_when_durable(h, &t, 200, &b, NULL);
 out:
     cJSON_Delete(root);
 }
@@ -277,7 +283,7 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
     }
     buf_init(&b);
     buf_printf(&b, "{\"stored\":%zu}", res.npoints);
-    reply_when_durable(h, res.store_seq, 200, &b, NULL);
+    reply_when_durable(h, &res.ticket, 200, &b, NULL);
 }
 
 struct query_ctx {

@@ -148,7 +148,7 @@ static void handle_line(struct line_conn *l, const uint8_t *line, size_t len)
         return;
     }
     if (res.has_seq)
-        gw_await_durable(l->conn, res.store_seq, (uint64_t)res.seq, on_durable);
+        gw_await_durable(l->conn, &res.ticket, (uint64_t)res.seq, on_durable);
 }
 
 static void *line_open(struct conn *c)

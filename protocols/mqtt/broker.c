@@ -113,8 +113,9 @@ static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struc
     uint8_t flags = (uint8_t)((o->retain ? STORED_RETAIN : 0) |
                               (o->state == OUT_WAIT_PUBCOMP ? STORED_RELEASED : 0) |
                               (o->sent ? STORED_SENT : 0));
-    store_put_session_msg(b->gw->store, s->client_id, o->store_id, o->m->topic, o->m->payload,
-                          o->m->payload_len, o->qos, flags);
+    ticket_add(b->ticket, store_put_session_msg(b->gw->store, s->client_id, o->store_id,
+                                                o->m->topic, o->m->payload, o->m->payload_len,
+                                                o->qos, flags));
 }
 
 /* QoS 1/2 messages of persistent sessions are numbered (delivery order) and stored. */
@@ -314,11 +315,14 @@ static void retained_put_counted(struct mqtt_broker *b, struct msg *m)
     }
 }
 
-static void sink_mqtt(void *ctx, struct msg *m)
+static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
 {
     struct mqtt_broker *b = ctx;
     struct route_ctx rc = {b, m};
+    struct ticket *outer = b->ticket;
+
     broker_enter(b);
+    b->ticket = t;
     if (m->retain && m->payload_len > 0 && m->topic[0] != '$' &&
         b->nretained >= b->gw->cfg->mqtt.max_retained &&
         !map_get(&b->retained.by_topic, m->topic, strlen(m->topic))) {
@@ -330,9 +334,11 @@ static void sink_mqtt(void *ctx, struct msg *m)
     } else if (m->retain) {
         retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
-            store_put_retained(b->gw->store, m->topic, m->payload, m->payload_len, m->qos);
+            ticket_add(t, store_put_retained(b->gw->store, m->topic, m->payload,
+                                             m->payload_len, m->qos));
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
+    b->ticket = outer;
     broker_leave(b);
 }
 
@@ -377,7 +383,7 @@ void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device, 
     m->ts_ms = gw_now_ms();
     m->qos = qos;
     m->retain = retain;
-    bus_publish(gw->bus, m);
+    bus_publish(gw->bus, m, NULL);
     msg_unref(m);
 }
 

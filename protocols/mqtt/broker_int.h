@@ -10,6 +10,7 @@
 #include "base/buf.h"
 #include "base/map.h"
 #include "gateway/msg.h"
+#include "gateway/ticket.h"
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
@@ -89,6 +90,8 @@ struct mqtt_broker {
     mqtt_reply_fn on_reply;
     void *hook_ctx;
     uint64_t next_anon;         /* for server-assigned client ids */
+    struct ticket *ticket;      /* while routing a message: its publisher's ticket, which
+                                 * the writes routing causes join (NULL otherwise) */
     unsigned depth;             /* nesting of broker work (feeds, routing) in progress */
     struct mqtt_conn *dead;     /* connections closed during that work, to finish after */
 };

@@ -265,7 +265,8 @@ static const char *device_topic(const char *topic, char *id, size_t idlen)
     return slash + 1;
 }
 
-static void merge_attributes(struct gw *gw, struct device *dev, const uint8_t *p, size_t len)
+static void merge_attributes(struct gw *gw, struct device *dev, const uint8_t *p, size_t len,
+                             struct ticket *t)
 {
     cJSON *upd = cJSON_ParseWithLength((const char *)p, len), *cur, *it;
     struct store_device sd;
@@ -291,7 +292,7 @@ static void merge_attributes(struct gw *gw, struct device *dev, const uint8_t *p
     cJSON_Delete(upd);
     sd = (struct store_device){dev->id, dev->token_hash, dev->role, dev->attrs_json,
                                dev->created_ms, dev->last_seen_ms, dev->protocol};
-    store_put_device(gw->store, &sd);
+    ticket_add(t, store_put_device(gw->store, &sd));
 }
 
 /* The device "me" names in ThingsBoard-style topics: the authenticated device, or for an
@@ -308,7 +309,7 @@ static const char *self_device(const struct mqtt_conn *mc)
 /* Registers device id on its first telemetry (devices.auto_register, which anonymous access
  * implies). An anonymous client whose username is that id is from then on the device's
  * connection for presence. */
-static struct device *auto_register(struct mqtt_conn *mc, const char *id)
+static struct device *auto_register(struct mqtt_conn *mc, const char *id, struct ticket *t)
 {
     struct gw *gw = mc->b->gw;
     struct device *dev;
@@ -319,7 +320,7 @@ static struct device *auto_register(struct mqtt_conn *mc, const char *id)
         return NULL;
     dev = devices_add(gw->devices, id, NULL, "device", gw_now_ms());
     sd = (struct store_device){dev->id, "", dev->role, NULL, dev->created_ms, 0, NULL};
-    store_put_device(gw->store, &sd);
+    ticket_add(t, store_put_device(gw->store, &sd));
     log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
              (unsigned long long)mc->c->id, mc->c->peer, id);
     if (mc->role == ACL_ROLE_ANONYMOUS && !mc->c->device[0] && strcmp(mc->username, id) == 0)
@@ -336,8 +337,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     const char *rest;
     struct device *dev = NULL;
     struct msg *m = NULL;
-    uint64_t seq = 0, before;
-    bool stored = false;
+    struct ticket t = {0, 0};
     const char *me = self_device(mc);
 
     b->publish_in++;
@@ -363,12 +363,11 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                      (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
     }
-    before = store_last_seq(gw->store);
     rest = device_topic(topic, id, sizeof id);
     if (rest) {
         dev = devices_find(gw->devices, id);
         if (!dev && strcmp(rest, "telemetry") == 0)
-            dev = auto_register(mc, id);
+            dev = auto_register(mc, id, &t);
     }
     if (dev && strcmp(rest, "telemetry") == 0) {
         struct ingest_result res;
@@ -379,7 +378,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                      (unsigned long long)mc->c->id, mc->c->peer, dev->id, why);
         }
     } else if (dev && strcmp(rest, "attributes") == 0) {
-        merge_attributes(gw, dev, pp->payload, pp->payload_len);
+        merge_attributes(gw, dev, pp->payload, pp->payload_len, &t);
     } else if (dev && b->on_reply && strncmp(rest, "commands/", 9) == 0) {
         const char *cmd = rest + 9, *slash = strchr(cmd, '/');
         if (slash && strcmp(slash, "/reply") == 0) {
@@ -395,22 +394,19 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     m->qos = pp->qos;
     m->retain = pp->retain;
     gw->metrics.messages_in++;
-    bus_publish(gw->bus, m);
-    msg_unref(m);
     /* whatever this message made storage write (telemetry rows, the retained message, the
-     * queues of offline persistent sessions, a new device) is durable before the ack */
-    stored = store_last_seq(gw->store) != before;
+     * queues of offline persistent sessions, a new device) joins t: durable before the ack */
+    bus_publish(gw->bus, m, &t);
+    msg_unref(m);
 ack:
     if (topic != stack_topic)
         free(topic);
     if (pp->qos == 0 || mc->c->closing) /* closed meanwhile (cut off as a subscriber) */
         return;
-    /* acks keep arrival order: behind earlier waiters, or behind this message's commit */
-    if (stored || mc->c->nwaiters)
-        seq = store_last_seq(gw->store);
+    /* acks keep arrival order: behind earlier waiters, and behind this message's writes */
     if (pp->qos == 2 && !qos2_seen(mc->sess, pkt->id))
         qos2_add(mc->sess, pkt->id);
-    gw_await_durable(mc->c, seq, (pp->qos == 1 ? TAG_PUBACK : TAG_PUBREC) | pkt->id,
+    gw_await_durable(mc->c, &t, (pp->qos == 1 ? TAG_PUBACK : TAG_PUBREC) | pkt->id,
                      on_ack_ready);
 }
 

@@ -181,7 +181,7 @@ void ws_device_message(struct conn *c, void *state, uint8_t opcode, const uint8_
         return;
     }
     if (res.has_seq)
-        gw_await_durable(c, res.store_seq, (uint64_t)res.seq, on_durable);
+        gw_await_durable(c, &res.ticket, (uint64_t)res.seq, on_durable);
 }
 
 static void *wsdev_open(struct conn *c)
