@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "base/b64.h"
 
 void devices_init(struct devices *d)
 {
@@ -194,25 +195,10 @@ void devices_write_latest_json(const struct device *dev, struct buf *out)
 void devices_new_token(char out[64])
 {
     unsigned char raw[32];
-    static const char b64u[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
+
     if (RAND_bytes(raw, sizeof raw) != 1)
         abort(); /* no randomness: refuse to mint guessable tokens */
-    for (size_t i = 0; i < 32; i += 3) {
-        uint32_t v = (uint32_t)raw[i] << 16;
-        if (i + 1 < 32)
-            v |= (uint32_t)raw[i + 1] << 8;
-        if (i + 2 < 32)
-            v |= raw[i + 2];
-        out[o++] = b64u[(v >> 18) & 63];
-        out[o++] = b64u[(v >> 12) & 63];
-        if (i + 1 < 32)
-            out[o++] = b64u[(v >> 6) & 63];
-        if (i + 2 < 32)
-            out[o++] = b64u[v & 63];
-    }
-    out[o] = '\0';
+    b64url_encode(raw, sizeof raw, out); /* 43 characters */
 }
 
 void devices_hash_token(const unsigned char secret[32], const char *token, size_t len,

@@ -23,6 +23,7 @@
 #include "gateway/ingest.h"
 #include "gateway/log.h"
 #include "base/alloc.h"
+#include "base/b64.h"
 #include "base/clock.h"
 #include "base/err.h"
 #include "protocols/http/http.h"
@@ -295,47 +296,6 @@ struct query_ctx {
     bool failed;
 };
 
-static void b64url_encode(const unsigned char *in, size_t n, struct buf *out)
-{
-    char *tmp = xmalloc(4 * ((n + 2) / 3) + 1);
-    int len = EVP_EncodeBlock((unsigned char *)tmp, in, (int)n);
-    for (int i = 0; i < len; i++) {
-        if (tmp[i] == '+')
-            tmp[i] = '-';
-        else if (tmp[i] == '/')
-            tmp[i] = '_';
-        else if (tmp[i] == '=') {
-            len = i;
-            break;
-        }
-    }
-    buf_append(out, tmp, (size_t)len);
-    free(tmp);
-}
-
-static char *b64url_decode(const char *in, size_t *outlen)
-{
-    size_t n = strlen(in), padded = (n + 3) / 4 * 4;
-    char *tmp = xmalloc(padded + 1);
-    unsigned char *out = xmalloc(padded + 1);
-    int len;
-    for (size_t i = 0; i < padded; i++) {
-        char c = i < n ? in[i] : '=';
-        tmp[i] = c == '-' ? '+' : c == '_' ? '/' : c;
-    }
-    tmp[padded] = '\0';
-    len = EVP_DecodeBlock(out, (unsigned char *)tmp, (int)padded);
-    free(tmp);
-    if (len < 0) {
-        free(out);
-        return NULL;
-    }
-    len -= (int)(padded - n); /* EVP_DecodeBlock counts the padding */
-    out[len] = '\0';
-    *outlen = (size_t)len;
-    return (char *)out;
-}
-
 static void finish_query(struct query_ctx *qc)
 {
     struct http_conn *h = http_from_conn(qc->conn);
@@ -376,16 +336,15 @@ static void finish_query(struct query_ctx *qc)
             if (next) {
                 char *js = cJSON_PrintUnformatted(next);
                 char hdr[1024];
-                struct buf cur;
-                buf_init(&cur);
-                b64url_encode((const unsigned char *)js, strlen(js), &cur);
+                char *cur = xmalloc(B64URL_LEN(strlen(js)));
+                size_t cur_len = b64url_encode(js, strlen(js), cur);
                 buf_append_str(&b, ",\"_next\":");
-                buf_append_json_str(&b, (const char *)cur.data, cur.len);
+                buf_append_json_str(&b, cur, cur_len);
                 snprintf(hdr, sizeof hdr, "X-Gale-Next-Cursor: %.*s\r\n",
-                         (int)(cur.len > 900 ? 900 : cur.len), (const char *)cur.data);
+                         (int)(cur_len > 900 ? 900 : cur_len), cur);
                 buf_append_str(&b, "}");
-                http_respond(h, 200, JSON, b.data, b.len, cur.len <= 900 ? hdr : NULL);
-                buf_fini(&cur);
+                http_respond(h, 200, JSON, b.data, b.len, cur_len <= 900 ? hdr : NULL);
+                free(cur);
                 cJSON_free(js);
                 cJSON_Delete(next);
             } else {

@@ -1,0 +1,89 @@
+/* tests/unit/test_base.c: base64url against RFC 4648's vectors (URL alphabet, no
+ * padding) and round trips; the intrusive list's push/remove bookkeeping. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "base/b64.h"
+#include "base/list.h"
+
+static void test_b64url_vectors(void **state)
+{
+    static const char *const vec[][2] = {{"", ""},         {"f", "Zg"},       {"fo", "Zm8"},
+                                         {"foo", "Zm9v"},  {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"},
+                                         {"foobar", "Zm9vYmFy"}};
+    char out[32];
+    (void)state;
+    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
+        size_t n = b64url_encode(vec[i][0], strlen(vec[i][0]), out);
+        assert_int_equal(n, strlen(vec[i][1]));
+        assert_string_equal(out, vec[i][1]);
+    }
+    /* the URL alphabet: 0xfb 0xff -> "-_8" (standard base64 says "+/8=") */
+    assert_int_equal(b64url_encode("\xfb\xff", 2, out), 3);
+    assert_string_equal(out, "-_8");
+}
+
+static void test_b64url_round_trip(void **state)
+{
+    unsigned char in[64];
+    char enc[B64URL_LEN(sizeof in)];
+    (void)state;
+    for (size_t i = 0; i < sizeof in; i++)
+        in[i] = (unsigned char)(i * 37 + 11);
+    for (size_t n = 0; n <= sizeof in; n++) {
+        size_t len, elen = b64url_encode(in, n, enc);
+        char *dec = b64url_decode(enc, &len);
+        assert_true(elen < B64URL_LEN(n));
+        assert_non_null(dec);
+        assert_int_equal(len, n);
+        assert_memory_equal(dec, in, n);
+        free(dec);
+    }
+    assert_null(b64url_decode("Zm9vY", &(size_t){0})); /* 5 chars encode no byte count */
+    assert_null(b64url_decode("Zm!v", &(size_t){0}));
+}
+
+struct item {
+    int v;
+    struct list_link link;
+};
+
+static void test_list(void **state)
+{
+    struct list l = {0};
+    struct item a = {1, {0}}, b = {2, {0}}, c = {3, {0}};
+    (void)state;
+    list_push_back(&l, &a.link);
+    list_push_back(&l, &b.link);
+    list_push_front(&l, &c.link); /* c a b */
+    assert_int_equal(l.len, 3);
+    assert_int_equal(list_entry(l.head, struct item, link)->v, 3);
+    assert_int_equal(list_entry(l.tail, struct item, link)->v, 2);
+    list_remove(&l, &a.link); /* c b */
+    assert_false(list_linked(&l, &a.link));
+    assert_true(list_linked(&l, &c.link));
+    assert_ptr_equal(l.head->next, &b.link);
+    assert_ptr_equal(l.tail->prev, &c.link);
+    list_remove(&l, &c.link);
+    list_remove(&l, &b.link);
+    assert_null(l.head);
+    assert_null(l.tail);
+    assert_int_equal(l.len, 0);
+    assert_null(list_entry(l.head, struct item, link));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_b64url_vectors),
+        cmocka_unit_test(test_b64url_round_trip),
+        cmocka_unit_test(test_list),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
