@@ -25,17 +25,9 @@ static void sink_latest(void *ctx, struct msg *m, struct ticket *t)
         devices_update_latest(dev, m);
 }
 
-static void sink_storage(void *ctx, struct msg *m, struct ticket *t)
-{
-    struct gw *gw = ctx;
-    if (m->kind == MSG_TELEMETRY && m->device[0] && m->npoints > 0)
-        ticket_add(t, store_append(gw->store, m));
-}
-
 void ingest_init(struct gw *gw)
 {
     bus_add_sink(gw->bus, "latest", sink_latest, gw);
-    bus_add_sink(gw->bus, "storage", sink_storage, gw);
 }
 
 struct device *ingest_auth(struct gw *gw, struct conn *c, const char *device, size_t dlen,

@@ -292,6 +292,7 @@ int main(int argc, char **argv)
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
     ingest_init(&gw);
+    bus_add_sink(gw.bus, "storage", store_sink, gw.store);
     if (mqtt_broker_init(&gw) != 0)
         goto out;
     gw.on_presence = on_presence;

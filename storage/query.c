@@ -1,4 +1,6 @@
-/* storage/query.c: read-only telemetry queries on libuv's work pool.
+/* storage/query.c: the read-only side: a pool of read-only connections, telemetry
+ * queries on libuv's work pool and the start-up load of the latest values. Calls
+ * only sql.c; the other start-up loads (devices.c, state.c) borrow its pool.
  *
  * Data flow: store_query_telemetry (loop thread) queues a uv_work_t. The work
  * callback (a pool thread) borrows a read-only connection from a small pool
@@ -30,7 +32,7 @@ struct query_req {
     void *ctx;
     int work_done;              /* s->pool_lock: the work callback has finished */
     int orphan;                 /* loop: fn already ran in store_close; only free */
-    struct query_req *prev, *next;  /* s->queries list (loop thread) */
+    struct list_link link;      /* in s->queries (loop thread) */
 };
 
 /* A log row of the queried device: where it is, not what it holds. */
@@ -72,6 +74,24 @@ static const char SQL_MAIN_ASC[] =
 static const char SQL_MAIN_DESC[] =
     "SELECT ts, t, v FROM telemetry WHERE series = ?1 AND ts BETWEEN ?2 AND ?3"
     " ORDER BY ts DESC LIMIT ?4";
+
+/* The latest table, overlaid with the newest log row of each series (the log row wins
+ * when it is as new or newer: a replay of the same ts arrived later). */
+static const char SQL_LOAD_LATEST[] =
+    "WITH lognew AS MATERIALIZED ("
+    "  SELECT series, ts, t, v FROM ("
+    "   SELECT series, ts, t, v, row_number() OVER"
+    "    (PARTITION BY series ORDER BY ts DESC, rowid DESC) AS rn FROM telemetry_log)"
+    "  WHERE rn = 1),"
+    " merged AS ("
+    "  SELECT n.series, n.ts, n.t, n.v FROM lognew n LEFT JOIN latest l ON l.series = n.series"
+    "   WHERE l.series IS NULL OR n.ts >= l.ts"
+    "  UNION ALL"
+    "  SELECT l.series, l.ts, l.t, l.v FROM latest l LEFT JOIN lognew n ON n.series = l.series"
+    "   WHERE n.series IS NULL OR n.ts < l.ts)"
+    " SELECT d.device, s.key, m.ts, m.t, m.v FROM merged m"
+    " JOIN series s ON s.id = m.series JOIN device_ids d ON d.id = s.dev_id"
+    " ORDER BY d.device, s.key";
 
 /* ---- the reader pool ---- */
 
@@ -158,32 +178,26 @@ static void keep_str(struct store_result *res, char *p)
     res->strs[res->nstrs++] = p;
 }
 
-/* Reads the (t, v) columns at tcol into p; strings are copied only when wanted. */
-static void read_value(sqlite3_stmt *st, int tcol, struct point *p, struct store_result *res,
-                       int want_str)
+/* Reads the (t, v) columns at tcol into p; strings are copied only when wanted.
+ * SQLite result code. */
+static int read_value(sqlite3_stmt *st, int tcol, struct point *p, struct store_result *res,
+                      int want_str)
 {
-    int t = sqlite3_column_int(st, tcol);
+    int rc = store_read_value(st, tcol, p);
 
-    p->type = t >= VAL_NUM && t <= VAL_JSON ? (enum val_type)t : VAL_STR;
-    switch (p->type) {
-    case VAL_NUM:
-        p->num = sqlite3_column_double(st, tcol + 1);
-        break;
-    case VAL_BOOL:
-        p->num = sqlite3_column_int(st, tcol + 1) != 0;
-        break;
-    case VAL_STR:
-    case VAL_JSON:
+    if (rc != SQLITE_OK)
+        return rc;
+    if (p->type == VAL_STR || p->type == VAL_JSON) {
         if (want_str) {
-            const char *txt = (const char *)sqlite3_column_text(st, tcol + 1);
-            size_t n = (size_t)sqlite3_column_bytes(st, tcol + 1);
-            char *copy = xstrndup(txt ? txt : "", txt ? n : 0);
+            char *copy = xstrndup(p->str, p->str_len);
             keep_str(res, copy);
             p->str = copy;
-            p->str_len = txt ? n : 0;
+        } else {
+            p->str = NULL; /* borrowed from st, gone at its next step */
+            p->str_len = 0;
         }
-        break;
     }
+    return SQLITE_OK;
 }
 
 static void push_point(struct emitter *e, const struct point *p)
@@ -280,9 +294,11 @@ static int read_log_value(struct store_reader *r, int64_t rowid, struct point *p
     sqlite3_bind_int64(r->log_value, 1, rowid);
     rc = sqlite3_step(r->log_value);
     if (rc == SQLITE_ROW)
-        read_value(r->log_value, 0, p, e->res, e->q->agg == STORE_AGG_NONE);
+        rc = read_value(r->log_value, 0, p, e->res, e->q->agg == STORE_AGG_NONE);
+    else if (rc == SQLITE_DONE)
+        rc = SQLITE_CORRUPT; /* the scan saw this row in the same snapshot */
     sqlite3_reset(r->log_value);
-    return rc == SQLITE_ROW ? SQLITE_OK : rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+    return rc;
 }
 
 /* Merges the main-table rows of series sid with its log rows lg[0..nlg) (ascending ts,
@@ -325,7 +341,9 @@ static int merge_series(struct store_reader *r, struct emitter *e, int64_t sid,
             }
         } else {
             p.ts_ms = mts;
-            read_value(st, 1, &p, e->res, raw);
+            rc = read_value(st, 1, &p, e->res, raw);
+            if (rc != SQLITE_OK)
+                break;
             rc = sqlite3_step(st);
             have_main = rc == SQLITE_ROW;
         }
@@ -496,7 +514,7 @@ static void run_query(struct store_reader *r, const struct store_query *q,
 out:
     if (rc != SQLITE_OK) {
         log_error("store: query device=%s failed rc=%d error=\"%s\"", q->device, rc,
-                  sqlite3_errmsg(r->db));
+                  store_errmsg(r->db, rc));
         res->rc = GW_ESTORE;
     }
     if (!sqlite3_get_autocommit(r->db))
@@ -507,18 +525,44 @@ out:
     free(lg);
 }
 
-/* ---- requests ---- */
+/* ---- start-up loads (loop thread, blocking) ---- */
 
-static void unlink_req(struct store *s, struct query_req *req)
+int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
 {
-    if (req->prev)
-        req->prev->next = req->next;
-    else
-        s->queries = req->next;
-    if (req->next)
-        req->next->prev = req->prev;
-    req->prev = req->next = NULL;
+    struct store_reader *r = store_reader_get(s);
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!r)
+        return GW_ESTORE;
+    rc = sqlite3_prepare_v2(r->db, SQL_LOAD_LATEST, -1, &st, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct point p = { 0 };
+        const char *device = store_col_text(st, 0);
+        p.key = store_col_text(st, 1);
+        p.ts_ms = sqlite3_column_int64(st, 2);
+        rc = store_read_value(st, 3, &p);
+        if (rc != SQLITE_OK)
+            break;
+        if (device && p.key)
+            fn(ctx, device, &p);
+    }
+    return store_end_load(s, r, rc, "latest", st, NULL);
 }
+
+int store_end_load(struct store *s, struct store_reader *r, int rc, const char *what,
+                   sqlite3_stmt *a, sqlite3_stmt *b)
+{
+    if (rc != SQLITE_DONE)
+        log_error("store: load %s: %s", what, store_errmsg(r->db, rc));
+    sqlite3_finalize(a);
+    sqlite3_finalize(b);
+    store_reader_put(s, r);
+    return rc == SQLITE_DONE ? 0 : GW_ESTORE;
+}
+
+
+/* ---- requests ---- */
 
 static struct store_result *error_result(void)
 {
@@ -558,7 +602,7 @@ static void on_query_done(uv_work_t *w, int status) /* loop thread */
         free(req);
         return;
     }
-    unlink_req(req->s, req);
+    list_remove(&req->s->queries, &req->link);
     res = req->res ? req->res : error_result();
     req->fn(req->ctx, req->q, res);
     free(req);
@@ -589,10 +633,7 @@ int store_query_telemetry(struct store *s, struct store_query *q, store_query_fn
         free(req);
         return rc;
     }
-    req->next = s->queries;
-    if (s->queries)
-        s->queries->prev = req;
-    s->queries = req;
+    list_push_back(&s->queries, &req->link);
     return 0;
 }
 
@@ -602,11 +643,11 @@ void store_queries_finish(struct store *s)
 
     if (!s->have_pool_lock || !s->have_pool_cond)
         return;
-    while ((req = s->queries) != NULL) {
+    while ((req = list_entry(s->queries.head, struct query_req, link)) != NULL) {
         struct store_query *q;
         struct store_result *res;
 
-        unlink_req(s, req);
+        list_remove(&s->queries, &req->link);
         if (uv_cancel((uv_req_t *)&req->work) != 0) { /* running or finished: wait */
             uv_mutex_lock(&s->pool_lock);
             while (!req->work_done)

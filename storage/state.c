@@ -3,50 +3,24 @@
  *
  * Data flow: the store_put_* / store_delete_* functions run on the loop thread; they
  * copy their arguments into a struct store_op and hand it to the writer in the same
- * ordered stream as telemetry (store_submit_op: one seq each, durable when its batch
- * commits). The writer thread applies it with store_apply_state_op inside the
- * batch's transaction, using statements prepared once in store_open (store.c).
- * The loads are start-up only: loop thread, blocking, on a pooled read-only
- * connection. Tables (schema v2, store.c): retained, sessions, session_msgs,
- * commands. */
-#include <string.h>
-
-#include "gateway/log.h"
+ * ordered stream as telemetry (store_submit_op, batch.c: one seq each, durable when
+ * its batch commits). The writer thread applies it with store_apply_state_op inside
+ * the batch's transaction, using statements prepared once by store_db_open
+ * (schema.c). The loads are start-up only: loop thread, blocking, on a pooled
+ * read-only connection (query.c). Tables (schema v2, schema.c): retained, sessions,
+ * session_msgs, commands. */
 #include "base/alloc.h"
 #include "base/err.h"
 #include "storage/store_int.h"
-
-static char *dup_or_null(const char *p)
-{
-    return p ? xstrdup(p) : NULL;
-}
-
-static uint8_t *dup_bytes(const void *p, size_t n)
-{
-    uint8_t *d = xmalloc(n ? n : 1);
-
-    if (n)
-        memcpy(d, p, n);
-    return d;
-}
-
-static struct store_op *op_new(enum store_op_kind kind, const char *id)
-{
-    struct store_op *op = xcalloc(1, sizeof *op);
-
-    op->kind = kind;
-    op->id = xstrdup(id ? id : "");
-    return op;
-}
 
 /* ---- submit (loop thread) ---- */
 
 uint64_t store_put_retained(struct store *s, const char *topic, const void *payload,
                             size_t payload_len, uint8_t qos)
 {
-    struct store_op *op = op_new(STORE_OP_PUT_RETAINED, topic);
+    struct store_op *op = store_op_new(STORE_OP_PUT_RETAINED, topic);
 
-    op->payload = payload_len ? dup_bytes(payload, payload_len) : NULL;
+    op->payload = payload_len ? store_dup_bytes(payload, payload_len) : NULL;
     op->payload_len = payload_len;
     op->qos = qos;
     return store_submit_op(s, op);
@@ -54,7 +28,7 @@ uint64_t store_put_retained(struct store *s, const char *topic, const void *payl
 
 uint64_t store_put_session(struct store *s, const char *client_id, const char *subs_json)
 {
-    struct store_op *op = op_new(STORE_OP_PUT_SESSION, client_id);
+    struct store_op *op = store_op_new(STORE_OP_PUT_SESSION, client_id);
 
     op->text = xstrdup(subs_json ? subs_json : "[]");
     return store_submit_op(s, op);
@@ -62,18 +36,18 @@ uint64_t store_put_session(struct store *s, const char *client_id, const char *s
 
 uint64_t store_delete_session(struct store *s, const char *client_id)
 {
-    return store_submit_op(s, op_new(STORE_OP_DELETE_SESSION, client_id));
+    return store_submit_op(s, store_op_new(STORE_OP_DELETE_SESSION, client_id));
 }
 
 uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t msg_id,
                                const char *topic, const void *payload, size_t payload_len,
                                uint8_t qos, uint8_t retain)
 {
-    struct store_op *op = op_new(STORE_OP_PUT_SESSION_MSG, client_id);
+    struct store_op *op = store_op_new(STORE_OP_PUT_SESSION_MSG, client_id);
 
     op->msg_id = msg_id;
     op->topic = xstrdup(topic ? topic : "");
-    op->payload = dup_bytes(payload, payload_len);
+    op->payload = store_dup_bytes(payload, payload_len);
     op->payload_len = payload_len;
     op->qos = qos;
     op->retain = retain;
@@ -82,7 +56,7 @@ uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t 
 
 uint64_t store_delete_session_msg(struct store *s, const char *client_id, uint64_t msg_id)
 {
-    struct store_op *op = op_new(STORE_OP_DELETE_SESSION_MSG, client_id);
+    struct store_op *op = store_op_new(STORE_OP_DELETE_SESSION_MSG, client_id);
 
     op->msg_id = msg_id;
     return store_submit_op(s, op);
@@ -90,13 +64,13 @@ uint64_t store_delete_session_msg(struct store *s, const char *client_id, uint64
 
 uint64_t store_put_command(struct store *s, const struct store_command *c)
 {
-    struct store_op *op = op_new(STORE_OP_PUT_COMMAND, c->id);
+    struct store_op *op = store_op_new(STORE_OP_PUT_COMMAND, c->id);
 
     op->device = xstrdup(c->device ? c->device : "");
     op->text = xstrdup(c->name ? c->name : "");
-    op->params_json = dup_or_null(c->params_json);
+    op->params_json = store_dup(c->params_json);
     op->status = xstrdup(c->status ? c->status : "queued");
-    op->reply_json = dup_or_null(c->reply_json);
+    op->reply_json = store_dup(c->reply_json);
     op->created_ms = c->created_ms;
     op->last_seen_ms = c->updated_ms;
     op->expires_ms = c->expires_ms;
@@ -105,36 +79,12 @@ uint64_t store_put_command(struct store *s, const struct store_command *c)
 
 /* ---- apply (writer thread, inside the batch's transaction) ---- */
 
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *p)
-{
-    if (p)
-        sqlite3_bind_text(st, i, p, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-/* A zero-length payload is an empty blob, never NULL. */
-static void bind_payload(sqlite3_stmt *st, int i, const struct store_op *op)
-{
-    sqlite3_bind_blob(st, i, op->payload ? (const void *)op->payload : "", (int)op->payload_len,
-                      SQLITE_STATIC);
-}
-
-static int run_bound(sqlite3_stmt *st)
-{
-    int rc = sqlite3_step(st);
-
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
 static int run_with_id(struct store *s, enum store_stmt which, const char *id)
 {
     sqlite3_stmt *st = s->st[which];
 
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    return run_bound(st);
+    return store_step(st);
 }
 
 int store_apply_state_op(struct store *s, const struct store_op *op)
@@ -148,14 +98,14 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
             return run_with_id(s, ST_RETAINED_DEL, op->id);
         st = s->st[ST_RETAINED_PUT];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
-        bind_payload(st, 2, op);
+        store_bind_blob(st, 2, op->payload, op->payload_len);
         sqlite3_bind_int(st, 3, op->qos);
-        return run_bound(st);
+        return store_step(st);
     case STORE_OP_PUT_SESSION:
         st = s->st[ST_SESSION_PUT];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, op->text, -1, SQLITE_STATIC);
-        return run_bound(st);
+        return store_step(st);
     case STORE_OP_DELETE_SESSION:
         rc = run_with_id(s, ST_SESSION_MSGS_DEL, op->id);
         return rc == SQLITE_OK ? run_with_id(s, ST_SESSION_DEL, op->id) : rc;
@@ -164,27 +114,27 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (int64_t)op->msg_id);
         sqlite3_bind_text(st, 3, op->topic, -1, SQLITE_STATIC);
-        bind_payload(st, 4, op);
+        store_bind_blob(st, 4, op->payload, op->payload_len);
         sqlite3_bind_int(st, 5, op->qos);
         sqlite3_bind_int(st, 6, op->retain);
-        return run_bound(st);
+        return store_step(st);
     case STORE_OP_DELETE_SESSION_MSG:
         st = s->st[ST_SESSION_MSG_DEL];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (int64_t)op->msg_id);
-        return run_bound(st);
+        return store_step(st);
     case STORE_OP_PUT_COMMAND:
         st = s->st[ST_COMMAND_PUT];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, op->device, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, op->text, -1, SQLITE_STATIC);
-        bind_text_or_null(st, 4, op->params_json);
+        store_bind_text_or_null(st, 4, op->params_json);
         sqlite3_bind_text(st, 5, op->status, -1, SQLITE_STATIC);
-        bind_text_or_null(st, 6, op->reply_json);
+        store_bind_text_or_null(st, 6, op->reply_json);
         sqlite3_bind_int64(st, 7, op->created_ms);
         sqlite3_bind_int64(st, 8, op->last_seen_ms);
         sqlite3_bind_int64(st, 9, op->expires_ms);
-        return run_bound(st);
+        return store_step(st);
     default:
         return SQLITE_MISUSE;
     }
@@ -201,19 +151,6 @@ static const char SQL_LOAD_COMMANDS[] =
     "SELECT id, device, name, params, status, reply, created_ms, updated_ms, expires_ms"
     " FROM commands WHERE created_ms >= ?1 ORDER BY created_ms, id";
 
-static const char *col_text(sqlite3_stmt *st, int i)
-{
-    return (const char *)sqlite3_column_text(st, i);
-}
-
-static const void *col_blob(sqlite3_stmt *st, int i, size_t *len)
-{
-    const void *p = sqlite3_column_blob(st, i);
-
-    *len = (size_t)sqlite3_column_bytes(st, i);
-    return p ? p : "";
-}
-
 int store_load_retained(struct store *s, store_retained_fn fn, void *ctx)
 {
     struct store_reader *r = store_reader_get(s);
@@ -225,8 +162,8 @@ int store_load_retained(struct store *s, store_retained_fn fn, void *ctx)
     rc = sqlite3_prepare_v2(r->db, SQL_LOAD_RETAINED, -1, &st, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         size_t len;
-        const void *payload = col_blob(st, 1, &len);
-        const char *topic = col_text(st, 0);
+        const void *payload = store_col_blob(st, 1, &len);
+        const char *topic = store_col_text(st, 0);
 
         if (topic)
             fn(ctx, topic, payload, len, (uint8_t)sqlite3_column_int(st, 2));
@@ -250,7 +187,7 @@ int store_load_sessions(struct store *s, store_session_fn on_session,
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for both */
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *client_id = col_text(st, 0), *subs = col_text(st, 1);
+        const char *client_id = store_col_text(st, 0), *subs = store_col_text(st, 1);
 
         rc = SQLITE_OK;
         if (!client_id)
@@ -261,8 +198,8 @@ int store_load_sessions(struct store *s, store_session_fn on_session,
         sqlite3_bind_text(msgs, 1, client_id, -1, SQLITE_STATIC);
         while ((rc = sqlite3_step(msgs)) == SQLITE_ROW) {
             size_t len;
-            const void *payload = col_blob(msgs, 2, &len);
-            const char *topic = col_text(msgs, 1);
+            const void *payload = store_col_blob(msgs, 2, &len);
+            const char *topic = store_col_text(msgs, 1);
 
             on_msg(ctx, client_id, (uint64_t)sqlite3_column_int64(msgs, 0), topic ? topic : "",
                    payload, len, (uint8_t)sqlite3_column_int(msgs, 3),
@@ -289,12 +226,12 @@ int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, 
         sqlite3_bind_int64(st, 1, since_ms);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_command c = {
-            .id = col_text(st, 0),
-            .device = col_text(st, 1),
-            .name = col_text(st, 2),
-            .params_json = col_text(st, 3),
-            .status = col_text(st, 4),
-            .reply_json = col_text(st, 5),
+            .id = store_col_text(st, 0),
+            .device = store_col_text(st, 1),
+            .name = store_col_text(st, 2),
+            .params_json = store_col_text(st, 3),
+            .status = store_col_text(st, 4),
+            .reply_json = store_col_text(st, 5),
             .created_ms = sqlite3_column_int64(st, 6),
             .updated_ms = sqlite3_column_int64(st, 7),
             .expires_ms = sqlite3_column_int64(st, 8),

@@ -1,7 +1,19 @@
 /* storage/store_int.h: shared inside storage/ and its unit tests only (store.h is the
  * public contract). Holds struct store, the batch and operation records that travel
- * from the loop thread to the writer thread, the write connection's statement table
- * and two test seams (store_compact, STORE_COMMIT_TRIES).
+ * from the loop thread to the writer thread, the write connection's statement table,
+ * the functions the storage files call in each other and the test seams.
+ *
+ * Calls between the storage files go one way only: a file calls only files listed
+ * below it (batch.c and sql.c call nothing else in storage/):
+ *   store.c      open/close, the bus sink, the counters the loop reads
+ *   writer.c     the writer thread: commits batches, compaction, retention
+ *   devices.c    device records         state.c  broker state and commands
+ *                (build ops on the loop, apply them on the writer, start-up loads)
+ *   batch.c      loop side of the hand-off: ops, the open batch, sealing, done reports
+ *   schema.c     the write connection: pragmas, migrations, prepared statements
+ *   query.c      read-only connections: the pool, telemetry queries, the latest load
+ *   sql.c        SQL helpers and the one value <-> (t, v) column mapping
+ * The start-up loads in devices.c and state.c borrow query.c's reader pool.
  *
  * Who touches what: fields under "loop thread" are read and written only on the loop
  * thread; "lock" fields only with s->lock held; "writer thread" fields only on the
@@ -15,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/list.h"
 #include "storage/store.h"
 
 #define STORE_SCHEMA_VERSION 2          /* PRAGMA user_version after migrations */
@@ -33,7 +46,6 @@
 /* Defaults for zero fields of struct store_cfg (same values as config.c). */
 #define STORE_DEFAULT_BATCH_ROWS 1000
 #define STORE_DEFAULT_HIGH_ROWS 200000
-#define STORE_DEFAULT_LOW_ROWS 50000
 #define STORE_DEFAULT_COMPACT_ROWS 100000
 
 enum store_op_kind {
@@ -55,7 +67,7 @@ enum store_op_kind {
 struct store_op {
     enum store_op_kind kind;
     char *id;           /* device id | retained topic | session client id | command id;
-                         * NULL for STORE_OP_COMPACT */
+                         * "" for STORE_OP_COMPACT */
     char *token_hash;   /* device put: NULL keeps the old hash */
     char *role;         /* device put */
     char *attrs_json;   /* device put */
@@ -127,7 +139,7 @@ struct store_cache {
     size_t count;
 };
 
-/* Statements of the write connection, prepared once in store_open (store.c). */
+/* Statements of the write connection, prepared once by store_db_open (schema.c). */
 enum store_stmt {
     ST_BEGIN = 0, ST_COMMIT, ST_ROLLBACK,
     ST_DEVID_GET, ST_DEVID_ADD, ST_SERIES_GET, ST_SERIES_ADD, ST_LOG_ADD,
@@ -139,8 +151,6 @@ enum store_stmt {
     ST_SESSION_MSG_PUT, ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
     ST_COUNT
 };
-
-struct query_req;
 
 struct store {
     /* read-only after store_open */
@@ -160,7 +170,7 @@ struct store {
     int paused;                 /* 1 after on_pressure(1) until on_pressure(0) */
     int loop_ref;               /* async handle ref'd: operations await durability */
     int closing;                /* store_close has started */
-    struct query_req *queries;  /* queries in flight (list head) */
+    struct list queries;        /* queries in flight (struct query_req) */
 
     /* s->lock: the two queues, the stop flag and the commit-failure seam */
     uv_mutex_t lock;
@@ -198,27 +208,49 @@ struct store {
     uv_thread_t thread;
 };
 
-/* ---- store.c ---- */
-/* Applies one operation inside the writer's open transaction: SQLite result code. */
-int store_apply_op(struct store *s, const struct store_op *op, int *compact);
-void store_op_free(struct store_op *op);
+/* ---- writer.c ---- */
+/* Starts the writer thread (store_open, after store_handles_init). */
+int store_writer_start(struct store *s);
+/* Seals, waits for the writer to drain, joins it and reports what is done; frees the
+ * writer's caches (store_close). */
+void store_writer_stop(struct store *s);
 
-/* ---- state.c ---- */
-/* Applies a broker-state or command operation (writer thread): SQLite result code. */
+/* ---- devices.c (writer thread, inside the batch's transaction) ---- */
+/* Applies a device put, touch or delete: SQLite result code. */
+int store_apply_device_op(struct store *s, const struct store_op *op);
+
+/* ---- state.c (writer thread, inside the batch's transaction) ---- */
+/* Applies a broker-state or command operation: SQLite result code. */
 int store_apply_state_op(struct store *s, const struct store_op *op);
 
-/* ---- writer.c ---- */
-/* Creates the timer and async handles and starts the writer thread (store_open). */
-int store_writer_start(struct store *s);
-/* uv_close()s the handles; they are freed when the loop runs (store_close). */
-void store_handles_close(struct store *s);
-/* Seals the open batch (loop thread). */
-void store_seal(struct store *s);
-/* Adds op to the open batch, seals it, returns the op's seq (loop thread). */
+/* ---- batch.c (loop thread) ---- */
+/* A zeroed operation of kind with a copy of id (NULL: ""). */
+struct store_op *store_op_new(enum store_op_kind kind, const char *id);
+void store_op_free(struct store_op *op);
+/* A copy of p, or NULL for NULL. */
+char *store_dup(const char *p);
+/* A copy of n bytes (one byte allocated when n is 0). */
+uint8_t *store_dup_bytes(const void *p, size_t n);
+/* Takes ownership of op: adds it to the open batch, seals it, returns the op's seq. */
 uint64_t store_submit_op(struct store *s, struct store_op *op);
-/* Seals, waits for the writer to drain, joins it and reports what is done (store_close). */
-void store_writer_stop(struct store *s);
-void store_cache_clear(struct store_cache *c);
+/* Seals the open batch: it moves to the todo queue and the writer is woken. */
+void store_seal(struct store *s);
+/* Reports finished batches (done queue) through on_durable; report_pressure 0 skips
+ * the low-water callback (store_close). */
+void store_drain_done(struct store *s, int report_pressure);
+/* Frees the open batch without committing it (store_close: nothing can commit it). */
+void store_discard_open(struct store *s);
+/* Creates the loop handles (store_open); store_handles_close uv_close()s them, they
+ * are freed when the loop runs. */
+int store_handles_init(struct store *s);
+void store_handles_close(struct store *s);
+
+/* ---- schema.c ---- */
+/* Opens the write connection at s->path, sets its pragmas, migrates the schema to
+ * STORE_SCHEMA_VERSION, counts the log and prepares s->st: 0 or -1 (logged). */
+int store_db_open(struct store *s);
+/* Finalizes s->st and closes the write connection (safe when half open). */
+void store_db_close(struct store *s);
 
 /* ---- query.c ---- */
 /* Borrows a read-only connection from the pool (opens one when none is idle). */
@@ -233,10 +265,35 @@ void store_queries_finish(struct store *s);
 /* Closes the idle connections (store_close, after store_queries_finish). */
 void store_pool_close(struct store *s);
 
+/* ---- sql.c (any thread, on the connection the caller owns) ---- */
+/* Runs SQL text without results; logs a failure. 0 or -1. */
+int store_exec(sqlite3 *db, const char *sql);
+/* The first column of the first row of sql as an integer. SQLite result code. */
+int store_get_int64(sqlite3 *db, const char *sql, int64_t *out);
+/* The text for rc: the connection's own message when rc is its last error (it names
+ * the table or column), else SQLite's generic text. */
+const char *store_errmsg(sqlite3 *db, int rc);
+/* Steps a bound statement to completion, then resets it and clears its bindings.
+ * SQLITE_OK (a row it returns is ignored) or the error code. */
+int store_step(sqlite3_stmt *st);
+void store_bind_text_or_null(sqlite3_stmt *st, int i, const char *p);
+/* Binds n bytes as a blob; zero bytes bind an empty blob, never NULL. SQLITE_STATIC. */
+void store_bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n);
+const char *store_col_text(sqlite3_stmt *st, int i);
+/* Column i as bytes (never NULL; "" when empty) and their length. */
+const void *store_col_blob(sqlite3_stmt *st, int i, size_t *len);
+/* The value columns: t (enum val_type) at tcol, v at tcol + 1. Both directions answer
+ * a type outside enum val_type with SQLITE_MISMATCH and a log line: such a value is
+ * neither stored nor served. store_bind_value binds p's strings SQLITE_STATIC;
+ * store_read_value sets p->type, p->num, p->str and p->str_len (str borrowed from st:
+ * valid until its next step or reset; never NULL for strings). */
+int store_bind_value(sqlite3_stmt *st, int tcol, const struct point *p);
+int store_read_value(sqlite3_stmt *st, int tcol, struct point *p);
+
 /* ---- test seams ---- */
 /* Queues a forced compaction of the log (and a retention pass when retention_days > 0)
  * in the ordered stream: its seq is reported durable once the compaction has run.
- * Loop thread. */
+ * Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
 
 #endif

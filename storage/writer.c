@@ -1,186 +1,23 @@
-/* storage/writer.c: the only thread that writes SQLite, and the loop-side batching
- * that feeds it.
+/* storage/writer.c: the only thread that writes SQLite.
  *
- * Loop thread: store_append / store_submit_op add items to the open batch and give
- * each operation the next seq. The batch is sealed at cfg.batch_rows rows, after
- * cfg.batch_delay_ms (timer) or when a device operation arrives, and pushed on the
- * todo queue; a sealed batch that the writer has not taken yet absorbs the next one
- * while both fit in batch_rows (group commit while the writer is busy).
- *
- * Writer thread: pops a batch, BEGIN IMMEDIATE, one bound insert into the
- * arrival-ordered telemetry_log per point (device and series ids come from a cache of
- * the dictionaries), device operations in order, COMMIT. A failed attempt rolls back
- * and is retried after 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported
- * failed and the writer goes on with the next. The batch's messages are released
- * here, then it moves to the done queue and uv_async_send() wakes the loop.
+ * Writer thread: pops a sealed batch from the todo queue (batch.c fills it), BEGIN
+ * IMMEDIATE, one bound insert into the arrival-ordered telemetry_log per point (device
+ * and series ids come from a cache of the dictionaries), the other operations in order
+ * (devices.c, state.c), COMMIT. A failed attempt rolls back and is retried after
+ * 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported failed and the writer
+ * goes on with the next. The batch's messages are released here, then it moves to the
+ * done queue and uv_async_send() wakes the loop (batch.c reports it).
  * Off the ack path the writer compacts: when the log holds cfg.compact_rows rows, or
  * has been idle STORE_IDLE_MS with a non-empty log, it moves the log sorted into the
  * (series, ts) table, refreshes `latest` and empties the log in one transaction.
  * Retention (cfg.retention_days) deletes expired rows in bounded passes.
- *
- * Loop thread again: on_done drains the whole done queue (sends coalesce), advances
- * the durable watermark, calls on_durable and on_pressure.
  * s->lock guards the two queues and the seam counters only; SQLite runs outside it. */
-#include <assert.h>
 #include <string.h>
 
-#include "gateway/log.h"
 #include "base/alloc.h"
 #include "base/clock.h"
+#include "gateway/log.h"
 #include "storage/store_int.h"
-
-/* ---- loop thread: batching ---- */
-
-static void on_handle_closed(uv_handle_t *handle)
-{
-    struct store_handles *h = handle->data;
-
-    if (--h->nopen == 0)
-        free(h);
-}
-
-static void on_batch_timer(uv_timer_t *t)
-{
-    struct store_handles *h = t->data;
-
-    store_seal(h->s);
-}
-
-static void check_pressure_high(struct store *s)
-{
-    if (!s->paused && s->queued_rows > s->cfg.queue_high_rows) {
-        s->paused = 1;
-        if (s->on_pressure)
-            s->on_pressure(s->ctx, 1);
-    }
-}
-
-/* Reports finished batches in order; consecutive batches with the same outcome share
- * one on_durable call (upto = the last one's seq). */
-static void drain_done(struct store *s, int report_pressure)
-{
-    struct store_batch *b, *next;
-
-    uv_mutex_lock(&s->lock);
-    b = s->done_head;
-    s->done_head = s->done_tail = NULL;
-    uv_mutex_unlock(&s->lock);
-    for (; b; b = next) {
-        uint64_t upto = b->last_seq;
-        int ok = b->ok;
-
-        next = b->next;
-        assert(s->queued_rows >= b->nrows);
-        s->queued_rows -= b->nrows;
-        s->durable_seq = upto;
-        free(b);
-        if ((!next || next->ok != ok) && s->on_durable)
-            s->on_durable(s->ctx, upto, ok);
-    }
-    if (s->loop_ref && s->durable_seq == s->last_seq && s->h) {
-        uv_unref((uv_handle_t *)&s->h->async);
-        s->loop_ref = 0;
-    }
-    if (report_pressure && s->paused && s->queued_rows < s->cfg.queue_low_rows) {
-        s->paused = 0;
-        if (s->on_pressure)
-            s->on_pressure(s->ctx, 0);
-    }
-}
-
-static void on_done(uv_async_t *a)
-{
-    struct store_handles *h = a->data;
-
-    drain_done(h->s, 1);
-}
-
-/* The store keeps the loop alive while operations await durability, and only then. */
-static void hold_loop(struct store *s)
-{
-    if (!s->loop_ref) {
-        uv_ref((uv_handle_t *)&s->h->async);
-        s->loop_ref = 1;
-    }
-}
-
-static struct store_batch *open_batch(struct store *s)
-{
-    hold_loop(s);
-    if (!s->open) {
-        s->open = xcalloc(1, sizeof *s->open);
-        uv_timer_start(&s->h->timer, on_batch_timer, s->cfg.batch_delay_ms, 0);
-    }
-    return s->open;
-}
-
-static void push_item(struct store_batch *b, struct msg *m, struct store_op *op)
-{
-    if (b->nitems == b->cap) {
-        b->cap = b->cap ? 2 * b->cap : 64;
-        b->items = xrealloc(b->items, b->cap * sizeof *b->items);
-    }
-    b->items[b->nitems].m = m;
-    b->items[b->nitems].op = op;
-    b->nitems++;
-}
-
-void store_seal(struct store *s)
-{
-    struct store_batch *b = s->open, *t;
-
-    if (!b)
-        return;
-    s->open = NULL;
-    uv_timer_stop(&s->h->timer);
-    uv_mutex_lock(&s->lock);
-    t = s->todo_tail;
-    if (t && t->nrows + b->nrows <= s->cfg.batch_rows) {
-        /* the writer has not taken t yet: ride along in its transaction */
-        for (size_t i = 0; i < b->nitems; i++)
-            push_item(t, b->items[i].m, b->items[i].op);
-        t->nrows += b->nrows;
-        t->last_seq = b->last_seq;
-        free(b->items);
-        free(b);
-    } else if (t) {
-        t->next = b;
-        s->todo_tail = b;
-    } else {
-        s->todo_head = s->todo_tail = b;
-    }
-    uv_cond_signal(&s->cond);
-    uv_mutex_unlock(&s->lock);
-}
-
-uint64_t store_append(struct store *s, struct msg *m)
-{
-    uint64_t seq = ++s->last_seq;
-    struct store_batch *b = open_batch(s);
-
-    /* a message without points still gets a seq, durable with its batch */
-    if (m && m->kind == MSG_TELEMETRY && m->npoints > 0 && m->device && m->device[0]) {
-        push_item(b, msg_ref(m), NULL);
-        b->nrows += m->npoints;
-        s->queued_rows += m->npoints;
-    }
-    b->last_seq = seq;
-    check_pressure_high(s);
-    if (b->nrows >= s->cfg.batch_rows)
-        store_seal(s);
-    return seq;
-}
-
-uint64_t store_submit_op(struct store *s, struct store_op *op)
-{
-    uint64_t seq = ++s->last_seq;
-    struct store_batch *b = open_batch(s);
-
-    push_item(b, NULL, op);
-    b->last_seq = seq;
-    store_seal(s); /* an operation's durability is not delayed by the batch timer */
-    return seq;
-}
 
 /* ---- writer thread: the dictionary cache ---- */
 
@@ -195,7 +32,7 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h ^ (h >> 29);
 }
 
-void store_cache_clear(struct store_cache *c)
+static void cache_clear(struct store_cache *c)
 {
     for (size_t i = 0; i < c->cap; i++)
         free(c->slots[i].key);
@@ -236,7 +73,7 @@ static void cache_put(struct store_cache *c, const char *key, size_t len, int64_
     struct store_cache_slot *sl;
 
     if (c->count >= STORE_SERIES_CACHE_MAX)
-        store_cache_clear(c); /* bounded: start over, misses cost one indexed SELECT */
+        cache_clear(c); /* bounded: start over, misses cost one indexed SELECT */
     if (2 * (c->count + 1) > c->cap) {
         struct store_cache old = *c;
         c->cap = old.cap ? 2 * old.cap : 1024;
@@ -330,14 +167,6 @@ static int resolve_series(struct store *s, int64_t dev_id, const char *key, int6
 
 /* ---- writer thread: batches ---- */
 
-static int step_once(sqlite3_stmt *st)
-{
-    int rc = sqlite3_step(st);
-
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
-}
-
 static int insert_points(struct store *s, const struct msg *m)
 {
     sqlite3_stmt *st = s->st[ST_LOG_ADD];
@@ -352,29 +181,35 @@ static int insert_points(struct store *s, const struct msg *m)
             break;
         sqlite3_bind_int64(st, 1, sid);
         sqlite3_bind_int64(st, 2, p->ts_ms);
-        sqlite3_bind_int(st, 3, (int)p->type);
-        switch (p->type) {
-        case VAL_NUM:
-            sqlite3_bind_double(st, 4, p->num);
-            break;
-        case VAL_BOOL:
-            sqlite3_bind_int(st, 4, p->num != 0);
-            break;
-        case VAL_STR:
-        case VAL_JSON:
-            sqlite3_bind_text(st, 4, p->str ? p->str : "", p->str ? (int)p->str_len : 0,
-                              SQLITE_STATIC);
-            break;
-        default:
-            sqlite3_bind_null(st, 4);
-            break;
-        }
-        rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        rc = store_bind_value(st, 3, p);
+        if (rc == SQLITE_OK)
+            rc = store_step(st);
+        else
+            sqlite3_clear_bindings(st);
         s->tx_log_rows++;
     }
     return rc;
+}
+
+static int apply_op(struct store *s, const struct store_op *op, int *compact)
+{
+    int rc;
+
+    switch (op->kind) {
+    case STORE_OP_COMPACT:
+        *compact = 1;
+        return SQLITE_OK;
+    case STORE_OP_PUT_DEVICE:
+    case STORE_OP_TOUCH_DEVICE:
+        return store_apply_device_op(s, op);
+    case STORE_OP_DELETE_DEVICE:
+        rc = store_apply_device_op(s, op);
+        /* ids of the device's series are gone; the cache forgets them (deletes are rare) */
+        cache_clear(&s->cache);
+        return rc;
+    default:
+        return store_apply_state_op(s, op);
+    }
 }
 
 /* One attempt at committing b: SQLITE_OK, or the failure's code after rolling back. */
@@ -384,12 +219,12 @@ static int commit_batch(struct store *s, struct store_batch *b, int *compact)
 
     *compact = 0;
     s->tx_log_rows = 0;
-    rc = step_once(s->st[ST_BEGIN]);
+    rc = store_step(s->st[ST_BEGIN]);
     for (size_t i = 0; rc == SQLITE_OK && i < b->nitems; i++) {
         if (b->items[i].m)
             rc = insert_points(s, b->items[i].m);
         else
-            rc = store_apply_op(s, b->items[i].op, compact);
+            rc = apply_op(s, b->items[i].op, compact);
     }
     if (rc == SQLITE_OK) {
         uv_mutex_lock(&s->lock);
@@ -398,7 +233,7 @@ static int commit_batch(struct store *s, struct store_batch *b, int *compact)
             fail_rc = s->fail_rc;
         }
         uv_mutex_unlock(&s->lock);
-        rc = fail_rc ? fail_rc : step_once(s->st[ST_COMMIT]);
+        rc = fail_rc ? fail_rc : store_step(s->st[ST_COMMIT]);
     }
     if (rc == SQLITE_OK) {
         s->log_rows += s->tx_log_rows;
@@ -408,9 +243,9 @@ static int commit_batch(struct store *s, struct store_batch *b, int *compact)
              (unsigned long long)b->last_seq, rc, sqlite3_errstr(rc),
              fail_rc ? " (injected)" : "");
     if (!sqlite3_get_autocommit(s->db))
-        step_once(s->st[ST_ROLLBACK]);
+        store_step(s->st[ST_ROLLBACK]);
     /* ids created inside the rolled-back transaction are gone: forget them all */
-    store_cache_clear(&s->cache);
+    cache_clear(&s->cache);
     *compact = 0;
     return rc;
 }
@@ -431,17 +266,17 @@ static void compact(struct store *s)
     int64_t rows = s->log_rows;
     int rc;
 
-    rc = step_once(s->st[ST_BEGIN]);
+    rc = store_step(s->st[ST_BEGIN]);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(s->st[ST_COMPACT_MOVE], 1, retention_cutoff(s));
-        rc = step_once(s->st[ST_COMPACT_MOVE]);
+        rc = store_step(s->st[ST_COMPACT_MOVE]);
     }
     if (rc == SQLITE_OK)
-        rc = step_once(s->st[ST_COMPACT_LATEST]);
+        rc = store_step(s->st[ST_COMPACT_LATEST]);
     if (rc == SQLITE_OK)
-        rc = step_once(s->st[ST_COMPACT_CLEAR]);
+        rc = store_step(s->st[ST_COMPACT_CLEAR]);
     if (rc == SQLITE_OK)
-        rc = step_once(s->st[ST_COMMIT]);
+        rc = store_step(s->st[ST_COMMIT]);
     if (rc == SQLITE_OK) {
         s->log_rows = 0;
         s->compact_failed = 0;
@@ -450,9 +285,9 @@ static void compact(struct store *s)
         return;
     }
     log_error("store: compaction of rows=%lld failed rc=%d error=\"%s\"", (long long)rows, rc,
-              sqlite3_errmsg(s->db));
+              store_errmsg(s->db, rc));
     if (!sqlite3_get_autocommit(s->db))
-        step_once(s->st[ST_ROLLBACK]);
+        store_step(s->st[ST_ROLLBACK]);
     s->compact_failed = 1;
     s->compact_retry_rows = s->log_rows + (int64_t)s->cfg.compact_rows;
 }
@@ -469,7 +304,7 @@ static void retention_pass(struct store *s)
     size_t visited = 0;
     int rc, swept = 0;
 
-    rc = step_once(s->st[ST_BEGIN]);
+    rc = store_step(s->st[ST_BEGIN]);
     while (rc == SQLITE_OK && budget > 0 && visited < STORE_RETENTION_PASS_SERIES) {
         size_t n = 0;
 
@@ -495,7 +330,7 @@ static void retention_pass(struct store *s)
                 break;
             sqlite3_bind_int64(del, 1, ids[i]);
             sqlite3_bind_int64(del, 2, below);
-            rc = step_once(del);
+            rc = store_step(del);
             if (rc != SQLITE_OK)
                 break;
             budget -= sqlite3_changes(s->db);
@@ -510,11 +345,12 @@ static void retention_pass(struct store *s)
         }
     }
     if (rc == SQLITE_OK)
-        rc = step_once(s->st[ST_COMMIT]);
+        rc = store_step(s->st[ST_COMMIT]);
     if (rc != SQLITE_OK) {
-        log_error("store: retention pass failed rc=%d error=\"%s\"", rc, sqlite3_errmsg(s->db));
+        log_error("store: retention pass failed rc=%d error=\"%s\"", rc,
+                  store_errmsg(s->db, rc));
         if (!sqlite3_get_autocommit(s->db))
-            step_once(s->st[ST_ROLLBACK]);
+            store_step(s->st[ST_ROLLBACK]);
         s->ret_behind = 0;
         s->ret_last_ms = gw_mono_ms(); /* try again next period */
         return;
@@ -538,20 +374,21 @@ static void maintain(struct store *s, int force)
 
 static void process_batch(struct store *s, struct store_batch *b)
 {
-    int ok = 0, compact_req = 0, rc = SQLITE_OK;
+    int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0;
 
-    if (b->nitems == 0)
-        ok = 1;
-    for (int attempt = 0; !ok && attempt < STORE_COMMIT_TRIES; attempt++) {
-        if (attempt > 0)
-            uv_sleep(STORE_RETRY_BASE_MS << (attempt - 1));
+    while (!ok && tries < STORE_COMMIT_TRIES) {
+        if (tries > 0)
+            uv_sleep(STORE_RETRY_BASE_MS << (tries - 1));
         rc = commit_batch(s, b, &compact_req);
         ok = rc == SQLITE_OK;
+        tries++;
+        if (rc == SQLITE_MISMATCH)
+            break; /* a value this build cannot store: no retry will store it */
     }
     if (!ok && s->failed_batches++ == 0) /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable;"
-                  " rc=%d error=\"%s\"", (unsigned long long)b->last_seq, b->nrows,
-                  STORE_COMMIT_TRIES, rc, sqlite3_errstr(rc));
+                  " rc=%d error=\"%s\"", (unsigned long long)b->last_seq, b->nrows, tries, rc,
+                  sqlite3_errstr(rc));
     if (ok && b->nitems > 0 && s->failed_batches > 0) {
         log_warn("store: commits recovered after failed_batches=%llu",
                  (unsigned long long)s->failed_batches);
@@ -619,17 +456,6 @@ static void on_writer_thread(void *arg)
 
 int store_writer_start(struct store *s)
 {
-    s->h = xcalloc(1, sizeof *s->h);
-    s->h->s = s;
-    if (uv_timer_init(s->loop, &s->h->timer) != 0)
-        return -1;
-    s->h->timer.data = s->h;
-    s->h->nopen++;
-    if (uv_async_init(s->loop, &s->h->async, on_done) != 0)
-        return -1;
-    s->h->async.data = s->h;
-    s->h->nopen++;
-    uv_unref((uv_handle_t *)&s->h->async); /* ref'd while work is outstanding */
     s->ret_last_ms = gw_mono_ms() - STORE_RETENTION_PERIOD_MS; /* first sweep when idle */
     if (uv_thread_create(&s->thread, on_writer_thread, s) != 0)
         return -1;
@@ -647,34 +473,19 @@ void store_writer_stop(struct store *s)
         uv_mutex_unlock(&s->lock);
         uv_thread_join(&s->thread);
         s->have_thread = 0;
-        drain_done(s, 0); /* the last on_durable calls, before store_close returns */
+        store_drain_done(s, 0); /* the last on_durable calls, before store_close returns */
     }
-    if (s->open) { /* half-built store: nothing can commit it */
-        for (size_t i = 0; i < s->open->nitems; i++) {
-            msg_unref(s->open->items[i].m);
-            store_op_free(s->open->items[i].op);
-        }
-        free(s->open->items);
-        free(s->open);
-        s->open = NULL;
-    }
+    /* writes submitted by those last callbacks: no writer is left to commit them */
+    store_discard_open(s);
+    cache_clear(&s->cache);
+    free(s->cache.slots);
+    s->cache.slots = NULL;
+    s->cache.cap = 0;
+    free(s->scratch);
+    s->scratch = NULL;
 }
 
-void store_handles_close(struct store *s)
+uint64_t store_compact(struct store *s)
 {
-    struct store_handles *h = s->h;
-    int n;
-
-    if (!h)
-        return;
-    s->h = NULL;
-    n = h->nopen; /* on_handle_closed frees h after the last close */
-    if (n == 0) {
-        free(h);
-        return;
-    }
-    uv_timer_stop(&h->timer);
-    uv_close((uv_handle_t *)&h->timer, on_handle_closed);
-    if (n >= 2)
-        uv_close((uv_handle_t *)&h->async, on_handle_closed);
+    return store_submit_op(s, store_op_new(STORE_OP_COMPACT, NULL));
 }

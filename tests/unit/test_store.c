@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "gateway/msg.h"
+#include "gateway/ticket.h"
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "base/err.h"
@@ -159,7 +160,7 @@ static int wait_until(struct fixture *f, cond_fn cond, const void *arg)
 
 static int is_durable(struct fixture *f, const void *arg)
 {
-    return store_durable_seq(f->s) >= *(const uint64_t *)arg;
+    return f->s->durable_seq >= *(const uint64_t *)arg;
 }
 
 static void wait_durable(struct fixture *f, uint64_t seq)
@@ -309,11 +310,11 @@ static void test_value_types(void **state)
 
     do_open(f);
     seq = append(f, "dev-1", pts, sizeof pts / sizeof pts[0]);
-    assert_int_equal(seq, store_last_seq(f->s));
-    assert_int_equal(store_queued_rows(f->s), 7);
+    assert_int_equal(seq, f->s->last_seq);
+    assert_int_equal(store_queued(f->s), 7);
     wait_durable(f, seq);
     assert_int_equal(outcome_of(f, seq), 1);
-    assert_int_equal(store_queued_rows(f->s), 0);
+    assert_int_equal(store_queued(f->s), 0);
 
     r = query(f, &(struct qspec){ .device = "dev-1", .keys = { "n", "b", "s", "j" } });
     assert_int_equal(r->nseries, 4);
@@ -822,18 +823,18 @@ static void test_backpressure(void **state)
                                pnum("d", i, i) };
         seq = append(f, "dev", pts, 4);
     }
-    assert_int_equal(store_queued_rows(f->s), 8);
+    assert_int_equal(store_queued(f->s), 8);
     assert_int_equal(f->npressure, 0);
     for (int i = 2; i < 6; i++) {
         struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
                                pnum("d", i, i) };
         seq = append(f, "dev", pts, 4);
     }
-    assert_int_equal(store_queued_rows(f->s), 24);
+    assert_int_equal(store_queued(f->s), 24);
     assert_int_equal(f->npressure, 1); /* once, at the crossing */
     assert_int_equal(f->pressure[0], 1);
     wait_durable(f, seq);
-    assert_int_equal(store_queued_rows(f->s), 0);
+    assert_int_equal(store_queued(f->s), 0);
     assert_int_equal(f->npressure, 2);
     assert_int_equal(f->pressure[1], 0);
 }
@@ -878,7 +879,7 @@ static void test_non_telemetry_gets_seq(void **state)
     s2 = store_append(f->s, m);
     msg_unref(m);
     assert_int_equal(s2, s1 + 1);
-    assert_int_equal(store_queued_rows(f->s), 0);
+    assert_int_equal(store_queued(f->s), 0);
     wait_durable(f, s2);
     assert_int_equal(outcome_of(f, s2), 1);
 }
@@ -1044,7 +1045,7 @@ static void test_loop_alive_while_pending(void **state)
     seq = store_put_device(f->s, &(struct store_device){ .id = "d" });
     assert_int_equal(uv_loop_alive(&f->loop), 1);
     assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(store_durable_seq(f->s), seq);
+    assert_int_equal(f->s->durable_seq, seq);
     assert_int_equal(outcome_of(f, seq), 1);
     assert_int_equal(uv_loop_alive(&f->loop), 0);
 }
@@ -1129,6 +1130,86 @@ static void test_queries_in_flight_at_close(void **state)
     assert_int_equal(calls, 8);
 }
 
+static void on_latest_count(void *ctx, const char *device, const struct point *p)
+{
+    (void)device;
+    (void)p;
+    (*(int *)ctx)++;
+}
+
+/* The bus sink stores telemetry only and names the write in the publisher's ticket;
+ * store_pending holds until that write is reported. */
+static void test_sink_and_pending(void **state)
+{
+    struct fixture *f = *state;
+    struct point p = pnum("k", 5, 1.5);
+    struct ticket t = { 0 }, none = { 0 };
+    struct msg *m;
+
+    do_open(f);
+    assert_false(store_pending(f->s));
+    m = msg_new(MSG_PLAIN, "dev", "some/topic", "x", 1, NULL, 0);
+    store_sink(f->s, m, &none);
+    msg_unref(m);
+    m = msg_new(MSG_TELEMETRY, "", "devices/x/telemetry", "{}", 2, &p, 1); /* no device */
+    store_sink(f->s, m, &none);
+    msg_unref(m);
+    assert_true(ticket_empty(&none));
+    assert_false(store_pending(f->s));
+
+    m = msg_new(MSG_TELEMETRY, "dev", "devices/dev/telemetry", "{}", 2, &p, 1);
+    store_sink(f->s, m, &t);
+    store_sink(f->s, m, NULL); /* nobody waits: still stored */
+    msg_unref(m);
+    assert_int_equal(t.first, 1);
+    assert_int_equal(t.last, 1);
+    assert_true(store_pending(f->s));
+    assert_int_equal(store_queued(f->s), 2);
+    wait_durable(f, 2);
+    assert_false(store_pending(f->s));
+    assert_int_equal(outcome_of(f, 1), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 2);
+}
+
+/* A value type outside enum val_type is an error both ways: never stored, never served. */
+static void test_unknown_value_type(void **state)
+{
+    struct fixture *f = *state;
+    struct point bad = pnum("k", 2, 2);
+    struct store_query *q;
+    sqlite3 *db;
+    uint64_t a, b;
+    int calls = 0;
+
+    bad.type = (enum val_type)7;
+    do_open(f);
+    a = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, a);
+    b = append1(f, "d", bad);
+    wait_durable(f, b);
+    assert_int_equal(outcome_of(f, a), 1);
+    assert_int_equal(outcome_of(f, b), 0);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 1);
+
+    /* a stored row of unknown type fails the query and the latest load */
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO telemetry_log(series, ts, t, v)"
+                                      " SELECT series, 9, 7, 1 FROM telemetry_log",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    q = xcalloc(1, sizeof *q);
+    q->device = xstrdup("d");
+    q->to_ms = INT64_MAX;
+    q->limit = 10;
+    f->query_done = 0;
+    assert_int_equal(store_query_telemetry(f->s, q, on_query, f), 0);
+    assert_true(wait_until(f, query_finished, NULL));
+    assert_int_equal(f->res->rc, GW_ESTORE);
+    assert_int_equal(store_load_latest(f->s, on_latest_count, &calls), GW_ESTORE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1149,6 +1230,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queries_in_flight_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sink_and_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_value_type, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

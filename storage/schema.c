@@ -1,0 +1,182 @@
+/* storage/schema.c: the write connection: its pragmas, the schema and its
+ * migrations (PRAGMA user_version), and the statement table prepared once.
+ *
+ * store_db_open runs on the loop thread in store_open, before the writer thread
+ * starts; from then on the connection and its statements belong to the writer.
+ *
+ * Schema v1 (all ids are integers, so the hot tables stay compact):
+ *   devices(id TEXT PK, token_hash, role, attrs, created_ms, last_seen_ms, protocol)
+ *   device_ids(id INTEGER PK, device TEXT UNIQUE)   dictionary: device name -> dev_id
+ *   series(id INTEGER PK, dev_id, key, UNIQUE(dev_id, key))   (dev_id, key) -> series
+ *   telemetry_log(series, ts, t, v)        arrival order (rowid), the ack path
+ *   telemetry(series, ts, t, v, PK(series, ts)) WITHOUT ROWID   the compacted tier
+ *   latest(series PK, ts, t, v)            newest compacted value per series
+ * Schema v2 adds the MQTT broker state and device commands (state.c): retained(topic PK),
+ * sessions(client_id PK), session_msgs(PK(client_id, msg_id)) WITHOUT ROWID,
+ * commands(id PK, ..., created_ms indexed).
+ * t is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT, 3 JSON TEXT),
+ * written and read only through store_bind_value / store_read_value (sql.c).
+ * device_ids is separate from devices: telemetry may arrive for a device that is not
+ * provisioned (anonymous mode), and a dictionary id never depends on a TEXT rowid. */
+#include "gateway/log.h"
+#include "storage/store_int.h"
+
+#define STORE_OPEN_FLAGS (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX)
+
+/* migrations[v] takes a database from user_version v to v + 1. */
+static const char *const migrations[] = {
+    "CREATE TABLE devices("
+    " id TEXT PRIMARY KEY NOT NULL,"
+    " token_hash TEXT,"
+    " role TEXT NOT NULL DEFAULT 'device',"
+    " attrs TEXT,"
+    " created_ms INTEGER NOT NULL DEFAULT 0,"
+    " last_seen_ms INTEGER NOT NULL DEFAULT 0,"
+    " protocol TEXT);"
+    "CREATE TABLE device_ids(id INTEGER PRIMARY KEY, device TEXT NOT NULL UNIQUE);"
+    "CREATE TABLE series(id INTEGER PRIMARY KEY, dev_id INTEGER NOT NULL, key TEXT NOT NULL,"
+    " UNIQUE(dev_id, key));"
+    "CREATE TABLE telemetry_log(series INTEGER NOT NULL, ts INTEGER NOT NULL,"
+    " t INTEGER NOT NULL, v);"
+    "CREATE TABLE telemetry(series INTEGER NOT NULL, ts INTEGER NOT NULL, t INTEGER NOT NULL,"
+    " v, PRIMARY KEY(series, ts)) WITHOUT ROWID;"
+    "CREATE TABLE latest(series INTEGER PRIMARY KEY, ts INTEGER NOT NULL,"
+    " t INTEGER NOT NULL, v);"
+    "PRAGMA user_version = 1;",
+
+    /* v2: MQTT broker state and device commands (state.c) */
+    "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, payload BLOB NOT NULL,"
+    " qos INTEGER NOT NULL);"
+    "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, subs TEXT NOT NULL);"
+    "CREATE TABLE session_msgs(client_id TEXT NOT NULL, msg_id INTEGER NOT NULL,"
+    " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,"
+    " retain INTEGER NOT NULL, PRIMARY KEY(client_id, msg_id)) WITHOUT ROWID;"
+    "CREATE TABLE commands(id TEXT PRIMARY KEY NOT NULL, device TEXT NOT NULL,"
+    " name TEXT NOT NULL, params TEXT, status TEXT NOT NULL, reply TEXT,"
+    " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
+    "CREATE INDEX commands_by_created ON commands(created_ms);"
+    "PRAGMA user_version = 2;",
+};
+
+#define SQL_DEVICE_SERIES \
+    "(SELECT s.id FROM series s JOIN device_ids d ON d.id = s.dev_id WHERE d.device = ?1)"
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_DEVID_GET] = "SELECT id FROM device_ids WHERE device = ?1",
+    [ST_DEVID_ADD] = "INSERT INTO device_ids(device) VALUES (?1)",
+    [ST_SERIES_GET] = "SELECT id FROM series WHERE dev_id = ?1 AND key = ?2",
+    [ST_SERIES_ADD] = "INSERT INTO series(dev_id, key) VALUES (?1, ?2)",
+    [ST_LOG_ADD] = "INSERT INTO telemetry_log(series, ts, t, v) VALUES (?1, ?2, ?3, ?4)",
+    [ST_DEV_PUT] =
+        "INSERT INTO devices(id, token_hash, role, attrs, created_ms, last_seen_ms, protocol)"
+        " VALUES (?1, ?2, coalesce(?3, 'device'), ?4, ?5, ?6, ?7)"
+        " ON CONFLICT(id) DO UPDATE SET"
+        " token_hash = coalesce(excluded.token_hash, devices.token_hash),"
+        " role = excluded.role, attrs = excluded.attrs, created_ms = excluded.created_ms,"
+        " last_seen_ms = excluded.last_seen_ms, protocol = excluded.protocol",
+    [ST_DEV_TOUCH] =
+        "UPDATE devices SET last_seen_ms = ?2, protocol = coalesce(?3, protocol) WHERE id = ?1",
+    [ST_DEL_TELEMETRY] = "DELETE FROM telemetry WHERE series IN " SQL_DEVICE_SERIES,
+    [ST_DEL_LOG] = "DELETE FROM telemetry_log WHERE series IN " SQL_DEVICE_SERIES,
+    [ST_DEL_LATEST] = "DELETE FROM latest WHERE series IN " SQL_DEVICE_SERIES,
+    [ST_DEL_SERIES] =
+        "DELETE FROM series WHERE dev_id IN (SELECT id FROM device_ids WHERE device = ?1)",
+    [ST_DEL_DEVID] = "DELETE FROM device_ids WHERE device = ?1",
+    [ST_DEL_DEVICE] = "DELETE FROM devices WHERE id = ?1",
+    /* Sorted by (series, ts) so the WITHOUT ROWID table is filled in key order; among
+     * replays of one (series, ts) the newest log row (highest rowid) comes last and wins.
+     * ?1 = retention cutoff (rows older are dropped on the way). */
+    [ST_COMPACT_MOVE] =
+        "INSERT OR REPLACE INTO telemetry(series, ts, t, v)"
+        " SELECT series, ts, t, v FROM telemetry_log WHERE ts >= ?1"
+        " ORDER BY series, ts, rowid",
+    /* After the move, the newest row of each touched series is the main table's max(ts). */
+    [ST_COMPACT_LATEST] =
+        "INSERT INTO latest(series, ts, t, v)"
+        " SELECT m.series, m.ts, m.t, m.v FROM (SELECT DISTINCT series FROM telemetry_log) AS l"
+        " JOIN telemetry AS m ON m.series = l.series"
+        " WHERE m.ts = (SELECT max(ts) FROM telemetry WHERE series = l.series)"
+        " ON CONFLICT(series) DO UPDATE SET ts = excluded.ts, t = excluded.t, v = excluded.v"
+        " WHERE excluded.ts >= latest.ts",
+    [ST_COMPACT_CLEAR] = "DELETE FROM telemetry_log",
+    [ST_RET_SERIES] = "SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2",
+    /* The ts of the (?3 + 1)-th oldest expired row: delete below it to stay in budget. */
+    [ST_RET_BOUND] =
+        "SELECT ts FROM telemetry WHERE series = ?1 AND ts < ?2 ORDER BY ts LIMIT 1 OFFSET ?3",
+    [ST_RET_DELETE] = "DELETE FROM telemetry WHERE series = ?1 AND ts < ?2",
+    [ST_RETAINED_PUT] =
+        "INSERT OR REPLACE INTO retained(topic, payload, qos) VALUES (?1, ?2, ?3)",
+    [ST_RETAINED_DEL] = "DELETE FROM retained WHERE topic = ?1",
+    [ST_SESSION_PUT] =
+        "INSERT INTO sessions(client_id, subs) VALUES (?1, ?2)"
+        " ON CONFLICT(client_id) DO UPDATE SET subs = excluded.subs",
+    [ST_SESSION_DEL] = "DELETE FROM sessions WHERE client_id = ?1",
+    [ST_SESSION_MSGS_DEL] = "DELETE FROM session_msgs WHERE client_id = ?1",
+    [ST_SESSION_MSG_PUT] =
+        "INSERT OR REPLACE INTO session_msgs(client_id, msg_id, topic, payload, qos, retain)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_SESSION_MSG_DEL] = "DELETE FROM session_msgs WHERE client_id = ?1 AND msg_id = ?2",
+    [ST_COMMAND_PUT] =
+        "INSERT OR REPLACE INTO commands(id, device, name, params, status, reply, created_ms,"
+        " updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+};
+
+/* Brings the schema to STORE_SCHEMA_VERSION, one transaction per step. */
+static int migrate(struct store *s)
+{
+    const int known = (int)(sizeof migrations / sizeof migrations[0]);
+    int64_t v;
+
+    if (store_get_int64(s->db, "PRAGMA user_version", &v) != SQLITE_OK)
+        return -1;
+    if (v > known) {
+        log_error("store: path=%s schema version %lld is newer than this build (%d)", s->path,
+                  (long long)v, known);
+        return -1;
+    }
+    for (; v < known; v++) {
+        if (store_exec(s->db, "BEGIN IMMEDIATE") != 0)
+            return -1;
+        if (store_exec(s->db, migrations[v]) != 0) {
+            store_exec(s->db, "ROLLBACK");
+            return -1;
+        }
+        if (store_exec(s->db, "COMMIT") != 0)
+            return -1;
+        log_info("store: path=%s migrated schema to version %lld", s->path, (long long)v + 1);
+    }
+    return 0;
+}
+
+int store_db_open(struct store *s)
+{
+    if (sqlite3_open_v2(s->path, &s->db, STORE_OPEN_FLAGS, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    if (store_exec(s->db, "PRAGMA journal_mode=WAL") != 0 ||
+        store_exec(s->db, "PRAGMA synchronous=NORMAL") != 0 ||
+        store_exec(s->db, "PRAGMA cache_size=-32768") != 0 || /* 32 MiB for compaction */
+        store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 || migrate(s) != 0 ||
+        store_get_int64(s->db, "SELECT count(*) FROM telemetry_log", &s->log_rows) != SQLITE_OK)
+        return -1;
+    for (int i = 0; i < ST_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                               NULL) != SQLITE_OK)
+            return -1;
+    }
+    return 0;
+}
+
+void store_db_close(struct store *s)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        sqlite3_finalize(s->st[i]);
+        s->st[i] = NULL;
+    }
+    if (s->db && sqlite3_close(s->db) != SQLITE_OK)
+        log_error("store: close path=%s: %s", s->path, sqlite3_errmsg(s->db));
+    s->db = NULL;
+}
