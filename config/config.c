@@ -115,9 +115,11 @@ static const struct key keys[] = {
     STR("storage.path", storage.path, 0, "",
         "SQLite database file; empty = <data_dir>/gale.db."),
     SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "1000",
-         "Rows per write transaction (group commit)."),
+         "Most rows per write transaction (group commit): arrivals while the writer is busy "
+         "ride in the next one, up to this size."),
     INT("storage.batch_delay_ms", storage.batch_delay_ms, 0, 60000, "5",
-        "Longest wait before a partial batch is committed, milliseconds."),
+        "Deprecated, no effect (accepted so old configs load): a batch is committed as soon "
+        "as the writer is free, with no delay."),
     SIZE("storage.queue_high_rows", storage.queue_high_rows, 1, 1000000000, "200000",
          "Queued rows at which ingest sockets stop reading."),
     SIZE("storage.queue_low_rows", storage.queue_low_rows, 0, 1000000000, "50000",

@@ -54,7 +54,7 @@ struct config {
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */
         size_t batch_rows;               /* storage.batch_rows, default 1000 */
-        int batch_delay_ms;              /* storage.batch_delay_ms, default 5 */
+        int batch_delay_ms;              /* storage.batch_delay_ms: deprecated, unused */
         size_t queue_high_rows;          /* storage.queue_high_rows, default 200000 */
         size_t queue_low_rows;           /* storage.queue_low_rows, default 50000 */
         size_t compact_rows;             /* storage.compact_rows, default 100000 */

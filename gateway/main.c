@@ -276,13 +276,14 @@ int main(int argc, char **argv)
         snprintf(dbpath, sizeof dbpath, "%s", cfg.storage.path);
     else
         snprintf(dbpath, sizeof dbpath, "%s/gale.db", cfg.data_dir);
-    scfg = (struct store_cfg){dbpath,
-                              cfg.storage.batch_rows,
-                              (unsigned)cfg.storage.batch_delay_ms,
-                              cfg.storage.queue_high_rows,
-                              cfg.storage.queue_low_rows,
-                              cfg.storage.compact_rows,
-                              (unsigned)cfg.storage.retention_days};
+    scfg = (struct store_cfg){
+        .path = dbpath,
+        .batch_rows = cfg.storage.batch_rows,
+        .queue_high_rows = cfg.storage.queue_high_rows,
+        .queue_low_rows = cfg.storage.queue_low_rows,
+        .compact_rows = cfg.storage.compact_rows,
+        .retention_days = (unsigned)cfg.storage.retention_days,
+    };
     if (store_open(&loop, &scfg, &gw.store) != 0)
         goto out;
     store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);

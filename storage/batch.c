@@ -1,10 +1,13 @@
 /* storage/batch.c: the loop side of the hand-off to the writer thread.
  *
  * Loop thread: store_append and store_submit_op add items to the open batch and give
- * each operation the next seq. The batch is sealed at cfg.batch_rows rows, after
- * cfg.batch_delay_ms (timer) or when a non-telemetry operation arrives, and pushed on
- * the todo queue; a sealed batch that the writer has not taken yet absorbs the next
- * one while both fit in batch_rows (group commit while the writer is busy).
+ * each operation the next seq. Group commit without a timer: while the writer is
+ * idle (no sealed batch outstanding), the open batch is sealed at the end of the loop
+ * iteration that added to it (the check handle, right after the I/O callbacks; the
+ * prepare handle catches writes made after it, before the loop could block). While
+ * the writer is busy, arrivals ride in the open batch, which is sealed once it holds
+ * cfg.batch_rows rows or, at once, when the writer reports its last sealed batch done.
+ * Sealing pushes the batch on the todo queue and wakes the writer.
  * The writer (writer.c) moves each batch it has finished to the done queue and wakes
  * the loop through the async handle; on_done drains the whole done queue (sends
  * coalesce), advances the durable watermark, calls on_durable and on_pressure.
@@ -69,28 +72,68 @@ static void on_handle_closed(uv_handle_t *handle)
         free(h);
 }
 
-static void on_batch_timer(uv_timer_t *t)
+static void sealer_stop(struct store *s)
 {
-    struct store_handles *h = t->data;
+    if (s->sealer_on) {
+        uv_prepare_stop(&s->h->prepare);
+        uv_check_stop(&s->h->check);
+        s->sealer_on = 0;
+    }
+}
 
-    store_seal(h->s);
+/* A busy writer leaves the open batch to store_drain_done, which seals it the moment
+ * the writer is free: either way the sealer has nothing more to do. */
+static void seal_if_idle(struct store *s)
+{
+    if (s->open && s->nsealed == 0)
+        store_seal(s);
+    sealer_stop(s);
+}
+
+static void on_iteration_end(uv_check_t *c)
+{
+    struct store_handles *h = c->data;
+
+    seal_if_idle(h->s);
+}
+
+static void on_before_poll(uv_prepare_t *p)
+{
+    struct store_handles *h = p->data;
+
+    seal_if_idle(h->s);
+}
+
+static void sealer_start(struct store *s)
+{
+    if (!s->sealer_on) {
+        uv_prepare_start(&s->h->prepare, on_before_poll);
+        uv_check_start(&s->h->check, on_iteration_end);
+        s->sealer_on = 1;
+    }
 }
 
 static void on_done(uv_async_t *a)
 {
     struct store_handles *h = a->data;
 
-    store_drain_done(h->s, 1);
+    store_drain_done(h->s);
 }
 
 int store_handles_init(struct store *s)
 {
     s->h = xcalloc(1, sizeof *s->h);
     s->h->s = s;
-    if (uv_timer_init(s->loop, &s->h->timer) != 0)
+    if (uv_prepare_init(s->loop, &s->h->prepare) != 0)
         return -1;
-    s->h->timer.data = s->h;
+    s->h->prepare.data = s->h;
     s->h->nopen++;
+    uv_unref((uv_handle_t *)&s->h->prepare); /* the async handle holds the loop instead */
+    if (uv_check_init(s->loop, &s->h->check) != 0)
+        return -1;
+    s->h->check.data = s->h;
+    s->h->nopen++;
+    uv_unref((uv_handle_t *)&s->h->check);
     if (uv_async_init(s->loop, &s->h->async, on_done) != 0)
         return -1;
     s->h->async.data = s->h;
@@ -106,32 +149,25 @@ void store_handles_close(struct store *s)
 
     if (!h)
         return;
+    sealer_stop(s);
     s->h = NULL;
     n = h->nopen; /* on_handle_closed frees h after the last close */
     if (n == 0) {
         free(h);
         return;
     }
-    uv_timer_stop(&h->timer);
-    uv_close((uv_handle_t *)&h->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&h->prepare, on_handle_closed);
     if (n >= 2)
+        uv_close((uv_handle_t *)&h->check, on_handle_closed);
+    if (n >= 3)
         uv_close((uv_handle_t *)&h->async, on_handle_closed);
 }
 
 /* ---- batching ---- */
 
-static void check_pressure_high(struct store *s)
-{
-    if (!s->paused && s->queued_rows > s->cfg.queue_high_rows) {
-        s->paused = 1;
-        if (s->on_pressure)
-            s->on_pressure(s->ctx, 1);
-    }
-}
-
 /* Consecutive batches with the same outcome share one on_durable call (upto = the
- * last one's seq). */
-void store_drain_done(struct store *s, int report_pressure)
+ * last one's seq). Then the writer may be free: a waiting open batch goes at once. */
+void store_drain_done(struct store *s)
 {
     struct store_batch *b, *next;
 
@@ -144,39 +180,41 @@ void store_drain_done(struct store *s, int report_pressure)
         int ok = b->ok;
 
         next = b->next;
-        assert(s->queued_rows >= b->nrows);
+        assert(s->queued_rows >= b->nrows && s->nsealed > 0);
         s->queued_rows -= b->nrows;
+        s->nsealed--;
         s->durable_seq = upto;
         free(b);
         if ((!next || next->ok != ok) && s->on_durable)
             s->on_durable(s->ctx, upto, ok);
     }
-    if (s->loop_ref && s->durable_seq == s->last_seq && s->h) {
+    if (s->closing) /* store_writer_stop: the writer has exited */
+        return;
+    if (s->nsealed == 0 && s->open)
+        store_seal(s);
+    if (s->loop_ref && s->durable_seq == s->last_seq) {
         uv_unref((uv_handle_t *)&s->h->async);
         s->loop_ref = 0;
     }
-    if (report_pressure && s->paused && s->queued_rows < s->cfg.queue_low_rows) {
+    if (s->paused && s->queued_rows < s->cfg.queue_low_rows) {
         s->paused = 0;
         if (s->on_pressure)
             s->on_pressure(s->ctx, 0);
     }
 }
 
-/* The store keeps the loop alive while operations await durability, and only then. */
-static void hold_loop(struct store *s)
+/* The batch the next write joins. The store keeps the loop alive while writes await
+ * durability, and only then. */
+static struct store_batch *open_batch(struct store *s)
 {
     if (!s->loop_ref) {
         uv_ref((uv_handle_t *)&s->h->async);
         s->loop_ref = 1;
     }
-}
-
-static struct store_batch *open_batch(struct store *s)
-{
-    hold_loop(s);
     if (!s->open) {
         s->open = xcalloc(1, sizeof *s->open);
-        uv_timer_start(&s->h->timer, on_batch_timer, s->cfg.batch_delay_ms, 0);
+        if (s->nsealed == 0)
+            sealer_start(s);
     }
     return s->open;
 }
@@ -192,30 +230,33 @@ static void push_item(struct store_batch *b, struct msg *m, struct store_op *op)
     b->nitems++;
 }
 
+/* After a write joined the open batch: pressure, and the batch_rows bound. */
+static void added(struct store *s)
+{
+    if (!s->paused && s->queued_rows > s->cfg.queue_high_rows) {
+        s->paused = 1;
+        if (s->on_pressure)
+            s->on_pressure(s->ctx, 1);
+    }
+    if (s->open && s->open->nrows >= s->cfg.batch_rows)
+        store_seal(s);
+}
+
 void store_seal(struct store *s)
 {
-    struct store_batch *b = s->open, *t;
+    struct store_batch *b = s->open;
 
     if (!b)
         return;
     s->open = NULL;
-    uv_timer_stop(&s->h->timer);
+    s->nsealed++;
+    sealer_stop(s);
     uv_mutex_lock(&s->lock);
-    t = s->todo_tail;
-    if (t && t->nrows + b->nrows <= s->cfg.batch_rows) {
-        /* the writer has not taken t yet: ride along in its transaction */
-        for (size_t i = 0; i < b->nitems; i++)
-            push_item(t, b->items[i].m, b->items[i].op);
-        t->nrows += b->nrows;
-        t->last_seq = b->last_seq;
-        free(b->items);
-        free(b);
-    } else if (t) {
-        t->next = b;
-        s->todo_tail = b;
-    } else {
-        s->todo_head = s->todo_tail = b;
-    }
+    if (s->todo_tail)
+        s->todo_tail->next = b;
+    else
+        s->todo_head = b;
+    s->todo_tail = b;
     uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->lock);
 }
@@ -247,9 +288,7 @@ uint64_t store_append(struct store *s, struct msg *m)
         s->queued_rows += m->npoints;
     }
     b->last_seq = seq;
-    check_pressure_high(s);
-    if (b->nrows >= s->cfg.batch_rows)
-        store_seal(s);
+    added(s);
     return seq;
 }
 
@@ -260,6 +299,6 @@ uint64_t store_submit_op(struct store *s, struct store_op *op)
 
     push_item(b, NULL, op);
     b->last_seq = seq;
-    store_seal(s); /* an operation's durability is not delayed by the batch timer */
+    added(s);
     return seq;
 }

@@ -6,16 +6,22 @@
  * commits sealed batches in order (group commit); queries run on libuv's work
  * pool with read-only connections.
  *
- * Ordering and durability: every write operation (telemetry, device records,
- * retained messages, sessions, commands) gets the next store sequence number. Batches commit in sequence
- * order, so durability is a single watermark: when on_durable(ctx, upto, ok)
- * fires on the loop thread, every operation with seq <= upto is committed
- * (ok = 1) or has failed for good (ok = 0, after the writer's retries).
+ * Group commit never sleeps: a write submitted while the writer is idle is sealed
+ * into a batch at the end of the loop iteration that made it; writes arriving while
+ * the writer is busy ride in the next batch (up to batch_rows), which goes the
+ * moment the writer is done. No timer sits between a write and its commit.
  *
- * Layout: acks come from a cheap append to an
- * arrival-ordered log table committed in small batches; the writer moves rows
- * in large sorted batches into the (device, key, ts) table off the ack path.
- * Queries read both; a replayed (device, key, ts) replaces, never duplicates. */
+ * Ordering and durability: every write operation (telemetry, device records,
+ * retained messages, sessions, commands) gets the next store sequence number.
+ * Batches commit in sequence order, so durability is a single watermark: when
+ * on_durable(ctx, upto, ok) fires on the loop thread, every operation with
+ * seq <= upto is committed (ok = 1) or has failed for good (ok = 0, after the
+ * writer's retries).
+ *
+ * Layout: acks come from a cheap append to an arrival-ordered log table committed
+ * in small batches; the writer moves rows in large sorted batches into the
+ * (device, key, ts) table off the ack path. Queries read both; a replayed
+ * (device, key, ts) replaces, never duplicates. */
 #ifndef GALE_STORE_H
 #define GALE_STORE_H
 
@@ -31,8 +37,7 @@ struct ticket;
 
 struct store_cfg {
     const char *path;          /* database file */
-    size_t batch_rows;         /* seal the open batch at this many rows (default 1000) */
-    unsigned batch_delay_ms;   /* ... or this long after its first row (default 5) */
+    size_t batch_rows;         /* rows per transaction at most (default 1000) */
     size_t queue_high_rows;    /* rows queued for the writer above which ingest pauses */
     size_t queue_low_rows;     /* ... and below which it resumes */
     size_t compact_rows;       /* move the log into the main table at this many rows */

@@ -108,10 +108,11 @@ struct store_batch {
 /* uv handles live apart from struct store: store_close frees the store at once, the
  * handles are freed by their close callbacks when the loop runs next. */
 struct store_handles {
-    uv_timer_t timer;           /* seals the open batch batch_delay_ms after its first row */
+    uv_prepare_t prepare;       /* seals an open batch before the loop blocks ... */
+    uv_check_t check;           /* ... and at the end of the iteration that filled it */
     uv_async_t async;           /* writer -> loop: the done queue is not empty */
     int nopen;                  /* initialised handles not yet closed */
-    struct store *s;            /* the store, for the timer and async callbacks */
+    struct store *s;            /* the store, for the callbacks */
 };
 
 /* A read-only connection with its prepared statements (query.c). */
@@ -164,6 +165,8 @@ struct store {
     store_pressure_fn on_pressure;
     void *ctx;
     struct store_batch *open;   /* batch being filled, or NULL */
+    size_t nsealed;             /* batches sealed and not yet reported: writer busy if > 0 */
+    int sealer_on;              /* prepare and check handles started */
     uint64_t last_seq;          /* seq of the last submitted operation */
     uint64_t durable_seq;       /* seq up to which the outcome has been reported */
     size_t queued_rows;         /* points submitted and not yet reported done */
@@ -231,13 +234,14 @@ void store_op_free(struct store_op *op);
 char *store_dup(const char *p);
 /* A copy of n bytes (one byte allocated when n is 0). */
 uint8_t *store_dup_bytes(const void *p, size_t n);
-/* Takes ownership of op: adds it to the open batch, seals it, returns the op's seq. */
+/* Takes ownership of op: adds it to the open batch, returns the op's seq. */
 uint64_t store_submit_op(struct store *s, struct store_op *op);
 /* Seals the open batch: it moves to the todo queue and the writer is woken. */
 void store_seal(struct store *s);
-/* Reports finished batches (done queue) through on_durable; report_pressure 0 skips
- * the low-water callback (store_close). */
-void store_drain_done(struct store *s, int report_pressure);
+/* Reports finished batches (done queue) through on_durable, then seals a waiting open
+ * batch when the writer is free and reports low water. Once s->closing is set
+ * (store_writer_stop, writer joined) it only reports. */
+void store_drain_done(struct store *s);
 /* Frees the open batch without committing it (store_close: nothing can commit it). */
 void store_discard_open(struct store *s);
 /* Creates the loop handles (store_open); store_handles_close uv_close()s them, they

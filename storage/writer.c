@@ -473,7 +473,7 @@ void store_writer_stop(struct store *s)
         uv_mutex_unlock(&s->lock);
         uv_thread_join(&s->thread);
         s->have_thread = 0;
-        store_drain_done(s, 0); /* the last on_durable calls, before store_close returns */
+        store_drain_done(s); /* the last on_durable calls, before store_close returns */
     }
     /* writes submitted by those last callbacks: no writer is left to commit them */
     store_discard_open(s);

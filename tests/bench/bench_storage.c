@@ -195,7 +195,7 @@ static void run_ours(const struct opts *o, int ack_only, double *durable, double
     char dir[256], path[300];
     struct ours b = { .o = o, .ack_only = ack_only };
     struct store_cfg cfg = {
-        .path = path, .batch_rows = o->batch_rows, .batch_delay_ms = 5,
+        .path = path, .batch_rows = o->batch_rows,
         .queue_high_rows = 200000, .queue_low_rows = 50000,
         .compact_rows = ack_only ? 2 * o->points + 1 : o->compact_rows,
     };

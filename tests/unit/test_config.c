@@ -319,6 +319,8 @@ static const struct value_case set_cases[] = {
       NULL },
     /* size */
     { "storage.batch_rows=500", NULL, "storage.batch_rows", "500" },
+    /* deprecated, no effect, still accepted so old configs load */
+    { "storage.batch_delay_ms=60000", NULL, "storage.batch_delay_ms", "60000" },
     { "line.max_line_bytes=64k", NULL, "line.max_line_bytes", "65536" },
     { "http.max_body_bytes=2M", NULL, "http.max_body_bytes", "2097152" },
     { "http.max_body_bytes=1g", NULL, "http.max_body_bytes", "1073741824" },

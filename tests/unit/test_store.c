@@ -75,7 +75,6 @@ static void default_cfg(struct fixture *f)
     memset(&f->cfg, 0, sizeof f->cfg);
     f->cfg.path = f->path;
     f->cfg.batch_rows = 1000;
-    f->cfg.batch_delay_ms = 5;
     f->cfg.queue_high_rows = 200000;
     f->cfg.queue_low_rows = 50000;
     f->cfg.compact_rows = 100000;
@@ -816,7 +815,6 @@ static void test_backpressure(void **state)
 
     f->cfg.queue_high_rows = 10;
     f->cfg.queue_low_rows = 5;
-    f->cfg.batch_delay_ms = 50;
     do_open(f);
     for (int i = 0; i < 2; i++) {
         struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
@@ -846,8 +844,7 @@ static void test_close_flushes_and_reopen(void **state)
     uint64_t seq = 0;
 
     f->cfg.batch_rows = 7;
-    f->cfg.batch_delay_ms = 10000; /* only size and close seal */
-    do_open(f);
+    do_open(f); /* the loop never runs: only size and close seal */
     for (int i = 0; i < 200; i++) {
         struct point pts[] = { pnum("a", i, i), ptext("s", i, VAL_STR, "v") };
         seq = append(f, "dev", pts, 2);
@@ -1210,6 +1207,71 @@ static void test_unknown_value_type(void **state)
     assert_int_equal(store_load_latest(f->s, on_latest_count, &calls), GW_ESTORE);
 }
 
+static int sealed_none_open(struct fixture *f, const void *arg)
+{
+    (void)arg;
+    return f->s->open == NULL;
+}
+
+/* Group commit never sleeps: with the writer idle, a write is sealed in the loop
+ * iteration that made it and is durable after one commit, with no timer between. */
+static void test_idle_writer_seals_at_once(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t t0, seq;
+
+    do_open(f);
+    seq = append1(f, "d", pnum("k", 1, 1));
+    assert_non_null(f->s->open);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* one iteration, no waiting */
+    assert_null(f->s->open);
+    assert_int_equal(f->s->nsealed, 1);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+
+    /* the same for operations other than telemetry, and every time */
+    for (int i = 0; i < 20; i++) {
+        t0 = uv_hrtime();
+        seq = store_put_retained(f->s, "t", "v", 1, 0);
+        wait_durable(f, seq);
+        assert_true(uv_hrtime() - t0 < 2000ull * 1000000); /* one commit, not a delay */
+    }
+    assert_int_equal(outcome_of(f, seq), 1);
+}
+
+/* While the writer is busy, arrivals ride in the open batch (sealed at batch_rows); the
+ * moment the writer reports its last batch done, the waiting batch is sealed. */
+static void test_busy_writer_rides_next_batch(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t a, b, c, d;
+
+    f->cfg.batch_rows = 2;
+    do_open(f);
+    store_fail_next_commits(f->s, 2, SQLITE_BUSY); /* the first batch takes >= 150 ms */
+    a = append1(f, "d", pnum("k", 1, 1));
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_null(f->s->open);
+    b = append1(f, "d", pnum("k", 2, 2));
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_non_null(f->s->open); /* the writer is busy: b waits, no commit of its own */
+    assert_int_equal(f->s->open->nitems, 1);
+    c = append1(f, "d", pnum("k", 3, 3)); /* batch_rows reached: sealed behind a */
+    assert_null(f->s->open);
+    assert_int_equal(f->s->nsealed, 2);
+    d = append1(f, "d", pnum("k", 4, 4));
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_non_null(f->s->open);
+
+    wait_durable(f, c);
+    assert_true(wait_until(f, sealed_none_open, NULL)); /* d went when b+c were done */
+    wait_durable(f, d);
+    assert_int_equal(outcome_of(f, a), 1);
+    assert_int_equal(outcome_of(f, b), 1);
+    assert_int_equal(outcome_of(f, d), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1232,6 +1294,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queries_in_flight_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sink_and_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_value_type, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_writer_seals_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
