@@ -53,6 +53,7 @@ struct config {
     } devices;
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */
+        char sync[8];                    /* storage.sync: full|normal, default full */
         size_t batch_rows;               /* storage.batch_rows, default 1000 */
         int batch_delay_ms;              /* storage.batch_delay_ms: deprecated, unused */
         size_t queue_high_rows;          /* storage.queue_high_rows, default 200000 */

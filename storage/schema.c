@@ -153,11 +153,15 @@ static int migrate(struct store *s)
 
 int store_db_open(struct store *s)
 {
+    /* In WAL mode FULL syncs the log at every commit (the commit survives a power
+     * cut); NORMAL only at checkpoints (a commit survives a crash of the process). */
+    const char *sync = s->cfg.sync == STORE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
+                                                        : "PRAGMA synchronous=FULL";
+
     if (sqlite3_open_v2(s->path, &s->db, STORE_OPEN_FLAGS, NULL) != SQLITE_OK)
         return -1;
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
-    if (store_exec(s->db, "PRAGMA journal_mode=WAL") != 0 ||
-        store_exec(s->db, "PRAGMA synchronous=NORMAL") != 0 ||
+    if (store_exec(s->db, "PRAGMA journal_mode=WAL") != 0 || store_exec(s->db, sync) != 0 ||
         store_exec(s->db, "PRAGMA cache_size=-32768") != 0 || /* 32 MiB for compaction */
         store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 || migrate(s) != 0 ||
         store_get_int64(s->db, "SELECT count(*) FROM telemetry_log", &s->log_rows) != SQLITE_OK)

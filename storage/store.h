@@ -35,8 +35,15 @@
 struct store;
 struct ticket;
 
+/* What an ack (on_durable ok = 1) survives. */
+enum store_sync {
+    STORE_SYNC_FULL = 0,       /* a power cut: each commit reaches the disk (fsync) */
+    STORE_SYNC_NORMAL,         /* a crash of the process, not of the machine */
+};
+
 struct store_cfg {
     const char *path;          /* database file */
+    enum store_sync sync;      /* default STORE_SYNC_FULL */
     size_t batch_rows;         /* rows per transaction at most (default 1000) */
     size_t queue_high_rows;    /* rows queued for the writer above which ingest pauses */
     size_t queue_low_rows;     /* ... and below which it resumes */

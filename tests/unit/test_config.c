@@ -169,6 +169,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.mqtt.acl_json, "[]");
     assert_string_equal(c.devices.auto_register, "auto");
     assert_string_equal(c.storage.path, "");
+    assert_string_equal(c.storage.sync, "full");
     assert_int_equal(c.storage.batch_rows, 1000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
     assert_int_equal(c.storage.queue_high_rows, 200000);
@@ -246,6 +247,9 @@ static const struct value_case json_cases[] = {
       "config: log.level: must be one of debug|info|warn|error (got \"DEBUG\")", NULL, NULL },
     { "{\"log\":{\"format\":\"\"}}", "config: log.format: must be one of text|json (got \"\")",
       NULL, NULL },
+    { "{\"storage\":{\"sync\":\"normal\"}}", NULL, "storage.sync", "\"normal\"" },
+    { "{\"storage\":{\"sync\":\"off\"}}",
+      "config: storage.sync: must be one of full|normal (got \"off\")", NULL, NULL },
     /* json */
     { "{\"mqtt\":{\"acl\":[{\"topic\" : \"x/#\", \"allow\": [\"sub\"]}]}}", NULL, "mqtt.acl",
       "[{\"topic\":\"x/#\",\"allow\":[\"sub\"]}]" },
@@ -360,6 +364,10 @@ static const struct value_case set_cases[] = {
     { "log.level=warn", NULL, "log.level", "\"warn\"" },
     { "log.level=error", NULL, "log.level", "\"error\"" },
     { "log.format=xml", "config: log.format: must be one of text|json (got \"xml\")", NULL, NULL },
+    { "storage.sync=full", NULL, "storage.sync", "\"full\"" },
+    { "storage.sync=normal", NULL, "storage.sync", "\"normal\"" },
+    { "storage.sync=FULL", "config: storage.sync: must be one of full|normal (got \"FULL\")",
+      NULL, NULL },
     /* json */
     { "mqtt.acl=[1, 2]", NULL, "mqtt.acl", "[1,2]" },
     { "mqtt.acl=[]", NULL, "mqtt.acl", "[]" },
@@ -390,6 +398,7 @@ static const struct value_case env_cases[] = {
     { "GALE_HTTP_PORT=9001", NULL, "http.port", "9001" },
     { "GALE_HTTP_API_KEY=k1", NULL, "http.api_key", "\"***\"" },
     { "GALE_STORAGE_BATCH_ROWS=500", NULL, "storage.batch_rows", "500" },
+    { "GALE_STORAGE_SYNC=normal", NULL, "storage.sync", "\"normal\"" },
     { "GALE_GATEWAY_DATA_DIR=/srv/gale", NULL, "gateway.data_dir", "\"/srv/gale\"" },
     { "GALE_MQTT_ALLOW_ANONYMOUS=yes", NULL, "mqtt.allow_anonymous", "true" },
     { "GALE_LINE_MAX_LINE_BYTES=1k", NULL, "line.max_line_bytes", "1024" },

@@ -1272,6 +1272,51 @@ static void test_busy_writer_rides_next_batch(void **state)
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 4);
 }
 
+/* A pragma's value on the write connection, as text (read before any write, so the
+ * writer thread is not using the connection). */
+static void write_conn_pragma(struct fixture *f, const char *sql, char *out, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+
+    assert_int_equal(sqlite3_prepare_v2(f->s->db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(out, len, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+}
+
+/* storage.sync: full (the default) syncs every commit, normal only checkpoints; both
+ * in WAL mode. */
+static void test_sync_modes(void **state)
+{
+    struct fixture *f = *state;
+    char v[16];
+    uint64_t seq;
+
+    do_open(f); /* cfg.sync zeroed: the default */
+    write_conn_pragma(f, "PRAGMA synchronous", v, sizeof v);
+    assert_string_equal(v, "2"); /* FULL */
+    write_conn_pragma(f, "PRAGMA journal_mode", v, sizeof v);
+    assert_string_equal(v, "wal");
+    seq = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    do_close(f);
+
+    f->cfg.sync = STORE_SYNC_NORMAL;
+    do_open(f);
+    write_conn_pragma(f, "PRAGMA synchronous", v, sizeof v);
+    assert_string_equal(v, "1"); /* NORMAL */
+    seq = append1(f, "d", pnum("k", 2, 2));
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    do_close(f);
+
+    f->cfg.sync = STORE_SYNC_FULL;
+    do_open(f);
+    write_conn_pragma(f, "PRAGMA synchronous", v, sizeof v);
+    assert_string_equal(v, "2");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1296,6 +1341,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_value_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_writer_seals_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
