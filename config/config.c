@@ -123,10 +123,18 @@ static const struct key keys[] = {
     INT("storage.batch_delay_ms", storage.batch_delay_ms, 0, 60000, "5",
         "Deprecated, no effect (accepted so old configs load): a batch is committed as soon "
         "as the writer is free, with no delay."),
+    SIZE("storage.queue_high_bytes", storage.queue_high_bytes, 4096, 64 * GIB, "67108864",
+         "Bytes of everything queued for the storage writer (telemetry, sessions, retained "
+         "messages, commands, device records) above which ingest sockets stop reading."),
+    SIZE("storage.queue_low_bytes", storage.queue_low_bytes, 0, 64 * GIB, "33554432",
+         "Queued bytes below which ingest sockets read again (with the rows below their "
+         "low mark too)."),
     SIZE("storage.queue_high_rows", storage.queue_high_rows, 1, 1000000000, "200000",
-         "Queued rows at which ingest sockets stop reading."),
+         "Queued telemetry rows at which ingest sockets stop reading (a second bound "
+         "beside the bytes)."),
     SIZE("storage.queue_low_rows", storage.queue_low_rows, 0, 1000000000, "50000",
-         "Queued rows below which ingest sockets read again."),
+         "Queued telemetry rows below which ingest sockets read again (with the bytes "
+         "below their low mark too)."),
     SIZE("storage.compact_rows", storage.compact_rows, 1, 1000000000, "100000",
          "Log-table rows moved into the indexed table in one sorted pass."),
     INT("storage.retention_days", storage.retention_days, 0, 36500, "0",
@@ -739,6 +747,11 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
                     "config: storage.queue_low_rows (%zu) must be less than "
                     "storage.queue_high_rows (%zu)",
                     cfg->storage.queue_low_rows, cfg->storage.queue_high_rows);
+    if (cfg->storage.queue_low_bytes >= cfg->storage.queue_high_bytes)
+        return fail(err, errlen,
+                    "config: storage.queue_low_bytes (%zu) must be less than "
+                    "storage.queue_high_bytes (%zu)",
+                    cfg->storage.queue_low_bytes, cfg->storage.queue_high_bytes);
     if (cfg->storage.batch_rows > cfg->storage.queue_high_rows)
         return fail(err, errlen,
                     "config: storage.batch_rows (%zu) must not exceed storage.queue_high_rows "

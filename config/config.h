@@ -56,6 +56,8 @@ struct config {
         char sync[8];                    /* storage.sync: full|normal, default full */
         size_t batch_rows;               /* storage.batch_rows, default 1000 */
         int batch_delay_ms;              /* storage.batch_delay_ms: deprecated, unused */
+        size_t queue_high_bytes;         /* storage.queue_high_bytes, default 64 MiB */
+        size_t queue_low_bytes;          /* storage.queue_low_bytes, default 32 MiB */
         size_t queue_high_rows;          /* storage.queue_high_rows, default 200000 */
         size_t queue_low_rows;           /* storage.queue_low_rows, default 50000 */
         size_t compact_rows;             /* storage.compact_rows, default 100000 */

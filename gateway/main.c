@@ -280,6 +280,8 @@ int main(int argc, char **argv)
         .path = dbpath,
         .sync = strcmp(cfg.storage.sync, "normal") == 0 ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
         .batch_rows = cfg.storage.batch_rows,
+        .queue_high_bytes = cfg.storage.queue_high_bytes,
+        .queue_low_bytes = cfg.storage.queue_low_bytes,
         .queue_high_rows = cfg.storage.queue_high_rows,
         .queue_low_rows = cfg.storage.queue_low_rows,
         .compact_rows = cfg.storage.compact_rows,

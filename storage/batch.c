@@ -180,8 +180,9 @@ void store_drain_done(struct store *s)
         int ok = b->ok;
 
         next = b->next;
-        assert(s->queued_rows >= b->nrows && s->nsealed > 0);
+        assert(s->queued_rows >= b->nrows && s->queued_bytes >= b->nbytes && s->nsealed > 0);
         s->queued_rows -= b->nrows;
+        s->queued_bytes -= b->nbytes;
         s->nsealed--;
         s->durable_seq = upto;
         free(b);
@@ -196,7 +197,8 @@ void store_drain_done(struct store *s)
         uv_unref((uv_handle_t *)&s->h->async);
         s->loop_ref = 0;
     }
-    if (s->paused && s->queued_rows < s->cfg.queue_low_rows) {
+    if (s->paused && s->queued_rows < s->cfg.queue_low_rows &&
+        s->queued_bytes < s->cfg.queue_low_bytes) {
         s->paused = 0;
         if (s->on_pressure)
             s->on_pressure(s->ctx, 0);
@@ -219,8 +221,37 @@ static struct store_batch *open_batch(struct store *s)
     return s->open;
 }
 
-static void push_item(struct store_batch *b, struct msg *m, struct store_op *op)
+static size_t str_bytes(const char *p)
 {
+    return p ? strlen(p) + 1 : 0;
+}
+
+/* The memory a message holds while queued (msg_new's one allocation). */
+static size_t msg_bytes(const struct msg *m)
+{
+    size_t n = sizeof *m + m->payload_len + 1 + str_bytes(m->device) + str_bytes(m->topic);
+
+    for (size_t i = 0; i < m->npoints; i++) {
+        n += sizeof m->points[i] + str_bytes(m->points[i].key);
+        if (m->points[i].str)
+            n += m->points[i].str_len + 1;
+    }
+    return n;
+}
+
+static size_t op_bytes(const struct store_op *op)
+{
+    return sizeof *op + str_bytes(op->id) + str_bytes(op->token_hash) + str_bytes(op->role) +
+           str_bytes(op->attrs_json) + str_bytes(op->protocol) + str_bytes(op->text) +
+           str_bytes(op->topic) + str_bytes(op->device) + str_bytes(op->params_json) +
+           str_bytes(op->status) + str_bytes(op->reply_json) + op->payload_len;
+}
+
+/* Adds an item (m or op) of nbytes to the open batch and the queue counters. */
+static void push_item(struct store *s, struct msg *m, struct store_op *op, size_t nbytes)
+{
+    struct store_batch *b = s->open;
+
     if (b->nitems == b->cap) {
         b->cap = b->cap ? 2 * b->cap : 64;
         b->items = xrealloc(b->items, b->cap * sizeof *b->items);
@@ -228,12 +259,16 @@ static void push_item(struct store_batch *b, struct msg *m, struct store_op *op)
     b->items[b->nitems].m = m;
     b->items[b->nitems].op = op;
     b->nitems++;
+    nbytes += sizeof *b->items;
+    b->nbytes += nbytes;
+    s->queued_bytes += nbytes;
 }
 
 /* After a write joined the open batch: pressure, and the batch_rows bound. */
 static void added(struct store *s)
 {
-    if (!s->paused && s->queued_rows > s->cfg.queue_high_rows) {
+    if (!s->paused && (s->queued_rows > s->cfg.queue_high_rows ||
+                       s->queued_bytes > s->cfg.queue_high_bytes)) {
         s->paused = 1;
         if (s->on_pressure)
             s->on_pressure(s->ctx, 1);
@@ -283,7 +318,7 @@ uint64_t store_append(struct store *s, struct msg *m)
 
     /* a message without points still gets a seq, durable with its batch */
     if (m && m->kind == MSG_TELEMETRY && m->npoints > 0 && m->device && m->device[0]) {
-        push_item(b, msg_ref(m), NULL);
+        push_item(s, msg_ref(m), NULL, msg_bytes(m));
         b->nrows += m->npoints;
         s->queued_rows += m->npoints;
     }
@@ -297,7 +332,7 @@ uint64_t store_submit_op(struct store *s, struct store_op *op)
     uint64_t seq = ++s->last_seq;
     struct store_batch *b = open_batch(s);
 
-    push_item(b, NULL, op);
+    push_item(s, NULL, op, op_bytes(op));
     b->last_seq = seq;
     added(s);
     return seq;

@@ -23,6 +23,10 @@ static void apply_defaults(struct store_cfg *c)
         c->queue_high_rows = STORE_DEFAULT_HIGH_ROWS;
     if (c->queue_low_rows == 0 || c->queue_low_rows > c->queue_high_rows)
         c->queue_low_rows = c->queue_high_rows / 4;
+    if (c->queue_high_bytes == 0)
+        c->queue_high_bytes = STORE_DEFAULT_HIGH_BYTES;
+    if (c->queue_low_bytes == 0 || c->queue_low_bytes > c->queue_high_bytes)
+        c->queue_low_bytes = c->queue_high_bytes / 2;
 }
 
 int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
@@ -112,6 +116,11 @@ bool store_pending(const struct store *s)
 size_t store_queued(const struct store *s)
 {
     return s->queued_rows;
+}
+
+size_t store_queued_bytes(const struct store *s)
+{
+    return s->queued_bytes;
 }
 
 void store_fail_next_commits(struct store *s, int n, int rc)

@@ -45,8 +45,13 @@ struct store_cfg {
     const char *path;          /* database file */
     enum store_sync sync;      /* default STORE_SYNC_FULL */
     size_t batch_rows;         /* rows per transaction at most (default 1000) */
-    size_t queue_high_rows;    /* rows queued for the writer above which ingest pauses */
-    size_t queue_low_rows;     /* ... and below which it resumes */
+    /* Backpressure: ingest pauses when either measure of what is queued for the writer
+     * (open batch + sealed batches not yet reported) is above its high mark, and
+     * resumes when both are below their low marks. 0 = default. */
+    size_t queue_high_bytes;   /* bytes of every queued write (default 64 MiB) */
+    size_t queue_low_bytes;    /* (default high / 2) */
+    size_t queue_high_rows;    /* telemetry rows (default 200000) */
+    size_t queue_low_rows;     /* (default high / 4) */
     size_t compact_rows;       /* move the log into the main table at this many rows */
     unsigned retention_days;   /* 0 = keep forever */
 };
@@ -106,6 +111,9 @@ bool store_pending(const struct store *s);
 /* Telemetry rows queued for the writer (open batch + sealed batches not yet reported):
  * for metrics and the backpressure log. */
 size_t store_queued(const struct store *s);
+/* Bytes of every write queued for the writer (telemetry, device records, retained
+ * messages, sessions, commands), as the high/low water marks count them. */
+size_t store_queued_bytes(const struct store *s);
 
 /* Test seam: the next n commits fail with SQLite result code rc (e.g. SQLITE_FULL),
  * retries included. Loop thread. */

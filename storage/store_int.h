@@ -46,6 +46,7 @@
 /* Defaults for zero fields of struct store_cfg (same values as config.c). */
 #define STORE_DEFAULT_BATCH_ROWS 1000
 #define STORE_DEFAULT_HIGH_ROWS 200000
+#define STORE_DEFAULT_HIGH_BYTES (64u << 20)
 #define STORE_DEFAULT_COMPACT_ROWS 100000
 
 enum store_op_kind {
@@ -101,6 +102,7 @@ struct store_batch {
     struct store_item *items;   /* in seq order; freed by the writer after commit */
     size_t nitems, cap;
     size_t nrows;               /* telemetry points in items (counted in queued_rows) */
+    size_t nbytes;              /* memory its items hold (counted in queued_bytes) */
     uint64_t last_seq;          /* every seq <= last_seq not in an earlier batch is here */
     int ok;                     /* set by the writer: 1 committed, 0 failed for good */
 };
@@ -170,6 +172,7 @@ struct store {
     uint64_t last_seq;          /* seq of the last submitted operation */
     uint64_t durable_seq;       /* seq up to which the outcome has been reported */
     size_t queued_rows;         /* points submitted and not yet reported done */
+    size_t queued_bytes;        /* bytes of the writes submitted and not yet reported */
     int paused;                 /* 1 after on_pressure(1) until on_pressure(0) */
     int loop_ref;               /* async handle ref'd: operations await durability */
     int closing;                /* store_close has started */

@@ -172,6 +172,8 @@ static void test_defaults(void **state)
     assert_string_equal(c.storage.sync, "full");
     assert_int_equal(c.storage.batch_rows, 1000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
+    assert_int_equal(c.storage.queue_high_bytes, 64 * 1024 * 1024);
+    assert_int_equal(c.storage.queue_low_bytes, 32 * 1024 * 1024);
     assert_int_equal(c.storage.queue_high_rows, 200000);
     assert_int_equal(c.storage.queue_low_rows, 50000);
     assert_int_equal(c.storage.compact_rows, 100000);
@@ -323,6 +325,10 @@ static const struct value_case set_cases[] = {
       NULL },
     /* size */
     { "storage.batch_rows=500", NULL, "storage.batch_rows", "500" },
+    { "storage.queue_high_bytes=128m", NULL, "storage.queue_high_bytes", "134217728" },
+    { "storage.queue_high_bytes=1k",
+      "config: storage.queue_high_bytes: must be a size in 4096..68719476736 (got \"1k\")",
+      NULL, NULL },
     /* deprecated, no effect, still accepted so old configs load */
     { "storage.batch_delay_ms=60000", NULL, "storage.batch_delay_ms", "60000" },
     { "line.max_line_bytes=64k", NULL, "line.max_line_bytes", "65536" },
@@ -566,6 +572,10 @@ static const struct validate_case validate_cases[] = {
     { { "storage.queue_high_rows=10", "storage.queue_low_rows=0" },
       "config: storage.batch_rows (1000) must not exceed storage.queue_high_rows (10)" },
     { { "storage.queue_high_rows=1000", "storage.queue_low_rows=0" }, NULL },
+    { { "storage.queue_low_bytes=32m", "storage.queue_high_bytes=32m" },
+      "config: storage.queue_low_bytes (33554432) must be less than storage.queue_high_bytes "
+      "(33554432)" },
+    { { "storage.queue_high_bytes=1m", "storage.queue_low_bytes=0" }, NULL },
     { { "line.port=8080" }, "config: http.port and line.port are both 8080" },
     { { "mqtt.port=7000" }, "config: line.port and mqtt.port are both 7000" },
     { { "mqtt.port=7000", "line.enabled=false" }, NULL },

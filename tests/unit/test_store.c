@@ -1317,6 +1317,39 @@ static void test_sync_modes(void **state)
     assert_string_equal(v, "2");
 }
 
+/* The water marks count the bytes of every queued write: retained messages and session
+ * queues alone (no telemetry rows) pause ingest and resume it once committed. */
+static void test_backpressure_counts_bytes(void **state)
+{
+    struct fixture *f = *state;
+    char payload[1024];
+    uint64_t seq = 0;
+    char topic[32];
+
+    memset(payload, 'x', sizeof payload);
+    f->cfg.queue_high_bytes = 64 * 1024;
+    f->cfg.queue_low_bytes = 32 * 1024;
+    do_open(f);
+    for (int i = 0; i < 30; i++) {
+        snprintf(topic, sizeof topic, "r/%d", i);
+        store_put_retained(f->s, topic, payload, sizeof payload, 1);
+    }
+    assert_int_equal(f->npressure, 0);
+    assert_true(store_queued_bytes(f->s) > 30 * sizeof payload);
+    for (int i = 0; i < 40; i++)
+        seq = store_put_session_msg(f->s, "c1", (uint64_t)i + 1, "t/1", payload, sizeof payload,
+                                    1, 0);
+    assert_int_equal(store_queued(f->s), 0); /* not a single telemetry row */
+    assert_int_equal(f->npressure, 1);        /* once, at the crossing */
+    assert_int_equal(f->pressure[0], 1);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(store_queued_bytes(f->s), 0);
+    assert_int_equal(f->npressure, 2);
+    assert_int_equal(f->pressure[1], 0);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_msgs"), 40);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1342,6 +1375,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_writer_seals_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
