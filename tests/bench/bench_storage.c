@@ -18,9 +18,13 @@
  *   raw c  raw a plus the same sorted moves every compact_rows rows and at the end:
  *          the ceiling of the two-tier layout end to end.
  * Prints per-round times, medians and ours/raw rate ratios.
+ * --latency N instead times N writes one after another, each waiting for the previous
+ * one's ack: ours (store_append, then on_durable) against raw (one insert, one commit),
+ * interleaved round by round; prints p50/p99 per write. Both honour --sync, which sets
+ * the raw connection's PRAGMA synchronous the same way storage.sync sets ours.
  *
  * Usage: bench_storage [--points N] [--rounds R] [--dir DIR] [--batch-rows N]
- *                      [--compact-rows N] [--skip-b] */
+ *                      [--compact-rows N] [--skip-b] [--sync full|normal] [--latency N] */
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +52,14 @@ struct opts {
     size_t batch_rows;
     size_t compact_rows;
     int skip_b;
+    enum store_sync sync;
+    size_t latency;      /* > 0: the sequential-ack run with this many writes */
 };
+
+static const char *sync_pragma(const struct opts *o)
+{
+    return o->sync == STORE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
+}
 
 static double now_s(void)
 {
@@ -195,7 +206,7 @@ static void run_ours(const struct opts *o, int ack_only, double *durable, double
     char dir[256], path[300];
     struct ours b = { .o = o, .ack_only = ack_only };
     struct store_cfg cfg = {
-        .path = path, .batch_rows = o->batch_rows,
+        .path = path, .sync = o->sync, .batch_rows = o->batch_rows,
         .queue_high_rows = 200000, .queue_low_rows = 50000,
         .compact_rows = ack_only ? 2 * o->points + 1 : o->compact_rows,
     };
@@ -277,7 +288,7 @@ static double run_raw(const struct opts *o, enum raw_kind kind)
     if (sqlite3_open(path, &db) != SQLITE_OK)
         die("sqlite3_open failed");
     exec_or_die(db, "PRAGMA journal_mode=WAL");
-    exec_or_die(db, "PRAGMA synchronous=NORMAL");
+    exec_or_die(db, sync_pragma(o));
     exec_or_die(db, "PRAGMA cache_size=-32768");
     exec_or_die(db, "PRAGMA temp_store=MEMORY");
     exec_or_die(db, "CREATE TABLE telemetry_log(series INTEGER NOT NULL, ts INTEGER NOT NULL,"
@@ -334,6 +345,94 @@ static double run_raw(const struct opts *o, enum raw_kind kind)
     return t0;
 }
 
+/* ---- sequential acks ---- */
+
+struct lat {
+    uv_loop_t loop;
+    struct store *s;
+    size_t n, done;
+    uint64_t seq, t0;        /* the write in flight, its start (ns) */
+    double *us;              /* per-write latency, microseconds */
+    int failed;
+};
+
+static void lat_write(struct lat *l)
+{
+    struct point p = { .ts_ms = TS0 + (int64_t)l->done, .key = keys[0], .type = VAL_NUM,
+                       .num = (double)l->done };
+    struct msg *m = msg_new(MSG_TELEMETRY, dev_names[l->done % NDEV], "devices/x/telemetry",
+                            NULL, 0, &p, 1);
+
+    l->t0 = uv_hrtime();
+    l->seq = store_append(l->s, m);
+    msg_unref(m);
+}
+
+static void on_lat_durable(void *ctx, uint64_t upto, int ok)
+{
+    struct lat *l = ctx;
+
+    if (!ok)
+        l->failed = 1;
+    if (upto < l->seq)
+        return;
+    l->us[l->done++] = (double)(uv_hrtime() - l->t0) / 1e3;
+    if (l->done < l->n)
+        lat_write(l); /* the next write starts from the ack, as a window-1 client does */
+}
+
+static void run_lat_ours(const struct opts *o, double *us)
+{
+    char dir[256], path[300];
+    struct lat l = { .n = o->latency, .us = us };
+    struct store_cfg cfg = { .path = path, .sync = o->sync, .batch_rows = o->batch_rows };
+
+    fresh_db(o, dir, sizeof dir, path, sizeof path);
+    if (uv_loop_init(&l.loop) != 0 || store_open(&l.loop, &cfg, &l.s) != 0)
+        die("store_open failed");
+    store_set_callbacks(l.s, on_lat_durable, NULL, &l);
+    lat_write(&l);
+    uv_run(&l.loop, UV_RUN_DEFAULT); /* returns once nothing awaits durability */
+    store_close(l.s);
+    uv_run(&l.loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&l.loop) != 0 || l.failed || l.done != l.n)
+        die("latency run failed");
+    drop_db(dir, path);
+}
+
+static void run_lat_raw(const struct opts *o, double *us)
+{
+    char dir[256], path[300];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *ins;
+
+    fresh_db(o, dir, sizeof dir, path, sizeof path);
+    if (sqlite3_open(path, &db) != SQLITE_OK)
+        die("sqlite3_open failed");
+    exec_or_die(db, "PRAGMA journal_mode=WAL");
+    exec_or_die(db, sync_pragma(o));
+    exec_or_die(db, "CREATE TABLE telemetry_log(series INTEGER NOT NULL, ts INTEGER NOT NULL,"
+                    " t INTEGER NOT NULL, v)");
+    ins = prep(db, "INSERT INTO telemetry_log(series, ts, t, v) VALUES (?1, ?2, ?3, ?4)");
+    for (size_t i = 0; i < o->latency; i++) {
+        uint64_t t0 = uv_hrtime();
+
+        exec_or_die(db, "BEGIN IMMEDIATE");
+        sqlite3_bind_int64(ins, 1, (int64_t)(i % NDEV) + 1);
+        sqlite3_bind_int64(ins, 2, TS0 + (int64_t)i);
+        sqlite3_bind_int(ins, 3, VAL_NUM);
+        sqlite3_bind_double(ins, 4, (double)i);
+        if (sqlite3_step(ins) != SQLITE_DONE)
+            die(sqlite3_errmsg(db));
+        sqlite3_reset(ins);
+        exec_or_die(db, "COMMIT");
+        us[i] = (double)(uv_hrtime() - t0) / 1e3;
+    }
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    drop_db(dir, path);
+}
+
 /* ---- driver ---- */
 
 static int cmp_double(const void *a, const void *b)
@@ -354,8 +453,45 @@ static double median(const double *v, int n)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_storage [--points N] [--rounds R] [--dir DIR]"
-                    " [--batch-rows N] [--compact-rows N] [--skip-b]\n");
+                    " [--batch-rows N] [--compact-rows N] [--skip-b] [--sync full|normal]"
+                    " [--latency N]\n");
     exit(2);
+}
+
+/* The q-quantile of v[0..n) (sorts v). */
+static double quantile(double *v, size_t n, double q)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return v[(size_t)(q * (double)(n - 1))];
+}
+
+static int run_latency(const struct opts *o)
+{
+    double *ours = xcalloc(o->latency, sizeof *ours), *raw = xcalloc(o->latency, sizeof *raw);
+    double o50[MAX_ROUNDS], o99[MAX_ROUNDS], r50[MAX_ROUNDS], r99[MAX_ROUNDS];
+
+    printf("sequential acks: %zu writes of 1 point, each after the previous ack; sync=%s;"
+           " %d rounds; dir %s; SQLite %s\n",
+           o->latency, o->sync == STORE_SYNC_NORMAL ? "normal" : "full", o->rounds, o->dir,
+           sqlite3_libversion());
+    for (int r = 0; r < o->rounds; r++) {
+        run_lat_ours(o, ours);
+        run_lat_raw(o, raw);
+        o50[r] = quantile(ours, o->latency, 0.5);
+        o99[r] = quantile(ours, o->latency, 0.99);
+        r50[r] = quantile(raw, o->latency, 0.5);
+        r99[r] = quantile(raw, o->latency, 0.99);
+        printf("round %d: ours p50 %.0f us p99 %.0f us | raw p50 %.0f us p99 %.0f us\n", r + 1,
+               o50[r], o99[r], r50[r], r99[r]);
+        fflush(stdout);
+    }
+    printf("median: ours p50 %.0f us p99 %.0f us (%.0f acks/s) | raw p50 %.0f us p99 %.0f us"
+           " (%.0f commits/s)\n",
+           median(o50, o->rounds), median(o99, o->rounds), 1e6 / median(o50, o->rounds),
+           median(r50, o->rounds), median(r99, o->rounds), 1e6 / median(r50, o->rounds));
+    free(ours);
+    free(raw);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -386,6 +522,12 @@ int main(int argc, char **argv)
             o.batch_rows = strtoull(v, NULL, 10);
         else if (strcmp(a, "--compact-rows") == 0)
             o.compact_rows = strtoull(v, NULL, 10);
+        else if (strcmp(a, "--sync") == 0 && strcmp(v, "full") == 0)
+            o.sync = STORE_SYNC_FULL;
+        else if (strcmp(a, "--sync") == 0 && strcmp(v, "normal") == 0)
+            o.sync = STORE_SYNC_NORMAL;
+        else if (strcmp(a, "--latency") == 0)
+            o.latency = strtoull(v, NULL, 10);
         else
             usage();
         i++;
@@ -397,6 +539,8 @@ int main(int argc, char **argv)
     pts = (double)o.points;
     for (int d = 0; d < NDEV; d++)
         snprintf(dev_names[d], sizeof dev_names[d], "dev-%04d", d);
+    if (o.latency > 0)
+        return run_latency(&o);
 
     printf("storage bench: %zu points = %zu msgs from %d devices x %d keys, interleaved;"
            " %zu-row commits, compaction every %zu rows; %d rounds; dir %s; SQLite %s\n",
