@@ -267,8 +267,8 @@ static void push_item(struct store *s, struct msg *m, struct store_op *op, size_
 /* After a write joined the open batch: pressure, and the batch_rows bound. */
 static void added(struct store *s)
 {
-    if (!s->paused && (s->queued_rows > s->cfg.queue_high_rows ||
-                       s->queued_bytes > s->cfg.queue_high_bytes)) {
+    if (!s->paused &&
+        (s->queued_rows > s->cfg.queue_high_rows || s->queued_bytes > s->cfg.queue_high_bytes)) {
         s->paused = 1;
         if (s->on_pressure)
             s->on_pressure(s->ctx, 1);

@@ -155,8 +155,8 @@ int store_db_open(struct store *s)
 {
     /* In WAL mode FULL syncs the log at every commit (the commit survives a power
      * cut); NORMAL only at checkpoints (a commit survives a crash of the process). */
-    const char *sync = s->cfg.sync == STORE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
-                                                        : "PRAGMA synchronous=FULL";
+    const char *sync =
+        s->cfg.sync == STORE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
 
     if (sqlite3_open_v2(s->path, &s->db, STORE_OPEN_FLAGS, NULL) != SQLITE_OK)
         return -1;
