@@ -167,7 +167,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.mqtt.max_inflight, 20);
     assert_int_equal(c.mqtt.max_queued, 1000);
     assert_string_equal(c.mqtt.acl_json, "[]");
-    assert_string_equal(c.devices.auto_register, "auto");
+    assert_int_equal(c.devices.auto_register, CONFIG_REGISTER_AUTO);
     assert_string_equal(c.storage.path, "");
     assert_int_equal(c.storage.batch_rows, 1000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
@@ -246,6 +246,10 @@ static const struct value_case json_cases[] = {
       "config: log.level: must be one of debug|info|warn|error (got \"DEBUG\")", NULL, NULL },
     { "{\"log\":{\"format\":\"\"}}", "config: log.format: must be one of text|json (got \"\")",
       NULL, NULL },
+    { "{\"devices\":{\"auto_register\":\"false\"}}", NULL, "devices.auto_register",
+      "\"false\"" },
+    { "{\"devices\":{\"auto_register\":\"no\"}}",
+      "config: devices.auto_register: must be one of auto|true|false (got \"no\")", NULL, NULL },
     /* json */
     { "{\"mqtt\":{\"acl\":[{\"topic\" : \"x/#\", \"allow\": [\"sub\"]}]}}", NULL, "mqtt.acl",
       "[{\"topic\":\"x/#\",\"allow\":[\"sub\"]}]" },
@@ -358,6 +362,7 @@ static const struct value_case set_cases[] = {
     { "log.level=warn", NULL, "log.level", "\"warn\"" },
     { "log.level=error", NULL, "log.level", "\"error\"" },
     { "log.format=xml", "config: log.format: must be one of text|json (got \"xml\")", NULL, NULL },
+    { "devices.auto_register=true", NULL, "devices.auto_register", "\"true\"" },
     /* json */
     { "mqtt.acl=[1, 2]", NULL, "mqtt.acl", "[1,2]" },
     { "mqtt.acl=[]", NULL, "mqtt.acl", "[]" },
@@ -612,6 +617,12 @@ static void test_validate_fields(void **state)
     assert_int_equal(config_validate(&c, err, sizeof err), -1);
     assert_string_equal(err, "config: log.level: must be one of debug|info|warn|error (got "
                              "\"loud\")");
+
+    config_defaults(&c);
+    c.devices.auto_register = (enum config_register)7;
+    assert_int_equal(config_validate(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config: devices.auto_register: must be one of auto|true|false "
+                             "(got 7)");
 
     config_defaults(&c);
     strcpy(c.mqtt.acl_json, "{}");
