@@ -21,8 +21,8 @@
 
 /* ---- shared pieces ------------------------------------------------------------------- */
 
-struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device,
-                                    size_t dlen, const char *token, size_t tlen)
+struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device, size_t dlen,
+                                    const char *token, size_t tlen)
 {
     char id[DEVICE_ID_MAX + 1];
     struct device *dev = NULL;
@@ -77,9 +77,9 @@ void session_offline(struct gw *gw, struct conn *c)
         gw->on_presence(gw, dev->id, false);
 }
 
-struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic,
-                           const void *json, size_t len, struct session_result *res,
-                           const char **why, const char **code)
+struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                           size_t len, struct session_result *res, const char **why,
+                           const char **code)
 {
     struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
     struct telem t;
@@ -237,8 +237,8 @@ static void login(struct session *s, const void *json, size_t len)
         session_refuse(s, "unauthorized", why);
         return;
     }
-    dev = session_authenticate(gw, c, id->valuestring, strlen(id->valuestring),
-                               tok->valuestring, strlen(tok->valuestring));
+    dev = session_authenticate(gw, c, id->valuestring, strlen(id->valuestring), tok->valuestring,
+                               strlen(tok->valuestring));
     cJSON_Delete(root);
     if (!dev) {
         session_refuse(s, "unauthorized", "authentication failed");
@@ -341,8 +341,8 @@ static struct device *tokenless_device(struct gw *gw, const char *username)
 }
 
 enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const char *user,
-                                         size_t ulen, bool has_user, const void *pass,
-                                         size_t plen, bool has_pass, struct session_login *out)
+                                         size_t ulen, bool has_user, const void *pass, size_t plen,
+                                         bool has_pass, struct session_login *out)
 {
     char name[256] = ""; /* a longer username names no device */
     struct device *dev;
@@ -384,8 +384,8 @@ static const char *self_device(const struct session_client *who)
     return NULL;
 }
 
-void session_mqtt_topic(const struct session_client *who, const char *topic, size_t len,
-                        char *out, size_t cap)
+void session_mqtt_topic(const struct session_client *who, const char *topic, size_t len, char *out,
+                        size_t cap)
 {
     const char *me = self_device(who);
 
@@ -428,7 +428,8 @@ static void merge_attributes(struct gw *gw, struct device *dev, const void *p, s
         cJSON_Delete(cur);
         cur = cJSON_CreateObject();
     }
-    cJSON_ArrayForEach(it, upd) {
+    cJSON_ArrayForEach(it, upd)
+    {
         cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
         cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
     }
@@ -450,8 +451,8 @@ static bool registers_devices(const struct config *cfg)
 /* Registers device id on its first telemetry (devices.auto_register, which anonymous access
  * implies). An anonymous client whose username is that id is from then on the device's
  * connection for presence. */
-static struct device *auto_register(struct gw *gw, const struct session_client *who,
-                                    const char *id, struct ticket *t)
+static struct device *auto_register(struct gw *gw, const struct session_client *who, const char *id,
+                                    struct ticket *t)
 {
     struct device *dev;
     uint64_t seq;
@@ -467,9 +468,9 @@ static struct device *auto_register(struct gw *gw, const struct session_client *
     return dev;
 }
 
-struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who,
-                                 const char *topic, const void *payload, size_t len,
-                                 struct ticket *t, const char **not_stored)
+struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who, const char *topic,
+                                 const void *payload, size_t len, struct ticket *t,
+                                 const char **not_stored)
 {
     char id[DEVICE_ID_MAX + 1];
     const char *rest = device_topic(topic, id, sizeof id);

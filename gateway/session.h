@@ -59,7 +59,7 @@ struct session {
     /* private */
     struct conn *conn;
     const struct session_ops *ops;
-    int errors;                     /* error replies sent for bad messages */
+    int errors; /* error replies sent for bad messages */
     bool authed;
     char topic[DEVICE_ID_MAX + 32]; /* devices/<id>/telemetry */
 };
@@ -82,8 +82,8 @@ void session_close(struct session *s);
 
 /* Checks device id and token; counts and logs failures with the peer.
  * Returns the device (borrowed) or NULL. */
-struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device,
-                                    size_t dlen, const char *token, size_t tlen);
+struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device, size_t dlen,
+                                    const char *token, size_t tlen);
 /* Presence: c now speaks for device (a registry id; nothing happens when it is gone)
  * over proto ("line", "ws", "mqtt"). */
 void session_online(struct gw *gw, struct conn *c, const char *device, const char *proto);
@@ -101,9 +101,9 @@ struct session_result {
  * publishing it; counts its points and marks dev seen. NULL with a static reason and
  * machine code when the payload is not telemetry (res->has_seq/seq still set when it
  * named one). */
-struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic,
-                           const void *json, size_t len, struct session_result *res,
-                           const char **why, const char **code);
+struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                           size_t len, struct session_result *res, const char **why,
+                           const char **code);
 /* Decodes telemetry JSON of dev and publishes it; res->ticket collects the writes.
  * Returns 0, or -1 with a static reason and machine code. */
 int session_ingest(struct gw *gw, struct device *dev, const char *topic, const void *json,
@@ -133,8 +133,8 @@ struct session_login {
  * password, and with mqtt.allow_anonymous, the client is anonymous unless its username
  * names a provisioned device that has a token. Counts and logs refusals. */
 enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const char *user,
-                                         size_t ulen, bool has_user, const void *pass,
-                                         size_t plen, bool has_pass, struct session_login *out);
+                                         size_t ulen, bool has_user, const void *pass, size_t plen,
+                                         bool has_pass, struct session_login *out);
 
 /* An MQTT client as the device model sees it on PUBLISH (plain values of the broker's
  * connection, borrowed). */
@@ -149,8 +149,8 @@ struct session_client {
  * v1/devices/me/attributes name the client's own device (for an anonymous client: its
  * username when that is a valid device id) and become devices/<id>/telemetry|attributes;
  * any other topic is copied. Writes it NUL-terminated to out, cap >= len + 64. */
-void session_mqtt_topic(const struct session_client *who, const char *topic, size_t len,
-                        char *out, size_t cap);
+void session_mqtt_topic(const struct session_client *who, const char *topic, size_t len, char *out,
+                        size_t cap);
 /* What a PUBLISH on topic (already ACL-checked) means to Gale, done: telemetry on
  * devices/<id>/telemetry is decoded (registering an unknown id when
  * devices.auto_register allows), devices/<id>/attributes are merged into the device,
@@ -159,8 +159,8 @@ void session_mqtt_topic(const struct session_client *who, const char *topic, siz
  * with its points, attributes, or a plain message. Writes it caused (a new device,
  * attributes) join t. When telemetry did not decode, *not_stored is its reason (the
  * message is routed as a plain one and nothing is stored); else NULL. */
-struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who,
-                                 const char *topic, const void *payload, size_t len,
-                                 struct ticket *t, const char **not_stored);
+struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who, const char *topic,
+                                 const void *payload, size_t len, struct ticket *t,
+                                 const char **not_stored);
 
 #endif

@@ -15,7 +15,7 @@
 #include "protocols/line/line_proto.h"
 
 struct line_conn {
-    struct session s;   /* first: c->proto_state is the session too */
+    struct session s; /* first: c->proto_state is the session too */
     struct line_decoder dec;
 };
 
@@ -52,8 +52,8 @@ static int line_feed(void *state, struct buf *in)
         const uint8_t *line;
         size_t line_len, used;
         const char *why;
-        enum codec_rc rc = line_decode(&l->dec, in->data + off, in->len - off, &line, &line_len,
-                                       &used, &why);
+        enum codec_rc rc =
+            line_decode(&l->dec, in->data + off, in->len - off, &line, &line_len, &used, &why);
         if (rc == CODEC_NEED_MORE)
             break;
         if (rc == CODEC_ERROR) {

@@ -1,12 +1,13 @@
 /* protocols/mqtt/handle.c: one MQTT connection. Decodes every complete packet in
  * the input (mqtt_decode), enforces the 3.1.1 session rules the decoder cannot
- * (CONNECT first and once, client id rules, credentials, keepalive, ACL), and
- * hands publishes to the bus. QoS 1/2 acknowledgements go out in arrival order
+ * (CONNECT first and once, client id rules, keepalive, ACL), and hands publishes
+ * to the bus. Who a client is (its credentials) and what a publish means to Gale's
+ * device model (telemetry, attributes, command replies, presence) are asked of the
+ * device session layer (gateway/session.h) in plain values. QoS 1/2 acknowledgements go out in arrival order
  * and only once what the message made storage write (telemetry, a retained message,
  * offline persistent sessions' queues) is durable (gw_await_durable).
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
