@@ -3,9 +3,10 @@
  * (CONNECT first and once, client id rules, keepalive, ACL), and hands publishes
  * to the bus. Who a client is (its credentials) and what a publish means to Gale's
  * device model (telemetry, attributes, command replies, presence) are asked of the
- * device session layer (gateway/session.h) in plain values. QoS 1/2 acknowledgements go out in arrival order
- * and only once what the message made storage write (telemetry, a retained message,
- * offline persistent sessions' queues) is durable (gw_await_durable).
+ * device session layer (gateway/session.h) in plain values. QoS 1/2
+ * acknowledgements go out in arrival order and only once what the message made
+ * storage write (telemetry, a retained message, offline persistent sessions' queues,
+ * a new device) is durable (gw_await_durable).
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
 #include <stdio.h>
