@@ -34,6 +34,7 @@ enum key_type {
     KEY_BOOL, /* bool field; JSON true/false, text true/false/1/0/yes/no/on/off */
     KEY_STR,  /* char[] field; min..(field size - 1) bytes */
     KEY_ENUM, /* char[] field holding one of the '|'-separated words in choices */
+    KEY_CHOICE, /* enum field: the position of one of the '|'-separated words in choices */
     KEY_JSON, /* char[] field holding a JSON array as compact text */
 };
 
@@ -43,7 +44,7 @@ struct key {
     size_t offset;       /* of the field in struct config */
     size_t size;         /* of the field, bytes (char[] capacity, NUL included) */
     long long min, max;  /* KEY_INT/KEY_SIZE: value bounds; KEY_STR: min length, bytes */
-    const char *choices; /* KEY_ENUM: "debug|info|warn|error" */
+    const char *choices; /* KEY_ENUM, KEY_CHOICE: "debug|info|warn|error" */
     const char *def;     /* default, as text in the key's --set syntax */
     const char *help;    /* one line */
 };
@@ -54,6 +55,7 @@ struct key {
 #define BOOL(n, f, d, h) { n, KEY_BOOL, FIELD(f), 0, 0, NULL, d, h }
 #define STR(n, f, minlen, d, h) { n, KEY_STR, FIELD(f), minlen, 0, NULL, d, h }
 #define ENUM(n, f, c, d, h) { n, KEY_ENUM, FIELD(f), 0, 0, c, d, h }
+#define CHOICE(n, f, c, d, h) { n, KEY_CHOICE, FIELD(f), 0, 0, c, d, h }
 #define JSON(n, f, d, h) { n, KEY_JSON, FIELD(f), 0, 0, NULL, d, h }
 
 /* The one list of keys: parsing, validation, defaults, gateway.json and the
@@ -109,7 +111,7 @@ static const struct key keys[] = {
          "Retained topics kept; a new one past this is delivered but not retained."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
-    ENUM("devices.auto_register", devices.auto_register, "auto|true|false", "auto",
+    CHOICE("devices.auto_register", devices.auto_register, "auto|true|false", "auto",
          "Register an unknown device on its first telemetry (MQTT); auto = only when "
          "mqtt.allow_anonymous is on."),
     STR("storage.path", storage.path, 0, "",
@@ -242,19 +244,37 @@ static const void *cfield(const struct config *cfg, const struct key *k)
     return (const char *)cfg + k->offset;
 }
 
-static int enum_has(const char *choices, const char *s, size_t len)
+/* Position of s[0..len) among the '|'-separated words of choices, or -1. */
+static int choice_index(const char *choices, const char *s, size_t len)
 {
     const char *p = choices;
 
-    for (;;) {
+    for (int i = 0;; i++) {
         const char *bar = strchr(p, '|');
         size_t n = bar ? (size_t)(bar - p) : strlen(p);
         if (n == len && memcmp(p, s, len) == 0)
-            return 1;
+            return i;
         if (!bar)
-            return 0;
+            return -1;
         p = bar + 1;
     }
+}
+
+/* The word at position i of choices into out; "" when there is none. */
+static const char *choice_word(const char *choices, int i, char *out, size_t outlen)
+{
+    const char *p = choices;
+
+    for (; i > 0 && p; i--) {
+        p = strchr(p, '|');
+        p = p ? p + 1 : NULL;
+    }
+    if (!p || i < 0) {
+        snprintf(out, outlen, "%s", "");
+        return out;
+    }
+    snprintf(out, outlen, "%.*s", (int)strcspn(p, "|"), p);
+    return out;
 }
 
 static const char *type_name(enum key_type t)
@@ -264,7 +284,8 @@ static const char *type_name(enum key_type t)
     case KEY_SIZE: return "size";
     case KEY_BOOL: return "bool";
     case KEY_STR: return "string";
-    case KEY_ENUM: return "enum";
+    case KEY_ENUM:
+    case KEY_CHOICE: return "enum";
     case KEY_JSON: return "json array";
     }
     return "?";
@@ -296,8 +317,8 @@ static int store_str(struct config *cfg, const struct key *k, const char *s, siz
 
     if (memchr(s, '\0', len))
         return fail(err, errlen, "config: %s: must not contain a NUL byte", k->name);
-    if (k->type == KEY_ENUM) {
-        if (!enum_has(k->choices, s, len))
+    if (k->type == KEY_ENUM || k->type == KEY_CHOICE) {
+        if (choice_index(k->choices, s, len) < 0)
             return fail(err, errlen, "config: %s: must be one of %s (got %s)", k->name,
                         k->choices, quote(s, len, q, sizeof q));
     } else if (len + 1 > k->size) {
@@ -305,6 +326,10 @@ static int store_str(struct config *cfg, const struct key *k, const char *s, siz
                     k->name, k->size - 1, len);
     } else if ((long long)len < k->min) {
         return fail(err, errlen, "config: %s: must not be empty", k->name);
+    }
+    if (k->type == KEY_CHOICE) {
+        *(int *)field(cfg, k) = choice_index(k->choices, s, len);
+        return 0;
     }
     memcpy(field(cfg, k), s, len);
     ((char *)field(cfg, k))[len] = '\0';
@@ -420,6 +445,7 @@ static int set_text(struct config *cfg, const struct key *k, const char *s, char
         return 0;
     case KEY_STR:
     case KEY_ENUM:
+    case KEY_CHOICE:
         return store_str(cfg, k, s, strlen(s), err, errlen);
     case KEY_JSON:
         j = cJSON_ParseWithOpts(s, NULL, 1); /* nothing may follow the value */
@@ -479,6 +505,7 @@ static int set_json(struct config *cfg, const struct key *k, const cJSON *v, cha
         return 0;
     case KEY_STR:
     case KEY_ENUM:
+    case KEY_CHOICE:
         if (!cJSON_IsString(v))
             return fail(err, errlen, "config: %s: must be a string (got %s)", k->name,
                         json_kind(v));
@@ -506,6 +533,7 @@ void config_defaults(struct config *cfg)
         assert(k->type != KEY_INT || k->size == sizeof(int));
         assert(k->type != KEY_SIZE || k->size == sizeof(size_t));
         assert(k->type != KEY_BOOL || k->size == sizeof(bool));
+        assert(k->type != KEY_CHOICE || k->size == sizeof(int));
         rc = set_text(cfg, k, k->def, err, sizeof err);
         assert(rc == 0); /* a default that fails its own key is a bug in the table */
         (void)rc;
@@ -700,6 +728,11 @@ static int check_key(const struct config *cfg, const struct key *k, char *err, s
         return store_int(&scratch, k, (long long)*(const size_t *)s, got, err, errlen);
     case KEY_BOOL:
         return 0;
+    case KEY_CHOICE:
+        if (!choice_word(k->choices, *(const int *)s, got, sizeof got)[0])
+            return fail(err, errlen, "config: %s: must be one of %s (got %d)", k->name,
+                        k->choices, *(const int *)s);
+        return 0;
     case KEY_STR:
     case KEY_ENUM:
         if (!memchr(s, '\0', k->size))
@@ -773,6 +806,7 @@ static void add_value(cJSON *root, const struct config *cfg, const struct key *k
     size_t slen = section_len(k);
     const char *leaf = k->name + slen + 1;
     const void *f = cfield(cfg, k);
+    char word[32];
     cJSON *obj, *v;
 
     assert(slen < sizeof sec);
@@ -785,6 +819,9 @@ static void add_value(cJSON *root, const struct config *cfg, const struct key *k
     case KEY_INT: v = cJSON_CreateNumber(*(const int *)f); break;
     case KEY_SIZE: v = cJSON_CreateNumber((double)*(const size_t *)f); break;
     case KEY_BOOL: v = cJSON_CreateBool(*(const bool *)f); break;
+    case KEY_CHOICE:
+        v = cJSON_CreateString(choice_word(k->choices, *(const int *)f, word, sizeof word));
+        break;
     case KEY_JSON:
         v = cJSON_Parse(f);
         if (!v)
@@ -824,7 +861,8 @@ static void describe_type(const struct key *k, char *out, size_t outlen, const c
     case KEY_SIZE:
         snprintf(out, outlen, "%s %lld..%lld", type_name(k->type), k->min, k->max);
         break;
-    case KEY_ENUM: {
+    case KEY_ENUM:
+    case KEY_CHOICE: {
         size_t o = (size_t)snprintf(out, outlen, "enum ");
         for (const char *p = k->choices; *p && o + 4 < outlen; p++) {
             if (*p == '|') {

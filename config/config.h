@@ -12,6 +12,14 @@
 
 #define CONFIG_STR_MAX 512
 
+/* devices.auto_register: register an unknown device on its first MQTT telemetry.
+ * The order is the order of the config words "auto|true|false". */
+enum config_register {
+    CONFIG_REGISTER_AUTO = 0,   /* "auto": only while mqtt.allow_anonymous is on */
+    CONFIG_REGISTER_ALWAYS = 1, /* "true" */
+    CONFIG_REGISTER_NEVER = 2,  /* "false" */
+};
+
 struct config {
     char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
     struct {
@@ -49,7 +57,7 @@ struct config {
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {
-        char auto_register[8];           /* devices.auto_register: auto|true|false, default auto */
+        enum config_register auto_register; /* devices.auto_register, default auto */
     } devices;
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */

@@ -13,9 +13,35 @@
 #include "base/alloc.h"
 #include "base/b64.h"
 
+static const char *const role_names[] = {[DEVICE_ROLE_DEVICE] = "device",
+                                         [DEVICE_ROLE_APP] = "app"};
+
+const char *devices_role_name(enum device_role role)
+{
+    return (unsigned)role < sizeof role_names / sizeof role_names[0] ? role_names[role]
+                                                                     : "device";
+}
+
+int devices_role_parse(const char *name, enum device_role *out)
+{
+    for (unsigned i = 0; i < sizeof role_names / sizeof role_names[0]; i++) {
+        if (name && strcmp(name, role_names[i]) == 0) {
+            *out = (enum device_role)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 void devices_init(struct devices *d)
 {
     map_init(&d->by_id);
+    memset(&d->store, 0, sizeof d->store);
+}
+
+void devices_set_store(struct devices *d, const struct devices_store *store)
+{
+    d->store = *store;
 }
 
 static void free_latest(struct latest_val *lv)
@@ -51,16 +77,49 @@ struct device *devices_find(struct devices *d, const char *id)
 }
 
 struct device *devices_add(struct devices *d, const char *id, const char *token_hash,
-                           const char *role, int64_t created_ms)
+                           enum device_role role, int64_t created_ms)
 {
     struct device *dev = xcalloc(1, sizeof *dev);
     snprintf(dev->id, sizeof dev->id, "%s", id);
     snprintf(dev->token_hash, sizeof dev->token_hash, "%s", token_hash ? token_hash : "");
-    snprintf(dev->role, sizeof dev->role, "%s", role && *role ? role : "device");
+    dev->role = role;
     dev->created_ms = created_ms;
     map_init(&dev->latest);
     map_put(&d->by_id, dev->id, strlen(dev->id), dev);
     return dev;
+}
+
+struct device *devices_create(struct devices *d, const char *id, const char *token_hash,
+                              enum device_role role, const char *attrs_json, int64_t created_ms,
+                              uint64_t *seq)
+{
+    struct device *dev = devices_add(d, id, token_hash, role, created_ms);
+    if (attrs_json)
+        dev->attrs_json = xstrdup(attrs_json);
+    *seq = devices_save(d, dev);
+    return dev;
+}
+
+uint64_t devices_save(struct devices *d, const struct device *dev)
+{
+    return d->store.put ? d->store.put(d->store.ctx, dev) : 0;
+}
+
+uint64_t devices_touch(struct devices *d, struct device *dev, const char *protocol,
+                       int64_t now_ms)
+{
+    dev->last_seen_ms = now_ms;
+    if (protocol)
+        snprintf(dev->protocol, sizeof dev->protocol, "%s", protocol);
+    return d->store.touch ? d->store.touch(d->store.ctx, dev) : 0;
+}
+
+uint64_t devices_delete(struct devices *d, const char *id)
+{
+    char copy[DEVICE_ID_MAX + 1];
+    snprintf(copy, sizeof copy, "%s", id); /* id may be the record's own, freed here */
+    devices_remove(d, copy);
+    return d->store.remove ? d->store.remove(d->store.ctx, copy) : 0;
 }
 
 void devices_remove(struct devices *d, const char *id)
@@ -68,6 +127,17 @@ void devices_remove(struct devices *d, const char *id)
     struct device *dev = map_del(&d->by_id, id, strlen(id));
     if (dev)
         free_device(dev);
+}
+
+void devices_sink(void *ctx, struct msg *m, struct ticket *t)
+{
+    struct device *dev;
+    (void)t;
+    if (m->kind != MSG_TELEMETRY || !m->device[0] || m->npoints == 0)
+        return;
+    dev = devices_find(ctx, m->device);
+    if (dev)
+        devices_update_latest(dev, m);
 }
 
 void devices_set_latest(struct device *dev, const struct point *p)
@@ -143,10 +213,12 @@ void devices_write_value_json(const struct point *p, struct buf *out)
 
 void devices_write_json(const struct device *dev, struct buf *out)
 {
+    const char *role = devices_role_name(dev->role);
+
     buf_append_str(out, "{\"id\":");
     buf_append_json_str(out, dev->id, strlen(dev->id));
     buf_append_str(out, ",\"role\":");
-    buf_append_json_str(out, dev->role, strlen(dev->role));
+    buf_append_json_str(out, role, strlen(role));
     buf_printf(out, ",\"created\":%lld,\"online\":%s,\"last_seen\":", (long long)dev->created_ms,
                dev->online > 0 ? "true" : "false");
     if (dev->last_seen_ms)

@@ -1,7 +1,9 @@
 /* gateway/devices.h: the device registry and the hot state the loop keeps in
  * memory (DESIGN.md "Threads"): devices, their token hashes, presence and the
- * latest value per (device, key). SQLite holds the durable copy; this module
- * never touches it — callers submit changes to storage. Loop thread only. */
+ * latest value per (device, key). The durable copy lives behind a port
+ * (struct devices_store, wired by main): every devices_* function that changes a
+ * record submits the change through it and returns the write's seq, which the
+ * caller adds to its ticket when an answer waits for durability. Loop thread only. */
 #ifndef GALE_DEVICES_H
 #define GALE_DEVICES_H
 
@@ -12,6 +14,8 @@
 #include "base/buf.h"
 #include "base/map.h"
 #include "gateway/msg.h"
+
+struct ticket;
 
 #define DEVICE_ID_MAX 64
 
@@ -24,10 +28,21 @@ struct latest_val {
     struct point p;      /* p.key == key; p.str heap, owned */
 };
 
+/* What a registry entry is: a device (publishes under devices/<id>/...) or an
+ * application client (a backend, a historian). Its name on the wire, in REST and in
+ * SQLite is "device" / "app". */
+enum device_role { DEVICE_ROLE_DEVICE = 0, DEVICE_ROLE_APP = 1 };
+
+/* "device" or "app". */
+const char *devices_role_name(enum device_role role);
+/* Parses "device" / "app". Returns 0, or -1 (out untouched) for any other text. */
+int devices_role_parse(const char *name, enum device_role *out);
+
 struct device {
     char id[DEVICE_ID_MAX + 1];
-    char token_hash[DEVICE_TOKEN_HASH_HEX + 1]; /* hex HMAC-SHA-256 of the token */
-    char role[16];          /* "device" or "app" */
+    char token_hash[DEVICE_TOKEN_HASH_HEX + 1]; /* hex HMAC-SHA-256 of the token; "" = none
+                                                 * (registered by its first telemetry) */
+    enum device_role role;
     int64_t created_ms;
     int64_t last_seen_ms;   /* 0 = never */
     char protocol[16];      /* last protocol seen: "line", "mqtt", "http", "ws" */
@@ -36,17 +51,49 @@ struct device {
     struct map latest;      /* key -> struct latest_val */
 };
 
+/* The registry's persistence (main wires storage into it). Each function submits one
+ * write without blocking and returns its seq (0 = nothing written); the record is
+ * borrowed for the call only. */
+struct devices_store {
+    void *ctx;
+    /* inserts or replaces the whole record */
+    uint64_t (*put)(void *ctx, const struct device *d);
+    /* presence only: last_seen_ms and protocol */
+    uint64_t (*touch)(void *ctx, const struct device *d);
+    /* the record and all of the device's telemetry */
+    uint64_t (*remove)(void *ctx, const char *id);
+};
+
 struct devices {
-    struct map by_id;       /* id -> struct device */
+    struct map by_id;           /* id -> struct device */
+    struct devices_store store; /* all zero until devices_set_store: nothing is written */
 };
 
 void devices_init(struct devices *d);
 void devices_fini(struct devices *d);
+void devices_set_store(struct devices *d, const struct devices_store *store);
 struct device *devices_find(struct devices *d, const char *id);
-/* Adds a device (id must be valid and new); returns it. */
+/* Start-up: adds a device read from storage (id valid and new); nothing is written. */
 struct device *devices_add(struct devices *d, const char *id, const char *token_hash,
-                           const char *role, int64_t created_ms);
+                           enum device_role role, int64_t created_ms);
+/* Registers a new device (id valid and new; token_hash NULL = none; attrs_json NULL or
+ * a JSON object's text, copied) and submits its record; *seq = that write. */
+struct device *devices_create(struct devices *d, const char *id, const char *token_hash,
+                              enum device_role role, const char *attrs_json, int64_t created_ms,
+                              uint64_t *seq);
+/* Submits dev's whole record after the caller changed it (attributes, token). */
+uint64_t devices_save(struct devices *d, const struct device *dev);
+/* Marks dev seen now over protocol ("line", "mqtt", "ws", ...; NULL keeps the last
+ * one) and submits its presence. */
+uint64_t devices_touch(struct devices *d, struct device *dev, const char *protocol,
+                       int64_t now_ms);
+/* Forgets the device and submits the deletion of its record and telemetry. */
+uint64_t devices_delete(struct devices *d, const char *id);
+/* Forgets the device in memory only (a creation whose write failed). */
 void devices_remove(struct devices *d, const char *id);
+/* Bus sink (ctx = struct devices *): a telemetry message updates its device's latest
+ * values. Writes nothing. */
+void devices_sink(void *ctx, struct msg *m, struct ticket *t);
 /* Updates the latest values from a telemetry message (newest ts wins). */
 void devices_update_latest(struct device *dev, const struct msg *m);
 void devices_set_latest(struct device *dev, const struct point *p);

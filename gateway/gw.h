@@ -43,7 +43,7 @@ struct gw {
     void *commands;                  /* command tracking (web/commands.c) */
     /* a device went online (first connection) or offline (last one closed) */
     void (*on_presence)(struct gw *gw, const char *device, bool online);
-    /* a device answered a command over a non-MQTT transport */
+    /* a device answered a command (any transport: gateway/session.c calls it) */
     void (*on_command_reply)(struct gw *gw, const char *device, const char *cmd_id,
                              const void *payload, size_t len);
     /* read-only */

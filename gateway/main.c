@@ -24,7 +24,6 @@
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "gateway/ingest.h"
 #include "gateway/log.h"
 #include "base/alloc.h"
 #include "protocols/http/http.h"
@@ -200,10 +199,39 @@ static int load_api_key(struct gw *gw, const struct config *cfg)
     return 0;
 }
 
+/* ---- the device registry's port (gateway/devices.h) over storage ---- */
+
+static struct store_device store_record(const struct device *d)
+{
+    return (struct store_device){d->id, d->token_hash, devices_role_name(d->role), d->attrs_json,
+                                 d->created_ms, d->last_seen_ms,
+                                 d->protocol[0] ? d->protocol : NULL};
+}
+
+static uint64_t devices_put_stored(void *ctx, const struct device *d)
+{
+    struct store_device sd = store_record(d);
+    return store_put_device(ctx, &sd);
+}
+
+static uint64_t devices_touch_stored(void *ctx, const struct device *d)
+{
+    return store_touch_device(ctx, d->id, d->last_seen_ms, d->protocol[0] ? d->protocol : NULL);
+}
+
+static uint64_t devices_remove_stored(void *ctx, const char *id)
+{
+    return store_delete_device(ctx, id);
+}
+
 static void on_device_loaded(void *ctx, const struct store_device *d)
 {
     struct gw *gw = ctx;
-    struct device *dev = devices_add(gw->devices, d->id, d->token_hash, d->role, d->created_ms);
+    enum device_role role = DEVICE_ROLE_DEVICE; /* the default, as in the schema */
+    struct device *dev;
+
+    devices_role_parse(d->role, &role);
+    dev = devices_add(gw->devices, d->id, d->token_hash, role, d->created_ms);
     dev->last_seen_ms = d->last_seen_ms;
     if (d->protocol)
         snprintf(dev->protocol, sizeof dev->protocol, "%s", d->protocol);
@@ -295,7 +323,10 @@ int main(int argc, char **argv)
         goto out;
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
-    ingest_init(&gw);
+    devices_set_store(&devices, &(struct devices_store){gw.store, devices_put_stored,
+                                                        devices_touch_stored,
+                                                        devices_remove_stored});
+    bus_add_sink(gw.bus, "latest", devices_sink, &devices);
     bus_add_sink(gw.bus, "storage", store_sink, gw.store);
     if (mqtt_broker_init(&gw) != 0)
         goto out;

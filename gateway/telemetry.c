@@ -7,9 +7,11 @@
  * the loop thread (or any thread: it shares nothing).
  * Rules beyond telemetry.h: "ts" is an integer (integer-valued doubles such as 1.7e12
  * count) in 0..253402300799999 (end of year 9999); "seq" an integer in 0..2^53-1, allowed
- * only in a single top-level object (inside an array it is refused, not taken as a value);
- * beside "values" only "ts" and "seq" may appear; "ts", "values" and "seq" are matched
+ * only at the top of a single object or of a batch envelope (inside an array it is
+ * refused, not taken as a value); beside "values" only "ts" and "seq" may appear, beside
+ * a top-level "batch" array only "seq"; "ts", "values", "seq" and "batch" are matched
  * case-sensitively and must not repeat, while repeated value keys are all kept, in order.
+ * A top-level "batch" that is not an array is an ordinary value.
  * Numbers must be finite (1e999 is refused); strings, keys and nested JSON must be valid
  * UTF-8 without NUL (raw or \u0000: strings are NUL-terminated downstream); keys hold no
  * C0, DEL or C1 control characters. A payload whose values are all null is "empty".
@@ -262,7 +264,8 @@ static int walk_object(struct walk *w, const cJSON *obj, int top)
             values = m;
         } else if (strcmp(m->string, "seq") == 0) {
             if (!top)
-                return fail(w, "seq is only allowed in a single object, not in an array",
+                return fail(w, "seq is not allowed inside an array: send "
+                               "{\"seq\":N,\"batch\":[...]}",
                             "bad_shape");
             if (seq)
                 return fail(w, "duplicate seq", "bad_shape");
@@ -293,21 +296,65 @@ static int walk_object(struct walk *w, const cJSON *obj, int top)
     return 0;
 }
 
-static int walk_payload(struct walk *w, const cJSON *root)
+static int walk_array(struct walk *w, const cJSON *arr)
 {
     const cJSON *el;
 
-    if (cJSON_IsObject(root))
-        return walk_object(w, root, 1);
-    if (!cJSON_IsArray(root))
-        return fail(w, "expected an object or array", "bad_shape");
-    for (el = root->child; el; el = el->next) {
+    for (el = arr->child; el; el = el->next) {
         if (!cJSON_IsObject(el))
             return fail(w, "array elements must be objects", "bad_shape");
         if (walk_object(w, el, 0) != 0)
             return -1;
     }
     return 0;
+}
+
+/* The batch envelope {"seq":N,"batch":[...]}: an array that carries one seq. Only "seq"
+ * may appear beside "batch"; the elements follow the array rules. */
+static int walk_batch(struct walk *w, const cJSON *obj, const cJSON *batch)
+{
+    const cJSON *m, *seq = NULL;
+
+    for (m = obj->child; m; m = m->next) {
+        if (m == batch)
+            continue;
+        if (strcmp(m->string, "batch") == 0)
+            return fail(w, "duplicate batch", "bad_shape");
+        if (strcmp(m->string, "seq") != 0)
+            return fail(w, "only seq is allowed beside batch", "bad_shape");
+        if (seq)
+            return fail(w, "duplicate seq", "bad_shape");
+        seq = m;
+    }
+    if (seq && !w->points && parse_seq(w, seq) != 0)
+        return -1;
+    return walk_array(w, batch);
+}
+
+static int walk_payload(struct walk *w, const cJSON *root)
+{
+    const cJSON *batch;
+
+    if (cJSON_IsArray(root))
+        return walk_array(w, root);
+    if (!cJSON_IsObject(root))
+        return fail(w, "expected an object or array", "bad_shape");
+    batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
+    if (cJSON_IsArray(batch))
+        return walk_batch(w, root, batch);
+    return walk_object(w, root, 1);
+}
+
+/* The top-level seq of a payload that failed to decode, so the error can name it. */
+static void peek_seq(const cJSON *root, struct telem *out)
+{
+    const cJSON *seq = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "seq") : NULL;
+    struct walk w = {0};
+
+    if (seq && parse_seq(&w, seq) == 0) {
+        out->has_seq = 1;
+        out->seq = w.seq;
+    }
 }
 
 /* Pass 2 left keys and strings pointing into the tree (and JSON values in cJSON's
@@ -384,6 +431,7 @@ int telem_decode(const struct telem_limits *lim, const char *json, size_t len, i
     cJSON_Delete(root);
     return 0;
 fail:
+    peek_seq(root, out);
     cJSON_Delete(root);
     if (why)
         *why = w.why;

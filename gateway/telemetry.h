@@ -3,10 +3,12 @@
  *   {"temp":21.5,"on":true}                 values at now_ms
  *   {"ts":1700000000000,"values":{...}}     values at ts (epoch ms)
  *   [ <either of the above>, ... ]
+ *   {"seq":N,"batch":[ <either of the above>, ... ]}   the batch envelope: an array
+ *                                           with one seq for all of it
  * Values: number, boolean, string, or JSON object/array (kept as compact JSON text).
- * null values are skipped. A "seq" member at top level of an object is not a value:
- * it is returned in *seq (line protocol and device WebSocket acks) — only for a
- * single top-level object, not inside arrays.
+ * null values are skipped. A "seq" member at top level of a single object or of the
+ * batch envelope is not a value: it is returned in out->seq (line protocol and device
+ * WebSocket acks); inside an array it is refused.
  * Pure: no I/O, no clock (the caller passes now_ms). */
 #ifndef GALE_TELEMETRY_H
 #define GALE_TELEMETRY_H
@@ -25,7 +27,8 @@ struct telem {
     struct point *points; /* heap array, owned; keys/strings point into arena */
     size_t npoints;
     char *arena;          /* heap, owned: every key and string value */
-    int has_seq;          /* 1 when a top-level "seq" number was present */
+    int has_seq;          /* 1 when a valid top-level "seq" was present (also set when
+                           * the payload was refused, so its error can carry it) */
     int64_t seq;          /* its value */
 };
 
@@ -33,7 +36,8 @@ struct telem {
  * reason ("invalid JSON", "expected an object or array", "ts must be an integer
  * (epoch ms)", "values must be an object", "too many values", "key too long",
  * "empty telemetry", ...) and *code to a machine code ("bad_json", "bad_shape",
- * "bad_ts", "too_many_values", "bad_key"). */
+ * "bad_ts", "too_many_values", "bad_key"). On -1 only out->has_seq and out->seq may be
+ * set: when the JSON parsed and carried a valid top-level seq. */
 int telem_decode(const struct telem_limits *lim, const char *json, size_t len, int64_t now_ms,
                  struct telem *out, const char **why, const char **code);
 void telem_fini(struct telem *t);

@@ -153,13 +153,6 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
     cJSON_Delete(js);
 }
 
-static void on_reply(void *ctx, const char *device, const char *cmd_id, const void *payload,
-                     size_t len)
-{
-    struct commands *cs = ctx;
-    commands_reply(cs->gw, device, cmd_id, payload, len);
-}
-
 void commands_reply(struct gw *gw, const char *device, const char *cmd_id, const void *payload,
                     size_t len)
 {
@@ -225,7 +218,7 @@ int commands_init(struct gw *gw)
     cs->timer.data = cs;
     uv_timer_start(&cs->timer, on_expiry, 1000, 1000);
     uv_unref((uv_handle_t *)&cs->timer);
-    mqtt_broker_set_command_hooks(gw, on_delivered, on_reply, cs);
+    mqtt_broker_set_command_hooks(gw, on_delivered, cs);
     return 0;
 }
 

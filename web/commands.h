@@ -1,9 +1,10 @@
 /* web/commands.h: commands sent to devices. POST /api/devices/{id}/commands
  * publishes {"id","name","params"} on devices/<id>/commands (QoS 1) for MQTT
- * subscribers and writes it as a {"command":...} line to line-protocol
- * connections of the device. Status: queued -> delivered (a device connection
- * took it: PUBACK, or written to a line connection) -> replied (a message on
- * devices/<id>/commands/<cmd-id>/reply, or a {"reply":{"id":..}} line), or
+ * subscribers and writes it as a {"command":...} message to the device's session
+ * connections (line protocol, /ws/device: conn->send_command). Status: queued ->
+ * delivered (a device connection took it: PUBACK, or written to a session) ->
+ * replied (commands_reply, which main wires as gw->on_command_reply: a message on
+ * devices/<id>/commands/<cmd-id>/reply, or a {"reply":{"id":..}} message), or
  * expired when no reply came within its timeout. Every change is stored.
  * Loop thread only. */
 #ifndef GALE_COMMANDS_H

@@ -20,8 +20,8 @@
 #include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "gateway/ingest.h"
 #include "gateway/log.h"
+#include "gateway/session.h"
 #include "base/alloc.h"
 #include "base/b64.h"
 #include "base/clock.h"
@@ -108,10 +108,12 @@ static void device_create(struct gw *gw, struct http_conn *h, struct http_req *r
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "attributes");
     char token[64], hash[DEVICE_TOKEN_HASH_HEX + 1];
-    struct store_device sd;
+    enum device_role dev_role = DEVICE_ROLE_DEVICE;
     struct device *dev;
     struct buf b;
     char *attrs_json = NULL;
+    const char *role_name;
+    uint64_t seq;
 
     if (!root || !cJSON_IsObject(root)) {
         http_respond_error(h, 400, "bad_json", "body must be a JSON object like {\"id\":\"dev-1\"}");
@@ -122,8 +124,8 @@ static void device_create(struct gw *gw, struct http_conn *h, struct http_req *r
                            "id must be 1-64 characters of A-Z a-z 0-9 _ . : -");
         goto out;
     }
-    if (role && (!cJSON_IsString(role) || (strcmp(role->valuestring, "device") != 0 &&
-                                           strcmp(role->valuestring, "app") != 0))) {
+    if (role &&
+        (!cJSON_IsString(role) || devices_role_parse(role->valuestring, &dev_role) != 0)) {
         http_respond_error(h, 400, "invalid_role", "role must be \"device\" or \"app\"");
         goto out;
     }
@@ -137,24 +139,21 @@ static void device_create(struct gw *gw, struct http_conn *h, struct http_req *r
     }
     devices_new_token(token);
     devices_hash_token(gw->token_secret, token, strlen(token), hash);
-    dev = devices_add(gw->devices, id->valuestring, hash, role ? role->valuestring : "device",
-                      gw_now_ms());
-    if (attrs) {
+    if (attrs)
         attrs_json = cJSON_PrintUnformatted(attrs);
-        dev->attrs_json = xstrdup(attrs_json);
-    }
-    sd = (struct store_device){dev->id, dev->token_hash, dev->role, dev->attrs_json,
-                               dev->created_ms, 0, NULL};
+    dev = devices_create(gw->devices, id->valuestring, hash, dev_role, attrs_json, gw_now_ms(),
+                         &seq);
+    role_name = devices_role_name(dev->role);
     buf_init(&b);
     buf_append_str(&b, "{\"id\":");
     buf_append_json_str(&b, dev->id, strlen(dev->id));
     buf_append_str(&b, ",\"token\":");
     buf_append_json_str(&b, token, strlen(token));
     buf_append_str(&b, ",\"role\":");
-    buf_append_json_str(&b, dev->role, strlen(dev->role));
+    buf_append_json_str(&b, role_name, strlen(role_name));
     buf_append_str(&b, "}");
-    log_info("device=%s created role=%s", dev->id, dev->role);
-    t = ticket_one(store_put_device(gw->store, &sd));
+    log_info("device=%s created role=%s", dev->id, role_name);
+    t = ticket_one(seq);
     reply_when_durable(h, &t, 201, &b, dev->id);
     OPENSSL_cleanse(token, sizeof token);
 out:
@@ -188,7 +187,7 @@ static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev
     struct conn *self = http_conn_of(h);
 
     snprintf(id, sizeof id, "%s", dev->id);
-    devices_remove(gw->devices, id);
+    t = ticket_one(devices_delete(gw->devices, id));
     for (struct conn *c = gw->conns, *next; c; c = next) {
         next = c->next;
         if (c != self && strcmp(c->device, id) == 0)
@@ -199,7 +198,6 @@ static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev
     buf_append_str(&b, "{\"deleted\":");
     buf_append_json_str(&b, id, strlen(id));
     buf_append_str(&b, "}");
-    t = ticket_one(store_delete_device(gw->store, id));
     reply_when_durable(h, &t, 200, &b, NULL);
 }
 
@@ -211,7 +209,6 @@ static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *re
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "attributes");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "token");
     char token[64] = "";
-    struct store_device sd;
     struct buf b;
 
     if (!root || !cJSON_IsObject(root) || (!attrs && !tok)) {
@@ -237,8 +234,7 @@ static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *re
         devices_new_token(token);
         devices_hash_token(gw->token_secret, token, strlen(token), dev->token_hash);
     }
-    sd = (struct store_device){dev->id, dev->token_hash, dev->role, dev->attrs_json,
-                               dev->created_ms, dev->last_seen_ms, dev->protocol};
+    t = ticket_one(devices_save(gw->devices, dev));
     buf_init(&b);
     devices_write_json(dev, &b);
     if (token[0]) {
@@ -248,7 +244,6 @@ static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *re
         buf_append_str(&b, "}");
         OPENSSL_cleanse(token, sizeof token);
     }
-    t = ticket_one(store_put_device(gw->store, &sd));
     reply_when_durable(h, &t, 200, &b, NULL);
 out:
     cJSON_Delete(root);
@@ -259,7 +254,7 @@ out:
 static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *req,
                            struct device *dev)
 {
-    struct ingest_result res;
+    struct session_result res;
     const char *why, *code;
     const char *tok = http_bearer(req);
     char topic[DEVICE_ID_MAX + 32];
@@ -278,7 +273,7 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
         return;
     }
     snprintf(topic, sizeof topic, "devices/%s/telemetry", dev->id);
-    if (ingest_telemetry(gw, dev, topic, req->body, req->body_len, &res, &why, &code) != 0) {
+    if (session_ingest(gw, dev, topic, req->body, req->body_len, &res, &why, &code) != 0) {
         http_respond_error(h, 400, code, why);
         return;
     }

@@ -17,8 +17,8 @@
 #include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "gateway/ingest.h"
 #include "gateway/log.h"
+#include "gateway/session.h"
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/websocket/ws.h"
@@ -90,7 +90,7 @@ static int device_creds(struct gw *gw, struct http_conn *h, struct http_req *req
                      "(Authorization: Bearer <token> or ?token=)");
         return -1;
     }
-    *dev = ingest_auth(gw, http_conn_of(h), id, strlen(id), tok, strlen(tok));
+    *dev = session_authenticate(gw, http_conn_of(h), id, strlen(id), tok, strlen(tok));
     if (!*dev) {
         unauthorized(gw, h, "authentication failed");
         return -1;

@@ -723,13 +723,11 @@ void mqtt_broker_fini(struct gw *gw)
     gw->mqtt = NULL;
 }
 
-void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered,
-                                   mqtt_reply_fn reply, void *ctx)
+void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered, void *ctx)
 {
     struct mqtt_broker *b = gw->mqtt;
     if (!b)
         return;
     b->on_delivered = delivered;
-    b->on_reply = reply;
     b->hook_ctx = ctx;
 }

@@ -30,13 +30,11 @@ void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device,
                          const char *topic, const void *payload, size_t len, uint8_t qos,
                          bool retain);
 
-/* Called when a device's MQTT session acknowledged (PUBACK/PUBCOMP) message m. */
+/* Called when a device's MQTT session acknowledged (PUBACK/PUBCOMP) message m. (Replies
+ * to commands reach gw->on_command_reply through gateway/session.h, as from every
+ * transport.) */
 typedef void (*mqtt_delivered_fn)(void *ctx, const char *device, struct msg *m);
-/* Called for every message published on devices/<id>/commands/<cmd>/reply. */
-typedef void (*mqtt_reply_fn)(void *ctx, const char *device, const char *cmd_id,
-                              const void *payload, size_t len);
-void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered,
-                                   mqtt_reply_fn reply, void *ctx);
+void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered, void *ctx);
 
 /* Presence of any device (any protocol): retained devices/<id>/status online/offline. */
 void mqtt_broker_presence(struct gw *gw, const char *device, bool online);

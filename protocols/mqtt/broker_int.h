@@ -87,7 +87,6 @@ struct mqtt_broker {
     uint64_t bytes_in_closed;   /* bytes received / sent by MQTT connections now closed */
     uint64_t bytes_out_closed;
     mqtt_delivered_fn on_delivered;
-    mqtt_reply_fn on_reply;
     void *hook_ctx;
     uint64_t next_anon;         /* for server-assigned client ids */
     struct ticket *ticket;      /* while routing a message: its publisher's ticket, which

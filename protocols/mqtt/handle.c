@@ -1,25 +1,25 @@
 /* protocols/mqtt/handle.c: one MQTT connection. Decodes every complete packet in
  * the input (mqtt_decode), enforces the 3.1.1 session rules the decoder cannot
- * (CONNECT first and once, client id rules, credentials, keepalive, ACL), and
- * hands publishes to the bus. QoS 1/2 acknowledgements go out in arrival order
- * and only once what the message made storage write (telemetry, a retained message,
- * offline persistent sessions' queues) is durable (gw_await_durable).
+ * (CONNECT first and once, client id rules, keepalive, ACL), and hands publishes
+ * to the bus. Who a client is (its credentials) and what a publish means to Gale's
+ * device model (telemetry, attributes, command replies, presence) are asked of the
+ * device session layer (gateway/session.h) in plain values. QoS 1/2
+ * acknowledgements go out in arrival order and only once what the message made
+ * storage write (telemetry, a retained message, offline persistent sessions' queues,
+ * a new device) is durable (gw_await_durable).
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway/bus.h"
-#include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "gateway/ingest.h"
 #include "gateway/log.h"
+#include "gateway/session.h"
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "protocols/mqtt/broker_int.h"
-#include "storage/store.h"
 
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
@@ -80,20 +80,13 @@ static char *dup_str(struct mqtt_str s)
     return xstrndup(s.p ? s.p : "", s.len);
 }
 
-/* Anonymous access may name a device by username (no password) when that device has no
- * token: it registered itself through anonymous telemetry (devices.auto_register). */
-static struct device *tokenless_device(struct gw *gw, const char *username)
-{
-    struct device *dev = username[0] ? devices_find(gw->devices, username) : NULL;
-    return dev && !dev->token_hash[0] ? dev : NULL;
-}
-
 static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_connect *cp = &pkt->connect;
     struct mqtt_broker *b = mc->b;
     struct gw *gw = b->gw;
-    struct device *dev = NULL, *presence = NULL;
+    struct session_login login;
+    enum session_login_rc login_rc;
     struct mqtt_session *s;
     char client_id[256];
     bool sp = false;
@@ -131,29 +124,20 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         memcpy(mc->username, cp->username.p, cp->username.len);
         mc->username[cp->username.len] = '\0';
     }
-    if (cp->has_username && cp->has_password) {
-        dev = ingest_auth(gw, mc->c, cp->username.p, cp->username.len,
-                          (const char *)cp->password.p, cp->password.len);
-        if (!dev) {
-            connack(mc, false, MQTT_CONNACK_BAD_CREDENTIALS);
-            return;
-        }
-        mc->role = strcmp(dev->role, "app") == 0 ? ACL_ROLE_APP : ACL_ROLE_DEVICE;
-        if (mc->role == ACL_ROLE_DEVICE)
-            snprintf(mc->device, sizeof mc->device, "%s", dev->id);
-        presence = dev; /* applications are in the registry too: they get presence */
-    } else if (gw->cfg->mqtt.allow_anonymous &&
-               (!cp->has_username || !devices_find(gw->devices, mc->username) ||
-                tokenless_device(gw, mc->username))) {
-        /* a provisioned device's name needs its token, even here */
-        mc->role = ACL_ROLE_ANONYMOUS;
-        presence = tokenless_device(gw, mc->username);
-    } else {
-        gw->metrics.auth_failures++;
-        connack(mc, false, cp->has_username ? MQTT_CONNACK_BAD_CREDENTIALS
-                                            : MQTT_CONNACK_NOT_AUTHORIZED);
+    login_rc = session_mqtt_login(gw, mc->c, cp->username.p, cp->username.len, cp->has_username,
+                                  cp->password.p, cp->password.len, cp->has_password, &login);
+    if (login_rc != SESSION_LOGIN_OK) {
+        connack(mc, false, login_rc == SESSION_LOGIN_BAD_CREDENTIALS
+                               ? MQTT_CONNACK_BAD_CREDENTIALS
+                               : MQTT_CONNACK_NOT_AUTHORIZED);
         return;
     }
+    if (login.anonymous)
+        mc->role = ACL_ROLE_ANONYMOUS;
+    else
+        mc->role = login.role == DEVICE_ROLE_APP ? ACL_ROLE_APP : ACL_ROLE_DEVICE;
+    if (mc->role == ACL_ROLE_DEVICE)
+        snprintf(mc->device, sizeof mc->device, "%s", login.device);
     if (cp->will) {
         if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, client_id,
                        mc->device[0] ? mc->device : NULL, cp->will_topic.p, cp->will_topic.len,
@@ -216,8 +200,8 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
              "keepalive=%u session_present=%d",
              (unsigned long long)mc->c->id, mc->c->peer, client_id, mc->username,
              cp->clean_session, cp->keepalive_s, sp);
-    if (presence)
-        ingest_online(gw, mc->c, presence, "mqtt");
+    if (login.device[0]) /* applications are in the registry too: they get presence */
+        session_online(gw, mc->c, login.device, "mqtt");
     broker_session_attach(b, s, mc);
 }
 
@@ -250,109 +234,23 @@ static void qos2_remove(struct mqtt_session *s, uint16_t id)
     }
 }
 
-/* devices/<id>/<rest>: fills id and returns rest, or NULL. */
-static const char *device_topic(const char *topic, char *id, size_t idlen)
-{
-    const char *p, *slash;
-    if (strncmp(topic, "devices/", 8) != 0)
-        return NULL;
-    p = topic + 8;
-    slash = strchr(p, '/');
-    if (!slash || (size_t)(slash - p) >= idlen || !devices_valid_id(p, (size_t)(slash - p)))
-        return NULL;
-    memcpy(id, p, (size_t)(slash - p));
-    id[slash - p] = '\0';
-    return slash + 1;
-}
-
-static void merge_attributes(struct gw *gw, struct device *dev, const uint8_t *p, size_t len,
-                             struct ticket *t)
-{
-    cJSON *upd = cJSON_ParseWithLength((const char *)p, len), *cur, *it;
-    struct store_device sd;
-    char *js;
-    if (!cJSON_IsObject(upd)) {
-        cJSON_Delete(upd);
-        return;
-    }
-    cur = dev->attrs_json ? cJSON_Parse(dev->attrs_json) : NULL;
-    if (!cJSON_IsObject(cur)) {
-        cJSON_Delete(cur);
-        cur = cJSON_CreateObject();
-    }
-    cJSON_ArrayForEach(it, upd) {
-        cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
-        cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
-    }
-    js = cJSON_PrintUnformatted(cur);
-    free(dev->attrs_json);
-    dev->attrs_json = xstrdup(js);
-    cJSON_free(js);
-    cJSON_Delete(cur);
-    cJSON_Delete(upd);
-    sd = (struct store_device){dev->id, dev->token_hash, dev->role, dev->attrs_json,
-                               dev->created_ms, dev->last_seen_ms, dev->protocol};
-    ticket_add(t, store_put_device(gw->store, &sd));
-}
-
-/* The device "me" names in ThingsBoard-style topics: the authenticated device, or for an
- * anonymous client its username when that is a valid device id. NULL when none. */
-static const char *self_device(const struct mqtt_conn *mc)
-{
-    if (mc->device[0])
-        return mc->device;
-    if (mc->role == ACL_ROLE_ANONYMOUS && devices_valid_id(mc->username, strlen(mc->username)))
-        return mc->username;
-    return NULL;
-}
-
-/* Registers device id on its first telemetry (devices.auto_register, which anonymous access
- * implies). An anonymous client whose username is that id is from then on the device's
- * connection for presence. */
-static struct device *auto_register(struct mqtt_conn *mc, const char *id, struct ticket *t)
-{
-    struct gw *gw = mc->b->gw;
-    struct device *dev;
-    struct store_device sd;
-
-    if (strcmp(gw->cfg->devices.auto_register, "true") != 0 &&
-        !(strcmp(gw->cfg->devices.auto_register, "auto") == 0 && gw->cfg->mqtt.allow_anonymous))
-        return NULL;
-    dev = devices_add(gw->devices, id, NULL, "device", gw_now_ms());
-    sd = (struct store_device){dev->id, "", dev->role, NULL, dev->created_ms, 0, NULL};
-    ticket_add(t, store_put_device(gw->store, &sd));
-    log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
-             (unsigned long long)mc->c->id, mc->c->peer, id);
-    if (mc->role == ACL_ROLE_ANONYMOUS && !mc->c->device[0] && strcmp(mc->username, id) == 0)
-        ingest_online(gw, mc->c, dev, "mqtt");
-    return dev;
-}
-
 static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_publish *pp = &pkt->publish;
     struct mqtt_broker *b = mc->b;
     struct gw *gw = b->gw;
-    char stack_topic[512], *topic = stack_topic, id[DEVICE_ID_MAX + 1];
-    const char *rest;
-    struct device *dev = NULL;
-    struct msg *m = NULL;
+    char stack_topic[512], *topic = stack_topic;
+    struct msg *m;
     struct ticket t = {0, 0};
-    const char *me = self_device(mc);
+    const char *not_stored;
+    struct session_client who = {mc->c, mc->role == ACL_ROLE_ANONYMOUS, mc->username,
+                                 mc->device};
 
     b->publish_in++;
     mc->c->msgs_in++;
     if (pp->topic.len + 64 > sizeof stack_topic)
         topic = xmalloc(pp->topic.len + 64);
-    /* ThingsBoard-style topics name the device through the credentials */
-    if (me && pp->topic.len == 23 && memcmp(pp->topic.p, "v1/devices/me/telemetry", 23) == 0)
-        snprintf(topic, pp->topic.len + 64, "devices/%s/telemetry", me);
-    else if (me && pp->topic.len == 24 && memcmp(pp->topic.p, "v1/devices/me/attributes", 24) == 0)
-        snprintf(topic, pp->topic.len + 64, "devices/%s/attributes", me);
-    else {
-        memcpy(topic, pp->topic.p, pp->topic.len);
-        topic[pp->topic.len] = '\0';
-    }
+    session_mqtt_topic(&who, pp->topic.p, pp->topic.len, topic, pp->topic.len + 64);
     if (pp->qos == 2 && qos2_seen(mc->sess, pkt->id))
         goto ack; /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2] */
     if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
@@ -363,33 +261,12 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                      (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
     }
-    rest = device_topic(topic, id, sizeof id);
-    if (rest) {
-        dev = devices_find(gw->devices, id);
-        if (!dev && strcmp(rest, "telemetry") == 0)
-            dev = auto_register(mc, id, &t);
-    }
-    if (dev && strcmp(rest, "telemetry") == 0) {
-        struct ingest_result res;
-        const char *why, *code;
-        m = ingest_decode(gw, dev, topic, pp->payload, pp->payload_len, &res, &why, &code);
-        if (!m && mc->bad_telemetry++ == 0) {
-            log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, dev->id, why);
-        }
-    } else if (dev && strcmp(rest, "attributes") == 0) {
-        merge_attributes(gw, dev, pp->payload, pp->payload_len, &t);
-    } else if (dev && b->on_reply && strncmp(rest, "commands/", 9) == 0) {
-        const char *cmd = rest + 9, *slash = strchr(cmd, '/');
-        if (slash && strcmp(slash, "/reply") == 0) {
-            char cmd_id[128];
-            snprintf(cmd_id, sizeof cmd_id, "%.*s", (int)(slash - cmd), cmd);
-            b->on_reply(b->hook_ctx, dev->id, cmd_id, pp->payload, pp->payload_len);
-        }
-    }
-    if (!m)
-        m = msg_new(dev && strcmp(rest, "attributes") == 0 ? MSG_ATTRIBUTES : MSG_PLAIN,
-                    dev ? dev->id : mc->device, topic, pp->payload, pp->payload_len, NULL, 0);
+    /* Gale's device model (telemetry, attributes, command replies) decides what the
+     * message is; the broker routes it */
+    m = session_mqtt_publish(gw, &who, topic, pp->payload, pp->payload_len, &t, &not_stored);
+    if (not_stored && mc->bad_telemetry++ == 0)
+        log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
+                 (unsigned long long)mc->c->id, mc->c->peer, m->device, not_stored);
     m->ts_ms = gw_now_ms();
     m->qos = pp->qos;
     m->retain = pp->retain;
@@ -592,8 +469,7 @@ void mqtt_conn_finish(struct mqtt_conn *mc)
         }
         if (mc->sess && mc->sess->conn == mc)
             broker_session_detach(b, mc->sess);
-        if (mc->c->device[0])
-            ingest_offline(b->gw, mc->c);
+        session_offline(b->gw, mc->c);
     }
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;

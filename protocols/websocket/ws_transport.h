@@ -67,11 +67,12 @@ void ws_conn_close(struct conn *c, uint16_t code, const char *reason);
 
 /* ---- /ws/device (device.c) ------------------------------------------------------ */
 
-/* The device endpoint: JSON text frames with the line protocol's semantics
- * (protocols/line/handle.c): telemetry with optional "seq" acked as {"ack":N} once
- * durable, {"error","code"} objects for bad messages (closing with 1008 after
- * line.max_errors), commands delivered as {"command":{...}} and replies
- * {"reply":{"id":..}}. proto.open expects the WebSocket transport in place. */
+/* The device endpoint: one JSON object per message, with the device session's
+ * semantics (gateway/session.h, the same as the line protocol's): telemetry with
+ * optional "seq" acked as {"ack":N} once durable, {"error","code"} objects for bad
+ * messages (closing with 1008 after line.max_errors), commands delivered as
+ * {"command":{...}} and replies {"reply":{"id":..}}. proto.open expects the WebSocket
+ * transport in place. */
 extern const struct proto_ops ws_device_proto;
 /* Marks the device connection as authenticated by dev (credentials came with the
  * upgrade request): it goes online at once. Otherwise the first message must be

@@ -167,7 +167,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.mqtt.max_inflight, 20);
     assert_int_equal(c.mqtt.max_queued, 1000);
     assert_string_equal(c.mqtt.acl_json, "[]");
-    assert_string_equal(c.devices.auto_register, "auto");
+    assert_int_equal(c.devices.auto_register, CONFIG_REGISTER_AUTO);
     assert_string_equal(c.storage.path, "");
     assert_string_equal(c.storage.sync, "full");
     assert_int_equal(c.storage.batch_rows, 1000);
@@ -252,6 +252,10 @@ static const struct value_case json_cases[] = {
     { "{\"storage\":{\"sync\":\"normal\"}}", NULL, "storage.sync", "\"normal\"" },
     { "{\"storage\":{\"sync\":\"off\"}}",
       "config: storage.sync: must be one of full|normal (got \"off\")", NULL, NULL },
+    { "{\"devices\":{\"auto_register\":\"false\"}}", NULL, "devices.auto_register",
+      "\"false\"" },
+    { "{\"devices\":{\"auto_register\":\"no\"}}",
+      "config: devices.auto_register: must be one of auto|true|false (got \"no\")", NULL, NULL },
     /* json */
     { "{\"mqtt\":{\"acl\":[{\"topic\" : \"x/#\", \"allow\": [\"sub\"]}]}}", NULL, "mqtt.acl",
       "[{\"topic\":\"x/#\",\"allow\":[\"sub\"]}]" },
@@ -374,6 +378,7 @@ static const struct value_case set_cases[] = {
     { "storage.sync=normal", NULL, "storage.sync", "\"normal\"" },
     { "storage.sync=FULL", "config: storage.sync: must be one of full|normal (got \"FULL\")",
       NULL, NULL },
+    { "devices.auto_register=true", NULL, "devices.auto_register", "\"true\"" },
     /* json */
     { "mqtt.acl=[1, 2]", NULL, "mqtt.acl", "[1,2]" },
     { "mqtt.acl=[]", NULL, "mqtt.acl", "[]" },
@@ -633,6 +638,12 @@ static void test_validate_fields(void **state)
     assert_int_equal(config_validate(&c, err, sizeof err), -1);
     assert_string_equal(err, "config: log.level: must be one of debug|info|warn|error (got "
                              "\"loud\")");
+
+    config_defaults(&c);
+    c.devices.auto_register = (enum config_register)7;
+    assert_int_equal(config_validate(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config: devices.auto_register: must be one of auto|true|false "
+                             "(got 7)");
 
     config_defaults(&c);
     strcpy(c.mqtt.acl_json, "{}");

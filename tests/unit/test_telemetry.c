@@ -107,6 +107,28 @@ static const struct telem_case cases[] = {
     BAD("duplicate seq", "{\"seq\":1,\"seq\":2,\"a\":1}", 0, 0, "bad_shape", "duplicate seq"),
     BAD("seq inside an array", "[{\"seq\":1,\"a\":1}]", 0, 0, "bad_shape", NULL),
     BAD("only seq", "{\"seq\":7}", 0, 0, "empty", "empty telemetry"),
+    /* the batch envelope */
+    OK("batch envelope", "{\"seq\":3,\"batch\":[{\"ts\":1,\"values\":{\"a\":1}},{\"b\":2}]}", 0,
+       0, 1, 3, NUM("a", 1, 1), NUM("b", NOW, 2)),
+    OK("batch before seq", "{\"batch\":[{\"a\":1}],\"seq\":0}", 0, 0, 1, 0, NUM("a", NOW, 1)),
+    OK("batch without seq", "{\"batch\":[{\"a\":1}]}", 0, 0, 0, 0, NUM("a", NOW, 1)),
+    OK("batch that is not an array is a value", "{\"batch\":\"A7\",\"seq\":1}", 0, 0, 1, 1,
+       STR("batch", NOW, "A7")),
+    OK("batch inside an array is a value", "[{\"batch\":[1]}]", 0, 0, 0, 0,
+       JSON("batch", NOW, "[1]")),
+    BAD("other key beside batch", "{\"batch\":[{\"a\":1}],\"b\":2}", 0, 0, "bad_shape",
+        "only seq is allowed beside batch"),
+    BAD("duplicate batch", "{\"batch\":[{\"a\":1}],\"batch\":[{\"b\":1}]}", 0, 0, "bad_shape",
+        "duplicate batch"),
+    BAD("duplicate seq beside batch", "{\"seq\":1,\"batch\":[{\"a\":1}],\"seq\":2}", 0, 0,
+        "bad_shape", "duplicate seq"),
+    BAD("seq inside a batch element", "{\"batch\":[{\"seq\":1,\"a\":1}]}", 0, 0, "bad_shape",
+        NULL),
+    BAD("batch of non-objects", "{\"batch\":[1]}", 0, 0, "bad_shape",
+        "array elements must be objects"),
+    BAD("empty batch", "{\"seq\":1,\"batch\":[]}", 0, 0, "empty", "empty telemetry"),
+    BAD("batch over the point limit", "{\"batch\":[{\"a\":1,\"b\":2},{\"c\":3,\"d\":4}]}", 3, 0,
+        "too_many_values", "too many values"),
     /* ts */
     OK("ts zero", "{\"ts\":0,\"values\":{\"a\":1}}", 0, 0, 0, 0, NUM("a", 0, 1)),
     OK("ts in exponent form", "{\"ts\":1.7e12,\"values\":{\"a\":1}}", 0, 0, 0, 0,
@@ -367,6 +389,40 @@ static void test_many_points(void **state)
     buf_fini(&json);
 }
 
+/* A refused payload still reports its top-level seq when it parsed and named a valid
+ * one, so the device's error reply can carry it. */
+static void test_seq_of_refused(void **state)
+{
+    static const struct {
+        const char *json;
+        int has_seq;
+        int64_t seq;
+    } cases[] = {
+        {"{\"seq\":4,\"ts\":\"x\",\"values\":{\"a\":1}}", 1, 4},
+        {"{\"seq\":5,\"batch\":[1]}", 1, 5},
+        {"{\"batch\":[],\"seq\":6}", 1, 6},
+        {"{\"seq\":8}", 1, 8},
+        {"{\"seq\":-1,\"a\":1}", 0, 0},
+        {"{\"seq\":\"9\",\"a\":1}", 0, 0},
+        {"{\"seq\":6,\"a\":", 0, 0},
+        {"[{\"seq\":7,\"a\":1}]", 0, 0},
+    };
+    struct telem_limits lim = {100, 128};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct telem t;
+        const char *why = NULL, *code = NULL;
+        if (decode_copy(&lim, cases[i].json, strlen(cases[i].json), &t, &why, &code) != -1)
+            fail_msg("%s: accepted", cases[i].json);
+        if (t.has_seq != cases[i].has_seq || t.seq != cases[i].seq)
+            fail_msg("%s: seq %d/%lld, want %d/%lld", cases[i].json, t.has_seq,
+                     (long long)t.seq, cases[i].has_seq, (long long)cases[i].seq);
+        assert_null(t.points);
+        telem_fini(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +430,7 @@ int main(void)
         cmocka_unit_test(test_prefixes_refused),
         cmocka_unit_test(test_default_key_limit),
         cmocka_unit_test(test_many_points),
+        cmocka_unit_test(test_seq_of_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

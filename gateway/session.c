@@ -1,0 +1,504 @@
+/* gateway/session.c: see session.h. A message from a device goes: transport (framing)
+ * -> session_message -> the first one authenticates (login), a {"reply":..} answers a
+ * command, anything else is telemetry: session_ingest decodes it once and publishes it
+ * on the bus, whose sinks add their writes to the message's ticket -> the ack waits on
+ * that ticket (gw_await_durable) -> on_durable writes {"ack":N} or the storage error
+ * through the transport. Loop thread only. */
+#define _GNU_SOURCE /* memmem */
+#include "gateway/session.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "gateway/bus.h"
+#include "gateway/gw.h"
+#include "gateway/log.h"
+#include "gateway/telemetry.h"
+
+/* ---- shared pieces ------------------------------------------------------------------- */
+
+struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device, size_t dlen,
+                                    const char *token, size_t tlen)
+{
+    char id[DEVICE_ID_MAX + 1];
+    struct device *dev = NULL;
+    const char *why = "unknown device";
+
+    if (!devices_valid_id(device, dlen)) {
+        why = "invalid device id";
+    } else {
+        memcpy(id, device, dlen);
+        id[dlen] = '\0';
+        dev = devices_find(gw->devices, id);
+        if (dev && !devices_check_token(gw->token_secret, dev, token, tlen)) {
+            dev = NULL;
+            why = "bad token";
+        }
+    }
+    if (!dev) {
+        gw->metrics.auth_failures++;
+        log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%.*s\" reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, c->proto->name, (int)(dlen > 64 ? 64 : dlen),
+                 device, why);
+    }
+    return dev;
+}
+
+void session_online(struct gw *gw, struct conn *c, const char *device, const char *proto)
+{
+    struct device *dev = devices_find(gw->devices, device);
+    if (!dev)
+        return;
+    conn_authenticated(c, dev->id);
+    dev->online++;
+    devices_touch(gw->devices, dev, proto, gw_now_ms());
+    if (dev->online == 1 && gw->on_presence)
+        gw->on_presence(gw, dev->id, true);
+    log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, c->peer,
+             proto, dev->id);
+}
+
+void session_offline(struct gw *gw, struct conn *c)
+{
+    struct device *dev;
+    if (!c->device[0])
+        return;
+    dev = devices_find(gw->devices, c->device);
+    if (!dev)
+        return; /* deleted while connected */
+    if (dev->online > 0)
+        dev->online--;
+    devices_touch(gw->devices, dev, NULL, gw_now_ms());
+    if (dev->online == 0 && gw->on_presence)
+        gw->on_presence(gw, dev->id, false);
+}
+
+struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                           size_t len, struct session_result *res, const char **why,
+                           const char **code)
+{
+    struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
+    struct telem t;
+    struct msg *m;
+    int64_t now = gw_now_ms();
+    int rc;
+
+    memset(res, 0, sizeof *res);
+    rc = telem_decode(&lim, json, len, now, &t, why, code);
+    res->has_seq = t.has_seq;
+    res->seq = t.seq;
+    if (rc != 0)
+        return NULL;
+    res->npoints = t.npoints;
+    m = msg_new(MSG_TELEMETRY, dev->id, topic, json, len, t.points, t.npoints);
+    m->ts_ms = now;
+    telem_fini(&t);
+    dev->last_seen_ms = now;
+    gw->metrics.points_in += m->npoints;
+    return m;
+}
+
+int session_ingest(struct gw *gw, struct device *dev, const char *topic, const void *json,
+                   size_t len, struct session_result *res, const char **why, const char **code)
+{
+    struct msg *m = session_decode(gw, dev, topic, json, len, res, why, code);
+    if (!m)
+        return -1;
+    gw->metrics.messages_in++;
+    bus_publish(gw->bus, m, &res->ticket);
+    msg_unref(m);
+    return 0;
+}
+
+void session_command_reply(struct gw *gw, const char *device, const char *cmd_id,
+                           const void *payload, size_t len)
+{
+    if (gw->on_command_reply)
+        gw->on_command_reply(gw, device, cmd_id, payload, len);
+}
+
+/* ---- message transports -------------------------------------------------------------- */
+
+/* Sends the JSON object in b through the transport. Returns false when the connection
+ * closed meanwhile (the session is then freed). */
+static bool send_msg(struct conn *c, const struct session_ops *ops, struct buf *b)
+{
+    ops->write(c, b);
+    c->msgs_out++;
+    return !c->closing;
+}
+
+static bool send_error(struct session *s, const char *code, const char *why, bool has_seq,
+                       int64_t seq)
+{
+    struct conn *c = s->conn;
+    struct buf b;
+    bool open;
+
+    buf_init(&b);
+    buf_append_str(&b, "{\"error\":");
+    buf_append_json_str(&b, why, strlen(why));
+    buf_append_str(&b, ",\"code\":");
+    buf_append_json_str(&b, code, strlen(code));
+    if (has_seq)
+        buf_printf(&b, ",\"seq\":%lld", (long long)seq);
+    buf_append_str(&b, "}");
+    open = send_msg(c, s->ops, &b);
+    buf_fini(&b);
+    return open;
+}
+
+void session_refuse(struct session *s, const char *code, const char *why)
+{
+    struct conn *c = s->conn;
+    const struct session_ops *ops = s->ops;
+    if (send_error(s, code, why, false, 0))
+        ops->close(c, why);
+}
+
+static void on_durable(struct conn *c, uint64_t tag, int ok)
+{
+    struct session *s = c->proto_state;
+    struct buf b;
+
+    if (ok < 0) /* closed first: nothing to send */
+        return;
+    if (!ok) {
+        send_error(s, "storage_error", "storage failure: not stored, send again", true,
+                   (int64_t)tag);
+        return;
+    }
+    buf_init(&b);
+    buf_printf(&b, "{\"ack\":%llu}", (unsigned long long)tag);
+    send_msg(c, s->ops, &b);
+    buf_fini(&b);
+}
+
+/* conn->send_command of an authenticated session: {"command":<json>}. */
+static void on_command(struct conn *c, const char *json, size_t len)
+{
+    struct session *s = c->proto_state;
+    struct buf b;
+
+    buf_init(&b);
+    buf_append_str(&b, "{\"command\":");
+    buf_append(&b, json, len);
+    buf_append_str(&b, "}");
+    send_msg(c, s->ops, &b);
+    buf_fini(&b);
+}
+
+static void go_online(struct session *s, struct device *dev)
+{
+    s->authed = true;
+    s->conn->send_command = on_command;
+    snprintf(s->topic, sizeof s->topic, "devices/%s/telemetry", dev->id);
+    session_online(s->conn->gw, s->conn, dev->id, s->ops->presence);
+}
+
+void session_init(struct session *s, struct conn *c, const struct session_ops *ops)
+{
+    memset(s, 0, sizeof *s);
+    s->conn = c;
+    s->ops = ops;
+    c->ingest = true;
+    c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
+}
+
+void session_authenticated(struct session *s, struct device *dev)
+{
+    if (!s->authed)
+        go_online(s, dev);
+}
+
+/* The first message: {"device":"<id>","token":"<token>"}. */
+static void login(struct session *s, const void *json, size_t len)
+{
+    struct conn *c = s->conn;
+    struct gw *gw = c->gw;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "device");
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "token");
+    struct device *dev;
+    char why[96];
+
+    if (!cJSON_IsObject(root) || !cJSON_IsString(id) || !cJSON_IsString(tok)) {
+        gw->metrics.auth_failures++;
+        log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
+                 "{\\\"device\\\":..,\\\"token\\\":..}\"",
+                 (unsigned long long)c->id, c->peer, c->proto->name, s->ops->unit);
+        cJSON_Delete(root);
+        snprintf(why, sizeof why, "first %s must be {\"device\":\"<id>\",\"token\":\"<token>\"}",
+                 s->ops->unit);
+        session_refuse(s, "unauthorized", why);
+        return;
+    }
+    dev = session_authenticate(gw, c, id->valuestring, strlen(id->valuestring), tok->valuestring,
+                               strlen(tok->valuestring));
+    cJSON_Delete(root);
+    if (!dev) {
+        session_refuse(s, "unauthorized", "authentication failed");
+        return;
+    }
+    go_online(s, dev);
+    if (!c->closing) {
+        struct buf b;
+        buf_init(&b);
+        buf_append_str(&b, "{\"ok\":true}");
+        send_msg(c, s->ops, &b);
+        buf_fini(&b);
+    }
+}
+
+/* {"reply":{"id":"<cmd-id>",...}}: a command reply. Returns true when it was one. */
+static bool command_reply(struct session *s, const void *json, size_t len)
+{
+    cJSON *root;
+    const cJSON *r, *id;
+    bool done = false;
+
+    /* a cheap look first: telemetry is the common case and must not be parsed twice */
+    if (len <= 9 || !memmem(json, len < 32 ? len : 32, "\"reply\"", 7))
+        return false;
+    root = cJSON_ParseWithLength(json, len);
+    r = cJSON_GetObjectItemCaseSensitive(root, "reply");
+    id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    if (cJSON_IsObject(r) && cJSON_IsString(id) && cJSON_GetArraySize(root) == 1) {
+        char *js = cJSON_PrintUnformatted(r);
+        session_command_reply(s->conn->gw, s->conn->device, id->valuestring, js, strlen(js));
+        cJSON_free(js);
+        done = true;
+    }
+    cJSON_Delete(root);
+    return done;
+}
+
+static void bad_message(struct session *s, const struct device *dev,
+                        const struct session_result *res, const char *code, const char *why)
+{
+    struct conn *c = s->conn;
+    struct gw *gw = c->gw;
+    char closing[64];
+
+    gw->metrics.line_errors++;
+    s->errors++;
+    log_info("conn=%llu peer=%s proto=%s device=%s bad %s reason=\"%s\" errors=%d",
+             (unsigned long long)c->id, c->peer, c->proto->name, dev->id, s->ops->unit, why,
+             s->errors);
+    if (!send_error(s, code, why, res->has_seq, res->seq))
+        return;
+    if (s->errors >= gw->cfg->line.max_errors) {
+        snprintf(closing, sizeof closing, "too many bad %ss, closing", s->ops->unit);
+        session_refuse(s, "too_many_errors", closing);
+    }
+}
+
+void session_message(struct session *s, const void *json, size_t len)
+{
+    struct conn *c = s->conn;
+    struct gw *gw = c->gw;
+    struct device *dev;
+    struct session_result res;
+    const char *why = NULL, *code = NULL;
+
+    if (!s->authed) {
+        login(s, json, len);
+        return;
+    }
+    dev = devices_find(gw->devices, c->device);
+    if (!dev) {
+        session_refuse(s, "unauthorized", "device was deleted");
+        return;
+    }
+    if (command_reply(s, json, len))
+        return;
+    if (session_ingest(gw, dev, s->topic, json, len, &res, &why, &code) != 0) {
+        bad_message(s, dev, &res, code, why);
+        return;
+    }
+    if (res.has_seq)
+        gw_await_durable(c, &res.ticket, (uint64_t)res.seq, on_durable);
+}
+
+void session_close(struct session *s)
+{
+    if (s->authed)
+        session_offline(s->conn->gw, s->conn);
+}
+
+/* ---- MQTT ------------------------------------------------------------------------------ */
+
+/* Anonymous access may name a device by username (no password) when that device has no
+ * token: it registered itself through anonymous telemetry (devices.auto_register). */
+static struct device *tokenless_device(struct gw *gw, const char *username)
+{
+    struct device *dev = username[0] ? devices_find(gw->devices, username) : NULL;
+    return dev && !dev->token_hash[0] ? dev : NULL;
+}
+
+enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const char *user,
+                                         size_t ulen, bool has_user, const void *pass, size_t plen,
+                                         bool has_pass, struct session_login *out)
+{
+    char name[256] = ""; /* a longer username names no device */
+    struct device *dev;
+
+    memset(out, 0, sizeof *out);
+    if (has_user && ulen < sizeof name) {
+        memcpy(name, user, ulen);
+        name[ulen] = '\0';
+    }
+    if (has_user && has_pass) {
+        dev = session_authenticate(gw, c, user, ulen, pass, plen);
+        if (!dev)
+            return SESSION_LOGIN_BAD_CREDENTIALS;
+        out->role = dev->role;
+        snprintf(out->device, sizeof out->device, "%s", dev->id);
+        return SESSION_LOGIN_OK;
+    }
+    /* a provisioned device's name needs its token, even with anonymous access */
+    if (gw->cfg->mqtt.allow_anonymous &&
+        (!has_user || !devices_find(gw->devices, name) || tokenless_device(gw, name))) {
+        out->anonymous = true;
+        dev = tokenless_device(gw, name);
+        if (dev)
+            snprintf(out->device, sizeof out->device, "%s", dev->id);
+        return SESSION_LOGIN_OK;
+    }
+    gw->metrics.auth_failures++;
+    return has_user ? SESSION_LOGIN_BAD_CREDENTIALS : SESSION_LOGIN_NOT_AUTHORIZED;
+}
+
+/* The device "me" names in ThingsBoard-style topics: the authenticated device, or for an
+ * anonymous client its username when that is a valid device id. NULL when none. */
+static const char *self_device(const struct session_client *who)
+{
+    if (who->device[0])
+        return who->device;
+    if (who->anonymous && devices_valid_id(who->username, strlen(who->username)))
+        return who->username;
+    return NULL;
+}
+
+void session_mqtt_topic(const struct session_client *who, const char *topic, size_t len, char *out,
+                        size_t cap)
+{
+    const char *me = self_device(who);
+
+    if (me && len == 23 && memcmp(topic, "v1/devices/me/telemetry", 23) == 0) {
+        snprintf(out, cap, "devices/%s/telemetry", me);
+    } else if (me && len == 24 && memcmp(topic, "v1/devices/me/attributes", 24) == 0) {
+        snprintf(out, cap, "devices/%s/attributes", me);
+    } else {
+        memcpy(out, topic, len);
+        out[len] = '\0';
+    }
+}
+
+/* devices/<id>/<rest>: fills id and returns rest, or NULL. */
+static const char *device_topic(const char *topic, char *id, size_t idlen)
+{
+    const char *p, *slash;
+    if (strncmp(topic, "devices/", 8) != 0)
+        return NULL;
+    p = topic + 8;
+    slash = strchr(p, '/');
+    if (!slash || (size_t)(slash - p) >= idlen || !devices_valid_id(p, (size_t)(slash - p)))
+        return NULL;
+    memcpy(id, p, (size_t)(slash - p));
+    id[slash - p] = '\0';
+    return slash + 1;
+}
+
+static void merge_attributes(struct gw *gw, struct device *dev, const void *p, size_t len,
+                             struct ticket *t)
+{
+    cJSON *upd = cJSON_ParseWithLength(p, len), *cur, *it;
+    char *js;
+    if (!cJSON_IsObject(upd)) {
+        cJSON_Delete(upd);
+        return;
+    }
+    cur = dev->attrs_json ? cJSON_Parse(dev->attrs_json) : NULL;
+    if (!cJSON_IsObject(cur)) {
+        cJSON_Delete(cur);
+        cur = cJSON_CreateObject();
+    }
+    cJSON_ArrayForEach(it, upd)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
+        cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
+    }
+    js = cJSON_PrintUnformatted(cur);
+    free(dev->attrs_json);
+    dev->attrs_json = xstrdup(js);
+    cJSON_free(js);
+    cJSON_Delete(cur);
+    cJSON_Delete(upd);
+    ticket_add(t, devices_save(gw->devices, dev));
+}
+
+static bool registers_devices(const struct config *cfg)
+{
+    return cfg->devices.auto_register == CONFIG_REGISTER_ALWAYS ||
+           (cfg->devices.auto_register == CONFIG_REGISTER_AUTO && cfg->mqtt.allow_anonymous);
+}
+
+/* Registers device id on its first telemetry (devices.auto_register, which anonymous access
+ * implies). An anonymous client whose username is that id is from then on the device's
+ * connection for presence. */
+static struct device *auto_register(struct gw *gw, const struct session_client *who, const char *id,
+                                    struct ticket *t)
+{
+    struct device *dev;
+    uint64_t seq;
+
+    if (!registers_devices(gw->cfg))
+        return NULL;
+    dev = devices_create(gw->devices, id, NULL, DEVICE_ROLE_DEVICE, NULL, gw_now_ms(), &seq);
+    ticket_add(t, seq);
+    log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
+             (unsigned long long)who->conn->id, who->conn->peer, id);
+    if (who->anonymous && !who->conn->device[0] && strcmp(who->username, id) == 0)
+        session_online(gw, who->conn, dev->id, "mqtt");
+    return dev;
+}
+
+struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who, const char *topic,
+                                 const void *payload, size_t len, struct ticket *t,
+                                 const char **not_stored)
+{
+    char id[DEVICE_ID_MAX + 1];
+    const char *rest = device_topic(topic, id, sizeof id);
+    struct device *dev = NULL;
+    struct msg *m = NULL;
+
+    *not_stored = NULL;
+    if (rest) {
+        dev = devices_find(gw->devices, id);
+        if (!dev && strcmp(rest, "telemetry") == 0)
+            dev = auto_register(gw, who, id, t);
+    }
+    if (dev && strcmp(rest, "telemetry") == 0) {
+        struct session_result res;
+        const char *code;
+        m = session_decode(gw, dev, topic, payload, len, &res, not_stored, &code);
+    } else if (dev && strcmp(rest, "attributes") == 0) {
+        merge_attributes(gw, dev, payload, len, t);
+        return msg_new(MSG_ATTRIBUTES, dev->id, topic, payload, len, NULL, 0);
+    } else if (dev && strncmp(rest, "commands/", 9) == 0) {
+        const char *cmd = rest + 9, *slash = strchr(cmd, '/');
+        if (slash && strcmp(slash, "/reply") == 0) {
+            char cmd_id[128];
+            snprintf(cmd_id, sizeof cmd_id, "%.*s", (int)(slash - cmd), cmd);
+            session_command_reply(gw, dev->id, cmd_id, payload, len);
+        }
+    }
+    if (!m)
+        m = msg_new(MSG_PLAIN, dev ? dev->id : who->device, topic, payload, len, NULL, 0);
+    return m;
+}
