@@ -10,7 +10,8 @@ each run on a freshly started server (Gale, then the reference), so a slow drift
 the machine hits both sides alike. The table gives, per case and metric, the median of
 the Gale runs, the median of the reference runs, the median of the per-round ratios
 Gale / reference, and the per-round ratios; it is printed and written as Markdown to
---out (default <build>/bench/last.md), the raw runs as JSON beside it.
+--out (default <build>/bench/last.md, last-compare.md for two binaries), the raw runs
+as JSON beside it.
 
 References, all on loopback on free ports, started and stopped by PID here:
   MQTT cases   Debian's mosquitto, persistence off, anonymous, no logging
@@ -508,6 +509,22 @@ def machine():
                                                    platform.release())
 
 
+def build_type(build):
+    """CMAKE_BUILD_TYPE of the build, with the sanitizers that make timings meaningless."""
+    cache = {}
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                m = re.match(r"(\w+):\w+=(.*)", line.strip())
+                if m:
+                    cache[m.group(1)] = m.group(2)
+    except OSError:
+        return "unknown"
+    san = [k for k in ("GALE_SANITIZE", "GALE_TSAN", "GALE_FUZZ")
+           if cache.get(k, "OFF").upper() in ("ON", "1", "TRUE", "YES")]
+    return (cache.get("CMAKE_BUILD_TYPE") or "no build type") + "".join(" +" + k for k in san)
+
+
 def versions():
     def first_line(cmd):
         try:
@@ -669,7 +686,7 @@ def render(ctx, plan, results, errors, disk, command, elapsed):
                     "" if plan.two else " (%s)" % REF_NAME[group],
                     "%.2f×" % mr if mr is not None else "failed",
                     ", ".join("%.2f" % x if x is not None else "failed" for x in ratios)))
-    head = ["Machine: %s." % machine(),
+    head = ["Machine: %s; Gale build: %s." % (machine(), build_type(ctx.build)),
             ("Binaries: %s." % " vs ".join(plan.bins)) if plan.two else
             ("References: %s." % versions()),
             "Command: `%s` (%d rounds%s, %.0f s)." % (command, ctx.rounds,
@@ -696,7 +713,11 @@ def main(argv=None):
         return 0
     plan = Plan(a, ctx)
     check_tools(ctx, a, plan.cases)
-    out_md = a.out or os.path.join(ctx.build, "bench", "last.md")
+    bt = build_type(ctx.build)
+    if not bt.startswith(("Release", "RelWithDebInfo")) or "+" in bt:
+        print("warning: %s is a %s build; timings will not mean much" % (ctx.build, bt))
+    out_md = a.out or os.path.join(ctx.build, "bench",
+                                   "last-compare.md" if plan.two else "last.md")
     results, errors, disk = {}, [], []
     t0 = time.monotonic()
     ctx.work = tempfile.mkdtemp(prefix="gale-bench-")
