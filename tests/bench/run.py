@@ -32,6 +32,7 @@ ratio is NEW / OLD. tests/bench/run_mqtt.py is this with --cases mqtt.
 Every case is bounded in messages and seconds and stops by itself; --smoke runs each
 once with tiny counts (under a minute) to check the harness."""
 import argparse
+import collections
 import json
 import os
 import platform
@@ -58,24 +59,33 @@ API_KEY = "bench-api-key-0123456789"
 REST_DEVICE = "bench-rest"
 CONNECT_INFLIGHT = 512
 
-# name -> parameters of the full run and of --smoke
-SCALE = {
-    "full": dict(mqtt_s=3.0, c1=1, c100=100, c1000=1000, qos0_1=400000, qos0_100=4000, qos0_1000=400,
-                 qos1_w1=100000, qos1_w32=200000, qos1_100=5000, route=20000, lat_s=3,
-                 idle=9000, wrk_s=3, feed_viewers=1000, feed_rate=1000, feed_s=5,
-                 feed_grace=3, storage_points=2000000, fsync_n=200),
-    "smoke": dict(mqtt_s=0.3, c1=1, c100=100, c1000=200, qos0_1=5000, qos0_100=50, qos0_1000=5,
-                  qos1_w1=2000, qos1_w32=5000, qos1_100=50, route=1000, lat_s=1,
-                  idle=500, wrk_s=1, feed_viewers=20, feed_rate=100, feed_s=1,
-                  feed_grace=2, storage_points=100000, fsync_n=20),
+# parameter: (full run, --smoke); counts are caps, the seconds bound every run
+PARAMS = {
+    "mqtt_s": (3.0, 0.3),            # seconds of publishing per MQTT run
+    "c1": (1, 1), "c100": (100, 100), "c1000": (1000, 200),  # publishers, QoS 0 cases
+    "qos0_1": (400000, 5000),        # messages per publisher, QoS 0, 1 publisher
+    "qos0_100": (4000, 50),          # ... 100 publishers
+    "qos0_1000": (400, 5),           # ... 1000 publishers
+    "qos1_w1": (100000, 2000),       # QoS 1, 1 publisher, window 1
+    "qos1_w32": (200000, 5000),      # QoS 1, 1 publisher, window 32
+    "qos1_100": (5000, 50),          # QoS 1, 100 publishers, window 1
+    "route": (20000, 1000),          # per publisher (10) to the # subscriber
+    "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
+    "idle": (9000, 500),             # idle connections
+    "wrk_s": (3, 1),                 # seconds of wrk
+    "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
+    "feed_grace": (3, 2),
+    "storage_points": (2000000, 100000),
+    "fsync_n": (200, 20),            # write + fdatasync samples per round
 }
+SCALE = {name: {k: v[i] for k, v in PARAMS.items()} for i, name in enumerate(("full", "smoke"))}
 
 
 class Failed(Exception):
     """A run that did not produce its figures; the round is left out of its row."""
 
 
-# what a failed run may raise besides Failed (helpers shared with the integration tests)
+# what else a failed run raises (bench_feed.py, galetest and the socket helpers)
 RUN_ERRORS = (Failed, AssertionError, OSError, RuntimeError, ValueError, KeyError,
               subprocess.SubprocessError)
 
@@ -422,10 +432,15 @@ P50 = ("p50", "PUBACK p50 ms", False)
 P99 = ("p99", "PUBACK p99 ms", False)
 
 
+# group: mqtt | rest | feed | storage; synced: runs once per storage.sync mode;
+# metrics: [(key, label, higher is better)]; run(ctx, side) -> {key: value}, or None
+# for storage, which bench_storage interleaves by itself
+Case = collections.namedtuple("Case", "id group title synced metrics run")
+
+
 def cases(p):
     n1000 = p["c1000"]
-    return [
-        # id, group, title, sync modes apply, metrics, run
+    return [Case(*c) for c in [
         ("qos0-1", "mqtt", "MQTT QoS 0 ingest, 1 publisher", False, [RATE],
          case_qos0("c1", "qos0_1")),
         ("qos0-100", "mqtt", "MQTT QoS 0 ingest, 100 publishers", False, [RATE],
@@ -457,7 +472,7 @@ def cases(p):
          [("ack", "ack path points/s (vs raw row append)", True),
           ("e2e", "end to end points/s (vs raw row append)", True),
           ("two", "end to end points/s (vs raw two tiers)", True)], None),
-    ]
+    ]]
 
 
 REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite"}
@@ -474,12 +489,12 @@ def sync_modes(binary):
 
 def select(all_cases, spec):
     want = [w.strip() for w in spec.split(",") if w.strip()]
-    known = {c[0] for c in all_cases} | {c[1] for c in all_cases} | {"all"}
+    known = {c.id for c in all_cases} | {c.group for c in all_cases} | {"all"}
     bad = [w for w in want if w not in known]
     if bad:
         raise SystemExit("unknown case(s) %s; known: %s" % (", ".join(bad),
                                                             ", ".join(sorted(known))))
-    return [c for c in all_cases if "all" in want or c[0] in want or c[1] in want]
+    return [c for c in all_cases if "all" in want or c.id in want or c.group in want]
 
 
 def median_or_none(xs):
@@ -584,7 +599,7 @@ def parse_args(argv):
 
 def check_tools(ctx, a, chosen):
     need = list(a.gale_bin)
-    groups = {c[1] for c in chosen}
+    groups = {c.group for c in chosen}
     if "mqtt" in groups:
         need += [ctx.tool("bench_mqtt"), ctx.tool("bench_conn")]
         if len(a.gale_bin) == 1:
@@ -612,8 +627,8 @@ class Plan:
         modes = sync_modes(a.gale_bin[0])
         self.modes = modes if not self.two or sync_modes(a.gale_bin[1]) == modes else ["n/a"]
         self.cases = select(cases(ctx.p), a.cases)
-        if self.two and any(c[1] == "storage" for c in self.cases):
-            self.cases = [c for c in self.cases if c[1] != "storage"]
+        if self.two and any(c.group == "storage" for c in self.cases):
+            self.cases = [c for c in self.cases if c.group != "storage"]
             print("storage is left out: bench_storage links the build's storage, not a binary")
 
     def modes_of(self, synced):
@@ -709,7 +724,7 @@ def main(argv=None):
     ctx = Context(a)
     if a.list:
         for c in cases(ctx.p):
-            print("%-11s %-8s %s" % (c[0], c[1], c[2]))
+            print("%-11s %-8s %s" % (c.id, c.group, c.title))
         return 0
     plan = Plan(a, ctx)
     check_tools(ctx, a, plan.cases)
@@ -728,8 +743,11 @@ def main(argv=None):
         run_rounds(ctx, plan, results, errors, disk)
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)
-    text = render(ctx, plan, results, errors, disk,
-                  " ".join(["python3 tests/bench/run.py"] + argv), time.monotonic() - t0)
+    command = " ".join(["python3 tests/bench/run.py"] + argv)
+    if os.environ.get("MAKELEVEL"):  # the Makefile passes --build and BENCH_ARGS
+        extra = [x for x in argv if x not in ("--build", a.build)]
+        command = "make bench" + (' BENCH_ARGS="%s"' % " ".join(extra) if extra else "")
+    text = render(ctx, plan, results, errors, disk, command, time.monotonic() - t0)
     print("\n" + text)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
     with open(out_md, "w") as f:
