@@ -56,7 +56,7 @@ fuzz: setup-test
 	cmake --build build-fuzz -j$(JOBS)
 
 # Every benchmark case against its reference (Mosquitto, nginx, Tornado, raw SQLite),
-# interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 10 minutes.
+# interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 5 minutes.
 # BENCH_ARGS passes options to tests/bench/run.py, e.g. BENCH_ARGS=--smoke or
 # BENCH_ARGS="--cases mqtt --gale-bin $(BUILD)/gale --gale-bin /tmp/gale-before".
 BENCH_TOOLS = gale bench_mqtt bench_conn bench_feed bench_storage

@@ -4,10 +4,10 @@
     /usr/bin/python3 tests/bench/run.py [--build DIR] [--cases LIST] [--rounds N] [--smoke]
         [--gale-bin BIN [--gale-bin BASELINE]] [--out FILE.md] [--list]
 
-`make bench` runs it with the defaults (all cases, 3 rounds, about 10 minutes on two
-cores). Each round runs every case once against Gale and once against its reference,
-each run on a freshly started server (Gale, then the reference), so a slow drift of
-the machine hits both sides alike. The table gives, per case and metric, the median of
+`make bench` runs it with the defaults (all cases, 3 rounds, about 4 minutes on two
+cores, 5 with both storage.sync modes). Each round runs every case once against Gale
+and once against its reference, each run on a freshly started server (Gale, then the
+reference), so a slow drift of the machine hits both sides alike. The table gives, per case and metric, the median of
 the Gale runs, the median of the reference runs, the median of the per-round ratios
 Gale / reference, and the per-round ratios; it is printed and written as Markdown to
 --out (default <build>/bench/last.md, last-compare.md for two binaries), the raw runs
@@ -27,7 +27,8 @@ filesystem of the data directories) is measured in each round and printed below 
 
 Two binaries: `--gale-bin NEW --gale-bin OLD` (MQTT cases only make sense then, e.g.
 `--cases mqtt`) runs NEW and OLD interleaved instead of Gale and its references; the
-ratio is NEW / OLD. tests/bench/run_mqtt.py is this with --cases mqtt.
+ratio is NEW / OLD. When only one of them knows storage.sync, both run on their defaults
+(mode "n/a"). tests/bench/run_mqtt.py is this with --cases mqtt.
 
 Every case is bounded in messages and seconds and stops by itself; --smoke runs each
 once with tiny counts (under a minute) to check the harness."""
