@@ -705,9 +705,10 @@ def render(ctx, plan, results, errors, disk, command, elapsed):
     head = ["Machine: %s; Gale build: %s." % (machine(), build_type(ctx.build)),
             ("Binaries: %s." % " vs ".join(plan.bins)) if plan.two else
             ("References: %s." % versions()),
-            "Command: `%s` (%d rounds%s, %.0f s)." % (command, ctx.rounds,
-                                                      ", smoke counts" if ctx.smoke else "",
-                                                      elapsed),
+            "Command: `%s` (%d round%s%s, %.0f s)." % (command, ctx.rounds,
+                                                       "s" if ctx.rounds > 1 else "",
+                                                       ", smoke counts" if ctx.smoke else "",
+                                                       elapsed),
             "Ratio = median of the per-round ratios %s / %s; ↓ = lower is better." %
             (plan.labels[0], plan.labels[1] if plan.two else "reference"), ""]
     tail = ["", "Disk (filesystem of the data directories): 4 KiB write + fdatasync"
