@@ -712,9 +712,9 @@ def render(ctx, plan, results, errors, disk, command, elapsed):
             "Ratio = median of the per-round ratios %s / %s; ↓ = lower is better." %
             (plan.labels[0], plan.labels[1] if plan.two else "reference"), ""]
     tail = ["", "Disk (filesystem of the data directories): 4 KiB write + fdatasync"
-            " p50 %.3f ms, p99 %.3f ms (median of %d rounds)." %
+            " p50 %.3f ms, p99 %.3f ms (median over %d round%s)." %
             (statistics.median(x[0] for x in disk), statistics.median(x[1] for x in disk),
-             len(disk))]
+             len(disk), "s" if len(disk) > 1 else "")]
     if errors:
         tail += ["", "Failed runs:"] + ["- " + e.replace("\n", " ")[:300] for e in errors]
     return "\n".join(head + lines + tail) + "\n"
