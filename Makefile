@@ -55,9 +55,17 @@ fuzz: setup-test
 	CC=clang cmake -S . -B build-fuzz -DGALE_FUZZ=ON
 	cmake --build build-fuzz -j$(JOBS)
 
-bench: setup-test
-	$(MAKE) gale
-	sh tests/bench/run.sh $(BUILD)
+# Every benchmark case against its reference (Mosquitto, nginx, Tornado, raw SQLite),
+# interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 5 minutes.
+# BENCH_ARGS passes options to tests/bench/run.py, e.g. BENCH_ARGS=--smoke or
+# BENCH_ARGS="--cases mqtt --gale-bin $(BUILD)/gale --gale-bin /tmp/gale-before".
+BENCH_TOOLS = gale bench_mqtt bench_conn bench_feed bench_storage
+bench:
+	sh .ci/setup.sh bench-deps
+	[ -f $(BUILD)/CMakeCache.txt ] || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DGALE_TESTS=ON >/dev/null
+	cmake --build $(BUILD) -j$(JOBS) --target $(BENCH_TOOLS)
+	/usr/bin/python3 tests/bench/run.py --build $(BUILD) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-tsan build-fuzz

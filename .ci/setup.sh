@@ -3,6 +3,8 @@
 #   .ci/setup.sh deps        build dependencies only (used by docker/Dockerfile)
 #   .ci/setup.sh test-deps   build + test dependencies (clients, browser, sanitizers)
 #   .ci/setup.sh runtime     runtime libraries only (the Docker image's final stage)
+#   .ci/setup.sh bench-deps  test dependencies + the benchmark references and load
+#                            generators (make bench: mosquitto, Tornado, nginx, wrk)
 # Installs only what is missing; safe to run again. Needs root (or sudo) for apt-get.
 set -eu
 
@@ -11,13 +13,17 @@ BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
   chromium"
+BENCH_PKGS="wrk"
+# any nginx flavour will do; nginx-light is the smallest
+[ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"
 RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates curl"
 
 case "${1:-deps}" in
     deps) want="$BUILD_PKGS" ;;
     test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
+    bench-deps) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
     runtime) want="$RUNTIME_PKGS" ;;
-    *) echo "usage: $0 deps|test-deps|runtime" >&2; exit 2 ;;
+    *) echo "usage: $0 deps|test-deps|bench-deps|runtime" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -36,7 +42,8 @@ fi
 
 # Debian starts a Mosquitto service when the package is installed; the tests run
 # their own broker, and Gale wants port 1883 for itself.
-if [ "${1:-deps}" = test-deps ] && command -v systemctl >/dev/null 2>&1 &&
+case "${1:-deps}" in test-deps|bench-deps) with_tests=1 ;; *) with_tests=0 ;; esac
+if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1 &&
     systemctl is-active --quiet mosquitto 2>/dev/null; then
     echo "setup: stopping and disabling the mosquitto service (port 1883 is Gale's)"
     ${SUDO:-} systemctl disable --now mosquitto >/dev/null 2>&1 || true

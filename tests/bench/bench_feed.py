@@ -56,7 +56,8 @@ def run_client(a, port, ingest, live):
 
 
 def run_gale(a):
-    galetest.GALE_BIN = os.path.abspath(os.path.join(a.build, "gale"))
+    galetest.GALE_BIN = os.path.abspath(getattr(a, "gale_bin", None) or
+                                        os.path.join(a.build, "gale"))
     with galetest.Gale(api_key=KEY, args=["--set", "limits.max_connections=20000"]) as g:
         tok = g.create_device("bench")
         pid = g.proc.pid

@@ -1,22 +1,44 @@
-/* tests/bench/bench_mqtt.c: MQTT publish throughput against any MQTT 3.1.1
- * server (Gale or Mosquitto), from C clients multiplexed with poll().
+/* tests/bench/bench_mqtt.c: MQTT publish throughput, PUBACK latency, routing and
+ * end-to-end latency against any MQTT 3.1.1 server (Gale or Mosquitto), from C
+ * clients multiplexed with ppoll() in one thread.
  *
  *   bench_mqtt PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]
+ *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER]
  *
- * Each client connects (client id bench-<i>, username bench-<i>, no password),
- * then publishes 64-byte JSON telemetry to devices/bench-<i>/telemetry.
- * QoS 1: at most WINDOW (default 100) unacknowledged PUBLISHes per client; done
- * when every PUBACK is in. QoS 0: every PUBLISH then a PINGREQ; done when every
- * PINGRESP is in (the server has read everything before it answers the ping).
- * Prints "mqtt qos=<q> clients=<c> messages=<n> seconds=<s> msgs_per_s=<r>".
- * Bounded: gives up after 120 s. */
+ * Each publisher connects (client id bench-<i>, username bench-<i>, no password)
+ * and publishes 4-key telemetry JSON of 74 bytes to devices/bench-<i>/telemetry, every
+ * key a value the server stores ("seq" would be taken as an ack request by Gale):
+ *   {"temperature": 21.50,"humidity": 43.0,"battery":3.300,"count":         7}
+ * Every client is connected (and the subscriber's SUBACK in) before the clock starts.
+ * QoS 1: at most WINDOW (default 100) unacknowledged PUBLISHes per client; a client
+ * is done when every PUBACK is in; the time from each PUBLISH to its PUBACK is
+ * recorded. QoS 0: every PUBLISH then a PINGREQ; done when the PINGRESP is in (the
+ * server has read everything before it answers the ping).
+ *   --seconds S   publishing stops after S seconds (outstanding acks still drain), so
+ *                 a slow server costs time, not a hang; the rate counts what was sent.
+ *   --rate R      R messages/s in total, spread evenly over the publishers (paced on
+ *                 a schedule); default: as fast as the window and the socket allow.
+ *   --subscribe F one more client (bench-sub) subscribes F at QoS 0 first and reads
+ *                 every telemetry message; publish-to-receive latency is measured per
+ *                 message (same process, same clock).
+ * Prints one line of key=value:
+ *   mqtt qos= clients= window= messages= seconds= msgs_per_s= [ack_p50_ms= ack_p99_ms=]
+ *        [delivered= delivered_per_s= e2e_p50_ms= e2e_p99_ms=]
+ * Bounded: connecting gives up after 30 s, the run S + 30 s after the start
+ * (S defaults to 120); loopback only. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,14 +46,45 @@
 #include "base/buf.h"
 #include "protocols/mqtt/mqtt.h"
 
+#define OUT_HIGH_BYTES 65536 /* QoS 0: stop encoding while this much waits to be written */
+#define CONNECT_TIMEOUT_S 30
+#define DRAIN_TIMEOUT_S 30
+#define SUB_QUIET_S 2.0 /* after the publishers finish, the subscriber stops after this silence */
+
 struct client {
     int fd;
-    long published, acked, to_send;
-    bool ping_sent, done, connacked;
-    struct buf out;   /* bytes not yet written */
-    struct buf in;    /* bytes read, not yet decoded */
+    bool is_sub;
+    bool connacked, subacked, ping_sent, done;
+    long published, acked, limit;
+    double *sent_at;   /* QoS 1: send time by packet id (1..65535) */
+    struct buf out;    /* bytes not yet written */
+    struct buf in;     /* bytes read, not yet decoded */
     char id[32];
 };
+
+/* Latency samples in milliseconds; grows by doubling. */
+struct samples {
+    double *v;
+    size_t n, cap;
+};
+
+struct run {
+    int nclients, qos, window;
+    long per;
+    double seconds, rate;
+    const char *filter;
+    struct client *cl;   /* nclients publishers, then the subscriber if any */
+    int nfds;
+    struct pollfd *pfd;
+    double t0, t_stop, t_last_recv;
+    bool started, stopped;
+    long total_done;
+    long delivered, foreign; /* subscriber: telemetry of ours received, anything else */
+    double **pub_time;       /* subscriber: send time of message k of client i */
+    struct samples ack, e2e;
+};
+
+static const struct mqtt_limits lim = {0, MQTT_V311};
 
 static double now_s(void)
 {
@@ -40,134 +93,416 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_mqtt: %s\n", what);
+    exit(1);
+}
+
+static void sample_add(struct samples *s, double ms)
+{
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 4096;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (!s->v)
+            die("out of memory");
+    }
+    s->v[s->n++] = ms;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* q-quantile of sorted samples (nearest rank). */
+static double quantile(const struct samples *s, double q)
+{
+    size_t i;
+
+    if (s->n == 0)
+        return 0;
+    i = (size_t)(q * (double)s->n);
+    return s->v[i < s->n ? i : s->n - 1];
+}
+
+static void open_client(struct client *c, int port, const char *id, bool is_sub)
+{
+    struct sockaddr_in a = {0};
+    struct mqtt_connect m = {0};
+    int one = 1;
+
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        perror("bench_mqtt: connect");
+        exit(1);
+    }
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* non-blocking, so a full socket never stalls every other client */
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+    snprintf(c->id, sizeof c->id, "%s", id);
+    c->is_sub = is_sub;
+    m.clean_session = true;
+    m.keepalive_s = 60;
+    m.client_id = (struct mqtt_str){c->id, strlen(c->id)};
+    m.has_username = true;
+    m.username = m.client_id;
+    buf_init(&c->out);
+    buf_init(&c->in);
+    mqtt_encode_connect(&c->out, &m);
+}
+
+/* Messages client i may have sent by now: its limit, or the schedule's count under --rate. */
+static long allowed(const struct run *r, int i, double now)
+{
+    long lim_n = r->cl[i].limit;
+    if (r->rate > 0) {
+        long sched = (long)((now - r->t0) * r->rate / r->nclients) + 1;
+        if (sched < lim_n)
+            lim_n = sched;
+    }
+    return lim_n;
+}
+
+static void publish_one(struct run *r, struct client *c, int i, double now)
+{
+    char topic[64], payload[128];
+    long k = c->published;
+    uint16_t pid = (uint16_t)(r->qos ? (k % 65535) + 1 : 0);
+    int tl = snprintf(topic, sizeof topic, "devices/%s/telemetry", c->id);
+    int pl = snprintf(payload, sizeof payload,
+                      "{\"temperature\":%6.2f,\"humidity\":%5.1f,\"battery\":%5.3f,"
+                      "\"count\":%10ld}",
+                      20.0 + (double)(k % 1000) / 100, 40.0 + (double)(k % 200) / 10,
+                      3.0 + (double)(k % 500) / 1000, k);
+
+    mqtt_encode_publish(&c->out, topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl,
+                        (uint8_t)r->qos, false, false, pid);
+    if (r->qos)
+        c->sent_at[pid] = now;
+    if (r->pub_time)
+        r->pub_time[i][k] = now;
+    c->published++;
+}
+
+static void top_up(struct run *r, double now)
+{
+    for (int i = 0; i < r->nclients; i++) {
+        struct client *c = &r->cl[i];
+        long n = allowed(r, i, now);
+
+        while (c->published < n && (r->qos == 0 ? c->out.len < OUT_HIGH_BYTES
+                                                : c->published - c->acked < r->window))
+            publish_one(r, c, i, now);
+        if (r->qos == 0 && c->published == c->limit && !c->ping_sent) {
+            mqtt_encode_pingreq(&c->out);
+            c->ping_sent = true;
+        }
+    }
+}
+
+static void finish_client(struct run *r, struct client *c)
+{
+    if (!c->done && !c->is_sub && c->published == c->limit && c->acked >= c->limit) {
+        c->done = true;
+        r->total_done++;
+    }
+}
+
+static void on_publish(struct run *r, const struct mqtt_packet *pkt, double now)
+{
+    const struct mqtt_publish *p = &pkt->publish;
+    char topic[64], payload[128];
+    const char *s;
+    int i;
+    long k;
+
+    if (p->topic.len >= sizeof topic || p->payload_len >= sizeof payload) {
+        r->foreign++;
+        return;
+    }
+    memcpy(topic, p->topic.p, p->topic.len);
+    topic[p->topic.len] = '\0';
+    memcpy(payload, p->payload, p->payload_len);
+    payload[p->payload_len] = '\0';
+    s = strstr(payload, "\"count\":");
+    if (sscanf(topic, "devices/bench-%d/telemetry", &i) != 1 || i < 0 || i >= r->nclients ||
+        !s || sscanf(s + 8, "%ld", &k) != 1 || k < 0 || k >= r->cl[i].published) {
+        r->foreign++;
+        return;
+    }
+    r->delivered++;
+    r->t_last_recv = now;
+    sample_add(&r->e2e, (now - r->pub_time[i][k]) * 1e3);
+}
+
+static void read_client(struct run *r, struct client *c, int i, double now)
+{
+    /* the subscriber may receive many times what one publisher sends: drain more */
+    for (int rounds = c->is_sub ? 8 : 1; rounds > 0; rounds--) {
+        ssize_t n = read(c->fd, buf_reserve(&c->in, 65536), 65536);
+        size_t off = 0, used;
+        struct mqtt_packet pkt;
+        const char *why;
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            fprintf(stderr, "bench_mqtt: client %d: connection closed (published %ld acked %ld)\n",
+                    i, c->published, c->acked);
+            exit(1);
+        }
+        buf_commit(&c->in, (size_t)n);
+        while (mqtt_decode(&lim, c->in.data + off, c->in.len - off, &pkt, &used, &why) ==
+               CODEC_FRAME) {
+            off += used;
+            if (pkt.type == MQTT_CONNACK) {
+                if (pkt.connack.rc != 0) {
+                    fprintf(stderr, "bench_mqtt: client %d: CONNACK rc=%d\n", i, pkt.connack.rc);
+                    exit(1);
+                }
+                c->connacked = true;
+            } else if (pkt.type == MQTT_SUBACK) {
+                if (pkt.suback.count < 1 || pkt.suback.codes[0] == MQTT_SUBACK_FAILURE)
+                    die("subscription refused");
+                c->subacked = true;
+            } else if (pkt.type == MQTT_PUBACK) {
+                if (c->sent_at && pkt.id)
+                    sample_add(&r->ack, (now - c->sent_at[pkt.id]) * 1e3);
+                c->acked++;
+            } else if (pkt.type == MQTT_PINGRESP) {
+                c->acked = c->limit;
+            } else if (pkt.type == MQTT_PUBLISH && c->is_sub) {
+                on_publish(r, &pkt, now);
+            }
+        }
+        buf_consume(&c->in, off);
+        finish_client(r, c);
+        if ((size_t)n < 65536)
+            return;
+    }
+}
+
+static void write_client(struct client *c)
+{
+    ssize_t w = write(c->fd, c->out.data, c->out.len);
+
+    if (w > 0)
+        buf_consume(&c->out, (size_t)w);
+    else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+        perror("bench_mqtt: write");
+        exit(1);
+    }
+}
+
+static bool all_ready(const struct run *r)
+{
+    for (int i = 0; i < r->nfds; i++)
+        if (!r->cl[i].connacked || (r->cl[i].is_sub && !r->cl[i].subacked))
+            return false;
+    return true;
+}
+
+/* Seconds until ppoll should wake up on its own: the next scheduled publish. */
+static double next_wake(const struct run *r, double now)
+{
+    double wake = 0.5;
+
+    if (!r->started || r->rate <= 0 || r->stopped)
+        return wake;
+    for (int i = 0; i < r->nclients; i++) {
+        const struct client *c = &r->cl[i];
+        bool room = r->qos == 0 ? c->out.len < OUT_HIGH_BYTES
+                                : c->published - c->acked < r->window;
+        if (c->published < c->limit && room) { /* a full window waits for an ack instead */
+            double at = r->t0 + (double)c->published * r->nclients / r->rate - now;
+            if (at < wake)
+                wake = at < 0 ? 0 : at;
+        }
+    }
+    return wake;
+}
+
+static bool sub_finished(const struct run *r, double now)
+{
+    long sent = 0;
+
+    if (!r->filter)
+        return true;
+    for (int i = 0; i < r->nclients; i++)
+        sent += r->cl[i].published;
+    if (r->delivered >= sent)
+        return true;
+    /* QoS 0 may be dropped on the way: give up after a silence */
+    return now - (r->t_last_recv > r->t_stop ? r->t_last_recv : r->t_stop) > SUB_QUIET_S;
+}
+
+static void usage(const char *argv0)
+{
+    fprintf(stderr,
+            "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW] [--seconds S]"
+            " [--rate MSGS_PER_S] [--subscribe FILTER]\n",
+            argv0);
+    exit(2);
+}
+
+static void parse_args(struct run *r, int *port, int argc, char **argv)
+{
+    int pos = 0;
+
+    r->window = 100;
+    r->seconds = 120;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) == 0) {
+            if (i + 1 >= argc)
+                usage(argv[0]);
+            if (strcmp(a, "--seconds") == 0)
+                r->seconds = atof(argv[++i]);
+            else if (strcmp(a, "--rate") == 0)
+                r->rate = atof(argv[++i]);
+            else if (strcmp(a, "--subscribe") == 0)
+                r->filter = argv[++i];
+            else
+                usage(argv[0]);
+            continue;
+        }
+        switch (pos++) {
+        case 0: *port = atoi(a); break;
+        case 1: r->nclients = atoi(a); break;
+        case 2: r->per = atol(a); break;
+        case 3: r->qos = atoi(a); break;
+        case 4: r->window = atoi(a); break;
+        default: usage(argv[0]);
+        }
+    }
+    if (pos < 4 || *port <= 0 || r->nclients < 1 || r->per < 1 || r->qos < 0 || r->qos > 1 ||
+        r->window < 1 || r->window > 65535 || r->seconds <= 0 || r->rate < 0)
+        usage(argv[0]);
+}
+
 int main(int argc, char **argv)
 {
-    int port, nclients, qos, window;
-    long per;
-    struct client *cl;
-    struct pollfd *pfd;
-    struct mqtt_limits lim = {0, MQTT_V311};
-    long total_done = 0;
-    double t0, deadline;
+    struct run r = {0};
+    struct rlimit rl;
+    int port = 0;
+    double secs, deadline;
+    long sent = 0;
 
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]\n", argv[0]);
-        return 2;
+    parse_args(&r, &port, argc, argv);
+    signal(SIGPIPE, SIG_IGN);
+    /* one fd per client: the soft limit may be raised up to the hard one */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
-    port = atoi(argv[1]);
-    nclients = atoi(argv[2]);
-    per = atol(argv[3]);
-    qos = atoi(argv[4]);
-    window = argc > 5 ? atoi(argv[5]) : 100;
-    cl = calloc((size_t)nclients, sizeof *cl);
-    pfd = calloc((size_t)nclients, sizeof *pfd);
-    for (int i = 0; i < nclients; i++) {
-        struct sockaddr_in a = {0};
-        struct mqtt_connect c = {0};
-        int one = 1;
-        a.sin_family = AF_INET;
-        a.sin_port = htons((uint16_t)port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cl[i].fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (connect(cl[i].fd, (struct sockaddr *)&a, sizeof a) != 0) {
-            perror("connect");
+    r.nfds = r.nclients + (r.filter ? 1 : 0);
+    r.cl = calloc((size_t)r.nfds, sizeof *r.cl);
+    r.pfd = calloc((size_t)r.nfds, sizeof *r.pfd);
+    if (!r.cl || !r.pfd)
+        die("out of memory");
+    if (r.filter) {
+        struct client *s = &r.cl[r.nclients];
+        struct mqtt_sub_req req = {{r.filter, strlen(r.filter)}, 0};
+        open_client(s, port, "bench-sub", true);
+        mqtt_encode_subscribe(&s->out, 1, &req, 1);
+        r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
+    }
+    for (int i = 0; i < r.nclients; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "bench-%d", i);
+        open_client(&r.cl[i], port, id, false);
+        r.cl[i].limit = r.per;
+        if (r.qos && !(r.cl[i].sent_at = calloc(65536, sizeof(double))))
+            die("out of memory");
+        if (r.pub_time && !(r.pub_time[i] = calloc((size_t)r.per, sizeof(double))))
+            die("out of memory");
+    }
+    deadline = now_s() + CONNECT_TIMEOUT_S;
+    while (r.total_done < r.nclients) {
+        double now = now_s(), wake;
+        struct timespec ts;
+
+        if (!r.started && all_ready(&r)) {
+            r.started = true;
+            r.t0 = now;
+            deadline = now + r.seconds + DRAIN_TIMEOUT_S;
+        }
+        if (now > deadline) {
+            fprintf(stderr, "bench_mqtt: timed out (%s): %ld of %d clients done\n",
+                    r.started ? "running" : "connecting", r.total_done, r.nclients);
             return 1;
         }
-        setsockopt(cl[i].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        snprintf(cl[i].id, sizeof cl[i].id, "bench-%d", i);
-        c.clean_session = true;
-        c.keepalive_s = 60;
-        c.client_id = (struct mqtt_str){cl[i].id, strlen(cl[i].id)};
-        c.has_username = true;
-        c.username = c.client_id;
-        buf_init(&cl[i].out);
-        buf_init(&cl[i].in);
-        mqtt_encode_connect(&cl[i].out, &c);
-        cl[i].to_send = per;
-    }
-    t0 = now_s();
-    deadline = t0 + 120;
-    while (total_done < nclients && now_s() < deadline) {
-        for (int i = 0; i < nclients; i++) {
-            struct client *c = &cl[i];
-            char topic[64], payload[65];
-            /* top up the window */
-            while (c->connacked && c->published < per &&
-                   (qos == 0 ? c->out.len < 65536 : c->published - c->acked < window)) {
-                int tl = snprintf(topic, sizeof topic, "devices/%s/telemetry", c->id);
-                int pl = snprintf(payload, sizeof payload,
-                                  "{\"temp\":%5.1f,\"hum\":%3ld,\"seq\":%10ld,\"v\":1}",
-                                  20.0 + (double)(c->published % 100) / 10, c->published % 100,
-                                  c->published);
-                mqtt_encode_publish(&c->out, topic, (size_t)tl, (const uint8_t *)payload,
-                                    (size_t)pl, (uint8_t)qos, false, false,
-                                    (uint16_t)(qos ? (c->published % 65535) + 1 : 0));
-                c->published++;
+        if (r.started && !r.stopped && now - r.t0 >= r.seconds) {
+            /* out of time: what was sent is the run */
+            r.stopped = true;
+            for (int i = 0; i < r.nclients; i++) {
+                r.cl[i].limit = r.cl[i].published;
+                finish_client(&r, &r.cl[i]);
             }
-            if (qos == 0 && c->connacked && c->published == per && !c->ping_sent) {
-                mqtt_encode_pingreq(&c->out);
-                c->ping_sent = true;
-            }
-            pfd[i].fd = c->fd;
-            pfd[i].events = POLLIN | (c->out.len ? POLLOUT : 0);
-            pfd[i].revents = 0;
+            continue; /* every client may be done already */
         }
-        if (poll(pfd, (nfds_t)nclients, 1000) <= 0)
+        if (r.started)
+            top_up(&r, now);
+        for (int i = 0; i < r.nfds; i++) {
+            r.pfd[i].fd = r.cl[i].fd;
+            r.pfd[i].events = POLLIN | (r.cl[i].out.len ? POLLOUT : 0);
+            r.pfd[i].revents = 0;
+        }
+        wake = next_wake(&r, now);
+        ts.tv_sec = (time_t)wake;
+        ts.tv_nsec = (long)((wake - (double)ts.tv_sec) * 1e9);
+        if (ppoll(r.pfd, (nfds_t)r.nfds, &ts, NULL) <= 0)
             continue;
-        for (int i = 0; i < nclients; i++) {
-            struct client *c = &cl[i];
-            if ((pfd[i].revents & POLLOUT) && c->out.len) {
-                ssize_t w = write(c->fd, c->out.data, c->out.len);
-                if (w > 0)
-                    buf_consume(&c->out, (size_t)w);
-            }
-            if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-                ssize_t r = read(c->fd, buf_reserve(&c->in, 65536), 65536);
-                size_t off = 0, used;
-                struct mqtt_packet pkt;
-                const char *why;
-                if (r <= 0) {
-                    fprintf(stderr, "client %d: connection closed (published %ld acked %ld)\n", i,
-                            c->published, c->acked);
-                    return 1;
-                }
-                buf_commit(&c->in, (size_t)r);
-                while (mqtt_decode(&lim, c->in.data + off, c->in.len - off, &pkt, &used, &why) ==
-                       CODEC_FRAME) {
-                    off += used;
-                    if (pkt.type == MQTT_CONNACK) {
-                        if (pkt.connack.rc != 0) {
-                            fprintf(stderr, "client %d: CONNACK rc=%d\n", i, pkt.connack.rc);
-                            return 1;
-                        }
-                        c->connacked = true;
-                    } else if (pkt.type == MQTT_PUBACK) {
-                        c->acked++;
-                    } else if (pkt.type == MQTT_PINGRESP) {
-                        c->acked = per;
-                    }
-                }
-                buf_consume(&c->in, off);
-                if (!c->done && c->acked >= per && c->published >= per) {
-                    c->done = true;
-                    total_done++;
-                }
-            }
+        now = now_s();
+        for (int i = 0; i < r.nfds; i++) {
+            if ((r.pfd[i].revents & POLLOUT) && r.cl[i].out.len)
+                write_client(&r.cl[i]);
+            if (r.pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+                read_client(&r, &r.cl[i], i, now);
         }
     }
-    double secs = now_s() - t0;
-    if (total_done < nclients) {
-        fprintf(stderr, "timed out: %ld of %d clients done\n", total_done, nclients);
-        return 1;
+    secs = now_s() - r.t0;
+    r.t_stop = now_s();
+    for (int i = 0; i < r.nclients; i++)
+        sent += r.cl[i].published;
+    /* the subscriber goes on reading until it has everything or the line goes quiet */
+    if (r.filter) {
+        struct client *s = &r.cl[r.nclients];
+        struct pollfd p = {s->fd, POLLIN, 0};
+        while (!sub_finished(&r, now_s()) && now_s() < deadline) {
+            if (poll(&p, 1, 100) > 0)
+                read_client(&r, s, r.nclients, now_s());
+        }
     }
-    printf("mqtt qos=%d clients=%d messages=%ld seconds=%.3f msgs_per_s=%.0f\n", qos, nclients,
-           per * nclients, secs, (double)(per * nclients) / secs);
-    for (int i = 0; i < nclients; i++) {
-        close(cl[i].fd);
-        buf_fini(&cl[i].out);
-        buf_fini(&cl[i].in);
+    qsort(r.ack.v, r.ack.n, sizeof *r.ack.v, cmp_double);
+    qsort(r.e2e.v, r.e2e.n, sizeof *r.e2e.v, cmp_double);
+    printf("mqtt qos=%d clients=%d window=%d messages=%ld seconds=%.3f msgs_per_s=%.0f", r.qos,
+           r.nclients, r.window, sent, secs, (double)sent / secs);
+    if (r.qos)
+        printf(" ack_p50_ms=%.3f ack_p99_ms=%.3f", quantile(&r.ack, 0.5), quantile(&r.ack, 0.99));
+    if (r.filter)
+        printf(" delivered=%ld foreign=%ld delivered_per_s=%.0f e2e_p50_ms=%.3f e2e_p99_ms=%.3f",
+               r.delivered, r.foreign,
+               r.t_last_recv > r.t0 ? (double)r.delivered / (r.t_last_recv - r.t0) : 0.0,
+               quantile(&r.e2e, 0.5), quantile(&r.e2e, 0.99));
+    printf("\n");
+    for (int i = 0; i < r.nfds; i++) {
+        close(r.cl[i].fd);
+        buf_fini(&r.cl[i].out);
+        buf_fini(&r.cl[i].in);
+        free(r.cl[i].sent_at);
+        if (r.pub_time && i < r.nclients)
+            free(r.pub_time[i]);
     }
-    free(cl);
-    free(pfd);
+    free(r.pub_time);
+    free(r.cl);
+    free(r.pfd);
+    free(r.ack.v);
+    free(r.e2e.v);
     return 0;
 }

@@ -12,7 +12,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _build = next((x for x in sys.argv[1:] if not x.startswith("-")), "build")

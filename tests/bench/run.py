@@ -1,0 +1,764 @@
+#!/usr/bin/python3
+"""tests/bench/run.py: every Gale benchmark against its reference, interleaved, one table.
+
+    /usr/bin/python3 tests/bench/run.py [--build DIR] [--cases LIST] [--rounds N] [--smoke]
+        [--gale-bin BIN [--gale-bin BASELINE]] [--out FILE.md] [--list]
+
+`make bench` runs it with the defaults (all cases, 3 rounds, about 4 minutes on two
+cores, 5 with both storage.sync modes). Each round runs every case once against Gale
+and once against its reference, each run on a freshly started server (Gale, then the
+reference), so a slow drift of the machine hits both sides alike. The table gives, per case and metric, the median of
+the Gale runs, the median of the reference runs, the median of the per-round ratios
+Gale / reference, and the per-round ratios; it is printed and written as Markdown to
+--out (default <build>/bench/last.md, last-compare.md for two binaries), the raw runs
+as JSON beside it.
+
+References, all on loopback on free ports, started and stopped by PID here:
+  MQTT cases   Debian's mosquitto, persistence off, anonymous, no logging
+  REST latest  nginx (one worker, access log off) serving the same bytes as a static file
+  live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
+  storage      raw SQLite of the same shape in the same process (bench_storage)
+Gale runs with mqtt.allow_anonymous=true (the publishers' telemetry is decoded and every
+value stored) and log.level=warn (the reference logs nothing either).
+
+QoS 1 cases run in both storage.sync modes when `gale --config-reference` lists the key,
+else once with mode "n/a". The disk's own latency (4 KiB write + fdatasync, in the
+filesystem of the data directories) is measured in each round and printed below the table.
+
+Two binaries: `--gale-bin NEW --gale-bin OLD` (MQTT cases only make sense then, e.g.
+`--cases mqtt`) runs NEW and OLD interleaved instead of Gale and its references; the
+ratio is NEW / OLD. When only one of them knows storage.sync, both run on their defaults
+(mode "n/a"). tests/bench/run_mqtt.py is this with --cases mqtt.
+
+Every case is bounded in messages and seconds and stops by itself; --smoke runs each
+once with tiny counts (under a minute) to check the harness."""
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, HERE)
+import galetest  # noqa: E402  (wait_for)
+from mosquitto import Mosquitto, free_port  # noqa: E402
+
+API_KEY = "bench-api-key-0123456789"
+REST_DEVICE = "bench-rest"
+CONNECT_INFLIGHT = 512
+
+# parameter: (full run, --smoke); counts are caps, the seconds bound every run
+PARAMS = {
+    "mqtt_s": (3.0, 0.3),            # seconds of publishing per MQTT run
+    "c1": (1, 1), "c100": (100, 100), "c1000": (1000, 200),  # publishers, QoS 0 cases
+    "qos0_1": (400000, 5000),        # messages per publisher, QoS 0, 1 publisher
+    "qos0_100": (4000, 50),          # ... 100 publishers
+    "qos0_1000": (400, 5),           # ... 1000 publishers
+    "qos1_w1": (100000, 2000),       # QoS 1, 1 publisher, window 1
+    "qos1_w32": (200000, 5000),      # QoS 1, 1 publisher, window 32
+    "qos1_100": (5000, 50),          # QoS 1, 100 publishers, window 1
+    "route": (20000, 1000),          # per publisher (10) to the # subscriber
+    "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
+    "idle": (9000, 500),             # idle connections
+    "wrk_s": (3, 1),                 # seconds of wrk
+    "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
+    "feed_grace": (3, 2),
+    "storage_points": (2000000, 100000),
+    "fsync_n": (200, 20),            # write + fdatasync samples per round
+}
+SCALE = {name: {k: v[i] for k, v in PARAMS.items()} for i, name in enumerate(("full", "smoke"))}
+
+
+class Failed(Exception):
+    """A run that did not produce its figures; the round is left out of its row."""
+
+
+# what else a failed run raises (bench_feed.py, galetest and the socket helpers)
+RUN_ERRORS = (Failed, AssertionError, OSError, RuntimeError, ValueError, KeyError,
+              subprocess.SubprocessError)
+
+
+# ---- processes ----
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise Failed("no VmRSS for pid %d" % pid)
+
+
+def kv_line(out, prefix):
+    """The key=value fields of the first line of out starting with prefix."""
+    for line in out.splitlines():
+        if line.startswith(prefix + " "):
+            return {k: float(v) for k, v in (t.split("=", 1) for t in line.split()[1:])}
+    raise Failed("no %r line in %r" % (prefix, out[-500:]))
+
+
+def run_tool(cmd, timeout):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Failed("%s: no result within %d s" % (os.path.basename(cmd[0]), timeout))
+    if r.returncode != 0:
+        raise Failed("%s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr.strip()[-500:]))
+    return r.stdout
+
+
+class GaleServer:
+    """One Gale process on free loopback ports, its data in a fresh directory. Ports are
+    picked here rather than with port 0: at log.level=warn Gale does not log them."""
+
+    def __init__(self, ctx, binary, mode):
+        self.data_dir = tempfile.mkdtemp(prefix="gale-", dir=ctx.work)
+        self.mqtt_port, self.http_port = free_port(), free_port()
+        self.cmd = [binary, "--data-dir", self.data_dir,
+                    "--set", "mqtt.bind=127.0.0.1", "--set", "mqtt.port=%d" % self.mqtt_port,
+                    "--set", "http.bind=127.0.0.1", "--set", "http.port=%d" % self.http_port,
+                    "--set", "line.enabled=false", "--set", "mqtt.allow_anonymous=true",
+                    "--set", "log.level=warn"]
+        if mode in ("normal", "full"):
+            self.cmd += ["--set", "storage.sync=" + mode]
+        self.proc = None
+
+    def __enter__(self):
+        env = dict(os.environ, GALE_HTTP_API_KEY=API_KEY)
+        self.log = open(os.path.join(self.data_dir, "gale.log"), "w+")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=env)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 15
+        while not (port_open(self.mqtt_port) and port_open(self.http_port)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise Failed("gale did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            died = self.proc.poll() is not None
+            if not died:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise Failed("gale did not stop within 30 s after SIGTERM")
+            if died or self.proc.returncode != 0:
+                self.log.seek(0)
+                raise Failed("gale exited %d: %s" % (self.proc.returncode,
+                                                     self.log.read()[-1500:]))
+        finally:
+            self.log.close()
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        return False
+
+
+class MosquittoServer:
+    def __enter__(self):
+        self.m = Mosquitto().__enter__()
+        self.pid = self.m.proc.pid
+        self.mqtt_port = self.m.port
+        return self
+
+    def __exit__(self, *exc):
+        return self.m.__exit__(*exc)
+
+
+# ---- sides: what a case runs against ----
+
+class Side:
+    """One contender of a case: Gale (a binary, a sync mode) or a reference."""
+
+    def __init__(self, kind, label, binary=None, mode="-"):
+        self.kind, self.label, self.binary, self.mode = kind, label, binary, mode
+
+    def mqtt(self, ctx):
+        if self.kind == "gale":
+            return GaleServer(ctx, self.binary, self.mode)
+        return MosquittoServer()
+
+
+# ---- MQTT cases ----
+
+def bench_mqtt(ctx, side, clients, per, qos, window=100, extra=()):
+    with side.mqtt(ctx) as srv:
+        cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), str(clients), str(per), str(qos),
+               str(window), "--seconds", str(ctx.p["mqtt_s"])] + list(extra)
+        return kv_line(run_tool(cmd, ctx.p["mqtt_s"] + 90), "mqtt")
+
+
+def case_qos0(clients_key, per_key):
+    def run(ctx, side):
+        f = bench_mqtt(ctx, side, ctx.p[clients_key], ctx.p[per_key], 0)
+        return {"rate": f["msgs_per_s"]}
+    return run
+
+
+def case_qos1(clients, window, per_key):
+    def run(ctx, side):
+        f = bench_mqtt(ctx, side, clients, ctx.p[per_key], 1, window)
+        return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"]}
+    return run
+
+
+def run_route(ctx, side):
+    f = bench_mqtt(ctx, side, 10, ctx.p["route"], 0, extra=["--subscribe", "#"])
+    return {"rate": f["delivered_per_s"], "fraction": f["delivered"] / max(f["messages"], 1)}
+
+
+def run_latency(ctx, side):
+    per = int(ctx.p["lat_s"] * 1000)  # 10 publishers x 1000 msg/s
+    with side.mqtt(ctx) as srv:
+        cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), "10", str(per), "0", "100",
+               "--seconds", str(ctx.p["lat_s"] + 2), "--rate", "10000", "--subscribe", "#"]
+        f = kv_line(run_tool(cmd, ctx.p["lat_s"] + 90), "mqtt")
+    if f["delivered"] < 0.99 * f["messages"]:
+        raise Failed("only %d of %d messages delivered" % (f["delivered"], f["messages"]))
+    return {"p50": f["e2e_p50_ms"], "p99": f["e2e_p99_ms"]}
+
+
+def run_idle(ctx, side):
+    n = ctx.p["idle"]
+    with side.mqtt(ctx) as srv:
+        time.sleep(0.5)
+        before = rss_kb(srv.pid)
+        p = subprocess.Popen([ctx.tool("bench_conn"), str(srv.mqtt_port), str(n),
+                              str(CONNECT_INFLIGHT), "--hold-seconds", "60"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            first = p.stdout.readline()  # bench_conn gives up by itself after 60 s
+            if not first.startswith("conn "):
+                raise Failed("bench_conn: %s" % p.stderr.read()[-500:])
+            conn = kv_line(first, "conn")
+            time.sleep(1.0)  # let the server finish its per-connection setup
+            after = rss_kb(srv.pid)
+            p.stdin.write("\n")
+            p.stdin.flush()
+            held = kv_line(p.stdout.readline(), "held")
+            p.wait(30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if held["closed_by_server"]:
+        raise Failed("the server closed %d idle connections" % held["closed_by_server"])
+    return {"bytes": (after - before) * 1024.0 / n, "rate": conn["connects_per_s"]}
+
+
+# ---- REST latest vs nginx ----
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %(dir)s/tmp;
+    proxy_temp_path %(dir)s/tmp;
+    fastcgi_temp_path %(dir)s/tmp;
+    uwsgi_temp_path %(dir)s/tmp;
+    scgi_temp_path %(dir)s/tmp;
+    default_type application/json;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:%(port)d;
+        root %(dir)s/root;
+    }
+}
+"""
+
+
+def wrk(ctx, url):
+    cmd = ["wrk", "-t1", "-c64", "-d%ds" % ctx.p["wrk_s"], "--latency",
+           "-H", "Authorization: Bearer " + API_KEY, url]
+    out = run_tool(cmd, ctx.p["wrk_s"] + 30)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise Failed("wrk saw errors:\n" + out)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not m or not p99:
+        raise Failed("wrk output not understood:\n" + out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return {"rate": float(m.group(1)), "p99": float(p99.group(1)) * scale}
+
+
+def gale_latest_body(srv):
+    """Stores one 4-key message for REST_DEVICE and returns GET .../latest's body."""
+    base = "http://127.0.0.1:%d/api/devices" % srv.http_port
+    hdr = {"Authorization": "Bearer " + API_KEY, "Content-Type": "application/json"}
+
+    def call(method, url, body=None):
+        req = urllib.request.Request(url, data=body, method=method, headers=hdr)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read()
+    call("POST", base, json.dumps({"id": REST_DEVICE}).encode())
+    call("POST", "%s/%s/telemetry" % (base, REST_DEVICE),
+         b'{"temperature":21.50,"humidity":43.0,"battery":3.300,"count":1}')
+    body = call("GET", "%s/%s/latest" % (base, REST_DEVICE))
+    if len(json.loads(body)) != 4:
+        raise Failed("latest has not the 4 keys: %r" % body)
+    return body
+
+
+def run_rest(ctx, side):
+    path = "/api/devices/%s/latest" % REST_DEVICE
+    if side.kind == "gale":
+        with GaleServer(ctx, side.binary, side.mode) as srv:
+            ctx.rest_body = gale_latest_body(srv)
+            return wrk(ctx, "http://127.0.0.1:%d%s" % (srv.http_port, path))
+    if ctx.rest_body is None:
+        raise Failed("no Gale reply to serve (the Gale run failed)")
+    d = tempfile.mkdtemp(prefix="nginx-", dir=ctx.work)
+    # started as root, the worker runs as nobody: let it reach the file
+    os.chmod(ctx.work, 0o711)
+    os.chmod(d, 0o755)
+    os.makedirs(os.path.join(d, "root", os.path.dirname(path[1:])))
+    os.makedirs(os.path.join(d, "tmp"))
+    with open(os.path.join(d, "root", path[1:]), "wb") as f:
+        f.write(ctx.rest_body)
+    for sub in ("root", "root/api", "root/api/devices", "root/api/devices/" + REST_DEVICE):
+        os.chmod(os.path.join(d, sub), 0o755)
+    port = free_port()
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF % {"dir": d, "port": port})
+    p = subprocess.Popen(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        galetest.wait_for(lambda: port_open(port) or p.poll() is not None, 10, "nginx")
+        if p.poll() is not None:
+            raise Failed("nginx did not start: %s" % p.stderr.read().decode()[-500:])
+        got = urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10).read()
+        if got != ctx.rest_body:
+            raise Failed("nginx serves other bytes than Gale")
+        return wrk(ctx, "http://127.0.0.1:%d%s" % (port, path))
+    finally:
+        p.send_signal(signal.SIGTERM)  # the master stops its worker
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---- live feed vs Tornado ----
+
+def run_feed(ctx, side):
+    import bench_feed
+    a = types.SimpleNamespace(build=ctx.build, gale_bin=side.binary, viewers=ctx.p["feed_viewers"],
+                              rate=ctx.p["feed_rate"], seconds=ctx.p["feed_s"],
+                              grace=ctx.p["feed_grace"])
+    res = bench_feed.run_gale(a) if side.kind == "gale" else bench_feed.run_tornado(a)
+    return {"rate": res["delivered_per_s"], "fraction": res["fraction"], "p99": res["p99_ms"]}
+
+
+# ---- storage vs raw SQLite ----
+
+STORAGE_ROUND = re.compile(
+    r"round (\d+): ours durable ([\d.]+)s compacted ([\d.]+)s \| raw a ([\d.]+)s \|"
+    r" ours ack-only ([\d.]+)s \| raw b ([\d.]+)s \| raw c ([\d.]+)s")
+
+
+def run_storage(ctx):
+    """bench_storage interleaves its own runs round by round; returns per-round
+    (gale, reference) pairs per metric."""
+    pts = ctx.p["storage_points"]
+    out = run_tool([ctx.tool("bench_storage"), "--points", str(pts), "--rounds",
+                    str(ctx.rounds), "--skip-b", "--dir", ctx.work], 60 + ctx.rounds * 300)
+    rounds = [tuple(float(x) for x in m.groups()[1:]) for m in STORAGE_ROUND.finditer(out)]
+    if len(rounds) != ctx.rounds or any(t < 0.01 for r in rounds for t in r if t):
+        raise Failed("bench_storage output not understood:\n" + out[-1000:])
+    pps = [tuple(pts / max(t, 1e-9) for t in r) for r in rounds]
+    return {
+        "ack": [(r[3], r[2]) for r in pps],    # ours ack-only vs raw a
+        "e2e": [(r[1], r[2]) for r in pps],    # ours compacted vs raw a (row-append ceiling)
+        "two": [(r[1], r[5]) for r in pps],    # ours compacted vs raw c (same two tiers)
+    }
+
+
+# ---- disk ----
+
+def fsync_probe(directory, n):
+    """p50 and p99 of a 4 KiB write + fdatasync in directory's filesystem, ms."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = os.urandom(4096)
+    lat = []
+    try:
+        for i in range(n):
+            t = time.perf_counter()
+            os.pwrite(fd, block, (i % 256) * 4096)
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+# ---- the case table ----
+
+# metric: (key, label, higher_is_better)
+RATE = ("rate", "msg/s", True)
+ACKED = ("rate", "acked msg/s", True)
+P50 = ("p50", "PUBACK p50 ms", False)
+P99 = ("p99", "PUBACK p99 ms", False)
+
+
+# group: mqtt | rest | feed | storage; synced: runs once per storage.sync mode;
+# metrics: [(key, label, higher is better)]; run(ctx, side) -> {key: value}, or None
+# for storage, which bench_storage interleaves by itself
+Case = collections.namedtuple("Case", "id group title synced metrics run")
+
+
+def cases(p):
+    n1000 = p["c1000"]
+    return [Case(*c) for c in [
+        ("qos0-1", "mqtt", "MQTT QoS 0 ingest, 1 publisher", False, [RATE],
+         case_qos0("c1", "qos0_1")),
+        ("qos0-100", "mqtt", "MQTT QoS 0 ingest, 100 publishers", False, [RATE],
+         case_qos0("c100", "qos0_100")),
+        ("qos0-1000", "mqtt", "MQTT QoS 0 ingest, %d publishers" % n1000, False, [RATE],
+         case_qos0("c1000", "qos0_1000")),
+        ("qos1-w1", "mqtt", "MQTT QoS 1, 1 publisher, window 1", True, [ACKED, P50, P99],
+         case_qos1(1, 1, "qos1_w1")),
+        ("qos1-w32", "mqtt", "MQTT QoS 1, 1 publisher, window 32", True, [ACKED, P50, P99],
+         case_qos1(1, 32, "qos1_w32")),
+        ("qos1-100w1", "mqtt", "MQTT QoS 1, 100 publishers, window 1", True, [ACKED, P50, P99],
+         case_qos1(100, 1, "qos1_100")),
+        ("route", "mqtt", "MQTT routing, 10 publishers to one # subscriber", False,
+         [("rate", "delivered msg/s", True), ("fraction", "delivered fraction", True)],
+         run_route),
+        ("latency", "mqtt", "MQTT publish-to-receive latency at 10k msg/s", False,
+         [("p50", "p50 ms", False), ("p99", "p99 ms", False)], run_latency),
+        ("idle", "mqtt", "MQTT %d idle connections, %d handshakes in flight"
+         % (p["idle"], CONNECT_INFLIGHT), False,
+         [("bytes", "RSS bytes/connection", False), ("rate", "connects/s", True)], run_idle),
+        ("rest", "rest", "REST latest, wrk -t1 -c64", False,
+         [("rate", "requests/s", True), ("p99", "p99 ms", False)], run_rest),
+        ("feed", "feed", "live feed, %d dashboards x %d msg/s" % (p["feed_viewers"],
+                                                                p["feed_rate"]), False,
+         [("rate", "delivered msg/s", True), ("fraction", "delivered fraction", True),
+          ("p99", "p99 ms", False)], run_feed),
+        ("storage", "storage", "storage, 1000 devices x 4 keys, %d points"
+         % p["storage_points"], False,
+         [("ack", "ack path points/s (vs raw row append)", True),
+          ("e2e", "end to end points/s (vs raw row append)", True),
+          ("two", "end to end points/s (vs raw two tiers)", True)], None),
+    ]]
+
+
+REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite"}
+
+
+def sync_modes(binary):
+    try:
+        out = subprocess.run([binary, "--config-reference"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ["n/a"]
+    return ["normal", "full"] if "storage.sync" in out else ["n/a"]
+
+
+def select(all_cases, spec):
+    want = [w.strip() for w in spec.split(",") if w.strip()]
+    known = {c.id for c in all_cases} | {c.group for c in all_cases} | {"all"}
+    bad = [w for w in want if w not in known]
+    if bad:
+        raise SystemExit("unknown case(s) %s; known: %s" % (", ".join(bad),
+                                                            ", ".join(sorted(known))))
+    return [c for c in all_cases if "all" in want or c.id in want or c.group in want]
+
+
+def median_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, label=""):
+    if v is None:
+        return "failed"
+    if "fraction" in label:
+        return "%.3f" % v
+    if abs(v) >= 100:
+        return "{:,.0f}".format(v)
+    return "%.3g" % v if abs(v) < 10 else "%.1f" % v
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return "%s, %d cores, %.0f GB RAM, Linux %s" % (cpu, os.cpu_count(), mem_gb,
+                                                   platform.release())
+
+
+def build_type(build):
+    """CMAKE_BUILD_TYPE of the build, with the sanitizers that make timings meaningless."""
+    cache = {}
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                m = re.match(r"(\w+):\w+=(.*)", line.strip())
+                if m:
+                    cache[m.group(1)] = m.group(2)
+    except OSError:
+        return "unknown"
+    san = [k for k in ("GALE_SANITIZE", "GALE_TSAN", "GALE_FUZZ")
+           if cache.get(k, "OFF").upper() in ("ON", "1", "TRUE", "YES")]
+    return (cache.get("CMAKE_BUILD_TYPE") or "no build type") + "".join(" +" + k for k in san)
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+    import sqlite3
+    try:
+        import tornado
+        tv = tornado.version
+    except ImportError:
+        tv = "?"
+    return "%s; %s; Tornado %s; SQLite %s" % (first_line(["/usr/sbin/mosquitto", "-h"]),
+                                             first_line(["nginx", "-v"]), tv,
+                                             sqlite3.sqlite_version)
+
+
+class Context:
+    def __init__(self, a):
+        self.build = os.path.abspath(a.build)
+        self.p = SCALE["smoke" if a.smoke else "full"]
+        self.rounds = a.rounds
+        self.smoke = a.smoke
+        self.work = None  # made by main once the run starts
+        self.rest_body = None
+
+    def tool(self, name):
+        return os.path.join(self.build, "tests", "bench", name)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--build", default="build", help="build directory (gale, tests/bench/*)")
+    ap.add_argument("--cases", default="all",
+                    help="comma-separated case ids or groups (mqtt, rest, feed, storage)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, smoke 1)")
+    ap.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness")
+    ap.add_argument("--gale-bin", action="append", default=[], metavar="BIN",
+                    help="Gale binary (default <build>/gale); twice: compare two binaries")
+    ap.add_argument("--out", help="Markdown table (default <build>/bench/last.md)")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    a = ap.parse_args(argv)
+    if a.rounds is None:
+        a.rounds = 1 if a.smoke else 3
+    if not 1 <= a.rounds <= 15:
+        ap.error("--rounds must be 1..15")
+    if len(a.gale_bin) > 2:
+        ap.error("--gale-bin at most twice")
+    if not a.gale_bin:
+        a.gale_bin = [os.path.join(a.build, "gale")]
+    a.gale_bin = [os.path.abspath(b) for b in a.gale_bin]
+    return a
+
+
+def check_tools(ctx, a, chosen):
+    need = list(a.gale_bin)
+    groups = {c.group for c in chosen}
+    if "mqtt" in groups:
+        need += [ctx.tool("bench_mqtt"), ctx.tool("bench_conn")]
+        if len(a.gale_bin) == 1:
+            need.append("/usr/sbin/mosquitto")
+    if "feed" in groups:
+        need.append(ctx.tool("bench_feed"))
+    if "storage" in groups:
+        need.append(ctx.tool("bench_storage"))
+    missing = [t for t in need if not os.access(t, os.X_OK)]
+    for prog, group in (("wrk", "rest"), ("nginx", "rest")):
+        if group in groups and not shutil.which(prog):
+            missing.append(prog)
+    if missing:
+        raise SystemExit("missing: %s (make bench builds and installs them)" % ", ".join(missing))
+
+
+class Plan:
+    """What one invocation runs: the cases, the two sides' binaries and labels, the modes."""
+
+    def __init__(self, a, ctx):
+        self.two = len(a.gale_bin) == 2
+        self.bins = a.gale_bin
+        self.labels = ([os.path.relpath(b) if len(os.path.relpath(b)) < len(b) else b
+                        for b in a.gale_bin] if self.two else ["Gale"])
+        modes = sync_modes(a.gale_bin[0])
+        self.modes = modes if not self.two or sync_modes(a.gale_bin[1]) == modes else ["n/a"]
+        self.cases = select(cases(ctx.p), a.cases)
+        if self.two and any(c.group == "storage" for c in self.cases):
+            self.cases = [c for c in self.cases if c.group != "storage"]
+            print("storage is left out: bench_storage links the build's storage, not a binary")
+
+    def modes_of(self, synced):
+        return self.modes if synced else ["-"]
+
+    def sides(self, group, mode):
+        """(measured, reference) for one case in one mode."""
+        gale = Side("gale", self.labels[0], self.bins[0], mode)
+        if self.two:
+            return gale, Side("gale", self.labels[1], self.bins[1], mode)
+        return gale, Side("ref", REF_NAME[group])
+
+
+def run_one(ctx, fn, side, what, errors):
+    t = time.monotonic()
+    try:
+        r = fn(ctx, side)
+    except RUN_ERRORS as e:
+        errors.append("%s %s: %s" % (what, side.label, e))
+        print("  FAILED " + errors[-1], flush=True)
+        r = {}
+    print("%-28s %-10s %5.1fs %s" % (what, side.label, time.monotonic() - t,
+                                      " ".join("%s=%s" % (k, fmt(v)) for k, v in r.items())),
+          flush=True)
+    return r
+
+
+def run_rounds(ctx, plan, results, errors, disk):
+    """Every case once per round, measured side then reference; storage last (it
+    interleaves its own rounds). results[(case, mode)][metric] = [(ours, ref) per round]."""
+    for rnd in range(1, ctx.rounds + 1):
+        disk.append(fsync_probe(ctx.work, ctx.p["fsync_n"]))
+        print("round %d: disk 4 KiB write+fdatasync p50 %.3f ms p99 %.3f ms" %
+              ((rnd,) + disk[-1]), flush=True)
+        for cid, group, title, synced, metrics, fn in plan.cases:
+            for mode in plan.modes_of(synced) if fn else []:
+                what = "round %d %s %s" % (rnd, cid, mode)
+                pair = [run_one(ctx, fn, side, what, errors) for side in plan.sides(group, mode)]
+                row = results.setdefault((cid, mode), {})
+                for key, _, _ in metrics:
+                    row.setdefault(key, []).append((pair[0].get(key), pair[1].get(key)))
+    for cid, group, title, synced, metrics, fn in plan.cases:
+        if fn is None:
+            t = time.monotonic()
+            try:
+                results[(cid, "-")] = run_storage(ctx)
+            except RUN_ERRORS as e:
+                errors.append("storage: %s" % e)
+                print("  FAILED " + errors[-1], flush=True)
+            print("storage (%d rounds inside bench_storage) %.1fs" %
+                  (ctx.rounds, time.monotonic() - t), flush=True)
+
+
+def render(ctx, plan, results, errors, disk, command, elapsed):
+    """The Markdown report: machine, command, the table, the disk, failures."""
+    ref_hdr = plan.labels[1] if plan.two else "Reference"
+    lines = ["| Case | Mode | Metric | %s | %s | Ratio | Per-round ratios |"
+             % (plan.labels[0], ref_hdr), "|---|---|---|---:|---:|---:|---|"]
+    for cid, group, title, synced, metrics, fn in plan.cases:
+        for mode in plan.modes_of(synced):
+            row = results.get((cid, mode), {})
+            for key, label, higher in metrics:
+                pairs = row.get(key, [])
+                ratios = [g / r if g is not None and r else None for g, r in pairs]
+                mr = median_or_none(ratios)
+                lines.append("| %s | %s | %s%s | %s | %s%s | %s | %s |" % (
+                    title, mode, label, "" if higher else " ↓",
+                    fmt(median_or_none(g for g, _ in pairs), label),
+                    fmt(median_or_none(r for _, r in pairs), label),
+                    "" if plan.two else " (%s)" % REF_NAME[group],
+                    "%.2f×" % mr if mr is not None else "failed",
+                    ", ".join("%.2f" % x if x is not None else "failed" for x in ratios)))
+    head = ["Machine: %s; Gale build: %s." % (machine(), build_type(ctx.build)),
+            ("Binaries: %s." % " vs ".join(plan.bins)) if plan.two else
+            ("References: %s." % versions()),
+            "Command: `%s` (%d round%s%s, %.0f s)." % (command, ctx.rounds,
+                                                       "s" if ctx.rounds > 1 else "",
+                                                       ", smoke counts" if ctx.smoke else "",
+                                                       elapsed),
+            "Ratio = median of the per-round ratios %s / %s; ↓ = lower is better." %
+            (plan.labels[0], plan.labels[1] if plan.two else "reference"), ""]
+    tail = ["", "Disk (filesystem of the data directories): 4 KiB write + fdatasync"
+            " p50 %.3f ms, p99 %.3f ms (median over %d round%s)." %
+            (statistics.median(x[0] for x in disk), statistics.median(x[1] for x in disk),
+             len(disk), "s" if len(disk) > 1 else "")]
+    if errors:
+        tail += ["", "Failed runs:"] + ["- " + e.replace("\n", " ")[:300] for e in errors]
+    return "\n".join(head + lines + tail) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    ctx = Context(a)
+    if a.list:
+        for c in cases(ctx.p):
+            print("%-11s %-8s %s" % (c.id, c.group, c.title))
+        return 0
+    plan = Plan(a, ctx)
+    check_tools(ctx, a, plan.cases)
+    bt = build_type(ctx.build)
+    if not bt.startswith(("Release", "RelWithDebInfo")) or "+" in bt:
+        print("warning: %s is a %s build; timings will not mean much" % (ctx.build, bt))
+    out_md = a.out or os.path.join(ctx.build, "bench",
+                                   "last-compare.md" if plan.two else "last.md")
+    results, errors, disk = {}, [], []
+    t0 = time.monotonic()
+    ctx.work = tempfile.mkdtemp(prefix="gale-bench-")
+    print("%s vs %s; sync modes: %s; %d rounds; work dir %s" %
+          (plan.bins[0], plan.bins[1] if plan.two else "references", ", ".join(plan.modes),
+           ctx.rounds, ctx.work), flush=True)
+    try:
+        run_rounds(ctx, plan, results, errors, disk)
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    command = " ".join(["python3 tests/bench/run.py"] + argv)
+    if os.environ.get("MAKELEVEL"):  # the Makefile passes --build and BENCH_ARGS
+        extra = [x for x in argv if x not in ("--build", a.build)]
+        command = "make bench" + (' BENCH_ARGS="%s"' % " ".join(extra) if extra else "")
+    text = render(ctx, plan, results, errors, disk, command, time.monotonic() - t0)
+    print("\n" + text)
+    os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
+    with open(out_md, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(out_md)[0] + ".json", "w") as f:
+        json.dump({"%s/%s" % k: v for k, v in results.items()}, f, indent=1)
+    print("written: %s" % out_md)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
