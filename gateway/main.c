@@ -226,6 +226,59 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     feed_presence(gw, device, online);
 }
 
+/* ---- the MQTT broker's persistence port, over storage ---- */
+
+static uint64_t mqtt_put_retained(void *ctx, const char *topic, const void *payload, size_t len,
+                                  uint8_t qos)
+{
+    return store_put_retained(ctx, topic, payload, len, qos);
+}
+
+static uint64_t mqtt_put_session(void *ctx, const char *client_id, const char *record)
+{
+    return store_put_session(ctx, client_id, record);
+}
+
+static uint64_t mqtt_delete_session(void *ctx, const char *client_id)
+{
+    return store_delete_session(ctx, client_id);
+}
+
+static uint64_t mqtt_put_session_msg(void *ctx, const char *client_id, uint64_t msg_id,
+                                     const char *topic, const void *payload, size_t len,
+                                     uint8_t qos, uint8_t flags)
+{
+    return store_put_session_msg(ctx, client_id, msg_id, topic, payload, len, qos, flags);
+}
+
+static uint64_t mqtt_delete_session_msg(void *ctx, const char *client_id, uint64_t msg_id)
+{
+    return store_delete_session_msg(ctx, client_id, msg_id);
+}
+
+static int mqtt_load_retained(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx)
+{
+    return store_load_retained(ctx, fn, fn_ctx);
+}
+
+static int mqtt_load_sessions(void *ctx, mqtt_store_session_fn on_session,
+                              mqtt_store_session_msg_fn on_msg, void *fn_ctx)
+{
+    return store_load_sessions(ctx, on_session, on_msg, fn_ctx);
+}
+
+static struct mqtt_store mqtt_store_port(struct store *s)
+{
+    return (struct mqtt_store){s,
+                               mqtt_put_retained,
+                               mqtt_put_session,
+                               mqtt_delete_session,
+                               mqtt_put_session_msg,
+                               mqtt_delete_session_msg,
+                               mqtt_load_retained,
+                               mqtt_load_sessions};
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -239,6 +292,7 @@ int main(int argc, char **argv)
     struct gw gw;
     struct devices devices;
     struct store_cfg scfg;
+    struct mqtt_store mqtt_store;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
     bool check_only = false, created;
@@ -292,7 +346,8 @@ int main(int argc, char **argv)
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
     ingest_init(&gw);
-    if (mqtt_broker_init(&gw) != 0)
+    mqtt_store = mqtt_store_port(gw.store);
+    if (mqtt_broker_init(&gw, &mqtt_store) != 0)
         goto out;
     gw.on_presence = on_presence;
     if (commands_init(&gw) != 0)

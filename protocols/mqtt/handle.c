@@ -24,8 +24,6 @@
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
 
-static void finish_now(struct mqtt_conn *mc);
-
 static void violation(struct mqtt_conn *mc, const char *why)
 {
     log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
@@ -190,7 +188,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                  (unsigned long long)mc->c->id, mc->c->peer, client_id,
                  (unsigned long long)old->c->id);
         conn_close(old->c, "session taken over by a new connection");
-        finish_now(old);
+        broker_conn_finish_now(old);
         s = broker_session_get(b, client_id); /* a clean session ended with it */
     }
     if (s && cp->clean_session) {
@@ -535,11 +533,8 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 
 static void *mqtt_open(struct conn *c)
 {
-    struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
-    mc->c = c;
-    mc->b = c->gw->mqtt;
+    struct mqtt_conn *mc = broker_conn_new(c->gw->mqtt, c);
     mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
-    buf_init(&mc->out);
     c->ingest = true;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return mc;
@@ -574,60 +569,10 @@ static int mqtt_feed(void *state, struct buf *in)
     return c->closing ? -1 : 0;
 }
 
-void mqtt_conn_finish(struct mqtt_conn *mc)
-{
-    struct mqtt_broker *b = mc->b;
-    broker_enter(b); /* a will routed here finishes what it closes after this one */
-    if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
-        log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
-                 "subscribe_denied=%llu telemetry_not_stored=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess ? mc->sess->client_id : "",
-                 (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
-                 (unsigned long long)mc->bad_telemetry);
-    if (mc->connected) {
-        b->connected--;
-        if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
-            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->device, mc->will_topic, mc->will_payload,
-                                mc->will_len, mc->will_qos, mc->will_retain);
-        }
-        if (mc->sess && mc->sess->conn == mc)
-            broker_session_detach(b, mc->sess);
-        if (mc->c->device[0])
-            ingest_offline(b->gw, mc->c);
-    }
-    b->bytes_in_closed += mc->c->bytes_in;
-    b->bytes_out_closed += mc->c->bytes_out;
-    free(mc->will_topic);
-    free(mc->will_payload);
-    buf_fini(&mc->out);
-    free(mc);
-    broker_leave(b);
-}
-
-/* Finishes mc now rather than at the end of the current broker work (a takeover needs
- * the old session detached before the new connection takes it). */
-static void finish_now(struct mqtt_conn *mc)
-{
-    struct mqtt_conn **p = &mc->b->dead;
-    while (*p && *p != mc)
-        p = &(*p)->next_dead;
-    if (*p) {
-        *p = mc->next_dead;
-        mqtt_conn_finish(mc);
-    }
-}
-
 static void mqtt_close(void *state, const char *why)
 {
-    struct mqtt_conn *mc = state;
-    struct mqtt_broker *b = mc->b;
     (void)why;
-    if (b->depth > 0) { /* code up the stack may still use mc: finish after it */
-        mc->next_dead = b->dead;
-        b->dead = mc;
-        return;
-    }
-    mqtt_conn_finish(mc);
+    broker_conn_close(state);
 }
 
 const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close};
