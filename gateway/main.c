@@ -279,6 +279,36 @@ static struct mqtt_store mqtt_store_port(struct store *s)
                                mqtt_load_sessions};
 }
 
+/* ---- test seam: storage failures on demand ----
+ * With GALE_TEST_FAIL_COMMITS=n in the environment, each SIGUSR2 makes storage's next n
+ * commit attempts fail (store_fail_next_commits), so integration tests can check what is
+ * acknowledged when a commit fails: n equal to the writer's tries fails a batch, fewer
+ * only delay it. Off unless the variable is set. */
+static uv_signal_t fault_signal;
+static int fault_commits;
+
+static void on_fault_signal(uv_signal_t *h, int signum)
+{
+    struct gw *gw = h->data;
+    (void)signum;
+    if (!gw->store)
+        return;
+    store_fail_next_commits(gw->store, fault_commits, 0);
+    log_warn("test seam: the next %d storage commit attempts fail", fault_commits);
+}
+
+static void fault_seam_init(struct gw *gw)
+{
+    const char *v = getenv("GALE_TEST_FAIL_COMMITS");
+    fault_commits = v ? atoi(v) : 0;
+    if (fault_commits <= 0)
+        return;
+    uv_signal_init(gw->loop, &fault_signal);
+    fault_signal.data = gw;
+    uv_signal_start(&fault_signal, on_fault_signal, SIGUSR2);
+    uv_unref((uv_handle_t *)&fault_signal);
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -340,6 +370,7 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &gw.store) != 0)
         goto out;
     store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);
+    fault_seam_init(&gw);
     if (store_load_devices(gw.store, on_device_loaded, &gw) != 0 ||
         store_load_latest(gw.store, on_latest_loaded, &gw) != 0)
         goto out;

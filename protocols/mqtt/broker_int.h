@@ -37,6 +37,13 @@ struct out_msg {
     struct list_link link;  /* in the session's queue while queued */
 };
 
+/* An incoming QoS 2 packet id between its PUBLISH and PUBREL. */
+struct qos2_in {
+    uint16_t id;
+    struct ticket t;        /* the writes of its first copy: a resend is PUBREC'd only once
+                             * they are durable, and the id is forgotten if they failed */
+};
+
 struct mqtt_session {
     char *client_id;            /* heap; map key */
     char *username;             /* heap; username of the session's client, "" for none */
@@ -51,7 +58,7 @@ struct mqtt_session {
     struct out_msg **inflight;  /* sent, unacknowledged, in send order */
     size_t ninflight;
     uint16_t next_id;           /* last packet id handed out */
-    uint16_t *qos2_in;          /* incoming QoS 2 ids between PUBREC and PUBREL */
+    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
     size_t nqos2_in, qos2_cap;
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */

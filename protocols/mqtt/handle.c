@@ -3,7 +3,9 @@
  * (CONNECT first and once, client id rules, credentials, keepalive, ACL), and
  * hands publishes to the bus. QoS 1/2 acknowledgements go out in arrival order
  * and only once what the message made storage write (telemetry, a retained message,
- * offline persistent sessions' queues) is durable (gw_await_durable).
+ * offline persistent sessions' queues) is durable (gw_await_durable). A resent QoS 2
+ * PUBLISH is PUBREC'd once its first copy is durable; if that copy failed, its id is
+ * forgotten, so the next resend is stored.
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
 #include <cjson/cJSON.h>
@@ -51,15 +53,43 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc)
     }
 }
 
+/* ---- incoming QoS 2 ids ---- */
+
+static struct qos2_in *qos2_find(struct mqtt_session *s, uint16_t id)
+{
+    for (size_t i = 0; i < s->nqos2_in; i++)
+        if (s->qos2_in[i].id == id)
+            return &s->qos2_in[i];
+    return NULL;
+}
+
+static void qos2_add(struct mqtt_session *s, uint16_t id, const struct ticket *t)
+{
+    if (s->nqos2_in == s->qos2_cap) {
+        s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
+        s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
+    }
+    s->qos2_in[s->nqos2_in++] = (struct qos2_in){id, *t};
+}
+
+static void qos2_remove(struct mqtt_session *s, uint16_t id)
+{
+    struct qos2_in *q = qos2_find(s, id);
+    if (q)
+        *q = s->qos2_in[--s->nqos2_in];
+}
+
 /* ---- acks after durability ---- */
 
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
     uint16_t id = (uint16_t)(tag & 0xffff);
-    if (ok < 0 || !mc) /* closed first: nothing to send */
+    if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
     if (!ok) { /* not stored: no ack, so the client sends it again */
+        if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
+            qos2_remove(mc->sess, id);
         conn_close(c, "storage failure: message not acknowledged");
         return;
     }
@@ -221,33 +251,6 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 
 /* ---- PUBLISH from the client ---- */
 
-static bool qos2_seen(struct mqtt_session *s, uint16_t id)
-{
-    for (size_t i = 0; i < s->nqos2_in; i++)
-        if (s->qos2_in[i] == id)
-            return true;
-    return false;
-}
-
-static void qos2_add(struct mqtt_session *s, uint16_t id)
-{
-    if (s->nqos2_in == s->qos2_cap) {
-        s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
-        s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
-    }
-    s->qos2_in[s->nqos2_in++] = id;
-}
-
-static void qos2_remove(struct mqtt_session *s, uint16_t id)
-{
-    for (size_t i = 0; i < s->nqos2_in; i++) {
-        if (s->qos2_in[i] == id) {
-            s->qos2_in[i] = s->qos2_in[--s->nqos2_in];
-            return;
-        }
-    }
-}
-
 /* devices/<id>/<rest>: fills id and returns rest, or NULL. */
 static const char *device_topic(const char *topic, char *id, size_t idlen)
 {
@@ -337,6 +340,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     struct msg *m = NULL;
     struct ticket t = {0, 0};
     const char *me = self_device(mc);
+    const struct qos2_in *q2;
 
     b->publish_in++;
     mc->c->msgs_in++;
@@ -351,8 +355,12 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         memcpy(topic, pp->topic.p, pp->topic.len);
         topic[pp->topic.len] = '\0';
     }
-    if (pp->qos == 2 && qos2_seen(mc->sess, pkt->id))
-        goto ack; /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2] */
+    if (pp->qos == 2 && (q2 = qos2_find(mc->sess, pkt->id)) != NULL) {
+        /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2]; its PUBREC waits for
+         * the first copy's writes, on this connection or the one that sent that copy */
+        t = q2->t;
+        goto ack;
+    }
     if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
                    mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
@@ -399,11 +407,13 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 ack:
     if (topic != stack_topic)
         free(topic);
+    /* accepted, even when the connection closed meanwhile: a resend is not delivered again
+     * unless this copy's writes fail (on_ack_ready) */
+    if (pp->qos == 2 && !qos2_find(mc->sess, pkt->id))
+        qos2_add(mc->sess, pkt->id, &t);
     if (pp->qos == 0 || mc->c->closing) /* closed meanwhile (cut off as a subscriber) */
         return;
     /* acks keep arrival order: behind earlier waiters, and behind this message's writes */
-    if (pp->qos == 2 && !qos2_seen(mc->sess, pkt->id))
-        qos2_add(mc->sess, pkt->id);
     gw_await_durable(mc->c, &t, (pp->qos == 1 ? TAG_PUBACK : TAG_PUBREC) | pkt->id,
                      on_ack_ready);
 }
