@@ -427,11 +427,13 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
     size_t off = 0, n = 0;
     struct mqtt_str f;
     uint8_t opts;
+    bool changed = false;
 
     if (pkt->subscribe.count > sizeof codes)
         rc = xmalloc(pkt->subscribe.count);
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
         uint8_t qos = opts & 3;
+        int granted;
         if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
                        mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
@@ -444,8 +446,8 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        if (mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions &&
-            !mqtt_router_has(b->router, f.p, f.len, mc->sess)) {
+        granted = mqtt_router_granted(b->router, f.p, f.len, mc->sess);
+        if (granted < 0 && mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions) {
             if (mc->denied_sub++ == 0)
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
                          "reason=\"mqtt.max_subscriptions reached\" limit=%zu",
@@ -454,14 +456,18 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
-            mc->sess->nsubs++;
+        if (granted != qos) {
+            if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
+                mc->sess->nsubs++;
+            changed = true;
+        }
         rc[n++] = qos;
     }
     mc->out.len = 0;
     mqtt_encode_suback(&mc->out, pkt->id, rc, n);
     send_buf(mc);
-    broker_session_persist_subs(b, mc->sess);
+    if (changed) /* a client that subscribes again on every connect writes nothing */
+        broker_session_persist_subs(b, mc->sess);
     /* retained messages follow the SUBACK [MQTT-3.3.1-6] */
     off = n = 0;
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
@@ -477,13 +483,18 @@ static void handle_unsubscribe(struct mqtt_conn *mc, const struct mqtt_packet *p
     size_t off = 0;
     struct mqtt_str f;
     uint8_t opts;
-    while (mqtt_filter_next(pkt, &off, &f, &opts))
-        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1)
+    bool changed = false;
+    while (mqtt_filter_next(pkt, &off, &f, &opts)) {
+        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1) {
             mc->sess->nsubs--;
+            changed = true;
+        }
+    }
     mc->out.len = 0;
     mqtt_encode_unsuback(&mc->out, pkt->id);
     send_buf(mc);
-    broker_session_persist_subs(mc->b, mc->sess);
+    if (changed)
+        broker_session_persist_subs(mc->b, mc->sess);
 }
 
 /* ---- dispatch ---- */

@@ -445,12 +445,14 @@ int mqtt_router_unsubscribe(struct mqtt_router *r, const char *filter, size_t le
     return 1;
 }
 
-int mqtt_router_has(struct mqtt_router *r, const char *filter, size_t len, void *sub)
+int mqtt_router_granted(struct mqtt_router *r, const char *filter, size_t len, void *sub)
 {
     struct rnode *n;
+    struct rsub *e;
     if (len == 0 || (n = walk_filter(r, filter, len, 0)) == NULL)
-        return 0;
-    return find_pair(r, n, sub, hash_pair(r, n, sub)) != NULL;
+        return -1;
+    e = find_pair(r, n, sub, hash_pair(r, n, sub));
+    return e ? e->qos : -1;
 }
 
 size_t mqtt_router_remove_all(struct mqtt_router *r, void *sub)
