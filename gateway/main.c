@@ -254,6 +254,89 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     feed_presence(gw, device, online);
 }
 
+/* ---- the MQTT broker's persistence port, over storage ---- */
+
+static uint64_t mqtt_put_retained(void *ctx, const char *topic, const void *payload, size_t len,
+                                  uint8_t qos)
+{
+    return store_put_retained(ctx, topic, payload, len, qos);
+}
+
+static uint64_t mqtt_put_session(void *ctx, const char *client_id, const char *record)
+{
+    return store_put_session(ctx, client_id, record);
+}
+
+static uint64_t mqtt_delete_session(void *ctx, const char *client_id)
+{
+    return store_delete_session(ctx, client_id);
+}
+
+static uint64_t mqtt_put_session_msg(void *ctx, const char *client_id, uint64_t msg_id,
+                                     const char *topic, const void *payload, size_t len,
+                                     uint8_t qos, uint8_t flags)
+{
+    return store_put_session_msg(ctx, client_id, msg_id, topic, payload, len, qos, flags);
+}
+
+static uint64_t mqtt_delete_session_msg(void *ctx, const char *client_id, uint64_t msg_id)
+{
+    return store_delete_session_msg(ctx, client_id, msg_id);
+}
+
+static int mqtt_load_retained(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx)
+{
+    return store_load_retained(ctx, fn, fn_ctx);
+}
+
+static int mqtt_load_sessions(void *ctx, mqtt_store_session_fn on_session,
+                              mqtt_store_session_msg_fn on_msg, void *fn_ctx)
+{
+    return store_load_sessions(ctx, on_session, on_msg, fn_ctx);
+}
+
+static struct mqtt_store mqtt_store_port(struct store *s)
+{
+    return (struct mqtt_store){s,
+                               mqtt_put_retained,
+                               mqtt_put_session,
+                               mqtt_delete_session,
+                               mqtt_put_session_msg,
+                               mqtt_delete_session_msg,
+                               mqtt_load_retained,
+                               mqtt_load_sessions};
+}
+
+/* ---- test seam: storage failures on demand ----
+ * With GALE_TEST_FAIL_COMMITS=n in the environment, each SIGUSR2 makes storage's next n
+ * commit attempts fail (store_fail_next_commits), so integration tests can check what is
+ * acknowledged when a commit fails: n equal to the writer's tries fails a batch, fewer
+ * only delay it. Off unless the variable is set. */
+static uv_signal_t fault_signal;
+static int fault_commits;
+
+static void on_fault_signal(uv_signal_t *h, int signum)
+{
+    struct gw *gw = h->data;
+    (void)signum;
+    if (!gw->store)
+        return;
+    store_fail_next_commits(gw->store, fault_commits, 0);
+    log_warn("test seam: the next %d storage commit attempts fail", fault_commits);
+}
+
+static void fault_seam_init(struct gw *gw)
+{
+    const char *v = getenv("GALE_TEST_FAIL_COMMITS");
+    fault_commits = v ? atoi(v) : 0;
+    if (fault_commits <= 0)
+        return;
+    uv_signal_init(gw->loop, &fault_signal);
+    fault_signal.data = gw;
+    uv_signal_start(&fault_signal, on_fault_signal, SIGUSR2);
+    uv_unref((uv_handle_t *)&fault_signal);
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -267,6 +350,7 @@ int main(int argc, char **argv)
     struct gw gw;
     struct devices devices;
     struct store_cfg scfg;
+    struct mqtt_store mqtt_store;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
     bool check_only = false, created;
@@ -318,6 +402,7 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &gw.store) != 0)
         goto out;
     store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);
+    fault_seam_init(&gw);
     if (store_load_devices(gw.store, on_device_loaded, &gw) != 0 ||
         store_load_latest(gw.store, on_latest_loaded, &gw) != 0)
         goto out;
@@ -328,7 +413,8 @@ int main(int argc, char **argv)
                                                         devices_remove_stored});
     bus_add_sink(gw.bus, "latest", devices_sink, &devices);
     bus_add_sink(gw.bus, "storage", store_sink, gw.store);
-    if (mqtt_broker_init(&gw) != 0)
+    mqtt_store = mqtt_store_port(gw.store);
+    if (mqtt_broker_init(&gw, &mqtt_store) != 0)
         goto out;
     gw.on_presence = on_presence;
     if (commands_init(&gw) != 0)

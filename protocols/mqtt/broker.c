@@ -5,14 +5,18 @@
  * then the router (a trie of filters) names the matching sessions, and each gets it with
  * min(published, granted) QoS. A session has an in-flight window (mqtt.max_inflight) and
  * a queue (mqtt.max_queued) behind it; offline persistent sessions only queue. QoS 1/2
- * messages of persistent sessions (clean session 0) are kept in storage, with flags that
- * say how far each got (sent, PUBREC received), until acknowledged, so a restart resumes
- * them; their packet ids derive from their stored number, so a resend keeps its id.
+ * messages of persistent sessions (clean session 0) are kept through the persistence port
+ * (struct mqtt_store, wired by main.c), with flags that say how far each got (sent, PUBREC
+ * received), until acknowledged, so a restart resumes them; their packet ids derive from
+ * their stored number, so a resend keeps its id. Writes made while routing a message join
+ * its publisher's ticket (b->ticket).
  *
  * Routing and a connection's packets run between broker_enter/broker_leave: a connection
  * that closes meanwhile (a slow subscriber cut off, a failed send) is finished (will,
  * session detach, presence) only by the outermost broker_leave, so no code up the stack
- * sees its state freed and a will is never routed inside another routing.
+ * sees its state freed and a will is never routed inside another routing. The lifetime of
+ * a connection's MQTT state (broker_conn_new .. broker_conn_close) is kept here, so
+ * handle.c calls into this file and never the other way round.
  *
  * Where MQTT 5.0 plugs in: return and reason codes are uint8_t all the way, the router
  * keeps a per-subscription option word (no-local, retain-as-published, identifiers), and
@@ -25,13 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
+#include "base/clock.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "base/alloc.h"
-#include "base/clock.h"
-#include "storage/store.h"
+#include "gateway/session.h"
 
 #define SYS_INTERVAL_MS 10000
 
@@ -113,9 +117,9 @@ static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struc
     uint8_t flags = (uint8_t)((o->retain ? STORED_RETAIN : 0) |
                               (o->state == OUT_WAIT_PUBCOMP ? STORED_RELEASED : 0) |
                               (o->sent ? STORED_SENT : 0));
-    ticket_add(b->ticket, store_put_session_msg(b->gw->store, s->client_id, o->store_id,
-                                                o->m->topic, o->m->payload, o->m->payload_len,
-                                                o->qos, flags));
+    ticket_add(b->ticket, b->store.put_session_msg(b->store.ctx, s->client_id, o->store_id,
+                                                   o->m->topic, o->m->payload,
+                                                   o->m->payload_len, o->qos, flags));
 }
 
 /* QoS 1/2 messages of persistent sessions are numbered (delivery order) and stored. */
@@ -152,15 +156,11 @@ static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
 static void pump(struct mqtt_broker *b, struct mqtt_session *s)
 {
     size_t max = b->gw->cfg->mqtt.max_inflight;
-    while (s->conn && !s->conn->c->closing && s->qhead && !over_budget(b, s)) {
-        struct out_msg *o = s->qhead;
+    while (s->conn && !s->conn->c->closing && s->queue.head && !over_budget(b, s)) {
+        struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
         if (o->qos > 0 && s->ninflight >= max)
             break;
-        s->qhead = o->next;
-        if (!s->qhead)
-            s->qtail = NULL;
-        s->qlen--;
-        o->next = NULL;
+        list_remove(&s->queue, &o->link);
         if (o->qos == 0) {
             send_publish(b, s->conn, o->m, 0, o->retain, false, 0);
             out_free(o);
@@ -173,34 +173,18 @@ static void pump(struct mqtt_broker *b, struct mqtt_session *s)
 static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
 {
     if (o->store_id)
-        store_delete_session_msg(b->gw->store, s->client_id, o->store_id);
-}
-
-static void enqueue(struct mqtt_session *s, struct out_msg *o)
-{
-    if (s->qtail)
-        s->qtail->next = o;
-    else
-        s->qhead = o;
-    s->qtail = o;
-    s->qlen++;
+        b->store.delete_session_msg(b->store.ctx, s->client_id, o->store_id);
 }
 
 /* Makes room under max_queued: drops the oldest QoS 0 message. Returns false when
  * every queued message is QoS 1/2. */
 static bool drop_oldest_qos0(struct mqtt_session *s)
 {
-    struct out_msg *prev = NULL;
-    for (struct out_msg *o = s->qhead; o; prev = o, o = o->next) {
+    for (struct list_link *l = s->queue.head; l; l = l->next) {
+        struct out_msg *o = list_entry(l, struct out_msg, link);
         if (o->qos != 0)
             continue;
-        if (prev)
-            prev->next = o->next;
-        else
-            s->qhead = o->next;
-        if (s->qtail == o)
-            s->qtail = prev;
-        s->qlen--;
+        list_remove(&s->queue, &o->link);
         out_free(o);
         return true;
     }
@@ -214,7 +198,7 @@ static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char
     if (!s->drop_logged) {
         s->drop_logged = true;
         log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu",
-                 s->client_id, why, s->qlen, b->gw->cfg->mqtt.max_queued);
+                 s->client_id, why, s->queue.len, b->gw->cfg->mqtt.max_queued);
     }
 }
 
@@ -230,7 +214,7 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
                    s->device[0] ? s->device : NULL, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
         return; /* a rule denies this topic to s, though its filter was allowed */
 
-    if (s->conn && qos == 0 && !s->qhead) {
+    if (s->conn && qos == 0 && !s->queue.head) {
         if (over_budget(b, s)) {
             count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
             return;
@@ -244,13 +228,13 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     o->m = msg_ref(m);
     o->qos = qos;
     o->retain = retain;
-    if (s->conn && qos > 0 && !s->qhead && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
+    if (s->conn && qos > 0 && !s->queue.head && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
         !over_budget(b, s)) {
         number_msg(s, o);
         send_inflight(b, s, o); /* stores it, marked sent */
         return;
     }
-    if (s->qlen >= max_queued) {
+    if (s->queue.len >= max_queued) {
         /* the oldest QoS 0 message makes room; failing that, the new one is dropped */
         count_drop(b, s, "session queue full");
         if (!drop_oldest_qos0(s)) {
@@ -264,7 +248,7 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     number_msg(s, o);
     if (o->store_id)
         store_msg(b, s, o);
-    enqueue(s, o);
+    list_push_back(&s->queue, &o->link);
     if (s->conn)
         pump(b, s);
 }
@@ -289,14 +273,80 @@ void broker_enter(struct mqtt_broker *b)
     b->depth++;
 }
 
+/* ---- connections ---- */
+
+struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
+{
+    struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
+    mc->c = c;
+    mc->b = b;
+    buf_init(&mc->out);
+    list_push_back(&b->conns, &mc->link);
+    return mc;
+}
+
+/* Publishes the will, detaches the session, updates presence, frees mc. */
+static void conn_finish(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    broker_enter(b); /* a will routed here finishes what it closes after this one */
+    if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
+        log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
+                 "subscribe_denied=%llu telemetry_not_stored=%llu",
+                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess ? mc->sess->client_id : "",
+                 (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
+                 (unsigned long long)mc->bad_telemetry);
+    if (mc->connected) {
+        b->connected--;
+        if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
+            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->device, mc->will_topic, mc->will_payload,
+                                mc->will_len, mc->will_qos, mc->will_retain);
+        }
+        if (mc->sess && mc->sess->conn == mc)
+            broker_session_detach(b, mc->sess);
+        if (mc->c->device[0])
+            session_offline(b->gw, mc->c);
+    }
+    b->bytes_in_closed += mc->c->bytes_in;
+    b->bytes_out_closed += mc->c->bytes_out;
+    free(mc->will_topic);
+    free(mc->will_payload);
+    buf_fini(&mc->out);
+    free(mc);
+    broker_leave(b);
+}
+
+void broker_conn_close(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    list_remove(&b->conns, &mc->link);
+    if (b->depth > 0) { /* code up the stack may still use mc: finish after it */
+        list_push_back(&b->dead, &mc->link);
+        return;
+    }
+    conn_finish(mc);
+}
+
+void broker_conn_finish_now(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    for (struct list_link *l = b->dead.head; l; l = l->next) {
+        if (l == &mc->link) {
+            list_remove(&b->dead, l);
+            conn_finish(mc);
+            return;
+        }
+    }
+}
+
 void broker_leave(struct mqtt_broker *b)
 {
     if (--b->depth > 0)
         return;
-    while (b->dead) { /* finishing may publish a will: routing nests, finishing what it adds */
-        struct mqtt_conn *mc = b->dead;
-        b->dead = mc->next_dead;
-        mqtt_conn_finish(mc);
+    while (b->dead.head) { /* finishing may publish a will: routing nests, finishing its adds */
+        struct mqtt_conn *mc = list_entry(b->dead.head, struct mqtt_conn, link);
+        list_remove(&b->dead, &mc->link);
+        conn_finish(mc);
     }
 }
 
@@ -334,8 +384,8 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     } else if (m->retain) {
         retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
-            ticket_add(t, store_put_retained(b->gw->store, m->topic, m->payload,
-                                             m->payload_len, m->qos));
+            ticket_add(t, b->store.put_retained(b->store.ctx, m->topic, m->payload,
+                                                m->payload_len, m->qos));
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
@@ -418,9 +468,9 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
 /* Frees the session's memory only (shutdown, or after it was unlinked). */
 static void session_release(struct mqtt_session *s)
 {
-    struct out_msg *o, *next;
-    for (o = s->qhead; o; o = next) {
-        next = o->next;
+    while (s->queue.head) {
+        struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
+        list_remove(&s->queue, &o->link);
         out_free(o);
     }
     for (size_t i = 0; i < s->ninflight; i++)
@@ -437,7 +487,7 @@ void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
     if (!s->clean)
-        store_delete_session(b->gw->store, s->client_id);
+        b->store.delete_session(b->store.ctx, s->client_id);
     session_release(s);
 }
 
@@ -499,7 +549,7 @@ void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s)
     arr = cJSON_AddArrayToObject(root, "subs");
     mqtt_router_list(b->router, s, list_sub, arr);
     js = cJSON_PrintUnformatted(root);
-    store_put_session(b->gw->store, s->client_id, js);
+    b->store.put_session(b->store.ctx, s->client_id, js);
     cJSON_free(js);
     cJSON_Delete(root);
 }
@@ -573,6 +623,16 @@ static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned 
     mqtt_broker_publish(gw, MSG_PLAIN, "", topic, val, (size_t)n, 0, true);
 }
 
+/* Adds the bytes the connections on l received and sent so far. */
+static void add_conn_bytes(const struct list *l, unsigned long long *in, unsigned long long *out)
+{
+    for (const struct list_link *e = l->head; e; e = e->next) {
+        const struct mqtt_conn *mc = list_entry(e, const struct mqtt_conn, link);
+        *in += mc->c->bytes_in;
+        *out += mc->c->bytes_out;
+    }
+}
+
 /* The Mosquitto $SYS/broker/... tree (the parts that apply), retained, every 10 s. */
 static void on_sys_timer(uv_timer_t *t)
 {
@@ -596,12 +656,8 @@ static void on_sys_timer(uv_timer_t *t)
     sys_pub(gw, "$SYS/broker/publish/messages/received", "%llu", b->publish_in);
     sys_pub(gw, "$SYS/broker/publish/messages/sent", "%llu", b->publish_out);
     sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
-    for (const struct conn *c = gw->conns; c; c = c->next) {
-        if (c->proto == &mqtt_proto) {
-            bytes_in += c->bytes_in;
-            bytes_out += c->bytes_out;
-        }
-    }
+    add_conn_bytes(&b->conns, &bytes_in, &bytes_out);
+    add_conn_bytes(&b->dead, &bytes_in, &bytes_out);
     sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
     sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
     sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu", mqtt_router_count(b->router));
@@ -669,15 +725,16 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     o->store_id = msg_id;
     if (msg_id > s->next_store_id)
         s->next_store_id = msg_id;
-    enqueue(s, o);
+    list_push_back(&s->queue, &o->link);
 }
 
-int mqtt_broker_init(struct gw *gw)
+int mqtt_broker_init(struct gw *gw, const struct mqtt_store *store)
 {
     struct mqtt_broker *b = xcalloc(1, sizeof *b);
     char err[256];
 
     b->gw = gw;
+    b->store = *store;
     b->router = mqtt_router_new();
     map_init(&b->sessions);
     retained_init(&b->retained);
@@ -688,8 +745,8 @@ int mqtt_broker_init(struct gw *gw)
         free(b);
         return -1;
     }
-    if (store_load_retained(gw->store, on_retained_loaded, b) != 0 ||
-        store_load_sessions(gw->store, on_session_loaded, on_session_msg_loaded, b) != 0) {
+    if (b->store.load_retained(b->store.ctx, on_retained_loaded, b) != 0 ||
+        b->store.load_sessions(b->store.ctx, on_session_loaded, on_session_msg_loaded, b) != 0) {
         gw->mqtt = b;
         mqtt_broker_fini(gw);
         return -1;

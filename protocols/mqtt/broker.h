@@ -18,9 +18,48 @@ struct mqtt_broker;
 /* Proto ops for the MQTT listener (and for MQTT over WebSocket). */
 extern const struct proto_ops mqtt_proto;
 
-/* Creates the broker, loads retained messages and persistent sessions from storage
- * (start-up, blocks), adds the bus sink and sets gw->mqtt. Returns 0 or -1 (logged). */
-int mqtt_broker_init(struct gw *gw);
+/* ---- persistence port: what the broker needs kept across restarts, in plain types.
+ * main.c wires storage into it. Writes are queued in the order made and never block;
+ * each returns the seq of its write (0: nothing queued), which the broker adds to the
+ * ticket of the message being routed, so that message's ack waits for it. Loads run at
+ * start-up only and may block; they return 0 or negative. */
+
+/* A retained message loaded at start-up. */
+typedef void (*mqtt_store_retained_fn)(void *ctx, const char *topic, const void *payload,
+                                       size_t len, uint8_t qos);
+/* A persistent session loaded at start-up: record is what put_session stored. */
+typedef void (*mqtt_store_session_fn)(void *ctx, const char *client_id, const char *record);
+/* A message of a persistent session, loaded after its session, in msg_id order. */
+typedef void (*mqtt_store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
+                                          const char *topic, const void *payload, size_t len,
+                                          uint8_t qos, uint8_t flags);
+
+struct mqtt_store {
+    void *ctx;  /* passed to every function below */
+    /* Sets the retained message of topic; len 0 deletes it. Copies everything. */
+    uint64_t (*put_retained)(void *ctx, const char *topic, const void *payload, size_t len,
+                             uint8_t qos);
+    /* Creates or replaces the record of a persistent session (its identity and
+     * subscriptions, as JSON the broker reads back; opaque to the store). */
+    uint64_t (*put_session)(void *ctx, const char *client_id, const char *record);
+    /* Deletes the session and every message kept for it. */
+    uint64_t (*delete_session)(void *ctx, const char *client_id);
+    /* Creates or replaces message msg_id (the session's own increasing number) of a
+     * persistent session; flags is a byte the broker reads back as it wrote it. */
+    uint64_t (*put_session_msg)(void *ctx, const char *client_id, uint64_t msg_id,
+                                const char *topic, const void *payload, size_t len,
+                                uint8_t qos, uint8_t flags);
+    uint64_t (*delete_session_msg)(void *ctx, const char *client_id, uint64_t msg_id);
+    int (*load_retained)(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx);
+    /* Calls on_session per session, then on_msg for each of its messages. */
+    int (*load_sessions)(void *ctx, mqtt_store_session_fn on_session,
+                         mqtt_store_session_msg_fn on_msg, void *fn_ctx);
+};
+
+/* Creates the broker, loads retained messages and persistent sessions through store
+ * (start-up, blocks; the port is copied), adds the bus sink and sets gw->mqtt. Returns 0
+ * or -1 (logged). */
+int mqtt_broker_init(struct gw *gw, const struct mqtt_store *store);
 /* Closes its timer; frees sessions and state (after connections are closed). */
 void mqtt_broker_fini(struct gw *gw);
 

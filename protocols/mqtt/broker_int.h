@@ -1,5 +1,10 @@
-/* protocols/mqtt/broker_int.h: state shared by broker.c (sessions, delivery,
- * retained, $SYS) and handle.c (one connection's packets). Loop thread only. */
+/* protocols/mqtt/broker_int.h: state shared by broker.c (sessions, delivery, retained,
+ * connections' lifetime, $SYS) and handle.c (one connection's packets). Loop thread only.
+ *
+ * Calls run one way: handle.c -> broker.c -> retained.c, router.c, acl.c, codec.c (and the
+ * persistence port, struct mqtt_store). broker.c never calls into handle.c: what must run
+ * when a connection ends (will, session detach, presence, free) is broker.c's own
+ * (broker_conn_close), and handle.c only opens connections and feeds their packets. */
 #ifndef GALE_MQTT_BROKER_INT_H
 #define GALE_MQTT_BROKER_INT_H
 
@@ -8,6 +13,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "base/map.h"
 #include "gateway/msg.h"
 #include "gateway/ticket.h"
@@ -28,7 +34,14 @@ struct out_msg {
                              * further one carries DUP */
     uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
     uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
-    struct out_msg *next;   /* queue link */
+    struct list_link link;  /* in the session's queue while queued */
+};
+
+/* An incoming QoS 2 packet id between its PUBLISH and PUBREL. */
+struct qos2_in {
+    uint16_t id;
+    struct ticket t;        /* the writes of its first copy: a resend is PUBREC'd only once
+                             * they are durable, and the id is forgotten if they failed */
 };
 
 struct mqtt_session {
@@ -40,12 +53,12 @@ struct mqtt_session {
     bool clean;                 /* clean session: discarded at disconnect */
     struct mqtt_conn *conn;     /* NULL while offline */
     char device[65];            /* device the session speaks for, or "" */
-    struct out_msg *qhead, *qtail; /* waiting for a free in-flight slot or a connection */
-    size_t qlen;
+    struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
+                                 * connection, oldest first */
     struct out_msg **inflight;  /* sent, unacknowledged, in send order */
     size_t ninflight;
     uint16_t next_id;           /* last packet id handed out */
-    uint16_t *qos2_in;          /* incoming QoS 2 ids between PUBREC and PUBREL */
+    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
     size_t nqos2_in, qos2_cap;
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
@@ -70,6 +83,7 @@ struct retained_store {
 
 struct mqtt_broker {
     struct gw *gw;
+    struct mqtt_store store;    /* persistence (copy of the port main.c passed) */
     struct mqtt_router *router;
     struct map sessions;        /* client id -> struct mqtt_session */
     struct retained_store retained;
@@ -92,13 +106,14 @@ struct mqtt_broker {
     struct ticket *ticket;      /* while routing a message: its publisher's ticket, which
                                  * the writes routing causes join (NULL otherwise) */
     unsigned depth;             /* nesting of broker work (feeds, routing) in progress */
-    struct mqtt_conn *dead;     /* connections closed during that work, to finish after */
+    struct list conns;          /* struct mqtt_conn open (not closed) */
+    struct list dead;           /* struct mqtt_conn closed during broker work, to finish after */
 };
 
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
-    struct mqtt_conn *next_dead; /* link in b->dead: closed, not yet finished */
+    struct list_link link;      /* in b->conns while open, then in b->dead until finished */
     struct mqtt_limits lim;
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
@@ -133,16 +148,22 @@ typedef void (*retained_fn)(void *ctx, struct retained *r);
 void retained_match(const struct retained_store *rs, const char *filter, size_t len,
                     retained_fn fn, void *ctx);
 
+/* broker.c */
+
 /* Broker work (a connection's feed, routing a message) runs between broker_enter and
  * broker_leave. A connection closed meanwhile (a slow subscriber cut off, a failed send,
  * a takeover) may still be in use up the stack, so its MQTT state is finished (will,
  * session detach, presence, free) by the outermost broker_leave. */
 void broker_enter(struct mqtt_broker *b);
 void broker_leave(struct mqtt_broker *b);
-/* handle.c: publishes the will, detaches the session, updates presence, frees mc. */
-void mqtt_conn_finish(struct mqtt_conn *mc);
-
-/* broker.c */
+/* The MQTT state of connection c (zeroed but for c, b and out; not connected yet). */
+struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c);
+/* c closed: finishes mc (publishes the will, detaches the session, updates presence, frees
+ * mc) now, or at the outermost broker_leave when broker work is in progress. */
+void broker_conn_close(struct mqtt_conn *mc);
+/* Finishes mc now when it is closed and waiting for broker_leave (a takeover needs the old
+ * session detached before the new connection takes it); otherwise does nothing. */
+void broker_conn_finish_now(struct mqtt_conn *mc);
 /* Sends the packet encoded in mc->out (and empties it); counts it for $SYS. */
 void broker_send(struct mqtt_conn *mc);
 struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *client_id);

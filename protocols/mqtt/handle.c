@@ -7,6 +7,8 @@
  * acknowledgements go out in arrival order and only once what the message made
  * storage write (telemetry, a retained message, offline persistent sessions' queues,
  * a new device) is durable (gw_await_durable).
+ * A resent QoS 2 PUBLISH is PUBREC'd once its first copy is durable; if that copy
+ * failed, its id is forgotten, so the next resend is stored.
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
 #include <stdio.h>
@@ -23,8 +25,6 @@
 
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
-
-static void finish_now(struct mqtt_conn *mc);
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
@@ -53,15 +53,43 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc)
     }
 }
 
+/* ---- incoming QoS 2 ids ---- */
+
+static struct qos2_in *qos2_find(struct mqtt_session *s, uint16_t id)
+{
+    for (size_t i = 0; i < s->nqos2_in; i++)
+        if (s->qos2_in[i].id == id)
+            return &s->qos2_in[i];
+    return NULL;
+}
+
+static void qos2_add(struct mqtt_session *s, uint16_t id, const struct ticket *t)
+{
+    if (s->nqos2_in == s->qos2_cap) {
+        s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
+        s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
+    }
+    s->qos2_in[s->nqos2_in++] = (struct qos2_in){id, *t};
+}
+
+static void qos2_remove(struct mqtt_session *s, uint16_t id)
+{
+    struct qos2_in *q = qos2_find(s, id);
+    if (q)
+        *q = s->qos2_in[--s->nqos2_in];
+}
+
 /* ---- acks after durability ---- */
 
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
     uint16_t id = (uint16_t)(tag & 0xffff);
-    if (ok < 0 || !mc) /* closed first: nothing to send */
+    if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
     if (!ok) { /* not stored: no ack, so the client sends it again */
+        if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
+            qos2_remove(mc->sess, id);
         conn_close(c, "storage failure: message not acknowledged");
         return;
     }
@@ -174,7 +202,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                  (unsigned long long)mc->c->id, mc->c->peer, client_id,
                  (unsigned long long)old->c->id);
         conn_close(old->c, "session taken over by a new connection");
-        finish_now(old);
+        broker_conn_finish_now(old);
         s = broker_session_get(b, client_id); /* a clean session ended with it */
     }
     if (s && cp->clean_session) {
@@ -207,33 +235,6 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 
 /* ---- PUBLISH from the client ---- */
 
-static bool qos2_seen(struct mqtt_session *s, uint16_t id)
-{
-    for (size_t i = 0; i < s->nqos2_in; i++)
-        if (s->qos2_in[i] == id)
-            return true;
-    return false;
-}
-
-static void qos2_add(struct mqtt_session *s, uint16_t id)
-{
-    if (s->nqos2_in == s->qos2_cap) {
-        s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
-        s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
-    }
-    s->qos2_in[s->nqos2_in++] = id;
-}
-
-static void qos2_remove(struct mqtt_session *s, uint16_t id)
-{
-    for (size_t i = 0; i < s->nqos2_in; i++) {
-        if (s->qos2_in[i] == id) {
-            s->qos2_in[i] = s->qos2_in[--s->nqos2_in];
-            return;
-        }
-    }
-}
-
 static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_publish *pp = &pkt->publish;
@@ -245,14 +246,19 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     const char *not_stored;
     struct session_client who = {mc->c, mc->role == ACL_ROLE_ANONYMOUS, mc->username,
                                  mc->device};
+    const struct qos2_in *q2;
 
     b->publish_in++;
     mc->c->msgs_in++;
     if (pp->topic.len + 64 > sizeof stack_topic)
         topic = xmalloc(pp->topic.len + 64);
     session_mqtt_topic(&who, pp->topic.p, pp->topic.len, topic, pp->topic.len + 64);
-    if (pp->qos == 2 && qos2_seen(mc->sess, pkt->id))
-        goto ack; /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2] */
+    if (pp->qos == 2 && (q2 = qos2_find(mc->sess, pkt->id)) != NULL) {
+        /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2]; its PUBREC waits for
+         * the first copy's writes, on this connection or the one that sent that copy */
+        t = q2->t;
+        goto ack;
+    }
     if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
                    mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
@@ -278,11 +284,13 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 ack:
     if (topic != stack_topic)
         free(topic);
+    /* accepted, even when the connection closed meanwhile: a resend is not delivered again
+     * unless this copy's writes fail (on_ack_ready) */
+    if (pp->qos == 2 && !qos2_find(mc->sess, pkt->id))
+        qos2_add(mc->sess, pkt->id, &t);
     if (pp->qos == 0 || mc->c->closing) /* closed meanwhile (cut off as a subscriber) */
         return;
     /* acks keep arrival order: behind earlier waiters, and behind this message's writes */
-    if (pp->qos == 2 && !qos2_seen(mc->sess, pkt->id))
-        qos2_add(mc->sess, pkt->id);
     gw_await_durable(mc->c, &t, (pp->qos == 1 ? TAG_PUBACK : TAG_PUBREC) | pkt->id,
                      on_ack_ready);
 }
@@ -296,11 +304,13 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
     size_t off = 0, n = 0;
     struct mqtt_str f;
     uint8_t opts;
+    bool changed = false;
 
     if (pkt->subscribe.count > sizeof codes)
         rc = xmalloc(pkt->subscribe.count);
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
         uint8_t qos = opts & 3;
+        int granted;
         if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
                        mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
@@ -313,8 +323,8 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        if (mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions &&
-            !mqtt_router_has(b->router, f.p, f.len, mc->sess)) {
+        granted = mqtt_router_granted(b->router, f.p, f.len, mc->sess);
+        if (granted < 0 && mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions) {
             if (mc->denied_sub++ == 0)
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
                          "reason=\"mqtt.max_subscriptions reached\" limit=%zu",
@@ -323,14 +333,18 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
-            mc->sess->nsubs++;
+        if (granted != qos) {
+            if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
+                mc->sess->nsubs++;
+            changed = true;
+        }
         rc[n++] = qos;
     }
     mc->out.len = 0;
     mqtt_encode_suback(&mc->out, pkt->id, rc, n);
     send_buf(mc);
-    broker_session_persist_subs(b, mc->sess);
+    if (changed) /* a client that subscribes again on every connect writes nothing */
+        broker_session_persist_subs(b, mc->sess);
     /* retained messages follow the SUBACK [MQTT-3.3.1-6] */
     off = n = 0;
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
@@ -346,13 +360,18 @@ static void handle_unsubscribe(struct mqtt_conn *mc, const struct mqtt_packet *p
     size_t off = 0;
     struct mqtt_str f;
     uint8_t opts;
-    while (mqtt_filter_next(pkt, &off, &f, &opts))
-        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1)
+    bool changed = false;
+    while (mqtt_filter_next(pkt, &off, &f, &opts)) {
+        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1) {
             mc->sess->nsubs--;
+            changed = true;
+        }
+    }
     mc->out.len = 0;
     mqtt_encode_unsuback(&mc->out, pkt->id);
     send_buf(mc);
-    broker_session_persist_subs(mc->b, mc->sess);
+    if (changed)
+        broker_session_persist_subs(mc->b, mc->sess);
 }
 
 /* ---- dispatch ---- */
@@ -412,11 +431,8 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 
 static void *mqtt_open(struct conn *c)
 {
-    struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
-    mc->c = c;
-    mc->b = c->gw->mqtt;
+    struct mqtt_conn *mc = broker_conn_new(c->gw->mqtt, c);
     mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
-    buf_init(&mc->out);
     c->ingest = true;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return mc;
@@ -451,59 +467,10 @@ static int mqtt_feed(void *state, struct buf *in)
     return c->closing ? -1 : 0;
 }
 
-void mqtt_conn_finish(struct mqtt_conn *mc)
-{
-    struct mqtt_broker *b = mc->b;
-    broker_enter(b); /* a will routed here finishes what it closes after this one */
-    if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
-        log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
-                 "subscribe_denied=%llu telemetry_not_stored=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess ? mc->sess->client_id : "",
-                 (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
-                 (unsigned long long)mc->bad_telemetry);
-    if (mc->connected) {
-        b->connected--;
-        if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
-            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->device, mc->will_topic, mc->will_payload,
-                                mc->will_len, mc->will_qos, mc->will_retain);
-        }
-        if (mc->sess && mc->sess->conn == mc)
-            broker_session_detach(b, mc->sess);
-        session_offline(b->gw, mc->c);
-    }
-    b->bytes_in_closed += mc->c->bytes_in;
-    b->bytes_out_closed += mc->c->bytes_out;
-    free(mc->will_topic);
-    free(mc->will_payload);
-    buf_fini(&mc->out);
-    free(mc);
-    broker_leave(b);
-}
-
-/* Finishes mc now rather than at the end of the current broker work (a takeover needs
- * the old session detached before the new connection takes it). */
-static void finish_now(struct mqtt_conn *mc)
-{
-    struct mqtt_conn **p = &mc->b->dead;
-    while (*p && *p != mc)
-        p = &(*p)->next_dead;
-    if (*p) {
-        *p = mc->next_dead;
-        mqtt_conn_finish(mc);
-    }
-}
-
 static void mqtt_close(void *state, const char *why)
 {
-    struct mqtt_conn *mc = state;
-    struct mqtt_broker *b = mc->b;
     (void)why;
-    if (b->depth > 0) { /* code up the stack may still use mc: finish after it */
-        mc->next_dead = b->dead;
-        b->dead = mc;
-        return;
-    }
-    mqtt_conn_finish(mc);
+    broker_conn_close(state);
 }
 
 const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close};

@@ -263,8 +263,8 @@ int mqtt_router_subscribe_opts(struct mqtt_router *r, const char *filter, size_t
 /* Removes sub's subscription to filter (compared byte for byte). Returns 1 when it
  * existed, 0 otherwise. Nodes left empty are freed. */
 int mqtt_router_unsubscribe(struct mqtt_router *r, const char *filter, size_t len, void *sub);
-/* 1 when sub holds a subscription to exactly this filter. */
-int mqtt_router_has(struct mqtt_router *r, const char *filter, size_t len, void *sub);
+/* The QoS granted to sub's subscription to exactly this filter, or -1 when it holds none. */
+int mqtt_router_granted(struct mqtt_router *r, const char *filter, size_t len, void *sub);
 /* Removes every subscription of sub in O(its subscriptions). Returns how many. */
 size_t mqtt_router_remove_all(struct mqtt_router *r, void *sub);
 /* Calls fn for each subscription sub holds (e.g. to persist a session). Returns how many.

@@ -24,6 +24,7 @@
 
 #include "base/alloc.h"
 #include "base/err.h"
+#include "base/list.h"
 #include "protocols/mqtt/mqtt_int.h"
 
 struct rsub;
@@ -42,8 +43,7 @@ struct rnode {
 
 struct rclient {            /* everything one subscriber holds */
     void *sub;              /* the caller's opaque key */
-    struct rsub *first;     /* list of its subscriptions */
-    size_t nsubs;           /* length of that list, >= 1 while the client exists */
+    struct list subs;       /* its subscriptions (struct rsub), >= 1 while it exists */
     uint64_t gen;           /* match generation that last collected it */
     size_t out;             /* its index in r->out during that match */
 };
@@ -51,7 +51,7 @@ struct rclient {            /* everything one subscriber holds */
 struct rsub {               /* one (filter, subscriber) pair */
     struct rnode *node;     /* where the filter ends */
     struct rclient *client;
-    struct rsub *next, *prev; /* the client's list */
+    struct list_link link;  /* in client->subs */
     size_t slot;            /* index in node->subs */
     uint32_t opts;          /* opaque option word (5.0 subscription options) */
     uint8_t qos;            /* granted QoS */
@@ -334,13 +334,8 @@ static void remove_entry(struct mqtt_router *r, struct rsub *e)
         n->cap_subs /= 2;
         n->subs = xrealloc(n->subs, n->cap_subs * sizeof *n->subs);
     }
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        c->first = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    if (--c->nsubs == 0) {
+    list_remove(&c->subs, &e->link);
+    if (c->subs.len == 0) {
         tab_remove(&r->clients, hash_client(r, c->sub), c);
         free(c);
     }
@@ -425,11 +420,7 @@ int mqtt_router_subscribe_opts(struct mqtt_router *r, const char *filter, size_t
     e->client = c;
     e->qos = qos;
     e->opts = opts;
-    e->next = c->first;
-    if (c->first)
-        c->first->prev = e;
-    c->first = e;
-    c->nsubs++;
+    list_push_front(&c->subs, &e->link);
     if (n->nsubs == n->cap_subs) {
         n->cap_subs = n->cap_subs ? n->cap_subs * 2 : 2;
         n->subs = xrealloc(n->subs, n->cap_subs * sizeof *n->subs);
@@ -454,12 +445,14 @@ int mqtt_router_unsubscribe(struct mqtt_router *r, const char *filter, size_t le
     return 1;
 }
 
-int mqtt_router_has(struct mqtt_router *r, const char *filter, size_t len, void *sub)
+int mqtt_router_granted(struct mqtt_router *r, const char *filter, size_t len, void *sub)
 {
     struct rnode *n;
+    struct rsub *e;
     if (len == 0 || (n = walk_filter(r, filter, len, 0)) == NULL)
-        return 0;
-    return find_pair(r, n, sub, hash_pair(r, n, sub)) != NULL;
+        return -1;
+    e = find_pair(r, n, sub, hash_pair(r, n, sub));
+    return e ? e->qos : -1;
 }
 
 size_t mqtt_router_remove_all(struct mqtt_router *r, void *sub)
@@ -470,9 +463,9 @@ size_t mqtt_router_remove_all(struct mqtt_router *r, void *sub)
     if (!c)
         return 0;
     /* The client is freed with its last subscription. */
-    n = c->nsubs;
+    n = c->subs.len;
     for (i = 0; i < n; i++)
-        remove_entry(r, c->first);
+        remove_entry(r, list_entry(c->subs.head, struct rsub, link));
     return n;
 }
 
@@ -484,7 +477,8 @@ size_t mqtt_router_list(struct mqtt_router *r, void *sub, mqtt_router_list_fn fn
 
     if (!c)
         return 0;
-    for (e = c->first; e; e = e->next) {
+    for (e = list_entry(c->subs.head, struct rsub, link); e;
+         e = list_entry(e->link.next, struct rsub, link)) {
         struct rnode *n;
         size_t len = 0, pos;
 

@@ -326,6 +326,25 @@ static void test_resubscribe_replaces_qos(void **state)
     free(g);
 }
 
+static void test_granted(void **state)
+{
+    struct mqtt_router *r = mqtt_router_new();
+
+    (void)state;
+    assert_int_equal(mqtt_router_granted(r, S("a/+"), SUB(1)), -1);
+    assert_int_equal(mqtt_router_subscribe(r, S("a/+"), SUB(1), 2), 1);
+    assert_int_equal(mqtt_router_granted(r, S("a/+"), SUB(1)), 2);
+    assert_int_equal(mqtt_router_subscribe(r, S("a/+"), SUB(1), 0), 0);
+    assert_int_equal(mqtt_router_granted(r, S("a/+"), SUB(1)), 0);
+    /* exactly this filter and this subscriber: no matching, no prefix */
+    assert_int_equal(mqtt_router_granted(r, S("a/b"), SUB(1)), -1);
+    assert_int_equal(mqtt_router_granted(r, S("a"), SUB(1)), -1);
+    assert_int_equal(mqtt_router_granted(r, S("a/+"), SUB(2)), -1);
+    assert_int_equal(mqtt_router_unsubscribe(r, S("a/+"), SUB(1)), 1);
+    assert_int_equal(mqtt_router_granted(r, S("a/+"), SUB(1)), -1);
+    mqtt_router_free(r);
+}
+
 static void test_invalid_subscriptions(void **state)
 {
     static const char *const bad[] = { "", "a#", "a/#/b", "sport+", "+a", "a/\xff" };
@@ -683,6 +702,7 @@ int main(void)
         cmocka_unit_test(test_router_matches_table),
         cmocka_unit_test(test_overlapping_filters_deliver_once_with_max_qos),
         cmocka_unit_test(test_resubscribe_replaces_qos),
+        cmocka_unit_test(test_granted),
         cmocka_unit_test(test_invalid_subscriptions),
         cmocka_unit_test(test_unsubscribe_prunes),
         cmocka_unit_test(test_remove_all_and_list),
