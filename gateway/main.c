@@ -219,11 +219,39 @@ static void on_latest_loaded(void *ctx, const char *device, const struct point *
         devices_set_latest(dev, p);
 }
 
+/* The parts main wires together; gw->hook_ctx points here. */
+struct parts {
+    struct mqtt_broker *broker;
+    struct commands *commands;
+    struct rest *rest;
+    struct feed *feed;
+    struct ws_routes *ws_routes;
+};
+
 /* Presence changes fan out to every part that reports them. */
 static void on_presence(struct gw *gw, const char *device, bool online)
 {
-    mqtt_broker_presence(gw, device, online);
-    feed_presence(gw, device, online);
+    struct parts *p = gw->hook_ctx;
+    mqtt_broker_presence(p->broker, device, online);
+    feed_presence(p->feed, device, online);
+}
+
+static void on_command_reply(struct gw *gw, const char *device, const char *cmd_id,
+                             const void *payload, size_t len)
+{
+    struct parts *p = gw->hook_ctx;
+    commands_reply(p->commands, device, cmd_id, payload, len);
+}
+
+/* The loop's storage port (struct gw_storage) over the store. */
+static bool storage_pending(void *ctx)
+{
+    return store_durable_seq(ctx) < store_last_seq(ctx);
+}
+
+static size_t storage_queued(void *ctx)
+{
+    return store_queued_rows(ctx);
 }
 
 static void on_walk_close(uv_handle_t *h, void *arg)
@@ -237,6 +265,7 @@ int main(int argc, char **argv)
 {
     static struct config cfg;
     struct gw gw;
+    struct parts parts = {0};
     struct devices devices;
     struct store_cfg scfg;
     uv_loop_t loop;
@@ -267,6 +296,8 @@ int main(int argc, char **argv)
     devices_init(&devices);
     gw.devices = &devices;
     gw.bus = bus_new();
+    gw.conns = conn_registry_new();
+    gw.hook_ctx = &parts;
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -286,26 +317,31 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &gw.store) != 0)
         goto out;
     store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);
+    gw.storage = (struct gw_storage){gw.store, storage_pending, storage_queued};
     if (store_load_devices(gw.store, on_device_loaded, &gw) != 0 ||
         store_load_latest(gw.store, on_latest_loaded, &gw) != 0)
         goto out;
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
     ingest_init(&gw);
-    if (mqtt_broker_init(&gw) != 0)
+    if ((parts.broker = mqtt_broker_new(&gw)) == NULL)
         goto out;
     gw.on_presence = on_presence;
-    if (commands_init(&gw) != 0)
+    if ((parts.commands = commands_new(&gw, gw.store, parts.broker)) == NULL)
         goto out;
-    gw.on_command_reply = commands_reply;
-    rest_init(&gw);
-    ws_routes_init(&gw);
+    gw.on_command_reply = on_command_reply;
+    parts.rest = rest_new(&gw, gw.store, parts.commands);
+    parts.feed = feed_new(&gw);
+    parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);
-    rc = gw_listen(&gw, "http", cfg.http.bind, cfg.http.port, &http_proto);
+    rc = gw_listen(&gw, &(struct gw_listen_cfg){"http", cfg.http.bind, cfg.http.port, &http_proto,
+                                                rest_http_server(parts.rest)});
     if (rc == 0 && cfg.line.enabled)
-        rc = gw_listen(&gw, "line", cfg.line.bind, cfg.line.port, &line_proto);
+        rc = gw_listen(&gw, &(struct gw_listen_cfg){"line", cfg.line.bind, cfg.line.port,
+                                                    &line_proto, NULL});
     if (rc == 0 && cfg.mqtt.enabled)
-        rc = gw_listen(&gw, "mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto);
+        rc = gw_listen(&gw, &(struct gw_listen_cfg){"mqtt", cfg.mqtt.bind, cfg.mqtt.port,
+                                                    &mqtt_proto, parts.broker});
     if (rc != 0)
         goto out;
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
@@ -313,22 +349,24 @@ int main(int argc, char **argv)
     code = 0;
 out:
     gw.stopping = true;
-    conn_registry_close_all(&gw, "shutting down");
+    conn_registry_close_all(gw.conns, "shutting down");
     gw_close_handles(&gw);
     if (gw.store) {
         store_close(gw.store); /* drains the writer: everything received is committed */
         gw.store = NULL;
+        gw.storage = (struct gw_storage){0};
     }
     uv_walk(&loop, on_walk_close, NULL);
     while (uv_run(&loop, UV_RUN_NOWAIT) != 0)
         ;
     if (uv_loop_close(&loop) != 0)
         log_warn("loop closed with live handles");
-    if (gw.rest)
-        rest_fini(&gw);
-    ws_routes_fini(&gw);
-    commands_fini(&gw);
-    mqtt_broker_fini(&gw);
+    ws_routes_free(parts.ws_routes);
+    rest_free(parts.rest);
+    feed_free(parts.feed);
+    commands_free(parts.commands);
+    mqtt_broker_free(parts.broker);
+    conn_registry_free(gw.conns);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

@@ -151,8 +151,9 @@ static void handle_line(struct line_conn *l, const uint8_t *line, size_t len)
         gw_await_durable(l->conn, &res.ticket, (uint64_t)res.seq, on_durable);
 }
 
-static void *line_open(struct conn *c)
+static void *line_open(struct conn *c, void *ctx)
 {
+    (void)ctx;
     struct line_conn *l = xcalloc(1, sizeof *l);
     l->conn = c;
     line_decoder_init(&l->dec, c->gw->cfg->line.max_line_bytes);

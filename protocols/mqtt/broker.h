@@ -15,14 +15,16 @@
 struct gw;
 struct mqtt_broker;
 
-/* Proto ops for the MQTT listener (and for MQTT over WebSocket). */
+/* Proto ops for the MQTT listener (and for MQTT over WebSocket); open()'s ctx is the
+ * struct mqtt_broker. */
 extern const struct proto_ops mqtt_proto;
 
 /* Creates the broker, loads retained messages and persistent sessions from storage
- * (start-up, blocks), adds the bus sink and sets gw->mqtt. Returns 0 or -1 (logged). */
-int mqtt_broker_init(struct gw *gw);
-/* Closes its timer; frees sessions and state (after connections are closed). */
-void mqtt_broker_fini(struct gw *gw);
+ * (start-up, blocks) and adds the bus sink. Returns NULL on failure (logged). */
+struct mqtt_broker *mqtt_broker_new(struct gw *gw);
+/* Closes its timer; frees sessions and state (after connections are closed). NULL is
+ * ignored. */
+void mqtt_broker_free(struct mqtt_broker *b);
 
 /* Publishes a message from the gateway itself (commands, presence, $SYS) through
  * the bus, as a client would: retained when retain is set. */
@@ -35,10 +37,10 @@ typedef void (*mqtt_delivered_fn)(void *ctx, const char *device, struct msg *m);
 /* Called for every message published on devices/<id>/commands/<cmd>/reply. */
 typedef void (*mqtt_reply_fn)(void *ctx, const char *device, const char *cmd_id,
                               const void *payload, size_t len);
-void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered,
+void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn delivered,
                                    mqtt_reply_fn reply, void *ctx);
 
 /* Presence of any device (any protocol): retained devices/<id>/status online/offline. */
-void mqtt_broker_presence(struct gw *gw, const char *device, bool online);
+void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online);
 
 #endif

@@ -533,11 +533,11 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     }
 }
 
-static void *mqtt_open(struct conn *c)
+static void *mqtt_open(struct conn *c, void *ctx)
 {
     struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
     mc->c = c;
-    mc->b = c->gw->mqtt;
+    mc->b = ctx;
     mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
     buf_init(&mc->out);
     c->ingest = true;

@@ -184,8 +184,9 @@ void ws_device_message(struct conn *c, void *state, uint8_t opcode, const uint8_
         gw_await_durable(c, &res.ticket, (uint64_t)res.seq, on_durable);
 }
 
-static void *wsdev_open(struct conn *c)
+static void *wsdev_open(struct conn *c, void *ctx)
 {
+    (void)ctx;
     struct ws_device *d = xcalloc(1, sizeof *d);
     d->conn = c;
     c->ingest = true;
