@@ -5,7 +5,12 @@
  * protocol's feed() decodes and consumes. Writes try uv_try_write() first and
  * queue only what the kernel did not take. One timer per connection serves the
  * auth deadline and then the idle deadline (re-armed lazily from the time of the
- * last read, so a busy connection does not touch the timer heap per read). */
+ * last read, so a busy connection does not touch the timer heap per read).
+ *
+ * The registry keeps two lists: live connections, and those with durable waiters.
+ * Where each running walk goes next is kept in the registry (a slot per walk), so
+ * conn_close, which unlinks a connection at once, moves every walk about to visit it
+ * on to the next one: code called during a walk may close any connection. */
 #include "gateway/conn.h"
 
 #include <assert.h>

@@ -98,7 +98,7 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
 
-/* Through gw->storage: 0 / false when no storage is wired. */
+/* What waits for the storage writer (gw->storage.queued); 0 when no storage is wired. */
 size_t gw_storage_queued(const struct gw *gw);
 
 #endif
