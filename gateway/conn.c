@@ -33,7 +33,6 @@ struct write_req {
 };
 
 static void on_close(uv_handle_t *h);
-static void start_timer(struct conn *c);
 
 static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 {
