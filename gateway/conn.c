@@ -5,9 +5,15 @@
  * protocol's feed() decodes and consumes. Writes try uv_try_write() first and
  * queue only what the kernel did not take. One timer per connection serves the
  * auth deadline and then the idle deadline (re-armed lazily from the time of the
- * last read, so a busy connection does not touch the timer heap per read). */
+ * last read, so a busy connection does not touch the timer heap per read).
+ *
+ * The registry keeps two lists: live connections, and those with durable waiters.
+ * Where each running walk goes next is kept in the registry (a slot per walk), so
+ * conn_close, which unlinks a connection at once, moves every walk about to visit it
+ * on to the next one: code called during a walk may close any connection. */
 #include "gateway/conn.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +33,6 @@ struct write_req {
 };
 
 static void on_close(uv_handle_t *h);
-static void start_timer(struct conn *c);
 
 static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 {
@@ -45,39 +50,95 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
     }
 }
 
-static void registry_add(struct gw *gw, struct conn *c)
+/* ---- the registry ---- */
+
+#define WALKS_MAX 8 /* walks running at once (nested) */
+
+struct conn_registry {
+    struct list all;                 /* live connections, newest first (reg_link) */
+    struct list waiting;             /* connections with durable waiters (wait_link) */
+    struct walk {                    /* running walks: where each goes next */
+        const struct list *list;     /* NULL: the slot is free */
+        struct list_link *next;
+    } walks[WALKS_MAX];
+    uint64_t next_id;
+};
+
+struct conn_registry *conn_registry_new(void)
 {
-    c->next = gw->conns;
-    if (gw->conns)
-        gw->conns->prev = c;
-    gw->conns = c;
-    gw->nconns++;
+    return xcalloc(1, sizeof(struct conn_registry));
 }
 
-static void registry_remove(struct gw *gw, struct conn *c)
+void conn_registry_free(struct conn_registry *r)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else if (gw->conns == c)
-        gw->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-    gw->nconns--;
-}
-
-static void wait_list_remove(struct gw *gw, struct conn *c)
-{
-    if (!c->on_wait_list)
+    if (!r)
         return;
-    if (c->wprev)
-        c->wprev->wnext = c->wnext;
-    else
-        gw->waiting = c->wnext;
-    if (c->wnext)
-        c->wnext->wprev = c->wprev;
-    c->wprev = c->wnext = NULL;
-    c->on_wait_list = false;
+    assert(r->all.len == 0 && r->waiting.len == 0);
+    for (int i = 0; i < WALKS_MAX; i++)
+        assert(r->walks[i].list == NULL);
+    free(r);
+}
+
+size_t conn_registry_count(const struct conn_registry *r)
+{
+    return r->all.len;
+}
+
+static void iter_start(struct conn_iter *it, struct conn_registry *r, const struct list *l)
+{
+    int i = 0;
+    while (i < WALKS_MAX && r->walks[i].list)
+        i++;
+    assert(i < WALKS_MAX); /* deeper nesting than any caller needs: a walk was not ended */
+    r->walks[i] = (struct walk){l, l->head};
+    it->r = r;
+    it->slot = i;
+}
+
+void conn_iter_begin(struct conn_iter *it, struct conn_registry *r)
+{
+    iter_start(it, r, &r->all);
+}
+
+void conn_iter_end(struct conn_iter *it)
+{
+    if (it->slot < 0)
+        return;
+    it->r->walks[it->slot] = (struct walk){NULL, NULL};
+    it->slot = -1;
+}
+
+/* The next entry of it's list as a link, advancing it (NULL ends the walk). */
+static struct list_link *iter_step(struct conn_iter *it)
+{
+    struct list_link *e = it->slot >= 0 ? it->r->walks[it->slot].next : NULL;
+    if (!e) {
+        conn_iter_end(it);
+        return NULL;
+    }
+    it->r->walks[it->slot].next = e->next;
+    return e;
+}
+
+struct conn *conn_iter_next(struct conn_iter *it)
+{
+    struct list_link *e = iter_step(it); /* list_entry reads its argument twice */
+    return list_entry(e, struct conn, reg_link);
+}
+
+/* Unlinks e from l, moving every walk about to visit e on to the entry after it. */
+static void unlink_walked(struct conn_registry *r, struct list *l, struct list_link *e)
+{
+    for (int i = 0; i < WALKS_MAX; i++)
+        if (r->walks[i].list == l && r->walks[i].next == e)
+            r->walks[i].next = e->next;
+    list_remove(l, e);
+}
+
+static void wait_list_remove(struct conn_registry *r, struct conn *c)
+{
+    if (list_linked(&r->waiting, &c->wait_link))
+        unlink_walked(r, &r->waiting, &c->wait_link);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
@@ -175,9 +236,9 @@ static void start_timer(struct conn *c)
         uv_timer_stop(&c->timer);
 }
 
-struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listener,
-                         const struct proto_ops *proto)
+struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l)
 {
+    struct conn_registry *r = gw->conns;
     struct conn *c = xcalloc(1, sizeof *c);
     struct sockaddr_storage ss;
     int len = sizeof ss, rc;
@@ -191,7 +252,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listene
     c->handles_open = 1;
     rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     if (rc != 0) {
-        log_warn("listener=%s accept failed reason=\"%s\"", listener, uv_strerror(rc));
+        log_warn("listener=%s accept failed reason=\"%s\"", l->name, uv_strerror(rc));
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
@@ -199,9 +260,9 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listene
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     format_peer(&ss, c->peer, sizeof c->peer);
-    if (gw->stopping || (int)gw->nconns >= gw->cfg->limits.max_connections) {
+    if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
         gw->metrics.connections_refused++;
-        log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", listener, c->peer,
+        log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, c->peer,
                  gw->stopping ? "shutting down" : "max connections reached",
                  gw->cfg->limits.max_connections);
         c->closing = true;
@@ -209,19 +270,20 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listene
         return NULL;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->id = ++gw->next_conn_id;
-    c->listener = listener;
-    c->proto = proto;
+    c->id = ++r->next_id;
+    c->listener = l;
+    c->proto = l->proto;
     c->connected_ms = gw_now_ms();
     c->last_read_mono_ms = gw_mono_ms();
     c->idle_timeout_ms = (unsigned)gw->cfg->limits.idle_timeout_ms;
     uv_timer_init(gw->loop, &c->timer);
     c->timer.data = c;
     c->handles_open = 2;
-    registry_add(gw, c);
+    list_push_front(&r->all, &c->reg_link);
     gw->metrics.connections_total++;
-    log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer, proto->name);
-    c->proto_state = proto->open(c);
+    log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
+              l->proto->name);
+    c->proto_state = l->proto->open(c, l->ctx);
     if (c->closing)
         return NULL;
     start_timer(c);
@@ -339,6 +401,7 @@ static void on_close(uv_handle_t *h)
 void conn_close(struct conn *c, const char *why)
 {
     struct gw *gw = c->gw;
+    struct conn_registry *r = gw->conns;
     if (c->closing)
         return;
     if (c->xport && c->xport->goodbye && c->xport_state) {
@@ -362,14 +425,14 @@ void conn_close(struct conn *c, const char *why)
     if (c->xport_state && c->xport->close)
         c->xport->close(c->xport_state);
     c->xport_state = NULL;
-    wait_list_remove(gw, c);
+    wait_list_remove(r, c);
     while (c->nwaiters) { /* ok = -1: cancelled, so owners of tags can free them */
         struct conn_waiter w = c->waiters[c->waiters_head];
         c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
         c->nwaiters--;
         w.fn(c, w.tag, -1);
     }
-    registry_remove(gw, c);
+    unlink_walked(r, &r->all, &c->reg_link);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_close);
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -401,7 +464,7 @@ void conn_resume(struct conn *c)
 void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uint64_t tag,
                         conn_durable_fn fn)
 {
-    struct gw *gw = c->gw;
+    struct conn_registry *r = c->gw->conns;
     if (c->closing)
         return;
     if (c->nwaiters == c->waiters_cap) {
@@ -417,21 +480,19 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
     c->waiters[(c->waiters_head + c->nwaiters) % c->waiters_cap] =
         (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
     c->nwaiters++;
-    if (!c->on_wait_list) {
-        c->wnext = gw->waiting;
-        c->wprev = NULL;
-        if (gw->waiting)
-            gw->waiting->wprev = c;
-        gw->waiting = c;
-        c->on_wait_list = true;
-    }
+    if (!list_linked(&r->waiting, &c->wait_link))
+        list_push_front(&r->waiting, &c->wait_link);
 }
 
-void conn_registry_durable(struct gw *gw, uint64_t from_seq, uint64_t upto_seq, int ok)
+void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t upto_seq,
+                           int ok)
 {
-    struct conn *c = gw->waiting, *next;
-    while (c) {
-        next = c->wnext;
+    struct conn_iter it;
+    struct list_link *e;
+
+    iter_start(&it, r, &r->waiting); /* a callback may close or unlink any connection */
+    while ((e = iter_step(&it)) != NULL) {
+        struct conn *c = list_entry(e, struct conn, wait_link);
         conn_ref(c);
         if (!ok) { /* every pending ticket that names a failed write fails */
             for (size_t i = 0; i < c->nwaiters; i++) {
@@ -449,24 +510,13 @@ void conn_registry_durable(struct gw *gw, uint64_t from_seq, uint64_t upto_seq, 
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
         if (c->nwaiters == 0)
-            wait_list_remove(gw, c);
-        if (c->on_wait_list) /* a callback may have changed the list around c */
-            next = c->wnext;
+            wait_list_remove(r, c);
         conn_unref(c);
-        c = next;
     }
 }
 
-void conn_registry_pause_ingest(struct gw *gw, bool paused)
+void conn_registry_close_all(struct conn_registry *r, const char *why)
 {
-    gw->ingest_paused = paused;
-    for (struct conn *c = gw->conns; c; c = c->next)
-        if (c->ingest)
-            conn_update_reading(c);
-}
-
-void conn_registry_close_all(struct gw *gw, const char *why)
-{
-    while (gw->conns)
-        conn_close(gw->conns, why);
+    while (r->all.head)
+        conn_close(list_entry(r->all.head, struct conn, reg_link), why);
 }

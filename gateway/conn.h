@@ -1,7 +1,8 @@
-/* gateway/conn.h: a connection and the registry of live connections.
+/* gateway/conn.h: a connection, and the registry of live connections with its
+ * iterator.
  *
- * A connection is three layers picked by its listener: listener (tcp | tls) ->
- * transport (raw | websocket) -> protocol (mqtt | line | http). The protocol is a
+ * A connection is three layers picked by its listener: a TCP socket -> transport
+ * (raw | websocket) -> protocol (mqtt | line | http). The protocol is a
  * small table of function pointers; it may be swapped mid-stream (HTTP upgraded
  * to WebSocket). Everything here runs on the loop thread.
  *
@@ -19,34 +20,46 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "gateway/ticket.h"
 
 struct conn;
+struct conn_registry;
 struct gw;
 
 struct proto_ops {
     const char *name;                             /* "mqtt", "line", "http" */
-    void *(*open)(struct conn *c);                /* returns per-connection state */
+    /* Returns per-connection state. ctx is the protocol's server state: the
+     * listener's ctx, or what the code switching protocols (an upgrade) passes. */
+    void *(*open)(struct conn *c, void *ctx);
     /* Decodes what is in c->in, dispatches, consumes. Returns 0, or negative
      * after having closed the connection. */
     int (*feed)(void *state, struct buf *in);
     void (*close)(void *state, const char *why); /* release state; no I/O */
 };
 
-/* A transport between the socket and the protocol (WebSocket, TLS): it decodes
+/* A transport between the socket and the protocol (WebSocket): it decodes
  * raw socket bytes, appending the protocol's bytes to c->in, and wraps what the
  * protocol sends. */
 struct transport_ops {
-    const char *name;                             /* "websocket", "tls" */
+    const char *name;                             /* "websocket" */
     /* Decodes raw (consuming it) and appends payload to in. Returns 0, or negative
      * after having closed the connection. */
     int (*feed)(void *state, struct buf *raw, struct buf *in);
-    /* Wraps data (a frame, a TLS record) and writes it with conn_send_raw. */
+    /* Wraps data (in a frame) and writes it with conn_send_raw. */
     void (*send)(void *state, const void *data, size_t len);
     void (*close)(void *state);                   /* release state; no I/O */
     /* Optional: last words before the socket closes (a WebSocket close frame when
      * none was sent yet: 1001 when the gateway is stopping, else 1000). */
     void (*goodbye)(void *state, bool stopping);
+};
+
+/* What a listener hands every connection it accepts (gateway/gw.c owns it; it lives
+ * as long as the gw). */
+struct conn_listener {
+    const char *name;               /* "http", "line", "mqtt" */
+    const struct proto_ops *proto;  /* protocol of the accepted connections */
+    void *ctx;                      /* that protocol's server state (proto->open's ctx) */
 };
 
 /* Called when every write of a ticket has become durable (ok = 1), when any of
@@ -66,7 +79,7 @@ struct conn {
     uint64_t id;                     /* unique for the process lifetime, from 1 */
     struct gw *gw;
     char peer[64];                   /* "127.0.0.1:51512" or "[::1]:51512" */
-    const char *listener;            /* "http", "line", "mqtt" */
+    const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
     const struct proto_ops *proto;
     void *proto_state;
     const struct transport_ops *xport;   /* NULL: the protocol reads the socket directly */
@@ -94,17 +107,16 @@ struct conn {
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
     char close_why[128];
-    struct conn *prev, *next;        /* registry list */
-    struct conn *wprev, *wnext;      /* list of connections with waiters */
-    bool on_wait_list;
+    struct list_link reg_link;       /* in the registry's list of live connections */
+    struct list_link wait_link;      /* in its list of connections with waiters */
     struct conn_waiter *waiters;     /* FIFO ring of durable waiters */
     size_t nwaiters, waiters_head, waiters_cap;
 };
 
-/* Accepts a pending connection on server; returns NULL (and logs) when the limit
- * is reached or accept fails. Starts reading. */
-struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const char *listener,
-                         const struct proto_ops *proto);
+/* Accepts a pending connection on server into gw->conns and opens l->proto on it
+ * with l->ctx; returns NULL (and logs) when the limit is reached or accept fails.
+ * Starts reading. l is borrowed for the connection's lifetime. */
+struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l);
 /* Swaps the protocol (state of the old one is released by the caller). */
 void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state);
 /* Puts a transport under the protocol; bytes already in c->in become raw input. */
@@ -129,14 +141,40 @@ void conn_refeed(struct conn *c);
 void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uint64_t tag,
                         conn_durable_fn fn);
 
-/* Registry-level operations (gw calls these). Storage reported the writes with seqs in
- * (from_seq, upto_seq] committed (ok = 1) or failed (ok = 0): waiters whose tickets
- * overlap a failed range fail, and every waiter whose ticket ends by upto_seq fires. */
-void conn_registry_durable(struct gw *gw, uint64_t from_seq, uint64_t upto_seq, int ok);
-void conn_registry_pause_ingest(struct gw *gw, bool paused);
-/* Closes every connection (shutdown). */
-void conn_registry_close_all(struct gw *gw, const char *why);
-/* Reads which ingest connections should be reading now. */
+/* Starts or stops reading c as its state asks (closing, paused by its protocol, an
+ * ingest connection while storage pushes back). */
 void conn_update_reading(struct conn *c);
+
+/* ---- the registry of live connections ------------------------------------------
+ * A connection is in its gw's registry from conn_accept until conn_close. Walk it
+ * only with an iterator: an iterator stays valid while the code it hands connections
+ * to closes any of them (the current one, the next one, all of them), since a close
+ * moves every iterator standing on the closed connection to the one after it.
+ * Connections accepted during a walk are not visited. Newest first. */
+struct conn_iter {
+    /* private */
+    struct conn_registry *r;
+    int slot;                        /* the registry's record of this walk; -1: ended */
+};
+
+struct conn_registry *conn_registry_new(void);
+/* The registry must be empty (conn_registry_close_all) and no walk running. */
+void conn_registry_free(struct conn_registry *r);
+/* Live connections (not yet closed). */
+size_t conn_registry_count(const struct conn_registry *r);
+/* Closes every connection (shutdown). */
+void conn_registry_close_all(struct conn_registry *r, const char *why);
+/* Storage reported the writes with seqs in (from_seq, upto_seq] committed (ok = 1) or
+ * failed (ok = 0): waiters whose tickets overlap a failed range fail, and every waiter
+ * whose ticket ends by upto_seq fires, connection by connection in arrival order. */
+void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t upto_seq,
+                           int ok);
+
+/* Starts a walk over r. conn_iter_next returns each live connection once, then NULL
+ * (which ends the walk); a loop left early must call conn_iter_end (which may be called
+ * again, and after the end). Walks may nest, up to 8 deep. */
+void conn_iter_begin(struct conn_iter *it, struct conn_registry *r);
+struct conn *conn_iter_next(struct conn_iter *it);
+void conn_iter_end(struct conn_iter *it);
 
 #endif

@@ -6,14 +6,12 @@
  * Loop thread only. */
 #include "gateway/gw.h"
 
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "gateway/log.h"
 #include "base/clock.h"
 #include "base/err.h"
-#include "storage/store.h"
+#include "gateway/log.h"
 
 #define STOP_DRAIN_MAX_MS 10000
 
@@ -21,15 +19,16 @@ static void on_connection(uv_stream_t *server, int status)
 {
     struct gw_listener *l = server->data;
     if (status < 0) {
-        log_warn("listener=%s accept error reason=\"%s\"", l->name, uv_strerror(status));
+        log_warn("listener=%s accept error reason=\"%s\"", l->conn.name, uv_strerror(status));
         return;
     }
-    conn_accept(server->loop->data, server, l->name, l->proto);
+    conn_accept(server->loop->data, server, &l->conn);
 }
 
-int gw_listen(struct gw *gw, const char *name, const char *bind, int port,
-              const struct proto_ops *proto)
+int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
 {
+    const char *name = cfg->name, *bind = cfg->bind;
+    int port = cfg->port;
     struct gw_listener *l;
     struct sockaddr_storage ss;
     int rc, len = sizeof ss;
@@ -48,8 +47,7 @@ int gw_listen(struct gw *gw, const char *name, const char *bind, int port,
     }
     uv_tcp_init(gw->loop, &l->tcp);
     l->tcp.data = l;
-    l->name = name;
-    l->proto = proto;
+    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx};
     l->open = true;
     gw->nlisteners++;
     rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
@@ -87,31 +85,44 @@ int gw_start(struct gw *gw)
     return 0;
 }
 
+static bool storage_pending(const struct gw *gw)
+{
+    return gw->storage.ctx && gw->storage.pending(gw->storage.ctx);
+}
+
+size_t gw_storage_queued(const struct gw *gw)
+{
+    return gw->storage.ctx ? gw->storage.queued(gw->storage.ctx) : 0;
+}
+
 static void on_drain_check(uv_timer_t *t)
 {
     struct gw *gw = t->data;
-    if (gw->store && store_durable_seq(gw->store) < store_last_seq(gw->store) &&
-        uv_now(gw->loop) < gw->stop_deadline_ms)
+    if (storage_pending(gw) && uv_now(gw->loop) < gw->stop_deadline_ms)
         return; /* acks for what was received still go out */
     uv_timer_stop(t);
-    conn_registry_close_all(gw, "shutting down");
+    conn_registry_close_all(gw->conns, "shutting down");
     uv_close((uv_handle_t *)t, NULL);
     uv_stop(gw->loop);
 }
 
 void gw_stop(struct gw *gw, const char *why)
 {
+    struct conn_iter it;
+    struct conn *c;
+
     if (gw->stopping)
         return;
     gw->stopping = true;
-    log_info("stopping reason=%s connections=%zu", why, gw->nconns);
+    log_info("stopping reason=%s connections=%zu", why, conn_registry_count(gw->conns));
     for (int i = 0; i < gw->nlisteners; i++) {
         if (gw->listeners[i].open) {
             uv_close((uv_handle_t *)&gw->listeners[i].tcp, NULL);
             gw->listeners[i].open = false;
         }
     }
-    for (struct conn *c = gw->conns; c; c = c->next)
+    conn_iter_begin(&it, gw->conns);
+    while ((c = conn_iter_next(&it)) != NULL)
         conn_pause(c);
     uv_signal_stop(&gw->sigint);
     uv_signal_stop(&gw->sigterm);
@@ -149,7 +160,7 @@ void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
         gw->metrics.storage_failures++;
         gw->failed[gw->nfailed++ % 16] = (struct ticket){from + 1, upto_seq};
     }
-    conn_registry_durable(gw, from, upto_seq, ok);
+    conn_registry_durable(gw->conns, from, upto_seq, ok);
 }
 
 /* A ticket whose writes were all reported already: did any of them fail? */
@@ -167,15 +178,22 @@ static bool reported_failed(const struct gw *gw, const struct ticket *t)
 void gw_on_pressure(void *ctx, int paused)
 {
     struct gw *gw = ctx;
+    struct conn_iter it;
+    struct conn *c;
+
     if (paused) {
         gw->metrics.ingest_pauses++;
         log_warn("storage queue above high water rows=%zu: pausing ingest reads",
-                 store_queued_rows(gw->store));
+                 gw_storage_queued(gw));
     } else {
         log_info("storage queue below low water rows=%zu: resuming ingest reads",
-                 store_queued_rows(gw->store));
+                 gw_storage_queued(gw));
     }
-    conn_registry_pause_ingest(gw, paused != 0);
+    gw->ingest_paused = paused != 0;
+    conn_iter_begin(&it, gw->conns);
+    while ((c = conn_iter_next(&it)) != NULL)
+        if (c->ingest)
+            conn_update_reading(c);
 }
 
 void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn_durable_fn fn)
@@ -193,10 +211,4 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
         return;
     }
     conn_await_durable(c, done ? NULL : t, failed, tag, fn);
-}
-
-bool gw_api_key_ok(const struct gw *gw, const char *key)
-{
-    size_t klen = strlen(gw->api_key);
-    return key && klen > 0 && strlen(key) == klen && CRYPTO_memcmp(key, gw->api_key, klen) == 0;
 }

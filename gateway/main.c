@@ -247,11 +247,39 @@ static void on_latest_loaded(void *ctx, const char *device, const struct point *
         devices_set_latest(dev, p);
 }
 
+/* The parts main wires together; gw->hook_ctx points here. */
+struct parts {
+    struct mqtt_broker *broker;
+    struct commands *commands;
+    struct rest *rest;
+    struct feed *feed;
+    struct ws_routes *ws_routes;
+};
+
 /* Presence changes fan out to every part that reports them. */
 static void on_presence(struct gw *gw, const char *device, bool online)
 {
-    mqtt_broker_presence(gw, device, online);
-    feed_presence(gw, device, online);
+    struct parts *p = gw->hook_ctx;
+    mqtt_broker_presence(p->broker, device, online);
+    feed_presence(p->feed, device, online);
+}
+
+static void on_command_reply(struct gw *gw, const char *device, const char *cmd_id,
+                             const void *payload, size_t len)
+{
+    struct parts *p = gw->hook_ctx;
+    commands_reply(p->commands, device, cmd_id, payload, len);
+}
+
+/* The loop's storage port (struct gw_storage) over the store. */
+static bool storage_pending(void *ctx)
+{
+    return store_pending(ctx);
+}
+
+static size_t storage_queued(void *ctx)
+{
+    return store_queued(ctx);
 }
 
 /* ---- the MQTT broker's persistence port, over storage ---- */
@@ -317,22 +345,19 @@ static int fault_commits;
 
 static void on_fault_signal(uv_signal_t *h, int signum)
 {
-    struct gw *gw = h->data;
     (void)signum;
-    if (!gw->store)
-        return;
-    store_fail_next_commits(gw->store, fault_commits, 0);
+    store_fail_next_commits(h->data, fault_commits, 0);
     log_warn("test seam: the next %d storage commit attempts fail", fault_commits);
 }
 
-static void fault_seam_init(struct gw *gw)
+static void fault_seam_init(uv_loop_t *loop, struct store *store)
 {
     const char *v = getenv("GALE_TEST_FAIL_COMMITS");
     fault_commits = v ? atoi(v) : 0;
     if (fault_commits <= 0)
         return;
-    uv_signal_init(gw->loop, &fault_signal);
-    fault_signal.data = gw;
+    uv_signal_init(loop, &fault_signal);
+    fault_signal.data = store;
     uv_signal_start(&fault_signal, on_fault_signal, SIGUSR2);
     uv_unref((uv_handle_t *)&fault_signal);
 }
@@ -348,9 +373,11 @@ int main(int argc, char **argv)
 {
     static struct config cfg;
     struct gw gw;
+    struct parts parts = {0};
     struct devices devices;
     struct store_cfg scfg;
     struct mqtt_store mqtt_store;
+    struct store *store = NULL;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
     bool check_only = false, created;
@@ -379,6 +406,8 @@ int main(int argc, char **argv)
     devices_init(&devices);
     gw.devices = &devices;
     gw.bus = bus_new();
+    gw.conns = conn_registry_new();
+    gw.hook_ctx = &parts;
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -399,35 +428,40 @@ int main(int argc, char **argv)
         .compact_rows = cfg.storage.compact_rows,
         .retention_days = (unsigned)cfg.storage.retention_days,
     };
-    if (store_open(&loop, &scfg, &gw.store) != 0)
+    if (store_open(&loop, &scfg, &store) != 0)
         goto out;
-    store_set_callbacks(gw.store, gw_on_durable, gw_on_pressure, &gw);
-    fault_seam_init(&gw);
-    if (store_load_devices(gw.store, on_device_loaded, &gw) != 0 ||
-        store_load_latest(gw.store, on_latest_loaded, &gw) != 0)
+    store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
+    fault_seam_init(&loop, store);
+    gw.storage = (struct gw_storage){store, storage_pending, storage_queued};
+    if (store_load_devices(store, on_device_loaded, &gw) != 0 ||
+        store_load_latest(store, on_latest_loaded, &gw) != 0)
         goto out;
     log_info("storage path=%s devices=%zu", dbpath, devices.by_id.len);
 
-    devices_set_store(&devices, &(struct devices_store){gw.store, devices_put_stored,
+    devices_set_store(&devices, &(struct devices_store){store, devices_put_stored,
                                                         devices_touch_stored,
                                                         devices_remove_stored});
     bus_add_sink(gw.bus, "latest", devices_sink, &devices);
-    bus_add_sink(gw.bus, "storage", store_sink, gw.store);
-    mqtt_store = mqtt_store_port(gw.store);
-    if (mqtt_broker_init(&gw, &mqtt_store) != 0)
+    bus_add_sink(gw.bus, "storage", store_sink, store);
+    mqtt_store = mqtt_store_port(store);
+    if ((parts.broker = mqtt_broker_new(&gw, &mqtt_store)) == NULL)
         goto out;
     gw.on_presence = on_presence;
-    if (commands_init(&gw) != 0)
+    if ((parts.commands = commands_new(&gw, store, parts.broker)) == NULL)
         goto out;
-    gw.on_command_reply = commands_reply;
-    rest_init(&gw);
-    ws_routes_init(&gw);
+    gw.on_command_reply = on_command_reply;
+    parts.rest = rest_new(&gw, store, parts.commands);
+    parts.feed = feed_new(&gw);
+    parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);
-    rc = gw_listen(&gw, "http", cfg.http.bind, cfg.http.port, &http_proto);
+    rc = gw_listen(&gw, &(struct gw_listen_cfg){"http", cfg.http.bind, cfg.http.port, &http_proto,
+                                                rest_http_server(parts.rest)});
     if (rc == 0 && cfg.line.enabled)
-        rc = gw_listen(&gw, "line", cfg.line.bind, cfg.line.port, &line_proto);
+        rc = gw_listen(&gw, &(struct gw_listen_cfg){"line", cfg.line.bind, cfg.line.port,
+                                                    &line_proto, NULL});
     if (rc == 0 && cfg.mqtt.enabled)
-        rc = gw_listen(&gw, "mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto);
+        rc = gw_listen(&gw, &(struct gw_listen_cfg){"mqtt", cfg.mqtt.bind, cfg.mqtt.port,
+                                                    &mqtt_proto, parts.broker});
     if (rc != 0)
         goto out;
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
@@ -435,22 +469,24 @@ int main(int argc, char **argv)
     code = 0;
 out:
     gw.stopping = true;
-    conn_registry_close_all(&gw, "shutting down");
+    conn_registry_close_all(gw.conns, "shutting down");
     gw_close_handles(&gw);
-    if (gw.store) {
-        store_close(gw.store); /* drains the writer: everything received is committed */
-        gw.store = NULL;
+    if (store) {
+        store_close(store); /* drains the writer: everything received is committed */
+        store = NULL;
+        gw.storage = (struct gw_storage){0};
     }
     uv_walk(&loop, on_walk_close, NULL);
     while (uv_run(&loop, UV_RUN_NOWAIT) != 0)
         ;
     if (uv_loop_close(&loop) != 0)
         log_warn("loop closed with live handles");
-    if (gw.rest)
-        rest_fini(&gw);
-    ws_routes_fini(&gw);
-    commands_fini(&gw);
-    mqtt_broker_fini(&gw);
+    ws_routes_free(parts.ws_routes);
+    rest_free(parts.rest);
+    feed_free(parts.feed);
+    commands_free(parts.commands);
+    mqtt_broker_free(parts.broker);
+    conn_registry_free(gw.conns);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

@@ -3,10 +3,9 @@
 
 #include <string.h>
 
+#include "base/clock.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
-#include "base/clock.h"
-#include "storage/store.h"
 
 static void counter(struct buf *b, const char *name, const char *help, uint64_t v)
 {
@@ -27,12 +26,15 @@ void metrics_render(struct gw *gw, struct buf *b)
     while (map_next(&gw->devices->by_id, &it, NULL, &v))
         online += ((struct device *)v)->online > 0;
     gauge(b, "gale_uptime_seconds", "Seconds since start", (double)(gw_now_ms() - gw->started_ms) / 1000);
-    gauge(b, "gale_connections", "Live connections", (double)gw->nconns);
+    gauge(b, "gale_connections", "Live connections", (double)conn_registry_count(gw->conns));
     {
         /* live connections by protocol (http, line, mqtt, ws-device, ws-live, ...) */
         const char *names[16];
         size_t counts[16], n = 0;
-        for (struct conn *c = gw->conns; c; c = c->next) {
+        struct conn_iter ci;
+        struct conn *c;
+        conn_iter_begin(&ci, gw->conns);
+        while ((c = conn_iter_next(&ci)) != NULL) {
             size_t i;
             for (i = 0; i < n && strcmp(names[i], c->proto->name) != 0; i++)
                 ;
@@ -68,7 +70,7 @@ void metrics_render(struct gw *gw, struct buf *b)
         buf_printf(b, "gale_http_responses_total{class=\"%dxx\"} %llu\n", i,
                    (unsigned long long)m->http_status[i]);
     gauge(b, "gale_storage_queued_rows", "Rows waiting for the storage writer",
-          (double)store_queued_rows(gw->store));
+          (double)gw_storage_queued(gw));
     gauge(b, "gale_storage_ingest_paused", "1 while ingest reads are paused by backpressure",
           gw->ingest_paused ? 1 : 0);
     counter(b, "gale_storage_ingest_pauses_total", "Backpressure episodes", m->ingest_pauses);

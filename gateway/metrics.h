@@ -14,7 +14,6 @@ struct metrics {
     uint64_t bytes_in, bytes_out;      /* all sockets */
     uint64_t messages_in;              /* messages published on the bus */
     uint64_t points_in;                /* telemetry values decoded */
-    uint64_t points_acked;             /* values whose batch was durable */
     uint64_t line_errors;              /* error lines sent on the line protocol */
     uint64_t auth_failures;            /* rejected credentials, any protocol */
     uint64_t http_requests;            /* requests answered */

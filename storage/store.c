@@ -130,20 +130,3 @@ void store_fail_next_commits(struct store *s, int n, int rc)
     s->fail_rc = rc ? rc : SQLITE_IOERR;
     uv_mutex_unlock(&s->lock);
 }
-
-/* ---- transitional (see store.h) ---- */
-
-uint64_t store_last_seq(const struct store *s)
-{
-    return s->last_seq;
-}
-
-uint64_t store_durable_seq(const struct store *s)
-{
-    return s->durable_seq;
-}
-
-size_t store_queued_rows(const struct store *s)
-{
-    return s->queued_rows;
-}

@@ -206,11 +206,4 @@ typedef void (*store_command_fn)(void *ctx, const struct store_command *c);
 /* Start-up only: every stored command created at or after since_ms. */
 int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, void *ctx);
 
-/* Transitional, until gateway/gw.c, gateway/metrics.c and web/rest.c read
- * store_pending / store_queued through the ports main.c wires; then this block goes.
- * Seq of the last submitted write, of the last reported one; store_queued. */
-uint64_t store_last_seq(const struct store *s);
-uint64_t store_durable_seq(const struct store *s);
-size_t store_queued_rows(const struct store *s);
-
 #endif

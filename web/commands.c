@@ -8,13 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "base/list.h"
+#include "base/map.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "base/map.h"
-#include "base/alloc.h"
-#include "base/clock.h"
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
@@ -23,24 +24,50 @@
 #define DEFAULT_TIMEOUT_MS 60000
 #define MAX_TIMEOUT_MS (7 * 24 * 3600 * 1000LL)
 
+/* The life of a command (commands.h); on the wire and in storage by its name. */
+enum command_status {
+    COMMAND_QUEUED,
+    COMMAND_DELIVERED,
+    COMMAND_REPLIED,
+    COMMAND_EXPIRED,
+};
+
+static const char *const status_names[] = {"queued", "delivered", "replied", "expired"};
+
 struct command {
     char id[33];
     char device[DEVICE_ID_MAX + 1];
     char *name;
     char *params_json;      /* JSON text or NULL */
-    char status[12];        /* queued | delivered | replied | expired */
+    enum command_status status;
     char *reply_json;       /* JSON text or NULL */
     int64_t created_ms, updated_ms, expires_ms;
     struct msg *m;          /* the published message while not yet delivered */
-    struct command *prev, *next; /* age list, oldest first */
+    struct list_link age;   /* in the age list */
 };
 
 struct commands {
     struct gw *gw;
+    struct store *store;    /* where every change of status is written */
     struct map by_id;
-    struct command *oldest, *newest;
+    struct list by_age;     /* struct command by age, oldest first */
     uv_timer_t timer;       /* expiry */
 };
+
+/* The status a stored name stands for (NULL, or a name this build does not know:
+ * queued, as a command that was never delivered). */
+static enum command_status status_parse(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof status_names / sizeof status_names[0]; i++)
+        if (strcmp(name, status_names[i]) == 0)
+            return (enum command_status)i;
+    return COMMAND_QUEUED;
+}
+
+static struct command *oldest(struct commands *cs)
+{
+    return list_entry(cs->by_age.head, struct command, age);
+}
 
 static void cmd_free(struct command *c)
 {
@@ -51,34 +78,11 @@ static void cmd_free(struct command *c)
     free(c);
 }
 
-static void list_remove(struct commands *cs, struct command *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        cs->oldest = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        cs->newest = c->prev;
-}
-
-static void list_append(struct commands *cs, struct command *c)
-{
-    c->prev = cs->newest;
-    c->next = NULL;
-    if (cs->newest)
-        cs->newest->next = c;
-    else
-        cs->oldest = c;
-    cs->newest = c;
-}
-
 static void keep_bounded(struct commands *cs)
 {
-    while (cs->by_id.len > MAX_KEPT && cs->oldest) {
-        struct command *c = cs->oldest;
-        list_remove(cs, c);
+    while (cs->by_id.len > MAX_KEPT && cs->by_age.head) {
+        struct command *c = oldest(cs);
+        list_remove(&cs->by_age, &c->age);
         map_del(&cs->by_id, c->id, strlen(c->id));
         cmd_free(c);
     }
@@ -86,22 +90,29 @@ static void keep_bounded(struct commands *cs)
 
 static uint64_t save(struct commands *cs, struct command *c)
 {
-    struct store_command sc = {c->id,         c->device,     c->name,      c->params_json,
-                               c->status,     c->reply_json, c->created_ms, c->updated_ms,
+    struct store_command sc = {c->id,
+                               c->device,
+                               c->name,
+                               c->params_json,
+                               status_names[c->status],
+                               c->reply_json,
+                               c->created_ms,
+                               c->updated_ms,
                                c->expires_ms};
-    return store_put_command(cs->gw->store, &sc);
+    return store_put_command(cs->store, &sc);
 }
 
-static void set_status(struct commands *cs, struct command *c, const char *status)
+static void set_status(struct commands *cs, struct command *c, enum command_status status)
 {
-    snprintf(c->status, sizeof c->status, "%s", status);
+    c->status = status;
     c->updated_ms = gw_now_ms();
-    if (strcmp(status, "queued") != 0) {
+    if (status != COMMAND_QUEUED) {
         msg_unref(c->m);
         c->m = NULL;
     }
     save(cs, c);
-    log_info("device=%s command=%s name=%s status=%s", c->device, c->id, c->name, status);
+    log_info("device=%s command=%s name=%s status=%s", c->device, c->id, c->name,
+             status_names[status]);
 }
 
 static void write_json(const struct command *c, struct buf *b)
@@ -115,7 +126,7 @@ static void write_json(const struct command *c, struct buf *b)
     buf_append_str(b, ",\"params\":");
     buf_append_str(b, c->params_json ? c->params_json : "null");
     buf_append_str(b, ",\"status\":");
-    buf_append_json_str(b, c->status, strlen(c->status));
+    buf_append_json_str(b, status_names[c->status], strlen(status_names[c->status]));
     buf_printf(b, ",\"created\":%lld,\"updated\":%lld,\"expires\":%lld",
                (long long)c->created_ms, (long long)c->updated_ms, (long long)c->expires_ms);
     if (c->reply_json) {
@@ -137,9 +148,10 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
     snprintf(topic, sizeof topic, "devices/%s/commands", device);
     if (strcmp(m->topic, topic) != 0)
         return;
-    for (c = cs->newest; c; c = c->prev) {
+    for (c = list_entry(cs->by_age.tail, struct command, age); c;
+         c = list_entry(c->age.prev, struct command, age)) {
         if (c->m == m && strcmp(c->device, device) == 0) {
-            set_status(cs, c, "delivered");
+            set_status(cs, c, COMMAND_DELIVERED);
             return;
         }
     }
@@ -148,18 +160,17 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
     js = cJSON_ParseWithLength((const char *)m->payload, m->payload_len);
     id = cJSON_GetObjectItemCaseSensitive(js, "id");
     c = cJSON_IsString(id) ? map_get(&cs->by_id, id->valuestring, strlen(id->valuestring)) : NULL;
-    if (c && strcmp(c->device, device) == 0 && strcmp(c->status, "queued") == 0)
-        set_status(cs, c, "delivered");
+    if (c && strcmp(c->device, device) == 0 && c->status == COMMAND_QUEUED)
+        set_status(cs, c, COMMAND_DELIVERED);
     cJSON_Delete(js);
 }
 
-void commands_reply(struct gw *gw, const char *device, const char *cmd_id, const void *payload,
-                    size_t len)
+void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
+                    const void *payload, size_t len)
 {
-    struct commands *cs = gw->commands;
     struct command *c = map_get(&cs->by_id, cmd_id, strlen(cmd_id));
     cJSON *js;
-    if (!c || strcmp(c->device, device) != 0 || strcmp(c->status, "replied") == 0)
+    if (!c || strcmp(c->device, device) != 0 || c->status == COMMAND_REPLIED)
         return;
     js = cJSON_ParseWithLength(payload, len);
     free(c->reply_json);
@@ -175,17 +186,19 @@ void commands_reply(struct gw *gw, const char *device, const char *cmd_id, const
         buf_fini(&b);
     }
     cJSON_Delete(js);
-    set_status(cs, c, "replied");
+    set_status(cs, c, COMMAND_REPLIED);
 }
 
 static void on_expiry(uv_timer_t *t)
 {
     struct commands *cs = t->data;
     int64_t now = gw_now_ms();
-    for (struct command *c = cs->oldest; c; c = c->next)
-        if ((strcmp(c->status, "queued") == 0 || strcmp(c->status, "delivered") == 0) &&
+    for (struct list_link *e = cs->by_age.head; e; e = e->next) {
+        struct command *c = list_entry(e, struct command, age);
+        if ((c->status == COMMAND_QUEUED || c->status == COMMAND_DELIVERED) &&
             c->expires_ms <= now)
-            set_status(cs, c, "expired");
+            set_status(cs, c, COMMAND_EXPIRED);
+    }
 }
 
 static void on_loaded(void *ctx, const struct store_command *sc)
@@ -197,44 +210,44 @@ static void on_loaded(void *ctx, const struct store_command *sc)
     c->name = xstrdup(sc->name ? sc->name : "");
     c->params_json = sc->params_json ? xstrdup(sc->params_json) : NULL;
     c->reply_json = sc->reply_json ? xstrdup(sc->reply_json) : NULL;
-    snprintf(c->status, sizeof c->status, "%s", sc->status ? sc->status : "queued");
+    c->status = status_parse(sc->status);
     c->created_ms = sc->created_ms;
     c->updated_ms = sc->updated_ms;
     c->expires_ms = sc->expires_ms;
     map_put(&cs->by_id, c->id, strlen(c->id), c);
-    list_append(cs, c);
+    list_push_back(&cs->by_age, &c->age);
     keep_bounded(cs);
 }
 
-int commands_init(struct gw *gw)
+struct commands *commands_new(struct gw *gw, struct store *store, struct mqtt_broker *broker)
 {
     struct commands *cs = xcalloc(1, sizeof *cs);
     cs->gw = gw;
+    cs->store = store;
     map_init(&cs->by_id);
-    gw->commands = cs;
-    if (store_load_commands(gw->store, gw_now_ms() - 7 * 24 * 3600 * 1000LL, on_loaded, cs) != 0)
-        return -1;
+    if (store_load_commands(store, gw_now_ms() - 7 * 24 * 3600 * 1000LL, on_loaded, cs) != 0) {
+        commands_free(cs);
+        return NULL;
+    }
     uv_timer_init(gw->loop, &cs->timer);
     cs->timer.data = cs;
     uv_timer_start(&cs->timer, on_expiry, 1000, 1000);
     uv_unref((uv_handle_t *)&cs->timer);
-    mqtt_broker_set_command_hooks(gw, on_delivered, cs);
-    return 0;
+    mqtt_broker_set_command_hooks(broker, on_delivered, cs);
+    return cs;
 }
 
-void commands_fini(struct gw *gw)
+void commands_free(struct commands *cs)
 {
-    struct commands *cs = gw->commands;
     if (!cs)
         return;
-    while (cs->oldest) {
-        struct command *c = cs->oldest;
-        list_remove(cs, c);
+    while (cs->by_age.head) {
+        struct command *c = oldest(cs);
+        list_remove(&cs->by_age, &c->age);
         cmd_free(c);
     }
     map_fini(&cs->by_id);
     free(cs);
-    gw->commands = NULL;
 }
 
 struct pending_202 {
@@ -255,9 +268,12 @@ static void on_stored(struct conn *conn, uint64_t tag, int ok)
     free(p);
 }
 
-void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, struct device *dev)
+void commands_post(struct commands *cs, struct http_conn *h, struct http_req *req,
+                   struct device *dev)
 {
-    struct commands *cs = gw->commands;
+    struct gw *gw = cs->gw;
+    struct conn_iter it;
+    struct conn *conn;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
@@ -294,11 +310,11 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
         c->params_json = xstrdup(s);
         cJSON_free(s);
     }
-    snprintf(c->status, sizeof c->status, "queued");
+    c->status = COMMAND_QUEUED;
     c->created_ms = c->updated_ms = gw_now_ms();
     c->expires_ms = c->created_ms + timeout;
     map_put(&cs->by_id, c->id, strlen(c->id), c);
-    list_append(cs, c);
+    list_push_back(&cs->by_age, &c->age);
     t = ticket_one(save(cs, c));
 
     buf_init(&payload);
@@ -315,11 +331,12 @@ void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, str
     c->m->qos = 1;
     bus_publish(gw->bus, c->m, &t);
     log_info("device=%s command=%s name=%s queued", dev->id, c->id, c->name);
-    for (struct conn *conn = gw->conns; conn; conn = conn->next) {
+    conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */
+    while ((conn = conn_iter_next(&it)) != NULL) {
         if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
             conn->send_command(conn, (const char *)payload.data, payload.len);
-            if (strcmp(c->status, "queued") == 0)
-                set_status(cs, c, "delivered");
+            if (c->status == COMMAND_QUEUED)
+                set_status(cs, c, COMMAND_DELIVERED);
         }
     }
     buf_fini(&payload);
@@ -335,9 +352,9 @@ out:
     cJSON_Delete(root);
 }
 
-void commands_get(struct gw *gw, struct http_conn *h, struct device *dev, const char *cmd_id)
+void commands_get(struct commands *cs, struct http_conn *h, struct device *dev,
+                  const char *cmd_id)
 {
-    struct commands *cs = gw->commands;
     struct command *c = map_get(&cs->by_id, cmd_id, strlen(cmd_id));
     struct buf b;
     if (!c || strcmp(c->device, dev->id) != 0) {
@@ -350,14 +367,14 @@ void commands_get(struct gw *gw, struct http_conn *h, struct device *dev, const 
     buf_fini(&b);
 }
 
-void commands_list(struct gw *gw, struct http_conn *h, struct device *dev)
+void commands_list(struct commands *cs, struct http_conn *h, struct device *dev)
 {
-    struct commands *cs = gw->commands;
     struct buf b;
     size_t n = 0;
     buf_init(&b);
     buf_append_str(&b, "{\"commands\":[");
-    for (struct command *c = cs->newest; c && n < 100; c = c->prev) {
+    for (struct command *c = list_entry(cs->by_age.tail, struct command, age); c && n < 100;
+         c = list_entry(c->age.prev, struct command, age)) {
         if (strcmp(c->device, dev->id) != 0)
             continue;
         if (n++)

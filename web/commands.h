@@ -12,19 +12,28 @@
 
 #include <stddef.h>
 
+struct commands;
+struct device;
 struct gw;
 struct http_conn;
 struct http_req;
-struct device;
+struct mqtt_broker;
+struct store;
 
-int commands_init(struct gw *gw);
-void commands_fini(struct gw *gw);
+/* Loads the commands of the last 7 days from store (start-up, blocks), starts the
+ * expiry timer and hooks into broker's deliveries and replies. Returns NULL when
+ * loading failed. */
+struct commands *commands_new(struct gw *gw, struct store *store, struct mqtt_broker *broker);
+/* Frees every command (NULL is ignored); after the loop closed its handles. */
+void commands_free(struct commands *cs);
 /* REST: POST /api/devices/{id}/commands, GET .../commands, GET .../commands/{cmd}. */
-void commands_post(struct gw *gw, struct http_conn *h, struct http_req *req, struct device *dev);
-void commands_get(struct gw *gw, struct http_conn *h, struct device *dev, const char *cmd_id);
-void commands_list(struct gw *gw, struct http_conn *h, struct device *dev);
+void commands_post(struct commands *cs, struct http_conn *h, struct http_req *req,
+                   struct device *dev);
+void commands_get(struct commands *cs, struct http_conn *h, struct device *dev,
+                  const char *cmd_id);
+void commands_list(struct commands *cs, struct http_conn *h, struct device *dev);
 /* A reply from a device over any transport. */
-void commands_reply(struct gw *gw, const char *device, const char *cmd_id, const void *payload,
-                    size_t len);
+void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
+                    const void *payload, size_t len);
 
 #endif

@@ -25,13 +25,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "base/list.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
-#include "base/alloc.h"
-#include "base/clock.h"
 #include "protocols/websocket/ws_transport.h"
+#include "web/auth.h"
 
 #define FEED_MAX_GLOBS 64          /* globs per list in a subscription */
 #define FEED_MAX_GLOB_BYTES 128    /* bytes per glob */
@@ -55,24 +57,22 @@ struct feed_frame {
 struct feed_viewer;
 
 struct feed_group {
-    struct feed_group *prev, *next;
+    struct list_link link; /* in the hub's groups while it has viewers */
     char *sig;   /* canonical filter text: equal filters share a group */
     char **devs; /* device globs; ndevs 0 = every device */
     size_t ndevs;
     char **keys; /* key globs; nkeys 0 = every key */
     size_t nkeys;
     bool presence; /* wants presence events */
-    struct feed_viewer *viewers;
-    size_t nviewers;
+    struct list viewers; /* struct feed_viewer, by glink */
 };
 
 struct feed_viewer {
     struct conn *conn;
     struct feed *hub;
-    struct feed_group *group;          /* NULL until subscribed */
-    struct feed_viewer *gprev, *gnext; /* in the group */
-    struct feed_viewer *pprev, *pnext; /* in the hub's pending list */
-    bool pending;
+    struct feed_group *group; /* NULL until subscribed */
+    struct list_link glink;   /* in the group's viewers */
+    struct list_link plink;   /* in the hub's pending list while frames wait */
     bool authed;
     bool deflate;             /* gets compressed variants of shared frames */
     int errors;               /* error messages sent */
@@ -85,8 +85,8 @@ struct feed_viewer {
 
 struct feed {
     struct gw *gw;
-    struct feed_group *groups;
-    struct feed_viewer *pending; /* viewers with frames waiting */
+    struct list groups;          /* struct feed_group with viewers, by link */
+    struct list pending;         /* struct feed_viewer with frames waiting, by plink */
     size_t budget_bytes;         /* per viewer: ring bytes, and unwritten socket bytes */
     uv_check_t check;            /* flush after each loop iteration's I/O */
     uv_timer_t timer;            /* flush when paced or stalled */
@@ -189,14 +189,9 @@ static void on_check(uv_check_t *h);
 
 static void pending_add(struct feed *hub, struct feed_viewer *v)
 {
-    if (v->pending)
+    if (list_linked(&hub->pending, &v->plink))
         return;
-    v->pending = true;
-    v->pprev = NULL;
-    v->pnext = hub->pending;
-    if (hub->pending)
-        hub->pending->pprev = v;
-    hub->pending = v;
+    list_push_front(&hub->pending, &v->plink);
     if (!hub->check_on) {
         hub->check_on = true;
         uv_check_start(&hub->check, on_check);
@@ -205,16 +200,8 @@ static void pending_add(struct feed *hub, struct feed_viewer *v)
 
 static void pending_remove(struct feed *hub, struct feed_viewer *v)
 {
-    if (!v->pending)
-        return;
-    if (v->pprev)
-        v->pprev->pnext = v->pnext;
-    else
-        hub->pending = v->pnext;
-    if (v->pnext)
-        v->pnext->pprev = v->pprev;
-    v->pprev = v->pnext = NULL;
-    v->pending = false;
+    if (list_linked(&hub->pending, &v->plink))
+        list_remove(&hub->pending, &v->plink);
 }
 
 static void drop_oldest(struct feed *hub, struct feed_viewer *v)
@@ -318,12 +305,13 @@ static void on_timer(uv_timer_t *t);
 
 static void flush(struct feed *hub)
 {
-    struct feed_viewer *v, *next;
+    struct list_link *e, *next;
     uint64_t t0 = uv_hrtime(), t1;
     bool stalled = false;
 
-    for (v = hub->pending; v; v = next) {
-        next = v->pnext;
+    for (e = hub->pending.head; e; e = next) {
+        struct feed_viewer *v = list_entry(e, struct feed_viewer, plink);
+        next = e->next;
         switch (viewer_flush(hub, v)) {
         case FLUSH_DONE:
             pending_remove(hub, v);
@@ -343,7 +331,7 @@ static void flush(struct feed *hub)
     /* busy: the next pass waits half as long as this one took, so flushing takes at
      * most two thirds of the loop and each write carries more updates */
     hub->next_flush_ns = t1 + (t1 - t0) / FEED_PACE_DIVISOR;
-    if (!hub->pending && hub->check_on) {
+    if (!hub->pending.head && hub->check_on) {
         uv_check_stop(&hub->check);
         hub->check_on = false;
     }
@@ -354,7 +342,7 @@ static void flush(struct feed *hub)
 static void maybe_flush(struct feed *hub)
 {
     uint64_t now = uv_hrtime();
-    if (!hub->pending)
+    if (!hub->pending.head)
         return;
     if (now < hub->next_flush_ns) {
         uint64_t ms = (hub->next_flush_ns - now + 999999) / 1000000;
@@ -412,21 +400,10 @@ static void group_leave(struct feed *hub, struct feed_viewer *v)
     struct feed_group *g = v->group;
     if (!g)
         return;
-    if (v->gprev)
-        v->gprev->gnext = v->gnext;
-    else
-        g->viewers = v->gnext;
-    if (v->gnext)
-        v->gnext->gprev = v->gprev;
-    v->gprev = v->gnext = NULL;
+    list_remove(&g->viewers, &v->glink);
     v->group = NULL;
-    if (--g->nviewers == 0) {
-        if (g->prev)
-            g->prev->next = g->next;
-        else
-            hub->groups = g->next;
-        if (g->next)
-            g->next->prev = g->prev;
+    if (g->viewers.len == 0) {
+        list_remove(&hub->groups, &g->link);
         group_free(g);
     }
 }
@@ -434,17 +411,9 @@ static void group_leave(struct feed *hub, struct feed_viewer *v)
 static void group_join(struct feed *hub, struct feed_viewer *v, struct feed_group *g)
 {
     v->group = g;
-    v->gprev = NULL;
-    v->gnext = g->viewers;
-    if (g->viewers)
-        g->viewers->gprev = v;
-    g->viewers = v;
-    if (g->nviewers++ == 0 && !g->prev && hub->groups != g) {
-        g->next = hub->groups;
-        if (hub->groups)
-            hub->groups->prev = g;
-        hub->groups = g;
-    }
+    list_push_front(&g->viewers, &v->glink);
+    if (!list_linked(&hub->groups, &g->link)) /* a new group */
+        list_push_front(&hub->groups, &g->link);
 }
 
 /* Reads a glob list: absent, [] or one containing "*" mean "all" (n = 0). Returns
@@ -527,7 +496,8 @@ static void subscribe(struct feed_viewer *v, const cJSON *sub)
     if (!read_globs(cJSON_GetObjectItemCaseSensitive(sub, "keys"), "keys", &tmp.keys, &tmp.nkeys,
                     &sig, &why))
         goto bad;
-    for (g = hub->groups; g; g = g->next)
+    for (g = list_entry(hub->groups.head, struct feed_group, link); g;
+         g = list_entry(g->link.next, struct feed_group, link))
         if (strcmp(g->sig, buf_cstr(&sig)) == 0)
             break;
     if (!g) {
@@ -603,7 +573,7 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
     }
     if (!v->authed) {
         it = cJSON_GetObjectItemCaseSensitive(root, "auth");
-        if (!cJSON_IsString(it) || !gw_api_key_ok(c->gw, it->valuestring))
+        if (!cJSON_IsString(it) || !auth_api_key_ok(c->gw, it->valuestring))
             goto unauthorized;
         viewer_authed(v);
         goto out;
@@ -633,11 +603,11 @@ out:
     cJSON_Delete(root);
 }
 
-static void *viewer_open(struct conn *c)
+static void *viewer_open(struct conn *c, void *ctx)
 {
     struct feed_viewer *v = xcalloc(1, sizeof *v);
     v->conn = c;
-    v->hub = c->gw->feed;
+    v->hub = ctx;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return v;
 }
@@ -671,9 +641,10 @@ static void feed_sink(void *ctx, struct msg *m, struct ticket *t)
 
     (void)t;
 
-    if (m->kind != MSG_TELEMETRY || m->npoints == 0 || !hub->groups)
+    if (m->kind != MSG_TELEMETRY || m->npoints == 0 || !hub->groups.head)
         return;
-    for (struct feed_group *g = hub->groups; g; g = g->next) {
+    for (struct list_link *ge = hub->groups.head; ge; ge = ge->next) {
+        struct feed_group *g = list_entry(ge, struct feed_group, link);
         struct feed_frame *f;
         if (!match_any(g->devs, g->ndevs, m->device))
             continue;
@@ -686,8 +657,8 @@ static void feed_sink(void *ctx, struct msg *m, struct ticket *t)
         }
         if (!f)
             continue;
-        for (struct feed_viewer *v = g->viewers; v; v = v->gnext)
-            viewer_push(hub, v, f);
+        for (struct list_link *ve = g->viewers.head; ve; ve = ve->next)
+            viewer_push(hub, list_entry(ve, struct feed_viewer, glink), f);
         if (f != full)
             frame_unref(f);
     }
@@ -696,14 +667,14 @@ static void feed_sink(void *ctx, struct msg *m, struct ticket *t)
     buf_shrink(&hub->json, FEED_KEEP_BYTES);
 }
 
-void feed_presence(struct gw *gw, const char *device, bool online)
+void feed_presence(struct feed *hub, const char *device, bool online)
 {
-    struct feed *hub = gw->feed;
     struct feed_frame *f = NULL;
 
     if (!hub)
         return;
-    for (struct feed_group *g = hub->groups; g; g = g->next) {
+    for (struct list_link *ge = hub->groups.head; ge; ge = ge->next) {
+        struct feed_group *g = list_entry(ge, struct feed_group, link);
         if (!g->presence || !match_any(g->devs, g->ndevs, device))
             continue;
         if (!f) {
@@ -714,13 +685,13 @@ void feed_presence(struct gw *gw, const char *device, bool online)
                        (long long)gw_now_ms());
             f = frame_new(hub, &hub->json);
         }
-        for (struct feed_viewer *v = g->viewers; v; v = v->gnext)
-            viewer_push(hub, v, f);
+        for (struct list_link *ve = g->viewers.head; ve; ve = ve->next)
+            viewer_push(hub, list_entry(ve, struct feed_viewer, glink), f);
     }
     frame_unref(f);
 }
 
-void feed_init(struct gw *gw)
+struct feed *feed_new(struct gw *gw)
 {
     struct feed *hub = xcalloc(1, sizeof *hub);
     size_t budget = gw->cfg->limits.max_send_queue_bytes / 4;
@@ -740,17 +711,16 @@ void feed_init(struct gw *gw)
     buf_init(&hub->zbuf);
     buf_init(&hub->out);
     bus_add_sink(gw->bus, "feed", feed_sink, hub);
-    gw->feed = hub;
+    return hub;
 }
 
-void feed_fini(struct gw *gw)
+void feed_free(struct feed *hub)
 {
-    struct feed *hub = gw->feed;
     if (!hub)
         return;
-    while (hub->groups) { /* viewers are gone with their connections; be safe anyway */
-        struct feed_group *g = hub->groups;
-        hub->groups = g->next;
+    while (hub->groups.head) { /* viewers are gone with their connections; be safe anyway */
+        struct feed_group *g = list_entry(hub->groups.head, struct feed_group, link);
+        list_remove(&hub->groups, &g->link);
         group_free(g);
     }
     ws_deflater_free(hub->z);
@@ -759,5 +729,4 @@ void feed_fini(struct gw *gw)
     buf_fini(&hub->zbuf);
     buf_fini(&hub->out);
     free(hub);
-    gw->feed = NULL;
 }

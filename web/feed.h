@@ -28,19 +28,22 @@
 
 #include "gateway/conn.h"
 
+struct feed;
 struct gw;
 
-/* Creates the hub, sets gw->feed and adds its bus sink. */
-void feed_init(struct gw *gw);
-/* Frees the hub. Call once the loop has closed every handle (after uv_loop_close,
- * like rest_fini), when no viewer is left. */
-void feed_fini(struct gw *gw);
+/* Creates the hub and adds its bus sink. */
+struct feed *feed_new(struct gw *gw);
+/* Frees the hub (NULL is ignored). Call once the loop has closed every handle (after
+ * uv_loop_close, like rest_free), when no viewer is left. */
+void feed_free(struct feed *hub);
 
-/* A device went online / offline: tells subscribed viewers whose filters match. */
-void feed_presence(struct gw *gw, const char *device, bool online);
+/* A device went online / offline: tells subscribed viewers whose filters match
+ * (hub may be NULL: nothing to tell). */
+void feed_presence(struct feed *hub, const char *device, bool online);
 
-/* The /ws/live protocol. open() expects the WebSocket transport (web/ws_routes.c
- * attaches it); messages arrive through feed_viewer_message. */
+/* The /ws/live protocol: open()'s ctx is the hub. open() expects the WebSocket
+ * transport (web/ws_routes.c attaches it); messages arrive through
+ * feed_viewer_message. */
 extern const struct proto_ops feed_viewer_proto;
 /* The viewer presented a valid API key with the upgrade request: no auth message. */
 void feed_viewer_authenticated(struct conn *c);

@@ -11,24 +11,24 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "base/alloc.h"
+#include "base/b64.h"
 #include "base/buf.h"
+#include "base/clock.h"
+#include "base/err.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
-#include "base/alloc.h"
-#include "base/b64.h"
-#include "base/clock.h"
-#include "base/err.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
 #include "web/assets.h"
+#include "web/auth.h"
 #include "web/commands.h"
 
 #define JSON "application/json"
@@ -37,8 +37,12 @@
 #define MAX_LIMIT 100000
 
 struct rest {
-    struct http_server srv;
-    rest_upgrade_fn on_upgrade;
+    struct http_server srv;         /* the HTTP listener's ctx; srv.ctx is this */
+    struct gw *gw;
+    struct store *store;            /* device writes and telemetry queries */
+    struct commands *commands;
+    rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
+    void *upgrade_ctx;
 };
 
 /* A reply that waits for a durable commit; freed by on_reply_durable. */
@@ -55,7 +59,7 @@ static void reply_json(struct http_conn *h, int status, struct buf *b)
 
 static bool authorized(struct gw *gw, const struct http_req *req)
 {
-    return gw_api_key_ok(gw, http_bearer(req));
+    return auth_api_key_ok(gw, http_bearer(req));
 }
 
 static void method_not_allowed(struct http_conn *h, const char *allow)
@@ -100,8 +104,9 @@ static void reply_when_durable(struct http_conn *h, const struct ticket *t, int 
 
 /* ---- devices ---- */
 
-static void device_create(struct gw *gw, struct http_conn *h, struct http_req *req)
+static void device_create(struct rest *r, struct http_conn *h, struct http_req *req)
 {
+    struct gw *gw = r->gw;
     struct ticket t;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
@@ -179,20 +184,21 @@ static void device_list(struct gw *gw, struct http_conn *h)
     free(arr);
 }
 
-static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev)
+static void device_delete(struct rest *r, struct http_conn *h, struct device *dev)
 {
+    struct gw *gw = r->gw;
     char id[DEVICE_ID_MAX + 1];
     struct buf b;
     struct ticket t;
-    struct conn *self = http_conn_of(h);
+    struct conn *self = http_conn_of(h), *c;
+    struct conn_iter it;
 
     snprintf(id, sizeof id, "%s", dev->id);
     t = ticket_one(devices_delete(gw->devices, id));
-    for (struct conn *c = gw->conns, *next; c; c = next) {
-        next = c->next;
+    conn_iter_begin(&it, gw->conns);
+    while ((c = conn_iter_next(&it)) != NULL)
         if (c != self && strcmp(c->device, id) == 0)
             conn_close(c, "device deleted");
-    }
     log_info("device=%s deleted", id);
     buf_init(&b);
     buf_append_str(&b, "{\"deleted\":");
@@ -201,9 +207,10 @@ static void device_delete(struct gw *gw, struct http_conn *h, struct device *dev
     reply_when_durable(h, &t, 200, &b, NULL);
 }
 
-static void device_patch(struct gw *gw, struct http_conn *h, struct http_req *req,
+static void device_patch(struct rest *r, struct http_conn *h, struct http_req *req,
                          struct device *dev)
 {
+    struct gw *gw = r->gw;
     struct ticket t;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "attributes");
@@ -378,7 +385,7 @@ static bool parse_i64(const char *s, int64_t *out)
     return true;
 }
 
-static void telemetry_get(struct gw *gw, struct http_conn *h, struct http_req *req,
+static void telemetry_get(struct rest *r, struct http_conn *h, struct http_req *req,
                           struct device *dev)
 {
     char val[4096], cursor[4096];
@@ -491,7 +498,7 @@ static void telemetry_get(struct gw *gw, struct http_conn *h, struct http_req *r
                 q->keys[k] = xstrdup(keys[k]);
             q->nkeys = nkeys;
         }
-        if (store_query_telemetry(gw->store, q, on_query_done, qc) != 0) {
+        if (store_query_telemetry(r->store, q, on_query_done, qc) != 0) {
             struct store_result *res = xcalloc(1, sizeof *res);
             res->rc = GW_ESTORE;
             on_query_done(qc, q, res);
@@ -506,15 +513,18 @@ static void connections_list(struct gw *gw, struct http_conn *h)
 {
     struct buf b;
     size_t n = 0;
+    struct conn_iter it;
+    struct conn *c;
     buf_init(&b);
     buf_append_str(&b, "{\"connections\":[");
-    for (struct conn *c = gw->conns; c; c = c->next) {
+    conn_iter_begin(&it, gw->conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
         if (n++)
             buf_append_str(&b, ",");
         buf_printf(&b, "{\"id\":%llu,\"peer\":", (unsigned long long)c->id);
         buf_append_json_str(&b, c->peer, strlen(c->peer));
         buf_append_str(&b, ",\"listener\":");
-        buf_append_json_str(&b, c->listener, strlen(c->listener));
+        buf_append_json_str(&b, c->listener->name, strlen(c->listener->name));
         buf_append_str(&b, ",\"protocol\":");
         buf_append_json_str(&b, c->proto->name, strlen(c->proto->name));
         if (c->xport) {
@@ -545,8 +555,8 @@ static void health(struct gw *gw, struct http_conn *h)
     buf_printf(&b,
                "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%lld,\"connections\":%zu,"
                "\"devices\":%zu,\"storage\":{\"queued_rows\":%zu,\"ingest_paused\":%s}}",
-               GALE_VERSION, (long long)((gw_now_ms() - gw->started_ms) / 1000), gw->nconns,
-               gw->devices->by_id.len, store_queued_rows(gw->store),
+               GALE_VERSION, (long long)((gw_now_ms() - gw->started_ms) / 1000),
+               conn_registry_count(gw->conns), gw->devices->by_id.len, gw_storage_queued(gw),
                gw->ingest_paused ? "true" : "false");
     reply_json(h, 200, &b);
     buf_fini(&b);
@@ -582,14 +592,14 @@ static bool split_device_path(const char *path, char *id, size_t idlen, const ch
 
 void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
 {
-    struct gw *gw = ctx;
-    struct rest *r = gw->rest;
+    struct rest *r = ctx;
+    struct gw *gw = r->gw;
     const char *path = req->path, *m = req->method, *rest;
     char id[DEVICE_ID_MAX + 2];
     struct device *dev;
 
     if (req->upgrade && r->on_upgrade) {
-        r->on_upgrade(gw, h, req);
+        r->on_upgrade(r->upgrade_ctx, h, req);
         return;
     }
     if (strcmp(path, "/api/health") == 0 || strcmp(path, "/healthz") == 0) {
@@ -640,7 +650,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     }
     if (strcmp(path, "/api/devices") == 0) {
         if (strcmp(m, "POST") == 0)
-            device_create(gw, h, req);
+            device_create(r, h, req);
         else if (strcmp(m, "GET") == 0)
             device_list(gw, h);
         else
@@ -661,9 +671,9 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
                 reply_json(h, 200, &b);
                 buf_fini(&b);
             } else if (strcmp(m, "DELETE") == 0) {
-                device_delete(gw, h, dev);
+                device_delete(r, h, dev);
             } else if (strcmp(m, "PATCH") == 0) {
-                device_patch(gw, h, req, dev);
+                device_patch(r, h, req, dev);
             } else {
                 method_not_allowed(h, "GET, PATCH, DELETE");
             }
@@ -683,23 +693,23 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         }
         if (strcmp(rest, "/telemetry") == 0) {
             if (strcmp(m, "GET") == 0)
-                telemetry_get(gw, h, req, dev);
+                telemetry_get(r, h, req, dev);
             else
                 method_not_allowed(h, "GET, POST");
             return;
         }
         if (strcmp(rest, "/commands") == 0) {
             if (strcmp(m, "POST") == 0)
-                commands_post(gw, h, req, dev);
+                commands_post(r->commands, h, req, dev);
             else if (strcmp(m, "GET") == 0)
-                commands_list(gw, h, dev);
+                commands_list(r->commands, h, dev);
             else
                 method_not_allowed(h, "GET, POST");
             return;
         }
         if (strncmp(rest, "/commands/", 10) == 0 && rest[10] && !strchr(rest + 10, '/')) {
             if (strcmp(m, "GET") == 0)
-                commands_get(gw, h, dev, rest + 10);
+                commands_get(r->commands, h, dev, rest + 10);
             else
                 method_not_allowed(h, "GET");
             return;
@@ -708,25 +718,31 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     http_respond_error(h, 404, "not_found", "no such resource");
 }
 
-void rest_init(struct gw *gw)
+struct rest *rest_new(struct gw *gw, struct store *store, struct commands *commands)
 {
     struct rest *r = xcalloc(1, sizeof *r);
+    r->gw = gw;
+    r->store = store;
+    r->commands = commands;
     r->srv.on_request = rest_handle;
-    r->srv.ctx = gw;
+    r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;
-    gw->rest = r;
-    gw->http = &r->srv;
+    return r;
 }
 
-void rest_fini(struct gw *gw)
+void rest_free(struct rest *r)
 {
-    free(gw->rest);
-    gw->rest = NULL;
-    gw->http = NULL;
+    free(r);
 }
 
-void rest_set_upgrade_handler(struct gw *gw, rest_upgrade_fn fn)
+struct http_server *rest_http_server(struct rest *r)
 {
-    ((struct rest *)gw->rest)->on_upgrade = fn;
+    return &r->srv;
+}
+
+void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx)
+{
+    r->on_upgrade = fn;
+    r->upgrade_ctx = ctx;
 }

@@ -3,18 +3,26 @@
 #ifndef GALE_REST_H
 #define GALE_REST_H
 
+struct commands;
 struct gw;
 struct http_conn;
 struct http_req;
+struct http_server;
+struct rest;
+struct store;
 
-/* Sets gw->http so the HTTP listener routes requests here. */
-void rest_init(struct gw *gw);
-void rest_fini(struct gw *gw);
-/* The request handler (struct http_server.on_request). */
+/* The REST state: device writes and telemetry queries go to store, command routes to
+ * commands (both borrowed, outliving the REST state). */
+struct rest *rest_new(struct gw *gw, struct store *store, struct commands *commands);
+/* After the loop closed its handles (no request is pending); NULL is ignored. */
+void rest_free(struct rest *r);
+/* What the HTTP listener answers with (its ctx, protocols/http/http.h). */
+struct http_server *rest_http_server(struct rest *r);
+/* The request handler (struct http_server.on_request); ctx is the struct rest. */
 void rest_handle(void *ctx, struct http_conn *h, struct http_req *req);
 
-/* Hook for the WebSocket endpoints: when set, upgrade requests go here. */
-typedef void (*rest_upgrade_fn)(struct gw *gw, struct http_conn *h, struct http_req *req);
-void rest_set_upgrade_handler(struct gw *gw, rest_upgrade_fn fn);
+/* Hook for the WebSocket endpoints: when set, upgrade requests go to fn(ctx, ...). */
+typedef void (*rest_upgrade_fn)(void *ctx, struct http_conn *h, struct http_req *req);
+void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx);
 
 #endif

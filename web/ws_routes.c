@@ -11,9 +11,11 @@
 #include "web/ws_routes.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "base/alloc.h"
 #include "base/buf.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
@@ -23,6 +25,7 @@
 #include "protocols/mqtt/broker.h"
 #include "protocols/websocket/ws.h"
 #include "protocols/websocket/ws_transport.h"
+#include "web/auth.h"
 #include "web/feed.h"
 #include "web/rest.h"
 
@@ -30,6 +33,13 @@
 #define DEVICE_WINDOW_BITS 12        /* per-connection zlib memory: ~32 KiB, not ~400 */
 
 enum endpoint { EP_DEVICE, EP_MQTT, EP_LIVE, EP_ECHO };
+
+struct ws_routes {
+    struct gw *gw;
+    struct rest *rest;          /* serves upgrade requests for other paths */
+    struct feed *feed;          /* /ws/live viewers' hub */
+    struct mqtt_broker *broker; /* /mqtt connections' broker */
+};
 
 static const char *const mqtt_subprotocols[] = {"mqtt", "mqttv3.1", NULL};
 
@@ -43,8 +53,9 @@ static void echo_message(struct conn *c, void *state, uint8_t opcode, const uint
     c->msgs_out++;
 }
 
-static void *echo_open(struct conn *c)
+static void *echo_open(struct conn *c, void *ctx)
 {
+    (void)ctx;
     return c; /* no state of its own; non-NULL so the proto counts as open */
 }
 
@@ -107,7 +118,7 @@ static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req)
         k = key;
     if (!k)
         return 0;
-    if (!gw_api_key_ok(gw, k)) {
+    if (!auth_api_key_ok(gw, k)) {
         log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
                  (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
         unauthorized(gw, h, "wrong API key");
@@ -129,8 +140,10 @@ static void respond_426(struct http_conn *h, const char *why)
     buf_fini(&b);
 }
 
-static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
+static void on_upgrade(void *ctx, struct http_conn *h, struct http_req *req)
 {
+    struct ws_routes *w = ctx;
+    struct gw *gw = w->gw;
     const struct config *cfg = gw->cfg;
     struct conn *c = http_conn_of(h);
     struct ws_header hdrs[HTTP_MAX_HEADERS];
@@ -144,7 +157,7 @@ static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
     int status, live = 0;
     const char *why = NULL;
     struct buf out;
-    void *state;
+    void *state, *proto_ctx = NULL;
 
     if (strcmp(req->path, "/ws/device") == 0) {
         which = EP_DEVICE;
@@ -157,7 +170,7 @@ static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
     } else { /* not a WebSocket endpoint: an ordinary request that names an upgrade */
         req->upgrade = false;
         req->keep_alive = false;
-        rest_handle(gw, h, req);
+        rest_handle(w->rest, h, req);
         return;
     }
     req->keep_alive = false; /* refused: what the client sends next may be frames */
@@ -209,11 +222,13 @@ static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
         break;
     case EP_MQTT:
         proto = &mqtt_proto;
+        proto_ctx = w->broker;
         wcfg.endpoint = "/mqtt";
         wcfg.send_opcode = WS_OP_BINARY;
         break;
     case EP_LIVE:
         proto = &feed_viewer_proto;
+        proto_ctx = w->feed;
         wcfg.endpoint = "/ws/live";
         wcfg.on_message = feed_viewer_message;
         wcfg.compress_out = false; /* shared frames: the hub compresses them once */
@@ -229,7 +244,7 @@ static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
     log_info("conn=%llu peer=%s websocket upgrade endpoint=%s subprotocol=%s deflate=%s",
              (unsigned long long)c->id, c->peer, wcfg.endpoint,
              acc.subprotocol ? acc.subprotocol : "-", acc.deflate.enabled ? "yes" : "no");
-    state = proto->open(c);
+    state = proto->open(c, proto_ctx);
     conn_set_proto(c, proto, state);
     ws_conn_attach(c, &wcfg);
     if (dev)
@@ -239,14 +254,16 @@ static void on_upgrade(struct gw *gw, struct http_conn *h, struct http_req *req)
     http_upgraded(h); /* frames sent right behind the request are fed by protocols/http */
 }
 
-int ws_routes_init(struct gw *gw)
+struct ws_routes *ws_routes_new(struct gw *gw, struct rest *rest, struct feed *feed,
+                                struct mqtt_broker *broker)
 {
-    feed_init(gw);
-    rest_set_upgrade_handler(gw, on_upgrade);
-    return 0;
+    struct ws_routes *w = xcalloc(1, sizeof *w);
+    *w = (struct ws_routes){gw, rest, feed, broker};
+    rest_set_upgrade_handler(rest, on_upgrade, w);
+    return w;
 }
 
-void ws_routes_fini(struct gw *gw)
+void ws_routes_free(struct ws_routes *w)
 {
-    feed_fini(gw);
+    free(w);
 }

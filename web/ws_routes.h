@@ -10,12 +10,17 @@
 #ifndef GALE_WS_ROUTES_H
 #define GALE_WS_ROUTES_H
 
+struct feed;
 struct gw;
+struct mqtt_broker;
+struct rest;
+struct ws_routes;
 
-/* Creates the live feed hub and registers the upgrade handler with REST. Call after
- * rest_init. Returns 0. */
-int ws_routes_init(struct gw *gw);
-/* Frees the hub; call next to rest_fini, after the loop closed its handles. */
-void ws_routes_fini(struct gw *gw);
+/* Registers the upgrade handler with rest: /ws/live viewers join feed, /mqtt
+ * connections broker (all borrowed; they outlive the routes). */
+struct ws_routes *ws_routes_new(struct gw *gw, struct rest *rest, struct feed *feed,
+                                struct mqtt_broker *broker);
+/* Call next to rest_free, after the loop closed its handles; NULL is ignored. */
+void ws_routes_free(struct ws_routes *w);
 
 #endif

@@ -5,11 +5,9 @@
  * until the reply has been sent. Loop thread only. */
 #include "protocols/http/http.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "gateway/gw.h"
 #include "gateway/log.h"
@@ -25,11 +23,11 @@ struct http_conn {
     bool finished;               /* "Connection: close" sent: parse nothing more */
 };
 
-static void *http_open(struct conn *c)
+static void *http_open(struct conn *c, void *ctx)
 {
     struct http_conn *h = xcalloc(1, sizeof *h);
     h->conn = c;
-    h->srv = c->gw->http;
+    h->srv = ctx;
     http_parser_init(&h->parser, h->srv->max_header_bytes, h->srv->max_body_bytes);
     /* the first request must arrive within the auth timeout (no slow-drip openers) */
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
@@ -120,92 +118,6 @@ struct http_conn *http_from_conn(struct conn *c)
 struct http_req *http_current(struct http_conn *h)
 {
     return h->busy ? &h->parser.req : NULL;
-}
-
-const char *http_header(const struct http_req *req, const char *name)
-{
-    for (size_t i = 0; i < req->nheaders; i++)
-        if (strcasecmp(req->headers[i].name, name) == 0)
-            return req->headers[i].value;
-    return NULL;
-}
-
-const char *http_bearer(const struct http_req *req)
-{
-    const char *a = http_header(req, "authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
-        return NULL;
-    a += 7;
-    while (*a == ' ')
-        a++;
-    return a;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-int http_query_param(const struct http_req *req, const char *name, char *out, size_t outlen)
-{
-    size_t nlen = strlen(name);
-    const char *p = req->query;
-    while (p && *p) {
-        const char *end = strchr(p, '&'), *eq;
-        size_t seglen = end ? (size_t)(end - p) : strlen(p);
-        eq = memchr(p, '=', seglen);
-        size_t klen = eq ? (size_t)(eq - p) : seglen;
-        if (klen == nlen && memcmp(p, name, nlen) == 0) {
-            const char *v = eq ? eq + 1 : p + seglen;
-            const char *vend = p + seglen;
-            size_t o = 0;
-            while (v < vend && o + 1 < outlen) {
-                if (*v == '%' && vend - v >= 3 && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
-                    out[o++] = (char)(hexval(v[1]) * 16 + hexval(v[2]));
-                    v += 3;
-                } else {
-                    out[o++] = *v == '+' ? ' ' : *v;
-                    v++;
-                }
-            }
-            out[o] = '\0';
-            return 1;
-        }
-        p = end ? end + 1 : NULL;
-    }
-    return 0;
-}
-
-const char *http_status_text(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 426: return "Upgrade Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
-    }
 }
 
 void http_respond(struct http_conn *h, int status, const char *content_type, const void *body,

@@ -8,7 +8,8 @@
  * {"error":"...","code":"..."} with 400/413/431 and the connection closes.
  * Upgrade requests are handed over like any request with req->upgrade set; the
  * handler may switch the connection's protocol (conn_set_proto) and call
- * http_upgraded(). Loop thread only. */
+ * http_upgraded(). Request assembly is protocols/http/parser.h (pure); the request
+ * and its lookups are protocols/http/request.h. Loop thread only. */
 #ifndef GALE_HTTP_H
 #define GALE_HTTP_H
 
@@ -18,28 +19,7 @@
 
 #include "base/buf.h"
 #include "gateway/conn.h"
-
-#define HTTP_MAX_HEADERS 64
-
-struct http_header {
-    const char *name, *value;  /* NUL-terminated, inside the request's storage */
-    size_t name_len, value_len;
-};
-
-struct http_req {
-    const char *method;        /* "GET", "POST", ... */
-    const char *target;        /* raw request target, NUL-terminated */
-    const char *path;          /* target up to '?', NUL-terminated copy */
-    const char *query;         /* after '?', or "" */
-    struct http_header headers[HTTP_MAX_HEADERS];
-    size_t nheaders;
-    const uint8_t *body;       /* NUL-terminated for convenience */
-    size_t body_len;
-    int http_major, http_minor;
-    bool keep_alive;           /* reply keeps the connection open */
-    bool upgrade;              /* Upgrade request (WebSocket) */
-    uint64_t seq;              /* request number on this connection, from 1 */
-};
+#include "protocols/http/request.h"
 
 struct http_conn;
 /* Called for each complete request; req is valid until http_respond/http_upgraded. */
@@ -52,7 +32,8 @@ struct http_server {
     size_t max_body_bytes;
 };
 
-/* The proto ops for the HTTP listener; gw->http must point at a struct http_server. */
+/* The proto ops for the HTTP listener; its ctx (proto_ops.open's) is the struct
+ * http_server that answers, which must outlive the listener's connections. */
 extern const struct proto_ops http_proto;
 
 struct conn *http_conn_of(struct http_conn *h);
@@ -60,12 +41,6 @@ struct conn *http_conn_of(struct http_conn *h);
 struct http_conn *http_from_conn(struct conn *c);
 /* The request being answered (NULL when none). */
 struct http_req *http_current(struct http_conn *h);
-/* Case-insensitive header lookup; NULL if absent. */
-const char *http_header(const struct http_req *req, const char *name);
-/* The credential of an "Authorization: Bearer <credential>" header, or NULL. */
-const char *http_bearer(const struct http_req *req);
-/* Query parameter lookup; decodes %XX and '+'. Returns 1 and fills out when found. */
-int http_query_param(const struct http_req *req, const char *name, char *out, size_t outlen);
 
 /* Sends the reply to the current request and moves on to the next one.
  * extra_headers: "Name: value\r\n..." or NULL. */
@@ -76,6 +51,5 @@ void http_respond_error(struct http_conn *h, int status, const char *code, const
 /* After the handler switched the connection to another protocol: frees the HTTP
  * state (the new protocol now owns the connection and any bytes left in c->in). */
 void http_upgraded(struct http_conn *h);
-const char *http_status_text(int status);
 
 #endif

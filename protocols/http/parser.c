@@ -6,7 +6,6 @@
 #include <string.h>
 #include <strings.h>
 
-
 enum field_kind { FIELD_NONE, FIELD_URL, FIELD_NAME, FIELD_VALUE };
 
 static int fail_limit(struct http_parser *p, int status)

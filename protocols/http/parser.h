@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "base/buf.h"
-#include "protocols/http/http.h"
+#include "protocols/http/request.h"
 
 enum http_parse_rc {
     HTTP_PARSE_ERROR = -1,          /* *status (400/413/431) and *why are set */

@@ -606,14 +606,14 @@ void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t i
 
 /* ---- presence and $SYS ---- */
 
-void mqtt_broker_presence(struct gw *gw, const char *device, bool online)
+void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online)
 {
     char topic[DEVICE_ID_MAX + 32];
     const char *v = online ? "online" : "offline";
-    if (!gw->mqtt)
+    if (!b)
         return;
     snprintf(topic, sizeof topic, "devices/%s/status", device);
-    mqtt_broker_publish(gw, MSG_PLAIN, device, topic, v, strlen(v), 1, true);
+    mqtt_broker_publish(b->gw, MSG_PLAIN, device, topic, v, strlen(v), 1, true);
 }
 
 static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned long long v)
@@ -728,7 +728,7 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     list_push_back(&s->queue, &o->link);
 }
 
-int mqtt_broker_init(struct gw *gw, const struct mqtt_store *store)
+struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *store)
 {
     struct mqtt_broker *b = xcalloc(1, sizeof *b);
     char err[256];
@@ -743,27 +743,24 @@ int mqtt_broker_init(struct gw *gw, const struct mqtt_store *store)
         log_error("config: %s", err);
         mqtt_router_free(b->router);
         free(b);
-        return -1;
+        return NULL;
     }
     if (b->store.load_retained(b->store.ctx, on_retained_loaded, b) != 0 ||
         b->store.load_sessions(b->store.ctx, on_session_loaded, on_session_msg_loaded, b) != 0) {
-        gw->mqtt = b;
-        mqtt_broker_fini(gw);
-        return -1;
+        mqtt_broker_free(b);
+        return NULL;
     }
-    gw->mqtt = b;
     bus_add_sink(gw->bus, "mqtt", sink_mqtt, b);
     uv_timer_init(gw->loop, &b->sys_timer);
     b->sys_timer.data = b;
     uv_timer_start(&b->sys_timer, on_sys_timer, 100, SYS_INTERVAL_MS);
     uv_unref((uv_handle_t *)&b->sys_timer);
     log_info("mqtt retained=%zu sessions=%zu", retained_count(&b->retained), b->sessions.len);
-    return 0;
+    return b;
 }
 
-void mqtt_broker_fini(struct gw *gw)
+void mqtt_broker_free(struct mqtt_broker *b)
 {
-    struct mqtt_broker *b = gw->mqtt;
     size_t it = 0;
     void *v;
     if (!b)
@@ -777,12 +774,11 @@ void mqtt_broker_fini(struct gw *gw)
     mqtt_router_free(b->router);
     acl_free(b->acl);
     free(b);
-    gw->mqtt = NULL;
 }
 
-void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered, void *ctx)
+void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn delivered,
+                                   void *ctx)
 {
-    struct mqtt_broker *b = gw->mqtt;
     if (!b)
         return;
     b->on_delivered = delivered;

@@ -15,7 +15,8 @@
 struct gw;
 struct mqtt_broker;
 
-/* Proto ops for the MQTT listener (and for MQTT over WebSocket). */
+/* Proto ops for the MQTT listener (and for MQTT over WebSocket); open()'s ctx is the
+ * struct mqtt_broker. */
 extern const struct proto_ops mqtt_proto;
 
 /* ---- persistence port: what the broker needs kept across restarts, in plain types.
@@ -57,11 +58,12 @@ struct mqtt_store {
 };
 
 /* Creates the broker, loads retained messages and persistent sessions through store
- * (start-up, blocks; the port is copied), adds the bus sink and sets gw->mqtt. Returns 0
- * or -1 (logged). */
-int mqtt_broker_init(struct gw *gw, const struct mqtt_store *store);
-/* Closes its timer; frees sessions and state (after connections are closed). */
-void mqtt_broker_fini(struct gw *gw);
+ * (start-up, blocks; the port is copied) and adds the bus sink. Returns NULL on failure
+ * (logged). */
+struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *store);
+/* Closes its timer; frees sessions and state (after connections are closed). NULL is
+ * ignored. */
+void mqtt_broker_free(struct mqtt_broker *b);
 
 /* Publishes a message from the gateway itself (commands, presence, $SYS) through
  * the bus, as a client would: retained when retain is set. */
@@ -73,9 +75,10 @@ void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device,
  * to commands reach gw->on_command_reply through gateway/session.h, as from every
  * transport.) */
 typedef void (*mqtt_delivered_fn)(void *ctx, const char *device, struct msg *m);
-void mqtt_broker_set_command_hooks(struct gw *gw, mqtt_delivered_fn delivered, void *ctx);
+void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn delivered,
+                                   void *ctx);
 
 /* Presence of any device (any protocol): retained devices/<id>/status online/offline. */
-void mqtt_broker_presence(struct gw *gw, const char *device, bool online);
+void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online);
 
 #endif

@@ -429,9 +429,9 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     }
 }
 
-static void *mqtt_open(struct conn *c)
+static void *mqtt_open(struct conn *c, void *ctx)
 {
-    struct mqtt_conn *mc = broker_conn_new(c->gw->mqtt, c);
+    struct mqtt_conn *mc = broker_conn_new(ctx, c);
     mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
     c->ingest = true;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;

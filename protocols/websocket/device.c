@@ -40,9 +40,11 @@ void ws_device_message(struct conn *c, void *state, uint8_t opcode, const uint8_
         session_message(state, p, len);
 }
 
-static void *wsdev_open(struct conn *c)
+static void *wsdev_open(struct conn *c, void *ctx)
 {
     struct session *s = xcalloc(1, sizeof *s);
+
+    (void)ctx;
     session_init(s, c, &ws_session);
     return s;
 }

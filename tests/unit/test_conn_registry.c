@@ -1,0 +1,287 @@
+/* tests/unit/test_conn_registry.c: the connection registry and its iterators, on real
+ * loopback connections accepted through gw_listen. A walk visits every live connection
+ * once, whatever the code it hands them to closes (the current one, the next one, all
+ * of them, from a nested walk); an ended walk frees its slot; durable waiters fire or
+ * are cancelled once each when a waiter's callback closes other waiting connections.
+ * Each test ends with every handle closed and uv_loop_close() == 0. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config/config.h"
+#include "gateway/conn.h"
+#include "gateway/gw.h"
+
+#define NCONNS 8
+
+struct server {                 /* the test protocol's server state (the listener's ctx) */
+    int opened;                 /* proto open calls that got this ctx */
+};
+
+struct fixture {
+    struct config cfg;
+    struct gw gw;
+    uv_loop_t loop;
+    struct server srv;
+    uv_tcp_t clients[NCONNS];
+    uv_connect_t connects[NCONNS];
+    int connected;
+};
+
+static void *test_open(struct conn *c, void *ctx)
+{
+    struct server *srv = ctx;
+    srv->opened++;
+    return c;
+}
+
+static int test_feed(void *state, struct buf *in)
+{
+    (void)state;
+    in->len = 0;
+    return 0;
+}
+
+static void test_close(void *state, const char *why)
+{
+    (void)state;
+    (void)why;
+}
+
+static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close};
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct fixture *f = req->data;
+    assert_int_equal(status, 0);
+    f->connected++;
+}
+
+static void run_until(struct fixture *f, bool (*done)(struct fixture *f))
+{
+    uint64_t deadline = uv_now(&f->loop) + 5000;
+    while (!done(f)) {
+        assert_true(uv_now(&f->loop) < deadline);
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+}
+
+static bool all_accepted(struct fixture *f)
+{
+    return f->connected == NCONNS && conn_registry_count(f->gw.conns) == NCONNS;
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    struct sockaddr_in addr;
+
+    config_defaults(&f->cfg);
+    uv_loop_init(&f->loop);
+    f->gw.cfg = &f->cfg;
+    f->gw.loop = &f->loop;
+    f->loop.data = &f->gw;
+    f->gw.conns = conn_registry_new();
+    assert_int_equal(gw_listen(&f->gw, &(struct gw_listen_cfg){"test", "127.0.0.1", 0,
+                                                                &test_proto, &f->srv}),
+                     0);
+    uv_ip4_addr("127.0.0.1", f->gw.listeners[0].port, &addr);
+    for (int i = 0; i < NCONNS; i++) {
+        uv_tcp_init(&f->loop, &f->clients[i]);
+        f->connects[i].data = f;
+        assert_int_equal(uv_tcp_connect(&f->connects[i], &f->clients[i],
+                                        (const struct sockaddr *)&addr, on_connect),
+                         0);
+    }
+    run_until(f, all_accepted);
+    *state = f;
+    return 0;
+}
+
+static void on_walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    conn_registry_close_all(f->gw.conns, "test over");
+    gw_close_handles(&f->gw);
+    uv_walk(&f->loop, on_walk_close, NULL); /* the clients */
+    while (uv_run(&f->loop, UV_RUN_NOWAIT) != 0)
+        ;
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    conn_registry_free(f->gw.conns);
+    free(f);
+    return 0;
+}
+
+/* Walks the registry: the ids seen, in order. */
+static int walk_ids(struct fixture *f, uint64_t *ids)
+{
+    struct conn_iter it;
+    struct conn *c;
+    int n = 0;
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_true(n < NCONNS);
+        ids[n++] = c->id;
+    }
+    return n;
+}
+
+static void test_walk_visits_each_once(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t ids[NCONNS];
+    struct conn_iter it;
+    struct conn *c;
+
+    assert_int_equal(f->srv.opened, NCONNS); /* every open got the listener's ctx */
+    assert_int_equal(walk_ids(f, ids), NCONNS);
+    for (int i = 0; i < NCONNS; i++) {
+        for (int j = 0; j < i; j++)
+            assert_true(ids[i] != ids[j]);
+        if (i)
+            assert_true(ids[i] < ids[i - 1]); /* newest first */
+    }
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_ptr_equal(c->listener, &f->gw.listeners[0].conn);
+        assert_string_equal(c->listener->name, "test");
+        assert_ptr_equal(c->listener->ctx, &f->srv);
+    }
+}
+
+static void test_close_current_and_next(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t before[NCONNS], after[NCONNS];
+    struct conn_iter it;
+    struct conn *c;
+    int n = 0;
+
+    assert_int_equal(walk_ids(f, before), NCONNS);
+    /* visiting the i-th connection closes it and the one the walk would visit next */
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        struct conn_iter peek;
+        struct conn *d;
+        assert_false(c->closing);
+        assert_int_equal(c->id, before[2 * n]);
+        n++;
+        conn_iter_begin(&peek, f->gw.conns);
+        while ((d = conn_iter_next(&peek)) != NULL && d != c)
+            ;
+        d = conn_iter_next(&peek);
+        conn_iter_end(&peek);
+        conn_close(c, "closed by the walk");
+        if (d)
+            conn_close(d, "closed ahead of the walk");
+    }
+    assert_int_equal(n, NCONNS / 2);
+    assert_int_equal(conn_registry_count(f->gw.conns), 0);
+    assert_int_equal(walk_ids(f, after), 0);
+}
+
+static void test_close_all_from_nested_walk(void **state)
+{
+    struct fixture *f = *state;
+    struct conn_iter outer;
+    struct conn *c;
+    int visits = 0;
+
+    conn_iter_begin(&outer, f->gw.conns);
+    while ((c = conn_iter_next(&outer)) != NULL) {
+        struct conn_iter inner;
+        struct conn *d;
+        visits++;
+        conn_iter_begin(&inner, f->gw.conns);
+        while ((d = conn_iter_next(&inner)) != NULL)
+            conn_close(d, "closed by the inner walk");
+    }
+    assert_int_equal(visits, 1);
+    assert_int_equal(conn_registry_count(f->gw.conns), 0);
+}
+
+static void test_ended_walks_free_their_slots(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t ids[NCONNS];
+
+    /* far more walks left early than may run at once: each end frees its slot */
+    for (int i = 0; i < 100; i++) {
+        struct conn_iter it;
+        conn_iter_begin(&it, f->gw.conns);
+        assert_non_null(conn_iter_next(&it));
+        conn_iter_end(&it);
+        conn_iter_end(&it); /* again: harmless */
+    }
+    assert_int_equal(walk_ids(f, ids), NCONNS);
+}
+
+static int fired[NCONNS + 1], fired_ok[NCONNS + 1];
+static struct fixture *current;
+
+/* A waiter whose commit arrives closes every other connection still waiting. */
+static void on_durable(struct conn *c, uint64_t tag, int ok)
+{
+    struct conn_iter it;
+    struct conn *d;
+    fired[tag]++;
+    fired_ok[tag] = ok;
+    if (ok != 1)
+        return;
+    conn_iter_begin(&it, current->gw.conns);
+    while ((d = conn_iter_next(&it)) != NULL)
+        if (d != c)
+            conn_close(d, "closed by a waiter");
+}
+
+static void test_waiter_closes_other_waiters(void **state)
+{
+    struct fixture *f = *state;
+    struct ticket t = {1, 1};
+    struct conn_iter it;
+    struct conn *c;
+    uint64_t tag = 0;
+    int ok = 0, cancelled = 0;
+
+    current = f;
+    memset(fired, 0, sizeof fired);
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL)
+        gw_await_durable(c, &t, ++tag, on_durable);
+    assert_int_equal(tag, NCONNS);
+    for (int i = 1; i <= NCONNS; i++)
+        assert_int_equal(fired[i], 0); /* all wait for seq 1 */
+    gw_on_durable(&f->gw, 1, 1);
+    for (int i = 1; i <= NCONNS; i++) {
+        assert_int_equal(fired[i], 1);
+        ok += fired_ok[i] == 1;
+        cancelled += fired_ok[i] == -1;
+    }
+    assert_int_equal(ok, 1);
+    assert_int_equal(cancelled, NCONNS - 1);
+    assert_int_equal(conn_registry_count(f->gw.conns), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_walk_visits_each_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_current_and_next, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_all_from_nested_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ended_walks_free_their_slots, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_waiter_closes_other_waiters, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
