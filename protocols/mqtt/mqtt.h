@@ -7,7 +7,7 @@
  *   static reason. A decoded packet is a set of views into the input: valid until
  *   the caller consumes those bytes.
  * - mqtt_encode_*(): append one packet to a struct buf; used by the server handler
- *   (CONNACK, PUBLISH, acks), by test clients and the bridge (CONNECT, SUBSCRIBE...).
+ *   (CONNACK, PUBLISH, acks), and by test clients (CONNECT, SUBSCRIBE...).
  * - mqtt_topic_valid(), mqtt_filter_valid(), mqtt_topic_matches(): topic names and
  *   filters, validation and matching.
  * - mqtt_router_*: subscriptions by topic filter (a trie of levels with + and #
