@@ -419,7 +419,7 @@ int main(int argc, char **argv)
         snprintf(dbpath, sizeof dbpath, "%s/gale.db", cfg.data_dir);
     scfg = (struct store_cfg){
         .path = dbpath,
-        .sync = strcmp(cfg.storage.sync, "normal") == 0 ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
+        .sync = cfg.storage.sync == CONFIG_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
         .batch_rows = cfg.storage.batch_rows,
         .queue_high_bytes = cfg.storage.queue_high_bytes,
         .queue_low_bytes = cfg.storage.queue_low_bytes,
