@@ -116,7 +116,7 @@ static const struct key keys[] = {
          "mqtt.allow_anonymous is on."),
     STR("storage.path", storage.path, 0, "",
         "SQLite database file; empty = <data_dir>/gale.db."),
-    ENUM("storage.sync", storage.sync, "full|normal", "full",
+    CHOICE("storage.sync", storage.sync, "full|normal", "full",
          "What an ack survives: full = a power cut (every commit is synced to disk), "
          "normal = a crash of the gateway process, not of the machine (faster)."),
     SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "1000",

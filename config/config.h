@@ -20,6 +20,13 @@ enum config_register {
     CONFIG_REGISTER_NEVER = 2,  /* "false" */
 };
 
+/* storage.sync: what an ack survives. The order is the order of the config words
+ * "full|normal". */
+enum config_sync {
+    CONFIG_SYNC_FULL = 0,       /* "full": a power cut (every commit reaches the disk) */
+    CONFIG_SYNC_NORMAL = 1,     /* "normal": a crash of the process, not of the machine */
+};
+
 struct config {
     char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
     struct {
@@ -61,7 +68,7 @@ struct config {
     } devices;
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */
-        char sync[8];                    /* storage.sync: full|normal, default full */
+        enum config_sync sync;           /* storage.sync, default full */
         size_t batch_rows;               /* storage.batch_rows, default 1000 */
         int batch_delay_ms;              /* storage.batch_delay_ms: deprecated, unused */
         size_t queue_high_bytes;         /* storage.queue_high_bytes, default 64 MiB */

@@ -300,6 +300,17 @@ static uint64_t mqtt_delete_session(void *ctx, const char *client_id)
     return store_delete_session(ctx, client_id);
 }
 
+static uint64_t mqtt_put_session_sub(void *ctx, const char *client_id, const char *filter,
+                                     uint8_t qos)
+{
+    return store_put_session_sub(ctx, client_id, filter, qos);
+}
+
+static uint64_t mqtt_delete_session_sub(void *ctx, const char *client_id, const char *filter)
+{
+    return store_delete_session_sub(ctx, client_id, filter);
+}
+
 static uint64_t mqtt_put_session_msg(void *ctx, const char *client_id, uint64_t msg_id,
                                      const char *topic, const void *payload, size_t len,
                                      uint8_t qos, uint8_t flags)
@@ -318,21 +329,24 @@ static int mqtt_load_retained(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx
 }
 
 static int mqtt_load_sessions(void *ctx, mqtt_store_session_fn on_session,
-                              mqtt_store_session_msg_fn on_msg, void *fn_ctx)
+                              mqtt_store_session_sub_fn on_sub, mqtt_store_session_msg_fn on_msg,
+                              void *fn_ctx)
 {
-    return store_load_sessions(ctx, on_session, on_msg, fn_ctx);
+    return store_load_sessions(ctx, on_session, on_sub, on_msg, fn_ctx);
 }
 
 static struct mqtt_store mqtt_store_port(struct store *s)
 {
-    return (struct mqtt_store){s,
-                               mqtt_put_retained,
-                               mqtt_put_session,
-                               mqtt_delete_session,
-                               mqtt_put_session_msg,
-                               mqtt_delete_session_msg,
-                               mqtt_load_retained,
-                               mqtt_load_sessions};
+    return (struct mqtt_store){.ctx = s,
+                               .put_retained = mqtt_put_retained,
+                               .put_session = mqtt_put_session,
+                               .delete_session = mqtt_delete_session,
+                               .put_session_sub = mqtt_put_session_sub,
+                               .delete_session_sub = mqtt_delete_session_sub,
+                               .put_session_msg = mqtt_put_session_msg,
+                               .delete_session_msg = mqtt_delete_session_msg,
+                               .load_retained = mqtt_load_retained,
+                               .load_sessions = mqtt_load_sessions};
 }
 
 /* ---- test seam: storage failures on demand ----
@@ -419,7 +433,7 @@ int main(int argc, char **argv)
         snprintf(dbpath, sizeof dbpath, "%s/gale.db", cfg.data_dir);
     scfg = (struct store_cfg){
         .path = dbpath,
-        .sync = strcmp(cfg.storage.sync, "normal") == 0 ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
+        .sync = cfg.storage.sync == CONFIG_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
         .batch_rows = cfg.storage.batch_rows,
         .queue_high_bytes = cfg.storage.queue_high_bytes,
         .queue_low_bytes = cfg.storage.queue_low_bytes,

@@ -14,6 +14,10 @@
  * Schema v2 adds the MQTT broker state and device commands (state.c): retained(topic PK),
  * sessions(client_id PK), session_msgs(PK(client_id, msg_id)) WITHOUT ROWID,
  * commands(id PK, ..., created_ms indexed).
+ * Schema v3 gives a persistent session's subscriptions a row each,
+ * session_subs(PK(client_id, filter), qos) WITHOUT ROWID, so a SUBSCRIBE writes only the
+ * filters it changed; the sessions row keeps the identity only (column subs renamed
+ * identity).
  * t is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT, 3 JSON TEXT),
  * written and read only through store_bind_value / store_read_value (sql.c).
  * device_ids is separate from devices: telemetry may arrive for a device that is not
@@ -56,6 +60,29 @@ static const char *const migrations[] = {
     " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
     "CREATE INDEX commands_by_created ON commands(created_ms);"
     "PRAGMA user_version = 2;",
+
+    /* v3: one row per subscription. The subscriptions in v2's JSON records
+     * ({"user":..,"role":..,"subs":[{"filter":"a/#","qos":1},...]}, or a bare subs array
+     * with no identity) move into session_subs; entries without a text filter and a
+     * numeric qos are dropped, as the v2 loader skipped them. json_type only ever sees
+     * valid JSON: CASE tests its branches in order, WHERE terms may run in any. */
+    "CREATE TABLE session_subs(client_id TEXT NOT NULL, filter TEXT NOT NULL,"
+    " qos INTEGER NOT NULL, PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
+    "INSERT OR REPLACE INTO session_subs(client_id, filter, qos)"
+    " SELECT s.client_id, json_extract(e.value, '$.filter'),"
+    " CAST(json_extract(e.value, '$.qos') AS INTEGER)"
+    " FROM sessions AS s,"
+    " json_each(CASE WHEN json_valid(s.subs) THEN s.subs ELSE '[]' END,"
+    "  CASE WHEN NOT json_valid(s.subs) THEN '$'"
+    "   WHEN json_type(s.subs) = 'object' THEN '$.subs' ELSE '$' END) AS e"
+    " WHERE CASE WHEN e.type <> 'object' THEN 0"
+    "  ELSE json_type(e.value, '$.filter') = 'text'"
+    "   AND json_type(e.value, '$.qos') IN ('integer', 'real') END;"
+    "ALTER TABLE sessions RENAME COLUMN subs TO identity;"
+    "UPDATE sessions SET identity = CASE WHEN NOT json_valid(identity) THEN '{}'"
+    " WHEN json_type(identity) = 'object' THEN json_remove(identity, '$.subs')"
+    " ELSE '{}' END;"
+    "PRAGMA user_version = 3;",
 };
 
 #define SQL_DEVICE_SERIES \
@@ -111,10 +138,15 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT OR REPLACE INTO retained(topic, payload, qos) VALUES (?1, ?2, ?3)",
     [ST_RETAINED_DEL] = "DELETE FROM retained WHERE topic = ?1",
     [ST_SESSION_PUT] =
-        "INSERT INTO sessions(client_id, subs) VALUES (?1, ?2)"
-        " ON CONFLICT(client_id) DO UPDATE SET subs = excluded.subs",
+        "INSERT INTO sessions(client_id, identity) VALUES (?1, ?2)"
+        " ON CONFLICT(client_id) DO UPDATE SET identity = excluded.identity",
     [ST_SESSION_DEL] = "DELETE FROM sessions WHERE client_id = ?1",
+    [ST_SESSION_SUBS_DEL] = "DELETE FROM session_subs WHERE client_id = ?1",
     [ST_SESSION_MSGS_DEL] = "DELETE FROM session_msgs WHERE client_id = ?1",
+    [ST_SESSION_SUB_PUT] =
+        "INSERT INTO session_subs(client_id, filter, qos) VALUES (?1, ?2, ?3)"
+        " ON CONFLICT(client_id, filter) DO UPDATE SET qos = excluded.qos",
+    [ST_SESSION_SUB_DEL] = "DELETE FROM session_subs WHERE client_id = ?1 AND filter = ?2",
     [ST_SESSION_MSG_PUT] =
         "INSERT OR REPLACE INTO session_msgs(client_id, msg_id, topic, payload, qos, retain)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -7,8 +7,8 @@
  * its batch commits). The writer thread applies it with store_apply_state_op inside
  * the batch's transaction, using statements prepared once by store_db_open
  * (schema.c). The loads are start-up only: loop thread, blocking, on a pooled
- * read-only connection (query.c). Tables (schema v2, schema.c): retained, sessions,
- * session_msgs, commands. */
+ * read-only connection (query.c). Tables (schema v3, schema.c): retained, sessions (the
+ * identity), session_subs (one row per subscription), session_msgs, commands. */
 #include "base/alloc.h"
 #include "base/err.h"
 #include "storage/store_int.h"
@@ -26,17 +26,35 @@ uint64_t store_put_retained(struct store *s, const char *topic, const void *payl
     return store_submit_op(s, op);
 }
 
-uint64_t store_put_session(struct store *s, const char *client_id, const char *subs_json)
+uint64_t store_put_session(struct store *s, const char *client_id, const char *identity_json)
 {
     struct store_op *op = store_op_new(STORE_OP_PUT_SESSION, client_id);
 
-    op->text = xstrdup(subs_json ? subs_json : "[]");
+    op->text = xstrdup(identity_json ? identity_json : "{}");
     return store_submit_op(s, op);
 }
 
 uint64_t store_delete_session(struct store *s, const char *client_id)
 {
     return store_submit_op(s, store_op_new(STORE_OP_DELETE_SESSION, client_id));
+}
+
+uint64_t store_put_session_sub(struct store *s, const char *client_id, const char *filter,
+                               uint8_t qos)
+{
+    struct store_op *op = store_op_new(STORE_OP_PUT_SESSION_SUB, client_id);
+
+    op->topic = xstrdup(filter ? filter : "");
+    op->qos = qos;
+    return store_submit_op(s, op);
+}
+
+uint64_t store_delete_session_sub(struct store *s, const char *client_id, const char *filter)
+{
+    struct store_op *op = store_op_new(STORE_OP_DELETE_SESSION_SUB, client_id);
+
+    op->topic = xstrdup(filter ? filter : "");
+    return store_submit_op(s, op);
 }
 
 uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t msg_id,
@@ -108,7 +126,20 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
         return store_step(st);
     case STORE_OP_DELETE_SESSION:
         rc = run_with_id(s, ST_SESSION_MSGS_DEL, op->id);
+        if (rc == SQLITE_OK)
+            rc = run_with_id(s, ST_SESSION_SUBS_DEL, op->id);
         return rc == SQLITE_OK ? run_with_id(s, ST_SESSION_DEL, op->id) : rc;
+    case STORE_OP_PUT_SESSION_SUB:
+        st = s->st[ST_SESSION_SUB_PUT];
+        sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->topic, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, op->qos);
+        return store_step(st);
+    case STORE_OP_DELETE_SESSION_SUB:
+        st = s->st[ST_SESSION_SUB_DEL];
+        sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->topic, -1, SQLITE_STATIC);
+        return store_step(st);
     case STORE_OP_PUT_SESSION_MSG:
         st = s->st[ST_SESSION_MSG_PUT];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
@@ -143,7 +174,10 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
 /* ---- start-up loads (loop thread, blocking) ---- */
 
 static const char SQL_LOAD_RETAINED[] = "SELECT topic, payload, qos FROM retained ORDER BY topic";
-static const char SQL_LOAD_SESSIONS[] = "SELECT client_id, subs FROM sessions ORDER BY client_id";
+static const char SQL_LOAD_SESSIONS[] =
+    "SELECT client_id, identity FROM sessions ORDER BY client_id";
+static const char SQL_LOAD_SESSION_SUBS[] =
+    "SELECT filter, qos FROM session_subs WHERE client_id = ?1 ORDER BY filter";
 static const char SQL_LOAD_SESSION_MSGS[] =
     "SELECT msg_id, topic, payload, qos, retain FROM session_msgs WHERE client_id = ?1"
     " ORDER BY msg_id";
@@ -172,44 +206,75 @@ int store_load_retained(struct store *s, store_retained_fn fn, void *ctx)
     return store_end_load(s, r, rc, "retained", st, NULL);
 }
 
+/* Feeds the subscriptions of client_id to on_sub: SQLITE_OK or the error code. */
+static int load_session_subs(sqlite3_stmt *subs, const char *client_id,
+                             store_session_sub_fn on_sub, void *ctx)
+{
+    int rc;
+
+    sqlite3_bind_text(subs, 1, client_id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(subs)) == SQLITE_ROW) {
+        const char *filter = store_col_text(subs, 0);
+        int qos = sqlite3_column_int(subs, 1);
+
+        if (filter && qos >= 0 && qos <= 2)
+            on_sub(ctx, client_id, filter, (uint8_t)qos);
+    }
+    sqlite3_reset(subs);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Feeds the messages of client_id to on_msg: SQLITE_OK or the error code. */
+static int load_session_msgs(sqlite3_stmt *msgs, const char *client_id,
+                             store_session_msg_fn on_msg, void *ctx)
+{
+    int rc;
+
+    sqlite3_bind_text(msgs, 1, client_id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(msgs)) == SQLITE_ROW) {
+        size_t len;
+        const void *payload = store_col_blob(msgs, 2, &len);
+        const char *topic = store_col_text(msgs, 1);
+
+        on_msg(ctx, client_id, (uint64_t)sqlite3_column_int64(msgs, 0), topic ? topic : "",
+               payload, len, (uint8_t)sqlite3_column_int(msgs, 3),
+               (uint8_t)sqlite3_column_int(msgs, 4));
+    }
+    sqlite3_reset(msgs);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 int store_load_sessions(struct store *s, store_session_fn on_session,
-                        store_session_msg_fn on_msg, void *ctx)
+                        store_session_sub_fn on_sub, store_session_msg_fn on_msg, void *ctx)
 {
     struct store_reader *r = store_reader_get(s);
-    sqlite3_stmt *st = NULL, *msgs = NULL;
+    sqlite3_stmt *st = NULL, *subs = NULL, *msgs = NULL;
     int rc;
 
     if (!r)
         return GW_ESTORE;
     rc = sqlite3_prepare_v2(r->db, SQL_LOAD_SESSIONS, -1, &st, NULL);
     if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(r->db, SQL_LOAD_SESSION_SUBS, -1, &subs, NULL);
+    if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(r->db, SQL_LOAD_SESSION_MSGS, -1, &msgs, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for both */
+        rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for all three */
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *client_id = store_col_text(st, 0), *subs = store_col_text(st, 1);
+        const char *client_id = store_col_text(st, 0), *identity = store_col_text(st, 1);
 
         rc = SQLITE_OK;
         if (!client_id)
             continue;
-        on_session(ctx, client_id, subs ? subs : "[]");
-        if (!on_msg)
-            continue;
-        sqlite3_bind_text(msgs, 1, client_id, -1, SQLITE_STATIC);
-        while ((rc = sqlite3_step(msgs)) == SQLITE_ROW) {
-            size_t len;
-            const void *payload = store_col_blob(msgs, 2, &len);
-            const char *topic = store_col_text(msgs, 1);
-
-            on_msg(ctx, client_id, (uint64_t)sqlite3_column_int64(msgs, 0), topic ? topic : "",
-                   payload, len, (uint8_t)sqlite3_column_int(msgs, 3),
-                   (uint8_t)sqlite3_column_int(msgs, 4));
-        }
-        sqlite3_reset(msgs);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        on_session(ctx, client_id, identity ? identity : "{}");
+        if (on_sub)
+            rc = load_session_subs(subs, client_id, on_sub, ctx);
+        if (rc == SQLITE_OK && on_msg)
+            rc = load_session_msgs(msgs, client_id, on_msg, ctx);
     }
     if (!sqlite3_get_autocommit(r->db))
         sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_finalize(subs); /* store_end_load finalizes two statements */
     return store_end_load(s, r, rc, "sessions", st, msgs);
 }
 

@@ -169,12 +169,19 @@ typedef void (*store_retained_fn)(void *ctx, const char *topic, const void *payl
                                   size_t payload_len, uint8_t qos);
 int store_load_retained(struct store *s, store_retained_fn fn, void *ctx);
 
-/* A persistent session (clean session 0): subs_json is the broker's JSON record
- * {"user":..,"role":..,"subs":[{"filter":"a/#","qos":1},...]} (a bare subs array is
- * still read), replaced whole on every change. */
-uint64_t store_put_session(struct store *s, const char *client_id, const char *subs_json);
-/* Deletes the session and every message queued for it. */
+/* A persistent session (clean session 0): identity_json is the broker's record of who
+ * owns it ({"user":..,"role":..}; opaque to the store), replaced whole. Its
+ * subscriptions are rows of their own (store_put_session_sub), so changing one rewrites
+ * nothing else. (Schema v3 moved the subscriptions of older {"subs":[...]} records, and
+ * of bare subs arrays, into those rows.) */
+uint64_t store_put_session(struct store *s, const char *client_id, const char *identity_json);
+/* Deletes the session, its subscriptions and every message queued for it. */
 uint64_t store_delete_session(struct store *s, const char *client_id);
+/* Adds subscription filter of a persistent session, or sets the qos of the one it has. */
+uint64_t store_put_session_sub(struct store *s, const char *client_id, const char *filter,
+                               uint8_t qos);
+/* Deletes subscription filter of a session (nothing happens when there is none). */
+uint64_t store_delete_session_sub(struct store *s, const char *client_id, const char *filter);
 /* A QoS 1/2 message queued or in flight for a persistent session; msg_id is the
  * session's own increasing number (delivery order). The `retain` byte carries flags:
  * bit 0 retain, bit 1 released (PUBREC received), bit 2 sent. */
@@ -182,13 +189,18 @@ uint64_t store_put_session_msg(struct store *s, const char *client_id, uint64_t 
                                const char *topic, const void *payload, size_t payload_len,
                                uint8_t qos, uint8_t retain);
 uint64_t store_delete_session_msg(struct store *s, const char *client_id, uint64_t msg_id);
-typedef void (*store_session_fn)(void *ctx, const char *client_id, const char *subs_json);
-/* Called in msg_id order per session, after that session's store_session_fn. */
+typedef void (*store_session_fn)(void *ctx, const char *client_id, const char *identity_json);
+/* Called for each subscription of a session (in filter order), after that session's
+ * store_session_fn. */
+typedef void (*store_session_sub_fn)(void *ctx, const char *client_id, const char *filter,
+                                     uint8_t qos);
+/* Called in msg_id order per session, after that session's subscriptions. */
 typedef void (*store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
                                      const char *topic, const void *payload,
                                      size_t payload_len, uint8_t qos, uint8_t retain);
+/* on_sub and on_msg may be NULL. */
 int store_load_sessions(struct store *s, store_session_fn on_session,
-                        store_session_msg_fn on_msg, void *ctx);
+                        store_session_sub_fn on_sub, store_session_msg_fn on_msg, void *ctx);
 
 /* Commands sent to devices (REST -> MQTT/line), with their status history. */
 struct store_command {

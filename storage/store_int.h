@@ -30,7 +30,7 @@
 #include "base/list.h"
 #include "storage/store.h"
 
-#define STORE_SCHEMA_VERSION 2          /* PRAGMA user_version after migrations */
+#define STORE_SCHEMA_VERSION 3          /* PRAGMA user_version after migrations */
 #define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
 #define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
 #define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
@@ -57,7 +57,9 @@ enum store_op_kind {
     /* broker state and commands (state.c) */
     STORE_OP_PUT_RETAINED,      /* payload_len 0 deletes */
     STORE_OP_PUT_SESSION,
-    STORE_OP_DELETE_SESSION,
+    STORE_OP_DELETE_SESSION,    /* with its subscriptions and messages */
+    STORE_OP_PUT_SESSION_SUB,
+    STORE_OP_DELETE_SESSION_SUB,
     STORE_OP_PUT_SESSION_MSG,
     STORE_OP_DELETE_SESSION_MSG,
     STORE_OP_PUT_COMMAND,
@@ -73,8 +75,8 @@ struct store_op {
     char *role;         /* device put */
     char *attrs_json;   /* device put */
     char *protocol;     /* device put / touch (touch: NULL keeps the old one) */
-    char *text;         /* session: subs JSON | command: name */
-    char *topic;        /* session msg */
+    char *text;         /* session: identity JSON | command: name */
+    char *topic;        /* session msg: topic | session sub: filter */
     char *device;       /* command */
     char *params_json;  /* command */
     char *status;       /* command */
@@ -82,7 +84,7 @@ struct store_op {
     uint8_t *payload;   /* retained / session msg */
     size_t payload_len; /* bytes in payload */
     uint64_t msg_id;    /* session msg */
-    uint8_t qos;        /* retained / session msg */
+    uint8_t qos;        /* retained / session msg / session sub */
     uint8_t retain;     /* session msg */
     int64_t created_ms; /* device / command, epoch ms */
     int64_t last_seen_ms; /* device (0 = never) | command: updated_ms */
@@ -150,8 +152,9 @@ enum store_stmt {
     ST_DEL_TELEMETRY, ST_DEL_LOG, ST_DEL_LATEST, ST_DEL_SERIES, ST_DEL_DEVID, ST_DEL_DEVICE,
     ST_COMPACT_MOVE, ST_COMPACT_LATEST, ST_COMPACT_CLEAR,
     ST_RET_SERIES, ST_RET_BOUND, ST_RET_DELETE,
-    ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_MSGS_DEL,
-    ST_SESSION_MSG_PUT, ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
+    ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_SUBS_DEL,
+    ST_SESSION_MSGS_DEL, ST_SESSION_SUB_PUT, ST_SESSION_SUB_DEL, ST_SESSION_MSG_PUT,
+    ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
     ST_COUNT
 };
 

@@ -8,8 +8,10 @@
  * messages of persistent sessions (clean session 0) are kept through the persistence port
  * (struct mqtt_store, wired by main.c), with flags that say how far each got (sent, PUBREC
  * received), until acknowledged, so a restart resumes them; their packet ids derive from
- * their stored number, so a resend keeps its id. Writes made while routing a message join
- * its publisher's ticket (b->ticket).
+ * their stored number, so a resend keeps its id. A persistent session's identity is one
+ * record and each of its subscriptions a row of its own, so a SUBSCRIBE or UNSUBSCRIBE
+ * writes only the filters it changed. Writes made while routing a message join its
+ * publisher's ticket (b->ticket).
  *
  * Routing and a connection's packets run between broker_enter/broker_leave: a connection
  * that closes meanwhile (a slow subscriber cut off, a failed send) is finished (will,
@@ -513,17 +515,6 @@ void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s)
         broker_session_free(b, s);
 }
 
-static void list_sub(void *ctx, const char *filter, size_t len, uint8_t qos, uint32_t opts)
-{
-    cJSON *arr = ctx, *o = cJSON_CreateObject();
-    char *f = xstrndup(filter, len);
-    (void)opts;
-    cJSON_AddStringToObject(o, "filter", f);
-    cJSON_AddNumberToObject(o, "qos", qos);
-    cJSON_AddItemToArray(arr, o);
-    free(f);
-}
-
 static const char *const role_names[] = {"device", "app", "anonymous"};
 
 void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
@@ -532,26 +523,52 @@ void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
     if (s->role == role && strcmp(s->username, username) == 0)
         return;
     set_identity(s, role, username);
-    broker_session_persist_subs(b, s);
+    broker_session_persist(b, s);
 }
 
-/* Stored as {"user":"dev-1","role":"device","subs":[{"filter":"a/#","qos":1},...]} (a bare
- * array of subscriptions is read too: the identity is then unknown, i.e. anonymous). */
-void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s)
+/* Stored as {"user":"dev-1","role":"device"}; a record without them (a session stored
+ * with no identity) is anonymous. The subscriptions are rows of their own. */
+void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    cJSON *root, *arr;
+    cJSON *root;
     char *js;
     if (s->clean)
         return;
     root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "user", s->username);
     cJSON_AddStringToObject(root, "role", role_names[s->role]);
-    arr = cJSON_AddArrayToObject(root, "subs");
-    mqtt_router_list(b->router, s, list_sub, arr);
     js = cJSON_PrintUnformatted(root);
     b->store.put_session(b->store.ctx, s->client_id, js);
     cJSON_free(js);
     cJSON_Delete(root);
+}
+
+void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                              size_t len, uint8_t qos)
+{
+    char *f;
+    if (mqtt_router_subscribe(b->router, filter, len, s, qos) == 1)
+        s->nsubs++;
+    if (s->clean)
+        return;
+    f = xstrndup(filter, len);
+    b->store.put_session_sub(b->store.ctx, s->client_id, f, qos);
+    free(f);
+}
+
+bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
+                                const char *filter, size_t len)
+{
+    char *f;
+    if (mqtt_router_unsubscribe(b->router, filter, len, s) != 1)
+        return false;
+    s->nsubs--;
+    if (!s->clean) {
+        f = xstrndup(filter, len);
+        b->store.delete_session_sub(b->store.ctx, s->client_id, f);
+        free(f);
+    }
+    return true;
 }
 
 static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_t state)
@@ -678,31 +695,29 @@ static void on_retained_loaded(void *ctx, const char *topic, const void *payload
     msg_unref(m);
 }
 
-static void on_session_loaded(void *ctx, const char *client_id, const char *subs_json)
+static void on_session_loaded(void *ctx, const char *client_id, const char *record)
 {
     struct mqtt_broker *b = ctx;
-    cJSON *root = cJSON_Parse(subs_json), *arr = root, *it;
+    cJSON *root = cJSON_Parse(record);
     const cJSON *user = cJSON_GetObjectItemCaseSensitive(root, "user");
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
     enum acl_role r = ACL_ROLE_ANONYMOUS;
-    struct mqtt_session *s;
 
-    if (cJSON_IsObject(root))
-        arr = cJSON_GetObjectItemCaseSensitive(root, "subs");
     if (cJSON_IsString(role) && strcmp(role->valuestring, "device") == 0)
         r = ACL_ROLE_DEVICE;
     else if (cJSON_IsString(role) && strcmp(role->valuestring, "app") == 0)
         r = ACL_ROLE_APP;
-    s = broker_session_new(b, client_id, false, r, cJSON_IsString(user) ? user->valuestring : "");
-    cJSON_ArrayForEach(it, arr) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "filter");
-        const cJSON *q = cJSON_GetObjectItemCaseSensitive(it, "qos");
-        if (cJSON_IsString(f) && cJSON_IsNumber(q) &&
-            mqtt_router_subscribe(b->router, f->valuestring, strlen(f->valuestring), s,
-                                  (uint8_t)q->valueint) == 1)
-            s->nsubs++;
-    }
+    broker_session_new(b, client_id, false, r, cJSON_IsString(user) ? user->valuestring : "");
     cJSON_Delete(root);
+}
+
+static void on_session_sub_loaded(void *ctx, const char *client_id, const char *filter,
+                                  uint8_t qos)
+{
+    struct mqtt_broker *b = ctx;
+    struct mqtt_session *s = broker_session_get(b, client_id);
+    if (s && mqtt_router_subscribe(b->router, filter, strlen(filter), s, qos) == 1)
+        s->nsubs++;
 }
 
 static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
@@ -746,7 +761,8 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
         return NULL;
     }
     if (b->store.load_retained(b->store.ctx, on_retained_loaded, b) != 0 ||
-        b->store.load_sessions(b->store.ctx, on_session_loaded, on_session_msg_loaded, b) != 0) {
+        b->store.load_sessions(b->store.ctx, on_session_loaded, on_session_sub_loaded,
+                               on_session_msg_loaded, b) != 0) {
         mqtt_broker_free(b);
         return NULL;
     }

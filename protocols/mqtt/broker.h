@@ -30,7 +30,10 @@ typedef void (*mqtt_store_retained_fn)(void *ctx, const char *topic, const void 
                                        size_t len, uint8_t qos);
 /* A persistent session loaded at start-up: record is what put_session stored. */
 typedef void (*mqtt_store_session_fn)(void *ctx, const char *client_id, const char *record);
-/* A message of a persistent session, loaded after its session, in msg_id order. */
+/* A subscription of a persistent session, loaded after its session. */
+typedef void (*mqtt_store_session_sub_fn)(void *ctx, const char *client_id, const char *filter,
+                                          uint8_t qos);
+/* A message of a persistent session, loaded after its subscriptions, in msg_id order. */
 typedef void (*mqtt_store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
                                           const char *topic, const void *payload, size_t len,
                                           uint8_t qos, uint8_t flags);
@@ -40,11 +43,16 @@ struct mqtt_store {
     /* Sets the retained message of topic; len 0 deletes it. Copies everything. */
     uint64_t (*put_retained)(void *ctx, const char *topic, const void *payload, size_t len,
                              uint8_t qos);
-    /* Creates or replaces the record of a persistent session (its identity and
-     * subscriptions, as JSON the broker reads back; opaque to the store). */
+    /* Creates or replaces the record of a persistent session (its identity, as JSON the
+     * broker reads back; opaque to the store). */
     uint64_t (*put_session)(void *ctx, const char *client_id, const char *record);
-    /* Deletes the session and every message kept for it. */
+    /* Deletes the session, its subscriptions and every message kept for it. */
     uint64_t (*delete_session)(void *ctx, const char *client_id);
+    /* Adds subscription filter of a persistent session, or replaces its qos: one write
+     * per subscription, whatever else the session holds. */
+    uint64_t (*put_session_sub)(void *ctx, const char *client_id, const char *filter,
+                                uint8_t qos);
+    uint64_t (*delete_session_sub)(void *ctx, const char *client_id, const char *filter);
     /* Creates or replaces message msg_id (the session's own increasing number) of a
      * persistent session; flags is a byte the broker reads back as it wrote it. */
     uint64_t (*put_session_msg)(void *ctx, const char *client_id, uint64_t msg_id,
@@ -52,9 +60,11 @@ struct mqtt_store {
                                 uint8_t qos, uint8_t flags);
     uint64_t (*delete_session_msg)(void *ctx, const char *client_id, uint64_t msg_id);
     int (*load_retained)(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx);
-    /* Calls on_session per session, then on_msg for each of its messages. */
+    /* Calls on_session per session, then on_sub for each of its subscriptions, then
+     * on_msg for each of its messages. */
     int (*load_sessions)(void *ctx, mqtt_store_session_fn on_session,
-                         mqtt_store_session_msg_fn on_msg, void *fn_ctx);
+                         mqtt_store_session_sub_fn on_sub, mqtt_store_session_msg_fn on_msg,
+                         void *fn_ctx);
 };
 
 /* Creates the broker, loads retained messages and persistent sessions through store

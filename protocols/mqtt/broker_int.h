@@ -173,11 +173,20 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
 /* Sets the identity of a resumed session (persisted when it changed). */
 void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
                                  enum acl_role role, const char *username);
+/* Writes the identity record of a persistent session (a new one; nothing for clean). */
+void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s);
 void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s);
 /* Attaches a connection: resends in-flight messages (DUP) and pumps the queue. */
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc);
 void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s);
-void broker_session_persist_subs(struct mqtt_broker *b, struct mqtt_session *s);
+/* Subscribes s to filter (len bytes, valid) with qos, or changes the qos it has; s->nsubs
+ * counts a new filter. A persistent session writes that one subscription. */
+void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                              size_t len, uint8_t qos);
+/* Removes s's subscription to filter: true when it had one (then a persistent session
+ * deletes that one row). */
+bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
+                                const char *filter, size_t len);
 /* Client acks for messages the broker sent. */
 void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);

@@ -214,8 +214,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         broker_session_set_identity(b, s, mc->role, mc->username);
     } else {
         s = broker_session_new(b, client_id, cp->clean_session, mc->role, mc->username);
-        if (!s->clean)
-            broker_session_persist_subs(b, s);
+        broker_session_persist(b, s);
     }
     mc->sess = s;
     mc->connected = true;
@@ -304,7 +303,6 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
     size_t off = 0, n = 0;
     struct mqtt_str f;
     uint8_t opts;
-    bool changed = false;
 
     if (pkt->subscribe.count > sizeof codes)
         rc = xmalloc(pkt->subscribe.count);
@@ -333,18 +331,17 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
-        if (granted != qos) {
-            if (mqtt_router_subscribe(b->router, f.p, f.len, mc->sess, qos) == 1)
-                mc->sess->nsubs++;
-            changed = true;
-        }
+        /* a new filter or a new QoS is one write for a persistent session; a client that
+         * subscribes again on every connect writes nothing */
+        if (granted != qos)
+            broker_session_subscribe(b, mc->sess, f.p, f.len, qos);
         rc[n++] = qos;
     }
+    /* sent at once: it does not wait for those writes to commit (a crash right after it
+     * may lose them, and the client subscribes again) */
     mc->out.len = 0;
     mqtt_encode_suback(&mc->out, pkt->id, rc, n);
     send_buf(mc);
-    if (changed) /* a client that subscribes again on every connect writes nothing */
-        broker_session_persist_subs(b, mc->sess);
     /* retained messages follow the SUBACK [MQTT-3.3.1-6] */
     off = n = 0;
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
@@ -360,18 +357,11 @@ static void handle_unsubscribe(struct mqtt_conn *mc, const struct mqtt_packet *p
     size_t off = 0;
     struct mqtt_str f;
     uint8_t opts;
-    bool changed = false;
-    while (mqtt_filter_next(pkt, &off, &f, &opts)) {
-        if (mqtt_router_unsubscribe(mc->b->router, f.p, f.len, mc->sess) == 1) {
-            mc->sess->nsubs--;
-            changed = true;
-        }
-    }
+    while (mqtt_filter_next(pkt, &off, &f, &opts))
+        broker_session_unsubscribe(mc->b, mc->sess, f.p, f.len); /* a row each it removes */
     mc->out.len = 0;
     mqtt_encode_unsuback(&mc->out, pkt->id);
     send_buf(mc);
-    if (changed)
-        broker_session_persist_subs(mc->b, mc->sess);
 }
 
 /* ---- dispatch ---- */

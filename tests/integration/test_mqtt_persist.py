@@ -2,7 +2,10 @@
 restarts (SIGTERM and kill -9): subscriptions, queued QoS 1/2 messages, in-flight QoS 1
 resent with DUP and its packet id, QoS 2 after PUBREC resumed with PUBREL only,
 retained messages; the per-session queue limit (oldest QoS 0 dropped first, overflow
-counted and logged) and a live subscriber that falls too far behind."""
+counted and logged) and a live subscriber that falls too far behind; a subscription is a
+storage row of its own, so SUBSCRIBE and UNSUBSCRIBE write only the filters they change."""
+import os
+import sqlite3
 import tempfile
 import shutil
 import traceback
@@ -156,6 +159,103 @@ def across_restart(data_dir):
         h.close()
 
 
+# Triggers that log every write to the session tables (added while the gateway is stopped;
+# they fire in its writer connection like any other).
+WRITE_LOG_SQL = """
+CREATE TABLE IF NOT EXISTS test_writes(n INTEGER PRIMARY KEY, tbl TEXT, op TEXT, what TEXT);
+CREATE TRIGGER IF NOT EXISTS test_subs_ins AFTER INSERT ON session_subs
+  BEGIN INSERT INTO test_writes(tbl, op, what) VALUES ('subs', 'insert', NEW.filter); END;
+CREATE TRIGGER IF NOT EXISTS test_subs_upd AFTER UPDATE ON session_subs
+  BEGIN INSERT INTO test_writes(tbl, op, what) VALUES ('subs', 'update', NEW.filter); END;
+CREATE TRIGGER IF NOT EXISTS test_subs_del AFTER DELETE ON session_subs
+  BEGIN INSERT INTO test_writes(tbl, op, what) VALUES ('subs', 'delete', OLD.filter); END;
+CREATE TRIGGER IF NOT EXISTS test_sessions_ins AFTER INSERT ON sessions
+  BEGIN INSERT INTO test_writes(tbl, op, what) VALUES ('sessions', 'insert', NEW.client_id); END;
+CREATE TRIGGER IF NOT EXISTS test_sessions_upd AFTER UPDATE ON sessions
+  BEGIN INSERT INTO test_writes(tbl, op, what) VALUES ('sessions', 'update', NEW.client_id); END;
+"""
+
+
+def db_query(data_dir, sql, script=False):
+    db = sqlite3.connect(os.path.join(data_dir, "gale.db"))
+    try:
+        if script:
+            db.executescript(sql)
+            return None
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def subs_per_filter(data_dir):
+    """A persistent session's SUBSCRIBE writes one row per new or changed filter and its
+    UNSUBSCRIBE deletes one row per removed filter; the identity record is not rewritten.
+    The subscriptions as left by both survive a restart."""
+    with Gale(data_dir=data_dir) as g:
+        C["backend-1"] = g.create_device("backend-1", role="app")
+        h = app(g.ports["mqtt"], "rows", clean=False)
+        t.eq(h.sub(1, [("rows/a", 1)]), [1], "first subscription")
+        h.send(mr.DISCONNECT_BYTES)
+        h.close()
+        t.eq(g.stop(), 0, "gateway stopped cleanly")
+        db_query(data_dir, WRITE_LOG_SQL, script=True)
+        g.ports.clear()
+        g.log_lines.clear()
+        g.start()
+        g.wait_log(r"mqtt retained=\d+ sessions=[1-9]")
+        h = app(g.ports["mqtt"], "rows", clean=False)
+        t.eq(h.session_present, 1, "session present after the restart")
+        t.eq(h.sub(2, [("rows/a", 1)]), [1], "the same subscription again")
+        t.eq(h.sub(3, [("rows/b", 1)]), [1], "a second filter")
+        t.eq(h.sub(4, [("rows/a", 1), ("rows/b", 1), ("rows/c", 0), ("rows/b", 2)]),
+             [1, 1, 0, 2], "two unchanged, one new, one new QoS")
+        h.send(mr.unsubscribe(5, ["rows/a", "rows/never"]))
+        t.eq(h.recv_type(mr.UNSUBACK).pid, 5, "UNSUBACK")
+        h.send(mr.DISCONNECT_BYTES)
+        h.close()
+        t.eq(g.stop(), 0, "gateway stopped cleanly (writes committed)")
+        writes = db_query(data_dir, "SELECT tbl, op, what FROM test_writes ORDER BY n")
+        t.eq(writes, [("subs", "insert", "rows/b"), ("subs", "insert", "rows/c"),
+                      ("subs", "update", "rows/b"), ("subs", "delete", "rows/a")],
+             "one row per new or changed filter, one delete per removed filter, "
+             "no identity rewrite")
+        t.eq(db_query(data_dir, "SELECT filter, qos FROM session_subs WHERE client_id = 'rows'"
+                                " ORDER BY filter"),
+             [("rows/b", 2), ("rows/c", 0)], "the session's subscription rows")
+        db_query(data_dir, "DROP TABLE test_writes; DROP TRIGGER test_subs_ins;"
+                           " DROP TRIGGER test_subs_upd; DROP TRIGGER test_subs_del;"
+                           " DROP TRIGGER test_sessions_ins; DROP TRIGGER test_sessions_upd;",
+                 script=True)
+        g.ports.clear()
+        g.log_lines.clear()
+        g.start()
+        g.wait_log(r"mqtt retained=\d+ sessions=[1-9]")
+        port = g.ports["mqtt"]
+        h = app(port, "rows", clean=False)
+        t.eq(h.session_present, 1, "session present after the second restart")
+        a = app(port, "rows-pub")
+        for i, topic in enumerate(("rows/a", "rows/b", "rows/c")):
+            a.send(mr.publish(topic, topic.encode(), qos=2, pid=i + 1))
+            a.recv_type(mr.PUBREC)
+            a.send(mr.ack(mr.PUBREL, i + 1))
+            a.recv_type(mr.PUBCOMP)
+        got, released = [], 0
+        while len(got) < 2 or released < 1:  # the QoS 0 one may overtake the QoS 2 flow
+            p = h.recv()
+            if p.type == mr.PUBREL:
+                h.send(mr.ack(mr.PUBCOMP, p.pid))
+                released += 1
+                continue
+            if p.qos == 2:
+                h.send(mr.ack(mr.PUBREC, p.pid))
+            got.append((p.topic, p.qos))
+        t.eq(got, [("rows/b", 2), ("rows/c", 0)],
+             "after the restart: the unsubscribed filter is gone, the others kept their QoS")
+        t(h.nothing(0.3), "nothing for the unsubscribed filter")
+        a.close()
+        h.close()
+
+
 def queue_limit():
     with Gale(args=["--set", "mqtt.max_queued=5", "--set", "mqtt.max_inflight=2"]) as g:
         C["dev-1"] = g.create_device("dev-1")
@@ -258,6 +358,14 @@ def main():
     except Exception:
         traceback.print_exc()
         t(False, "exception in across_restart")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    d = tempfile.mkdtemp(prefix="gale-mqtt-subs-")
+    try:
+        subs_per_filter(d)
+    except Exception:
+        traceback.print_exc()
+        t(False, "exception in subs_per_filter")
     finally:
         shutil.rmtree(d, ignore_errors=True)
     try:

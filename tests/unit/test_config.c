@@ -169,7 +169,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.mqtt.acl_json, "[]");
     assert_int_equal(c.devices.auto_register, CONFIG_REGISTER_AUTO);
     assert_string_equal(c.storage.path, "");
-    assert_string_equal(c.storage.sync, "full");
+    assert_int_equal(c.storage.sync, CONFIG_SYNC_FULL);
     assert_int_equal(c.storage.batch_rows, 1000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
     assert_int_equal(c.storage.queue_high_bytes, 64 * 1024 * 1024);
@@ -644,6 +644,11 @@ static void test_validate_fields(void **state)
     assert_int_equal(config_validate(&c, err, sizeof err), -1);
     assert_string_equal(err, "config: devices.auto_register: must be one of auto|true|false "
                              "(got 7)");
+
+    config_defaults(&c);
+    c.storage.sync = (enum config_sync)5;
+    assert_int_equal(config_validate(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config: storage.sync: must be one of full|normal (got 5)");
 
     config_defaults(&c);
     strcpy(c.mqtt.acl_json, "{}");

@@ -2,9 +2,9 @@
  * uv loop: append -> durable -> query (four value types, order, limit, aggregation),
  * replays before and after compaction, devices, latest after reopen, injected commit
  * failures, backpressure, close/reopen, retention, broker state and commands,
- * migration from schema v1. Tests wait for conditions by running
- * the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until a deadline; every test
- * ends with uv_loop_close() == 0. */
+ * persistent sessions' subscription rows, migrations from schema v1 and v2. Tests wait
+ * for conditions by running the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until
+ * a deadline; every test ends with uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -904,11 +904,19 @@ static void on_retained(void *ctx, const char *topic, const void *payload, size_
     seen_add(ctx, line);
 }
 
-static void on_session(void *ctx, const char *client_id, const char *subs_json)
+static void on_session(void *ctx, const char *client_id, const char *identity_json)
 {
     char line[128];
 
-    snprintf(line, sizeof line, "S %s %s", client_id, subs_json);
+    snprintf(line, sizeof line, "S %s %s", client_id, identity_json);
+    seen_add(ctx, line);
+}
+
+static void on_session_sub(void *ctx, const char *client_id, const char *filter, uint8_t qos)
+{
+    char line[128];
+
+    snprintf(line, sizeof line, "F %s %s q%d", client_id, filter, qos);
     seen_add(ctx, line);
 }
 
@@ -937,7 +945,7 @@ static void check_state(struct fixture *f)
     struct state_seen ss = { { 0 } };
 
     assert_int_equal(store_load_retained(f->s, on_retained, &ss), 0);
-    assert_int_equal(store_load_sessions(f->s, on_session, on_session_msg, &ss), 0);
+    assert_int_equal(store_load_sessions(f->s, on_session, on_session_sub, on_session_msg, &ss), 0);
     assert_int_equal(store_load_commands(f->s, 1000, on_command, &ss), 0);
     assert_string_equal(ss.log,
                         "R a/1 one q1\n"
@@ -1014,12 +1022,13 @@ static void test_migration_v1_to_v2(void **state)
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "DROP TABLE retained; DROP TABLE sessions;"
                                       " DROP TABLE session_msgs; DROP TABLE commands;"
+                                      " DROP TABLE session_subs;"
                                       " PRAGMA user_version = 1;", NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
 
     do_open(f);
-    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM retained"), 0);
     r = query(f, &(struct qspec){ .device = "d" });
     assert_int_equal(r->series[0].npoints, 1);
@@ -1027,6 +1036,115 @@ static void test_migration_v1_to_v2(void **state)
     seq = store_put_retained(f->s, "x", "y", 1, 0);
     wait_durable(f, seq);
     assert_int_equal(outcome_of(f, seq), 1);
+}
+
+/* A persistent session's subscriptions are rows of their own: put adds or replaces one,
+ * delete removes one, deleting the session removes them all; the load feeds them after
+ * their session and before its messages. */
+static void test_session_subs(void **state)
+{
+    struct fixture *f = *state;
+    static const char want[] = "S c1 {\"user\":\"u\",\"role\":\"app\"}\n"
+                               "F c1 a/# q2\n"
+                               "F c1 c q0\n"
+                               "M c1 1 a/1 [p] q1 r0\n"
+                               "S c3 {}\n"
+                               "F c3 z q1\n";
+    struct state_seen ss = { { 0 } };
+    uint64_t seq, prev;
+
+    do_open(f);
+    store_put_session(f->s, "c1", "{\"user\":\"u\",\"role\":\"app\"}");
+    prev = store_put_session_sub(f->s, "c1", "a/#", 1);
+    seq = store_put_session_sub(f->s, "c1", "b/+", 0);
+    assert_int_equal(seq, prev + 1); /* each write has its own seq */
+    store_put_session_sub(f->s, "c1", "a/#", 2); /* replaces the qos */
+    store_delete_session_sub(f->s, "c1", "b/+");
+    store_delete_session_sub(f->s, "c1", "never"); /* none: nothing happens */
+    store_put_session_sub(f->s, "c1", "c", 0);
+    store_put_session_msg(f->s, "c1", 1, "a/1", "p", 1, 1, 0);
+    store_put_session(f->s, "c2", "{}");
+    store_put_session_sub(f->s, "c2", "x/#", 1);
+    store_put_session_sub(f->s, "c2", "y", 0);
+    store_delete_session(f->s, "c2"); /* with its subscriptions */
+    store_put_session(f->s, "c3", "{}");
+    seq = store_put_session_sub(f->s, "c3", "z", 1);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_subs"), 3);
+    assert_int_equal(
+        count_rows(f->path, "SELECT count(*) FROM session_subs WHERE client_id = 'c2'"), 0);
+    assert_int_equal(store_load_sessions(f->s, on_session, on_session_sub, on_session_msg, &ss),
+                     0);
+    assert_string_equal(ss.log, want);
+    memset(&ss, 0, sizeof ss);
+    assert_int_equal(store_load_sessions(f->s, on_session, NULL, NULL, &ss), 0);
+    assert_string_equal(ss.log, "S c1 {\"user\":\"u\",\"role\":\"app\"}\nS c3 {}\n");
+    do_close(f);
+    do_open(f);
+    memset(&ss, 0, sizeof ss);
+    assert_int_equal(store_load_sessions(f->s, on_session, on_session_sub, on_session_msg, &ss),
+                     0);
+    assert_string_equal(ss.log, want);
+}
+
+/* A version 2 database keeps each session's identity and subscriptions in one JSON record
+ * ({"user","role","subs":[...]}, or a bare subs array): the upgrade moves every well-formed
+ * subscription into session_subs and leaves the identity in sessions. */
+static void test_migration_v2_to_v3(void **state)
+{
+    struct fixture *f = *state;
+    struct state_seen ss = { { 0 } };
+    sqlite3 *db;
+    uint64_t seq;
+
+    do_open(f);
+    do_close(f);
+    /* the v2 layout of the sessions: the v2 table, no session_subs */
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "DROP TABLE session_subs; DROP TABLE sessions;"
+                     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL,"
+                     " subs TEXT NOT NULL);"
+                     "INSERT INTO sessions VALUES"
+                     " ('obj', '{\"user\":\"dev-1\",\"role\":\"device\",\"subs\":"
+                     "[{\"filter\":\"a/#\",\"qos\":1},{\"filter\":\"b\",\"qos\":0}]}'),"
+                     " ('bare', '[{\"filter\":\"x/+\",\"qos\":2}]'),"
+                     " ('junk', 'not json'),"
+                     " ('nosubs', '{\"user\":\"u\",\"role\":\"app\"}'),"
+                     " ('odd', '{\"user\":\"u\",\"subs\":[{\"filter\":1,\"qos\":1},"
+                     "{\"qos\":1},\"str\",7,{\"filter\":\"ok\",\"qos\":1.0},"
+                     "{\"filter\":\"no\",\"qos\":\"1\"},{\"filter\":\"ok\",\"qos\":2}]}'),"
+                     " ('strsubs', '{\"subs\":\"a/#\"}');"
+                     "INSERT INTO session_msgs VALUES ('obj', 1, 'a/1', x'70', 1, 0);"
+                     "PRAGMA user_version = 2;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    do_open(f);
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(store_load_sessions(f->s, on_session, on_session_sub, on_session_msg, &ss),
+                     0);
+    assert_string_equal(ss.log, "S bare {}\n"
+                                "F bare x/+ q2\n"
+                                "S junk {}\n"
+                                "S nosubs {\"user\":\"u\",\"role\":\"app\"}\n"
+                                "S obj {\"user\":\"dev-1\",\"role\":\"device\"}\n"
+                                "F obj a/# q1\n"
+                                "F obj b q0\n"
+                                "M obj 1 a/1 [p] q1 r0\n"
+                                "S odd {\"user\":\"u\"}\n"
+                                "F odd ok q2\n"
+                                "S strsubs {}\n");
+    /* the upgraded tables take the new writes */
+    store_delete_session(f->s, "obj");
+    seq = store_put_session_sub(f->s, "bare", "y", 1);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_subs"), 3);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_msgs"), 0);
 }
 
 /* The store keeps the loop alive exactly while operations await durability, so
@@ -1366,6 +1484,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_non_telemetry_gets_seq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_state_and_commands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_subs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v2_to_v3, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loop_alive_while_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
