@@ -123,8 +123,9 @@ static const struct key keys[] = {
          "Most rows per write transaction (group commit): arrivals while the writer is busy "
          "ride in the next one, up to this size."),
     INT("storage.batch_delay_ms", storage.batch_delay_ms, 0, 60000, "5",
-        "Deprecated, no effect (accepted so old configs load): a batch is committed as soon "
-        "as the writer is free, with no delay."),
+        "Longest a write nobody waits for (QoS 0 telemetry, presence) waits for company in "
+        "the open batch, milliseconds; a write an ack waits on is committed as soon as the "
+        "writer is free, with no delay."),
     SIZE("storage.queue_high_bytes", storage.queue_high_bytes, 4096, 64 * GIB, "67108864",
          "Bytes of everything queued for the storage writer (telemetry, sessions, retained "
          "messages, commands, device records) above which ingest sockets stop reading."),

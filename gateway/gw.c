@@ -90,6 +90,12 @@ static bool storage_pending(const struct gw *gw)
     return gw->storage.ctx && gw->storage.pending(gw->storage.ctx);
 }
 
+static void storage_flush(const struct gw *gw)
+{
+    if (gw->storage.ctx)
+        gw->storage.flush(gw->storage.ctx);
+}
+
 size_t gw_storage_queued(const struct gw *gw)
 {
     return gw->storage.ctx ? gw->storage.queued(gw->storage.ctx) : 0;
@@ -114,6 +120,7 @@ void gw_stop(struct gw *gw, const char *why)
     if (gw->stopping)
         return;
     gw->stopping = true;
+    storage_flush(gw); /* what was received is committed without waiting for company */
     log_info("stopping reason=%s connections=%zu", why, conn_registry_count(gw->conns));
     for (int i = 0; i < gw->nlisteners; i++) {
         if (gw->listeners[i].open) {
@@ -210,5 +217,7 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
         fn(c, tag, failed ? 0 : 1); /* nothing to wait for, or already reported */
         return;
     }
+    if (!done)
+        storage_flush(gw); /* an ack waits: its writes go without waiting for company */
     conn_await_durable(c, done ? NULL : t, failed, tag, fn);
 }

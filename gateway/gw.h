@@ -22,6 +22,7 @@ struct gw_storage {
     void *ctx;
     bool (*pending)(void *ctx);      /* writes accepted but not yet reported durable */
     size_t (*queued)(void *ctx);     /* what waits for the writer (for logs, metrics) */
+    void (*flush)(void *ctx);        /* an ack waits on the writes so far: no delay */
 };
 
 /* A listener to bind (gw_listen). */

@@ -282,6 +282,11 @@ static size_t storage_queued(void *ctx)
     return store_queued(ctx);
 }
 
+static void storage_flush(void *ctx)
+{
+    store_flush(ctx);
+}
+
 /* ---- the MQTT broker's persistence port, over storage ---- */
 
 static uint64_t mqtt_put_retained(void *ctx, const char *topic, const void *payload, size_t len,
@@ -435,6 +440,7 @@ int main(int argc, char **argv)
         .path = dbpath,
         .sync = cfg.storage.sync == CONFIG_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
         .batch_rows = cfg.storage.batch_rows,
+        .batch_delay_ms = (unsigned)cfg.storage.batch_delay_ms,
         .queue_high_bytes = cfg.storage.queue_high_bytes,
         .queue_low_bytes = cfg.storage.queue_low_bytes,
         .queue_high_rows = cfg.storage.queue_high_rows,
@@ -446,7 +452,7 @@ int main(int argc, char **argv)
         goto out;
     store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
     fault_seam_init(&loop, store);
-    gw.storage = (struct gw_storage){store, storage_pending, storage_queued};
+    gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush};
     if (store_load_devices(store, on_device_loaded, &gw) != 0 ||
         store_load_latest(store, on_latest_loaded, &gw) != 0)
         goto out;

@@ -81,11 +81,19 @@ static void sealer_stop(struct store *s)
     }
 }
 
-/* A busy writer leaves the open batch to store_drain_done, which seals it the moment
- * the writer is free: either way the sealer has nothing more to do. */
+static void delay_stop(struct store *s)
+{
+    if (s->delay_on) {
+        uv_timer_stop(&s->h->delay);
+        s->delay_on = 0;
+    }
+}
+
+/* A busy writer leaves an awaited open batch to store_drain_done, which seals it the
+ * moment the writer is free: either way the sealer has nothing more to do. */
 static void seal_if_idle(struct store *s)
 {
-    if (s->open && s->nsealed == 0)
+    if (s->open && s->open->awaited && s->nsealed == 0)
         store_seal(s);
     sealer_stop(s);
 }
@@ -113,6 +121,22 @@ static void sealer_start(struct store *s)
     }
 }
 
+/* Nobody awaited the open batch for batch_delay_ms: it goes now, or as soon as the
+ * writer is free. */
+static void on_delay(uv_timer_t *t)
+{
+    struct store_handles *h = t->data;
+    struct store *s = h->s;
+
+    s->delay_on = 0;
+    if (!s->open)
+        return;
+    if (s->nsealed == 0)
+        store_seal(s);
+    else
+        s->open->awaited = 1;
+}
+
 static void on_done(uv_async_t *a)
 {
     struct store_handles *h = a->data;
@@ -134,6 +158,11 @@ int store_handles_init(struct store *s)
     s->h->check.data = s->h;
     s->h->nopen++;
     uv_unref((uv_handle_t *)&s->h->check);
+    if (uv_timer_init(s->loop, &s->h->delay) != 0)
+        return -1;
+    s->h->delay.data = s->h;
+    s->h->nopen++;
+    uv_unref((uv_handle_t *)&s->h->delay);
     if (uv_async_init(s->loop, &s->h->async, on_done) != 0)
         return -1;
     s->h->async.data = s->h;
@@ -150,6 +179,7 @@ void store_handles_close(struct store *s)
     if (!h)
         return;
     sealer_stop(s);
+    delay_stop(s);
     s->h = NULL;
     n = h->nopen; /* on_handle_closed frees h after the last close */
     if (n == 0) {
@@ -160,6 +190,8 @@ void store_handles_close(struct store *s)
     if (n >= 2)
         uv_close((uv_handle_t *)&h->check, on_handle_closed);
     if (n >= 3)
+        uv_close((uv_handle_t *)&h->delay, on_handle_closed);
+    if (n >= 4)
         uv_close((uv_handle_t *)&h->async, on_handle_closed);
 }
 
@@ -191,7 +223,7 @@ void store_drain_done(struct store *s)
     }
     if (s->closing) /* store_writer_stop: the writer has exited */
         return;
-    if (s->nsealed == 0 && s->open)
+    if (s->nsealed == 0 && s->open && s->open->awaited)
         store_seal(s);
     if (s->loop_ref && s->durable_seq == s->last_seq) {
         uv_unref((uv_handle_t *)&s->h->async);
@@ -215,8 +247,10 @@ static struct store_batch *open_batch(struct store *s)
     }
     if (!s->open) {
         s->open = xcalloc(1, sizeof *s->open);
-        if (s->nsealed == 0)
-            sealer_start(s);
+        if (!s->delay_on) {
+            uv_timer_start(&s->h->delay, on_delay, s->cfg.batch_delay_ms, 0);
+            s->delay_on = 1;
+        }
     }
     return s->open;
 }
@@ -286,6 +320,7 @@ void store_seal(struct store *s)
     s->open = NULL;
     s->nsealed++;
     sealer_stop(s);
+    delay_stop(s);
     uv_mutex_lock(&s->lock);
     if (s->todo_tail)
         s->todo_tail->next = b;
@@ -309,6 +344,15 @@ void store_discard_open(struct store *s)
     }
     free(b->items);
     free(b);
+}
+
+void store_flush(struct store *s)
+{
+    if (!s->open || s->closing)
+        return;
+    s->open->awaited = 1;
+    if (s->nsealed == 0)
+        sealer_start(s);
 }
 
 uint64_t store_append(struct store *s, struct msg *m)

@@ -45,6 +45,9 @@ struct store_cfg {
     const char *path;          /* database file */
     enum store_sync sync;      /* default STORE_SYNC_FULL */
     size_t batch_rows;         /* rows per transaction at most (default 1000) */
+    /* Longest a write nobody awaits (QoS 0 telemetry, presence) waits in the open batch
+     * for company (default 5). A write an ack waits on never waits: store_flush. */
+    unsigned batch_delay_ms;
     /* Backpressure: ingest pauses when either measure of what is queued for the writer
      * (open batch + sealed batches not yet reported) is above its high mark, and
      * resumes when both are below their low marks. 0 = default. */
@@ -108,6 +111,10 @@ uint64_t store_delete_device(struct store *s, const char *id);
 /* True while a submitted write is not yet reported through on_durable (committed or
  * failed): what a shutdown waits for. */
 bool store_pending(const struct store *s);
+/* Someone waits for the writes submitted so far (an ack, a shutdown): the open batch is
+ * sealed at the end of this loop iteration when the writer is idle, or the moment it is
+ * done with the batch it holds, with no delay. Loop thread. */
+void store_flush(struct store *s);
 /* Telemetry rows queued for the writer (open batch + sealed batches not yet reported):
  * for metrics and the backpressure log. */
 size_t store_queued(const struct store *s);

@@ -107,6 +107,7 @@ struct store_batch {
     size_t nbytes;              /* memory its items hold (counted in queued_bytes) */
     uint64_t last_seq;          /* every seq <= last_seq not in an earlier batch is here */
     int ok;                     /* set by the writer: 1 committed, 0 failed for good */
+    int awaited;                /* an ack waits on a write here (store_flush): no delay */
 };
 
 /* uv handles live apart from struct store: store_close frees the store at once, the
@@ -114,6 +115,7 @@ struct store_batch {
 struct store_handles {
     uv_prepare_t prepare;       /* seals an open batch before the loop blocks ... */
     uv_check_t check;           /* ... and at the end of the iteration that filled it */
+    uv_timer_t delay;           /* seals a batch nobody awaits after cfg.batch_delay_ms */
     uv_async_t async;           /* writer -> loop: the done queue is not empty */
     int nopen;                  /* initialised handles not yet closed */
     struct store *s;            /* the store, for the callbacks */
@@ -172,6 +174,7 @@ struct store {
     struct store_batch *open;   /* batch being filled, or NULL */
     size_t nsealed;             /* batches sealed and not yet reported: writer busy if > 0 */
     int sealer_on;              /* prepare and check handles started */
+    int delay_on;               /* the delay timer runs for the open batch */
     uint64_t last_seq;          /* seq of the last submitted operation */
     uint64_t durable_seq;       /* seq up to which the outcome has been reported */
     size_t queued_rows;         /* points submitted and not yet reported done */

@@ -26,8 +26,10 @@ def arm(g, n):
 
 
 def barrier(c, pid):
-    """A QoS 1 PUBLISH and its PUBACK: everything written before it is durable."""
-    c.send(mr.publish("plain/barrier", b"x", qos=1, pid=pid))
+    """A stored QoS 1 PUBLISH and its PUBACK: it is committed with (or after) every write
+    before it, so everything written before it is durable (a write nobody awaits, such as
+    presence, may otherwise wait storage.batch_delay_ms for company)."""
+    c.send(mr.publish(TOPIC, ('{"barrier":%d}' % pid).encode(), qos=1, pid=pid))
     t.eq(c.recv_type(mr.PUBACK).pid, pid, "barrier acknowledged")
 
 

@@ -1338,9 +1338,11 @@ static void test_idle_writer_seals_at_once(void **state)
     struct fixture *f = *state;
     uint64_t t0, seq;
 
+    f->cfg.batch_delay_ms = 60000; /* what nobody awaits may wait: an ack never does */
     do_open(f);
     seq = append1(f, "d", pnum("k", 1, 1));
     assert_non_null(f->s->open);
+    store_flush(f->s); /* an ack waits on it */
     uv_run(&f->loop, UV_RUN_NOWAIT); /* one iteration, no waiting */
     assert_null(f->s->open);
     assert_int_equal(f->s->nsealed, 1);
@@ -1351,9 +1353,37 @@ static void test_idle_writer_seals_at_once(void **state)
     for (int i = 0; i < 20; i++) {
         t0 = uv_hrtime();
         seq = store_put_retained(f->s, "t", "v", 1, 0);
+        store_flush(f->s);
         wait_durable(f, seq);
         assert_true(uv_hrtime() - t0 < 2000ull * 1000000); /* one commit, not a delay */
     }
+    assert_int_equal(outcome_of(f, seq), 1);
+
+    /* a write nobody awaits waits for company (batch_delay_ms) until someone does */
+    seq = append1(f, "d", pnum("k", 2, 2));
+    for (int i = 0; i < 5; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_non_null(f->s->open);
+    assert_int_equal(f->s->nsealed, 0);
+    store_flush(f->s);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_null(f->s->open);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+}
+
+/* A write nobody awaits is committed batch_delay_ms after it opened its batch. */
+static void test_unawaited_write_waits_at_most_the_delay(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq;
+
+    f->cfg.batch_delay_ms = 30;
+    do_open(f);
+    seq = append1(f, "d", pnum("k", 1, 1));
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_non_null(f->s->open); /* not sealed at the end of the iteration... */
+    wait_durable(f, seq);        /* ...but by the delay, with nobody flushing */
     assert_int_equal(outcome_of(f, seq), 1);
 }
 
@@ -1365,12 +1395,15 @@ static void test_busy_writer_rides_next_batch(void **state)
     uint64_t a, b, c, d;
 
     f->cfg.batch_rows = 2;
+    f->cfg.batch_delay_ms = 60000;
     do_open(f);
     store_fail_next_commits(f->s, 2, SQLITE_BUSY); /* the first batch takes >= 150 ms */
     a = append1(f, "d", pnum("k", 1, 1));
+    store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_null(f->s->open);
     b = append1(f, "d", pnum("k", 2, 2));
+    store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_non_null(f->s->open); /* the writer is busy: b waits, no commit of its own */
     assert_int_equal(f->s->open->nitems, 1);
@@ -1378,6 +1411,7 @@ static void test_busy_writer_rides_next_batch(void **state)
     assert_null(f->s->open);
     assert_int_equal(f->s->nsealed, 2);
     d = append1(f, "d", pnum("k", 4, 4));
+    store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_non_null(f->s->open);
 
@@ -1492,6 +1526,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queries_in_flight_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sink_and_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_value_type, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unawaited_write_waits_at_most_the_delay, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_idle_writer_seals_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
