@@ -38,6 +38,10 @@ void bus_add_sink(struct bus *b, const char *name, bus_sink_fn fn, void *ctx)
 
 void bus_publish(struct bus *b, struct msg *m, struct ticket *t)
 {
+    struct ticket local = {0, 0};
+
+    if (!t)
+        t = &local;
     m->seq = ++b->seq;
     for (int i = 0; i < b->nsinks; i++)
         b->sinks[i].fn(b->sinks[i].ctx, m, t);

@@ -1,4 +1,6 @@
-/* gateway/devices.c: see devices.h. */
+/* gateway/devices.c: see devices.h. The pending values are a ring (no allocation per
+ * message); an entry whose device is removed keeps its slot with m = NULL until its
+ * write is reported. */
 #include "gateway/devices.h"
 
 #include <math.h>
@@ -12,6 +14,10 @@
 
 #include "base/alloc.h"
 #include "base/b64.h"
+#include "gateway/ticket.h"
+
+/* An emptied ring larger than this is freed: a burst does not pin its peak. */
+#define PENDING_KEEP 4096
 
 static const char *const role_names[] = {[DEVICE_ROLE_DEVICE] = "device",
                                          [DEVICE_ROLE_APP] = "app"};
@@ -35,8 +41,8 @@ int devices_role_parse(const char *name, enum device_role *out)
 
 void devices_init(struct devices *d)
 {
+    memset(d, 0, sizeof *d);
     map_init(&d->by_id);
-    memset(&d->store, 0, sizeof d->store);
 }
 
 void devices_set_store(struct devices *d, const struct devices_store *store)
@@ -62,10 +68,42 @@ static void free_device(struct device *dev)
     free(dev);
 }
 
+static struct devices_pending *pending_at(struct devices *d, size_t i)
+{
+    return &d->pending[(d->pending_head + i) % d->pending_cap];
+}
+
+static void pending_push(struct devices *d, struct msg *m, uint64_t seq)
+{
+    if (d->pending_len == d->pending_cap) {
+        size_t cap = d->pending_cap ? 2 * d->pending_cap : 64;
+        struct devices_pending *ring = xmalloc(cap * sizeof *ring);
+        for (size_t i = 0; i < d->pending_len; i++)
+            ring[i] = *pending_at(d, i);
+        free(d->pending);
+        d->pending = ring;
+        d->pending_cap = cap;
+        d->pending_head = 0;
+    }
+    *pending_at(d, d->pending_len++) = (struct devices_pending){msg_ref(m), seq};
+}
+
+/* Takes the oldest entry off the ring; the caller owns its reference. */
+static struct devices_pending pending_pop(struct devices *d)
+{
+    struct devices_pending p = d->pending[d->pending_head];
+    d->pending_head = (d->pending_head + 1) % d->pending_cap;
+    d->pending_len--;
+    return p;
+}
+
 void devices_fini(struct devices *d)
 {
     size_t it = 0;
     void *v;
+    while (d->pending_len > 0)
+        msg_unref(pending_pop(d).m);
+    free(d->pending);
     while (map_next(&d->by_id, &it, NULL, &v))
         free_device(v);
     map_fini(&d->by_id);
@@ -125,19 +163,48 @@ uint64_t devices_delete(struct devices *d, const char *id)
 void devices_remove(struct devices *d, const char *id)
 {
     struct device *dev = map_del(&d->by_id, id, strlen(id));
-    if (dev)
-        free_device(dev);
+    if (!dev)
+        return;
+    free_device(dev);
+    for (size_t i = 0; i < d->pending_len; i++) { /* deletions are rare: a walk will do */
+        struct devices_pending *p = pending_at(d, i);
+        if (p->m && strcmp(p->m->device, id) == 0) {
+            msg_unref(p->m);
+            p->m = NULL;
+        }
+    }
 }
 
 void devices_sink(void *ctx, struct msg *m, struct ticket *t)
 {
+    struct devices *d = ctx;
     struct device *dev;
-    (void)t;
+
     if (m->kind != MSG_TELEMETRY || !m->device[0] || m->npoints == 0)
         return;
-    dev = devices_find(ctx, m->device);
-    if (dev)
+    dev = devices_find(d, m->device);
+    if (!dev)
+        return;
+    if (ticket_empty(t))
         devices_update_latest(dev, m);
+    else
+        pending_push(d, m, t->last);
+}
+
+void devices_durable(struct devices *d, uint64_t upto_seq, bool ok)
+{
+    while (d->pending_len > 0 && d->pending[d->pending_head].seq <= upto_seq) {
+        struct devices_pending p = pending_pop(d);
+        struct device *dev = ok && p.m ? devices_find(d, p.m->device) : NULL;
+        if (dev)
+            devices_update_latest(dev, p.m);
+        msg_unref(p.m);
+    }
+    if (d->pending_len == 0 && d->pending_cap > PENDING_KEEP) {
+        free(d->pending);
+        d->pending = NULL;
+        d->pending_cap = d->pending_head = 0;
+    }
 }
 
 void devices_set_latest(struct device *dev, const struct point *p)

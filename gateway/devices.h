@@ -3,7 +3,12 @@
  * latest value per (device, key). The durable copy lives behind a port
  * (struct devices_store, wired by main): every devices_* function that changes a
  * record submits the change through it and returns the write's seq, which the
- * caller adds to its ticket when an answer waits for durability. Loop thread only. */
+ * caller adds to its ticket when an answer waits for durability.
+ * Latest values follow the commits: a telemetry message waits in a FIFO of pending
+ * values (devices_sink) until storage reports the write that stores it
+ * (devices_durable, called by gw_on_durable before any ack goes out), so `latest` shows
+ * a value as soon as it is acknowledged and never one whose commit failed. Loop thread
+ * only. */
 #ifndef GALE_DEVICES_H
 #define GALE_DEVICES_H
 
@@ -64,9 +69,22 @@ struct devices_store {
     uint64_t (*remove)(void *ctx, const char *id);
 };
 
+/* A telemetry message whose values wait for their commit. */
+struct devices_pending {
+    struct msg *m; /* reference held; NULL once its device was removed */
+    uint64_t seq;  /* the storage write that stores m */
+};
+
 struct devices {
+    /* public */
     struct map by_id;           /* id -> struct device */
     struct devices_store store; /* all zero until devices_set_store: nothing is written */
+    /* private */
+    /* FIFO ring of values awaiting their commit, seq increasing. One entry per stored
+     * telemetry message not yet reported durable: the writer queue's high water mark
+     * (storage.queue_high_bytes) stops ingest reads, which bounds it. */
+    struct devices_pending *pending;
+    size_t pending_head, pending_len, pending_cap;
 };
 
 void devices_init(struct devices *d);
@@ -89,11 +107,19 @@ uint64_t devices_touch(struct devices *d, struct device *dev, const char *protoc
                        int64_t now_ms);
 /* Forgets the device and submits the deletion of its record and telemetry. */
 uint64_t devices_delete(struct devices *d, const char *id);
-/* Forgets the device in memory only (a creation whose write failed). */
+/* Forgets the device in memory only (a creation whose write failed), with its values
+ * still waiting for their commit: a device created again under the same id starts empty. */
 void devices_remove(struct devices *d, const char *id);
-/* Bus sink (ctx = struct devices *): a telemetry message updates its device's latest
- * values. Writes nothing. */
+/* Bus sink (ctx = struct devices *), registered right after the storage sink, so t->last
+ * is the seq of the write that stores m. A telemetry message with points from a known
+ * device takes a reference and waits for that write (devices_durable); anything else is
+ * ignored. An empty t (no storage sink wired: nothing will be reported) updates the
+ * latest values at once. Writes nothing. */
 void devices_sink(void *ctx, struct msg *m, struct ticket *t);
+/* Storage reported every write up to upto_seq: committed (ok) or failed. Each pending
+ * message with seq <= upto_seq updates its device's latest values (ok) or is dropped,
+ * and its reference released. Call before the acks of those writes go out. */
+void devices_durable(struct devices *d, uint64_t upto_seq, bool ok);
 /* Updates the latest values from a telemetry message (newest ts wins). */
 void devices_update_latest(struct device *dev, const struct msg *m);
 void devices_set_latest(struct device *dev, const struct point *p);

@@ -11,6 +11,7 @@
 
 #include "base/clock.h"
 #include "base/err.h"
+#include "gateway/devices.h"
 #include "gateway/log.h"
 
 #define STOP_DRAIN_MAX_MS 10000
@@ -167,6 +168,9 @@ void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
         gw->metrics.storage_failures++;
         gw->failed[gw->nfailed++ % 16] = (struct ticket){from + 1, upto_seq};
     }
+    /* before any ack: an acked value is in latest for the very next read */
+    if (gw->devices)
+        devices_durable(gw->devices, upto_seq, ok != 0);
     conn_registry_durable(gw->conns, from, upto_seq, ok);
 }
 

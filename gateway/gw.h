@@ -91,8 +91,10 @@ void gw_close_handles(struct gw *gw);
 void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn_durable_fn fn);
 
 /* Storage callbacks (main wires them; ctx is the gw). Every write up to upto_seq was
- * committed (ok = 1) or failed (ok = 0); the writer's queue crossed its high (paused =
- * 1) or low water mark: ingest connections stop or resume reading. */
+ * committed (ok = 1) or failed (ok = 0): gw_on_durable settles the latest values waiting
+ * for those writes (devices_durable, when gw->devices is set), then fires the waiters.
+ * The writer's queue crossed its high (paused = 1) or low water mark: ingest connections
+ * stop or resume reading. */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
 

@@ -461,8 +461,9 @@ int main(int argc, char **argv)
     devices_set_store(&devices, &(struct devices_store){store, devices_put_stored,
                                                         devices_touch_stored,
                                                         devices_remove_stored});
-    bus_add_sink(gw.bus, "latest", devices_sink, &devices);
+    /* storage first: the latest sink reads the seq of the write that stores a message */
     bus_add_sink(gw.bus, "storage", store_sink, store);
+    bus_add_sink(gw.bus, "latest", devices_sink, &devices);
     mqtt_store = mqtt_store_port(store);
     if ((parts.broker = mqtt_broker_new(&gw, &mqtt_store)) == NULL)
         goto out;

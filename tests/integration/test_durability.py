@@ -1,7 +1,15 @@
 """Nothing acknowledged is lost: stream with seq, kill -9 right after the acks,
 restart on the same data dir, every acked value is there; replays replace,
-never duplicate; backpressure keeps memory bounded."""
+never duplicate; backpressure keeps memory bounded.
+`latest` follows the commits (the storage fault seam: GALE_TEST_FAIL_COMMITS=n, then
+SIGUSR2 makes the next n commit attempts fail; the writer tries a batch 4 times, 50/100/200
+ms apart, so n=4 fails a batch and n=3 delays it): a value is in `latest` as soon as its
+{"ack":N} is out (read-your-writes), never while its commit is pending, never when it
+failed, and not on a device deleted and created again while it was pending."""
+import json
+import os
 import signal
+import socket
 import threading
 import time
 
@@ -83,4 +91,118 @@ def main():
         g.wait_log(r"pausing ingest reads")
 
 
-t.run(main)
+BASE = 1700000000000
+
+
+def arm(g, n):
+    """Makes the next n commit attempts fail; returns once the gateway has armed it."""
+    line = "test seam: the next %d storage commit attempts fail" % n
+    before = sum(1 for l in list(g.log_lines) if line in l)
+    os.kill(g.proc.pid, signal.SIGUSR2)
+    wait_for(lambda: sum(1 for l in list(g.log_lines) if line in l) > before, 10, "seam armed")
+
+
+def latest(g, dev):
+    st, js = g.http("GET", "/api/devices/%s/latest" % dev)
+    assert st == 200, (st, js)
+    return js
+
+
+def send(c, obj):
+    """One line in one segment (send_line's two writes let Nagle hold the newline back)."""
+    c.send(json.dumps(obj) + "\n")
+
+
+def point(i):
+    return {"ts": BASE + i, "value": i}
+
+
+def latest_follows_commits():
+    with Gale(env={"GALE_TEST_FAIL_COMMITS": "4"}) as g:
+        token = g.create_device("dev-l")
+        c = g.line("dev-l", token)
+
+        # read-your-writes: the value is there the moment its ack is
+        seen = []
+        for i in range(1, 51):
+            send(c, {"ts": BASE + i, "values": {"x": i}, "seq": i})
+            t.eq(c.read_line(), {"ack": i}, "value %d acknowledged" % i)
+            seen.append(latest(g, "dev-l").get("x"))
+        t.eq(seen, [point(i) for i in range(1, 51)], "each value in latest right after its ack")
+
+        # a value whose commit failed never shows
+        arm(g, 4)
+        send(c, {"ts": BASE + 100, "values": {"x": 100, "lost": 100}, "seq": 100})
+        reply = c.read_line()
+        t.eq((reply.get("code"), reply.get("seq")), ("storage_error", 100),
+             "a failed commit is answered with storage_error (%r)" % reply)
+        js = latest(g, "dev-l")
+        t.eq(js.get("x"), point(50), "latest keeps the last committed value, not the failed one")
+        t("lost" not in js, "a key only the failed value had is not in latest (%r)" % js)
+
+        # the next value shows right after its ack
+        send(c, {"ts": BASE + 101, "values": {"x": 101}, "seq": 101})
+        t.eq(c.read_line(), {"ack": 101}, "a value after the failure is acknowledged")
+        t.eq(latest(g, "dev-l").get("x"), point(101), "and is in latest right after its ack")
+
+        # a restart rebuilds latest from storage: the same picture
+        token = g.create_device("dev-r")
+        c = g.line("dev-r", token)
+        send(c, {"ts": BASE + 1, "values": {"y": 1}, "seq": 1})
+        t.eq(c.read_line(), {"ack": 1}, "dev-r value acknowledged")
+        arm(g, 4)
+        send(c, {"ts": BASE + 2, "values": {"y": 2}, "seq": 2})
+        t.eq(c.read_line().get("code"), "storage_error", "dev-r second value fails")
+        t.eq(latest(g, "dev-r"), {"y": point(1)}, "dev-r latest without the failed value")
+        c.close()
+        g.stop()
+        g2 = Gale(data_dir=g.data_dir).start()
+        try:
+            t.eq(latest(g2, "dev-r"), {"y": point(1)}, "the same latest after a restart")
+        finally:
+            g2.stop()
+
+
+def latest_waits_for_commit():
+    with Gale(env={"GALE_TEST_FAIL_COMMITS": "3"}) as g:
+        token = g.create_device("dev-l")
+        c = g.line("dev-l", token)
+        send(c, {"ts": BASE + 101, "values": {"x": 101}, "seq": 101})
+        t.eq(c.read_line(), {"ack": 101}, "a first value is acknowledged")
+        # while a commit is pending (delayed ~350 ms) its value is not in latest; once it
+        # is, the ack was sent before the answer (both leave the loop in that order)
+        arm(g, 3)
+        send(c, {"ts": BASE + 102, "values": {"x": 102}, "seq": 102})
+        if latest(g, "dev-l").get("x") == point(102):
+            try:
+                got = c.read_line(timeout=0.1)
+            except socket.timeout:
+                got = c.read_line()
+                t(False, "a value in latest before its ack (%r came later)" % got)
+            t.eq(got, {"ack": 102}, "a value in latest is already acked")
+        else:
+            t.eq(c.read_line(), {"ack": 102}, "the delayed value is acknowledged")
+        t.eq(latest(g, "dev-l").get("x"), point(102), "the delayed value is in latest now")
+
+        # deleted and created again while a value was pending: the new device starts empty
+        arm(g, 3)
+        send(c, {"ts": BASE + 103, "values": {"x": 103}, "seq": 103})
+        deleted = []
+        th = threading.Thread(
+            target=lambda: deleted.append(g.http("DELETE", "/api/devices/dev-l")[0]))
+        th.start()  # answered once the delete is durable, after the pending value
+        wait_for(lambda: g.http("POST", "/api/devices", {"id": "dev-l"})[0] == 201, 10,
+                 "dev-l created again")
+        th.join(20)
+        t.eq(deleted, [200], "dev-l deleted")
+        t.eq(latest(g, "dev-l"), {}, "a value pending at the delete is not on the new device")
+        c.close()
+
+
+def all_tests():
+    main()
+    latest_follows_commits()
+    latest_waits_for_commit()
+
+
+t.run(all_tests)
