@@ -248,8 +248,8 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
  * (the rest are summed up at close). Returns true when it is to be routed and acknowledged
  * as a plain message (mqtt.invalid_telemetry = ack). Else (disconnect) it is neither: an
  * ack would say "stored", and 3.1.1 has no negative one. The connection handles no more
- * packets and closes once the acks of the messages before it are out, so the client
- * knows that everything it sent since its last ack was not taken. */
+ * packets and closes once the acks of the messages before it are out: those keep their
+ * acks, and nothing from this one on is taken. */
 static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const char *device,
                                  const char *why)
 {
