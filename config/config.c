@@ -109,6 +109,10 @@ static const struct key keys[] = {
          "Subscriptions one session may hold; more are refused in SUBACK (0x80)."),
     SIZE("mqtt.max_retained", mqtt.max_retained, 1, 100000000, "100000",
          "Retained topics kept; a new one past this is delivered but not retained."),
+    CHOICE("mqtt.invalid_telemetry", mqtt.invalid_telemetry, "disconnect|ack", "disconnect",
+           "A publish on a telemetry topic whose payload does not decode (never stored): "
+           "disconnect = no PUBACK/PUBREC, not routed, the connection is closed; ack = "
+           "acknowledged and routed as a plain message. Counted and logged either way."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
     CHOICE("devices.auto_register", devices.auto_register, "auto|true|false", "auto",

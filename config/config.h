@@ -27,6 +27,13 @@ enum config_sync {
     CONFIG_SYNC_NORMAL = 1,     /* "normal": a crash of the process, not of the machine */
 };
 
+/* mqtt.invalid_telemetry: what a publish on a telemetry topic whose payload does not
+ * decode gets. The order is the order of the config words "disconnect|ack". */
+enum config_invalid_telemetry {
+    CONFIG_INVALID_TELEMETRY_DISCONNECT = 0, /* no PUBACK/PUBREC, not routed, connection closed */
+    CONFIG_INVALID_TELEMETRY_ACK = 1,        /* acknowledged and routed as a plain message */
+};
+
 struct config {
     char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
     struct {
@@ -61,6 +68,8 @@ struct config {
         size_t max_queued;               /* mqtt.max_queued messages per session, default 1000 */
         size_t max_subscriptions;        /* mqtt.max_subscriptions per session, default 10000 */
         size_t max_retained;             /* mqtt.max_retained topics, default 100000 */
+        enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
+                                                          * disconnect */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {

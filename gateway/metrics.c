@@ -78,6 +78,11 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);
     counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);
+    /* a label, so other transports can count theirs under the same name */
+    buf_printf(b, "# HELP gale_telemetry_rejected_total Telemetry payloads that did not decode "
+                  "(not stored)\n# TYPE gale_telemetry_rejected_total counter\n"
+                  "gale_telemetry_rejected_total{proto=\"mqtt\"} %llu\n",
+               (unsigned long long)m->mqtt_telemetry_rejected);
     counter(b, "gale_feed_sent_total", "Live-feed frames sent", m->feed_sent);
     counter(b, "gale_feed_dropped_total", "Live-feed updates dropped for slow viewers",
             m->feed_dropped);

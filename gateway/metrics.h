@@ -23,6 +23,7 @@ struct metrics {
     uint64_t timeouts;                 /* connections closed by auth/idle timers */
     uint64_t mqtt_messages_sent;       /* PUBLISH packets sent to subscribers */
     uint64_t mqtt_dropped;             /* QoS 0 dropped, queue overflow */
+    uint64_t mqtt_telemetry_rejected;  /* MQTT telemetry payloads that did not decode */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
 };

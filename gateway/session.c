@@ -77,11 +77,16 @@ void session_offline(struct gw *gw, struct conn *c)
         gw->on_presence(gw, dev->id, false);
 }
 
+static struct telem_limits telem_limits_of(const struct gw *gw)
+{
+    return (struct telem_limits){gw->cfg->limits.max_points_per_message, 128};
+}
+
 struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic, const void *json,
                            size_t len, struct session_result *res, const char **why,
                            const char **code)
 {
-    struct telem_limits lim = {gw->cfg->limits.max_points_per_message, 128};
+    struct telem_limits lim = telem_limits_of(gw);
     struct telem t;
     struct msg *m;
     int64_t now = gw_now_ms();
@@ -448,17 +453,30 @@ static bool registers_devices(const struct config *cfg)
            (cfg->devices.auto_register == CONFIG_REGISTER_AUTO && cfg->mqtt.allow_anonymous);
 }
 
+/* Whether payload is telemetry; else *why is the reason. Decodes it once more, on the
+ * first telemetry of an unknown device only: a payload that would not be stored must not
+ * register a device either. */
+static bool decodes(struct gw *gw, const void *payload, size_t len, const char **why)
+{
+    struct telem_limits lim = telem_limits_of(gw);
+    struct telem tm;
+    const char *code;
+
+    if (telem_decode(&lim, payload, len, gw_now_ms(), &tm, why, &code) != 0)
+        return false;
+    telem_fini(&tm);
+    return true;
+}
+
 /* Registers device id on its first telemetry (devices.auto_register, which anonymous access
- * implies). An anonymous client whose username is that id is from then on the device's
- * connection for presence. */
+ * implies: the caller checks). An anonymous client whose username is that id is from then
+ * on the device's connection for presence. */
 static struct device *auto_register(struct gw *gw, const struct session_client *who, const char *id,
                                     struct ticket *t)
 {
     struct device *dev;
     uint64_t seq;
 
-    if (!registers_devices(gw->cfg))
-        return NULL;
     dev = devices_create(gw->devices, id, NULL, DEVICE_ROLE_DEVICE, NULL, gw_now_ms(), &seq);
     ticket_add(t, seq);
     log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
@@ -480,7 +498,8 @@ struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who
     *not_stored = NULL;
     if (rest) {
         dev = devices_find(gw->devices, id);
-        if (!dev && strcmp(rest, "telemetry") == 0)
+        if (!dev && strcmp(rest, "telemetry") == 0 && registers_devices(gw->cfg) &&
+            decodes(gw, payload, len, not_stored))
             dev = auto_register(gw, who, id, t);
     }
     if (dev && strcmp(rest, "telemetry") == 0) {

@@ -153,12 +153,13 @@ void session_mqtt_topic(const struct session_client *who, const char *topic, siz
                         size_t cap);
 /* What a PUBLISH on topic (already ACL-checked) means to Gale, done: telemetry on
  * devices/<id>/telemetry is decoded (registering an unknown id when
- * devices.auto_register allows), devices/<id>/attributes are merged into the device,
- * devices/<id>/commands/<cmd>/reply answers a command. Returns the message to route
- * (refs = 1, the caller's; the caller sets qos, retain and publishes it): telemetry
- * with its points, attributes, or a plain message. Writes it caused (a new device,
- * attributes) join t. When telemetry did not decode, *not_stored is its reason (the
- * message is routed as a plain one and nothing is stored); else NULL. */
+ * devices.auto_register allows and the payload decodes), devices/<id>/attributes are
+ * merged into the device, devices/<id>/commands/<cmd>/reply answers a command. Returns
+ * the message to route (refs = 1, the caller's; the caller sets qos, retain and
+ * publishes it): telemetry with its points, attributes, or a plain message. Writes it
+ * caused (a new device, attributes) join t. When telemetry did not decode, *not_stored
+ * is its static reason, nothing was written and the message is a plain one (the caller
+ * routes or drops it, as mqtt.invalid_telemetry says); else NULL. */
 struct msg *session_mqtt_publish(struct gw *gw, const struct session_client *who, const char *topic,
                                  const void *payload, size_t len, struct ticket *t,
                                  const char **not_stored);

@@ -132,6 +132,8 @@ struct mqtt_conn {
     uint64_t denied_pub;        /* publishes the ACL dropped */
     uint64_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
     uint64_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
+    bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
+                                 * disconnect): later packets are not handled */
 };
 
 /* retained.c */

@@ -9,6 +9,10 @@
  * a new device) is durable (gw_await_durable).
  * A resent QoS 2 PUBLISH is PUBREC'd once its first copy is durable; if that copy
  * failed, its id is forgotten, so the next resend is stored.
+ * A telemetry payload that does not decode is never acknowledged as if stored: by
+ * default (mqtt.invalid_telemetry = disconnect) it gets no PUBACK/PUBREC, is not routed,
+ * and the connection closes once the acks of earlier messages are out; with ack it is
+ * acknowledged and routed as a plain message. Counted and logged either way.
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
 #include <stdio.h>
@@ -25,6 +29,7 @@
 
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
+#define TAG_CLOSE (4ULL << 32) /* not an ack: close once the acks ahead of it are out */
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
@@ -87,6 +92,10 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
     uint16_t id = (uint16_t)(tag & 0xffff);
     if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
+    if (tag & TAG_CLOSE) { /* after the acks just sent, which the client must still get */
+        conn_close_after_write(c, "telemetry that does not decode, not acknowledged");
+        return;
+    }
     if (!ok) { /* not stored: no ack, so the client sends it again */
         if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
             qos2_remove(mc->sess, id);
@@ -234,6 +243,33 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 
 /* ---- PUBLISH from the client ---- */
 
+/* Telemetry on topic did not decode (why, static): counted, and logged once per connection
+ * (the rest are summed up at close). Returns true when it is to be routed and acknowledged
+ * as a plain message (mqtt.invalid_telemetry = ack). Else (disconnect) it is neither: an
+ * ack would say "stored", and 3.1.1 has no negative one. The connection handles no more
+ * packets and closes once the acks of the messages before it are out: those keep their
+ * acks, and nothing from this one on is taken. */
+static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const char *device,
+                                 const char *why)
+{
+    struct gw *gw = mc->b->gw;
+    bool ack = gw->cfg->mqtt.invalid_telemetry == CONFIG_INVALID_TELEMETRY_ACK;
+
+    gw->metrics.mqtt_telemetry_rejected++;
+    if (mc->bad_telemetry++ == 0)
+        log_write(ack ? LOG_INFO : LOG_WARN,
+                  "conn=%llu peer=%s proto=mqtt client=\"%s\" device=%s telemetry not stored "
+                  "reason=\"%s\" topic=\"%s\" action=%s",
+                  (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, device, why,
+                  topic, ack ? "ack" : "disconnect");
+    if (ack)
+        return true;
+    mc->rejected = true;
+    conn_pause(mc->c);
+    gw_await_durable(mc->c, NULL, TAG_CLOSE, on_ack_ready);
+    return false;
+}
+
 static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 {
     const struct mqtt_publish *pp = &pkt->publish;
@@ -269,9 +305,12 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     /* Gale's device model (telemetry, attributes, command replies) decides what the
      * message is; the broker routes it */
     m = session_mqtt_publish(gw, &who, topic, pp->payload, pp->payload_len, &t, &not_stored);
-    if (not_stored && mc->bad_telemetry++ == 0)
-        log_info("conn=%llu peer=%s proto=mqtt device=%s telemetry not stored reason=\"%s\"",
-                 (unsigned long long)mc->c->id, mc->c->peer, m->device, not_stored);
+    if (not_stored && !accept_bad_telemetry(mc, topic, m->device, not_stored)) {
+        msg_unref(m);
+        if (topic != stack_topic)
+            free(topic);
+        return; /* no ack, and no QoS 2 id kept: a resend is looked at afresh */
+    }
     m->ts_ms = gw_now_ms();
     m->qos = pp->qos;
     m->retain = pp->retain;
@@ -436,7 +475,7 @@ static int mqtt_feed(void *state, struct buf *in)
     size_t off = 0;
 
     broker_enter(b);
-    while (!c->closing && !c->close_after_write && off < in->len) {
+    while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
         size_t used;
         const char *why;

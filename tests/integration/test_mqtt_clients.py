@@ -139,7 +139,8 @@ def telemetry(g):
     t.eq(js.get("tb"), {"ts": base + 3, "value": 1}, "v1/devices/me/telemetry stored")
     st, js = g.http("GET", "/api/devices/dev-1")
     t.eq(js.get("attributes"), {"fw": "1.2", "model": "x1"}, "attributes merged and kept")
-    # bad telemetry JSON: acknowledged (no negative ack in 3.1.1), not stored, logged
+    # bad telemetry JSON with mqtt.invalid_telemetry=ack: acknowledged (no negative ack in
+    # 3.1.1), not stored, logged
     t(dev.pub("devices/dev-1/telemetry", "{not json", qos=1), "bad telemetry acknowledged")
     g.wait_log(r'device=dev-1 telemetry not stored reason=')
     dev.stop()
@@ -436,8 +437,11 @@ def main():
     except Exception:
         traceback.print_exc()
         t(False, "exception in bad_acl")
+    # mqtt.invalid_telemetry=ack: telemetry() checks that bad telemetry is acknowledged
+    # (test_mqtt_invalid_telemetry covers the default, disconnect)
     with Gale(args=["--set", "mqtt.acl=" + json.dumps(ACL),
-                    "--set", "mqtt.max_subscriptions=200000"]) as g:
+                    "--set", "mqtt.max_subscriptions=200000",
+                    "--set", "mqtt.invalid_telemetry=ack"]) as g:
         for d in ("dev-1", "dev-2", "dev-3", "backend-ro"):
             C[d] = g.create_device(d)
         C["backend-1"] = g.create_device("backend-1", role="app")

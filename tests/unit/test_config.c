@@ -167,6 +167,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.mqtt.max_inflight, 20);
     assert_int_equal(c.mqtt.max_queued, 1000);
     assert_string_equal(c.mqtt.acl_json, "[]");
+    assert_int_equal(c.mqtt.invalid_telemetry, CONFIG_INVALID_TELEMETRY_DISCONNECT);
     assert_int_equal(c.devices.auto_register, CONFIG_REGISTER_AUTO);
     assert_string_equal(c.storage.path, "");
     assert_int_equal(c.storage.sync, CONFIG_SYNC_FULL);
@@ -256,6 +257,13 @@ static const struct value_case json_cases[] = {
       "\"false\"" },
     { "{\"devices\":{\"auto_register\":\"no\"}}",
       "config: devices.auto_register: must be one of auto|true|false (got \"no\")", NULL, NULL },
+    { "{\"mqtt\":{\"invalid_telemetry\":\"ack\"}}", NULL, "mqtt.invalid_telemetry",
+      "\"ack\"" },
+    { "{\"mqtt\":{\"invalid_telemetry\":\"drop\"}}",
+      "config: mqtt.invalid_telemetry: must be one of disconnect|ack (got \"drop\")", NULL,
+      NULL },
+    { "{\"mqtt\":{\"invalid_telemetry\":true}}",
+      "config: mqtt.invalid_telemetry: must be a string (got true)", NULL, NULL },
     /* json */
     { "{\"mqtt\":{\"acl\":[{\"topic\" : \"x/#\", \"allow\": [\"sub\"]}]}}", NULL, "mqtt.acl",
       "[{\"topic\":\"x/#\",\"allow\":[\"sub\"]}]" },
@@ -379,6 +387,11 @@ static const struct value_case set_cases[] = {
     { "storage.sync=FULL", "config: storage.sync: must be one of full|normal (got \"FULL\")",
       NULL, NULL },
     { "devices.auto_register=true", NULL, "devices.auto_register", "\"true\"" },
+    { "mqtt.invalid_telemetry=ack", NULL, "mqtt.invalid_telemetry", "\"ack\"" },
+    { "mqtt.invalid_telemetry=disconnect", NULL, "mqtt.invalid_telemetry", "\"disconnect\"" },
+    { "mqtt.invalid_telemetry=close",
+      "config: mqtt.invalid_telemetry: must be one of disconnect|ack (got \"close\")", NULL,
+      NULL },
     /* json */
     { "mqtt.acl=[1, 2]", NULL, "mqtt.acl", "[1,2]" },
     { "mqtt.acl=[]", NULL, "mqtt.acl", "[]" },
@@ -410,6 +423,7 @@ static const struct value_case env_cases[] = {
     { "GALE_HTTP_API_KEY=k1", NULL, "http.api_key", "\"***\"" },
     { "GALE_STORAGE_BATCH_ROWS=500", NULL, "storage.batch_rows", "500" },
     { "GALE_STORAGE_SYNC=normal", NULL, "storage.sync", "\"normal\"" },
+    { "GALE_MQTT_INVALID_TELEMETRY=ack", NULL, "mqtt.invalid_telemetry", "\"ack\"" },
     { "GALE_GATEWAY_DATA_DIR=/srv/gale", NULL, "gateway.data_dir", "\"/srv/gale\"" },
     { "GALE_MQTT_ALLOW_ANONYMOUS=yes", NULL, "mqtt.allow_anonymous", "true" },
     { "GALE_LINE_MAX_LINE_BYTES=1k", NULL, "line.max_line_bytes", "1024" },
@@ -649,6 +663,12 @@ static void test_validate_fields(void **state)
     c.storage.sync = (enum config_sync)5;
     assert_int_equal(config_validate(&c, err, sizeof err), -1);
     assert_string_equal(err, "config: storage.sync: must be one of full|normal (got 5)");
+
+    config_defaults(&c);
+    c.mqtt.invalid_telemetry = (enum config_invalid_telemetry)2;
+    assert_int_equal(config_validate(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config: mqtt.invalid_telemetry: must be one of disconnect|ack "
+                             "(got 2)");
 
     config_defaults(&c);
     strcpy(c.mqtt.acl_json, "{}");
