@@ -91,7 +91,8 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
 
 /* Storage callbacks (main wires them; ctx is the gw). Every write up to upto_seq was
  * committed (ok = 1) or failed (ok = 0); the writer's queue crossed its high (paused =
- * 1) or low water mark: ingest connections stop or resume reading. */
+ * 1) or low water mark: ingest connections are held (conn_update_reading) or released,
+ * and input a released connection's protocol deferred is fed. */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
 
