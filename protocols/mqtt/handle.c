@@ -450,18 +450,29 @@ static void *mqtt_open(struct conn *c, void *ctx)
     return mc;
 }
 
-/* A packet that may pass a PUBLISH waiting for storage: it writes nothing and no later
- * packet depends on it coming after that PUBLISH. */
+/* A packet that may pass packets waiting for storage: it brings no ingest (an ack of a
+ * persistent session's delivery updates that session, bounded by mqtt.max_inflight) and
+ * none of the packets it passes means anything different for it. */
 static bool may_go_ahead(uint8_t type)
 {
     return type == MQTT_PINGREQ || type == MQTT_PUBACK || type == MQTT_PUBREC ||
            type == MQTT_PUBCOMP;
 }
 
+/* A packet that waits behind a waiting PUBLISH, and that others may pass. The rest
+ * (DISCONNECT, a second CONNECT, server-only types) ends the connection in its turn: no
+ * packet after it may be handled first. */
+static bool may_be_passed(uint8_t type)
+{
+    return type == MQTT_PUBLISH || type == MQTT_PUBREL || type == MQTT_SUBSCRIBE ||
+           type == MQTT_UNSUBSCRIBE;
+}
+
 /* The input starts with a PUBLISH that waits for storage, and bytes [0, from) are packets
  * that wait too. Handles the packets after them that may go ahead, removes them from in and
- * closes up the rest, which keeps its order; stops at an incomplete packet or one that does
- * not decode (reported in its turn, once storage lets the PUBLISH through). */
+ * closes up the rest, which keeps its order; stops at an incomplete packet, one that does
+ * not decode (reported in its turn, once storage lets the PUBLISH through) or one that
+ * ends the connection. */
 static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
 {
     struct conn *c = mc->c;
@@ -477,10 +488,12 @@ static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
         if (may_go_ahead(pkt.type)) {
             mc->b->packets_in++;
             handle_packet(mc, &pkt);
-        } else {
+        } else if (may_be_passed(pkt.type)) {
             if (keep != pos)
                 memmove(in->data + keep, in->data + pos, used);
             keep += used;
+        } else {
+            break;
         }
         pos += used;
     }
