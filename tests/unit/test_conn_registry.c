@@ -3,7 +3,8 @@
  * once, whatever the code it hands them to closes (the current one, the next one, all
  * of them, from a nested walk); an ended walk frees its slot; durable waiters fire or
  * are cancelled once each when a waiter's callback closes other waiting connections; a
- * waiter whose writes span a failed and a committed report fails.
+ * waiter whose writes span a failed and a committed report fails; backpressure holds
+ * ingest connections only, and a held connection's idle clock stands still.
  * Each test ends with every handle closed and uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -330,6 +331,54 @@ static void test_failed_batch_not_hidden_by_later_commit(void **state)
     assert_int_equal(conn_registry_count(f->gw.conns), NCONNS); /* nobody closed */
 }
 
+/* Runs the loop for ms. */
+static void run_for(struct fixture *f, uint64_t ms)
+{
+    uint64_t until = uv_now(&f->loop) + ms;
+    while (uv_now(&f->loop) < until)
+        uv_run(&f->loop, UV_RUN_ONCE); /* the connections' idle timers keep it ticking */
+}
+
+/* Storage backpressure holds ingest connections only, and the idle clock of a held one
+ * stands still: it restarts at the release. */
+static void test_pressure_holds_ingest_and_its_idle_clock(void **state)
+{
+    struct fixture *f = *state;
+    struct conn *ingest, *other;
+    struct conn_iter it;
+    uint64_t released;
+
+    conn_iter_begin(&it, f->gw.conns);
+    ingest = conn_iter_next(&it);
+    other = conn_iter_next(&it);
+    conn_iter_end(&it);
+    conn_ref(ingest);
+    conn_ref(other);
+    ingest->ingest = true;
+    ingest->idle_timeout_ms = other->idle_timeout_ms = 100;
+    conn_authenticated(ingest, ""); /* re-arms the idle timers */
+    conn_authenticated(other, "");
+
+    gw_on_pressure(&f->gw, 1);
+    assert_true(ingest->held);
+    assert_false(ingest->reading);
+    assert_false(other->held);
+    assert_true(other->reading);
+    run_for(f, 350);
+    assert_true(other->closing);  /* silent for 100 ms: closed */
+    assert_false(ingest->closing); /* its silence is the gateway's */
+
+    gw_on_pressure(&f->gw, 0);
+    released = uv_now(&f->loop);
+    assert_false(ingest->held);
+    assert_true(ingest->reading);
+    while (!ingest->closing)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_true(uv_now(&f->loop) - released >= 90); /* idle again, counted from the release */
+    conn_unref(ingest);
+    conn_unref(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +388,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ended_walks_free_their_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiter_closes_other_waiters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_batch_not_hidden_by_later_commit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pressure_holds_ingest_and_its_idle_clock, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
