@@ -16,6 +16,7 @@
  * keep-alive is answered. A pure subscriber is never held.
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -477,6 +478,8 @@ static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
 {
     struct conn *c = mc->c;
     size_t pos = from, keep = from;
+
+    assert(from <= in->len); /* in changed only here and by consuming, which resets ahead */
 
     while (!c->closing && !c->close_after_write && pos < in->len) {
         struct mqtt_packet pkt;
