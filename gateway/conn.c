@@ -5,7 +5,10 @@
  * protocol's feed() decodes and consumes. Writes try uv_try_write() first and
  * queue only what the kernel did not take. One timer per connection serves the
  * auth deadline and then the idle deadline (re-armed lazily from the time of the
- * last read, so a busy connection does not touch the timer heap per read).
+ * last read, so a busy connection does not touch the timer heap per read). While
+ * storage pushes back, an ingest connection is held: it stops reading (or, when its
+ * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
+ * stands still until the release.
  *
  * The registry keeps two lists: live connections, and those with durable waiters.
  * Where each running walk goes next is kept in the registry (a slot per walk), so
@@ -141,6 +144,12 @@ static void wait_list_remove(struct conn_registry *r, struct conn *c)
         unlink_walked(r, &r->waiting, &c->wait_link);
 }
 
+/* Bytes received and not yet consumed by the protocol (what ingest_hold_bytes bounds). */
+static size_t held_bytes(const struct conn *c)
+{
+    return c->in.len + c->raw.len;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     struct conn *c = h->data;
@@ -148,6 +157,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     (void)suggested;
     out->base = (char *)buf_reserve(b, READ_CHUNK);
     out->len = b->cap - b->len;
+    if (c->held) { /* reading only while below ingest_hold_bytes: a read stops there */
+        size_t room = c->ingest_hold_bytes > held_bytes(c) ? c->ingest_hold_bytes - held_bytes(c)
+                                                           : 1;
+        if (out->len > room)
+            out->len = room;
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
@@ -179,6 +194,7 @@ void conn_refeed(struct conn *c)
     if (!c->closing) {
         buf_shrink(&c->in, 4 * READ_CHUNK);
         buf_shrink(&c->raw, 4 * READ_CHUNK);
+        conn_update_reading(c); /* a held connection reads up to its ingest_hold_bytes */
     }
     conn_unref(c);
 }
@@ -195,7 +211,12 @@ void conn_set_transport(struct conn *c, const struct transport_ops *t, void *sta
 
 void conn_update_reading(struct conn *c)
 {
-    bool want = !c->closing && !c->paused && !(c->ingest && c->gw->ingest_paused);
+    bool held = !c->closing && c->ingest && c->gw->ingest_paused;
+    bool want = !c->closing && !c->paused && !(held && held_bytes(c) >= c->ingest_hold_bytes);
+
+    if (c->held && !held) /* its silence while held was ours: the idle clock starts now */
+        c->last_read_mono_ms = gw_mono_ms();
+    c->held = held;
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->reading = true;
@@ -217,7 +238,8 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     if (c->idle_timeout_ms) {
-        uint64_t idle = now - c->last_read_mono_ms;
+        /* held: the gateway stopped reading (or processing) it, so the peer is not idle */
+        uint64_t idle = c->held ? 0 : now - c->last_read_mono_ms;
         if (idle >= c->idle_timeout_ms) {
             c->gw->metrics.timeouts++;
             conn_close(c, "idle timeout");

@@ -87,7 +87,14 @@ struct conn {
     /* set by protocols that can carry commands to their device (line, ws-device) */
     void (*send_command)(struct conn *c, const char *json, size_t len);
     char device[65];                 /* device id after auth, else "" */
-    bool ingest;                     /* reads pause under storage backpressure */
+    /* an ingest connection: the gateway holds its reads while storage pushes back. Line,
+     * ws-device and HTTP ingest are from the start; MQTT once a publish wrote storage
+     * (a pure subscriber never is). Whoever sets it later calls conn_update_reading. */
+    bool ingest;
+    /* 0: an ingest connection stops reading while storage pushes back. Else the protocol
+     * defers ingest itself (MQTT: PUBLISH waits, pings and acks are answered) and reading
+     * goes on while fewer than this many bytes wait in in + raw. */
+    size_t ingest_hold_bytes;
     bool closing;
     int64_t connected_ms;            /* epoch ms */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
@@ -97,6 +104,9 @@ struct conn {
     size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
     struct buf in;                   /* bytes for the protocol, not yet consumed */
     struct buf raw;                  /* socket bytes for the transport (when xport is set) */
+    /* the gateway holds this ingest connection (storage pushes back): its idle clock (and
+     * a transport's pings) stand still, and start again from the release */
+    bool held;
     /* private */
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -142,7 +152,8 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
                         conn_durable_fn fn);
 
 /* Starts or stops reading c as its state asks (closing, paused by its protocol, an
- * ingest connection while storage pushes back). */
+ * ingest connection while storage pushes back, up to its ingest_hold_bytes) and updates
+ * held; releasing a held connection restarts its idle clock. */
 void conn_update_reading(struct conn *c);
 
 /* ---- the registry of live connections ------------------------------------------

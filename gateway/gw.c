@@ -201,10 +201,16 @@ void gw_on_pressure(void *ctx, int paused)
                  gw_storage_queued(gw));
     }
     gw->ingest_paused = paused != 0;
+    /* Only ingest connections are held; a protocol that defers ingest itself has input
+     * waiting, which the release feeds (that may push back again: a nested walk). */
     conn_iter_begin(&it, gw->conns);
-    while ((c = conn_iter_next(&it)) != NULL)
-        if (c->ingest)
-            conn_update_reading(c);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        if (!c->ingest)
+            continue;
+        conn_update_reading(c);
+        if (!paused && c->ingest_hold_bytes)
+            conn_refeed(c);
+    }
 }
 
 void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn_durable_fn fn)

@@ -94,7 +94,8 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
  * committed (ok = 1) or failed (ok = 0): gw_on_durable settles the latest values waiting
  * for those writes (devices_durable, when gw->devices is set), then fires the waiters.
  * The writer's queue crossed its high (paused = 1) or low water mark: ingest connections
- * stop or resume reading. */
+ * are held (conn_update_reading) or released, and input a released connection's protocol
+ * deferred is fed. */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
 

@@ -128,6 +128,8 @@ struct mqtt_conn {
     uint8_t will_qos;
     bool will_retain;
     struct buf out;             /* encoding scratch */
+    size_t ahead;               /* while a PUBLISH waits for storage: bytes at the head of the
+                                 * input already scanned for pings and acks (take_ahead) */
     /* refusals: the first of each kind is logged, the rest counted and summed up at close */
     uint64_t denied_pub;        /* publishes the ACL dropped */
     uint64_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */

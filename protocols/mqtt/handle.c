@@ -13,8 +13,14 @@
  * default (mqtt.invalid_telemetry = disconnect) it gets no PUBACK/PUBREC, is not routed,
  * and the connection closes once the acks of earlier messages are out; with ack it is
  * acknowledged and routed as a plain message. Counted and logged either way.
+ * Backpressure: a connection counts as ingest once a publish of it wrote storage. While
+ * storage pushes back, its PUBLISH packets wait in the input (read up to a small cap),
+ * and everything after them too, in order, except PINGREQ and the acks of our deliveries,
+ * which are answered at once: a publisher that also subscribes keeps receiving and its
+ * keep-alive is answered. A pure subscriber is never held.
  * Protocol violations close the connection with a log line naming the peer and
  * the reason [MQTT-4.8.0-1]. Loop thread only. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +36,9 @@
 #define TAG_PUBACK (1ULL << 32)
 #define TAG_PUBREC (2ULL << 32)
 #define TAG_CLOSE (4ULL << 32) /* not an ack: close once the acks ahead of it are out */
+/* Input a held connection reads while its PUBLISH packets wait (conn ingest_hold_bytes):
+ * room for the pings and acks behind them, not for more ingest. */
+#define MQTT_HOLD_BYTES (16 * 1024)
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
@@ -319,6 +328,10 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
      * queues of offline persistent sessions, a new device) joins t: durable before the ack */
     bus_publish(gw->bus, m, &t);
     msg_unref(m);
+    if (!ticket_empty(&t) && !mc->c->ingest) { /* it writes storage: storage may hold it */
+        mc->c->ingest = true;
+        conn_update_reading(mc->c);
+    }
 ack:
     if (topic != stack_topic)
         free(topic);
@@ -462,9 +475,66 @@ static void *mqtt_open(struct conn *c, void *ctx)
 {
     struct mqtt_conn *mc = broker_conn_new(ctx, c);
     mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
-    c->ingest = true;
+    c->ingest_hold_bytes = MQTT_HOLD_BYTES;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return mc;
+}
+
+/* A packet that may pass packets waiting for storage: it brings no ingest (an ack of a
+ * persistent session's delivery updates that session, bounded by mqtt.max_inflight) and
+ * none of the packets it passes means anything different for it. */
+static bool may_go_ahead(uint8_t type)
+{
+    return type == MQTT_PINGREQ || type == MQTT_PUBACK || type == MQTT_PUBREC ||
+           type == MQTT_PUBCOMP;
+}
+
+/* A packet that waits behind a waiting PUBLISH, and that others may pass. The rest
+ * (DISCONNECT, a second CONNECT, server-only types) ends the connection in its turn: no
+ * packet after it may be handled first. */
+static bool may_be_passed(uint8_t type)
+{
+    return type == MQTT_PUBLISH || type == MQTT_PUBREL || type == MQTT_SUBSCRIBE ||
+           type == MQTT_UNSUBSCRIBE;
+}
+
+/* The input starts with a PUBLISH that waits for storage, and bytes [0, from) are packets
+ * that wait too. Handles the packets after them that may go ahead, removes them from in and
+ * closes up the rest, which keeps its order; stops at an incomplete packet, one that does
+ * not decode (reported in its turn, once storage lets the PUBLISH through) or one that
+ * ends the connection. */
+static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
+{
+    struct conn *c = mc->c;
+    size_t pos = from, keep = from;
+
+    assert(from <= in->len); /* in changed only here and by consuming, which resets ahead */
+
+    while (!c->closing && !c->close_after_write && pos < in->len) {
+        struct mqtt_packet pkt;
+        size_t used;
+        const char *why;
+        if (mqtt_decode(&mc->lim, in->data + pos, in->len - pos, &pkt, &used, &why) !=
+            CODEC_FRAME)
+            break;
+        if (may_go_ahead(pkt.type)) {
+            mc->b->packets_in++;
+            handle_packet(mc, &pkt);
+        } else if (may_be_passed(pkt.type)) {
+            if (keep != pos)
+                memmove(in->data + keep, in->data + pos, used);
+            keep += used;
+        } else {
+            break;
+        }
+        pos += used;
+    }
+    if (c->closing)
+        return;
+    if (keep != pos)
+        memmove(in->data + keep, in->data + pos, in->len - pos);
+    in->len -= pos - keep;
+    mc->ahead = keep;
 }
 
 static int mqtt_feed(void *state, struct buf *in)
@@ -472,12 +542,12 @@ static int mqtt_feed(void *state, struct buf *in)
     struct mqtt_conn *mc = state;
     struct conn *c = mc->c; /* conn_refeed holds a reference: valid after mc is gone */
     struct mqtt_broker *b = mc->b;
-    size_t off = 0;
+    size_t off = 0, used = 0;
+    bool waits = false;
 
     broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
-        size_t used;
         const char *why;
         enum codec_rc rc = mqtt_decode(&mc->lim, in->data + off, in->len - off, &pkt, &used, &why);
         if (rc == CODEC_NEED_MORE)
@@ -486,12 +556,21 @@ static int mqtt_feed(void *state, struct buf *in)
             violation(mc, why);
             break;
         }
+        if (pkt.type == MQTT_PUBLISH && c->held) { /* storage pushes back: it waits */
+            waits = true;
+            break;
+        }
         off += used;
         b->packets_in++;
         handle_packet(mc, &pkt);
     }
-    if (!c->closing)
+    if (!c->closing) {
         buf_consume(in, off);
+        if (off || !waits)
+            mc->ahead = 0;
+        if (waits)
+            take_ahead(mc, in, mc->ahead ? mc->ahead : used);
+    }
     broker_leave(b); /* may finish (free) mc when it closed meanwhile */
     return c->closing ? -1 : 0;
 }

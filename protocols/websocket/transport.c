@@ -80,7 +80,10 @@ static void arm(struct ws_conn *ws, uint64_t now)
         due = ws->close_deadline_ms;
     } else {
         uint64_t last = c->last_read_mono_ms > ws->opened_ms ? c->last_read_mono_ms : ws->opened_ms;
-        due = ws->ping_out ? ws->ping_sent_ms + interval : last + interval;
+        if (c->held) /* storage holds its reads: no ping until the release */
+            due = now + interval;
+        else
+            due = ws->ping_out ? ws->ping_sent_ms + interval : last + interval;
         if (c->auth_timeout_ms && ws->opened_ms + c->auth_timeout_ms < due)
             due = ws->opened_ms + c->auth_timeout_ms;
     }
@@ -127,6 +130,8 @@ static void on_timer(uv_timer_t *t)
         c->gw->metrics.timeouts++;
         begin_close(ws, WS_CLOSE_POLICY, "authentication timeout", true);
         return;
+    } else if (c->held) { /* storage holds its reads: a pong could not be read */
+        ws->ping_out = false;
     } else if (ws->ping_out && c->last_read_mono_ms < ws->ping_sent_ms) {
         if (now - ws->ping_sent_ms >= ping_interval_ms(c)) {
             /* a dead peer reads nothing: no grace period, the frame is a courtesy */

@@ -2,7 +2,9 @@
  * loopback connections accepted through gw_listen. A walk visits every live connection
  * once, whatever the code it hands them to closes (the current one, the next one, all
  * of them, from a nested walk); an ended walk frees its slot; durable waiters fire or
- * are cancelled once each when a waiter's callback closes other waiting connections.
+ * are cancelled once each when a waiter's callback closes other waiting connections; a
+ * waiter whose writes span a failed and a committed report fails; backpressure holds
+ * ingest connections only, and a held connection's idle clock stands still.
  * Each test ends with every handle closed and uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -274,6 +276,109 @@ static void test_waiter_closes_other_waiters(void **state)
     assert_int_equal(conn_registry_count(f->gw.conns), 1);
 }
 
+/* Records each firing: how often, with which ok, in which order. */
+static int fire_seq, fired_at[NCONNS + 1];
+
+static void on_record(struct conn *c, uint64_t tag, int ok)
+{
+    (void)c;
+    fired[tag]++;
+    fired_ok[tag] = ok;
+    fired_at[tag] = ++fire_seq;
+}
+
+/* An ack covers every write its message caused, across batch boundaries: a failure
+ * reported for an earlier batch is not hidden by a later batch that committed. Writes 1..3
+ * fail in one report, 4..5 commit in the next. */
+static void test_failed_batch_not_hidden_by_later_commit(void **state)
+{
+    struct fixture *f = *state;
+    struct conn *c[3];
+    struct conn_iter it;
+
+    memset(fired, 0, sizeof fired);
+    memset(fired_ok, 0, sizeof fired_ok);
+    fire_seq = 0;
+    conn_iter_begin(&it, f->gw.conns);
+    for (int i = 0; i < 3; i++)
+        assert_non_null(c[i] = conn_iter_next(&it));
+    conn_iter_end(&it);
+
+    gw_await_durable(c[0], &(struct ticket){2, 5}, 1, on_record); /* spans both reports */
+    gw_await_durable(c[0], NULL, 2, on_record); /* empty: waits for the one before it */
+    gw_await_durable(c[1], &(struct ticket){4, 5}, 3, on_record); /* wholly committed */
+    gw_on_durable(&f->gw, 3, 0);
+    for (int tag = 1; tag <= 3; tag++)
+        assert_int_equal(fired[tag], 0); /* every ticket ends after seq 3 */
+    gw_on_durable(&f->gw, 5, 1);
+    for (int tag = 1; tag <= 3; tag++)
+        assert_int_equal(fired[tag], 1);
+    assert_int_equal(fired_ok[1], 0);   /* write 2 or 3 failed */
+    assert_int_equal(fired_ok[2], 1);   /* nothing of its own failed ... */
+    assert_true(fired_at[2] > fired_at[1]); /* ... and it fires after the one before it */
+    assert_int_equal(fired_ok[3], 1);
+
+    /* tickets reported before they are awaited fire at once, failed if they overlap 1..3 */
+    gw_await_durable(c[2], &(struct ticket){3, 4}, 4, on_record);
+    assert_int_equal(fired[4], 1);
+    assert_int_equal(fired_ok[4], 0);
+    gw_await_durable(c[2], &(struct ticket){1, 1}, 5, on_record);
+    assert_int_equal(fired[5], 1);
+    assert_int_equal(fired_ok[5], 0);
+    gw_await_durable(c[2], &(struct ticket){4, 5}, 6, on_record);
+    assert_int_equal(fired[6], 1);
+    assert_int_equal(fired_ok[6], 1);
+    assert_int_equal(conn_registry_count(f->gw.conns), NCONNS); /* nobody closed */
+}
+
+/* Runs the loop for ms. */
+static void run_for(struct fixture *f, uint64_t ms)
+{
+    uint64_t until = uv_now(&f->loop) + ms;
+    while (uv_now(&f->loop) < until)
+        uv_run(&f->loop, UV_RUN_ONCE); /* the connections' idle timers keep it ticking */
+}
+
+/* Storage backpressure holds ingest connections only, and the idle clock of a held one
+ * stands still: it restarts at the release. */
+static void test_pressure_holds_ingest_and_its_idle_clock(void **state)
+{
+    struct fixture *f = *state;
+    struct conn *ingest, *other;
+    struct conn_iter it;
+    uint64_t released;
+
+    conn_iter_begin(&it, f->gw.conns);
+    ingest = conn_iter_next(&it);
+    other = conn_iter_next(&it);
+    conn_iter_end(&it);
+    conn_ref(ingest);
+    conn_ref(other);
+    ingest->ingest = true;
+    ingest->idle_timeout_ms = other->idle_timeout_ms = 100;
+    conn_authenticated(ingest, ""); /* re-arms the idle timers */
+    conn_authenticated(other, "");
+
+    gw_on_pressure(&f->gw, 1);
+    assert_true(ingest->held);
+    assert_false(ingest->reading);
+    assert_false(other->held);
+    assert_true(other->reading);
+    run_for(f, 350);
+    assert_true(other->closing);  /* silent for 100 ms: closed */
+    assert_false(ingest->closing); /* its silence is the gateway's */
+
+    gw_on_pressure(&f->gw, 0);
+    released = uv_now(&f->loop);
+    assert_false(ingest->held);
+    assert_true(ingest->reading);
+    while (!ingest->closing)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_true(uv_now(&f->loop) - released >= 90); /* idle again, counted from the release */
+    conn_unref(ingest);
+    conn_unref(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -282,6 +387,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_all_from_nested_walk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ended_walks_free_their_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiter_closes_other_waiters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_batch_not_hidden_by_later_commit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pressure_holds_ingest_and_its_idle_clock, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
