@@ -26,13 +26,12 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <signal.h>
 #include <uv.h>
 
 #include "base/buf.h"
@@ -189,7 +188,6 @@ static void world_open(struct world *w, uint8_t flags)
         w->cfg.devices.auto_register = CONFIG_REGISTER_ALWAYS;
     else if (flags & 0x10)
         w->cfg.devices.auto_register = CONFIG_REGISTER_NEVER;
-    strcpy(w->cfg.mqtt.bind, "127.0.0.1");
 
     CHECK(uv_loop_init(&w->loop) == 0);
     w->gw.loop = &w->loop;
@@ -221,7 +219,7 @@ static void world_open(struct world *w, uint8_t flags)
     }
 }
 
-/* Decodes what client k received: server packets, well formed, CONNACK first. */
+/* Decodes what a client received: server packets, well formed, CONNACK first. */
 static void client_check(struct client *cl)
 {
     static const struct mqtt_limits lim = {0, MQTT_V311};
@@ -375,7 +373,8 @@ static void world_close(struct world *w)
         client_reset(&w->clients[i]);
         buf_fini(&w->clients[i].in);
     }
-    /* as main() stops: storage drained, connections closed, then the handles */
+    /* as main() stops: storage drains (acks go to connections whose peers may have gone),
+     * connections close, then the handles */
     gw_on_durable(&w->gw, w->last_seq, 1);
     w->gw.stopping = true;
     conn_registry_close_all(w->gw.conns, "shutting down");
