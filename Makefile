@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz bench clean
+.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz fuzz-run bench clean
 
 all: gale
 
@@ -50,10 +50,18 @@ test-tsan: setup-test
 	cmake --build build-tsan -j$(JOBS) --target test_store
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure --no-tests=error -R unit.test_store
 
-# libFuzzer targets (clang): make fuzz; then build-fuzz/tests/fuzz/fuzz_<name> corpus/
+# libFuzzer targets (clang, ASan+UBSan), one per parser (tests/fuzz/targets.cmake):
+# make fuzz builds them in build-fuzz; make fuzz-run also runs each for FUZZ_SECONDS on a
+# scratch copy of its corpus and fails on any crash (inputs kept in
+# build-fuzz/tests/fuzz/artifacts/). One target by hand: build-fuzz/tests/fuzz/fuzz_<name> DIR
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS = $(shell sed -n 's/^gale_fuzz_target.\([A-Za-z0-9_]*\) .*/fuzz_\1/p' tests/fuzz/targets.cmake)
 fuzz: setup-test
-	CC=clang cmake -S . -B build-fuzz -DGALE_FUZZ=ON
-	cmake --build build-fuzz -j$(JOBS)
+	CC=clang cmake -S . -B build-fuzz -DGALE_FUZZ=ON -DGALE_TESTS=ON
+	cmake --build build-fuzz -j$(JOBS) --target $(FUZZ_TARGETS)
+
+fuzz-run: fuzz
+	sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
 
 # Every benchmark case against its reference (Mosquitto, nginx, Tornado, raw SQLite),
 # interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 5 minutes.

@@ -98,6 +98,7 @@ static void qos2_remove(struct mqtt_session *s, uint16_t id)
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
+    struct mqtt_broker *b;
     uint16_t id = (uint16_t)(tag & 0xffff);
     if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
@@ -111,12 +112,15 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
         conn_close(c, "storage failure: message not acknowledged");
         return;
     }
+    b = mc->b;
+    broker_enter(b); /* a failed send closes c: mc is freed at broker_leave, not in it */
     mc->out.len = 0;
     if (tag & TAG_PUBREC)
         mqtt_encode_pubrec(&mc->out, id);
     else
         mqtt_encode_puback(&mc->out, id);
     send_buf(mc);
+    broker_leave(b);
 }
 
 /* ---- CONNECT ---- */
