@@ -92,6 +92,11 @@ static size_t storage_queued(void *ctx)
     return (size_t)(w->last_seq - w->gw.durable_seq);
 }
 
+static void storage_flush(void *ctx)
+{
+    (void)ctx; /* writes are reported when the input says so */
+}
+
 static void storage_sink(void *ctx, struct msg *m, struct ticket *t)
 {
     if (m->kind == MSG_TELEMETRY && m->device && m->device[0] && m->npoints > 0)
@@ -143,6 +148,19 @@ static uint64_t delete_session_msg(void *ctx, const char *client_id, uint64_t ms
     return next_seq(ctx);
 }
 
+static uint64_t put_session_sub(void *ctx, const char *client_id, const char *filter,
+                                uint8_t qos)
+{
+    (void)client_id, (void)filter, (void)qos;
+    return next_seq(ctx);
+}
+
+static uint64_t delete_session_sub(void *ctx, const char *client_id, const char *filter)
+{
+    (void)client_id, (void)filter;
+    return next_seq(ctx);
+}
+
 static int load_retained(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx)
 {
     (void)ctx, (void)fn, (void)fn_ctx;
@@ -150,9 +168,10 @@ static int load_retained(void *ctx, mqtt_store_retained_fn fn, void *fn_ctx)
 }
 
 static int load_sessions(void *ctx, mqtt_store_session_fn on_session,
-                         mqtt_store_session_msg_fn on_msg, void *fn_ctx)
+                         mqtt_store_session_sub_fn on_sub, mqtt_store_session_msg_fn on_msg,
+                         void *fn_ctx)
 {
-    (void)ctx, (void)on_session, (void)on_msg, (void)fn_ctx;
+    (void)ctx, (void)on_session, (void)on_sub, (void)on_msg, (void)fn_ctx;
     return 0;
 }
 
@@ -197,7 +216,7 @@ static void world_open(struct world *w, uint8_t flags)
     w->gw.cfg = &w->cfg;
     w->gw.hook_ctx = w;
     w->gw.on_presence = on_presence;
-    w->gw.storage = (struct gw_storage){w, storage_pending, storage_queued};
+    w->gw.storage = (struct gw_storage){w, storage_pending, storage_queued, storage_flush};
     devices_init(&w->devices);
     devices_set_store(&w->devices, &(struct devices_store){w, dev_put, dev_put, dev_remove});
     w->gw.devices = &w->devices;
@@ -206,11 +225,14 @@ static void world_open(struct world *w, uint8_t flags)
     add_device(w, "open1", NULL, DEVICE_ROLE_DEVICE);
     w->gw.bus = bus_new();
     w->gw.conns = conn_registry_new();
+    bus_add_sink(w->gw.bus, "storage", storage_sink, w); /* first, as in main.c */
     bus_add_sink(w->gw.bus, "latest", devices_sink, &w->devices);
-    bus_add_sink(w->gw.bus, "storage", storage_sink, w);
     w->broker = mqtt_broker_new(&w->gw, &(struct mqtt_store){
-        w, put_retained, put_session, delete_session, put_session_msg, delete_session_msg,
-        load_retained, load_sessions});
+        .ctx = w, .put_retained = put_retained, .put_session = put_session,
+        .delete_session = delete_session, .put_session_msg = put_session_msg,
+        .delete_session_msg = delete_session_msg, .put_session_sub = put_session_sub,
+        .delete_session_sub = delete_session_sub, .load_retained = load_retained,
+        .load_sessions = load_sessions});
     CHECK(w->broker != NULL);
     CHECK(gw_listen(&w->gw, &(struct gw_listen_cfg){"mqtt", "127.0.0.1", 0, &mqtt_proto,
                                                     w->broker}) == 0);
