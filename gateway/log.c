@@ -134,28 +134,36 @@ static size_t escape_one(const unsigned char *p, size_t n, bool quotes, char e[8
     return len;
 }
 
-size_t log_escape(char *out, size_t cap, const void *s, size_t n)
+/* Escapes whole characters of p[0..keep) while they fit under cap - 1 bytes of out;
+ * *used: the input bytes taken. Returns the bytes written. */
+static size_t escape_fit(char *out, size_t cap, const unsigned char *p, size_t n, size_t keep,
+                         size_t *used)
 {
-    const unsigned char *p = s;
-    size_t i = 0, o = 0, keep = n > LOG_Q_MAX_BYTES ? LOG_Q_MAX_BYTES : n;
-    char e[8], marker[40];
-
+    size_t i = 0, o = 0;
+    char e[8];
     while (i < keep) {
-        size_t used = escape_one(p + i, n - i, true, e), elen = strlen(e);
+        size_t len = escape_one(p + i, n - i, true, e), elen = strlen(e);
         if (o + elen >= cap)
             break;
         memcpy(out + o, e, elen);
         o += elen;
-        i += used;
+        i += len;
     }
-    if (i < n) {
-        size_t mlen = (size_t)snprintf(marker, sizeof marker, "...(+%zu bytes)", n - i);
-        while (o > 0 && o + mlen >= cap) /* room for the marker: it says the value is cut */
-            o--;
-        if (o + mlen < cap) {
-            memcpy(out + o, marker, mlen);
-            o += mlen;
-        }
+    *used = i;
+    return o;
+}
+
+size_t log_escape(char *out, size_t cap, const void *s, size_t n)
+{
+    const unsigned char *p = s;
+    size_t i, o, keep = n > LOG_Q_MAX_BYTES ? LOG_Q_MAX_BYTES : n;
+    char marker[40];
+    size_t mlen = (size_t)snprintf(marker, sizeof marker, "...(+%zu bytes)", n);
+
+    o = escape_fit(out, cap, p, n, keep, &i);
+    if (i < n && mlen < cap) { /* cut: again, leaving room for the marker (sized for n) */
+        o = escape_fit(out, cap - mlen, p, n, keep, &i);
+        o += (size_t)snprintf(out + o, cap - o, "...(+%zu bytes)", n - i);
     }
     out[o] = '\0';
     return o;
