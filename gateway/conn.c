@@ -283,10 +283,11 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     format_peer(&ss, c->peer, sizeof c->peer);
     if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
+        const char *why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
-        log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, c->peer,
-                 gw->stopping ? "shutting down" : "max connections reached",
-                 gw->cfg->limits.max_connections);
+        if (log_refusal(c->peer, why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, c->peer,
+                     why, gw->cfg->limits.max_connections);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
@@ -420,6 +421,13 @@ static void on_close(uv_handle_t *h)
         conn_unref(c);
 }
 
+bool conn_refused(struct conn *c, const char *why)
+{
+    if (c->refusal == CONN_REFUSAL_NONE)
+        c->refusal = log_refusal(c->peer, why) ? CONN_REFUSAL_LOGGED : CONN_REFUSAL_QUIET;
+    return c->refusal == CONN_REFUSAL_LOGGED;
+}
+
 void conn_close(struct conn *c, const char *why)
 {
     struct gw *gw = c->gw;
@@ -436,11 +444,15 @@ void conn_close(struct conn *c, const char *why)
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
-    /* HTTP connections come and go by the thousand: their closes are debug noise */
-    log_write(strcmp(c->proto->name, "http") == 0 ? LOG_DEBUG : LOG_INFO,
-              "conn=%llu peer=%s proto=%s%s%s close reason=\"%s\" bytes_in=%llu bytes_out=%llu",
-             (unsigned long long)c->id, c->peer, c->proto->name, c->device[0] ? " device=" : "",
-             c->device, why, (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
+    /* HTTP connections come and go by the thousand: their closes are debug noise; the
+     * close of a refusal that is summarised is counted in that summary */
+    if (c->refusal != CONN_REFUSAL_QUIET)
+        log_write(strcmp(c->proto->name, "http") == 0 ? LOG_DEBUG : LOG_INFO,
+                  "conn=%llu peer=%s proto=%s%s%s close reason=\"%s\" bytes_in=%llu "
+                  "bytes_out=%llu",
+                  (unsigned long long)c->id, c->peer, c->proto->name,
+                  c->device[0] ? " device=" : "", c->device, log_q(why),
+                  (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
     if (c->proto_state && c->proto->close)
         c->proto->close(c->proto_state, why);
     c->proto_state = NULL;

@@ -74,6 +74,9 @@ struct conn_waiter {
     bool failed;         /* a write of t failed: fires with ok = 0 */
 };
 
+/* Whether a connection was refused and how that is logged (conn_refused). */
+enum conn_refusal { CONN_REFUSAL_NONE, CONN_REFUSAL_LOGGED, CONN_REFUSAL_QUIET };
+
 struct conn {
     /* public */
     uint64_t id;                     /* unique for the process lifetime, from 1 */
@@ -117,6 +120,7 @@ struct conn {
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
     char close_why[128];
+    enum conn_refusal refusal;       /* set by conn_refused */
     struct list_link reg_link;       /* in the registry's list of live connections */
     struct list_link wait_link;      /* in its list of connections with waiters */
     struct conn_waiter *waiters;     /* FIFO ring of durable waiters */
@@ -138,6 +142,11 @@ void conn_send_raw(struct conn *c, const void *data, size_t len);
 /* Closes once all queued bytes are written. */
 void conn_close_after_write(struct conn *c, const char *why);
 void conn_close(struct conn *c, const char *why);
+/* Counts the refusal of c (a failed login, a refused CONNECT) against its peer address
+ * (log_refusal). Returns true when the caller is to log it; false when it is summarised,
+ * and then c's close is not logged either. Only the first call for a connection counts;
+ * later ones return its answer. */
+bool conn_refused(struct conn *c, const char *why);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 /* Marks the connection as authenticated by device (stops the auth timer). */

@@ -41,9 +41,10 @@ struct device *session_authenticate(struct gw *gw, struct conn *c, const char *d
     }
     if (!dev) {
         gw->metrics.auth_failures++;
-        log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%.*s\" reason=\"%s\"",
-                 (unsigned long long)c->id, c->peer, c->proto->name, (int)(dlen > 64 ? 64 : dlen),
-                 device, why);
+        if (conn_refused(c, why))
+            log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%s\" reason=\"%s\"",
+                     (unsigned long long)c->id, c->peer, c->proto->name,
+                     log_qn(device, dlen), why);
     }
     return dev;
 }
@@ -233,9 +234,10 @@ static void login(struct session *s, const void *json, size_t len)
 
     if (!cJSON_IsObject(root) || !cJSON_IsString(id) || !cJSON_IsString(tok)) {
         gw->metrics.auth_failures++;
-        log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
-                 "{\\\"device\\\":..,\\\"token\\\":..}\"",
-                 (unsigned long long)c->id, c->peer, c->proto->name, s->ops->unit);
+        if (conn_refused(c, "bad first message"))
+            log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
+                     "{\\\"device\\\":..,\\\"token\\\":..}\"",
+                     (unsigned long long)c->id, c->peer, c->proto->name, s->ops->unit);
         cJSON_Delete(root);
         snprintf(why, sizeof why, "first %s must be {\"device\":\"<id>\",\"token\":\"<token>\"}",
                  s->ops->unit);
@@ -292,8 +294,8 @@ static void bad_message(struct session *s, const struct device *dev,
     gw->metrics.line_errors++;
     s->errors++;
     log_info("conn=%llu peer=%s proto=%s device=%s bad %s reason=\"%s\" errors=%d",
-             (unsigned long long)c->id, c->peer, c->proto->name, dev->id, s->ops->unit, why,
-             s->errors);
+             (unsigned long long)c->id, c->peer, c->proto->name, dev->id, s->ops->unit,
+             log_q(why), s->errors);
     if (!send_error(s, code, why, res->has_seq, res->seq))
         return;
     if (s->errors >= gw->cfg->line.max_errors) {

@@ -513,7 +513,7 @@ static void run_query(struct store_reader *r, const struct store_query *q,
     }
 out:
     if (rc != SQLITE_OK) {
-        log_error("store: query device=%s failed rc=%d error=\"%s\"", q->device, rc,
+        log_error("store: query device=\"%s\" failed rc=%d error=\"%s\"", log_q(q->device), rc,
                   store_errmsg(r->db, rc));
         res->rc = GW_ESTORE;
     }

@@ -111,7 +111,7 @@ static void set_status(struct commands *cs, struct command *c, enum command_stat
         c->m = NULL;
     }
     save(cs, c);
-    log_info("device=%s command=%s name=%s status=%s", c->device, c->id, c->name,
+    log_info("device=%s command=%s name=\"%s\" status=%s", c->device, c->id, log_q(c->name),
              status_names[status]);
 }
 
@@ -330,7 +330,7 @@ void commands_post(struct commands *cs, struct http_conn *h, struct http_req *re
     c->m->ts_ms = c->created_ms;
     c->m->qos = 1;
     bus_publish(gw->bus, c->m, &t);
-    log_info("device=%s command=%s name=%s queued", dev->id, c->id, c->name);
+    log_info("device=%s command=%s name=\"%s\" queued", dev->id, c->id, log_q(c->name));
     conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */
     while ((conn = conn_iter_next(&it)) != NULL) {
         if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {

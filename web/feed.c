@@ -593,8 +593,9 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
     goto out;
 unauthorized:
     c->gw->metrics.auth_failures++;
-    log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"no valid API key\"",
-             (unsigned long long)c->id, c->peer);
+    if (conn_refused(c, "no valid API key"))
+        log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"no valid API key\"",
+                 (unsigned long long)c->id, c->peer);
     send_error(v, "unauthorized",
                "send the API key first: {\"auth\":\"<key>\"} (or with the upgrade: "
                "Authorization: Bearer <key> or ?api_key=<key>)");

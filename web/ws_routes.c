@@ -119,8 +119,9 @@ static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req)
     if (!k)
         return 0;
     if (!auth_api_key_ok(gw, k)) {
-        log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
-                 (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
+        if (conn_refused(http_conn_of(h), "wrong API key"))
+            log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
+                     (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
         unauthorized(gw, h, "wrong API key");
         return -1;
     }

@@ -50,7 +50,7 @@ static void reject(struct http_conn *h, int status, const char *code, const char
 {
     struct conn *c = h->conn;
     log_info("conn=%llu peer=%s proto=http bad request status=%d reason=\"%s\"",
-             (unsigned long long)c->id, c->peer, status, why);
+             (unsigned long long)c->id, c->peer, status, log_q(why));
     h->busy = true;
     h->parser.req.keep_alive = false;
     http_respond_error(h, status, code, why);

@@ -200,7 +200,7 @@ static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char
     if (!s->drop_logged) {
         s->drop_logged = true;
         log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu",
-                 s->client_id, why, s->queue.len, b->gw->cfg->mqtt.max_queued);
+                 log_q(s->client_id), why, s->queue.len, b->gw->cfg->mqtt.max_queued);
     }
 }
 
@@ -295,7 +295,8 @@ static void conn_finish(struct mqtt_conn *mc)
     if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
                  "subscribe_denied=%llu telemetry_not_stored=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer, mc->sess ? mc->sess->client_id : "",
+                 (unsigned long long)mc->c->id, mc->c->peer,
+                 log_q(mc->sess ? mc->sess->client_id : NULL),
                  (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
                  (unsigned long long)mc->bad_telemetry);
     if (mc->connected) {
@@ -382,7 +383,7 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
         if (b->retained_refused++ == 0)
             log_warn("mqtt retained message not kept topic=\"%s\" reason=\"mqtt.max_retained "
                      "reached\" limit=%zu (logged once)",
-                     m->topic, b->gw->cfg->mqtt.max_retained);
+                     log_q(m->topic), b->gw->cfg->mqtt.max_retained);
     } else if (m->retain) {
         retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */

@@ -61,8 +61,9 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc)
         static const char *const why[] = {"", "unacceptable protocol version",
                                           "identifier rejected", "server unavailable",
                                           "bad user name or password", "not authorized"};
-        log_warn("conn=%llu peer=%s proto=mqtt connect refused rc=%d reason=\"%s\"",
-                 (unsigned long long)mc->c->id, mc->c->peer, rc, rc < 6 ? why[rc] : "?");
+        if (conn_refused(mc->c, rc < 6 ? why[rc] : "?"))
+            log_warn("conn=%llu peer=%s proto=mqtt connect refused rc=%d reason=\"%s\"",
+                     (unsigned long long)mc->c->id, mc->c->peer, rc, rc < 6 ? why[rc] : "?");
         conn_close_after_write(mc->c, rc < 6 ? why[rc] : "connect refused");
     }
 }
@@ -210,9 +211,11 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     s = broker_session_get(b, client_id);
     if (s && s->role != ACL_ROLE_ANONYMOUS &&
         (mc->role == ACL_ROLE_ANONYMOUS || strcmp(s->username, mc->username) != 0)) {
-        log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused: the client "
-                 "id belongs to another user",
-                 (unsigned long long)mc->c->id, mc->c->peer, client_id, mc->username);
+        if (conn_refused(mc->c, "client id of another user"))
+            log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused: the "
+                     "client id belongs to another user",
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                     log_q(mc->username));
         connack(mc, false, MQTT_CONNACK_ID_REJECTED);
         return;
     }
@@ -221,7 +224,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (s && s->conn) {
         struct mqtt_conn *old = s->conn;
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" takes over conn=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer, client_id,
+                 (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
                  (unsigned long long)old->c->id);
         conn_close(old->c, "session taken over by a new connection");
         broker_conn_finish_now(old);
@@ -247,7 +250,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     connack(mc, sp, MQTT_CONNACK_ACCEPTED);
     log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" connected clean=%d "
              "keepalive=%u session_present=%d",
-             (unsigned long long)mc->c->id, mc->c->peer, client_id, mc->username,
+             (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id), log_q(mc->username),
              cp->clean_session, cp->keepalive_s, sp);
     if (login.device[0]) /* applications are in the registry too: they get presence */
         session_online(gw, mc->c, login.device, "mqtt");
@@ -273,8 +276,8 @@ static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const 
         log_write(ack ? LOG_INFO : LOG_WARN,
                   "conn=%llu peer=%s proto=mqtt client=\"%s\" device=%s telemetry not stored "
                   "reason=\"%s\" topic=\"%s\" action=%s",
-                  (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, device, why,
-                  topic, ack ? "ack" : "disconnect");
+                  (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id), device,
+                  why, log_q(topic), ack ? "ack" : "disconnect");
     if (ack)
         return true;
     mc->rejected = true;
@@ -310,9 +313,10 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
                    mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
-        if (mc->denied_pub++ == 0)
+        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
             log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id, topic);
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
+                     log_q(topic));
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
     }
     /* Gale's device model (telemetry, attributes, command replies) decides what the
@@ -369,11 +373,11 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
                        mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
             b->acl_denied++;
-            if (mc->denied_sub++ == 0)
+            if (mc->denied_sub++ == 0 && log_refusal(mc->c->peer, "subscribe denied"))
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied "
-                         "filter=\"%.*s\"",
-                         (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id,
-                         (int)f.len, f.p);
+                         "filter=\"%s\"",
+                         (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
+                         log_qn(f.p, f.len));
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
@@ -382,7 +386,7 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             if (mc->denied_sub++ == 0)
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
                          "reason=\"mqtt.max_subscriptions reached\" limit=%zu",
-                         (unsigned long long)mc->c->id, mc->c->peer, mc->sess->client_id,
+                         (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
                          b->gw->cfg->mqtt.max_subscriptions);
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;

@@ -105,7 +105,8 @@ static void begin_close(struct ws_conn *ws, uint16_t code, const char *reason, b
     if (ws->state != WS_OPEN || c->closing)
         return;
     log_info("conn=%llu peer=%s proto=%s endpoint=%s websocket close sent code=%u reason=\"%s\"",
-             (unsigned long long)c->id, c->peer, c->proto->name, ws->cfg.endpoint, code, reason);
+             (unsigned long long)c->id, c->peer, c->proto->name, ws->cfg.endpoint, code,
+             log_q(reason));
     snprintf(ws->close_why, sizeof ws->close_why, "websocket close %u: %s", code, reason);
     send_close_frame(ws, code, reason);
     ws->state = in_sync ? WS_CLOSING : WS_DISCARD;
