@@ -261,6 +261,8 @@ static void stats_add(struct chunk_stats *st, unsigned type, int64_t ts, double 
             st->max = v;
     }
     st->sum += v;
+    if (isnan(st->sum)) /* which NaN an addition returns is up to the compiler */
+        st->sum = bitsd(UINT64_C(0x7ff8000000000000));
     st->last = v;
     st->nnum++;
 }

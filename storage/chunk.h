@@ -36,7 +36,8 @@
  * fields cover the VAL_NUM and VAL_BOOL points (a bool counts as 0 or 1), in ts order,
  * as storage/query.c aggregates them: sum adds left to right, min/max start at the
  * first numeric value and are replaced by a strictly smaller/larger one (so a NaN
- * first value stays). They are +0.0 when nnum is 0. */
+ * first value stays); a NaN sum is the quiet NaN 0x7ff8000000000000 whatever the
+ * NaNs added (so every build writes the same bits). They are +0.0 when nnum is 0. */
 struct chunk_stats {
     uint32_t count;   /* points in the chunk, 1..CHUNK_MAX_POINTS */
     uint32_t nnum;    /* numeric points (VAL_NUM or VAL_BOOL), 0..count */
