@@ -48,6 +48,7 @@ static uint64_t take(const uint8_t **p, const uint8_t *end, size_t n)
 static void roundtrip(const uint8_t *p, const uint8_t *end)
 {
     static const double scale[4] = {1, 10, 100, 1000};
+    static const size_t step_bytes[8] = {0, 1, 1, 2, 2, 3, 4, 8};
     struct point *pts = calloc(CHUNK_MAX_POINTS, sizeof *pts);
     struct chunk_enc e;
     struct chunk_points cp;
@@ -59,7 +60,7 @@ static void roundtrip(const uint8_t *p, const uint8_t *end)
     while (p < end && n < CHUNK_MAX_POINTS) {
         unsigned c = *p++;
         struct point *q = &pts[n];
-        ts += take(&p, end, (c >> 2) & 7 ? (size_t)1 << (((c >> 2) & 7) - 1) : 0);
+        ts += take(&p, end, step_bytes[(c >> 2) & 7]);
         q->ts_ms = (int64_t)ts;
         q->type = (enum val_type)(c & 3);
         if (q->type == VAL_NUM) {
