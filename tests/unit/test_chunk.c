@@ -74,6 +74,8 @@ static struct chunk_stats direct_stats(const struct point *p, size_t n)
             st.first = p[i].num;
         st.last = p[i].num;
         st.sum += p[i].num;
+        if (isnan(st.sum))
+            st.sum = bitsd(0x7ff8000000000000u);
         st.nnum++;
     }
     return st;
