@@ -258,6 +258,14 @@ out:
 
 /* ---- telemetry ---- */
 
+/* The one answer to ingest without valid credentials, for known and unknown ids alike,
+ * so that it does not tell which device ids exist. */
+static void unauthorized_ingest(struct gw *gw, struct http_conn *h)
+{
+    gw->metrics.auth_failures++;
+    http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+}
+
 static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *req,
                            struct device *dev)
 {
@@ -269,8 +277,7 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
 
     if (!authorized(gw, req) &&
         !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok)))) {
-        gw->metrics.auth_failures++;
-        http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+        unauthorized_ingest(gw, h);
         return;
     }
     if (gw->ingest_paused) {
@@ -452,16 +459,21 @@ static void telemetry_get(struct rest *r, struct http_conn *h, struct http_req *
         cJSON *it;
         cur = js ? cJSON_ParseWithLength(js, len) : NULL;
         free(js);
-        if (!cJSON_IsObject(cur) || !cur->child) {
+        /* a cursor this server issued maps 1..64 keys to numbers; anything else would
+         * start no sub-query, and a request with none would never be answered */
+        bool ok = cJSON_IsObject(cur) && cur->child;
+        for (it = ok ? cur->child : NULL; it; it = it->next) {
+            if (!cJSON_IsNumber(it) || nkeys == MAX_QUERY_KEYS) {
+                ok = false;
+                break;
+            }
+            keys[nkeys] = it->string;
+            starts[nkeys++] = (int64_t)it->valuedouble;
+        }
+        if (!ok) {
             cJSON_Delete(cur);
             http_respond_error(h, 400, "bad_param", "cursor is not one this server issued");
             return;
-        }
-        cJSON_ArrayForEach(it, cur) {
-            if (!cJSON_IsNumber(it) || nkeys == MAX_QUERY_KEYS)
-                continue;
-            keys[nkeys] = it->string;
-            starts[nkeys++] = (int64_t)it->valuedouble;
         }
     } else if (http_query_param(req, "keys", val, sizeof val) && val[0]) {
         char *save = NULL;
@@ -621,10 +633,12 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     if (strncmp(path, "/api/devices/", 13) == 0 && split_device_path(path, id, sizeof id, &rest) &&
         strcmp(rest, "/telemetry") == 0 && strcmp(m, "POST") == 0) {
         dev = devices_find(gw->devices, id);
-        if (!dev)
-            http_respond_error(h, 404, "not_found", "no such device");
-        else
+        if (dev)
             telemetry_post(gw, h, req, dev);
+        else if (!authorized(gw, req)) /* without credentials an unknown id looks known */
+            unauthorized_ingest(gw, h);
+        else
+            http_respond_error(h, 404, "not_found", "no such device");
         return;
     }
     if (!authorized(gw, req)) {

@@ -87,6 +87,25 @@ def main():
             st, js = g.http("GET", "/api/devices/dev-1/telemetry?" + q)
             t.eq((st, js.get("code")), (400, "bad_param"), what + " -> 400")
 
+        # a well-formed cursor without numeric members is refused, not left hanging
+        import base64
+        for cur in [b'{"t":"x"}', b'{"t":null}', b'{"t":1,"u":"x"}', b'{}', b'[1]', b'7']:
+            enc = base64.urlsafe_b64encode(cur).decode().rstrip("=")
+            st, js = g.http("GET", "/api/devices/dev-1/telemetry?cursor=" + enc, timeout=5)
+            t.eq((st, js.get("code")), (400, "bad_param"), "cursor %r -> 400" % cur)
+        wait_for(lambda: g.http("GET", "/api/connections")[1]["count"] == 1, 5,
+                 "refused cursor requests leave no connection behind")
+
+        # ingest without valid credentials: the same 401 for unknown and known ids
+        for key in [None, "bad"]:
+            known = g.http("POST", "/api/devices/dev-1/telemetry", {"t": 1}, key=key, raw=True)
+            unknown = g.http("POST", "/api/devices/nope/telemetry", {"t": 1}, key=key, raw=True)
+            t.eq((unknown[0], unknown[1]), (known[0], known[1]),
+                 "key %r: unknown id answers as a known one" % key)
+            t.eq(known[0], 401, "key %r: ingest without valid credentials -> 401" % key)
+        st, js = g.http("POST", "/api/devices/nope/telemetry", {"t": 1})
+        t.eq((st, js.get("code")), (404, "not_found"), "with the API key an unknown id is 404")
+
         # PATCH: attributes and token rotation
         st, js = g.http("PATCH", "/api/devices/dev-1", {"attributes": {"site": "lab"}})
         t.eq((st, js.get("attributes")), (200, {"site": "lab"}), "patch attributes")
