@@ -338,6 +338,12 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     feed_presence(p->feed, device, online);
 }
 
+/* A deleted device leaves no presence behind. */
+static void on_device_deleted(void *ctx, const char *device, struct ticket *t)
+{
+    mqtt_broker_forget_device(ctx, device, t);
+}
+
 static void on_command_reply(struct gw *gw, const char *device, const char *cmd_id,
                              const void *payload, size_t len)
 {
@@ -548,6 +554,7 @@ int main(int argc, char **argv)
         goto out;
     gw.on_command_reply = on_command_reply;
     parts.rest = rest_new(&gw, store, parts.commands);
+    rest_set_device_deleted_hook(parts.rest, on_device_deleted, parts.broker);
     parts.feed = feed_new(&gw);
     parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);

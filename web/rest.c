@@ -43,6 +43,8 @@ struct rest {
     struct commands *commands;
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
+    rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */
+    void *device_deleted_ctx;
 };
 
 /* A reply that waits for a durable commit; freed by on_reply_durable. */
@@ -199,6 +201,8 @@ static void device_delete(struct rest *r, struct http_conn *h, struct device *de
     while ((c = conn_iter_next(&it)) != NULL)
         if (c != self && strcmp(c->device, id) == 0)
             conn_close(c, "device deleted");
+    if (r->on_device_deleted) /* after the closes, so no presence update follows it */
+        r->on_device_deleted(r->device_deleted_ctx, id, &t);
     log_info("device=%s deleted", id);
     buf_init(&b);
     buf_append_str(&b, "{\"deleted\":");
@@ -753,6 +757,12 @@ void rest_free(struct rest *r)
 struct http_server *rest_http_server(struct rest *r)
 {
     return &r->srv;
+}
+
+void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, void *ctx)
+{
+    r->on_device_deleted = fn;
+    r->device_deleted_ctx = ctx;
 }
 
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx)
