@@ -305,9 +305,23 @@ struct query_ctx {
     int desc;
     size_t pending;             /* sub-queries still running */
     struct store_result *results[MAX_QUERY_KEYS];
+    int64_t starts_ms[MAX_QUERY_KEYS]; /* where results[i]'s query began (from, or to
+                                        * when descending): a cut series resumes there */
     size_t nresults;
     bool failed;
 };
+
+/* Bytes a telemetry reply may take on top of its points: the _next cursor (every key,
+ * escaped, as JSON and then base64url) in the body, the same cursor as a header, and the
+ * status line with the other headers. */
+static size_t reply_reserve(const struct query_ctx *qc)
+{
+    size_t json = 2;
+    for (size_t r = 0; r < qc->nresults; r++)
+        for (size_t s = 0; s < qc->results[r]->nseries; s++)
+            json += 6 * strlen(qc->results[r]->series[s].key) + 32; /* "k":-1.2345e+18, */
+    return B64URL_LEN(json) + 16 + 2048;
+}
 
 static void finish_query(struct query_ctx *qc)
 {
@@ -319,30 +333,53 @@ static void finish_query(struct query_ctx *qc)
         if (qc->failed) {
             http_respond_error(h, 500, "storage_error", "query failed");
         } else {
-            size_t nout = 0;
+            /* The reply must fit the connection's send budget, or conn_send would close
+             * the connection instead of sending it: past the budget the points stop and
+             * the cursor resumes every series where its reply stopped. At least one point
+             * goes out, so paging always advances. */
+            size_t budget = qc->conn->gw->cfg->limits.max_send_queue_bytes, nout = 0;
+            size_t reserve = reply_reserve(qc), npts = 0;
+            bool cut = false;
+            budget = budget > reserve ? budget - reserve : 0;
             buf_append_str(&b, "{");
             for (size_t r = 0; r < qc->nresults; r++) {
                 struct store_result *res = qc->results[r];
                 for (size_t s = 0; s < res->nseries; s++) {
                     struct store_series *se = &res->series[s];
-                    if (nout++)
-                        buf_append_str(&b, ",");
-                    buf_append_json_str(&b, se->key, strlen(se->key));
-                    buf_append_str(&b, ":[");
-                    for (size_t i = 0; i < se->npoints; i++) {
-                        if (i)
+                    bool more = se->truncated && se->npoints > 0;
+                    size_t i = 0;
+                    int64_t resume = qc->starts_ms[r];
+                    if (!cut) {
+                        if (nout++)
                             buf_append_str(&b, ",");
-                        buf_printf(&b, "{\"ts\":%lld,\"value\":", (long long)se->points[i].ts_ms);
-                        devices_write_value_json(&se->points[i], &b);
-                        buf_append_str(&b, "}");
+                        buf_append_json_str(&b, se->key, strlen(se->key));
+                        buf_append_str(&b, ":[");
+                        for (; i < se->npoints; i++, npts++) {
+                            size_t before = b.len;
+                            if (i)
+                                buf_append_str(&b, ",");
+                            buf_printf(&b, "{\"ts\":%lld,\"value\":",
+                                       (long long)se->points[i].ts_ms);
+                            devices_write_value_json(&se->points[i], &b);
+                            buf_append_str(&b, "}");
+                            if (b.len > budget && npts > 0) {
+                                b.len = before;
+                                cut = true;
+                                break;
+                            }
+                        }
+                        buf_append_str(&b, "]");
                     }
-                    buf_append_str(&b, "]");
-                    if (se->truncated && se->npoints > 0) {
-                        int64_t last = se->points[se->npoints - 1].ts_ms;
+                    if (cut && i < se->npoints)
+                        more = true;
+                    if (more) {
+                        if (i > 0) {
+                            int64_t last = se->points[i - 1].ts_ms;
+                            resume = qc->desc ? last - 1 : last + 1;
+                        }
                         if (!next)
                             next = cJSON_CreateObject();
-                        cJSON_AddNumberToObject(next, se->key,
-                                                (double)(qc->desc ? last - 1 : last + 1));
+                        cJSON_AddNumberToObject(next, se->key, (double)resume);
                     }
                 }
             }
@@ -376,6 +413,7 @@ static void finish_query(struct query_ctx *qc)
 static void on_query_done(void *ctx, struct store_query *q, struct store_result *res)
 {
     struct query_ctx *qc = ctx;
+    qc->starts_ms[qc->nresults] = q->desc ? q->to_ms : q->from_ms;
     store_query_free(q);
     if (res->rc != 0)
         qc->failed = true;
