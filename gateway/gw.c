@@ -26,6 +26,14 @@ static void on_connection(uv_stream_t *server, int status)
     conn_accept(server->loop->data, server, &l->conn);
 }
 
+int gw_parse_addr(const char *bind, int port, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    if (strchr(bind, ':'))
+        return uv_ip6_addr(bind, port, (struct sockaddr_in6 *)out);
+    return uv_ip4_addr(bind, port, (struct sockaddr_in *)out);
+}
+
 int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
 {
     const char *name = cfg->name, *bind = cfg->bind;
@@ -37,11 +45,7 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     if (gw->nlisteners == (int)(sizeof gw->listeners / sizeof gw->listeners[0]))
         return GW_ELIMIT;
     l = &gw->listeners[gw->nlisteners];
-    memset(&ss, 0, sizeof ss);
-    if (strchr(bind, ':'))
-        rc = uv_ip6_addr(bind, port, (struct sockaddr_in6 *)&ss);
-    else
-        rc = uv_ip4_addr(bind, port, (struct sockaddr_in *)&ss);
+    rc = gw_parse_addr(bind, port, &ss);
     if (rc != 0) {
         log_error("listener=%s bind=%s invalid address reason=\"%s\"", name, bind, uv_strerror(rc));
         return rc;

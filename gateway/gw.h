@@ -74,6 +74,9 @@ struct gw {
     uint64_t stop_deadline_ms;       /* uv_now() limit for that wait */
 };
 
+/* Parses a listener's bind address (IPv6 when it holds a ':', else IPv4) with port into
+ * out. Returns 0 or a libuv error; no I/O, so configuration checks call it before start. */
+int gw_parse_addr(const char *bind, int port, struct sockaddr_storage *out);
 /* Binds a listener; its connections get &listener->conn (name, proto, ctx). Logs
  * "listening protocol=<name> port=<n>". Returns 0, GW_ELIMIT past 8 listeners, or a
  * libuv error (logged). */

@@ -4,18 +4,21 @@
  *        [--log-format text|json] [--log-level LEVEL] [--check-config]
  *        [--help] [--version]
  *
- * Start-up (may block): load config (defaults < file < env < flags), open the
- * data dir, its secrets and the database, load devices and latest values into
- * the loop's hot state, bind listeners. Then the loop runs until SIGINT or
- * SIGTERM; gw_stop lets storage make everything received durable, and main
- * closes the store (draining the writer) and every handle before exiting 0.
- * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config. */
+ * Start-up (may block): load config (defaults < file < env < flags) and check all
+ * of it (check_config, which --check-config runs too), lock the data dir, open its
+ * secrets and the database, load devices and latest values into the loop's hot
+ * state, bind listeners. Then the loop runs until SIGINT or SIGTERM; gw_stop lets
+ * storage make everything received durable, and main closes the store (draining
+ * the writer) and every handle before exiting 0.
+ * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config or a
+ * data dir another gale holds; a code 2 exit never opens the database. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -28,6 +31,7 @@
 #include "base/alloc.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
+#include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
 #include "web/commands.h"
@@ -58,6 +62,40 @@ static int bad_config(const char *err)
 {
     fprintf(stderr, "gale: %s\n", err);
     return 2;
+}
+
+/* What a start would otherwise reject only once storage is open: the MQTT ACL rules
+ * (parsed again by the broker) and the bind address of every enabled listener. */
+static int check_config(const struct config *cfg, char *err, size_t errlen)
+{
+    const struct {
+        const char *key;
+        bool on;
+        const char *bind;
+    } binds[] = {
+        {"http.bind", true, cfg->http.bind},
+        {"line.bind", cfg->line.enabled, cfg->line.bind},
+        {"mqtt.bind", cfg->mqtt.enabled, cfg->mqtt.bind},
+    };
+    struct sockaddr_storage ss;
+    char why[400];
+    struct acl *acl;
+
+    if (config_validate(cfg, err, errlen) != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
+        if (binds[i].on && gw_parse_addr(binds[i].bind, 0, &ss) != 0) {
+            snprintf(err, errlen, "config: %s: must be an IPv4 or IPv6 address (got \"%s\")",
+                     binds[i].key, binds[i].bind);
+            return -1;
+        }
+    }
+    if ((acl = acl_new(cfg->mqtt.acl_json, why, sizeof why)) == NULL) {
+        snprintf(err, errlen, "config: %s", why);
+        return -1;
+    }
+    acl_free(acl);
+    return 0;
 }
 
 /* Parses flags into cfg; returns -1 to exit with *code. */
@@ -129,12 +167,48 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
         if (config_apply_set(cfg, err, err, sizeof err) != 0)
             goto bad;
     }
-    if (config_validate(cfg, err, sizeof err) != 0)
+    if (check_config(cfg, err, sizeof err) != 0)
         goto bad;
     return 0;
 bad:
     *code = bad_config(err);
     return -1;
+}
+
+/* Takes an exclusive lock on <dir>/gale.lock, held by the returned fd for the process
+ * lifetime: the kernel drops it when the process ends, kill -9 included, so a stale file
+ * never blocks a restart. The file holds the holder's pid for the next one's message.
+ * Returns the fd, or -1 (logged) with *busy set when another process holds the lock. */
+static int lock_data_dir(const char *dir, bool *busy)
+{
+    char path[CONFIG_STR_MAX + 16], pid[32] = "";
+    int fd, n;
+
+    *busy = false;
+    snprintf(path, sizeof path, "%s/gale.lock", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_error("cannot open lock file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        *busy = errno == EWOULDBLOCK;
+        if (*busy && (n = (int)pread(fd, pid, sizeof pid - 1, 0)) > 0)
+            pid[n] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        if (*busy)
+            log_error("data dir %s is in use by another gale (pid %s, lock file %s); stop it "
+                      "or choose another --data-dir",
+                      dir, pid[0] ? pid : "unknown", path);
+        else
+            log_error("cannot lock %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        log_warn("cannot write pid to lock file %s: %s", path, strerror(errno));
+    return fd;
 }
 
 /* Reads a secret file, or creates it with n random bytes (hex when text). */
@@ -262,6 +336,12 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     struct parts *p = gw->hook_ctx;
     mqtt_broker_presence(p->broker, device, online);
     feed_presence(p->feed, device, online);
+}
+
+/* A deleted device leaves no presence behind. */
+static void on_device_deleted(void *ctx, const char *device, struct ticket *t)
+{
+    mqtt_broker_forget_device(ctx, device, t);
 }
 
 static void on_command_reply(struct gw *gw, const char *device, const char *cmd_id,
@@ -399,8 +479,8 @@ int main(int argc, char **argv)
     struct store *store = NULL;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
-    bool check_only = false, created;
-    int code = 1, rc;
+    bool check_only = false, created, busy;
+    int code = 1, rc, lock_fd;
 
     if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
         return code;
@@ -417,6 +497,8 @@ int main(int argc, char **argv)
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }
+    if ((lock_fd = lock_data_dir(cfg.data_dir, &busy)) < 0)
+        return busy ? 2 : 1;
     memset(&gw, 0, sizeof gw);
     gw.cfg = &cfg;
     uv_loop_init(&loop);
@@ -472,6 +554,7 @@ int main(int argc, char **argv)
         goto out;
     gw.on_command_reply = on_command_reply;
     parts.rest = rest_new(&gw, store, parts.commands);
+    rest_set_device_deleted_hook(parts.rest, on_device_deleted, parts.broker);
     parts.feed = feed_new(&gw);
     parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);
@@ -511,5 +594,6 @@ out:
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);
+    close(lock_fd); /* last: the next gale may open the data dir now */
     return code;
 }

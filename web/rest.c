@@ -43,6 +43,8 @@ struct rest {
     struct commands *commands;
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
+    rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */
+    void *device_deleted_ctx;
 };
 
 /* A reply that waits for a durable commit; freed by on_reply_durable. */
@@ -199,6 +201,8 @@ static void device_delete(struct rest *r, struct http_conn *h, struct device *de
     while ((c = conn_iter_next(&it)) != NULL)
         if (c != self && strcmp(c->device, id) == 0)
             conn_close(c, "device deleted");
+    if (r->on_device_deleted) /* after the closes, so no presence update follows it */
+        r->on_device_deleted(r->device_deleted_ctx, id, &t);
     log_info("device=%s deleted", id);
     buf_init(&b);
     buf_append_str(&b, "{\"deleted\":");
@@ -258,6 +262,14 @@ out:
 
 /* ---- telemetry ---- */
 
+/* The one answer to ingest without valid credentials, for known and unknown ids alike,
+ * so that it does not tell which device ids exist. */
+static void unauthorized_ingest(struct gw *gw, struct http_conn *h)
+{
+    gw->metrics.auth_failures++;
+    http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+}
+
 static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *req,
                            struct device *dev)
 {
@@ -269,8 +281,7 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
 
     if (!authorized(gw, req) &&
         !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok)))) {
-        gw->metrics.auth_failures++;
-        http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+        unauthorized_ingest(gw, h);
         return;
     }
     if (gw->ingest_paused) {
@@ -294,9 +305,23 @@ struct query_ctx {
     int desc;
     size_t pending;             /* sub-queries still running */
     struct store_result *results[MAX_QUERY_KEYS];
+    int64_t starts_ms[MAX_QUERY_KEYS]; /* where results[i]'s query began (from, or to
+                                        * when descending): a cut series resumes there */
     size_t nresults;
     bool failed;
 };
+
+/* Bytes a telemetry reply may take on top of its points: the _next cursor (every key,
+ * escaped, as JSON and then base64url) in the body, the same cursor as a header, and the
+ * status line with the other headers. */
+static size_t reply_reserve(const struct query_ctx *qc)
+{
+    size_t json = 2;
+    for (size_t r = 0; r < qc->nresults; r++)
+        for (size_t s = 0; s < qc->results[r]->nseries; s++)
+            json += 6 * strlen(qc->results[r]->series[s].key) + 32; /* "k":-1.2345e+18, */
+    return B64URL_LEN(json) + 16 + 2048;
+}
 
 static void finish_query(struct query_ctx *qc)
 {
@@ -308,30 +333,53 @@ static void finish_query(struct query_ctx *qc)
         if (qc->failed) {
             http_respond_error(h, 500, "storage_error", "query failed");
         } else {
-            size_t nout = 0;
+            /* The reply must fit the connection's send budget, or conn_send would close
+             * the connection instead of sending it: past the budget the points stop and
+             * the cursor resumes every series where its reply stopped. At least one point
+             * goes out, so paging always advances. */
+            size_t budget = qc->conn->gw->cfg->limits.max_send_queue_bytes, nout = 0;
+            size_t reserve = reply_reserve(qc), npts = 0;
+            bool cut = false;
+            budget = budget > reserve ? budget - reserve : 0;
             buf_append_str(&b, "{");
             for (size_t r = 0; r < qc->nresults; r++) {
                 struct store_result *res = qc->results[r];
                 for (size_t s = 0; s < res->nseries; s++) {
                     struct store_series *se = &res->series[s];
-                    if (nout++)
-                        buf_append_str(&b, ",");
-                    buf_append_json_str(&b, se->key, strlen(se->key));
-                    buf_append_str(&b, ":[");
-                    for (size_t i = 0; i < se->npoints; i++) {
-                        if (i)
+                    bool more = se->truncated && se->npoints > 0;
+                    size_t i = 0;
+                    int64_t resume = qc->starts_ms[r];
+                    if (!cut) {
+                        if (nout++)
                             buf_append_str(&b, ",");
-                        buf_printf(&b, "{\"ts\":%lld,\"value\":", (long long)se->points[i].ts_ms);
-                        devices_write_value_json(&se->points[i], &b);
-                        buf_append_str(&b, "}");
+                        buf_append_json_str(&b, se->key, strlen(se->key));
+                        buf_append_str(&b, ":[");
+                        for (; i < se->npoints; i++, npts++) {
+                            size_t before = b.len;
+                            if (i)
+                                buf_append_str(&b, ",");
+                            buf_printf(&b, "{\"ts\":%lld,\"value\":",
+                                       (long long)se->points[i].ts_ms);
+                            devices_write_value_json(&se->points[i], &b);
+                            buf_append_str(&b, "}");
+                            if (b.len > budget && npts > 0) {
+                                b.len = before;
+                                cut = true;
+                                break;
+                            }
+                        }
+                        buf_append_str(&b, "]");
                     }
-                    buf_append_str(&b, "]");
-                    if (se->truncated && se->npoints > 0) {
-                        int64_t last = se->points[se->npoints - 1].ts_ms;
+                    if (cut && i < se->npoints)
+                        more = true;
+                    if (more) {
+                        if (i > 0) {
+                            int64_t last = se->points[i - 1].ts_ms;
+                            resume = qc->desc ? last - 1 : last + 1;
+                        }
                         if (!next)
                             next = cJSON_CreateObject();
-                        cJSON_AddNumberToObject(next, se->key,
-                                                (double)(qc->desc ? last - 1 : last + 1));
+                        cJSON_AddNumberToObject(next, se->key, (double)resume);
                     }
                 }
             }
@@ -365,6 +413,7 @@ static void finish_query(struct query_ctx *qc)
 static void on_query_done(void *ctx, struct store_query *q, struct store_result *res)
 {
     struct query_ctx *qc = ctx;
+    qc->starts_ms[qc->nresults] = q->desc ? q->to_ms : q->from_ms;
     store_query_free(q);
     if (res->rc != 0)
         qc->failed = true;
@@ -452,16 +501,21 @@ static void telemetry_get(struct rest *r, struct http_conn *h, struct http_req *
         cJSON *it;
         cur = js ? cJSON_ParseWithLength(js, len) : NULL;
         free(js);
-        if (!cJSON_IsObject(cur) || !cur->child) {
+        /* a cursor this server issued maps 1..64 keys to numbers; anything else would
+         * start no sub-query, and a request with none would never be answered */
+        bool ok = cJSON_IsObject(cur) && cur->child;
+        for (it = ok ? cur->child : NULL; it; it = it->next) {
+            if (!cJSON_IsNumber(it) || nkeys == MAX_QUERY_KEYS) {
+                ok = false;
+                break;
+            }
+            keys[nkeys] = it->string;
+            starts[nkeys++] = (int64_t)it->valuedouble;
+        }
+        if (!ok) {
             cJSON_Delete(cur);
             http_respond_error(h, 400, "bad_param", "cursor is not one this server issued");
             return;
-        }
-        cJSON_ArrayForEach(it, cur) {
-            if (!cJSON_IsNumber(it) || nkeys == MAX_QUERY_KEYS)
-                continue;
-            keys[nkeys] = it->string;
-            starts[nkeys++] = (int64_t)it->valuedouble;
         }
     } else if (http_query_param(req, "keys", val, sizeof val) && val[0]) {
         char *save = NULL;
@@ -621,10 +675,12 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     if (strncmp(path, "/api/devices/", 13) == 0 && split_device_path(path, id, sizeof id, &rest) &&
         strcmp(rest, "/telemetry") == 0 && strcmp(m, "POST") == 0) {
         dev = devices_find(gw->devices, id);
-        if (!dev)
-            http_respond_error(h, 404, "not_found", "no such device");
-        else
+        if (dev)
             telemetry_post(gw, h, req, dev);
+        else if (!authorized(gw, req)) /* without credentials an unknown id looks known */
+            unauthorized_ingest(gw, h);
+        else
+            http_respond_error(h, 404, "not_found", "no such device");
         return;
     }
     if (!authorized(gw, req)) {
@@ -739,6 +795,12 @@ void rest_free(struct rest *r)
 struct http_server *rest_http_server(struct rest *r)
 {
     return &r->srv;
+}
+
+void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, void *ctx)
+{
+    r->on_device_deleted = fn;
+    r->device_deleted_ctx = ctx;
 }
 
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx)

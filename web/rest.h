@@ -21,6 +21,12 @@ struct http_server *rest_http_server(struct rest *r);
 /* The request handler (struct http_server.on_request); ctx is the struct rest. */
 void rest_handle(void *ctx, struct http_conn *h, struct http_req *req);
 
+/* Hook for a deleted device: fn(ctx, id, t) runs once its connections are closed and adds
+ * any write it makes to t, which the DELETE reply awaits. */
+struct ticket;
+typedef void (*rest_device_deleted_fn)(void *ctx, const char *device, struct ticket *t);
+void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, void *ctx);
+
 /* Hook for the WebSocket endpoints: when set, upgrade requests go to fn(ctx, ...). */
 typedef void (*rest_upgrade_fn)(void *ctx, struct http_conn *h, struct http_req *req);
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx);

@@ -634,6 +634,23 @@ void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online
     mqtt_broker_publish(b->gw, MSG_PLAIN, device, topic, v, strlen(v), 1, true);
 }
 
+void mqtt_broker_forget_device(struct mqtt_broker *b, const char *device, struct ticket *t)
+{
+    char topic[DEVICE_ID_MAX + 32];
+    struct msg *m;
+    if (!b)
+        return;
+    snprintf(topic, sizeof topic, "devices/%s/status", device);
+    if (!map_get(&b->retained.by_topic, topic, strlen(topic)))
+        return; /* never connected: nothing to clear (the store holds what memory does) */
+    m = msg_new(MSG_PLAIN, device, topic, "", 0, NULL, 0);
+    m->ts_ms = gw_now_ms();
+    m->qos = 1;
+    m->retain = 1;
+    bus_publish(b->gw->bus, m, t);
+    msg_unref(m);
+}
+
 static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned long long v)
 {
     char val[64];

@@ -90,5 +90,9 @@ void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn deli
 
 /* Presence of any device (any protocol): retained devices/<id>/status online/offline. */
 void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online);
+/* The device was deleted: its retained status topic, when there is one, is cleared (an
+ * empty retained message, as a client would clear it, so subscribers see it go) and the
+ * removal stored; the write is added to t (NULL: not awaited). NULL b is ignored. */
+void mqtt_broker_forget_device(struct mqtt_broker *b, const char *device, struct ticket *t);
 
 #endif

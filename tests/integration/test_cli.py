@@ -64,6 +64,30 @@ def main():
             rc, out, err = run(args + ["--check-config"])
             t(rc == 2 and key in err and len(err.strip().splitlines()) == 1,
               "%s -> exit 2 naming %s (rc=%d, err=%r)" % (args, key, rc, err))
+        # what a start would reject later is rejected by --check-config, and a start with it
+        # exits 2 before the database exists
+        acl_cases = [
+            (["--set", 'mqtt.acl=[{"topic":"a/#"}]'], "mqtt.acl[0]"),
+            (["--set", 'mqtt.acl=[{"topic":"a/#","allow":true,"acton":"publish"}]'], "acton"),
+            (["--set", 'mqtt.acl=[{"topic":"a/#","allow":true,"action":"pub"}]'], "mqtt.acl[0]"),
+            (["--set", 'mqtt.acl=[{"topic":"a/#/b","allow":true}]'], "mqtt.acl[0]"),
+            (["--set", "mqtt.acl={}"], "mqtt.acl"),
+            (["--set", "http.bind=999.1.1.1"], "http.bind"),
+            (["--set", "mqtt.bind=localhost"], "mqtt.bind"),
+            (["--set", "line.bind=::1::2"], "line.bind"),
+        ]
+        for i, (args, key) in enumerate(acl_cases):
+            rc, out, err = run(args + ["--check-config"])
+            t(rc == 2 and key in err and len(err.strip().splitlines()) == 1,
+              "--check-config %s -> exit 2 naming %s (rc=%d, err=%r)" % (args, key, rc, err))
+            fresh = os.path.join(d, "fresh%d" % i)
+            rc, out, err = run(args + ["--data-dir", fresh, "--set", "http.port=0",
+                                       "--set", "line.port=0", "--set", "mqtt.port=0"])
+            t(rc == 2 and key in err and not os.path.exists(os.path.join(fresh, "gale.db")),
+              "start with %s -> exit 2 before the database (rc=%d, err=%r)" % (args, rc, err))
+        rc, out, err = run(["--set", "line.enabled=false", "--set", "line.bind=nowhere",
+                            "--check-config"])
+        t.eq(rc, 0, "a disabled listener's bind is not checked")
         rc, out, err = run(["--check-config"], env={"GALE_HTTP_PORT": "-5"})
         t(rc == 2 and "http.port" in err, "bad env value names the key")
         rc, out, err = run(["--check-config"], env={"GALE_LINE_PORTT": "5"})
@@ -83,6 +107,24 @@ def main():
         rc, out, err = run(base + ["--set", "http.port=%d" % busy.getsockname()[1]])
         busy.close()
         t(rc == 1 and "address already in use" in err, "port in use -> exit 1 with the reason")
+
+    # one gale per data dir: a second exits 2 naming the dir and the holder's pid; the lock
+    # goes with the process, so a restart after kill -9 works
+    with tempfile.TemporaryDirectory() as d:
+        g = Gale(data_dir=d).start()
+        try:
+            rc, out, err = run(["--data-dir", d, "--set", "http.port=0",
+                                "--set", "line.port=0", "--set", "mqtt.port=0"])
+            t(rc == 2 and d in err and ("pid %d" % g.proc.pid) in err,
+              "second gale on the data dir -> exit 2 naming it and the pid (rc=%d, err=%r)"
+              % (rc, err))
+            st, _ = g.http("GET", "/api/health")
+            t.eq(st, 200, "the first gale keeps serving")
+        finally:
+            g.kill9()
+        with Gale(data_dir=d) as g2:
+            st, _ = g2.http("GET", "/api/health")
+            t.eq(st, 200, "restart after kill -9 takes the lock")
 
     # JSON logs, generated API key kept in the data dir
     with Gale(args=["--log-format", "json"], api_key=None) as g:

@@ -87,6 +87,25 @@ def main():
             st, js = g.http("GET", "/api/devices/dev-1/telemetry?" + q)
             t.eq((st, js.get("code")), (400, "bad_param"), what + " -> 400")
 
+        # a well-formed cursor without numeric members is refused, not left hanging
+        import base64
+        for cur in [b'{"t":"x"}', b'{"t":null}', b'{"t":1,"u":"x"}', b'{}', b'[1]', b'7']:
+            enc = base64.urlsafe_b64encode(cur).decode().rstrip("=")
+            st, js = g.http("GET", "/api/devices/dev-1/telemetry?cursor=" + enc, timeout=5)
+            t.eq((st, js.get("code")), (400, "bad_param"), "cursor %r -> 400" % cur)
+        wait_for(lambda: g.http("GET", "/api/connections")[1]["count"] == 1, 5,
+                 "refused cursor requests leave no connection behind")
+
+        # ingest without valid credentials: the same 401 for unknown and known ids
+        for key in [None, "bad"]:
+            known = g.http("POST", "/api/devices/dev-1/telemetry", {"t": 1}, key=key, raw=True)
+            unknown = g.http("POST", "/api/devices/nope/telemetry", {"t": 1}, key=key, raw=True)
+            t.eq((unknown[0], unknown[1]), (known[0], known[1]),
+                 "key %r: unknown id answers as a known one" % key)
+            t.eq(known[0], 401, "key %r: ingest without valid credentials -> 401" % key)
+        st, js = g.http("POST", "/api/devices/nope/telemetry", {"t": 1})
+        t.eq((st, js.get("code")), (404, "not_found"), "with the API key an unknown id is 404")
+
         # PATCH: attributes and token rotation
         st, js = g.http("PATCH", "/api/devices/dev-1", {"attributes": {"site": "lab"}})
         t.eq((st, js.get("attributes")), (200, {"site": "lab"}), "patch attributes")
@@ -114,6 +133,77 @@ def main():
         t.eq(st, 200, "dashboard index served")
         t("text/html" in hdrs.get("Content-Type", ""), "dashboard is HTML")
         t(g.alive(), "alive")
+
+    big_replies()
+
+
+def slow_get(g, path):
+    """GET over a socket with a small receive buffer that starts reading late, so the
+    reply waits in gale's send queue. Returns (status, body) once gale closes."""
+    import json
+    import socket
+    import time
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.connect(("127.0.0.1", g.ports["http"]))
+    s.sendall(("GET %s HTTP/1.1\r\nHost: gale\r\nAuthorization: Bearer %s\r\n"
+               "Connection: close\r\n\r\n" % (path, g.api_key)).encode())
+    time.sleep(0.3)
+    s.settimeout(10)
+    data = b""
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    hdrs = dict(l.split(": ", 1) for l in lines[1:])
+    complete = int(hdrs.get("Content-Length", -1)) == len(body)
+    return int(lines[0].split()[1]), json.loads(body) if complete else None
+
+
+def big_replies():
+    """Replies larger than limits.max_send_queue_bytes arrive whole: the telemetry reply
+    is cut to the budget and its cursor carries on where each key stopped."""
+    # 6 MB of points: more than the socket buffers take at once (4 MiB at most here) plus
+    # the 512 KiB budget, so an unpaged reply would be cut off
+    budget = 512 * 1024
+    with Gale(args=["--set", "limits.max_send_queue_bytes=%d" % budget,
+                    "--set", "http.max_body_bytes=4194304"]) as g:
+        g.create_device("big")
+        base = 1700000000000
+        n = 6000
+        for k in ("a", "b"):
+            for part in range(6):
+                pts = [{"ts": base + i, "values": {k: "%06d" % i + "x" * 500}}
+                       for i in range(part * n // 6, (part + 1) * n // 6)]
+                st, js = g.http("POST", "/api/devices/big/telemetry", pts)
+                t.eq(st, 200, "ingest %s part %d" % (k, part))
+        got = {"a": [], "b": []}
+        path = "/api/devices/big/telemetry?keys=a,b&limit=100000"
+        pages = 0
+        while path and pages < 100:
+            st, js = slow_get(g, path)
+            pages += 1
+            if st != 200 or js is None:
+                t(False, "page %d arrives complete with 200 (status %d)" % (pages, st))
+                break
+            for k in ("a", "b"):
+                got[k] += [p["ts"] - base for p in js.get(k, [])]
+            path = ("/api/devices/big/telemetry?limit=100000&cursor=" + js["_next"]
+                    if "_next" in js else None)
+        t(pages > 2, "a reply over the send budget is paged (%d pages)" % pages)
+        t.eq((got["a"], got["b"]), (list(range(n)), list(range(n))),
+             "the pages together hold every point of every key once, in order")
+        st, js = g.http("GET", "/api/devices/big/telemetry?keys=a&order=desc&limit=100000")
+        seen = [p["ts"] - base for p in js["a"]]
+        while "_next" in js:
+            st, js = g.http("GET", "/api/devices/big/telemetry?order=desc&limit=100000&cursor="
+                            + js["_next"])
+            seen += [p["ts"] - base for p in js["a"]]
+        t.eq(seen, list(range(n - 1, -1, -1)), "descending pages hold every point once")
 
 
 t.run(main)
