@@ -79,6 +79,16 @@ class Gale:
         with self._lock:
             return "\n".join(self.log_lines)
 
+    def fail_commits(self, n):
+        """The storage fault seam (the gateway runs with GALE_TEST_FAIL_COMMITS=n): makes the
+        next n commit attempts fail; returns once the gateway has armed it. The writer tries
+        a batch 4 times, 50/100/200 ms apart: n=4 fails a batch, fewer delay it."""
+        line = "test seam: the next %d storage commit attempts fail" % n
+        before = sum(1 for l in list(self.log_lines) if line in l)
+        os.kill(self.proc.pid, signal.SIGUSR2)
+        wait_for(lambda: sum(1 for l in list(self.log_lines) if line in l) > before, 10,
+                 "seam armed")
+
     def wait_log(self, pattern, timeout=10):
         rx = re.compile(pattern)
         return wait_for(lambda: any(rx.search(l) for l in list(self.log_lines)), timeout,

@@ -7,8 +7,6 @@ ms apart, so n=4 fails a batch and n=3 delays it): a value is in `latest` as soo
 {"ack":N} is out (read-your-writes), never while its commit is pending, never when it
 failed, and not on a device deleted and created again while it was pending."""
 import json
-import os
-import signal
 import socket
 import threading
 import time
@@ -95,11 +93,7 @@ BASE = 1700000000000
 
 
 def arm(g, n):
-    """Makes the next n commit attempts fail; returns once the gateway has armed it."""
-    line = "test seam: the next %d storage commit attempts fail" % n
-    before = sum(1 for l in list(g.log_lines) if line in l)
-    os.kill(g.proc.pid, signal.SIGUSR2)
-    wait_for(lambda: sum(1 for l in list(g.log_lines) if line in l) > before, 10, "seam armed")
+    g.fail_commits(n)
 
 
 def latest(g, dev):

@@ -12,14 +12,12 @@ pushes back for seconds. Meanwhile, with one message in flight per session:
   SUBSCRIBE sent after that PUBLISH keeps its place behind it;
 - the flooding publisher (keepalive 1 s), held far longer than 1.5 s, is not closed for
   keep-alive and is served again, in order, once storage catches up."""
-import os
-import signal
 import socket
 import threading
 import time
 
 import mqttraw as mr
-from galetest import Check, Gale, metric, wait_for
+from galetest import Check, Gale, metric
 
 t = Check("test_mqtt_backpressure")
 DEV = "bp"
@@ -35,9 +33,7 @@ def value(i):
 
 
 def arm(g):
-    line = "test seam: the next %d storage commit attempts fail" % FAILS
-    os.kill(g.proc.pid, signal.SIGUSR2)
-    wait_for(lambda: any(line in l for l in list(g.log_lines)), 10, "seam armed")
+    g.fail_commits(FAILS)
 
 
 def ping(c, what, timeout=2):

@@ -5,12 +5,10 @@ tries a batch 4 times, 50/100/200 ms apart, so n=4 fails a batch and n=3 delays 
   forgotten, so the resend (DUP) is stored, and PUBREC'd only then.
 - A resend (DUP, on a new connection or the same one) while the first copy is still being
   committed is PUBREC'd only once that copy is durable, and stored once."""
-import os
-import signal
 import socket
 
 import mqttraw as mr
-from galetest import Check, Gale, wait_for
+from galetest import Check, Gale
 
 t = Check("test_mqtt_qos2_durable")
 TOPIC = "devices/dev-q/telemetry"
@@ -18,11 +16,7 @@ BASE = 1700000000000
 
 
 def arm(g, n):
-    """Makes the next n commit attempts fail; returns once the gateway has armed it."""
-    line = "test seam: the next %d storage commit attempts fail" % n
-    before = sum(1 for l in list(g.log_lines) if line in l)
-    os.kill(g.proc.pid, signal.SIGUSR2)
-    wait_for(lambda: sum(1 for l in list(g.log_lines) if line in l) > before, 10, "seam armed")
+    g.fail_commits(n)
 
 
 def barrier(c, pid):
