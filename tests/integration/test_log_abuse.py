@@ -28,6 +28,7 @@ def main():
                    r'user="dev-1" connected')
         g.wait_log(r'auth failed device="u\\"\\n2026-01-01T00:00:00\.000Z level=error '
                    r'msg=forged" reason="invalid device id"')
+        g.wait_log(r'close reason="bad user name or password"')  # the refused one is gone
         forged = [l for l in g.log_lines if "msg=forged" in l]
         t(all(re.match(r"^\d{4}-\d\d-\d\dT\S+ level=\w+ ", l) for l in g.log_lines),
           "every line starts with its own time and level")
