@@ -142,8 +142,10 @@ static const struct key keys[] = {
     SIZE("storage.queue_low_rows", storage.queue_low_rows, 0, 1000000000, "50000",
          "Queued telemetry rows below which ingest sockets read again (with the bytes "
          "below their low mark too)."),
-    SIZE("storage.compact_rows", storage.compact_rows, 1, 1000000000, "100000",
-         "Log-table rows moved into the indexed table in one sorted pass."),
+    SIZE("storage.hot_max_points", storage.hot_max_points, 1000, 1000000000, "1000000",
+         "Points acknowledged but not yet in compressed chunks that the writer holds in "
+         "memory (about 24 bytes each); past it the oldest series are chunked first. It "
+         "also bounds the log replayed on start (at most twice as many points)."),
     INT("storage.retention_days", storage.retention_days, 0, 36500, "0",
         "Days of telemetry kept; 0 keeps everything."),
     INT("limits.max_connections", limits.max_connections, 1, 10000000, "10000",

@@ -84,7 +84,7 @@ struct config {
         size_t queue_low_bytes;          /* storage.queue_low_bytes, default 32 MiB */
         size_t queue_high_rows;          /* storage.queue_high_rows, default 200000 */
         size_t queue_low_rows;           /* storage.queue_low_rows, default 50000 */
-        size_t compact_rows;             /* storage.compact_rows, default 100000 */
+        size_t hot_max_points;           /* storage.hot_max_points, default 1000000 */
         int retention_days;              /* storage.retention_days, default 0 (forever) */
     } storage;
     struct {

@@ -527,7 +527,7 @@ int main(int argc, char **argv)
         .queue_low_bytes = cfg.storage.queue_low_bytes,
         .queue_high_rows = cfg.storage.queue_high_rows,
         .queue_low_rows = cfg.storage.queue_low_rows,
-        .compact_rows = cfg.storage.compact_rows,
+        .hot_max_points = cfg.storage.hot_max_points,
         .retention_days = (unsigned)cfg.storage.retention_days,
     };
     if (store_open(&loop, &scfg, &store) != 0)

@@ -56,8 +56,9 @@ struct emitter {
     int stop;                   /* limit reached */
     int have;                   /* a bucket is open */
     int64_t bucket;             /* its key (floor(ts / interval) * interval) */
-    int64_t min_ts;             /* earliest numeric ts in it (interval <= 0) */
+    int64_t min_ts, max_ts;     /* earliest and latest numeric ts in it */
     double sum, min, max;
+    double first, last;         /* values at min_ts and max_ts */
     uint64_t count;             /* numeric and bool values in it */
 };
 
@@ -249,6 +250,8 @@ static void flush_bucket(struct emitter *e)
     case STORE_AGG_MAX: p.num = e->max; break;
     case STORE_AGG_SUM: p.num = e->sum; break;
     case STORE_AGG_COUNT: p.num = (double)e->count; break;
+    case STORE_AGG_FIRST: p.num = e->first; break;
+    case STORE_AGG_LAST: p.num = e->last; break;
     case STORE_AGG_NONE: break;
     }
     push_point(e, &p);
@@ -280,8 +283,14 @@ static void emit(struct emitter *e, const struct point *p)
         e->min = p->num;
     if (e->count == 0 || p->num > e->max)
         e->max = p->num;
-    if (e->count == 0 || p->ts_ms < e->min_ts)
+    if (e->count == 0 || p->ts_ms < e->min_ts) {
         e->min_ts = p->ts_ms;
+        e->first = p->num;
+    }
+    if (e->count == 0 || p->ts_ms > e->max_ts) {
+        e->max_ts = p->ts_ms;
+        e->last = p->num;
+    }
     e->sum += p->num;
     e->count++;
 }

@@ -17,8 +17,8 @@ static void apply_defaults(struct store_cfg *c)
 {
     if (c->batch_rows == 0)
         c->batch_rows = STORE_DEFAULT_BATCH_ROWS;
-    if (c->compact_rows == 0)
-        c->compact_rows = STORE_DEFAULT_COMPACT_ROWS;
+    if (c->hot_max_points == 0)
+        c->hot_max_points = STORE_DEFAULT_HOT_MAX_POINTS;
     if (c->queue_high_rows == 0)
         c->queue_high_rows = STORE_DEFAULT_HIGH_ROWS;
     if (c->queue_low_rows == 0 || c->queue_low_rows > c->queue_high_rows)

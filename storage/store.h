@@ -55,7 +55,7 @@ struct store_cfg {
     size_t queue_low_bytes;    /* (default high / 2) */
     size_t queue_high_rows;    /* telemetry rows (default 200000) */
     size_t queue_low_rows;     /* (default high / 4) */
-    size_t compact_rows;       /* move the log into the main table at this many rows */
+    size_t hot_max_points;       /* move the log into the main table at this many rows */
     unsigned retention_days;   /* 0 = keep forever */
 };
 
@@ -127,8 +127,9 @@ size_t store_queued_bytes(const struct store *s);
 void store_fail_next_commits(struct store *s, int n, int rc);
 
 /* ---- reads: run on libuv's work pool, result on the loop thread ---- */
+/* first/last: the value of the bucket's oldest/newest numeric point. */
 enum store_agg { STORE_AGG_NONE = 0, STORE_AGG_AVG, STORE_AGG_MIN, STORE_AGG_MAX,
-                 STORE_AGG_SUM, STORE_AGG_COUNT };
+                 STORE_AGG_SUM, STORE_AGG_COUNT, STORE_AGG_FIRST, STORE_AGG_LAST };
 
 struct store_query {
     char *device;          /* owned by the query */

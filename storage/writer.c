@@ -7,7 +7,7 @@
  * 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported failed and the writer
  * goes on with the next. The batch's messages are released here, then it moves to the
  * done queue and uv_async_send() wakes the loop (batch.c reports it).
- * Off the ack path the writer compacts: when the log holds cfg.compact_rows rows, or
+ * Off the ack path the writer compacts: when the log holds cfg.hot_max_points rows, or
  * has been idle STORE_IDLE_MS with a non-empty log, it moves the log sorted into the
  * (series, ts) table, refreshes `latest` and empties the log in one transaction.
  * Retention (cfg.retention_days) deletes expired rows in bounded passes.
@@ -289,7 +289,7 @@ static void compact(struct store *s)
     if (!sqlite3_get_autocommit(s->db))
         store_step(s->st[ST_ROLLBACK]);
     s->compact_failed = 1;
-    s->compact_retry_rows = s->log_rows + (int64_t)s->cfg.compact_rows;
+    s->compact_retry_rows = s->log_rows + (int64_t)s->cfg.hot_max_points;
 }
 
 /* Deletes expired rows of the main table, at most STORE_RETENTION_PASS_ROWS rows and
@@ -414,7 +414,7 @@ static void process_batch(struct store *s, struct store_batch *b)
     uv_mutex_unlock(&s->lock);
     uv_async_send(&s->h->async);
 
-    if (s->log_rows >= (int64_t)s->cfg.compact_rows)
+    if (s->log_rows >= (int64_t)s->cfg.hot_max_points)
         maintain(s, 0); /* acks for b are already on their way */
 }
 

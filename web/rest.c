@@ -473,13 +473,14 @@ static void telemetry_get(struct rest *r, struct http_conn *h, struct http_req *
         base.desc = strcmp(val, "desc") == 0;
     }
     if (http_query_param(req, "agg", val, sizeof val)) {
-        static const char *const names[] = {"none", "avg", "min", "max", "sum", "count"};
+        static const char *const names[] = {"none", "avg", "min",   "max",
+                                            "sum",  "count", "first", "last"};
         base.agg = STORE_AGG_NONE;
-        for (int i = 0; i < 6; i++)
+        for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
             if (strcmp(val, names[i]) == 0)
                 base.agg = (enum store_agg)i;
         if (base.agg == STORE_AGG_NONE && strcmp(val, "none") != 0) {
-            http_respond_error(h, 400, "bad_param", "agg must be avg, min, max, sum, count or none");
+            http_respond_error(h, 400, "bad_param", "agg must be avg, min, max, sum, count, first, last or none");
             return;
         }
     }

@@ -208,7 +208,7 @@ static void run_ours(const struct opts *o, int ack_only, double *durable, double
     struct store_cfg cfg = {
         .path = path, .sync = o->sync, .batch_rows = o->batch_rows,
         .queue_high_rows = 200000, .queue_low_rows = 50000,
-        .compact_rows = ack_only ? 2 * o->points + 1 : o->compact_rows,
+        .hot_max_points = ack_only ? 2 * o->points + 1 : o->compact_rows,
     };
     size_t expect;
 

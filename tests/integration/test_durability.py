@@ -17,7 +17,7 @@ t = Check("test_durability")
 
 
 def main():
-    g = Gale(args=["--set", "storage.compact_rows=5000"]).start()
+    g = Gale(args=["--set", "storage.hot_max_points=5000"]).start()
     try:
         token = g.create_device("dev-k")
         c = g.line("dev-k", token)

@@ -177,7 +177,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.storage.queue_low_bytes, 32 * 1024 * 1024);
     assert_int_equal(c.storage.queue_high_rows, 200000);
     assert_int_equal(c.storage.queue_low_rows, 50000);
-    assert_int_equal(c.storage.compact_rows, 100000);
+    assert_int_equal(c.storage.hot_max_points, 1000000);
     assert_int_equal(c.storage.retention_days, 0);
     assert_int_equal(c.limits.max_connections, 10000);
     assert_int_equal(c.limits.auth_timeout_ms, 10000);

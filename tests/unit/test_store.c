@@ -77,7 +77,7 @@ static void default_cfg(struct fixture *f)
     f->cfg.batch_rows = 1000;
     f->cfg.queue_high_rows = 200000;
     f->cfg.queue_low_rows = 50000;
-    f->cfg.compact_rows = 100000;
+    f->cfg.hot_max_points = 100000;
 }
 
 static void do_open(struct fixture *f)
@@ -557,7 +557,7 @@ static void test_compaction_by_rows(void **state)
     const struct store_result *r;
     uint64_t seq = 0;
 
-    f->cfg.compact_rows = 8;
+    f->cfg.hot_max_points = 8;
     do_open(f);
     for (int i = 0; i < 3; i++) {
         struct point pts[] = { pnum("a", i, i), pnum("b", i, i), pnum("c", i, i),
@@ -565,7 +565,7 @@ static void test_compaction_by_rows(void **state)
         seq = append(f, "dev", pts, 4);
     }
     wait_durable(f, seq);
-    /* 12 log rows >= compact_rows: the writer moves them without being asked */
+    /* 12 log rows >= hot_max_points: the writer moves them without being asked */
     assert_true(wait_until(f, log_is_empty, NULL));
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 9);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM latest"), 3);
