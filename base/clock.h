@@ -8,5 +8,7 @@
 int64_t gw_now_ms(void);
 /* Monotonic clock in milliseconds (timeouts, rates). */
 uint64_t gw_mono_ms(void);
+/* Monotonic clock in microseconds (work budgets). */
+uint64_t gw_mono_us(void);
 
 #endif

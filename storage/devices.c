@@ -48,8 +48,8 @@ uint64_t store_delete_device(struct store *s, const char *id)
 
 static int delete_device(struct store *s, const char *id)
 {
-    static const enum store_stmt order[] = { ST_DEL_TELEMETRY, ST_DEL_LOG, ST_DEL_LATEST,
-                                             ST_DEL_SERIES, ST_DEL_DEVID, ST_DEL_DEVICE };
+    static const enum store_stmt order[] = { ST_DEL_CHUNKS, ST_DEL_SERIES, ST_DEL_DEVID,
+                                             ST_DEL_DEVICE };
 
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
         sqlite3_stmt *st = s->st[order[i]];
@@ -59,8 +59,6 @@ static int delete_device(struct store *s, const char *id)
         rc = store_step(st);
         if (rc != SQLITE_OK)
             return rc;
-        if (order[i] == ST_DEL_LOG)
-            s->tx_log_rows -= sqlite3_changes(s->db);
     }
     return SQLITE_OK;
 }

@@ -1,26 +1,32 @@
 /* storage/query.c: the read-only side: a pool of read-only connections, telemetry
  * queries on libuv's work pool and the start-up load of the latest values. Calls
- * only sql.c; the other start-up loads (devices.c, state.c) borrow its pool.
+ * hot.c and sql.c; the other start-up loads (devices.c, state.c) borrow its pool.
  *
  * Data flow: store_query_telemetry (loop thread) queues a uv_work_t. The work
  * callback (a pool thread) borrows a read-only connection from a small pool
- * (s->pool_lock), opens a read transaction (one WAL snapshot for both tiers), resolves
- * the device and its series ids, scans the device's rows still in telemetry_log once,
- * then for each series merges them with the (series, ts) table in ts order: a log row
- * replaces a main-table row of the same ts, and among log rows of one ts the highest
- * rowid (the newest arrival) wins. Raw points stop at limit (+1 to report truncated);
- * aggregations fold the merged stream into interval buckets. The after_work callback
- * (loop thread) hands the result to the caller.
+ * (s->pool_lock), resolves the device and its series ids, copies each series' hot
+ * points in the range (s->hot_lock), and only then opens a read transaction for the
+ * chunks: the writer drops hot points only after their chunks committed, so a point
+ * the copy missed is in the snapshot, and a point in both is the same value (the hot
+ * copy wins a tie, as the newer write always does). Per series it walks the chunks
+ * overlapping the range in the query's order and merges their points with the hot
+ * ones. Raw points stop at limit (+1 to report truncated); aggregations fold the
+ * merged stream into interval buckets and fold a chunk's header statistics instead of
+ * its points when the chunk lies inside one bucket, holds only numbers and booleans,
+ * no NaN, and no hot point inside its span. The after_work callback (loop thread)
+ * hands the result to the caller.
  *
  * store_close completes queries still in flight (store_queries_finish): queued work is
  * cancelled, running work is waited for, and the caller's callback runs during
  * store_close; the after_work callback then only frees the request. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway/log.h"
 #include "base/alloc.h"
 #include "base/err.h"
+#include "storage/chunk.h"
 #include "storage/store_int.h"
 
 struct query_req {
@@ -35,15 +41,12 @@ struct query_req {
     struct list_link link;      /* in s->queries (loop thread) */
 };
 
-/* A log row of the queried device: where it is, not what it holds. */
-struct log_ent {
-    int64_t series, ts, rowid;
-};
-
 /* One series being answered. */
 struct qseries {
     int64_t id;                 /* 0 = the key has no series */
     char *key;                  /* owned until moved into the result */
+    struct point *hot;          /* its hot points in the range, ascending ts */
+    size_t nhot;
 };
 
 /* Collects the merged points of one series: raw (up to limit) or aggregated. */
@@ -65,33 +68,19 @@ struct emitter {
 static const char SQL_DEV[] = "SELECT id FROM device_ids WHERE device = ?1";
 static const char SQL_SERIES_ONE[] = "SELECT id FROM series WHERE dev_id = ?1 AND key = ?2";
 static const char SQL_SERIES_ALL[] = "SELECT id, key FROM series WHERE dev_id = ?1 ORDER BY key";
-static const char SQL_LOG_SCAN[] =
-    "SELECT series, ts, rowid FROM telemetry_log"
-    " WHERE series IN (SELECT id FROM series WHERE dev_id = ?1) AND ts BETWEEN ?2 AND ?3";
-static const char SQL_LOG_VALUE[] = "SELECT t, v FROM telemetry_log WHERE rowid = ?1";
-static const char SQL_MAIN_ASC[] =
-    "SELECT ts, t, v FROM telemetry WHERE series = ?1 AND ts BETWEEN ?2 AND ?3"
-    " ORDER BY ts ASC LIMIT ?4";
-static const char SQL_MAIN_DESC[] =
-    "SELECT ts, t, v FROM telemetry WHERE series = ?1 AND ts BETWEEN ?2 AND ?3"
-    " ORDER BY ts DESC LIMIT ?4";
-
-/* The latest table, overlaid with the newest log row of each series (the log row wins
- * when it is as new or newer: a replay of the same ts arrived later). */
+/* From the chunk that may hold ?2 (the last one starting at or before it) on. */
+static const char SQL_CHUNKS_ASC[] =
+    "SELECT start_ts, end_ts, data FROM chunks WHERE series = ?1 AND start_ts >= coalesce("
+    "(SELECT max(start_ts) FROM chunks WHERE series = ?1 AND start_ts <= ?2), ?2)"
+    " AND start_ts <= ?3 ORDER BY start_ts";
+/* Newest first from ?3 down; the caller stops at the first chunk ending before ?2. */
+static const char SQL_CHUNKS_DESC[] =
+    "SELECT start_ts, end_ts, data FROM chunks WHERE series = ?1 AND start_ts <= ?3"
+    " AND ?2 = ?2 ORDER BY start_ts DESC";
+/* The newest chunk of every series, with its names. */
 static const char SQL_LOAD_LATEST[] =
-    "WITH lognew AS MATERIALIZED ("
-    "  SELECT series, ts, t, v FROM ("
-    "   SELECT series, ts, t, v, row_number() OVER"
-    "    (PARTITION BY series ORDER BY ts DESC, rowid DESC) AS rn FROM telemetry_log)"
-    "  WHERE rn = 1),"
-    " merged AS ("
-    "  SELECT n.series, n.ts, n.t, n.v FROM lognew n LEFT JOIN latest l ON l.series = n.series"
-    "   WHERE l.series IS NULL OR n.ts >= l.ts"
-    "  UNION ALL"
-    "  SELECT l.series, l.ts, l.t, l.v FROM latest l LEFT JOIN lognew n ON n.series = l.series"
-    "   WHERE n.series IS NULL OR n.ts < l.ts)"
-    " SELECT d.device, s.key, m.ts, m.t, m.v FROM merged m"
-    " JOIN series s ON s.id = m.series JOIN device_ids d ON d.id = s.dev_id"
+    "SELECT s.id, d.device, s.key, (SELECT data FROM chunks WHERE series = s.id"
+    " ORDER BY start_ts DESC LIMIT 1) FROM series s JOIN device_ids d ON d.id = s.dev_id"
     " ORDER BY d.device, s.key";
 
 /* ---- the reader pool ---- */
@@ -103,10 +92,8 @@ static void reader_close(struct store_reader *r)
     sqlite3_finalize(r->dev);
     sqlite3_finalize(r->series_one);
     sqlite3_finalize(r->series_all);
-    sqlite3_finalize(r->log_scan);
-    sqlite3_finalize(r->log_value);
-    sqlite3_finalize(r->main_asc);
-    sqlite3_finalize(r->main_desc);
+    sqlite3_finalize(r->chunks_asc);
+    sqlite3_finalize(r->chunks_desc);
     sqlite3_close(r->db);
     free(r);
 }
@@ -128,9 +115,8 @@ static struct store_reader *reader_open(const char *path)
     sqlite3_busy_timeout(r->db, STORE_BUSY_TIMEOUT_MS);
     if (prepare(r->db, SQL_DEV, &r->dev) || prepare(r->db, SQL_SERIES_ONE, &r->series_one) ||
         prepare(r->db, SQL_SERIES_ALL, &r->series_all) ||
-        prepare(r->db, SQL_LOG_SCAN, &r->log_scan) ||
-        prepare(r->db, SQL_LOG_VALUE, &r->log_value) ||
-        prepare(r->db, SQL_MAIN_ASC, &r->main_asc) || prepare(r->db, SQL_MAIN_DESC, &r->main_desc))
+        prepare(r->db, SQL_CHUNKS_ASC, &r->chunks_asc) ||
+        prepare(r->db, SQL_CHUNKS_DESC, &r->chunks_desc))
         goto fail;
     return r;
 fail:
@@ -177,28 +163,6 @@ static void keep_str(struct store_result *res, char *p)
     if ((res->nstrs & (res->nstrs - 1)) == 0) /* 0, 1, 2, 4, ...: grow to the next power */
         res->strs = xrealloc(res->strs, (res->nstrs ? 2 * res->nstrs : 1) * sizeof *res->strs);
     res->strs[res->nstrs++] = p;
-}
-
-/* Reads the (t, v) columns at tcol into p; strings are copied only when wanted.
- * SQLite result code. */
-static int read_value(sqlite3_stmt *st, int tcol, struct point *p, struct store_result *res,
-                      int want_str)
-{
-    int rc = store_read_value(st, tcol, p);
-
-    if (rc != SQLITE_OK)
-        return rc;
-    if (p->type == VAL_STR || p->type == VAL_JSON) {
-        if (want_str) {
-            char *copy = xstrndup(p->str, p->str_len);
-            keep_str(res, copy);
-            p->str = copy;
-        } else {
-            p->str = NULL; /* borrowed from st, gone at its next step */
-            p->str_len = 0;
-        }
-    }
-    return SQLITE_OK;
 }
 
 static void push_point(struct emitter *e, const struct point *p)
@@ -295,101 +259,148 @@ static void emit(struct emitter *e, const struct point *p)
     e->count++;
 }
 
-static int read_log_value(struct store_reader *r, int64_t rowid, struct point *p,
-                          struct emitter *e)
+/* Emits p unless the raw limit is reached (then truncated: one more point exists).
+ * A text not yet owned by the result (a decoded chunk's) is copied first. Returns 0
+ * once the series is done. */
+static int out_point(struct emitter *e, const struct point *p, int borrowed)
 {
-    int rc;
+    struct point c = *p;
 
-    sqlite3_bind_int64(r->log_value, 1, rowid);
-    rc = sqlite3_step(r->log_value);
-    if (rc == SQLITE_ROW)
-        rc = read_value(r->log_value, 0, p, e->res, e->q->agg == STORE_AGG_NONE);
-    else if (rc == SQLITE_DONE)
-        rc = SQLITE_CORRUPT; /* the scan saw this row in the same snapshot */
-    sqlite3_reset(r->log_value);
-    return rc;
+    if (e->q->agg == STORE_AGG_NONE && e->out->npoints >= e->limit) {
+        e->out->truncated = 1;
+        e->stop = 1;
+        return 0;
+    }
+    if (e->q->agg == STORE_AGG_NONE && borrowed && (p->type == VAL_STR || p->type == VAL_JSON)) {
+        char *copy = xstrndup(p->str ? p->str : "", p->str_len);
+        keep_str(e->res, copy);
+        c.str = copy;
+    }
+    emit(e, &c);
+    return !e->stop;
 }
 
-/* Merges the main-table rows of series sid with its log rows lg[0..nlg) (ascending ts,
- * one per ts) in the query's order. */
-static int merge_series(struct store_reader *r, struct emitter *e, int64_t sid,
-                        const struct log_ent *lg, size_t nlg)
+/* Folds a whole chunk's header statistics into the buckets (see can_fold). */
+static void fold_stats(struct emitter *e, const struct chunk_stats *st)
+{
+    int64_t b = bucket_of(st->first_ts, e->q->interval_ms);
+
+    if (e->have && b != e->bucket) {
+        flush_bucket(e);
+        if (e->stop)
+            return;
+    }
+    if (!e->have) {
+        e->have = 1;
+        e->bucket = b;
+        e->count = 0;
+        e->sum = 0;
+    }
+    if (e->count == 0 || st->min < e->min)
+        e->min = st->min;
+    if (e->count == 0 || st->max > e->max)
+        e->max = st->max;
+    if (e->count == 0 || st->first_ts < e->min_ts) {
+        e->min_ts = st->first_ts;
+        e->first = st->first;
+    }
+    if (e->count == 0 || st->last_ts > e->max_ts) {
+        e->max_ts = st->last_ts;
+        e->last = st->last;
+    }
+    e->sum += st->sum;
+    e->count += st->nnum;
+}
+
+/* A chunk's statistics stand for its points in an aggregate when it lies inside the
+ * range and inside one bucket, holds only numbers and booleans (so its first and last
+ * numeric points are its first and last), no NaN (NaN makes min and max depend on the
+ * order they are seen in) and no hot point replaces one of its points. */
+static int can_fold(const struct emitter *e, const struct chunk_stats *st, int hot_inside)
 {
     const struct store_query *q = e->q;
-    sqlite3_stmt *st = q->desc ? r->main_desc : r->main_asc;
-    int raw = q->agg == STORE_AGG_NONE, have_main, rc;
-    size_t li = 0;
 
-    sqlite3_bind_int64(st, 1, sid);
+    if (q->agg == STORE_AGG_NONE || hot_inside || st->first_ts < q->from_ms ||
+        st->last_ts > q->to_ms || (st->types & ~((1u << VAL_NUM) | (1u << VAL_BOOL))) ||
+        st->nnum != st->count || isnan(st->sum))
+        return 0;
+    return q->interval_ms <= 0 ||
+           bucket_of(st->first_ts, q->interval_ms) == bucket_of(st->last_ts, q->interval_ms);
+}
+
+/* Merges the chunks of series qs with its hot points (ascending) in the query's order.
+ * SQLite result code. */
+static int merge_series(struct store_reader *r, struct emitter *e, const struct qseries *qs)
+{
+    const struct store_query *q = e->q;
+    sqlite3_stmt *st = q->desc ? r->chunks_desc : r->chunks_asc;
+    const struct point *hot = qs->hot;
+    size_t nhot = qs->nhot, hi = 0; /* hot points emitted (from the query's start) */
+    int rc = SQLITE_DONE;
+
+/* hot point i in the query's order, and "it comes before ts in that order" */
+#define HOT(i) (&hot[q->desc ? nhot - 1 - (i) : (i)])
+#define HOT_BEFORE(i, ts) (q->desc ? HOT(i)->ts_ms > (ts) : HOT(i)->ts_ms < (ts))
+
+    sqlite3_bind_int64(st, 1, qs->id);
     sqlite3_bind_int64(st, 2, q->from_ms);
     sqlite3_bind_int64(st, 3, q->to_ms);
-    /* the first limit + 1 distinct ts of the union are among the first limit + 1 main rows */
-    sqlite3_bind_int64(st, 4, raw ? (int64_t)e->limit + 1 : -1);
-    rc = sqlite3_step(st);
-    have_main = rc == SQLITE_ROW;
-    while (!e->stop && (rc == SQLITE_ROW || rc == SQLITE_DONE) && (have_main || li < nlg)) {
-        const struct log_ent *le = li < nlg ? &lg[q->desc ? nlg - 1 - li : li] : NULL;
-        int64_t mts = have_main ? sqlite3_column_int64(st, 0) : 0;
-        struct point p = { 0 };
+    while (!e->stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t start = sqlite3_column_int64(st, 0), end = sqlite3_column_int64(st, 1);
+        size_t len, hot_in = 0;
+        const void *blob;
+        struct chunk_stats cs;
+        struct chunk_points cp;
+        const char *why = NULL;
 
-        if (raw && e->out->npoints >= e->limit) {
-            e->out->truncated = 1; /* one more point exists */
+        if (q->desc ? end < q->from_ms : start > q->to_ms) {
+            rc = SQLITE_DONE;
             break;
         }
-        if (le && (!have_main || le->ts == mts || (q->desc ? le->ts > mts : le->ts < mts))) {
-            int shadowed = have_main && le->ts == mts; /* the log row replaces it */
-            rc = read_log_value(r, le->rowid, &p, e);
-            if (rc != SQLITE_OK)
-                break;
-            p.ts_ms = le->ts;
-            li++;
-            rc = SQLITE_DONE;
-            if (shadowed) {
-                rc = sqlite3_step(st);
-                have_main = rc == SQLITE_ROW;
-            }
-        } else {
-            p.ts_ms = mts;
-            rc = read_value(st, 1, &p, e->res, raw);
-            if (rc != SQLITE_OK)
-                break;
-            rc = sqlite3_step(st);
-            have_main = rc == SQLITE_ROW;
+        if (!q->desc && end < q->from_ms)
+            continue; /* the chunk before from */
+        while (hi < nhot && HOT_BEFORE(hi, q->desc ? end : start) && out_point(e, HOT(hi), 0))
+            hi++;
+        if (e->stop)
+            break;
+        while (hi + hot_in < nhot && HOT(hi + hot_in)->ts_ms >= start &&
+               HOT(hi + hot_in)->ts_ms <= end)
+            hot_in++;
+        blob = store_col_blob(st, 2, &len);
+        if (chunk_stats(blob, len, &cs, &why) == 0 && can_fold(e, &cs, hot_in > 0)) {
+            fold_stats(e, &cs);
+            continue;
         }
-        emit(e, &p);
+        if (chunk_decode(blob, len, &cp, &why) != 0) {
+            log_error("store: series=%lld chunk at ts=%lld is corrupt (%s)", (long long)qs->id,
+                      (long long)start, why);
+            rc = SQLITE_CORRUPT; /* an error, not a silent hole in the answer */
+            break;
+        }
+        for (size_t k = 0; k < cp.npoints && !e->stop; k++) {
+            const struct point *p = &cp.points[q->desc ? cp.npoints - 1 - k : k];
+
+            while (hi < nhot && HOT_BEFORE(hi, p->ts_ms) && out_point(e, HOT(hi), 0))
+                hi++;
+            if (e->stop)
+                break;
+            if (hi < nhot && HOT(hi)->ts_ms == p->ts_ms)
+                continue; /* the hot point replaces it; emitted next */
+            if (p->ts_ms >= q->from_ms && p->ts_ms <= q->to_ms)
+                out_point(e, p, 1);
+        }
+        chunk_points_fini(&cp);
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return rc;
-    if (!raw && !e->stop)
+    while (!e->stop && hi < nhot && out_point(e, HOT(hi), 0))
+        hi++;
+#undef HOT_BEFORE
+#undef HOT
+    if (q->agg != STORE_AGG_NONE && !e->stop)
         flush_bucket(e);
     return SQLITE_OK;
-}
-
-static int cmp_log_ent(const void *a, const void *b)
-{
-    const struct log_ent *x = a, *y = b;
-
-    if (x->series != y->series)
-        return x->series < y->series ? -1 : 1;
-    if (x->ts != y->ts)
-        return x->ts < y->ts ? -1 : 1;
-    return x->rowid < y->rowid ? -1 : x->rowid > y->rowid;
-}
-
-/* First index in lg[0..n) whose series is >= sid. */
-static size_t lower_bound(const struct log_ent *lg, size_t n, int64_t sid)
-{
-    size_t lo = 0, hi = n;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (lg[mid].series < sid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
 }
 
 static int collect_series(struct store_reader *r, const struct store_query *q, int64_t dev_id,
@@ -423,6 +434,7 @@ static int collect_series(struct store_reader *r, const struct store_query *q, i
                 cap *= 2;
                 ser = xrealloc(ser, cap * sizeof *ser);
             }
+            memset(&ser[n], 0, sizeof ser[n]);
             ser[n].id = sqlite3_column_int64(r->series_all, 0);
             ser[n++].key = xstrdup(key ? key : "");
         }
@@ -433,40 +445,51 @@ static int collect_series(struct store_reader *r, const struct store_query *q, i
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static int scan_log(struct store_reader *r, const struct store_query *q, int64_t dev_id,
-                    struct log_ent **out, size_t *nout)
+/* Copies the hot points of every series in the range, in one hold of s->hot_lock and
+ * before the chunks' snapshot (see the top of the file). Texts are copied into res
+ * when the query returns them. */
+static void copy_hot(struct store *s, const struct store_query *q, struct qseries *ser,
+                     size_t nser, struct store_result *res)
 {
-    struct log_ent *lg = NULL;
-    size_t n = 0, cap = 0;
-    int rc;
+    int want_str = q->agg == STORE_AGG_NONE;
 
-    sqlite3_bind_int64(r->log_scan, 1, dev_id);
-    sqlite3_bind_int64(r->log_scan, 2, q->from_ms);
-    sqlite3_bind_int64(r->log_scan, 3, q->to_ms);
-    while ((rc = sqlite3_step(r->log_scan)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 256;
-            lg = xrealloc(lg, cap * sizeof *lg);
+    uv_mutex_lock(&s->hot_lock);
+    for (size_t i = 0; i < nser; i++) {
+        const struct hot_series *hs = hot_get(&s->hot, ser[i].id);
+        size_t lo, hi;
+
+        if (!hs)
+            continue;
+        lo = hot_lower_bound(hs, q->from_ms);
+        for (hi = lo; hi < hs->n && hs->pts[hi].ts <= q->to_ms; hi++)
+            ;
+        if (hi == lo)
+            continue;
+        ser[i].hot = xmalloc((hi - lo) * sizeof *ser[i].hot);
+        for (size_t k = lo; k < hi; k++) {
+            struct point *p = &ser[i].hot[ser[i].nhot++];
+
+            hot_point_get(hs, k, p);
+            if (p->type != VAL_STR && p->type != VAL_JSON)
+                continue;
+            if (want_str) {
+                char *copy = xstrndup(p->str, p->str_len);
+                keep_str(res, copy);
+                p->str = copy;
+            } else {
+                p->str = NULL;
+                p->str_len = 0;
+            }
         }
-        lg[n].series = sqlite3_column_int64(r->log_scan, 0);
-        lg[n].ts = sqlite3_column_int64(r->log_scan, 1);
-        lg[n].rowid = sqlite3_column_int64(r->log_scan, 2);
-        n++;
     }
-    sqlite3_reset(r->log_scan);
-    if (n > 1)
-        qsort(lg, n, sizeof *lg, cmp_log_ent);
-    *out = lg;
-    *nout = n;
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    uv_mutex_unlock(&s->hot_lock);
 }
 
-static void run_query(struct store_reader *r, const struct store_query *q,
+static void run_query(struct store *s, struct store_reader *r, const struct store_query *q,
                       struct store_result *res)
 {
     struct qseries *ser = NULL;
-    struct log_ent *lg = NULL;
-    size_t nser = 0, nlg = 0, limit = q->limit;
+    size_t nser = 0, limit = q->limit;
     int64_t dev_id = 0;
     int rc;
 
@@ -474,9 +497,6 @@ static void run_query(struct store_reader *r, const struct store_query *q,
         limit = STORE_DEFAULT_LIMIT;
     if (limit > STORE_MAX_LIMIT)
         limit = STORE_MAX_LIMIT;
-    rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for both tiers */
-    if (rc != SQLITE_OK)
-        goto out;
     sqlite3_bind_text(r->dev, 1, q->device, -1, SQLITE_STATIC);
     rc = sqlite3_step(r->dev);
     if (rc == SQLITE_ROW)
@@ -487,31 +507,21 @@ static void run_query(struct store_reader *r, const struct store_query *q,
         goto out;
     }
     rc = collect_series(r, q, dev_id, &ser, &nser);
-    if (rc == SQLITE_OK)
-        rc = scan_log(r, q, dev_id, &lg, &nlg);
+    if (rc != SQLITE_OK)
+        goto out;
+    copy_hot(s, q, ser, nser, res);
+    rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for every chunk */
     if (rc != SQLITE_OK)
         goto out;
     res->series = xcalloc(nser ? nser : 1, sizeof *res->series);
     for (size_t i = 0; i < nser && rc == SQLITE_OK; i++) {
         struct store_series *out = &res->series[res->nseries];
         struct emitter e = { .q = q, .res = res, .out = out, .limit = limit };
-        size_t lo = 0, hi = 0, w;
 
         out->key = ser[i].key;
         ser[i].key = NULL;
-        if (ser[i].id != 0) {
-            lo = lower_bound(lg, nlg, ser[i].id);
-            for (hi = lo; hi < nlg && lg[hi].series == ser[i].id; hi++)
-                ;
-            /* one entry per ts: the last of a run (highest rowid, the newest arrival) */
-            w = lo;
-            for (size_t j = lo; j < hi; j++) {
-                if (j + 1 < hi && lg[j + 1].ts == lg[j].ts)
-                    continue;
-                lg[w++] = lg[j];
-            }
-            rc = merge_series(r, &e, ser[i].id, lg + lo, w - lo);
-        }
+        if (ser[i].id != 0)
+            rc = merge_series(r, &e, &ser[i]);
         if (q->nkeys == 0 && out->npoints == 0) { /* every key: only those with points */
             free(out->key);
             free(out->points);
@@ -528,14 +538,17 @@ out:
     }
     if (!sqlite3_get_autocommit(r->db))
         sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL); /* read-only: ends the snapshot */
-    for (size_t i = 0; i < nser; i++)
+    for (size_t i = 0; i < nser; i++) {
         free(ser[i].key);
+        free(ser[i].hot);
+    }
     free(ser);
-    free(lg);
 }
 
 /* ---- start-up loads (loop thread, blocking) ---- */
 
+/* The newest value of each series: the newer of its newest chunk's last point and its
+ * newest hot point (a hot point of the same ts is the later write). */
 int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
 {
     struct store_reader *r = store_reader_get(s);
@@ -546,15 +559,50 @@ int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
         return GW_ESTORE;
     rc = sqlite3_prepare_v2(r->db, SQL_LOAD_LATEST, -1, &st, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t sid = sqlite3_column_int64(st, 0);
+        const char *device = store_col_text(st, 1), *key = store_col_text(st, 2), *why = NULL;
+        struct chunk_points cp = { 0 };
         struct point p = { 0 };
-        const char *device = store_col_text(st, 0);
-        p.key = store_col_text(st, 1);
-        p.ts_ms = sqlite3_column_int64(st, 2);
-        rc = store_read_value(st, 3, &p);
-        if (rc != SQLITE_OK)
+        struct chunk_stats cs;
+        const struct hot_series *hs;
+        int have = 0;
+        size_t len;
+        const void *blob = sqlite3_column_type(st, 3) == SQLITE_NULL
+                               ? NULL : store_col_blob(st, 3, &len);
+
+        if (blob && chunk_stats(blob, len, &cs, &why) == 0) {
+            if (cs.nnum == cs.count && !(cs.types & ~(1u << VAL_NUM))) {
+                p.ts_ms = cs.last_ts; /* numbers only: the header has it */
+                p.type = VAL_NUM;
+                p.num = cs.last;
+                have = 1;
+            } else if (chunk_decode(blob, len, &cp, &why) == 0) {
+                p = cp.points[cp.npoints - 1];
+                have = 1;
+            }
+        }
+        if (blob && !have) {
+            log_error("store: series=%lld newest chunk is corrupt (%s)", (long long)sid, why);
+            rc = SQLITE_CORRUPT;
             break;
-        if (device && p.key)
+        }
+        uv_mutex_lock(&s->hot_lock);
+        hs = hot_get(&s->hot, sid);
+        if (hs && hs->n > 0 && (!have || hs->pts[hs->n - 1].ts >= p.ts_ms)) {
+            hot_point_get(hs, hs->n - 1, &p);
+            have = 1;
+        }
+        if (have && device && key) {
+            char *text = NULL;
+            if (p.type == VAL_STR || p.type == VAL_JSON) /* NUL-terminated for fn */
+                p.str = text = xstrndup(p.str ? p.str : "", p.str_len);
+            p.key = key;
             fn(ctx, device, &p);
+            free(text);
+        }
+        uv_mutex_unlock(&s->hot_lock);
+        chunk_points_fini(&cp);
+        rc = SQLITE_OK;
     }
     return store_end_load(s, r, rc, "latest", st, NULL);
 }
@@ -589,7 +637,7 @@ static void on_query_work(uv_work_t *w) /* pool thread */
     struct store_reader *r = store_reader_get(s);
 
     if (r) {
-        run_query(r, req->q, res);
+        run_query(s, r, req->q, res);
         store_reader_put(s, r);
     } else {
         res->rc = GW_ESTORE;

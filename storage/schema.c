@@ -18,16 +18,32 @@
  * session_subs(PK(client_id, filter), qos) WITHOUT ROWID, so a SUBSCRIBE writes only the
  * filters it changed; the sessions row keeps the identity only (column subs renamed
  * identity).
- * t is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT, 3 JSON TEXT),
- * written and read only through store_bind_value / store_read_value (sql.c).
+ * Schema v4 replaces the row-per-point tiers (telemetry_log, telemetry, latest) with
+ *   segments(id INTEGER PK AUTOINCREMENT, npoints, data)   one row per group commit
+ *            (segment.h): what an ack stands on; deleted once its points are chunked
+ *   chunks(id INTEGER PK, series, start_ts, end_ts, count, data)   the queryable form:
+ *            up to ~STORE_CHUNK_POINTS points of one series (chunk.h), never
+ *            overlapping another chunk of its series; UNIQUE(series, start_ts), and
+ *            end_ts indexed for retention
+ *   series.flushed_seg   every point of the series in segments <= it is in chunks
+ * The conversion (convert_v3) folds the log into the main table as v3's compaction
+ * did (the newest log row of a (series, ts) wins), encodes each series in chunks and
+ * drops the old tables, in the migration's one transaction.
+ * t (v1..v3) is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT,
+ * 3 JSON TEXT), read only through store_read_value (sql.c).
  * device_ids is separate from devices: telemetry may arrive for a device that is not
  * provisioned (anonymous mode), and a dictionary id never depends on a TEXT rowid. */
+#include "base/buf.h"
+#include "base/clock.h"
+#include "base/err.h"
 #include "gateway/log.h"
+#include "storage/chunk.h"
 #include "storage/store_int.h"
 
 #define STORE_OPEN_FLAGS (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX)
 
-/* migrations[v] takes a database from user_version v to v + 1. */
+/* migrations[v] takes a database from user_version v to v + 1 (v3 -> v4 with
+ * convert_v3 and V4_DROP after it). */
 static const char *const migrations[] = {
     "CREATE TABLE devices("
     " id TEXT PRIMARY KEY NOT NULL,"
@@ -83,10 +99,29 @@ static const char *const migrations[] = {
     " WHEN json_type(identity) = 'object' THEN json_remove(identity, '$.subs')"
     " ELSE '{}' END;"
     "PRAGMA user_version = 3;",
+
+    /* v4: segments and chunks; convert_v3 moves the v3 rows, then V4_DROP runs */
+    "CREATE TABLE segments(id INTEGER PRIMARY KEY AUTOINCREMENT, npoints INTEGER NOT NULL,"
+    " data BLOB NOT NULL);"
+    "CREATE TABLE chunks(id INTEGER PRIMARY KEY, series INTEGER NOT NULL,"
+    " start_ts INTEGER NOT NULL, end_ts INTEGER NOT NULL, count INTEGER NOT NULL,"
+    " data BLOB NOT NULL);"
+    "CREATE UNIQUE INDEX chunks_by_series ON chunks(series, start_ts);"
+    "CREATE INDEX chunks_by_end ON chunks(end_ts);"
+    "ALTER TABLE series ADD COLUMN flushed_seg INTEGER NOT NULL DEFAULT 0;"
+    "INSERT OR REPLACE INTO telemetry(series, ts, t, v)"
+    " SELECT series, ts, t, v FROM telemetry_log ORDER BY series, ts, rowid;",
 };
 
-#define SQL_DEVICE_SERIES \
-    "(SELECT s.id FROM series s JOIN device_ids d ON d.id = s.dev_id WHERE d.device = ?1)"
+_Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
+               "one migration per schema version");
+
+static const char V4_DROP[] = "DROP TABLE telemetry_log; DROP TABLE telemetry; DROP TABLE latest;"
+                              "PRAGMA user_version = 4;";
+
+#define SQL_DEVICE_SERIES_SELECT \
+    "SELECT s.id FROM series s JOIN device_ids d ON d.id = s.dev_id WHERE d.device = ?1"
+#define SQL_DEVICE_SERIES "(" SQL_DEVICE_SERIES_SELECT ")"
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -95,8 +130,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DEVID_GET] = "SELECT id FROM device_ids WHERE device = ?1",
     [ST_DEVID_ADD] = "INSERT INTO device_ids(device) VALUES (?1)",
     [ST_SERIES_GET] = "SELECT id FROM series WHERE dev_id = ?1 AND key = ?2",
-    [ST_SERIES_ADD] = "INSERT INTO series(dev_id, key) VALUES (?1, ?2)",
-    [ST_LOG_ADD] = "INSERT INTO telemetry_log(series, ts, t, v) VALUES (?1, ?2, ?3, ?4)",
+    [ST_SERIES_ADD] = "INSERT INTO series(dev_id, key, flushed_seg) VALUES (?1, ?2, ?3)",
+    [ST_SEGMENT_ADD] = "INSERT INTO segments(id, npoints, data) VALUES (?1, ?2, ?3)",
     [ST_DEV_PUT] =
         "INSERT INTO devices(id, token_hash, role, attrs, created_ms, last_seen_ms, protocol)"
         " VALUES (?1, ?2, coalesce(?3, 'device'), ?4, ?5, ?6, ?7)"
@@ -106,34 +141,25 @@ static const char *const stmt_sql[ST_COUNT] = {
         " last_seen_ms = excluded.last_seen_ms, protocol = excluded.protocol",
     [ST_DEV_TOUCH] =
         "UPDATE devices SET last_seen_ms = ?2, protocol = coalesce(?3, protocol) WHERE id = ?1",
-    [ST_DEL_TELEMETRY] = "DELETE FROM telemetry WHERE series IN " SQL_DEVICE_SERIES,
-    [ST_DEL_LOG] = "DELETE FROM telemetry_log WHERE series IN " SQL_DEVICE_SERIES,
-    [ST_DEL_LATEST] = "DELETE FROM latest WHERE series IN " SQL_DEVICE_SERIES,
+    [ST_DEV_SERIES] = SQL_DEVICE_SERIES_SELECT,
+    [ST_DEL_CHUNKS] = "DELETE FROM chunks WHERE series IN " SQL_DEVICE_SERIES,
     [ST_DEL_SERIES] =
         "DELETE FROM series WHERE dev_id IN (SELECT id FROM device_ids WHERE device = ?1)",
     [ST_DEL_DEVID] = "DELETE FROM device_ids WHERE device = ?1",
     [ST_DEL_DEVICE] = "DELETE FROM devices WHERE id = ?1",
-    /* Sorted by (series, ts) so the WITHOUT ROWID table is filled in key order; among
-     * replays of one (series, ts) the newest log row (highest rowid) comes last and wins.
-     * ?1 = retention cutoff (rows older are dropped on the way). */
-    [ST_COMPACT_MOVE] =
-        "INSERT OR REPLACE INTO telemetry(series, ts, t, v)"
-        " SELECT series, ts, t, v FROM telemetry_log WHERE ts >= ?1"
-        " ORDER BY series, ts, rowid",
-    /* After the move, the newest row of each touched series is the main table's max(ts). */
-    [ST_COMPACT_LATEST] =
-        "INSERT INTO latest(series, ts, t, v)"
-        " SELECT m.series, m.ts, m.t, m.v FROM (SELECT DISTINCT series FROM telemetry_log) AS l"
-        " JOIN telemetry AS m ON m.series = l.series"
-        " WHERE m.ts = (SELECT max(ts) FROM telemetry WHERE series = l.series)"
-        " ON CONFLICT(series) DO UPDATE SET ts = excluded.ts, t = excluded.t, v = excluded.v"
-        " WHERE excluded.ts >= latest.ts",
-    [ST_COMPACT_CLEAR] = "DELETE FROM telemetry_log",
-    [ST_RET_SERIES] = "SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2",
-    /* The ts of the (?3 + 1)-th oldest expired row: delete below it to stay in budget. */
-    [ST_RET_BOUND] =
-        "SELECT ts FROM telemetry WHERE series = ?1 AND ts < ?2 ORDER BY ts LIMIT 1 OFFSET ?3",
-    [ST_RET_DELETE] = "DELETE FROM telemetry WHERE series = ?1 AND ts < ?2",
+    /* The chunks of series ?1 starting at or before ?2, newest first: the chunker walks
+     * down while they overlap what it flushes, and takes the first one below too. */
+    [ST_CHUNK_AROUND] = "SELECT id, end_ts, count, data FROM chunks"
+                        " WHERE series = ?1 AND start_ts <= ?2 ORDER BY start_ts DESC",
+    [ST_CHUNK_DEL] = "DELETE FROM chunks WHERE id = ?1",
+    [ST_CHUNK_ADD] =
+        "INSERT INTO chunks(series, start_ts, end_ts, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_SERIES_FLUSHED] = "UPDATE series SET flushed_seg = ?2 WHERE id = ?1",
+    [ST_SEGMENT_SUM] = "SELECT coalesce(sum(npoints), 0) FROM segments WHERE id < ?1",
+    [ST_SEGMENT_DEL] = "DELETE FROM segments WHERE id < ?1",
+    /* whole chunks only; bounded per slice */
+    [ST_RET_DELETE] = "DELETE FROM chunks WHERE id IN"
+                      " (SELECT id FROM chunks WHERE end_ts < ?1 LIMIT ?2)",
     [ST_RETAINED_PUT] =
         "INSERT OR REPLACE INTO retained(topic, payload, qos) VALUES (?1, ?2, ?3)",
     [ST_RETAINED_DEL] = "DELETE FROM retained WHERE topic = ?1",
@@ -156,17 +182,92 @@ static const char *const stmt_sql[ST_COUNT] = {
         " updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
 };
 
+/* Writes the points of one series (ascending ts, one per ts) as chunks of
+ * STORE_CHUNK_POINTS, the way the chunker does. SQLite result code. */
+static int put_chunk(sqlite3_stmt *add, int64_t sid, struct chunk_enc *e,
+                     struct buf *blob)
+{
+    struct chunk_stats st = e->stats;
+
+    blob->len = 0;
+    if (e->stats.count == 0)
+        return SQLITE_OK;
+    chunk_enc_finish(e, blob);
+    sqlite3_bind_int64(add, 1, sid);
+    sqlite3_bind_int64(add, 2, st.first_ts);
+    sqlite3_bind_int64(add, 3, st.last_ts);
+    sqlite3_bind_int64(add, 4, st.count);
+    store_bind_blob(add, 5, blob->data, blob->len);
+    return store_step(add);
+}
+
+/* v3 -> v4: every row of the (series, ts) table (the log is already folded in)
+ * becomes part of a chunk. Inside the migration's transaction. */
+static int convert_v3(struct store *s, int64_t *points)
+{
+    sqlite3_stmt *rd = NULL, *add = NULL;
+    struct chunk_enc e;
+    struct buf blob;
+    int64_t cur = 0;
+    int rc;
+
+    chunk_enc_init(&e);
+    buf_init(&blob);
+    *points = 0;
+    rc = sqlite3_prepare_v2(s->db, "SELECT series, ts, t, v FROM telemetry ORDER BY series, ts",
+                            -1, &rd, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(s->db,
+                                "INSERT INTO chunks(series, start_ts, end_ts, count, data)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5)",
+                                -1, &add, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(rd)) == SQLITE_ROW) {
+        int64_t sid = sqlite3_column_int64(rd, 0);
+        struct point p = { 0 };
+        int added;
+
+        p.ts_ms = sqlite3_column_int64(rd, 1);
+        rc = store_read_value(rd, 2, &p);
+        if (rc == SQLITE_MISMATCH) {
+            rc = SQLITE_OK; /* logged by store_read_value; v3 never served it either */
+            continue;
+        }
+        if (rc != SQLITE_OK)
+            break;
+        if (sid != cur || e.stats.count >= STORE_CHUNK_POINTS)
+            rc = put_chunk(add, cur, &e, &blob);
+        cur = sid;
+        added = rc == SQLITE_OK ? chunk_enc_add(&e, &p) : 0;
+        if (added == GW_ELIMIT) { /* the texts filled the chunk */
+            rc = put_chunk(add, cur, &e, &blob);
+            added = rc == SQLITE_OK ? chunk_enc_add(&e, &p) : 0;
+        }
+        if (added != 0)
+            log_warn("store: migration skipped a value of series=%lld ts=%lld", (long long)sid,
+                     (long long)p.ts_ms);
+        else if (rc == SQLITE_OK)
+            (*points)++;
+    }
+    if (rc == SQLITE_DONE)
+        rc = put_chunk(add, cur, &e, &blob);
+    sqlite3_finalize(rd);
+    sqlite3_finalize(add);
+    chunk_enc_fini(&e);
+    buf_fini(&blob);
+    return rc;
+}
+
 /* Brings the schema to STORE_SCHEMA_VERSION, one transaction per step. */
 static int migrate(struct store *s)
 {
-    const int known = (int)(sizeof migrations / sizeof migrations[0]);
+    const int known = STORE_SCHEMA_VERSION;
     int64_t v;
 
     if (store_get_int64(s->db, "PRAGMA user_version", &v) != SQLITE_OK)
         return -1;
     if (v > known) {
-        log_error("store: path=%s schema version %lld is newer than this build (%d)", s->path,
-                  (long long)v, known);
+        log_error("store: path=%s schema version %lld is newer than this build knows (%d);"
+                  " run a newer gale on it", s->path, (long long)v, known);
         return -1;
     }
     for (; v < known; v++) {
@@ -176,11 +277,30 @@ static int migrate(struct store *s)
             store_exec(s->db, "ROLLBACK");
             return -1;
         }
+        if (v == 3) {
+            uint64_t t0 = gw_mono_ms();
+            int64_t points = 0;
+            int rc = convert_v3(s, &points);
+
+            if (rc != SQLITE_OK || store_exec(s->db, V4_DROP) != 0) {
+                log_error("store: path=%s converting rows into chunks failed: %s", s->path,
+                          store_errmsg(s->db, rc));
+                store_exec(s->db, "ROLLBACK");
+                return -1;
+            }
+            log_info("store: path=%s converted points=%lld into chunks in ms=%llu", s->path,
+                     (long long)points, (unsigned long long)(gw_mono_ms() - t0));
+        }
         if (store_exec(s->db, "COMMIT") != 0)
             return -1;
         log_info("store: path=%s migrated schema to version %lld", s->path, (long long)v + 1);
     }
     return 0;
+}
+
+const char *store_migration_sql(int v)
+{
+    return v >= 0 && v < STORE_SCHEMA_VERSION ? migrations[v] : NULL;
 }
 
 int store_db_open(struct store *s)
@@ -194,9 +314,8 @@ int store_db_open(struct store *s)
         return -1;
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
     if (store_exec(s->db, "PRAGMA journal_mode=WAL") != 0 || store_exec(s->db, sync) != 0 ||
-        store_exec(s->db, "PRAGMA cache_size=-32768") != 0 || /* 32 MiB for compaction */
-        store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 || migrate(s) != 0 ||
-        store_get_int64(s->db, "SELECT count(*) FROM telemetry_log", &s->log_rows) != SQLITE_OK)
+        store_exec(s->db, "PRAGMA cache_size=-32768") != 0 || /* 32 MiB */
+        store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 || migrate(s) != 0)
         return -1;
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],

@@ -2,8 +2,8 @@
  * that appends telemetry, and the counters the loop reads.
  *
  * store_open (loop thread, before the loop runs) builds the locks, opens the write
- * connection (schema.c), creates the loop handles (batch.c) and starts the writer
- * thread (writer.c). store_close undoes it in reverse order: queries in flight are
+ * connection (schema.c), replays the segments not yet chunked (chunker.c), creates the
+ * loop handles (batch.c) and starts the writer thread (writer.c). store_close undoes it in reverse order: queries in flight are
  * answered (query.c), the writer drains and stops, the database closes. */
 #include "storage/store.h"
 
@@ -55,8 +55,12 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     if (uv_cond_init(&s->pool_cond) != 0)
         goto fail;
     s->have_pool_cond = 1;
+    if (uv_mutex_init(&s->hot_lock) != 0)
+        goto fail;
+    s->have_hot_lock = 1;
 
-    if (store_db_open(s) != 0 || store_handles_init(s) != 0 || store_writer_start(s) != 0)
+    if (store_db_open(s) != 0 || store_replay(s) != 0 || store_handles_init(s) != 0 ||
+        store_writer_start(s) != 0)
         goto fail;
     *out = s;
     return 0;
@@ -92,6 +96,9 @@ void store_close(struct store *s)
         uv_cond_destroy(&s->pool_cond);
     if (s->have_pool_lock)
         uv_mutex_destroy(&s->pool_lock);
+    hot_fini(&s->hot);
+    if (s->have_hot_lock)
+        uv_mutex_destroy(&s->hot_lock);
     if (s->have_cond)
         uv_cond_destroy(&s->cond);
     if (s->have_lock)

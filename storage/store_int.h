@@ -1,24 +1,30 @@
 /* storage/store_int.h: shared inside storage/ and its unit tests only (store.h is the
  * public contract). Holds struct store, the batch and operation records that travel
  * from the loop thread to the writer thread, the write connection's statement table,
- * the functions the storage files call in each other and the test seams.
+ * the points not yet chunked, the functions the storage files call in each other and
+ * the test seams.
  *
  * Calls between the storage files go one way only: a file calls only files listed
- * below it (batch.c and sql.c call nothing else in storage/):
+ * below it (batch.c, hot.c and sql.c call nothing else in storage/):
  *   store.c      open/close, the bus sink, the counters the loop reads
- *   writer.c     the writer thread: commits batches, compaction, retention
+ *   writer.c     the writer thread: commits batches as segments, runs chunk slices
+ *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
  *                (build ops on the loop, apply them on the writer, start-up loads)
  *   batch.c      loop side of the hand-off: ops, the open batch, sealing, done reports
  *   schema.c     the write connection: pragmas, migrations, prepared statements
  *   query.c      read-only connections: the pool, telemetry queries, the latest load
+ *   hot.c        the points acked but not yet chunked, per series (writer + readers)
  *   sql.c        SQL helpers and the one value <-> (t, v) column mapping
- * The start-up loads in devices.c and state.c borrow query.c's reader pool.
+ * The start-up loads in devices.c and state.c borrow query.c's reader pool; the codecs
+ * (chunk.c, segment.c) are a library of their own below all of these.
  *
  * Who touches what: fields under "loop thread" are read and written only on the loop
  * thread; "lock" fields only with s->lock held; "writer thread" fields only on the
  * writer thread once it runs (store_open fills them before starting it, store_close
- * reads them after joining it); the reader pool is guarded by s->pool_lock. */
+ * reads them after joining it); the reader pool is guarded by s->pool_lock; the hot
+ * points are changed by the writer with s->hot_lock held and read by queries with it
+ * held (the writer reads them without it: nobody else changes them). */
 #ifndef GALE_STORE_INT_H
 #define GALE_STORE_INT_H
 
@@ -27,17 +33,21 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/buf.h"
 #include "base/list.h"
 #include "storage/store.h"
 
-#define STORE_SCHEMA_VERSION 3          /* PRAGMA user_version after migrations */
+#define STORE_SCHEMA_VERSION 4          /* PRAGMA user_version after migrations */
 #define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
 #define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
 #define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
-#define STORE_IDLE_MS 1000              /* writer idle this long: compact a non-empty log */
 #define STORE_RETENTION_PERIOD_MS 60000 /* start a retention sweep at most this often */
-#define STORE_RETENTION_PASS_ROWS 100000   /* rows deleted per retention transaction, at most */
-#define STORE_RETENTION_PASS_SERIES 65536  /* series visited per retention transaction */
+#define STORE_RETENTION_PASS_CHUNKS 2000   /* chunks deleted per chunk slice, at most */
+#define STORE_CHUNK_POINTS 1000         /* points per chunk the chunker aims at */
+#define STORE_CHUNK_MIN 128             /* a smaller chunk is merged into by the next flush */
+#define STORE_SLICE_US 1000             /* writer time one chunk slice may take (then commit) */
+#define STORE_CHUNK_RETRY_MS 1000       /* after a failed slice, wait this long */
+#define STORE_HOT_BYTES_PER_POINT 64    /* hot bytes allowed per hot_max_points point */
 #define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
 #define STORE_POOL_MAX 4                /* idle read-only connections kept */
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
@@ -53,7 +63,7 @@ enum store_op_kind {
     STORE_OP_PUT_DEVICE = 0,
     STORE_OP_TOUCH_DEVICE,
     STORE_OP_DELETE_DEVICE,
-    STORE_OP_COMPACT, /* compaction + retention pass after the batch commits */
+    STORE_OP_COMPACT, /* chunk every hot point + retention pass after the batch commits */
     /* broker state and commands (state.c) */
     STORE_OP_PUT_RETAINED,      /* payload_len 0 deletes */
     STORE_OP_PUT_SESSION,
@@ -127,10 +137,8 @@ struct store_reader {
     sqlite3_stmt *dev;          /* device name -> dev_id */
     sqlite3_stmt *series_one;   /* (dev_id, key) -> series id */
     sqlite3_stmt *series_all;   /* dev_id -> every (series id, key) */
-    sqlite3_stmt *log_scan;     /* log rows (series, ts, rowid) of a device in a range */
-    sqlite3_stmt *log_value;    /* rowid -> (t, v) */
-    sqlite3_stmt *main_asc;     /* main table rows of a series in a range, oldest first */
-    sqlite3_stmt *main_desc;    /* ... newest first */
+    sqlite3_stmt *chunks_asc;   /* chunks of a series overlapping a range, oldest first */
+    sqlite3_stmt *chunks_desc;  /* ... newest first (the caller stops below the range) */
 };
 
 /* Writer-thread cache of the device and series dictionaries: byte key -> id. */
@@ -146,14 +154,48 @@ struct store_cache {
     size_t count;
 };
 
+/* A point acked but not yet chunked. */
+struct hot_point {
+    int64_t ts;
+    union {
+        double num;             /* VAL_NUM; VAL_BOOL 0 or 1 */
+        struct {
+            uint32_t off, len;  /* VAL_STR / VAL_JSON: the text in the series' strs */
+        } text;
+    } v;
+    uint8_t type;               /* enum val_type */
+};
+
+/* The hot points of one series: sorted by ts, one per ts (a later write of the same
+ * ts replaced the earlier one in place). */
+struct hot_series {
+    int64_t sid;
+    struct hot_point *pts;
+    size_t n, cap;
+    struct buf strs;            /* texts (a replaced text stays until the flush) */
+    int64_t first_seg;          /* oldest segment holding one of these points */
+    struct list_link age;       /* in hot.by_age while n > 0: oldest first_seg first */
+    struct list_link ready;     /* in hot.ready while n >= STORE_CHUNK_POINTS */
+    uint8_t in_ready;
+    uint8_t flushing;           /* chunked by the slice being committed */
+};
+
+struct hot {
+    struct hot_series **tab;    /* by series id; NULL = no hot points */
+    size_t cap;                 /* entries in tab */
+    struct list by_age, ready;
+    size_t npoints;             /* hot points of every series */
+    size_t nbytes;              /* their memory: points and texts */
+};
+
 /* Statements of the write connection, prepared once by store_db_open (schema.c). */
 enum store_stmt {
     ST_BEGIN = 0, ST_COMMIT, ST_ROLLBACK,
-    ST_DEVID_GET, ST_DEVID_ADD, ST_SERIES_GET, ST_SERIES_ADD, ST_LOG_ADD,
-    ST_DEV_PUT, ST_DEV_TOUCH,
-    ST_DEL_TELEMETRY, ST_DEL_LOG, ST_DEL_LATEST, ST_DEL_SERIES, ST_DEL_DEVID, ST_DEL_DEVICE,
-    ST_COMPACT_MOVE, ST_COMPACT_LATEST, ST_COMPACT_CLEAR,
-    ST_RET_SERIES, ST_RET_BOUND, ST_RET_DELETE,
+    ST_DEVID_GET, ST_DEVID_ADD, ST_SERIES_GET, ST_SERIES_ADD, ST_SEGMENT_ADD,
+    ST_DEV_PUT, ST_DEV_TOUCH, ST_DEV_SERIES,
+    ST_DEL_CHUNKS, ST_DEL_SERIES, ST_DEL_DEVID, ST_DEL_DEVICE,
+    ST_CHUNK_AROUND, ST_CHUNK_DEL, ST_CHUNK_ADD, ST_SERIES_FLUSHED,
+    ST_SEGMENT_SUM, ST_SEGMENT_DEL, ST_RET_DELETE,
     ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_SUBS_DEL,
     ST_SESSION_MSGS_DEL, ST_SESSION_SUB_PUT, ST_SESSION_SUB_DEL, ST_SESSION_MSG_PUT,
     ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
@@ -193,6 +235,10 @@ struct store {
     int fail_commits;           /* test seam: commits left to fail */
     int fail_rc;                /* ... with this SQLite result code */
 
+    /* s->hot_lock: the points acked and not yet chunked (hot.c) */
+    uv_mutex_t hot_lock;
+    struct hot hot;
+
     /* s->pool_lock: idle read-only connections, query completion */
     uv_mutex_t pool_lock;
     uv_cond_t pool_cond;        /* a query's work callback has finished */
@@ -205,18 +251,20 @@ struct store {
     struct store_cache cache;   /* device and series ids */
     char *scratch;              /* cache key buffer */
     size_t scratch_cap;
-    int64_t log_rows;           /* rows in telemetry_log (committed) */
-    int64_t tx_log_rows;        /* change of log_rows inside the open transaction */
-    int compact_failed;         /* last compaction failed: wait for more rows or idle */
-    int64_t compact_retry_rows; /* ... retry at this many log rows */
+    struct buf segbuf;          /* the segment being built for a batch */
+    int64_t seg_last;           /* id of the newest committed segment (0: none yet) */
+    int64_t tx_seg;             /* id of the segment the open transaction builds */
+    int64_t seg_floor;          /* every segment below this id is deleted */
+    int64_t log_points;         /* points in the segments not yet deleted */
+    int force_chunk;            /* chunk every hot point (STORE_OP_COMPACT) */
+    uint64_t chunk_retry_ms;    /* after a failed slice: none before this monotonic ms */
     uint64_t failed_batches;    /* batches failed for good since the last success */
-    int64_t ret_cursor;         /* retention: continue after this series id */
     int ret_behind;             /* retention: last pass stopped at its budget */
     uint64_t ret_last_ms;       /* retention: monotonic ms of the last full sweep's end */
 
     /* which parts exist (for store_close on a half-built store) */
     unsigned have_lock : 1, have_cond : 1, have_pool_lock : 1, have_pool_cond : 1,
-        have_thread : 1;
+        have_hot_lock : 1, have_thread : 1;
     uv_thread_t thread;
 };
 
@@ -226,6 +274,22 @@ int store_writer_start(struct store *s);
 /* Seals, waits for the writer to drain, joins it and reports what is done; frees the
  * writer's caches (store_close). */
 void store_writer_stop(struct store *s);
+
+/* ---- chunker.c (writer thread, own transactions) ---- */
+/* True when a chunk slice has work: a series holds STORE_CHUNK_POINTS, the hot points
+ * or the log are past their bounds, a forced chunking runs, or retention is due. */
+int store_chunk_due(const struct store *s);
+/* True when the hot points or the log are so far past their bounds that the writer
+ * chunks before it takes the next batch (ingest then backs up into the queue). */
+int store_chunk_overdue(const struct store *s);
+/* One slice: chunks series for about STORE_SLICE_US of writer time, deletes the
+ * segments no hot point needs and expired chunks, commits. Returns 1 when it
+ * committed, 0 when it failed (logged; retried after STORE_CHUNK_RETRY_MS). */
+int store_chunk_slice(struct store *s);
+/* Start-up (store_open, before the writer starts): reads the segment counters and
+ * replays the segments' points that are not yet in chunks into the hot points.
+ * 0 or -1 (logged). */
+int store_replay(struct store *s);
 
 /* ---- devices.c (writer thread, inside the batch's transaction) ---- */
 /* Applies a device put, touch or delete: SQLite result code. */
@@ -278,6 +342,20 @@ void store_queries_finish(struct store *s);
 /* Closes the idle connections (store_close, after store_queries_finish). */
 void store_pool_close(struct store *s);
 
+/* ---- hot.c ---- */
+/* The writer, with s->hot_lock held: adds p (series sid, from segment seg) to the hot
+ * points; a point of the same ts replaces the one there. */
+void hot_add(struct hot *h, int64_t sid, int64_t seg, const struct point *p);
+/* The writer, with s->hot_lock held: drops every hot point of sid. */
+void hot_drop(struct hot *h, int64_t sid);
+/* The hot points of sid, or NULL (the writer without the lock, readers with it). */
+struct hot_series *hot_get(const struct hot *h, int64_t sid);
+/* The hot point i of hs as a point (str borrowed from hs, NOT NUL-terminated). */
+void hot_point_get(const struct hot_series *hs, size_t i, struct point *p);
+/* First index in hs whose ts >= ts. */
+size_t hot_lower_bound(const struct hot_series *hs, int64_t ts);
+void hot_fini(struct hot *h);
+
 /* ---- sql.c (any thread, on the connection the caller owns) ---- */
 /* Runs SQL text without results; logs a failure. 0 or -1. */
 int store_exec(sqlite3 *db, const char *sql);
@@ -304,9 +382,12 @@ int store_bind_value(sqlite3_stmt *st, int tcol, const struct point *p);
 int store_read_value(sqlite3_stmt *st, int tcol, struct point *p);
 
 /* ---- test seams ---- */
-/* Queues a forced compaction of the log (and a retention pass when retention_days > 0)
- * in the ordered stream: its seq is reported durable once the compaction has run.
- * Loop thread (writer.c). */
+/* The SQL that took a database from schema version v to v + 1 (for v3 -> v4 only the
+ * part before the conversion), or NULL: tests build the layouts of older versions. */
+const char *store_migration_sql(int v);
+/* Queues a forced chunking of every hot point (and a retention pass when
+ * retention_days > 0) in the ordered stream: its seq is reported durable once that has
+ * run. Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
 
 #endif

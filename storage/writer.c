@@ -1,22 +1,24 @@
 /* storage/writer.c: the only thread that writes SQLite.
  *
  * Writer thread: pops a sealed batch from the todo queue (batch.c fills it), BEGIN
- * IMMEDIATE, one bound insert into the arrival-ordered telemetry_log per point (device
- * and series ids come from a cache of the dictionaries), the other operations in order
- * (devices.c, state.c), COMMIT. A failed attempt rolls back and is retried after
+ * IMMEDIATE, encodes every telemetry point of the batch into one segment row (device
+ * and series ids come from a cache of the dictionaries; segment.h), applies the other
+ * operations in order (devices.c, state.c), COMMIT: the batch is durable. Only then
+ * are its points added to the hot points (hot.c), where queries see them at once,
+ * before the batch is reported done. A failed attempt rolls back and is retried after
  * 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported failed and the writer
  * goes on with the next. The batch's messages are released here, then it moves to the
  * done queue and uv_async_send() wakes the loop (batch.c reports it).
- * Off the ack path the writer compacts: when the log holds cfg.hot_max_points rows, or
- * has been idle STORE_IDLE_MS with a non-empty log, it moves the log sorted into the
- * (series, ts) table, refreshes `latest` and empties the log in one transaction.
- * Retention (cfg.retention_days) deletes expired rows in bounded passes.
+ * Off the ack path, between batches, the writer runs chunk slices (chunker.c): at most
+ * one after each batch while ingest flows, back to back while it is idle, and before
+ * the next batch only when the hot points are far past their bound.
  * s->lock guards the two queues and the seam counters only; SQLite runs outside it. */
 #include <string.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "gateway/log.h"
+#include "storage/segment.h"
 #include "storage/store_int.h"
 
 /* ---- writer thread: the dictionary cache ---- */
@@ -159,6 +161,9 @@ static int resolve_series(struct store *s, int64_t dev_id, const char *key, int6
     sqlite3_bind_text(s->st[ST_SERIES_GET], 2, key, (int)klen, SQLITE_STATIC);
     sqlite3_bind_int64(s->st[ST_SERIES_ADD], 1, dev_id);
     sqlite3_bind_text(s->st[ST_SERIES_ADD], 2, key, (int)klen, SQLITE_STATIC);
+    /* points in earlier segments are not this series' (an id reused after a device
+     * delete): replay skips them */
+    sqlite3_bind_int64(s->st[ST_SERIES_ADD], 3, s->tx_seg - 1);
     rc = lookup_or_add(s, s->st[ST_SERIES_GET], s->st[ST_SERIES_ADD], sid);
     if (rc == SQLITE_OK)
         cache_put(&s->cache, scratch(s, n), n, *sid);
@@ -167,31 +172,92 @@ static int resolve_series(struct store *s, int64_t dev_id, const char *key, int6
 
 /* ---- writer thread: batches ---- */
 
-static int insert_points(struct store *s, const struct msg *m)
+/* What to do with the hot points once the batch has committed: add point p of
+ * series sid, or (p NULL) drop every hot point of sid (its device was deleted). */
+struct post {
+    int64_t sid;
+    int64_t seg;                /* the segment holding p */
+    const struct point *p;
+};
+
+struct batch_ctx {
+    struct segment_enc seg;
+    int64_t tx_points;          /* points in the segments written by this transaction */
+    struct post *posts;
+    size_t nposts, cap;
+};
+
+static void post_push(struct batch_ctx *bc, int64_t sid, int64_t seg, const struct point *p)
 {
-    sqlite3_stmt *st = s->st[ST_LOG_ADD];
+    if (bc->nposts == bc->cap) {
+        bc->cap = bc->cap ? 2 * bc->cap : 1024;
+        bc->posts = xrealloc(bc->posts, bc->cap * sizeof *bc->posts);
+    }
+    bc->posts[bc->nposts].sid = sid;
+    bc->posts[bc->nposts].seg = seg;
+    bc->posts[bc->nposts++].p = p;
+}
+
+static int encode_points(struct store *s, struct batch_ctx *bc, const struct msg *m)
+{
     int64_t dev_id = 0, sid = 0;
     int rc = resolve_device(s, m->device, &dev_id);
 
     for (size_t i = 0; rc == SQLITE_OK && i < m->npoints; i++) {
         const struct point *p = &m->points[i];
 
+        if ((unsigned)p->type > VAL_JSON) {
+            log_error("store: device=\"%s\" key=\"%s\" has value type %d this build cannot"
+                      " store", log_q(m->device), log_q(p->key), (int)p->type);
+            return SQLITE_MISMATCH;
+        }
         rc = resolve_series(s, dev_id, p->key, &sid);
         if (rc != SQLITE_OK)
             break;
-        sqlite3_bind_int64(st, 1, sid);
-        sqlite3_bind_int64(st, 2, p->ts_ms);
-        rc = store_bind_value(st, 3, p);
-        if (rc == SQLITE_OK)
-            rc = store_step(st);
-        else
-            sqlite3_clear_bindings(st);
-        s->tx_log_rows++;
+        segment_enc_add(&bc->seg, sid, p);
+        post_push(bc, sid, s->tx_seg, p);
     }
     return rc;
 }
 
-static int apply_op(struct store *s, const struct store_op *op, int *compact)
+/* Writes the segment built so far as row tx_seg and starts the next one. */
+static int put_segment(struct store *s, struct batch_ctx *bc)
+{
+    sqlite3_stmt *st = s->st[ST_SEGMENT_ADD];
+    int rc;
+
+    if (bc->seg.npoints == 0)
+        return SQLITE_OK;
+    sqlite3_bind_int64(st, 1, s->tx_seg);
+    sqlite3_bind_int64(st, 2, bc->seg.npoints);
+    store_bind_blob(st, 3, s->segbuf.data, s->segbuf.len);
+    rc = store_step(st);
+    if (rc == SQLITE_OK) {
+        bc->tx_points += bc->seg.npoints;
+        s->tx_seg++;
+        segment_enc_start(&bc->seg, &s->segbuf);
+    }
+    return rc;
+}
+
+/* Before a device delete: its series ids, for the hot points to drop after commit.
+ * The segment so far is closed first: a series created after the delete may reuse an
+ * id of the deleted ones, and replay tells them apart by segment. */
+static int note_device_series(struct store *s, struct batch_ctx *bc, const char *device)
+{
+    sqlite3_stmt *st = s->st[ST_DEV_SERIES];
+    int rc;
+
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        post_push(bc, sqlite3_column_int64(st, 0), 0, NULL);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int apply_op(struct store *s, struct batch_ctx *bc, const struct store_op *op,
+                    int *compact)
 {
     int rc;
 
@@ -203,7 +269,11 @@ static int apply_op(struct store *s, const struct store_op *op, int *compact)
     case STORE_OP_TOUCH_DEVICE:
         return store_apply_device_op(s, op);
     case STORE_OP_DELETE_DEVICE:
-        rc = store_apply_device_op(s, op);
+        rc = put_segment(s, bc);
+        if (rc == SQLITE_OK)
+            rc = note_device_series(s, bc, op->id);
+        if (rc == SQLITE_OK)
+            rc = store_apply_device_op(s, op);
         /* ids of the device's series are gone; the cache forgets them (deletes are rare) */
         cache_clear(&s->cache);
         return rc;
@@ -213,19 +283,25 @@ static int apply_op(struct store *s, const struct store_op *op, int *compact)
 }
 
 /* One attempt at committing b: SQLITE_OK, or the failure's code after rolling back. */
-static int commit_batch(struct store *s, struct store_batch *b, int *compact)
+static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc,
+                        int *compact)
 {
     int rc, fail_rc = 0;
 
     *compact = 0;
-    s->tx_log_rows = 0;
+    bc->nposts = 0;
+    bc->tx_points = 0;
+    s->tx_seg = s->seg_last + 1;
+    segment_enc_start(&bc->seg, &s->segbuf);
     rc = store_step(s->st[ST_BEGIN]);
     for (size_t i = 0; rc == SQLITE_OK && i < b->nitems; i++) {
         if (b->items[i].m)
-            rc = insert_points(s, b->items[i].m);
+            rc = encode_points(s, bc, b->items[i].m);
         else
-            rc = apply_op(s, b->items[i].op, compact);
+            rc = apply_op(s, bc, b->items[i].op, compact);
     }
+    if (rc == SQLITE_OK)
+        rc = put_segment(s, bc);
     if (rc == SQLITE_OK) {
         uv_mutex_lock(&s->lock);
         if (s->fail_commits > 0) {
@@ -236,7 +312,8 @@ static int commit_batch(struct store *s, struct store_batch *b, int *compact)
         rc = fail_rc ? fail_rc : store_step(s->st[ST_COMMIT]);
     }
     if (rc == SQLITE_OK) {
-        s->log_rows += s->tx_log_rows;
+        s->seg_last = s->tx_seg - 1;
+        s->log_points += bc->tx_points;
         return SQLITE_OK;
     }
     log_debug("store: commit upto=%llu failed rc=%d error=\"%s\"%s",
@@ -250,141 +327,36 @@ static int commit_batch(struct store *s, struct store_batch *b, int *compact)
     return rc;
 }
 
-/* ---- writer thread: compaction and retention ---- */
-
-static int64_t retention_cutoff(const struct store *s)
+/* The committed batch's points become hot (visible to queries) in one lock hold. */
+static void apply_posts(struct store *s, const struct batch_ctx *bc)
 {
-    if (s->cfg.retention_days == 0)
-        return INT64_MIN;
-    return gw_now_ms() - (int64_t)s->cfg.retention_days * 86400000;
-}
-
-/* Moves the whole log into the main table in one transaction. */
-static void compact(struct store *s)
-{
-    uint64_t t0 = gw_mono_ms();
-    int64_t rows = s->log_rows;
-    int rc;
-
-    rc = store_step(s->st[ST_BEGIN]);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(s->st[ST_COMPACT_MOVE], 1, retention_cutoff(s));
-        rc = store_step(s->st[ST_COMPACT_MOVE]);
-    }
-    if (rc == SQLITE_OK)
-        rc = store_step(s->st[ST_COMPACT_LATEST]);
-    if (rc == SQLITE_OK)
-        rc = store_step(s->st[ST_COMPACT_CLEAR]);
-    if (rc == SQLITE_OK)
-        rc = store_step(s->st[ST_COMMIT]);
-    if (rc == SQLITE_OK) {
-        s->log_rows = 0;
-        s->compact_failed = 0;
-        log_debug("store: compacted rows=%lld ms=%llu", (long long)rows,
-                  (unsigned long long)(gw_mono_ms() - t0));
+    if (bc->nposts == 0)
         return;
+    uv_mutex_lock(&s->hot_lock);
+    for (size_t i = 0; i < bc->nposts; i++) {
+        if (bc->posts[i].p)
+            hot_add(&s->hot, bc->posts[i].sid, bc->posts[i].seg, bc->posts[i].p);
+        else
+            hot_drop(&s->hot, bc->posts[i].sid);
     }
-    log_error("store: compaction of rows=%lld failed rc=%d error=\"%s\"", (long long)rows, rc,
-              store_errmsg(s->db, rc));
-    if (!sqlite3_get_autocommit(s->db))
-        store_step(s->st[ST_ROLLBACK]);
-    s->compact_failed = 1;
-    s->compact_retry_rows = s->log_rows + (int64_t)s->cfg.hot_max_points;
+    uv_mutex_unlock(&s->hot_lock);
 }
 
-/* Deletes expired rows of the main table, at most STORE_RETENTION_PASS_ROWS rows and
- * STORE_RETENTION_PASS_SERIES series per call (one transaction); a sweep over every
- * series may take several passes (ret_cursor remembers where it stopped). */
-static void retention_pass(struct store *s)
-{
-    sqlite3_stmt *list = s->st[ST_RET_SERIES], *bound = s->st[ST_RET_BOUND],
-                 *del = s->st[ST_RET_DELETE];
-    int64_t cutoff = retention_cutoff(s), budget = STORE_RETENTION_PASS_ROWS, deleted = 0;
-    int64_t ids[256], cursor = s->ret_cursor;
-    size_t visited = 0;
-    int rc, swept = 0;
-
-    rc = store_step(s->st[ST_BEGIN]);
-    while (rc == SQLITE_OK && budget > 0 && visited < STORE_RETENTION_PASS_SERIES) {
-        size_t n = 0;
-
-        sqlite3_bind_int64(list, 1, cursor);
-        sqlite3_bind_int(list, 2, (int)(sizeof ids / sizeof ids[0]));
-        while ((rc = sqlite3_step(list)) == SQLITE_ROW)
-            ids[n++] = sqlite3_column_int64(list, 0);
-        sqlite3_reset(list);
-        if (rc != SQLITE_DONE)
-            break;
-        rc = SQLITE_OK;
-        for (size_t i = 0; rc == SQLITE_OK && i < n && budget > 0; i++) {
-            int64_t below = cutoff;
-
-            sqlite3_bind_int64(bound, 1, ids[i]);
-            sqlite3_bind_int64(bound, 2, cutoff);
-            sqlite3_bind_int64(bound, 3, budget);
-            rc = sqlite3_step(bound);
-            if (rc == SQLITE_ROW)
-                below = sqlite3_column_int64(bound, 0); /* more than budget expired rows */
-            sqlite3_reset(bound);
-            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-                break;
-            sqlite3_bind_int64(del, 1, ids[i]);
-            sqlite3_bind_int64(del, 2, below);
-            rc = store_step(del);
-            if (rc != SQLITE_OK)
-                break;
-            budget -= sqlite3_changes(s->db);
-            deleted += sqlite3_changes(s->db);
-            visited++;
-            /* a series cut short by the budget is visited again next pass */
-            cursor = below == cutoff ? ids[i] : ids[i] - 1;
-        }
-        if (rc == SQLITE_OK && n < sizeof ids / sizeof ids[0] && budget > 0) {
-            swept = 1;
-            break;
-        }
-    }
-    if (rc == SQLITE_OK)
-        rc = store_step(s->st[ST_COMMIT]);
-    if (rc != SQLITE_OK) {
-        log_error("store: retention pass failed rc=%d error=\"%s\"", rc,
-                  store_errmsg(s->db, rc));
-        if (!sqlite3_get_autocommit(s->db))
-            store_step(s->st[ST_ROLLBACK]);
-        s->ret_behind = 0;
-        s->ret_last_ms = gw_mono_ms(); /* try again next period */
-        return;
-    }
-    if (deleted)
-        log_info("store: retention deleted rows=%lld", (long long)deleted);
-    s->ret_cursor = swept ? 0 : cursor;
-    s->ret_behind = !swept;
-    if (swept)
-        s->ret_last_ms = gw_mono_ms();
-}
-
-static void maintain(struct store *s, int force)
-{
-    if (s->log_rows > 0 && (force || !s->compact_failed || s->log_rows >= s->compact_retry_rows))
-        compact(s);
-    if (s->cfg.retention_days > 0 &&
-        (force || s->ret_behind || gw_mono_ms() - s->ret_last_ms >= STORE_RETENTION_PERIOD_MS))
-        retention_pass(s);
-}
-
-static void process_batch(struct store *s, struct store_batch *b)
+static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0;
 
     while (!ok && tries < STORE_COMMIT_TRIES) {
         if (tries > 0)
             uv_sleep(STORE_RETRY_BASE_MS << (tries - 1));
-        rc = commit_batch(s, b, &compact_req);
+        rc = commit_batch(s, b, bc, &compact_req);
         ok = rc == SQLITE_OK;
         tries++;
         if (rc == SQLITE_MISMATCH)
             break; /* a value this build cannot store: no retry will store it */
     }
+    if (ok)
+        apply_posts(s, bc);
     if (!ok && s->failed_batches++ == 0) /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable;"
                   " rc=%d error=\"%s\"", (unsigned long long)b->last_seq, b->nrows, tries, rc,
@@ -402,8 +374,13 @@ static void process_batch(struct store *s, struct store_batch *b)
     b->items = NULL;
     b->nitems = b->cap = 0;
     b->ok = ok;
-    if (compact_req)
-        maintain(s, 1); /* before done: the op's seq means "compacted" */
+    if (compact_req) { /* before done: the op's seq means "chunked" */
+        s->force_chunk = 1;
+        s->chunk_retry_ms = 0;
+        while (s->force_chunk && store_chunk_slice(s))
+            ;
+        s->force_chunk = 0;
+    }
 
     uv_mutex_lock(&s->lock);
     if (s->done_tail)
@@ -413,45 +390,45 @@ static void process_batch(struct store *s, struct store_batch *b)
     s->done_tail = b;
     uv_mutex_unlock(&s->lock);
     uv_async_send(&s->h->async);
-
-    if (s->log_rows >= (int64_t)s->cfg.hot_max_points)
-        maintain(s, 0); /* acks for b are already on their way */
 }
 
 static void on_writer_thread(void *arg)
 {
     struct store *s = arg;
+    struct batch_ctx bc = { 0 };
 
     uv_mutex_lock(&s->lock);
     for (;;) {
         struct store_batch *b = s->todo_head;
 
-        if (b) {
+        /* the chunk state is the writer's own: reading it under s->lock is fine */
+        if (b && !store_chunk_overdue(s)) {
             s->todo_head = b->next;
             if (!s->todo_head)
                 s->todo_tail = NULL;
             b->next = NULL;
             uv_mutex_unlock(&s->lock);
-            process_batch(s, b);
+            process_batch(s, b, &bc);
+            if (store_chunk_due(s))
+                store_chunk_slice(s); /* one slice per batch: acks wait ~1 ms at most */
             uv_mutex_lock(&s->lock);
             continue;
         }
-        if (s->stopping)
-            break;
-        /* log_rows and the retention fields are the writer's own: reading them under
-         * s->lock is fine */
-        if (s->log_rows > 0 || s->cfg.retention_days > 0) {
-            int rc = uv_cond_timedwait(&s->cond, &s->lock, (uint64_t)STORE_IDLE_MS * 1000000);
-            if (rc == UV_ETIMEDOUT && !s->todo_head && !s->stopping) {
-                uv_mutex_unlock(&s->lock);
-                maintain(s, 0);
-                uv_mutex_lock(&s->lock);
-            }
-        } else {
-            uv_cond_wait(&s->cond, &s->lock);
+        if (s->stopping && !b)
+            break; /* what is hot is in the segments: the next start replays it */
+        if (b || store_chunk_due(s)) { /* b waits: the hot points are overdue */
+            uv_mutex_unlock(&s->lock);
+            store_chunk_slice(s); /* a failure backs off: then neither is due */
+            uv_mutex_lock(&s->lock);
+            continue;
         }
+        if (s->cfg.retention_days > 0 || s->chunk_retry_ms > 0)
+            uv_cond_timedwait(&s->cond, &s->lock, (uint64_t)STORE_CHUNK_RETRY_MS * 1000000);
+        else
+            uv_cond_wait(&s->cond, &s->lock);
     }
     uv_mutex_unlock(&s->lock);
+    free(bc.posts);
 }
 
 int store_writer_start(struct store *s)
@@ -483,6 +460,7 @@ void store_writer_stop(struct store *s)
     s->cache.cap = 0;
     free(s->scratch);
     s->scratch = NULL;
+    buf_fini(&s->segbuf);
 }
 
 uint64_t store_compact(struct store *s)

@@ -1,6 +1,6 @@
 /* tests/unit/test_store.c: the storage layer against a temporary database and a real
  * uv loop: append -> durable -> query (four value types, order, limit, aggregation),
- * replays before and after compaction, devices, latest after reopen, injected commit
+ * rewrites before and after chunking, devices, latest after reopen, injected commit
  * failures, backpressure, close/reopen, retention, broker state and commands,
  * persistent sessions' subscription rows, migrations from schema v1 and v2. Tests wait
  * for conditions by running the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until
@@ -287,10 +287,25 @@ static int64_t count_rows(const char *path, const char *sql)
     return n;
 }
 
-static int log_is_empty(struct fixture *f, const void *arg)
+/* Points in chunks (the queryable form), and points in the segment log. */
+#define SQL_CHUNKED "SELECT coalesce(sum(count), 0) FROM chunks"
+#define SQL_LOGGED "SELECT coalesce(sum(npoints), 0) FROM segments"
+
+/* Points acked and not yet chunked: held by the writer (read under its lock). */
+static size_t hot_points(struct fixture *f)
+{
+    size_t n;
+
+    uv_mutex_lock(&f->s->hot_lock);
+    n = f->s->hot.npoints;
+    uv_mutex_unlock(&f->s->hot_lock);
+    return n;
+}
+
+static int hot_within_bound(struct fixture *f, const void *arg)
 {
     (void)arg;
-    return count_rows(f->path, "SELECT count(*) FROM telemetry_log") == 0;
+    return hot_points(f) <= f->cfg.hot_max_points;
 }
 
 /* ---- tests ---- */
@@ -413,13 +428,15 @@ static void test_order_limit_both_tiers(void **state)
     check_order_cases(f);
     /* all in the main table */
     compact_now(f);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 10);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 10);
+    assert_int_equal(hot_points(f), 0);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM segments"), 0);
     check_order_cases(f);
-    /* split: odd ts replayed into the log (same values), so both tiers hold rows */
+    /* split: odd ts written again (same values), so chunks and hot points both hold them */
     for (int ts = 1; ts <= 10; ts += 2)
         seq = append1(f, "d", pnum("x", ts, ts * 1.5));
     wait_durable(f, seq);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 5);
+    assert_int_equal(hot_points(f), 5);
     check_order_cases(f);
     /* and a fresh mix: main holds 1..5, the log 6..10 */
     store_delete_device(f->s, "d");
@@ -524,8 +541,8 @@ static void test_replay_replaces(void **state)
     assert_true(r->series[0].points[0].num == 2);
 
     compact_now(f);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 0);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 1);
+    assert_int_equal(hot_points(f), 0);
     r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
     assert_int_equal(r->series[0].npoints, 1);
     assert_true(r->series[0].points[0].num == 2);
@@ -544,7 +561,7 @@ static void test_replay_replaces(void **state)
     assert_int_equal(r->series[0].npoints, 1);
     assert_true(r->series[0].points[0].num == 5);
     compact_now(f);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 1);
     r = query(f, &(struct qspec){ .device = "d", .agg = STORE_AGG_COUNT, .interval = 10 });
     assert_true(r->series[0].points[0].num == 1);
     r = query(f, &(struct qspec){ .device = "d" });
@@ -565,10 +582,11 @@ static void test_compaction_by_rows(void **state)
         seq = append(f, "dev", pts, 4);
     }
     wait_durable(f, seq);
-    /* 12 log rows >= hot_max_points: the writer moves them without being asked */
-    assert_true(wait_until(f, log_is_empty, NULL));
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 9);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM latest"), 3);
+    /* 9 distinct points > hot_max_points: the writer chunks the oldest series without
+     * being asked until the hot points are within the bound again */
+    assert_true(wait_until(f, hot_within_bound, NULL));
+    assert_true(count_rows(f->path, SQL_CHUNKED) >= 3);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED) + (int64_t)hot_points(f), 9);
     r = query(f, &(struct qspec){ .device = "dev", .keys = { "a" } });
     assert_int_equal(r->series[0].npoints, 3);
     for (int i = 0; i < 3; i++)
@@ -681,9 +699,9 @@ static void test_devices(void **state)
     assert_int_equal(r->series[0].npoints, 2);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM series"), 1);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM device_ids"), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM latest"), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(DISTINCT series) FROM chunks"), 1);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 1);
+    assert_int_equal(hot_points(f), 1);
 
     /* the id can come back with fresh telemetry (the writer's id cache was reset) */
     seq = append1(f, "d1", pnum("t", 3, 9));
@@ -1008,31 +1026,62 @@ static void test_broker_state_and_commands(void **state)
 }
 
 /* A version 1 database (telemetry only) is upgraded in place and keeps its data. */
-static void test_migration_v1_to_v2(void **state)
+/* Builds the schema of version v at f->path as the builds of that version made it
+ * (their migration SQL), plus extra SQL; the store is closed. */
+static void make_old_db(struct fixture *f, int v, const char *extra)
+{
+    sqlite3 *db;
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    for (int i = 0; i < v; i++)
+        assert_int_equal(sqlite3_exec(db, store_migration_sql(i), NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, extra, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* v1 (rows per point: a compacted table and a log) -> chunks: every value survives,
+ * the newest log row of a (series, ts) wins over the table and older log rows. */
+static void test_migration_v1_to_chunks(void **state)
 {
     struct fixture *f = *state;
     const struct store_result *r;
-    sqlite3 *db;
     uint64_t seq;
 
-    do_open(f);
-    seq = append1(f, "d", pnum("k", 1, 42));
-    wait_durable(f, seq);
-    do_close(f);
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "DROP TABLE retained; DROP TABLE sessions;"
-                                      " DROP TABLE session_msgs; DROP TABLE commands;"
-                                      " DROP TABLE session_subs;"
-                                      " PRAGMA user_version = 1;", NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
-
+    make_old_db(f, 1,
+                "INSERT INTO device_ids VALUES (1, 'd'), (2, 'e');"
+                "INSERT INTO series VALUES (1, 1, 'k'), (2, 1, 's'), (3, 2, 'k');"
+                "INSERT INTO telemetry VALUES (1, 1, 0, 42.5), (1, 2, 0, 1.0), (2, 1, 2, 'x'),"
+                " (3, 5, 1, 1);"
+                "INSERT INTO latest VALUES (1, 2, 0, 1.0);"
+                "INSERT INTO telemetry_log VALUES (1, 2, 0, 7.0), (1, 2, 0, 8.0), (1, 3, 3,"
+                " '{\"a\":1}'), (2, 0, 2, 'y');");
     do_open(f);
     assert_int_equal(count_rows(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM retained"), 0);
-    r = query(f, &(struct qspec){ .device = "d" });
-    assert_int_equal(r->series[0].npoints, 1);
-    assert_true(r->series[0].points[0].num == 42);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM sqlite_master"
+                                         " WHERE name IN ('telemetry', 'telemetry_log', 'latest')"),
+                     0);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 6);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 3);
+    assert_true(r->series[0].points[0].num == 42.5);
+    assert_true(r->series[0].points[1].num == 8.0);
+    assert_int_equal(r->series[0].points[2].type, VAL_JSON);
+    assert_string_equal(r->series[0].points[2].str, "{\"a\":1}");
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "s" }, .from = INT64_MIN });
+    assert_int_equal(r->series[0].npoints, 2);
+    assert_string_equal(r->series[0].points[0].str, "y");
+    assert_string_equal(r->series[0].points[1].str, "x");
+    r = query(f, &(struct qspec){ .device = "e" });
+    assert_int_equal(r->series[0].points[0].type, VAL_BOOL);
+    /* the converted series take new writes, and a rewrite of a converted point wins */
+    seq = append1(f, "d", pnum("k", 1, 99));
+    wait_durable(f, seq);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_true(r->series[0].points[0].num == 99);
+    compact_now(f);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 3);
+    assert_true(r->series[0].points[0].num == 99);
     seq = store_put_retained(f->s, "x", "y", 1, 0);
     wait_durable(f, seq);
     assert_int_equal(outcome_of(f, seq), 1);
@@ -1095,18 +1144,10 @@ static void test_migration_v2_to_v3(void **state)
 {
     struct fixture *f = *state;
     struct state_seen ss = { { 0 } };
-    sqlite3 *db;
     uint64_t seq;
 
-    do_open(f);
-    do_close(f);
     /* the v2 layout of the sessions: the v2 table, no session_subs */
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db,
-                     "DROP TABLE session_subs; DROP TABLE sessions;"
-                     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL,"
-                     " subs TEXT NOT NULL);"
+    make_old_db(f, 2,
                      "INSERT INTO sessions VALUES"
                      " ('obj', '{\"user\":\"dev-1\",\"role\":\"device\",\"subs\":"
                      "[{\"filter\":\"a/#\",\"qos\":1},{\"filter\":\"b\",\"qos\":0}]}'),"
@@ -1117,14 +1158,10 @@ static void test_migration_v2_to_v3(void **state)
                      "{\"qos\":1},\"str\",7,{\"filter\":\"ok\",\"qos\":1.0},"
                      "{\"filter\":\"no\",\"qos\":\"1\"},{\"filter\":\"ok\",\"qos\":2}]}'),"
                      " ('strsubs', '{\"subs\":\"a/#\"}');"
-                     "INSERT INTO session_msgs VALUES ('obj', 1, 'a/1', x'70', 1, 0);"
-                     "PRAGMA user_version = 2;",
-                     NULL, NULL, NULL),
-        SQLITE_OK);
-    sqlite3_close(db);
+                     "INSERT INTO session_msgs VALUES ('obj', 1, 'a/1', x'70', 1, 0);");
 
     do_open(f);
-    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     assert_int_equal(store_load_sessions(f->s, on_session, on_session_sub, on_session_msg, &ss),
                      0);
     assert_string_equal(ss.log, "S bare {}\n"
@@ -1213,7 +1250,7 @@ static void test_retention(void **state)
     r = query(f, &(struct qspec){ .device = "d", .keys = { "k" }, .from = INT64_MIN });
     assert_int_equal(r->series[0].npoints, 1);
     assert_int_equal(r->series[0].points[0].ts_ms, now);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry"), 1);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 1);
 }
 
 static void on_query_at_close(void *ctx, struct store_query *q, struct store_result *res)
@@ -1283,7 +1320,7 @@ static void test_sink_and_pending(void **state)
     wait_durable(f, 2);
     assert_false(store_pending(f->s));
     assert_int_equal(outcome_of(f, 1), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 2);
+    assert_int_equal(count_rows(f->path, SQL_LOGGED), 2);
 }
 
 /* A value type outside enum val_type is an error both ways: never stored, never served. */
@@ -1304,13 +1341,13 @@ static void test_unknown_value_type(void **state)
     wait_durable(f, b);
     assert_int_equal(outcome_of(f, a), 1);
     assert_int_equal(outcome_of(f, b), 0);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 1);
+    assert_int_equal(count_rows(f->path, SQL_LOGGED), 1);
 
-    /* a stored row of unknown type fails the query and the latest load */
+    /* a chunk the codec refuses fails the query and the latest load */
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
-    assert_int_equal(sqlite3_exec(db, "INSERT INTO telemetry_log(series, ts, t, v)"
-                                      " SELECT series, 9, 7, 1 FROM telemetry_log",
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO chunks(series, start_ts, end_ts, count, data)"
+                                      " SELECT id, 9, 9, 1, x'0107' FROM series",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
@@ -1421,7 +1458,7 @@ static void test_busy_writer_rides_next_batch(void **state)
     assert_int_equal(outcome_of(f, a), 1);
     assert_int_equal(outcome_of(f, b), 1);
     assert_int_equal(outcome_of(f, d), 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM telemetry_log"), 4);
+    assert_int_equal(count_rows(f->path, SQL_LOGGED), 4);
 }
 
 /* A pragma's value on the write connection, as text (read before any write, so the
@@ -1517,7 +1554,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_flushes_and_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_telemetry_gets_seq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_state_and_commands, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v1_to_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_subs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_v2_to_v3, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loop_alive_while_pending, setup, teardown),
