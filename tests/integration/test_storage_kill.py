@@ -17,6 +17,7 @@ The model is updated before a line is sent, so a kill in the middle of a send on
 leaves unacked writes behind. Acks already sent before the kill are read to the end of
 the stream. Each round starts where the last left off, so later rounds replay and chunk
 the older data again. GALE_KILL_ROUNDS (default 8) and GALE_KILL_SEED repeat a run."""
+import json
 import os
 import random
 import shutil
@@ -24,7 +25,6 @@ import socket
 import tempfile
 import threading
 import time
-import json
 
 from galetest import Check, Gale
 
