@@ -4,8 +4,8 @@
     /usr/bin/python3 tests/bench/run.py [--build DIR] [--cases LIST] [--rounds N] [--smoke]
         [--gale-bin BIN [--gale-bin BASELINE]] [--out FILE.md] [--list]
 
-`make bench` runs it with the defaults (all cases, 3 rounds, about 4 minutes on two
-cores, 5 with both storage.sync modes). Each round runs every case once against Gale
+`make bench` runs it with the defaults (all cases, 3 rounds, about 8 minutes on two
+cores with both storage.sync modes, 3 of them in bench_storage). Each round runs every case once against Gale
 and once against its reference, each run on a freshly started server (Gale, then the
 reference), so a slow drift of the machine hits both sides alike. The table gives, per case and metric, the median of
 the Gale runs, the median of the reference runs, the median of the per-round ratios
@@ -17,7 +17,9 @@ References, all on loopback on free ports, started and stopped by PID here:
   MQTT cases   Debian's mosquitto, persistence off, anonymous, no logging
   REST latest  nginx (one worker, access log off) serving the same bytes as a static file
   live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
-  storage      raw SQLite of the same shape in the same process (bench_storage)
+  storage      raw SQLite in the same process (bench_storage): today's row layout (log +
+               sorted moves into a (series, ts) table) and the raw row-append ceiling for
+               end to end ingest; today's row layout for bytes per point and query times
 Gale runs with mqtt.allow_anonymous=true (the publishers' telemetry is decoded and every
 value stored) and log.level=warn (the reference logs nothing either).
 
@@ -77,6 +79,10 @@ PARAMS = {
     "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
     "feed_grace": (3, 2),
     "storage_points": (2000000, 100000),
+    "storage_disk_devices": (200, 20),   # 1 Hz fleet for bytes per point: devices x 5 keys
+    "storage_disk_hours": (6, 0.25),     # ... for this long
+    "storage_query_days": (30, 2),       # one 1 Hz series for the query times
+    "storage_query_reps": (3, 2),        # repetitions of each query per round
     "fsync_n": (200, 20),            # write + fdatasync samples per round
 }
 SCALE = {name: {k: v[i] for k, v in PARAMS.items()} for i, name in enumerate(("full", "smoke"))}
@@ -382,25 +388,56 @@ def run_feed(ctx, side):
 # ---- storage vs raw SQLite ----
 
 STORAGE_ROUND = re.compile(
-    r"round (\d+): ours durable ([\d.]+)s compacted ([\d.]+)s \| raw a ([\d.]+)s \|"
-    r" ours ack-only ([\d.]+)s \| raw b ([\d.]+)s \| raw c ([\d.]+)s")
+    r"^round (\d+): ours acked ([\d.]+)s chunked ([\d.]+)s \| today's row layout ([\d.]+)s \|"
+    r" raw row append ([\d.]+)s$", re.M)
+STORAGE_DISK = re.compile(
+    r"^disk: ([\d.]+) points: ours ([\d.]+) bytes/point .* today's row layout ([\d.]+)"
+    r" bytes/point", re.M)
+STORAGE_QUERY = re.compile(
+    r"^query round (\d+): day ours ([\d.]+) ms today ([\d.]+) ms \| hourly ours ([\d.]+) ms"
+    r" today ([\d.]+) ms$", re.M)
+# case id -> bench_storage --parts name
+STORAGE_PARTS = {"storage": "e2e", "storage-disk": "disk", "storage-query": "query"}
 
 
-def run_storage(ctx):
-    """bench_storage interleaves its own runs round by round; returns per-round
-    (gale, reference) pairs per metric."""
-    pts = ctx.p["storage_points"]
-    out = run_tool([ctx.tool("bench_storage"), "--points", str(pts), "--rounds",
-                    str(ctx.rounds), "--skip-b", "--dir", ctx.work], 60 + ctx.rounds * 300)
-    rounds = [tuple(float(x) for x in m.groups()[1:]) for m in STORAGE_ROUND.finditer(out)]
-    if len(rounds) != ctx.rounds or any(t < 0.01 for r in rounds for t in r if t):
-        raise Failed("bench_storage output not understood:\n" + out[-1000:])
-    pps = [tuple(pts / max(t, 1e-9) for t in r) for r in rounds]
-    return {
-        "ack": [(r[3], r[2]) for r in pps],    # ours ack-only vs raw a
-        "e2e": [(r[1], r[2]) for r in pps],    # ours compacted vs raw a (row-append ceiling)
-        "two": [(r[1], r[5]) for r in pps],    # ours compacted vs raw c (same two tiers)
-    }
+def run_storage(ctx, ids):
+    """One bench_storage run for the storage cases in ids; it interleaves its own runs
+    round by round. Returns {case id: {metric: [(gale, reference) per round]}}."""
+    p = ctx.p
+    pts = p["storage_points"]
+    parts = [STORAGE_PARTS[i] for i in ids]
+    out = run_tool([ctx.tool("bench_storage"), "--points", str(pts), "--rounds", str(ctx.rounds),
+                    "--parts", ",".join(parts), "--dir", ctx.work,
+                    "--disk-devices", str(p["storage_disk_devices"]),
+                    "--disk-hours", str(p["storage_disk_hours"]),
+                    "--query-days", str(p["storage_query_days"]),
+                    "--query-reps", str(p["storage_query_reps"])], 900 + ctx.rounds * 300)
+    res = {}
+    if "e2e" in parts:
+        rounds = [tuple(float(x) for x in m.groups()[1:]) for m in STORAGE_ROUND.finditer(out)]
+        if len(rounds) != ctx.rounds or any(t < 0.001 for r in rounds for t in r):
+            raise Failed("bench_storage e2e output not understood:\n" + out[-1000:])
+        pps = [tuple(pts / t for t in r) for r in rounds]  # acked, chunked, today, append
+        res["storage"] = {
+            "ack": [(r[0], r[3]) for r in pps],    # ours acked vs raw row append
+            "e2e": [(r[1], r[3]) for r in pps],    # ours chunked vs raw row append (ceiling)
+            "today": [(r[1], r[2]) for r in pps],  # ours chunked vs today's row layout
+        }
+    if "disk" in parts:
+        m = STORAGE_DISK.search(out)
+        if not m:
+            raise Failed("bench_storage disk output not understood:\n" + out[-1000:])
+        res["storage-disk"] = {"bytes": [(float(m.group(2)), float(m.group(3)))]}
+    if "query" in parts:
+        rounds = [tuple(float(x) for x in m.groups()[1:]) for m in STORAGE_QUERY.finditer(out)]
+        if len(rounds) != ctx.rounds or any(t <= 0 for r in rounds for t in r):
+            raise Failed("bench_storage query output not understood:\n" + out[-1000:])
+        qps = [tuple(1000.0 / t for t in r) for r in rounds]  # day ours, today, hourly ...
+        res["storage-query"] = {
+            "day": [(r[0], r[1]) for r in qps],
+            "hourly": [(r[2], r[3]) for r in qps],
+        }
+    return res
 
 
 # ---- disk ----
@@ -470,9 +507,16 @@ def cases(p):
           ("p99", "p99 ms", False)], run_feed),
         ("storage", "storage", "storage, 1000 devices x 4 keys, %d points"
          % p["storage_points"], False,
-         [("ack", "ack path points/s (vs raw row append)", True),
+         [("ack", "acked points/s (vs raw row append)", True),
           ("e2e", "end to end points/s (vs raw row append)", True),
-          ("two", "end to end points/s (vs raw two tiers)", True)], None),
+          ("today", "end to end points/s (vs today's row layout)", True)], None),
+        ("storage-disk", "storage", "storage on disk, 1 Hz fleet, %d devices x 5 keys, %g h"
+         % (p["storage_disk_devices"], p["storage_disk_hours"]), False,
+         [("bytes", "bytes per point (vs today's row layout)", False)], None),
+        ("storage-query", "storage", "storage query, one series at 1 Hz", False,
+         [("day", "a day raw (86,400 points), queries/s (vs today's row layout)", True),
+          ("hourly", "hourly avg over %d days, queries/s (vs today's row layout)"
+           % p["storage_query_days"], True)], None),
     ]]
 
 
@@ -671,16 +715,17 @@ def run_rounds(ctx, plan, results, errors, disk):
                 row = results.setdefault((cid, mode), {})
                 for key, _, _ in metrics:
                     row.setdefault(key, []).append((pair[0].get(key), pair[1].get(key)))
-    for cid, group, title, synced, metrics, fn in plan.cases:
-        if fn is None:
-            t = time.monotonic()
-            try:
-                results[(cid, "-")] = run_storage(ctx)
-            except RUN_ERRORS as e:
-                errors.append("storage: %s" % e)
-                print("  FAILED " + errors[-1], flush=True)
-            print("storage (%d rounds inside bench_storage) %.1fs" %
-                  (ctx.rounds, time.monotonic() - t), flush=True)
+    ids = [c.id for c in plan.cases if c.run is None]
+    if ids:
+        t = time.monotonic()
+        try:
+            for cid, row in run_storage(ctx, ids).items():
+                results[(cid, "-")] = row
+        except RUN_ERRORS as e:
+            errors.append("storage: %s" % e)
+            print("  FAILED " + errors[-1], flush=True)
+        print("storage (%d rounds inside bench_storage) %.1fs" %
+              (ctx.rounds, time.monotonic() - t), flush=True)
 
 
 def render(ctx, plan, results, errors, disk, command, elapsed):
