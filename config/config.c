@@ -123,9 +123,10 @@ static const struct key keys[] = {
     CHOICE("storage.sync", storage.sync, "full|normal", "full",
          "What an ack survives: full = a power cut (every commit is synced to disk), "
          "normal = a crash of the gateway process, not of the machine (faster)."),
-    SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "1000",
-         "Most rows per write transaction (group commit): arrivals while the writer is busy "
-         "ride in the next one, up to this size."),
+    SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "10000",
+         "Most points per write transaction (group commit): arrivals while the writer is "
+         "busy ride in the next one, up to this size (one segment row; each commit costs "
+         "a sync, so bigger batches carry more points per sync)."),
     INT("storage.batch_delay_ms", storage.batch_delay_ms, 0, 60000, "5",
         "Longest a write nobody waits for (QoS 0 telemetry, presence) waits for company in "
         "the open batch, milliseconds; a write an ack waits on is committed as soon as the "

@@ -54,7 +54,7 @@
 #define STORE_MAX_LIMIT 1000000         /* larger query limits are clamped to this */
 
 /* Defaults for zero fields of struct store_cfg (same values as config.c). */
-#define STORE_DEFAULT_BATCH_ROWS 1000
+#define STORE_DEFAULT_BATCH_ROWS 10000
 #define STORE_DEFAULT_HIGH_ROWS 200000
 #define STORE_DEFAULT_HIGH_BYTES (64u << 20)
 #define STORE_DEFAULT_HOT_MAX_POINTS 1000000

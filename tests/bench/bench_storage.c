@@ -1220,7 +1220,7 @@ static unsigned parse_parts(const char *v)
 int main(int argc, char **argv)
 {
     struct opts o = { .points = 2000000, .rounds = 3, .dir = getenv("TMPDIR"),
-                      .batch_rows = 1000, .hot_max_points = 1000000, .move_rows = 100000,
+                      .batch_rows = STORE_DEFAULT_BATCH_ROWS, .hot_max_points = 1000000, .move_rows = 100000,
                       .parts = PART_E2E | PART_DISK | PART_QUERY, .disk_devices = 200,
                       .disk_hours = 6, .query_days = 30, .query_reps = 3 };
 

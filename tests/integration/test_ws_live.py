@@ -235,6 +235,7 @@ def slow_dashboard(g):
 
 with Gale(args=["--set", "limits.max_send_queue_bytes=262144",
                 "--set", "storage.queue_high_rows=5000", "--set", "storage.queue_low_rows=1000",
+                "--set", "storage.batch_rows=1000",
                 "--set", "storage.hot_max_points=10000",
                 "--set", "line.max_line_bytes=65536"]) as g:
     asyncio.run(main(g))

@@ -171,7 +171,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.devices.auto_register, CONFIG_REGISTER_AUTO);
     assert_string_equal(c.storage.path, "");
     assert_int_equal(c.storage.sync, CONFIG_SYNC_FULL);
-    assert_int_equal(c.storage.batch_rows, 1000);
+    assert_int_equal(c.storage.batch_rows, 10000);
     assert_int_equal(c.storage.batch_delay_ms, 5);
     assert_int_equal(c.storage.queue_high_bytes, 64 * 1024 * 1024);
     assert_int_equal(c.storage.queue_low_bytes, 32 * 1024 * 1024);
@@ -589,8 +589,8 @@ static const struct validate_case validate_cases[] = {
       "config: storage.queue_low_rows (200000) must be less than storage.queue_high_rows "
       "(200000)" },
     { { "storage.queue_high_rows=10", "storage.queue_low_rows=0" },
-      "config: storage.batch_rows (1000) must not exceed storage.queue_high_rows (10)" },
-    { { "storage.queue_high_rows=1000", "storage.queue_low_rows=0" }, NULL },
+      "config: storage.batch_rows (10000) must not exceed storage.queue_high_rows (10)" },
+    { { "storage.queue_high_rows=10000", "storage.queue_low_rows=0" }, NULL },
     { { "storage.queue_low_bytes=32m", "storage.queue_high_bytes=32m" },
       "config: storage.queue_low_bytes (33554432) must be less than storage.queue_high_bytes "
       "(33554432)" },
