@@ -74,6 +74,7 @@ PARAMS = {
     "qos1_100": (5000, 50),          # QoS 1, 100 publishers, window 1
     "route": (20000, 1000),          # per publisher (10) to the # subscriber
     "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
+    "fleet_s": (30, 2),              # seconds of the QoS 1 fleet case (--fleet-seconds)
     "idle": (9000, 500),             # idle connections
     "wrk_s": (3, 1),                 # seconds of wrk
     "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
@@ -222,6 +223,22 @@ def case_qos1(clients, window, per_key):
         f = bench_mqtt(ctx, side, clients, ctx.p[per_key], 1, window)
         return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"]}
     return run
+
+
+def run_fleet(ctx, side):
+    """1000 devices publishing QoS 1 (window 1) at 10k msg/s in total, Gale with
+    storage.sync=normal: PUBACK p99 over the whole run and the worst 10 s window."""
+    n = ctx.p["c1000"]
+    secs = ctx.p["fleet_s"]
+    if side.kind == "gale":
+        side = Side(side.kind, side.label, side.binary, "normal")
+    with side.mqtt(ctx) as srv:
+        cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), str(n),
+               str(int(secs * 10000 / n) + 1), "1", "1", "--seconds", str(secs),
+               "--rate", "10000"]
+        f = kv_line(run_tool(cmd, secs + 90), "mqtt")
+    return {"rate": f["msgs_per_s"], "p99": f["ack_p99_ms"],
+            "worst": f["ack_p99_worst_10s_ms"]}
 
 
 def run_route(ctx, side):
@@ -491,6 +508,10 @@ def cases(p):
          case_qos1(1, 32, "qos1_w32")),
         ("qos1-100w1", "mqtt", "MQTT QoS 1, 100 publishers, window 1", True, [ACKED, P50, P99],
          case_qos1(100, 1, "qos1_100")),
+        ("fleet", "mqtt", "MQTT QoS 1, %d devices at 10k msg/s for %g s, sync=normal"
+         % (n1000, p["fleet_s"]), False,
+         [("rate", "acked msg/s", True), ("p99", "PUBACK p99 ms", False),
+          ("worst", "PUBACK p99 of the worst 10 s, ms", False)], run_fleet),
         ("route", "mqtt", "MQTT routing, 10 publishers to one # subscriber", False,
          [("rate", "delivered msg/s", True), ("fraction", "delivered fraction", True)],
          run_route),
@@ -606,7 +627,9 @@ def versions():
 class Context:
     def __init__(self, a):
         self.build = os.path.abspath(a.build)
-        self.p = SCALE["smoke" if a.smoke else "full"]
+        self.p = dict(SCALE["smoke" if a.smoke else "full"])
+        if a.fleet_seconds:
+            self.p["fleet_s"] = a.fleet_seconds
         self.rounds = a.rounds
         self.smoke = a.smoke
         self.work = None  # made by main once the run starts
@@ -629,6 +652,8 @@ def parse_args(argv):
                     help="Gale binary (default <build>/gale); twice: compare two binaries")
     ap.add_argument("--out", help="Markdown table (default <build>/bench/last.md)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--fleet-seconds", type=float, default=None,
+                    help="length of the QoS 1 fleet case (default 30; the target is 180)")
     a = ap.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
