@@ -34,6 +34,10 @@
  *          averages over all days
  *          (STORE_AGG_AVG, interval 3600000; raw SQL GROUP BY ts / 3600000). Results are
  *          checked against the generator. Ratio = today's ms / ours ms (> 1: ours faster).
+ *   replay (only when asked for) the longest start-up the bounds allow: the e2e workload
+ *          written until the hot points and the segments sit at their bounds
+ *          (--hot-max-points hot, up to twice that in segments), closed without chunking,
+ *          reopened: the time store_open takes to replay them.
  * Prints per-round lines (tests/bench/run.py parses them), then medians and ratios.
  * A wrong count or value in any check prints what differs and exits 1.
  *
@@ -76,7 +80,7 @@ static const char *const disk_keys[MAX_KEYS] = { "temp", "hum", "count", "door",
 static const char *const query_keys[1] = { "temp" };
 static const char *const states[3] = { "ok", "warn", "idle" };
 
-enum part { PART_E2E = 1, PART_DISK = 2, PART_QUERY = 4 };
+enum part { PART_E2E = 1, PART_DISK = 2, PART_QUERY = 4, PART_REPLAY = 8 };
 
 struct opts {
     size_t points;          /* e2e points */
@@ -298,6 +302,7 @@ struct ours {
     uint64_t compact_seq;        /* seq of the store_compact after the last ack */
     int feeding;                 /* feeder is running */
     int failed;                  /* an on_durable reported ok = 0 */
+    int no_compact;              /* stop at the last ack: leave the hot points hot */
     double t0, t_acked, t_chunked;   /* load start; seconds after it */
     struct store_result *res;    /* the last query's result (owned) */
 };
@@ -350,6 +355,11 @@ static void on_durable(void *ctx, uint64_t upto, int ok)
         return;
     if (b->t_acked == 0) {
         b->t_acked = now_s() - b->t0;
+        if (b->no_compact) {
+            b->t_chunked = b->t_acked;
+            uv_stop(&b->loop);
+            return;
+        }
         b->compact_seq = store_compact(b->s);
     } else if (upto >= b->compact_seq && b->t_chunked == 0) {
         b->t_chunked = now_s() - b->t0;
@@ -832,6 +842,41 @@ static void e2e_ours(const struct opts *o, double *acked, double *chunked)
     drop_db(dir, path);
 }
 
+/* The longest start-up replay the bounds allow: the fleet workload written until the
+ * hot points and the segment log sit at their bounds (hot_max_points hot, up to twice
+ * that in segments), closed without chunking, then reopened; store_open replays. */
+static void run_replay(const struct opts *o)
+{
+    double secs[MAX_ROUNDS], acked, chunked;
+    size_t hot = 0, logged = 0;
+
+    for (int r = 0; r < o->rounds; r++) {
+        char dir[256], path[300];
+        struct ours b;
+        struct workload w;
+        double t;
+
+        fresh_db(o, dir, sizeof dir, path, sizeof path);
+        ours_open(&b, o, path);
+        b.no_compact = 1;
+        wl_init(&w, WL_FLEET, NDEV, 2 * o->hot_max_points / NKEYS);
+        ours_load(&b, &w, &acked, &chunked);
+        wl_fini(&w);
+        ours_close(&b);
+        t = now_s();
+        ours_open(&b, o, path);
+        secs[r] = now_s() - t;
+        hot = b.s->hot.npoints;
+        logged = (size_t)b.s->log_points;
+        ours_close(&b);
+        drop_db(dir, path);
+        printf("replay round %d: %.3fs for %zu hot points (%zu in the segments)\n", r + 1,
+               secs[r], hot, logged);
+    }
+    printf("replay: start-up with hot_max_points %zu takes %.3f s (median), %.0f points/s\n",
+           o->hot_max_points, median(secs, o->rounds), (double)logged / median(secs, o->rounds));
+}
+
 static double e2e_raw(const struct opts *o, enum raw_layout lay)
 {
     char dir[256], path[300];
@@ -1207,6 +1252,8 @@ static unsigned parse_parts(const char *v)
     for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (strcmp(tok, "e2e") == 0)
             parts |= PART_E2E;
+        else if (strcmp(tok, "replay") == 0)
+            parts |= PART_REPLAY;
         else if (strcmp(tok, "disk") == 0)
             parts |= PART_DISK;
         else if (strcmp(tok, "query") == 0)
@@ -1289,6 +1336,8 @@ int main(int argc, char **argv)
         run_e2e(&o);
     if (o.parts & PART_DISK)
         run_disk(&o);
+    if (o.parts & PART_REPLAY)
+        run_replay(&o);
     if (o.parts & PART_QUERY)
         run_query(&o);
     return 0;
