@@ -38,18 +38,19 @@
 #include "storage/store.h"
 #include "storage/store_int.h"
 
-#define PROP_STEPS 2000          /* workload steps per seed unless GALE_PROP_ITERS says */
-#define WAIT_MS 30000            /* deadline of one wait for durability or a query */
+#define PROP_STEPS 2000 /* workload steps per seed unless GALE_PROP_ITERS says */
+#define WAIT_MS 30000   /* deadline of one wait for durability or a query */
 #define MAX_DEVICES 20
-#define MAX_KEYS 6               /* keys per device */
+#define MAX_KEYS 6 /* keys per device */
 #define MAX_MSG_POINTS 8
-#define LONG_STR_BYTES 5000      /* longest generated string */
-#define TOLERANCE 1e-9           /* relative, for sum and avg */
+#define LONG_STR_BYTES 5000 /* longest generated string */
+#define TOLERANCE 1e-9      /* relative, for sum and avg */
 
-/* The current row engine binds doubles with sqlite3_bind_double, which stores a NaN
- * as NULL, and reads NULL back as 0.0: a NaN comes back as +0.0 (see the report of
- * this test's seeds). The chunked engine (schema version 4) keeps every NaN bit for
- * bit, so from there on the model does too. */
+/* The row engine (schema version 3) binds a number with sqlite3_bind_double
+ * (storage/sql.c store_bind_value), which stores a NaN as NULL, and reads NULL back as
+ * 0.0: every NaN comes back as +0.0, in raw points and in aggregates. The chunked
+ * engine (schema version 4) keeps NaNs bit for bit, and from then on the model
+ * demands it. */
 #define ENGINE_LOSES_NAN (STORE_SCHEMA_VERSION < 4)
 
 /* ---- seeded PRNG (splitmix64: tiny, good enough, the same on every platform) ---- */
@@ -63,13 +64,13 @@ static uint64_t rng_next(uint64_t *st)
     return z ^ (z >> 31);
 }
 
-/* Uniform in [0, n); n > 0. */
+/* In [0, n); n > 0 (the modulo bias does not matter here). */
 static uint64_t rnd(uint64_t *st, uint64_t n)
 {
     return rng_next(st) % n;
 }
 
-/* Uniform in [lo, hi], lo <= hi; unsigned arithmetic, as the span may not fit int64. */
+/* In [lo, hi], lo <= hi; unsigned arithmetic, as the span may not fit int64. */
 static int64_t rnd_range(uint64_t *st, int64_t lo, int64_t hi)
 {
     uint64_t span = (uint64_t)hi - (uint64_t)lo;
@@ -96,25 +97,25 @@ static double from_bits(uint64_t b)
 struct mval {
     int64_t ts;
     enum val_type type;
-    double num;                  /* VAL_NUM value, VAL_BOOL 0 or 1 */
-    char *str;                   /* VAL_STR / VAL_JSON text, owned; NULL otherwise */
-    size_t len;                  /* bytes in str */
+    double num; /* VAL_NUM value, VAL_BOOL 0 or 1 */
+    char *str;  /* VAL_STR / VAL_JSON text, owned; NULL otherwise */
+    size_t len; /* bytes in str */
 };
 
 struct mseries {
-    const char *key;             /* borrowed from key_pool */
-    struct mval *v;              /* sorted by ts, one entry per ts */
+    const char *key; /* borrowed from key_pool */
+    struct mval *v;  /* sorted by ts, one entry per ts */
     size_t n, cap;
     /* generator state */
-    int64_t cursor;              /* where "mostly increasing" continues */
-    enum val_type type;          /* the type most writes keep */
-    double level;                /* slowly varying numeric value */
-    char last_str[64];           /* a string to repeat now and then */
+    int64_t cursor;     /* where "mostly increasing" continues */
+    enum val_type type; /* the type most writes keep */
+    double level;       /* slowly varying numeric value */
+    char last_str[64];  /* a string to repeat now and then */
 };
 
 struct mdevice {
     char id[32];
-    int known;                   /* written since the last delete: the store knows the id */
+    int known; /* written since the last delete: the store knows the id */
     struct mseries ser[MAX_KEYS];
     size_t nkeys;
 };
@@ -127,8 +128,8 @@ static const char *const key_pool[] = {
 
 /* What one query asks, in plain values (turned into a struct store_query per run). */
 struct qspec {
-    size_t dev;                  /* index into devices */
-    const char *keys[4];         /* borrowed; nkeys 0 = every key */
+    size_t dev;          /* index into devices */
+    const char *keys[4]; /* borrowed; nkeys 0 = every key */
     size_t nkeys;
     int64_t from, to;
     size_t limit;
@@ -142,30 +143,30 @@ struct xpt {
     int64_t ts;
     enum val_type type;
     double num;
-    const char *str;             /* borrowed from the model */
+    const char *str; /* borrowed from the model */
     size_t len;
-    double abs_sum;              /* sum of |x| of the bucket's finite values */
-    uint64_t count;              /* numeric points in the bucket */
-    int nan, pinf, ninf;         /* the bucket holds a NaN / +inf / -inf value */
+    double abs_sum;      /* sum of |x| of the bucket's finite values */
+    uint64_t count;      /* numeric points in the bucket */
+    int nan, pinf, ninf; /* the bucket holds a NaN / +inf / -inf value */
 };
 
 struct xseries {
     const char *key;
     struct xpt *pts;
-    size_t n, total;             /* kept, and matching before the limit */
+    size_t n, total; /* kept, and matching before the limit */
     int truncated;
 };
 
 struct prop {
     /* the loop and the store */
     uv_loop_t loop;
-    uv_timer_t tick;             /* keeps UV_RUN_ONCE from sleeping past a deadline */
+    uv_timer_t tick; /* keeps UV_RUN_ONCE from sleeping past a deadline */
     char dir[64], path[128];
     struct store_cfg cfg;
     struct store *s;
-    uint64_t last_seq;           /* seq of the last write submitted since the open */
-    uint64_t durable_seq;        /* on_durable's watermark since the open */
-    int write_failed;            /* on_durable reported ok = 0 */
+    uint64_t last_seq;    /* seq of the last write submitted since the open */
+    uint64_t durable_seq; /* on_durable's watermark since the open */
+    int write_failed;     /* on_durable reported ok = 0 */
     int query_done;
     struct store_result *res;
 
@@ -202,7 +203,7 @@ static void on_tick(uv_timer_t *t)
     (void)t;
 }
 
-static void store_up(struct prop *p)
+static void open_store(struct prop *p)
 {
     p->last_seq = 0; /* seqs start over with every open */
     p->durable_seq = 0;
@@ -210,7 +211,7 @@ static void store_up(struct prop *p)
     store_set_callbacks(p->s, on_durable, on_pressure, p);
 }
 
-static void store_down(struct prop *p)
+static void close_store(struct prop *p)
 {
     store_close(p->s);
     p->s = NULL;
@@ -224,7 +225,8 @@ static void note_seq(struct prop *p, uint64_t seq)
         p->last_seq = seq;
 }
 
-/* Runs the loop until *done or the deadline; returns *done. */
+/* Runs the loop until *done_flag is set (done_flag NULL: until the durable watermark
+ * reaches *seq) or WAIT_MS pass; returns whether it happened. */
 static int run_until(struct prop *p, const int *done_flag, const uint64_t *seq)
 {
     uint64_t deadline = uv_hrtime() + (uint64_t)WAIT_MS * 1000000;
@@ -244,8 +246,8 @@ static void wait_all_durable(struct prop *p)
 
     store_flush(p->s);
     if (!run_until(p, NULL, &seq))
-        fail_msg("seed=%" PRIu64 " step=%u: seq %" PRIu64 " not durable in %d ms", p->seed,
-                 p->step, seq, WAIT_MS);
+        fail_msg("seed=%" PRIu64 " step=%u: seq %" PRIu64 " not durable in %d ms", p->seed, p->step,
+                 seq, WAIT_MS);
     if (p->write_failed)
         fail_msg("seed=%" PRIu64 " step=%u: a write failed", p->seed, p->step);
 }
@@ -260,7 +262,7 @@ static void on_query(void *ctx, struct store_query *q, struct store_result *res)
     p->query_done = 1;
 }
 
-static const struct store_result *run_query(struct prop *p, const struct qspec *qs)
+static const struct store_result *query_store(struct prop *p, const struct qspec *qs)
 {
     struct store_query *q = xcalloc(1, sizeof *q);
 
@@ -287,7 +289,7 @@ static const struct store_result *run_query(struct prop *p, const struct qspec *
 
 /* ---- the model's writes ---- */
 
-static void mval_clear(struct mval *v)
+static void clear_mval(struct mval *v)
 {
     free(v->str);
     v->str = NULL;
@@ -295,7 +297,7 @@ static void mval_clear(struct mval *v)
 }
 
 /* First index with ts >= t. */
-static size_t lower_idx(const struct mseries *ms, int64_t t)
+static size_t lower_index(const struct mseries *ms, int64_t t)
 {
     size_t lo = 0, hi = ms->n;
 
@@ -319,10 +321,10 @@ static struct mseries *find_series(struct mdevice *d, const char *key)
 }
 
 /* A later write of (device, key, ts) replaces the earlier one. */
-static void model_put(struct mseries *ms, const struct point *pt)
+static void remember_point(struct mseries *ms, const struct point *pt)
 {
-    size_t i = lower_idx(ms, pt->ts_ms);
-    struct mval nv = { .ts = pt->ts_ms, .type = pt->type, .num = pt->num };
+    size_t i = lower_index(ms, pt->ts_ms);
+    struct mval nv = {.ts = pt->ts_ms, .type = pt->type, .num = pt->num};
 
     if (pt->type == VAL_NUM && ENGINE_LOSES_NAN && isnan(pt->num))
         nv.num = 0.0;
@@ -333,7 +335,7 @@ static void model_put(struct mseries *ms, const struct point *pt)
         nv.len = pt->str_len;
     }
     if (i < ms->n && ms->v[i].ts == pt->ts_ms) {
-        mval_clear(&ms->v[i]);
+        clear_mval(&ms->v[i]);
         ms->v[i] = nv;
         return;
     }
@@ -346,12 +348,12 @@ static void model_put(struct mseries *ms, const struct point *pt)
     ms->n++;
 }
 
-static void model_drop_device(struct mdevice *d)
+static void forget_device(struct mdevice *d)
 {
     for (size_t k = 0; k < d->nkeys; k++) {
         struct mseries *ms = &d->ser[k];
         for (size_t i = 0; i < ms->n; i++)
-            mval_clear(&ms->v[i]);
+            clear_mval(&ms->v[i]);
         free(ms->v);
         ms->v = NULL;
         ms->n = ms->cap = 0;
@@ -364,32 +366,54 @@ static void model_drop_device(struct mdevice *d)
 static double gen_special(uint64_t *r)
 {
     switch (rnd(r, 16)) {
-    case 0: return NAN;
-    case 1: return from_bits(0x7ff8000000000000ull | (rng_next(r) & 0x0007ffffffffffffull));
-    case 2: return from_bits(0xfff0000000000001ull | (rng_next(r) & 0x000fffffffffffffull));
-    case 3: return -0.0;
-    case 4: return 0.0;
-    case 5: return INFINITY;
-    case 6: return -INFINITY;
-    case 7: return from_bits(1 + rnd(r, 0x000fffffffffffffull)); /* subnormal */
-    case 8: return -from_bits(1 + rnd(r, 0x000fffffffffffffull));
-    case 9: return DBL_MAX;
-    case 10: return -DBL_MAX;
-    case 11: return DBL_MIN;
-    case 12: return (double)rnd_range(r, 1, 1000) * 1e300; /* huge */
-    case 13: return (double)rnd_range(r, -1000, 1000) * 1e-300; /* tiny */
-    case 14: return 9007199254740993.0 * (chance(r, 50) ? 1 : -1); /* 2^53 + 1 rounds */
-    default: return (double)INT64_MAX * (chance(r, 50) ? 1 : -1);
+    case 0:
+        return NAN;
+    case 1:
+        return from_bits(0x7ff8000000000000ull | (rng_next(r) & 0x0007ffffffffffffull));
+    case 2:
+        return from_bits(0xfff0000000000001ull | (rng_next(r) & 0x000fffffffffffffull));
+    case 3:
+        return -0.0;
+    case 4:
+        return 0.0;
+    case 5:
+        return INFINITY;
+    case 6:
+        return -INFINITY;
+    case 7:
+        return from_bits(1 + rnd(r, 0x000fffffffffffffull)); /* subnormal */
+    case 8:
+        return -from_bits(1 + rnd(r, 0x000fffffffffffffull));
+    case 9:
+        return DBL_MAX;
+    case 10:
+        return -DBL_MAX;
+    case 11:
+        return DBL_MIN;
+    case 12:
+        return (double)rnd_range(r, 1, 1000) * 1e300; /* huge */
+    case 13:
+        return (double)rnd_range(r, -1000, 1000) * 1e-300; /* tiny */
+    case 14:
+        return 9007199254740993.0 * (chance(r, 50) ? 1 : -1); /* 2^53 + 1 rounds */
+    default:
+        return (double)INT64_MAX * (chance(r, 50) ? 1 : -1);
     }
 }
 
 static double gen_num(uint64_t *r, struct mseries *ms)
 {
     switch (rnd(r, 10)) {
-    case 0: return gen_special(r);
-    case 1: case 2: return (double)rnd_range(r, -1000000, 1000000); /* integers */
-    case 3: case 4: return (double)rnd_range(r, -100000, 100000) / 100.0; /* decimals */
-    case 5: return from_bits(rng_next(r)); /* any bit pattern, NaNs included */
+    case 0:
+        return gen_special(r);
+    case 1:
+    case 2:
+        return (double)rnd_range(r, -1000000, 1000000); /* integers */
+    case 3:
+    case 4:
+        return (double)rnd_range(r, -100000, 100000) / 100.0; /* decimals */
+    case 5:
+        return from_bits(rng_next(r)); /* any bit pattern, NaNs included */
     default: /* slowly varying with noise at two decimals, as sensors are */
         ms->level += (double)rnd_range(r, -50, 50) / 100.0;
         return round(ms->level * 100.0) / 100.0;
@@ -398,28 +422,39 @@ static double gen_num(uint64_t *r, struct mseries *ms)
 
 static size_t gen_text(uint64_t *r, struct mseries *ms, enum val_type type, char *out)
 {
-    static const char *const utf8[] = { "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x8c\xa1", "\"",
-                                        "\\", " ", "\t" };
+    static const char *const utf8[] = {
+        "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x8c\xa1", "\"", "\\", " ", "\t"};
     size_t n = 0, want;
 
     if (type == VAL_JSON) {
         switch (rnd(r, 5)) {
-        case 0: return (size_t)sprintf(out, "{}");
-        case 1: return (size_t)sprintf(out, "[%d,%d,\"x\"]", (int)rnd(r, 100), (int)rnd(r, 9));
-        case 2: return (size_t)sprintf(out, "null");
+        case 0:
+            return (size_t)sprintf(out, "{}");
+        case 1:
+            return (size_t)sprintf(out, "[%d,%d,\"x\"]", (int)rnd(r, 100), (int)rnd(r, 9));
+        case 2:
+            return (size_t)sprintf(out, "null");
         default:
             return (size_t)sprintf(out, "{\"a\":%d,\"b\":{\"c\":[true,%d.%02d]}}",
                                    (int)rnd(r, 100000), (int)rnd(r, 1000), (int)rnd(r, 100));
         }
     }
     switch (rnd(r, 20)) {
-    case 0: case 1: return 0; /* empty */
-    case 2: case 3: case 4: /* a repeat of the series' previous text */
+    case 0:
+    case 1:
+        return 0; /* empty */
+    case 2:
+    case 3:
+    case 4: /* a repeat of the series' previous text */
         n = strlen(ms->last_str);
         memcpy(out, ms->last_str, n);
         return n;
-    case 5: want = (size_t)rnd_range(r, 1000, LONG_STR_BYTES - 8); break;
-    default: want = (size_t)rnd_range(r, 1, 40); break;
+    case 5:
+        want = (size_t)rnd_range(r, 1000, LONG_STR_BYTES - 8);
+        break;
+    default:
+        want = (size_t)rnd_range(r, 1, 40);
+        break;
     }
     while (n < want) {
         if (chance(r, 10)) {
@@ -455,8 +490,12 @@ static void gen_value(struct prop *p, struct mseries *ms, struct point *pt, char
     pt->str_len = 0;
     pt->num = 0;
     switch (pt->type) {
-    case VAL_NUM: pt->num = gen_num(&p->rng, ms); break;
-    case VAL_BOOL: pt->num = chance(&p->rng, 50) ? 1 : 0; break;
+    case VAL_NUM:
+        pt->num = gen_num(&p->rng, ms);
+        break;
+    case VAL_BOOL:
+        pt->num = chance(&p->rng, 50) ? 1 : 0;
+        break;
     case VAL_STR:
     case VAL_JSON:
         pt->str_len = gen_text(&p->rng, ms, pt->type, buf);
@@ -471,12 +510,18 @@ static void gen_value(struct prop *p, struct mseries *ms, struct point *pt, char
 static int64_t gen_extreme_ts(uint64_t *r)
 {
     switch (rnd(r, 8)) {
-    case 0: return INT64_MIN;
-    case 1: return INT64_MAX;
-    case 2: return INT64_MIN + rnd_range(r, 1, 100000);
-    case 3: return INT64_MAX - rnd_range(r, 1, 100000);
-    case 4: return rnd_range(r, -5, 5);
-    default: return -rnd_range(r, 1, INT64_C(1) << 50);
+    case 0:
+        return INT64_MIN;
+    case 1:
+        return INT64_MAX;
+    case 2:
+        return INT64_MIN + rnd_range(r, 1, 100000);
+    case 3:
+        return INT64_MAX - rnd_range(r, 1, 100000);
+    case 4:
+        return rnd_range(r, -5, 5);
+    default:
+        return -rnd_range(r, 1, INT64_C(1) << 50);
     }
 }
 
@@ -520,7 +565,7 @@ static void gen_point(struct prop *p, struct mseries *ms, struct point *pt, char
 
 /* ---- workload steps ---- */
 
-static void step_append(struct prop *p, size_t di)
+static void append_message(struct prop *p, size_t di)
 {
     struct mdevice *d = &p->dev[di];
     struct point pts[MAX_MSG_POINTS];
@@ -542,14 +587,14 @@ static void step_append(struct prop *p, size_t di)
     m = msg_new(MSG_TELEMETRY, d->id, "devices/x/telemetry", "{}", 2, pts, n);
     /* the model learns from the message's own copies, in the message's order */
     for (size_t i = 0; i < m->npoints; i++)
-        model_put(find_series(d, m->points[i].key), &m->points[i]);
+        remember_point(find_series(d, m->points[i].key), &m->points[i]);
     d->known = 1;
     p->npoints += n;
     note_seq(p, store_append(p->s, m));
     msg_unref(m); /* the store holds its own reference */
 }
 
-static void step_compact(struct prop *p)
+static void force_compaction(struct prop *p)
 {
     note_seq(p, store_compact(p->s));
     p->ncompact++;
@@ -557,21 +602,21 @@ static void step_compact(struct prop *p)
         wait_all_durable(p); /* chunked now; else it happens among later writes */
 }
 
-static void step_restart(struct prop *p)
+static void restart_store(struct prop *p)
 {
     if (chance(&p->rng, 50))
         wait_all_durable(p);
-    store_down(p); /* commits everything submitted */
-    store_up(p);
+    close_store(p); /* commits everything submitted */
+    open_store(p);
     p->nrestart++;
 }
 
-static void step_delete(struct prop *p)
+static void delete_random_device(struct prop *p)
 {
     struct mdevice *d = &p->dev[rnd(&p->rng, p->ndev)];
 
     note_seq(p, store_delete_device(p->s, d->id));
-    model_drop_device(d);
+    forget_device(d);
     p->ndelete++;
 }
 
@@ -579,7 +624,7 @@ static void step_delete(struct prop *p)
 
 /* floor(ts / iv) * iv, clamped to INT64_MIN where that is below it; one bucket for the
  * whole range when iv <= 0. */
-static int64_t model_bucket(int64_t ts, int64_t iv)
+static int64_t bucket_of(int64_t ts, int64_t iv)
 {
     int64_t q, b;
 
@@ -601,7 +646,7 @@ struct bucket {
     int nan, pinf, ninf;
 };
 
-static void push_x(struct xseries *xs, const struct xpt *x, size_t *cap)
+static void push_expected(struct xseries *xs, const struct xpt *x, size_t *cap)
 {
     if (xs->total == *cap) {
         *cap = *cap ? 2 * *cap : 16;
@@ -610,10 +655,9 @@ static void push_x(struct xseries *xs, const struct xpt *x, size_t *cap)
     xs->pts[xs->total++] = *x;
 }
 
-static void close_bucket(const struct qspec *qs, struct bucket *b, struct xseries *xs,
-                         size_t *cap)
+static void close_bucket(const struct qspec *qs, struct bucket *b, struct xseries *xs, size_t *cap)
 {
-    struct xpt x = { .type = VAL_NUM };
+    struct xpt x = {.type = VAL_NUM};
 
     if (!b->open || b->count == 0) { /* strings or JSON only: no bucket */
         b->open = 0;
@@ -627,16 +671,31 @@ static void close_bucket(const struct qspec *qs, struct bucket *b, struct xserie
     x.pinf = b->pinf;
     x.ninf = b->ninf;
     switch (qs->agg) {
-    case STORE_AGG_AVG: x.num = b->sum / (double)b->count; break;
-    case STORE_AGG_MIN: x.num = b->min; break;
-    case STORE_AGG_MAX: x.num = b->max; break;
-    case STORE_AGG_SUM: x.num = b->sum; break;
-    case STORE_AGG_COUNT: x.num = (double)b->count; break;
-    case STORE_AGG_FIRST: x.num = b->first; break;
-    case STORE_AGG_LAST: x.num = b->last; break;
-    case STORE_AGG_NONE: break;
+    case STORE_AGG_AVG:
+        x.num = b->sum / (double)b->count;
+        break;
+    case STORE_AGG_MIN:
+        x.num = b->min;
+        break;
+    case STORE_AGG_MAX:
+        x.num = b->max;
+        break;
+    case STORE_AGG_SUM:
+        x.num = b->sum;
+        break;
+    case STORE_AGG_COUNT:
+        x.num = (double)b->count;
+        break;
+    case STORE_AGG_FIRST:
+        x.num = b->first;
+        break;
+    case STORE_AGG_LAST:
+        x.num = b->last;
+        break;
+    case STORE_AGG_NONE:
+        break;
     }
-    push_x(xs, &x, cap);
+    push_expected(xs, &x, cap);
 }
 
 /* Folds one value into the bucket the way query.c's emitter does, in the order the
@@ -678,16 +737,16 @@ static size_t effective_limit(size_t limit)
 }
 
 /* The expected series for key of device d (ms NULL: the key was never written). */
-static void model_series(const struct qspec *qs, const struct mseries *ms, const char *key,
-                         struct xseries *xs)
+static void expect_series(const struct qspec *qs, const struct mseries *ms, const char *key,
+                          struct xseries *xs)
 {
     size_t lo = 0, hi = 0, cap = 0, limit = effective_limit(qs->limit);
-    struct bucket b = { 0 };
+    struct bucket b = {0};
 
     memset(xs, 0, sizeof *xs);
     xs->key = key;
     if (ms && qs->from <= qs->to) {
-        lo = lower_idx(ms, qs->from);
+        lo = lower_index(ms, qs->from);
         hi = lo;
         while (hi < ms->n && ms->v[hi].ts <= qs->to)
             hi++;
@@ -695,17 +754,17 @@ static void model_series(const struct qspec *qs, const struct mseries *ms, const
     for (size_t k = 0; k < hi - lo; k++) {
         const struct mval *v = &ms->v[qs->desc ? hi - 1 - k : lo + k];
         if (qs->agg == STORE_AGG_NONE) {
-            struct xpt x = { .ts = v->ts, .type = v->type, .num = v->num, .str = v->str,
-                             .len = v->len };
-            push_x(xs, &x, &cap);
+            struct xpt x = {
+                .ts = v->ts, .type = v->type, .num = v->num, .str = v->str, .len = v->len};
+            push_expected(xs, &x, &cap);
             continue;
         }
-        if (b.open && model_bucket(v->ts, qs->interval) != b.key)
+        if (b.open && bucket_of(v->ts, qs->interval) != b.key)
             close_bucket(qs, &b, xs, &cap);
         if (!b.open) {
             memset(&b, 0, sizeof b);
             b.open = 1;
-            b.key = model_bucket(v->ts, qs->interval);
+            b.key = bucket_of(v->ts, qs->interval);
         }
         fold(&b, v);
     }
@@ -721,7 +780,7 @@ static int cmp_key(const void *a, const void *b)
 }
 
 /* The whole expected result; returns the number of series. */
-static size_t model_query(struct prop *p, const struct qspec *qs, struct xseries *out)
+static size_t expect_result(struct prop *p, const struct qspec *qs, struct xseries *out)
 {
     struct mdevice *d = &p->dev[qs->dev];
     const char *sorted[MAX_KEYS];
@@ -731,14 +790,14 @@ static size_t model_query(struct prop *p, const struct qspec *qs, struct xseries
         return 0; /* an unknown device: no series at all, even for named keys */
     if (qs->nkeys > 0) {
         for (size_t i = 0; i < qs->nkeys; i++)
-            model_series(qs, find_series(d, qs->keys[i]), qs->keys[i], &out[n++]);
+            expect_series(qs, find_series(d, qs->keys[i]), qs->keys[i], &out[n++]);
         return n;
     }
     for (size_t i = 0; i < d->nkeys; i++)
         sorted[i] = d->ser[i].key;
     qsort(sorted, d->nkeys, sizeof *sorted, cmp_key);
     for (size_t i = 0; i < d->nkeys; i++) {
-        model_series(qs, find_series(d, sorted[i]), sorted[i], &out[n]);
+        expect_series(qs, find_series(d, sorted[i]), sorted[i], &out[n]);
         if (out[n].total > 0) /* every key: only those with points in the answer */
             n++;
         else
@@ -751,15 +810,14 @@ static size_t model_query(struct prop *p, const struct qspec *qs, struct xseries
 
 static const char *agg_name(enum store_agg a)
 {
-    static const char *const names[] = { "raw", "avg", "min", "max", "sum", "count",
-                                         "first", "last" };
+    static const char *const names[] = {"raw", "avg",   "min",   "max",
+                                        "sum", "count", "first", "last"};
     return (unsigned)a < sizeof names / sizeof names[0] ? names[a] : "?";
 }
 
 static void describe(const struct prop *p, const struct qspec *qs, char *out, size_t cap)
 {
-    int n = snprintf(out, cap,
-                     "device=%s keys=", p->dev[qs->dev].id);
+    int n = snprintf(out, cap, "device=%s keys=", p->dev[qs->dev].id);
 
     if (qs->nkeys == 0)
         n += snprintf(out + n, cap - (size_t)n, "(all)");
@@ -859,8 +917,8 @@ static void mismatch(const struct prop *p, const struct qspec *qs, const char *f
 static void check_query(struct prop *p, const struct qspec *qs)
 {
     struct xseries want[MAX_KEYS + 4];
-    size_t nwant = model_query(p, qs, want);
-    const struct store_result *got = run_query(p, qs);
+    size_t nwant = expect_result(p, qs, want);
+    const struct store_result *got = query_store(p, qs);
     char why[400];
 
     p->nqueries++;
@@ -878,8 +936,8 @@ static void check_query(struct prop *p, const struct qspec *qs)
                 mismatch(p, qs, "key %s point %zu of %zu: %s", xs->key, j, xs->n, why);
         }
         if (gs->npoints != xs->n)
-            mismatch(p, qs, "key %s: want %zu points (of %zu matching), got %zu", xs->key,
-                     xs->n, xs->total, gs->npoints);
+            mismatch(p, qs, "key %s: want %zu points (of %zu matching), got %zu", xs->key, xs->n,
+                     xs->total, gs->npoints);
         if (gs->truncated != xs->truncated)
             mismatch(p, qs, "key %s truncated: want %d, got %d", xs->key, xs->truncated,
                      gs->truncated);
@@ -888,6 +946,63 @@ static void check_query(struct prop *p, const struct qspec *qs)
     }
     for (size_t i = 0; i < nwant; i++)
         free(want[i].pts);
+}
+
+/* ---- the latest values a start-up loads ---- */
+
+struct latest_check {
+    struct prop *p;
+    size_t seen;   /* (device, key) pairs reported */
+    char why[512]; /* the first mismatch, "" while none */
+};
+
+static void on_latest(void *ctx, const char *device, const struct point *pt)
+{
+    struct latest_check *lc = ctx;
+    const struct qspec raw = {0};
+    struct mseries *ms = NULL;
+    struct xpt x = {0};
+    char why[400];
+
+    if (lc->why[0])
+        return;
+    for (size_t i = 0; i < lc->p->ndev && !ms; i++) {
+        if (strcmp(lc->p->dev[i].id, device) == 0 && lc->p->dev[i].known)
+            ms = find_series(&lc->p->dev[i], pt->key);
+    }
+    if (!ms || ms->n == 0) {
+        snprintf(lc->why, sizeof lc->why, "latest: device=%s key=%s has no points in the model",
+                 device, pt->key);
+        return;
+    }
+    lc->seen++;
+    /* the newest ts wins, not the newest write */
+    x.ts = ms->v[ms->n - 1].ts;
+    x.type = ms->v[ms->n - 1].type;
+    x.num = ms->v[ms->n - 1].num;
+    x.str = ms->v[ms->n - 1].str;
+    x.len = ms->v[ms->n - 1].len;
+    if (point_matches(&raw, &x, pt, ms->key, why, sizeof why))
+        snprintf(lc->why, sizeof lc->why, "latest: device=%s key=%s: %s", device, ms->key, why);
+}
+
+/* store_load_latest after a restart: one newest point per (device, key) with points. */
+static void check_latest(struct prop *p)
+{
+    struct latest_check lc = {.p = p};
+    size_t want = 0;
+
+    for (size_t i = 0; i < p->ndev; i++) {
+        for (size_t k = 0; k < p->dev[i].nkeys; k++)
+            want += p->dev[i].known && p->dev[i].ser[k].n > 0;
+    }
+    assert_int_equal(store_load_latest(p->s, on_latest, &lc), 0);
+    if (!lc.why[0] && lc.seen != want)
+        snprintf(lc.why, sizeof lc.why, "latest: want %zu series, got %zu", want, lc.seen);
+    if (lc.why[0])
+        fail_msg("store vs model mismatch: seed=%" PRIu64 " step=%u after a restart: %s\n"
+                 "  replay: GALE_PROP_SEED=%" PRIu64 " GALE_PROP_ITERS=%u",
+                 p->seed, p->step, lc.why, p->seed, p->nsteps);
 }
 
 /* ---- random queries ---- */
@@ -911,7 +1026,9 @@ static void pick_range(struct prop *p, const struct mdevice *d, struct qspec *qs
     int64_t a, b;
 
     switch (rnd(&p->rng, 10)) {
-    case 0: case 1: case 2:
+    case 0:
+    case 1:
+    case 2:
         qs->from = INT64_MIN;
         qs->to = INT64_MAX;
         return;
@@ -946,17 +1063,25 @@ static int64_t pick_interval(struct prop *p, const struct qspec *qs)
     uint64_t span = qs->from <= qs->to ? (uint64_t)qs->to - (uint64_t)qs->from : 0;
 
     switch (rnd(&p->rng, 9)) {
-    case 0: return 1;
-    case 1: return rnd_range(&p->rng, 2, 100);
-    case 2: return rnd_range(&p->rng, 100, 100000);
-    case 3: return rnd_range(&p->rng, 100000, INT64_C(100000000));
+    case 0:
+        return 1;
+    case 1:
+        return rnd_range(&p->rng, 2, 100);
+    case 2:
+        return rnd_range(&p->rng, 100, 100000);
+    case 3:
+        return rnd_range(&p->rng, 100000, INT64_C(100000000));
     case 4: /* a few buckets over the range */
         span /= (uint64_t)rnd_range(&p->rng, 2, 20);
         return span < 2 ? 7 : span > INT64_MAX ? INT64_MAX : (int64_t)span;
-    case 5: return span < INT64_MAX ? (int64_t)span + 1 : INT64_MAX; /* bigger than the range */
-    case 6: return INT64_MAX;
-    case 7: return 0; /* one bucket for the whole range */
-    default: return -rnd_range(&p->rng, 1, 1000);
+    case 5:
+        return span < INT64_MAX ? (int64_t)span + 1 : INT64_MAX; /* bigger than the range */
+    case 6:
+        return INT64_MAX;
+    case 7:
+        return 0; /* one bucket for the whole range */
+    default:
+        return -rnd_range(&p->rng, 1, 1000);
     }
 }
 
@@ -985,14 +1110,23 @@ static void pick_limit(struct prop *p, struct qspec *qs)
     size_t n, total = 0;
 
     switch (rnd(&p->rng, 7)) {
-    case 0: qs->limit = 1; return;
-    case 1: qs->limit = (size_t)rnd_range(&p->rng, 2, 10); return;
-    case 2: qs->limit = 0; return; /* the default limit */
-    case 3: qs->limit = (size_t)rnd_range(&p->rng, 100, 20000); return;
-    default: break;
+    case 0:
+        qs->limit = 1;
+        return;
+    case 1:
+        qs->limit = (size_t)rnd_range(&p->rng, 2, 10);
+        return;
+    case 2:
+        qs->limit = 0;
+        return; /* the default limit */
+    case 3:
+        qs->limit = (size_t)rnd_range(&p->rng, 100, 20000);
+        return;
+    default:
+        break;
     }
     qs->limit = STORE_MAX_LIMIT;
-    n = model_query(p, qs, xs);
+    n = expect_result(p, qs, xs);
     for (size_t i = 0; i < n; i++) {
         if (i == 0)
             total = xs[i].total;
@@ -1003,20 +1137,20 @@ static void pick_limit(struct prop *p, struct qspec *qs)
         qs->limit = 1;
 }
 
-static void step_queries(struct prop *p)
+static void check_random_queries(struct prop *p)
 {
     size_t nq = (size_t)rnd_range(&p->rng, 1, 6);
 
     wait_all_durable(p);
     for (size_t i = 0; i < nq; i++) {
-        struct qspec qs = { .dev = rnd(&p->rng, p->ndev) };
+        struct qspec qs = {.dev = rnd(&p->rng, p->ndev)};
         const struct mdevice *d = &p->dev[qs.dev];
         pick_keys(p, d, &qs);
         pick_range(p, d, &qs);
         qs.desc = chance(&p->rng, 50);
-        qs.agg = chance(&p->rng, 55) ? STORE_AGG_NONE
-                                     : (enum store_agg)rnd_range(&p->rng, STORE_AGG_AVG,
-                                                                 STORE_AGG_LAST);
+        qs.agg = chance(&p->rng, 55)
+                     ? STORE_AGG_NONE
+                     : (enum store_agg)rnd_range(&p->rng, STORE_AGG_AVG, STORE_AGG_LAST);
         if (qs.agg != STORE_AGG_NONE)
             qs.interval = pick_interval(p, &qs);
         pick_limit(p, &qs);
@@ -1045,9 +1179,15 @@ static void make_devices(struct prop *p)
             order[j] = t;
         }
         switch (rnd(r, 4)) {
-        case 0: start = rnd_range(r, 0, 1000); break;
-        case 1: start = -rnd_range(r, 1, INT64_C(1) << 40); break;
-        default: start = INT64_C(1700000000000) + rnd_range(r, 0, INT64_C(1) << 30); break;
+        case 0:
+            start = rnd_range(r, 0, 1000);
+            break;
+        case 1:
+            start = -rnd_range(r, 1, INT64_C(1) << 40);
+            break;
+        default:
+            start = INT64_C(1700000000000) + rnd_range(r, 0, INT64_C(1) << 30);
+            break;
         }
         d->nkeys = (size_t)rnd_range(r, 1, MAX_KEYS);
         for (size_t k = 0; k < d->nkeys; k++) {
@@ -1060,7 +1200,7 @@ static void make_devices(struct prop *p)
     }
 }
 
-static unsigned env_unsigned(const char *name, unsigned dflt)
+static unsigned read_env_unsigned(const char *name, unsigned dflt)
 {
     const char *v = getenv(name);
 
@@ -1071,12 +1211,12 @@ static void run_seed(uint64_t seed)
 {
     struct prop *p = xcalloc(1, sizeof *p);
     uint64_t t0 = uv_hrtime();
-    const char *sfx[] = { "", "-wal", "-shm", "-journal" };
+    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
     char path[160];
 
     p->seed = seed;
     p->rng = seed;
-    p->nsteps = env_unsigned("GALE_PROP_ITERS", PROP_STEPS);
+    p->nsteps = read_env_unsigned("GALE_PROP_ITERS", PROP_STEPS);
     strcpy(p->dir, "/tmp/gale-test-prop-XXXXXX");
     assert_non_null(mkdtemp(p->dir));
     snprintf(p->path, sizeof p->path, "%s/gale.db", p->dir);
@@ -1091,32 +1231,32 @@ static void run_seed(uint64_t seed)
     p->cfg.batch_rows = (size_t)rnd_range(&p->rng, p->cfg.sync == STORE_SYNC_FULL ? 32 : 1, 64);
     p->cfg.hot_max_points = (size_t)rnd_range(&p->rng, 50, 5000);
     make_devices(p);
-    store_up(p);
+    open_store(p);
 
     for (p->step = 0; p->step < p->nsteps; p->step++) {
         unsigned x = (unsigned)rnd(&p->rng, 100);
         if (x < 50) {
-            step_append(p, rnd(&p->rng, p->ndev));
+            append_message(p, rnd(&p->rng, p->ndev));
         } else if (x < 62) { /* a burst: enough rows to cross hot_max_points */
             size_t n = (size_t)rnd_range(&p->rng, 10, 120);
             for (size_t i = 0; i < n; i++)
-                step_append(p, rnd(&p->rng, p->ndev));
+                append_message(p, rnd(&p->rng, p->ndev));
         } else if (x < 85) {
-            step_queries(p);
+            check_random_queries(p);
         } else if (x < 95) {
-            step_compact(p);
+            force_compaction(p);
         } else if (x < 98) {
-            step_restart(p);
+            restart_store(p);
+            check_latest(p);
         } else {
-            step_delete(p);
+            delete_random_device(p);
         }
     }
     /* a last look at every device, after chunking everything */
     note_seq(p, store_compact(p->s));
     wait_all_durable(p);
     for (size_t i = 0; i < p->ndev; i++) {
-        struct qspec qs = { .dev = i, .from = INT64_MIN, .to = INT64_MAX,
-                            .limit = STORE_MAX_LIMIT };
+        struct qspec qs = {.dev = i, .from = INT64_MIN, .to = INT64_MAX, .limit = STORE_MAX_LIMIT};
         check_query(p, &qs);
         qs.desc = 1;
         check_query(p, &qs);
@@ -1129,10 +1269,10 @@ static void run_seed(uint64_t seed)
                   p->ncompared, p->ntruncated, p->ncompact, p->nrestart, p->ndelete,
                   (uv_hrtime() - t0) / 1000000);
 
-    store_down(p);
+    close_store(p);
     store_result_free(p->res);
     for (size_t i = 0; i < p->ndev; i++)
-        model_drop_device(&p->dev[i]);
+        forget_device(&p->dev[i]);
     uv_close((uv_handle_t *)&p->tick, NULL);
     uv_run(&p->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&p->loop), 0);
@@ -1149,7 +1289,7 @@ static void test_prop(void **state)
     run_seed(*(const uint64_t *)*state);
 }
 
-static uint64_t seeds[] = { 1, 2, 3, 4, 42, 1234567, 20261201, 0xdeadbeef };
+static uint64_t seeds[] = {1, 2, 3, 4, 42, 1234567, 20261201, 0xdeadbeef};
 static uint64_t replay_seed;
 
 int main(void)
