@@ -558,6 +558,9 @@ int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
     if (!r)
         return GW_ESTORE;
     rc = sqlite3_prepare_v2(r->db, SQL_LOAD_LATEST, -1, &st, NULL);
+    /* held from before the snapshot starts (the first step) to its end: a chunk slice
+     * that commits meanwhile cannot drop hot points this load has not seen in chunks */
+    uv_mutex_lock(&s->hot_lock);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t sid = sqlite3_column_int64(st, 0);
         const char *device = store_col_text(st, 1), *key = store_col_text(st, 2), *why = NULL;
@@ -586,7 +589,6 @@ int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
             rc = SQLITE_CORRUPT;
             break;
         }
-        uv_mutex_lock(&s->hot_lock);
         hs = hot_get(&s->hot, sid);
         if (hs && hs->n > 0 && (!have || hs->pts[hs->n - 1].ts >= p.ts_ms)) {
             hot_point_get(hs, hs->n - 1, &p);
@@ -600,10 +602,11 @@ int store_load_latest(struct store *s, store_latest_fn fn, void *ctx)
             fn(ctx, device, &p);
             free(text);
         }
-        uv_mutex_unlock(&s->hot_lock);
         chunk_points_fini(&cp);
         rc = SQLITE_OK;
     }
+    sqlite3_reset(st);
+    uv_mutex_unlock(&s->hot_lock);
     return store_end_load(s, r, rc, "latest", st, NULL);
 }
 

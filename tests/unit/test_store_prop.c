@@ -48,13 +48,6 @@
 #define LONG_STR_BYTES 5000 /* longest generated string */
 #define TOLERANCE 1e-9      /* relative, for sum and avg */
 
-/* The row engine (schema version 3) binds a number with sqlite3_bind_double
- * (storage/sql.c store_bind_value), which stores a NaN as NULL, and reads NULL back as
- * 0.0: every NaN comes back as +0.0, in raw points and in aggregates. The chunked
- * engine (schema version 4) keeps NaNs bit for bit, and from then on the model
- * demands it. */
-#define ENGINE_LOSES_NAN (STORE_SCHEMA_VERSION < 4)
-
 /* ---- seeded PRNG (splitmix64: tiny, good enough, the same on every platform) ---- */
 
 static uint64_t rng_next(uint64_t *st)
@@ -329,8 +322,6 @@ static void remember_point(struct mseries *ms, const struct point *pt)
     size_t i = lower_index(ms, pt->ts_ms);
     struct mval nv = {.ts = pt->ts_ms, .type = pt->type, .num = pt->num};
 
-    if (pt->type == VAL_NUM && ENGINE_LOSES_NAN && isnan(pt->num))
-        nv.num = 0.0;
     if (pt->type == VAL_STR || pt->type == VAL_JSON) {
         nv.str = xmalloc(pt->str_len + 1);
         memcpy(nv.str, pt->str, pt->str_len);
@@ -1309,7 +1300,9 @@ static void test_prop(void **state)
     run_seed(*(const uint64_t *)*state);
 }
 
-static uint64_t seeds[] = {1, 2, 3, 4, 42, 1234567, 20261201, 0xdeadbeef};
+/* 120: the latest load once raced a chunk slice (hot points dropped between the
+ * chunks' snapshot and the hot read) */
+static uint64_t seeds[] = {1, 2, 3, 4, 42, 120, 1234567, 20261201, 0xdeadbeef};
 static uint64_t replay_seed;
 
 int main(void)
