@@ -18,11 +18,21 @@ struct devices;
 /* What the loop needs to know of storage, filled by main (gateway/ never includes
  * storage/). Both functions are called on the loop thread; a NULL ctx means there is
  * no storage (start-up failed): nothing is pending, nothing queued. */
+/* What storage holds and has done, for /metrics (plain numbers). */
+struct gw_storage_stats {
+    uint64_t hot_points;             /* acked, not yet in the queryable form */
+    uint64_t hot_bytes;
+    uint64_t log_points;             /* what a restart replays, at most */
+    uint64_t slices, points_chunked, chunks_written;
+    double slice_seconds_total, slice_seconds_max;
+};
+
 struct gw_storage {
     void *ctx;
     bool (*pending)(void *ctx);      /* writes accepted but not yet reported durable */
     size_t (*queued)(void *ctx);     /* what waits for the writer (for logs, metrics) */
     void (*flush)(void *ctx);        /* an ack waits on the writes so far: no delay */
+    void (*stats)(void *ctx, struct gw_storage_stats *out); /* may be NULL */
 };
 
 /* A listener to bind (gw_listen). */

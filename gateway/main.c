@@ -362,6 +362,20 @@ static size_t storage_queued(void *ctx)
     return store_queued(ctx);
 }
 
+static void storage_stats(void *ctx, struct gw_storage_stats *out)
+{
+    struct store_stats st;
+
+    store_get_stats(ctx, &st);
+    *out = (struct gw_storage_stats){
+        .hot_points = st.hot_points, .hot_bytes = st.hot_bytes,
+        .log_points = st.log_points > 0 ? (uint64_t)st.log_points : 0, .slices = st.slices,
+        .points_chunked = st.points_chunked, .chunks_written = st.chunks_written,
+        .slice_seconds_total = (double)st.slice_us_total / 1e6,
+        .slice_seconds_max = (double)st.slice_us_max / 1e6,
+    };
+}
+
 static void storage_flush(void *ctx)
 {
     store_flush(ctx);
@@ -534,7 +548,8 @@ int main(int argc, char **argv)
         goto out;
     store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
     fault_seam_init(&loop, store);
-    gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush};
+    gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush,
+                                     storage_stats};
     if (store_load_devices(store, on_device_loaded, &gw) != 0 ||
         store_load_latest(store, on_latest_loaded, &gw) != 0)
         goto out;

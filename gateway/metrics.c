@@ -74,6 +74,27 @@ void metrics_render(struct gw *gw, struct buf *b)
     gauge(b, "gale_storage_ingest_paused", "1 while ingest reads are paused by backpressure",
           gw->ingest_paused ? 1 : 0);
     counter(b, "gale_storage_ingest_pauses_total", "Backpressure episodes", m->ingest_pauses);
+    if (gw->storage.ctx && gw->storage.stats) {
+        struct gw_storage_stats st;
+
+        gw->storage.stats(gw->storage.ctx, &st);
+        gauge(b, "gale_storage_hot_points", "Acked points not yet in compressed chunks",
+              (double)st.hot_points);
+        gauge(b, "gale_storage_hot_bytes", "Memory of those points", (double)st.hot_bytes);
+        gauge(b, "gale_storage_log_points", "Points in the segment log (what a restart replays)",
+              (double)st.log_points);
+        counter(b, "gale_storage_chunk_slices_total", "Chunk slices committed", st.slices);
+        counter(b, "gale_storage_points_chunked_total", "Points written into chunks",
+                st.points_chunked);
+        counter(b, "gale_storage_chunks_written_total", "Chunks written", st.chunks_written);
+        buf_printf(b, "# HELP gale_storage_chunk_slice_seconds_total Writer time in chunk slices\n"
+                      "# TYPE gale_storage_chunk_slice_seconds_total counter\n"
+                      "gale_storage_chunk_slice_seconds_total %.6f\n"
+                      "# HELP gale_storage_chunk_slice_seconds_max The longest chunk slice\n"
+                      "# TYPE gale_storage_chunk_slice_seconds_max gauge\n"
+                      "gale_storage_chunk_slice_seconds_max %.6f\n",
+                   st.slice_seconds_total, st.slice_seconds_max);
+    }
     counter(b, "gale_storage_failures_total", "Batches that failed for good", m->storage_failures);
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);

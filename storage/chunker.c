@@ -12,6 +12,7 @@
  * then deletes the segments below the oldest segment any remaining hot point needs,
  * and (when due) a bounded number of expired chunks. Only after COMMIT are the series
  * dropped from the hot points, so a query always finds a point in one or the other.
+ * A slice also stops after STORE_SLICE_MAX_POINTS points, whatever the clock says.
  * Which series: first those holding STORE_CHUNK_POINTS points (full chunks), then,
  * while the hot points or the log are past their bounds (or a forced chunking runs),
  * the series holding the oldest segment, which also frees segments.
@@ -182,7 +183,8 @@ static int merge_next(struct merge *m, struct point *p)
     return 1;
 }
 
-static int write_chunk(struct store *s, int64_t sid, struct chunk_enc *e, struct buf *blob)
+static int write_chunk(struct store *s, int64_t sid, struct chunk_enc *e, struct buf *blob,
+                       size_t *nchunks)
 {
     sqlite3_stmt *st = s->st[ST_CHUNK_ADD];
     struct chunk_stats cs = e->stats;
@@ -196,13 +198,15 @@ static int write_chunk(struct store *s, int64_t sid, struct chunk_enc *e, struct
     sqlite3_bind_int64(st, 3, cs.last_ts);
     sqlite3_bind_int64(st, 4, cs.count);
     store_bind_blob(st, 5, blob->data, blob->len);
+    (*nchunks)++;
     return store_step(st);
 }
 
 /* Replaces the old chunks of hs with chunks of the merged points (those older than
  * cutoff, the retention bound, are left out). */
 static int flush_series(struct store *s, const struct hot_series *hs, struct old_chunks *o,
-                        struct chunk_enc *e, struct buf *blob, int64_t cutoff, size_t *npoints)
+                        struct chunk_enc *e, struct buf *blob, int64_t cutoff, size_t *npoints,
+                        size_t *nchunks)
 {
     struct merge m = { .o = o, .hs = hs };
     size_t total = hs->n, per, k;
@@ -225,10 +229,10 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
         if (p.ts_ms < cutoff)
             continue; /* expired already: not worth a chunk */
         if (e->stats.count >= per)
-            rc = write_chunk(s, hs->sid, e, blob);
+            rc = write_chunk(s, hs->sid, e, blob, nchunks);
         added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
         if (added == GW_ELIMIT) { /* its texts filled the chunk */
-            rc = write_chunk(s, hs->sid, e, blob);
+            rc = write_chunk(s, hs->sid, e, blob, nchunks);
             added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
         }
         if (added != 0) {
@@ -239,7 +243,7 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
         (*npoints)++;
     }
     if (rc == SQLITE_OK)
-        rc = write_chunk(s, hs->sid, e, blob);
+        rc = write_chunk(s, hs->sid, e, blob, nchunks);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(s->st[ST_SERIES_FLUSHED], 1, hs->sid);
         sqlite3_bind_int64(s->st[ST_SERIES_FLUSHED], 2, s->seg_last);
@@ -292,7 +296,7 @@ int store_chunk_slice(struct store *s)
 {
     uint64_t t0 = gw_mono_us();
     struct hot_series **done = NULL;
-    size_t ndone = 0, cap = 0, points = 0, npoints;
+    size_t ndone = 0, cap = 0, points = 0, npoints, nchunks = 0;
     int64_t keep = 0, freed = 0, expired = 0;
     struct old_chunks o = { 0 };
     struct chunk_enc e;
@@ -307,7 +311,7 @@ int store_chunk_slice(struct store *s)
     buf_init(&blob);
     rc = store_step(s->st[ST_BEGIN]);
     while (rc == SQLITE_OK && (hs = pick(s)) != NULL) {
-        rc = flush_series(s, hs, &o, &e, &blob, cutoff, &npoints);
+        rc = flush_series(s, hs, &o, &e, &blob, cutoff, &npoints, &nchunks);
         if (ndone == cap) {
             cap = cap ? 2 * cap : 64;
             done = xrealloc(done, cap * sizeof *done);
@@ -315,7 +319,7 @@ int store_chunk_slice(struct store *s)
         done[ndone++] = hs;
         hs->flushing = 1;
         points += npoints;
-        if (gw_mono_us() - t0 >= STORE_SLICE_US)
+        if (gw_mono_us() - t0 >= STORE_SLICE_US || points >= STORE_SLICE_MAX_POINTS)
             break;
     }
     if (rc == SQLITE_OK) {
@@ -363,15 +367,23 @@ int store_chunk_slice(struct store *s)
         return 0;
     }
     s->chunk_retry_ms = 0;
-    uv_mutex_lock(&s->hot_lock);
-    for (size_t i = 0; i < ndone; i++)
-        hot_drop(&s->hot, done[i]->sid);
-    uv_mutex_unlock(&s->hot_lock);
-    free(done);
     if (keep > s->seg_floor) {
         s->seg_floor = keep;
         s->log_points -= freed;
     }
+    uv_mutex_lock(&s->hot_lock);
+    for (size_t i = 0; i < ndone; i++)
+        hot_drop(&s->hot, done[i]->sid);
+    t0 = gw_mono_us() - t0;
+    s->stats.slices++;
+    s->stats.points_chunked += points;
+    s->stats.chunks_written += nchunks;
+    s->stats.slice_us_total += t0;
+    if (t0 > s->stats.slice_us_max)
+        s->stats.slice_us_max = t0;
+    s->stats.log_points = s->log_points;
+    uv_mutex_unlock(&s->hot_lock);
+    free(done);
     if (ret) {
         s->ret_behind = expired >= STORE_RETENTION_PASS_CHUNKS;
         if (!s->ret_behind)
@@ -381,8 +393,8 @@ int store_chunk_slice(struct store *s)
     }
     if (s->force_chunk && !s->hot.by_age.head)
         s->force_chunk = 0;
-    log_debug("store: chunk slice series=%zu points=%zu us=%llu", ndone, points,
-              (unsigned long long)(gw_mono_us() - t0));
+    log_debug("store: chunk slice series=%zu points=%zu chunks=%zu us=%llu", ndone, points,
+              nchunks, (unsigned long long)t0);
     return 1;
 }
 

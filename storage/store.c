@@ -130,6 +130,15 @@ size_t store_queued_bytes(const struct store *s)
     return s->queued_bytes;
 }
 
+void store_get_stats(struct store *s, struct store_stats *out)
+{
+    uv_mutex_lock(&s->hot_lock);
+    *out = s->stats;
+    out->hot_points = s->hot.npoints;
+    out->hot_bytes = s->hot.nbytes;
+    uv_mutex_unlock(&s->hot_lock);
+}
+
 void store_fail_next_commits(struct store *s, int n, int rc)
 {
     uv_mutex_lock(&s->lock);

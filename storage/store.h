@@ -122,6 +122,19 @@ size_t store_queued(const struct store *s);
  * messages, sessions, commands), as the high/low water marks count them. */
 size_t store_queued_bytes(const struct store *s);
 
+/* What the writer holds and has done, for metrics. Any thread (reads under a lock). */
+struct store_stats {
+    size_t hot_points;          /* acked, not yet in chunks (held in memory) */
+    size_t hot_bytes;           /* their memory */
+    int64_t log_points;         /* points in segments not yet deleted (the replay) */
+    uint64_t slices;            /* chunk slices committed */
+    uint64_t points_chunked;    /* points written into chunks (merges count again) */
+    uint64_t chunks_written;
+    uint64_t slice_us_total;    /* writer time of those slices */
+    uint64_t slice_us_max;      /* the longest one */
+};
+void store_get_stats(struct store *s, struct store_stats *out);
+
 /* Test seam: the next n commits fail with SQLite result code rc (e.g. SQLITE_FULL),
  * retries included. Loop thread. */
 void store_fail_next_commits(struct store *s, int n, int rc);

@@ -46,6 +46,7 @@
 #define STORE_CHUNK_POINTS 1000         /* points per chunk the chunker aims at */
 #define STORE_CHUNK_MIN 128             /* a smaller chunk is merged into by the next flush */
 #define STORE_SLICE_US 1000             /* writer time one chunk slice may take (then commit) */
+#define STORE_SLICE_MAX_POINTS 16384    /* hot points one slice chunks, at most (+ one series) */
 #define STORE_CHUNK_RETRY_MS 1000       /* after a failed slice, wait this long */
 #define STORE_HOT_BYTES_PER_POINT 64    /* hot bytes allowed per hot_max_points point */
 #define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
@@ -238,6 +239,7 @@ struct store {
     /* s->hot_lock: the points acked and not yet chunked (hot.c) */
     uv_mutex_t hot_lock;
     struct hot hot;
+    struct store_stats stats;   /* the writer's counters (hot_* filled on read) */
 
     /* s->pool_lock: idle read-only connections, query completion */
     uv_mutex_t pool_lock;

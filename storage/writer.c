@@ -333,6 +333,7 @@ static void apply_posts(struct store *s, const struct batch_ctx *bc)
     if (bc->nposts == 0)
         return;
     uv_mutex_lock(&s->hot_lock);
+    s->stats.log_points = s->log_points;
     for (size_t i = 0; i < bc->nposts; i++) {
         if (bc->posts[i].p)
             hot_add(&s->hot, bc->posts[i].sid, bc->posts[i].seg, bc->posts[i].p);

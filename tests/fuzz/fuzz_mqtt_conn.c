@@ -216,7 +216,7 @@ static void world_open(struct world *w, uint8_t flags)
     w->gw.cfg = &w->cfg;
     w->gw.hook_ctx = w;
     w->gw.on_presence = on_presence;
-    w->gw.storage = (struct gw_storage){w, storage_pending, storage_queued, storage_flush};
+    w->gw.storage = (struct gw_storage){w, storage_pending, storage_queued, storage_flush, NULL};
     devices_init(&w->devices);
     devices_set_store(&w->devices, &(struct devices_store){w, dev_put, dev_put, dev_remove});
     w->gw.devices = &w->devices;

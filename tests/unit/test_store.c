@@ -568,6 +568,54 @@ static void test_replay_replaces(void **state)
     assert_true(r->series[0].points[0].num == 5);
 }
 
+/* Chunking is cut into slices of bounded work, each its own transaction: 40 series of
+ * 900 points (below the 1000 that make a series ready) chunked by a forced chunking
+ * take at least 36000 / (STORE_SLICE_MAX_POINTS + 900) slices, every point ends in a
+ * chunk exactly once, the segments are gone and the counters say so. */
+static void test_chunking_in_bounded_slices(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    struct store_stats st;
+    struct point pts[16];
+    char key[16];
+    uint64_t seq = 0;
+
+    do_open(f);
+    for (int ts = 0; ts < 900; ts++) {
+        for (int k = 0; k < 40; k += 16) {
+            size_t n = 0;
+            for (int j = k; j < k + 16 && j < 40; j++) {
+                snprintf(key, sizeof key, "k%02d", j);
+                pts[n] = pnum("", ts, ts * 0.5 + j);
+                pts[n++].key = strdup(key);
+            }
+            seq = append(f, "d", pts, n);
+            for (size_t i = 0; i < n; i++)
+                free((char *)pts[i].key);
+        }
+    }
+    wait_durable(f, seq);
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.hot_points, 36000);
+    assert_int_equal(st.slices, 0);
+    assert_int_equal(st.log_points, 36000);
+    compact_now(f);
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.hot_points, 0);
+    assert_int_equal(st.log_points, 0);
+    assert_true(st.slices >= (36000 + STORE_SLICE_MAX_POINTS + 900 - 1) /
+                                 (STORE_SLICE_MAX_POINTS + 900));
+    assert_int_equal(st.points_chunked, 36000);
+    assert_int_equal(st.chunks_written, 40);
+    assert_true(st.slice_us_max > 0 && st.slice_us_total >= st.slice_us_max);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 36000);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM segments"), 0);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k07" }, .from = 899 });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_true(r->series[0].points[0].num == 899 * 0.5 + 7);
+}
+
 static void test_compaction_by_rows(void **state)
 {
     struct fixture *f = *state;
@@ -1547,6 +1595,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_aggregation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_replaces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compaction_by_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunking_in_bounded_slices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_latest_after_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
