@@ -58,6 +58,8 @@ static void read_tls(struct conn *c, const void *p, size_t n)
     const char *why = NULL;
     int rc = tls_conn_read(c->tls, p, n, c->xport ? &c->raw : &c->in, &why);
     flush_tls(c); /* the answer to a handshake flight, or the alert of a failure */
+    if (rc > 0)   /* the peer's close_notify: what came before it is served first */
+        conn_refeed(c);
     if (rc != 0)
         conn_close(c, why);
 }
@@ -200,13 +202,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         conn_close(c, nread == UV_EOF ? "peer closed" : uv_strerror((int)nread));
         return;
     }
+    c->bytes_in += (uint64_t)nread;
+    c->gw->metrics.bytes_in += (uint64_t)nread;
+    c->last_read_mono_ms = gw_mono_ms();
     if (c->tls)
         read_tls(c, b->base, (size_t)nread); /* TLS: b is room at the tail of the same buffer */
     else
         buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
-    c->bytes_in += (uint64_t)nread;
-    c->gw->metrics.bytes_in += (uint64_t)nread;
-    c->last_read_mono_ms = gw_mono_ms();
     conn_refeed(c);
 }
 

@@ -308,7 +308,7 @@ static void handshake_failed(struct tls_conn *t, int err)
     else
         snprintf(reason, sizeof reason, "%s", err == SSL_ERROR_SYSCALL ? "unexpected eof" : "error");
     ERR_clear_error();
-    if (verify != X509_V_OK && SSL_get0_peer_certificate(t->ssl))
+    if (verify != X509_V_OK)
         snprintf(detail, sizeof detail, "%s (%s)", reason, X509_verify_cert_error_string(verify));
     else
         snprintf(detail, sizeof detail, "%s", reason);
@@ -361,7 +361,7 @@ int tls_conn_read(struct tls_conn *t, const void *data, size_t len, struct buf *
             return 0;
         if (e == SSL_ERROR_ZERO_RETURN) {
             *why = "peer closed (tls close_notify)";
-            return -1;
+            return 1;
         }
         ssl_reason(t->why + 5, sizeof t->why - 5, "bad record");
         memcpy(t->why, "tls: ", 5);

@@ -54,10 +54,11 @@ void tls_server_free(struct tls_server *s);
 struct tls_conn *tls_conn_new(struct tls_server *s, struct conn *c, const char *alpn);
 void tls_conn_free(struct tls_conn *t);
 /* Takes len bytes read from the socket and appends what they decrypt to into plain; the
- * records to answer with wait in tls_conn_output. Returns 0, or -1 with a static reason
- * in *why when the connection is to close once that output is written: a failed
- * handshake (logged once with the peer and OpenSSL's reason, summarised per peer like
- * other refusals), the peer's close_notify, a bad record. */
+ * records to answer with wait in tls_conn_output. Returns 0; 1 when the peer's
+ * close_notify followed (serve what plain holds, then close); or -1 when the connection
+ * is to close once that output is written: a failed handshake (logged once with the
+ * peer and OpenSSL's reason, summarised per peer like other refusals), a bad record.
+ * *why (1, -1) is the reason, valid until tls_conn_free. */
 int tls_conn_read(struct tls_conn *t, const void *data, size_t len, struct buf *plain,
                   const char **why);
 /* Encrypts len bytes of the layer above into the output (before the handshake is done
