@@ -574,7 +574,8 @@ int main(int argc, char **argv)
             log_error("%s", err);
             goto out;
         }
-        tls_server_watch(tls, &loop);
+        if (tls_server_watch(tls, &loop) != 0)
+            log_warn("tls: cannot watch the certificate files; SIGHUP still reloads them");
     }
     {
         void *http = rest_http_server(parts.rest);
