@@ -10,7 +10,7 @@ set -eu
 
 BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev"
-TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients python3 python3-paho-mqtt
+TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
   chromium"
 BENCH_PKGS="wrk"

@@ -70,6 +70,9 @@ static const struct key keys[] = {
     STR("http.bind", http.bind, 1, "0.0.0.0", "Address the HTTP/WebSocket listener binds."),
     INT("http.port", http.port, 0, 65535, "8080",
         "HTTP port (REST, dashboard, WebSocket); 0 picks a free port."),
+    INT("http.tls_port", http.tls_port, -1, 65535, "8443",
+        "HTTPS and WSS port (the same routes over TLS); on only with tls.cert_file; 0 = off, "
+        "-1 picks a free port."),
     STR("http.api_key", http.api_key, 0, "",
         "API key for REST and the live feed; empty = generate one into the data dir."),
     SIZE("http.max_header_bytes", http.max_header_bytes, 256, 16 * MIB, "16384",
@@ -87,6 +90,9 @@ static const struct key keys[] = {
     STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
     INT("line.port", line.port, 0, 65535, "7000",
         "Line-protocol TCP port; 0 picks a free port."),
+    INT("line.tls_port", line.tls_port, -1, 65535, "7443",
+        "Line protocol over TLS port; on only with tls.cert_file; 0 = off, -1 picks a free "
+        "port."),
     SIZE("line.max_line_bytes", line.max_line_bytes, 64, GIB, "65536",
          "Longest line (one JSON message), bytes."),
     INT("line.max_errors", line.max_errors, 0, 1000000, "10",
@@ -94,6 +100,9 @@ static const struct key keys[] = {
     BOOL("mqtt.enabled", mqtt.enabled, "true", "Run the MQTT listener."),
     STR("mqtt.bind", mqtt.bind, 1, "0.0.0.0", "Address the MQTT listener binds."),
     INT("mqtt.port", mqtt.port, 0, 65535, "1883", "MQTT TCP port; 0 picks a free port."),
+    INT("mqtt.tls_port", mqtt.tls_port, -1, 65535, "8883",
+        "MQTT over TLS port (ALPN \"mqtt\"); on only with tls.cert_file; 0 = off, -1 picks a "
+        "free port."),
     SIZE("mqtt.max_packet_bytes", mqtt.max_packet_bytes, 64, 268435460, "1048576",
          "Largest MQTT packet (fixed header included), bytes."),
     BOOL("mqtt.allow_anonymous", mqtt.allow_anonymous, "false",
@@ -115,6 +124,19 @@ static const struct key keys[] = {
            "acknowledged and routed as a plain message. Counted and logged either way."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
+    STR("tls.cert_file", tls.cert_file, 0, "",
+        "Server certificate chain (PEM) for the TLS listeners; empty = no TLS listener. "
+        "Reloaded on SIGHUP and when the file changes."),
+    STR("tls.key_file", tls.key_file, 0, "",
+        "Private key (PEM) of tls.cert_file; empty = the key is in tls.cert_file."),
+    STR("tls.ca_file", tls.ca_file, 0, "",
+        "CA certificates (PEM) that client certificates must verify against (mutual TLS); "
+        "needed unless tls.client_auth is off."),
+    CHOICE("tls.client_auth", tls.client_auth, "off|optional|required", "off",
+           "Client certificates: off = not asked for; optional = asked for, and one that is "
+           "sent must verify; required = a client without one fails the handshake. A verified "
+           "certificate whose CN or a DNS SAN is a provisioned device id authenticates that "
+           "device without a token."),
     CHOICE("devices.auto_register", devices.auto_register, "auto|true|false", "auto",
          "Register an unknown device on its first telemetry (MQTT); auto = only when "
          "mqtt.allow_anonymous is on."),
@@ -768,15 +790,19 @@ static int same_address(const char *a, const char *b)
 
 int config_validate(const struct config *cfg, char *err, size_t errlen)
 {
+    const bool tls = cfg->tls.cert_file[0] != '\0';
     const struct {
         const char *name;
         bool on;
         const char *bind;
         int port;
     } ports[] = {
-        { "http", true, cfg->http.bind, cfg->http.port },
-        { "line", cfg->line.enabled, cfg->line.bind, cfg->line.port },
-        { "mqtt", cfg->mqtt.enabled, cfg->mqtt.bind, cfg->mqtt.port },
+        { "http.port", true, cfg->http.bind, cfg->http.port },
+        { "line.port", cfg->line.enabled, cfg->line.bind, cfg->line.port },
+        { "mqtt.port", cfg->mqtt.enabled, cfg->mqtt.bind, cfg->mqtt.port },
+        { "http.tls_port", tls, cfg->http.bind, cfg->http.tls_port },
+        { "line.tls_port", tls && cfg->line.enabled, cfg->line.bind, cfg->line.tls_port },
+        { "mqtt.tls_port", tls && cfg->mqtt.enabled, cfg->mqtt.bind, cfg->mqtt.tls_port },
     };
     const size_t nports = sizeof ports / sizeof ports[0];
 
@@ -798,11 +824,16 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
                     "config: storage.batch_rows (%zu) must not exceed storage.queue_high_rows "
                     "(%zu)",
                     cfg->storage.batch_rows, cfg->storage.queue_high_rows);
+    if (!tls && cfg->tls.key_file[0])
+        return fail(err, errlen, "config: tls.key_file is set but tls.cert_file is not");
+    if (tls && cfg->tls.client_auth != CONFIG_CLIENT_AUTH_OFF && !cfg->tls.ca_file[0])
+        return fail(err, errlen, "config: tls.client_auth needs tls.ca_file (the CAs that "
+                                 "client certificates verify against)");
     for (size_t i = 0; i < nports; i++)
         for (size_t j = i + 1; j < nports; j++)
-            if (ports[i].on && ports[j].on && ports[i].port != 0 &&
+            if (ports[i].on && ports[j].on && ports[i].port > 0 &&
                 ports[i].port == ports[j].port && same_address(ports[i].bind, ports[j].bind))
-                return fail(err, errlen, "config: %s.port and %s.port are both %d", ports[i].name,
+                return fail(err, errlen, "config: %s and %s are both %d", ports[i].name,
                             ports[j].name, ports[i].port);
     return 0;
 }

@@ -34,6 +34,14 @@ enum config_invalid_telemetry {
     CONFIG_INVALID_TELEMETRY_ACK = 1,        /* acknowledged and routed as a plain message */
 };
 
+/* tls.client_auth: whether TLS clients present a certificate. The order is the order of
+ * the config words "off|optional|required". */
+enum config_client_auth {
+    CONFIG_CLIENT_AUTH_OFF = 0,      /* "off": none is asked for */
+    CONFIG_CLIENT_AUTH_OPTIONAL = 1, /* "optional": asked for; one sent must verify */
+    CONFIG_CLIENT_AUTH_REQUIRED = 2, /* "required": a client without one fails the handshake */
+};
+
 struct config {
     char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
     struct {
@@ -43,6 +51,8 @@ struct config {
     struct {
         char bind[64];                   /* http.bind, default "0.0.0.0" */
         int port;                        /* http.port, default 8080; 0 = pick */
+        int tls_port;                    /* http.tls_port (HTTPS, WSS), default 8443; 0 = off,
+                                          * -1 = pick; only with tls.cert_file */
         char api_key[CONFIG_STR_MAX];    /* http.api_key; "" = generate into data dir */
         size_t max_header_bytes;         /* http.max_header_bytes, default 16384 */
         size_t max_body_bytes;           /* http.max_body_bytes, default 1048576 */
@@ -54,6 +64,7 @@ struct config {
         bool enabled;                    /* line.enabled, default true */
         char bind[64];                   /* line.bind */
         int port;                        /* line.port, default 7000 */
+        int tls_port;                    /* line.tls_port, default 7443; as http.tls_port */
         size_t max_line_bytes;           /* line.max_line_bytes, default 65536 */
         int max_errors;                  /* line.max_errors, default 10: errors before close */
     } line;
@@ -61,6 +72,7 @@ struct config {
         bool enabled;                    /* mqtt.enabled, default true */
         char bind[64];                   /* mqtt.bind */
         int port;                        /* mqtt.port, default 1883 */
+        int tls_port;                    /* mqtt.tls_port, default 8883; as http.tls_port */
         size_t max_packet_bytes;         /* mqtt.max_packet_bytes, default 1048576 */
         bool allow_anonymous;            /* mqtt.allow_anonymous, default false */
         int max_keepalive;               /* mqtt.max_keepalive seconds, default 65535 */
@@ -72,6 +84,13 @@ struct config {
                                                           * disconnect */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
+    struct {
+        char cert_file[CONFIG_STR_MAX];  /* tls.cert_file (PEM chain); "" = no TLS listener */
+        char key_file[CONFIG_STR_MAX];   /* tls.key_file (PEM); "" = the key is in cert_file */
+        char ca_file[CONFIG_STR_MAX];    /* tls.ca_file: CAs that client certificates verify
+                                          * against; needed unless client_auth is off */
+        enum config_client_auth client_auth; /* tls.client_auth, default off */
+    } tls;
     struct {
         enum config_register auto_register; /* devices.auto_register, default auto */
     } devices;

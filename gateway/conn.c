@@ -23,6 +23,7 @@
 
 #include "gateway/gw.h"
 #include "gateway/log.h"
+#include "gateway/tls.h"
 #include "base/alloc.h"
 #include "base/clock.h"
 
@@ -36,6 +37,33 @@ struct write_req {
 };
 
 static void on_close(uv_handle_t *h);
+static void write_socket(struct conn *c, const void *data, size_t len);
+
+/* ---- TLS hook points (gateway/tls.h): records in on read, out on send and close ---- */
+
+/* Writes what TLS has for the socket (handshake, records, alerts). */
+static void flush_tls(struct conn *c)
+{
+    const void *p;
+    size_t n = tls_conn_output(c->tls, &p);
+    if (n) {
+        write_socket(c, p, n);
+        tls_conn_output_done(c->tls);
+    }
+}
+
+/* A read of n ciphertext bytes at p: what they decrypt to goes to the layer above. */
+static void read_tls(struct conn *c, const void *p, size_t n)
+{
+    const char *why = NULL;
+    int rc = tls_conn_read(c->tls, p, n, c->xport ? &c->raw : &c->in, &why);
+    flush_tls(c); /* the answer to a handshake flight, or the alert of a failure */
+    if (rc > 0)   /* the peer's close_notify: what came before it is served first */
+        conn_refeed(c);
+    if (rc != 0)
+        conn_close(c, why);
+}
+/* ---- end of TLS hook points ---- */
 
 static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 {
@@ -168,17 +196,19 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = s->data;
-    (void)b;
     if (nread == 0)
         return;
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? "peer closed" : uv_strerror((int)nread));
         return;
     }
-    buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
+    if (c->tls)
+        read_tls(c, b->base, (size_t)nread); /* TLS: b is room at the tail of the same buffer */
+    else
+        buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
     conn_refeed(c);
 }
 
@@ -306,6 +336,8 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     gw->metrics.connections_total++;
     log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
               l->proto->name);
+    if (l->tls)
+        c->tls = tls_conn_new(l->tls, c, l->alpn);
     c->proto_state = l->proto->open(c, l->ctx);
     if (c->closing)
         return NULL;
@@ -349,6 +381,21 @@ void conn_send(struct conn *c, const void *data, size_t len)
 }
 
 void conn_send_raw(struct conn *c, const void *data, size_t len)
+{
+    const char *why = NULL;
+
+    if (!c->tls) {
+        write_socket(c, data, len);
+    } else if (!c->closing && len) {
+        if (tls_conn_write(c->tls, data, len, &why) != 0) {
+            conn_close(c, why);
+            return;
+        }
+        flush_tls(c);
+    }
+}
+
+static void write_socket(struct conn *c, const void *data, size_t len)
 {
     const char *p = data;
     struct write_req *w;
@@ -410,6 +457,7 @@ static void free_conn(struct conn *c)
 {
     buf_fini(&c->in);
     buf_fini(&c->raw);
+    tls_conn_free(c->tls);
     free(c->waiters);
     free(c);
 }
@@ -438,6 +486,12 @@ void conn_close(struct conn *c, const char *why)
         c->xport->goodbye(c->xport_state, gw->stopping);
         if (c->closing)
             return; /* the goodbye's write failed and closed the connection */
+    }
+    if (c->tls) { /* close_notify: the peer can tell a close from a cut */
+        tls_conn_shutdown(c->tls);
+        flush_tls(c);
+        if (c->closing)
+            return;
     }
     c->closing = true;
     if (c->reading) {

@@ -26,6 +26,8 @@
 struct conn;
 struct conn_registry;
 struct gw;
+struct tls_conn;
+struct tls_server;
 
 struct proto_ops {
     const char *name;                             /* "mqtt", "line", "http" */
@@ -60,6 +62,8 @@ struct conn_listener {
     const char *name;               /* "http", "line", "mqtt" */
     const struct proto_ops *proto;  /* protocol of the accepted connections */
     void *ctx;                      /* that protocol's server state (proto->open's ctx) */
+    struct tls_server *tls;         /* TLS under the transport (gateway/tls.h), or NULL */
+    const char *alpn;               /* the protocol ALPN selects on it ("mqtt"), or NULL */
 };
 
 /* Called when every write of a ticket has become durable (ok = 1), when any of
@@ -85,6 +89,9 @@ struct conn {
     const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
     const struct proto_ops *proto;
     void *proto_state;
+    /* TLS between the socket and the rest (gateway/tls.h), or NULL: reads are decrypted
+     * before the transport or the protocol sees them, conn_send_raw encrypts */
+    struct tls_conn *tls;
     const struct transport_ops *xport;   /* NULL: the protocol reads the socket directly */
     void *xport_state;
     /* set by protocols that can carry commands to their device (line, ws-device) */
@@ -137,7 +144,8 @@ void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state);
 void conn_set_transport(struct conn *c, const struct transport_ops *t, void *state);
 /* Sends protocol bytes: through the transport when there is one. */
 void conn_send(struct conn *c, const void *data, size_t len);
-/* Copies data and writes it to the socket (uv_try_write first, the rest queued). */
+/* Copies data and writes it to the socket (uv_try_write first, the rest queued); on a
+ * TLS connection it is encrypted first. */
 void conn_send_raw(struct conn *c, const void *data, size_t len);
 /* Closes once all queued bytes are written. */
 void conn_close_after_write(struct conn *c, const char *why);

@@ -52,7 +52,7 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     }
     uv_tcp_init(gw->loop, &l->tcp);
     l->tcp.data = l;
-    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx};
+    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn};
     l->open = true;
     gw->nlisteners++;
     rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);

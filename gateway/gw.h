@@ -42,6 +42,8 @@ struct gw_listen_cfg {
     int port;                       /* 0: pick a free one */
     const struct proto_ops *proto;  /* protocol of its connections */
     void *ctx;                      /* the protocol's server state (proto->open's ctx) */
+    struct tls_server *tls;         /* TLS under every connection (gateway/tls.h), or NULL */
+    const char *alpn;               /* protocol ALPN selects ("mqtt"; static), or NULL */
 };
 
 struct gw_listener {

@@ -28,6 +28,7 @@
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
+#include "gateway/tls.h"
 #include "base/alloc.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
@@ -95,6 +96,8 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
         return -1;
     }
     acl_free(acl);
+    if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, errlen) != 0)
+        return -1;
     return 0;
 }
 
@@ -475,6 +478,12 @@ static void fault_seam_init(uv_loop_t *loop, struct store *store)
     uv_unref((uv_handle_t *)&fault_signal);
 }
 
+/* A TLS listener's port as gw_listen takes it: -1 (pick a free one) is its 0. */
+static int tls_port(int port)
+{
+    return port < 0 ? 0 : port;
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -491,10 +500,11 @@ int main(int argc, char **argv)
     struct store_cfg scfg;
     struct mqtt_store mqtt_store;
     struct store *store = NULL;
+    struct tls_server *tls = NULL;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
     bool check_only = false, created, busy;
-    int code = 1, rc, lock_fd;
+    int code = 1, lock_fd;
 
     if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
         return code;
@@ -573,16 +583,39 @@ int main(int argc, char **argv)
     parts.feed = feed_new(&gw);
     parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);
-    rc = gw_listen(&gw, &(struct gw_listen_cfg){"http", cfg.http.bind, cfg.http.port, &http_proto,
-                                                rest_http_server(parts.rest)});
-    if (rc == 0 && cfg.line.enabled)
-        rc = gw_listen(&gw, &(struct gw_listen_cfg){"line", cfg.line.bind, cfg.line.port,
-                                                    &line_proto, NULL});
-    if (rc == 0 && cfg.mqtt.enabled)
-        rc = gw_listen(&gw, &(struct gw_listen_cfg){"mqtt", cfg.mqtt.bind, cfg.mqtt.port,
-                                                    &mqtt_proto, parts.broker});
-    if (rc != 0)
-        goto out;
+    if (cfg.tls.cert_file[0]) { /* checked by check_config: only a file changed since fails */
+        char err[CONFIG_STR_MAX + 256];
+        if ((tls = tls_server_new(&cfg, err, sizeof err)) == NULL) {
+            log_error("%s", err);
+            goto out;
+        }
+        if (tls_server_watch(tls, &loop) != 0)
+            log_warn("tls: cannot watch the certificate files; SIGHUP still reloads them");
+    }
+    {
+        void *http = rest_http_server(parts.rest);
+        bool t = tls != NULL;
+        const struct {
+            bool on;
+            struct gw_listen_cfg l;
+        } ls[] = {
+            {true, {"http", cfg.http.bind, cfg.http.port, &http_proto, http, NULL, NULL}},
+            {cfg.line.enabled, {"line", cfg.line.bind, cfg.line.port, &line_proto, NULL, NULL, NULL}},
+            {cfg.mqtt.enabled,
+             {"mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto, parts.broker, NULL, NULL}},
+            {t && cfg.http.tls_port,
+             {"https", cfg.http.bind, tls_port(cfg.http.tls_port), &http_proto, http, tls,
+              "http/1.1"}},
+            {t && cfg.line.enabled && cfg.line.tls_port,
+             {"lines", cfg.line.bind, tls_port(cfg.line.tls_port), &line_proto, NULL, tls, NULL}},
+            {t && cfg.mqtt.enabled && cfg.mqtt.tls_port,
+             {"mqtts", cfg.mqtt.bind, tls_port(cfg.mqtt.tls_port), &mqtt_proto, parts.broker, tls,
+              "mqtt"}},
+        };
+        for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++)
+            if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
+                goto out;
+    }
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
     uv_run(&loop, UV_RUN_DEFAULT);
     code = 0;
@@ -590,6 +623,7 @@ out:
     gw.stopping = true;
     conn_registry_close_all(gw.conns, "shutting down");
     gw_close_handles(&gw);
+    tls_server_close(tls);
     if (store) {
         store_close(store); /* drains the writer: everything received is committed */
         store = NULL;
@@ -606,6 +640,7 @@ out:
     commands_free(parts.commands);
     mqtt_broker_free(parts.broker);
     conn_registry_free(gw.conns);
+    tls_server_free(tls);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

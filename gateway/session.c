@@ -18,6 +18,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/telemetry.h"
+#include "gateway/tls.h"
 
 /* ---- shared pieces ------------------------------------------------------------------- */
 
@@ -221,7 +222,8 @@ void session_authenticated(struct session *s, struct device *dev)
         go_online(s, dev);
 }
 
-/* The first message: {"device":"<id>","token":"<token>"}. */
+/* The first message: {"device":"<id>","token":"<token>"}, or {"device":"<id>"} from a
+ * client whose verified TLS certificate names the device (mutual TLS). */
 static void login(struct session *s, const void *json, size_t len)
 {
     struct conn *c = s->conn;
@@ -229,10 +231,11 @@ static void login(struct session *s, const void *json, size_t len)
     cJSON *root = cJSON_ParseWithLength(json, len);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "device");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "token");
+    const char *cert_id = cJSON_IsString(id) && !tok ? tls_peer_device(c, id->valuestring) : NULL;
     struct device *dev;
     char why[96];
 
-    if (!cJSON_IsObject(root) || !cJSON_IsString(id) || !cJSON_IsString(tok)) {
+    if (!cJSON_IsObject(root) || !cJSON_IsString(id) || (!cJSON_IsString(tok) && !cert_id)) {
         gw->metrics.auth_failures++;
         if (conn_refused(c, "bad first message"))
             log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
@@ -244,8 +247,9 @@ static void login(struct session *s, const void *json, size_t len)
         session_refuse(s, "unauthorized", why);
         return;
     }
-    dev = session_authenticate(gw, c, id->valuestring, strlen(id->valuestring), tok->valuestring,
-                               strlen(tok->valuestring));
+    dev = cert_id ? devices_find(gw->devices, cert_id)
+                  : session_authenticate(gw, c, id->valuestring, strlen(id->valuestring),
+                                         tok->valuestring, strlen(tok->valuestring));
     cJSON_Delete(root);
     if (!dev) {
         session_refuse(s, "unauthorized", "authentication failed");
@@ -352,6 +356,7 @@ enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const ch
                                          bool has_pass, struct session_login *out)
 {
     char name[256] = ""; /* a longer username names no device */
+    const char *cert_id;
     struct device *dev;
 
     memset(out, 0, sizeof *out);
@@ -363,6 +368,14 @@ enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const ch
         dev = session_authenticate(gw, c, user, ulen, pass, plen);
         if (!dev)
             return SESSION_LOGIN_BAD_CREDENTIALS;
+        out->role = dev->role;
+        snprintf(out->device, sizeof out->device, "%s", dev->id);
+        return SESSION_LOGIN_OK;
+    }
+    /* mutual TLS: a verified certificate naming the device (the username, when one is
+     * sent) stands for its token */
+    cert_id = !has_pass && (!has_user || ulen == 0 || name[0]) ? tls_peer_device(c, name) : NULL;
+    if (cert_id && (dev = devices_find(gw->devices, cert_id)) != NULL) {
         out->role = dev->role;
         snprintf(out->device, sizeof out->device, "%s", dev->id);
         return SESSION_LOGIN_OK;

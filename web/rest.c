@@ -25,6 +25,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
+#include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
 #include "web/assets.h"
@@ -279,8 +280,10 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
     char topic[DEVICE_ID_MAX + 32];
     struct buf b;
 
+    /* the API key, the device's token, or (mutual TLS) the device's certificate */
     if (!authorized(gw, req) &&
-        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok)))) {
+        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
+        !tls_peer_device(http_conn_of(h), dev->id)) {
         unauthorized_ingest(gw, h);
         return;
     }

@@ -21,6 +21,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
+#include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/websocket/ws.h"
@@ -91,8 +92,15 @@ static int device_creds(struct gw *gw, struct http_conn *h, struct http_req *req
     const char *tok = http_bearer(req);
     bool has_id = http_query_param(req, "device", id, sizeof id);
 
+    const char *cert_id;
+
     if (!tok && http_query_param(req, "token", token, sizeof token))
         tok = token;
+    /* mutual TLS: a verified certificate naming the device (?device=, if sent) is enough */
+    if (!tok && (cert_id = tls_peer_device(http_conn_of(h), has_id ? id : NULL)) != NULL) {
+        *dev = devices_find(gw->devices, cert_id);
+        return 1;
+    }
     if (!tok && !has_id)
         return 0;
     if (!tok || !has_id) {

@@ -3,7 +3,7 @@
  * clients multiplexed with ppoll() in one thread.
  *
  *   bench_mqtt PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]
- *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER]
+ *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER] [--tls CAFILE]
  *
  * Each publisher connects (client id bench-<i>, username bench-<i>, no password)
  * and publishes 4-key telemetry JSON of 74 bytes to devices/bench-<i>/telemetry, every
@@ -22,6 +22,9 @@
  *   --subscribe F one more client (bench-sub) subscribes F at QoS 0 first and reads
  *                 every telemetry message; publish-to-receive latency is measured per
  *                 message (same process, same clock).
+ *   --tls CA      every client speaks TLS (server certificate checked against CA for
+ *                 "localhost"): the handshake is done, blocking, at connect; then reads
+ *                 and writes go through SSL_read/SSL_write in the same poll loop.
  * Prints one line of key=value:
  *   mqtt qos= clients= window= messages= seconds= msgs_per_s= [ack_p50_ms= ack_p99_ms=
  *        ack_p99_worst_10s_ms=]  (the highest p99 over consecutive 10 s windows of acks)
@@ -45,6 +48,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "base/buf.h"
 #include "protocols/mqtt/mqtt.h"
 
@@ -55,6 +61,7 @@
 
 struct client {
     int fd;
+    SSL *ssl;          /* --tls: the connection's TLS, else NULL */
     bool is_sub;
     bool connacked, subacked, ping_sent, done;
     long published, acked, limit;
@@ -75,6 +82,7 @@ struct run {
     long per;
     double seconds, rate;
     const char *filter;
+    SSL_CTX *tls;        /* --tls: client context, else NULL */
     struct client *cl;   /* nclients publishers, then the subscriber if any */
     int nfds;
     struct pollfd *pfd;
@@ -157,7 +165,46 @@ static void ack_add(struct run *r, double now, double ms)
     sample_add(&r->win, ms);
 }
 
-static void open_client(struct client *c, int port, const char *id, bool is_sub)
+/* TLS handshake on c's (still blocking) socket. */
+static void start_tls(struct client *c, SSL_CTX *ctx)
+{
+    c->ssl = SSL_new(ctx);
+    SSL_set_fd(c->ssl, c->fd);
+    SSL_set_tlsext_host_name(c->ssl, "localhost");
+    SSL_set1_host(c->ssl, "localhost");
+    if (SSL_connect(c->ssl) != 1) {
+        fprintf(stderr, "bench_mqtt: TLS handshake failed: %s\n",
+                ERR_reason_error_string(ERR_get_error()));
+        exit(1);
+    }
+}
+
+/* read(2)/write(2), or through TLS: -1 with errno EAGAIN when TLS wants to wait. */
+static ssize_t io_read(struct client *c, void *p, size_t n)
+{
+    int rc, e;
+    if (!c->ssl)
+        return read(c->fd, p, n);
+    if ((rc = SSL_read(c->ssl, p, (int)n)) > 0)
+        return rc;
+    e = SSL_get_error(c->ssl, rc);
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
+    return e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+}
+
+static ssize_t io_write(struct client *c, const void *p, size_t n)
+{
+    int rc, e;
+    if (!c->ssl)
+        return write(c->fd, p, n);
+    if ((rc = SSL_write(c->ssl, p, (int)n)) > 0)
+        return rc;
+    e = SSL_get_error(c->ssl, rc);
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
+    return -1;
+}
+
+static void open_client(struct client *c, int port, const char *id, bool is_sub, SSL_CTX *tls)
 {
     struct sockaddr_in a = {0};
     struct mqtt_connect m = {0};
@@ -172,6 +219,8 @@ static void open_client(struct client *c, int port, const char *id, bool is_sub)
         exit(1);
     }
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (tls)
+        start_tls(c, tls);
     /* non-blocking, so a full socket never stalls every other client */
     fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
     snprintf(c->id, sizeof c->id, "%s", id);
@@ -277,7 +326,7 @@ static void read_client(struct run *r, struct client *c, int i, double now)
 {
     /* the subscriber may receive many times what one publisher sends: drain more */
     for (int rounds = c->is_sub ? 8 : 1; rounds > 0; rounds--) {
-        ssize_t n = read(c->fd, buf_reserve(&c->in, 65536), 65536);
+        ssize_t n = io_read(c, buf_reserve(&c->in, 65536), 65536);
         size_t off = 0, used;
         struct mqtt_packet pkt;
         const char *why;
@@ -315,14 +364,16 @@ static void read_client(struct run *r, struct client *c, int i, double now)
         }
         buf_consume(&c->in, off);
         finish_client(r, c);
-        if ((size_t)n < 65536)
+        if ((size_t)n < 65536 && !(c->ssl && SSL_pending(c->ssl)))
             return;
+        if (rounds == 1 && c->ssl && SSL_pending(c->ssl))
+            rounds++; /* decrypted bytes wait inside TLS: poll would not report them */
     }
 }
 
 static void write_client(struct client *c)
 {
-    ssize_t w = write(c->fd, c->out.data, c->out.len);
+    ssize_t w = io_write(c, c->out.data, c->out.len);
 
     if (w > 0)
         buf_consume(&c->out, (size_t)w);
@@ -378,9 +429,21 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW] [--seconds S]"
-            " [--rate MSGS_PER_S] [--subscribe FILTER]\n",
+            " [--rate MSGS_PER_S] [--subscribe FILTER] [--tls CAFILE]\n",
             argv0);
     exit(2);
+}
+
+static SSL_CTX *tls_context(const char *ca)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+        fprintf(stderr, "bench_mqtt: cannot load CA file %s\n", ca);
+        exit(1);
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return ctx;
 }
 
 static void parse_args(struct run *r, int *port, int argc, char **argv)
@@ -400,6 +463,8 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
                 r->rate = atof(argv[++i]);
             else if (strcmp(a, "--subscribe") == 0)
                 r->filter = argv[++i];
+            else if (strcmp(a, "--tls") == 0)
+                r->tls = tls_context(argv[++i]);
             else
                 usage(argv[0]);
             continue;
@@ -441,14 +506,14 @@ int main(int argc, char **argv)
     if (r.filter) {
         struct client *s = &r.cl[r.nclients];
         struct mqtt_sub_req req = {{r.filter, strlen(r.filter)}, 0};
-        open_client(s, port, "bench-sub", true);
+        open_client(s, port, "bench-sub", true, r.tls);
         mqtt_encode_subscribe(&s->out, 1, &req, 1);
         r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
     }
     for (int i = 0; i < r.nclients; i++) {
         char id[32];
         snprintf(id, sizeof id, "bench-%d", i);
-        open_client(&r.cl[i], port, id, false);
+        open_client(&r.cl[i], port, id, false, r.tls);
         r.cl[i].limit = r.per;
         if (r.qos && !(r.cl[i].sent_at = calloc(65536, sizeof(double))))
             die("out of memory");
@@ -528,6 +593,7 @@ int main(int argc, char **argv)
                quantile(&r.e2e, 0.5), quantile(&r.e2e, 0.99));
     printf("\n");
     for (int i = 0; i < r.nfds; i++) {
+        SSL_free(r.cl[i].ssl);
         close(r.cl[i].fd);
         buf_fini(&r.cl[i].out);
         buf_fini(&r.cl[i].in);
@@ -541,5 +607,6 @@ int main(int argc, char **argv)
     free(r.ack.v);
     free(r.win.v);
     free(r.e2e.v);
+    SSL_CTX_free(r.tls);
     return 0;
 }

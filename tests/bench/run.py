@@ -17,6 +17,8 @@ References, all on loopback on free ports, started and stopped by PID here:
   MQTT cases   Debian's mosquitto, persistence off, anonymous, no logging
   REST latest  nginx (one worker, access log off) serving the same bytes as a static file
   live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
+  TLS          `openssl s_server -www` with the same certificate (handshakes/s), and Gale's
+               own plain MQTT port (QoS 0 ingest over TLS vs plain TCP)
   storage      raw SQLite in the same process (bench_storage): today's row layout (log +
                sorted moves into a (series, ts) table) and the raw row-append ceiling for
                end to end ingest; today's row layout for bytes per point and query times
@@ -57,6 +59,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, HERE)
 import galetest  # noqa: E402  (wait_for)
 from mosquitto import Mosquitto, free_port  # noqa: E402
+from tlscerts import CA  # noqa: E402
 
 API_KEY = "bench-api-key-0123456789"
 REST_DEVICE = "bench-rest"
@@ -85,6 +88,9 @@ PARAMS = {
     "storage_query_days": (30, 2),       # one 1 Hz series for the query times
     "storage_query_reps": (3, 2),        # repetitions of each query per round
     "fsync_n": (200, 20),            # write + fdatasync samples per round
+    "tls_s": (3.0, 0.5),             # seconds of TLS handshakes per run
+    "tls_inflight": (8, 4),          # handshakes in flight
+    "tls_qos0": (40000, 500),        # messages per publisher (10), QoS 0 over TLS and plain
 }
 SCALE = {name: {k: v[i] for k, v in PARAMS.items()} for i, name in enumerate(("full", "smoke"))}
 
@@ -130,9 +136,10 @@ class GaleServer:
     """One Gale process on free loopback ports, its data in a fresh directory. Ports are
     picked here rather than with port 0: at log.level=warn Gale does not log them."""
 
-    def __init__(self, ctx, binary, mode):
+    def __init__(self, ctx, binary, mode, tls=None):
         self.data_dir = tempfile.mkdtemp(prefix="gale-", dir=ctx.work)
         self.mqtt_port, self.http_port = free_port(), free_port()
+        self.mqtts_port = free_port() if tls else None
         self.cmd = [binary, "--data-dir", self.data_dir,
                     "--set", "mqtt.bind=127.0.0.1", "--set", "mqtt.port=%d" % self.mqtt_port,
                     "--set", "http.bind=127.0.0.1", "--set", "http.port=%d" % self.http_port,
@@ -140,6 +147,9 @@ class GaleServer:
                     "--set", "log.level=warn"]
         if mode in ("normal", "full"):
             self.cmd += ["--set", "storage.sync=" + mode]
+        if tls:  # (cert, key): the MQTT TLS port only
+            self.cmd += ["--set", "tls.cert_file=" + tls[0], "--set", "tls.key_file=" + tls[1],
+                         "--set", "mqtt.tls_port=%d" % self.mqtts_port, "--set", "http.tls_port=0"]
         self.proc = None
 
     def __enter__(self):
@@ -149,7 +159,8 @@ class GaleServer:
                                      env=env)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 15
-        while not (port_open(self.mqtt_port) and port_open(self.http_port)):
+        while not (port_open(self.mqtt_port) and port_open(self.http_port) and
+                   (not self.mqtts_port or port_open(self.mqtts_port))):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__(None, None, None)
                 raise Failed("gale did not start")
@@ -186,6 +197,49 @@ class MosquittoServer:
 
     def __exit__(self, *exc):
         return self.m.__exit__(*exc)
+
+
+class SServer:
+    """`openssl s_server -www` on a free loopback port with cert and key (the handshake
+    reference: one process, one thread, like Gale's loop)."""
+
+    def __init__(self, cert, key):
+        self.port = free_port()
+        self.cmd = ["openssl", "s_server", "-quiet", "-www", "-accept", "127.0.0.1:%d" % self.port,
+                    "-cert", cert, "-key", key]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise Failed("openssl s_server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return False
+
+
+def tls_certs(ctx, rsa):
+    """(CA file, server cert, key) for localhost/127.0.0.1, made once per run."""
+    key = "rsa" if rsa else "ecdsa"
+    if key not in ctx.certs:
+        d = os.path.join(ctx.work, "certs-" + key)
+        os.makedirs(d)
+        ca = CA(d, "ca", rsa=rsa)
+        ctx.certs[key] = (ca.pem,) + ca.issue("server", "localhost", server=True, rsa=rsa)
+    return ctx.certs[key]
 
 
 # ---- sides: what a case runs against ----
@@ -255,6 +309,35 @@ def run_latency(ctx, side):
     if f["delivered"] < 0.99 * f["messages"]:
         raise Failed("only %d of %d messages delivered" % (f["delivered"], f["messages"]))
     return {"p50": f["e2e_p50_ms"], "p99": f["e2e_p99_ms"]}
+
+
+# ---- TLS cases ----
+
+def case_handshakes(rsa):
+    """Full handshakes/s on Gale's MQTT TLS port vs openssl s_server, same certificate."""
+    def run(ctx, side):
+        ca, cert, key = tls_certs(ctx, rsa)
+        srv = (GaleServer(ctx, side.binary, side.mode, tls=(cert, key)) if side.kind == "gale"
+               else SServer(cert, key))
+        with srv:
+            port = srv.mqtts_port if side.kind == "gale" else srv.port
+            cmd = [ctx.tool("bench_tls"), str(port), ca, "--inflight", str(ctx.p["tls_inflight"]),
+                   "--seconds", str(ctx.p["tls_s"])]
+            f = kv_line(run_tool(cmd, ctx.p["tls_s"] + 60), "tls")
+        return {"rate": f["handshakes_per_s"]}
+    return run
+
+
+def run_tls_qos0(ctx, side):
+    """MQTT QoS 0 ingest, 10 publishers, over TLS (ECDSA) on Gale vs Gale's plain port."""
+    ca, cert, key = tls_certs(ctx, False)
+    binary = side.binary or ctx.gale_bin
+    with GaleServer(ctx, binary, side.mode, tls=(cert, key)) as srv:
+        tls = side.kind == "gale"
+        cmd = [ctx.tool("bench_mqtt"), str(srv.mqtts_port if tls else srv.mqtt_port), "10",
+               str(ctx.p["tls_qos0"]), "0", "--seconds", str(ctx.p["mqtt_s"])]
+        f = kv_line(run_tool(cmd + (["--tls", ca] if tls else []), ctx.p["mqtt_s"] + 90), "mqtt")
+    return {"rate": f["msgs_per_s"]}
 
 
 def run_idle(ctx, side):
@@ -520,6 +603,12 @@ def cases(p):
         ("idle", "mqtt", "MQTT %d idle connections, %d handshakes in flight"
          % (p["idle"], CONNECT_INFLIGHT), False,
          [("bytes", "RSS bytes/connection", False), ("rate", "connects/s", True)], run_idle),
+        ("tls-rsa", "tls", "TLS handshakes/s, RSA-2048, %d in flight (MQTT TLS port)"
+         % p["tls_inflight"], False, [("rate", "handshakes/s", True)], case_handshakes(True)),
+        ("tls-ecdsa", "tls", "TLS handshakes/s, ECDSA P-256, %d in flight (MQTT TLS port)"
+         % p["tls_inflight"], False, [("rate", "handshakes/s", True)], case_handshakes(False)),
+        ("tls-qos0", "tlsplain", "MQTT QoS 0 ingest over TLS, 10 publishers (ref: plain TCP)",
+         False, [RATE], run_tls_qos0),
         ("rest", "rest", "REST latest, wrk -t1 -c64", False,
          [("rate", "requests/s", True), ("p99", "p99 ms", False)], run_rest),
         ("feed", "feed", "live feed, %d dashboards x %d msg/s" % (p["feed_viewers"],
@@ -541,7 +630,8 @@ def cases(p):
     ]]
 
 
-REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite"}
+REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite",
+            "tls": "s_server", "tlsplain": "Gale plain"}
 
 
 def sync_modes(binary):
@@ -634,6 +724,8 @@ class Context:
         self.smoke = a.smoke
         self.work = None  # made by main once the run starts
         self.rest_body = None
+        self.certs = {}  # tls_certs: made once per run in work
+        self.gale_bin = a.gale_bin[0]
 
     def tool(self, name):
         return os.path.join(self.build, "tests", "bench", name)
@@ -676,10 +768,15 @@ def check_tools(ctx, a, chosen):
             need.append("/usr/sbin/mosquitto")
     if "feed" in groups:
         need.append(ctx.tool("bench_feed"))
+    if "tls" in groups:
+        need.append(ctx.tool("bench_tls"))
+    if "tlsplain" in groups:
+        need.append(ctx.tool("bench_mqtt"))
     if "storage" in groups:
         need.append(ctx.tool("bench_storage"))
     missing = [t for t in need if not os.access(t, os.X_OK)]
-    for prog, group in (("wrk", "rest"), ("nginx", "rest")):
+    for prog, group in (("wrk", "rest"), ("nginx", "rest"), ("openssl", "tls"),
+                        ("openssl", "tlsplain")):
         if group in groups and not shutil.which(prog):
             missing.append(prog)
     if missing:

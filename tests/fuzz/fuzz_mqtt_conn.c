@@ -235,7 +235,7 @@ static void world_open(struct world *w, uint8_t flags)
         .load_sessions = load_sessions});
     CHECK(w->broker != NULL);
     CHECK(gw_listen(&w->gw, &(struct gw_listen_cfg){"mqtt", "127.0.0.1", 0, &mqtt_proto,
-                                                    w->broker}) == 0);
+                                                    w->broker, NULL, NULL}) == 0);
     w->port = w->gw.listeners[0].port;
     for (int i = 0; i < NCLIENTS; i++) {
         w->clients[i].fd = -1;

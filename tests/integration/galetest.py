@@ -30,6 +30,17 @@ def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
     raise AssertionError("timed out waiting for " + what)
 
 
+def tls_args(cert, key, ca=None, client_auth="off"):
+    """Flags for a gale with its TLS listeners on free ports (tls_port=-1); their ports
+    show as "https", "lines" and "mqtts" in Gale.ports."""
+    args = ["--set", "tls.cert_file=" + cert, "--set", "tls.key_file=" + key,
+            "--set", "tls.client_auth=" + client_auth,
+            "--set", "http.tls_port=-1", "--set", "line.tls_port=-1", "--set", "mqtt.tls_port=-1"]
+    if ca:
+        args += ["--set", "tls.ca_file=" + ca]
+    return args
+
+
 class Gale:
     """A running gale process. Use as a context manager."""
 
