@@ -66,7 +66,8 @@ class Gale:
                "--set", "mqtt.bind=127.0.0.1"] + self.args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=self.env, text=True, errors="replace")
-        threading.Thread(target=self._reader, daemon=True).start()
+        self._reader_thread = threading.Thread(target=self._reader, daemon=True)
+        self._reader_thread.start()
         wait_for(lambda: all(p in self.ports for p in wait_ports) or self.proc.poll() is not None,
                  15, "listening lines")
         if self.proc.poll() is not None:
@@ -87,6 +88,10 @@ class Gale:
                 sys.stderr.write("gale| " + line)
 
     def log(self):
+        # once the process is gone, its last lines may still sit in the pipe: read them all
+        rt = getattr(self, "_reader_thread", None)
+        if rt and self.proc and self.proc.poll() is not None:
+            rt.join(5)
         with self._lock:
             return "\n".join(self.log_lines)
 
