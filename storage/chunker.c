@@ -235,10 +235,10 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
             rc = write_chunk(s, hs->sid, e, blob, nchunks);
             added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
         }
-        if (added != 0) {
-            log_error("store: series=%lld ts=%lld: a value the chunk codec refuses (%d)",
-                      (long long)hs->sid, (long long)p.ts_ms, added);
-            rc = SQLITE_MISMATCH;
+        if (added != 0) { /* ingest validates values, so this is a bug: never stall on it */
+            log_error("store: series=%lld ts=%lld: a value the chunk codec refuses (%d) is"
+                      " left out of its chunk", (long long)hs->sid, (long long)p.ts_ms, added);
+            continue;
         }
         (*npoints)++;
     }
