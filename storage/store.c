@@ -60,7 +60,7 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     s->have_hot_lock = 1;
 
     if (store_db_open(s) != 0 || store_replay(s) != 0 || store_handles_init(s) != 0 ||
-        store_writer_start(s) != 0)
+        store_checkpointer_start(s) != 0 || store_writer_start(s) != 0)
         goto fail;
     *out = s;
     return 0;
@@ -88,6 +88,7 @@ void store_close(struct store *s)
     s->closing = 1;
     store_queries_finish(s);
     store_writer_stop(s); /* seals, drains, joins, fires the last on_durable */
+    store_checkpointer_stop(s);
     store_handles_close(s);
     store_db_close(s);
     if (s->have_pool_lock)

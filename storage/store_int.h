@@ -8,6 +8,7 @@
  * below it (batch.c, hot.c and sql.c call nothing else in storage/):
  *   store.c      open/close, the bus sink, the counters the loop reads
  *   writer.c     the writer thread: commits batches as segments, runs chunk slices
+ *   checkpoint.c the checkpointer thread: WAL checkpoints off the writer
  *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
  *                (build ops on the loop, apply them on the writer, start-up loads)
@@ -49,6 +50,7 @@
 #define STORE_SLICE_MAX_POINTS 16384    /* hot points one slice chunks, at most (+ one series) */
 #define STORE_CHUNK_RETRY_MS 1000       /* after a failed slice, wait this long */
 #define STORE_HOT_BYTES_PER_POINT 64    /* hot bytes allowed per hot_max_points point */
+#define STORE_CKPT_PAGES 1000           /* WAL pages that wake the checkpointer (SQLite's default) */
 #define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
 #define STORE_POOL_MAX 4                /* idle read-only connections kept */
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
@@ -264,9 +266,17 @@ struct store {
     int ret_behind;             /* retention: last pass stopped at its budget */
     uint64_t ret_last_ms;       /* retention: monotonic ms of the last full sweep's end */
 
+    /* checkpointer thread (checkpoint.c); s->ckpt_lock guards the two flags */
+    sqlite3 *ckpt_db;
+    uv_mutex_t ckpt_lock;
+    uv_cond_t ckpt_cond;
+    int ckpt_wanted, ckpt_stop;
+    uv_thread_t ckpt_thread;
+
     /* which parts exist (for store_close on a half-built store) */
     unsigned have_lock : 1, have_cond : 1, have_pool_lock : 1, have_pool_cond : 1,
-        have_hot_lock : 1, have_thread : 1;
+        have_hot_lock : 1, have_thread : 1, have_ckpt_lock : 1, have_ckpt_cond : 1,
+        have_ckpt_thread : 1;
     uv_thread_t thread;
 };
 
@@ -276,6 +286,13 @@ int store_writer_start(struct store *s);
 /* Seals, waits for the writer to drain, joins it and reports what is done; frees the
  * writer's caches (store_close). */
 void store_writer_stop(struct store *s);
+
+/* ---- checkpoint.c ---- */
+/* Opens the checkpointer's connection, starts its thread and hooks the write
+ * connection's commits (store_open, before the writer starts). 0 or -1 (logged). */
+int store_checkpointer_start(struct store *s);
+/* Stops and joins it and closes its connection (store_close, after the writer). */
+void store_checkpointer_stop(struct store *s);
 
 /* ---- chunker.c (writer thread, own transactions) ---- */
 /* True when a chunk slice has work: a series holds STORE_CHUNK_POINTS, the hot points

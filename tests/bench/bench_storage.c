@@ -828,6 +828,7 @@ static int run_latency(const struct opts *o)
 
 static void e2e_ours(const struct opts *o, double *acked, double *chunked)
 {
+    struct store_stats st;
     char dir[256], path[300];
     struct ours b;
     struct workload w;
@@ -836,6 +837,12 @@ static void e2e_ours(const struct opts *o, double *acked, double *chunked)
     ours_open(&b, o, path);
     wl_init(&w, WL_FLEET, NDEV, o->points / NKEYS);
     ours_load(&b, &w, acked, chunked);
+    store_get_stats(b.s, &st);
+    printf("ours: chunk slices=%llu points_chunked=%llu chunks=%llu slice writer time:"
+           " mean %.0f us, max %llu us (commit included)\n", (unsigned long long)st.slices,
+           (unsigned long long)st.points_chunked, (unsigned long long)st.chunks_written,
+           st.slices ? (double)st.slice_us_total / (double)st.slices : 0.0,
+           (unsigned long long)st.slice_us_max);
     check_fleet(&b, w.nmsgs);
     ours_close(&b);
     wl_fini(&w);
