@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "gateway/bus.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
@@ -42,7 +43,9 @@
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
-    log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
+    /* before CONNECT (garbage, an oversized CONNECT) the peer's refusals are summarised */
+    if (mc->connected || conn_refused(mc->c, why))
+        log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
              (unsigned long long)mc->c->id, mc->c->peer, why);
     conn_close(mc->c, why);
 }
@@ -482,7 +485,6 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 static void *mqtt_open(struct conn *c, void *ctx)
 {
     struct mqtt_conn *mc = broker_conn_new(ctx, c);
-    mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
     c->ingest_hold_bytes = MQTT_HOLD_BYTES;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return mc;
@@ -553,6 +555,9 @@ static int mqtt_feed(void *state, struct buf *in)
     size_t off = 0, used = 0;
     bool waits = false;
 
+    /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
+     * CONNECT is refused as soon as its fixed header says so, not buffered */
+    mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
     broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
