@@ -166,7 +166,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     }
 }
 
-/* ---- pre-auth budgets (gateway/guard.h): bytes held before authentication ---- */
+/* ---- pre-auth budgets (gateway/guard.h): bytes held before authentication ----
+ * Counted after the protocol has taken what it could (conn_refeed): what one read brought
+ * is bounded by the read size, what stays is what a connection costs. */
 static bool guard_ok(struct conn *c)
 {
     const char *why = guard_held(c->gw->guard, c, held_bytes(c));
@@ -195,8 +197,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
-    if (!guard_ok(c))
-        return;
     conn_refeed(c);
 }
 
