@@ -4,6 +4,7 @@
  * authentication and close. Loop thread only. */
 #include "gateway/guard.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,13 @@ struct guard {
     struct map addrs;    /* addr -> struct addr_count (entries with n > 0 only) */
     struct map buckets;  /* device -> struct bucket */
     size_t preauth_bytes; /* held by unauthenticated connections, all together */
+    size_t preauth_conns; /* connections counted against their address */
+    bool flood;           /* preauth_conns passed FLOOD_CONNS since it was last 0 */
 };
+
+/* Unauthenticated connections at once that make an episode worth giving memory back
+ * after: their buffers were freed into the heap, which keeps them otherwise. */
+#define FLOOD_CONNS 1000
 
 struct guard *guard_new(const struct config *cfg, struct metrics *m)
 {
@@ -92,6 +99,10 @@ static void uncount(struct guard *g, struct conn *c)
     if (!c->guard_counted)
         return;
     c->guard_counted = false;
+    if (--g->preauth_conns == 0 && g->flood) { /* the episode is over: RSS returns */
+        g->flood = false;
+        malloc_trim(0);
+    }
     a = addr_get(g, c->peer, false);
     if (a && --a->n == 0) {
         map_del(&g->addrs, a->addr, strlen(a->addr));
@@ -121,6 +132,8 @@ const char *guard_accept(struct guard *g, struct conn *c)
                "(limits.max_connections_per_ip)";
     a->n++;
     c->guard_counted = true;
+    if (++g->preauth_conns >= FLOOD_CONNS)
+        g->flood = true;
     return NULL;
 }
 

@@ -9,6 +9,10 @@
  * declared size). conn.c calls the four hooks; nothing else changes the counts. Every
  * function takes a NULL guard (none wired, as in unit tests) and then limits nothing.
  *
+ * When the unauthenticated connections of an episode of a thousand or more are all gone,
+ * the heap's free pages go back to the system (malloc_trim), so RSS returns to where it
+ * was before the flood.
+ *
  * Per-device message rate: a token bucket per device id (limits.device_rate_msgs_per_s,
  * limits.device_rate_burst), shared by all its connections and transports.
  *
