@@ -178,12 +178,12 @@ static const struct key keys[] = {
          "Persistent MQTT sessions one device may hold; a new one past it replaces the "
          "device's longest-unused offline session (refused when all of them are connected)."),
     SIZE("limits.max_retained_per_device", limits.max_retained_per_device, 0, 100000000, "1000",
-         "Retained topics under devices/<id>/ a device's clients may keep; a retained "
-         "PUBLISH past it is acknowledged, logged and dropped."),
+         "Retained topics under devices/<id>/ (its status topic included); a retained "
+         "PUBLISH past it is acknowledged, logged and dropped; 0 = no limit."),
     SIZE("limits.max_retained_bytes_per_device", limits.max_retained_bytes_per_device, 0,
          64 * GIB, "1048576",
          "Bytes (topics and payloads) of the retained messages under devices/<id>/; a "
-         "retained PUBLISH past it is acknowledged, logged and dropped."),
+         "retained PUBLISH past it is acknowledged, logged and dropped; 0 = no limit."),
     SIZE("limits.max_attribute_bytes", limits.max_attribute_bytes, 2, GIB, "65536",
          "Largest attribute object of one device (JSON text), bytes: a PATCH or create past "
          "it gets 413, an attribute publish past it is logged and not merged."),
