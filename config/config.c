@@ -122,6 +122,9 @@ static const struct key keys[] = {
            "A publish on a telemetry topic whose payload does not decode (never stored): "
            "disconnect = no PUBACK/PUBREC, not routed, the connection is closed; ack = "
            "acknowledged and routed as a plain message. Counted and logged either way."),
+    INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
+        "Seconds a persistent session may stay unused (offline) before it is deleted with "
+        "its subscriptions and queued messages; 0 = never."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
     STR("tls.cert_file", tls.cert_file, 0, "",
@@ -181,6 +184,40 @@ static const struct key keys[] = {
          "Telemetry key/value points accepted in one message."),
     SIZE("limits.max_send_queue_bytes", limits.max_send_queue_bytes, 1024, GIB, "4194304",
          "Bytes queued for one slow client before it loses data or is closed."),
+    /* pre-authentication budgets and per-identity limits (README "Security") */
+    SIZE("limits.preauth_max_bytes", limits.preauth_max_bytes, 64, GIB, "65536",
+         "Largest first packet before authentication, bytes: an MQTT CONNECT (refused as "
+         "soon as its fixed header says so), the first line, the first WebSocket message, "
+         "an unauthenticated HTTP request body (413 unread)."),
+    SIZE("limits.preauth_total_bytes", limits.preauth_total_bytes, 4096, 64 * GIB, "33554432",
+         "Bytes all connections not yet authenticated may hold together; a connection whose "
+         "bytes would pass it is closed, and new connections are refused while it is full."),
+    INT("limits.max_connections_per_ip", limits.max_connections_per_ip, 0, 10000000, "1000",
+        "Connections from one peer address not yet authenticated, before more from it are "
+        "refused; authenticated ones do not count (a fleet behind one NAT address is not "
+        "capped); 0 = no limit."),
+    SIZE("limits.max_sessions_per_device", limits.max_sessions_per_device, 1, 1000000, "8",
+         "Persistent MQTT sessions one device may hold; a new one past it replaces the "
+         "device's longest-unused offline session (refused when all of them are connected)."),
+    SIZE("limits.max_retained_per_device", limits.max_retained_per_device, 0, 100000000, "1000",
+         "Retained topics under devices/<id>/ (its status topic included); a retained "
+         "PUBLISH past it is acknowledged, logged and dropped; 0 = no limit."),
+    SIZE("limits.max_retained_bytes_per_device", limits.max_retained_bytes_per_device, 0,
+         64 * GIB, "1048576",
+         "Bytes (topics and payloads) of the retained messages under devices/<id>/; a "
+         "retained PUBLISH past it is acknowledged, logged and dropped; 0 = no limit."),
+    SIZE("limits.max_attribute_bytes", limits.max_attribute_bytes, 2, GIB, "65536",
+         "Largest attribute object of one device (JSON text), bytes: a PATCH or create past "
+         "it gets 413, an attribute publish past it is logged and not merged."),
+    INT("limits.device_rate_msgs_per_s", limits.device_rate_msgs_per_s, 0, 100000000, "0",
+        "Messages per second one device may send, all its connections together (a token "
+        "bucket); 0 = no limit."),
+    INT("limits.device_rate_burst", limits.device_rate_burst, 1, 100000000, "100",
+        "Messages a device may send at once above its rate (the bucket's size)."),
+    CHOICE("limits.device_rate_action", limits.device_rate_action, "drop|disconnect", "drop",
+           "What a message over the device rate gets: drop = not taken (MQTT: acknowledged "
+           "and dropped; line and WebSocket: an error with code rate_limited; HTTP: 429), "
+           "disconnect = the connection is closed. Counted in gale_rate_limited_total."),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -42,6 +42,13 @@ enum config_client_auth {
     CONFIG_CLIENT_AUTH_REQUIRED = 2, /* "required": a client without one fails the handshake */
 };
 
+/* limits.device_rate_action: what a message over a device's rate gets. The order is the
+ * order of the config words "drop|disconnect". */
+enum config_rate_action {
+    CONFIG_RATE_DROP = 0,       /* "drop": not taken, the sender told where it can be */
+    CONFIG_RATE_DISCONNECT = 1, /* "disconnect": the connection is closed */
+};
+
 struct config {
     char data_dir[CONFIG_STR_MAX];       /* gateway.data_dir, default "./data" */
     struct {
@@ -82,6 +89,7 @@ struct config {
         size_t max_retained;             /* mqtt.max_retained topics, default 100000 */
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
+        int session_expiry_s;            /* mqtt.session_expiry_s, default 604800; 0 never */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {
@@ -112,6 +120,16 @@ struct config {
         int idle_timeout_ms;             /* limits.idle_timeout_ms, default 300000 */
         size_t max_points_per_message;   /* limits.max_points_per_message, default 1000 */
         size_t max_send_queue_bytes;     /* limits.max_send_queue_bytes, default 4194304 */
+        size_t preauth_max_bytes;        /* limits.preauth_max_bytes, default 65536 */
+        size_t preauth_total_bytes;      /* limits.preauth_total_bytes, default 32 MiB */
+        int max_connections_per_ip;      /* limits.max_connections_per_ip, default 1000; 0 off */
+        size_t max_sessions_per_device;  /* limits.max_sessions_per_device, default 8 */
+        size_t max_retained_per_device;  /* limits.max_retained_per_device, default 1000 */
+        size_t max_retained_bytes_per_device; /* limits.max_retained_bytes_per_device, 1 MiB */
+        size_t max_attribute_bytes;      /* limits.max_attribute_bytes, default 65536 */
+        int device_rate_msgs_per_s;      /* limits.device_rate_msgs_per_s, default 0 (off) */
+        int device_rate_burst;           /* limits.device_rate_burst, default 100 */
+        enum config_rate_action device_rate_action; /* limits.device_rate_action, default drop */
     } limits;
 };
 

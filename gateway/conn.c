@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/tls.h"
@@ -193,6 +194,23 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     }
 }
 
+/* ---- pre-auth budgets (gateway/guard.h): bytes held before authentication ----
+ * Counted after the protocol has taken what it could (conn_refeed): what one read brought
+ * is bounded by the read size, what stays is what a connection costs. */
+static bool guard_ok(struct conn *c)
+{
+    const char *why = guard_held(c->gw->guard, c, held_bytes(c));
+    if (!why)
+        return true;
+    c->gw->metrics.preauth_refused++;
+    if (conn_refused(c, why))
+        log_warn("conn=%llu peer=%s proto=%s closed before authentication reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, c->proto->name, why);
+    conn_close(c, why);
+    return false;
+}
+/* ---- end of pre-auth budgets ---- */
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = s->data;
@@ -221,7 +239,7 @@ void conn_refeed(struct conn *c)
         c->xport->feed(c->xport_state, &c->raw, &c->in);
     if (!c->closing && c->in.len)
         c->proto->feed(c->proto_state, &c->in);
-    if (!c->closing) {
+    if (!c->closing && guard_ok(c)) { /* what the protocol left counts as held */
         buf_shrink(&c->in, 4 * READ_CHUNK);
         buf_shrink(&c->raw, 4 * READ_CHUNK);
         conn_update_reading(c); /* a held connection reads up to its ingest_hold_bytes */
@@ -294,6 +312,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     struct conn *c = xcalloc(1, sizeof *c);
     struct sockaddr_storage ss;
     int len = sizeof ss, rc;
+    const char *why;
 
     c->gw = gw;
     c->refs = 1;
@@ -313,11 +332,20 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     format_peer(&ss, c->peer, sizeof c->peer);
     if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
-        const char *why = gw->stopping ? "shutting down" : "max connections reached";
+        why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
         if (log_refusal(c->peer, why))
             log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, c->peer,
                      why, gw->cfg->limits.max_connections);
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return NULL;
+    }
+    if ((why = guard_accept(gw->guard, c)) != NULL) { /* pre-auth budgets (guard.h) */
+        gw->metrics.connections_refused++;
+        gw->metrics.preauth_refused++;
+        if (log_refusal(c->peer, why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, c->peer, why);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
@@ -356,6 +384,8 @@ void conn_authenticated(struct conn *c, const char *device)
 {
     snprintf(c->device, sizeof c->device, "%s", device ? device : "");
     c->auth_timeout_ms = 0;
+    c->authenticated = true;
+    guard_authenticated(c->gw->guard, c);
     start_timer(c);
 }
 
@@ -521,6 +551,7 @@ void conn_close(struct conn *c, const char *why)
         w.fn(c, w.tag, -1);
     }
     unlink_walked(r, &r->all, &c->reg_link);
+    guard_close(gw->guard, c);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_close);
     uv_close((uv_handle_t *)&c->tcp, on_close);

@@ -109,6 +109,7 @@ struct conn {
     int64_t connected_ms;            /* epoch ms */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
     unsigned auth_timeout_ms;        /* 0 = none; cleared by conn_authenticated */
+    bool authenticated;              /* conn_authenticated ran: pre-auth caps no longer apply */
     unsigned idle_timeout_ms;        /* 0 = none */
     /* read-only */
     size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
@@ -132,6 +133,9 @@ struct conn {
     struct list_link wait_link;      /* in its list of connections with waiters */
     struct conn_waiter *waiters;     /* FIFO ring of durable waiters */
     size_t nwaiters, waiters_head, waiters_cap;
+    /* gateway/guard.c's pre-auth accounting (only it writes these) */
+    bool guard_counted;              /* counted against its peer address */
+    size_t guard_held;               /* its bytes in the pre-auth budget */
 };
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it
@@ -157,7 +161,9 @@ void conn_close(struct conn *c, const char *why);
 bool conn_refused(struct conn *c, const char *why);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
-/* Marks the connection as authenticated by device (stops the auth timer). */
+/* Marks the connection as authenticated by device (stops the auth timer, ends its
+ * pre-auth budgets: gateway/guard.h). Only a check of credentials calls it (a device
+ * session, an MQTT CONNECT accepted, an HTTP request with an API key or device token). */
 void conn_authenticated(struct conn *c, const char *device);
 /* Pauses / resumes reading on behalf of the protocol (e.g. HTTP waiting on a reply). */
 void conn_pause(struct conn *c);

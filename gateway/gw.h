@@ -14,6 +14,7 @@
 
 struct bus;
 struct devices;
+struct guard;
 
 /* What the loop needs to know of storage, filled by main (gateway/ never includes
  * storage/). Both functions are called on the loop thread; a NULL ctx means there is
@@ -71,6 +72,7 @@ struct gw {
                              const void *payload, size_t len);
     void *hook_ctx;                  /* main's state for the two hooks above */
     struct conn_registry *conns;     /* live connections (conn.h) */
+    struct guard *guard;             /* pre-auth budgets, device rates (guard.h); NULL: none */
     /* read-only */
     struct gw_listener listeners[8];
     int nlisteners;

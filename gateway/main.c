@@ -26,6 +26,7 @@
 #include "config/config.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/tls.h"
@@ -532,6 +533,7 @@ int main(int argc, char **argv)
     gw.devices = &devices;
     gw.bus = bus_new();
     gw.conns = conn_registry_new();
+    gw.guard = guard_new(&cfg, &gw.metrics);
     gw.hook_ctx = &parts;
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
@@ -641,6 +643,7 @@ out:
     mqtt_broker_free(parts.broker);
     conn_registry_free(gw.conns);
     tls_server_free(tls);
+    guard_free(gw.guard);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

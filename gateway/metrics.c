@@ -5,6 +5,7 @@
 
 #include "base/clock.h"
 #include "gateway/devices.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 
 static void counter(struct buf *b, const char *name, const char *help, uint64_t v)
@@ -105,6 +106,17 @@ void metrics_render(struct gw *gw, struct buf *b)
                   "gale_telemetry_rejected_total{proto=\"mqtt\"} %llu\n",
                (unsigned long long)m->mqtt_telemetry_rejected);
     counter(b, "gale_feed_sent_total", "Live-feed frames sent", m->feed_sent);
+    buf_printf(b, "# HELP gale_rate_limited_total Device messages over "
+                  "limits.device_rate_msgs_per_s, by action\n"
+                  "# TYPE gale_rate_limited_total counter\n"
+                  "gale_rate_limited_total{action=\"drop\"} %llu\n"
+                  "gale_rate_limited_total{action=\"disconnect\"} %llu\n",
+               (unsigned long long)m->rate_limited_drop,
+               (unsigned long long)m->rate_limited_disconnect);
+    counter(b, "gale_preauth_refused_total",
+            "Connections refused or closed by pre-authentication budgets", m->preauth_refused);
+    gauge(b, "gale_preauth_bytes", "Bytes held by connections not yet authenticated",
+          (double)guard_preauth_bytes(gw->guard));
     counter(b, "gale_feed_dropped_total", "Live-feed updates dropped for slow viewers",
             m->feed_dropped);
 }

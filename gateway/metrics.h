@@ -26,6 +26,9 @@ struct metrics {
     uint64_t mqtt_telemetry_rejected;  /* MQTT telemetry payloads that did not decode */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
+    uint64_t rate_limited_drop;        /* device messages over the rate, dropped */
+    uint64_t rate_limited_disconnect;  /* ... and connections closed for it */
+    uint64_t preauth_refused;          /* connections refused or closed by pre-auth budgets */
 };
 
 struct gw;

@@ -15,6 +15,7 @@
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "gateway/bus.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/telemetry.h"
@@ -308,8 +309,35 @@ static void bad_message(struct session *s, const struct device *dev,
     }
 }
 
+/* The device is over limits.device_rate_msgs_per_s: the message (json) is not taken.
+ * drop: an error with code rate_limited and the message's seq, when it had one (parsed
+ * only here, off the common path); disconnect: the error, then close. */
+static void rate_limited(struct session *s, enum guard_rate r, const void *json, size_t len)
+{
+    struct conn *c = s->conn;
+    static const char why[] = "message rate over limits.device_rate_msgs_per_s: not stored";
+    cJSON *root;
+    const cJSON *seq;
+
+    if (log_refusal(c->peer, "rate limited"))
+        log_warn("conn=%llu peer=%s proto=%s device=%s rate limited action=%s limit=%d",
+                 (unsigned long long)c->id, c->peer, c->proto->name, c->device,
+                 r == GUARD_RATE_DISCONNECT ? "disconnect" : "drop",
+                 c->gw->cfg->limits.device_rate_msgs_per_s);
+    if (r == GUARD_RATE_DISCONNECT) {
+        session_refuse(s, "rate_limited", why);
+        return;
+    }
+    root = cJSON_ParseWithLength(json, len);
+    seq = cJSON_GetObjectItemCaseSensitive(root, "seq");
+    send_error(s, "rate_limited", why, cJSON_IsNumber(seq),
+               cJSON_IsNumber(seq) ? (int64_t)seq->valuedouble : 0);
+    cJSON_Delete(root);
+}
+
 void session_message(struct session *s, const void *json, size_t len)
 {
+    enum guard_rate rate;
     struct conn *c = s->conn;
     struct gw *gw = c->gw;
     struct device *dev;
@@ -323,6 +351,10 @@ void session_message(struct session *s, const void *json, size_t len)
     dev = devices_find(gw->devices, c->device);
     if (!dev) {
         session_refuse(s, "unauthorized", "device was deleted");
+        return;
+    }
+    if ((rate = guard_rate(gw->guard, dev->id, gw_mono_ms())) != GUARD_RATE_OK) {
+        rate_limited(s, rate, json, len);
         return;
     }
     if (command_reply(s, json, len))
@@ -454,6 +486,15 @@ static void merge_attributes(struct gw *gw, struct device *dev, const void *p, s
         cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
     }
     js = cJSON_PrintUnformatted(cur);
+    if (strlen(js) > gw->cfg->limits.max_attribute_bytes) { /* attributes merge forever: not */
+        log_warn("device=%s attributes not merged reason=\"over limits.max_attribute_bytes\" "
+                 "bytes=%zu limit=%zu",
+                 dev->id, strlen(js), gw->cfg->limits.max_attribute_bytes);
+        cJSON_free(js);
+        cJSON_Delete(cur);
+        cJSON_Delete(upd);
+        return;
+    }
     free(dev->attrs_json);
     dev->attrs_json = xstrdup(js);
     cJSON_free(js);

@@ -22,6 +22,7 @@
 #include "base/clock.h"
 #include "base/err.h"
 #include "gateway/devices.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
@@ -107,6 +108,18 @@ static void reply_when_durable(struct http_conn *h, const struct ticket *t, int 
 
 /* ---- devices ---- */
 
+/* Attributes (JSON text js) over limits.max_attribute_bytes: answers 413 and returns true. */
+static bool attributes_too_large(struct gw *gw, struct http_conn *h, const char *js)
+{
+    char why[128];
+    if (!js || strlen(js) <= gw->cfg->limits.max_attribute_bytes)
+        return false;
+    snprintf(why, sizeof why, "attributes larger than limits.max_attribute_bytes (%zu bytes)",
+             gw->cfg->limits.max_attribute_bytes);
+    http_respond_error(h, 413, "attributes_too_large", why);
+    return true;
+}
+
 static void device_create(struct rest *r, struct http_conn *h, struct http_req *req)
 {
     struct gw *gw = r->gw;
@@ -145,10 +158,12 @@ static void device_create(struct rest *r, struct http_conn *h, struct http_req *
         http_respond_error(h, 409, "exists", "a device with this id exists");
         goto out;
     }
-    devices_new_token(token);
-    devices_hash_token(gw->token_secret, token, strlen(token), hash);
     if (attrs)
         attrs_json = cJSON_PrintUnformatted(attrs);
+    if (attributes_too_large(gw, h, attrs_json))
+        goto out;
+    devices_new_token(token);
+    devices_hash_token(gw->token_secret, token, strlen(token), hash);
     dev = devices_create(gw->devices, id->valuestring, hash, dev_role, attrs_json, gw_now_ms(),
                          &seq);
     role_name = devices_role_name(dev->role);
@@ -238,6 +253,10 @@ static void device_patch(struct rest *r, struct http_conn *h, struct http_req *r
     }
     if (attrs) {
         char *s = cJSON_PrintUnformatted(attrs);
+        if (attributes_too_large(gw, h, s)) {
+            cJSON_free(s);
+            goto out;
+        }
         free(dev->attrs_json);
         dev->attrs_json = xstrdup(s);
         cJSON_free(s);
@@ -285,6 +304,16 @@ static void telemetry_post(struct gw *gw, struct http_conn *h, struct http_req *
         !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
         !tls_peer_device(http_conn_of(h), dev->id)) {
         unauthorized_ingest(gw, h);
+        return;
+    }
+    if (guard_rate(gw->guard, dev->id, gw_mono_ms()) != GUARD_RATE_OK) {
+        /* disconnect: the reply says why, then the connection closes */
+        if (gw->cfg->limits.device_rate_action == CONFIG_RATE_DISCONNECT)
+            http_current(h)->keep_alive = false;
+        http_respond(h, 429, JSON,
+                     "{\"error\":\"message rate over limits.device_rate_msgs_per_s\","
+                     "\"code\":\"rate_limited\"}",
+                     81, "Retry-After: 1\r\n");
         return;
     }
     if (gw->ingest_paused) {
@@ -778,6 +807,24 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     http_respond_error(h, 404, "not_found", "no such resource");
 }
 
+/* The head of req carries credentials: the API key, or a device's token for its own
+ * telemetry ingest (the one route that takes one). Checked before the body is read. */
+static bool rest_authorized(void *ctx, const struct http_req *req)
+{
+    struct rest *r = ctx;
+    const char *tok = http_bearer(req), *rest;
+    char id[DEVICE_ID_MAX + 2];
+    struct device *dev;
+
+    if (authorized(r->gw, req))
+        return true;
+    if (!tok || strcmp(req->method, "POST") != 0 || strncmp(req->path, "/api/devices/", 13) != 0 ||
+        !split_device_path(req->path, id, sizeof id, &rest) || strcmp(rest, "/telemetry") != 0)
+        return false;
+    dev = devices_find(r->gw->devices, id);
+    return dev && devices_check_token(r->gw->token_secret, dev, tok, strlen(tok));
+}
+
 struct rest *rest_new(struct gw *gw, struct store *store, struct commands *commands)
 {
     struct rest *r = xcalloc(1, sizeof *r);
@@ -785,6 +832,7 @@ struct rest *rest_new(struct gw *gw, struct store *store, struct commands *comma
     r->store = store;
     r->commands = commands;
     r->srv.on_request = rest_handle;
+    r->srv.authorized = rest_authorized;
     r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "base/alloc.h"
@@ -23,13 +24,28 @@ struct http_conn {
     bool finished;               /* "Connection: close" sent: parse nothing more */
 };
 
+/* The head of a request is complete: credentials in it authenticate the connection and
+ * allow a full body; without them, on a connection still unauthenticated, the body is
+ * capped before a byte of it is read. */
+static size_t body_limit(void *ctx, const struct http_req *req)
+{
+    struct http_conn *h = ctx;
+    struct conn *c = h->conn;
+    if (h->srv->authorized && h->srv->authorized(h->srv->ctx, req) && !c->authenticated)
+        conn_authenticated(c, NULL);
+    return guard_cap(c, h->srv->max_body_bytes);
+}
+
 static void *http_open(struct conn *c, void *ctx)
 {
     struct http_conn *h = xcalloc(1, sizeof *h);
     h->conn = c;
     h->srv = ctx;
     http_parser_init(&h->parser, h->srv->max_header_bytes, h->srv->max_body_bytes);
-    /* the first request must arrive within the auth timeout (no slow-drip openers) */
+    h->parser.body_limit = body_limit;
+    h->parser.body_limit_ctx = h;
+    /* only a request with credentials ends this (no slow-drip openers, no health polls
+     * that keep a slot) */
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return h;
 }
@@ -65,7 +81,9 @@ static int http_feed(void *state, struct buf *in)
         size_t used;
         int status;
         const char *why;
-        enum http_parse_rc rc = http_parser_feed(&h->parser, in->data, in->len, &used, &status,
+        enum http_parse_rc rc;
+        h->parser.max_header_bytes = guard_cap(c, h->srv->max_header_bytes);
+        rc = http_parser_feed(&h->parser, in->data, in->len, &used, &status,
                                                  &why);
         buf_consume(in, used);
         if (rc == HTTP_PARSE_NEED_MORE)
@@ -75,6 +93,9 @@ static int http_feed(void *state, struct buf *in)
             continue;
         }
         if (rc == HTTP_PARSE_ERROR) {
+            if (status == 413 && !c->authenticated)
+                why = "request body too large before authentication "
+                      "(limits.preauth_max_bytes; send credentials with the request)";
             reject(h, status,
                    status == 431 ? "headers_too_large"
                    : status == 413 ? "body_too_large"
@@ -85,8 +106,6 @@ static int http_feed(void *state, struct buf *in)
         h->busy = true;
         h->in_handler = true;
         c->msgs_in++;
-        if (c->auth_timeout_ms) /* from now on only the idle timeout applies */
-            conn_authenticated(c, NULL);
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
         if (c->closing)
             return 0; /* h is gone */

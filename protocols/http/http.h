@@ -6,6 +6,10 @@
  * now or later (after a query or a durable commit); only then are pipelined
  * bytes parsed further, so replies keep their order. Errors become a JSON body
  * {"error":"...","code":"..."} with 400/413/431 and the connection closes.
+ * Before the connection has authenticated, a request's head and body are capped at
+ * limits.preauth_max_bytes unless its head carries credentials (http_server.authorized),
+ * and only such a request ends the connection's auth deadline: a client that never
+ * authenticates is closed at limits.auth_timeout_ms however many requests it sends.
  * Upgrade requests are handed over like any request with req->upgrade set; the
  * handler may switch the connection's protocol (conn_set_proto) and call
  * http_upgraded(). Request assembly is protocols/http/parser.h (pure); the request
@@ -28,6 +32,12 @@ typedef void (*http_request_fn)(void *ctx, struct http_conn *h, struct http_req 
 struct http_server {
     http_request_fn on_request;
     void *ctx;
+    /* Whether req (its head: a body is not read yet) carries valid credentials. Such a
+     * request authenticates the connection (conn_authenticated) and may carry up to
+     * max_body_bytes; any other, on a connection that has not authenticated, is capped
+     * at limits.preauth_max_bytes (413 unread past it) and leaves the auth deadline
+     * running. NULL: no request authenticates. */
+    bool (*authorized)(void *ctx, const struct http_req *req);
     size_t max_header_bytes;   /* request line + headers */
     size_t max_body_bytes;
 };

@@ -122,7 +122,10 @@ static int on_headers_complete(llhttp_t *l)
     r->http_minor = l->http_minor;
     r->keep_alive = llhttp_should_keep_alive(l);
     r->upgrade = l->upgrade;
-    if ((l->flags & F_CONTENT_LENGTH) && l->content_length > p->max_body_bytes)
+    p->req_body_bytes = p->body_limit ? p->body_limit(p->body_limit_ctx, r) : p->max_body_bytes;
+    if (p->req_body_bytes > p->max_body_bytes)
+        p->req_body_bytes = p->max_body_bytes;
+    if ((l->flags & F_CONTENT_LENGTH) && l->content_length > p->req_body_bytes)
         return fail_limit(p, 413); /* before a byte of the body arrives */
     expect = http_header(r, "expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && r->http_minor >= 1 &&
@@ -136,7 +139,7 @@ static int on_headers_complete(llhttp_t *l)
 static int on_body(llhttp_t *l, const char *at, size_t len)
 {
     struct http_parser *p = l->data;
-    if (p->body.len + len > p->max_body_bytes)
+    if (p->body.len + len > p->req_body_bytes)
         return fail_limit(p, 413);
     buf_append(&p->body, at, len);
     return 0;

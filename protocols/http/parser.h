@@ -21,13 +21,22 @@ enum http_parse_rc {
     HTTP_PARSE_EXPECT_CONTINUE = 2, /* headers asked for "100 Continue": send it, call again */
 };
 
+/* The largest body the request whose head is req may carry (called once its head is
+ * complete, before a byte of its body is taken); at most the parser's max_body_bytes. */
+typedef size_t (*http_body_limit_fn)(void *ctx, const struct http_req *req);
+
 struct http_parser {
     /* public, valid after HTTP_PARSE_REQUEST until the next call */
     struct http_req req;
+    /* public, set by the owner: NULL = max_body_bytes for every request */
+    http_body_limit_fn body_limit;
+    void *body_limit_ctx;
+    size_t max_header_bytes;       /* may be lowered or raised between requests */
     /* private */
     llhttp_t llhttp;
     llhttp_settings_t settings;
-    size_t max_header_bytes, max_body_bytes;
+    size_t max_body_bytes;
+    size_t req_body_bytes;         /* the current request's body cap (body_limit) */
     struct buf head;               /* target and header bytes of the current request */
     struct buf body;
     size_t url_off, url_len;

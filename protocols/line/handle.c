@@ -10,6 +10,7 @@
 
 #include "base/alloc.h"
 #include "base/buf.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/session.h"
 #include "protocols/line/line_proto.h"
@@ -49,6 +50,8 @@ static int line_feed(void *state, struct buf *in)
     struct conn *c = l->s.conn; /* valid after l is gone: freed only in its close callback */
     size_t off = 0;
 
+    /* the first line (before authentication) is capped at limits.preauth_max_bytes */
+    l->dec.max_line_bytes = guard_cap(c, c->gw->cfg->line.max_line_bytes);
     while (!c->closing && !c->close_after_write && off < in->len) {
         const uint8_t *line;
         size_t line_len, used;

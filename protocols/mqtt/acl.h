@@ -7,7 +7,8 @@
  * rule matches, the default by role applies:
  *   device     publish and subscribe under devices/<its id>/# only
  *   app        everything
- *   anonymous  everything (only reachable with mqtt.allow_anonymous)
+ *   anonymous  everything (only reachable with mqtt.allow_anonymous); the broker
+ *              keeps them out of provisioned devices' namespaces (broker_anon_denied)
  * except that no default lets a client publish to a topic starting with '$' (the
  * server's own $SYS tree); only a rule can allow that.
  * For publish the rule's filter must match the topic name; for subscribe the

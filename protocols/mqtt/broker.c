@@ -33,6 +33,7 @@
 
 #include "base/alloc.h"
 #include "base/clock.h"
+#include "base/err.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
@@ -215,6 +216,9 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
         !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
                    s->device[0] ? s->device : NULL, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
         return; /* a rule denies this topic to s, though its filter was allowed */
+    if (s->role == ACL_ROLE_ANONYMOUS &&
+        broker_anon_denied(b, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
+        return; /* a wildcard reached a provisioned device's commands */
 
     if (s->conn && qos == 0 && !s->queue.head) {
         if (over_budget(b, s)) {
@@ -353,18 +357,100 @@ void broker_leave(struct mqtt_broker *b)
     }
 }
 
-/* retained_put that keeps b->nretained (topics outside $SYS) in step. */
+/* ---- retained messages per device namespace ---- */
+
+struct retained_use {
+    size_t n;                   /* retained topics under devices/<id>/ */
+    size_t bytes;               /* their topics and payloads */
+    char id[DEVICE_ID_MAX + 1]; /* map key */
+};
+
+/* Length of <id> when topic is devices/<id>/..., else 0. */
+static size_t topic_device(const char *topic, size_t len, const char **id)
+{
+    const char *slash;
+    if (len <= 8 || memcmp(topic, "devices/", 8) != 0)
+        return 0;
+    slash = memchr(topic + 8, '/', len - 8);
+    if (!slash || slash == topic + 8 || (size_t)(slash - topic - 8) > DEVICE_ID_MAX)
+        return 0;
+    *id = topic + 8;
+    return (size_t)(slash - topic - 8);
+}
+
+static struct retained_use *use_of(struct mqtt_broker *b, const char *topic, bool create)
+{
+    const char *id;
+    size_t n = topic_device(topic, strlen(topic), &id);
+    struct retained_use *u;
+    if (n == 0)
+        return NULL;
+    u = map_get(&b->retained_use, id, n);
+    if (u || !create)
+        return u;
+    u = xcalloc(1, sizeof *u);
+    memcpy(u->id, id, n);
+    map_put(&b->retained_use, u->id, n, u);
+    return u;
+}
+
+static size_t retained_size(const struct retained *r)
+{
+    return r ? strlen(r->topic) + r->m->payload_len : 0;
+}
+
+bool broker_retained_room(struct mqtt_broker *b, const char *topic, size_t len,
+                          const char **why)
+{
+    const struct config *cfg = b->gw->cfg;
+    const struct retained_use *u;
+    const struct retained *old;
+    const char *id;
+    size_t n, bytes;
+
+    if (len == 0 || topic_device(topic, strlen(topic), &id) == 0)
+        return true; /* a removal, or outside any device's namespace */
+    u = use_of(b, topic, false);
+    old = map_get(&b->retained.by_topic, topic, strlen(topic));
+    n = (u ? u->n : 0) + (old ? 0 : 1);
+    bytes = (u ? u->bytes : 0) - retained_size(old) + strlen(topic) + len;
+    if (cfg->limits.max_retained_per_device && n > cfg->limits.max_retained_per_device) {
+        *why = "limits.max_retained_per_device reached";
+        return false;
+    }
+    if (cfg->limits.max_retained_bytes_per_device &&
+        bytes > cfg->limits.max_retained_bytes_per_device) {
+        *why = "limits.max_retained_bytes_per_device reached";
+        return false;
+    }
+    return true;
+}
+
+/* retained_put that keeps b->nretained (topics outside $SYS) and the namespaces' shares
+ * in step. */
 static void retained_put_counted(struct mqtt_broker *b, struct msg *m)
 {
     size_t tlen = strlen(m->topic);
-    bool had = map_get(&b->retained.by_topic, m->topic, tlen) != NULL;
+    const struct retained *r = map_get(&b->retained.by_topic, m->topic, tlen);
+    bool had = r != NULL;
+    size_t old_size = retained_size(r);
+    struct retained_use *u;
+
     retained_put(&b->retained, m);
-    if (m->topic[0] != '$') {
-        bool has = map_get(&b->retained.by_topic, m->topic, tlen) != NULL;
-        if (has && !had)
-            b->nretained++;
-        else if (had && !has)
-            b->nretained--;
+    if (m->topic[0] == '$')
+        return;
+    r = map_get(&b->retained.by_topic, m->topic, tlen);
+    if (r && !had)
+        b->nretained++;
+    else if (had && !r)
+        b->nretained--;
+    if ((u = use_of(b, m->topic, r != NULL)) == NULL)
+        return;
+    u->n = u->n + (r != NULL) - had;
+    u->bytes = u->bytes + retained_size(r) - old_size;
+    if (u->n == 0) {
+        map_del(&b->retained_use, u->id, strlen(u->id));
+        free(u);
     }
 }
 
@@ -463,6 +549,7 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
     s->client_id = xstrdup(client_id);
     set_identity(s, role, username);
     s->clean = clean;
+    s->seen_ms = gw_now_ms();
     s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
     return s;
@@ -489,8 +576,8 @@ void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 {
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
-    if (!s->clean)
-        b->store.delete_session(b->store.ctx, s->client_id);
+    if (!s->clean) /* joins the ticket of what is being done (a device deleted), if any */
+        ticket_add(b->ticket, b->store.delete_session(b->store.ctx, s->client_id));
     session_release(s);
 }
 
@@ -498,6 +585,7 @@ void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct
 {
     s->conn = mc;
     s->drop_logged = false;
+    s->seen_ms = gw_now_ms();
     /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1] */
     for (size_t i = 0; i < s->ninflight; i++) {
         struct out_msg *o = s->inflight[i];
@@ -512,6 +600,7 @@ void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct
 void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s)
 {
     s->conn = NULL;
+    s->seen_ms = gw_now_ms();
     if (s->clean)
         broker_session_free(b, s);
 }
@@ -528,7 +617,10 @@ void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
 }
 
 /* Stored as {"user":"dev-1","role":"device"}; a record without them (a session stored
- * with no identity) is anonymous. The subscriptions are rows of their own. */
+ * with no identity) is anonymous. The subscriptions are rows of their own. When a session
+ * was last used is not stored (a disconnect writes nothing): a loaded session counts as
+ * used at start-up, so mqtt.session_expiry_s runs from its last use or the last start,
+ * whichever is later. */
 void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s)
 {
     cJSON *root;
@@ -570,6 +662,164 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
         free(f);
     }
     return true;
+}
+
+/* ---- per-identity limits and ACL completeness ---- */
+
+/* s speaks for the registry entry id (a device or an application it authenticated as). */
+static bool session_of(const struct mqtt_session *s, const char *id)
+{
+    return s->role != ACL_ROLE_ANONYMOUS && strcmp(s->username, id) == 0;
+}
+
+int broker_session_make_room(struct mqtt_broker *b, const char *device)
+{
+    size_t limit = b->gw->cfg->limits.max_sessions_per_device, it = 0, n = 0;
+    struct mqtt_session *oldest = NULL;
+    void *v;
+
+    while (map_next(&b->sessions, &it, NULL, &v)) {
+        struct mqtt_session *s = v;
+        if (s->clean || !session_of(s, device))
+            continue;
+        n++;
+        if (!s->conn && (!oldest || s->seen_ms < oldest->seen_ms))
+            oldest = s;
+    }
+    if (n < limit)
+        return 0;
+    if (!oldest)
+        return GW_ELIMIT;
+    log_info("mqtt client=\"%s\" device=%s session deleted reason=\"limits.max_sessions_per_device "
+             "reached: a new session replaces the one unused longest\" limit=%zu",
+             log_q(oldest->client_id), device, limit);
+    broker_session_free(b, oldest);
+    return 0;
+}
+
+/* Filters of one session (mqtt_router_list may not run while the router changes). */
+struct filters {
+    char **f;
+    size_t n, cap;
+};
+
+static void collect_filter(void *ctx, const char *filter, size_t len, uint8_t qos, uint32_t opts)
+{
+    struct filters *fs = ctx;
+    (void)qos;
+    (void)opts;
+    if (fs->n == fs->cap) {
+        fs->cap = fs->cap ? fs->cap * 2 : 8;
+        fs->f = xrealloc(fs->f, fs->cap * sizeof *fs->f);
+    }
+    fs->f[fs->n++] = xstrndup(filter, len);
+}
+
+size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    struct filters fs = {0};
+    size_t dropped = 0;
+
+    mqtt_router_list(b->router, s, collect_filter, &fs);
+    for (size_t i = 0; i < fs.n; i++) {
+        size_t len = strlen(fs.f[i]);
+        if (!acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
+                       s->device[0] ? s->device : NULL, fs.f[i], len, ACL_SUBSCRIBE) ||
+            (s->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, fs.f[i], len, ACL_SUBSCRIBE))) {
+            log_info("mqtt client=\"%s\" subscription dropped filter=\"%s\" "
+                     "reason=\"no longer allowed by the ACL\"",
+                     log_q(s->client_id), log_q(fs.f[i]));
+            broker_session_unsubscribe(b, s, fs.f[i], len);
+            dropped++;
+        }
+        free(fs.f[i]);
+    }
+    free(fs.f);
+    return dropped;
+}
+
+bool broker_anon_denied(const struct mqtt_broker *b, const char *topic, size_t len,
+                        enum acl_action action)
+{
+    char id[DEVICE_ID_MAX + 1];
+    const char *p, *rest;
+    size_t n = topic_device(topic, len, &p), rlen;
+    const struct device *dev;
+
+    if (n == 0 || memchr(p, '+', n) || memchr(p, '#', n))
+        return false; /* a wildcard id: deliveries are checked one by one (deliver) */
+    memcpy(id, p, n);
+    id[n] = '\0';
+    dev = devices_find(b->gw->devices, id);
+    if (!dev || !dev->token_hash[0])
+        return false;
+    if (action == ACL_PUBLISH)
+        return true;
+    rest = p + n + 1; /* the first level after the id: commands, or a wildcard over it */
+    rlen = len - (size_t)(rest - topic);
+    for (size_t i = 0; i < rlen; i++)
+        if (rest[i] == '/')
+            rlen = i;
+    return (rlen == 8 && memcmp(rest, "commands", 8) == 0) ||
+           (rlen == 1 && (rest[0] == '+' || rest[0] == '#'));
+}
+
+/* Persistent sessions offline for longer than mqtt.session_expiry_s are deleted. */
+static void expire_sessions(struct mqtt_broker *b)
+{
+    int64_t expiry_ms = (int64_t)b->gw->cfg->mqtt.session_expiry_s * 1000, now = gw_now_ms();
+    struct mqtt_session **old = NULL;
+    size_t it = 0, n = 0, cap = 0;
+    void *v;
+
+    if (expiry_ms <= 0)
+        return;
+    while (map_next(&b->sessions, &it, NULL, &v)) {
+        struct mqtt_session *s = v;
+        if (s->conn || s->clean || now - s->seen_ms < expiry_ms)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            old = xrealloc(old, cap * sizeof *old);
+        }
+        old[n++] = s;
+    }
+    for (size_t i = 0; i < n; i++) {
+        log_info("mqtt client=\"%s\" session expired unused_s=%lld limit=%d",
+                 log_q(old[i]->client_id), (long long)((now - old[i]->seen_ms) / 1000),
+                 b->gw->cfg->mqtt.session_expiry_s);
+        broker_session_free(b, old[i]);
+    }
+    free(old);
+}
+
+static void on_expiry_timer(uv_timer_t *t)
+{
+    expire_sessions(t->data);
+}
+
+/* Start-up: sessions of devices no longer in the registry are deleted and the others'
+ * loaded subscriptions re-checked against the ACL. */
+static void check_loaded_sessions(struct mqtt_broker *b)
+{
+    struct mqtt_session **all = xcalloc(b->sessions.len + 1, sizeof *all);
+    size_t it = 0, n = 0;
+    void *v;
+
+    while (map_next(&b->sessions, &it, NULL, &v))
+        all[n++] = v;
+    for (size_t i = 0; i < n; i++) {
+        struct mqtt_session *s = all[i];
+        if (s->role != ACL_ROLE_ANONYMOUS && !devices_find(b->gw->devices, s->username)) {
+            log_info("mqtt client=\"%s\" session deleted reason=\"its device %s no longer "
+                     "exists\"",
+                     log_q(s->client_id), log_q(s->username));
+            broker_session_free(b, s);
+            continue;
+        }
+        broker_session_recheck(b, s);
+    }
+    free(all);
 }
 
 static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_t state)
@@ -637,9 +887,27 @@ void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online
 void mqtt_broker_forget_device(struct mqtt_broker *b, const char *device, struct ticket *t)
 {
     char topic[DEVICE_ID_MAX + 32];
+    struct mqtt_session **mine;
+    struct ticket *outer;
     struct msg *m;
+    size_t it = 0, n = 0;
+    void *v;
+
     if (!b)
         return;
+    /* its persistent sessions go with it (its connections are closed already) */
+    mine = xcalloc(b->sessions.len + 1, sizeof *mine);
+    while (map_next(&b->sessions, &it, NULL, &v))
+        if (!((struct mqtt_session *)v)->conn && session_of(v, device))
+            mine[n++] = v;
+    outer = b->ticket;
+    b->ticket = t;
+    for (size_t i = 0; i < n; i++)
+        broker_session_free(b, mine[i]);
+    b->ticket = outer;
+    free(mine);
+    if (n)
+        log_info("device=%s deleted with its mqtt sessions=%zu", device, n);
     snprintf(topic, sizeof topic, "devices/%s/status", device);
     if (!map_get(&b->retained.by_topic, topic, strlen(topic)))
         return; /* never connected: nothing to clear (the store holds what memory does) */
@@ -770,6 +1038,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->store = *store;
     b->router = mqtt_router_new();
     map_init(&b->sessions);
+    map_init(&b->retained_use);
     retained_init(&b->retained);
     b->acl = acl_new(gw->cfg->mqtt.acl_json, err, sizeof err);
     if (!b->acl) {
@@ -784,7 +1053,16 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
         mqtt_broker_free(b);
         return NULL;
     }
+    check_loaded_sessions(b);
     bus_add_sink(gw->bus, "mqtt", sink_mqtt, b);
+    if (gw->cfg->mqtt.session_expiry_s > 0) { /* checked ten times per expiry, 1 s..60 s */
+        uint64_t every = (uint64_t)gw->cfg->mqtt.session_expiry_s * 100;
+        every = every < 1000 ? 1000 : every > 60000 ? 60000 : every;
+        uv_timer_init(gw->loop, &b->expiry_timer);
+        b->expiry_timer.data = b;
+        uv_timer_start(&b->expiry_timer, on_expiry_timer, every, every);
+        uv_unref((uv_handle_t *)&b->expiry_timer);
+    }
     uv_timer_init(gw->loop, &b->sys_timer);
     b->sys_timer.data = b;
     uv_timer_start(&b->sys_timer, on_sys_timer, 100, SYS_INTERVAL_MS);
@@ -801,9 +1079,15 @@ void mqtt_broker_free(struct mqtt_broker *b)
         return;
     if (b->sys_timer.data && !uv_is_closing((uv_handle_t *)&b->sys_timer))
         uv_close((uv_handle_t *)&b->sys_timer, NULL);
+    if (b->expiry_timer.data && !uv_is_closing((uv_handle_t *)&b->expiry_timer))
+        uv_close((uv_handle_t *)&b->expiry_timer, NULL);
     while (map_next(&b->sessions, &it, NULL, &v))
         session_release(v);
     map_fini(&b->sessions);
+    it = 0;
+    while (map_next(&b->retained_use, &it, NULL, &v))
+        free(v);
+    map_fini(&b->retained_use);
     retained_fini(&b->retained);
     mqtt_router_free(b->router);
     acl_free(b->acl);

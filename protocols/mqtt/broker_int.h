@@ -63,6 +63,7 @@ struct mqtt_session {
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
     size_t nsubs;               /* subscriptions held (mqtt.max_subscriptions) */
+    int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
     bool drop_logged;           /* one log line per overflow episode */
 };
 
@@ -107,6 +108,8 @@ struct mqtt_broker {
                                  * the writes routing causes join (NULL otherwise) */
     unsigned depth;             /* nesting of broker work (feeds, routing) in progress */
     struct list conns;          /* struct mqtt_conn open (not closed) */
+    struct map retained_use;    /* device id -> struct retained_use: its namespace's share */
+    uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
     struct list dead;           /* struct mqtt_conn closed during broker work, to finish after */
 };
 
@@ -137,6 +140,28 @@ struct mqtt_conn {
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
 };
+
+/* ---- per-identity limits and ACL completeness (broker.c) ---- */
+
+/* limits.max_sessions_per_device: makes room for a new persistent session of device (its
+ * registry id). At the limit the device's offline session unused longest is deleted (with
+ * what it holds, logged); returns GW_ELIMIT when every one of them is connected, else 0. */
+int broker_session_make_room(struct mqtt_broker *b, const char *device);
+/* Drops the subscriptions of s that its identity may no longer hold (the ACL changed, an
+ * anonymous filter names a provisioned device's commands), each with a log line and its
+ * stored row deleted. Returns how many were dropped. */
+size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s);
+/* For an anonymous client: true when topic (a name for ACL_PUBLISH, a filter for
+ * ACL_SUBSCRIBE) lies in a provisioned device's namespace devices/<id>/... (publish) or
+ * names its commands topic devices/<id>/commands[/...] (subscribe). Provisioned: in the
+ * registry with a token (a device that registered itself anonymously has none). */
+bool broker_anon_denied(const struct mqtt_broker *b, const char *topic, size_t len,
+                        enum acl_action action);
+/* Whether a retained message of len payload bytes on topic fits its device's share
+ * (limits.max_retained_per_device, limits.max_retained_bytes_per_device; topics outside
+ * devices/<id>/ are bounded by mqtt.max_retained only). Else *why is a static reason. */
+bool broker_retained_room(struct mqtt_broker *b, const char *topic, size_t len,
+                          const char **why);
 
 /* retained.c */
 void retained_init(struct retained_store *rs);

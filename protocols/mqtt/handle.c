@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "gateway/bus.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
@@ -42,7 +43,9 @@
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
-    log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
+    /* before CONNECT (garbage, an oversized CONNECT) the peer's refusals are summarised */
+    if (mc->connected || conn_refused(mc->c, why))
+        log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"",
              (unsigned long long)mc->c->id, mc->c->peer, why);
     conn_close(mc->c, why);
 }
@@ -237,7 +240,19 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (s) {
         sp = true; /* [MQTT-3.2.2-2] */
         broker_session_set_identity(b, s, mc->role, mc->username);
+        broker_session_recheck(b, s); /* the ACL may have changed since it subscribed */
     } else {
+        if (!cp->clean_session && mc->role != ACL_ROLE_ANONYMOUS &&
+            broker_session_make_room(b, mc->username) != 0) {
+            if (conn_refused(mc->c, "limits.max_sessions_per_device reached"))
+                log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
+                         "reason=\"limits.max_sessions_per_device reached, all connected\" "
+                         "limit=%zu",
+                         (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                         log_q(mc->username), gw->cfg->limits.max_sessions_per_device);
+            connack(mc, false, MQTT_CONNACK_NOT_AUTHORIZED);
+            return;
+        }
         s = broker_session_new(b, client_id, cp->clean_session, mc->role, mc->username);
         broker_session_persist(b, s);
     }
@@ -298,6 +313,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     struct session_client who = {mc->c, mc->role == ACL_ROLE_ANONYMOUS, mc->username,
                                  mc->device};
     const struct qos2_in *q2;
+    enum guard_rate rate;
 
     b->publish_in++;
     mc->c->msgs_in++;
@@ -310,7 +326,23 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         t = q2->t;
         goto ack;
     }
-    if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
+    if (mc->device[0] && (rate = guard_rate(gw->guard, mc->device, gw_mono_ms())) != GUARD_RATE_OK) {
+        if (log_refusal(mc->c->peer, "rate limited"))
+            log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
+                     (unsigned long long)mc->c->id, mc->c->peer, mc->device,
+                     rate == GUARD_RATE_DROP ? "drop" : "disconnect",
+                     gw->cfg->limits.device_rate_msgs_per_s);
+        if (rate == GUARD_RATE_DISCONNECT) {
+            if (topic != stack_topic)
+                free(topic);
+            conn_close(mc->c, "message rate over limits.device_rate_msgs_per_s");
+            return;
+        }
+        goto ack; /* dropped: acknowledged, as 3.1.1 has no negative ack */
+    }
+    if ((mc->role == ACL_ROLE_ANONYMOUS &&
+         broker_anon_denied(b, topic, strlen(topic), ACL_PUBLISH)) ||
+        !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
                    mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
         if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
@@ -318,6 +350,15 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
                      (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
                      log_q(topic));
         goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
+    }
+    if (pp->retain && !broker_retained_room(b, topic, pp->payload_len, &not_stored)) {
+        b->retained_refused++;
+        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "retained refused"))
+            log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" retained publish dropped "
+                     "topic=\"%s\" reason=\"%s\"",
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
+                     log_q(topic), not_stored);
+        goto ack; /* acknowledged and dropped, like a denied publish */
     }
     /* Gale's device model (telemetry, attributes, command replies) decides what the
      * message is; the broker routes it */
@@ -369,7 +410,8 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
     while (mqtt_filter_next(pkt, &off, &f, &opts)) {
         uint8_t qos = opts & 3;
         int granted;
-        if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
+        if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, f.p, f.len, ACL_SUBSCRIBE)) ||
+            !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
                        mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
             b->acl_denied++;
@@ -482,7 +524,6 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
 static void *mqtt_open(struct conn *c, void *ctx)
 {
     struct mqtt_conn *mc = broker_conn_new(ctx, c);
-    mc->lim.max_packet_bytes = c->gw->cfg->mqtt.max_packet_bytes;
     c->ingest_hold_bytes = MQTT_HOLD_BYTES;
     c->auth_timeout_ms = (unsigned)c->gw->cfg->limits.auth_timeout_ms;
     return mc;
@@ -553,6 +594,9 @@ static int mqtt_feed(void *state, struct buf *in)
     size_t off = 0, used = 0;
     bool waits = false;
 
+    /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
+     * CONNECT is refused as soon as its fixed header says so, not buffered */
+    mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
     broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "base/alloc.h"
@@ -247,6 +248,8 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
         const char *why = NULL;
         enum codec_rc rc;
 
+        /* before authentication a message is capped at limits.preauth_max_bytes */
+        ws->as.lim.max_message_bytes = guard_cap(c, ws->cfg.max_message_bytes);
         if (ws->state != WS_OPEN) {
             off += ws->state == WS_CLOSING ? feed_closing(ws, raw->data + off, raw->len - off)
                                            : raw->len - off;

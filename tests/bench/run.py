@@ -79,6 +79,8 @@ PARAMS = {
     "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
     "fleet_s": (30, 2),              # seconds of the QoS 1 fleet case (--fleet-seconds)
     "idle": (9000, 500),             # idle connections
+    "flood_n": (10000, 400),         # unauthenticated connections of the pre-auth cases
+    "flood_s": (15, 4),              # seconds they are held
     "wrk_s": (3, 1),                 # seconds of wrk
     "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
     "feed_grace": (3, 2),
@@ -369,6 +371,56 @@ def run_idle(ctx, side):
     return {"bytes": (after - before) * 1024.0 / n, "rate": conn["connects_per_s"]}
 
 
+def run_preauth(kind):
+    """10,000 unauthenticated connections (two flood.py processes of 5,000) that drip a
+    byte a second from one address (slow) or each try to send a 1 MB CONNECT from twenty
+    (big), while a device from 127.0.0.2 connects and publishes QoS 1 every 0.2 s: the
+    worst connect + PUBACK time, the round trips that failed, and the server's RSS growth
+    (peak during the flood minus before)."""
+    def run(ctx, side):
+        import mqttraw  # tests/integration
+        n, secs = ctx.p["flood_n"], ctx.p["flood_s"]
+        addrs = "127.0.0.1" if kind == "slow" else ",".join(
+            "127.0.1.%d" % i for i in range(10, 30))
+        with side.mqtt(ctx) as srv:
+            time.sleep(0.5)
+            before = peak = rss_kb(srv.pid)
+            floods = [subprocess.Popen([sys.executable, os.path.join(HERE, "flood.py"),
+                                        str(srv.mqtt_port), str(n // 2), kind, str(secs),
+                                        addrs], stdout=subprocess.PIPE, text=True)
+                      for _ in range(2)]
+            worst, fails, trips, i = 0.0, 0, 0, 0
+            end = time.monotonic() + secs - 1
+            time.sleep(1.0)
+            while time.monotonic() < end:
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    s = socket.socket()
+                    s.bind(("127.0.0.2", 0))
+                    s.settimeout(10)
+                    s.connect(("127.0.0.1", srv.mqtt_port))
+                    c = mqttraw.Raw.__new__(mqttraw.Raw)
+                    c.sock, c.buf = s, b""
+                    if c.connect("bench-dev-%d" % i).rc != 0:
+                        raise OSError("refused")
+                    c.send(mqttraw.publish("devices/bench-dev/telemetry", '{"v":1}', qos=1))
+                    c.recv_type(mqttraw.PUBACK)
+                    c.close()
+                    trips += 1
+                    worst = max(worst, time.monotonic() - t0)
+                except (OSError, ConnectionError):
+                    fails += 1
+                peak = max(peak, rss_kb(srv.pid))
+                time.sleep(0.2)
+            for f in floods:
+                f.wait(secs + 30)
+        if trips == 0:
+            raise Failed("the device was never served")
+        return {"worst": worst * 1000, "failed": fails, "rss": (peak - before) / 1024.0}
+    return run
+
+
 # ---- REST latest vs nginx ----
 
 NGINX_CONF = """worker_processes 1;
@@ -609,6 +661,16 @@ def cases(p):
          % p["tls_inflight"], False, [("rate", "handshakes/s", True)], case_handshakes(False)),
         ("tls-qos0", "tlsplain", "MQTT QoS 0 ingest over TLS, 10 publishers (ref: plain TCP)",
          False, [RATE], run_tls_qos0),
+        ("preauth-slow", "mqtt", "%d slow unauthenticated connections from one address, a "
+         "device from 127.0.0.2 served" % p["flood_n"], False,
+         [("worst", "worst connect+PUBACK ms", False), ("failed", "device round trips failed",
+                                                         False),
+          ("rss", "RSS growth MB", False)], run_preauth("slow")),
+        ("preauth-1mb", "mqtt", "%d unauthenticated connections each sending a 1 MB CONNECT, a "
+         "device served" % p["flood_n"], False,
+         [("worst", "worst connect+PUBACK ms", False), ("failed", "device round trips failed",
+                                                         False),
+          ("rss", "RSS growth MB (target < 64)", False)], run_preauth("big")),
         ("rest", "rest", "REST latest, wrk -t1 -c64", False,
          [("rate", "requests/s", True), ("p99", "p99 ms", False)], run_rest),
         ("feed", "feed", "live feed, %d dashboards x %d msg/s" % (p["feed_viewers"],

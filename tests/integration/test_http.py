@@ -124,9 +124,11 @@ def main():
         s = connect(g)
         s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
         t(is_closed(s, timeout=5), "half a request is closed after the request timeout")
-        # ... but an idle keep-alive connection after a request is not
+        # ... but an idle keep-alive connection after an authenticated request is not (an
+        # unauthenticated one keeps its auth deadline: test_limits.py)
         s = connect(g)
-        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + API_KEY.encode() + b"\r\n\r\n")
         read_responses(s, 1)
         t(not is_closed(s, timeout=2), "keep-alive connection survives past the request timeout")
         s.close()
