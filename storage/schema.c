@@ -262,6 +262,7 @@ static int migrate(struct store *s)
 {
     const int known = STORE_SCHEMA_VERSION;
     int64_t v;
+    int fresh;
 
     if (store_get_int64(s->db, "PRAGMA user_version", &v) != SQLITE_OK)
         return -1;
@@ -270,6 +271,7 @@ static int migrate(struct store *s)
                   " run a newer gale on it", s->path, (long long)v, known);
         return -1;
     }
+    fresh = v == 0; /* a new file: say so once, not once per step */
     for (; v < known; v++) {
         if (store_exec(s->db, "BEGIN IMMEDIATE") != 0)
             return -1;
@@ -288,13 +290,17 @@ static int migrate(struct store *s)
                 store_exec(s->db, "ROLLBACK");
                 return -1;
             }
-            log_info("store: path=%s converted points=%lld into chunks in ms=%llu", s->path,
-                     (long long)points, (unsigned long long)(gw_mono_ms() - t0));
+            if (!fresh)
+                log_info("store: path=%s converted points=%lld into chunks in ms=%llu", s->path,
+                         (long long)points, (unsigned long long)(gw_mono_ms() - t0));
         }
         if (store_exec(s->db, "COMMIT") != 0)
             return -1;
-        log_info("store: path=%s migrated schema to version %lld", s->path, (long long)v + 1);
+        if (!fresh)
+            log_info("store: path=%s migrated schema to version %lld", s->path, (long long)v + 1);
     }
+    if (fresh)
+        log_info("store: path=%s created schema version %d", s->path, known);
     return 0;
 }
 
