@@ -79,6 +79,9 @@ void session_offline(struct gw *gw, struct conn *c)
         gw->on_presence(gw, dev->id, false);
 }
 
+/* A ts below this is in seconds: 1e11 ms is 1973-03-03, while 1e11 s is the year 5138. */
+#define SESSION_SECONDS_BELOW 100000000000LL
+
 static struct telem_limits telem_limits_of(const struct gw *gw)
 {
     return (struct telem_limits){gw->cfg->limits.max_points_per_message, 128};
@@ -100,6 +103,12 @@ struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic,
     res->seq = t.seq;
     if (rc != 0)
         return NULL;
+    /* A device that sends seconds would land in 1970: a ts below 1e11 is taken for
+     * seconds (README "Telemetry payloads"). Points without a ts of their own carry now,
+     * so only an explicit ts can be this small. */
+    for (size_t i = 0; i < t.npoints; i++)
+        if (t.points[i].ts_ms < SESSION_SECONDS_BELOW)
+            t.points[i].ts_ms *= 1000;
     res->npoints = t.npoints;
     m = msg_new(MSG_TELEMETRY, dev->id, topic, json, len, t.points, t.npoints);
     m->ts_ms = now;
@@ -434,32 +443,12 @@ static const char *device_topic(const char *topic, char *id, size_t idlen)
     return slash + 1;
 }
 
+/* What the device publishes on devices/<id>/attributes: its reported scope, merged. */
 static void merge_attributes(struct gw *gw, struct device *dev, const void *p, size_t len,
                              struct ticket *t)
 {
-    cJSON *upd = cJSON_ParseWithLength(p, len), *cur, *it;
-    char *js;
-    if (!cJSON_IsObject(upd)) {
-        cJSON_Delete(upd);
-        return;
-    }
-    cur = dev->attrs_json ? cJSON_Parse(dev->attrs_json) : NULL;
-    if (!cJSON_IsObject(cur)) {
-        cJSON_Delete(cur);
-        cur = cJSON_CreateObject();
-    }
-    cJSON_ArrayForEach(it, upd)
-    {
-        cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
-        cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
-    }
-    js = cJSON_PrintUnformatted(cur);
-    free(dev->attrs_json);
-    dev->attrs_json = xstrdup(js);
-    cJSON_free(js);
-    cJSON_Delete(cur);
-    cJSON_Delete(upd);
-    ticket_add(t, devices_save(gw->devices, dev));
+    if (devices_merge_attrs(&dev->reported_attrs, p, len) == 0)
+        ticket_add(t, devices_save(gw->devices, dev));
 }
 
 static bool registers_devices(const struct config *cfg)
