@@ -1,5 +1,7 @@
-/* web/rest.c: REST routes (DESIGN.md "Interfaces"), /metrics and the dashboard
- * files. Requests arrive complete from protocols/http; most answers come from
+/* web/rest.c: the REST route table (DESIGN.md "Interfaces"), /metrics, health and the
+ * dashboard files; telemetry handlers live in rest_telemetry.c and device handlers in
+ * rest_devices.c (shared state: rest_int.h). Requests arrive complete from
+ * protocols/http; most answers come from
  * the loop's hot state (devices, presence, latest values) at once. Telemetry
  * range queries run on the libuv work pool (storage/query.c) and answer in their
  * completion callback; writes (device changes, HTTP telemetry) answer once
