@@ -44,11 +44,13 @@ test-asan: setup-test
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=16 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --no-tests=error -j2 --timeout 900
 
-# The storage writer hand-off (loop <-> writer thread <-> read pool) under ThreadSanitizer.
+# The storage writer hand-off (loop <-> writer thread <-> read pool, the hot points'
+# lock, the checkpointer) under ThreadSanitizer; the property test with fewer steps.
 test-tsan: setup-test
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DGALE_TSAN=ON -DGALE_WERROR=ON
-	cmake --build build-tsan -j$(JOBS) --target test_store
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure --no-tests=error -R unit.test_store
+	cmake --build build-tsan -j$(JOBS) --target test_store test_store_prop
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 GALE_PROP_ITERS=300 ctest --output-on-failure \
+	  --no-tests=error -R '^unit\.test_store(_prop)?$$'
 
 # libFuzzer targets (clang, ASan+UBSan), one per parser (tests/fuzz/targets.cmake):
 # make fuzz builds them in build-fuzz; make fuzz-run also runs each for FUZZ_SECONDS on a

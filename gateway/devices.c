@@ -3,6 +3,7 @@
  * write is reported. */
 #include "gateway/devices.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -64,7 +65,11 @@ static void free_device(struct device *dev)
     while (map_next(&dev->latest, &it, NULL, &v))
         free_latest(v);
     map_fini(&dev->latest);
-    free(dev->attrs_json);
+    free(dev->name);
+    free(dev->metadata_json);
+    free(dev->server_attrs);
+    free(dev->reported_attrs);
+    free(dev->record_json);
     free(dev);
 }
 
@@ -133,14 +138,113 @@ struct device *devices_create(struct devices *d, const char *id, const char *tok
 {
     struct device *dev = devices_add(d, id, token_hash, role, created_ms);
     if (attrs_json)
-        dev->attrs_json = xstrdup(attrs_json);
+        dev->server_attrs = xstrdup(attrs_json);
     *seq = devices_save(d, dev);
     return dev;
 }
 
-uint64_t devices_save(struct devices *d, const struct device *dev)
+static void add_raw(cJSON *to, const char *name, const char *json)
 {
+    cJSON *v = json ? cJSON_Parse(json) : NULL;
+    if (v)
+        cJSON_AddItemToObject(to, name, v);
+}
+
+static char *record_of(const struct device *dev)
+{
+    cJSON *rec;
+    char *txt, *out;
+
+    if (!dev->name && !dev->metadata_json && !dev->server_attrs && !dev->reported_attrs)
+        return NULL;
+    rec = cJSON_CreateObject();
+    cJSON_AddNumberToObject(rec, "$gale", 2);
+    if (dev->name)
+        cJSON_AddStringToObject(rec, "name", dev->name);
+    add_raw(rec, "metadata", dev->metadata_json);
+    add_raw(rec, "server", dev->server_attrs);
+    add_raw(rec, "reported", dev->reported_attrs);
+    txt = cJSON_PrintUnformatted(rec);
+    out = xstrdup(txt);
+    cJSON_free(txt);
+    cJSON_Delete(rec);
+    return out;
+}
+
+uint64_t devices_save(struct devices *d, struct device *dev)
+{
+    free(dev->record_json);
+    dev->record_json = record_of(dev);
     return d->store.put ? d->store.put(d->store.ctx, dev) : 0;
+}
+
+/* The text of member name of rec when it is a JSON object, else NULL. */
+static char *object_text(const cJSON *rec, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(rec, name);
+    char *txt, *out;
+
+    if (!cJSON_IsObject(v) || !v->child)
+        return NULL;
+    txt = cJSON_PrintUnformatted(v);
+    out = xstrdup(txt);
+    cJSON_free(txt);
+    return out;
+}
+
+void devices_load_record(struct device *dev, const char *text)
+{
+    cJSON *rec = text ? cJSON_Parse(text) : NULL;
+    const cJSON *mark = cJSON_GetObjectItemCaseSensitive(rec, "$gale");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(rec, "name");
+
+    if (!cJSON_IsObject(rec)) {
+        cJSON_Delete(rec);
+        return;
+    }
+    if (cJSON_IsNumber(mark) && mark->valueint == 2) {
+        if (cJSON_IsString(name))
+            dev->name = xstrdup(name->valuestring);
+        dev->metadata_json = object_text(rec, "metadata");
+        dev->server_attrs = object_text(rec, "server");
+        dev->reported_attrs = object_text(rec, "reported");
+    } else if (rec->child) {
+        dev->server_attrs = xstrdup(text);
+    }
+    dev->record_json = record_of(dev);
+    cJSON_Delete(rec);
+}
+
+int devices_merge_attrs(char **attrs, const char *patch, size_t len)
+{
+    cJSON *upd = cJSON_ParseWithLength(patch, len), *cur, *it;
+    char *txt;
+
+    if (!cJSON_IsObject(upd)) {
+        cJSON_Delete(upd);
+        return -1;
+    }
+    cur = *attrs ? cJSON_Parse(*attrs) : NULL;
+    if (!cJSON_IsObject(cur)) {
+        cJSON_Delete(cur);
+        cur = cJSON_CreateObject();
+    }
+    cJSON_ArrayForEach(it, upd)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
+        if (!cJSON_IsNull(it))
+            cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
+    }
+    free(*attrs);
+    *attrs = NULL;
+    if (cur->child) {
+        txt = cJSON_PrintUnformatted(cur);
+        *attrs = xstrdup(txt);
+        cJSON_free(txt);
+    }
+    cJSON_Delete(cur);
+    cJSON_Delete(upd);
+    return 0;
 }
 
 uint64_t devices_touch(struct devices *d, struct device *dev, const char *protocol,
@@ -152,11 +256,13 @@ uint64_t devices_touch(struct devices *d, struct device *dev, const char *protoc
     return d->store.touch ? d->store.touch(d->store.ctx, dev) : 0;
 }
 
-uint64_t devices_delete(struct devices *d, const char *id)
+uint64_t devices_delete(struct devices *d, const char *id, bool keep_data)
 {
     char copy[DEVICE_ID_MAX + 1];
     snprintf(copy, sizeof copy, "%s", id); /* id may be the record's own, freed here */
     devices_remove(d, copy);
+    if (keep_data)
+        return d->store.forget ? d->store.forget(d->store.ctx, copy) : 0;
     return d->store.remove ? d->store.remove(d->store.ctx, copy) : 0;
 }
 
@@ -298,10 +404,31 @@ void devices_write_json(const struct device *dev, struct buf *out)
     else
         buf_append_str(out, "null");
     buf_printf(out, ",\"connections\":%d", dev->online);
-    if (dev->attrs_json) {
-        buf_append_str(out, ",\"attributes\":");
-        buf_append_str(out, dev->attrs_json);
+    if (dev->name) {
+        buf_append_str(out, ",\"name\":");
+        buf_append_json_str(out, dev->name, strlen(dev->name));
     }
+    if (dev->metadata_json) {
+        buf_append_str(out, ",\"metadata\":");
+        buf_append_str(out, dev->metadata_json);
+    }
+    if (dev->server_attrs || dev->reported_attrs) {
+        char *both = dev->reported_attrs ? xstrdup(dev->reported_attrs) : NULL;
+        if (dev->server_attrs)
+            devices_merge_attrs(&both, dev->server_attrs, strlen(dev->server_attrs));
+        buf_append_str(out, ",\"attributes\":");
+        buf_append_str(out, both ? both : "{}");
+        free(both);
+    }
+    buf_append_str(out, "}");
+}
+
+void devices_write_attrs_json(const struct device *dev, struct buf *out)
+{
+    buf_append_str(out, "{\"server\":");
+    buf_append_str(out, dev->server_attrs ? dev->server_attrs : "{}");
+    buf_append_str(out, ",\"reported\":");
+    buf_append_str(out, dev->reported_attrs ? dev->reported_attrs : "{}");
     buf_append_str(out, "}");
 }
 

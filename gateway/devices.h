@@ -52,7 +52,15 @@ struct device {
     int64_t last_seen_ms;   /* 0 = never */
     char protocol[16];      /* last protocol seen: "line", "mqtt", "http", "ws" */
     int online;             /* live authenticated connections */
-    char *attrs_json;       /* heap JSON object text or NULL */
+    char *name;             /* heap display name or NULL */
+    char *metadata_json;    /* heap JSON object text or NULL: the operator's, opaque */
+    /* Attributes in two scopes, each a heap JSON object text or NULL (none): */
+    char *server_attrs;     /* set over REST (PATCH), changed by nobody else */
+    char *reported_attrs;   /* published by the device on devices/<id>/attributes */
+    /* read-only: the four above as the one text storage keeps for the device,
+     * {"$gale":2,"name":..,"metadata":{..},"server":{..},"reported":{..}} (members
+     * present when set), or NULL when none is set; rebuilt by devices_save. */
+    char *record_json;
     struct map latest;      /* key -> struct latest_val */
 };
 
@@ -67,6 +75,8 @@ struct devices_store {
     uint64_t (*touch)(void *ctx, const struct device *d);
     /* the record and all of the device's telemetry */
     uint64_t (*remove)(void *ctx, const char *id);
+    /* the record only; the telemetry stays */
+    uint64_t (*forget)(void *ctx, const char *id);
 };
 
 /* A telemetry message whose values wait for their commit. */
@@ -95,18 +105,29 @@ struct device *devices_find(struct devices *d, const char *id);
 struct device *devices_add(struct devices *d, const char *id, const char *token_hash,
                            enum device_role role, int64_t created_ms);
 /* Registers a new device (id valid and new; token_hash NULL = none; attrs_json NULL or
- * a JSON object's text, copied) and submits its record; *seq = that write. */
+ * a JSON object's text, copied as its server-scope attributes) and submits its record;
+ * *seq = that write. */
 struct device *devices_create(struct devices *d, const char *id, const char *token_hash,
                               enum device_role role, const char *attrs_json, int64_t created_ms,
                               uint64_t *seq);
-/* Submits dev's whole record after the caller changed it (attributes, token). */
-uint64_t devices_save(struct devices *d, const struct device *dev);
+/* Submits dev's whole record after the caller changed it (name, metadata, attributes,
+ * token); rebuilds dev->record_json first. */
+uint64_t devices_save(struct devices *d, struct device *dev);
+/* Start-up: sets name, metadata and both attribute scopes from the stored text (what
+ * record_json was). A plain JSON object, as Gale stored before attributes had scopes,
+ * becomes the server scope. NULL or unreadable text sets nothing. */
+void devices_load_record(struct device *dev, const char *text);
+/* Merges the JSON object patch into *attrs (a heap JSON object text or NULL): each
+ * member replaces the one of that name, a null member deletes it; an empty result is
+ * NULL. Returns 0, or -1 (nothing changed) when patch is not a JSON object. */
+int devices_merge_attrs(char **attrs, const char *patch, size_t len);
 /* Marks dev seen now over protocol ("line", "mqtt", "ws", ...; NULL keeps the last
  * one) and submits its presence. */
 uint64_t devices_touch(struct devices *d, struct device *dev, const char *protocol,
                        int64_t now_ms);
-/* Forgets the device and submits the deletion of its record and telemetry. */
-uint64_t devices_delete(struct devices *d, const char *id);
+/* Forgets the device and submits the deletion of its record and, unless keep_data, of
+ * its telemetry. */
+uint64_t devices_delete(struct devices *d, const char *id, bool keep_data);
 /* Forgets the device in memory only (a creation whose write failed), with its values
  * still waiting for their commit: a device created again under the same id starts empty. */
 void devices_remove(struct devices *d, const char *id);
@@ -126,8 +147,12 @@ void devices_set_latest(struct device *dev, const struct point *p);
 /* Sorted array of borrowed device pointers (free the array). */
 struct device **devices_sorted(struct devices *d, size_t *n);
 
-/* Writes {"id":..,"role":..,"created":..,"online":..,"last_seen":..,"protocol":..} */
+/* Writes {"id":..,"role":..,"created":..,"online":..,"last_seen":..,"protocol":..,
+ * "connections":..} and, when set, "name", "metadata" and "attributes" (both scopes in
+ * one object; the server's value wins a name both have). */
 void devices_write_json(const struct device *dev, struct buf *out);
+/* Writes {"server":{..},"reported":{..}}: the attributes by scope. */
+void devices_write_attrs_json(const struct device *dev, struct buf *out);
 /* Writes {"key":{"ts":..,"value":..},...} */
 void devices_write_latest_json(const struct device *dev, struct buf *out);
 /* Writes a point's value as JSON (number, true/false, string, or raw JSON). */

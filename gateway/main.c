@@ -281,7 +281,7 @@ static int load_api_key(struct gw *gw, const struct config *cfg)
 
 static struct store_device store_record(const struct device *d)
 {
-    return (struct store_device){d->id, d->token_hash, devices_role_name(d->role), d->attrs_json,
+    return (struct store_device){d->id, d->token_hash, devices_role_name(d->role), d->record_json,
                                  d->created_ms, d->last_seen_ms,
                                  d->protocol[0] ? d->protocol : NULL};
 }
@@ -302,6 +302,11 @@ static uint64_t devices_remove_stored(void *ctx, const char *id)
     return store_delete_device(ctx, id);
 }
 
+static uint64_t devices_forget_stored(void *ctx, const char *id)
+{
+    return store_forget_device(ctx, id);
+}
+
 static void on_device_loaded(void *ctx, const struct store_device *d)
 {
     struct gw *gw = ctx;
@@ -313,8 +318,7 @@ static void on_device_loaded(void *ctx, const struct store_device *d)
     dev->last_seen_ms = d->last_seen_ms;
     if (d->protocol)
         snprintf(dev->protocol, sizeof dev->protocol, "%s", d->protocol);
-    if (d->attrs_json)
-        dev->attrs_json = xstrdup(d->attrs_json);
+    devices_load_record(dev, d->attrs_json);
 }
 
 static void on_latest_loaded(void *ctx, const char *device, const struct point *p)
@@ -569,7 +573,8 @@ int main(int argc, char **argv)
 
     devices_set_store(&devices, &(struct devices_store){store, devices_put_stored,
                                                         devices_touch_stored,
-                                                        devices_remove_stored});
+                                                        devices_remove_stored,
+                                                        devices_forget_stored});
     /* storage first: the latest sink reads the seq of the write that stores a message */
     bus_add_sink(gw.bus, "storage", store_sink, store);
     bus_add_sink(gw.bus, "latest", devices_sink, &devices);

@@ -80,6 +80,9 @@ void session_offline(struct gw *gw, struct conn *c)
         gw->on_presence(gw, dev->id, false);
 }
 
+/* A ts below this is in seconds: 1e11 ms is 1973-03-03, while 1e11 s is the year 5138. */
+#define SESSION_SECONDS_BELOW 100000000000LL
+
 static struct telem_limits telem_limits_of(const struct gw *gw)
 {
     return (struct telem_limits){gw->cfg->limits.max_points_per_message, 128};
@@ -101,6 +104,12 @@ struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic,
     res->seq = t.seq;
     if (rc != 0)
         return NULL;
+    /* A device that sends seconds would land in 1970: a ts below 1e11 is taken for
+     * seconds (README "Telemetry payloads"). Points without a ts of their own carry now,
+     * so only an explicit ts can be this small. */
+    for (size_t i = 0; i < t.npoints; i++)
+        if (t.points[i].ts_ms < SESSION_SECONDS_BELOW)
+            t.points[i].ts_ms *= 1000;
     res->npoints = t.npoints;
     m = msg_new(MSG_TELEMETRY, dev->id, topic, json, len, t.points, t.npoints);
     m->ts_ms = now;
@@ -466,40 +475,26 @@ static const char *device_topic(const char *topic, char *id, size_t idlen)
     return slash + 1;
 }
 
+/* What the device publishes on devices/<id>/attributes: its reported scope, merged. */
 static void merge_attributes(struct gw *gw, struct device *dev, const void *p, size_t len,
                              struct ticket *t)
 {
-    cJSON *upd = cJSON_ParseWithLength(p, len), *cur, *it;
-    char *js;
-    if (!cJSON_IsObject(upd)) {
-        cJSON_Delete(upd);
+    char *merged = dev->reported_attrs ? xstrdup(dev->reported_attrs) : NULL;
+
+    if (devices_merge_attrs(&merged, p, len) != 0) {
+        free(merged);
         return;
     }
-    cur = dev->attrs_json ? cJSON_Parse(dev->attrs_json) : NULL;
-    if (!cJSON_IsObject(cur)) {
-        cJSON_Delete(cur);
-        cur = cJSON_CreateObject();
-    }
-    cJSON_ArrayForEach(it, upd)
-    {
-        cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
-        cJSON_AddItemToObject(cur, it->string, cJSON_Duplicate(it, 1));
-    }
-    js = cJSON_PrintUnformatted(cur);
-    if (strlen(js) > gw->cfg->limits.max_attribute_bytes) { /* attributes merge forever: not */
+    if (merged && strlen(merged) > gw->cfg->limits.max_attribute_bytes) {
+        /* attributes would merge forever: not past the limit */
         log_warn("device=%s attributes not merged reason=\"over limits.max_attribute_bytes\" "
                  "bytes=%zu limit=%zu",
-                 dev->id, strlen(js), gw->cfg->limits.max_attribute_bytes);
-        cJSON_free(js);
-        cJSON_Delete(cur);
-        cJSON_Delete(upd);
+                 log_q(dev->id), strlen(merged), gw->cfg->limits.max_attribute_bytes);
+        free(merged);
         return;
     }
-    free(dev->attrs_json);
-    dev->attrs_json = xstrdup(js);
-    cJSON_free(js);
-    cJSON_Delete(cur);
-    cJSON_Delete(upd);
+    free(dev->reported_attrs);
+    dev->reported_attrs = merged;
     ticket_add(t, devices_save(gw->devices, dev));
 }
 

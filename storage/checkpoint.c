@@ -20,7 +20,7 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
 
     (void)db;
     (void)name;
-    if (pages >= STORE_CKPT_PAGES && s->have_ckpt_thread) {
+    if (pages >= STORE_CKPT_PAGES) { /* hooked only once the thread runs */
         uv_mutex_lock(&s->ckpt_lock);
         s->ckpt_wanted = 1;
         uv_cond_signal(&s->ckpt_cond);

@@ -44,6 +44,11 @@ uint64_t store_delete_device(struct store *s, const char *id)
     return store_submit_op(s, store_op_new(STORE_OP_DELETE_DEVICE, id));
 }
 
+uint64_t store_forget_device(struct store *s, const char *id)
+{
+    return store_submit_op(s, store_op_new(STORE_OP_FORGET_DEVICE, id));
+}
+
 /* ---- apply (writer thread, inside the batch's transaction) ---- */
 
 static int delete_device(struct store *s, const char *id)
@@ -86,6 +91,10 @@ int store_apply_device_op(struct store *s, const struct store_op *op)
         return store_step(st);
     case STORE_OP_DELETE_DEVICE:
         return delete_device(s, op->id);
+    case STORE_OP_FORGET_DEVICE:
+        st = s->st[ST_DEL_DEVICE];
+        sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
+        return store_step(st);
     default:
         return SQLITE_MISUSE;
     }

@@ -58,7 +58,7 @@ struct emitter {
     size_t limit;               /* points (or buckets) wanted */
     int stop;                   /* limit reached */
     int have;                   /* a bucket is open */
-    int64_t bucket;             /* its key (floor(ts / interval) * interval) */
+    int64_t bucket;             /* its start (store_bucket_start) */
     int64_t min_ts, max_ts;     /* earliest and latest numeric ts in it */
     double sum, min, max;
     double first, last;         /* values at min_ts and max_ts */
@@ -178,18 +178,69 @@ static void push_point(struct emitter *e, const struct point *p)
     out->npoints++;
 }
 
-static int64_t bucket_of(int64_t ts, int64_t iv)
+static int64_t floor_to(int64_t ts, int64_t iv)
 {
-    int64_t q;
+    int64_t q = ts / iv;
 
-    if (iv <= 0)
-        return 0; /* one bucket for the whole range */
-    q = ts / iv;
     if (ts % iv != 0 && ts < 0)
         q--;
     if (q < INT64_MIN / iv)
         return INT64_MIN;
+    if (q > INT64_MAX / iv)
+        return INT64_MAX;
     return q * iv;
+}
+
+/* The offset of the span holding utc (binary search: a zone has a few spans a year). */
+static int64_t tz_offset(const struct store_query *q, int64_t utc)
+{
+    size_t lo = 0, hi = q->ntz;
+
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (q->tz[mid].utc_ms <= utc)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return q->tz[lo].offset_ms;
+}
+
+/* The UTC instant of local time local_ms. A local time that happens twice (clocks going
+ * back) maps to its first instant; one that never happens (clocks going forward) to the
+ * moment the clocks jumped past it. */
+static int64_t utc_of_local(const struct store_query *q, int64_t local_ms)
+{
+    int64_t u = local_ms - tz_offset(q, local_ms);
+    int64_t o = tz_offset(q, u);
+
+    u = local_ms - o;
+    if (tz_offset(q, u) != o)
+        u = local_ms - tz_offset(q, u);
+    return u;
+}
+
+int64_t store_bucket_start(const struct store_query *q, int64_t ts_ms)
+{
+    if (q->interval_ms <= 0)
+        return 0; /* one bucket for the whole range */
+    if (q->ntz == 0)
+        return floor_to(ts_ms, q->interval_ms);
+    return utc_of_local(q, floor_to(ts_ms + tz_offset(q, ts_ms), q->interval_ms));
+}
+
+int64_t store_query_resume(const struct store_query *q, int64_t last_ts_ms)
+{
+    int64_t local;
+
+    if (q->desc)
+        return last_ts_ms > INT64_MIN ? last_ts_ms - 1 : last_ts_ms;
+    if (q->agg == STORE_AGG_NONE || q->interval_ms <= 0)
+        return last_ts_ms < INT64_MAX ? last_ts_ms + 1 : last_ts_ms;
+    if (q->ntz == 0)
+        return last_ts_ms <= INT64_MAX - q->interval_ms ? last_ts_ms + q->interval_ms : INT64_MAX;
+    local = floor_to(last_ts_ms + tz_offset(q, last_ts_ms), q->interval_ms);
+    return utc_of_local(q, local + q->interval_ms);
 }
 
 static void flush_bucket(struct emitter *e)
@@ -229,7 +280,7 @@ static void emit(struct emitter *e, const struct point *p)
         push_point(e, p);
         return;
     }
-    b = bucket_of(p->ts_ms, e->q->interval_ms);
+    b = store_bucket_start(e->q, p->ts_ms);
     if (e->have && b != e->bucket) {
         flush_bucket(e);
         if (e->stop)
@@ -283,7 +334,7 @@ static int out_point(struct emitter *e, const struct point *p, int borrowed)
 /* Folds a whole chunk's header statistics into the buckets (see can_fold). */
 static void fold_stats(struct emitter *e, const struct chunk_stats *st)
 {
-    int64_t b = bucket_of(st->first_ts, e->q->interval_ms);
+    int64_t b = store_bucket_start(e->q, st->first_ts);
 
     if (e->have && b != e->bucket) {
         flush_bucket(e);
@@ -325,7 +376,7 @@ static int can_fold(const struct emitter *e, const struct chunk_stats *st, int h
         st->nnum != st->count || isnan(st->sum))
         return 0;
     return q->interval_ms <= 0 ||
-           bucket_of(st->first_ts, q->interval_ms) == bucket_of(st->last_ts, q->interval_ms);
+           store_bucket_start(q, st->first_ts) == store_bucket_start(q, st->last_ts);
 }
 
 /* Merges the chunks of series qs with its hot points (ascending) in the query's order.
@@ -731,6 +782,7 @@ void store_query_free(struct store_query *q)
     for (size_t i = 0; i < q->nkeys; i++)
         free(q->keys[i]);
     free(q->keys);
+    free(q->tz);
     free(q);
 }
 

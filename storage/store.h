@@ -108,6 +108,9 @@ uint64_t store_touch_device(struct store *s, const char *id, int64_t last_seen_m
                             const char *protocol);
 /* Deletes a device and all of its telemetry. */
 uint64_t store_delete_device(struct store *s, const char *id);
+/* Deletes a device's record only: its telemetry stays (a device created again under the
+ * same id sees it). */
+uint64_t store_forget_device(struct store *s, const char *id);
 /* True while a submitted write is not yet reported through on_durable (committed or
  * failed): what a shutdown waits for. */
 bool store_pending(const struct store *s);
@@ -144,6 +147,15 @@ void store_fail_next_commits(struct store *s, int n, int rc);
 enum store_agg { STORE_AGG_NONE = 0, STORE_AGG_AVG, STORE_AGG_MIN, STORE_AGG_MAX,
                  STORE_AGG_SUM, STORE_AGG_COUNT, STORE_AGG_FIRST, STORE_AGG_LAST };
 
+/* A time zone as a list of UTC offsets: from utc_ms on (until the next span's utc_ms),
+ * local time = UTC + offset_ms. Spans are sorted by utc_ms; the first one also covers
+ * everything before it. Built on the loop thread (web/rest_telemetry.c) so that the
+ * pool threads never touch TZ or localtime. */
+struct store_tz_span {
+    int64_t utc_ms;
+    int64_t offset_ms;
+};
+
 struct store_query {
     char *device;          /* owned by the query */
     char **keys;           /* owned; NULL/nkeys=0 means every key of the device */
@@ -153,7 +165,20 @@ struct store_query {
     int desc;              /* 1 = newest first */
     enum store_agg agg;
     int64_t interval_ms;   /* bucket width when agg != NONE */
+    /* owned; NULL: buckets start at multiples of interval_ms since the epoch (UTC). Else
+     * at multiples of interval_ms since 1970-01-01 00:00 in local time, so with a whole
+     * number of days a bucket is a local calendar day (23 or 25 hours across DST). */
+    struct store_tz_span *tz;
+    size_t ntz;
 };
+
+/* The start (UTC epoch ms) of the bucket of q that holds ts_ms (q->interval_ms > 0). */
+int64_t store_bucket_start(const struct store_query *q, int64_t ts_ms);
+/* Where a query like q continues after a reply whose last point (raw) or bucket start
+ * (aggregate) was last_ts_ms, in q's order: the next ms (raw), the next bucket's start
+ * (ascending buckets) or the ms before the bucket (descending). The next page then holds
+ * whole buckets only. */
+int64_t store_query_resume(const struct store_query *q, int64_t last_ts_ms);
 
 struct store_series {
     char *key;

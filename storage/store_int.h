@@ -66,6 +66,7 @@ enum store_op_kind {
     STORE_OP_PUT_DEVICE = 0,
     STORE_OP_TOUCH_DEVICE,
     STORE_OP_DELETE_DEVICE,
+    STORE_OP_FORGET_DEVICE,   /* the record only; its telemetry stays */
     STORE_OP_COMPACT, /* chunk every hot point + retention pass after the batch commits */
     /* broker state and commands (state.c) */
     STORE_OP_PUT_RETAINED,      /* payload_len 0 deletes */

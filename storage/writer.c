@@ -267,6 +267,7 @@ static int apply_op(struct store *s, struct batch_ctx *bc, const struct store_op
         return SQLITE_OK;
     case STORE_OP_PUT_DEVICE:
     case STORE_OP_TOUCH_DEVICE:
+    case STORE_OP_FORGET_DEVICE:
         return store_apply_device_op(s, op);
     case STORE_OP_DELETE_DEVICE:
         rc = put_segment(s, bc);

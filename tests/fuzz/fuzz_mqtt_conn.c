@@ -218,7 +218,7 @@ static void world_open(struct world *w, uint8_t flags)
     w->gw.on_presence = on_presence;
     w->gw.storage = (struct gw_storage){w, storage_pending, storage_queued, storage_flush, NULL};
     devices_init(&w->devices);
-    devices_set_store(&w->devices, &(struct devices_store){w, dev_put, dev_put, dev_remove});
+    devices_set_store(&w->devices, &(struct devices_store){w, dev_put, dev_put, dev_remove, dev_remove});
     w->gw.devices = &w->devices;
     add_device(w, "dev1", "tok1", DEVICE_ROLE_DEVICE);
     add_device(w, "app1", "tok2", DEVICE_ROLE_APP);

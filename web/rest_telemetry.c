@@ -1,0 +1,888 @@
+/* web/rest_telemetry.c: telemetry over REST: HTTP ingest and range queries (raw points
+ * or buckets) for one device or several, as JSON or CSV.
+ *
+ * A query is checked and resolved on the loop thread (times, durations, the time zone's
+ * UTC offsets), then runs as one storage sub-query per device (or per device and key
+ * when a cursor gives each key its own start) on the work pool; the reply is written
+ * when the last sub-query is back. A reply is bounded by limit per key and by the
+ * connection's send budget; a reply cut by either carries a cursor (JSON "_next" and the
+ * X-Gale-Next-Cursor header) that resumes every cut key where its reply stopped: the ms
+ * after its last point, or the start of the bucket after its last bucket (storage only
+ * emits whole buckets, so no bucket is ever split between two pages).
+ *
+ * Time zones: TZ is switched (setenv + tzset) only here, on the loop thread, to read a
+ * zone's offsets with localtime_r once; the pool threads get the offsets as a plain
+ * list (struct store_tz_span) and never call localtime. No other Gale thread reads TZ.
+ * Loop thread only. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/alloc.h"
+#include "base/b64.h"
+#include "base/buf.h"
+#include "base/clock.h"
+#include "base/err.h"
+#include "gateway/devices.h"
+#include "gateway/guard.h"
+#include "gateway/gw.h"
+#include "gateway/session.h"
+#include "gateway/tls.h"
+#include "protocols/http/http.h"
+#include "storage/store.h"
+#include "web/rest_int.h"
+
+#define MAX_QUERY_KEYS 64
+#define MAX_QUERY_DEVICES 64
+#define DEFAULT_LIMIT 1000
+#define MAX_LIMIT 100000
+#define DAY_MS 86400000LL
+/* Offsets are read for these years; before and after, the nearest one holds. */
+#define TZ_FROM_S (-631152000LL)  /* 1950-01-01 */
+#define TZ_TO_S 4102444800LL      /* 2100-01-01 */
+
+/* ---- ingest ---- */
+
+void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
+{
+    gw->metrics.auth_failures++;
+    http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+}
+
+void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *req,
+                         struct device *dev)
+{
+    struct gw *gw = r->gw;
+    struct session_result res;
+    const char *why, *code;
+    const char *tok = http_bearer(req);
+    char topic[DEVICE_ID_MAX + 32];
+    struct buf b;
+
+    /* the API key, the device's token, or (mutual TLS) the device's certificate */
+    if (!rest_authorized(gw, req) &&
+        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
+        !tls_peer_device(http_conn_of(h), dev->id)) {
+        rest_unauthorized_ingest(gw, h);
+        return;
+    }
+    if (guard_rate(gw->guard, dev->id, gw_mono_ms()) != GUARD_RATE_OK) {
+        /* disconnect: the reply says why, then the connection closes */
+        if (gw->cfg->limits.device_rate_action == CONFIG_RATE_DISCONNECT)
+            http_current(h)->keep_alive = false;
+        http_respond(h, 429, REST_JSON,
+                     "{\"error\":\"message rate over limits.device_rate_msgs_per_s\","
+                     "\"code\":\"rate_limited\"}",
+                     81, "Retry-After: 1\r\n");
+        return;
+    }
+    if (gw->ingest_paused) {
+        http_respond(h, 503, REST_JSON,
+                     "{\"error\":\"storage is catching up, retry shortly\",\"code\":\"busy\"}", 62,
+                     "Retry-After: 1\r\n");
+        return;
+    }
+    snprintf(topic, sizeof topic, "devices/%s/telemetry", dev->id);
+    if (session_ingest(gw, dev, topic, req->body, req->body_len, &res, &why, &code) != 0) {
+        http_respond_error(h, 400, code, why);
+        return;
+    }
+    buf_init(&b);
+    buf_printf(&b, "{\"stored\":%zu}", res.npoints);
+    rest_reply_when_durable(h, &res.ticket, 200, &b, NULL);
+}
+
+/* ---- parsing the query ---- */
+
+static bool parse_i64(const char *s, int64_t *out)
+{
+    char *end;
+    long long v;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* "250", "30s", "5m", "1h", "1d", "1w", "1h30m", "500ms": milliseconds (> 0). */
+static bool parse_duration(const char *s, int64_t *out)
+{
+    int64_t total = 0;
+
+    if (parse_i64(s, &total))
+        return total > 0 && (*out = total, true);
+    if (!*s)
+        return false;
+    while (*s) {
+        char *end;
+        int64_t unit;
+        long long n;
+
+        if (*s < '0' || *s > '9')
+            return false;
+        errno = 0;
+        n = strtoll(s, &end, 10);
+        if (errno || n < 0 || n > 100000000LL)
+            return false;
+        s = end;
+        if (strncmp(s, "ms", 2) == 0) {
+            unit = 1;
+            s += 2;
+        } else {
+            switch (*s) {
+            case 's': unit = 1000; break;
+            case 'm': unit = 60000; break;
+            case 'h': unit = 3600000; break;
+            case 'd': unit = DAY_MS; break;
+            case 'w': unit = 7 * DAY_MS; break;
+            default: return false;
+            }
+            s++;
+        }
+        total += n * unit;
+    }
+    return total > 0 && (*out = total, true);
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    int64_t era, yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* RFC 3339: 2026-03-29T00:00:00Z, ...T01:30:00.250+02:00 (a space or t for T, z for Z). */
+static bool parse_rfc3339(const char *s, int64_t *out)
+{
+    int y, mo, d, hh, mi, ss, n = 0, oh, om;
+    int64_t ms = 0, off = 0;
+    const char *p;
+
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+        return false;
+    p = s + 10;
+    if (*p != 'T' && *p != 't' && *p != ' ')
+        return false;
+    if (sscanf(p + 1, "%2d:%2d:%2d%n", &hh, &mi, &ss, &n) != 3 || n != 8)
+        return false;
+    p += 9;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+            if (digits < 3)
+                ms = ms * 10 + (*p - '0');
+        if (digits == 0)
+            return false;
+        for (; digits < 3; digits++)
+            ms *= 10;
+    }
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
+            return false;
+        off = (oh * 60LL + om) * 60000 * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return false;
+    }
+    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || hh > 23 || mi > 59 || ss > 60)
+        return false;
+    *out = days_from_civil(y, mo, d) * DAY_MS + ((hh * 60LL + mi) * 60 + ss) * 1000 + ms - off;
+    return true;
+}
+
+/* from/to: epoch ms, RFC 3339, or relative to now: "now", "-1h", "now-15m", "now+1d". */
+static bool parse_time(const char *s, int64_t now_ms, int64_t *out)
+{
+    int64_t d;
+
+    if (parse_i64(s, out))
+        return true;
+    if (strncmp(s, "now", 3) == 0) {
+        if (!s[3])
+            return (*out = now_ms, true);
+        s += 3;
+    }
+    if ((*s == '-' || *s == '+') && parse_duration(s + 1, &d)) {
+        *out = *s == '-' ? now_ms - d : now_ms + d;
+        return true;
+    }
+    return parse_rfc3339(s, out);
+}
+
+static bool parse_agg(const char *s, enum store_agg *out)
+{
+    static const char *const names[] = {"none", "avg", "min",   "max",
+                                        "sum",  "count", "first", "last"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcasecmp(s, names[i]) == 0) {
+            *out = (enum store_agg)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool rest_check_params(struct http_conn *h, const struct http_req *req,
+                       const char *const *names)
+{
+    struct buf bad;
+    const char *p = req->query;
+    size_t nbad = 0;
+
+    buf_init(&bad);
+    while (p && *p) {
+        size_t len = strcspn(p, "&"), nlen = strcspn(p, "=&");
+        bool known = nlen == 0; /* "a=1&&b=2": an empty piece names nothing */
+        for (size_t i = 0; names[i] && !known; i++)
+            known = strlen(names[i]) == nlen && strncmp(names[i], p, nlen) == 0;
+        if (!known && nbad < 16) {
+            buf_printf(&bad, "%s%.*s", nbad ? ", " : "", (int)(nlen > 64 ? 64 : nlen), p);
+            nbad++;
+        }
+        p += len;
+        if (*p == '&')
+            p++;
+    }
+    if (nbad) {
+        struct buf msg;
+        buf_init(&msg);
+        buf_printf(&msg, "unknown parameter%s: %s (allowed:", nbad > 1 ? "s" : "",
+                   buf_cstr(&bad));
+        for (size_t i = 0; names[i]; i++)
+            buf_printf(&msg, " %s", names[i]);
+        buf_append_str(&msg, ")");
+        http_respond_error(h, 400, "unknown_param", buf_cstr(&msg));
+        buf_fini(&msg);
+    }
+    buf_fini(&bad);
+    return nbad == 0;
+}
+
+/* ---- time zones ---- */
+
+/* A zone name as the system tz database spells it, present in it. */
+static bool tz_name_ok(const char *name)
+{
+    const char *dir = "/usr/share/zoneinfo";
+    char path[192];
+
+    if (!name[0] || strlen(name) >= 64 || name[0] == '/' || strstr(name, ".."))
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '/' || *p == '_' || *p == '-' || *p == '+'))
+            return false;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, R_OK) == 0;
+}
+
+static int64_t offset_at(time_t t)
+{
+    struct tm tm;
+    return localtime_r(&t, &tm) ? (int64_t)tm.tm_gmtoff * 1000 : 0;
+}
+
+/* Reads the UTC offsets of zone name from the tz database: a day-by-day walk over
+ * TZ_FROM_S..TZ_TO_S, each change located to the second. Blocks for a few ms, once per
+ * zone (the result is cached). */
+static void tz_compute(const char *name, struct store_tz_span **out, size_t *nout)
+{
+    const char *old = getenv("TZ");
+    char *saved = old ? xstrdup(old) : NULL;
+    size_t n = 0, cap = 64;
+    struct store_tz_span *sp = xmalloc(cap * sizeof *sp);
+    int64_t prev;
+
+    setenv("TZ", name, 1);
+    tzset();
+    prev = offset_at((time_t)TZ_FROM_S);
+    sp[n++] = (struct store_tz_span){INT64_MIN, prev};
+    for (int64_t t = TZ_FROM_S + 86400; t <= TZ_TO_S; t += 86400) {
+        int64_t off = offset_at((time_t)t), lo = t - 86400, hi = t;
+        if (off == prev)
+            continue;
+        while (hi - lo > 1) { /* offset_at(lo) == prev, offset_at(hi) == off */
+            int64_t mid = lo + (hi - lo) / 2;
+            if (offset_at((time_t)mid) == prev)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        if (n == cap)
+            sp = xrealloc(sp, (cap *= 2) * sizeof *sp);
+        sp[n++] = (struct store_tz_span){hi * 1000, off};
+        prev = off;
+    }
+    if (saved)
+        setenv("TZ", saved, 1);
+    else
+        unsetenv("TZ");
+    tzset();
+    free(saved);
+    *out = sp;
+    *nout = n;
+}
+
+static const struct rest_tz *tz_get(struct rest *r, const char *name)
+{
+    struct rest_tz *z;
+
+    for (size_t i = 0; i < r->ntz; i++)
+        if (strcmp(r->tz[i].name, name) == 0)
+            return &r->tz[i];
+    if (!tz_name_ok(name))
+        return NULL;
+    if (r->ntz < REST_TZ_CACHE) {
+        z = &r->tz[r->ntz++];
+    } else {
+        z = &r->tz[r->tz_next];
+        r->tz_next = (r->tz_next + 1) % REST_TZ_CACHE;
+        free(z->spans);
+    }
+    snprintf(z->name, sizeof z->name, "%s", name);
+    tz_compute(name, &z->spans, &z->nspans);
+    return z;
+}
+
+void rest_tz_free(struct rest *r)
+{
+    for (size_t i = 0; i < r->ntz; i++)
+        free(r->tz[i].spans);
+    r->ntz = 0;
+}
+
+/* ---- running the query ---- */
+
+struct query_ctx;
+
+/* One storage query: one device, its keys (or one key resumed from a cursor). */
+struct sub_query {
+    struct query_ctx *qc;
+    struct store_query *q;     /* owned again once it is back (for store_query_resume) */
+    struct store_result *res;  /* NULL while running */
+    size_t dev;                /* index into qc->devices */
+};
+
+struct query_ctx {
+    struct conn *conn;
+    bool multi;                /* /api/telemetry: results grouped by device */
+    bool csv;
+    char **devices;            /* heap, owned */
+    size_t ndevices;
+    struct sub_query *subs;    /* heap; grouped by device, in request order */
+    size_t nsubs, pending;
+    bool failed;
+};
+
+/* A value in CSV (RFC 4180): numbers and booleans as in JSON; strings and JSON quoted
+ * when they hold a comma, quote or line break. */
+static void csv_value(const struct point *p, struct buf *b)
+{
+    struct buf v;
+    bool quote;
+
+    if (p->type != VAL_STR && p->type != VAL_JSON) {
+        devices_write_value_json(p, b);
+        return;
+    }
+    buf_init(&v);
+    buf_append(&v, p->str ? p->str : "", p->str ? p->str_len : 0);
+    quote = memchr(v.data, ',', v.len) || memchr(v.data, '"', v.len) ||
+            memchr(v.data, '\n', v.len) || memchr(v.data, '\r', v.len);
+    if (quote) {
+        buf_append_str(b, "\"");
+        for (size_t i = 0; i < v.len; i++)
+            buf_append(b, v.data[i] == '"' ? "\"\"" : (const char *)&v.data[i],
+                       v.data[i] == '"' ? 2 : 1);
+        buf_append_str(b, "\"");
+    } else {
+        buf_append(b, v.data, v.len);
+    }
+    buf_fini(&v);
+}
+
+static void csv_field(struct buf *b, const char *s)
+{
+    struct point p = {.type = VAL_STR, .str = s, .str_len = strlen(s)};
+    csv_value(&p, b);
+}
+
+/* Bytes a reply may take on top of its points: the cursor (every key, escaped, as JSON
+ * and then base64url) in the body and again as a header, and the other headers. */
+static size_t reply_reserve(const struct query_ctx *qc)
+{
+    size_t json = 2;
+    for (size_t i = 0; i < qc->nsubs; i++) {
+        const struct store_result *res = qc->subs[i].res;
+        json += 6 * strlen(qc->devices[qc->subs[i].dev]) + 8;
+        for (size_t s = 0; s < res->nseries; s++)
+            json += 6 * strlen(res->series[s].key) + 32; /* "k":-1.2345e+18, */
+    }
+    return 2 * B64URL_LEN(json) + 2048;
+}
+
+static void write_point(const struct query_ctx *qc, const char *device, const char *key,
+                        const struct point *p, bool first, struct buf *b)
+{
+    if (qc->csv) {
+        buf_printf(b, "%lld,", (long long)p->ts_ms);
+        if (qc->multi) {
+            csv_field(b, device);
+            buf_append_str(b, ",");
+        }
+        csv_field(b, key);
+        buf_append_str(b, ",");
+        csv_value(p, b);
+        buf_append_str(b, "\n");
+        return;
+    }
+    if (!first)
+        buf_append_str(b, ",");
+    buf_printf(b, "{\"ts\":%lld,\"value\":", (long long)p->ts_ms);
+    devices_write_value_json(p, b);
+    buf_append_str(b, "}");
+}
+
+/* The cursor of the keys cut: {"key":resume,...} or, over several devices,
+ * {"device":{"key":resume,...},...}. */
+static void cursor_add(cJSON **next, const struct query_ctx *qc, const char *device,
+                       const char *key, int64_t resume)
+{
+    cJSON *into;
+
+    if (!*next)
+        *next = cJSON_CreateObject();
+    into = *next;
+    if (qc->multi) {
+        into = cJSON_GetObjectItemCaseSensitive(*next, device);
+        if (!into)
+            into = cJSON_AddObjectToObject(*next, device);
+    }
+    cJSON_AddNumberToObject(into, key, (double)resume);
+}
+
+static void finish_query(struct query_ctx *qc)
+{
+    struct http_conn *h = http_from_conn(qc->conn);
+    struct buf b;
+    cJSON *next = NULL;
+    /* The reply must fit the connection's send budget, or conn_send would close the
+     * connection instead of sending it: past the budget the points stop and the cursor
+     * resumes every series where its reply stopped. At least one point goes out, so
+     * paging always advances. */
+    size_t budget = qc->conn->gw->cfg->limits.max_send_queue_bytes, npts = 0;
+    size_t reserve, nkeys_out = 0;
+    size_t cur_dev = (size_t)-1;
+    bool cut = false;
+
+    if (!h)
+        goto out;
+    if (qc->failed) {
+        http_respond_error(h, 500, "storage_error", "query failed");
+        goto out;
+    }
+    reserve = reply_reserve(qc);
+    budget = budget > reserve ? budget - reserve : 0;
+    buf_init(&b);
+    if (qc->csv)
+        buf_append_str(&b, qc->multi ? "ts,device,key,value\n" : "ts,key,value\n");
+    else
+        buf_append_str(&b, qc->multi ? "{\"devices\":{" : "{");
+    for (size_t k = 0; k < qc->nsubs; k++) {
+        struct sub_query *sq = &qc->subs[k];
+        const char *device = qc->devices[sq->dev];
+
+        if (!qc->csv && qc->multi && sq->dev != cur_dev && !cut) {
+            if (cur_dev != (size_t)-1)
+                buf_append_str(&b, "}");
+            buf_append_str(&b, cur_dev != (size_t)-1 ? "," : "");
+            buf_append_json_str(&b, device, strlen(device));
+            buf_append_str(&b, ":{");
+            cur_dev = sq->dev;
+            nkeys_out = 0;
+        }
+        for (size_t s = 0; s < sq->res->nseries; s++) {
+            struct store_series *se = &sq->res->series[s];
+            bool more = se->truncated && se->npoints > 0;
+            size_t i = 0;
+            int64_t resume = sq->q->desc ? sq->q->to_ms : sq->q->from_ms;
+
+            if (!cut) {
+                if (!qc->csv) {
+                    if (nkeys_out++)
+                        buf_append_str(&b, ",");
+                    buf_append_json_str(&b, se->key, strlen(se->key));
+                    buf_append_str(&b, ":[");
+                }
+                for (; i < se->npoints; i++, npts++) {
+                    size_t before = b.len;
+                    write_point(qc, device, se->key, &se->points[i], i == 0, &b);
+                    if (b.len > budget && npts > 0) {
+                        b.len = before;
+                        cut = true;
+                        break;
+                    }
+                }
+                if (!qc->csv)
+                    buf_append_str(&b, "]");
+            }
+            if (cut && i < se->npoints)
+                more = true;
+            if (more) {
+                if (i > 0)
+                    resume = store_query_resume(sq->q, se->points[i - 1].ts_ms);
+                cursor_add(&next, qc, device, se->key, resume);
+            }
+        }
+    }
+    if (!qc->csv && qc->multi)
+        buf_append_str(&b, cur_dev != (size_t)-1 ? "}}" : "}");
+    {
+        char *js = next ? cJSON_PrintUnformatted(next) : NULL;
+        size_t js_len = js ? strlen(js) : 0;
+        char *cur = js ? xmalloc(B64URL_LEN(js_len) + 1) : NULL;
+        size_t cur_len = js ? b64url_encode(js, js_len, cur) : 0;
+        char *hdr = NULL;
+        if (cur) {
+            hdr = xmalloc(cur_len + 64);
+            snprintf(hdr, cur_len + 64, "X-Gale-Next-Cursor: %.*s\r\n", (int)cur_len, cur);
+            if (!qc->csv) {
+                buf_append_str(&b, ",\"_next\":");
+                buf_append_json_str(&b, cur, cur_len);
+            }
+        }
+        if (!qc->csv)
+            buf_append_str(&b, "}");
+        http_respond(h, 200, qc->csv ? "text/csv; charset=utf-8" : REST_JSON, b.data, b.len,
+                     hdr);
+        free(hdr);
+        free(cur);
+        cJSON_free(js);
+    }
+    cJSON_Delete(next);
+    buf_fini(&b);
+out:
+    for (size_t k = 0; k < qc->nsubs; k++) {
+        store_result_free(qc->subs[k].res);
+        store_query_free(qc->subs[k].q);
+    }
+    for (size_t i = 0; i < qc->ndevices; i++)
+        free(qc->devices[i]);
+    free(qc->devices);
+    free(qc->subs);
+    conn_unref(qc->conn);
+    free(qc);
+}
+
+static void on_query_done(void *ctx, struct store_query *q, struct store_result *res)
+{
+    struct sub_query *sq = ctx;
+    struct query_ctx *qc = sq->qc;
+
+    sq->q = q;
+    sq->res = res;
+    if (res->rc != 0)
+        qc->failed = true;
+    if (--qc->pending == 0)
+        finish_query(qc);
+}
+
+/* What the parameters ask for, checked; the keys and cursor starts point into bufs. */
+struct query_spec {
+    struct store_query base;  /* device, keys unset */
+    bool csv;
+    char *keys[MAX_QUERY_KEYS];
+    size_t nkeys;
+    cJSON *cursor;            /* owned; {"key":n} or {"device":{"key":n}} */
+    char keybuf[4096];
+};
+
+static const char *const single_params[] = {"keys", "from", "to", "limit", "order", "agg",
+                                            "interval", "tz", "cursor", "format", NULL};
+static const char *const multi_params[] = {"devices", "keys", "from", "to", "limit", "order",
+                                           "agg", "interval", "tz", "cursor", "format", NULL};
+
+static bool bad(struct http_conn *h, const char *msg)
+{
+    http_respond_error(h, 400, "bad_param", msg);
+    return false;
+}
+
+/* A cursor this server issued maps 1..64 keys to numbers (per device when multi). */
+static bool cursor_ok(const cJSON *cur, bool multi)
+{
+    const cJSON *d, *k;
+    size_t n = 0;
+
+    if (!cJSON_IsObject(cur) || !cur->child)
+        return false;
+    cJSON_ArrayForEach(d, cur)
+    {
+        const cJSON *keys = multi ? d : cur;
+        if (multi && (!cJSON_IsObject(d) || !d->child))
+            return false;
+        cJSON_ArrayForEach(k, keys)
+            if (!cJSON_IsNumber(k) || ++n > (multi ? MAX_QUERY_KEYS * MAX_QUERY_DEVICES
+                                                   : MAX_QUERY_KEYS))
+                return false;
+        if (!multi)
+            break;
+    }
+    return true;
+}
+
+static bool parse_spec(struct rest *r, struct http_conn *h, struct http_req *req, bool multi,
+                       struct query_spec *sp)
+{
+    char val[4096];
+    int64_t n, now = gw_now_ms();
+    struct store_query *b = &sp->base;
+    const char *accept = http_header(req, "Accept");
+
+    if (!rest_check_params(h, req, multi ? multi_params : single_params))
+        return false;
+    memset(b, 0, sizeof *b);
+    b->from_ms = 0;
+    b->to_ms = INT64_MAX;
+    b->limit = DEFAULT_LIMIT;
+    if (http_query_param(req, "from", val, sizeof val) && !parse_time(val, now, &b->from_ms))
+        return bad(h, "from must be epoch ms, RFC 3339 (2026-03-29T00:00:00Z) or relative "
+                      "(now, -1h, now-15m)");
+    if (http_query_param(req, "to", val, sizeof val) && !parse_time(val, now, &b->to_ms))
+        return bad(h, "to must be epoch ms, RFC 3339 (2026-03-29T00:00:00Z) or relative "
+                      "(now, -1h, now-15m)");
+    if (http_query_param(req, "limit", val, sizeof val)) {
+        if (!parse_i64(val, &n) || n < 1 || n > MAX_LIMIT)
+            return bad(h, "limit must be an integer 1..100000");
+        b->limit = (size_t)n;
+    }
+    if (http_query_param(req, "order", val, sizeof val)) {
+        if (strcasecmp(val, "asc") != 0 && strcasecmp(val, "desc") != 0)
+            return bad(h, "order must be asc or desc");
+        b->desc = strcasecmp(val, "desc") == 0;
+    }
+    if (http_query_param(req, "agg", val, sizeof val) && !parse_agg(val, &b->agg))
+        return bad(h, "agg must be avg, min, max, sum, count, first, last or none");
+    if (http_query_param(req, "interval", val, sizeof val)) {
+        if (b->agg == STORE_AGG_NONE)
+            return bad(h, "interval needs agg (avg, min, max, sum, count, first or last)");
+        if (!parse_duration(val, &b->interval_ms))
+            return bad(h, "interval must be a duration (30s, 5m, 1h, 1d, 1w) or milliseconds");
+    } else if (b->agg != STORE_AGG_NONE) {
+        return bad(h, "agg needs interval (a duration such as 5m or 1h, or milliseconds)");
+    }
+    if (http_query_param(req, "tz", val, sizeof val)) {
+        const struct rest_tz *z;
+        if (b->agg == STORE_AGG_NONE || b->interval_ms % DAY_MS != 0)
+            return bad(h, "tz needs agg and an interval of whole days (1d, 7d)");
+        z = tz_get(r, val);
+        if (!z)
+            return bad(h, "tz must be a time zone of the tz database, e.g. Europe/Berlin");
+        b->tz = xmalloc(z->nspans * sizeof *b->tz);
+        memcpy(b->tz, z->spans, z->nspans * sizeof *b->tz);
+        b->ntz = z->nspans;
+    }
+    if (b->from_ms > b->to_ms)
+        return bad(h, "from is after to");
+    sp->csv = accept && strstr(accept, "text/csv") != NULL;
+    if (http_query_param(req, "format", val, sizeof val)) {
+        if (strcasecmp(val, "csv") != 0 && strcasecmp(val, "json") != 0)
+            return bad(h, "format must be json or csv");
+        sp->csv = strcasecmp(val, "csv") == 0;
+    }
+    if (http_query_param(req, "cursor", val, sizeof val)) {
+        size_t len;
+        char *js = b64url_decode(val, &len);
+        sp->cursor = js ? cJSON_ParseWithLength(js, len) : NULL;
+        free(js);
+        if (!cursor_ok(sp->cursor, multi))
+            return bad(h, "cursor is not one this server issued");
+    }
+    if (http_query_param(req, "keys", sp->keybuf, sizeof sp->keybuf) && sp->keybuf[0]) {
+        char *save = NULL;
+        for (char *k = strtok_r(sp->keybuf, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+            if (sp->nkeys == MAX_QUERY_KEYS)
+                return bad(h, "at most 64 keys per query");
+            sp->keys[sp->nkeys++] = k;
+        }
+    }
+    return true;
+}
+
+static void spec_fini(struct query_spec *sp)
+{
+    free(sp->base.tz);
+    cJSON_Delete(sp->cursor);
+}
+
+static struct store_query *query_new(const struct store_query *base, const char *device,
+                                     char *const *keys, size_t nkeys)
+{
+    struct store_query *q = xcalloc(1, sizeof *q);
+
+    *q = *base;
+    q->device = xstrdup(device);
+    q->keys = nkeys ? xmalloc(nkeys * sizeof *q->keys) : NULL;
+    for (size_t k = 0; k < nkeys; k++)
+        q->keys[k] = xstrdup(keys[k]);
+    q->nkeys = nkeys;
+    if (base->tz) {
+        q->tz = xmalloc(base->ntz * sizeof *q->tz);
+        memcpy(q->tz, base->tz, base->ntz * sizeof *q->tz);
+    }
+    return q;
+}
+
+static void add_sub(struct query_ctx *qc, size_t dev, struct store_query *q)
+{
+    struct sub_query *sq = &qc->subs[qc->nsubs++];
+    sq->qc = qc;
+    sq->q = q;
+    sq->dev = dev;
+}
+
+/* Starts every sub-query of qc (their queries set in qc->subs[i].q); the reply goes out
+ * when the last one is back. */
+static void run(struct rest *r, struct query_ctx *qc)
+{
+    size_t n = qc->nsubs;
+
+    qc->pending = n;
+    conn_ref(qc->conn);
+    for (size_t i = 0; i < n; i++) {
+        struct sub_query *sq = &qc->subs[i];
+        struct store_query *q = sq->q;
+        sq->q = NULL; /* the store owns it until on_query_done */
+        if (store_query_telemetry(r->store, q, on_query_done, sq) != 0) {
+            struct store_result *res = xcalloc(1, sizeof *res);
+            res->rc = GW_ESTORE;
+            on_query_done(sq, NULL, res);
+        }
+    }
+}
+
+/* Sub-queries for one device: one for all keys, or one per key of the cursor (each with
+ * its own start). cur: the device's part of the cursor or NULL. */
+static void add_device(struct query_ctx *qc, const struct query_spec *sp, size_t dev,
+                       const cJSON *cur)
+{
+    const cJSON *it;
+
+    if (!cur) {
+        add_sub(qc, dev, query_new(&sp->base, qc->devices[dev], sp->keys, sp->nkeys));
+        return;
+    }
+    cJSON_ArrayForEach(it, cur)
+    {
+        char *key = it->string;
+        struct store_query *q = query_new(&sp->base, qc->devices[dev], &key, 1);
+        if (q->desc)
+            q->to_ms = (int64_t)it->valuedouble;
+        else
+            q->from_ms = (int64_t)it->valuedouble;
+        add_sub(qc, dev, q);
+    }
+}
+
+static struct query_ctx *ctx_new(struct http_conn *h, bool multi, bool csv, size_t ndev,
+                                 size_t nsubs)
+{
+    struct query_ctx *qc = xcalloc(1, sizeof *qc);
+    qc->conn = http_conn_of(h);
+    qc->multi = multi;
+    qc->csv = csv;
+    qc->devices = xcalloc(ndev ? ndev : 1, sizeof *qc->devices);
+    qc->subs = xcalloc(nsubs ? nsubs : 1, sizeof *qc->subs);
+    return qc;
+}
+
+void rest_telemetry_get(struct rest *r, struct http_conn *h, struct http_req *req,
+                        struct device *dev)
+{
+    struct query_spec *sp = xcalloc(1, sizeof *sp);
+    struct query_ctx *qc;
+
+    if (!parse_spec(r, h, req, false, sp))
+        goto out;
+    qc = ctx_new(h, false, sp->csv, 1, sp->cursor ? (size_t)cJSON_GetArraySize(sp->cursor) : 1);
+    qc->devices[qc->ndevices++] = xstrdup(dev->id);
+    add_device(qc, sp, 0, sp->cursor);
+    run(r, qc);
+out:
+    spec_fini(sp);
+    free(sp);
+}
+
+void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req)
+{
+    struct query_spec *sp = xcalloc(1, sizeof *sp);
+    char list[4096];
+    char *ids[MAX_QUERY_DEVICES];
+    size_t nids = 0, nsubs = 0;
+    struct query_ctx *qc;
+
+    if (!parse_spec(r, h, req, true, sp))
+        goto out;
+    if (sp->cursor) {
+        const cJSON *d;
+        cJSON_ArrayForEach(d, sp->cursor)
+        {
+            if (nids == MAX_QUERY_DEVICES || !devices_valid_id(d->string, strlen(d->string))) {
+                bad(h, "cursor is not one this server issued");
+                goto out;
+            }
+            ids[nids++] = d->string;
+            nsubs += (size_t)cJSON_GetArraySize(d);
+        }
+    } else {
+        char *save = NULL;
+        if (!http_query_param(req, "devices", list, sizeof list) || !list[0]) {
+            bad(h, "devices is required: a comma-separated list of device ids");
+            goto out;
+        }
+        for (char *id = strtok_r(list, ",", &save); id; id = strtok_r(NULL, ",", &save)) {
+            if (nids == MAX_QUERY_DEVICES) {
+                bad(h, "at most 64 devices per query");
+                goto out;
+            }
+            ids[nids++] = id;
+        }
+        nsubs = nids;
+    }
+    for (size_t i = 0; i < nids; i++) {
+        if (!devices_find(r->gw->devices, ids[i])) {
+            struct buf msg;
+            buf_init(&msg);
+            buf_printf(&msg, "no such device: %.64s", ids[i]);
+            http_respond_error(h, 404, "not_found", buf_cstr(&msg));
+            buf_fini(&msg);
+            goto out;
+        }
+    }
+    qc = ctx_new(h, true, sp->csv, nids, nsubs);
+    for (size_t i = 0; i < nids; i++) {
+        qc->devices[qc->ndevices++] = xstrdup(ids[i]);
+        add_device(qc, sp, i,
+                   sp->cursor ? cJSON_GetObjectItemCaseSensitive(sp->cursor, ids[i]) : NULL);
+    }
+    run(r, qc);
+out:
+    spec_fini(sp);
+    free(sp);
+}
