@@ -272,19 +272,16 @@ static void flush_bucket(struct emitter *e)
     push_point(e, &p);
 }
 
-static void emit(struct emitter *e, const struct point *p)
+/* Makes the bucket holding ts the open one (the one open before is flushed first).
+ * Returns 0 when that flush reached the limit: the series is done. */
+static int enter_bucket(struct emitter *e, int64_t ts)
 {
-    int64_t b;
+    int64_t b = store_bucket_start(e->q, ts);
 
-    if (e->q->agg == STORE_AGG_NONE) {
-        push_point(e, p);
-        return;
-    }
-    b = store_bucket_start(e->q, p->ts_ms);
     if (e->have && b != e->bucket) {
         flush_bucket(e);
         if (e->stop)
-            return;
+            return 0;
     }
     if (!e->have) {
         e->have = 1;
@@ -292,22 +289,44 @@ static void emit(struct emitter *e, const struct point *p)
         e->count = 0;
         e->sum = 0;
     }
-    if (p->type != VAL_NUM && p->type != VAL_BOOL)
+    return 1;
+}
+
+/* Adds n numeric values to the open bucket: one point (all its statistics are its
+ * value) or a whole chunk's header. min/max keep the first value unless a later one is
+ * strictly smaller/larger, as a left-to-right fold does. */
+static void fold(struct emitter *e, const struct chunk_stats *st)
+{
+    if (e->count == 0 || st->min < e->min)
+        e->min = st->min;
+    if (e->count == 0 || st->max > e->max)
+        e->max = st->max;
+    if (e->count == 0 || st->first_ts < e->min_ts) {
+        e->min_ts = st->first_ts;
+        e->first = st->first;
+    }
+    if (e->count == 0 || st->last_ts > e->max_ts) {
+        e->max_ts = st->last_ts;
+        e->last = st->last;
+    }
+    e->sum += st->sum;
+    e->count += st->nnum;
+}
+
+static void emit(struct emitter *e, const struct point *p)
+{
+    struct chunk_stats one;
+
+    if (e->q->agg == STORE_AGG_NONE) {
+        push_point(e, p);
         return;
-    if (e->count == 0 || p->num < e->min)
-        e->min = p->num;
-    if (e->count == 0 || p->num > e->max)
-        e->max = p->num;
-    if (e->count == 0 || p->ts_ms < e->min_ts) {
-        e->min_ts = p->ts_ms;
-        e->first = p->num;
     }
-    if (e->count == 0 || p->ts_ms > e->max_ts) {
-        e->max_ts = p->ts_ms;
-        e->last = p->num;
-    }
-    e->sum += p->num;
-    e->count++;
+    if (!enter_bucket(e, p->ts_ms) || (p->type != VAL_NUM && p->type != VAL_BOOL))
+        return;
+    one = (struct chunk_stats){ .nnum = 1, .first_ts = p->ts_ms, .last_ts = p->ts_ms,
+                                .min = p->num, .max = p->num, .sum = p->num,
+                                .first = p->num, .last = p->num };
+    fold(e, &one);
 }
 
 /* Emits p unless the raw limit is reached (then truncated: one more point exists).
@@ -334,33 +353,8 @@ static int out_point(struct emitter *e, const struct point *p, int borrowed)
 /* Folds a whole chunk's header statistics into the buckets (see can_fold). */
 static void fold_stats(struct emitter *e, const struct chunk_stats *st)
 {
-    int64_t b = store_bucket_start(e->q, st->first_ts);
-
-    if (e->have && b != e->bucket) {
-        flush_bucket(e);
-        if (e->stop)
-            return;
-    }
-    if (!e->have) {
-        e->have = 1;
-        e->bucket = b;
-        e->count = 0;
-        e->sum = 0;
-    }
-    if (e->count == 0 || st->min < e->min)
-        e->min = st->min;
-    if (e->count == 0 || st->max > e->max)
-        e->max = st->max;
-    if (e->count == 0 || st->first_ts < e->min_ts) {
-        e->min_ts = st->first_ts;
-        e->first = st->first;
-    }
-    if (e->count == 0 || st->last_ts > e->max_ts) {
-        e->max_ts = st->last_ts;
-        e->last = st->last;
-    }
-    e->sum += st->sum;
-    e->count += st->nnum;
+    if (enter_bucket(e, st->first_ts))
+        fold(e, st);
 }
 
 /* A chunk's statistics stand for its points in an aggregate when it lies inside the
