@@ -25,6 +25,7 @@
 
 #include "base/alloc.h"
 #include "base/err.h"
+#include "storage/varint.h"
 
 enum num_mode { NUM_XOR = 0, NUM_DEC_VARINT = 1, NUM_DEC_DOD = 2, NUM_DEC_PACKED = 3 };
 
@@ -50,16 +51,6 @@ static double bitsd(uint64_t u)
     double d;
     memcpy(&d, &u, sizeof d);
     return d;
-}
-
-static uint64_t zigzag(uint64_t v) /* v is an int64 in two's complement */
-{
-    return (v << 1) ^ (0 - (v >> 63));
-}
-
-static uint64_t unzigzag(uint64_t z)
-{
-    return (z >> 1) ^ (0 - (z & 1));
 }
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -88,40 +79,6 @@ static uint64_t get_u64(const uint8_t *p)
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | p[i];
     return v;
-}
-
-static void put_varint(struct buf *b, uint64_t v)
-{
-    uint8_t tmp[10];
-    size_t n = 0;
-
-    while (v >= 0x80) {
-        tmp[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    tmp[n++] = (uint8_t)v;
-    buf_append(b, tmp, n);
-}
-
-/* Reads a varint at p[*pos..len); rejects one running past len or 64 bits. */
-static int get_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *out)
-{
-    uint64_t v = 0;
-
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        uint8_t c;
-        if (*pos >= len)
-            return -1;
-        c = p[(*pos)++];
-        if (shift == 63 && c > 1)
-            return -1;
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
 }
 
 /* ---- bit streams ---- */
@@ -318,9 +275,9 @@ int chunk_enc_add(struct chunk_enc *e, const struct point *p)
             return GW_ELIMIT;
         if (e->have_prev && p->str_len == e->prev_len &&
             (p->str_len == 0 || memcmp(e->strs.data + e->prev_off, p->str, p->str_len) == 0)) {
-            put_varint(&e->strs, 0);
+            varint_put(&e->strs, 0);
         } else {
-            put_varint(&e->strs, (uint64_t)p->str_len + 1);
+            varint_put(&e->strs, (uint64_t)p->str_len + 1);
             e->prev_off = e->strs.len;
             e->prev_len = p->str_len;
             e->have_prev = 1;
@@ -442,7 +399,7 @@ static void encode_dec_varint(const int64_t *m, size_t n, unsigned k, struct buf
 
     buf_append(col, hdr, 2);
     for (size_t i = 0; i < n; i++) {
-        put_varint(col, zigzag((uint64_t)m[i] - prev));
+        varint_put(col, zigzag((uint64_t)m[i] - prev));
         prev = (uint64_t)m[i];
     }
 }
@@ -475,7 +432,7 @@ static void encode_dec_packed(const int64_t *m, size_t n, unsigned k, struct buf
         all |= zigzag((uint64_t)m[i] - (uint64_t)m[i - 1]);
     hdr[2] = (uint8_t)(all ? 64 - __builtin_clzll(all) : 0);
     buf_append(col, hdr, 3);
-    put_varint(col, zigzag((uint64_t)m[0]));
+    varint_put(col, zigzag((uint64_t)m[0]));
     if (hdr[2])
         for (size_t i = 1; i < n; i++)
             put_bits(&w, zigzag((uint64_t)m[i] - (uint64_t)m[i - 1]), hdr[2]);
@@ -539,7 +496,7 @@ static void encode_strs(const struct chunk_enc *e, struct buf *col)
     if (compress2(z, &zlen, e->strs.data, e->strs.len, Z_DEFAULT_COMPRESSION) == Z_OK &&
         zlen + 10 < e->strs.len) {
         buf_append(col, &flag, 1);
-        put_varint(col, e->strs.len);
+        varint_put(col, e->strs.len);
         buf_append(col, z, zlen);
     } else {
         flag = 0;
@@ -567,7 +524,7 @@ static void write_header(const struct chunk_stats *st, uint8_t *h)
 
 static void append_column(struct buf *out, struct buf *col)
 {
-    put_varint(out, col->len);
+    varint_put(out, col->len);
     buf_append(out, col->data, col->len);
     col->len = 0;
 }
@@ -660,7 +617,7 @@ static int next_column(const uint8_t *blob, size_t len, size_t *pos, const uint8
 {
     uint64_t n;
 
-    if (get_varint(blob, len, pos, &n) != 0 || n > len - *pos)
+    if (varint_get(blob, len, pos, &n) != 0 || n > len - *pos)
         return -1;
     *col = blob + *pos;
     *col_len = (size_t)n;
@@ -726,7 +683,7 @@ static int decode_dec(const uint8_t *c, size_t len, double *v, size_t n, const c
         if (len < 3 || c[2] > 64)
             FAIL("bad num width");
         width = c[2];
-        if (get_varint(c, len, &pos, &z) != 0)
+        if (varint_get(c, len, &pos, &z) != 0)
             FAIL("num column truncated");
         prev = unzigzag(z);
         r = (struct bitr){c + pos, len - pos, 0};
@@ -740,7 +697,7 @@ static int decode_dec(const uint8_t *c, size_t len, double *v, size_t n, const c
                 FAIL("num column truncated");
             delta = unzigzag(z);
         } else if (c[0] == NUM_DEC_VARINT) {
-            if (get_varint(c, len, &pos, &z) != 0)
+            if (varint_get(c, len, &pos, &z) != 0)
                 FAIL("num column truncated");
             delta = unzigzag(z);
         } else {
@@ -788,7 +745,7 @@ static int decode_texts(const uint8_t *e, size_t len, struct chunk_points *cp,
         uint64_t v;
         if (is_numeric(p->type))
             continue;
-        if (get_varint(e, len, &pos, &v) != 0)
+        if (varint_get(e, len, &pos, &v) != 0)
             FAIL("str column truncated");
         if (v == 0) {
             if (!prev)
@@ -827,7 +784,7 @@ static int decode_strs(const uint8_t *c, size_t len, struct chunk_points *cp,
         FAIL("bad str column flag");
     if (c[0] == 0)
         return decode_texts(c + 1, len - 1, cp, why);
-    if (get_varint(c, len, &pos, &raw_len) != 0)
+    if (varint_get(c, len, &pos, &raw_len) != 0)
         FAIL("str column truncated");
     if (raw_len > CHUNK_MAX_STR_BYTES + (uint64_t)10 * cp->npoints ||
         raw_len > (uint64_t)(len - pos) * DEFLATE_MAX_RATIO)

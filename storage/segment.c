@@ -4,39 +4,16 @@
 #include <string.h>
 
 #include "base/err.h"
-
-static void put_varint(struct buf *b, uint64_t v)
-{
-    uint8_t tmp[10];
-    size_t n = 0;
-
-    while (v >= 0x80) {
-        tmp[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    tmp[n++] = (uint8_t)v;
-    buf_append(b, tmp, n);
-}
+#include "storage/varint.h"
 
 static int get_varint(struct segment_reader *r, uint64_t *out)
 {
-    uint64_t v = 0;
+    size_t pos = 0;
 
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        uint8_t c;
-
-        if (r->p == r->end)
-            return -1;
-        c = *r->p++;
-        if (shift == 63 && c > 1)
-            return -1; /* more than 64 bits */
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
+    if (varint_get(r->p, (size_t)(r->end - r->p), &pos, out) != 0)
+        return -1;
+    r->p += pos;
+    return 0;
 }
 
 void segment_enc_start(struct segment_enc *e, struct buf *out)
@@ -56,8 +33,8 @@ void segment_enc_add(struct segment_enc *e, int64_t sid, const struct point *p)
     uint64_t d = (uint64_t)p->ts_ms - (uint64_t)e->prev_ts;
     uint8_t type = (uint8_t)p->type, tail[8];
 
-    put_varint(e->out, (uint64_t)sid);
-    put_varint(e->out, (d << 1) ^ (0 - (d >> 63)));
+    varint_put(e->out, (uint64_t)sid);
+    varint_put(e->out, zigzag(d));
     buf_append(e->out, &type, 1);
     switch (p->type) {
     case VAL_NUM: {
@@ -74,7 +51,7 @@ void segment_enc_add(struct segment_enc *e, int64_t sid, const struct point *p)
         break;
     case VAL_STR:
     case VAL_JSON:
-        put_varint(e->out, p->str_len);
+        varint_put(e->out, p->str_len);
         buf_append(e->out, p->str, p->str_len);
         break;
     }
@@ -112,7 +89,7 @@ int segment_read_next(struct segment_reader *r, int64_t *sid, struct point *p,
         return GW_EINVAL;
     }
     *sid = (int64_t)id;
-    p->ts_ms = (int64_t)((uint64_t)r->prev_ts + ((z >> 1) ^ (0 - (z & 1))));
+    p->ts_ms = (int64_t)((uint64_t)r->prev_ts + unzigzag(z));
     r->prev_ts = p->ts_ms;
     switch (*r->p++) {
     case VAL_NUM: {
