@@ -183,23 +183,12 @@ static int merge_next(struct merge *m, struct point *p)
     return 1;
 }
 
-static int write_chunk(struct store *s, int64_t sid, struct chunk_enc *e, struct buf *blob,
+static int write_chunk(sqlite3_stmt *add, int64_t sid, struct chunk_enc *e, struct buf *blob,
                        size_t *nchunks)
 {
-    sqlite3_stmt *st = s->st[ST_CHUNK_ADD];
-    struct chunk_stats cs = e->stats;
-
-    blob->len = 0;
-    if (cs.count == 0)
-        return SQLITE_OK;
-    chunk_enc_finish(e, blob);
-    sqlite3_bind_int64(st, 1, sid);
-    sqlite3_bind_int64(st, 2, cs.first_ts);
-    sqlite3_bind_int64(st, 3, cs.last_ts);
-    sqlite3_bind_int64(st, 4, cs.count);
-    store_bind_blob(st, 5, blob->data, blob->len);
-    (*nchunks)++;
-    return store_step(st);
+    if (e->stats.count > 0)
+        (*nchunks)++;
+    return store_write_chunk(add, sid, e, blob);
 }
 
 /* Replaces the old chunks of hs with chunks of the merged points (those older than
@@ -229,10 +218,10 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
         if (p.ts_ms < cutoff)
             continue; /* expired already: not worth a chunk */
         if (e->stats.count >= per)
-            rc = write_chunk(s, hs->sid, e, blob, nchunks);
+            rc = write_chunk(s->st[ST_CHUNK_ADD], hs->sid, e, blob, nchunks);
         added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
         if (added == GW_ELIMIT) { /* its texts filled the chunk */
-            rc = write_chunk(s, hs->sid, e, blob, nchunks);
+            rc = write_chunk(s->st[ST_CHUNK_ADD], hs->sid, e, blob, nchunks);
             added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
         }
         if (added != 0) { /* ingest validates values, so this is a bug: never stall on it */
@@ -243,7 +232,7 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
         (*npoints)++;
     }
     if (rc == SQLITE_OK)
-        rc = write_chunk(s, hs->sid, e, blob, nchunks);
+        rc = write_chunk(s->st[ST_CHUNK_ADD], hs->sid, e, blob, nchunks);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(s->st[ST_SERIES_FLUSHED], 1, hs->sid);
         sqlite3_bind_int64(s->st[ST_SERIES_FLUSHED], 2, s->seg_last);

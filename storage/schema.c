@@ -182,25 +182,6 @@ static const char *const stmt_sql[ST_COUNT] = {
         " updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
 };
 
-/* Writes the points of one series (ascending ts, one per ts) as chunks of
- * STORE_CHUNK_POINTS, the way the chunker does. SQLite result code. */
-static int put_chunk(sqlite3_stmt *add, int64_t sid, struct chunk_enc *e,
-                     struct buf *blob)
-{
-    struct chunk_stats st = e->stats;
-
-    blob->len = 0;
-    if (e->stats.count == 0)
-        return SQLITE_OK;
-    chunk_enc_finish(e, blob);
-    sqlite3_bind_int64(add, 1, sid);
-    sqlite3_bind_int64(add, 2, st.first_ts);
-    sqlite3_bind_int64(add, 3, st.last_ts);
-    sqlite3_bind_int64(add, 4, st.count);
-    store_bind_blob(add, 5, blob->data, blob->len);
-    return store_step(add);
-}
-
 /* v3 -> v4: every row of the (series, ts) table (the log is already folded in)
  * becomes part of a chunk. Inside the migration's transaction. */
 static int convert_v3(struct store *s, int64_t *points)
@@ -235,11 +216,11 @@ static int convert_v3(struct store *s, int64_t *points)
         if (rc != SQLITE_OK)
             break;
         if (sid != cur || e.stats.count >= STORE_CHUNK_POINTS)
-            rc = put_chunk(add, cur, &e, &blob);
+            rc = store_write_chunk(add, cur, &e, &blob);
         cur = sid;
         added = rc == SQLITE_OK ? chunk_enc_add(&e, &p) : 0;
         if (added == GW_ELIMIT) { /* the texts filled the chunk */
-            rc = put_chunk(add, cur, &e, &blob);
+            rc = store_write_chunk(add, cur, &e, &blob);
             added = rc == SQLITE_OK ? chunk_enc_add(&e, &p) : 0;
         }
         if (added != 0)
@@ -249,7 +230,7 @@ static int convert_v3(struct store *s, int64_t *points)
             (*points)++;
     }
     if (rc == SQLITE_DONE)
-        rc = put_chunk(add, cur, &e, &blob);
+        rc = store_write_chunk(add, cur, &e, &blob);
     sqlite3_finalize(rd);
     sqlite3_finalize(add);
     chunk_enc_fini(&e);

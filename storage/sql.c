@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gateway/log.h"
+#include "storage/chunk.h"
 #include "storage/store_int.h"
 
 int store_exec(sqlite3 *db, const char *sql)
@@ -130,4 +131,20 @@ int store_read_value(sqlite3_stmt *st, int tcol, struct point *p)
     }
     p->type = (enum val_type)t;
     return SQLITE_OK;
+}
+
+int store_write_chunk(sqlite3_stmt *add, int64_t sid, struct chunk_enc *e, struct buf *blob)
+{
+    struct chunk_stats st = e->stats;
+
+    blob->len = 0;
+    if (st.count == 0)
+        return SQLITE_OK;
+    chunk_enc_finish(e, blob);
+    sqlite3_bind_int64(add, 1, sid);
+    sqlite3_bind_int64(add, 2, st.first_ts);
+    sqlite3_bind_int64(add, 3, st.last_ts);
+    sqlite3_bind_int64(add, 4, st.count);
+    store_bind_blob(add, 5, blob->data, blob->len);
+    return store_step(add);
 }

@@ -399,6 +399,11 @@ const void *store_col_blob(sqlite3_stmt *st, int i, size_t *len);
  * store_read_value sets p->type, p->num, p->str and p->str_len (str borrowed from st:
  * valid until its next step or reset; never NULL for strings). */
 int store_bind_value(sqlite3_stmt *st, int tcol, const struct point *p);
+/* Finishes the chunk in e (nothing when it is empty) into blob and inserts it with add,
+ * "INSERT INTO chunks(series, start_ts, end_ts, count, data) VALUES (?1..?5)" (the
+ * chunker and the v3 conversion). SQLite result code. */
+struct chunk_enc;
+int store_write_chunk(sqlite3_stmt *add, int64_t sid, struct chunk_enc *e, struct buf *blob);
 int store_read_value(sqlite3_stmt *st, int tcol, struct point *p);
 
 /* ---- test seams ---- */
