@@ -109,23 +109,25 @@ function axisStyle() {
   return { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line") } };
 }
 
-function makeChart(target, label, data, height) {
+// xrange() -> [from, to] in seconds: the time axis shows the chosen range, not just
+// the span of the points (one point alone would stretch it over years).
+function makeChart(target, label, data, xrange) {
   const width = Math.max(200, target.clientWidth || 400);
   return new uPlot({
-    width, height: height || 220,
+    width, height: 220,
     series: [{}, { label, stroke: css("--series"), fill: css("--fill"), width: 1.5, spanGaps: true }],
     axes: [axisStyle(), axisStyle()],
-    scales: { x: { time: true } },
+    scales: { x: { time: true, range: xrange } },
   }, data, target);
 }
 
-function makeSpark(target, data) {
+function makeSpark(target, data, from, to) {
   return new uPlot({
     width: 120, height: 32,
     cursor: { show: false }, legend: { show: false }, select: { show: false },
     series: [{}, { stroke: css("--series"), fill: css("--fill"), width: 1, spanGaps: true }],
     axes: [{ show: false }, { show: false }],
-    scales: { x: { time: true } },
+    scales: { x: { time: true, range: () => [from / 1000, Math.max(to, Date.now()) / 1000] } },
   }, data, target);
 }
 
@@ -334,7 +336,7 @@ async function loadRowDetail(d) {
     const cell = tr.cells[5];
     const box = el("div");
     cell.replaceChildren(box, el("div", { class: "key muted", text: key }));
-    const u = makeSpark(box, toSeries(r[key]));
+    const u = makeSpark(box, toSeries(r[key]), now - SPARK_MS, now);
     u.gale_key = key;
     window.gale.sparks.set(d.id, u);
   } catch (e) {
@@ -351,7 +353,7 @@ async function showFleet() {
 
 // ---- device page ---------------------------------------------------------------
 
-const dv = { id: null, range: 3600000, from: 0, to: 0, live: true, latest: {}, cmds: new Map() };
+const dv = { id: null, range: 3600000, from: 0, to: 0, live: true, latest: {} };
 
 function renderDeviceHead(d) {
   $("dev-title").textContent = d.name ? d.name + " (" + d.id + ")" : d.id;
@@ -401,7 +403,8 @@ function addChart(key, data) {
   const card = el("div", { class: "chart", id: "chart-" + key }, el("h3", { text: key }), box);
   $("charts").appendChild(card);
   $("no-charts").hidden = true;
-  const u = makeChart(box, key, data);
+  const u = makeChart(box, key, data, () => dv.live
+    ? [(Date.now() - dv.range) / 1000, Date.now() / 1000] : [dv.from / 1000, dv.to / 1000]);
   window.gale.charts.set(key, u);
   return u;
 }
@@ -524,7 +527,9 @@ async function setAttribute(ev) {
 
 async function showDevice(id) {
   dv.id = id;
-  dv.cmds.clear();
+  $("cmd-form").reset();
+  $("attr-form").reset();
+  $("cmd-error").textContent = $("attr-error").textContent = "";
   let d;
   try { d = await api(dev(id)); } catch (e) {
     if (e.status === 404) { $("dev-title").textContent = "no device " + id; $("charts").replaceChildren(); return; }
@@ -623,7 +628,7 @@ async function pollGateway() {
   $("tiles").replaceChildren(
     tile("uptime", fmtAgo(Date.now() - g("gale_uptime_seconds") * 1000).replace(" ago", "")),
     tile("connections", String(g("gale_connections"))),
-    tile("devices online", g("gale_devices_online") + " / " + g("gale_devices")),
+    tile("online / registered", g("gale_devices_online") + " / " + g("gale_devices")),
     tile("points/s", pts.toFixed(1)),
     tile("messages/s", msgs.toFixed(1)),
     tile("hot points", String(g("gale_storage_hot_points"))),
@@ -651,6 +656,7 @@ function gatewayChart(id, a, b) {
     width: Math.max(200, box.clientWidth || 400), height: 200,
     series: [{}, s(a, css("--series")), s(b, css("--accent"))],
     axes: [axisStyle(), axisStyle()],
+    scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] } },
   }, id === "gw-rate" ? gw.data.rate : gw.data.backlog, box);
 }
 
