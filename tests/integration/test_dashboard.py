@@ -244,6 +244,21 @@ async def more_pages(ws, g, line):
             t(await wait_js(ws, "document.querySelector('#ranges button.active').textContent == "
                                 "%s && %s > 0" % (js_str(label), chart_len("temp"))),
               "range %s shows points" % label)
+        # custom: the last 30 minutes as two local times; live points stop following
+        await evaluate(ws, "[...document.querySelectorAll('#ranges button')].find(b => "
+                           "b.textContent == 'custom').click();"
+                           "{const loc = (ms) => new Date(ms - new Date(ms).getTimezoneOffset()"
+                           " * 60000).toISOString().slice(0, 19);"
+                           "document.getElementById('from').value = loc(Date.now() - 1800000);"
+                           "document.getElementById('to').value = loc(Date.now() + 60000);"
+                           "document.getElementById('apply').click()};true")
+        t(await wait_js(ws, "!document.getElementById('custom').hidden && "
+                            "!document.getElementById('range-info').textContent.includes('now') && "
+                            "%s >= 10" % chart_len("temp")), "custom range shows points")
+        await evaluate(ws, "[...document.querySelectorAll('#ranges button')].find(b => "
+                           "b.textContent == '1 h').click();true")
+        t(await wait_js(ws, "document.getElementById('custom').hidden && " + chart_len("temp")
+                        + " > 0"), "back to the last hour")
         await submit(ws, "attr-form", {"attr-key": "location", "attr-value": '"lab 2"'})
         t(await wait_js(ws, "document.getElementById('attr-set').textContent.includes('lab 2')"),
           "attribute set from the page")
