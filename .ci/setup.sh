@@ -9,7 +9,7 @@
 set -eu
 
 BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
-  libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev"
+  libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
   chromium"
@@ -32,6 +32,10 @@ for p in $want; do
         missing="$missing $p"
     fi
 done
+# npm fetches uPlot (below); any npm will do, e.g. the one a nodejs package brings
+case "${1:-deps}" in deps|test-deps|bench-deps)
+    command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
+esac
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -48,6 +52,16 @@ if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1 &&
     echo "setup: stopping and disabling the mosquitto service (port 1883 is Gale's)"
     ${SUDO:-} systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
+
+# uPlot for the dashboard's charts (npm registry, the version package-lock.json pins):
+# the build embeds node_modules/uplot/dist into the binary, offline from then on.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+case "${1:-deps}" in deps|test-deps|bench-deps)
+    if [ -f "$root/package-lock.json" ] && [ ! -f "$root/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
+        (cd "$root" && npm ci --no-audit --no-fund >/dev/null) ||
+            echo "setup: npm ci failed; the dashboard will be built without charts"
+    fi ;;
+esac
 
 # MQTT.js for the MQTT-over-WebSocket client test (npm registry; skipped without npm)
 if [ "${1:-deps}" = test-deps ] && command -v npm >/dev/null 2>&1; then

@@ -31,10 +31,10 @@
 #include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
-#include "web/assets.h"
 #include "web/auth.h"
 #include "web/commands.h"
 #include "web/rest_int.h"
+#include "web/static.h"
 
 #define JSON REST_JSON
 
@@ -150,20 +150,6 @@ static void health(struct gw *gw, struct http_conn *h)
     buf_fini(&b);
 }
 
-static bool serve_asset(struct http_conn *h, const char *path)
-{
-    if (strcmp(path, "/") == 0)
-        path = "/index.html";
-    for (const struct asset *a = web_assets; a->path; a++) {
-        if (strcmp(a->path, path) == 0) {
-            http_respond(h, 200, a->content_type, a->data, a->len,
-                         "Cache-Control: no-cache\r\n");
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Splits "/api/devices/<id>/<rest>" into id and rest; returns false if not that shape. */
 static bool split_device_path(const char *path, char *id, size_t idlen, const char **rest)
 {
@@ -195,12 +181,12 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         return;
     }
     if (strcmp(path, "/api/openapi.json") == 0) {
-        if (!serve_asset(h, "/openapi.json"))
+        if (!static_serve(h, req, "/openapi.json"))
             http_respond_error(h, 404, "not_found", "no OpenAPI document in this build");
         return;
     }
     if (strncmp(path, "/api/", 5) != 0 && strcmp(path, "/metrics") != 0) {
-        if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) && serve_asset(h, path))
+        if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) && static_serve(h, req, path))
             return;
         http_respond_error(h, 404, "not_found", "no such resource");
         return;

@@ -1,93 +1,169 @@
-// Gale dashboard: devices with presence and latest values from the REST API,
-// kept current by the live feed (/ws/live). The API key stays in localStorage.
+// Gale dashboard: four pages behind the URL's hash (#/ fleet, #/device/<id>,
+// #/connections, #/gateway), data from the REST API, kept current by the live feed
+// (/ws/live, subscribed only to what the page shows). Charts are uPlot's.
+// The API key is entered once and kept in localStorage ("gale.key"); it never stays
+// in the address bar (a one-shot ?key= is moved to storage and stripped).
 "use strict";
-const state = { key: localStorage.getItem("gale.key") || "", devices: new Map(), ws: null, dropped: 0 };
-const $ = (id) => document.getElementById(id);
+const PAGE_SIZE = 25;          // fleet rows per page (each visible row costs two small queries)
+const SPARK_MS = 3600000;      // sparklines show the last hour ...
+const SPARK_INTERVAL_MS = 60000; // ... as one-minute averages
+const CHART_POINTS = 300;      // history buckets per chart
+const MAX_LIVE_POINTS = 5000;  // per chart: live points beyond this drop the oldest
 
-function api(path) {
-  return fetch(path, { headers: { Authorization: "Bearer " + state.key } }).then((r) => {
-    if (r.status === 401) throw new Error("unauthorized");
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    return r.json();
-  });
+const $ = (id) => document.getElementById(id);
+const state = {
+  key: localStorage.getItem("gale.key") || "",
+  devices: new Map(),   // id -> device from GET /api/devices (+ .latest once fetched)
+  page: 0,
+  ws: null, wsOpen: false, sub: null, dropped: 0,
+  route: null,          // {page, id}
+  timers: [],           // intervals of the current page, cleared when it changes
+};
+// What the page shows, for tests and for the curious (the devtools console).
+window.gale = { state, charts: new Map(), sparks: new Map() };
+
+// ---- helpers -------------------------------------------------------------------
+
+class HttpError extends Error {
+  constructor(status, body) {
+    super(body && body.error ? body.error : "HTTP " + status);
+    this.status = status;
+    this.code = body && body.code;
+  }
 }
 
-function fmtTime(ms) {
+async function api(path, opts = {}) {
+  const headers = { Authorization: "Bearer " + state.key };
+  if (opts.body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, {
+    method: opts.method || "GET", headers,
+    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+  });
+  if (r.status === 401) throw new HttpError(401, { error: "unauthorized" });
+  const text = await r.text();
+  let body = null;
+  try { body = text && !opts.text ? JSON.parse(text) : text; } catch (e) { body = text; }
+  if (!r.ok) throw new HttpError(r.status, body);
+  return body;
+}
+
+const dev = (id) => "/api/devices/" + encodeURIComponent(id);
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  e.append(...kids.filter((k) => k !== null && k !== undefined));
+  return e;
+}
+
+function fmtAgo(ms) {
   if (!ms) return "never";
-  const d = new Date(ms), s = (Date.now() - ms) / 1000;
+  const s = (Date.now() - ms) / 1000;
   if (s < 60) return Math.max(0, Math.round(s)) + " s ago";
   if (s < 3600) return Math.round(s / 60) + " min ago";
-  return d.toLocaleString();
+  if (s < 86400) return Math.round(s / 3600) + " h ago";
+  return new Date(ms).toLocaleString();
 }
 
 function fmtValue(v) {
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/0+$/, "");
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(+v.toFixed(3));
   if (typeof v === "string") return v;
   return JSON.stringify(v);
 }
 
-function globToRegExp(g) {
-  return new RegExp("^" + g.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$");
+function fmtBytes(n) {
+  const u = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + u[i];
 }
 
-function row(dev) {
-  let tr = document.getElementById("dev-" + dev.id);
-  if (!tr) {
-    tr = document.createElement("tr");
-    tr.id = "dev-" + dev.id;
-    for (let i = 0; i < 5; i++) tr.appendChild(document.createElement("td"));
-    const rows = [...$("devices").tBodies[0].rows];
-    const after = rows.find((r) => r.id > tr.id);
-    $("devices").tBodies[0].insertBefore(tr, after || null);
-  }
-  const c = tr.cells;
-  c[0].textContent = dev.id;
-  c[1].innerHTML = "";
-  const dot = document.createElement("span");
-  dot.className = "dot" + (dev.online ? " on" : "");
-  c[1].append(dot, dev.online ? "online" : "offline");
-  c[2].textContent = dev.protocol || "";
-  c[3].textContent = fmtTime(dev.last_seen);
-  c[3].title = dev.last_seen ? new Date(dev.last_seen).toISOString() : "";
-  c[4].innerHTML = "";
-  for (const k of Object.keys(dev.latest || {}).sort()) {
-    const span = document.createElement("span");
-    span.className = "kv";
-    const b = document.createElement("b");
-    b.textContent = k;
-    span.append(b, fmtValue(dev.latest[k].value));
-    span.title = new Date(dev.latest[k].ts).toISOString();
-    c[4].appendChild(span);
-  }
+function statusCell(online) {
+  return el("span", {}, el("span", { class: "dot" + (online ? " on" : "") }), online ? "online" : "offline");
+}
+
+function css(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function labelled(tr, labels) {
+  [...tr.cells].forEach((td, i) => td.setAttribute("data-label", labels[i] || ""));
   return tr;
 }
 
-function render() {
-  const f = $("filter").value.trim();
-  const re = f ? globToRegExp(f) : null;
-  let n = 0, online = 0;
-  for (const dev of state.devices.values()) {
-    const tr = row(dev);
-    tr.hidden = re ? !re.test(dev.id) : false;
-    n++;
-    if (dev.online) online++;
-  }
-  $("empty").hidden = n > 0;
-  $("summary").textContent = n + " devices, " + online + " online";
+function every(ms, fn) {
+  state.timers.push(setInterval(fn, ms));
 }
 
-async function load() {
-  const list = await api("/api/devices");
-  for (const d of list.devices) {
-    const prev = state.devices.get(d.id);
-    d.latest = prev ? prev.latest : {};
-    state.devices.set(d.id, d);
+// ---- charts --------------------------------------------------------------------
+
+function axisStyle() {
+  return { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line") } };
+}
+
+// xrange() -> [from, to] in seconds: the time axis shows the chosen range, not just
+// the span of the points (one point alone would stretch it over years).
+function makeChart(target, label, data, xrange) {
+  const width = Math.max(200, target.clientWidth || 400);
+  return new uPlot({
+    width, height: 220,
+    series: [{}, { label, stroke: css("--series"), fill: css("--fill"), width: 1.5, spanGaps: true }],
+    axes: [axisStyle(), axisStyle()],
+    scales: { x: { time: true, range: xrange } },
+  }, data, target);
+}
+
+function makeSpark(target, data, from, to) {
+  return new uPlot({
+    width: 120, height: 32,
+    cursor: { show: false }, legend: { show: false }, select: { show: false },
+    series: [{}, { stroke: css("--series"), fill: css("--fill"), width: 1, spanGaps: true }],
+    axes: [{ show: false }, { show: false }],
+    scales: { x: { time: true, range: () => [from / 1000, Math.max(to, Date.now()) / 1000] } },
+  }, data, target);
+}
+
+// Points as uPlot wants them: [[seconds...], [values...]], numbers only.
+function toSeries(points) {
+  const xs = [], ys = [];
+  for (const p of points || []) {
+    if (typeof p.value !== "number") continue;
+    xs.push(p.ts / 1000);
+    ys.push(p.value);
   }
-  render();
-  await Promise.all(list.devices.map(async (d) => {
-    d.latest = await api("/api/devices/" + encodeURIComponent(d.id) + "/latest");
-    row(d);
-  }));
+  return [xs, ys];
+}
+
+function destroyCharts() {
+  for (const u of window.gale.charts.values()) u.destroy();
+  window.gale.charts.clear();
+  for (const u of window.gale.sparks.values()) u.destroy();
+  window.gale.sparks.clear();
+}
+
+window.addEventListener("resize", () => {
+  for (const u of window.gale.charts.values()) {
+    const w = u.root.parentElement.clientWidth;
+    if (w && Math.abs(w - u.width) > 4) u.setSize({ width: w, height: u.height });
+  }
+});
+
+// ---- live feed -----------------------------------------------------------------
+
+// What the current page wants from /ws/live: {devices:[ids], presence} or null.
+function liveSubscribe(sub) {
+  state.sub = sub;
+  if (!state.ws || !state.wsOpen) return;
+  if (sub) state.ws.send(JSON.stringify({ subscribe: { devices: sub.devices, keys: ["*"], presence: true } }));
+  else state.ws.send(JSON.stringify({ unsubscribe: true }));
 }
 
 function connectLive() {
@@ -95,73 +171,615 @@ function connectLive() {
   const ws = new WebSocket(proto + "//" + location.host + "/ws/live");
   state.ws = ws;
   ws.onopen = () => {
+    state.wsOpen = true;
     ws.send(JSON.stringify({ auth: state.key }));
-    ws.send(JSON.stringify({ subscribe: { devices: ["*"], keys: ["*"], presence: true } }));
+    liveSubscribe(state.sub);
   };
   ws.onmessage = (ev) => {
     const m = JSON.parse(ev.data);
-    if (m.type === "subscribed" || m.type === "ready") {
-      $("live").textContent = "live";
-      $("live").className = "badge on";
-    } else if (m.type === "telemetry") {
-      let dev = state.devices.get(m.device);
-      if (!dev) { load().catch(() => {}); return; }
-      dev.latest = dev.latest || {};
-      for (const p of m.points) {
-        const cur = dev.latest[p.key];
-        if (!cur || cur.ts <= p.ts) dev.latest[p.key] = { ts: p.ts, value: p.value };
-      }
-      dev.last_seen = Date.now();
-      const tr = row(dev);
-      tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
-    } else if (m.type === "presence") {
-      const dev = state.devices.get(m.device);
-      if (dev) { dev.online = m.online; dev.last_seen = m.ts || Date.now(); render(); }
-      else load().catch(() => {});
-    } else if (m.type === "dropped") {
-      state.dropped = m.total || (state.dropped + m.count);
+    if (m.type === "ready" || m.type === "subscribed" || m.type === "unsubscribed") setLive(true);
+    else if (m.type === "telemetry") onTelemetry(m);
+    else if (m.type === "presence") onPresence(m);
+    else if (m.type === "dropped") {
+      state.dropped = m.total || state.dropped + m.count;
       $("dropped").textContent = state.dropped + " live updates dropped (this browser fell behind)";
-    } else if (m.type === "error") {
-      $("live").textContent = m.error;
-    }
+    } else if (m.type === "error") $("live").textContent = m.error;
   };
   ws.onclose = () => {
-    $("live").textContent = "offline";
-    $("live").className = "badge off";
-    setTimeout(() => { if (state.key) connectLive(); }, 2000);
+    state.wsOpen = false;
+    setLive(false);
+    if (state.ws === ws) setTimeout(() => { if (state.key && state.ws === ws) connectLive(); }, 2000);
   };
+}
+
+function setLive(on) {
+  $("live").textContent = on ? "live" : "offline";
+  $("live").className = "badge " + (on ? "on" : "off");
+}
+
+function onTelemetry(m) {
+  const d = state.devices.get(m.device);
+  if (d) {
+    d.latest = d.latest || {};
+    for (const p of m.points) {
+      const cur = d.latest[p.key];
+      if (!cur || cur.ts <= p.ts) d.latest[p.key] = { ts: p.ts, value: p.value };
+    }
+    d.last_seen = Date.now();
+  }
+  if (state.route.page === "fleet" && d) {
+    const tr = fleetRow(d);
+    tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
+  } else if (state.route.page === "device" && state.route.id === m.device) {
+    deviceLive(m.points);
+  }
+}
+
+function onPresence(m) {
+  const d = state.devices.get(m.device);
+  if (!d) return;
+  d.online = m.online;
+  d.last_seen = m.ts || Date.now();
+  if (state.route.page === "fleet") renderFleet();
+  else if (state.route.page === "device" && state.route.id === m.device) renderDeviceHead(d);
+  renderSummary();
+}
+
+// ---- fleet ---------------------------------------------------------------------
+
+async function loadDevices() {
+  // GET /api/devices answers the whole registry from memory; paging is done here
+  const list = await api("/api/devices");
+  const seen = new Set();
+  for (const d of list.devices) {
+    const prev = state.devices.get(d.id);
+    d.latest = prev ? prev.latest : null;
+    state.devices.set(d.id, d);
+    seen.add(d.id);
+  }
+  for (const id of [...state.devices.keys()]) if (!seen.has(id)) state.devices.delete(id);
+  renderSummary();
+}
+
+const isApp = (d) => d.role && d.role !== "device";
+
+function renderSummary() {
+  let n = 0, online = 0;
+  for (const d of state.devices.values()) {
+    if (isApp(d)) continue;
+    n++;
+    if (d.online) online++;
+  }
+  $("summary").textContent = n + " devices, " + online + " online";
+}
+
+function fleetMatches() {
+  const q = $("filter").value.trim().toLowerCase();
+  return [...state.devices.values()]
+    .filter((d) => !isApp(d) && (!q || d.id.toLowerCase().includes(q) ||
+      (d.name || "").toLowerCase().includes(q)))
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+const FLEET_LABELS = ["device", "status", "protocol", "last seen", "latest", "last hour"];
+
+function fleetRow(d) {
+  let tr = $("dev-" + d.id);
+  if (!tr) {
+    tr = el("tr", { id: "dev-" + d.id });
+    for (let i = 0; i < 6; i++) tr.appendChild(el("td"));
+    tr.cells[5].className = "spark";
+    labelled(tr, FLEET_LABELS);
+  }
+  const c = tr.cells;
+  c[0].replaceChildren(el("a", { href: "#/device/" + encodeURIComponent(d.id), text: d.id }));
+  c[1].replaceChildren(statusCell(d.online));
+  c[2].textContent = d.protocol || "";
+  c[3].textContent = fmtAgo(d.last_seen);
+  c[3].title = d.last_seen ? new Date(d.last_seen).toISOString() : "";
+  c[4].replaceChildren(...Object.keys(d.latest || {}).sort().map((k) => {
+    const span = el("span", { class: "kv", title: new Date(d.latest[k].ts).toISOString() },
+      el("b", { text: k }), fmtValue(d.latest[k].value));
+    return span;
+  }));
+  const spark = window.gale.sparks.get(d.id);
+  if (spark && d.latest && d.latest[spark.gale_key]) {
+    const v = d.latest[spark.gale_key];
+    if (typeof v.value === "number" && v.ts / 1000 > (spark.data[0].at(-1) || 0)) {
+      spark.data[0].push(v.ts / 1000);
+      spark.data[1].push(v.value);
+      spark.setData(spark.data);
+    }
+  }
+  return tr;
+}
+
+function renderFleet() {
+  const all = fleetMatches();
+  const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
+  state.page = Math.min(state.page, pages - 1);
+  const visible = all.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+  fill($("devices").tBodies[0], visible.map(fleetRow));
+  $("empty").hidden = state.devices.size > 0;
+  $("page-info").textContent = all.length ? (state.page * PAGE_SIZE + 1) + "–" +
+    (state.page * PAGE_SIZE + visible.length) + " of " + all.length : "0 of 0";
+  $("prev").disabled = state.page === 0;
+  $("next").disabled = state.page >= pages - 1;
+  const apps = [...state.devices.values()].filter(isApp);
+  $("apps").hidden = $("apps-title").hidden = apps.length === 0;
+  fill($("apps").tBodies[0], apps.map((a) => labelled(el("tr", {},
+    el("td", { text: a.id }), el("td", {}, statusCell(a.online)), el("td", { text: a.protocol || "" }),
+    el("td", { text: fmtAgo(a.last_seen) })), ["application", "status", "protocol", "last seen"])));
+  const ids = visible.map((d) => d.id);
+  const key = ids.join("\n");
+  if (state.fleetIds !== key) { // the page changed: fetch what it shows, follow only it live
+    state.fleetIds = key;
+    liveSubscribe(ids.length ? { devices: ids } : null);
+    for (const [id, u] of window.gale.sparks) if (!ids.includes(id)) { u.destroy(); window.gale.sparks.delete(id); }
+    visible.forEach(loadRowDetail);
+  }
+}
+
+async function loadRowDetail(d) {
+  try {
+    if (!d.latest) {
+      d.latest = await api(dev(d.id) + "/latest");
+      fleetRow(d);
+    }
+    const key = Object.keys(d.latest).sort().find((k) => typeof d.latest[k].value === "number");
+    if (!key || window.gale.sparks.has(d.id)) return;
+    const now = Date.now();
+    const r = await api(dev(d.id) + "/telemetry?keys=" + encodeURIComponent(key) + "&from=" +
+      (now - SPARK_MS) + "&to=" + now + "&agg=avg&interval=" + SPARK_INTERVAL_MS);
+    const tr = $("dev-" + d.id);
+    if (!tr || !tr.isConnected || window.gale.sparks.has(d.id)) return;
+    const cell = tr.cells[5];
+    const box = el("div");
+    cell.replaceChildren(box, el("div", { class: "key muted", text: key }));
+    const u = makeSpark(box, toSeries(r[key]), now - SPARK_MS, now);
+    u.gale_key = key;
+    window.gale.sparks.set(d.id, u);
+  } catch (e) {
+    if (e.status === 401) logout(true);
+  }
+}
+
+async function showFleet() {
+  state.fleetIds = null;
+  await loadDevices();
+  renderFleet();
+  every(10000, () => loadDevices().then(renderFleet).catch(showError));
+}
+
+// ---- device page ---------------------------------------------------------------
+
+const dv = { id: null, range: 3600000, from: 0, to: 0, live: true, latest: {} };
+
+function renderDeviceHead(d) {
+  $("dev-title").textContent = d.name ? d.name + " (" + d.id + ")" : d.id;
+  $("dev-state").replaceChildren(statusCell(d.online), el("span", { class: "muted",
+    text: " · " + (d.protocol || "no protocol yet") + " · last seen " + fmtAgo(d.last_seen) +
+      (d.role ? " · " + d.role : "") }));
+}
+
+function kvRows(tbody, obj, labelKey) {
+  const keys = Object.keys(obj || {}).sort();
+  fill(tbody, keys.length ? keys.map((k) => el("tr", {}, el("td", { text: k }),
+    el("td", { text: fmtValue(labelKey ? obj[k].value : obj[k]),
+      title: labelKey ? new Date(obj[k].ts).toISOString() : "" })))
+    : [el("tr", {}, el("td", { class: "muted", text: "none" }))]);
+}
+
+// The scopes as the API names them: reported_attributes (what the device published) and
+// server_attributes (set here); a server without scopes has only attributes (set here).
+function renderAttributes(d) {
+  kvRows($("attr-reported").tBodies[0], d.reported_attributes || {});
+  kvRows($("attr-set").tBodies[0], serverAttributes(d));
+}
+const serverAttributes = (d) => d.server_attributes || (d.reported_attributes ? {} : d.attributes) || {};
+
+function chooseInterval(span) {
+  return Math.max(1000, Math.ceil(span / CHART_POINTS / 1000) * 1000);
+}
+
+async function loadHistory() {
+  if (dv.live) { dv.to = Date.now(); dv.from = dv.to - dv.range; }
+  const interval = chooseInterval(dv.to - dv.from);
+  $("range-info").textContent = new Date(dv.from).toLocaleString() + " – " +
+    (dv.live ? "now" : new Date(dv.to).toLocaleString()) + " · " + (interval / 1000) + " s averages";
+  const keys = Object.keys(dv.latest).filter((k) => typeof dv.latest[k].value === "number").sort();
+  for (const u of window.gale.charts.values()) u.destroy();
+  window.gale.charts.clear();
+  $("charts").replaceChildren();
+  $("no-charts").hidden = keys.length > 0;
+  if (!keys.length) return;
+  const r = await api(dev(dv.id) + "/telemetry?keys=" + keys.map(encodeURIComponent).join(",") +
+    "&from=" + dv.from + "&to=" + dv.to + "&agg=avg&interval=" + interval + "&limit=" + (CHART_POINTS * 2));
+  for (const k of keys) addChart(k, toSeries(r[k]));
+}
+
+function addChart(key, data) {
+  const box = el("div");
+  const card = el("div", { class: "chart", id: "chart-" + key }, el("h3", { text: key }), box);
+  $("charts").appendChild(card);
+  $("no-charts").hidden = true;
+  const u = makeChart(box, key, data, () => dv.live
+    ? [(Date.now() - dv.range) / 1000, Date.now() / 1000] : [dv.from / 1000, dv.to / 1000]);
+  window.gale.charts.set(key, u);
+  return u;
+}
+
+function deviceLive(points) {
+  for (const p of points) {
+    const cur = dv.latest[p.key];
+    if (!cur || cur.ts <= p.ts) dv.latest[p.key] = { ts: p.ts, value: p.value };
+    if (!dv.live || typeof p.value !== "number") continue;
+    const t = p.ts / 1000;
+    const u = window.gale.charts.get(p.key) || addChart(p.key, [[], []]);
+    const [xs, ys] = u.data;
+    let i = xs.length; // points arrive in order; a late one is put in its place
+    while (i > 0 && xs[i - 1] > t) i--;
+    xs.splice(i, 0, t);
+    ys.splice(i, 0, p.value);
+    const cut = (Date.now() - dv.range) / 1000;
+    let drop = 0;
+    while (drop < xs.length && (xs[drop] < cut || xs.length - drop > MAX_LIVE_POINTS)) drop++;
+    if (drop) { xs.splice(0, drop); ys.splice(0, drop); }
+    u.setData([xs, ys]);
+  }
+  kvRows($("dev-latest").tBodies[0], dv.latest, true);
+}
+
+function setRange(btn) {
+  for (const b of $("ranges").querySelectorAll("button[data-range]")) b.classList.toggle("active", b === btn);
+  if (btn.dataset.range === "custom") {
+    $("custom").hidden = false;
+    const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+    if (!$("from").value) $("from").value = local(Date.now() - dv.range);
+    if (!$("to").value) $("to").value = local(Date.now());
+    return;
+  }
+  $("custom").hidden = true;
+  dv.live = true;
+  dv.range = +btn.dataset.range;
+  loadHistory().catch(showError);
+}
+
+function applyCustom() {
+  const from = new Date($("from").value).getTime(), to = new Date($("to").value).getTime();
+  if (!(from < to)) { $("range-info").textContent = "the range's start must be before its end"; return; }
+  dv.live = false;
+  dv.from = from;
+  dv.to = to;
+  loadHistory().catch(showError);
+}
+
+function cmdRow(c) {
+  let tr = $("cmd-" + c.id);
+  if (!tr) {
+    tr = labelled(el("tr", { id: "cmd-" + c.id }, el("td"), el("td"), el("td")), ["command", "status", "reply"]);
+    $("cmds").tBodies[0].prepend(tr);
+  }
+  tr.cells[0].textContent = c.name + (c.params ? " " + JSON.stringify(c.params) : "");
+  tr.cells[0].title = c.id;
+  tr.cells[1].replaceChildren(el("span", { class: "status status-" + c.status, text: c.status }));
+  tr.cells[2].textContent = c.reply === undefined ? "" : fmtValue(c.reply);
+  return tr;
+}
+
+// Polls a command until it is replied or expired (or the page changes).
+function followCommand(id) {
+  const device = dv.id;
+  const tick = async () => {
+    if (dv.id !== device || state.route.page !== "device") return;
+    try {
+      const c = await api(dev(device) + "/commands/" + encodeURIComponent(id));
+      cmdRow(c);
+      if (c.status === "replied" || c.status === "expired") return;
+    } catch (e) {
+      if (e.status === 404) return;
+    }
+    setTimeout(tick, 1000);
+  };
+  setTimeout(tick, 500);
+}
+
+async function sendCommand(ev) {
+  ev.preventDefault();
+  $("cmd-error").textContent = "";
+  const body = { name: $("cmd-name").value.trim() };
+  const raw = $("cmd-params").value.trim();
+  if (raw) {
+    try { body.params = JSON.parse(raw); } catch (e) {
+      $("cmd-error").textContent = "params must be JSON, e.g. {\"delay\":5}";
+      return;
+    }
+  }
+  try {
+    const r = await api(dev(dv.id) + "/commands", { method: "POST", body });
+    cmdRow(Object.assign({ name: body.name, params: body.params }, r));
+    followCommand(r.id);
+  } catch (e) {
+    $("cmd-error").textContent = e.message;
+  }
+}
+
+async function setAttribute(ev) {
+  ev.preventDefault();
+  $("attr-error").textContent = "";
+  const k = $("attr-key").value.trim();
+  const raw = $("attr-value").value.trim();
+  let v = raw;
+  if (raw === "") v = null; // an empty value deletes the key
+  else try { v = JSON.parse(raw); } catch (e) { v = raw; }
+  const d = state.devices.get(dv.id);
+  // the whole set-scope object with the change: PATCH merges or replaces, same result
+  const attrs = Object.assign({}, serverAttributes(d), { [k]: v });
+  try {
+    const r = await api(dev(dv.id), { method: "PATCH", body: { attributes: attrs } });
+    Object.assign(d, r);
+    renderAttributes(d);
+    $("attr-key").value = $("attr-value").value = "";
+  } catch (e) {
+    $("attr-error").textContent = e.message;
+  }
+}
+
+async function showDevice(id) {
+  dv.id = id;
+  $("cmd-form").reset();
+  $("attr-form").reset();
+  $("cmd-error").textContent = $("attr-error").textContent = "";
+  let d;
+  try { d = await api(dev(id)); } catch (e) {
+    if (e.status === 404) { $("dev-title").textContent = "no device " + id; $("charts").replaceChildren(); return; }
+    throw e;
+  }
+  state.devices.set(id, Object.assign(state.devices.get(id) || {}, d));
+  renderDeviceHead(d);
+  renderAttributes(d);
+  dv.latest = await api(dev(id) + "/latest");
+  kvRows($("dev-latest").tBodies[0], dv.latest, true);
+  liveSubscribe({ devices: [id] });
+  fill($("cmds").tBodies[0], []);
+  api(dev(id) + "/commands").then((r) => {
+    const list = r.commands.slice(-20);
+    for (const c of list) cmdRow(c);
+  }).catch(() => {});
+  const active = $("ranges").querySelector("button.active") ||
+    $("ranges").querySelector("button[data-range='" + dv.range + "']");
+  for (const b of $("ranges").querySelectorAll("button[data-range]")) b.classList.toggle("active", b === active);
+  await loadHistory();
+  every(10000, () => {
+    const cur = state.devices.get(id);
+    if (cur) renderDeviceHead(cur);
+  });
+}
+
+// ---- connections ---------------------------------------------------------------
+
+async function loadConnections() {
+  const r = await api("/api/connections");
+  const q = $("conn-filter").value.trim().toLowerCase();
+  const rows = (r.connections || []).filter((c) => !q ||
+    [c.device, c.peer, c.protocol, c.transport, c.listener].some((s) => s && String(s).toLowerCase().includes(q)));
+  $("conn-count").textContent = rows.length + " of " + (r.count ?? rows.length) + " connections";
+  fill($("conns").tBodies[0], rows.map((c) => labelled(el("tr", {},
+    el("td", { text: String(c.id) }),
+    el("td", {}, c.device ? el("a", { href: "#/device/" + encodeURIComponent(c.device), text: c.device }) : "—"),
+    el("td", { text: c.protocol + (c.transport ? " / " + c.transport : "") }),
+    el("td", { text: c.peer }),
+    el("td", { text: fmtAgo(c.connected), title: new Date(c.connected).toISOString() }),
+    el("td", { text: fmtBytes(c.bytes_in) + " · " + c.messages_in + " msg" }),
+    el("td", { text: fmtBytes(c.bytes_out) + " · " + c.messages_out + " msg" })),
+    ["id", "device", "protocol", "peer", "connected", "in", "out"])));
+}
+
+async function showConnections() {
+  liveSubscribe(null);
+  await loadConnections();
+  every(5000, () => loadConnections().catch(() => {}));
+}
+
+// ---- gateway -------------------------------------------------------------------
+
+// Prometheus text -> {"name": value, "name{labels}": value}; a label-less total is
+// also summed over its labelled samples (name + ":sum").
+function parseMetrics(text) {
+  const m = {};
+  for (const line of text.split("\n")) {
+    if (!line || line[0] === "#") continue;
+    const sp = line.lastIndexOf(" ");
+    const name = line.slice(0, sp).trim(), v = parseFloat(line.slice(sp + 1));
+    if (!isFinite(v)) continue;
+    m[name] = v;
+    const base = name.split("{")[0];
+    m[base + ":sum"] = (m[base + ":sum"] || 0) + v;
+  }
+  return m;
+}
+
+const gw = { prev: null, rate: null, backlog: null, data: { rate: [[], [], []], backlog: [[], [], []] } };
+const GW_WINDOW = 300; // samples kept (10 min at one per 2 s)
+
+function tile(label, value) {
+  return el("div", { class: "tile" }, el("span", { class: "muted", text: label }), el("b", { text: value }));
+}
+
+async function pollGateway() {
+  const m = parseMetrics(await api("/metrics", { text: true }));
+  const now = Date.now() / 1000;
+  const g = (k) => m[k + ":sum"] || 0;
+  let pts = 0, msgs = 0;
+  if (gw.prev) {
+    const dt = now - gw.prev.t;
+    pts = Math.max(0, (g("gale_points_received_total") - gw.prev.points) / dt);
+    msgs = Math.max(0, (g("gale_messages_received_total") - gw.prev.msgs) / dt);
+    const push = (d, a, b) => {
+      d[0].push(now); d[1].push(a); d[2].push(b);
+      if (d[0].length > GW_WINDOW) d.forEach((s) => s.shift());
+    };
+    push(gw.data.rate, pts, msgs);
+    push(gw.data.backlog, g("gale_storage_hot_points"), g("gale_storage_queued_rows"));
+    gw.rate.setData(gw.data.rate);
+    gw.backlog.setData(gw.data.backlog);
+  }
+  gw.prev = { t: now, points: g("gale_points_received_total"), msgs: g("gale_messages_received_total") };
+  $("tiles").replaceChildren(
+    tile("uptime", fmtAgo(Date.now() - g("gale_uptime_seconds") * 1000).replace(" ago", "")),
+    tile("connections", String(g("gale_connections"))),
+    tile("online / registered", g("gale_devices_online") + " / " + g("gale_devices")),
+    tile("points/s", pts.toFixed(1)),
+    tile("messages/s", msgs.toFixed(1)),
+    tile("hot points", String(g("gale_storage_hot_points"))),
+    tile("queued rows", String(g("gale_storage_queued_rows"))),
+    tile("ingest", g("gale_storage_ingest_paused") ? "paused" : "flowing"));
+  const drops = [
+    ["live updates dropped", "gale_feed_dropped_total"],
+    ["MQTT messages dropped", "gale_mqtt_dropped_total"],
+    ["telemetry rejected", "gale_telemetry_rejected_total"],
+    ["storage failures", "gale_storage_failures_total"],
+    ["ingest pauses", "gale_storage_ingest_pauses_total"],
+    ["auth failures", "gale_auth_failures_total"],
+    ["timeouts", "gale_timeouts_total"],
+    ["connections refused", "gale_connections_refused_total"],
+  ];
+  fill($("drops").tBodies[0], drops.map(([label, k]) =>
+    el("tr", {}, el("td", { text: label }), el("td", { id: "metric-" + k, text: String(g(k)) }))));
+}
+
+function gatewayChart(id, a, b) {
+  const box = $(id);
+  box.replaceChildren();
+  const s = (label, color) => ({ label, stroke: color, width: 1.5 });
+  return new uPlot({
+    width: Math.max(200, box.clientWidth || 400), height: 200,
+    series: [{}, s(a, css("--series")), s(b, css("--accent"))],
+    axes: [axisStyle(), axisStyle()],
+    scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] } },
+  }, id === "gw-rate" ? gw.data.rate : gw.data.backlog, box);
+}
+
+async function showGateway() {
+  liveSubscribe(null);
+  gw.rate = gatewayChart("gw-rate", "points/s", "messages/s");
+  gw.backlog = gatewayChart("gw-backlog", "hot points", "queued rows");
+  window.gale.charts.set("gateway-rate", gw.rate);
+  window.gale.charts.set("gateway-backlog", gw.backlog);
+  await pollGateway();
+  every(2000, () => pollGateway().catch(() => {}));
+}
+
+// ---- routing, login, theme -----------------------------------------------------
+
+function parseRoute() {
+  const h = location.hash.replace(/^#\/?/, "");
+  if (h.startsWith("device/")) return { page: "device", id: decodeURIComponent(h.slice(7)) };
+  if (h === "connections" || h === "gateway") return { page: h };
+  return { page: "fleet" };
+}
+
+function showError(e) {
+  if (e && e.status === 401) { logout(true); return; }
+  console.error(e);
+}
+
+async function route() {
+  state.timers.forEach(clearInterval);
+  state.timers = [];
+  destroyCharts();
+  state.route = parseRoute();
+  for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== "page-" + state.route.page;
+  for (const a of $("nav").querySelectorAll("a"))
+    a.classList.toggle("active", a.dataset.page === state.route.page);
+  const show = { fleet: showFleet, device: () => showDevice(state.route.id),
+    connections: showConnections, gateway: showGateway }[state.route.page];
+  await show();
 }
 
 async function start() {
   try {
-    await load();
+    await loadDevices();
   } catch (e) {
     $("login").hidden = false;
     $("app").hidden = true;
-    if (state.key) $("login-error").textContent = e.message === "unauthorized" ? "That key was refused." : e.message;
+    $("logout").hidden = true;
+    if (state.key) $("login-error").textContent = e.status === 401 ? "That key was refused." : e.message;
+    $("key").focus();
     return;
   }
   $("login").hidden = true;
   $("app").hidden = false;
-  connectLive();
-  setInterval(render, 10000); // refresh "x s ago"
+  $("logout").hidden = false;
+  if (!state.ws) connectLive();
+  window.addEventListener("hashchange", () => route().catch(showError));
+  await route().catch(showError);
+  setInterval(() => { if (state.route.page === "fleet") renderFleet(); }, 10000); // "x s ago"
 }
+
+function logout(refused) {
+  if (refused) { // the key stopped working (rotated): ask again
+    const ws = state.ws;
+    state.ws = null;
+    if (ws) ws.close();
+    $("app").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = "That key was refused.";
+    return;
+  }
+  localStorage.removeItem("gale.key");
+  state.key = "";
+  location.reload();
+}
+
+const THEMES = ["auto", "light", "dark"];
+function applyTheme(t) {
+  if (t === "auto") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = t;
+  $("theme").title = "theme: " + (t === "auto" ? "follows the system" : t);
+  $("theme").textContent = { auto: "◐", light: "☀", dark: "☾" }[t];
+}
+applyTheme(localStorage.getItem("gale.theme") || "auto");
+$("theme").addEventListener("click", () => {
+  const t = THEMES[(THEMES.indexOf(localStorage.getItem("gale.theme") || "auto") + 1) % THEMES.length];
+  localStorage.setItem("gale.theme", t);
+  applyTheme(t);
+  if (state.route) route().catch(showError); // charts take their colours when made
+});
 
 $("login-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.key = $("key").value.trim();
   localStorage.setItem("gale.key", state.key);
-  start();
+  $("key").value = "";
+  if (state.route) location.reload(); // a key asked for again after a refusal
+  else start();
 });
-$("logout").addEventListener("click", () => {
-  localStorage.removeItem("gale.key");
-  state.key = "";
-  if (state.ws) state.ws.close();
-  location.reload();
-});
-$("filter").addEventListener("input", render);
-if (new URLSearchParams(location.search).get("key")) {
-  state.key = new URLSearchParams(location.search).get("key");
-  localStorage.setItem("gale.key", state.key);
+$("logout").addEventListener("click", () => logout(false));
+$("filter").addEventListener("input", () => { state.page = 0; renderFleet(); });
+$("prev").addEventListener("click", () => { state.page--; renderFleet(); });
+$("next").addEventListener("click", () => { state.page++; renderFleet(); });
+$("conn-filter").addEventListener("input", () => loadConnections().catch(showError));
+for (const b of $("ranges").querySelectorAll("button[data-range]")) b.addEventListener("click", () => setRange(b));
+$("apply").addEventListener("click", applyCustom);
+$("cmd-form").addEventListener("submit", sendCommand);
+$("attr-form").addEventListener("submit", setAttribute);
+
+// A link with ?key= (e.g. from a provisioning script) is a one-shot: the key moves
+// to localStorage and leaves the address bar and the history at once.
+{
+  const params = new URLSearchParams(location.search);
+  if (params.has("key")) {
+    state.key = params.get("key");
+    localStorage.setItem("gale.key", state.key);
+    params.delete("key");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+}
+if (typeof uPlot === "undefined") { // built without uPlot (make setup was not run)
+  window.uPlot = function () {
+    return { data: [[], []], setData() {}, setSize() {}, destroy() {}, root: document.createElement("div") };
+  };
 }
 start();
