@@ -1,8 +1,11 @@
 /* gateway/conn.c: connection objects, the registry of live connections, the
  * send path, auth/idle timers and durable waiters. Loop thread only.
  *
- * Reads land straight in c->in (on_alloc reserves room at its tail), the
- * protocol's feed() decodes and consumes. Writes try uv_try_write() first and
+ * Reads land in one loop-wide buffer (the registry's, 64 KiB): on_alloc hands it to
+ * every read, and take_input lends it to the connection as c->in (c->raw under a
+ * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
+ * partial frame is copied into memory of the connection's own, which is freed once it
+ * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
  * queue only what the kernel did not take. One timer per connection serves the
  * auth deadline and then the idle deadline (re-armed lazily from the time of the
  * last read, so a busy connection does not touch the timer heap per read). While
@@ -65,11 +68,16 @@ struct conn_registry {
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
+    /* the loop-wide read buffer (READ_CHUNK bytes): lent as the input of one connection
+     * at a time, from its read until take_input returns */
+    uint8_t *rbuf;
 };
 
 struct conn_registry *conn_registry_new(void)
 {
-    return xcalloc(1, sizeof(struct conn_registry));
+    struct conn_registry *r = xcalloc(1, sizeof *r);
+    r->rbuf = xmalloc(READ_CHUNK);
+    return r;
 }
 
 void conn_registry_free(struct conn_registry *r)
@@ -79,6 +87,7 @@ void conn_registry_free(struct conn_registry *r)
     assert(r->all.len == 0 && r->waiting.len == 0);
     for (int i = 0; i < WALKS_MAX; i++)
         assert(r->walks[i].list == NULL);
+    free(r->rbuf);
     free(r);
 }
 
@@ -153,10 +162,9 @@ static size_t held_bytes(const struct conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     struct conn *c = h->data;
-    struct buf *b = c->xport ? &c->raw : &c->in;
     (void)suggested;
-    out->base = (char *)buf_reserve(b, READ_CHUNK);
-    out->len = b->cap - b->len;
+    out->base = (char *)c->gw->conns->rbuf;
+    out->len = READ_CHUNK;
     if (c->held) { /* reading only while below ingest_hold_bytes: a read stops there */
         size_t room = c->ingest_hold_bytes > held_bytes(c) ? c->ingest_hold_bytes - held_bytes(c)
                                                            : 1;
@@ -165,37 +173,76 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     }
 }
 
+/* After a feed: b keeps only what its consumer left, in memory of its own. A tail in the
+ * loop-wide buffer is copied out (dropped when c is closing), a drained buffer is freed
+ * and one much larger than its tail (after a large frame) shrinks to fit. */
+static void keep_input(struct conn *c, struct buf *b)
+{
+    struct buf tail;
+
+    if (b->data == c->gw->conns->rbuf) {
+        buf_init(&tail);
+        if (!c->closing)
+            buf_append(&tail, b->data, b->len);
+        *b = tail;
+    } else if (b->len == 0) {
+        buf_fini(b);
+    } else if (b->cap > 4 * b->len && b->cap > 4096) {
+        b->data = xrealloc(b->data, b->len);
+        b->cap = b->len;
+    }
+}
+
+/* Hands the first n bytes of the loop-wide read buffer to c's transport (or protocol).
+ * A layer under the transport (TLS) puts what it made of the socket bytes there (the
+ * plaintext of a record is never longer than the record) and calls this once per piece. */
+static void take_input(struct conn *c, size_t n)
+{
+    struct buf *b = c->xport ? &c->raw : &c->in;
+    uint8_t *p = c->gw->conns->rbuf;
+
+    if (b->len == 0) { /* the common case: lend the read buffer, copy nothing */
+        buf_fini(b);
+        *b = (struct buf){p, n, READ_CHUNK};
+    } else {
+        buf_append(b, p, n); /* after a partial frame kept from an earlier read */
+    }
+    conn_refeed(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = s->data;
-    (void)b;
     if (nread == 0)
         return;
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? "peer closed" : uv_strerror((int)nread));
         return;
     }
-    buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
-    conn_refeed(c);
+    (void)b; /* the loop-wide read buffer (on_alloc) */
+    take_input(c, (size_t)nread);
 }
 
 void conn_refeed(struct conn *c)
 {
-    if (c->closing || (c->in.len == 0 && c->raw.len == 0))
+    if (c->closing || (c->in.len == 0 && c->raw.len == 0)) {
+        keep_input(c, &c->in);
+        keep_input(c, &c->raw);
         return;
+    }
     conn_ref(c);
     if (c->xport && c->raw.len)
         c->xport->feed(c->xport_state, &c->raw, &c->in);
     if (!c->closing && c->in.len)
         c->proto->feed(c->proto_state, &c->in);
-    if (!c->closing) {
-        buf_shrink(&c->in, 4 * READ_CHUNK);
-        buf_shrink(&c->raw, 4 * READ_CHUNK);
+    /* closing or not: the read buffer is lent only until here */
+    keep_input(c, &c->in);
+    keep_input(c, &c->raw);
+    if (!c->closing)
         conn_update_reading(c); /* a held connection reads up to its ingest_hold_bytes */
-    }
     conn_unref(c);
 }
 

@@ -58,7 +58,7 @@ static size_t send_budget(const struct mqtt_broker *b)
 void broker_send(struct mqtt_conn *mc)
 {
     conn_send(mc->c, mc->out.data, mc->out.len);
-    mc->out.len = 0;
+    buf_fini(&mc->out); /* conn_send copied it: an idle connection keeps no scratch */
     mc->b->packets_out++;
 }
 
