@@ -6,14 +6,18 @@
  * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
  * partial frame is copied into memory of the connection's own, which is freed once it
  * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
- * queue only what the kernel did not take. One timer per connection serves the
- * auth deadline and then the idle deadline (re-armed lazily from the time of the
- * last read, so a busy connection does not touch the timer heap per read). While
+ * queue only what the kernel did not take, in a request allocated for that write and
+ * freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
+ * under a single uv_timer_t armed for the earliest (a uv_timer_t each would cost 152
+ * bytes a connection); a connection's deadline is the auth deadline, then the idle one,
+ * re-armed lazily from the time of the last read, so a busy connection does not touch
+ * the heap per read. While
  * storage pushes back, an ingest connection is held: it stops reading (or, when its
  * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
  * stands still until the release.
  *
- * The registry keeps two lists: live connections, and those with durable waiters.
+ * The registry keeps two lists: live connections, and those with durable waiters
+ * (whose ring, allocated on the first wait, carries the link).
  * Where each running walk goes next is kept in the registry (a slot per walk), so
  * conn_close, which unlinks a connection at once, moves every walk about to visit it
  * on to the next one: code called during a walk may close any connection. */
@@ -38,22 +42,34 @@ struct write_req {
     char data[];
 };
 
+/* A connection's durable waiters: a FIFO ring, and its link in the registry's list of
+ * connections with waiters. Kept from the first wait until the connection is freed; the
+ * ring grows apart from the link, which a running walk may be standing on. */
+struct conn_waiters {
+    struct list_link link;           /* in the registry's waiting list while n > 0 */
+    struct conn *c;
+    uint32_t n, head, cap;
+    struct conn_waiter *ring;
+};
+
 static void on_close(uv_handle_t *h);
 
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
+/* The peer address as text, on the heap (exactly as long as it is). */
+static char *format_peer(const struct sockaddr_storage *ss)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
+    char host[INET6_ADDRSTRLEN] = "?", out[INET6_ADDRSTRLEN + 8];
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         uv_ip4_name(a, host, sizeof host);
-        snprintf(out, n, "%s:%d", host, ntohs(a->sin_port));
+        snprintf(out, sizeof out, "%s:%d", host, ntohs(a->sin_port));
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         uv_ip6_name(a, host, sizeof host);
-        snprintf(out, n, "[%s]:%d", host, ntohs(a->sin6_port));
+        snprintf(out, sizeof out, "[%s]:%d", host, ntohs(a->sin6_port));
     } else {
-        snprintf(out, n, "unknown");
+        snprintf(out, sizeof out, "unknown");
     }
+    return xstrdup(out);
 }
 
 /* ---- the registry ---- */
@@ -62,12 +78,16 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 
 struct conn_registry {
     struct list all;                 /* live connections, newest first (reg_link) */
-    struct list waiting;             /* connections with durable waiters (wait_link) */
+    struct list waiting;             /* connections with durable waiters (their link) */
     struct walk {                    /* running walks: where each goes next */
         const struct list *list;     /* NULL: the slot is free */
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
+    struct conn **heap;              /* deadline min-heap on due_ms (conn->due_slot) */
+    size_t nheap, heap_cap;
+    uv_timer_t timer;                /* fires at heap[0]'s deadline */
+    bool timer_ready;                /* timer initialised (on the first deadline) */
     /* the loop-wide read buffer (READ_CHUNK bytes): lent as the input of one connection
      * at a time, from its read until take_input returns */
     uint8_t *rbuf;
@@ -87,6 +107,7 @@ void conn_registry_free(struct conn_registry *r)
     assert(r->all.len == 0 && r->waiting.len == 0);
     for (int i = 0; i < WALKS_MAX; i++)
         assert(r->walks[i].list == NULL);
+    free(r->heap);
     free(r->rbuf);
     free(r);
 }
@@ -149,8 +170,8 @@ static void unlink_walked(struct conn_registry *r, struct list *l, struct list_l
 
 static void wait_list_remove(struct conn_registry *r, struct conn *c)
 {
-    if (list_linked(&r->waiting, &c->wait_link))
-        unlink_walked(r, &r->waiting, &c->wait_link);
+    if (c->waiters && list_linked(&r->waiting, &c->waiters->link))
+        unlink_walked(r, &r->waiting, &c->waiters->link);
 }
 
 /* Bytes received and not yet consumed by the protocol (what ingest_hold_bytes bounds). */
@@ -273,12 +294,102 @@ void conn_update_reading(struct conn *c)
     }
 }
 
-static void on_timer(uv_timer_t *t)
+/* ---- deadlines: one min-heap of connections on due_ms, one timer ---- */
+
+static void heap_place(struct conn_registry *r, size_t i, struct conn *c)
 {
-    struct conn *c = t->data;
-    uint64_t now = gw_mono_ms();
-    if (c->closing)
+    r->heap[i] = c;
+    c->due_slot = (uint32_t)i + 1;
+}
+
+static void heap_up(struct conn_registry *r, size_t i)
+{
+    struct conn *c = r->heap[i];
+    while (i > 0 && c->due_ms < r->heap[(i - 1) / 2]->due_ms) {
+        heap_place(r, i, r->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_place(r, i, c);
+}
+
+static void heap_down(struct conn_registry *r, size_t i)
+{
+    struct conn *c = r->heap[i];
+    for (;;) {
+        size_t m = 2 * i + 1;
+        if (m >= r->nheap)
+            break;
+        if (m + 1 < r->nheap && r->heap[m + 1]->due_ms < r->heap[m]->due_ms)
+            m++;
+        if (r->heap[m]->due_ms >= c->due_ms)
+            break;
+        heap_place(r, i, r->heap[m]);
+        i = m;
+    }
+    heap_place(r, i, c);
+}
+
+static void heap_remove(struct conn_registry *r, struct conn *c)
+{
+    size_t i = c->due_slot - 1;
+    struct conn *last;
+
+    if (c->due_slot == 0)
         return;
+    c->due_slot = 0;
+    last = r->heap[--r->nheap];
+    if (i == r->nheap)
+        return;
+    heap_place(r, i, last);
+    heap_down(r, i);
+    heap_up(r, last->due_slot - 1);
+}
+
+static void on_deadline(uv_timer_t *t);
+
+/* Arms the registry's timer for the earliest deadline (stops it when there is none). */
+static void arm_timer(struct conn_registry *r, uv_loop_t *loop)
+{
+    uint64_t now = uv_now(loop), due;
+
+    if (r->nheap == 0) {
+        if (r->timer_ready)
+            uv_timer_stop(&r->timer);
+        return;
+    }
+    if (!r->timer_ready) {
+        uv_timer_init(loop, &r->timer);
+        r->timer.data = r;
+        r->timer_ready = true;
+    }
+    due = r->heap[0]->due_ms;
+    uv_timer_start(&r->timer, on_deadline, due > now ? due - now : 0, 0);
+}
+
+/* Sets c's deadline ms from now (0: none). */
+static void set_deadline(struct conn *c, uint64_t ms)
+{
+    struct conn_registry *r = c->gw->conns;
+    bool was_first = c->due_slot == 1;
+
+    heap_remove(r, c);
+    if (ms) {
+        if (r->nheap == r->heap_cap) {
+            r->heap_cap = r->heap_cap ? 2 * r->heap_cap : 64;
+            r->heap = xrealloc(r->heap, r->heap_cap * sizeof *r->heap);
+        }
+        c->due_ms = uv_now(c->gw->loop) + ms;
+        heap_place(r, r->nheap++, c);
+        heap_up(r, r->nheap - 1);
+    }
+    if (was_first || c->due_slot == 1) /* the earliest deadline changed */
+        arm_timer(r, c->gw->loop);
+}
+
+/* c's deadline passed. */
+static void on_due(struct conn *c)
+{
+    uint64_t now = gw_mono_ms();
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
         conn_close(c, "authentication timeout");
@@ -292,17 +403,27 @@ static void on_timer(uv_timer_t *t)
             conn_close(c, "idle timeout");
             return;
         }
-        uv_timer_start(&c->timer, on_timer, c->idle_timeout_ms - idle, 0);
+        set_deadline(c, c->idle_timeout_ms - idle);
     }
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct conn_registry *r = t->data;
+    uint64_t now = uv_now(t->loop);
+
+    /* each one taken off first: on_due may re-arm it, or close any connection */
+    while (r->nheap && r->heap[0]->due_ms <= now) {
+        struct conn *c = r->heap[0];
+        heap_remove(r, c);
+        on_due(c);
+    }
+    arm_timer(r, t->loop);
 }
 
 static void start_timer(struct conn *c)
 {
-    unsigned ms = c->auth_timeout_ms ? c->auth_timeout_ms : c->idle_timeout_ms;
-    if (ms)
-        uv_timer_start(&c->timer, on_timer, ms, 0);
-    else
-        uv_timer_stop(&c->timer);
+    set_deadline(c, c->auth_timeout_ms ? c->auth_timeout_ms : c->idle_timeout_ms);
 }
 
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l)
@@ -314,11 +435,11 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
 
     c->gw = gw;
     c->refs = 1;
+    c->device = "";
     buf_init(&c->in);
     buf_init(&c->raw);
     uv_tcp_init(gw->loop, &c->tcp);
     c->tcp.data = c;
-    c->handles_open = 1;
     rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     if (rc != 0) {
         log_warn("listener=%s accept failed reason=\"%s\"", l->name, uv_strerror(rc));
@@ -328,7 +449,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     }
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
-    format_peer(&ss, c->peer, sizeof c->peer);
+    c->peer = format_peer(&ss);
     if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
         const char *why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
@@ -345,10 +466,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     c->proto = l->proto;
     c->connected_ms = gw_now_ms();
     c->last_read_mono_ms = gw_mono_ms();
-    c->idle_timeout_ms = (unsigned)gw->cfg->limits.idle_timeout_ms;
-    uv_timer_init(gw->loop, &c->timer);
-    c->timer.data = c;
-    c->handles_open = 2;
+    c->idle_timeout_ms = (uint32_t)gw->cfg->limits.idle_timeout_ms;
     list_push_front(&r->all, &c->reg_link);
     gw->metrics.connections_total++;
     log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
@@ -369,9 +487,12 @@ void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state)
 
 void conn_authenticated(struct conn *c, const char *device)
 {
-    snprintf(c->device, sizeof c->device, "%s", device ? device : "");
+    if (c->device[0])
+        free((char *)c->device);
+    c->device = device && device[0] ? xstrdup(device) : "";
     c->auth_timeout_ms = 0;
-    start_timer(c);
+    if (!c->closing)
+        start_timer(c);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -447,7 +568,7 @@ void conn_close_after_write(struct conn *c, const char *why)
         conn_close(c, why);
         return;
     }
-    snprintf(c->close_why, sizeof c->close_why, "%s", why);
+    c->close_why = xstrdup(why);
     c->close_after_write = true;
     c->paused = true;
     conn_update_reading(c);
@@ -457,15 +578,19 @@ static void free_conn(struct conn *c)
 {
     buf_fini(&c->in);
     buf_fini(&c->raw);
+    if (c->waiters)
+        free(c->waiters->ring);
     free(c->waiters);
+    free(c->close_why);
+    free((char *)c->peer);
+    if (c->device[0])
+        free((char *)c->device);
     free(c);
 }
 
 static void on_close(uv_handle_t *h)
 {
-    struct conn *c = h->data;
-    if (--c->handles_open == 0)
-        conn_unref(c);
+    conn_unref(h->data);
 }
 
 bool conn_refused(struct conn *c, const char *why)
@@ -507,15 +632,15 @@ void conn_close(struct conn *c, const char *why)
         c->xport->close(c->xport_state);
     c->xport_state = NULL;
     wait_list_remove(r, c);
-    while (c->nwaiters) { /* ok = -1: cancelled, so owners of tags can free them */
-        struct conn_waiter w = c->waiters[c->waiters_head];
-        c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
-        c->nwaiters--;
+    while (c->waiters && c->waiters->n) { /* ok = -1: cancelled, so owners of tags can free them */
+        struct conn_waiters *ws = c->waiters;
+        struct conn_waiter w = ws->ring[ws->head];
+        ws->head = (ws->head + 1) % ws->cap;
+        ws->n--;
         w.fn(c, w.tag, -1);
     }
     unlink_walked(r, &r->all, &c->reg_link);
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, on_close);
+    set_deadline(c, 0);
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -546,23 +671,34 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
                         conn_durable_fn fn)
 {
     struct conn_registry *r = c->gw->conns;
+    struct conn_waiters *ws = c->waiters;
+
     if (c->closing)
         return;
-    if (c->nwaiters == c->waiters_cap) {
-        size_t cap = c->waiters_cap ? c->waiters_cap * 2 : 16;
-        struct conn_waiter *w = xmalloc(cap * sizeof *w);
-        for (size_t i = 0; i < c->nwaiters; i++)
-            w[i] = c->waiters[(c->waiters_head + i) % c->waiters_cap];
-        free(c->waiters);
-        c->waiters = w;
-        c->waiters_cap = cap;
-        c->waiters_head = 0;
+    if (!ws) {
+        ws = c->waiters = xcalloc(1, sizeof *ws);
+        ws->c = c;
     }
-    c->waiters[(c->waiters_head + c->nwaiters) % c->waiters_cap] =
+    if (ws->n == ws->cap) {
+        uint32_t cap = ws->cap ? 2 * ws->cap : 4;
+        struct conn_waiter *ring = xmalloc(cap * sizeof *ring);
+        for (uint32_t i = 0; i < ws->n; i++)
+            ring[i] = ws->ring[(ws->head + i) % ws->cap];
+        free(ws->ring);
+        ws->ring = ring;
+        ws->cap = cap;
+        ws->head = 0;
+    }
+    ws->ring[(ws->head + ws->n) % ws->cap] =
         (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
-    c->nwaiters++;
-    if (!list_linked(&r->waiting, &c->wait_link))
-        list_push_front(&r->waiting, &c->wait_link);
+    ws->n++;
+    if (!list_linked(&r->waiting, &ws->link))
+        list_push_front(&r->waiting, &ws->link);
+}
+
+bool conn_has_waiters(const struct conn *c)
+{
+    return c->waiters && c->waiters->n;
 }
 
 void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t upto_seq,
@@ -573,24 +709,26 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
 
     iter_start(&it, r, &r->waiting); /* a callback may close or unlink any connection */
     while ((e = iter_step(&it)) != NULL) {
-        struct conn *c = list_entry(e, struct conn, wait_link);
+        struct conn *c = list_entry(e, struct conn_waiters, link)->c;
+        struct conn_waiters *ws = c->waiters;
         conn_ref(c);
         if (!ok) { /* every pending ticket that names a failed write fails */
-            for (size_t i = 0; i < c->nwaiters; i++) {
-                struct conn_waiter *w = &c->waiters[(c->waiters_head + i) % c->waiters_cap];
+            for (uint32_t i = 0; i < ws->n; i++) {
+                struct conn_waiter *w = &ws->ring[(ws->head + i) % ws->cap];
                 if (!ticket_empty(&w->t) && w->t.first <= upto_seq && w->t.last > from_seq)
                     w->failed = true;
             }
         }
-        while (c->nwaiters && !c->closing) {
-            struct conn_waiter w = c->waiters[c->waiters_head];
+        /* a callback may queue more waiters: the ring may move, so it is read anew */
+        while (c->waiters->n && !c->closing) {
+            struct conn_waiter w = c->waiters->ring[c->waiters->head];
             if (w.t.last > upto_seq)
                 break;
-            c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
-            c->nwaiters--;
+            c->waiters->head = (c->waiters->head + 1) % c->waiters->cap;
+            c->waiters->n--;
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
-        if (c->nwaiters == 0)
+        if (c->waiters->n == 0)
             wait_list_remove(r, c);
         conn_unref(c);
     }
