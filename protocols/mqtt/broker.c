@@ -135,6 +135,8 @@ static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
 {
     bool dup = o->sent; /* sent before a restart [MQTT-3.3.1-1]; else a first attempt */
     o->pkt_id = pick_id(s, o);
+    if (!s->inflight) /* most sessions never have a message in flight */
+        s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     s->inflight[s->ninflight++] = o;
     if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
         send_pubrel(s->conn, o->pkt_id);
@@ -282,6 +284,7 @@ struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
     struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
     mc->c = c;
     mc->b = b;
+    mc->username = "";
     buf_init(&mc->out);
     list_push_back(&b->conns, &mc->link);
     return mc;
@@ -301,9 +304,10 @@ static void conn_finish(struct mqtt_conn *mc)
                  (unsigned long long)mc->bad_telemetry);
     if (mc->connected) {
         b->connected--;
-        if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
-            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->device, mc->will_topic, mc->will_payload,
-                                mc->will_len, mc->will_qos, mc->will_retain);
+        if (mc->will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
+            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->c->device, mc->will->topic,
+                                mc->will->payload, mc->will->len, mc->will->qos,
+                                mc->will->retain);
         }
         if (mc->sess && mc->sess->conn == mc)
             broker_session_detach(b, mc->sess);
@@ -312,8 +316,11 @@ static void conn_finish(struct mqtt_conn *mc)
     }
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
-    free(mc->will_topic);
-    free(mc->will_payload);
+    if (mc->will)
+        free(mc->will->topic);
+    free(mc->will);
+    if (mc->username[0])
+        free((char *)mc->username);
     buf_fini(&mc->out);
     free(mc);
     broker_leave(b);
@@ -453,7 +460,7 @@ static void set_identity(struct mqtt_session *s, enum acl_role role, const char 
     s->username = xstrdup(username ? username : "");
     s->role = (uint8_t)role;
     /* a device's username is its id */
-    snprintf(s->device, sizeof s->device, "%s", role == ACL_ROLE_DEVICE ? s->username : "");
+    s->device = role == ACL_ROLE_DEVICE ? s->username : "";
 }
 
 struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
@@ -463,7 +470,6 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
     s->client_id = xstrdup(client_id);
     set_identity(s, role, username);
     s->clean = clean;
-    s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
     return s;
 }

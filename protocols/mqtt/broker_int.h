@@ -52,10 +52,11 @@ struct mqtt_session {
                                  * identity may take it over or resume it */
     bool clean;                 /* clean session: discarded at disconnect */
     struct mqtt_conn *conn;     /* NULL while offline */
-    char device[65];            /* device the session speaks for, or "" */
+    const char *device;         /* device the session speaks for (its username), or "" */
     struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
                                  * connection, oldest first */
-    struct out_msg **inflight;  /* sent, unacknowledged, in send order */
+    struct out_msg **inflight;  /* sent, unacknowledged, in send order (mqtt.max_inflight
+                                 * + 1 slots, allocated with the first send) */
     size_t ninflight;
     uint16_t next_id;           /* last packet id handed out */
     struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
@@ -110,30 +111,37 @@ struct mqtt_broker {
     struct list dead;           /* struct mqtt_conn closed during broker work, to finish after */
 };
 
+/* A will message: kept from CONNECT until the connection ends. */
+struct mqtt_will {
+    char *topic;                /* heap */
+    size_t len;                 /* payload bytes */
+    uint8_t qos;
+    bool retain;
+    uint8_t payload[];
+};
+
+/* One connection's MQTT state, held for every connection (most of them idle): what few
+ * have (a will, a username) is on the heap, counters are 32 bits. */
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
     struct list_link link;      /* in b->conns while open, then in b->dead until finished */
     struct mqtt_limits lim;
-    bool connected;             /* CONNACK 0 sent */
-    bool got_disconnect;        /* DISCONNECT received: no will */
     struct mqtt_session *sess;
-    enum acl_role role;
-    char username[256];
-    char device[65];            /* device id when role is device */
-    bool has_will;
-    char *will_topic;
-    uint8_t *will_payload;
-    size_t will_len;
-    uint8_t will_qos;
-    bool will_retain;
-    struct buf out;             /* encoding scratch */
+    /* the CONNECT's username: heap when not empty, else "" (never NULL). The device id when
+     * role is device is the connection's (c->device). */
+    const char *username;
+    struct mqtt_will *will;     /* NULL: none */
+    struct buf out;             /* encoding scratch, freed after each send */
     size_t ahead;               /* while a PUBLISH waits for storage: bytes at the head of the
                                  * input already scanned for pings and acks (take_ahead) */
+    enum acl_role role;
     /* refusals: the first of each kind is logged, the rest counted and summed up at close */
-    uint64_t denied_pub;        /* publishes the ACL dropped */
-    uint64_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
-    uint64_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
+    uint32_t denied_pub;        /* publishes the ACL dropped */
+    uint32_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
+    uint32_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
+    bool connected;             /* CONNACK 0 sent */
+    bool got_disconnect;        /* DISCONNECT received: no will */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
 };
