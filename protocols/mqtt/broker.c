@@ -456,8 +456,9 @@ struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *clien
 
 static void set_identity(struct mqtt_session *s, enum acl_role role, const char *username)
 {
-    free(s->username);
-    s->username = xstrdup(username ? username : "");
+    if (s->username && s->username[0])
+        free((char *)s->username);
+    s->username = username && username[0] ? xstrdup(username) : "";
     s->role = (uint8_t)role;
     /* a device's username is its id */
     s->device = role == ACL_ROLE_DEVICE ? s->username : "";
@@ -466,8 +467,9 @@ static void set_identity(struct mqtt_session *s, enum acl_role role, const char 
 struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
                                         enum acl_role role, const char *username)
 {
-    struct mqtt_session *s = xcalloc(1, sizeof *s);
-    s->client_id = xstrdup(client_id);
+    size_t n = strlen(client_id) + 1;
+    struct mqtt_session *s = xcalloc(1, sizeof *s + n);
+    s->client_id = memcpy(s->id, client_id, n);
     set_identity(s, role, username);
     s->clean = clean;
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
@@ -486,8 +488,8 @@ static void session_release(struct mqtt_session *s)
         out_free(s->inflight[i]);
     free(s->inflight);
     free(s->qos2_in);
-    free(s->client_id);
-    free(s->username);
+    if (s->username[0])
+        free((char *)s->username);
     free(s);
 }
 

@@ -44,27 +44,31 @@ struct qos2_in {
                              * they are durable, and the id is forgotten if they failed */
 };
 
+/* A session, clean or persistent: one per client id, so one per connection at least. Its
+ * tables are allocated when first used and its counters are as small as their limits. */
 struct mqtt_session {
-    char *client_id;            /* heap; map key */
-    char *username;             /* heap; username of the session's client, "" for none */
-    uint8_t role;               /* enum acl_role of that client. A session of an
-                                 * authenticated client (device, app) is its own: no other
-                                 * identity may take it over or resume it */
-    bool clean;                 /* clean session: discarded at disconnect */
+    char *client_id;            /* map key; points at id[] at the end of the session */
+    const char *username;       /* username of the session's client: heap when not empty,
+                                 * else "" */
     struct mqtt_conn *conn;     /* NULL while offline */
     const char *device;         /* device the session speaks for (its username), or "" */
     struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
                                  * connection, oldest first */
     struct out_msg **inflight;  /* sent, unacknowledged, in send order (mqtt.max_inflight
                                  * + 1 slots, allocated with the first send) */
-    size_t ninflight;
-    uint16_t next_id;           /* last packet id handed out */
     struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
-    size_t nqos2_in, qos2_cap;
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
-    size_t nsubs;               /* subscriptions held (mqtt.max_subscriptions) */
+    uint32_t nsubs;             /* subscriptions held (mqtt.max_subscriptions) */
+    uint32_t nqos2_in, qos2_cap;
+    uint16_t ninflight;         /* at most mqtt.max_inflight (65535) */
+    uint16_t next_id;           /* last packet id handed out */
+    uint8_t role;               /* enum acl_role of that client. A session of an
+                                 * authenticated client (device, app) is its own: no other
+                                 * identity may take it over or resume it */
+    bool clean;                 /* clean session: discarded at disconnect */
     bool drop_logged;           /* one log line per overflow episode */
+    char id[];                  /* the client id, NUL-terminated */
 };
 
 struct ret_node;
@@ -133,9 +137,10 @@ struct mqtt_conn {
     const char *username;
     struct mqtt_will *will;     /* NULL: none */
     struct buf out;             /* encoding scratch, freed after each send */
-    size_t ahead;               /* while a PUBLISH waits for storage: bytes at the head of the
-                                 * input already scanned for pings and acks (take_ahead) */
     enum acl_role role;
+    /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
+     * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
+    uint32_t ahead;
     /* refusals: the first of each kind is logged, the rest counted and summed up at close */
     uint32_t denied_pub;        /* publishes the ACL dropped */
     uint32_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
