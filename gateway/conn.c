@@ -450,7 +450,9 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     c->peer = format_peer(&ss);
-    if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
+    /* 0 (auto) is resolved from the fd limit at start (main.c); unresolved, none applies */
+    if (gw->stopping || (gw->cfg->limits.max_connections > 0 &&
+                         (int)r->all.len >= gw->cfg->limits.max_connections)) {
         const char *why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
         if (log_refusal(c->peer, why))
