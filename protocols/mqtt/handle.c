@@ -596,14 +596,16 @@ static int mqtt_feed(void *state, struct buf *in)
     size_t off = 0, used = 0;
     bool waits = false;
 
-    /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
-     * CONNECT is refused as soon as its fixed header says so, not buffered */
-    mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
     broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
         const char *why;
-        enum codec_rc rc = mqtt_decode(&mc->lim, in->data + off, in->len - off, &pkt, &used, &why);
+        enum codec_rc rc;
+        /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
+         * CONNECT is refused as soon as its fixed header says so, not buffered. Set per
+         * packet: what follows an accepted CONNECT in the same read has the full limit. */
+        mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
+        rc = mqtt_decode(&mc->lim, in->data + off, in->len - off, &pkt, &used, &why);
         if (rc == CODEC_NEED_MORE)
             break;
         if (rc == CODEC_ERROR) {
