@@ -174,8 +174,10 @@ static const struct key keys[] = {
          "also bounds the log replayed on start (at most twice as many points)."),
     INT("storage.retention_days", storage.retention_days, 0, 36500, "0",
         "Days of telemetry kept; 0 keeps everything."),
-    INT("limits.max_connections", limits.max_connections, 1, 10000000, "10000",
-        "Open connections (all listeners) before new ones are refused."),
+    INT("limits.max_connections", limits.max_connections, 0, 10000000, "0",
+        "Open connections (all listeners) before new ones are refused; 0 = what the "
+        "open-file limit allows: RLIMIT_NOFILE (raised to its hard limit at start) minus "
+        "128 kept for the database files, listeners and the process's own."),
     INT("limits.auth_timeout_ms", limits.auth_timeout_ms, 1, 3600000, "10000",
         "Time a new connection has to authenticate, milliseconds."),
     INT("limits.idle_timeout_ms", limits.idle_timeout_ms, 1, 86400000, "300000",

@@ -115,7 +115,7 @@ struct config {
         int retention_days;              /* storage.retention_days, default 0 (forever) */
     } storage;
     struct {
-        int max_connections;             /* limits.max_connections, default 10000 */
+        int max_connections;             /* limits.max_connections, default 0 = from the fd limit */
         int auth_timeout_ms;             /* limits.auth_timeout_ms, default 10000 */
         int idle_timeout_ms;             /* limits.idle_timeout_ms, default 300000 */
         size_t max_points_per_message;   /* limits.max_points_per_message, default 1000 */

@@ -1,16 +1,23 @@
 /* gateway/conn.c: connection objects, the registry of live connections, the
  * send path, auth/idle timers and durable waiters. Loop thread only.
  *
- * Reads land straight in c->in (on_alloc reserves room at its tail), the
- * protocol's feed() decodes and consumes. Writes try uv_try_write() first and
- * queue only what the kernel did not take. One timer per connection serves the
- * auth deadline and then the idle deadline (re-armed lazily from the time of the
- * last read, so a busy connection does not touch the timer heap per read). While
+ * Reads land in one loop-wide buffer (the registry's, 64 KiB): on_alloc hands it to
+ * every read, and take_input lends it to the connection as c->in (c->raw under a
+ * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
+ * partial frame is copied into memory of the connection's own, which is freed once it
+ * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
+ * queue only what the kernel did not take, in a request allocated for that write and
+ * freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
+ * under a single uv_timer_t armed for the earliest (a uv_timer_t each would cost 152
+ * bytes a connection); a connection's deadline is the auth deadline, then the idle one,
+ * re-armed lazily from the time of the last read, so a busy connection does not touch
+ * the heap per read. While
  * storage pushes back, an ingest connection is held: it stops reading (or, when its
  * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
  * stands still until the release.
  *
- * The registry keeps two lists: live connections, and those with durable waiters.
+ * The registry keeps two lists: live connections, and those with durable waiters
+ * (whose ring, allocated on the first wait, carries the link).
  * Where each running walk goes next is kept in the registry (a slot per walk), so
  * conn_close, which unlinks a connection at once, moves every walk about to visit it
  * on to the next one: code called during a walk may close any connection. */
@@ -37,8 +44,19 @@ struct write_req {
     char data[];
 };
 
+/* A connection's durable waiters: a FIFO ring, and its link in the registry's list of
+ * connections with waiters. Kept from the first wait until the connection is freed; the
+ * ring grows apart from the link, which a running walk may be standing on. */
+struct conn_waiters {
+    struct list_link link;           /* in the registry's waiting list while n > 0 */
+    struct conn *c;
+    uint32_t n, head, cap;
+    struct conn_waiter *ring;
+};
+
 static void on_close(uv_handle_t *h);
 static void write_socket(struct conn *c, const void *data, size_t len);
+static void take_input(struct conn *c, size_t n);
 
 /* ---- TLS hook points (gateway/tls.h): records in on read, out on send and close ---- */
 
@@ -53,33 +71,47 @@ static void flush_tls(struct conn *c)
     }
 }
 
-/* A read of n ciphertext bytes at p: what they decrypt to goes to the layer above. */
-static void read_tls(struct conn *c, const void *p, size_t n)
+/* A read of n ciphertext bytes at p, the start of the loop-wide read buffer: TLS takes
+ * them and decrypts into that same buffer (the plaintext of a record is never longer than
+ * the record), and each piece goes to the layer above through take_input. All the
+ * plaintext they carry is handed on, as a plain read's bytes are: what the layer above
+ * leaves (paused, held) is kept by keep_input, none stays behind in OpenSSL. */
+static void read_tls(struct conn *c, uint8_t *p, size_t n)
 {
     const char *why = NULL;
-    int rc = tls_conn_read(c->tls, p, n, c->xport ? &c->raw : &c->in, &why);
-    flush_tls(c); /* the answer to a handshake flight, or the alert of a failure */
-    if (rc > 0)   /* the peer's close_notify: what came before it is served first */
-        conn_refeed(c);
-    if (rc != 0)
+    size_t len;
+    int rc = tls_conn_read(c->tls, p, n, p, READ_CHUNK, &len, &why);
+
+    for (;;) {
+        flush_tls(c); /* the answer to a handshake flight, or the alert of a failure */
+        if (len && !c->closing)
+            take_input(c, len);
+        if (rc != TLS_READ_MORE || c->closing)
+            break;
+        rc = tls_conn_read(c->tls, NULL, 0, p, READ_CHUNK, &len, &why);
+    }
+    /* TLS_READ_CLOSED: the peer's close_notify, after what came before it was served */
+    if (rc == TLS_READ_CLOSED || rc == TLS_READ_ERROR)
         conn_close(c, why);
 }
 /* ---- end of TLS hook points ---- */
 
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
+/* The peer address as text, on the heap (exactly as long as it is). */
+static char *format_peer(const struct sockaddr_storage *ss)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
+    char host[INET6_ADDRSTRLEN] = "?", out[INET6_ADDRSTRLEN + 8];
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         uv_ip4_name(a, host, sizeof host);
-        snprintf(out, n, "%s:%d", host, ntohs(a->sin_port));
+        snprintf(out, sizeof out, "%s:%d", host, ntohs(a->sin_port));
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         uv_ip6_name(a, host, sizeof host);
-        snprintf(out, n, "[%s]:%d", host, ntohs(a->sin6_port));
+        snprintf(out, sizeof out, "[%s]:%d", host, ntohs(a->sin6_port));
     } else {
-        snprintf(out, n, "unknown");
+        snprintf(out, sizeof out, "unknown");
     }
+    return xstrdup(out);
 }
 
 /* ---- the registry ---- */
@@ -88,17 +120,26 @@ static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 
 struct conn_registry {
     struct list all;                 /* live connections, newest first (reg_link) */
-    struct list waiting;             /* connections with durable waiters (wait_link) */
+    struct list waiting;             /* connections with durable waiters (their link) */
     struct walk {                    /* running walks: where each goes next */
         const struct list *list;     /* NULL: the slot is free */
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
+    struct conn **heap;              /* deadline min-heap on due_ms (conn->due_slot) */
+    size_t nheap, heap_cap;
+    uv_timer_t timer;                /* fires at heap[0]'s deadline */
+    bool timer_ready;                /* timer initialised (on the first deadline) */
+    /* the loop-wide read buffer (READ_CHUNK bytes): lent as the input of one connection
+     * at a time, from its read until take_input returns */
+    uint8_t *rbuf;
 };
 
 struct conn_registry *conn_registry_new(void)
 {
-    return xcalloc(1, sizeof(struct conn_registry));
+    struct conn_registry *r = xcalloc(1, sizeof *r);
+    r->rbuf = xmalloc(READ_CHUNK);
+    return r;
 }
 
 void conn_registry_free(struct conn_registry *r)
@@ -108,6 +149,8 @@ void conn_registry_free(struct conn_registry *r)
     assert(r->all.len == 0 && r->waiting.len == 0);
     for (int i = 0; i < WALKS_MAX; i++)
         assert(r->walks[i].list == NULL);
+    free(r->heap);
+    free(r->rbuf);
     free(r);
 }
 
@@ -169,8 +212,8 @@ static void unlink_walked(struct conn_registry *r, struct list *l, struct list_l
 
 static void wait_list_remove(struct conn_registry *r, struct conn *c)
 {
-    if (list_linked(&r->waiting, &c->wait_link))
-        unlink_walked(r, &r->waiting, &c->wait_link);
+    if (c->waiters && list_linked(&r->waiting, &c->waiters->link))
+        unlink_walked(r, &r->waiting, &c->waiters->link);
 }
 
 /* Bytes received and not yet consumed by the protocol (what ingest_hold_bytes bounds). */
@@ -182,16 +225,52 @@ static size_t held_bytes(const struct conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     struct conn *c = h->data;
-    struct buf *b = c->xport ? &c->raw : &c->in;
     (void)suggested;
-    out->base = (char *)buf_reserve(b, READ_CHUNK);
-    out->len = b->cap - b->len;
+    out->base = (char *)c->gw->conns->rbuf;
+    out->len = READ_CHUNK;
     if (c->held) { /* reading only while below ingest_hold_bytes: a read stops there */
         size_t room = c->ingest_hold_bytes > held_bytes(c) ? c->ingest_hold_bytes - held_bytes(c)
                                                            : 1;
         if (out->len > room)
             out->len = room;
     }
+}
+
+/* After a feed: b keeps only what its consumer left, in memory of its own. A tail in the
+ * loop-wide buffer is copied out (dropped when c is closing), a drained buffer is freed
+ * and one much larger than its tail (after a large frame) shrinks to fit. */
+static void keep_input(struct conn *c, struct buf *b)
+{
+    struct buf tail;
+
+    if (b->data == c->gw->conns->rbuf) {
+        buf_init(&tail);
+        if (!c->closing)
+            buf_append(&tail, b->data, b->len);
+        *b = tail;
+    } else if (b->len == 0) {
+        buf_fini(b);
+    } else if (b->cap > 4 * b->len && b->cap > 4096) {
+        b->data = xrealloc(b->data, b->len);
+        b->cap = b->len;
+    }
+}
+
+/* Hands the first n bytes of the loop-wide read buffer to c's transport (or protocol).
+ * A layer under the transport (TLS) puts what it made of the socket bytes there (the
+ * plaintext of a record is never longer than the record) and calls this once per piece. */
+static void take_input(struct conn *c, size_t n)
+{
+    struct buf *b = c->xport ? &c->raw : &c->in;
+    uint8_t *p = c->gw->conns->rbuf;
+
+    if (b->len == 0) { /* the common case: lend the read buffer, copy nothing */
+        buf_fini(b);
+        *b = (struct buf){p, n, READ_CHUNK};
+    } else {
+        buf_append(b, p, n); /* after a partial frame kept from an earlier read */
+    }
+    conn_refeed(c);
 }
 
 /* ---- pre-auth budgets (gateway/guard.h): bytes held before authentication ----
@@ -223,27 +302,29 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
-    if (c->tls)
-        read_tls(c, b->base, (size_t)nread); /* TLS: b is room at the tail of the same buffer */
+    if (c->tls) /* b is the loop-wide read buffer (on_alloc): decrypted there, by pieces */
+        read_tls(c, (uint8_t *)b->base, (size_t)nread);
     else
-        buf_commit(c->xport ? &c->raw : &c->in, (size_t)nread);
-    conn_refeed(c);
+        take_input(c, (size_t)nread);
 }
 
 void conn_refeed(struct conn *c)
 {
-    if (c->closing || (c->in.len == 0 && c->raw.len == 0))
+    if (c->closing || (c->in.len == 0 && c->raw.len == 0)) {
+        keep_input(c, &c->in);
+        keep_input(c, &c->raw);
         return;
+    }
     conn_ref(c);
     if (c->xport && c->raw.len)
         c->xport->feed(c->xport_state, &c->raw, &c->in);
     if (!c->closing && c->in.len)
         c->proto->feed(c->proto_state, &c->in);
-    if (!c->closing && guard_ok(c)) { /* what the protocol left counts as held */
-        buf_shrink(&c->in, 4 * READ_CHUNK);
-        buf_shrink(&c->raw, 4 * READ_CHUNK);
+    /* closing or not: the read buffer is lent only until here */
+    keep_input(c, &c->in);
+    keep_input(c, &c->raw);
+    if (!c->closing && guard_ok(c)) /* what the protocol left, now kept, counts as held */
         conn_update_reading(c); /* a held connection reads up to its ingest_hold_bytes */
-    }
     conn_unref(c);
 }
 
@@ -274,12 +355,102 @@ void conn_update_reading(struct conn *c)
     }
 }
 
-static void on_timer(uv_timer_t *t)
+/* ---- deadlines: one min-heap of connections on due_ms, one timer ---- */
+
+static void heap_place(struct conn_registry *r, size_t i, struct conn *c)
 {
-    struct conn *c = t->data;
-    uint64_t now = gw_mono_ms();
-    if (c->closing)
+    r->heap[i] = c;
+    c->due_slot = (uint32_t)i + 1;
+}
+
+static void heap_up(struct conn_registry *r, size_t i)
+{
+    struct conn *c = r->heap[i];
+    while (i > 0 && c->due_ms < r->heap[(i - 1) / 2]->due_ms) {
+        heap_place(r, i, r->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_place(r, i, c);
+}
+
+static void heap_down(struct conn_registry *r, size_t i)
+{
+    struct conn *c = r->heap[i];
+    for (;;) {
+        size_t m = 2 * i + 1;
+        if (m >= r->nheap)
+            break;
+        if (m + 1 < r->nheap && r->heap[m + 1]->due_ms < r->heap[m]->due_ms)
+            m++;
+        if (r->heap[m]->due_ms >= c->due_ms)
+            break;
+        heap_place(r, i, r->heap[m]);
+        i = m;
+    }
+    heap_place(r, i, c);
+}
+
+static void heap_remove(struct conn_registry *r, struct conn *c)
+{
+    size_t i = c->due_slot - 1;
+    struct conn *last;
+
+    if (c->due_slot == 0)
         return;
+    c->due_slot = 0;
+    last = r->heap[--r->nheap];
+    if (i == r->nheap)
+        return;
+    heap_place(r, i, last);
+    heap_down(r, i);
+    heap_up(r, last->due_slot - 1);
+}
+
+static void on_deadline(uv_timer_t *t);
+
+/* Arms the registry's timer for the earliest deadline (stops it when there is none). */
+static void arm_timer(struct conn_registry *r, uv_loop_t *loop)
+{
+    uint64_t now = uv_now(loop), due;
+
+    if (r->nheap == 0) {
+        if (r->timer_ready)
+            uv_timer_stop(&r->timer);
+        return;
+    }
+    if (!r->timer_ready) {
+        uv_timer_init(loop, &r->timer);
+        r->timer.data = r;
+        r->timer_ready = true;
+    }
+    due = r->heap[0]->due_ms;
+    uv_timer_start(&r->timer, on_deadline, due > now ? due - now : 0, 0);
+}
+
+/* Sets c's deadline ms from now (0: none). */
+static void set_deadline(struct conn *c, uint64_t ms)
+{
+    struct conn_registry *r = c->gw->conns;
+    bool was_first = c->due_slot == 1;
+
+    heap_remove(r, c);
+    if (ms) {
+        if (r->nheap == r->heap_cap) {
+            r->heap_cap = r->heap_cap ? 2 * r->heap_cap : 64;
+            r->heap = xrealloc(r->heap, r->heap_cap * sizeof *r->heap);
+        }
+        c->due_ms = uv_now(c->gw->loop) + ms;
+        heap_place(r, r->nheap++, c);
+        heap_up(r, r->nheap - 1);
+    }
+    if (was_first || c->due_slot == 1) /* the earliest deadline changed */
+        arm_timer(r, c->gw->loop);
+}
+
+/* c's deadline passed. */
+static void on_due(struct conn *c)
+{
+    uint64_t now = gw_mono_ms();
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
         conn_close(c, "authentication timeout");
@@ -293,17 +464,27 @@ static void on_timer(uv_timer_t *t)
             conn_close(c, "idle timeout");
             return;
         }
-        uv_timer_start(&c->timer, on_timer, c->idle_timeout_ms - idle, 0);
+        set_deadline(c, c->idle_timeout_ms - idle);
     }
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct conn_registry *r = t->data;
+    uint64_t now = uv_now(t->loop);
+
+    /* each one taken off first: on_due may re-arm it, or close any connection */
+    while (r->nheap && r->heap[0]->due_ms <= now) {
+        struct conn *c = r->heap[0];
+        heap_remove(r, c);
+        on_due(c);
+    }
+    arm_timer(r, t->loop);
 }
 
 static void start_timer(struct conn *c)
 {
-    unsigned ms = c->auth_timeout_ms ? c->auth_timeout_ms : c->idle_timeout_ms;
-    if (ms)
-        uv_timer_start(&c->timer, on_timer, ms, 0);
-    else
-        uv_timer_stop(&c->timer);
+    set_deadline(c, c->auth_timeout_ms ? c->auth_timeout_ms : c->idle_timeout_ms);
 }
 
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l)
@@ -316,11 +497,11 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
 
     c->gw = gw;
     c->refs = 1;
+    c->device = "";
     buf_init(&c->in);
     buf_init(&c->raw);
     uv_tcp_init(gw->loop, &c->tcp);
     c->tcp.data = c;
-    c->handles_open = 1;
     rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     if (rc != 0) {
         log_warn("listener=%s accept failed reason=\"%s\"", l->name, uv_strerror(rc));
@@ -330,8 +511,10 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     }
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
-    format_peer(&ss, c->peer, sizeof c->peer);
-    if (gw->stopping || (int)r->all.len >= gw->cfg->limits.max_connections) {
+    c->peer = format_peer(&ss);
+    /* 0 (auto) is resolved from the fd limit at start (main.c); unresolved, none applies */
+    if (gw->stopping || (gw->cfg->limits.max_connections > 0 &&
+                         (int)r->all.len >= gw->cfg->limits.max_connections)) {
         why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
         if (log_refusal(c->peer, why))
@@ -356,10 +539,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     c->proto = l->proto;
     c->connected_ms = gw_now_ms();
     c->last_read_mono_ms = gw_mono_ms();
-    c->idle_timeout_ms = (unsigned)gw->cfg->limits.idle_timeout_ms;
-    uv_timer_init(gw->loop, &c->timer);
-    c->timer.data = c;
-    c->handles_open = 2;
+    c->idle_timeout_ms = (uint32_t)gw->cfg->limits.idle_timeout_ms;
     list_push_front(&r->all, &c->reg_link);
     gw->metrics.connections_total++;
     log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
@@ -382,11 +562,16 @@ void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state)
 
 void conn_authenticated(struct conn *c, const char *device)
 {
-    snprintf(c->device, sizeof c->device, "%s", device ? device : "");
+    const char *old = c->device; /* freed after the copy: device may be c->device itself */
+
+    c->device = device && device[0] ? xstrdup(device) : "";
+    if (old[0])
+        free((char *)old);
     c->auth_timeout_ms = 0;
     c->authenticated = true;
     guard_authenticated(c->gw->guard, c);
-    start_timer(c);
+    if (!c->closing)
+        start_timer(c);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -477,7 +662,7 @@ void conn_close_after_write(struct conn *c, const char *why)
         conn_close(c, why);
         return;
     }
-    snprintf(c->close_why, sizeof c->close_why, "%s", why);
+    c->close_why = xstrdup(why);
     c->close_after_write = true;
     c->paused = true;
     conn_update_reading(c);
@@ -488,15 +673,19 @@ static void free_conn(struct conn *c)
     buf_fini(&c->in);
     buf_fini(&c->raw);
     tls_conn_free(c->tls);
+    if (c->waiters)
+        free(c->waiters->ring);
     free(c->waiters);
+    free(c->close_why);
+    free((char *)c->peer);
+    if (c->device[0])
+        free((char *)c->device);
     free(c);
 }
 
 static void on_close(uv_handle_t *h)
 {
-    struct conn *c = h->data;
-    if (--c->handles_open == 0)
-        conn_unref(c);
+    conn_unref(h->data);
 }
 
 bool conn_refused(struct conn *c, const char *why)
@@ -544,16 +733,16 @@ void conn_close(struct conn *c, const char *why)
         c->xport->close(c->xport_state);
     c->xport_state = NULL;
     wait_list_remove(r, c);
-    while (c->nwaiters) { /* ok = -1: cancelled, so owners of tags can free them */
-        struct conn_waiter w = c->waiters[c->waiters_head];
-        c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
-        c->nwaiters--;
+    while (c->waiters && c->waiters->n) { /* ok = -1: cancelled, so owners of tags can free them */
+        struct conn_waiters *ws = c->waiters;
+        struct conn_waiter w = ws->ring[ws->head];
+        ws->head = (ws->head + 1) % ws->cap;
+        ws->n--;
         w.fn(c, w.tag, -1);
     }
     unlink_walked(r, &r->all, &c->reg_link);
     guard_close(gw->guard, c);
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, on_close);
+    set_deadline(c, 0);
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -584,23 +773,34 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
                         conn_durable_fn fn)
 {
     struct conn_registry *r = c->gw->conns;
+    struct conn_waiters *ws = c->waiters;
+
     if (c->closing)
         return;
-    if (c->nwaiters == c->waiters_cap) {
-        size_t cap = c->waiters_cap ? c->waiters_cap * 2 : 16;
-        struct conn_waiter *w = xmalloc(cap * sizeof *w);
-        for (size_t i = 0; i < c->nwaiters; i++)
-            w[i] = c->waiters[(c->waiters_head + i) % c->waiters_cap];
-        free(c->waiters);
-        c->waiters = w;
-        c->waiters_cap = cap;
-        c->waiters_head = 0;
+    if (!ws) {
+        ws = c->waiters = xcalloc(1, sizeof *ws);
+        ws->c = c;
     }
-    c->waiters[(c->waiters_head + c->nwaiters) % c->waiters_cap] =
+    if (ws->n == ws->cap) {
+        uint32_t cap = ws->cap ? 2 * ws->cap : 4;
+        struct conn_waiter *ring = xmalloc(cap * sizeof *ring);
+        for (uint32_t i = 0; i < ws->n; i++)
+            ring[i] = ws->ring[(ws->head + i) % ws->cap];
+        free(ws->ring);
+        ws->ring = ring;
+        ws->cap = cap;
+        ws->head = 0;
+    }
+    ws->ring[(ws->head + ws->n) % ws->cap] =
         (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
-    c->nwaiters++;
-    if (!list_linked(&r->waiting, &c->wait_link))
-        list_push_front(&r->waiting, &c->wait_link);
+    ws->n++;
+    if (!list_linked(&r->waiting, &ws->link))
+        list_push_front(&r->waiting, &ws->link);
+}
+
+bool conn_has_waiters(const struct conn *c)
+{
+    return c->waiters && c->waiters->n;
 }
 
 void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t upto_seq,
@@ -611,24 +811,26 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
 
     iter_start(&it, r, &r->waiting); /* a callback may close or unlink any connection */
     while ((e = iter_step(&it)) != NULL) {
-        struct conn *c = list_entry(e, struct conn, wait_link);
+        struct conn *c = list_entry(e, struct conn_waiters, link)->c;
+        struct conn_waiters *ws = c->waiters;
         conn_ref(c);
         if (!ok) { /* every pending ticket that names a failed write fails */
-            for (size_t i = 0; i < c->nwaiters; i++) {
-                struct conn_waiter *w = &c->waiters[(c->waiters_head + i) % c->waiters_cap];
+            for (uint32_t i = 0; i < ws->n; i++) {
+                struct conn_waiter *w = &ws->ring[(ws->head + i) % ws->cap];
                 if (!ticket_empty(&w->t) && w->t.first <= upto_seq && w->t.last > from_seq)
                     w->failed = true;
             }
         }
-        while (c->nwaiters && !c->closing) {
-            struct conn_waiter w = c->waiters[c->waiters_head];
+        /* a callback may queue more waiters: the ring may move, so it is read anew */
+        while (c->waiters->n && !c->closing) {
+            struct conn_waiter w = c->waiters->ring[c->waiters->head];
             if (w.t.last > upto_seq)
                 break;
-            c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
-            c->nwaiters--;
+            c->waiters->head = (c->waiters->head + 1) % c->waiters->cap;
+            c->waiters->n--;
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
-        if (c->nwaiters == 0)
+        if (c->waiters->n == 0)
             wait_list_remove(r, c);
         conn_unref(c);
     }

@@ -78,14 +78,19 @@ struct conn_waiter {
     bool failed;         /* a write of t failed: fires with ok = 0 */
 };
 
+struct conn_waiters;     /* a connection's FIFO ring of durable waiters (conn.c) */
+
 /* Whether a connection was refused and how that is logged (conn_refused). */
 enum conn_refusal { CONN_REFUSAL_NONE, CONN_REFUSAL_LOGGED, CONN_REFUSAL_QUIET };
 
+/* Thousands of these are held at once, mostly idle: fields that most connections never
+ * use live behind pointers allocated on first use, and integers are as small as their
+ * ranges allow (sizes are bounded by config limits far below 4 GiB). */
 struct conn {
     /* public */
     uint64_t id;                     /* unique for the process lifetime, from 1 */
     struct gw *gw;
-    char peer[64];                   /* "127.0.0.1:51512" or "[::1]:51512" */
+    const char *peer;                /* "127.0.0.1:51512" or "[::1]:51512" (heap) */
     const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
     const struct proto_ops *proto;
     void *proto_state;
@@ -96,46 +101,48 @@ struct conn {
     void *xport_state;
     /* set by protocols that can carry commands to their device (line, ws-device) */
     void (*send_command)(struct conn *c, const char *json, size_t len);
-    char device[65];                 /* device id after auth, else "" */
+    const char *device;              /* device id after auth, else "" (never NULL) */
+    int64_t connected_ms;            /* epoch ms */
+    uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+    uint32_t auth_timeout_ms;        /* 0 = none; cleared by conn_authenticated */
+    uint32_t idle_timeout_ms;        /* 0 = none */
+    /* 0: an ingest connection stops reading while storage pushes back. Else the protocol
+     * defers ingest itself (MQTT: PUBLISH waits, pings and acks are answered) and reading
+     * goes on while fewer than this many bytes wait in in + raw. */
+    uint32_t ingest_hold_bytes;
     /* an ingest connection: the gateway holds its reads while storage pushes back. Line,
      * ws-device and HTTP ingest are from the start; MQTT once a publish wrote storage
      * (a pure subscriber never is). Whoever sets it later calls conn_update_reading. */
     bool ingest;
-    /* 0: an ingest connection stops reading while storage pushes back. Else the protocol
-     * defers ingest itself (MQTT: PUBLISH waits, pings and acks are answered) and reading
-     * goes on while fewer than this many bytes wait in in + raw. */
-    size_t ingest_hold_bytes;
     bool closing;
-    int64_t connected_ms;            /* epoch ms */
-    uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
-    unsigned auth_timeout_ms;        /* 0 = none; cleared by conn_authenticated */
     bool authenticated;              /* conn_authenticated ran: pre-auth caps no longer apply */
-    unsigned idle_timeout_ms;        /* 0 = none */
     /* read-only */
-    size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
-    struct buf in;                   /* bytes for the protocol, not yet consumed */
-    struct buf raw;                  /* socket bytes for the transport (when xport is set) */
     /* the gateway holds this ingest connection (storage pushes back): its idle clock (and
      * a transport's pings) stand still, and start again from the release */
     bool held;
+    size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
+    /* Bytes for the protocol, not yet consumed, and socket bytes for the transport (when
+     * xport is set). During a feed either may be the loop-wide read buffer, lent; between
+     * reads each holds only the unconsumed tail of a partial frame, and no memory at all
+     * when drained. Consumers keep offsets into them, never pointers. */
+    struct buf in;
+    struct buf raw;
+    uint64_t last_read_mono_ms;
     /* private */
     uv_tcp_t tcp;
-    uv_timer_t timer;
-    uint64_t last_read_mono_ms;
+    uint64_t due_ms;                 /* uv_now() of its auth or idle deadline */
+    uint32_t due_slot;               /* its place in the registry's deadline heap + 1; 0: none */
     int refs;
-    int handles_open;
     bool reading;
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
-    char close_why[128];
-    enum conn_refusal refusal;       /* set by conn_refused */
+    uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
+    char *close_why;                 /* heap: why, once all queued bytes are written */
     struct list_link reg_link;       /* in the registry's list of live connections */
-    struct list_link wait_link;      /* in its list of connections with waiters */
-    struct conn_waiter *waiters;     /* FIFO ring of durable waiters */
-    size_t nwaiters, waiters_head, waiters_cap;
+    struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
     /* gateway/guard.c's pre-auth accounting (only it writes these) */
     bool guard_counted;              /* counted against its peer address */
-    size_t guard_held;               /* its bytes in the pre-auth budget */
+    size_t guard_held;               /* its bytes in the pre-auth budget (what keep_input kept) */
 };
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it
@@ -161,9 +168,10 @@ void conn_close(struct conn *c, const char *why);
 bool conn_refused(struct conn *c, const char *why);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
-/* Marks the connection as authenticated by device (stops the auth timer, ends its
- * pre-auth budgets: gateway/guard.h). Only a check of credentials calls it (a device
- * session, an MQTT CONNECT accepted, an HTTP request with an API key or device token). */
+/* Marks the connection as authenticated by device (NULL or "": none; copied), stops the
+ * auth deadline (the idle deadline applies from now on) and ends its pre-auth budgets
+ * (gateway/guard.h). Only a check of credentials calls it (a device session, an MQTT
+ * CONNECT accepted, an HTTP request with an API key or device token). */
 void conn_authenticated(struct conn *c, const char *device);
 /* Pauses / resumes reading on behalf of the protocol (e.g. HTTP waiting on a reply). */
 void conn_pause(struct conn *c);
@@ -173,6 +181,8 @@ void conn_refeed(struct conn *c);
 /* Queues a waiter behind the connection's earlier ones (acks keep arrival order). */
 void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uint64_t tag,
                         conn_durable_fn fn);
+/* Whether durable waiters of c have yet to fire. */
+bool conn_has_waiters(const struct conn *c);
 
 /* Starts or stops reading c as its state asks (closing, paused by its protocol, an
  * ingest connection while storage pushes back, up to its ingest_hold_bytes) and updates
@@ -192,7 +202,9 @@ struct conn_iter {
 };
 
 struct conn_registry *conn_registry_new(void);
-/* The registry must be empty (conn_registry_close_all) and no walk running. */
+/* The registry must be empty (conn_registry_close_all) and no walk running. Its deadline
+ * timer, a handle of the connections' loop created with the first deadline, is closed
+ * with the loop's other handles (uv_walk) before this. */
 void conn_registry_free(struct conn_registry *r);
 /* Live connections (not yet closed). */
 size_t conn_registry_count(const struct conn_registry *r);

@@ -227,7 +227,7 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
         fn(c, tag, -1);
         return;
     }
-    if (done && c->nwaiters == 0) {
+    if (done && !conn_has_waiters(c)) {
         fn(c, tag, failed ? 0 : 1); /* nothing to wait for, or already reported */
         return;
     }

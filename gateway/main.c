@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -177,6 +178,46 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
 bad:
     *code = bad_config(err);
     return -1;
+}
+
+/* File descriptors a connection may not take: stdio, the loop's own (epoll, signal pipe,
+ * async wake-ups), up to 8 listeners, the data-dir lock, the SQLite writer's and readers'
+ * database, WAL and shm files (4 pooled readers and the ones in flight), and files opened
+ * now and then (token key, config, REST assets). */
+#define FD_RESERVE 128
+
+/* Raises the soft open-file limit to the hard one (as nginx's worker_rlimit_nofile does)
+ * and, when limits.max_connections is 0 (auto), sets it to what that limit allows. */
+static void apply_fd_limit(struct config *cfg)
+{
+    struct rlimit rl;
+    rlim_t soft;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        log_warn("getrlimit RLIMIT_NOFILE failed: %s", strerror(errno));
+        rl.rlim_cur = rl.rlim_max = 1024;
+    }
+    soft = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+            log_info("open file limit raised from %llu to %llu", (unsigned long long)soft,
+                     (unsigned long long)rl.rlim_max);
+            soft = rl.rlim_max;
+        } else {
+            log_warn("open file limit stays at %llu (hard %llu): %s", (unsigned long long)soft,
+                     (unsigned long long)rl.rlim_max, strerror(errno));
+        }
+    }
+    if (cfg->limits.max_connections == 0) {
+        rlim_t n = soft > FD_RESERVE + 1 ? soft - FD_RESERVE : 1;
+        cfg->limits.max_connections = n > 10000000 ? 10000000 : (int)n;
+        log_info("limits max_connections=%d (auto: open file limit %llu minus %d reserved)",
+                 cfg->limits.max_connections, (unsigned long long)soft, FD_RESERVE);
+    } else {
+        log_info("limits max_connections=%d (open file limit %llu)",
+                 cfg->limits.max_connections, (unsigned long long)soft);
+    }
 }
 
 /* Takes an exclusive lock on <dir>/gale.lock, held by the returned fd for the process
@@ -522,6 +563,7 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    apply_fd_limit(&cfg);
     if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;

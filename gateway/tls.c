@@ -1,10 +1,11 @@
 /* gateway/tls.c: see tls.h. Bytes move: socket read -> tls_conn_read: BIO_write into
- * the input memory BIO, SSL_do_handshake until it is done, then SSL_read into the buffer
- * above; the layer above's sends -> tls_conn_write: SSL_write into the output memory
- * BIO; conn.c takes the output BIO's bytes (tls_conn_output) and writes them to the
- * socket. OpenSSL never sees a file descriptor. The server context is rebuilt from the
- * files on reload; each SSL holds a reference to the SSL_CTX it was made from, so a
- * reload never touches open connections. Loop thread only. */
+ * the input memory BIO, SSL_do_handshake until it is done, then SSL_read into the
+ * caller's flat buffer (conn.c's loop-wide read buffer) up to its size; the layer
+ * above's sends -> tls_conn_write: SSL_write into the output memory BIO; conn.c takes
+ * the output BIO's bytes (tls_conn_output) and writes them to the socket. OpenSSL never
+ * sees a file descriptor. The server context is rebuilt from the files on reload; each
+ * SSL holds a reference to the SSL_CTX it was made from, so a reload never touches open
+ * connections. Loop thread only. */
 #include "gateway/tls.h"
 
 #include <limits.h>
@@ -17,6 +18,7 @@
 #include <openssl/x509v3.h>
 
 #include "base/alloc.h"
+#include "base/buf.h"
 #include "gateway/conn.h"
 #include "gateway/devices.h"
 #include "gateway/gw.h"
@@ -28,7 +30,6 @@
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                               \
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                               \
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-#define READ_STEP 16384        /* plaintext bytes asked of SSL_read at a time (one record) */
 #define OUT_KEEP_BYTES 16384   /* an output BIO that grew past this is replaced when drained */
 #define WATCH_INTERVAL_MS 2000 /* how often libuv stats the certificate files */
 
@@ -319,25 +320,27 @@ static void handshake_failed(struct tls_conn *t, int err)
                  (unsigned long long)c->id, c->peer, c->listener->name, log_q(detail));
 }
 
-int tls_conn_read(struct tls_conn *t, const void *data, size_t len, struct buf *plain,
-                  const char **why)
+enum tls_read_rc tls_conn_read(struct tls_conn *t, const void *data, size_t len, void *out,
+                               size_t cap, size_t *n, const char **why)
 {
-    int n, e;
+    uint8_t *p = out;
+    int r, e;
 
+    *n = 0;
     ERR_clear_error();
     if (len && BIO_write(t->rbio, data, (int)len) != (int)len) {
         *why = "tls: cannot buffer input";
-        return -1;
+        return TLS_READ_ERROR;
     }
     if (!t->done) {
-        n = SSL_do_handshake(t->ssl);
-        if (n != 1) {
-            e = SSL_get_error(t->ssl, n);
+        r = SSL_do_handshake(t->ssl);
+        if (r != 1) {
+            e = SSL_get_error(t->ssl, r);
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-                return 0; /* the next flight is in the output */
+                return TLS_READ_DONE; /* the next flight is in the output */
             handshake_failed(t, e);
             *why = t->why;
-            return -1;
+            return TLS_READ_ERROR;
         }
         t->done = true;
         log_handshake(t);
@@ -346,28 +349,29 @@ int tls_conn_read(struct tls_conn *t, const void *data, size_t len, struct buf *
             buf_fini(&t->early);
             buf_init(&t->early);
             if (rc != 0)
-                return rc;
+                return TLS_READ_ERROR;
         }
     }
-    for (;;) {
-        uint8_t *p = buf_reserve(plain, READ_STEP);
-        n = SSL_read(t->ssl, p, READ_STEP);
-        if (n > 0) {
-            buf_commit(plain, (size_t)n);
+    while (*n < cap) {
+        size_t room = cap - *n;
+        r = SSL_read(t->ssl, p + *n, room > INT_MAX ? INT_MAX : (int)room);
+        if (r > 0) {
+            *n += (size_t)r;
             continue;
         }
-        e = SSL_get_error(t->ssl, n);
+        e = SSL_get_error(t->ssl, r);
         if (e == SSL_ERROR_WANT_READ)
-            return 0;
+            return TLS_READ_DONE;
         if (e == SSL_ERROR_ZERO_RETURN) {
             *why = "peer closed (tls close_notify)";
-            return 1;
+            return TLS_READ_CLOSED;
         }
         ssl_reason(t->why + 5, sizeof t->why - 5, "bad record");
         memcpy(t->why, "tls: ", 5);
         *why = t->why;
-        return -1;
+        return TLS_READ_ERROR;
     }
+    return TLS_READ_MORE;
 }
 
 int tls_conn_write(struct tls_conn *t, const void *data, size_t len, const char **why)

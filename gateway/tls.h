@@ -1,7 +1,8 @@
 /* gateway/tls.h: TLS as a transport under any protocol, with OpenSSL driven through
  * memory BIOs. The socket stays with libuv: conn.c hands tls_conn_read the ciphertext a
- * read brought, gets the plaintext appended to the buffer above (the WebSocket
- * transport's raw input or the protocol's c->in), and writes what tls_conn_output
+ * read brought in the loop-wide read buffer, gets the plaintext back in that same buffer
+ * (piece by piece, each handed to the WebSocket transport's raw input or the protocol's
+ * c->in as a plain read's bytes are), and writes what tls_conn_output
  * holds (handshake records, encrypted data, alerts) to the socket; what the layer above
  * sends goes in through tls_conn_write. The protocol never knows.
  *
@@ -21,7 +22,6 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "base/buf.h"
 #include "config/config.h"
 
 struct conn;
@@ -53,14 +53,20 @@ void tls_server_free(struct tls_server *s);
  * none). */
 struct tls_conn *tls_conn_new(struct tls_server *s, struct conn *c, const char *alpn);
 void tls_conn_free(struct tls_conn *t);
-/* Takes len bytes read from the socket and appends what they decrypt to into plain; the
- * records to answer with wait in tls_conn_output. Returns 0; 1 when the peer's
- * close_notify followed (serve what plain holds, then close); or -1 when the connection
- * is to close once that output is written: a failed handshake (logged once with the
- * peer and OpenSSL's reason, summarised per peer like other refusals), a bad record.
- * *why (1, -1) is the reason, valid until tls_conn_free. */
-int tls_conn_read(struct tls_conn *t, const void *data, size_t len, struct buf *plain,
-                  const char **why);
+/* tls_conn_read's results. */
+enum tls_read_rc {
+    TLS_READ_ERROR = -1, /* close once the output is written: a failed handshake, a bad record */
+    TLS_READ_DONE = 0,   /* all the plaintext there is was put in out; more needs the socket */
+    TLS_READ_CLOSED = 1, /* the peer's close_notify followed: serve out, then close */
+    TLS_READ_MORE = 2,   /* out is full and more plaintext waits: call again with len 0 */
+};
+/* Takes len bytes read from the socket (copied at once, so data may be out itself) and
+ * puts up to cap bytes of what they decrypt to at out (*n of them); the records to
+ * answer with wait in tls_conn_output. A failed handshake is logged once with the peer
+ * and OpenSSL's reason, summarised per peer like other refusals. *why (CLOSED, ERROR) is
+ * the reason, valid until tls_conn_free. */
+enum tls_read_rc tls_conn_read(struct tls_conn *t, const void *data, size_t len, void *out,
+                               size_t cap, size_t *n, const char **why);
 /* Encrypts len bytes of the layer above into the output (before the handshake is done
  * they wait for it). Returns 0, or -1 with a static reason when the connection is to
  * close. */

@@ -59,7 +59,7 @@ static size_t send_budget(const struct mqtt_broker *b)
 void broker_send(struct mqtt_conn *mc)
 {
     conn_send(mc->c, mc->out.data, mc->out.len);
-    mc->out.len = 0;
+    buf_fini(&mc->out); /* conn_send copied it: an idle connection keeps no scratch */
     mc->b->packets_out++;
 }
 
@@ -136,6 +136,8 @@ static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
 {
     bool dup = o->sent; /* sent before a restart [MQTT-3.3.1-1]; else a first attempt */
     o->pkt_id = pick_id(s, o);
+    if (!s->inflight) /* most sessions never have a message in flight */
+        s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     s->inflight[s->ninflight++] = o;
     if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
         send_pubrel(s->conn, o->pkt_id);
@@ -286,6 +288,7 @@ struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
     struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
     mc->c = c;
     mc->b = b;
+    mc->username = "";
     buf_init(&mc->out);
     list_push_back(&b->conns, &mc->link);
     return mc;
@@ -305,9 +308,10 @@ static void conn_finish(struct mqtt_conn *mc)
                  (unsigned long long)mc->bad_telemetry);
     if (mc->connected) {
         b->connected--;
-        if (mc->has_will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
-            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->device, mc->will_topic, mc->will_payload,
-                                mc->will_len, mc->will_qos, mc->will_retain);
+        if (mc->will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
+            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->c->device, mc->will->topic,
+                                mc->will->payload, mc->will->len, mc->will->qos,
+                                mc->will->retain);
         }
         if (mc->sess && mc->sess->conn == mc)
             broker_session_detach(b, mc->sess);
@@ -316,8 +320,11 @@ static void conn_finish(struct mqtt_conn *mc)
     }
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
-    free(mc->will_topic);
-    free(mc->will_payload);
+    if (mc->will)
+        free(mc->will->topic);
+    free(mc->will);
+    if (mc->username[0])
+        free((char *)mc->username);
     buf_fini(&mc->out);
     free(mc);
     broker_leave(b);
@@ -535,22 +542,23 @@ struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *clien
 
 static void set_identity(struct mqtt_session *s, enum acl_role role, const char *username)
 {
-    free(s->username);
-    s->username = xstrdup(username ? username : "");
+    if (s->username && s->username[0])
+        free((char *)s->username);
+    s->username = username && username[0] ? xstrdup(username) : "";
     s->role = (uint8_t)role;
     /* a device's username is its id */
-    snprintf(s->device, sizeof s->device, "%s", role == ACL_ROLE_DEVICE ? s->username : "");
+    s->device = role == ACL_ROLE_DEVICE ? s->username : "";
 }
 
 struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
                                         enum acl_role role, const char *username)
 {
-    struct mqtt_session *s = xcalloc(1, sizeof *s);
-    s->client_id = xstrdup(client_id);
+    size_t n = strlen(client_id) + 1;
+    struct mqtt_session *s = xcalloc(1, sizeof *s + n);
+    s->client_id = memcpy(s->id, client_id, n);
     set_identity(s, role, username);
     s->clean = clean;
     s->seen_ms = gw_now_ms();
-    s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
     return s;
 }
@@ -567,8 +575,8 @@ static void session_release(struct mqtt_session *s)
         out_free(s->inflight[i]);
     free(s->inflight);
     free(s->qos2_in);
-    free(s->client_id);
-    free(s->username);
+    if (s->username[0])
+        free((char *)s->username);
     free(s);
 }
 

@@ -44,27 +44,32 @@ struct qos2_in {
                              * they are durable, and the id is forgotten if they failed */
 };
 
+/* A session, clean or persistent: one per client id, so one per connection at least. Its
+ * tables are allocated when first used and its counters are as small as their limits. */
 struct mqtt_session {
-    char *client_id;            /* heap; map key */
-    char *username;             /* heap; username of the session's client, "" for none */
+    char *client_id;            /* map key; points at id[] at the end of the session */
+    const char *username;       /* username of the session's client: heap when not empty,
+                                 * else "" */
+    struct mqtt_conn *conn;     /* NULL while offline */
+    const char *device;         /* device the session speaks for (its username), or "" */
+    struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
+                                 * connection, oldest first */
+    struct out_msg **inflight;  /* sent, unacknowledged, in send order (mqtt.max_inflight
+                                 * + 1 slots, allocated with the first send) */
+    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
+    uint64_t next_store_id;     /* persistent message numbering */
+    uint64_t dropped;           /* messages dropped by the queue limit */
+    int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
+    uint32_t nsubs;             /* subscriptions held (mqtt.max_subscriptions) */
+    uint32_t nqos2_in, qos2_cap;
+    uint16_t ninflight;         /* at most mqtt.max_inflight (65535) */
+    uint16_t next_id;           /* last packet id handed out */
     uint8_t role;               /* enum acl_role of that client. A session of an
                                  * authenticated client (device, app) is its own: no other
                                  * identity may take it over or resume it */
     bool clean;                 /* clean session: discarded at disconnect */
-    struct mqtt_conn *conn;     /* NULL while offline */
-    char device[65];            /* device the session speaks for, or "" */
-    struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
-                                 * connection, oldest first */
-    struct out_msg **inflight;  /* sent, unacknowledged, in send order */
-    size_t ninflight;
-    uint16_t next_id;           /* last packet id handed out */
-    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
-    size_t nqos2_in, qos2_cap;
-    uint64_t next_store_id;     /* persistent message numbering */
-    uint64_t dropped;           /* messages dropped by the queue limit */
-    size_t nsubs;               /* subscriptions held (mqtt.max_subscriptions) */
-    int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
     bool drop_logged;           /* one log line per overflow episode */
+    char id[];                  /* the client id, NUL-terminated */
 };
 
 struct ret_node;
@@ -113,30 +118,38 @@ struct mqtt_broker {
     struct list dead;           /* struct mqtt_conn closed during broker work, to finish after */
 };
 
+/* A will message: kept from CONNECT until the connection ends. */
+struct mqtt_will {
+    char *topic;                /* heap */
+    size_t len;                 /* payload bytes */
+    uint8_t qos;
+    bool retain;
+    uint8_t payload[];
+};
+
+/* One connection's MQTT state, held for every connection (most of them idle): what few
+ * have (a will, a username) is on the heap, counters are 32 bits. */
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
     struct list_link link;      /* in b->conns while open, then in b->dead until finished */
     struct mqtt_limits lim;
+    struct mqtt_session *sess;
+    /* the CONNECT's username: heap when not empty, else "" (never NULL). The device id when
+     * role is device is the connection's (c->device). */
+    const char *username;
+    struct mqtt_will *will;     /* NULL: none */
+    struct buf out;             /* encoding scratch, freed after each send */
+    enum acl_role role;
+    /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
+     * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
+    uint32_t ahead;
+    /* refusals: the first of each kind is logged, the rest counted and summed up at close */
+    uint32_t denied_pub;        /* publishes the ACL dropped */
+    uint32_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
+    uint32_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
-    struct mqtt_session *sess;
-    enum acl_role role;
-    char username[256];
-    char device[65];            /* device id when role is device */
-    bool has_will;
-    char *will_topic;
-    uint8_t *will_payload;
-    size_t will_len;
-    uint8_t will_qos;
-    bool will_retain;
-    struct buf out;             /* encoding scratch */
-    size_t ahead;               /* while a PUBLISH waits for storage: bytes at the head of the
-                                 * input already scanned for pings and acks (take_ahead) */
-    /* refusals: the first of each kind is logged, the rest counted and summed up at close */
-    uint64_t denied_pub;        /* publishes the ACL dropped */
-    uint64_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
-    uint64_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
 };

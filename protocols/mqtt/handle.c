@@ -40,6 +40,8 @@
 /* Input a held connection reads while its PUBLISH packets wait (conn ingest_hold_bytes):
  * room for the pings and acks behind them, not for more ingest. */
 #define MQTT_HOLD_BYTES (16 * 1024)
+/* Usernames this long or longer are not kept (no device id or application name is). */
+#define USERNAME_MAX 256
 
 static void violation(struct mqtt_conn *mc, const char *why)
 {
@@ -143,6 +145,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     enum session_login_rc login_rc;
     struct mqtt_session *s;
     char client_id[256];
+    const char *device = ""; /* the device the client is, when its role is device */
     bool sp = false;
 
     if (cp->level != MQTT_V311 && cp->level != MQTT_V31) {
@@ -174,10 +177,8 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         return;
     }
     /* credentials: username = device id, password = token */
-    if (cp->has_username && cp->username.len < sizeof mc->username) {
-        memcpy(mc->username, cp->username.p, cp->username.len);
-        mc->username[cp->username.len] = '\0';
-    }
+    if (cp->has_username && cp->username.len > 0 && cp->username.len < USERNAME_MAX)
+        mc->username = dup_str(cp->username);
     login_rc = session_mqtt_login(gw, mc->c, cp->username.p, cp->username.len, cp->has_username,
                                   cp->password.p, cp->password.len, cp->has_password, &login);
     if (login_rc != SESSION_LOGIN_OK) {
@@ -191,22 +192,22 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     else
         mc->role = login.role == DEVICE_ROLE_APP ? ACL_ROLE_APP : ACL_ROLE_DEVICE;
     if (mc->role == ACL_ROLE_DEVICE)
-        snprintf(mc->device, sizeof mc->device, "%s", login.device);
+        device = login.device;
     if (cp->will) {
+        struct mqtt_will *w;
         if (!acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, client_id,
-                       mc->device[0] ? mc->device : NULL, cp->will_topic.p, cp->will_topic.len,
+                       device[0] ? device : NULL, cp->will_topic.p, cp->will_topic.len,
                        ACL_PUBLISH)) {
             connack(mc, false, MQTT_CONNACK_NOT_AUTHORIZED);
             return;
         }
-        mc->has_will = true;
-        mc->will_topic = dup_str(cp->will_topic);
-        mc->will_payload = xmalloc(cp->will_payload.len + 1);
+        w = mc->will = xmalloc(sizeof *w + cp->will_payload.len + 1);
+        w->topic = dup_str(cp->will_topic);
         if (cp->will_payload.len)
-            memcpy(mc->will_payload, cp->will_payload.p, cp->will_payload.len);
-        mc->will_len = cp->will_payload.len;
-        mc->will_qos = cp->will_qos;
-        mc->will_retain = cp->will_retain;
+            memcpy(w->payload, cp->will_payload.p, cp->will_payload.len);
+        w->len = cp->will_payload.len;
+        w->qos = cp->will_qos;
+        w->retain = cp->will_retain;
     }
     /* A session of an authenticated client belongs to it: another identity may neither
      * take it over nor resume it (it would read that client's messages). Sessions of
@@ -261,7 +262,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (++b->connected > b->max_connected)
         b->max_connected = b->connected;
     mc->c->idle_timeout_ms = (unsigned)cp->keepalive_s * 1500; /* 1.5x [MQTT-3.1.2-24] */
-    conn_authenticated(mc->c, mc->device);
+    conn_authenticated(mc->c, device);
     connack(mc, sp, MQTT_CONNACK_ACCEPTED);
     log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" connected clean=%d "
              "keepalive=%u session_present=%d",
@@ -311,7 +312,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     struct ticket t = {0, 0};
     const char *not_stored;
     struct session_client who = {mc->c, mc->role == ACL_ROLE_ANONYMOUS, mc->username,
-                                 mc->device};
+                                 mc->c->device};
     const struct qos2_in *q2;
     enum guard_rate rate;
 
@@ -326,10 +327,11 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         t = q2->t;
         goto ack;
     }
-    if (mc->device[0] && (rate = guard_rate(gw->guard, mc->device, gw_mono_ms())) != GUARD_RATE_OK) {
+    if (mc->c->device[0] &&
+        (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
         if (log_refusal(mc->c->peer, "rate limited"))
             log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->device,
+                     (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
                      rate == GUARD_RATE_DROP ? "drop" : "disconnect",
                      gw->cfg->limits.device_rate_msgs_per_s);
         if (rate == GUARD_RATE_DISCONNECT) {
@@ -343,7 +345,7 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if ((mc->role == ACL_ROLE_ANONYMOUS &&
          broker_anon_denied(b, topic, strlen(topic), ACL_PUBLISH)) ||
         !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
-                   mc->device[0] ? mc->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
+                   mc->c->device[0] ? mc->c->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
         b->acl_denied++;
         if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
             log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
@@ -412,7 +414,7 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
         int granted;
         if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, f.p, f.len, ACL_SUBSCRIBE)) ||
             !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
-                       mc->sess->client_id, mc->device[0] ? mc->device : NULL, f.p, f.len,
+                       mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, f.p, f.len,
                        ACL_SUBSCRIBE)) {
             b->acl_denied++;
             if (mc->denied_sub++ == 0 && log_refusal(mc->c->peer, "subscribe denied"))
@@ -594,14 +596,16 @@ static int mqtt_feed(void *state, struct buf *in)
     size_t off = 0, used = 0;
     bool waits = false;
 
-    /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
-     * CONNECT is refused as soon as its fixed header says so, not buffered */
-    mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
     broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
         const char *why;
-        enum codec_rc rc = mqtt_decode(&mc->lim, in->data + off, in->len - off, &pkt, &used, &why);
+        enum codec_rc rc;
+        /* before CONNECT is accepted a packet is capped at limits.preauth_max_bytes: a larger
+         * CONNECT is refused as soon as its fixed header says so, not buffered. Set per
+         * packet: what follows an accepted CONNECT in the same read has the full limit. */
+        mc->lim.max_packet_bytes = guard_cap(c, c->gw->cfg->mqtt.max_packet_bytes);
+        rc = mqtt_decode(&mc->lim, in->data + off, in->len - off, &pkt, &used, &why);
         if (rc == CODEC_NEED_MORE)
             break;
         if (rc == CODEC_ERROR) {

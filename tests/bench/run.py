@@ -78,9 +78,10 @@ PARAMS = {
     "route": (20000, 1000),          # per publisher (10) to the # subscriber
     "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
     "fleet_s": (30, 2),              # seconds of the QoS 1 fleet case (--fleet-seconds)
-    "idle": (9000, 500),             # idle connections
+    "idle": (19000, 500),            # idle connections (the fd limit here is 20,000)
     "flood_n": (10000, 400),         # unauthenticated connections of the pre-auth cases
     "flood_s": (15, 4),              # seconds they are held
+    "pubrss_s": (10, 1),             # seconds of the 1000 publishers at 10k msg/s, RSS sampled
     "wrk_s": (3, 1),                 # seconds of wrk
     "feed_viewers": (1000, 20), "feed_rate": (1000, 100), "feed_s": (5, 1),
     "feed_grace": (3, 2),
@@ -342,6 +343,27 @@ def run_tls_qos0(ctx, side):
     return {"rate": f["msgs_per_s"]}
 
 
+def device_served(port, timeout=5.0):
+    """One more MQTT client (CONNECT, a QoS 1 PUBLISH) gets its CONNACK and PUBACK in time."""
+    cid = b"bench-probe"
+    var = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    body = b"\x00\x0bprobe/topic\x00\x01" + b"{}"
+    want = b"\x20\x02\x00\x00\x40\x02\x00\x01"
+    got = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(bytes([0x10, len(var)]) + var + bytes([0x32, len(body)]) + body)
+            deadline = time.monotonic() + timeout
+            while len(got) < len(want) and time.monotonic() < deadline:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+    except OSError:
+        return False
+    return got[:len(want)] == want
+
+
 def run_idle(ctx, side):
     n = ctx.p["idle"]
     with side.mqtt(ctx) as srv:
@@ -358,6 +380,8 @@ def run_idle(ctx, side):
             conn = kv_line(first, "conn")
             time.sleep(1.0)  # let the server finish its per-connection setup
             after = rss_kb(srv.pid)
+            if not device_served(srv.mqtt_port):
+                raise Failed("a device was not served while %d connections were held" % n)
             p.stdin.write("\n")
             p.stdin.flush()
             held = kv_line(p.stdout.readline(), "held")
@@ -419,6 +443,33 @@ def run_preauth(kind):
             raise Failed("the device was never served")
         return {"worst": worst * 1000, "failed": fails, "rss": (peak - before) / 1024.0}
     return run
+
+
+def run_publish_rss(ctx, side):
+    """1000 publishers (QoS 0, telemetry JSON) at 10k msg/s in total: the server's RSS,
+    sampled from /proc every 0.2 s while they publish; the peak, and per publisher."""
+    n = ctx.p["c1000"]
+    secs = ctx.p["pubrss_s"]
+    with side.mqtt(ctx) as srv:
+        time.sleep(0.5)
+        base = rss_kb(srv.pid)
+        cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), str(n), str(int(secs * 10000 / n) + 1),
+               "0", "1", "--seconds", str(secs), "--rate", "10000"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = base
+        deadline = time.monotonic() + secs + 90
+        while p.poll() is None:
+            if time.monotonic() > deadline:
+                p.kill()
+                p.wait()
+                raise Failed("bench_mqtt: no result within %d s" % (secs + 90))
+            peak = max(peak, rss_kb(srv.pid))
+            time.sleep(0.2)
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise Failed("bench_mqtt failed (%d): %s" % (p.returncode, err.strip()[-500:]))
+    f = kv_line(out, "mqtt")
+    return {"peak": peak / 1024.0, "per": (peak - base) * 1024.0 / n, "rate": f["msgs_per_s"]}
 
 
 # ---- REST latest vs nginx ----
@@ -671,6 +722,10 @@ def cases(p):
          [("worst", "worst connect+PUBACK ms", False), ("failed", "device round trips failed",
                                                          False),
           ("rss", "RSS growth MB (target < 64)", False)], run_preauth("big")),
+        ("publish-rss", "mqtt", "MQTT %d publishers at 10k msg/s (QoS 0) for %g s: RSS"
+         % (n1000, p["pubrss_s"]), False,
+         [("peak", "peak RSS MB", False), ("per", "RSS bytes/publisher above idle", False),
+          ("rate", "msg/s", True)], run_publish_rss),
         ("rest", "rest", "REST latest, wrk -t1 -c64", False,
          [("rate", "requests/s", True), ("p99", "p99 ms", False)], run_rest),
         ("feed", "feed", "live feed, %d dashboards x %d msg/s" % (p["feed_viewers"],

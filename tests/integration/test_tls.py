@@ -118,6 +118,72 @@ async def wss_checks(g, ca, tok, dev_cert, dev_key):
     t.eq(latest(g, DEV, "temp"), 32, "wss telemetry by certificate stored")
 
 
+def mqtt_str(b):
+    return struct.pack("!H", len(b)) + b
+
+
+def mqtt_packet(first, body):
+    rem, n = b"", len(body)
+    while True:
+        rem += bytes([(n & 0x7f) | (0x80 if n > 0x7f else 0)])
+        n >>= 7
+        if not n:
+            return bytes([first]) + rem + body
+
+
+def tls_exchange(port, ca, chunks, want, timeout=10):
+    """Sends each chunk as its own TLS record (a pause between them, so each is its own
+    read) and reads until want bytes arrived; returns what was read."""
+    s = tls_sock(port, ca)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    got = b""
+    try:
+        for i, c in enumerate(chunks):
+            if i:
+                time.sleep(0.002)
+            s.sendall(c)
+        deadline = time.monotonic() + timeout
+        while len(got) < len(want) and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except (ssl.SSLError, OSError):
+        pass
+    finally:
+        s.close()
+    return got
+
+
+def check_tls_input(mq, ca, tok):
+    """Plaintext reaches MQTT through the loop-wide read buffer: a CONNECT + QoS 1 PUBLISH
+    + PINGREQ split across records at every byte, one byte per record, and a PUBLISH of
+    300 kB (many records and reads, its tail kept between them) are all answered."""
+    def stream(cid, payload=b"hello"):
+        var = mqtt_str(b"MQTT") + bytes([4, 0xc2]) + struct.pack("!H", 60) + mqtt_str(cid)
+        var += mqtt_str(DEV.encode()) + mqtt_str(tok.encode())
+        pub = mqtt_str(("devices/%s/echo" % DEV).encode()) + struct.pack("!H", 1) + payload
+        return mqtt_packet(0x10, var) + mqtt_packet(0x32, pub) + b"\xc0\x00"
+    want = b"\x20\x02\x00\x00\x40\x02\x00\x01\xd0\x00"
+    bad, n = [], 0
+    whole = stream(b"tls-split-000")
+    for k in range(1, len(whole)):
+        got = tls_exchange(mq, ca, [stream(b"tls-split-%03d" % k)[:k],
+                                    stream(b"tls-split-%03d" % k)[k:]], want)
+        n += 1
+        if got != want:
+            bad.append("split at %d: got %r" % (k, got[:64]))
+    one = stream(b"tls-bytes")
+    got = tls_exchange(mq, ca, [one[i:i + 1] for i in range(len(one))], want)
+    n += 1
+    if got != want:
+        bad.append("a byte per record: got %r" % got[:64])
+    t(not bad, "mqtts: %d split streams all answered%s" % (n, "" if not bad else
+                                                         ": " + "; ".join(bad[:3])))
+    got = tls_exchange(mq, ca, [stream(b"tls-big", b"x" * 300000)], want, timeout=20)
+    t.eq(got, want, "mqtts: a 300 kB PUBLISH over many records and reads is acknowledged")
+
+
 def main():
     ca = CA(D, "ca")
     other = CA(D, "other")
@@ -182,6 +248,7 @@ def main():
         c.disconnect()
         c.loop_stop()
         wait_for(lambda: latest(g, DEV, "hum") == 41, 10, "paho certificate telemetry stored")
+        check_tls_input(mq, cap, tok)
         c, rc = paho_connect(mq, cap, "paho-other", "dev-tls-2", None, dev_pem, dev_key)
         t(rc != 0, "certificate of one device does not log in another (rc=%d)" % rc)
         c.loop_stop()

@@ -179,7 +179,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.storage.queue_low_rows, 50000);
     assert_int_equal(c.storage.hot_max_points, 1000000);
     assert_int_equal(c.storage.retention_days, 0);
-    assert_int_equal(c.limits.max_connections, 10000);
+    assert_int_equal(c.limits.max_connections, 0); /* auto: from the fd limit at start */
     assert_int_equal(c.limits.auth_timeout_ms, 10000);
     assert_int_equal(c.limits.idle_timeout_ms, 300000);
     assert_int_equal(c.limits.max_points_per_message, 1000);
