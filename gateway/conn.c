@@ -566,7 +566,7 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
         c->waiters_head = 0;
     }
     c->waiters[(c->waiters_head + c->nwaiters) % c->waiters_cap] =
-        (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
+        (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed, uv_hrtime() / 1000};
     c->nwaiters++;
     if (!list_linked(&r->waiting, &c->wait_link))
         list_push_front(&r->waiting, &c->wait_link);
@@ -595,6 +595,8 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
                 break;
             c->waiters_head = (c->waiters_head + 1) % c->waiters_cap;
             c->nwaiters--;
+            if (!w.failed && !ticket_empty(&w.t))
+                hist_observe(&c->gw->metrics.ack_latency, uv_hrtime() / 1000 - w.since_us);
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
         if (c->nwaiters == 0)

@@ -31,6 +31,7 @@
 #include "web/assets.h"
 #include "web/auth.h"
 #include "web/commands.h"
+#include "web/ops.h"
 
 #define JSON "application/json"
 #define MAX_QUERY_KEYS 64
@@ -42,6 +43,7 @@ struct rest {
     struct gw *gw;
     struct store *store;            /* device writes and telemetry queries */
     struct commands *commands;
+    struct ops *ops;                /* operations routes (web/ops.h), or NULL */
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
     rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */
@@ -267,7 +269,7 @@ out:
  * so that it does not tell which device ids exist. */
 static void unauthorized_ingest(struct gw *gw, struct http_conn *h)
 {
-    gw->metrics.auth_failures++;
+    metrics_auth_failed(&gw->metrics, "http", "bad_device_token");
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
 }
 
@@ -567,45 +569,6 @@ static void telemetry_get(struct rest *r, struct http_conn *h, struct http_req *
 
 /* ---- misc ---- */
 
-static void connections_list(struct gw *gw, struct http_conn *h)
-{
-    struct buf b;
-    size_t n = 0;
-    struct conn_iter it;
-    struct conn *c;
-    buf_init(&b);
-    buf_append_str(&b, "{\"connections\":[");
-    conn_iter_begin(&it, gw->conns);
-    while ((c = conn_iter_next(&it)) != NULL) {
-        if (n++)
-            buf_append_str(&b, ",");
-        buf_printf(&b, "{\"id\":%llu,\"peer\":", (unsigned long long)c->id);
-        buf_append_json_str(&b, c->peer, strlen(c->peer));
-        buf_append_str(&b, ",\"listener\":");
-        buf_append_json_str(&b, c->listener->name, strlen(c->listener->name));
-        buf_append_str(&b, ",\"protocol\":");
-        buf_append_json_str(&b, c->proto->name, strlen(c->proto->name));
-        if (c->xport) {
-            buf_append_str(&b, ",\"transport\":");
-            buf_append_json_str(&b, c->xport->name, strlen(c->xport->name));
-        }
-        buf_append_str(&b, ",\"device\":");
-        if (c->device[0])
-            buf_append_json_str(&b, c->device, strlen(c->device));
-        else
-            buf_append_str(&b, "null");
-        buf_printf(&b,
-                   ",\"connected\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                   "\"messages_in\":%llu,\"messages_out\":%llu}",
-                   (long long)c->connected_ms, (unsigned long long)c->bytes_in,
-                   (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in,
-                   (unsigned long long)c->msgs_out);
-    }
-    buf_printf(&b, "],\"count\":%zu}", n);
-    reply_json(h, 200, &b);
-    buf_fini(&b);
-}
-
 static void health(struct gw *gw, struct http_conn *h)
 {
     struct buf b;
@@ -669,7 +632,9 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             http_respond_error(h, 404, "not_found", "no OpenAPI document in this build");
         return;
     }
-    if (strncmp(path, "/api/", 5) != 0 && strcmp(path, "/metrics") != 0) {
+    if (r->ops && ops_handle(r->ops, h, req, authorized(gw, req)))
+        return;
+    if (strncmp(path, "/api/", 5) != 0) {
         if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) && serve_asset(h, path))
             return;
         http_respond_error(h, 404, "not_found", "no such resource");
@@ -688,24 +653,9 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         return;
     }
     if (!authorized(gw, req)) {
-        gw->metrics.auth_failures++;
+        metrics_auth_failed(&gw->metrics, "http", "bad_api_key");
         http_respond_error(h, 401, "unauthorized",
                            "missing or wrong API key (Authorization: Bearer <key>)");
-        return;
-    }
-    if (strcmp(path, "/metrics") == 0) {
-        struct buf b;
-        buf_init(&b);
-        metrics_render(gw, &b);
-        http_respond(h, 200, "text/plain; version=0.0.4", b.data, b.len, NULL);
-        buf_fini(&b);
-        return;
-    }
-    if (strcmp(path, "/api/connections") == 0) {
-        if (strcmp(m, "GET") == 0)
-            connections_list(gw, h);
-        else
-            method_not_allowed(h, "GET");
         return;
     }
     if (strcmp(path, "/api/devices") == 0) {
@@ -785,6 +735,8 @@ struct rest *rest_new(struct gw *gw, struct store *store, struct commands *comma
     r->store = store;
     r->commands = commands;
     r->srv.on_request = rest_handle;
+    if (gw->cfg->http.access_log != CONFIG_ACCESS_LOG_OFF)
+        r->srv.on_reply = ops_access_log;
     r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;
@@ -805,6 +757,11 @@ void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, voi
 {
     r->on_device_deleted = fn;
     r->device_deleted_ctx = ctx;
+}
+
+void rest_set_ops(struct rest *r, struct ops *ops)
+{
+    r->ops = ops;
 }
 
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx)
