@@ -31,6 +31,7 @@ void metrics_auth_failed(struct metrics *m, const char *protocol, const char *re
     if (i == m->nauth_failures) {
         if (i == METRICS_MAX_FAILURE_KINDS) { /* the last slot takes what does not fit */
             i--;
+            m->auth_failures[i].protocol = "other";
             m->auth_failures[i].reason = "other";
         } else {
             m->auth_failures[i] = (struct metrics_failure){protocol, reason, 0};

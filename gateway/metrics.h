@@ -44,7 +44,8 @@ struct metrics {
 };
 
 /* Counts one rejected credential. protocol and reason must be static strings (kept by
- * pointer); past METRICS_MAX_FAILURE_KINDS kinds the rest count as reason "other". */
+ * pointer); past METRICS_MAX_FAILURE_KINDS kinds the last one and the rest count as
+ * protocol "other", reason "other". */
 void metrics_auth_failed(struct metrics *m, const char *protocol, const char *reason);
 /* Every rejected credential so far, all kinds together. */
 uint64_t metrics_auth_failures(const struct metrics *m);

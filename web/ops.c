@@ -82,7 +82,8 @@ static void method_not_allowed(struct http_conn *h, const char *allow)
 {
     char hdr[96], body[160];
     int n = snprintf(body, sizeof body,
-                     "{\"error\":\"method not allowed (allowed: %s)\",\"code\":\"method_not_allowed\"}",
+                     "{\"error\":\"method not allowed (allowed: %s)\","
+                     "\"code\":\"method_not_allowed\"}",
                      allow);
     snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
     http_respond(h, 405, JSON, body, (size_t)n, hdr);
@@ -776,7 +777,8 @@ static void publish(struct ops *o, struct http_conn *h, struct http_req *req)
 
     if (!cJSON_IsObject(root)) {
         http_respond_error(h, 400, "bad_json",
-                           "body must be a JSON object like {\"topic\":\"a/b\",\"payload\":\"hi\"}");
+                           "body must be a JSON object like "
+                           "{\"topic\":\"a/b\",\"payload\":\"hi\"}");
         goto out;
     }
     for (const cJSON *it = root->child; it; it = it->next) {
@@ -790,7 +792,8 @@ static void publish(struct ops *o, struct http_conn *h, struct http_req *req)
             goto out;
         }
     }
-    if (!cJSON_IsString(topic) || !mqtt_topic_valid(topic->valuestring, strlen(topic->valuestring))) {
+    if (!cJSON_IsString(topic) ||
+        !mqtt_topic_valid(topic->valuestring, strlen(topic->valuestring))) {
         http_respond_error(h, 400, "invalid_topic",
                            "topic must be an MQTT topic name (1..65535 bytes, no + or #)");
         goto out;

@@ -1,9 +1,10 @@
-/* web/rest.c: REST routes (DESIGN.md "Interfaces"), /metrics and the dashboard
- * files. Requests arrive complete from protocols/http; most answers come from
- * the loop's hot state (devices, presence, latest values) at once. Telemetry
- * range queries run on the libuv work pool (storage/query.c) and answer in their
- * completion callback; writes (device changes, HTTP telemetry) answer once
- * storage reports them durable. Errors are {"error":"...","code":"..."}.
+/* web/rest.c: REST routes (DESIGN.md "Interfaces") and the dashboard files; the
+ * operations routes and /metrics are web/ops.c's, offered every request first.
+ * Requests arrive complete from protocols/http; most answers come from the loop's
+ * hot state (devices, presence, latest values) at once. Telemetry range queries run
+ * on the libuv work pool (storage/query.c) and answer in their completion callback;
+ * writes (device changes, HTTP telemetry) answer once storage reports them durable.
+ * Errors are {"error":"...","code":"..."}.
  * Loop thread only. */
 #include "web/rest.h"
 

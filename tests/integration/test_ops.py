@@ -8,7 +8,9 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 
 import mqttraw as mr
 from galetest import Check, Gale, wait_for
@@ -225,6 +227,17 @@ def openapi(t, g):
     t(st == 200 and hdrs.get("Content-Type", "").startswith("text/html") and
       b"/api/openapi.json" in body and b"http" not in body.replace(b"/api/", b""),
       "the docs page is served and loads nothing from outside")
+    # the page renders the document: headless Chromium (Debian's, from the setup step) runs
+    # its script and every documented path shows up in the DOM
+    chromium = shutil.which("chromium")
+    t(chromium is not None, "chromium installed (.ci/setup.sh)")
+    if chromium:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--virtual-time-budget=5000", "--dump-dom",
+                              "http://127.0.0.1:%d/api/docs" % g.ports["http"]],
+                             capture_output=True, text=True, timeout=60).stdout
+        shown = set(re.findall(r"<code>([^<]*)</code>", dom))
+        t.eq(sorted(set(paths) - shown), [], "the docs page lists every documented path")
     missing = [l for l in route_literals() if not documented(paths, l)]
     t.eq(missing, [], "every route in the sources is documented")
     g.create_device("dev-o")  # the probes below delete it
