@@ -86,6 +86,12 @@ static const struct key keys[] = {
          "Largest WebSocket message (all fragments together), bytes."),
     BOOL("http.ws_deflate", http.ws_deflate, "true",
          "Offer permessage-deflate compression to WebSocket clients."),
+    CHOICE("http.access_log", http.access_log, "off|common|json", "off",
+           "One log line per HTTP reply: off; common = NCSA combined format (client, time, "
+           "request, status, bytes, referer, user agent) plus the duration; json = the same "
+           "fields as one JSON object."),
+    BOOL("http.metrics_auth", http.metrics_auth, "false",
+         "GET /metrics needs the API key; false = readable without it (Prometheus scrapers)."),
     BOOL("line.enabled", line.enabled, "true", "Run the raw TCP line-protocol listener."),
     STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
     INT("line.port", line.port, 0, 65535, "7000",

@@ -34,6 +34,14 @@ enum config_invalid_telemetry {
     CONFIG_INVALID_TELEMETRY_ACK = 1,        /* acknowledged and routed as a plain message */
 };
 
+/* http.access_log: one log line per HTTP reply, in which format. The order is the order
+ * of the config words "off|common|json". */
+enum config_access_log {
+    CONFIG_ACCESS_LOG_OFF = 0,    /* "off": no line */
+    CONFIG_ACCESS_LOG_COMMON = 1, /* "common": NCSA combined format (common + referer, agent) */
+    CONFIG_ACCESS_LOG_JSON = 2,   /* "json": one JSON object */
+};
+
 /* tls.client_auth: whether TLS clients present a certificate. The order is the order of
  * the config words "off|optional|required". */
 enum config_client_auth {
@@ -66,6 +74,9 @@ struct config {
         bool ws_echo;                    /* http.ws_echo, default false */
         size_t ws_max_message_bytes;     /* http.ws_max_message_bytes, default 1048576 */
         bool ws_deflate;                 /* http.ws_deflate, default true */
+        enum config_access_log access_log; /* http.access_log, default off */
+        bool metrics_auth;               /* http.metrics_auth: /metrics needs the API key;
+                                          * default false */
     } http;
     struct {
         bool enabled;                    /* line.enabled, default true */

@@ -792,7 +792,7 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
         ws->head = 0;
     }
     ws->ring[(ws->head + ws->n) % ws->cap] =
-        (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed};
+        (struct conn_waiter){t ? *t : (struct ticket){0, 0}, tag, fn, failed, uv_hrtime() / 1000};
     ws->n++;
     if (!list_linked(&r->waiting, &ws->link))
         list_push_front(&r->waiting, &ws->link);
@@ -828,6 +828,8 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
                 break;
             c->waiters->head = (c->waiters->head + 1) % c->waiters->cap;
             c->waiters->n--;
+            if (!w.failed && !ticket_empty(&w.t))
+                hist_observe(&c->gw->metrics.ack_latency, uv_hrtime() / 1000 - w.since_us);
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
         if (c->waiters->n == 0)

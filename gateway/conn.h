@@ -76,6 +76,7 @@ struct conn_waiter {
     uint64_t tag;        /* caller's value (line seq, request id, packet id) */
     conn_durable_fn fn;
     bool failed;         /* a write of t failed: fires with ok = 0 */
+    uint64_t since_us;   /* uv_hrtime() / 1000 when the wait began (ack latency) */
 };
 
 struct conn_waiters;     /* a connection's FIFO ring of durable waiters (conn.c) */

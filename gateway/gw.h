@@ -26,6 +26,7 @@ struct gw_storage_stats {
     uint64_t log_points;             /* what a restart replays, at most */
     uint64_t slices, points_chunked, chunks_written;
     double slice_seconds_total, slice_seconds_max;
+    struct hist commit_latency;      /* writer time per committed batch */
 };
 
 struct gw_storage {
@@ -77,6 +78,8 @@ struct gw {
     struct gw_listener listeners[8];
     int nlisteners;
     bool ingest_paused;
+    bool ready;                      /* storage loaded and every listener up (main sets it):
+                                      * GET /api/ready answers 200 */
     uint64_t durable_seq;            /* storage reported every write up to here */
     struct ticket failed[16];        /* the last failed write ranges (a ring) */
     unsigned nfailed;                /* failed ranges reported so far */

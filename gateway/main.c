@@ -39,6 +39,7 @@
 #include "storage/store.h"
 #include "web/commands.h"
 #include "web/feed.h"
+#include "web/ops.h"
 #include "web/rest.h"
 #include "web/ws_routes.h"
 
@@ -377,6 +378,7 @@ struct parts {
     struct rest *rest;
     struct feed *feed;
     struct ws_routes *ws_routes;
+    struct ops *ops;
 };
 
 /* Presence changes fan out to every part that reports them. */
@@ -422,6 +424,7 @@ static void storage_stats(void *ctx, struct gw_storage_stats *out)
         .points_chunked = st.points_chunked, .chunks_written = st.chunks_written,
         .slice_seconds_total = (double)st.slice_us_total / 1e6,
         .slice_seconds_max = (double)st.slice_us_max / 1e6,
+        .commit_latency = st.commit_latency,
     };
 }
 
@@ -629,6 +632,8 @@ int main(int argc, char **argv)
     gw.on_command_reply = on_command_reply;
     parts.rest = rest_new(&gw, store, parts.commands);
     rest_set_device_deleted_hook(parts.rest, on_device_deleted, parts.broker);
+    parts.ops = ops_new(&gw, parts.broker);
+    rest_set_ops(parts.rest, parts.ops);
     parts.feed = feed_new(&gw);
     parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
     gw_start(&gw);
@@ -665,6 +670,7 @@ int main(int argc, char **argv)
             if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
                 goto out;
     }
+    gw.ready = true;
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
     uv_run(&loop, UV_RUN_DEFAULT);
     code = 0;
@@ -685,6 +691,7 @@ out:
         log_warn("loop closed with live handles");
     ws_routes_free(parts.ws_routes);
     rest_free(parts.rest);
+    ops_free(parts.ops);
     feed_free(parts.feed);
     commands_free(parts.commands);
     mqtt_broker_free(parts.broker);

@@ -1,12 +1,22 @@
-/* gateway/metrics.h: counters and gauges kept by the loop thread, exposed as
- * Prometheus text on GET /metrics and as $SYS topics. Plain integers: only the
- * loop thread writes them. */
+/* gateway/metrics.h: counters, gauges and latency histograms kept by the loop
+ * thread, exposed as Prometheus text on GET /metrics and as $SYS topics. Plain
+ * integers: only the loop thread writes them. */
 #ifndef GALE_METRICS_H
 #define GALE_METRICS_H
 
 #include <stdint.h>
 
 #include "base/buf.h"
+#include "base/hist.h"
+
+#define METRICS_MAX_FAILURE_KINDS 32 /* distinct (protocol, reason) pairs counted */
+
+/* Rejected credentials of one kind: gale_auth_failures_total{protocol,reason}. */
+struct metrics_failure {
+    const char *protocol;              /* static: "mqtt", "http", "line", ... */
+    const char *reason;                /* static: "bad_token", "unknown_device", ... */
+    uint64_t n;
+};
 
 struct metrics {
     uint64_t connections_total;        /* accepted since start */
@@ -15,7 +25,9 @@ struct metrics {
     uint64_t messages_in;              /* messages published on the bus */
     uint64_t points_in;                /* telemetry values decoded */
     uint64_t line_errors;              /* error lines sent on the line protocol */
-    uint64_t auth_failures;            /* rejected credentials, any protocol */
+    /* rejected credentials by protocol and reason (metrics_auth_failed), first seen first */
+    struct metrics_failure auth_failures[METRICS_MAX_FAILURE_KINDS];
+    size_t nauth_failures;
     uint64_t http_requests;            /* requests answered */
     uint64_t http_status[6];           /* by class: [2] = 2xx ... [5] = 5xx */
     uint64_t storage_failures;         /* batches that failed for good */
@@ -29,10 +41,21 @@ struct metrics {
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */
     uint64_t rate_limited_disconnect;  /* ... and connections closed for it */
     uint64_t preauth_refused;          /* connections refused or closed by pre-auth budgets */
+    struct hist ack_latency;           /* a write's ack waiting for durability: from the
+                                        * wait's start to the ack (conn_registry_durable) */
+    struct hist http_latency;          /* HTTP request complete -> reply written */
 };
 
+/* Counts one rejected credential. protocol and reason must be static strings (kept by
+ * pointer); past METRICS_MAX_FAILURE_KINDS kinds the last one and the rest count as
+ * protocol "other", reason "other". */
+void metrics_auth_failed(struct metrics *m, const char *protocol, const char *reason);
+/* Every rejected credential so far, all kinds together. */
+uint64_t metrics_auth_failures(const struct metrics *m);
+
 struct gw;
-/* Writes the Prometheus exposition of gw's metrics to out. */
+/* Writes the Prometheus exposition of gw's metrics to out: the gateway's own, storage's
+ * (gw->storage.stats) and the process's (CPU, memory, descriptors, read from /proc). */
 void metrics_render(struct gw *gw, struct buf *out);
 
 #endif

@@ -28,10 +28,11 @@ struct device *session_authenticate(struct gw *gw, struct conn *c, const char *d
 {
     char id[DEVICE_ID_MAX + 1];
     struct device *dev = NULL;
-    const char *why = "unknown device";
+    const char *why = "unknown device", *reason = "unknown_device";
 
     if (!devices_valid_id(device, dlen)) {
         why = "invalid device id";
+        reason = "invalid_id";
     } else {
         memcpy(id, device, dlen);
         id[dlen] = '\0';
@@ -39,10 +40,11 @@ struct device *session_authenticate(struct gw *gw, struct conn *c, const char *d
         if (dev && !devices_check_token(gw->token_secret, dev, token, tlen)) {
             dev = NULL;
             why = "bad token";
+            reason = "bad_token";
         }
     }
     if (!dev) {
-        gw->metrics.auth_failures++;
+        metrics_auth_failed(&gw->metrics, c->proto->name, reason);
         if (conn_refused(c, why))
             log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%s\" reason=\"%s\"",
                      (unsigned long long)c->id, c->peer, c->proto->name,
@@ -246,7 +248,7 @@ static void login(struct session *s, const void *json, size_t len)
     char why[96];
 
     if (!cJSON_IsObject(root) || !cJSON_IsString(id) || (!cJSON_IsString(tok) && !cert_id)) {
-        gw->metrics.auth_failures++;
+        metrics_auth_failed(&gw->metrics, c->proto->name, "bad_first_message");
         if (conn_refused(c, "bad first message"))
             log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
                      "{\\\"device\\\":..,\\\"token\\\":..}\"",
@@ -430,7 +432,7 @@ enum session_login_rc session_mqtt_login(struct gw *gw, struct conn *c, const ch
             snprintf(out->device, sizeof out->device, "%s", dev->id);
         return SESSION_LOGIN_OK;
     }
-    gw->metrics.auth_failures++;
+    metrics_auth_failed(&gw->metrics, "mqtt", has_user ? "bad_credentials" : "no_credentials");
     return has_user ? SESSION_LOGIN_BAD_CREDENTIALS : SESSION_LOGIN_NOT_AUTHORIZED;
 }
 

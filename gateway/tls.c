@@ -314,7 +314,7 @@ static void handshake_failed(struct tls_conn *t, int err)
     else
         snprintf(detail, sizeof detail, "%s", reason);
     snprintf(t->why, sizeof t->why, "tls handshake failed: %s", detail);
-    c->gw->metrics.auth_failures++;
+    metrics_auth_failed(&c->gw->metrics, "tls", "handshake_failed");
     if (conn_refused(c, "tls handshake failed"))
         log_warn("conn=%llu peer=%s listener=%s tls handshake failed reason=\"%s\"",
                  (unsigned long long)c->id, c->peer, c->listener->name, log_q(detail));

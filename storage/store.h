@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/hist.h"
 #include "gateway/msg.h"
 
 struct store;
@@ -135,6 +136,7 @@ struct store_stats {
     uint64_t chunks_written;
     uint64_t slice_us_total;    /* writer time of those slices */
     uint64_t slice_us_max;      /* the longest one */
+    struct hist commit_latency; /* writer time per committed batch, retries included */
 };
 void store_get_stats(struct store *s, struct store_stats *out);
 

@@ -347,6 +347,7 @@ static void apply_posts(struct store *s, const struct batch_ctx *bc)
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0;
+    uint64_t start_ns = uv_hrtime();
 
     while (!ok && tries < STORE_COMMIT_TRIES) {
         if (tries > 0)
@@ -359,6 +360,11 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     }
     if (ok)
         apply_posts(s, bc);
+    if (ok && b->nitems > 0) {
+        uv_mutex_lock(&s->hot_lock);
+        hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
+        uv_mutex_unlock(&s->hot_lock);
+    }
     if (!ok && s->failed_batches++ == 0) /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable;"
                   " rc=%d error=\"%s\"", (unsigned long long)b->last_seq, b->nrows, tries, rc,

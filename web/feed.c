@@ -592,7 +592,7 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
     }
     goto out;
 unauthorized:
-    c->gw->metrics.auth_failures++;
+    metrics_auth_failed(&c->gw->metrics, "ws-live", "bad_api_key");
     if (conn_refused(c, "no valid API key"))
         log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"no valid API key\"",
                  (unsigned long long)c->id, c->peer);

@@ -1,11 +1,11 @@
-/* web/rest.c: the REST route table (DESIGN.md "Interfaces"), /metrics, health and the
- * dashboard files; telemetry handlers live in rest_telemetry.c and device handlers in
- * rest_devices.c (shared state: rest_int.h). Requests arrive complete from
- * protocols/http; most answers come from
- * the loop's hot state (devices, presence, latest values) at once. Telemetry
- * range queries run on the libuv work pool (storage/query.c) and answer in their
- * completion callback; writes (device changes, HTTP telemetry) answer once
- * storage reports them durable. Errors are {"error":"...","code":"..."}.
+/* web/rest.c: the REST route table (DESIGN.md "Interfaces"), health and the dashboard
+ * files; telemetry handlers live in rest_telemetry.c, device handlers in rest_devices.c
+ * (shared state: rest_int.h), the operations routes and /metrics in web/ops.c, offered
+ * every request first. Requests arrive complete from protocols/http; most answers come
+ * from the loop's hot state (devices, presence, latest values) at once. Telemetry range
+ * queries run on the libuv work pool (storage/query.c) and answer in their completion
+ * callback; writes (device changes, HTTP telemetry) answer once storage reports them
+ * durable. Errors are {"error":"...","code":"..."}.
  * Loop thread only. */
 #include "web/rest.h"
 
@@ -33,6 +33,7 @@
 #include "storage/store.h"
 #include "web/auth.h"
 #include "web/commands.h"
+#include "web/ops.h"
 #include "web/rest_int.h"
 #include "web/static.h"
 
@@ -95,47 +96,6 @@ void rest_reply_when_durable(struct http_conn *h, const struct ticket *t, int st
     gw_await_durable(http_conn_of(h), t, (uint64_t)(uintptr_t)p, on_reply_durable);
 }
 
-/* ---- misc ---- */
-
-static void connections_list(struct gw *gw, struct http_conn *h)
-{
-    struct buf b;
-    size_t n = 0;
-    struct conn_iter it;
-    struct conn *c;
-    buf_init(&b);
-    buf_append_str(&b, "{\"connections\":[");
-    conn_iter_begin(&it, gw->conns);
-    while ((c = conn_iter_next(&it)) != NULL) {
-        if (n++)
-            buf_append_str(&b, ",");
-        buf_printf(&b, "{\"id\":%llu,\"peer\":", (unsigned long long)c->id);
-        buf_append_json_str(&b, c->peer, strlen(c->peer));
-        buf_append_str(&b, ",\"listener\":");
-        buf_append_json_str(&b, c->listener->name, strlen(c->listener->name));
-        buf_append_str(&b, ",\"protocol\":");
-        buf_append_json_str(&b, c->proto->name, strlen(c->proto->name));
-        if (c->xport) {
-            buf_append_str(&b, ",\"transport\":");
-            buf_append_json_str(&b, c->xport->name, strlen(c->xport->name));
-        }
-        buf_append_str(&b, ",\"device\":");
-        if (c->device[0])
-            buf_append_json_str(&b, c->device, strlen(c->device));
-        else
-            buf_append_str(&b, "null");
-        buf_printf(&b,
-                   ",\"connected\":%lld,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                   "\"messages_in\":%llu,\"messages_out\":%llu}",
-                   (long long)c->connected_ms, (unsigned long long)c->bytes_in,
-                   (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in,
-                   (unsigned long long)c->msgs_out);
-    }
-    buf_printf(&b, "],\"count\":%zu}", n);
-    rest_reply_json(h, 200, &b);
-    buf_fini(&b);
-}
-
 static void health(struct gw *gw, struct http_conn *h)
 {
     struct buf b;
@@ -185,7 +145,9 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             http_respond_error(h, 404, "not_found", "no OpenAPI document in this build");
         return;
     }
-    if (strncmp(path, "/api/", 5) != 0 && strcmp(path, "/metrics") != 0) {
+    if (r->ops && ops_handle(r->ops, h, req, rest_authorized(gw, req)))
+        return;
+    if (strncmp(path, "/api/", 5) != 0) {
         if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) && static_serve(h, req, path))
             return;
         http_respond_error(h, 404, "not_found", "no such resource");
@@ -204,24 +166,9 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         return;
     }
     if (!rest_authorized(gw, req)) {
-        gw->metrics.auth_failures++;
+        metrics_auth_failed(&gw->metrics, "http", "bad_api_key");
         http_respond_error(h, 401, "unauthorized",
                            "missing or wrong API key (Authorization: Bearer <key>)");
-        return;
-    }
-    if (strcmp(path, "/metrics") == 0) {
-        struct buf b;
-        buf_init(&b);
-        metrics_render(gw, &b);
-        http_respond(h, 200, "text/plain; version=0.0.4", b.data, b.len, NULL);
-        buf_fini(&b);
-        return;
-    }
-    if (strcmp(path, "/api/connections") == 0) {
-        if (strcmp(m, "GET") == 0)
-            connections_list(gw, h);
-        else
-            method_not_allowed(h, "GET");
         return;
     }
     if (strcmp(path, "/api/devices") == 0) {
@@ -348,6 +295,8 @@ struct rest *rest_new(struct gw *gw, struct store *store, struct commands *comma
     r->commands = commands;
     r->srv.on_request = rest_handle;
     r->srv.authorized = head_authorized;
+    if (gw->cfg->http.access_log != CONFIG_ACCESS_LOG_OFF)
+        r->srv.on_reply = ops_access_log;
     r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;
@@ -371,6 +320,11 @@ void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, voi
 {
     r->on_device_deleted = fn;
     r->device_deleted_ctx = ctx;
+}
+
+void rest_set_ops(struct rest *r, struct ops *ops)
+{
+    r->ops = ops;
 }
 
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx)

@@ -27,6 +27,11 @@ struct ticket;
 typedef void (*rest_device_deleted_fn)(void *ctx, const char *device, struct ticket *t);
 void rest_set_device_deleted_hook(struct rest *r, rest_device_deleted_fn fn, void *ctx);
 
+/* The operations routes (web/ops.h; borrowed, outliving r): every request is offered to
+ * them first. */
+struct ops;
+void rest_set_ops(struct rest *r, struct ops *ops);
+
 /* Hook for the WebSocket endpoints: when set, upgrade requests go to fn(ctx, ...). */
 typedef void (*rest_upgrade_fn)(void *ctx, struct http_conn *h, struct http_req *req);
 void rest_set_upgrade_handler(struct rest *r, rest_upgrade_fn fn, void *ctx);

@@ -27,11 +27,14 @@ struct rest_tz {
     size_t nspans;
 };
 
+struct ops;
+
 struct rest {
     struct http_server srv;         /* the HTTP listener's ctx; srv.ctx is this */
     struct gw *gw;
     struct store *store;            /* device writes and telemetry queries */
     struct commands *commands;
+    struct ops *ops;                /* operations routes (web/ops.h), or NULL */
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
     rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */

@@ -51,7 +51,7 @@
 
 void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
 {
-    gw->metrics.auth_failures++;
+    metrics_auth_failed(&gw->metrics, "http", "bad_device_token");
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
 }
 

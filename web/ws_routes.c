@@ -79,7 +79,7 @@ static const struct proto_ops echo_proto = {"ws-echo", echo_open, echo_feed, ech
 
 static void unauthorized(struct gw *gw, struct http_conn *h, const char *msg)
 {
-    gw->metrics.auth_failures++;
+    metrics_auth_failed(&gw->metrics, "ws", "unauthorized");
     http_respond_error(h, 401, "unauthorized", msg);
 }
 

@@ -22,6 +22,7 @@ struct http_conn {
     bool busy;                   /* a request is with the handler */
     bool in_handler;             /* on_request is running: its reply must not re-enter feed */
     bool finished;               /* "Connection: close" sent: parse nothing more */
+    uint64_t start_us;           /* uv_hrtime() / 1000 when the current request was complete */
 };
 
 /* The head of a request is complete: credentials in it authenticate the connection and
@@ -68,6 +69,7 @@ static void reject(struct http_conn *h, int status, const char *code, const char
     log_info("conn=%llu peer=%s proto=http bad request status=%d reason=\"%s\"",
              (unsigned long long)c->id, c->peer, status, log_q(why));
     h->busy = true;
+    h->start_us = uv_hrtime() / 1000;
     h->parser.req.keep_alive = false;
     http_respond_error(h, status, code, why);
 }
@@ -104,6 +106,7 @@ static int http_feed(void *state, struct buf *in)
             return -1;
         }
         h->busy = true;
+        h->start_us = uv_hrtime() / 1000;
         h->in_handler = true;
         c->msgs_in++;
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
@@ -164,6 +167,12 @@ void http_respond(struct http_conn *h, int status, const char *content_type, con
     c->gw->metrics.http_requests++;
     if (status >= 100 && status < 600)
         c->gw->metrics.http_status[status / 100]++;
+    {
+        uint64_t us = uv_hrtime() / 1000 - h->start_us;
+        hist_observe(&c->gw->metrics.http_latency, us);
+        if (h->srv->on_reply)
+            h->srv->on_reply(h->srv->ctx, h, &h->parser.req, status, len, us);
+    }
     h->busy = false;
     if (!keep) {
         h->finished = true;

@@ -29,8 +29,15 @@ struct http_conn;
 /* Called for each complete request; req is valid until http_respond/http_upgraded. */
 typedef void (*http_request_fn)(void *ctx, struct http_conn *h, struct http_req *req);
 
+/* Called once per reply sent (an access log): req is the request answered (method and
+ * path are NULL when it was refused before they were read), len the body's bytes, us
+ * the microseconds from the request being complete to the reply. */
+typedef void (*http_reply_fn)(void *ctx, struct http_conn *h, const struct http_req *req,
+                              int status, size_t len, uint64_t us);
+
 struct http_server {
     http_request_fn on_request;
+    http_reply_fn on_reply;    /* NULL: none */
     void *ctx;
     /* Whether req (its head: a body is not read yet) carries valid credentials. Such a
      * request authenticates the connection (conn_authenticated) and may carry up to

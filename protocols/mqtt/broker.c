@@ -580,13 +580,17 @@ static void session_release(struct mqtt_session *s)
     free(s);
 }
 
-void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
+uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 {
+    uint64_t seq = 0;
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
-    if (!s->clean) /* joins the ticket of what is being done (a device deleted), if any */
-        ticket_add(b->ticket, b->store.delete_session(b->store.ctx, s->client_id));
+    if (!s->clean) { /* joins the ticket of what is being done (a device deleted), if any */
+        seq = b->store.delete_session(b->store.ctx, s->client_id);
+        ticket_add(b->ticket, seq);
+    }
     session_release(s);
+    return seq;
 }
 
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc)

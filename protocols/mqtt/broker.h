@@ -95,4 +95,48 @@ void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online
  * removal stored; the write is added to t (NULL: not awaited). NULL b is ignored. */
 void mqtt_broker_forget_device(struct mqtt_broker *b, const char *device, struct ticket *t);
 
+/* ---- operations (REST /api/mqtt/...: web/ops.c), protocols/mqtt/admin.c ----
+ * Snapshots in plain types; every string is borrowed for the call only. */
+struct mqtt_session_info {
+    const char *client_id;
+    const char *username;       /* "" for none */
+    const char *device;         /* the device the session speaks for, or "" */
+    bool clean;                 /* discarded at disconnect */
+    uint64_t conn_id;           /* its connection (gateway/conn.h id), 0 while offline */
+    size_t subscriptions;
+    size_t queued;              /* messages waiting for a connection or an in-flight slot */
+    size_t inflight;            /* sent, not yet acknowledged */
+    uint64_t dropped;           /* dropped by mqtt.max_queued */
+};
+typedef void (*mqtt_session_info_fn)(void *ctx, const struct mqtt_session_info *s);
+typedef void (*mqtt_sub_info_fn)(void *ctx, const char *client_id, const char *filter,
+                                 size_t len, uint8_t qos);
+typedef void (*mqtt_retained_info_fn)(void *ctx, const char *topic, const void *payload,
+                                      size_t len, uint8_t qos, int64_t ts_ms);
+
+/* Calls fn once per session, in no particular order. */
+void mqtt_broker_sessions(struct mqtt_broker *b, mqtt_session_info_fn fn, void *ctx);
+/* Calls fn for client_id's session. Returns 0, or GW_ENOENT when there is none. */
+int mqtt_broker_session(struct mqtt_broker *b, const char *client_id, mqtt_session_info_fn fn,
+                        void *ctx);
+/* Calls fn for each subscription of client_id's session (every session's when client_id
+ * is NULL). Returns 0, or GW_ENOENT when client_id has no session. */
+int mqtt_broker_subscriptions(struct mqtt_broker *b, const char *client_id, mqtt_sub_info_fn fn,
+                              void *ctx);
+/* Discards client_id's session: its connection is closed (the will, if any, is published
+ * as for a lost connection), then its subscriptions and queued messages go, in storage
+ * too for a persistent one (the write is added to t). Returns 0 or GW_ENOENT. */
+int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, struct ticket *t);
+/* Removes client_id's subscription to exactly filter (its row too, added to t). Returns 0,
+ * or GW_ENOENT when there is no such session or subscription. */
+int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id,
+                                    const char *filter, struct ticket *t);
+/* Calls fn for each retained message whose topic the valid filter matches ($SYS topics
+ * only for filters that start with '$'). */
+void mqtt_broker_retained(struct mqtt_broker *b, const char *filter, mqtt_retained_info_fn fn,
+                          void *ctx);
+/* Clears the retained message of topic, kept and stored (the write is added to t), without
+ * sending anything to subscribers. Returns 0, or GW_ENOENT when topic retains nothing. */
+int mqtt_broker_retained_clear(struct mqtt_broker *b, const char *topic, struct ticket *t);
+
 #endif

@@ -217,7 +217,8 @@ void broker_session_set_identity(struct mqtt_broker *b, struct mqtt_session *s,
                                  enum acl_role role, const char *username);
 /* Writes the identity record of a persistent session (a new one; nothing for clean). */
 void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s);
-void broker_session_free(struct mqtt_broker *b, struct mqtt_session *s);
+/* Returns the seq of the session's deletion from storage (0: a clean session, none). */
+uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s);
 /* Attaches a connection: resends in-flight messages (DUP) and pumps the queue. */
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc);
 void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s);

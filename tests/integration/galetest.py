@@ -442,9 +442,11 @@ class RawWS:
 
 
 def metric(g, name):
-    """Value of one Prometheus sample from /metrics (0 when absent)."""
+    """Value of one Prometheus sample from /metrics (0 when absent). A name without
+    labels sums every sample of that name (all label sets of a counter family)."""
     st, text = g.http("GET", "/metrics")
+    total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+        if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
+            total += float(line.rsplit(None, 1)[1])
+    return total

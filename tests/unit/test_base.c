@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "base/b64.h"
+#include "base/hist.h"
 #include "base/list.h"
 
 static void test_b64url_vectors(void **state)
@@ -78,12 +79,38 @@ static void test_list(void **state)
     assert_null(list_entry(l.head, struct item, link));
 }
 
+/* Each observation lands in the first bucket whose bound it does not exceed; a bound
+ * itself belongs to its bucket, past the last one is +Inf. */
+static void test_hist(void **state)
+{
+    struct hist h = {0};
+    uint64_t sum = 0;
+    (void)state;
+    for (size_t i = 1; i < HIST_NBOUNDS; i++)
+        assert_true(hist_bounds_us[i - 1] < hist_bounds_us[i]);
+    hist_observe(&h, 0);
+    hist_observe(&h, 100);
+    hist_observe(&h, 101);
+    hist_observe(&h, 10000000);
+    hist_observe(&h, 10000001);
+    assert_int_equal(h.counts[0], 2);
+    assert_int_equal(h.counts[1], 1);
+    assert_int_equal(h.counts[HIST_NBOUNDS - 1], 1);
+    assert_int_equal(h.counts[HIST_NBOUNDS], 1);
+    for (size_t i = 0; i <= HIST_NBOUNDS; i++)
+        sum += h.counts[i];
+    assert_int_equal(sum, 5);
+    assert_int_equal(h.count, 5);
+    assert_int_equal(h.sum_us, 0 + 100 + 101 + 10000000 + 10000001);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64url_vectors),
         cmocka_unit_test(test_b64url_round_trip),
         cmocka_unit_test(test_list),
+        cmocka_unit_test(test_hist),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

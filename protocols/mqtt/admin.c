@@ -1,0 +1,142 @@
+/* protocols/mqtt/admin.c: the broker's operations API (broker.h, "operations"): sessions,
+ * subscriptions and retained messages listed as plain snapshots and removed on request
+ * from REST (web/ops.c). Removals go through the persistence port like the broker's own,
+ * so their writes join the caller's ticket. Loop thread only; never inside broker work. */
+#include <string.h>
+
+#include "base/err.h"
+#include "protocols/mqtt/broker_int.h"
+
+static void fill_info(const struct mqtt_session *s, struct mqtt_session_info *out)
+{
+    *out = (struct mqtt_session_info){
+        .client_id = s->client_id, .username = s->username, .device = s->device,
+        .clean = s->clean, .conn_id = s->conn ? s->conn->c->id : 0,
+        .subscriptions = s->nsubs, .queued = s->queue.len, .inflight = s->ninflight,
+        .dropped = s->dropped,
+    };
+}
+
+void mqtt_broker_sessions(struct mqtt_broker *b, mqtt_session_info_fn fn, void *ctx)
+{
+    size_t it = 0;
+    void *v;
+    while (map_next(&b->sessions, &it, NULL, &v)) {
+        struct mqtt_session_info info;
+        fill_info(v, &info);
+        fn(ctx, &info);
+    }
+}
+
+int mqtt_broker_session(struct mqtt_broker *b, const char *client_id, mqtt_session_info_fn fn,
+                        void *ctx)
+{
+    struct mqtt_session *s = broker_session_get(b, client_id);
+    struct mqtt_session_info info;
+    if (!s)
+        return GW_ENOENT;
+    fill_info(s, &info);
+    fn(ctx, &info);
+    return 0;
+}
+
+struct list_ctx {
+    const char *client_id;
+    mqtt_sub_info_fn fn;
+    void *ctx;
+};
+
+static void on_sub(void *ctx, const char *filter, size_t len, uint8_t qos, uint32_t opts)
+{
+    struct list_ctx *lc = ctx;
+    (void)opts;
+    lc->fn(lc->ctx, lc->client_id, filter, len, qos);
+}
+
+int mqtt_broker_subscriptions(struct mqtt_broker *b, const char *client_id, mqtt_sub_info_fn fn,
+                              void *ctx)
+{
+    size_t it = 0;
+    void *v;
+    if (client_id) {
+        struct mqtt_session *s = broker_session_get(b, client_id);
+        struct list_ctx lc = {client_id, fn, ctx};
+        if (!s)
+            return GW_ENOENT;
+        mqtt_router_list(b->router, s, on_sub, &lc);
+        return 0;
+    }
+    while (map_next(&b->sessions, &it, NULL, &v)) {
+        struct mqtt_session *s = v;
+        struct list_ctx lc = {s->client_id, fn, ctx};
+        mqtt_router_list(b->router, s, on_sub, &lc);
+    }
+    return 0;
+}
+
+int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, struct ticket *t)
+{
+    struct mqtt_session *s = broker_session_get(b, client_id);
+    if (!s)
+        return GW_ENOENT;
+    if (s->conn) {
+        /* outside broker work the close finishes at once: a clean session is gone with it */
+        conn_close(s->conn->c, "session discarded by the API");
+        s = broker_session_get(b, client_id);
+        if (!s)
+            return 0;
+        if (s->conn) /* still finishing (broker work up the stack): detach it here */
+            broker_conn_finish_now(s->conn);
+        s = broker_session_get(b, client_id);
+        if (!s)
+            return 0;
+    }
+    ticket_add(t, broker_session_free(b, s));
+    return 0;
+}
+
+int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id,
+                                    const char *filter, struct ticket *t)
+{
+    struct mqtt_session *s = broker_session_get(b, client_id);
+    /* as broker_session_unsubscribe, but the row's deletion joins the caller's ticket */
+    if (!s || mqtt_router_unsubscribe(b->router, filter, strlen(filter), s) != 1)
+        return GW_ENOENT;
+    s->nsubs--;
+    if (!s->clean)
+        ticket_add(t, b->store.delete_session_sub(b->store.ctx, s->client_id, filter));
+    return 0;
+}
+
+struct ret_ctx {
+    mqtt_retained_info_fn fn;
+    void *ctx;
+};
+
+static void on_retained(void *ctx, struct retained *r)
+{
+    struct ret_ctx *rc = ctx;
+    rc->fn(rc->ctx, r->topic, r->m->payload, r->m->payload_len, r->qos, r->m->ts_ms);
+}
+
+void mqtt_broker_retained(struct mqtt_broker *b, const char *filter, mqtt_retained_info_fn fn,
+                          void *ctx)
+{
+    struct ret_ctx rc = {fn, ctx};
+    retained_match(&b->retained, filter, strlen(filter), on_retained, &rc);
+}
+
+int mqtt_broker_retained_clear(struct mqtt_broker *b, const char *topic, struct ticket *t)
+{
+    struct msg *m;
+    if (!map_get(&b->retained.by_topic, topic, strlen(topic)))
+        return GW_ENOENT;
+    m = msg_new(MSG_PLAIN, NULL, topic, "", 0, NULL, 0);
+    retained_put(&b->retained, m); /* an empty message clears the topic */
+    msg_unref(m);
+    if (topic[0] != '$') {
+        b->nretained--;
+        ticket_add(t, b->store.put_retained(b->store.ctx, topic, "", 0, 0));
+    }
+    return 0;
+}
