@@ -3,8 +3,10 @@
  *
  * Writer thread. A slice is one transaction: it takes series from the hot points
  * (hot.c) while its writer time stays under STORE_SLICE_US, and for each one
- *   - reads the chunks its points overlap (walking down from its newest ts) and the one
- *     just below them when that one is smaller than STORE_CHUNK_MIN,
+ *   - reads the chunks that hold a ts of one of its points (walking down from its newest
+ *     ts) and the one just below them when that one is smaller than STORE_CHUNK_MIN;
+ *     chunks in between that hold none stay as they are, and the new chunks are cut
+ *     around them (a late point rewrites its own chunk, not the history since),
  *   - merges their points with the hot ones (the hot point wins a tie: it is newer),
  *   - replaces those chunks with the merged points cut into chunks of about
  *     STORE_CHUNK_POINTS (never overlapping: the chunks of a series are disjoint in ts),
@@ -79,6 +81,10 @@ struct old_chunks {
     struct chunk_points *cp;
     int64_t *ids;
     size_t n, cap;
+    /* chunks inside the hot points' span that hold none of their ts: they stay, and the
+     * new chunks are cut so as not to overlap them (ascending once collected) */
+    int64_t (*kept)[2];             /* [start_ts, end_ts] */
+    size_t nkept, kept_cap;
 };
 
 static void old_free(struct old_chunks *o)
@@ -86,6 +92,17 @@ static void old_free(struct old_chunks *o)
     for (size_t i = 0; i < o->n; i++)
         chunk_points_fini(&o->cp[i]);
     o->n = 0;
+    o->nkept = 0;
+}
+
+static void old_keep(struct old_chunks *o, int64_t start, int64_t end)
+{
+    if (o->nkept == o->kept_cap) {
+        o->kept_cap = o->kept_cap ? 2 * o->kept_cap : 8;
+        o->kept = xrealloc(o->kept, o->kept_cap * sizeof *o->kept);
+    }
+    o->kept[o->nkept][0] = start;
+    o->kept[o->nkept++][1] = end;
 }
 
 static int old_take(struct store *s, struct old_chunks *o, int64_t id, const void *blob,
@@ -108,7 +125,10 @@ static int old_take(struct store *s, struct old_chunks *o, int64_t id, const voi
     return SQLITE_OK;
 }
 
-/* Reads the chunks the hot points of hs overlap (+ a small one below them). */
+/* Reads the chunks that hold a ts of a hot point of hs (they are rewritten), the one
+ * just below the oldest hot point when it is small (merged into), and notes the
+ * chunks between that hold none (they stay): a late point rewrites the chunk it
+ * falls into, not the history between it and now. */
 static int find_old(struct store *s, const struct hot_series *hs, struct old_chunks *o)
 {
     sqlite3_stmt *st = s->st[ST_CHUNK_AROUND];
@@ -118,17 +138,29 @@ static int find_old(struct store *s, const struct hot_series *hs, struct old_chu
     sqlite3_bind_int64(st, 1, hs->sid);
     sqlite3_bind_int64(st, 2, hs->pts[hs->n - 1].ts);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t id = sqlite3_column_int64(st, 0), end = sqlite3_column_int64(st, 1);
-        int64_t count = sqlite3_column_int64(st, 2);
-        size_t len;
+        int64_t id = sqlite3_column_int64(st, 0), start = sqlite3_column_int64(st, 1);
+        int64_t end = sqlite3_column_int64(st, 2), count = sqlite3_column_int64(st, 3);
+        size_t len, j;
         const void *blob;
 
         if (end < lo && count >= STORE_CHUNK_MIN)
             break; /* below the points and big enough to stay */
-        blob = store_col_blob(st, 3, &len);
+        j = hot_lower_bound(hs, start);
+        if (end >= lo && (j == hs->n || hs->pts[j].ts > end)) {
+            old_keep(o, start, end); /* no hot point inside */
+            continue;
+        }
+        blob = store_col_blob(st, 4, &len);
         old_take(s, o, id, blob, len);
         if (end < lo)
             break; /* the small one below: merged, and nothing further down */
+    }
+    for (size_t i = 0; i < o->nkept / 2; i++) {
+        int64_t a = o->kept[i][0], b = o->kept[i][1];
+        o->kept[i][0] = o->kept[o->nkept - 1 - i][0];
+        o->kept[i][1] = o->kept[o->nkept - 1 - i][1];
+        o->kept[o->nkept - 1 - i][0] = a;
+        o->kept[o->nkept - 1 - i][1] = b;
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -198,7 +230,7 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
                         size_t *nchunks)
 {
     struct merge m = { .o = o, .hs = hs };
-    size_t total = hs->n, per, k;
+    size_t total = hs->n, per, k, ki = 0;
     struct point p;
     int rc = find_old(s, hs, o);
 
@@ -217,6 +249,10 @@ static int flush_series(struct store *s, const struct hot_series *hs, struct old
 
         if (p.ts_ms < cutoff)
             continue; /* expired already: not worth a chunk */
+        /* a chunk that stays lies between the last point and this one: cut here */
+        for (; ki < o->nkept && o->kept[ki][1] < p.ts_ms; ki++)
+            if (rc == SQLITE_OK && e->stats.count > 0 && e->stats.last_ts < o->kept[ki][0])
+                rc = write_chunk(s->st[ST_CHUNK_ADD], hs->sid, e, blob, nchunks);
         if (e->stats.count >= per)
             rc = write_chunk(s->st[ST_CHUNK_ADD], hs->sid, e, blob, nchunks);
         added = rc == SQLITE_OK ? chunk_enc_add(e, &p) : 0;
@@ -339,6 +375,7 @@ int store_chunk_slice(struct store *s)
     buf_fini(&blob);
     free(o.cp);
     free(o.ids);
+    free(o.kept);
     if (rc != SQLITE_OK) {
         log_error("store: chunk slice of series=%zu failed rc=%d error=\"%s\"; retrying in %d ms",
                   ndone, rc, store_errmsg(s->db, rc), STORE_CHUNK_RETRY_MS);

@@ -149,7 +149,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DEL_DEVICE] = "DELETE FROM devices WHERE id = ?1",
     /* The chunks of series ?1 starting at or before ?2, newest first: the chunker walks
      * down while they overlap what it flushes, and takes the first one below too. */
-    [ST_CHUNK_AROUND] = "SELECT id, end_ts, count, data FROM chunks"
+    [ST_CHUNK_AROUND] = "SELECT id, start_ts, end_ts, count, data FROM chunks"
                         " WHERE series = ?1 AND start_ts <= ?2 ORDER BY start_ts DESC",
     [ST_CHUNK_DEL] = "DELETE FROM chunks WHERE id = ?1",
     [ST_CHUNK_ADD] =

@@ -625,6 +625,45 @@ static void test_chunking_in_bounded_slices(void **state)
     assert_true(r->series[0].points[0].num == 899 * 0.5 + 7);
 }
 
+/* A late point rewrites the chunk it falls into, not the history between it and the
+ * present; the chunks of a series never overlap. */
+static void test_late_point_rewrites_one_chunk(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    struct store_stats before, after;
+    uint64_t seq = 0;
+
+    do_open(f);
+    for (int ts = 0; ts < 10000; ts++)
+        seq = append1(f, "d", pnum("k", ts, ts));
+    wait_durable(f, seq);
+    compact_now(f);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM chunks"), 10);
+    store_get_stats(f->s, &before);
+    append1(f, "d", pnum("k", 500, -1));    /* a rewrite inside the first chunk */
+    append1(f, "d", pnum("k", 20000, 7));   /* and the present */
+    seq = append1(f, "d", pnum("k", 5000, -2) /* a rewrite inside the sixth */);
+    wait_durable(f, seq);
+    compact_now(f);
+    store_get_stats(f->s, &after);
+    /* two chunks rewritten (1000 points each) and the new point: not 10,000 */
+    assert_int_equal(after.points_chunked - before.points_chunked, 2001);
+    assert_int_equal(count_rows(f->path,
+                                "SELECT count(*) FROM chunks a JOIN chunks b ON"
+                                " a.series = b.series AND a.id <> b.id AND"
+                                " a.start_ts <= b.end_ts AND b.start_ts <= a.end_ts"),
+                     0);
+    assert_int_equal(count_rows(f->path, SQL_CHUNKED), 10001);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" }, .limit = 100000 });
+    assert_int_equal(r->series[0].npoints, 10001);
+    assert_true(r->series[0].points[500].num == -1);
+    assert_true(r->series[0].points[5000].num == -2);
+    assert_int_equal(r->series[0].points[10000].ts_ms, 20000);
+    for (size_t i = 1; i < r->series[0].npoints; i++)
+        assert_true(r->series[0].points[i].ts_ms > r->series[0].points[i - 1].ts_ms);
+}
+
 static void test_compaction_by_rows(void **state)
 {
     struct fixture *f = *state;
@@ -1614,6 +1653,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_replay_replaces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compaction_by_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chunking_in_bounded_slices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_point_rewrites_one_chunk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_latest_after_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
