@@ -46,6 +46,7 @@
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
+#include "web/rest_int.h"
 
 #define JSON "application/json"
 #define DEFAULT_LIMIT 100
@@ -78,77 +79,13 @@ static void reply(struct http_conn *h, int status, struct buf *b, const char *he
     buf_fini(b);
 }
 
-static void method_not_allowed(struct http_conn *h, const char *allow)
-{
-    char hdr[96], body[160];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":\"method not allowed (allowed: %s)\","
-                     "\"code\":\"method_not_allowed\"}",
-                     allow);
-    snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
-    http_respond(h, 405, JSON, body, (size_t)n, hdr);
-}
-
 static bool is(const struct http_req *req, const char *method)
 {
     return strcmp(req->method, method) == 0;
 }
 
-/* A reply waiting for the writes of a removal or a publish; freed by on_durable. */
-struct pending {
-    int status;
-    struct buf body;
-};
-
-static void on_durable(struct conn *c, uint64_t tag, int ok)
-{
-    struct pending *p = (struct pending *)(uintptr_t)tag;
-    struct http_conn *h = ok >= 0 ? http_from_conn(c) : NULL;
-    if (h && ok)
-        http_respond(h, p->status, JSON, p->body.data, p->body.len, NULL);
-    else if (h)
-        http_respond_error(h, 503, "storage_error", "storage failure: the change was not stored");
-    buf_fini(&p->body);
-    free(p);
-}
-
-/* Answers status with body (taken) once every write of t is durable. */
-static void reply_when_durable(struct http_conn *h, const struct ticket *t, int status,
-                               struct buf *body)
-{
-    struct pending *p = xcalloc(1, sizeof *p);
-    p->status = status;
-    p->body = *body;
-    buf_init(body);
-    gw_await_durable(http_conn_of(h), t, (uint64_t)(uintptr_t)p, on_durable);
-}
-
 /* ---- query parameters and paths ---- */
 
-/* Answers 400 naming the first query parameter not in allowed (NULL-terminated) and
- * returns false; true when every parameter is known. */
-static bool known_params(struct http_conn *h, const struct http_req *req,
-                         const char *const *allowed)
-{
-    const char *p = req->query;
-    while (*p) {
-        size_t n = strcspn(p, "=&");
-        bool ok = n == 0;
-        for (const char *const *a = allowed; !ok && *a; a++)
-            ok = strlen(*a) == n && strncmp(*a, p, n) == 0;
-        if (!ok) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "unknown query parameter \"%.*s\"", (int)(n > 64 ? 64 : n),
-                     p);
-            http_respond_error(h, 400, "bad_param", msg);
-            return false;
-        }
-        p += strcspn(p, "&");
-        if (*p == '&')
-            p++;
-    }
-    return true;
-}
 
 /* ?limit=: 1..MAX_LIMIT, DEFAULT_LIMIT when absent. Answers 400 and returns false when bad. */
 static bool parse_limit(struct http_conn *h, const struct http_req *req, size_t *limit)
@@ -330,7 +267,7 @@ static void connections_list(struct ops *o, struct http_conn *h, struct http_req
     char hdr[256] = "";
     struct buf b;
 
-    if (!known_params(h, req, params) || !parse_limit(h, req, &limit) ||
+    if (!rest_check_params(h, req, params) || !parse_limit(h, req, &limit) ||
         !parse_cursor(h, req, after, sizeof after))
         return;
     if (after[0]) {
@@ -406,7 +343,7 @@ static void connection_one(struct ops *o, struct http_conn *h, struct http_req *
         return;
     }
     if (!is(req, "GET") && !is(req, "DELETE")) {
-        method_not_allowed(h, "GET, DELETE");
+        rest_method_not_allowed(h, "GET, DELETE");
         return;
     }
     if ((c = find_conn(o->gw, id)) == NULL) {
@@ -498,7 +435,7 @@ static void sessions_list(struct ops *o, struct http_conn *h, struct http_req *r
     size_t limit, n;
     struct buf b;
 
-    if (!known_params(h, req, params) || !parse_limit(h, req, &limit) ||
+    if (!rest_check_params(h, req, params) || !parse_limit(h, req, &limit) ||
         !parse_cursor(h, req, after, sizeof after))
         return;
     http_query_param(req, "prefix", prefix, sizeof prefix);
@@ -558,11 +495,11 @@ static void session_one(struct ops *o, struct http_conn *h, struct http_req *req
         buf_append_str(&b, "{\"deleted\":");
         buf_append_json_str(&b, client_id, strlen(client_id));
         buf_append_str(&b, "}");
-        reply_when_durable(h, &t, 200, &b);
+        rest_reply_when_durable(h, &t, 200, &b, NULL);
         return;
     }
     if (!is(req, "GET")) {
-        method_not_allowed(h, "GET, DELETE");
+        rest_method_not_allowed(h, "GET, DELETE");
         return;
     }
     buf_init(&b);
@@ -588,7 +525,7 @@ static void subscriptions(struct ops *o, struct http_conn *h, struct http_req *r
     bool has_client, has_filter;
     struct buf b;
 
-    if (!known_params(h, req, params))
+    if (!rest_check_params(h, req, params))
         return;
     has_client = http_query_param(req, "client_id", client_id, sizeof client_id);
     has_filter = http_query_param(req, "filter", filter, sizeof filter);
@@ -608,11 +545,11 @@ static void subscriptions(struct ops *o, struct http_conn *h, struct http_req *r
         buf_append_str(&b, ",\"filter\":");
         buf_append_json_str(&b, filter, strlen(filter));
         buf_append_str(&b, "}}");
-        reply_when_durable(h, &t, 200, &b);
+        rest_reply_when_durable(h, &t, 200, &b, NULL);
         return;
     }
     if (!is(req, "GET")) {
-        method_not_allowed(h, "GET, DELETE");
+        rest_method_not_allowed(h, "GET, DELETE");
         return;
     }
     buf_init(&b);
@@ -698,7 +635,7 @@ static void retained(struct ops *o, struct http_conn *h, struct http_req *req)
     struct buf b;
     bool has_topic;
 
-    if (!known_params(h, req, params))
+    if (!rest_check_params(h, req, params))
         return;
     has_topic = http_query_param(req, "topic", topic, sizeof topic);
     if (is(req, "DELETE")) {
@@ -716,11 +653,11 @@ static void retained(struct ops *o, struct http_conn *h, struct http_req *req)
         buf_append_str(&b, "{\"deleted\":");
         buf_append_json_str(&b, topic, strlen(topic));
         buf_append_str(&b, "}");
-        reply_when_durable(h, &t, 200, &b);
+        rest_reply_when_durable(h, &t, 200, &b, NULL);
         return;
     }
     if (!is(req, "GET")) {
-        method_not_allowed(h, "GET, DELETE");
+        rest_method_not_allowed(h, "GET, DELETE");
         return;
     }
     if (!parse_limit(h, req, &limit) || !parse_cursor(h, req, after, sizeof after))
@@ -857,7 +794,7 @@ static void publish(struct ops *o, struct http_conn *h, struct http_req *req)
     buf_printf(&b, ",\"qos\":%u,\"retain\":%s,\"bytes\":%zu}", m->qos, m->retain ? "true" : "false",
                len);
     msg_unref(m);
-    reply_when_durable(h, &t, 200, &b);
+    rest_reply_when_durable(h, &t, 200, &b, NULL);
 out:
     free(bytes);
     cJSON_Delete(root);
@@ -874,14 +811,14 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
         if (is(req, "GET") || is(req, "HEAD"))
             ready(o, h);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
         return true;
     }
     if (strcmp(path, "/api/docs") == 0) {
         if (is(req, "GET") || is(req, "HEAD"))
             docs(h);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
         return true;
     }
     if (strcmp(path, "/metrics") != 0 && strcmp(path, "/api/connections") != 0 &&
@@ -898,24 +835,24 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
         if (is(req, "GET") || is(req, "HEAD"))
             metrics(o, h);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
     } else if (strcmp(path, "/api/connections") == 0) {
         if (is(req, "GET"))
             connections_list(o, h, req);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
     } else if (strncmp(path, "/api/connections/", 17) == 0) {
         connection_one(o, h, req, path + 17);
     } else if (strcmp(path, "/api/publish") == 0) {
         if (is(req, "POST"))
             publish(o, h, req);
         else
-            method_not_allowed(h, "POST");
+            rest_method_not_allowed(h, "POST");
     } else if (strcmp(path, "/api/mqtt/sessions") == 0) {
         if (is(req, "GET"))
             sessions_list(o, h, req);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
     } else if (strncmp(path, "/api/mqtt/sessions/", 19) == 0) {
         if (strchr(path + 19, '/') || !decode_segment(path + 19, seg, sizeof seg))
             http_respond_error(h, 404, "not_found", "no such resource");

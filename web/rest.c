@@ -56,7 +56,7 @@ bool rest_authorized(struct gw *gw, const struct http_req *req)
     return auth_api_key_ok(gw, http_bearer(req));
 }
 
-static void method_not_allowed(struct http_conn *h, const char *allow)
+void rest_method_not_allowed(struct http_conn *h, const char *allow)
 {
     char hdr[96], body[160];
     int n = snprintf(body, sizeof body,
@@ -177,14 +177,14 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         else if (strcmp(m, "GET") == 0)
             rest_devices_list(r, h, req);
         else
-            method_not_allowed(h, "GET, POST");
+            rest_method_not_allowed(h, "GET, POST");
         return;
     }
     if (strcmp(path, "/api/telemetry") == 0) {
         if (strcmp(m, "GET") == 0)
             rest_telemetry_query(r, h, req);
         else
-            method_not_allowed(h, "GET");
+            rest_method_not_allowed(h, "GET");
         return;
     }
     if (strncmp(path, "/api/devices/", 13) == 0 && split_device_path(path, id, sizeof id, &rest)) {
@@ -205,7 +205,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             } else if (strcmp(m, "PATCH") == 0) {
                 rest_device_patch(r, h, req, dev);
             } else {
-                method_not_allowed(h, "GET, PATCH, DELETE");
+                rest_method_not_allowed(h, "GET, PATCH, DELETE");
             }
             return;
         }
@@ -213,7 +213,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             if (strcmp(m, "POST") == 0)
                 rest_device_token(r, h, dev);
             else
-                method_not_allowed(h, "POST");
+                rest_method_not_allowed(h, "POST");
             return;
         }
         if (strcmp(rest, "/attributes") == 0) {
@@ -226,7 +226,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             } else if (strcmp(m, "PATCH") == 0) {
                 rest_device_patch_attrs(r, h, req, dev);
             } else {
-                method_not_allowed(h, "GET, PATCH");
+                rest_method_not_allowed(h, "GET, PATCH");
             }
             return;
         }
@@ -238,7 +238,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
                 rest_reply_json(h, 200, &b);
                 buf_fini(&b);
             } else {
-                method_not_allowed(h, "GET");
+                rest_method_not_allowed(h, "GET");
             }
             return;
         }
@@ -246,7 +246,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             if (strcmp(m, "GET") == 0)
                 rest_telemetry_get(r, h, req, dev);
             else
-                method_not_allowed(h, "GET, POST");
+                rest_method_not_allowed(h, "GET, POST");
             return;
         }
         if (strcmp(rest, "/commands") == 0) {
@@ -255,14 +255,14 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             else if (strcmp(m, "GET") == 0)
                 commands_list(r->commands, h, dev);
             else
-                method_not_allowed(h, "GET, POST");
+                rest_method_not_allowed(h, "GET, POST");
             return;
         }
         if (strncmp(rest, "/commands/", 10) == 0 && rest[10] && !strchr(rest + 10, '/')) {
             if (strcmp(m, "GET") == 0)
                 commands_get(r->commands, h, dev, rest + 10);
             else
-                method_not_allowed(h, "GET");
+                rest_method_not_allowed(h, "GET");
             return;
         }
     }

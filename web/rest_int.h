@@ -44,6 +44,8 @@ struct rest {
 };
 
 void rest_reply_json(struct http_conn *h, int status, struct buf *b);
+/* 405 with an Allow header listing allow (e.g. "GET, DELETE"). */
+void rest_method_not_allowed(struct http_conn *h, const char *allow);
 /* True when req carries the API key. */
 bool rest_authorized(struct gw *gw, const struct http_req *req);
 /* Answers with status and body (taken over; left empty) once every write of t is
