@@ -29,6 +29,9 @@
  * The conversion (convert_v3) folds the log into the main table as v3's compaction
  * did (the newest log row of a (series, ts) wins), encodes each series in chunks and
  * drops the old tables, in the migration's one transaction.
+ * Schema v5 adds the bridge outbox (outbox.c): outbox(PK(upstream, id), device, topic,
+ * payload, qos, ts) WITHOUT ROWID, the messages bound for each upstream broker in id
+ * order (the migration from v4 only creates it).
  * t (v1..v3) is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT,
  * 3 JSON TEXT), read only through store_read_value (sql.c).
  * device_ids is separate from devices: telemetry may arrive for a device that is not
@@ -111,6 +114,12 @@ static const char *const migrations[] = {
     "ALTER TABLE series ADD COLUMN flushed_seg INTEGER NOT NULL DEFAULT 0;"
     "INSERT OR REPLACE INTO telemetry(series, ts, t, v)"
     " SELECT series, ts, t, v FROM telemetry_log ORDER BY series, ts, rowid;",
+
+    /* v5: the bridge outbox (outbox.c) */
+    "CREATE TABLE outbox(upstream TEXT NOT NULL, id INTEGER NOT NULL, device TEXT NOT NULL,"
+    " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, ts INTEGER NOT NULL,"
+    " PRIMARY KEY(upstream, id)) WITHOUT ROWID;"
+    "PRAGMA user_version = 5;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -180,6 +189,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_COMMAND_PUT] =
         "INSERT OR REPLACE INTO commands(id, device, name, params, status, reply, created_ms,"
         " updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [ST_OUTBOX_PUT] =
+        "INSERT OR REPLACE INTO outbox(upstream, id, device, topic, payload, qos, ts)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE upstream = ?1 AND id BETWEEN ?2 AND ?3",
 };
 
 /* v3 -> v4: every row of the (series, ts) table (the log is already folded in)

@@ -3,8 +3,9 @@
  *
  * store_open (loop thread, before the loop runs) builds the locks, opens the write
  * connection (schema.c), replays the segments not yet chunked (chunker.c), creates the
- * loop handles (batch.c) and starts the writer thread (writer.c). store_close undoes it in reverse order: queries in flight are
- * answered (query.c), the writer drains and stops, the database closes. */
+ * loop handles (batch.c) and starts the writer thread (writer.c). store_close undoes
+ * it in reverse order: queries and outbox reads in flight are answered (query.c,
+ * outbox.c), the writer drains and stops, the database closes. */
 #include "storage/store.h"
 
 #include "base/alloc.h"
@@ -87,6 +88,7 @@ void store_close(struct store *s)
         return;
     s->closing = 1;
     store_queries_finish(s);
+    store_outbox_reads_finish(s);
     store_writer_stop(s); /* seals, drains, joins, fires the last on_durable */
     store_checkpointer_stop(s);
     store_handles_close(s);

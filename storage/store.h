@@ -12,16 +12,18 @@
  * moment the writer is done. No timer sits between a write and its commit.
  *
  * Ordering and durability: every write operation (telemetry, device records,
- * retained messages, sessions, commands) gets the next store sequence number.
+ * retained messages, sessions, commands, bridge outbox messages) gets the next store
+ * sequence number.
  * Batches commit in sequence order, so durability is a single watermark: when
  * on_durable(ctx, upto, ok) fires on the loop thread, every operation with
  * seq <= upto is committed (ok = 1) or has failed for good (ok = 0, after the
  * writer's retries).
  *
- * Layout: acks come from a cheap append to an arrival-ordered log table committed
- * in small batches; the writer moves rows in large sorted batches into the
- * (device, key, ts) table off the ack path. Queries read both; a replayed
- * (device, key, ts) replaces, never duplicates. */
+ * Layout: an ack stands on one segment row per batch (every point of the batch in a
+ * compact binary form); off the ack path the writer moves the points into compressed
+ * per-series chunks in slices of about a millisecond. Until then they are held in
+ * memory as hot points, so queries merge chunks and hot points and see every acked
+ * point; a replayed (device, key, ts) replaces, never duplicates. */
 #ifndef GALE_STORE_H
 #define GALE_STORE_H
 
@@ -123,7 +125,8 @@ void store_flush(struct store *s);
  * for metrics and the backpressure log. */
 size_t store_queued(const struct store *s);
 /* Bytes of every write queued for the writer (telemetry, device records, retained
- * messages, sessions, commands), as the high/low water marks count them. */
+ * messages, sessions, commands, outbox messages), as the high/low water marks count
+ * them. */
 size_t store_queued_bytes(const struct store *s);
 
 /* What the writer holds and has done, for metrics. Any thread (reads under a lock). */
@@ -265,5 +268,54 @@ uint64_t store_put_command(struct store *s, const struct store_command *c);
 typedef void (*store_command_fn)(void *ctx, const struct store_command *c);
 /* Start-up only: every stored command created at or after since_ms. */
 int store_load_commands(struct store *s, int64_t since_ms, store_command_fn fn, void *ctx);
+
+/* ---- bridge outbox: messages bound for an upstream broker ----
+ * Table outbox(upstream, id, device, topic, payload, qos, ts), keyed by (upstream, id).
+ * Puts and deletes are writes of the same ordered stream as everything above: each is
+ * copied on submit, counted in store_queued_bytes, gets the next seq and commits in the
+ * group commit of the loop turn that made it (with that turn's telemetry), retried and
+ * reported through on_durable like the rest. Deleting a device leaves the outbox alone:
+ * what the device was acked for still goes upstream. */
+
+/* One outbox message (the same fields as the bridge's struct outbox_msg). */
+struct store_outbox_msg {
+    uint64_t id;            /* per upstream, 1..INT64_MAX, increasing (the caller assigns) */
+    const char *device;     /* originating device id, "" when none */
+    const char *topic;      /* the remote topic, exactly as sent upstream */
+    const void *payload;    /* binary-safe; NULL in an index entry */
+    size_t payload_len;     /* bytes in payload (index entry: the stored length) */
+    uint8_t qos;            /* 0, 1 or 2 upstream */
+    int64_t ts_ms;          /* when it entered the outbox (epoch ms) */
+};
+/* One message of store_load_outbox_index: m and its strings are borrowed for the call. */
+typedef void (*store_outbox_fn)(void *ctx, const struct store_outbox_msg *m);
+/* The answer of store_read_outbox, on the loop thread: rc 0 with n messages (n may be 0)
+ * in ascending id order, or a GW_E* code with none. msgs and everything they point at
+ * are valid during the call only. */
+typedef void (*store_outbox_read_fn)(void *ctx, int rc, const struct store_outbox_msg *msgs,
+                                     size_t n);
+
+/* Loop thread, never blocks: stores m under upstream, replacing a stored message of the
+ * same (upstream, id). Copies everything (device and topic NULL store ""). Returns the
+ * write's seq. */
+uint64_t store_put_outbox(struct store *s, const char *upstream, const struct store_outbox_msg *m);
+/* Loop thread, never blocks: deletes the messages of upstream with
+ * first_id <= id <= last_id (one statement; ids nobody stored are no error). Returns the
+ * write's seq. */
+uint64_t store_delete_outbox(struct store *s, const char *upstream, uint64_t first_id,
+                             uint64_t last_id);
+/* Start-up only (loop thread, blocks on a read-only connection): calls fn for every
+ * stored message of upstream in ascending id order without reading its payload
+ * (payload NULL, payload_len = its stored length). 0 or GW_ESTORE (logged). */
+int store_load_outbox_index(struct store *s, const char *upstream, store_outbox_fn fn,
+                            void *ctx);
+/* Loop thread, never blocks: reads on libuv's work pool, with a read-only connection,
+ * the committed messages of upstream with id > after_id in ascending id order: at most
+ * max_msgs (> 0) of them, and no more once their payloads reach max_bytes (the first
+ * message always comes, however large). fn runs on the loop thread with the answer;
+ * a read still in flight at store_close is answered during store_close. Returns 0, or
+ * GW_EINVAL / GW_ESTORE (closing) / a libuv code, and then fn is not called. */
+int store_read_outbox(struct store *s, const char *upstream, uint64_t after_id, size_t max_msgs,
+                      size_t max_bytes, store_outbox_read_fn fn, void *ctx);
 
 #endif

@@ -11,13 +11,15 @@
  *   checkpoint.c the checkpointer thread: WAL checkpoints off the writer
  *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
+ *   outbox.c     the bridge outbox (also its reads on the work pool)
  *                (build ops on the loop, apply them on the writer, start-up loads)
  *   batch.c      loop side of the hand-off: ops, the open batch, sealing, done reports
  *   schema.c     the write connection: pragmas, migrations, prepared statements
  *   query.c      read-only connections: the pool, telemetry queries, the latest load
  *   hot.c        the points acked but not yet chunked, per series (writer + readers)
  *   sql.c        SQL helpers and the one value <-> (t, v) column mapping
- * The start-up loads in devices.c and state.c borrow query.c's reader pool; the codecs
+ * The start-up loads in devices.c, state.c and outbox.c (and outbox reads) borrow
+ * query.c's reader pool; the codecs
  * (chunk.c, segment.c) are a library of their own below all of these.
  *
  * Who touches what: fields under "loop thread" are read and written only on the loop
@@ -38,7 +40,7 @@
 #include "base/list.h"
 #include "storage/store.h"
 
-#define STORE_SCHEMA_VERSION 4          /* PRAGMA user_version after migrations */
+#define STORE_SCHEMA_VERSION 5          /* PRAGMA user_version after migrations */
 #define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
 #define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
 #define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
@@ -77,30 +79,34 @@ enum store_op_kind {
     STORE_OP_PUT_SESSION_MSG,
     STORE_OP_DELETE_SESSION_MSG,
     STORE_OP_PUT_COMMAND,
+    /* the bridge outbox (outbox.c) */
+    STORE_OP_PUT_OUTBOX,        /* replaces a message of the same (upstream, id) */
+    STORE_OP_DELETE_OUTBOX,     /* the range msg_id..last_id */
 };
 
 /* A write other than telemetry, in the same ordered stream. Every pointer is owned
  * (or NULL); which fields a kind uses is said on the right. */
 struct store_op {
     enum store_op_kind kind;
-    char *id;           /* device id | retained topic | session client id | command id;
-                         * "" for STORE_OP_COMPACT */
+    char *id;           /* device id | retained topic | session client id | command id |
+                         * outbox upstream; "" for STORE_OP_COMPACT */
     char *token_hash;   /* device put: NULL keeps the old hash */
     char *role;         /* device put */
     char *attrs_json;   /* device put */
     char *protocol;     /* device put / touch (touch: NULL keeps the old one) */
     char *text;         /* session: identity JSON | command: name */
-    char *topic;        /* session msg: topic | session sub: filter */
-    char *device;       /* command */
+    char *topic;        /* session msg / outbox: topic | session sub: filter */
+    char *device;       /* command / outbox */
     char *params_json;  /* command */
     char *status;       /* command */
     char *reply_json;   /* command */
-    uint8_t *payload;   /* retained / session msg */
+    uint8_t *payload;   /* retained / session msg / outbox */
     size_t payload_len; /* bytes in payload */
-    uint64_t msg_id;    /* session msg */
-    uint8_t qos;        /* retained / session msg / session sub */
+    uint64_t msg_id;    /* session msg | outbox: id (delete: first id of the range) */
+    uint64_t last_id;   /* outbox delete: last id of the range */
+    uint8_t qos;        /* retained / session msg / session sub / outbox */
     uint8_t retain;     /* session msg */
-    int64_t created_ms; /* device / command, epoch ms */
+    int64_t created_ms; /* device / command / outbox (its ts), epoch ms */
     int64_t last_seen_ms; /* device (0 = never) | command: updated_ms */
     int64_t expires_ms; /* command, epoch ms */
 };
@@ -202,7 +208,7 @@ enum store_stmt {
     ST_SEGMENT_SUM, ST_SEGMENT_DEL, ST_RET_DELETE,
     ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_SUBS_DEL,
     ST_SESSION_MSGS_DEL, ST_SESSION_SUB_PUT, ST_SESSION_SUB_DEL, ST_SESSION_MSG_PUT,
-    ST_SESSION_MSG_DEL, ST_COMMAND_PUT,
+    ST_SESSION_MSG_DEL, ST_COMMAND_PUT, ST_OUTBOX_PUT, ST_OUTBOX_DEL,
     ST_COUNT
 };
 
@@ -229,6 +235,7 @@ struct store {
     int loop_ref;               /* async handle ref'd: operations await durability */
     int closing;                /* store_close has started */
     struct list queries;        /* queries in flight (struct query_req) */
+    struct list outbox_reads;   /* outbox reads in flight (struct outbox_req, outbox.c) */
 
     /* s->lock: the two queues, the stop flag and the commit-failure seam */
     uv_mutex_t lock;
@@ -318,6 +325,14 @@ int store_apply_device_op(struct store *s, const struct store_op *op);
 /* ---- state.c (writer thread, inside the batch's transaction) ---- */
 /* Applies a broker-state or command operation: SQLite result code. */
 int store_apply_state_op(struct store *s, const struct store_op *op);
+
+/* ---- outbox.c ---- */
+/* Writer thread, inside the batch's transaction: applies an outbox put or delete.
+ * SQLite result code. */
+int store_apply_outbox_op(struct store *s, const struct store_op *op);
+/* Answers the outbox reads still in flight (store_close, before the writer stops):
+ * queued work is cancelled, running work is waited for. */
+void store_outbox_reads_finish(struct store *s);
 
 /* ---- batch.c (loop thread) ---- */
 /* A zeroed operation of kind with a copy of id (NULL: ""). */

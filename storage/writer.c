@@ -3,9 +3,9 @@
  * Writer thread: pops a sealed batch from the todo queue (batch.c fills it), BEGIN
  * IMMEDIATE, encodes every telemetry point of the batch into one segment row (device
  * and series ids come from a cache of the dictionaries; segment.h), applies the other
- * operations in order (devices.c, state.c), COMMIT: the batch is durable. Only then
- * are its points added to the hot points (hot.c), where queries see them at once,
- * before the batch is reported done. A failed attempt rolls back and is retried after
+ * operations in order (devices.c, state.c, outbox.c), COMMIT: the batch is durable.
+ * Only then are its points added to the hot points (hot.c), where queries see them at
+ * once, before the batch is reported done. A failed attempt rolls back and is retried after
  * 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported failed and the writer
  * goes on with the next. The batch's messages are released here, then it moves to the
  * done queue and uv_async_send() wakes the loop (batch.c reports it).
@@ -278,6 +278,9 @@ static int apply_op(struct store *s, struct batch_ctx *bc, const struct store_op
         /* ids of the device's series are gone; the cache forgets them (deletes are rare) */
         cache_clear(&s->cache);
         return rc;
+    case STORE_OP_PUT_OUTBOX:
+    case STORE_OP_DELETE_OUTBOX:
+        return store_apply_outbox_op(s, op);
     default:
         return store_apply_state_op(s, op);
     }
