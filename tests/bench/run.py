@@ -43,6 +43,7 @@ Every case is bounded in messages and seconds and stops by itself; --smoke runs 
 once with tiny counts (under a minute) to check the harness."""
 import argparse
 import collections
+import contextlib
 import json
 import os
 import platform
@@ -641,7 +642,7 @@ def run_bridge_drain(ctx, side):
     max_inflight W): messages/s from the moment the bridge is connected until the backlog
     is 0. Reference: paho_pub, QoS 1, window W, as many messages straight to Mosquitto."""
     n, w = ctx.p["drain_n"], ctx.p["bridge_window"]
-    with MosquittoUpstream() as up:
+    with contextlib.closing(MosquittoUpstream()) as up:  # not started yet
         if side.kind != "gale":
             up.start()
             f = kv_line(run_tool([ctx.tool("paho_pub"), up.uri, str(n), str(w)], 600), "paho")
@@ -668,7 +669,6 @@ def run_bridge_latency(ctx, side):
     secs = ctx.p["bridge_lat_s"]
     per = int(secs * 100)
     with MosquittoUpstream() as up:
-        up.start()
 
         def load(port):
             cmd = [ctx.tool("bench_mqtt"), str(port), "100", str(per), "1", "100",
@@ -691,7 +691,7 @@ def run_bridge_live_ack(ctx, side):
     while a backlog of live_backlog messages drains at drain_rate (Gale side) vs the same
     Gale and upstream with no backlog (reference)."""
     secs = ctx.p["live_s"]
-    with MosquittoUpstream() as up:
+    with contextlib.closing(MosquittoUpstream()) as up:  # not started yet
         conf = bridge_args(up, drain_rate=ctx.p["live_drain_rate"])
         with GaleServer(ctx, side.binary or ctx.gale_bin, side.mode, extra=conf) as srv:
             if side.kind == "gale":
@@ -889,10 +889,10 @@ def cases(p):
 
 
 # the reference of a case when its group's is not it
-CASE_REF_NAME = {"bridge-drain": "paho_pub", "bridge-latency": "mosquitto",
+CASE_REF_NAME = {"bridge-drain": "paho_pub",
                  "bridge-live-ack": "no backlog"}
 REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite",
-            "tls": "s_server", "tlsplain": "Gale plain"}
+            "tls": "s_server", "tlsplain": "Gale plain", "bridge": "mosquitto"}
 
 
 def ref_name(cid, group):

@@ -14,6 +14,7 @@ Both: start() stop() kill() restart(), .port .uri .name, context managers;
 available(kind) -> (ok, reason) says whether a kind can run on this machine.
 Run this file to self-test both (persistent subscriber across a restart)."""
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,11 +31,25 @@ _seq = 0
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, below the kernel's ephemeral range: an upstream that is down for a
+    while keeps its port, and a server binding port 0 meanwhile (Gale in the tests) is
+    never handed the same one (which would bridge Gale to itself)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port below %d" % low)
 
 
 def mqtt_connack(port, timeout=2.0, client_id="gale-probe", user=None, password=None):
