@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -154,11 +155,13 @@ class _Upstream:
 
 
 class MosquittoUpstream(_Upstream):
-    """mosquitto on 127.0.0.1:<free port>, anonymous, persistence in its temp dir."""
+    """mosquitto on 127.0.0.1:<free port> (and the same port on each of binds),
+    anonymous, persistence in its temp dir."""
     kind = "mosquitto"
 
-    def __init__(self, name=None, extra_conf=""):
+    def __init__(self, name=None, extra_conf="", binds=()):
         super().__init__(name)
+        extra_conf = "".join("listener %d %s\n" % (self.port, b) for b in binds) + extra_conf
         self.dir = tempfile.mkdtemp(prefix="gale-mosq-")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         self.logfile = os.path.join(self.dir, "mosquitto.log")
@@ -379,6 +382,99 @@ def make(kind, **kw):
     return {"mosquitto": MosquittoUpstream, "rabbitmq": RabbitUpstream}[kind](**kw)
 
 
+class Collector:
+    """The central store's view: a persistent (clean_session=False) QoS 1 subscriber on
+    one upstream that records every telemetry message {"n": k} as (device, k) in arrival
+    order. Reconnects by itself (paho's loop) while the upstream restarts."""
+
+    def __init__(self, up, client_id="gale-test-central", topic="devices/+/telemetry"):
+        import paho.mqtt.client as mqtt
+        import threading
+        self.lock = threading.Lock()
+        self.got = []
+        self.c = mqtt.Client(client_id, clean_session=False)
+        if getattr(up, "user", None):
+            self.c.username_pw_set(up.user, up.password)
+        self.c.reconnect_delay_set(0.2, 2)
+        self.c.on_connect = lambda c, u, f, rc: c.subscribe(topic, 1)
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", up.port, 10)
+        self.c.loop_start()
+
+    def _on_message(self, _c, _u, m):
+        import json
+        try:
+            dev = m.topic.split("/")[-2]
+            k = json.loads(m.payload)["n"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return
+        with self.lock:
+            self.got.append((dev, k))
+
+    def arrivals(self):
+        with self.lock:
+            return list(self.got)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def check_delivery(acked, arrivals):
+    """acked: {device: [k...]} the device saw acknowledged; arrivals: [(device, k)] in
+    arrival order (one or more subscribers' lists concatenated per subscriber). Returns
+    (missing, out_of_order, duplicates): acked messages that never arrived, devices whose
+    first arrivals are not ascending, and arrivals beyond the first of a message."""
+    seen, firsts = set(), {}
+    dups = 0
+    for dev, k in arrivals:
+        if (dev, k) in seen:
+            dups += 1
+            continue
+        seen.add((dev, k))
+        firsts.setdefault(dev, []).append(k)
+    missing = sorted((d, k) for d, ks in acked.items() for k in ks if (d, k) not in seen)
+    disorder = sorted(d for d, ks in firsts.items() if ks != sorted(ks))
+    return missing, disorder, dups
+
+
+def publish_device(port, device, token, rate, seconds, host="127.0.0.1", inflight=20):
+    """A device: QoS 1 {"n": k} on devices/<device>/telemetry at rate msg/s for seconds;
+    returns the ks whose PUBACK came back (waits up to 30 s for the last ones). At most
+    65535 messages (packet ids name them)."""
+    import paho.mqtt.client as mqtt
+    import threading
+    lock = threading.Lock()
+    acked_mids, k_of_mid = set(), {}
+    c = mqtt.Client(device, clean_session=True)
+    c.username_pw_set(device, token)
+    c.max_inflight_messages_set(inflight)
+
+    def on_publish(_c, _u, mid):
+        # paho calls this holding its own lock: never take ours around c.publish
+        with lock:
+            acked_mids.add(mid)
+    c.on_publish = on_publish
+    c.connect(host, port, 30)
+    c.loop_start()
+    t0 = time.monotonic()
+    k = 0
+    while time.monotonic() - t0 < seconds and k < 65535:
+        k_of_mid[c.publish("devices/%s/telemetry" % device, '{"n":%d,"t":21.5}' % k, 1).mid] = k
+        k += 1
+        time.sleep(max(0.0, t0 + k / rate - time.monotonic()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with lock:
+            if len(acked_mids) >= k:
+                break
+        time.sleep(0.05)
+    c.disconnect()
+    c.loop_stop()
+    with lock:
+        return sorted(k_of_mid[m] for m in acked_mids if m in k_of_mid)
+
+
 # ---- self-test ----
 def _selftest(kind):
     import paho.mqtt.client as mqtt
@@ -458,4 +554,12 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["publish"]:
+        # upstreams.py publish PORT DEVICE TOKEN RATE SECONDS: publish_device, run where the
+        # device lives (e.g. ip netns exec); prints {"acked": [...]}
+        import json
+        a = sys.argv[2:]
+        print(json.dumps({"acked": publish_device(int(a[0]), a[1], a[2], float(a[3]),
+                                                  float(a[4]))}))
+    else:
+        main()
