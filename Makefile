@@ -69,7 +69,7 @@ fuzz-run: fuzz
 # interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 5 minutes.
 # BENCH_ARGS passes options to tests/bench/run.py, e.g. BENCH_ARGS=--smoke or
 # BENCH_ARGS="--cases mqtt --gale-bin $(BUILD)/gale --gale-bin /tmp/gale-before".
-BENCH_TOOLS = gale bench_mqtt bench_conn bench_feed bench_storage
+BENCH_TOOLS = gale bench_mqtt bench_conn bench_feed bench_storage paho_pub
 bench:
 	sh .ci/setup.sh bench-deps
 	[ -f $(BUILD)/CMakeCache.txt ] || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
