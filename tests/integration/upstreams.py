@@ -551,6 +551,8 @@ def main():
         _selftest(kind)
         passed += 1
     print("upstreams: %d passed, 0 failed, %d skipped" % (passed, skipped))
+    if not passed:
+        sys.exit(77)
 
 
 if __name__ == "__main__":
