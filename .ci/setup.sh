@@ -12,7 +12,7 @@ BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
-  chromium"
+  chromium rabbitmq-server"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
 [ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"
@@ -44,13 +44,18 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
-# Debian starts a Mosquitto service when the package is installed; the tests run
-# their own broker, and Gale wants port 1883 for itself.
+# Debian starts Mosquitto and RabbitMQ services when the packages are installed; the
+# tests run their own brokers on free ports, Gale wants 1883 for itself, and a system
+# RabbitMQ would hold 5672 and epmd's 4369.
 case "${1:-deps}" in test-deps|bench-deps) with_tests=1 ;; *) with_tests=0 ;; esac
-if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1 &&
-    systemctl is-active --quiet mosquitto 2>/dev/null; then
-    echo "setup: stopping and disabling the mosquitto service (port 1883 is Gale's)"
-    ${SUDO:-} systemctl disable --now mosquitto >/dev/null 2>&1 || true
+if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1; then
+    for svc in mosquitto rabbitmq-server; do
+        if systemctl is-enabled --quiet "$svc" 2>/dev/null ||
+            systemctl is-active --quiet "$svc" 2>/dev/null; then
+            echo "setup: stopping and disabling the $svc service (the tests run their own)"
+            ${SUDO:-} systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # uPlot for the dashboard's charts (npm registry, the version package-lock.json pins):

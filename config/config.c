@@ -226,6 +226,10 @@ static const struct key keys[] = {
            "What a message over the device rate gets: drop = not taken (MQTT: acknowledged "
            "and dropped; line and WebSocket: an error with code rate_limited; HTTP: 429), "
            "disconnect = the connection is closed. Counted in gale_rate_limited_total."),
+    JSON("bridge.upstreams", bridge.upstreams_json, "[]",
+         "Upstream MQTT brokers the bridge forwards to (a JSON array of objects: name, "
+         "addresses, forward, remote_prefix, subscribe, outbox limits, ...; README "
+         "\"Bridge\"); [] = no bridge."),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -142,6 +142,9 @@ struct config {
         int device_rate_burst;           /* limits.device_rate_burst, default 100 */
         enum config_rate_action device_rate_action; /* limits.device_rate_action, default drop */
     } limits;
+    struct {
+        char upstreams_json[16384];      /* bridge.upstreams: JSON array of upstreams, "[]" */
+    } bridge;
 };
 
 /* Fills cfg with the embedded defaults. */

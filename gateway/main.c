@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "gateway/bridge/bridge.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/guard.h"
@@ -32,6 +33,7 @@
 #include "gateway/log.h"
 #include "gateway/tls.h"
 #include "base/alloc.h"
+#include "base/err.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
 #include "protocols/mqtt/acl.h"
@@ -69,7 +71,8 @@ static int bad_config(const char *err)
 }
 
 /* What a start would otherwise reject only once storage is open: the MQTT ACL rules
- * (parsed again by the broker) and the bind address of every enabled listener. */
+ * (parsed again by the broker), the bridge's upstreams (parsed again at start) and the
+ * bind address of every enabled listener. */
 static int check_config(const struct config *cfg, char *err, size_t errlen)
 {
     const struct {
@@ -101,6 +104,12 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
     acl_free(acl);
     if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, errlen) != 0)
         return -1;
+    {
+        struct bridge_cfg bc;
+        if (bridge_cfg_parse(cfg->bridge.upstreams_json, &bc, err, errlen) != 0)
+            return -1;
+        bridge_cfg_fini(&bc);
+    }
     return 0;
 }
 
@@ -379,6 +388,7 @@ struct parts {
     struct feed *feed;
     struct ws_routes *ws_routes;
     struct ops *ops;
+    struct bridge *bridge;           /* NULL: no upstream configured */
 };
 
 /* Presence changes fan out to every part that reports them. */
@@ -400,6 +410,99 @@ static void on_command_reply(struct gw *gw, const char *device, const char *cmd_
 {
     struct parts *p = gw->hook_ctx;
     commands_reply(p->commands, device, cmd_id, payload, len);
+}
+
+/* ---- the bridge's hooks: commands from upstreams, their status going back ---- */
+
+static int bridge_command(void *ctx, const char *device, const char *id, const char *name,
+                          const char *params_json, int64_t timeout_ms)
+{
+    struct gw *gw = ctx;
+    struct parts *p = gw->hook_ctx;
+    struct device *dev = devices_find(gw->devices, device);
+    char id_out[33];
+
+    if (!dev)
+        return GW_ENOENT;
+    return commands_create(p->commands, dev, id, name, params_json, timeout_ms, NULL, id_out);
+}
+
+static void on_command_status(void *ctx, const char *device, const char *cmd_id,
+                              const char *status, const char *reply_json)
+{
+    struct parts *p = ctx;
+    bridge_command_status(p->bridge, device, cmd_id, status, reply_json);
+}
+
+/* ---- the bridge's outbox port (gateway/bridge/outbox.h) over storage ---- */
+
+static struct store_outbox_msg store_outbox(const struct outbox_msg *m)
+{
+    return (struct store_outbox_msg){m->id, m->device, m->topic, m->payload, m->payload_len,
+                                     m->qos, m->ts_ms};
+}
+
+static struct outbox_msg bridge_outbox(const struct store_outbox_msg *m)
+{
+    return (struct outbox_msg){m->id, m->device, m->topic, m->payload, m->payload_len, m->qos,
+                               m->ts_ms};
+}
+
+static uint64_t outbox_put(void *ctx, const char *upstream, const struct outbox_msg *m)
+{
+    struct store_outbox_msg sm = store_outbox(m);
+    return store_put_outbox(ctx, upstream, &sm);
+}
+
+static uint64_t outbox_del(void *ctx, const char *upstream, uint64_t first_id, uint64_t last_id)
+{
+    return store_delete_outbox(ctx, upstream, first_id, last_id);
+}
+
+/* The bridge's callback and its context, carried through storage's. */
+struct outbox_call {
+    union {
+        outbox_index_fn index;
+        outbox_read_fn read;
+    } fn;
+    void *ctx;
+};
+
+static void on_outbox_index(void *ctx, const struct store_outbox_msg *m)
+{
+    struct outbox_call *c = ctx;
+    struct outbox_msg om = bridge_outbox(m);
+    c->fn.index(c->ctx, &om);
+}
+
+static int outbox_load_index(void *ctx, const char *upstream, outbox_index_fn fn, void *fctx)
+{
+    struct outbox_call c = {.fn.index = fn, .ctx = fctx};
+    return store_load_outbox_index(ctx, upstream, on_outbox_index, &c);
+}
+
+static void on_outbox_read(void *ctx, int rc, const struct store_outbox_msg *msgs, size_t n)
+{
+    struct outbox_call *c = ctx;
+    struct outbox_msg *om = xcalloc(n + 1, sizeof *om);
+    for (size_t i = 0; i < n; i++)
+        om[i] = bridge_outbox(&msgs[i]);
+    c->fn.read(c->ctx, rc, om, n);
+    free(om);
+    free(c);
+}
+
+static int outbox_read(void *ctx, const char *upstream, uint64_t after_id, size_t max_msgs,
+                       size_t max_bytes, outbox_read_fn fn, void *fctx)
+{
+    struct outbox_call *c = xcalloc(1, sizeof *c);
+    int rc;
+    c->fn.read = fn;
+    c->ctx = fctx;
+    rc = store_read_outbox(ctx, upstream, after_id, max_msgs, max_bytes, on_outbox_read, c);
+    if (rc != 0)
+        free(c);
+    return rc;
 }
 
 /* The loop's storage port (struct gw_storage) over the store. */
@@ -543,6 +646,7 @@ static void on_walk_close(uv_handle_t *h, void *arg)
 int main(int argc, char **argv)
 {
     static struct config cfg;
+    static struct bridge_cfg bcfg;
     struct gw gw;
     struct parts parts = {0};
     struct devices devices;
@@ -636,6 +740,25 @@ int main(int argc, char **argv)
     rest_set_ops(parts.rest, parts.ops);
     parts.feed = feed_new(&gw);
     parts.ws_routes = ws_routes_new(&gw, parts.rest, parts.feed, parts.broker);
+    {
+        char err[512];
+        if (bridge_cfg_parse(cfg.bridge.upstreams_json, &bcfg, err, sizeof err) != 0) {
+            log_error("%s", err); /* checked by check_config: not reached */
+            goto out;
+        }
+    }
+    if (bcfg.n) {
+        struct outbox_port port = {store, outbox_put, outbox_del, outbox_load_index,
+                                   outbox_read};
+        if ((parts.bridge = bridge_new(&gw, &bcfg, &port, &upstream_paho,
+                                       &(struct bridge_hooks){&gw, bridge_command})) == NULL)
+            goto out;
+        /* after storage: a device's ack waits on the outbox row too (ticket) */
+        bus_add_sink(gw.bus, "bridge", bridge_sink, parts.bridge);
+        commands_set_status_hook(parts.commands, on_command_status, &parts);
+        ops_set_bridge(parts.ops, &(struct ops_bridge){parts.bridge, bridge_write_json,
+                                                       bridge_write_metrics});
+    }
     gw_start(&gw);
     if (cfg.tls.cert_file[0]) { /* checked by check_config: only a file changed since fails */
         char err[CONFIG_STR_MAX + 256];
@@ -676,6 +799,7 @@ int main(int argc, char **argv)
     code = 0;
 out:
     gw.stopping = true;
+    bridge_close(parts.bridge); /* stops sending, disconnects; the outbox keeps the rest */
     conn_registry_close_all(gw.conns, "shutting down");
     gw_close_handles(&gw);
     tls_server_close(tls);
@@ -689,6 +813,8 @@ out:
         ;
     if (uv_loop_close(&loop) != 0)
         log_warn("loop closed with live handles");
+    bridge_free(parts.bridge);
+    bridge_cfg_fini(&bcfg);
     ws_routes_free(parts.ws_routes);
     rest_free(parts.rest);
     ops_free(parts.ops);

@@ -10,6 +10,7 @@
 
 #include "base/alloc.h"
 #include "base/clock.h"
+#include "base/err.h"
 #include "base/list.h"
 #include "base/map.h"
 #include "gateway/bus.h"
@@ -52,6 +53,8 @@ struct commands {
     struct map by_id;
     struct list by_age;     /* struct command by age, oldest first */
     uv_timer_t timer;       /* expiry */
+    commands_status_fn on_status; /* every change of status, or NULL */
+    void *status_ctx;
 };
 
 /* The status a stored name stands for (NULL, or a name this build does not know:
@@ -113,6 +116,8 @@ static void set_status(struct commands *cs, struct command *c, enum command_stat
     save(cs, c);
     log_info("device=%s command=%s name=\"%s\" status=%s", c->device, c->id, log_q(c->name),
              status_names[status]);
+    if (cs->on_status)
+        cs->on_status(cs->status_ctx, c->device, c->id, status_names[status], c->reply_json);
 }
 
 static void write_json(const struct command *c, struct buf *b)
@@ -268,22 +273,88 @@ static void on_stored(struct conn *conn, uint64_t tag, int ok)
     free(p);
 }
 
-void commands_post(struct commands *cs, struct http_conn *h, struct http_req *req,
-                   struct device *dev)
+int commands_create(struct commands *cs, struct device *dev, const char *id, const char *name,
+                    const char *params_json, int64_t timeout_ms, struct ticket *t,
+                    char id_out[33])
 {
     struct gw *gw = cs->gw;
     struct conn_iter it;
     struct conn *conn;
+    unsigned char rnd[16];
+    struct command *c;
+    char topic[DEVICE_ID_MAX + 32];
+    struct buf payload;
+
+    if (!name || !name[0] || strlen(name) > 128 || timeout_ms < 1 || timeout_ms > MAX_TIMEOUT_MS)
+        return GW_EINVAL;
+    if (id && (!id[0] || strlen(id) > 32))
+        return GW_EINVAL;
+    if (id && map_get(&cs->by_id, id, strlen(id)))
+        return GW_EEXIST;
+    c = xcalloc(1, sizeof *c);
+    if (id) {
+        snprintf(c->id, sizeof c->id, "%s", id);
+    } else {
+        RAND_bytes(rnd, sizeof rnd);
+        for (int i = 0; i < 16; i++)
+            snprintf(c->id + 2 * i, 3, "%02x", rnd[i]);
+    }
+    snprintf(c->device, sizeof c->device, "%s", dev->id);
+    c->name = xstrdup(name);
+    c->params_json = params_json ? xstrdup(params_json) : NULL;
+    c->status = COMMAND_QUEUED;
+    c->created_ms = c->updated_ms = gw_now_ms();
+    c->expires_ms = c->created_ms + timeout_ms;
+    map_put(&cs->by_id, c->id, strlen(c->id), c);
+    list_push_back(&cs->by_age, &c->age);
+    ticket_add(t, save(cs, c));
+    snprintf(id_out, 33, "%s", c->id);
+    if (cs->on_status)
+        cs->on_status(cs->status_ctx, c->device, c->id, status_names[c->status], NULL);
+
+    buf_init(&payload);
+    buf_append_str(&payload, "{\"id\":");
+    buf_append_json_str(&payload, c->id, strlen(c->id));
+    buf_append_str(&payload, ",\"name\":");
+    buf_append_json_str(&payload, c->name, strlen(c->name));
+    buf_append_str(&payload, ",\"params\":");
+    buf_append_str(&payload, c->params_json ? c->params_json : "null");
+    buf_append_str(&payload, "}");
+    snprintf(topic, sizeof topic, "devices/%s/commands", dev->id);
+    c->m = msg_new(MSG_PLAIN, dev->id, topic, payload.data, payload.len, NULL, 0);
+    c->m->ts_ms = c->created_ms;
+    c->m->qos = 1;
+    bus_publish(gw->bus, c->m, t);
+    log_info("device=%s command=%s name=\"%s\" queued", dev->id, c->id, log_q(c->name));
+    conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */
+    while ((conn = conn_iter_next(&it)) != NULL) {
+        if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
+            conn->send_command(conn, (const char *)payload.data, payload.len);
+            if (c->status == COMMAND_QUEUED)
+                set_status(cs, c, COMMAND_DELIVERED);
+        }
+    }
+    buf_fini(&payload);
+    keep_bounded(cs);
+    return 0;
+}
+
+void commands_set_status_hook(struct commands *cs, commands_status_fn fn, void *ctx)
+{
+    cs->on_status = fn;
+    cs->status_ctx = ctx;
+}
+
+void commands_post(struct commands *cs, struct http_conn *h, struct http_req *req,
+                   struct device *dev)
+{
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
     const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(root, "timeout_ms");
-    unsigned char rnd[16];
-    struct command *c;
     struct pending_202 *p;
-    char topic[DEVICE_ID_MAX + 32];
-    struct buf payload;
-    struct ticket t;
+    char id[33], *params_json = NULL;
+    struct ticket t = {0, 0};
     int64_t timeout = DEFAULT_TIMEOUT_MS;
 
     if (!cJSON_IsObject(root) || !cJSON_IsString(name) || !name->valuestring[0] ||
@@ -299,54 +370,16 @@ void commands_post(struct commands *cs, struct http_conn *h, struct http_req *re
         }
         timeout = (int64_t)tmo->valuedouble;
     }
-    c = xcalloc(1, sizeof *c);
-    RAND_bytes(rnd, sizeof rnd);
-    for (int i = 0; i < 16; i++)
-        snprintf(c->id + 2 * i, 3, "%02x", rnd[i]);
-    snprintf(c->device, sizeof c->device, "%s", dev->id);
-    c->name = xstrdup(name->valuestring);
-    if (params) {
-        char *s = cJSON_PrintUnformatted(params);
-        c->params_json = xstrdup(s);
-        cJSON_free(s);
-    }
-    c->status = COMMAND_QUEUED;
-    c->created_ms = c->updated_ms = gw_now_ms();
-    c->expires_ms = c->created_ms + timeout;
-    map_put(&cs->by_id, c->id, strlen(c->id), c);
-    list_push_back(&cs->by_age, &c->age);
-    t = ticket_one(save(cs, c));
-
-    buf_init(&payload);
-    buf_append_str(&payload, "{\"id\":");
-    buf_append_json_str(&payload, c->id, strlen(c->id));
-    buf_append_str(&payload, ",\"name\":");
-    buf_append_json_str(&payload, c->name, strlen(c->name));
-    buf_append_str(&payload, ",\"params\":");
-    buf_append_str(&payload, c->params_json ? c->params_json : "null");
-    buf_append_str(&payload, "}");
-    snprintf(topic, sizeof topic, "devices/%s/commands", dev->id);
-    c->m = msg_new(MSG_PLAIN, dev->id, topic, payload.data, payload.len, NULL, 0);
-    c->m->ts_ms = c->created_ms;
-    c->m->qos = 1;
-    bus_publish(gw->bus, c->m, &t);
-    log_info("device=%s command=%s name=\"%s\" queued", dev->id, c->id, log_q(c->name));
-    conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */
-    while ((conn = conn_iter_next(&it)) != NULL) {
-        if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
-            conn->send_command(conn, (const char *)payload.data, payload.len);
-            if (c->status == COMMAND_QUEUED)
-                set_status(cs, c, COMMAND_DELIVERED);
-        }
-    }
-    buf_fini(&payload);
+    if (params)
+        params_json = cJSON_PrintUnformatted(params);
+    commands_create(cs, dev, NULL, name->valuestring, params_json, timeout, &t, id);
+    cJSON_free(params_json);
 
     p = xcalloc(1, sizeof *p);
     buf_init(&p->body);
     buf_append_str(&p->body, "{\"id\":");
-    buf_append_json_str(&p->body, c->id, strlen(c->id));
+    buf_append_json_str(&p->body, id, strlen(id));
     buf_append_str(&p->body, ",\"status\":\"queued\"}");
-    keep_bounded(cs);
     gw_await_durable(http_conn_of(h), &t, (uint64_t)(uintptr_t)p, on_stored);
 out:
     cJSON_Delete(root);

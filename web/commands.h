@@ -11,6 +11,7 @@
 #define GALE_COMMANDS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct commands;
 struct device;
@@ -19,6 +20,12 @@ struct http_conn;
 struct http_req;
 struct mqtt_broker;
 struct store;
+struct ticket;
+
+/* A command's status changed to status ("queued", "delivered", "replied" with reply_json,
+ * the device's reply as JSON text, or "expired"); strings valid during the call. */
+typedef void (*commands_status_fn)(void *ctx, const char *device, const char *cmd_id,
+                                   const char *status, const char *reply_json);
 
 /* Loads the commands of the last 7 days from store (start-up, blocks), starts the
  * expiry timer and hooks into broker's deliveries and replies. Returns NULL when
@@ -32,6 +39,17 @@ void commands_post(struct commands *cs, struct http_conn *h, struct http_req *re
 void commands_get(struct commands *cs, struct http_conn *h, struct device *dev,
                   const char *cmd_id);
 void commands_list(struct commands *cs, struct http_conn *h, struct device *dev);
+/* Creates a command for dev exactly as POST does (stored, published on
+ * devices/<id>/commands, written to the device's session connections), for callers that
+ * are not HTTP (the bridge, through main). id: 1..32 bytes chosen by the caller, or NULL
+ * for a random one; params_json: JSON text or NULL; timeout_ms 1..604800000. The writes
+ * join t (may be NULL); id_out gets the id. Returns 0, GW_EINVAL (bad name, id or
+ * timeout) or GW_EEXIST (a command with that id exists: nothing is done). */
+int commands_create(struct commands *cs, struct device *dev, const char *id, const char *name,
+                    const char *params_json, int64_t timeout_ms, struct ticket *t,
+                    char id_out[33]);
+/* Every status change from now on goes to fn (NULL: none), "queued" included. */
+void commands_set_status_hook(struct commands *cs, commands_status_fn fn, void *ctx);
 /* A reply from a device over any transport. */
 void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
                     const void *payload, size_t len);

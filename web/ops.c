@@ -16,6 +16,7 @@
  *   GET    /api/mqtt/retained              retained messages matching ?topic= (a filter)
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
+ *   GET    /api/bridges                    the upstream bridges' state and counters
  *
  * Everything here is answered from loop state at once, except removals and publishes
  * that write storage: those answer once the writes are durable. Lists are sorted by
@@ -56,7 +57,25 @@
 struct ops {
     struct gw *gw;
     struct mqtt_broker *broker;
+    struct ops_bridge bridge;       /* ctx NULL: no bridge */
 };
+
+void ops_set_bridge(struct ops *o, const struct ops_bridge *b)
+{
+    o->bridge = *b;
+}
+
+static void bridges(struct ops *o, struct http_conn *h)
+{
+    struct buf b;
+    buf_init(&b);
+    if (o->bridge.ctx)
+        o->bridge.write_json(o->bridge.ctx, &b);
+    else
+        buf_append_str(&b, "[]");
+    http_respond(h, 200, JSON, b.data, b.len, NULL);
+    buf_fini(&b);
+}
 
 struct ops *ops_new(struct gw *gw, struct mqtt_broker *broker)
 {
@@ -205,6 +224,8 @@ static void metrics(struct ops *o, struct http_conn *h)
     struct buf b;
     buf_init(&b);
     metrics_render(o->gw, &b);
+    if (o->bridge.ctx)
+        o->bridge.write_metrics(o->bridge.ctx, &b);
     http_respond(h, 200, "text/plain; version=0.0.4", b.data, b.len, NULL);
     buf_fini(&b);
 }
@@ -823,7 +844,7 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     }
     if (strcmp(path, "/metrics") != 0 && strcmp(path, "/api/connections") != 0 &&
         strncmp(path, "/api/connections/", 17) != 0 && strcmp(path, "/api/publish") != 0 &&
-        strncmp(path, "/api/mqtt/", 10) != 0)
+        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0)
         return false;
     if (!authorized && !(strcmp(path, "/metrics") == 0 && !o->gw->cfg->http.metrics_auth)) {
         metrics_auth_failed(&o->gw->metrics, "http", "bad_api_key");
@@ -862,6 +883,11 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
         subscriptions(o, h, req);
     } else if (strcmp(path, "/api/mqtt/retained") == 0) {
         retained(o, h, req);
+    } else if (strcmp(path, "/api/bridges") == 0) {
+        if (is(req, "GET"))
+            bridges(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
     } else {
         http_respond_error(h, 404, "not_found", "no such resource");
     }

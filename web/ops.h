@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct buf;
 struct gw;
 struct http_conn;
 struct http_req;
@@ -19,6 +20,16 @@ struct ops;
 struct ops *ops_new(struct gw *gw, struct mqtt_broker *broker);
 /* NULL is ignored. */
 void ops_free(struct ops *o);
+/* The upstream bridge as the ops routes see it (main wires gateway/bridge/bridge.h's
+ * bridge_write_json and bridge_write_metrics, so web/ never includes the bridge). */
+struct ops_bridge {
+    void *ctx;
+    void (*write_json)(void *ctx, struct buf *out);    /* GET /api/bridges: a JSON array */
+    void (*write_metrics)(void *ctx, struct buf *out); /* appended to /metrics */
+};
+/* Without it (or with ctx NULL) GET /api/bridges answers [] and /metrics has no bridge
+ * families. b is copied. */
+void ops_set_bridge(struct ops *o, const struct ops_bridge *b);
 /* Answers req when it is one of the operations routes and returns true; returns false,
  * answering nothing, for any other path. authorized: req carries the API key. */
 bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool authorized);

@@ -3,7 +3,8 @@
  * clients multiplexed with ppoll() in one thread.
  *
  *   bench_mqtt PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]
- *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER] [--tls CAFILE]
+ *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]]
+ *              [--tls CAFILE]
  *
  * Each publisher connects (client id bench-<i>, username bench-<i>, no password)
  * and publishes 4-key telemetry JSON of 74 bytes to devices/bench-<i>/telemetry, every
@@ -22,6 +23,8 @@
  *   --subscribe F one more client (bench-sub) subscribes F at QoS 0 first and reads
  *                 every telemetry message; publish-to-receive latency is measured per
  *                 message (same process, same clock).
+ *   --sub-port P  the subscriber connects to port P instead of PORT (another broker,
+ *                 e.g. the upstream Gale bridges to: device -> Gale -> upstream latency).
  *   --tls CA      every client speaks TLS (server certificate checked against CA for
  *                 "localhost"): the handshake is done, blocking, at connect; then reads
  *                 and writes go through SSL_read/SSL_write in the same poll loop.
@@ -82,6 +85,7 @@ struct run {
     long per;
     double seconds, rate;
     const char *filter;
+    int sub_port;        /* --sub-port: the subscriber's server, else 0 (PORT) */
     SSL_CTX *tls;        /* --tls: client context, else NULL */
     struct client *cl;   /* nclients publishers, then the subscriber if any */
     int nfds;
@@ -429,7 +433,7 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW] [--seconds S]"
-            " [--rate MSGS_PER_S] [--subscribe FILTER] [--tls CAFILE]\n",
+            " [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]] [--tls CAFILE]\n",
             argv0);
     exit(2);
 }
@@ -463,6 +467,8 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
                 r->rate = atof(argv[++i]);
             else if (strcmp(a, "--subscribe") == 0)
                 r->filter = argv[++i];
+            else if (strcmp(a, "--sub-port") == 0)
+                r->sub_port = atoi(argv[++i]);
             else if (strcmp(a, "--tls") == 0)
                 r->tls = tls_context(argv[++i]);
             else
@@ -479,7 +485,8 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
         }
     }
     if (pos < 4 || *port <= 0 || r->nclients < 1 || r->per < 1 || r->qos < 0 || r->qos > 1 ||
-        r->window < 1 || r->window > 65535 || r->seconds <= 0 || r->rate < 0)
+        r->window < 1 || r->window > 65535 || r->seconds <= 0 || r->rate < 0 ||
+        r->sub_port < 0 || (r->sub_port && !r->filter))
         usage(argv[0]);
 }
 
@@ -506,7 +513,8 @@ int main(int argc, char **argv)
     if (r.filter) {
         struct client *s = &r.cl[r.nclients];
         struct mqtt_sub_req req = {{r.filter, strlen(r.filter)}, 0};
-        open_client(s, port, "bench-sub", true, r.tls);
+        open_client(s, r.sub_port ? r.sub_port : port, "bench-sub", true,
+                    r.sub_port ? NULL : r.tls);
         mqtt_encode_subscribe(&s->out, 1, &req, 1);
         r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
     }

@@ -19,6 +19,11 @@ References, all on loopback on free ports, started and stopped by PID here:
   live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
   TLS          `openssl s_server -www` with the same certificate (handshakes/s), and Gale's
                own plain MQTT port (QoS 0 ingest over TLS vs plain TCP)
+  bridge       Debian's mosquitto as the upstream (tests/integration/upstreams.py,
+               persistence on): the drain against one paho-mqtt-c MQTTAsync client
+               publishing QoS 1 with the bridge's window (paho_pub), the bridged latency
+               against publishing straight to Mosquitto, live acks during a drain
+               against the same Gale with no backlog
   storage      raw SQLite in the same process (bench_storage): today's row layout (log +
                sorted moves into a (series, ts) table) and the raw row-append ceiling for
                end to end ingest; today's row layout for bytes per point and query times
@@ -59,6 +64,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, HERE)
 import galetest  # noqa: E402  (wait_for)
 from mosquitto import Mosquitto, free_port  # noqa: E402
+from upstreams import MosquittoUpstream  # noqa: E402
 from tlscerts import CA  # noqa: E402
 
 API_KEY = "bench-api-key-0123456789"
@@ -94,6 +100,12 @@ PARAMS = {
     "tls_s": (3.0, 0.5),             # seconds of TLS handshakes per run
     "tls_inflight": (8, 4),          # handshakes in flight
     "tls_qos0": (40000, 500),        # messages per publisher (10), QoS 0 over TLS and plain
+    "drain_n": (1000000, 20000),     # bridge-drain: backlog messages (10 publishers, QoS 0)
+    "bridge_window": (100, 100),     # bridge max_inflight = paho_pub's window
+    "bridge_lat_s": (5, 1),          # bridge-latency: seconds at 10k msg/s (100 x 100 msg/s)
+    "live_backlog": (120000, 3000),  # bridge-live-ack: backlog draining during the live run
+    "live_drain_rate": (5000, 5000), # ... its drain_rate (the default): the backlog outlasts
+    "live_s": (10, 0.5),             # ... the live run: 100 devices x 10 msg/s, QoS 1, window 1
 }
 SCALE = {name: {k: v[i] for k, v in PARAMS.items()} for i, name in enumerate(("full", "smoke"))}
 
@@ -139,7 +151,7 @@ class GaleServer:
     """One Gale process on free loopback ports, its data in a fresh directory. Ports are
     picked here rather than with port 0: at log.level=warn Gale does not log them."""
 
-    def __init__(self, ctx, binary, mode, tls=None):
+    def __init__(self, ctx, binary, mode, tls=None, extra=()):
         self.data_dir = tempfile.mkdtemp(prefix="gale-", dir=ctx.work)
         self.mqtt_port, self.http_port = free_port(), free_port()
         self.mqtts_port = free_port() if tls else None
@@ -153,6 +165,7 @@ class GaleServer:
         if tls:  # (cert, key): the MQTT TLS port only
             self.cmd += ["--set", "tls.cert_file=" + tls[0], "--set", "tls.key_file=" + tls[1],
                          "--set", "mqtt.tls_port=%d" % self.mqtts_port, "--set", "http.tls_port=0"]
+        self.cmd += list(extra)
         self.proc = None
 
     def __enter__(self):
@@ -577,6 +590,123 @@ def port_open(port):
         return False
 
 
+# ---- bridge to an upstream Mosquitto ----
+
+BRIDGE = "bench"
+
+
+def bridge_args(up, **kw):
+    """--set bridge.upstreams for one upstream named BRIDGE at up's address."""
+    conf = dict({"name": BRIDGE, "addresses": [up.uri], "keepalive_s": 10}, **kw)
+    return ["--set", "bridge.upstreams=" + json.dumps([conf])]
+
+
+def bridge_stats(srv):
+    req = urllib.request.Request("http://127.0.0.1:%d/api/bridges" % srv.http_port,
+                                 headers={"Authorization": "Bearer " + API_KEY})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        for b in json.loads(r.read()):
+            if b["name"] == BRIDGE:
+                return b
+    raise Failed("GET /api/bridges has no upstream %r" % BRIDGE)
+
+
+def wait_stats(srv, cond, timeout, what, interval=0.02):
+    """Polls GET /api/bridges until cond(stats); returns (stats, monotonic time seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        b = bridge_stats(srv)
+        if cond(b):
+            return b, time.monotonic()
+        if time.monotonic() > deadline:
+            raise Failed("%s: not within %d s (bridge: %s)" % (what, timeout, json.dumps(b)))
+        time.sleep(interval)
+
+
+def fill_backlog(ctx, srv, n):
+    """n QoS 0 telemetry messages (10 publishers) into Gale while its upstream is down;
+    returns once GET /api/bridges counts all n in the backlog (committed)."""
+    cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), "10", str(n // 10), "0",
+           "--seconds", "600"]
+    run_tool(cmd, 700)
+    b, _ = wait_stats(srv, lambda b: b["backlog"] >= n // 10 * 10, 300, "backlog filled")
+    if b["backlog"] != n // 10 * 10 or b["dropped_total"]:
+        raise Failed("backlog %d, dropped %d: want %d, none dropped" % (
+            b["backlog"], b["dropped_total"], n // 10 * 10))
+    return b["backlog"]
+
+
+def run_bridge_drain(ctx, side):
+    """A backlog of drain_n messages drains to a freshly started Mosquitto (drain_rate 0,
+    max_inflight W): messages/s from the moment the bridge is connected until the backlog
+    is 0. Reference: paho_pub, QoS 1, window W, as many messages straight to Mosquitto."""
+    n, w = ctx.p["drain_n"], ctx.p["bridge_window"]
+    with MosquittoUpstream() as up:
+        if side.kind != "gale":
+            up.start()
+            f = kv_line(run_tool([ctx.tool("paho_pub"), up.uri, str(n), str(w)], 600), "paho")
+            return {"rate": f["msgs_per_s"]}
+        with GaleServer(ctx, side.binary, side.mode,
+                        extra=bridge_args(up, drain_rate=0, max_inflight=w,
+                                          max_backlog_messages=2 * n)) as srv:
+            n = fill_backlog(ctx, srv, n)
+            up.start()
+            _, t_conn = wait_stats(srv, lambda b: b["connected"], 60, "bridge connected",
+                                   interval=0.005)
+            b, t_done = wait_stats(srv, lambda b: b["backlog"] == 0, 900, "backlog drained",
+                                   interval=0.01)
+            if b["acked_total"] < n or b["dropped_total"]:
+                raise Failed("drained with acked %d of %d, dropped %d" % (
+                    b["acked_total"], n, b["dropped_total"]))
+    return {"rate": n / max(t_done - t_conn, 1e-3)}
+
+
+def run_bridge_latency(ctx, side):
+    """100 devices x 100 msg/s, QoS 1, into Gale bridged to Mosquitto; a subscriber on
+    Mosquitto (devices/+/telemetry, same process and clock) measures device -> subscriber
+    latency. Reference: the same publishers straight to Mosquitto."""
+    secs = ctx.p["bridge_lat_s"]
+    per = int(secs * 100)
+    with MosquittoUpstream() as up:
+        up.start()
+
+        def load(port):
+            cmd = [ctx.tool("bench_mqtt"), str(port), "100", str(per), "1", "100",
+                   "--seconds", str(secs + 2), "--rate", "10000",
+                   "--subscribe", "devices/+/telemetry", "--sub-port", str(up.port)]
+            return kv_line(run_tool(cmd, secs + 90), "mqtt")
+        if side.kind == "gale":
+            with GaleServer(ctx, side.binary, side.mode, extra=bridge_args(up)) as srv:
+                wait_stats(srv, lambda b: b["connected"], 30, "bridge connected")
+                f = load(srv.mqtt_port)
+        else:
+            f = load(up.port)
+    if f["delivered"] < f["messages"]:
+        raise Failed("only %d of %d messages delivered" % (f["delivered"], f["messages"]))
+    return {"p50": f["e2e_p50_ms"], "p99": f["e2e_p99_ms"]}
+
+
+def run_bridge_live_ack(ctx, side):
+    """PUBACK latency of live QoS 1 telemetry (100 devices x 10 msg/s, window 1) into Gale
+    while a backlog of live_backlog messages drains at drain_rate (Gale side) vs the same
+    Gale and upstream with no backlog (reference)."""
+    secs = ctx.p["live_s"]
+    with MosquittoUpstream() as up:
+        conf = bridge_args(up, drain_rate=ctx.p["live_drain_rate"])
+        with GaleServer(ctx, side.binary or ctx.gale_bin, side.mode, extra=conf) as srv:
+            if side.kind == "gale":
+                fill_backlog(ctx, srv, ctx.p["live_backlog"])
+            up.start()
+            wait_stats(srv, lambda b: b["connected"], 60, "bridge connected")
+            cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), "100", str(int(secs * 10) + 1),
+                   "1", "1", "--seconds", str(secs), "--rate", "1000"]
+            f = kv_line(run_tool(cmd, secs + 90), "mqtt")
+            left = bridge_stats(srv)["backlog"]
+    if side.kind == "gale" and left == 0 and not ctx.smoke:
+        raise Failed("the backlog was drained before the live run ended")
+    return {"p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"]}
+
+
 # ---- live feed vs Tornado ----
 
 def run_feed(ctx, side):
@@ -673,7 +803,7 @@ P50 = ("p50", "PUBACK p50 ms", False)
 P99 = ("p99", "PUBACK p99 ms", False)
 
 
-# group: mqtt | rest | feed | storage; synced: runs once per storage.sync mode;
+# group: mqtt | rest | feed | storage | tls | tlsplain | bridge; synced: runs once per storage.sync mode;
 # metrics: [(key, label, higher is better)]; run(ctx, side) -> {key: value}, or None
 # for storage, which bench_storage interleaves by itself
 Case = collections.namedtuple("Case", "id group title synced metrics run")
@@ -744,11 +874,29 @@ def cases(p):
          [("day", "a day raw (86,400 points), queries/s (vs today's row layout)", True),
           ("hourly", "hourly avg over %d days, queries/s (vs today's row layout)"
            % p["storage_query_days"], True)], None),
+        ("bridge-drain", "bridge", "bridge: %s-message backlog drained to Mosquitto, "
+         "max_inflight %d (ref: paho-mqtt-c QoS 1, same window)"
+         % ("{:,}".format(p["drain_n"]), p["bridge_window"]), False,
+         [("rate", "msg/s", True)], run_bridge_drain),
+        ("bridge-latency", "bridge", "bridge: device -> Gale -> Mosquitto subscriber at "
+         "10k msg/s, QoS 1 (ref: straight to Mosquitto)", False,
+         [("p50", "p50 ms", False), ("p99", "p99 ms", False)], run_bridge_latency),
+        ("bridge-live-ack", "bridge", "bridge: live QoS 1 PUBACK while a %s-message backlog "
+         "drains at %d/s (ref: no backlog)" % ("{:,}".format(p["live_backlog"]),
+                                               p["live_drain_rate"]), False,
+         [P50, P99], run_bridge_live_ack),
     ]]
 
 
+# the reference of a case when its group's is not it
+CASE_REF_NAME = {"bridge-drain": "paho_pub", "bridge-latency": "mosquitto",
+                 "bridge-live-ack": "no backlog"}
 REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite",
             "tls": "s_server", "tlsplain": "Gale plain"}
+
+
+def ref_name(cid, group):
+    return CASE_REF_NAME.get(cid, REF_NAME[group])
 
 
 def sync_modes(binary):
@@ -854,7 +1002,8 @@ def parse_args(argv):
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--build", default="build", help="build directory (gale, tests/bench/*)")
     ap.add_argument("--cases", default="all",
-                    help="comma-separated case ids or groups (mqtt, rest, feed, storage)")
+                    help="comma-separated case ids or groups (mqtt, rest, feed, storage, tls, "
+                         "bridge)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, smoke 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness")
     ap.add_argument("--gale-bin", action="append", default=[], metavar="BIN",
@@ -891,6 +1040,8 @@ def check_tools(ctx, a, chosen):
         need.append(ctx.tool("bench_mqtt"))
     if "storage" in groups:
         need.append(ctx.tool("bench_storage"))
+    if "bridge" in groups:
+        need += [ctx.tool("bench_mqtt"), ctx.tool("paho_pub"), "/usr/sbin/mosquitto"]
     missing = [t for t in need if not os.access(t, os.X_OK)]
     for prog, group in (("wrk", "rest"), ("nginx", "rest"), ("openssl", "tls"),
                         ("openssl", "tlsplain")):
@@ -918,12 +1069,12 @@ class Plan:
     def modes_of(self, synced):
         return self.modes if synced else ["-"]
 
-    def sides(self, group, mode):
+    def sides(self, cid, group, mode):
         """(measured, reference) for one case in one mode."""
         gale = Side("gale", self.labels[0], self.bins[0], mode)
         if self.two:
             return gale, Side("gale", self.labels[1], self.bins[1], mode)
-        return gale, Side("ref", REF_NAME[group])
+        return gale, Side("ref", ref_name(cid, group))
 
 
 def run_one(ctx, fn, side, what, errors):
@@ -950,7 +1101,7 @@ def run_rounds(ctx, plan, results, errors, disk):
         for cid, group, title, synced, metrics, fn in plan.cases:
             for mode in plan.modes_of(synced) if fn else []:
                 what = "round %d %s %s" % (rnd, cid, mode)
-                pair = [run_one(ctx, fn, side, what, errors) for side in plan.sides(group, mode)]
+                pair = [run_one(ctx, fn, side, what, errors) for side in plan.sides(cid, group, mode)]
                 row = results.setdefault((cid, mode), {})
                 for key, _, _ in metrics:
                     row.setdefault(key, []).append((pair[0].get(key), pair[1].get(key)))
@@ -983,7 +1134,7 @@ def render(ctx, plan, results, errors, disk, command, elapsed):
                     title, mode, label, "" if higher else " ↓",
                     fmt(median_or_none(g for g, _ in pairs), label),
                     fmt(median_or_none(r for _, r in pairs), label),
-                    "" if plan.two else " (%s)" % REF_NAME[group],
+                    "" if plan.two else " (%s)" % ref_name(cid, group),
                     "%.2f×" % mr if mr is not None else "failed",
                     ", ".join("%.2f" % x if x is not None else "failed" for x in ratios)))
     head = ["Machine: %s; Gale build: %s." % (machine(), build_type(ctx.build)),

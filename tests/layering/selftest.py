@@ -21,12 +21,14 @@ CLEAN = {
     "gateway/gw.c": '#include "gateway/gw.h"\n#include "config/config.h"\n#include <uv.h>\n',
     "gateway/gw.h": '#include "base/alloc.h"\n',
     "gateway/main.c": '#include "storage/store.h"\n#include "web/rest.h"\n'
-                      '#include "protocols/mqtt/broker.h"\n',
+                      '#include "protocols/mqtt/broker.h"\n#include "gateway/bridge/bridge.h"\n',
     "storage/store.h": '#include "gateway/gw.h"\n',
     "storage/store.c": '#include "storage/store.h"\n#include <sqlite3.h>\n',
     "protocols/mqtt/broker.h": '#include "gateway/gw.h"\n',
     "protocols/mqtt/codec.c": '#include "protocols/mqtt/mqtt.h"\n#include <string.h>\n',
     "protocols/mqtt/mqtt.h": '#include "base/alloc.h"\n',
+    "gateway/bridge/bridge.h": '#include "gateway/gw.h"\n#include "base/alloc.h"\n',
+    "gateway/bridge/bridge.c": '#include "gateway/bridge/bridge.h"\n#include <MQTTAsync.h>\n',
     "web/rest.h": "\n",
     "web/rest.c": '#include "web/rest.h"\n#include "storage/store.h"\n'
                   '#include "protocols/mqtt/broker.h"\n',
@@ -41,6 +43,11 @@ BAD = [
     ("base/alloc.c", '#include "config/config.h"', "base/alloc.c:2:"),
     ("protocols/mqtt/codec.c", "#include <uv.h>", "protocols/mqtt/codec.c:3:"),
     ("protocols/mqtt/codec.c", "#  include <sqlite3.h>", "protocols/mqtt/codec.c:3:"),
+    ("gateway/gw.c", '#include "gateway/bridge/bridge.h"', "gateway/gw.c:4:"),
+    ("gateway/bridge/bridge.c", '#include "storage/store.h"', "gateway/bridge/bridge.c:3:"),
+    ("gateway/bridge/bridge.c", '#include "web/rest.h"', "gateway/bridge/bridge.c:3:"),
+    ("gateway/bridge/bridge.h", '#include "protocols/mqtt/mqtt.h"', "gateway/bridge/bridge.h:3:"),
+    ("web/rest.c", '#include "gateway/bridge/bridge.h"', "web/rest.c:4:"),
 ]
 
 failures = 0

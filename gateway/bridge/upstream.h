@@ -1,0 +1,73 @@
+/* gateway/bridge/upstream.h: the bridge's link to one upstream broker, as a small table of
+ * operations: upstream_paho (upstream.c) speaks MQTT 3.1.1 through paho-mqtt-c's
+ * MQTTAsync; unit tests put a fake in its place. Every operation is called on the loop
+ * thread and never blocks (close excepted); every event is delivered on the loop thread.
+ *
+ * paho runs its own threads. Its callbacks (connected, connection lost, a send's
+ * onSuccess/onFailure, message arrived) only copy what they carry into an event, push it
+ * on a mutex-guarded queue and uv_async_send(); the loop drains the queue and calls the
+ * events below. No loop state is touched from paho's threads and paho is never called
+ * from its own callbacks.
+ *
+ * What paho does with QoS 1/2 messages in flight when the connection drops (1.3.x, with
+ * MQTTCLIENT_PERSISTENCE_NONE and cleansession 0): it keeps them in its in-memory session
+ * (MQTTAsync_closeSession cleans only with cleansession set). After the next CONNACK, with
+ * session present it retransmits them (DUP set) and their onSuccess fires on the PUBACK;
+ * with session present 0 (the upstream lost our session) it empties its session and
+ * drops their pending responses, so neither onSuccess nor onFailure ever fires for them.
+ * The bridge therefore never waits on a send across a reconnect: on connection lost it
+ * takes every unacknowledged message back and resends it, oldest first, after the next
+ * connect; a late onSuccess from paho's own retransmission still acknowledges the
+ * message. Copies per message in flight at a loss: at most two more (paho's and ours),
+ * each counted by the bridge as resent when it is ours. */
+#ifndef GALE_BRIDGE_UPSTREAM_H
+#define GALE_BRIDGE_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct bridge_upstream_cfg;
+
+/* What a link reports, on the loop thread, to ctx. */
+struct upstream_events {
+    /* Connected to uri (one of the configured addresses). */
+    void (*connected)(void *ctx, const char *uri, bool session_present);
+    /* A connect attempt failed or an established connection dropped (reason: static or
+     * valid during the call). The link does not retry by itself: the bridge calls connect
+     * again after its backoff. */
+    void (*lost)(void *ctx, const char *reason);
+    /* The send with tag was acknowledged (QoS 1 PUBACK, QoS 2 PUBCOMP, QoS 0: written):
+     * ok = true; or failed (ok = false). */
+    void (*delivered)(void *ctx, uint64_t tag, bool ok);
+    /* A message on a subscribed filter; everything valid during the call only. */
+    void (*message)(void *ctx, const char *topic, const void *payload, size_t len,
+                    uint8_t qos, bool retain);
+};
+
+struct upstream_ops {
+    /* Creates the link (does not connect yet). ev and ev_ctx are borrowed and outlive the
+     * link; cfg too. Returns NULL (err filled) when the client cannot be created. */
+    void *(*open)(uv_loop_t *loop, const struct bridge_upstream_cfg *cfg,
+                  const struct upstream_events *ev, void *ev_ctx, char *err, size_t errlen);
+    /* Starts one connect attempt over every address in order; the result comes as
+     * connected or lost. */
+    void (*connect)(void *link);
+    /* Subscribes to n filters (remote topics, prefix included) at qos. 0 or a GW_E* code. */
+    int (*subscribe)(void *link, char *const *filters, size_t n, uint8_t qos);
+    /* Queues one PUBLISH; its outcome comes as delivered(tag). Returns 0, or a GW_E* code
+     * when it was not taken (not connected, paho's queue full): no event follows then. */
+    int (*send)(void *link, uint64_t tag, const char *topic, const void *payload, size_t len,
+                uint8_t qos);
+    /* Disconnects (waiting at most about a second), stops every event and closes the
+     * link's handles; the loop must run once more before free. */
+    void (*close)(void *link);
+    /* Frees the link (after close, once its handles are closed). */
+    void (*free)(void *link);
+};
+
+/* The paho-mqtt-c MQTTAsync implementation. */
+extern const struct upstream_ops upstream_paho;
+
+#endif
