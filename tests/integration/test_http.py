@@ -1,6 +1,7 @@
 """HTTP server behaviour over raw sockets: keep-alive, pipelining order, limits
 (413 before the body arrives, 431), malformed requests, connection limits and
-bounded memory; the gateway keeps serving after each. The access log in every format, and
+bounded memory; the gateway keeps serving after each. /api/ready before the gateway is
+ready (503, through the start-up delay seam). The access log in every format, and
 with log.format=json its fields as members of the log line (not a JSON string inside it)."""
 import json
 import socket
@@ -55,6 +56,19 @@ def is_closed(s, timeout=5):
 def served(g):
     st, js = g.http("GET", "/api/health", key=None)
     return st == 200
+
+
+def ready_while_starting():
+    """GET /api/ready: 503 with a JSON error until the gateway is ready, then 200."""
+    with Gale(env={"GALE_TEST_READY_DELAY_MS": "1500"}) as g:
+        st, body, hdrs = g.http("GET", "/api/ready", key=None, raw=True)
+        js = json.loads(body)
+        t.eq((st, js.get("code"), js.get("status"), hdrs.get("Retry-After")),
+             (503, "not_ready", "starting", "1"), "not ready yet: 503 not_ready (JSON)")
+        t("error" in js and "json" in hdrs.get("Content-Type", ""), "the error shape")
+        t.eq(g.http("GET", "/api/health", key=None)[0], 200, "alive meanwhile (liveness)")
+        wait_for(lambda: g.http("GET", "/api/ready", key=None)[0] == 200, 10, "ready")
+        t.eq(g.http("GET", "/api/ready", key=None)[1], {"status": "ready"}, "then 200 ready")
 
 
 def access_log_formats():
@@ -190,6 +204,7 @@ def main():
             x.close()
         t(served(g), "still serving at the end")
 
+    ready_while_starting()
     access_log_formats()
 
 
