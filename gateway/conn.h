@@ -137,11 +137,11 @@ struct conn {
     bool reading;
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
+    uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
+    uint32_t drain_mark_bytes;       /* conn_when_drained's mark (fills padding here) */
+    char *close_why;                 /* heap: why, once all queued bytes are written */
     /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
     void (*on_drained)(struct conn *c);
-    uint32_t drain_mark_bytes;
-    uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
-    char *close_why;                 /* heap: why, once all queued bytes are written */
     struct list_link reg_link;       /* in the registry's list of live connections */
     struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
     /* gateway/guard.c's pre-auth accounting (only it writes these) */

@@ -53,7 +53,7 @@
 #define DEFAULT_LIMIT 1000
 #define MAX_LIMIT 100000
 #define STREAM_PAGE_POINTS 1000   /* points per key per storage query of a streamed CSV */
-#define STREAM_FLUSH_BYTES 16384  /* CSV rows gathered into one chunk */
+#define STREAM_FLUSH_BYTES 16384  /* CSV rows gathered into one chunk (at most) */
 #define DAY_MS 86400000LL
 /* Offsets are read for these years; before and after, the nearest one holds. */
 #define TZ_FROM_S (-631152000LL)  /* 1950-01-01 */
@@ -730,6 +730,9 @@ static void read_on(struct rest *r, struct query_ctx *qc, const struct store_que
 static void pump(struct query_ctx *qc, struct http_conn *h)
 {
     struct rest *r = qc->rest;
+    /* a chunk at the send queue's mark (a quarter of the budget) must still fit it */
+    size_t budget = qc->conn->gw->cfg->limits.max_send_queue_bytes;
+    size_t flush_bytes = budget / 4 < STREAM_FLUSH_BYTES ? budget / 4 : STREAM_FLUSH_BYTES;
 
     while (qc->at_sub < qc->nsubs) {
         struct sub_query *sq = &qc->subs[qc->at_sub];
@@ -750,7 +753,7 @@ static void pump(struct query_ctx *qc, struct http_conn *h)
         for (; se && qc->at_point < se->npoints; qc->at_point++, qc->sent++) {
             enum http_stream_rc rc;
             write_point(qc, device, se->key, &se->points[qc->at_point], false, &qc->out);
-            if (qc->out.len < STREAM_FLUSH_BYTES || (rc = flush(qc, h)) == HTTP_STREAM_MORE)
+            if (qc->out.len < flush_bytes || (rc = flush(qc, h)) == HTTP_STREAM_MORE)
                 continue;
             if (rc == HTTP_STREAM_CLOSED) { /* the client went away */
                 ctx_free(qc);
