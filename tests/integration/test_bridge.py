@@ -135,6 +135,13 @@ def test_check_config():
                            capture_output=True, text=True, timeout=10)
         t(p.returncode == 2 and key in p.stderr and '"a"' in p.stderr,
           "--check-config refuses %s (rc=%d: %s)" % (key, p.returncode, p.stderr.strip()))
+    good = {"name": "a", "addresses": ["tcp://h:1"], "username": "u", "password": "s3cr3t-pw"}
+    p = subprocess.run([GALE_BIN, "--check-config", "--set",
+                        "bridge.upstreams=" + json.dumps([good])],
+                       capture_output=True, text=True, timeout=10)
+    t(p.returncode == 0 and '"password":' in p.stdout + p.stderr
+      and "s3cr3t-pw" not in p.stdout + p.stderr,
+      "--check-config accepts the upstream and prints its password as *** (rc=%d)" % p.returncode)
 
 
 def test_drops():
