@@ -295,6 +295,10 @@ async def more_pages(ws, g, line):
           "gateway figures from /metrics")
         t(await wait_js(ws, "gale.charts.get('gateway-backlog').data[0].length >= 1", 15),
           "gateway backlog chart samples")
+        t(await wait_js(ws, "(() => { const x = gale.charts.get('gateway-rate').scales.x; "
+                            "return x.max - x.min >= 59 && x.max - x.min < 3600 && "
+                            "Math.abs(x.max - Date.now() / 1000) < 120; })()", 15),
+          "the gateway charts span the last minute (not years) from the first sample on")
         t(await wait_js(ws, "!document.getElementById('no-bridges').hidden && "
                             "document.getElementById('bridges').hidden && document.getElementById("
                             "'no-bridges').textContent == 'No upstream bridge configured'"),

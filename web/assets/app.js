@@ -646,8 +646,12 @@ async function pollGateway() {
     };
     push(gw.data.rate, pts, msgs);
     push(gw.data.backlog, g("gale_storage_hot_points"), g("gale_storage_queued_rows"));
-    gw.rate.setData(gw.data.rate);
-    gw.backlog.setData(gw.data.backlog);
+    // the x range set here: at least the last minute, also while there is one sample
+    const x0 = Math.min(gw.data.rate[0][0], now - 60);
+    for (const [u, d] of [[gw.rate, gw.data.rate], [gw.backlog, gw.data.backlog]]) {
+      u.setData(d, false);
+      u.setScale("x", { min: x0, max: now });
+    }
   }
   gw.prev = { t: now, points: g("gale_points_received_total"), msgs: g("gale_messages_received_total") };
   $("tiles").replaceChildren(
@@ -707,7 +711,7 @@ function gatewayChart(id, a, b) {
     width: Math.max(200, box.clientWidth || 400), height: 200,
     series: [{}, s(a, css("--series")), s(b, css("--accent"))],
     axes: [axisStyle(), axisStyle()],
-    scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] } },
+    scales: { x: { time: true } },
   }, id === "gw-rate" ? gw.data.rate : gw.data.backlog, box);
 }
 
