@@ -48,9 +48,9 @@ test-asan: setup-test
 # lock, the checkpointer) under ThreadSanitizer; the property test with fewer steps.
 test-tsan: setup-test
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DGALE_TSAN=ON -DGALE_WERROR=ON
-	cmake --build build-tsan -j$(JOBS) --target test_store test_store_prop
+	cmake --build build-tsan -j$(JOBS) --target test_store test_store_prop test_outbox
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 GALE_PROP_ITERS=300 ctest --output-on-failure \
-	  --no-tests=error -R '^unit\.test_store(_prop)?$$'
+	  --no-tests=error -R '^unit\.test_(store(_prop)?|outbox)$$'
 
 # libFuzzer targets (clang, ASan+UBSan), one per parser (tests/fuzz/targets.cmake):
 # make fuzz builds them in build-fuzz; make fuzz-run also runs each for FUZZ_SECONDS on a

@@ -888,6 +888,18 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 }
 
 /* Adds one key's value to its section object in root. */
+/* Upstream passwords are never printed (--check-config, logs): "***" in their place. */
+static void hide_passwords(cJSON *upstreams)
+{
+    const cJSON *u;
+
+    cJSON_ArrayForEach(u, upstreams) {
+        cJSON *pw = cJSON_GetObjectItemCaseSensitive(u, "password");
+        if (cJSON_IsString(pw) && pw->valuestring[0])
+            cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)u, "password", cJSON_CreateString("***"));
+    }
+}
+
 static void add_value(cJSON *root, const struct config *cfg, const struct key *k)
 {
     char sec[32];
@@ -914,6 +926,8 @@ static void add_value(cJSON *root, const struct config *cfg, const struct key *k
         v = cJSON_Parse(f);
         if (!v)
             v = cJSON_CreateString(f); /* not validated; show what is there */
+        else if (strcmp(k->name, "bridge.upstreams") == 0)
+            hide_passwords(v);
         break;
     default:
         if (strcmp(k->name, "http.api_key") == 0 && *(const char *)f)

@@ -584,7 +584,22 @@ static void on_write(uv_write_t *req, int status)
         conn_close(c, uv_strerror(status));
     if (c->close_after_write && c->send_queued_bytes == 0 && !c->closing)
         conn_close(c, c->close_why);
+    if (c->on_drained && c->send_queued_bytes <= c->drain_mark_bytes && !c->closing) {
+        void (*fn)(struct conn *c) = c->on_drained;
+        c->on_drained = NULL;
+        fn(c);
+    }
     conn_unref(c);
+}
+
+bool conn_when_drained(struct conn *c, size_t mark_bytes, void (*fn)(struct conn *c))
+{
+    c->on_drained = NULL;
+    if (!fn || c->send_queued_bytes <= mark_bytes)
+        return false;
+    c->on_drained = fn;
+    c->drain_mark_bytes = (uint32_t)mark_bytes;
+    return true;
 }
 
 void conn_send(struct conn *c, const void *data, size_t len)

@@ -138,7 +138,10 @@ struct conn {
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
     uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
+    uint32_t drain_mark_bytes;       /* conn_when_drained's mark (fills padding here) */
     char *close_why;                 /* heap: why, once all queued bytes are written */
+    /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
+    void (*on_drained)(struct conn *c);
     struct list_link reg_link;       /* in the registry's list of live connections */
     struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
     /* gateway/guard.c's pre-auth accounting (only it writes these) */
@@ -159,6 +162,11 @@ void conn_send(struct conn *c, const void *data, size_t len);
 /* Copies data and writes it to the socket (uv_try_write first, the rest queued); on a
  * TLS connection it is encrypted first. */
 void conn_send_raw(struct conn *c, const void *data, size_t len);
+/* Arms fn to run (from a write's completion, never after c closed) once the bytes queued
+ * for c's socket are at most mark_bytes: a producer of a long reply waits on it instead of
+ * queueing past the send budget. Returns false, arming nothing, when they already are. One
+ * watcher per connection: a call replaces the armed one; fn NULL disarms. It fires once. */
+bool conn_when_drained(struct conn *c, size_t mark_bytes, void (*fn)(struct conn *c));
 /* Closes once all queued bytes are written. */
 void conn_close_after_write(struct conn *c, const char *why);
 void conn_close(struct conn *c, const char *why);

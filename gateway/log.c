@@ -316,6 +316,8 @@ static void format_line(struct buf *line, enum log_level level, const char *msg,
     }
 }
 
+static void emit(struct buf *line);
+
 /* ---- output ---- */
 
 /* Writes all of p to stderr, waiting while it is full; gives up on an error. */
@@ -453,6 +455,53 @@ void log_write(enum log_level level, const char *fmt, ...)
     }
     buf_init(&line);
     format_line(&line, level, msg, (size_t)n);
+    emit(&line);
+}
+
+/* A JSON text with every byte that is not part of valid UTF-8 replaced by U+FFFD, so
+ * that the line stays valid JSON whatever bytes a client sent. */
+static void append_utf8(struct buf *out, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t len = p[i] < 0x80 ? 1 : utf8_len(p + i, n - i);
+        if (len == 0) {
+            buf_append_str(out, "\xef\xbf\xbd");
+            i++;
+            continue;
+        }
+        buf_append(out, p + i, len);
+        i += len;
+    }
+}
+
+void log_write_json(enum log_level level, const char *json)
+{
+    struct buf line;
+    size_t n = strlen(json);
+    char ts[64];
+
+    if (level < g_level)
+        return;
+    uv_once(&g_out.once, init_output);
+    buf_init(&line);
+    if (g_format == LOG_JSON && n >= 2 && json[0] == '{' && json[n - 1] == '}') {
+        format_time(ts, sizeof ts);
+        buf_printf(&line, "{\"ts\":\"%s\",\"level\":\"%s\"%s", ts, level_names[level],
+                   n > 2 ? "," : "");
+        append_utf8(&line, json + 1, n - 1);
+        buf_append_str(&line, "\n");
+    } else {
+        format_line(&line, level, json, n);
+    }
+    emit(&line);
+}
+
+/* Hands a formatted line to the log thread (or writes it, before the thread runs). */
+static void emit(struct buf *line_buf)
+{
+    struct buf line = *line_buf;
+
     if (!g_out.threaded) {
         write_all(line.data, line.len);
         buf_fini(&line);

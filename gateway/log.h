@@ -25,6 +25,11 @@ void log_setup(enum log_level level, enum log_format format);
 /* Parses "debug" | "info" | "warn" | "error"; returns -1 if unknown. */
 int log_parse_level(const char *s);
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs one line made of a JSON object ("{...}", e.g. as cJSON prints it): in JSON
+ * format its members become members of the line itself, after ts and level (bytes that
+ * are not valid UTF-8 become U+FFFD); in text format the object is the message. For
+ * records built as JSON (the HTTP access log), which must not end up as one string. */
+void log_write_json(enum log_level level, const char *json);
 /* Writes every queued line to stderr before it returns (blocking). For exit and abort
  * paths; safe to call from any thread, also when nothing is queued. */
 void log_flush(void);

@@ -630,6 +630,30 @@ static void fault_seam_init(uv_loop_t *loop, struct store *store)
     uv_unref((uv_handle_t *)&fault_signal);
 }
 
+/* ---- test seam: a slow start ----
+ * Start-up loads storage before the loop runs, so no request can see it loading. With
+ * GALE_TEST_READY_DELAY_MS=n, readiness comes n ms after the listeners are up, so tests
+ * see /api/ready answer 503 meanwhile. Off unless the variable is set. */
+static uv_timer_t ready_timer;
+
+static void on_ready_delay(uv_timer_t *t)
+{
+    ((struct gw *)t->data)->ready = true;
+    log_info("test seam: ready");
+}
+
+static bool ready_seam(uv_loop_t *loop, struct gw *gw)
+{
+    const char *v = getenv("GALE_TEST_READY_DELAY_MS");
+    if (!v || atoi(v) <= 0)
+        return false;
+    uv_timer_init(loop, &ready_timer);
+    ready_timer.data = gw;
+    uv_timer_start(&ready_timer, on_ready_delay, (uint64_t)atoi(v), 0);
+    uv_unref((uv_handle_t *)&ready_timer);
+    return true;
+}
+
 /* A TLS listener's port as gw_listen takes it: -1 (pick a free one) is its 0. */
 static int tls_port(int port)
 {
@@ -793,7 +817,7 @@ int main(int argc, char **argv)
             if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
                 goto out;
     }
-    gw.ready = true;
+    gw.ready = !ready_seam(&loop, &gw);
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
     uv_run(&loop, UV_RUN_DEFAULT);
     code = 0;

@@ -18,9 +18,9 @@
  *   query.c      read-only connections: the pool, telemetry queries, the latest load
  *   hot.c        the points acked but not yet chunked, per series (writer + readers)
  *   sql.c        SQL helpers and the one value <-> (t, v) column mapping
- * The start-up loads in devices.c, state.c and outbox.c (and outbox reads) borrow
- * query.c's reader pool; the codecs
- * (chunk.c, segment.c) are a library of their own below all of these.
+ * The start-up loads in devices.c, state.c and outbox.c, and the outbox reads, borrow
+ * query.c's reader pool; the codecs (chunk.c, segment.c) are a library of their own
+ * below all of these.
  *
  * Who touches what: fields under "loop thread" are read and written only on the loop
  * thread; "lock" fields only with s->lock held; "writer thread" fields only on the

@@ -974,7 +974,7 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
             cJSON_AddStringToObject(o, "user_agent", agent);
         cJSON_AddNumberToObject(o, "conn", (double)c->id);
         js = cJSON_PrintUnformatted(o);
-        log_info("%s", js);
+        log_write_json(LOG_INFO, js); /* with log.format=json: members of the line itself */
         cJSON_free(js);
         cJSON_Delete(o);
     }

@@ -10,6 +10,16 @@
  * after its last point, or the start of the bucket after its last bucket (storage only
  * emits whole buckets, so no bucket is ever split between two pages).
  *
+ * CSV asked with a limit over one page (STREAM_PAGE_POINTS) on HTTP/1.1 is streamed when
+ * its range holds more than a page: the first pages come from the sub-queries as above,
+ * then each key that has more is read on, one single-key page at a time (its next from
+ * from store_query_resume), and the rows go out as chunks (http_stream_*). The writer
+ * waits whenever the connection's send queue is over its mark and asks for the next
+ * page only when the one in hand is written, so memory is bounded by the first pages,
+ * one page and the send budget. limit still caps the points per key; keys it cuts are
+ * named by a cursor in the X-Gale-Next-Cursor trailer. A client that goes away ends the
+ * paging: the page in flight comes back to a closed connection and everything is freed.
+ *
  * Time zones: TZ is switched (setenv + tzset) only here, on the loop thread, to read a
  * zone's offsets with localtime_r once; the pool threads get the offsets as a plain
  * list (struct store_tz_span) and never call localtime. No other Gale thread reads TZ.
@@ -42,6 +52,8 @@
 #define MAX_QUERY_DEVICES 64
 #define DEFAULT_LIMIT 1000
 #define MAX_LIMIT 100000
+#define STREAM_PAGE_POINTS 1000   /* points per key per storage query of a streamed CSV */
+#define STREAM_FLUSH_BYTES 16384  /* CSV rows gathered into one chunk (at most) */
 #define DAY_MS 86400000LL
 /* Offsets are read for these years; before and after, the nearest one holds. */
 #define TZ_FROM_S (-631152000LL)  /* 1950-01-01 */
@@ -380,6 +392,7 @@ struct sub_query {
 };
 
 struct query_ctx {
+    struct rest *rest;
     struct conn *conn;
     bool multi;                /* /api/telemetry: results grouped by device */
     bool csv;
@@ -388,6 +401,15 @@ struct query_ctx {
     struct sub_query *subs;    /* heap; grouped by device, in request order */
     size_t nsubs, pending;
     bool failed;
+    /* a streamed CSV: the sub-queries ran with STREAM_PAGE_POINTS per key */
+    bool stream;
+    size_t limit;              /* the caller's limit per key */
+    size_t at_sub, at_series, at_point; /* the next point to write */
+    size_t sent;               /* points of series at_series written */
+    struct store_query *page_q; /* the single-key page of series at_series read on, */
+    struct store_result *page;  /* or NULL while the sub-query's own result is written */
+    cJSON *next;               /* the cursor of the keys limit cut */
+    struct buf out;            /* rows not yet handed to http_stream_write */
 };
 
 /* A value in CSV (RFC 4180): numbers and booleans as in JSON; strings and JSON quoted
@@ -477,6 +499,38 @@ static void cursor_add(cJSON **next, const struct query_ctx *qc, const char *dev
     cJSON_AddNumberToObject(into, key, (double)resume);
 }
 
+/* The cursor next as the base64url of its JSON (heap; *len its length). */
+static char *cursor_encode(const cJSON *next, size_t *len)
+{
+    char *js = cJSON_PrintUnformatted(next);
+    size_t js_len = strlen(js);
+    char *cur = xmalloc(B64URL_LEN(js_len) + 1);
+
+    *len = b64url_encode(js, js_len, cur);
+    cJSON_free(js);
+    return cur;
+}
+
+static void ctx_free(struct query_ctx *qc)
+{
+    for (size_t k = 0; k < qc->nsubs; k++) {
+        store_result_free(qc->subs[k].res);
+        store_query_free(qc->subs[k].q);
+    }
+    store_result_free(qc->page);
+    store_query_free(qc->page_q);
+    cJSON_Delete(qc->next);
+    buf_fini(&qc->out);
+    for (size_t i = 0; i < qc->ndevices; i++)
+        free(qc->devices[i]);
+    free(qc->devices);
+    free(qc->subs);
+    conn_unref(qc->conn);
+    free(qc);
+}
+
+static void stream_start(struct query_ctx *qc, struct http_conn *h);
+
 static void finish_query(struct query_ctx *qc)
 {
     struct http_conn *h = http_from_conn(qc->conn);
@@ -496,6 +550,14 @@ static void finish_query(struct query_ctx *qc)
     if (qc->failed) {
         http_respond_error(h, 500, "storage_error", "query failed");
         goto out;
+    }
+    if (qc->stream) {
+        for (size_t k = 0; k < qc->nsubs; k++)
+            for (size_t s = 0; s < qc->subs[k].res->nseries; s++)
+                if (qc->subs[k].res->series[s].truncated) {
+                    stream_start(qc, h);
+                    return;
+                }
     }
     reserve = reply_reserve(qc);
     budget = budget > reserve ? budget - reserve : 0;
@@ -554,10 +616,8 @@ static void finish_query(struct query_ctx *qc)
     if (!qc->csv && qc->multi)
         buf_append_str(&b, cur_dev != (size_t)-1 ? "}}" : "}");
     {
-        char *js = next ? cJSON_PrintUnformatted(next) : NULL;
-        size_t js_len = js ? strlen(js) : 0;
-        char *cur = js ? xmalloc(B64URL_LEN(js_len) + 1) : NULL;
-        size_t cur_len = js ? b64url_encode(js, js_len, cur) : 0;
+        size_t cur_len = 0;
+        char *cur = next ? cursor_encode(next, &cur_len) : NULL;
         char *hdr = NULL;
         if (cur) {
             hdr = xmalloc(cur_len + 64);
@@ -573,21 +633,169 @@ static void finish_query(struct query_ctx *qc)
                      hdr);
         free(hdr);
         free(cur);
-        cJSON_free(js);
     }
     cJSON_Delete(next);
     buf_fini(&b);
 out:
-    for (size_t k = 0; k < qc->nsubs; k++) {
-        store_result_free(qc->subs[k].res);
-        store_query_free(qc->subs[k].q);
+    ctx_free(qc);
+}
+
+/* ---- a streamed CSV ---- */
+
+static struct store_query *query_new(const struct store_query *base, const char *device,
+                                     char *const *keys, size_t nkeys);
+
+static void pump(struct query_ctx *qc, struct http_conn *h);
+
+static void on_stream_ready(void *ctx, struct http_conn *h, bool closed)
+{
+    struct query_ctx *qc = ctx;
+    if (closed)
+        ctx_free(qc);
+    else
+        pump(qc, h);
+}
+
+static void on_page_done(void *ctx, struct store_query *q, struct store_result *res)
+{
+    struct query_ctx *qc = ctx;
+    struct http_conn *h = http_from_conn(qc->conn);
+
+    qc->page_q = q;
+    qc->page = res;
+    qc->at_point = 0;
+    if (!h) { /* the client went away: the paging ends here */
+        ctx_free(qc);
+        return;
     }
-    for (size_t i = 0; i < qc->ndevices; i++)
-        free(qc->devices[i]);
-    free(qc->devices);
-    free(qc->subs);
-    conn_unref(qc->conn);
-    free(qc);
+    if (res->rc != 0) {
+        /* the head is sent: only a body without its last chunk says it is incomplete */
+        conn_close(qc->conn, "telemetry query failed while streaming");
+        ctx_free(qc);
+        return;
+    }
+    pump(qc, h);
+}
+
+static void stream_start(struct query_ctx *qc, struct http_conn *h)
+{
+    enum http_stream_rc rc =
+        http_stream_begin(h, 200, "text/csv; charset=utf-8", NULL, "X-Gale-Next-Cursor");
+
+    if (rc != HTTP_STREAM_MORE) {
+        if (rc == HTTP_STREAM_WAIT)
+            http_stream_end(h, NULL); /* HEAD */
+        ctx_free(qc);
+        return;
+    }
+    buf_append_str(&qc->out, qc->multi ? "ts,device,key,value\n" : "ts,key,value\n");
+    pump(qc, h);
+}
+
+/* Hands the rows gathered to the connection. */
+static enum http_stream_rc flush(struct query_ctx *qc, struct http_conn *h)
+{
+    enum http_stream_rc rc = http_stream_write(h, qc->out.data, qc->out.len);
+    qc->out.len = 0;
+    return rc;
+}
+
+/* Asks for the next page of key after a page of query q ended at resume. */
+static void read_on(struct rest *r, struct query_ctx *qc, const struct store_query *q,
+                    const char *key, int64_t resume)
+{
+    char *k = xstrdup(key);
+    struct store_query *nq = query_new(q, q->device, &k, 1);
+    size_t left = qc->limit - qc->sent;
+
+    free(k);
+    if (nq->desc)
+        nq->to_ms = resume;
+    else
+        nq->from_ms = resume;
+    nq->limit = left < STREAM_PAGE_POINTS ? left : STREAM_PAGE_POINTS;
+    store_result_free(qc->page); /* key may have pointed into it: copied above */
+    store_query_free(qc->page_q);
+    qc->page = NULL;
+    qc->page_q = NULL;
+    if (store_query_telemetry(r->store, nq, on_page_done, qc) != 0) {
+        struct store_result *res = xcalloc(1, sizeof *res);
+        res->rc = GW_ESTORE;
+        on_page_done(qc, NULL, res);
+    }
+}
+
+/* Writes rows until the send queue is over its mark (then waits for it), a key needs
+ * its next page (then asks for it), or everything is written (then ends the reply). */
+static void pump(struct query_ctx *qc, struct http_conn *h)
+{
+    struct rest *r = qc->rest;
+    /* a chunk at the send queue's mark (a quarter of the budget) must still fit it */
+    size_t budget = qc->conn->gw->cfg->limits.max_send_queue_bytes;
+    size_t flush_bytes = budget / 4 < STREAM_FLUSH_BYTES ? budget / 4 : STREAM_FLUSH_BYTES;
+
+    while (qc->at_sub < qc->nsubs) {
+        struct sub_query *sq = &qc->subs[qc->at_sub];
+        const char *device = qc->devices[sq->dev];
+        const struct store_query *q = qc->page ? qc->page_q : sq->q;
+        struct store_series *se;
+        bool more;
+
+        if (qc->at_series == sq->res->nseries) {
+            store_result_free(sq->res); /* written: only the sub-queries to come stay */
+            sq->res = NULL;
+            qc->at_sub++;
+            qc->at_series = 0;
+            continue;
+        }
+        se = qc->page ? (qc->page->nseries ? &qc->page->series[0] : NULL)
+                      : &sq->res->series[qc->at_series];
+        for (; se && qc->at_point < se->npoints; qc->at_point++, qc->sent++) {
+            enum http_stream_rc rc;
+            write_point(qc, device, se->key, &se->points[qc->at_point], false, &qc->out);
+            if (qc->out.len < flush_bytes || (rc = flush(qc, h)) == HTTP_STREAM_MORE)
+                continue;
+            if (rc == HTTP_STREAM_CLOSED) { /* the client went away */
+                ctx_free(qc);
+                return;
+            }
+            qc->at_point++;
+            qc->sent++;
+            http_stream_wait(h, on_stream_ready, qc);
+            return;
+        }
+        more = se && se->truncated && se->npoints > 0;
+        if (more) {
+            int64_t resume = store_query_resume(q, se->points[se->npoints - 1].ts_ms);
+            if (qc->sent < qc->limit) {
+                read_on(r, qc, q, se->key, resume);
+                return;
+            }
+            cursor_add(&qc->next, qc, device, se->key, resume);
+        }
+        store_result_free(qc->page);
+        store_query_free(qc->page_q);
+        qc->page = NULL;
+        qc->page_q = NULL;
+        qc->at_series++;
+        qc->at_point = 0;
+        qc->sent = 0;
+    }
+    {
+        size_t cur_len = 0;
+        char *cur = qc->next ? cursor_encode(qc->next, &cur_len) : NULL;
+        char *trailer = NULL;
+
+        if (cur) {
+            trailer = xmalloc(cur_len + 64);
+            snprintf(trailer, cur_len + 64, "X-Gale-Next-Cursor: %.*s\r\n", (int)cur_len, cur);
+        }
+        if (flush(qc, h) != HTTP_STREAM_CLOSED)
+            http_stream_end(h, trailer);
+        free(trailer);
+        free(cur);
+    }
+    ctx_free(qc);
 }
 
 static void on_query_done(void *ctx, struct store_query *q, struct store_result *res)
@@ -607,6 +815,8 @@ static void on_query_done(void *ctx, struct store_query *q, struct store_result 
 struct query_spec {
     struct store_query base;  /* device, keys unset */
     bool csv;
+    bool stream;              /* CSV streamed: base.limit is a page, limit the caller's */
+    size_t limit;
     char *keys[MAX_QUERY_KEYS];
     size_t nkeys;
     cJSON *cursor;            /* owned; {"key":n} or {"device":{"key":n}} */
@@ -706,6 +916,11 @@ static bool parse_spec(struct rest *r, struct http_conn *h, struct http_req *req
             return bad(h, "format must be json or csv");
         sp->csv = strcasecmp(val, "csv") == 0;
     }
+    sp->limit = b->limit;
+    sp->stream = sp->csv && b->limit > STREAM_PAGE_POINTS &&
+                 (req->http_major > 1 || (req->http_major == 1 && req->http_minor >= 1));
+    if (sp->stream)
+        b->limit = STREAM_PAGE_POINTS;
     if (http_query_param(req, "cursor", val, sizeof val)) {
         size_t len;
         char *js = b64url_decode(val, &len);
@@ -764,6 +979,7 @@ static void run(struct rest *r, struct query_ctx *qc)
     size_t n = qc->nsubs;
 
     qc->pending = n;
+    qc->rest = r;
     conn_ref(qc->conn);
     for (size_t i = 0; i < n; i++) {
         struct sub_query *sq = &qc->subs[i];
@@ -800,13 +1016,16 @@ static void add_device(struct query_ctx *qc, const struct query_spec *sp, size_t
     }
 }
 
-static struct query_ctx *ctx_new(struct http_conn *h, bool multi, bool csv, size_t ndev,
-                                 size_t nsubs)
+static struct query_ctx *ctx_new(struct http_conn *h, bool multi, const struct query_spec *sp,
+                                 size_t ndev, size_t nsubs)
 {
     struct query_ctx *qc = xcalloc(1, sizeof *qc);
     qc->conn = http_conn_of(h);
     qc->multi = multi;
-    qc->csv = csv;
+    qc->csv = sp->csv;
+    qc->stream = sp->stream;
+    qc->limit = sp->limit;
+    buf_init(&qc->out);
     qc->devices = xcalloc(ndev ? ndev : 1, sizeof *qc->devices);
     qc->subs = xcalloc(nsubs ? nsubs : 1, sizeof *qc->subs);
     return qc;
@@ -820,7 +1039,7 @@ void rest_telemetry_get(struct rest *r, struct http_conn *h, struct http_req *re
 
     if (!parse_spec(r, h, req, false, sp))
         goto out;
-    qc = ctx_new(h, false, sp->csv, 1, sp->cursor ? (size_t)cJSON_GetArraySize(sp->cursor) : 1);
+    qc = ctx_new(h, false, sp, 1, sp->cursor ? (size_t)cJSON_GetArraySize(sp->cursor) : 1);
     qc->devices[qc->ndevices++] = xstrdup(dev->id);
     add_device(qc, sp, 0, sp->cursor);
     run(r, qc);
@@ -875,7 +1094,7 @@ void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *
             goto out;
         }
     }
-    qc = ctx_new(h, true, sp->csv, nids, nsubs);
+    qc = ctx_new(h, true, sp, nids, nsubs);
     for (size_t i = 0; i < nids; i++) {
         qc->devices[qc->ndevices++] = xstrdup(ids[i]);
         add_device(qc, sp, i,

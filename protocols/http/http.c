@@ -2,7 +2,9 @@
  * the connection's input to the request parser (parser.c), hands each complete
  * request to the handler and writes replies. While a request is with the
  * handler, bytes after it (pipelined requests) stay in the connection's input buffer
- * until the reply has been sent. Loop thread only. */
+ * until the reply has been sent. A streamed reply (http_stream_*) keeps the request
+ * current until http_stream_end; its producer waits for the send queue to drain through
+ * conn_when_drained. Loop thread only. */
 #include "protocols/http/http.h"
 
 #include <stdio.h>
@@ -13,6 +15,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "base/alloc.h"
+#include "protocols/http/chunked.h"
 #include "protocols/http/parser.h"
 
 struct http_conn {
@@ -23,6 +26,13 @@ struct http_conn {
     bool in_handler;             /* on_request is running: its reply must not re-enter feed */
     bool finished;               /* "Connection: close" sent: parse nothing more */
     uint64_t start_us;           /* uv_hrtime() / 1000 when the current request was complete */
+    /* a streamed reply (http_stream_begin .. http_stream_end) */
+    bool stream_chunked;         /* HTTP/1.1: chunked; else the close ends the body */
+    bool stream_body;            /* false for HEAD: pieces are counted, not sent */
+    int stream_status;
+    size_t stream_bytes;         /* body bytes sent so far */
+    http_stream_fn wait_fn;      /* http_stream_wait's producer, or NULL */
+    void *wait_ctx;
 };
 
 /* The head of a request is complete: credentials in it authenticate the connection and
@@ -59,8 +69,19 @@ static void http_free(struct http_conn *h)
 
 static void http_close(void *state, const char *why)
 {
+    struct http_conn *h = state;
+    http_stream_fn fn = h->wait_fn;
     (void)why;
-    http_free(state);
+    h->wait_fn = NULL;
+    if (fn)
+        fn(h->wait_ctx, h, true);
+    http_free(h);
+}
+
+/* Whether the connection stays open after the current reply. */
+static bool reply_keeps(const struct http_conn *h)
+{
+    return h->parser.req.keep_alive && !h->conn->gw->stopping;
 }
 
 static void reject(struct http_conn *h, int status, const char *code, const char *why)
@@ -142,37 +163,35 @@ struct http_req *http_current(struct http_conn *h)
     return h->busy ? &h->parser.req : NULL;
 }
 
-void http_respond(struct http_conn *h, int status, const char *content_type, const void *body,
-                  size_t len, const char *extra_headers)
+/* The head of a reply: status line, our headers, extra ones, and the blank line. */
+static void write_head(struct http_conn *h, struct buf *out, int status,
+                       const char *content_type, const char *framing, const char *extra_headers)
+{
+    buf_printf(out, "HTTP/1.1 %d %s\r\nServer: gale/%s\r\n%s", status,
+               http_status_text(status), GALE_VERSION, framing);
+    if (content_type)
+        buf_printf(out, "Content-Type: %s\r\n", content_type);
+    if (!reply_keeps(h))
+        buf_append_str(out, "Connection: close\r\n");
+    if (extra_headers)
+        buf_append_str(out, extra_headers);
+    buf_append_str(out, "\r\n");
+}
+
+/* The reply has been written: counts it, logs it, and moves on to the next request (or
+ * closes the connection once everything is written). */
+static void reply_done(struct http_conn *h, int status, size_t len, bool keep)
 {
     struct conn *c = h->conn;
-    struct buf out;
-    bool keep = h->parser.req.keep_alive && !c->gw->stopping;
+    uint64_t us = uv_hrtime() / 1000 - h->start_us;
 
-    buf_init(&out);
-    buf_printf(&out, "HTTP/1.1 %d %s\r\nServer: gale/%s\r\nContent-Length: %zu\r\n", status,
-               http_status_text(status), GALE_VERSION, len);
-    if (content_type)
-        buf_printf(&out, "Content-Type: %s\r\n", content_type);
-    if (!keep)
-        buf_append_str(&out, "Connection: close\r\n");
-    if (extra_headers)
-        buf_append_str(&out, extra_headers);
-    buf_append_str(&out, "\r\n");
-    if (strcmp(h->parser.req.method ? h->parser.req.method : "", "HEAD") != 0)
-        buf_append(&out, body, len);
-    conn_send(c, out.data, out.len);
-    buf_fini(&out);
     c->msgs_out++;
     c->gw->metrics.http_requests++;
     if (status >= 100 && status < 600)
         c->gw->metrics.http_status[status / 100]++;
-    {
-        uint64_t us = uv_hrtime() / 1000 - h->start_us;
-        hist_observe(&c->gw->metrics.http_latency, us);
-        if (h->srv->on_reply)
-            h->srv->on_reply(h->srv->ctx, h, &h->parser.req, status, len, us);
-    }
+    hist_observe(&c->gw->metrics.http_latency, us);
+    if (h->srv->on_reply)
+        h->srv->on_reply(h->srv->ctx, h, &h->parser.req, status, len, us);
     h->busy = false;
     if (!keep) {
         h->finished = true;
@@ -183,6 +202,127 @@ void http_respond(struct http_conn *h, int status, const char *content_type, con
         return; /* http_feed goes on with pipelined requests */
     conn_resume(c);
     conn_refeed(c); /* pipelined requests already buffered */
+}
+
+static bool is_head(const struct http_conn *h)
+{
+    return strcmp(h->parser.req.method ? h->parser.req.method : "", "HEAD") == 0;
+}
+
+void http_respond(struct http_conn *h, int status, const char *content_type, const void *body,
+                  size_t len, const char *extra_headers)
+{
+    struct conn *c = h->conn;
+    struct buf out;
+    char framing[64];
+    bool keep = reply_keeps(h);
+
+    buf_init(&out);
+    snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", len);
+    write_head(h, &out, status, content_type, framing, extra_headers);
+    if (!is_head(h))
+        buf_append(&out, body, len);
+    conn_send(c, out.data, out.len);
+    buf_fini(&out);
+    if (c->closing)
+        return; /* the write failed: the close freed h */
+    reply_done(h, status, len, keep);
+}
+
+enum http_stream_rc http_stream_begin(struct http_conn *h, int status, const char *content_type,
+                                      const char *extra_headers, const char *trailer_names)
+{
+    struct conn *c = h->conn;
+    struct buf out, extra;
+    const struct http_req *req = &h->parser.req;
+
+    h->stream_status = status;
+    h->stream_bytes = 0;
+    h->stream_body = !is_head(h);
+    h->stream_chunked = req->http_major > 1 || (req->http_major == 1 && req->http_minor >= 1);
+    if (!h->stream_chunked)
+        h->parser.req.keep_alive = false; /* the close is what ends the body */
+    buf_init(&out);
+    buf_init(&extra);
+    if (extra_headers)
+        buf_append_str(&extra, extra_headers);
+    if (trailer_names && h->stream_chunked)
+        buf_printf(&extra, "Trailer: %s\r\n", trailer_names);
+    write_head(h, &out, status, content_type,
+               h->stream_chunked ? "Transfer-Encoding: chunked\r\n" : "",
+               extra.len ? buf_cstr(&extra) : NULL);
+    conn_send(c, out.data, out.len);
+    buf_fini(&extra);
+    buf_fini(&out);
+    if (c->closing)
+        return HTTP_STREAM_CLOSED;
+    return h->stream_body ? HTTP_STREAM_MORE : HTTP_STREAM_WAIT;
+}
+
+/* The send queue a streamed reply may fill before its producer waits: a quarter of the
+ * budget, so a piece written at the mark still fits. */
+static size_t stream_mark(const struct http_conn *h)
+{
+    return h->conn->gw->cfg->limits.max_send_queue_bytes / 4;
+}
+
+enum http_stream_rc http_stream_write(struct http_conn *h, const void *data, size_t len)
+{
+    struct conn *c = h->conn;
+
+    h->stream_bytes += len;
+    if (!h->stream_body || len == 0)
+        return HTTP_STREAM_MORE;
+    if (h->stream_chunked) {
+        struct buf out;
+        buf_init(&out);
+        http_chunk_append(&out, data, len);
+        conn_send(c, out.data, out.len);
+        buf_fini(&out);
+    } else {
+        conn_send(c, data, len);
+    }
+    if (c->closing)
+        return HTTP_STREAM_CLOSED; /* the close freed h */
+    return c->send_queued_bytes <= stream_mark(h) ? HTTP_STREAM_MORE : HTTP_STREAM_WAIT;
+}
+
+static void on_stream_drained(struct conn *c)
+{
+    struct http_conn *h = http_from_conn(c);
+    http_stream_fn fn = h ? h->wait_fn : NULL;
+
+    if (!fn)
+        return;
+    h->wait_fn = NULL;
+    fn(h->wait_ctx, h, false);
+}
+
+void http_stream_wait(struct http_conn *h, http_stream_fn fn, void *ctx)
+{
+    h->wait_fn = fn;
+    h->wait_ctx = ctx;
+    if (!conn_when_drained(h->conn, stream_mark(h), on_stream_drained)) {
+        h->wait_fn = NULL;
+        fn(ctx, h, false);
+    }
+}
+
+void http_stream_end(struct http_conn *h, const char *trailers)
+{
+    struct conn *c = h->conn;
+    bool keep = reply_keeps(h);
+
+    if (h->stream_body && h->stream_chunked) {
+        struct buf out;
+        buf_init(&out);
+        http_chunk_end(&out, trailers);
+        conn_send(c, out.data, out.len);
+        buf_fini(&out);
+        if (c->closing)
+            return; /* the close freed h */
+    }
+    reply_done(h, h->stream_status, h->stream_bytes, keep);
 }
 
 void http_respond_error(struct http_conn *h, int status, const char *code, const char *msg)

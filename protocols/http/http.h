@@ -12,8 +12,12 @@
  * authenticates is closed at limits.auth_timeout_ms however many requests it sends.
  * Upgrade requests are handed over like any request with req->upgrade set; the
  * handler may switch the connection's protocol (conn_set_proto) and call
- * http_upgraded(). Request assembly is protocols/http/parser.h (pure); the request
- * and its lookups are protocols/http/request.h. Loop thread only. */
+ * http_upgraded(). A reply too long to hold may be streamed instead (http_stream_*):
+ * chunked on HTTP/1.1, ended by closing the connection on HTTP/1.0, written piece by
+ * piece as the connection's send queue drains. Request assembly is
+ * protocols/http/parser.h (pure); the request and its lookups are
+ * protocols/http/request.h; the chunked coding is protocols/http/chunked.h. Loop thread
+ * only. */
 #ifndef GALE_HTTP_H
 #define GALE_HTTP_H
 
@@ -65,6 +69,43 @@ void http_respond(struct http_conn *h, int status, const char *content_type, con
                   size_t len, const char *extra_headers);
 /* {"error":msg,"code":code} with status. */
 void http_respond_error(struct http_conn *h, int status, const char *code, const char *msg);
+/* ---- streamed replies ----
+ * http_stream_begin sends the head; http_stream_write sends body pieces while it
+ * returns HTTP_STREAM_MORE; on HTTP_STREAM_WAIT the send queue is over its mark (a quarter
+ * of limits.max_send_queue_bytes) and the producer waits with http_stream_wait before it
+ * writes more, so a reply of any length holds at most about the send budget in memory.
+ * http_stream_end finishes it and moves on to the next request. The access log and
+ * metrics count it at its end, with the body bytes sent. A write that fails closes the
+ * connection at once: then h is gone (HTTP_STREAM_CLOSED), and the producer releases
+ * what it holds without another call. */
+enum http_stream_rc {
+    HTTP_STREAM_CLOSED = -1,  /* the connection closed: h is freed */
+    HTTP_STREAM_WAIT = 0,     /* wait with http_stream_wait */
+    HTTP_STREAM_MORE = 1,     /* write on */
+};
+
+/* Tells a producer waiting with http_stream_wait that it may write again (closed =
+ * false), or that the connection closed first (closed = true: write nothing, release
+ * what ctx holds; h is going away). */
+typedef void (*http_stream_fn)(void *ctx, struct http_conn *h, bool closed);
+
+/* Starts a streamed reply to the current request: status, content type, extra headers
+ * ("Name: value\r\n..." or NULL) and, with trailer_names (e.g. "X-Gale-Next-Cursor")
+ * non-NULL, a Trailer header announcing the fields http_stream_end may send. Returns
+ * HTTP_STREAM_WAIT when no body is wanted (a HEAD request: the caller calls
+ * http_stream_end at once), else HTTP_STREAM_MORE or HTTP_STREAM_CLOSED. */
+enum http_stream_rc http_stream_begin(struct http_conn *h, int status, const char *content_type,
+                       const char *extra_headers, const char *trailer_names);
+/* Sends len bytes of the body (one chunk; nothing for len 0). */
+enum http_stream_rc http_stream_write(struct http_conn *h, const void *data, size_t len);
+/* Calls fn(ctx, h, false) once the send queue has drained to the mark (at once, before
+ * it returns, when it already has), or fn(ctx, h, true) when the connection closes
+ * first. One wait at a time. */
+void http_stream_wait(struct http_conn *h, http_stream_fn fn, void *ctx);
+/* Ends the streamed reply: on HTTP/1.1 the last chunk with trailers ("Name: value\r\n..."
+ * or NULL), on HTTP/1.0 the connection closes once everything is written. */
+void http_stream_end(struct http_conn *h, const char *trailers);
+
 /* After the handler switched the connection to another protocol: frees the HTTP
  * state (the new protocol now owns the connection and any bytes left in c->in). */
 void http_upgraded(struct http_conn *h);

@@ -7,6 +7,7 @@ log name it, and traffic goes on through it. Every message a device saw acknowle
 arrives upstream, first arrivals in order per device (duplicates, the QoS 1 resend of
 what was in flight, are counted and reported)."""
 import json
+import os
 import sys
 import threading
 import time
@@ -75,6 +76,8 @@ def failover(label, first, second, collectors, extra=None):
 
 def main():
     ok, why = available("mosquitto")
+    # CI installs both brokers (.ci/setup.sh test-deps): a missing one fails there
+    t(ok or not os.environ.get("CI"), "mosquitto available under CI: %s" % why)
     if not ok:
         print("mosquitto: skipped (%s)" % why)
     else:
@@ -85,10 +88,12 @@ def main():
             t(len(s2.arrivals()) > RATE, "mosquitto: the second broker got the traffic")
             s1.close()
             s2.close()
+    ran = ok
     ok, why = available("rabbitmq")
+    t(ok or not os.environ.get("CI"), "rabbitmq available under CI: %s" % why)
     if not ok:
         print("rabbitmq: skipped (%s)" % why)
-        if t.passed + t.failed == 0:
+        if not ran and not os.environ.get("CI"):
             sys.exit(77)
         return
     # two RabbitMQ nodes clustered (rabbitmqctl join_cluster): one subscriber on the

@@ -5,7 +5,8 @@ Then every page: the fleet's search, paging, sparklines and applications; a
 device's uPlot chart from the aggregates with live points appended, its range
 picker, attributes and a command sent from the form to an MQTT device whose
 status moves to replied; connections; the gateway's figures from /metrics; a
-phone-sized and a dark screenshot. Screenshots of each page are saved under
+phone-sized and a dark screenshot; the gateway's bridges panel (none configured);
+a fleet of 123 devices paged 10 at a time by the server (limit and cursor). Screenshots of each page are saved under
 build/test-artifacts/dashboard/. The embedded files' types, ETag/304 and gzip
 are checked over plain HTTP. Every wait is on real time with a deadline (no
 virtual-time budget)."""
@@ -294,7 +295,30 @@ async def more_pages(ws, g, line):
           "gateway figures from /metrics")
         t(await wait_js(ws, "gale.charts.get('gateway-backlog').data[0].length >= 1", 15),
           "gateway backlog chart samples")
+        t(await wait_js(ws, "(() => { const x = gale.charts.get('gateway-rate').scales.x; "
+                            "return x.max - x.min >= 59 && x.max - x.min < 3600 && "
+                            "Math.abs(x.max - Date.now() / 1000) < 120; })()", 15),
+          "the gateway charts span the last minute (not years) from the first sample on")
+        t(await wait_js(ws, "!document.getElementById('no-bridges').hidden && "
+                            "document.getElementById('bridges').hidden && document.getElementById("
+                            "'no-bridges').textContent == 'No upstream bridge configured'"),
+          "bridges panel: none configured")
         await screenshot(ws, "gateway")
+        # a bridge as GET /api/bridges reports it (that route's answer stubbed in the page)
+        bridge = {"name": "central", "connected": True, "address": "tcp://broker:1883",
+                  "backlog": 12, "backlog_bytes": 2048, "oldest_age_s": 3, "sent_total": 40,
+                  "acked_total": 28, "dropped_total": 1, "reconnects_total": 2}
+        await evaluate(ws, "{const f=window.fetch;window.fetch=(u,o)=>String(u).endsWith("
+                           "'/api/bridges')?Promise.resolve(new Response(JSON.stringify([%s]),"
+                           "{status:200})):f(u,o)};loadBridges();true" % json.dumps(bridge))
+        t(await wait_js(ws, "!document.getElementById('bridges').hidden && "
+                            "document.getElementById('no-bridges').hidden && "
+                            "document.getElementById('bridge-central').textContent.includes("
+                            "'tcp://broker:1883')"), "bridges panel lists a bridge")
+        row = await evaluate(ws, "document.getElementById('bridge-central').textContent")
+        t(all(x in row for x in ("connected", "12 msg", "2.0 KiB", "3 s", "40 / 28")),
+          "its state, backlog, age and counters: %r" % row)
+        await screenshot(ws, "gateway-bridge")
 
         # a phone, and the dark theme from the toggle
         await cdp(ws, "Emulation.setDeviceMetricsOverride",
@@ -316,8 +340,44 @@ async def more_pages(ws, g, line):
         t(await wait_js(ws, chart_len("temp") + " > 0"), "charts redrawn in the dark theme")
         await screenshot(ws, "device-dark")
         await evaluate(ws, "localStorage.removeItem('gale.theme');true")
+        await fleet_paging(ws, g)
     finally:
         dev.close()
+
+
+async def fleet_paging(ws, g):
+    """123 devices, 10 a page: the server pages (limit and cursor), the page shows them."""
+    for i in range(90):
+        g.create_device("fleet-%03d" % i)
+    await goto(ws, g, "#/connections")
+    await goto(ws, g, "#/")
+    await evaluate(ws, "performance.clearResourceTimings();{const s=document.getElementById("
+                       "'page-size');s.value='10';s.dispatchEvent(new Event('change'))};true")
+    info = "document.getElementById('page-info').textContent"
+    rows = "document.getElementById('devices').tBodies[0].rows.length"
+    t(await wait_js(ws, info + " == '1–10 of 123'"), "10 a page of 123 devices")
+    t.eq(await evaluate(ws, rows), 10, "10 rows")
+    for i in range(12):
+        await evaluate(ws, "document.getElementById('next').click();true")
+        t(await wait_js(ws, "%s == '%d–%d of 123'" % (info, 10 * i + 11, min(10 * i + 20, 123))),
+          "page %d" % (i + 2))
+    t(await evaluate(ws, "document.getElementById('next').disabled && " + rows + " == 3"),
+      "the last page: 3 rows, no next")
+    t(await evaluate(ws, "!!document.getElementById('dev-sensor-2')"), "the last device on it")
+    await evaluate(ws, "document.getElementById('prev').click();true")
+    t(await wait_js(ws, info + " == '111–120 of 123'"), "back one page")
+    lists = await evaluate(ws, "performance.getEntriesByType('resource').map(e => e.name)"
+                               ".filter(n => /\\/api\\/devices(\\?|$)/.test(n))")
+    t(lists and all("limit=" in n for n in lists), "every device list asked for is one page")
+    t(any("limit=10&cursor=" in n for n in lists), "pages after the first by the server's cursor")
+    t(await evaluate(ws, "gale.state.devices.size") <= 10 + 1 + 1,
+      "the browser holds one page of devices (plus applications)")
+    await search(ws, "FLEET-08")
+    t(await wait_js(ws, info + " == '1–10 of 10' && !!document.getElementById('dev-fleet-089')"),
+      "search (any case, on the server) restarts at the first page")
+    await screenshot(ws, "fleet-paged")
+    await search(ws, "")
+    await evaluate(ws, "localStorage.removeItem('gale.pageSize');true")
 
 
 def check_static(g):

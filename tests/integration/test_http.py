@@ -1,6 +1,8 @@
 """HTTP server behaviour over raw sockets: keep-alive, pipelining order, limits
 (413 before the body arrives, 431), malformed requests, connection limits and
-bounded memory; the gateway keeps serving after each."""
+bounded memory; the gateway keeps serving after each. /api/ready before the gateway is
+ready (503, through the start-up delay seam). The access log in every format, and
+with log.format=json its fields as members of the log line (not a JSON string inside it)."""
 import json
 import socket
 
@@ -54,6 +56,51 @@ def is_closed(s, timeout=5):
 def served(g):
     st, js = g.http("GET", "/api/health", key=None)
     return st == 200
+
+
+def ready_while_starting():
+    """GET /api/ready: 503 with a JSON error until the gateway is ready, then 200."""
+    with Gale(env={"GALE_TEST_READY_DELAY_MS": "1500"}) as g:
+        st, body, hdrs = g.http("GET", "/api/ready", key=None, raw=True)
+        js = json.loads(body)
+        t.eq((st, js.get("code"), js.get("status"), hdrs.get("Retry-After")),
+             (503, "not_ready", "starting", "1"), "not ready yet: 503 not_ready (JSON)")
+        t("error" in js and "json" in hdrs.get("Content-Type", ""), "the error shape")
+        t.eq(g.http("GET", "/api/health", key=None)[0], 200, "alive meanwhile (liveness)")
+        wait_for(lambda: g.http("GET", "/api/ready", key=None)[0] == 200, 10, "ready")
+        t.eq(g.http("GET", "/api/ready", key=None)[1], {"status": "ready"}, "then 200 ready")
+
+
+def access_log_formats():
+    """http.access_log=common|json, under log.format=text and json."""
+    ua = "probe/3 \xe9"  # a byte that is not UTF-8 from the client
+    with Gale(args=["--set", "http.access_log=json", "--set", "log.format=json"]) as g:
+        s = connect(g)
+        s.sendall(("GET /api/health?token=s3cret&b=%%ff HTTP/1.1\r\nHost: x\r\n"
+                   "User-Agent: %s\r\n\r\n" % ua).encode("latin-1") + b"")
+        read_responses(s, 1)
+        s.close()
+        g.wait_log(r'"type":"access"')
+        lines = [l for l in g.log_lines if '"type":"access"' in l]
+        js = json.loads(lines[0])  # the whole line is one JSON object
+        t.eq((js["type"], js["method"], js["target"], js["status"], js["level"]),
+             ("access", "GET", "/api/health?token=REDACTED&b=%ff", 200, "info"),
+             "log.format=json: the access fields are top-level members of the line")
+        t("ts" in js and "msg" not in js, "the line's own ts, no nested message string")
+        t(js["user_agent"].startswith("probe/3 "), "a client's odd bytes keep the line JSON")
+        t("s3cret" not in g.log(), "no secret in the log")
+    with Gale(args=["--set", "http.access_log=common", "--set", "log.format=json"]) as g:
+        g.http("GET", "/api/health")
+        g.wait_log(r'GET /api/health HTTP/1\.1\\" 200')
+        line = [l for l in g.log_lines if "GET /api/health" in l][0]
+        t(json.loads(line)["msg"].startswith("127.0.0.1 - - ["),
+          "common format under log.format=json: the NCSA line is the message")
+    with Gale(args=["--set", "http.access_log=json"]) as g:
+        g.http("GET", "/api/health")
+        g.wait_log(r'"type":"access"')
+        line = [l for l in g.log_lines if '"type":"access"' in l][0]
+        t.eq(json.loads(line[line.index("{"):])["target"], "/api/health",
+             "log.format=text: the JSON object after the time and level")
 
 
 def main():
@@ -156,6 +203,9 @@ def main():
         for x in socks:
             x.close()
         t(served(g), "still serving at the end")
+
+    ready_while_starting()
+    access_log_formats()
 
 
 t.run(main)

@@ -305,7 +305,10 @@ def queue_limit():
         selfish = app(port, "loop-self", will=("loop/will/self", b"gone", 0, False))
         selfish.sub(1, [("loop/#", 1)])
         for i in range(12):
-            selfish.send(mr.publish("loop/x", b"m%d" % i, qos=1, pid=i + 1))
+            try:
+                selfish.send(mr.publish("loop/x", b"m%d" % i, qos=1, pid=i + 1))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # cut off already: what the next check asserts
         t(selfish.closed(), "a publisher too slow for its own subscription is cut off")
         for o in others:
             t(o.closed(), "slow subscribers cut off by the same messages and by wills")

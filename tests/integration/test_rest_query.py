@@ -2,17 +2,22 @@
 epoch- and time-zone-aligned buckets (a 23-hour DST day in Europe/Berlin), paging raw points
 and buckets with the cursor (pages sum to the unpaged answer; no bucket split across pages),
 unknown parameters, CSV (parsed back), several devices in one query, and the ts-in-seconds
-rule of ingest (a ts below 1e11 is seconds). Expected aggregates are computed here from the points sent."""
+rule of ingest (a ts below 1e11 is seconds). Expected aggregates are computed here from the points sent.
+CSV over more than a page is streamed (chunked): it parses back to the JSON answer, a cut by
+limit names the cursor in a trailer, a slow reader does not grow the gateway's memory with the
+reply, and a client leaving mid-stream leaves the gateway serving."""
 import base64
 import csv
 import io
 import json
+import socket
+import threading
 import time
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from galetest import Check, Gale
+from galetest import Check, Gale, metric, wait_for
 
 t = Check("test_rest_query")
 BASE = 1700000000000  # 2023-11-14T22:13:20Z
@@ -66,6 +71,179 @@ def series_eq(got, want, what):
     ok = len(got) == len(want) and all(
         g["ts"] == w[0] and close(g["value"], w[1]) for g, w in zip(got, want))
     t(ok, "%s: got %r..., want %r..." % (what, got[:3], want[:3]))
+
+
+def raw_request(g, target, version="1.1", method="GET", rcvbuf=None):
+    """A connected socket that has sent one request (no body)."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", g.ports["http"]))
+    s.sendall(("%s %s HTTP/%s\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (method, target, version, g.api_key)).encode())
+    s.settimeout(30)
+    return s
+
+
+class Reader:
+    """Reads an HTTP reply off a socket: head, chunked body (with trailers) or a body that
+    the close ends."""
+
+    def __init__(self, s, pace=None):
+        self.s, self.buf, self.pace = s, b"", pace
+
+    def _more(self):
+        if self.pace:
+            self.pace()
+        d = self.s.recv(16384 if self.pace else 1 << 20)
+        if not d:
+            raise EOFError
+        self.buf += d
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._more()
+        l, self.buf = self.buf.split(b"\r\n", 1)
+        return l.decode()
+
+    def take(self, n):
+        while len(self.buf) < n:
+            self._more()
+        d, self.buf = self.buf[:n], self.buf[n:]
+        return d
+
+    def head(self):
+        status = int(self.line().split()[1])
+        hdrs = {}
+        while True:
+            l = self.line()
+            if not l:
+                return status, hdrs
+            k, v = l.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+
+    def chunked(self):
+        """(body, trailers)"""
+        parts = []
+        while True:
+            n = int(self.line().split(";")[0], 16)
+            if n == 0:
+                break
+            parts.append(self.take(n))
+            self.take(2)
+        trailers = {}
+        while True:
+            l = self.line()
+            if not l:
+                return b"".join(parts), trailers
+            k, v = l.split(":", 1)
+            trailers[k.strip().lower()] = v.strip()
+
+    def to_close(self):
+        try:
+            while True:
+                self._more()
+        except EOFError:
+            return self.buf
+
+
+def csv_streaming():
+    """CSV of long ranges: streamed page by page, bounded, and a disconnect is harmless."""
+    long_key = "temperature_of_the_third_sensor_on_the_north_wall"  # long rows, cheap storage
+    n = 50000
+    with Gale(args=["--set", "limits.max_points_per_message=20000"]) as g:
+        g.create_device("big")
+        pts = [(BASE + i * 100, (i * 13) % 1000 / 8) for i in range(n)]
+        for i in range(0, n, 5000):
+            st, js = g.http("POST", "/api/devices/big/telemetry",
+                            [{"ts": ts, "values": {"v": v, "w": i % 2 == 0}}
+                             for ts, v in pts[i:i + 5000]])
+            assert st == 200, (st, js)
+        P = "/api/devices/big/telemetry"
+        _, js = walk(g, P, lambda j: {k: j[k] for k in ("v", "w") if k in j}, keys="v,w",
+                     limit=100000)
+        t.eq((len(js["v"]), len(js["w"])), (n, n), "JSON answer (paged): every point")
+        s = raw_request(g, P + "?keys=v,w&limit=100000&format=csv")
+        r = Reader(s)
+        st, hdrs = r.head()
+        t.eq((st, hdrs.get("transfer-encoding"), "content-length" in hdrs),
+             (200, "chunked", False), "a long CSV is streamed in chunks")
+        body, trailers = r.chunked()
+        rows = list(csv.reader(io.StringIO(body.decode())))
+        want = [(p["ts"], k, p["value"]) for k in ("v", "w") for p in js[k]]
+        t.eq(rows[0], ["ts", "key", "value"], "streamed CSV header")
+        t([(int(ts), k, {"true": True, "false": False}.get(v) if k == "w" else float(v))
+           for ts, k, v in rows[1:]] == want,
+          "multi-page CSV parses back to exactly the JSON answer")
+        t("x-gale-next-cursor" not in trailers, "nothing cut: no cursor")
+        # keep-alive: the next request on the same connection is answered
+        s.sendall(("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n").encode())
+        st, hdrs = r.head()
+        t.eq(st, 200, "the connection serves the next request after a streamed reply")
+        s.close()
+
+        # limit cuts a streamed reply: the cursor comes in the X-Gale-Next-Cursor trailer
+        s = raw_request(g, P + "?keys=v&limit=30000&format=csv")
+        r = Reader(s)
+        st, hdrs = r.head()
+        t("x-gale-next-cursor" in hdrs.get("trailer", "").lower(), "Trailer header announced")
+        body, trailers = r.chunked()
+        s.close()
+        rows = list(csv.reader(io.StringIO(body.decode())))[1:]
+        t.eq(len(rows), 30000, "limit caps a streamed CSV")
+        t("x-gale-next-cursor" in trailers, "a cut streamed CSV names its cursor in a trailer")
+        st, body, hdrs = g.http("GET", P + "?" + urllib.parse.urlencode(
+            {"limit": 100000, "format": "csv", "cursor": trailers.get("x-gale-next-cursor", "")}),
+            raw=True)
+        rows += list(csv.reader(io.StringIO(body.decode())))[1:]
+        t.eq([int(x[0]) for x in rows], [p["ts"] for p in js["v"]],
+             "the trailer's cursor resumes exactly where the stream stopped")
+        # HTTP/1.0: no chunks, the close ends the body
+        s = raw_request(g, P + "?keys=v&limit=100000&format=csv", version="1.0")
+        r = Reader(s)
+        st, hdrs = r.head()
+        body = r.to_close()
+        s.close()
+        t.eq((st, "transfer-encoding" in hdrs), (200, False), "HTTP/1.0: not chunked")
+        t(body.startswith(b"ts,key,value\n"), "HTTP/1.0: CSV body")
+
+        # a slow reader: the gateway holds about a page and the send budget, not the reply
+        for i in range(0, 4 * n, 5000):
+            st, _ = g.http("POST", "/api/devices/big/telemetry",
+                           [{"ts": BASE + 10 ** 9 + (i + k) * 10, "values": {long_key: k}}
+                            for k in range(5000)])
+            assert st == 200
+        g.http("GET", P + "?keys=v&limit=2000&format=csv", raw=True)  # warm the reader pool
+        before = g.rss_kb()
+        peak = [before]
+        s = raw_request(g, P + "?keys=%s&limit=100000&from=%d&format=csv"
+                        % (long_key, BASE + 10 ** 9), rcvbuf=16384)
+
+        def pace():
+            peak[0] = max(peak[0], g.rss_kb())
+            time.sleep(0.001)
+        r = Reader(s, pace)
+        st, hdrs = r.head()
+        body, _ = r.chunked()
+        s.close()
+        lines = body.count(b"\n") - 1
+        t.eq(lines, 100000, "slow reader: every row arrives")
+        t(len(body) > 6 * 1024 * 1024, "the reply is large (%d bytes)" % len(body))
+        t((peak[0] - before) * 1024 < len(body) / 3,
+          "slow reader: RSS grew %d kB for a %d kB reply" % (peak[0] - before, len(body) // 1024))
+
+        # clients leaving mid-stream: the paging stops, the gateway goes on serving
+        for i in range(5):
+            s = raw_request(g, P + "?keys=%s&limit=100000&from=%d&format=csv"
+                            % (long_key, BASE + 10 ** 9), rcvbuf=8192)
+            Reader(s).head()
+            s.recv(4096)
+            s.close()
+        st, body, _ = g.http("GET", P + "?keys=v,w&limit=100000&format=csv", raw=True)
+        t.eq(body.count(b"\n") - 1, 2 * n, "after disconnects mid-stream: a full CSV again")
+        t.eq(g.http("GET", "/api/health")[0], 200, "and health answers")
+        wait_for(lambda: metric(g, "gale_connections") <= 1, 10, "streams closed")
+        t(g.alive(), "alive")
 
 
 def main():
@@ -273,6 +451,7 @@ def main():
         st, js = get(g, "/api/devices/sec/telemetry", keys="l")
         t.eq(js["l"], [{"ts": 1700000001000, "value": 1}], "line protocol: seconds converted")
         t(g.alive(), "alive")
+    csv_streaming()
 
 
 t.run(main)

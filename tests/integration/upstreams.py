@@ -551,6 +551,9 @@ def main():
         _selftest(kind)
         passed += 1
     print("upstreams: %d passed, 0 failed, %d skipped" % (passed, skipped))
+    # CI installs both brokers (.ci/setup.sh test-deps): a missing one fails there
+    if skipped and os.environ.get("CI"):
+        sys.exit(1)
     if not passed:
         sys.exit(77)
 

@@ -4,7 +4,8 @@
 // The API key is entered once and kept in localStorage ("gale.key"); it never stays
 // in the address bar (a one-shot ?key= is moved to storage and stripped).
 "use strict";
-const PAGE_SIZE = 25;          // fleet rows per page (each visible row costs two small queries)
+const PAGE_SIZES = [10, 25, 50, 100]; // fleet rows per page (each visible row costs two small queries)
+const MAX_APPS = 100;          // applications listed under the fleet
 const SPARK_MS = 3600000;      // sparklines show the last hour ...
 const SPARK_INTERVAL_MS = 60000; // ... as one-minute averages
 const CHART_POINTS = 300;      // history buckets per chart
@@ -13,8 +14,13 @@ const MAX_LIVE_POINTS = 5000;  // per chart: live points beyond this drop the ol
 const $ = (id) => document.getElementById(id);
 const state = {
   key: localStorage.getItem("gale.key") || "",
-  devices: new Map(),   // id -> device from GET /api/devices (+ .latest once fetched)
+  devices: new Map(),   // id -> device of the fleet page, the applications, the device page
   page: 0,
+  // The fleet is paged by the server (GET /api/devices?limit=&cursor=&q=): cursors[i]
+  // starts page i (null: the first), ids are the page's devices in order.
+  fleet: { cursors: [null], ids: [], apps: [], total: 0, all: 0, online: 0, seq: 0 },
+  pageSize: PAGE_SIZES.includes(+localStorage.getItem("gale.pageSize"))
+    ? +localStorage.getItem("gale.pageSize") : 25,
   ws: null, wsOpen: false, sub: null, dropped: 0,
   route: null,          // {page, id}
   timers: [],           // intervals of the current page, cleared when it changes
@@ -217,48 +223,69 @@ function onTelemetry(m) {
 
 function onPresence(m) {
   const d = state.devices.get(m.device);
+  refreshSoon(); // the counts, whichever device it was
   if (!d) return;
   d.online = m.online;
   d.last_seen = m.ts || Date.now();
   if (state.route.page === "fleet") renderFleet();
   else if (state.route.page === "device" && state.route.id === m.device) renderDeviceHead(d);
-  renderSummary();
 }
 
 // ---- fleet ---------------------------------------------------------------------
 
-async function loadDevices() {
-  // GET /api/devices answers the whole registry from memory; paging is done here
-  const list = await api("/api/devices");
-  const seen = new Set();
-  for (const d of list.devices) {
-    const prev = state.devices.get(d.id);
-    d.latest = prev ? prev.latest : null;
-    state.devices.set(d.id, d);
-    seen.add(d.id);
-  }
-  for (const id of [...state.devices.keys()]) if (!seen.has(id)) state.devices.delete(id);
+// The registry's counts for the summary: devices (not applications) and how many are online.
+async function loadCounts() {
+  const [all, online] = await Promise.all([api("/api/devices?role=device&limit=1"),
+    api("/api/devices?role=device&online=true&limit=1")]);
+  state.fleet.all = all.total;
+  state.fleet.online = online.total;
   renderSummary();
 }
 
-const isApp = (d) => d.role && d.role !== "device";
-
-function renderSummary() {
-  let n = 0, online = 0;
-  for (const d of state.devices.values()) {
-    if (isApp(d)) continue;
-    n++;
-    if (d.online) online++;
+// One page of the fleet (the search applies on the server), the applications and the
+// counts. A reply that a newer load overtook is dropped.
+async function loadDevices() {
+  const f = state.fleet, seq = ++f.seq;
+  const q = $("filter").value.trim(), cur = f.cursors[state.page];
+  const [page, apps] = await Promise.all([
+    api("/api/devices?role=device&sort=id&limit=" + state.pageSize +
+      (q ? "&q=" + encodeURIComponent(q) : "") + (cur ? "&cursor=" + encodeURIComponent(cur) : "")),
+    api("/api/devices?role=app&sort=id&limit=" + MAX_APPS),
+    loadCounts()]);
+  if (seq !== f.seq) return;
+  if (!page.devices.length && state.page > 0) { // the page emptied (devices deleted): restart
+    state.page = 0;
+    f.cursors = [null];
+    return loadDevices();
   }
-  $("summary").textContent = n + " devices, " + online + " online";
+  const keep = state.route && state.route.page === "device" ? state.devices.get(state.route.id) : null;
+  const prev = state.devices;
+  state.devices = new Map();
+  for (const d of page.devices.concat(apps.devices)) {
+    const old = prev.get(d.id);
+    d.latest = old ? old.latest : null;
+    state.devices.set(d.id, d);
+  }
+  if (keep && !state.devices.has(keep.id)) state.devices.set(keep.id, keep);
+  f.ids = page.devices.map((d) => d.id);
+  f.apps = apps.devices.map((d) => d.id);
+  f.total = page.total;
+  f.cursors.length = state.page + 1;
+  if (page._next) f.cursors.push(page._next);
 }
 
-function fleetMatches() {
-  const q = $("filter").value.trim().toLowerCase();
-  return [...state.devices.values()]
-    .filter((d) => !isApp(d) && (!q || d.id.toLowerCase().includes(q) ||
-      (d.name || "").toLowerCase().includes(q)))
-    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+// Presence changed somewhere: refresh the counts (and the fleet page) once, shortly.
+function refreshSoon() {
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    const p = state.route && state.route.page === "fleet" ? loadDevices().then(renderFleet) : loadCounts();
+    p.catch(showError);
+  }, 500);
+}
+
+function renderSummary() {
+  $("summary").textContent = state.fleet.all + " devices, " + state.fleet.online + " online";
 }
 
 const FLEET_LABELS = ["device", "status", "protocol", "last seen", "latest", "last hour"];
@@ -295,17 +322,15 @@ function fleetRow(d) {
 }
 
 function renderFleet() {
-  const all = fleetMatches();
-  const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
-  state.page = Math.min(state.page, pages - 1);
-  const visible = all.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+  const f = state.fleet, first = state.page * state.pageSize;
+  const visible = f.ids.map((id) => state.devices.get(id)).filter(Boolean);
   fill($("devices").tBodies[0], visible.map(fleetRow));
-  $("empty").hidden = state.devices.size > 0;
-  $("page-info").textContent = all.length ? (state.page * PAGE_SIZE + 1) + "–" +
-    (state.page * PAGE_SIZE + visible.length) + " of " + all.length : "0 of 0";
+  $("empty").hidden = f.all > 0 || f.apps.length > 0;
+  $("page-info").textContent = f.total ? (first + 1) + "–" + (first + visible.length) + " of " +
+    f.total : "0 of 0";
   $("prev").disabled = state.page === 0;
-  $("next").disabled = state.page >= pages - 1;
-  const apps = [...state.devices.values()].filter(isApp);
+  $("next").disabled = !f.cursors[state.page + 1];
+  const apps = f.apps.map((id) => state.devices.get(id)).filter(Boolean);
   $("apps").hidden = $("apps-title").hidden = apps.length === 0;
   fill($("apps").tBodies[0], apps.map((a) => labelled(el("tr", {},
     el("td", { text: a.id }), el("td", {}, statusCell(a.online)), el("td", { text: a.protocol || "" }),
@@ -621,8 +646,12 @@ async function pollGateway() {
     };
     push(gw.data.rate, pts, msgs);
     push(gw.data.backlog, g("gale_storage_hot_points"), g("gale_storage_queued_rows"));
-    gw.rate.setData(gw.data.rate);
-    gw.backlog.setData(gw.data.backlog);
+    // the x range set here: at least the last minute, also while there is one sample
+    const x0 = Math.min(gw.data.rate[0][0], now - 60);
+    for (const [u, d] of [[gw.rate, gw.data.rate], [gw.backlog, gw.data.backlog]]) {
+      u.setData(d, false);
+      u.setScale("x", { min: x0, max: now });
+    }
   }
   gw.prev = { t: now, points: g("gale_points_received_total"), msgs: g("gale_messages_received_total") };
   $("tiles").replaceChildren(
@@ -648,6 +677,32 @@ async function pollGateway() {
     el("tr", {}, el("td", { text: label }), el("td", { id: "metric-" + k, text: String(g(k)) }))));
 }
 
+// GET /api/bridges: [{name, connected, address, backlog, backlog_bytes, oldest_age_s,
+// sent_total, acked_total, dropped_total, reconnects_total}]; 404 (a gateway without the
+// route) or [] is "no bridge".
+async function loadBridges() {
+  let list = [];
+  try {
+    const r = await api("/api/bridges");
+    list = Array.isArray(r) ? r : (r && r.bridges) || [];
+  } catch (e) {
+    if (e.status !== 404) throw e;
+  }
+  $("bridges").hidden = list.length === 0;
+  $("no-bridges").hidden = list.length > 0;
+  fill($("bridges").tBodies[0], list.map((b) => labelled(el("tr", { id: "bridge-" + b.name },
+    el("td", { text: b.name }),
+    el("td", {}, el("span", {}, el("span", { class: "dot" + (b.connected ? " on" : "") }),
+      b.connected ? "connected" : "disconnected")),
+    el("td", { text: b.address || "" }),
+    el("td", { text: b.backlog + " msg · " + fmtBytes(b.backlog_bytes || 0) }),
+    el("td", { text: b.backlog && b.oldest_age_s != null ? b.oldest_age_s + " s" : "—" }),
+    el("td", { text: b.sent_total + " / " + b.acked_total }),
+    el("td", { text: String(b.dropped_total) }),
+    el("td", { text: String(b.reconnects_total) })),
+    ["bridge", "status", "address", "backlog", "oldest", "sent / acked", "dropped", "reconnects"])));
+}
+
 function gatewayChart(id, a, b) {
   const box = $(id);
   box.replaceChildren();
@@ -656,7 +711,7 @@ function gatewayChart(id, a, b) {
     width: Math.max(200, box.clientWidth || 400), height: 200,
     series: [{}, s(a, css("--series")), s(b, css("--accent"))],
     axes: [axisStyle(), axisStyle()],
-    scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] } },
+    scales: { x: { time: true } },
   }, id === "gw-rate" ? gw.data.rate : gw.data.backlog, box);
 }
 
@@ -666,8 +721,9 @@ async function showGateway() {
   gw.backlog = gatewayChart("gw-backlog", "hot points", "queued rows");
   window.gale.charts.set("gateway-rate", gw.rate);
   window.gale.charts.set("gateway-backlog", gw.backlog);
-  await pollGateway();
+  await Promise.all([pollGateway(), loadBridges().catch(showError)]);
   every(2000, () => pollGateway().catch(() => {}));
+  every(5000, () => loadBridges().catch(() => {}));
 }
 
 // ---- routing, login, theme -----------------------------------------------------
@@ -756,9 +812,20 @@ $("login-form").addEventListener("submit", (e) => {
   else start();
 });
 $("logout").addEventListener("click", () => logout(false));
-$("filter").addEventListener("input", () => { state.page = 0; renderFleet(); });
-$("prev").addEventListener("click", () => { state.page--; renderFleet(); });
-$("next").addEventListener("click", () => { state.page++; renderFleet(); });
+function turnPage(page) {
+  if (page === 0) state.fleet.cursors = [null];
+  state.page = page;
+  loadDevices().then(renderFleet).catch(showError);
+}
+$("filter").addEventListener("input", () => turnPage(0));
+$("prev").addEventListener("click", () => turnPage(state.page - 1));
+$("next").addEventListener("click", () => turnPage(state.page + 1));
+$("page-size").value = String(state.pageSize);
+$("page-size").addEventListener("change", () => {
+  state.pageSize = +$("page-size").value;
+  localStorage.setItem("gale.pageSize", String(state.pageSize));
+  turnPage(0);
+});
 $("conn-filter").addEventListener("input", () => loadConnections().catch(showError));
 for (const b of $("ranges").querySelectorAll("button[data-range]")) b.addEventListener("click", () => setRange(b));
 $("apply").addEventListener("click", applyCustom);
