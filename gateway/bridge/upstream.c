@@ -22,7 +22,7 @@
 #include "gateway/bridge/bridge_cfg.h"
 #include "gateway/log.h"
 
-enum event_kind { EV_CONNECTED, EV_LOST, EV_DELIVERED, EV_MESSAGE };
+enum event_kind { EV_CONNECTED, EV_CONNECT_FAILED, EV_LOST, EV_DELIVERED, EV_MESSAGE };
 
 struct event {
     struct list_link link;
@@ -53,6 +53,8 @@ struct link {
     struct list events;      /* struct event, oldest first */
     struct list sends;       /* struct send_ctx paho holds */
     uint64_t gen;            /* connects so far (loop thread) */
+    size_t addr;             /* the address of the attempt under way (loop thread) */
+    size_t tried;            /* addresses this attempt has tried so far */
     bool closed;
     bool tls;                /* some address is ssl:// or wss:// */
 };
@@ -75,10 +77,12 @@ static struct event *event_new(enum event_kind kind, const char *text)
 
 /* ---- paho's threads ---- */
 
+/* The address is not taken from r: paho 1.3 reports its first serverURI there after a
+ * reconnect of a client that was connected before. Each attempt names one address, so
+ * the loop knows which one answered (l->addr). */
 static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 {
-    struct event *e = event_new(EV_CONNECTED, r && r->alt.connect.serverURI
-                                                  ? r->alt.connect.serverURI : "?");
+    struct event *e = event_new(EV_CONNECTED, NULL);
     e->ok = r && r->alt.connect.sessionPresent;
     push(ctx, e);
 }
@@ -89,7 +93,7 @@ static void on_connect_failed(void *ctx, MQTTAsync_failureData *r)
     snprintf(why, sizeof why, "connect failed: %s (code %d)",
              r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1),
              r ? r->code : -1);
-    push(ctx, event_new(EV_LOST, why));
+    push(ctx, event_new(EV_CONNECT_FAILED, why));
 }
 
 static void on_connection_lost(void *ctx, char *cause)
@@ -144,6 +148,8 @@ static void on_send_failed(void *ctx, MQTTAsync_failureData *r)
 
 /* ---- the loop thread ---- */
 
+static void connect_addr(struct link *l);
+
 static void event_free(struct event *e)
 {
     free(e->text);
@@ -184,7 +190,15 @@ static void on_wake(uv_async_t *a)
                 l->gen++;
                 if (!e->ok)
                     free_stale_sends(l);
-                l->ev->connected(l->ev_ctx, e->text, e->ok);
+                l->ev->connected(l->ev_ctx, l->cfg->addresses[l->addr], e->ok);
+                break;
+            case EV_CONNECT_FAILED: /* the next address, or lost once every one failed */
+                if (++l->tried < l->cfg->naddresses) {
+                    l->addr = (l->addr + 1) % l->cfg->naddresses;
+                    connect_addr(l);
+                } else {
+                    l->ev->lost(l->ev_ctx, e->text);
+                }
                 break;
             case EV_LOST:
                 l->ev->lost(l->ev_ctx, e->text);
@@ -237,9 +251,9 @@ static void *paho_open(uv_loop_t *loop, const struct bridge_upstream_cfg *cfg,
     return l;
 }
 
-static void paho_connect(void *link)
+/* One connect attempt to l->addr; its outcome comes as EV_CONNECTED or EV_CONNECT_FAILED. */
+static void connect_addr(struct link *l)
 {
-    struct link *l = link;
     MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
     const struct bridge_upstream_cfg *cfg = l->cfg;
@@ -251,8 +265,8 @@ static void paho_connect(void *link)
     o.username = cfg->username;
     o.password = cfg->password;
     o.connectTimeout = 5;
-    o.serverURIs = cfg->addresses;
-    o.serverURIcount = (int)cfg->naddresses;
+    o.serverURIs = &cfg->addresses[l->addr];
+    o.serverURIcount = 1;
     o.MQTTVersion = MQTTVERSION_3_1_1;
     o.automaticReconnect = 0; /* the bridge's own backoff (loop timer) reconnects */
     o.onSuccess = on_connect_ok;
@@ -269,8 +283,18 @@ static void paho_connect(void *link)
     if ((rc = MQTTAsync_connect(l->client, &o)) != MQTTASYNC_SUCCESS) {
         char why[160];
         snprintf(why, sizeof why, "connect failed: %s", MQTTAsync_strerror(rc));
-        push(l, event_new(EV_LOST, why));
+        push(l, event_new(EV_CONNECT_FAILED, why));
     }
+}
+
+/* Every address in order, from the first (a recovered primary is preferred again). */
+static void paho_connect(void *link)
+{
+    struct link *l = link;
+
+    l->addr = 0;
+    l->tried = 0;
+    connect_addr(l);
 }
 
 static int paho_subscribe(void *link, char *const *filters, size_t n, uint8_t qos)

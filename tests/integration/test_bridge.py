@@ -179,6 +179,7 @@ def kill9_mid_drain(g, data, up, sub, toks):
     slow = {"drain_rate": 400}
     g.stop()
     g = Gale(data_dir=data, args=gale_args(up.uri, slow)).start(wait_ports=("http", "mqtt"))
+    g.wait_log(r"bridge connected upstream=up1", 20)
     clients = {d: device_client(g, d, tok) for d, tok in toks.items()}
     up.stop()
     g.wait_log(r"bridge connection lost upstream=up1", 20)
