@@ -172,38 +172,46 @@ def test_drops():
         g.stop()
 
 
-def kill9_mid_drain(g, data, up, sub, toks):
+def kill9_mid_drain(data, up, sub, toks):
     """A 2000-message backlog drains at 400/s; Gale is killed once part of it is acked.
     After the restart every acked message arrives in order per device; the duplicates
     (what was in flight at the kill) are counted and bounded by the window."""
     slow = {"drain_rate": 400}
-    g.stop()
-    g = Gale(data_dir=data, args=gale_args(up.uri, slow)).start(wait_ports=("http", "mqtt"))
-    g.wait_log(r"bridge connected upstream=up1", 20)
-    clients = {d: device_client(g, d, tok) for d, tok in toks.items()}
-    up.stop()
-    g.wait_log(r"bridge connection lost upstream=up1", 20)
-    acked = publish_seq(clients, 20000, 200)
-    for c in clients.values():
-        c.loop_stop()
-        c.disconnect()
-    up.start()
-    wait_for(lambda: 0 < bridges(g).get("acked_total", 0) and bridges(g).get("backlog", 0) > 500,
-             30, "the drain has begun")
-    before = bridges(g)
-    g.kill9()
-    g = Gale(data_dir=data, args=gale_args(up.uri, slow)).start(wait_ports=("http", "mqtt"))
-    t(bridges(g)["backlog"] <= before["backlog"] + before["inflight"] + 20,
-      "after kill -9 the outbox holds what was not acked (%d <= %d + %d)"
-      % (bridges(g)["backlog"], before["backlog"], before["inflight"]))
-    got = sub.drain(len(acked), 120)
-    got += sub.drain(200, 5)  # the duplicates came on top: what is still on its way
-    dups = check_arrival(got, acked, "kill -9 mid-drain")
-    wait_for(lambda: bridges(g).get("backlog") == 0, 60, "the rest drains after the restart")
-    print("kill -9 mid-drain: acked_before_kill=%d backlog_at_kill=%d duplicates=%d"
-          % (before["acked_total"], before["backlog"], dups))
-    t(dups <= 2 * 20 + 20, "duplicates bounded by the window (%d)" % dups)
-    return g
+    started = []  # every Gale this test starts, stopped whatever happens
+
+    def start():
+        started.append(Gale(data_dir=data, args=gale_args(up.uri, slow)))
+        return started[-1].start(wait_ports=("http", "mqtt"))
+    try:
+        g = start()
+        g.wait_log(r"bridge connected upstream=up1", 20)
+        clients = {d: device_client(g, d, tok) for d, tok in toks.items()}
+        up.stop()
+        g.wait_log(r"bridge connection lost upstream=up1", 20)
+        acked = publish_seq(clients, 20000, 200)
+        for c in clients.values():
+            c.loop_stop()
+            c.disconnect()
+        up.start()
+        wait_for(lambda: 0 < bridges(g).get("acked_total", 0) and
+                 bridges(g).get("backlog", 0) > 500, 30, "the drain has begun")
+        before = bridges(g)
+        g.kill9()
+        g = start()
+        t(bridges(g)["backlog"] <= before["backlog"] + before["inflight"] + 20,
+          "after kill -9 the outbox holds what was not acked (%d <= %d + %d)"
+          % (bridges(g)["backlog"], before["backlog"], before["inflight"]))
+        got = sub.drain(len(acked), 120)
+        got += sub.drain(200, 5)  # the duplicates came on top: what is still on its way
+        dups = check_arrival(got, acked, "kill -9 mid-drain")
+        wait_for(lambda: bridges(g).get("backlog") == 0, 60, "the rest drains after the restart")
+        print("kill -9 mid-drain: acked_before_kill=%d backlog_at_kill=%d duplicates=%d"
+              % (before["acked_total"], before["backlog"], dups))
+        t(dups <= 2 * 20 + 20, "duplicates bounded by the window (%d)" % dups)
+    finally:
+        for g in started:
+            if g.alive():
+                g.stop()
 
 
 def main():
@@ -298,7 +306,9 @@ def main():
         print("kill -9: resent=%d duplicates=%d" % (bridges(g)["resent_total"], dups))
 
         # kill -9 in the middle of a drain: messages in flight when Gale dies go again
-        g = kill9_mid_drain(g, data, up, sub, toks)
+        g.stop()
+        g = None
+        kill9_mid_drain(data, up, sub, toks)
     finally:
         if sub:
             sub.close()
