@@ -77,7 +77,20 @@ uint64_t store_put_outbox(struct store *s, const char *upstream, const struct st
 uint64_t store_delete_outbox(struct store *s, const char *upstream, uint64_t first_id,
                              uint64_t last_id)
 {
-    struct store_op *op = store_op_new(STORE_OP_DELETE_OUTBOX, upstream);
+    struct store_batch *b = s->open;
+    struct store_op *op;
+
+    /* A drain acknowledges one message at a time: a range that continues the delete the
+     * open batch ends with widens it instead of costing a statement of its own. That
+     * write's seq is the batch's last, so it is durable exactly when this one would be. */
+    if (b && b->nitems && (op = b->items[b->nitems - 1].op) != NULL &&
+        op->kind == STORE_OP_DELETE_OUTBOX && strcmp(op->id, upstream) == 0 &&
+        first_id >= op->msg_id && first_id <= op->last_id + 1 && op->last_id != UINT64_MAX) {
+        if (last_id > op->last_id)
+            op->last_id = last_id;
+        return b->last_seq;
+    }
+    op = store_op_new(STORE_OP_DELETE_OUTBOX, upstream);
 
     op->msg_id = first_id;
     op->last_id = last_id;

@@ -397,6 +397,42 @@ static void test_range_delete_reopen_index(void **state)
     assert_int_equal(load_index(f, "none"), 0);
 }
 
+/* Deletes that continue each other in one open batch widen one range (one statement,
+ * the same seq); one after a gap, of another upstream or after a put is a write of its
+ * own. Every deleted id is gone after the commit, and nothing else. */
+static void test_contiguous_deletes_coalesce(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t a, b, c, d, e, g;
+
+    do_open(f);
+    for (uint64_t id = 1; id <= 30; id++) {
+        struct kept k = make(id, 8);
+        put(f, "up", &k);
+        put(f, "other", &k);
+    }
+    a = store_delete_outbox(f->s, "up", 1, 1);
+    b = store_delete_outbox(f->s, "up", 2, 2);
+    c = store_delete_outbox(f->s, "up", 3, 5);
+    assert_int_equal(a, b);
+    assert_int_equal(b, c);
+    assert_int_equal(f->s->open->items[f->s->open->nitems - 1].op->last_id, 5);
+    d = store_delete_outbox(f->s, "up", 8, 9);      /* a gap: 6 and 7 stay */
+    assert_true(d > c);
+    e = store_delete_outbox(f->s, "other", 10, 10); /* another upstream */
+    assert_true(e > d);
+    g = store_delete_outbox(f->s, "up", 10, 10);    /* not the batch's last op */
+    assert_true(g > e);
+    wait_durable(f, g);
+    assert_int_equal(f->last_ok, 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM outbox WHERE upstream='up'"),
+                     30 - 8);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM outbox WHERE upstream='up' AND "
+                                         "id IN (6, 7, 11)"), 3);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM outbox WHERE upstream='other'"),
+                     29);
+}
+
 /* A telemetry append and an outbox put of one loop turn commit in one transaction:
  * one on_durable covers both; after injected failures neither is there. */
 static void test_same_group_commit(void **state)
@@ -664,6 +700,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_read_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_same_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_range_delete_reopen_index, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_contiguous_deletes_coalesce, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_page_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_upstreams, setup, teardown),
