@@ -550,9 +550,11 @@ static bool take_command(struct up *u, const char *local, const void *payload, s
     params = cJSON_GetObjectItemCaseSensitive(js, "params");
     tmo = cJSON_GetObjectItemCaseSensitive(js, "timeout_s");
     if (!cJSON_IsObject(js) || !cJSON_IsString(name) || (id && !cJSON_IsString(id)) ||
-        (id && !id_valid(id->valuestring)) || (tmo && !cJSON_IsNumber(tmo))) {
+        (id && !id_valid(id->valuestring)) ||
+        /* the range before the conversion: a huge double must not reach int64_t (UB) */
+        (tmo && !(cJSON_IsNumber(tmo) && tmo->valuedouble > 0 && tmo->valuedouble <= 604800))) {
         log_warn("bridge upstream=%s device=%s command refused: want {\"id\"?,\"name\","
-                 "\"params\"?,\"timeout_s\"?}", u->cfg->name, device);
+                 "\"params\"?,\"timeout_s\"? (0..604800)}", u->cfg->name, device);
         cJSON_Delete(js);
         return true;
     }

@@ -138,8 +138,9 @@ static int get_number(struct ctx *c, const cJSON *o, const char *key, double lo,
     *out = def;
     if (!v)
         return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble ||
-        v->valuedouble < lo || v->valuedouble > hi)
+    /* the range first: a double past long long's range must not be converted (UB) */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) ||
+        v->valuedouble != (double)(long long)v->valuedouble)
         return fail(c, key, "must be an integer %.0f..%.0f", lo, hi);
     *out = v->valuedouble;
     return 0;

@@ -266,6 +266,13 @@ def main():
         t.eq(statuses["replied"].get("reply"), {"ok": True}, "the reply goes back up")
         st, js = g.http("GET", "/api/devices/d0/commands/c1")
         t.eq(js.get("status"), "replied", "the command is tracked like a REST one")
+        pub.publish(PREFIX + "devices/d0/commands",
+                    json.dumps({"id": "c2", "name": "x", "timeout_s": 1e300}), qos=1)
+        g.wait_log(r"bridge upstream=up1 device=d0 command refused", 15)
+        seen = [tp for tp, _ in sub.drain(1, 10)]  # our subscriber sees it too: take it
+        t.eq(seen, [PREFIX + "devices/d0/commands"], "the refused command was on the upstream")
+        st, js = g.http("GET", "/api/devices/d0/commands/c2")
+        t.eq(st, 404, "a command with an absurd timeout_s is refused, and logged")
         pub.loop_stop()
         pub.disconnect()
 
