@@ -32,6 +32,7 @@
 #include "gateway/devices.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
+#include "protocols/mqtt/mqtt.h"
 
 #define NBUCKETS 4096
 #define RING_MIN 1024
@@ -696,6 +697,7 @@ void bridge_sink(void *ctx, struct msg *m, struct ticket *t)
 {
     struct bridge *b = ctx;
     struct buf topic, body;
+    size_t tlen = strlen(m->topic);
 
     /* also after bridge_close: what is still published goes into the outbox */
     buf_init(&topic);
@@ -707,7 +709,7 @@ void bridge_sink(void *ctx, struct msg *m, struct ticket *t)
         if (u == b->down_from)
             continue;
         for (f = 0; f < c->nforward; f++)
-            if (bridge_topic_match(c->forward[f], m->topic))
+            if (mqtt_topic_matches(c->forward[f], strlen(c->forward[f]), m->topic, tlen))
                 break;
         if (f == c->nforward)
             continue;

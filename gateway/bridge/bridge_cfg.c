@@ -11,6 +11,7 @@
 
 #include "base/alloc.h"
 #include "base/err.h"
+#include "protocols/mqtt/mqtt.h"
 
 #define MIB (1024ULL * 1024)
 
@@ -73,50 +74,10 @@ static bool address_valid(const char *s)
     return false;
 }
 
-bool bridge_filter_valid(const char *f)
+/* A valid MQTT topic filter ([MQTT-4.7.1]: the codec's rules). */
+static bool filter_ok(const char *f)
 {
-    size_t n = strlen(f);
-    if (n == 0 || n > 65535)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        bool start = i == 0 || f[i - 1] == '/', end = i + 1 == n || f[i + 1] == '/';
-        if (f[i] == '+' && !(start && end))
-            return false;
-        if (f[i] == '#' && !(start && i + 1 == n))
-            return false;
-    }
-    return true;
-}
-
-bool bridge_topic_match(const char *f, const char *t)
-{
-    if ((*f == '+' || *f == '#') && *t == '$')
-        return false;
-    for (;;) {
-        if (*f == '#')
-            return true;
-        if (*f == '+') {
-            while (*t && *t != '/')
-                t++;
-            f++;
-        } else {
-            while (*f && *f != '/' && *f == *t) {
-                f++;
-                t++;
-            }
-            if ((*f && *f != '/') || (*t && *t != '/'))
-                return false;
-        }
-        if (!*f && !*t)
-            return true;
-        if (*f == '/' && *t == '/') {
-            f++;
-            t++;
-            continue;
-        }
-        /* "a/#" also matches "a" */
-        return !*t && f[0] == '/' && f[1] == '#' && !f[2];
-    }
+    return mqtt_filter_valid(f, strlen(f)) != 0;
 }
 
 static int get_string(struct ctx *c, const cJSON *o, const char *key, size_t maxlen, char **out)
@@ -251,9 +212,9 @@ static int parse_one(struct ctx *c, const cJSON *o, struct bridge_upstream_cfg *
         u->remote_prefix = xstrdup("");
     if (strchr(u->remote_prefix, '+') || strchr(u->remote_prefix, '#'))
         return fail(c, "remote_prefix", "must not hold + or #");
-    if ((rc = get_list(c, o, "forward", "devices/+/telemetry", bridge_filter_valid,
+    if ((rc = get_list(c, o, "forward", "devices/+/telemetry", filter_ok,
                        "an MQTT topic filter", &u->forward, &u->nforward)) != 0 ||
-        (rc = get_list(c, o, "subscribe", "devices/+/commands", bridge_filter_valid,
+        (rc = get_list(c, o, "subscribe", "devices/+/commands", filter_ok,
                        "an MQTT topic filter", &u->subscribe, &u->nsubscribe)) != 0)
         return rc;
     if ((rc = get_number(c, o, "keepalive_s", 0, 65535, 60, &d)) != 0)

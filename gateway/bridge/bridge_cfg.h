@@ -61,10 +61,4 @@ int bridge_cfg_parse(const char *json, struct bridge_cfg *out, char *err, size_t
 /* Frees what parse allocated; the struct may be parsed into again. */
 void bridge_cfg_fini(struct bridge_cfg *c);
 
-/* MQTT filter rules: '+' matches one level, a trailing '#' the rest (also the parent);
- * filters starting with a wildcard do not match topics starting with '$'. */
-bool bridge_topic_match(const char *filter, const char *topic);
-/* Whether filter is a valid MQTT topic filter (non-empty, wildcards whole levels). */
-bool bridge_filter_valid(const char *filter);
-
 #endif

@@ -29,6 +29,8 @@ CLEAN = {
     "protocols/mqtt/mqtt.h": '#include "base/alloc.h"\n',
     "gateway/bridge/bridge.h": '#include "gateway/gw.h"\n#include "base/alloc.h"\n',
     "gateway/bridge/bridge.c": '#include "gateway/bridge/bridge.h"\n#include <MQTTAsync.h>\n',
+    # the one header of protocols/ the bridge may use: the pure MQTT codec's
+    "gateway/bridge/bridge_cfg.c": '#include "protocols/mqtt/mqtt.h"\n',
     "web/rest.h": "\n",
     "web/rest.c": '#include "web/rest.h"\n#include "storage/store.h"\n'
                   '#include "protocols/mqtt/broker.h"\n',
@@ -46,7 +48,7 @@ BAD = [
     ("gateway/gw.c", '#include "gateway/bridge/bridge.h"', "gateway/gw.c:4:"),
     ("gateway/bridge/bridge.c", '#include "storage/store.h"', "gateway/bridge/bridge.c:3:"),
     ("gateway/bridge/bridge.c", '#include "web/rest.h"', "gateway/bridge/bridge.c:3:"),
-    ("gateway/bridge/bridge.h", '#include "protocols/mqtt/mqtt.h"', "gateway/bridge/bridge.h:3:"),
+    ("gateway/bridge/bridge.h", '#include "protocols/mqtt/broker.h"', "gateway/bridge/bridge.h:3:"),
     ("web/rest.c", '#include "gateway/bridge/bridge.h"', "web/rest.c:4:"),
 ]
 

@@ -15,6 +15,7 @@
 
 #include "base/alloc.h"
 #include "gateway/bridge/bridge.h"
+#include "protocols/mqtt/mqtt.h"
 #include "gateway/bus.h"
 #include "gateway/gw.h"
 
@@ -314,17 +315,23 @@ static void test_cfg_errors(void **state)
     bridge_cfg_fini(&c);
 }
 
+/* The forward filters go through the MQTT codec's matcher: the cases the bridge relies on. */
+static bool topic_match(const char *filter, const char *topic)
+{
+    return mqtt_topic_matches(filter, strlen(filter), topic, strlen(topic)) != 0;
+}
+
 static void test_topic_match(void **state)
 {
     (void)state;
-    assert_true(bridge_topic_match("devices/+/telemetry", "devices/d1/telemetry"));
-    assert_false(bridge_topic_match("devices/+/telemetry", "devices/d1/x"));
-    assert_false(bridge_topic_match("devices/+/telemetry", "devices/d1/telemetry/x"));
-    assert_true(bridge_topic_match("a/#", "a"));
-    assert_true(bridge_topic_match("a/#", "a/b/c"));
-    assert_true(bridge_topic_match("#", "x/y"));
-    assert_false(bridge_topic_match("#", "$SYS/x"));
-    assert_false(bridge_topic_match("a/b", "a/bc"));
+    assert_true(topic_match("devices/+/telemetry", "devices/d1/telemetry"));
+    assert_false(topic_match("devices/+/telemetry", "devices/d1/x"));
+    assert_false(topic_match("devices/+/telemetry", "devices/d1/telemetry/x"));
+    assert_true(topic_match("a/#", "a"));
+    assert_true(topic_match("a/#", "a/b/c"));
+    assert_true(topic_match("#", "x/y"));
+    assert_false(topic_match("#", "$SYS/x"));
+    assert_false(topic_match("a/b", "a/bc"));
 }
 
 int main(void)
