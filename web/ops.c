@@ -463,7 +463,8 @@ static void sessions_list(struct ops *o, struct http_conn *h, struct http_req *r
     ns.prefix = prefix;
     ns.after = after;
     mqtt_broker_sessions(o->broker, on_session_name, &ns);
-    qsort(ns.v, ns.n, sizeof *ns.v, cmp_str);
+    if (ns.n) /* none: ns.v is NULL, which qsort must not be given */
+        qsort(ns.v, ns.n, sizeof *ns.v, cmp_str);
     n = ns.n > limit ? limit : ns.n;
     buf_init(&b);
     buf_append_str(&b, "{\"sessions\":[");

@@ -93,6 +93,8 @@ def connections(t, g):
 
 def mqtt_ops(t, g):
     port = g.ports["mqtt"]
+    st, js = g.http("GET", "/api/mqtt/sessions")
+    t.eq((st, js.get("sessions"), js.get("count")), (200, [], 0), "no session yet: an empty list")
     tok = g.create_device("dev-m")
     sub = mr.Raw(port)
     t.eq(sub.connect("sub-1", clean=False, username="dev-m", password=tok).rc, 0, "subscriber in")
