@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz fuzz-run bench clean
+.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz fuzz-run chaos bench clean
 
 all: gale
 
@@ -64,6 +64,25 @@ fuzz: setup-test
 
 fuzz-run: fuzz
 	sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+# The chaos run (tests/chaos/chaos.py): Gale with every listener, plain and TLS, against a few
+# hundred concurrent clients mixing valid sessions with truncations, bit flips, huge lengths,
+# byte-by-byte pacing, resets at random offsets, deflate bombs, half-open TLS, while an MQTT
+# QoS 1 probe is timed and read back. Fails on a sanitizer report, a lost or doubled acked
+# value, an ack slower than 1 s, RSS over its bound, an unclean SIGTERM exit. Builds the ASan
+# binary unless CHAOS_BIN names one; CHAOS_ARGS passes options (e.g. --seed S, --only KINDS).
+CHAOS_SECONDS ?= 60
+CHAOS_BIN ?=
+CHAOS_ARGS ?=
+chaos:
+	@if [ -z "$(CHAOS_BIN)" ]; then \
+	  sh .ci/setup.sh test-deps && \
+	  cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DGALE_SANITIZE=ON -DGALE_WERROR=ON && \
+	  cmake --build $(ASAN_BUILD) -j$(JOBS) --target gale; \
+	fi
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=16 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 /usr/bin/python3 tests/chaos/chaos.py \
+	  --gale-bin $(or $(CHAOS_BIN),$(ASAN_BUILD)/gale) --seconds $(CHAOS_SECONDS) $(CHAOS_ARGS)
 
 # Every benchmark case against its reference (Mosquitto, nginx, Tornado, raw SQLite),
 # interleaved over 3 rounds, into one table (also $(BUILD)/bench/last.md); about 5 minutes.
