@@ -199,10 +199,22 @@ class Conn:
         self.eof = False
         self.received = 0
 
+    open_now = 0       # client connections open right now, and the most at once
+    open_peak = 0
+
     @classmethod
     async def open(cls, port, ctx=None):
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        return cls(r, w, ctx)
+        c = cls(r, w, ctx)
+        Conn.open_now += 1
+        Conn.open_peak = max(Conn.open_peak, Conn.open_now)
+        c.counted = True
+        return c
+
+    def _uncount(self):
+        if getattr(self, "counted", False):
+            self.counted = False
+            Conn.open_now -= 1
 
     async def _flush(self):
         data = self.outb.read()
@@ -314,6 +326,7 @@ class Conn:
         except OSError:
             pass
         self.w.transport.abort()
+        self._uncount()
 
     def fin(self):
         try:
@@ -323,6 +336,7 @@ class Conn:
             pass
 
     async def close(self):
+        self._uncount()
         try:
             self.w.close()
             await asyncio.wait_for(self.w.wait_closed(), 2)
@@ -388,6 +402,8 @@ class Chaos:
         self.running = {}
         self.stop = False
         self.burst_on = False
+        self.next_slot = 0.0
+        self.timeline = []
 
     # ---- helpers
     async def connect(self, sc):
@@ -424,7 +440,7 @@ class Chaos:
                     msgs.append(json.dumps([{"c": i}, {"ts": t0 + i, "values": {"d": True}}]))
                 else:
                     msgs.append(json.dumps({"reply": {"id": "nope", "result": "ok"}}))
-            if sc.target == "ws_device" and rng.random() < 0.15:
+            if sc.target == "ws_device" and rng.random() < 0.05:
                 # a message larger than a socket read (inflates past it when compressed)
                 big = rng.choice([70000, 150000, 400000])
                 msgs.append(json.dumps({"seq": n + 1, "ts": t0 + n,
@@ -456,7 +472,9 @@ class Chaos:
                 if rng.random() < 0.2:
                     b.append(MQTT_PINGREQ)
                     sc.expect[b"\xd0\x00"] += 1
-            if rng.random() < 0.15:
+            if sc.target == "mqtt" and rng.random() < 0.05:
+                # (not over /mqtt: there a message before the CONNACK is held to
+                # limits.preauth_max_bytes)
                 big = rng.choice([70000, 150000, 400000])
                 b.append(mqtt_publish(topic, json.dumps({"ts": t0 + n, "values": {
                     "big": "y" * big}}), 1, 999))
@@ -467,10 +485,15 @@ class Chaos:
             if sc.target == "mqtt":
                 return b"", b"".join(b)
             stream = b"".join(b)
-            # MQTT over WebSocket is a byte stream: split the packets anywhere
-            cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1,
-                                                                rng.randint(0, 4))))
+            # MQTT over WebSocket is a byte stream: split the packets anywhere, except
+            # that the first message ends within the CONNECT (a first message is held to
+            # limits.preauth_max_bytes)
+            first = rng.randint(1, len(b[0]))
+            cuts = sorted(rng.sample(range(first + 1, len(stream)),
+                                     min(len(stream) - first - 1, rng.randint(0, 3))))
+            cuts = [first] + cuts
             parts = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)])]
+            parts = [p for p in parts if p]
             return self.ws_session(sc, parts, deflate, text=False)
         if sc.target == "ws_live":
             msgs = [json.dumps({"subscribe": {"devices": rng.choice([["*"], ["chaos-*"],
@@ -692,9 +715,10 @@ class Chaos:
         rng = sc.rng
         s = self.stream(sc)
         c = await self.connect(sc)
-        reader = asyncio.ensure_future(c.drain_reads(8))
+        reader = None
         try:
             await c.handshake()
+            reader = asyncio.ensure_future(c.drain_reads(8))
             n = min(len(s), rng.randint(1, 400))
             gap = rng.choice([0, 0.001, 0.005, 0.02])
             end = time.monotonic() + 3
@@ -711,7 +735,8 @@ class Chaos:
         except asyncio.TimeoutError:
             pass
         finally:
-            reader.cancel()
+            if reader:
+                reader.cancel()
             await c.close()
 
     async def k_hugelen(self, sc):
@@ -921,13 +946,83 @@ class Chaos:
             reader.cancel()
             await c.close()
 
+    async def pace(self):
+        """Scenarios start at most --rate per second (all workers together)."""
+        if not self.args.rate:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + 1.0 / self.args.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    async def holder(self, i, deadline):
+        """A long-lived valid session (a device on line, MQTT or /ws/device, or a /ws/live
+        viewer), plain or TLS, sending a value every few seconds; ends with a reset or a
+        close at the deadline."""
+        rng = random.Random("%s:holder:%d" % (self.args.seed, i))
+        await asyncio.sleep(rng.uniform(0, 2))
+        target = rng.choice(["line", "mqtt", "ws_device", "ws_live"])
+        sc = Scenario(0, self.args.seed, ["valid"], [target], self.args.tls)
+        sc.rng = rng
+        sc.target = target
+        sc.tls = rng.random() < 0.4 if self.args.tls is None else self.args.tls
+        dev, tok = sc.dev, token_of(sc.dev)
+        c = None
+        reader = None
+        try:
+            c = await self.connect(sc)
+            await c.handshake()
+            if target == "line":
+                await c.send((json.dumps({"device": dev, "token": tok}) + "\n").encode())
+                await c.recv_until(b"\n")
+            elif target == "mqtt":
+                await c.send(mqtt_connect("hold-%d" % i, dev, tok, keepalive=60))
+                await c.recv_until(b"\x20\x02\x00\x00")
+            else:
+                path = "/ws/device?device=%s&token=%s" % (dev, tok) if target == "ws_device" \
+                    else "/ws/live"
+                hdrs = [("Authorization", "Bearer " + API_KEY)] if target == "ws_live" else []
+                await c.send(ws_upgrade(path, ws_key(rng), hdrs))
+                await c.recv_until(b"\r\n\r\n")
+                if target == "ws_live":
+                    await c.send(ws_frame(rng, 1, json.dumps(
+                        {"subscribe": {"devices": [rng.choice(["*", BURST_DEV, "chaos-*"])]}})))
+            reader = asyncio.ensure_future(c.drain_reads(deadline - time.monotonic() + 5))
+            n = 0
+            while not self.stop and time.monotonic() < deadline and not c.eof:
+                await asyncio.sleep(min(rng.uniform(0.5, 3), max(0, deadline - time.monotonic())))
+                n += 1
+                v = {"ts": 1690000000000 + i * 100000 + n, "values": {"h": n}}
+                if target == "line":
+                    await c.send((json.dumps(dict(v, seq=n)) + "\n").encode())
+                elif target == "mqtt":
+                    await c.send(mqtt_publish("devices/%s/telemetry" % dev, json.dumps(v),
+                                              1, n % 65535 + 1))
+                elif target == "ws_device":
+                    await c.send(ws_frame(rng, 1, json.dumps(dict(v, seq=n))))
+            self.outcomes["holder dropped by gale" if c.eof else "holder held"] += 1
+            if rng.random() < 0.5:
+                c.rst()
+        except (OSError, EOFError, ssl.SSLError, asyncio.TimeoutError) as e:
+            self.outcomes["holder " + type(e).__name__] += 1
+        finally:
+            if reader:
+                reader.cancel()
+            if c:
+                await c.close()
+
     async def worker(self, deadline, next_id, kinds, targets):
         while not self.stop and time.monotonic() < deadline:
+            await self.pace()
+            if self.stop or time.monotonic() >= deadline:
+                return
             sid = next_id()
             if sid is None:
                 return
             sc = Scenario(sid, self.args.seed, kinds, targets, self.args.tls)
             self.running[sid] = sc
+            sc.t0 = time.time()
             try:
                 await asyncio.wait_for(self.run(sc), 10)
                 self.outcomes["completed"] += 1
@@ -942,6 +1037,8 @@ class Chaos:
                 self.outcomes["driver error"] += 1
             finally:
                 self.running.pop(sid, None)
+                if len(self.timeline) < 500000:
+                    self.timeline.append((sc.t0, time.time(), sc.kind))
 
 
 class WSReader:
@@ -1011,9 +1108,12 @@ class ChaosGale(galetest.Gale):
         super().__init__(*a, **kw)
         self.log_lines = collections.deque(maxlen=4000)
         self.report = []
+        self.log_file = None
 
     def _reader(self):
         for line in self.proc.stdout:
+            if self.log_file:
+                self.log_file.write(line)
             line = line.rstrip("\n")
             with self._lock:
                 self.log_lines.append(line)
@@ -1042,6 +1142,16 @@ def peak_kb(pid):
     except OSError:
         pass
     return 0
+
+
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def rss_kb(pid):
@@ -1074,7 +1184,7 @@ def provision(g):
 def probe_main(a):
     """Publishes QoS 1 values (one in flight), times each PUBACK, checks acked values
     through REST as it goes and all of them at the end. Prints one JSON line."""
-    out = {"acked": 0, "lat_ms": [], "errors": [], "unacked": 0, "published": 0}
+    out = {"acked": 0, "lat_ms": [], "errors": [], "unacked": 0, "published": 0, "slow": []}
     acked = {}
     deadline = time.monotonic() + a.seconds
 
@@ -1151,6 +1261,7 @@ def probe_main(a):
             pkt = mqtt_publish("devices/%s/telemetry" % PROBE_DEV,
                                json.dumps({"ts": ts, "values": {"p": n}}), 1, pid)
             t0 = time.perf_counter()
+            w0 = time.time()
             try:
                 s.sendall(pkt)
                 out["published"] += 1
@@ -1161,6 +1272,8 @@ def probe_main(a):
                 lat = time.perf_counter() - t0
                 acked[n] = ts
                 out["lat_ms"].append(round(lat * 1000, 3))
+                if lat > a.max_ack_s / 4 and len(out["slow"]) < 1000:
+                    out["slow"].append((w0, lat))
             except (OSError, ConnectionError) as e:
                 out["unacked"] += 1
                 out["errors"].append("probe value %d: %s after %.3f s" %
@@ -1239,6 +1352,8 @@ async def run_chaos(g, ctx, a, failures):
     nworkers = a.concurrency if a.replay is None else 1
     workers = [asyncio.ensure_future(ch.worker(deadline, next_id, kinds, targets))
                for _ in range(nworkers)]
+    if a.replay is None:
+        workers += [asyncio.ensure_future(ch.holder(i, deadline)) for i in range(a.holders)]
     done, pending = await asyncio.wait(workers, timeout=a.seconds + 30)
     ch.stop = True
     for w in pending:
@@ -1266,6 +1381,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--concurrency", type=int, default=300)
     ap.add_argument("--max-scenarios", type=int, default=2000000)
+    ap.add_argument("--rate", type=float, default=150,
+                    help="scenarios started per second at most (0: as fast as they end)")
+    ap.add_argument("--holders", type=int, default=150,
+                    help="long-lived valid sessions held open for the whole run")
     ap.add_argument("--seed", default=None)
     ap.add_argument("--only", default="", help="comma-separated kinds: " + ",".join(KINDS))
     ap.add_argument("--targets", default="", help="comma-separated: " + ",".join(TARGETS))
@@ -1274,6 +1393,7 @@ def main():
     ap.add_argument("--replay", type=int, default=None, help="run only scenario N of --seed")
     ap.add_argument("--repeat", type=int, default=1, help="with --replay: times to run it")
     ap.add_argument("--max-ack-s", type=float, default=1.0)
+    ap.add_argument("--gale-log", help="write all of gale's output to this file")
     ap.add_argument("--max-rss-mb", type=float, default=None,
                     help="default: 400 for a sanitizer build, 120 otherwise")
     ap.add_argument("--probe-interval", type=float, default=0.02)
@@ -1311,6 +1431,8 @@ def main():
         flush=True)
     failures = []
     g = ChaosGale(args=galetest.tls_args(cert, key), env=env)
+    if a.gale_log:
+        g.log_file = open(a.gale_log, "w")
     g.start(wait_ports=("http", "line", "mqtt", "https", "lines", "mqtts"))
     probe = None
     pres = None
@@ -1322,9 +1444,14 @@ def main():
         probe = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--probe", "--seconds", str(a.seconds),
              "--mqtt-port", str(g.ports["mqtt"]), "--http-port", str(g.ports["http"]),
-             "--probe-interval", str(a.probe_interval)],
+             "--probe-interval", str(a.probe_interval), "--max-ack-s", str(a.max_ack_s)],
             stdout=subprocess.PIPE, text=True)
+        # the clients stand for machines of their own: on a busy machine the gateway and
+        # the probe get the CPU first
+        os.nice(10)
+        cpu0 = cpu_s(g.proc.pid)
         ch, stats = asyncio.run(run_chaos(g, ctx, a, failures))
+        stats["cpu_s"] = cpu_s(g.proc.pid) - cpu0
         try:
             pout, _ = probe.communicate(timeout=60 if g.alive() else 15)
         except subprocess.TimeoutExpired:
@@ -1376,6 +1503,7 @@ def main():
         print("connections per listener:")
         for k, v in sorted(ch.conns.items()):
             print("  %-18s %8d" % (k, v))
+        print("client connections open at once: %d at most" % Conn.open_peak)
         print("scenarios per kind:")
         for k in KINDS:
             if ch.mutations[k]:
@@ -1392,8 +1520,21 @@ def main():
               "p99 %.1f ms, max %.1f ms (bound %.0f ms)" % (
                   pres["published"], pres["acked"], pres.get("stored", -1), pct(lat, 50),
                   pct(lat, 99), max(lat) if lat else 0, a.max_ack_s * 1000))
+    if pres and pres["slow"] and ch:
+        # which scenario kinds ran while the slowest acks waited (a hint, not a cause)
+        slow = sorted(pres["slow"], key=lambda x: -x[1])[:5]
+        print("slowest probe acks and the scenarios running meanwhile:")
+        for w0, lat in slow:
+            kinds = collections.Counter(k for t0, t1, k in ch.timeline
+                                        if t0 < w0 + lat and t1 > w0)
+            print("  %.0f ms: %s" % (lat * 1000, ", ".join("%s %d" % kv
+                                                          for kv in kinds.most_common(6))))
     print("gale peak RSS: %.1f MB (bound %.0f MB)" % (stats["peak_rss_kb"] / 1024,
                                                       a.max_rss_mb))
+    if stats.get("cpu_s"):
+        print("gale CPU during the run: %.0f s in %.0f s (%.0f%% of one core; loop, storage "
+              "writer and readers together)" % (stats["cpu_s"], stats["elapsed"],
+                                                100 * stats["cpu_s"] / stats["elapsed"]))
     print("gale exit code after SIGTERM: %r" % rc)
     if failures:
         print("\nlast lines of gale's output:\n" + "\n".join(list(g.log_lines)[-40:]))
