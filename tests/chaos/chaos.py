@@ -9,7 +9,9 @@ REST.
 
 Fails on: a sanitizer report or an assertion in Gale's output, Gale dying, a SIGTERM stop
 that is not clean (exit 0), an acked probe value missing or stored twice, a probe ack
-slower than --max-ack-s (1 s), peak RSS over --max-rss-mb, a bug of the driver itself.
+slower than --max-ack-s (1 s), peak RSS over --max-rss-mb, a valid session that does not
+get an answer it must get (auth, ack, SUBACK, reply) within 9 s, a bug of the driver
+itself.
 Prints a summary: connections per listener, mutations per kind, probe ack latencies,
 peak RSS. Every loop is bounded by --seconds and --max-scenarios; loopback only.
 
@@ -198,6 +200,9 @@ class Conn:
             self.tls = ctx.wrap_bio(self.inb, self.outb, server_hostname="localhost")
         self.eof = False
         self.received = 0
+        sn = writer.get_extra_info("sockname")
+        self.port = sn[1] if sn else None
+        self.raw_in = 0       # bytes off the socket (ciphertext over TLS)
 
     open_now = 0       # client connections open right now, and the most at once
     open_peak = 0
@@ -244,6 +249,7 @@ class Conn:
                 data = await self.r.read(65536)
                 if not data:
                     raise ConnectionError("EOF during TLS handshake")
+                self.raw_in += len(data)
                 self.inb.write(data)
         await self._flush()
 
@@ -262,25 +268,55 @@ class Conn:
         if not self.tls:
             data = await self.r.read(65536)
         else:
-            while True:
-                try:
-                    data = self.tls.read(65536)
-                    break
-                except ssl.SSLWantReadError:
-                    raw = await self.r.read(65536)
-                    if not raw:
-                        data = b""
-                        break
-                    self.inb.write(raw)
-                except ssl.SSLZeroReturnError:
-                    data = b""
-                    break
-            if self.outb.pending:
-                await self._flush()
+            data = await self._recv_tls()
         if not data:
             self.eof = True
         self.received += len(data)
         return data
+
+    def _decrypt(self):
+        """Every plaintext byte the TLS object can give from what it holds: (bytes,
+        closed). A record without data (a TLS 1.3 ticket) answers "want read" while whole
+        records may still wait behind it, so that answer is taken only when asking again
+        brings nothing."""
+        out = []
+        closed = False
+        misses = 0
+        while misses < 2:
+            try:
+                d = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                misses += 1
+                continue
+            except ssl.SSLZeroReturnError:
+                closed = True
+                break
+            if not d:
+                closed = True
+                break
+            out.append(d)
+            misses = 0
+        return b"".join(out), closed
+
+    async def _recv_tls(self):
+        while True:
+            data, closed = self._decrypt()
+            if self.outb.pending:
+                try:
+                    await self._flush()
+                except OSError:
+                    pass
+            if data:
+                if closed:
+                    self.tls_closed = True
+                return data
+            if closed or getattr(self, "tls_closed", False):
+                return b""
+            raw = await self.r.read(65536)
+            if not raw:
+                return b""
+            self.raw_in += len(raw)
+            self.inb.write(raw)
 
     async def recv_until(self, marker, limit=1 << 20, timeout=5.0):
         """Bytes read until `marker` shows up (or EOF, limit, timeout)."""
@@ -397,6 +433,7 @@ class Chaos:
         self.mutations = collections.Counter()
         self.outcomes = collections.Counter()
         self.valid_bad = collections.Counter()
+        self.late = []
         self.valid_bad_examples = []
         self.driver_errors = []
         self.running = {}
@@ -613,23 +650,37 @@ class Chaos:
                     await self.send_chunks(c, body, rng.randint(1, 4), rng)
             else:
                 await self.send_chunks(c, body, rng.randint(1, 4), rng)
-            end = time.monotonic() + 8
-            while not all(got.count(m) >= k for m, k in want.items()):
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    d = await asyncio.wait_for(c.recv(), left)
-                except asyncio.TimeoutError:
-                    break
-                if not d:
-                    break
-                got += ws.feed(d) if ws else d
+            t_start = time.monotonic()
+
+            async def read_for(seconds, got):
+                end = time.monotonic() + seconds
+                while not all(got.count(m) >= k for m, k in want.items()):
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        d = await asyncio.wait_for(c.recv(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    if not d:
+                        break
+                    got += ws.feed(d) if ws else d
+                return got
+            got = await read_for(6, got)
             missing = [m for m, k in want.items() if got.count(m) < k]
+            if missing and not c.eof:
+                # late, or stuck? read on for a while, sending nothing
+                raw0 = c.raw_in
+                got = await read_for(3, got)
+                still = [m for m, k in want.items() if got.count(m) < k]
+                self.note_late(sc, "%s after %.1f s (%d more bytes in the 3 s grace)" % (
+                    "complete" if not still else "still missing %r" % still[:3],
+                    time.monotonic() - t_start, c.raw_in - raw0))
             if missing:
-                self.note_bad(sc, "missing %r%s; got %r" % (
+                self.note_bad(sc, "missing %r%s; port %s, %d bytes in (%s), %s; got %r" % (
                     missing[:3], " (ws close %r)" % ws.close_code if ws and ws.close_code
-                    else "", got[:200]))
+                    else "", c.port, c.raw_in if sc.tls else c.received,
+                    "TLS" if sc.tls else "plain", "EOF" if c.eof else "open", got[:200]))
             elif ws and ws.close_code not in (None, 1000):
                 self.note_bad(sc, "ws close %r %r" % (ws.close_code, got[-200:]))
             if sc.target == "ws_live" and not sc.closes:
@@ -642,6 +693,9 @@ class Chaos:
                 await c.drain_reads(2)
         finally:
             await c.close()
+
+    def note_late(self, sc, what):
+        self.late.append("%s: %s" % (sc, what))
 
     def note_bad(self, sc, what):
         self.valid_bad[sc.target] += 1
@@ -1028,10 +1082,10 @@ class Chaos:
             self.running[sid] = sc
             sc.t0 = time.time()
             try:
-                await asyncio.wait_for(self.run(sc), 10)
+                await asyncio.wait_for(self.run(sc), 15)
                 self.outcomes["completed"] += 1
             except asyncio.TimeoutError:
-                self.outcomes["timed out (10 s)"] += 1
+                self.outcomes["timed out (15 s)"] += 1
             except (OSError, EOFError, ssl.SSLError, asyncio.IncompleteReadError) as e:
                 self.outcomes[type(e).__name__] += 1
             except asyncio.CancelledError:
@@ -1497,6 +1551,10 @@ def main():
             failures.append("probe: " + "\n  ".join(pres["errors"][:20]))
         if not pres["acked"]:
             failures.append("the probe got no ack at all")
+    if ch and ch.valid_bad:
+        failures.append("%d valid sessions went without an answer they must get (within 9 s):"
+                        "\n  %s" % (sum(ch.valid_bad.values()),
+                                    "\n  ".join(ch.valid_bad_examples)))
     if stats["peak_rss_kb"] > a.max_rss_mb * 1024:
         failures.append("peak RSS %.0f MB over the bound of %.0f MB"
                         % (stats["peak_rss_kb"] / 1024, a.max_rss_mb))
@@ -1518,6 +1576,8 @@ def main():
             print("valid sessions without the expected answer: %s" % dict(ch.valid_bad))
             for e in ch.valid_bad_examples:
                 print("  " + e)
+            for e in ch.late[:8]:
+                print("  late: " + e)
     if pres:
         lat = pres["lat_ms"]
         print("probe: %d published, %d acked, %d stored at the end; ack latency p50 %.1f ms, "
