@@ -10,7 +10,7 @@ REST.
 Fails on: a sanitizer report or an assertion in Gale's output, Gale dying, a SIGTERM stop
 that is not clean (exit 0), an acked probe value missing or stored twice, a probe ack
 slower than --max-ack-s (1 s), peak RSS over --max-rss-mb, a valid session that does not
-get an answer it must get (auth, ack, SUBACK, reply) within 9 s, a bug of the driver
+get an answer it must get (auth, ack, SUBACK, reply) within 15 s, a bug of the driver
 itself.
 Prints a summary: connections per listener, mutations per kind, probe ack latencies,
 peak RSS. Every loop is bounded by --seconds and --max-scenarios; loopback only.
@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -45,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 import galetest  # noqa: E402
-from galetest import API_KEY, ws_accept_key  # noqa: E402
+from galetest import API_KEY  # noqa: E402
 
 N_DEVICES = 40
 PROBE_DEV = "chaos-probe"
@@ -666,14 +667,14 @@ class Chaos:
                         break
                     got += ws.feed(d) if ws else d
                 return got
-            got = await read_for(6, got)
+            got = await read_for(10, got)
             missing = [m for m, k in want.items() if got.count(m) < k]
             if missing and not c.eof:
                 # late, or stuck? read on for a while, sending nothing
                 raw0 = c.raw_in
-                got = await read_for(3, got)
+                got = await read_for(5, got)
                 still = [m for m, k in want.items() if got.count(m) < k]
-                self.note_late(sc, "%s after %.1f s (%d more bytes in the 3 s grace)" % (
+                self.note_late(sc, "%s after %.1f s (%d more bytes in the 5 s grace)" % (
                     "complete" if not still else "still missing %r" % still[:3],
                     time.monotonic() - t_start, c.raw_in - raw0))
             if missing:
@@ -1082,10 +1083,10 @@ class Chaos:
             self.running[sid] = sc
             sc.t0 = time.time()
             try:
-                await asyncio.wait_for(self.run(sc), 15)
+                await asyncio.wait_for(self.run(sc), 20)
                 self.outcomes["completed"] += 1
             except asyncio.TimeoutError:
-                self.outcomes["timed out (15 s)"] += 1
+                self.outcomes["timed out (20 s)"] += 1
             except (OSError, EOFError, ssl.SSLError, asyncio.IncompleteReadError) as e:
                 self.outcomes[type(e).__name__] += 1
             except asyncio.CancelledError:
@@ -1210,6 +1211,21 @@ def cpu_s(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def runq_wait_s(pid):
+    """Seconds the process's threads have spent runnable but waiting for a CPU."""
+    total = 0
+    try:
+        for t in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        pass
+    return total / 1e9
 
 
 def rss_kb(pid):
@@ -1507,9 +1523,10 @@ def main():
         # the clients stand for machines of their own: on a busy machine the gateway and
         # the probe get the CPU first
         os.nice(10)
-        cpu0 = cpu_s(g.proc.pid)
+        cpu0, wait0 = cpu_s(g.proc.pid), runq_wait_s(g.proc.pid)
         ch, stats = asyncio.run(run_chaos(g, ctx, a, failures))
         stats["cpu_s"] = cpu_s(g.proc.pid) - cpu0
+        stats["wait_s"] = runq_wait_s(g.proc.pid) - wait0
         try:
             pout, _ = probe.communicate(timeout=60 if g.alive() else 15)
         except subprocess.TimeoutExpired:
@@ -1531,6 +1548,10 @@ def main():
         if g.report or rc != 0:
             # the report may still be arriving in the pipe
             g._reader_thread.join(10)
+        if g.log_file:
+            g.log_file.close()
+        shutil.rmtree(g.data_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     if rc != 0:
         failures.append("gale %s exit code %r%s" % ("stopped (SIGTERM) with" if alive else
                                                     "died:", rc,
@@ -1545,14 +1566,16 @@ def main():
         lat = pres["lat_ms"]
         slow = [x for x in lat if x > a.max_ack_s * 1000]
         if slow:
-            failures.append("%d probe acks slower than %.1f s (max %.0f ms)"
-                            % (len(slow), a.max_ack_s, max(slow)))
+            failures.append("%d probe acks slower than %.1f s (max %.0f ms); gale's threads "
+                            "waited %.1f s for a CPU during the run (a busy machine shows "
+                            "there)" % (len(slow), a.max_ack_s, max(slow),
+                                        stats.get("wait_s", 0)))
         if pres["errors"]:
             failures.append("probe: " + "\n  ".join(pres["errors"][:20]))
         if not pres["acked"]:
             failures.append("the probe got no ack at all")
     if ch and ch.valid_bad:
-        failures.append("%d valid sessions went without an answer they must get (within 9 s):"
+        failures.append("%d valid sessions went without an answer they must get (15 s):"
                         "\n  %s" % (sum(ch.valid_bad.values()),
                                     "\n  ".join(ch.valid_bad_examples)))
     if stats["peak_rss_kb"] > a.max_rss_mb * 1024:
@@ -1597,8 +1620,9 @@ def main():
                                                       a.max_rss_mb))
     if stats.get("cpu_s"):
         print("gale CPU during the run: %.0f s in %.0f s (%.0f%% of one core; loop, storage "
-              "writer and readers together)" % (stats["cpu_s"], stats["elapsed"],
-                                                100 * stats["cpu_s"] / stats["elapsed"]))
+              "writer and readers together); its threads waited %.1f s for a CPU"
+              % (stats["cpu_s"], stats["elapsed"], 100 * stats["cpu_s"] / stats["elapsed"],
+                 stats.get("wait_s", 0)))
     print("gale exit code after SIGTERM: %r" % rc)
     if failures:
         print("\nlast lines of gale's output:\n" + "\n".join(list(g.log_lines)[-40:]))
