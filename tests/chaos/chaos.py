@@ -861,7 +861,17 @@ class Chaos:
         valid message; then read, close or reset."""
         rng = sc.rng
         head, body = self.session_bytes(sc, True)
-        b = bombs()[rng.choice([2, 16, 64, "json"])]
+        size = rng.choice([2, 16, 64, "json", "under", "under"])
+        if size == "under":
+            # under http.ws_max_message_bytes: inflated in full (far past a socket read),
+            # then refused or dropped by the protocol, not stored
+            pad = "y" * rng.choice([100000, 500000, 1000000])
+            b = deflate_raw({
+                "ws_device": lambda: json.dumps({"reply": {"id": "none", "pad": pad}}).encode(),
+                "ws_live": lambda: json.dumps({"subscribe": {"keys": [pad]}}).encode(),
+                "ws_mqtt": lambda: mqtt_publish("chaos/denied", pad, 0)}[sc.target](), 9)
+        else:
+            b = bombs()[size]
         op = 2 if sc.target == "ws_mqtt" else 1
         if rng.random() < 0.3:
             k = rng.randrange(1, len(b))
