@@ -9,9 +9,10 @@ REST.
 
 Fails on: a sanitizer report or an assertion in Gale's output, Gale dying, a SIGTERM stop
 that is not clean (exit 0), an acked probe value missing or stored twice, a probe ack
-slower than --max-ack-s (1 s), peak RSS over --max-rss-mb, a valid session that does not
-get an answer it must get (auth, ack, SUBACK, reply) within 15 s, a bug of the driver
-itself.
+slower than --max-ack-s (1 s; unless Gale's threads waited longer than the ack for a CPU
+held by other processes, counted apart), peak RSS over --max-rss-mb, a valid session that
+does not get an answer it must get (auth, ack, SUBACK, reply) within 15 s, a bug of the
+driver itself.
 Prints a summary: connections per listener, mutations per kind, probe ack latencies,
 peak RSS. Every loop is bounded by --seconds and --max-scenarios; loopback only.
 
@@ -1346,6 +1347,8 @@ def probe_main(a):
                                json.dumps({"ts": ts, "values": {"p": n}}), 1, pid)
             t0 = time.perf_counter()
             w0 = time.time()
+            q0 = runq_wait_s(a.gale_pid) if a.gale_pid else 0.0
+            c0 = cpu_s(a.gale_pid) if a.gale_pid else 0.0
             try:
                 s.sendall(pkt)
                 out["published"] += 1
@@ -1356,8 +1359,10 @@ def probe_main(a):
                 lat = time.perf_counter() - t0
                 acked[n] = ts
                 out["lat_ms"].append(round(lat * 1000, 3))
-                if lat > a.max_ack_s / 4 and len(out["slow"]) < 1000:
-                    out["slow"].append((w0, lat))
+                if lat > a.max_ack_s / 4 and len(out["slow"]) < 50000:
+                    q = runq_wait_s(a.gale_pid) - q0 if a.gale_pid else 0.0
+                    cpu = cpu_s(a.gale_pid) - c0 if a.gale_pid else 0.0
+                    out["slow"].append((w0, lat, q, cpu))
             except (OSError, ConnectionError) as e:
                 out["unacked"] += 1
                 out["errors"].append("probe value %d: %s after %.3f s" %
@@ -1484,6 +1489,7 @@ def main():
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mqtt-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--gale-pid", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.probe:
         return probe_main(a)
@@ -1528,7 +1534,8 @@ def main():
         probe = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--probe", "--seconds", str(a.seconds),
              "--mqtt-port", str(g.ports["mqtt"]), "--http-port", str(g.ports["http"]),
-             "--probe-interval", str(a.probe_interval), "--max-ack-s", str(a.max_ack_s)],
+             "--probe-interval", str(a.probe_interval), "--max-ack-s", str(a.max_ack_s),
+             "--gale-pid", str(g.proc.pid)],
             stdout=subprocess.PIPE, text=True)
         # the clients stand for machines of their own: on a busy machine the gateway and
         # the probe get the CPU first
@@ -1573,13 +1580,23 @@ def main():
     if pres is None:
         failures.append("no result from the probe")
     else:
-        lat = pres["lat_ms"]
-        slow = [x for x in lat if x > a.max_ack_s * 1000]
-        if slow:
-            failures.append("%d probe acks slower than %.1f s (max %.0f ms); gale's threads "
-                            "waited %.1f s for a CPU during the run (a busy machine shows "
-                            "there)" % (len(slow), a.max_ack_s, max(slow),
-                                        stats.get("wait_s", 0)))
+        # An ack over the bound fails the run, unless the machine held gale back: its
+        # threads waited for a CPU at least as long as the ack took, while gale itself
+        # used at most one core (so other processes had the CPU, not gale's own threads),
+        # and the ack still came within 5 times the bound. Those are counted and shown.
+        over = [x for x in pres["slow"] if x[1] > a.max_ack_s]
+        starved = [x for x in over if x[2] >= x[1] and x[3] <= x[1] and
+                   x[1] <= 5 * a.max_ack_s]
+        counted = [x for x in over if x not in starved]
+        if sum(1 for x in pres["lat_ms"] if x > a.max_ack_s * 1000) > len(over):
+            failures.append("probe acks over the bound that the probe did not record")
+        stats["starved"] = starved
+        if counted:
+            failures.append("%d probe acks slower than %.1f s (max %.0f ms; gale CPU / CPU "
+                            "wait during each: %s)" % (
+                                len(counted), a.max_ack_s, max(x[1] for x in counted) * 1000,
+                                ", ".join("%.0f/%.0f ms" % (x[3] * 1000, x[2] * 1000)
+                                          for x in counted[:5])))
         if pres["errors"]:
             failures.append("probe: " + "\n  ".join(pres["errors"][:20]))
         if not pres["acked"]:
@@ -1620,12 +1637,19 @@ def main():
     if pres and pres["slow"] and ch:
         # which scenario kinds ran while the slowest acks waited (a hint, not a cause)
         slow = sorted(pres["slow"], key=lambda x: -x[1])[:5]
-        print("slowest probe acks and the scenarios running meanwhile:")
-        for w0, lat in slow:
+        print("slowest probe acks, the time gale's threads waited for a CPU meanwhile, and "
+              "the scenarios running:")
+        for w0, lat, q, cpu in slow:
             kinds = collections.Counter(k for t0, t1, k in ch.timeline
                                         if t0 < w0 + lat and t1 > w0)
-            print("  %.0f ms: %s" % (lat * 1000, ", ".join("%s %d" % kv
-                                                          for kv in kinds.most_common(6))))
+            print("  %.0f ms (gale CPU %.0f ms, CPU wait %.0f ms): %s" % (
+                lat * 1000, cpu * 1000, q * 1000,
+                ", ".join("%s %d" % kv for kv in kinds.most_common(5))))
+    if stats.get("starved"):
+        print("NOTE: %d probe acks over %.1f s came while gale's threads waited for a CPU "
+              "held by other processes for longer than the ack took; not counted as "
+              "failures (a machine this busy cannot time gale)" % (len(stats["starved"]),
+                                                                   a.max_ack_s))
     print("gale peak RSS: %.1f MB (bound %.0f MB)" % (stats["peak_rss_kb"] / 1024,
                                                       a.max_rss_mb))
     if stats.get("cpu_s"):
