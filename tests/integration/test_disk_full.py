@@ -166,7 +166,7 @@ def run(mnt):
         fill(filler)
         # what SQLite had allocated still takes a few writes: send until one is refused
         seq, r = 1, None
-        while seq < 2000:
+        while seq < 5000:
             seq += 1
             r = line_send(c, led, seq, pad="x" * 400)
             if "error" in r:
