@@ -143,7 +143,7 @@ void session_command_reply(struct gw *gw, const char *device, const char *cmd_id
 /* ---- message transports -------------------------------------------------------------- */
 
 /* Sends the JSON object in b through the transport. Returns false when the connection
- * closed meanwhile (the session is then freed). */
+ * closed meanwhile (the session stays until the close callback). */
 static bool send_msg(struct conn *c, const struct session_ops *ops, struct buf *b)
 {
     ops->write(c, b);

@@ -104,7 +104,6 @@ static void qos2_remove(struct mqtt_session *s, uint16_t id)
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
-    struct mqtt_broker *b;
     uint16_t id = (uint16_t)(tag & 0xffff);
     if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
@@ -122,15 +121,12 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
                                           : "storage failure: message not acknowledged");
         return;
     }
-    b = mc->b;
-    broker_enter(b); /* a failed send closes c: mc is freed at broker_leave, not in it */
     mc->out.len = 0;
     if (tag & TAG_PUBREC)
         mqtt_encode_pubrec(&mc->out, id);
     else
         mqtt_encode_puback(&mc->out, id);
     send_buf(mc);
-    broker_leave(b);
 }
 
 /* ---- CONNECT ---- */
@@ -595,12 +591,11 @@ static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
 static int mqtt_feed(void *state, struct buf *in)
 {
     struct mqtt_conn *mc = state;
-    struct conn *c = mc->c; /* conn_refeed holds a reference: valid after mc is gone */
+    struct conn *c = mc->c;
     struct mqtt_broker *b = mc->b;
     size_t off = 0, used = 0;
     bool waits = false;
 
-    broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
         const char *why;
@@ -631,7 +626,6 @@ static int mqtt_feed(void *state, struct buf *in)
         if (waits)
             take_ahead(mc, in, mc->ahead ? mc->ahead : used);
     }
-    broker_leave(b); /* may finish (free) mc when it closed meanwhile */
     return c->closing ? -1 : 0;
 }
 
