@@ -186,6 +186,11 @@ static void on_durable(struct conn *c, uint64_t tag, int ok)
 
     if (ok < 0) /* closed first: nothing to send */
         return;
+    if (!ok && c->gw->storage_full) {
+        send_error(s, "storage_full", "storage full: not stored, send again later", true,
+                   (int64_t)tag);
+        return;
+    }
     if (!ok) {
         send_error(s, "storage_error", "storage failure: not stored, send again", true,
                    (int64_t)tag);
