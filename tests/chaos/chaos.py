@@ -436,6 +436,7 @@ class Chaos:
         self.outcomes = collections.Counter()
         self.valid_bad = collections.Counter()
         self.late = []
+        self.holders_dropped = []
         self.valid_bad_examples = []
         self.driver_errors = []
         self.running = {}
@@ -1032,6 +1033,7 @@ class Chaos:
         close at the deadline."""
         rng = random.Random("%s:holder:%d" % (self.args.seed, i))
         await asyncio.sleep(rng.uniform(0, 2))
+        t_start = time.monotonic()
         target = rng.choice(["line", "mqtt", "ws_device", "ws_live"])
         sc = Scenario(0, self.args.seed, ["valid"], [target], self.args.tls)
         sc.rng = rng
@@ -1058,7 +1060,23 @@ class Chaos:
                 if target == "ws_live":
                     await c.send(ws_frame(rng, 1, json.dumps(
                         {"subscribe": {"devices": [rng.choice(["*", BURST_DEV, "chaos-*"])]}})))
-            reader = asyncio.ensure_future(c.drain_reads(deadline - time.monotonic() + 5))
+            ws = WSReader(False, False) if target.startswith("ws_") else None
+
+            async def read_all(end):
+                """Reads until the end; a WebSocket ping is answered (as any client does)."""
+                while not c.eof and time.monotonic() < end:
+                    try:
+                        d = await asyncio.wait_for(c.recv(), max(0.01, end - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        return
+                    except (OSError, ssl.SSLError, EOFError):
+                        c.eof = True
+                        return
+                    if ws and d:
+                        ws.feed(d)
+                        while ws.pings:
+                            await c.send(ws_frame(rng, 10, ws.pings.pop(0)))
+            reader = asyncio.ensure_future(read_all(deadline + 5))
             n = 0
             while not self.stop and time.monotonic() < deadline and not c.eof:
                 await asyncio.sleep(min(rng.uniform(0.5, 3), max(0, deadline - time.monotonic())))
@@ -1072,6 +1090,11 @@ class Chaos:
                 elif target == "ws_device":
                     await c.send(ws_frame(rng, 1, json.dumps(dict(v, seq=n))))
             self.outcomes["holder dropped by gale" if c.eof else "holder held"] += 1
+            if c.eof and not self.stop:
+                self.holders_dropped.append("holder %d: %s over %s (device %s)%s, after %.0f s" % (
+                    i, target, sc.listener(), dev,
+                    " ws close %r" % ws.close_code if ws and ws.close_code else "",
+                    time.monotonic() - t_start))
             if rng.random() < 0.5:
                 c.rst()
         except (OSError, EOFError, ssl.SSLError, asyncio.TimeoutError) as e:
@@ -1123,6 +1146,7 @@ class WSReader:
         self.parts = []
         self.compressed = False
         self.close_code = None
+        self.pings = []
 
     def feed(self, data):
         self.buf += data
@@ -1147,7 +1171,10 @@ class WSReader:
                     else 1005
                 out.append(b"<close %d>" % self.close_code)
                 continue
-            if op in (9, 10):
+            if op == 9:
+                self.pings.append(payload)
+                continue
+            if op == 10:
                 continue
             if op != 0:
                 self.compressed = bool(b0 & 0x40)
@@ -1423,9 +1450,16 @@ async def run_chaos(g, ctx, a, failures):
 
     stats = {"peak_rss_kb": 0}
 
+    stats["rss_series"] = []
+
     async def monitor():
+        next_sample = time.monotonic()
         while not ch.stop:
-            stats["peak_rss_kb"] = max(stats["peak_rss_kb"], rss_kb(g.proc.pid))
+            rss = rss_kb(g.proc.pid)
+            stats["peak_rss_kb"] = max(stats["peak_rss_kb"], rss)
+            if time.monotonic() >= next_sample:
+                stats["rss_series"].append(rss)
+                next_sample += max(5.0, a.seconds / 12)
             if not g.alive() or g.report:
                 ch.stop = True
                 snap = sorted(ch.running.values(), key=lambda s: s.sid)
@@ -1601,6 +1635,9 @@ def main():
             failures.append("probe: " + "\n  ".join(pres["errors"][:20]))
         if not pres["acked"]:
             failures.append("the probe got no ack at all")
+    if ch and ch.holders_dropped:
+        failures.append("%d long-lived valid sessions closed by gale:\n  %s" % (
+            len(ch.holders_dropped), "\n  ".join(ch.holders_dropped[:10])))
     if ch and ch.valid_bad:
         failures.append("%d valid sessions went without an answer they must get (15 s):"
                         "\n  %s" % (sum(ch.valid_bad.values()),
@@ -1652,6 +1689,9 @@ def main():
                                                                    a.max_ack_s))
     print("gale peak RSS: %.1f MB (bound %.0f MB)" % (stats["peak_rss_kb"] / 1024,
                                                       a.max_rss_mb))
+    if stats.get("rss_series"):
+        print("gale RSS every %.0f s (MB): %s" % (max(5.0, a.seconds / 12), " ".join(
+            "%.0f" % (x / 1024) for x in stats["rss_series"])))
     if stats.get("cpu_s"):
         print("gale CPU during the run: %.0f s in %.0f s (%.0f%% of one core; loop, storage "
               "writer and readers together); its threads waited %.1f s for a CPU"
