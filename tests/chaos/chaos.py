@@ -60,6 +60,9 @@ SANITIZER_RX = re.compile(
     r"Assertion .* failed")
 
 
+CLOSE_RX = re.compile(r'peer=127\.0\.0\.1:(\d+) .* close reason="([^"]*)"')
+
+
 def token_of(dev):
     """Tokens are chosen at provisioning, so a replayed scenario sends the same bytes."""
     return "tok-" + dev.replace(":", "-") + "-0123456789abcdef"
@@ -1090,11 +1093,19 @@ class Chaos:
                 elif target == "ws_device":
                     await c.send(ws_frame(rng, 1, json.dumps(dict(v, seq=n))))
             self.outcomes["holder dropped by gale" if c.eof else "holder held"] += 1
+            why = None
             if c.eof and not self.stop:
+                await asyncio.sleep(0.5)   # gale's log line of the close
+                why = self.g.close_reasons.get(c.port)
+            if why and "send queue over budget" in why:
+                # a documented limit (limits.max_send_queue_bytes): this client, starved of
+                # CPU, did not read its live feed fast enough
+                self.outcomes["holder closed as a slow reader"] += 1
+            elif c.eof and not self.stop:
                 self.holders_dropped.append("holder %d: %s over %s (device %s)%s, after %.0f s" % (
                     i, target, sc.listener(), dev,
                     " ws close %r" % ws.close_code if ws and ws.close_code else "",
-                    time.monotonic() - t_start))
+                    time.monotonic() - t_start) + ', gale: "%s"' % why)
             if rng.random() < 0.5:
                 c.rst()
         except (OSError, EOFError, ssl.SSLError, asyncio.TimeoutError) as e:
@@ -1206,6 +1217,7 @@ class ChaosGale(galetest.Gale):
         self.log_lines = collections.deque(maxlen=4000)
         self.report = []
         self.log_file = None
+        self.close_reasons = collections.OrderedDict()   # client port -> gale's close reason
 
     def _reader(self):
         for line in self.proc.stdout:
@@ -1217,6 +1229,12 @@ class ChaosGale(galetest.Gale):
                 if self.report or SANITIZER_RX.search(line):
                     if len(self.report) < 2000:
                         self.report.append(line)
+            m = CLOSE_RX.search(line)
+            if m:
+                self.close_reasons[int(m.group(1))] = m.group(2)
+                if len(self.close_reasons) > 100000:
+                    self.close_reasons.popitem(last=False)
+                continue
             m = re.search(r"listening protocol=(\w+) port=(\d+)", line)
             if m:
                 self.ports[m.group(1)] = int(m.group(2))
