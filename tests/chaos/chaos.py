@@ -1295,6 +1295,35 @@ def rss_kb(pid):
     return 0
 
 
+def gale_state(g):
+    """What gale holds at the end (what its memory goes to): MQTT sessions and their
+    queued messages, retained messages, the storage queue."""
+    out = {}
+    try:
+        sess, cursor = [], None
+        for _ in range(100):
+            st, js = g.http("GET", "/api/mqtt/sessions?limit=1000" +
+                            ("&cursor=" + urllib.parse.quote(cursor) if cursor else ""))
+            if st != 200:
+                break
+            sess += js.get("sessions", [])
+            cursor = js.get("_next")
+            if not cursor:
+                break
+        out["mqtt sessions"] = len(sess)
+        out["persistent"] = sum(1 for x in sess if not x.get("clean"))
+        out["queued messages"] = sum(x.get("queued", 0) for x in sess)
+        st, js = g.http("GET", "/api/mqtt/retained?limit=1000")
+        out["retained"] = len(js.get("retained", [])) if st == 200 else None
+        st, js = g.http("GET", "/api/health")
+        if st == 200:
+            out["connections"] = js.get("connections")
+            out["storage"] = js.get("storage")
+    except (OSError, ValueError) as e:
+        out["error"] = repr(e)
+    return out
+
+
 def provision(g):
     for i in range(N_DEVICES):
         g.create_device(dev_name(i), token=token_of(dev_name(i)))
@@ -1596,6 +1625,8 @@ def main():
         ch, stats = asyncio.run(run_chaos(g, ctx, a, failures))
         stats["cpu_s"] = cpu_s(g.proc.pid) - cpu0
         stats["wait_s"] = runq_wait_s(g.proc.pid) - wait0
+        if g.alive():
+            stats["state"] = gale_state(g)
         try:
             pout, _ = probe.communicate(timeout=60 if g.alive() else 15)
         except subprocess.TimeoutExpired:
@@ -1707,6 +1738,8 @@ def main():
                                                                    a.max_ack_s))
     print("gale peak RSS: %.1f MB (bound %.0f MB)" % (stats["peak_rss_kb"] / 1024,
                                                       a.max_rss_mb))
+    if stats.get("state"):
+        print("gale at the end: %s" % json.dumps(stats["state"]))
     if stats.get("rss_series"):
         print("gale RSS every %.0f s (MB): %s" % (max(5.0, a.seconds / 12), " ".join(
             "%.0f" % (x / 1024) for x in stats["rss_series"])))
