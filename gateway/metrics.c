@@ -248,7 +248,8 @@ void metrics_render(struct gw *gw, struct buf *b)
                   "gale_mqtt_refused_total{limit=\"mqtt.max_subscription_bytes\"} %llu\n"
                   "gale_mqtt_refused_total{limit=\"mqtt.max_subscription_levels\"} %llu\n"
                   "gale_mqtt_refused_total{limit=\"mqtt.max_connections_per_identity\"} %llu\n"
-                  "gale_mqtt_refused_total{limit=\"sessions\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"limits.max_sessions_per_device\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_anonymous_sessions\"} %llu\n"
                   "gale_mqtt_refused_total{limit=\"mqtt.max_queued_bytes\"} %llu\n"
                   "gale_mqtt_refused_total{limit=\"mqtt.max_qos2_pending\"} %llu\n",
                (unsigned long long)m->mqtt_refused_subscriptions,
@@ -256,6 +257,7 @@ void metrics_render(struct gw *gw, struct buf *b)
                (unsigned long long)m->mqtt_refused_sub_levels,
                (unsigned long long)m->mqtt_refused_connections,
                (unsigned long long)m->mqtt_refused_sessions,
+               (unsigned long long)m->mqtt_refused_anon_sessions,
                (unsigned long long)m->mqtt_refused_queue_bytes,
                (unsigned long long)m->mqtt_refused_qos2);
     counter(b, "gale_mqtt_wills_dropped_total",

@@ -41,7 +41,9 @@ struct metrics {
     uint64_t mqtt_refused_sub_bytes;         /* ... past mqtt.max_subscription_bytes */
     uint64_t mqtt_refused_sub_levels;        /* ... past mqtt.max_subscription_levels */
     uint64_t mqtt_refused_connections;       /* CONNECTs past mqtt.max_connections_per_identity */
-    uint64_t mqtt_refused_sessions;          /* CONNECTs refused: every session connected */
+    uint64_t mqtt_refused_sessions;          /* CONNECTs refused at limits.max_sessions_per_device
+                                              * (every session of the identity connected) */
+    uint64_t mqtt_refused_anon_sessions;     /* ... at mqtt.max_anonymous_sessions */
     uint64_t mqtt_refused_queue_bytes;       /* messages dropped past mqtt.max_queued_bytes */
     uint64_t mqtt_refused_qos2;              /* connections closed past mqtt.max_qos2_pending */
     uint64_t mqtt_wills_dropped;             /* wills refused by the publish checks */

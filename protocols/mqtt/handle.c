@@ -235,7 +235,10 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     } else {
         if (!cp->clean_session && broker_session_make_room(b, mc->role, mc->username) != 0) {
             bool anon = mc->role == ACL_ROLE_ANONYMOUS;
-            gw->metrics.mqtt_refused_sessions++;
+            if (anon)
+                gw->metrics.mqtt_refused_anon_sessions++;
+            else
+                gw->metrics.mqtt_refused_sessions++;
             if (conn_refused(mc->c, "session limit reached"))
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
                          "reason=\"%s reached, all connected\" limit=%zu",

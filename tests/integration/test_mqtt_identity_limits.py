@@ -139,7 +139,7 @@ def anonymous_sessions():
         d = mr.Raw(port)
         t.eq(d.connect("anon-d", clean=False).rc, 5,
              "refused (CONNACK 5) while every anonymous session is connected")
-        t.eq(refused(g, "sessions"), 1, "counted")
+        t.eq(refused(g, "mqtt.max_anonymous_sessions"), 1, "counted")
         e = mr.session(port, "anon-e", clean=True)
         t.eq(e.session_present, 0, "a clean anonymous session is not bounded by it")
         b.send(mr.DISCONNECT_BYTES)
