@@ -139,7 +139,7 @@ static const struct key keys[] = {
          "MQTT connections one device or application (its username) holds at once; one more "
          "gets CONNACK 0x03 (server unavailable). An anonymous client is one identity per "
          "client id (a second connection takes the first one over); 0 = no limit."),
-    SIZE("mqtt.max_anonymous_sessions", mqtt.max_anonymous_sessions, 0, 100000000, "10000",
+    SIZE("mqtt.max_anonymous_sessions", mqtt.max_anonymous_sessions, 0, 100000000, "1000",
          "Persistent sessions of anonymous clients, all together; a new one past it replaces "
          "the longest-unused offline one (CONNACK 0x05 when all of them are connected); "
          "0 = no limit."),

@@ -102,7 +102,7 @@ struct config {
         size_t max_subscription_levels;  /* mqtt.max_subscription_levels per session, 50000 */
         size_t max_qos2_pending;         /* mqtt.max_qos2_pending per session, default 1000 */
         size_t max_connections_per_identity; /* mqtt.max_connections_per_identity, 32 */
-        size_t max_anonymous_sessions;   /* mqtt.max_anonymous_sessions, default 10000 */
+        size_t max_anonymous_sessions;   /* mqtt.max_anonymous_sessions, default 1000 */
         size_t max_retained;             /* mqtt.max_retained topics, default 100000 */
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
