@@ -656,8 +656,8 @@ static int entry_cmp(const void *a, const void *b)
     return x->m < y->m ? -1 : x->m > y->m;
 }
 
-/* A SUBSCRIBE while retained messages still wait: each message once, with the highest QoS
- * asked for it (the order of different topics' retained messages is free). */
+/* Keeps each waiting message once, with the highest QoS asked for it (the order of
+ * different topics' retained messages is free). */
 static void backlog_dedup(struct ret_backlog *bl)
 {
     size_t out = bl->head;
@@ -692,8 +692,8 @@ void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const c
         backlog_free(s);
         return;
     }
-    /* a message matched by several filters is sent once: checked each time the backlog
-     * doubled since the last check, so it holds at most twice the messages it names */
+    /* memory: duplicates (a message several filters match) are dropped each time the
+     * backlog doubled since the last check, so it holds at most twice the messages it names */
     if (had && h.bl->n - h.bl->head > 2 * h.bl->checked) {
         backlog_dedup(h.bl);
         h.bl->checked = h.bl->n - h.bl->head;

@@ -48,9 +48,10 @@ struct qos2_in {
 };
 
 /* Retained messages a SUBSCRIBE matched, sent as the in-flight window and the socket allow
- * (pump), each only while it is still the topic's retained message. A message several
- * filters match is sent once: duplicates are removed each time the backlog doubled, so it
- * holds at most twice as many entries as retained messages it names. */
+ * (pump), each only while it is still the topic's retained message. Each filter adds its
+ * matches (a message two filters match may be sent twice, as Mosquitto does); duplicates
+ * are removed each time the backlog doubled, so it holds at most twice as many entries as
+ * retained messages it names. */
 struct ret_entry {
     struct msg *m;          /* reference held */
     uint8_t qos;            /* min(retained QoS, granted QoS) */
