@@ -294,7 +294,8 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
 void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
-/* Sends retained messages matching filter to s with at most qos. */
+/* Adds the retained messages matching filter, with at most qos, to s's backlog and sends
+ * what the in-flight window and the socket allow now; the rest follows (pump). */
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                           size_t len, uint8_t qos);
 
