@@ -220,6 +220,9 @@ enum codec_rc ws_assembler_next(struct ws_assembler *a, uint8_t *p, size_t len,
 /* Releases buffer memory above keep bytes when no message is open (idle connections
  * stay small). Invalidates the last event's data. */
 void ws_assembler_trim(struct ws_assembler *a, size_t keep);
+/* The memory a holds: its message buffer and its decompressor (what the pre-auth budget
+ * counts of a fragmented or compressed message being assembled). */
+size_t ws_assembler_held(const struct ws_assembler *a);
 
 /* ---- encoders (server frames: never masked) ----------------------------------- */
 
