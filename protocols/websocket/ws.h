@@ -124,7 +124,8 @@ struct ws_deflate_params {
     bool client_no_context_takeover; /* the client resets after each message: our
                                         inflater is dropped between messages */
     uint8_t server_window_bits;      /* 9..15: our compressor's window */
-    uint8_t client_window_bits;      /* 9..15: window the client may use = our inflater's */
+    uint8_t client_window_bits;      /* 8..15: window the client may use; our inflater's
+                                        is this, at least 9 (zlib's raw minimum) */
 };
 
 /* Per-connection (or per-hub) compressor; opaque, defined in ws_int.h. */
