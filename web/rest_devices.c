@@ -406,7 +406,8 @@ static void change_durable(void *arg, bool ok)
 {
     struct rest_change *rc = arg;
     struct gw *gw = ok ? rc->r->gw : NULL;
-    struct device *dev = gw ? devices_find(gw->devices, rc->id) : NULL;
+    /* stopping: storage holds the change; memory goes away and writes no more */
+    struct device *dev = gw && !gw->stopping ? devices_find(gw->devices, rc->id) : NULL;
 
     if (dev && rc->del) {
         struct ticket t = {0, 0};
@@ -424,10 +425,7 @@ static void change_durable(void *arg, bool ok)
             close_device_conns(gw, rc->self, rc->id, "token rotated");
             log_info("device=%s token rotated", rc->id);
         }
-    } else if (!ok) {
-        log_warn("device=%s change not stored, nothing changed reason=\"storage failure\"",
-                 rc->id);
-    }
+    } /* failed (the store logged it, the reply says 503), or the registry went first */
     devices_change_free(&rc->ch);
     free(rc);
 }
