@@ -56,6 +56,11 @@ struct bridge_payload {
     char data[];
 };
 
+/* An outbox entry's id and the seq of the write that stores its row. */
+struct mark {
+    uint64_t id, seq;
+};
+
 struct up {
     struct bridge *b;
     const struct bridge_upstream_cfg *cfg;
@@ -75,7 +80,7 @@ struct up {
     /* Writes of entries entered without a payload that storage has not reported yet, in
      * id (and seq) order: a row a read does not find is missing for good only when its
      * write was reported before the read began (it failed); until then it may commit. */
-    struct mark { uint64_t id, seq; } *marks;
+    struct mark *marks;
     size_t marks_head, marks_len, marks_cap;
     uint64_t read_after;             /* the read in flight: ids after this one */
     uint64_t read_unsettled;         /* ... and from this id on, writes were not reported */
