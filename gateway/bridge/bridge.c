@@ -763,6 +763,7 @@ void bridge_tick(struct bridge *b)
         if (u->cfg->max_age_s)
             drop_old(u);
         log_drops(u);
+        first_unsettled(u); /* forgets the marks of reported writes (also while down) */
         u->read_hold = false;
         pump(u);
         busy |= u->connected && u->backlog > u->inflight;
