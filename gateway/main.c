@@ -649,6 +649,30 @@ static void fault_seam_init(uv_loop_t *loop, struct store *store)
     uv_unref((uv_handle_t *)&fault_signal);
 }
 
+/* ---- test seam: failing socket writes ----
+ * GALE_TEST_FAIL_WRITES=N makes every connection's Nth socket write fail as a reset
+ * peer's does (EPIPE or ECONNRESET); =p=P[,seed=S] makes each write fail with probability
+ * P. Tests use it to close connections inside any write of any protocol step. Off unless
+ * the variable is set; a malformed value is an error at start. */
+static int write_fault_seam_init(struct gw *gw)
+{
+    const char *v = getenv("GALE_TEST_FAIL_WRITES");
+    uint32_t nth;
+    double p;
+    uint64_t seed;
+
+    if (!v || !v[0])
+        return 0;
+    if (conn_fail_writes_parse(v, &nth, &p, &seed) != 0) {
+        log_error("GALE_TEST_FAIL_WRITES=%s: expected N (the Nth write of each connection "
+                  "fails) or p=P[,seed=S] (each write fails with probability P)", v);
+        return -1;
+    }
+    conn_registry_fail_writes(gw->conns, nth, p, seed);
+    log_warn("test seam: socket writes fail (GALE_TEST_FAIL_WRITES=%s)", v);
+    return 0;
+}
+
 /* ---- test seam: a slow start ----
  * Start-up loads storage before the loop runs, so no request can see it loading. With
  * GALE_TEST_READY_DELAY_MS=n, readiness comes n ms after the listeners are up, so tests
@@ -731,6 +755,8 @@ int main(int argc, char **argv)
     gw.conns = conn_registry_new();
     gw.guard = guard_new(&cfg, &gw.metrics);
     gw.hook_ctx = &parts;
+    if (write_fault_seam_init(&gw) != 0)
+        goto out;
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -755,6 +781,7 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &store) != 0)
         goto out;
     store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
+    store_set_full_callback(store, gw_on_storage_full);
     fault_seam_init(&loop, store);
     gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush,
                                      storage_stats};
@@ -844,6 +871,10 @@ out:
     gw.stopping = true;
     bridge_close(parts.bridge); /* stops sending, disconnects; the outbox keeps the rest */
     conn_registry_close_all(gw.conns, "shutting down");
+    /* their close callbacks release their protocols' state, which may still write storage
+     * (a session's last state, a will): before storage drains and closes */
+    while (conn_registry_closing(gw.conns) > 0)
+        uv_run(&loop, UV_RUN_NOWAIT);
     gw_close_handles(&gw);
     tls_server_close(tls);
     if (store) {

@@ -80,13 +80,9 @@ int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, st
     if (!s)
         return GW_ENOENT;
     if (s->conn) {
-        /* outside broker work the close finishes at once: a clean session is gone with it */
+        /* detached now (its close callback comes later): a clean session is gone with it */
         conn_close(s->conn->c, "session discarded by the API");
-        s = broker_session_get(b, client_id);
-        if (!s)
-            return 0;
-        if (s->conn) /* still finishing (broker work up the stack): detach it here */
-            broker_conn_finish_now(s->conn);
+        broker_conn_finish_now(s->conn);
         s = broker_session_get(b, client_id);
         if (!s)
             return 0;

@@ -13,12 +13,12 @@
  * writes only the filters it changed. Writes made while routing a message join its
  * publisher's ticket (b->ticket).
  *
- * Routing and a connection's packets run between broker_enter/broker_leave: a connection
- * that closes meanwhile (a slow subscriber cut off, a failed send) is finished (will,
- * session detach, presence) only by the outermost broker_leave, so no code up the stack
- * sees its state freed and a will is never routed inside another routing. The lifetime of
- * a connection's MQTT state (broker_conn_new .. broker_conn_close) is kept here, so
- * handle.c calls into this file and never the other way round.
+ * A connection that closes while routing or its packets run (a slow subscriber cut off, a
+ * failed send) keeps its MQTT state until its close callback (gateway/conn.h), which runs
+ * when no code of the broker is on the stack: it is finished (will, session detach,
+ * presence) there, so a will is never routed inside another routing. The lifetime of a
+ * connection's MQTT state (broker_conn_new .. broker_conn_close) is kept here, so handle.c
+ * calls into this file and never the other way round.
  *
  * Where MQTT 5.0 plugs in: return and reason codes are uint8_t all the way, the router
  * keeps a per-subscription option word (no-local, retain-as-published, identifiers), and
@@ -276,11 +276,6 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
     deliver(rc->b, sub, rc->m, q, false); /* retain is 0 to existing subscribers [MQTT-3.3.1-9] */
 }
 
-void broker_enter(struct mqtt_broker *b)
-{
-    b->depth++;
-}
-
 /* ---- connections ---- */
 
 struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
@@ -294,11 +289,13 @@ struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
     return mc;
 }
 
-/* Publishes the will, detaches the session, updates presence, frees mc. */
-static void conn_finish(struct mqtt_conn *mc)
+void broker_conn_finish_now(struct mqtt_conn *mc)
 {
     struct mqtt_broker *b = mc->b;
-    broker_enter(b); /* a will routed here finishes what it closes after this one */
+
+    if (mc->finished)
+        return;
+    mc->finished = true;
     if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
                  "subscribe_denied=%llu telemetry_not_stored=%llu",
@@ -318,6 +315,14 @@ static void conn_finish(struct mqtt_conn *mc)
         if (mc->c->device[0])
             session_offline(b->gw, mc->c);
     }
+}
+
+void broker_conn_close(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+
+    broker_conn_finish_now(mc);
+    list_remove(&b->conns, &mc->link);
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
     if (mc->will)
@@ -327,41 +332,6 @@ static void conn_finish(struct mqtt_conn *mc)
         free((char *)mc->username);
     buf_fini(&mc->out);
     free(mc);
-    broker_leave(b);
-}
-
-void broker_conn_close(struct mqtt_conn *mc)
-{
-    struct mqtt_broker *b = mc->b;
-    list_remove(&b->conns, &mc->link);
-    if (b->depth > 0) { /* code up the stack may still use mc: finish after it */
-        list_push_back(&b->dead, &mc->link);
-        return;
-    }
-    conn_finish(mc);
-}
-
-void broker_conn_finish_now(struct mqtt_conn *mc)
-{
-    struct mqtt_broker *b = mc->b;
-    for (struct list_link *l = b->dead.head; l; l = l->next) {
-        if (l == &mc->link) {
-            list_remove(&b->dead, l);
-            conn_finish(mc);
-            return;
-        }
-    }
-}
-
-void broker_leave(struct mqtt_broker *b)
-{
-    if (--b->depth > 0)
-        return;
-    while (b->dead.head) { /* finishing may publish a will: routing nests, finishing its adds */
-        struct mqtt_conn *mc = list_entry(b->dead.head, struct mqtt_conn, link);
-        list_remove(&b->dead, &mc->link);
-        conn_finish(mc);
-    }
 }
 
 /* ---- retained messages per device namespace ---- */
@@ -467,7 +437,6 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     struct route_ctx rc = {b, m};
     struct ticket *outer = b->ticket;
 
-    broker_enter(b);
     b->ticket = t;
     if (m->retain && m->payload_len > 0 && m->topic[0] != '$' &&
         b->nretained >= b->gw->cfg->mqtt.max_retained &&
@@ -485,7 +454,6 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
-    broker_leave(b);
 }
 
 struct retained_hits {
@@ -512,12 +480,10 @@ void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const c
     struct retained_hits h = {0};
     /* collected first: delivering must not run inside the walk */
     retained_match(&b->retained, filter, len, collect_retained, &h);
-    broker_enter(b);
     for (size_t i = 0; i < h.n; i++) {
         deliver(b, s, h.m[i], h.qos[i] < qos ? h.qos[i] : qos, true);
         msg_unref(h.m[i]);
     }
-    broker_leave(b);
     free(h.m);
     free(h.qos);
 }
@@ -972,7 +938,6 @@ static void on_sys_timer(uv_timer_t *t)
     sys_pub(gw, "$SYS/broker/publish/messages/sent", "%llu", b->publish_out);
     sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
     add_conn_bytes(&b->conns, &bytes_in, &bytes_out);
-    add_conn_bytes(&b->dead, &bytes_in, &bytes_out);
     sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
     sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
     sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu", mqtt_router_count(b->router));

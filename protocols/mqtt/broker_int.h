@@ -111,11 +111,9 @@ struct mqtt_broker {
     uint64_t next_anon;         /* for server-assigned client ids */
     struct ticket *ticket;      /* while routing a message: its publisher's ticket, which
                                  * the writes routing causes join (NULL otherwise) */
-    unsigned depth;             /* nesting of broker work (feeds, routing) in progress */
     struct list conns;          /* struct mqtt_conn open (not closed) */
     struct map retained_use;    /* device id -> struct retained_use: its namespace's share */
     uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
-    struct list dead;           /* struct mqtt_conn closed during broker work, to finish after */
 };
 
 /* A will message: kept from CONNECT until the connection ends. */
@@ -132,7 +130,7 @@ struct mqtt_will {
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
-    struct list_link link;      /* in b->conns while open, then in b->dead until finished */
+    struct list_link link;      /* in b->conns until freed */
     struct mqtt_limits lim;
     struct mqtt_session *sess;
     /* the CONNECT's username: heap when not empty, else "" (never NULL). The device id when
@@ -150,6 +148,7 @@ struct mqtt_conn {
     uint32_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
+    bool finished;              /* broker_conn_finish_now ran (will, detach, presence) */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
 };
@@ -192,19 +191,14 @@ void retained_match(const struct retained_store *rs, const char *filter, size_t 
 
 /* broker.c */
 
-/* Broker work (a connection's feed, routing a message) runs between broker_enter and
- * broker_leave. A connection closed meanwhile (a slow subscriber cut off, a failed send,
- * a takeover) may still be in use up the stack, so its MQTT state is finished (will,
- * session detach, presence, free) by the outermost broker_leave. */
-void broker_enter(struct mqtt_broker *b);
-void broker_leave(struct mqtt_broker *b);
 /* The MQTT state of connection c (zeroed but for c, b and out; not connected yet). */
 struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c);
-/* c closed: finishes mc (publishes the will, detaches the session, updates presence, frees
- * mc) now, or at the outermost broker_leave when broker work is in progress. */
+/* The connection's close callback (gateway/conn.h: no code of c's is on the stack):
+ * finishes mc when that has not happened yet, and frees it. */
 void broker_conn_close(struct mqtt_conn *mc);
-/* Finishes mc now when it is closed and waiting for broker_leave (a takeover needs the old
- * session detached before the new connection takes it); otherwise does nothing. */
+/* Finishes mc, whose connection is closing, now (publishes the will, detaches the session,
+ * updates presence; once): a takeover needs the old session detached before the new
+ * connection takes it, which must not wait for the old connection's close callback. */
 void broker_conn_finish_now(struct mqtt_conn *mc);
 /* Sends the packet encoded in mc->out (and empties it); counts it for $SYS. */
 void broker_send(struct mqtt_conn *mc);

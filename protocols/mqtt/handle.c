@@ -104,7 +104,6 @@ static void qos2_remove(struct mqtt_session *s, uint16_t id)
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
 {
     struct mqtt_conn *mc = c->proto_state;
-    struct mqtt_broker *b;
     uint16_t id = (uint16_t)(tag & 0xffff);
     if (ok < 0 || !mc) /* closed first: nothing to send (a QoS 2 id stays: a resend waits) */
         return;
@@ -115,18 +114,19 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
     if (!ok) { /* not stored: no ack, so the client sends it again */
         if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
             qos2_remove(mc->sess, id);
-        conn_close(c, "storage failure: message not acknowledged");
+        /* 3.1.1 has no negative ack, so the connection closes. The reason an MQTT 5
+         * PUBACK/PUBREC would carry belongs here: 0x97 (quota exceeded) when the disk is
+         * full (c->gw->storage_full), 0x80 (unspecified error) otherwise. */
+        conn_close(c, c->gw->storage_full ? "storage full: message not acknowledged"
+                                          : "storage failure: message not acknowledged");
         return;
     }
-    b = mc->b;
-    broker_enter(b); /* a failed send closes c: mc is freed at broker_leave, not in it */
     mc->out.len = 0;
     if (tag & TAG_PUBREC)
         mqtt_encode_pubrec(&mc->out, id);
     else
         mqtt_encode_puback(&mc->out, id);
     send_buf(mc);
-    broker_leave(b);
 }
 
 /* ---- CONNECT ---- */
@@ -591,12 +591,11 @@ static void take_ahead(struct mqtt_conn *mc, struct buf *in, size_t from)
 static int mqtt_feed(void *state, struct buf *in)
 {
     struct mqtt_conn *mc = state;
-    struct conn *c = mc->c; /* conn_refeed holds a reference: valid after mc is gone */
+    struct conn *c = mc->c;
     struct mqtt_broker *b = mc->b;
     size_t off = 0, used = 0;
     bool waits = false;
 
-    broker_enter(b);
     while (!c->closing && !c->close_after_write && !mc->rejected && off < in->len) {
         struct mqtt_packet pkt;
         const char *why;
@@ -627,7 +626,6 @@ static int mqtt_feed(void *state, struct buf *in)
         if (waits)
             take_ahead(mc, in, mc->ahead ? mc->ahead : used);
     }
-    broker_leave(b); /* may finish (free) mc when it closed meanwhile */
     return c->closing ? -1 : 0;
 }
 

@@ -240,7 +240,6 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
     struct conn *c = ws->c;
     size_t off = 0;
 
-    conn_ref(c);
     while (!c->closing && !c->close_after_write && off < raw->len) {
         struct ws_event ev;
         size_t used = 0;
@@ -274,7 +273,6 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
         /* in the pre-auth budget (gateway/guard.h) */
         c->xport_held = ws_assembler_held(&ws->as) + ws->out.cap;
     }
-    conn_unref(c);
     return c->closing ? -1 : 0;
 }
 
