@@ -103,6 +103,14 @@ def frame(op, payload, fin=True, mask=b'\x01\x02\x03\x04', rsv1=False):
     else: h = bytes([b0, 0x80 | 127]) + struct.pack('>Q', n)
     return h + mask + bytes(p ^ mask[i % 4] for i, p in enumerate(payload))
 TEXT, BIN, CLOSE, PING = 1, 2, 8, 9
+def remlen(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7f
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 def mqtt_connect(cid, user=None, pw=None):
     flags = 0x02
     pl = struct.pack('>H', len(cid)) + cid.encode()
@@ -110,14 +118,14 @@ def mqtt_connect(cid, user=None, pw=None):
     if pw: flags |= 0x40; pl += struct.pack('>H', len(pw)) + pw.encode()
     vh = b'\x00\x04MQTT\x04' + bytes([flags]) + b'\x00\x3c'
     rem = vh + pl
-    return bytes([0x10, len(rem)]) + rem
+    return bytes([0x10]) + remlen(len(rem)) + rem
 def mqtt_publish(topic, payload, qos=1, pid=1):
     vh = struct.pack('>H', len(topic)) + topic.encode() + (struct.pack('>H', pid) if qos else b'')
     rem = vh + payload.encode()
-    return bytes([0x30 | (qos << 1), len(rem)]) + rem
+    return bytes([0x30 | (qos << 1)]) + remlen(len(rem)) + rem
 def mqtt_subscribe(flt, pid=2):
     rem = struct.pack('>H', pid) + struct.pack('>H', len(flt)) + flt.encode() + b'\x01'
-    return bytes([0x82, len(rem)]) + rem
+    return bytes([0x82]) + remlen(len(rem)) + rem
 
 dev = upgrade('/ws/device?device=dev1', 'Authorization: Bearer tok1\r\n')
 save('device_upgrade_frames', T,
@@ -179,6 +187,7 @@ save('reset_right_after_connect', T,
      In(0).write(0, c1, reset=True).write(1, c1 + pub, reset=True).durable())
 save('reset_mid_packet_with_ack_pending', T,
      In(0).write(0, c1).write(0, pub).write(0, pub[:4]).reset(0).durable())
+big = mqtt_publish('devices/dev1/telemetry', '{"t":"%s"}' % ('x' * 200), qos=0).decode('latin1')
 save('deaf_subscriber', T,
-     In(0).write(1, c2 + mqtt_subscribe('devices/#').decode('latin1'), deaf=True)
-     .write(0, c1 + pub * 20).durable().seam(2).write(0, pub).durable().deaf(1).fin(1))
+     In(0x20).write(1, c2 + mqtt_subscribe('devices/#').decode('latin1'), deaf=True)
+     .write(0, c1 + big * 80).durable().seam(2).write(0, pub).durable().deaf(1).fin(1))

@@ -73,7 +73,12 @@ struct cw {
     struct devices devices;
     uint64_t last_seq;  /* the fake storage's last write */
     int port;           /* the listener the clients connect to */
-    int rcvbuf;         /* the clients' SO_RCVBUF, 0: the system's */
+    /* small socket buffers: the clients' SO_RCVBUF and the gateway's SO_SNDBUF (set on
+     * each connection once accepted), so that a client that does not read fills them
+     * within a few KiB and the gateway's send queue grows (loopback otherwise takes
+     * megabytes); 0: the system's */
+    int rcvbuf, sndbuf;
+    uint64_t sndbuf_id; /* connections up to this id have it */
     struct cw_client clients[CW_CLIENTS];
     /* decodes what a client received (consumes it), aborts on what must not come */
     void (*check)(struct cw_client *cl);
@@ -347,6 +352,18 @@ static void cw_client_connect(struct cw *w, struct cw_client *cl)
     cl->nmsgs = 0;
     cl->state = 0;
     cw_pump(w);
+    if (w->sndbuf) { /* the connection is accepted: its socket's buffer */
+        struct conn_iter it;
+        struct conn *c;
+        conn_iter_begin(&it, w->gw.conns);
+        while ((c = conn_iter_next(&it)) != NULL) {
+            uv_os_fd_t fd;
+            if (c->id > w->sndbuf_id && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+                setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w->sndbuf, sizeof w->sndbuf);
+            if (c->id > w->sndbuf_id)
+                w->sndbuf_id = c->id;
+        }
+    }
 }
 
 /* Closes client k: a reset (no TIME_WAIT left behind) or a FIN, after which the reset

@@ -28,7 +28,8 @@
  *
  * Input: byte 0 picks the configuration:
  *   bit 0: limits.max_send_queue_bytes 16384 (a stream's producer waits sooner)
- *   bit 1: the clients' SO_RCVBUF 2048 (a deaf client's socket fills sooner)
+ *   bit 1: small socket buffers (the clients' SO_RCVBUF 2048, the gateway's SO_SNDBUF
+ *          4096): a deaf client's socket fills within KiB, the send queue grows
  *   bit 2: small request limits (http.max_header_bytes 256, http.max_body_bytes 1024,
  *          limits.preauth_max_bytes 64)
  *   bit 3: http.access_log = json
@@ -269,8 +270,10 @@ static void world_open(struct world *wd, uint8_t flags)
     config_defaults(&w->cfg);
     if (flags & 0x01)
         w->cfg.limits.max_send_queue_bytes = 16384;
-    if (flags & 0x02)
+    if (flags & 0x02) {
         w->rcvbuf = 2048;
+        w->sndbuf = 4096;
+    }
     if (flags & 0x04) {
         w->cfg.http.max_header_bytes = 256;
         w->cfg.http.max_body_bytes = 1024;

@@ -12,6 +12,9 @@
  *   bit 0: mqtt.allow_anonymous          bit 1: small limits (inflight 2, queued 4,
  *   bit 2: a few ACL rules                      subscriptions 4, retained 4, packet 256)
  *   bit 3: devices.auto_register = true  bit 4: = false (else auto)
+ *   bit 5: small socket buffers (the clients' SO_RCVBUF 2048, the gateway's SO_SNDBUF
+ *          4096) and limits.max_send_queue_bytes 16384: a deaf subscriber's socket
+ *          fills within KiB, its send queue grows past the budget
  * then operations, each one op byte (conn_world.h has them in full):
  *   op & 3 = 0..2 (client k), (op >> 2) & 3:
  *       0: a length byte and that many bytes, written by client k in one write
@@ -113,6 +116,11 @@ static void world_open(struct world *wd, uint8_t flags)
         w->cfg.devices.auto_register = CONFIG_REGISTER_ALWAYS;
     else if (flags & 0x10)
         w->cfg.devices.auto_register = CONFIG_REGISTER_NEVER;
+    if (flags & 0x20) {
+        w->rcvbuf = 2048;
+        w->sndbuf = 4096;
+        w->cfg.limits.max_send_queue_bytes = 16384;
+    }
 
     cw_start(w);
     w->gw.hook_ctx = wd;

@@ -17,8 +17,9 @@
  * Input: byte 0 picks the configuration:
  *   bit 0: http.ws_deflate = false       bit 1: http.ws_echo = true
  *   bit 2: small limits (http.ws_max_message_bytes 256, http.max_header_bytes 512)
- *   bit 3: limits.max_send_queue_bytes 16384 and the clients' SO_RCVBUF 2048 (a deaf
- *          client's socket fills, the feed drops updates for it)
+ *   bit 3: limits.max_send_queue_bytes 16384 and small socket buffers (the clients'
+ *          SO_RCVBUF 2048, the gateway's SO_SNDBUF 4096): a deaf client's socket fills
+ *          within KiB, the send queue grows, the feed drops updates for it
  *   bit 4: mqtt.allow_anonymous
  * then the operations of conn_world.h: clients 0..2 write (in one write or bytewise,
  * resetting right after or not), reset, close with a FIN, turn deaf and hear again; the
@@ -121,6 +122,7 @@ static void world_open(struct world *wd, uint8_t flags)
     if (flags & 0x08) {
         w->cfg.limits.max_send_queue_bytes = 16384;
         w->rcvbuf = 2048;
+        w->sndbuf = 4096;
     }
     w->cfg.mqtt.allow_anonymous = (flags & 0x10) != 0;
 
