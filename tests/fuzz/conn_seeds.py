@@ -188,6 +188,18 @@ save('reset_right_after_connect', T,
 save('reset_mid_packet_with_ack_pending', T,
      In(0).write(0, c1).write(0, pub).write(0, pub[:4]).reset(0).durable())
 big = mqtt_publish('devices/dev1/telemetry', '{"t":"%s"}' % ('x' * 200), qos=0).decode('latin1')
+c3 = mqtt_connect('m3', 'app1', 'tok2').decode('latin1')
 save('deaf_subscriber', T,
      In(0x20).write(1, c2 + mqtt_subscribe('devices/#').decode('latin1'), deaf=True)
-     .write(0, c1 + big * 80).durable().seam(2).write(0, pub).durable().deaf(1).fin(1))
+     .write(2, c3 + mqtt_subscribe('devices/+/telemetry').decode('latin1'), deaf=True)
+     .write(0, c1 + big * 32).durable().seam(2).write(0, pub).durable().deaf(1).fin(1)
+     .deaf(2).reset(2))
+
+# ---------------- found by the fuzzer ----------------
+# A Connection: close reply larger than the socket buffers: the close waits for the send
+# queue (conn_close_after_write keeps why in c->close_why), and once it drains on_write
+# calls conn_close(c, c->close_why), which frees c->close_why before it copies why from
+# it (heap-use-after-free in gateway/conn.c; fuzz_http_conn found it in a streamed
+# HTTP/1.0 reply, whose end is such a close).
+save('crash-close_after_write_why', 'http_conn',
+     In(2).deaf(0).write(0, get('/t/close?n=60000')).deaf(0))

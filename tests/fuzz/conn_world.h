@@ -79,6 +79,7 @@ struct cw {
      * megabytes); 0: the system's */
     int rcvbuf, sndbuf;
     uint64_t sndbuf_id; /* connections up to this id have it */
+    uint64_t received;  /* bytes all clients received (the loop's progress on queued writes) */
     struct cw_client clients[CW_CLIENTS];
     /* decodes what a client received (consumes it), aborts on what must not come */
     void (*check)(struct cw_client *cl);
@@ -282,24 +283,27 @@ static void cw_clients_drain(struct cw *w)
                 fprintf(stderr, "\n");
             }
             buf_commit(&cl->in, (size_t)n);
+            w->received += (uint64_t)n;
         }
         w->check(cl);
     }
 }
 
 /* Runs the loop until two turns in a row change nothing: loopback delivers a write
- * within the write call, so what the clients sent has then been read and answered. */
+ * within the write call, so what the clients sent has then been read and answered, and
+ * what the gateway queued for clients that hear has reached them. */
 static void cw_pump(struct cw *w)
 {
     int quiet = 0;
-    for (int turns = 0; turns < 256 && quiet < 2; turns++) {
+    for (int turns = 0; turns < 1024 && quiet < 2; turns++) {
         uint64_t in = w->gw.metrics.bytes_in, out = w->gw.metrics.bytes_out;
+        uint64_t received = w->received;
         size_t nconns = conn_registry_count(w->gw.conns);
         size_t nclosing = conn_registry_closing(w->gw.conns);
         uv_run(&w->loop, UV_RUN_NOWAIT);
         cw_clients_drain(w);
         if (in == w->gw.metrics.bytes_in && out == w->gw.metrics.bytes_out &&
-            nconns == conn_registry_count(w->gw.conns) &&
+            received == w->received && nconns == conn_registry_count(w->gw.conns) &&
             nclosing == conn_registry_closing(w->gw.conns))
             quiet++;
         else
@@ -401,10 +405,10 @@ static void cw_client_write(struct cw *w, struct cw_client *cl, const uint8_t *p
         if (off < len || !reset_after)
             cw_pump(w);
     }
-    if (reset_after) {
+    if (reset_after)
         cw_client_reset(cl);
-        cw_pump(w);
-    }
+    if (reset_after || len == 0)
+        cw_pump(w); /* also after no bytes: a client that hears again reads now */
 }
 
 /* ---- the input ---- */
