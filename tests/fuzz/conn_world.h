@@ -20,9 +20,12 @@
  *       nth (0: off), p in 1/256ths (0: off), and the seed
  *     with 0x20: the target's asynchronous work completes (cw.async: deferred replies,
  *       a streamed reply's next piece); nothing where a target has none
- *     with neither, (op >> 2) & 3: 0 storage reports every write so far durable,
+ *     with 0x40: time passes: a byte follows, and the loop runs for that many
+ *       milliseconds (CW_WAIT_MAX_MS in all at most per input), so that deadlines and
+ *       timers fire (the targets' configurations can make them short)
+ *     with none of those, (op >> 2) & 3: 0 storage reports every write so far durable,
  *       1 every write so far failed, 2 storage pushes back, 3 storage drains.
- *   Bits 0x40 and 0x80 are ignored.
+ *   Bit 0x80 is ignored, and 0x40 on a client's op.
  * After each operation the loop runs until nothing more happens.
  *
  * To see what an input does: CW_TRACE=1 build-fuzz/tests/fuzz/fuzz_<name> FILE prints
@@ -57,6 +60,7 @@
 
 #define CHECK(cond) do { if (!(cond)) abort(); } while (0)
 #define CW_CLIENTS 3
+#define CW_WAIT_MAX_MS 400 /* the time an input may let pass, in all */
 
 struct cw_client {
     int fd;             /* -1: not connected */
@@ -80,6 +84,7 @@ struct cw {
     int rcvbuf, sndbuf;
     uint64_t sndbuf_id; /* connections up to this id have it */
     uint64_t received;  /* bytes all clients received (the loop's progress on queued writes) */
+    unsigned waited_ms; /* time let pass so far (the 0x40 op) */
     struct cw_client clients[CW_CLIENTS];
     /* decodes what a client received (consumes it), aborts on what must not come */
     void (*check)(struct cw_client *cl);
@@ -411,6 +416,23 @@ static void cw_client_write(struct cw *w, struct cw_client *cl, const uint8_t *p
         cw_pump(w); /* also after no bytes: a client that hears again reads now */
 }
 
+/* Time passes: the loop runs (timers fire) for ms milliseconds, then until quiet. */
+static void cw_wait(struct cw *w, unsigned ms)
+{
+    uint64_t end;
+
+    if (ms > CW_WAIT_MAX_MS - w->waited_ms)
+        ms = CW_WAIT_MAX_MS - w->waited_ms;
+    w->waited_ms += ms;
+    end = uv_hrtime() + (uint64_t)ms * 1000000;
+    while (uv_hrtime() < end) {
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+        cw_clients_drain(w);
+        usleep(1000);
+    }
+    cw_pump(w);
+}
+
 /* ---- the input ---- */
 
 /* Runs the operations of data[0..size) (the configuration byte already read). */
@@ -430,7 +452,9 @@ static void cw_run(struct cw *w, const uint8_t *data, size_t size)
             }
             if ((op & 0x20) && w->async)
                 w->async(w);
-            if (!(op & 0x30)) {
+            if ((op & 0x40) && off < size)
+                cw_wait(w, data[off++]);
+            if (!(op & 0x70)) {
                 if (what == 0 || what == 1)
                     gw_on_durable(&w->gw, w->last_seq, what == 0);
                 else

@@ -33,14 +33,16 @@
  *   bit 2: small request limits (http.max_header_bytes 256, http.max_body_bytes 1024,
  *          limits.preauth_max_bytes 64)
  *   bit 3: http.access_log = json
+ *   bit 4: short deadlines (limits.auth_timeout_ms 30, limits.idle_timeout_ms 60): the
+ *          0x40 op lets them pass
  * then the operations of conn_world.h: clients 0..2 write (in one write or bytewise,
  * resetting right after or not), reset, close with a FIN, turn deaf and hear again; the
  * world reports storage writes durable or failed, pushes back, sets the write fault
- * seam (nth write, probability, seed), and (0x20) runs the asynchronous work: deferred
- * replies are sent, streams waiting on it write their next piece. After each operation
- * the loop runs until nothing more happens. What each client receives must start as an
- * HTTP/1.1 response; the world must then close with no handle left open and no memory
- * leaked (every producer released, every conn_ref dropped). */
+ * seam (nth write, probability, seed), lets time pass, and (0x20) runs the asynchronous
+ * work: deferred replies are sent, streams waiting on it write their next piece. After
+ * each operation the loop runs until nothing more happens. What each client receives
+ * must start as an HTTP/1.1 response; the world must then close with no handle left
+ * open and no memory leaked (every producer released, every conn_ref dropped). */
 #include "conn_world.h"
 
 #include "protocols/http/http.h"
@@ -281,6 +283,10 @@ static void world_open(struct world *wd, uint8_t flags)
     }
     if (flags & 0x08)
         w->cfg.http.access_log = CONFIG_ACCESS_LOG_JSON;
+    if (flags & 0x10) {
+        w->cfg.limits.auth_timeout_ms = 30;
+        w->cfg.limits.idle_timeout_ms = 60;
+    }
 
     cw_start(w);
     snprintf(w->gw.api_key, sizeof w->gw.api_key, "key1");

@@ -15,6 +15,8 @@
  *   bit 5: small socket buffers (the clients' SO_RCVBUF 2048, the gateway's SO_SNDBUF
  *          4096) and limits.max_send_queue_bytes 16384: a deaf subscriber's socket
  *          fills within KiB, its send queue grows past the budget
+ *   bit 6: limits.auth_timeout_ms 30 (the 0x40 op lets it pass; a CONNECT's keepalive
+ *          sets the idle deadline)
  * then operations, each one op byte (conn_world.h has them in full):
  *   op & 3 = 0..2 (client k), (op >> 2) & 3:
  *       0: a length byte and that many bytes, written by client k in one write
@@ -25,9 +27,11 @@
  *     0x20: client k first turns deaf (stops reading) or hears again
  *   op & 3 = 3: 0x10: the write fault seam, three bytes follow: nth (0: off), p in
  *       1/256ths, seed (every connection's nth socket write fails, and each with
- *       probability p, as a reset peer's do); 0x20 alone: nothing (no asynchronous work
- *       here); neither: (op >> 2) & 3: 0 storage reports every write so far durable,
- *       1 every write so far failed, 2 storage pushes back, 3 storage drains.
+ *       probability p, as a reset peer's do); 0x40: time passes, a byte follows: the
+ *       loop runs that many milliseconds (400 in all at most); 0x20 alone: nothing (no
+ *       asynchronous work here); none of those: (op >> 2) & 3: 0 storage reports every
+ *       write so far durable, 1 every write so far failed, 2 storage pushes back,
+ *       3 storage drains.
  * After each operation the loop runs until nothing more happens. What each client
  * receives must be a well-formed stream of MQTT packets, the first a CONNACK; the world
  * must then close with no handle left open and no memory leaked. */
@@ -116,6 +120,8 @@ static void world_open(struct world *wd, uint8_t flags)
         w->cfg.devices.auto_register = CONFIG_REGISTER_ALWAYS;
     else if (flags & 0x10)
         w->cfg.devices.auto_register = CONFIG_REGISTER_NEVER;
+    if (flags & 0x40)
+        w->cfg.limits.auth_timeout_ms = 30;
     if (flags & 0x20) {
         w->rcvbuf = 2048;
         w->sndbuf = 4096;

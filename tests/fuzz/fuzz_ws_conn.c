@@ -21,14 +21,16 @@
  *          SO_RCVBUF 2048, the gateway's SO_SNDBUF 4096): a deaf client's socket fills
  *          within KiB, the send queue grows, the feed drops updates for it
  *   bit 4: mqtt.allow_anonymous
+ *   bit 5: short deadlines (limits.auth_timeout_ms 30, limits.idle_timeout_ms 150: a
+ *          ping every 100 ms): the 0x40 op lets them pass
  * then the operations of conn_world.h: clients 0..2 write (in one write or bytewise,
  * resetting right after or not), reset, close with a FIN, turn deaf and hear again; the
  * world reports storage writes durable or failed, pushes back, sets the write fault
- * seam (nth write, probability, seed), and (0x20) sends a command to every connection
- * that carries them (a device session's send_command, as a REST command does). After
- * each operation the loop runs until nothing more happens. What each client receives
- * must start as an HTTP/1.1 response; the world must then close with no handle left
- * open and no memory leaked. */
+ * seam (nth write, probability, seed), lets time pass, and (0x20) sends a command to
+ * every connection that carries them (a device session's send_command, as a REST
+ * command does). After each operation the loop runs until nothing more happens. What
+ * each client receives must start as an HTTP/1.1 response; the world must then close
+ * with no handle left open and no memory leaked. */
 #define CW_MQTT /* the broker's store in conn_world.h */
 #include "conn_world.h"
 
@@ -125,6 +127,10 @@ static void world_open(struct world *wd, uint8_t flags)
         w->sndbuf = 4096;
     }
     w->cfg.mqtt.allow_anonymous = (flags & 0x10) != 0;
+    if (flags & 0x20) {
+        w->cfg.limits.auth_timeout_ms = 30;
+        w->cfg.limits.idle_timeout_ms = 150;
+    }
 
     cw_start(w);
     snprintf(w->gw.api_key, sizeof w->gw.api_key, "key1");
