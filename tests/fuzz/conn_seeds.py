@@ -32,7 +32,7 @@ class In:
     def pressure(s, on=True): s.b.append(3 | (8 if on else 12)); return s
     def seam(s, nth, p=0, seed=0): s.b += bytes([0x13, nth, p, seed]); return s
     def asyncop(s): s.b.append(0x23); return s
-    def wait(s, ms): s.b += bytes([0x43, ms]); return s
+    def wait(s, ms): s.b += bytes([0xc3, ms]); return s
 
 def save(name, target, inp):
     d = os.path.join(root, target); os.makedirs(d, exist_ok=True)
@@ -88,7 +88,7 @@ save('reset_right_after_request', T,
      In(0).write(0, get('/t/reply?n=60000'), reset=True).write(1, get('/t/reply'), bytewise=True))
 save('deadlines', T, In(0x10).write(0, 'GET /t/reply HTTP/1.1\r\nHo').wait(40)
      .write(1, get('/t/defer') + get('/t/reply')).wait(70).asyncop()
-     .write(2, get('/t/stream?n=4000&piece=1000&async=1')).wait(70).asyncop())
+     .write(2, get('/t/stream?n=4000&piece=1000&async=1')).wait(40).asyncop())
 save('bad_request_and_limits', T, In(4).write(0, 'GARBAGE\r\n\r\n').write(1, 'GET /' + 'a' * 400 + ' HTTP/1.1\r\n\r\n')
      .write(2, 'POST /t/reply HTTP/1.1\r\nContent-Length: 100\r\n\r\n' + 'b' * 100))
 
@@ -172,9 +172,9 @@ save('seam_upgrade_reply', T,
      .write(1, frame(TEXT, 'again')).seam(0, 100, 3).write(2, dev).write(2, frame(TEXT, '{"temp":4,"seq":9}'))
      .asyncop().durable())
 save('deadlines', T,
-     In(0x22).write(0, upgrade('/ws/device')).wait(40)
-     .write(1, upgrade('/ws/echo')).write(1, frame(TEXT, 'hi')).wait(120).wait(120)
-     .write(2, dev).wait(110).write(2, frame(10, 'pong')).wait(100))
+     In(0x22).write(0, upgrade('/ws/device')).write(2, dev).wait(40)
+     .write(1, upgrade('/ws/echo')).write(1, frame(TEXT, 'hi')).wait(70)
+     .write(2, frame(10, 'pong')).wait(40))
 save('refused_upgrades', T,
      In(0).write(0, upgrade('/mqtt')).write(1, upgrade('/ws/device?device=dev1&token=bad'))
      .write(2, upgrade('/ws/live?api_key=nope')).write(0, 'GET /other HTTP/1.1\r\nHost: g\r\n\r\n'))

@@ -20,12 +20,13 @@
  *       nth (0: off), p in 1/256ths (0: off), and the seed
  *     with 0x20: the target's asynchronous work completes (cw.async: deferred replies,
  *       a streamed reply's next piece); nothing where a target has none
- *     with 0x40: time passes: a byte follows, and the loop runs for that many
- *       milliseconds (CW_WAIT_MAX_MS in all at most per input), so that deadlines and
- *       timers fire (the targets' configurations can make them short)
+ *     with 0xc0 (both bits; no text byte has them): time passes: a byte follows, and the
+ *       loop runs for that many milliseconds (CW_WAIT_MAX_MS in all at most per input),
+ *       so that deadlines and timers fire (the targets' configurations can make them
+ *       short)
  *     with none of those, (op >> 2) & 3: 0 storage reports every write so far durable,
  *       1 every write so far failed, 2 storage pushes back, 3 storage drains.
- *   Bit 0x80 is ignored, and 0x40 on a client's op.
+ *   Bits 0x40 and 0x80 are otherwise ignored.
  * After each operation the loop runs until nothing more happens.
  *
  * To see what an input does: CW_TRACE=1 build-fuzz/tests/fuzz/fuzz_<name> FILE prints
@@ -60,7 +61,7 @@
 
 #define CHECK(cond) do { if (!(cond)) abort(); } while (0)
 #define CW_CLIENTS 3
-#define CW_WAIT_MAX_MS 400 /* the time an input may let pass, in all */
+#define CW_WAIT_MAX_MS 150 /* the time an input may let pass, in all */
 
 struct cw_client {
     int fd;             /* -1: not connected */
@@ -452,9 +453,9 @@ static void cw_run(struct cw *w, const uint8_t *data, size_t size)
             }
             if ((op & 0x20) && w->async)
                 w->async(w);
-            if ((op & 0x40) && off < size)
+            if ((op & 0xc0) == 0xc0 && off < size)
                 cw_wait(w, data[off++]);
-            if (!(op & 0x70)) {
+            if (!(op & 0x30) && (op & 0xc0) != 0xc0) {
                 if (what == 0 || what == 1)
                     gw_on_durable(&w->gw, w->last_seq, what == 0);
                 else

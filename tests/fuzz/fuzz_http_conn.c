@@ -34,7 +34,7 @@
  *          limits.preauth_max_bytes 64)
  *   bit 3: http.access_log = json
  *   bit 4: short deadlines (limits.auth_timeout_ms 30, limits.idle_timeout_ms 60): the
- *          0x40 op lets them pass
+ *          0xc3 op lets them pass
  * then the operations of conn_world.h: clients 0..2 write (in one write or bytewise,
  * resetting right after or not), reset, close with a FIN, turn deaf and hear again; the
  * world reports storage writes durable or failed, pushes back, sets the write fault

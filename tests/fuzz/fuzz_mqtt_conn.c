@@ -15,7 +15,7 @@
  *   bit 5: small socket buffers (the clients' SO_RCVBUF 2048, the gateway's SO_SNDBUF
  *          4096) and limits.max_send_queue_bytes 16384: a deaf subscriber's socket
  *          fills within KiB, its send queue grows past the budget
- *   bit 6: limits.auth_timeout_ms 30 (the 0x40 op lets it pass; a CONNECT's keepalive
+ *   bit 6: limits.auth_timeout_ms 30 (the 0xc3 op lets it pass; a CONNECT's keepalive
  *          sets the idle deadline)
  * then operations, each one op byte (conn_world.h has them in full):
  *   op & 3 = 0..2 (client k), (op >> 2) & 3:
@@ -27,8 +27,8 @@
  *     0x20: client k first turns deaf (stops reading) or hears again
  *   op & 3 = 3: 0x10: the write fault seam, three bytes follow: nth (0: off), p in
  *       1/256ths, seed (every connection's nth socket write fails, and each with
- *       probability p, as a reset peer's do); 0x40: time passes, a byte follows: the
- *       loop runs that many milliseconds (400 in all at most); 0x20 alone: nothing (no
+ *       probability p, as a reset peer's do); 0xc0: time passes, a byte follows: the
+ *       loop runs that many milliseconds (150 in all at most); 0x20 alone: nothing (no
  *       asynchronous work here); none of those: (op >> 2) & 3: 0 storage reports every
  *       write so far durable, 1 every write so far failed, 2 storage pushes back,
  *       3 storage drains.

@@ -22,7 +22,7 @@
  *          within KiB, the send queue grows, the feed drops updates for it
  *   bit 4: mqtt.allow_anonymous
  *   bit 5: short deadlines (limits.auth_timeout_ms 30, limits.idle_timeout_ms 150: a
- *          ping every 100 ms): the 0x40 op lets them pass
+ *          ping every 100 ms): the 0xc3 op lets them pass
  * then the operations of conn_world.h: clients 0..2 write (in one write or bytewise,
  * resetting right after or not), reset, close with a FIN, turn deaf and hear again; the
  * world reports storage writes durable or failed, pushes back, sets the write fault
