@@ -78,6 +78,7 @@ struct gw {
     struct gw_listener listeners[8];
     int nlisteners;
     bool ingest_paused;
+    bool storage_full;               /* the disk is full: writes fail (gw_on_storage_full) */
     bool ready;                      /* storage loaded and every listener up (main sets it):
                                       * GET /api/ready answers 200 */
     uint64_t durable_seq;            /* storage reported every write up to here */
@@ -118,6 +119,11 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
  * deferred is fed. */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
+/* Storage found the disk full (full = 1: every write fails until it is not) or writes fit
+ * again (full = 0); in order with gw_on_durable, so a failure reported while
+ * gw->storage_full is set failed for want of space: the protocols say so (line and
+ * /ws/device "storage_full", HTTP 507). Storage logs the change. */
+void gw_on_storage_full(void *ctx, int full);
 
 /* What waits for the storage writer (gw->storage.queued); 0 when no storage is wired. */
 size_t gw_storage_queued(const struct gw *gw);

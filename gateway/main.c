@@ -762,6 +762,7 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &store) != 0)
         goto out;
     store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
+    store_set_full_callback(store, gw_on_storage_full);
     fault_seam_init(&loop, store);
     gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush,
                                      storage_stats};

@@ -238,6 +238,10 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_storage_ingest_pauses_total", "Backpressure episodes", m->ingest_pauses);
     render_storage(gw, b);
     counter(b, "gale_storage_failures_total", "Batches that failed for good", m->storage_failures);
+    gauge(b, "gale_storage_full", "1 while the disk is full and writes are refused",
+          gw->storage_full ? 1 : 0);
+    counter(b, "gale_storage_writes_refused_total",
+            "Writes refused (not acknowledged) because the disk was full", m->storage_refused);
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);
     counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);

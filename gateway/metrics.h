@@ -31,6 +31,7 @@ struct metrics {
     uint64_t http_requests;            /* requests answered */
     uint64_t http_status[6];           /* by class: [2] = 2xx ... [5] = 5xx */
     uint64_t storage_failures;         /* batches that failed for good */
+    uint64_t storage_refused;          /* writes (store seqs) that failed on a full disk */
     uint64_t ingest_pauses;            /* backpressure episodes */
     uint64_t timeouts;                 /* connections closed by auth/idle timers */
     uint64_t mqtt_messages_sent;       /* PUBLISH packets sent to subscribers */

@@ -114,7 +114,11 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
     if (!ok) { /* not stored: no ack, so the client sends it again */
         if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
             qos2_remove(mc->sess, id);
-        conn_close(c, "storage failure: message not acknowledged");
+        /* 3.1.1 has no negative ack, so the connection closes. The reason an MQTT 5
+         * PUBACK/PUBREC would carry belongs here: 0x97 (quota exceeded) when the disk is
+         * full (c->gw->storage_full), 0x80 (unspecified error) otherwise. */
+        conn_close(c, c->gw->storage_full ? "storage full: message not acknowledged"
+                                          : "storage failure: message not acknowledged");
         return;
     }
     mc->out.len = 0;

@@ -111,8 +111,7 @@ def recv_some(s, n=1, timeout=2):
 def healthy(g, what):
     """The gateway is alive and serves a fresh client on each listener."""
     if not g.alive():
-        t(False, "%s: gale died:\n%s" % (what, g.log()[-4000:]))
-        raise SystemExit(t.done())
+        raise AssertionError("%s: gale died:\n%s" % (what, g.log()[-3000:]))
     st, _ = g.http("GET", "/api/health")
     t.eq(st, 200, "%s: health" % what)
 
@@ -134,59 +133,88 @@ def upgrade_req(path, extra_headers=""):
             % (path, extra_headers)).encode()
 
 
-def steps(g, dev, token, use_tls):
-    """Each protocol step, followed by a reset. Returns the number of cuts made."""
-    cuts = 0
-    h, l, m = (port_name(x, use_tls) for x in ("http", "line", "mqtt"))
-    auth = "Authorization: Bearer %s\r\n" % API_KEY
-    for _ in range(ROUNDS):
-        if use_tls:  # handshake done, then gone (close_notify meets the reset)
-            for name in (h, l, m):
-                s = sock(g, name, True)
-                rst(s)
-                cuts += 1
-        # upgrade sent, then gone before the 101 (every WebSocket endpoint)
-        for path, hdrs in (("/ws/live", auth), ("/ws/device?device=%s&token=%s" % (dev, token), ""),
-                           ("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n")):
-            s = sock(g, h, use_tls)
-            s.sendall(upgrade_req(path, hdrs))
-            rst(s)
-            cuts += 1
-        # compressed frames right behind the upgrade, inflating past the read buffer
-        s = sock(g, h, use_tls)
-        s.sendall(upgrade_req("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n"
-                              "Sec-WebSocket-Extensions: permessage-deflate\r\n")
-                  + deflate_frames(6, 30000))
-        recv_some(s, 4096, 0.5)
+AUTH = "Authorization: Bearer %s\r\n" % API_KEY
+
+
+def case_tls_handshake(g, dev, token, use_tls):
+    """TLS handshake done, then gone (the close_notify write meets the reset)."""
+    if use_tls:
+        for name in ("https", "lines", "mqtts"):
+            rst(sock(g, name, True))
+
+
+def case_upgrade(g, dev, token, use_tls):
+    """An upgrade request, then gone before the 101 (every WebSocket endpoint)."""
+    for path, hdrs in (("/ws/live", AUTH), ("/ws/device?device=%s&token=%s" % (dev, token), ""),
+                       ("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n")):
+        s = sock(g, port_name("http", use_tls), use_tls)
+        s.sendall(upgrade_req(path, hdrs))
         rst(s)
-        cuts += 1
-        # Expect: 100-continue, then gone before the body
-        s = sock(g, h, use_tls)
-        s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n%s"
-                   "Content-Type: application/json\r\nContent-Length: 12\r\n"
-                   "Expect: 100-continue\r\n\r\n" % (dev, auth)).encode())
+
+
+def case_deflate_behind_upgrade(g, dev, token, use_tls):
+    """Compressed frames right behind the upgrade, inflating past the read buffer."""
+    s = sock(g, port_name("http", use_tls), use_tls)
+    s.sendall(upgrade_req("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n"
+                          "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+              + deflate_frames(6, 30000))
+    recv_some(s, 4096, 0.5)
+    rst(s)
+
+
+def case_expect_continue(g, dev, token, use_tls):
+    """Expect: 100-continue, then gone before the body."""
+    s = sock(g, port_name("http", use_tls), use_tls)
+    s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n%s"
+               "Content-Type: application/json\r\nContent-Length: 12\r\n"
+               "Expect: 100-continue\r\n\r\n" % (dev, AUTH)).encode())
+    rst(s)
+
+
+def mqtt_case(extra_of):
+    def case(g, dev, token, use_tls):
+        s = sock(g, port_name("mqtt", use_tls), use_tls)
+        s.sendall(connect_pkt("rst-" + dev, dev, token) + extra_of(dev))
         rst(s)
-        cuts += 1
-        # MQTT: after CONNECT, after SUBSCRIBE, after the first PUBLISH, mid-packet
-        for extra in (b"", subscribe_pkt(1, "devices/%s/commands" % dev),
-                      publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}'),
-                      publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}' * 50)[:40]):
-            s = sock(g, m, use_tls)
-            s.sendall(connect_pkt("rst-" + dev, dev, token) + extra)
-            rst(s)
-            cuts += 1
-        # line: hello, then half a line; WebSocket: half a frame
-        s = sock(g, l, use_tls)
-        s.sendall(json.dumps({"device": dev, "token": token}).encode() + b'\n{"seq":1,"tem')
-        rst(s)
-        cuts += 1
-        s = sock(g, h, use_tls)
-        s.sendall(upgrade_req("/ws/device?device=%s&token=%s" % (dev, token))
-                  + RawWS.frame(0x1, b'{"seq":1,"temp":1}' * 20)[:60])
-        rst(s)
-        cuts += 1
-    healthy(g, "steps tls=%s" % use_tls)
-    return cuts
+    return case
+
+
+def case_line_mid_line(g, dev, token, use_tls):
+    s = sock(g, port_name("line", use_tls), use_tls)
+    s.sendall(json.dumps({"device": dev, "token": token}).encode() + b'\n{"seq":1,"tem')
+    rst(s)
+
+
+def case_ws_mid_frame(g, dev, token, use_tls):
+    s = sock(g, port_name("http", use_tls), use_tls)
+    s.sendall(upgrade_req("/ws/device?device=%s&token=%s" % (dev, token))
+              + RawWS.frame(0x1, b'{"seq":1,"temp":1}' * 20)[:60])
+    rst(s)
+
+
+def case_viewer_error(g, dev, token, use_tls):
+    """A live viewer's bad messages, then gone while the error replies are written."""
+    s = sock(g, port_name("http", use_tls), use_tls)
+    s.sendall(upgrade_req("/ws/live", AUTH)
+              + b"".join(RawWS.frame(0x1, b"not json") for _ in range(12)))
+    rst(s)
+
+
+STEPS = [
+    ("tls_handshake_done", case_tls_handshake),
+    ("upgrade_sent", case_upgrade),
+    ("deflate_frames_behind_upgrade", case_deflate_behind_upgrade),
+    ("expect_100_continue", case_expect_continue),
+    ("mqtt_connect", mqtt_case(lambda dev: b"")),
+    ("mqtt_subscribe", mqtt_case(lambda dev: subscribe_pkt(1, "devices/%s/commands" % dev))),
+    ("mqtt_first_publish",
+     mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}'))),
+    ("mqtt_mid_packet",
+     mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}' * 50)[:40])),
+    ("line_mid_line", case_line_mid_line),
+    ("ws_mid_frame", case_ws_mid_frame),
+    ("live_viewer_error", case_viewer_error),
+]
 
 
 def half_tls_record(g, name):
@@ -294,45 +322,62 @@ def provision(g, dev):
 
 
 def main():
-    # real resets at each step, plain and TLS
-    with Gale(args=TLS_ARGS) as g:
-        wait_for(lambda: all(p in g.ports for p in ("https", "lines", "mqtts")), 10, "TLS ports")
-        token = provision(g, "dev-r")
-        cuts = steps(g, "dev-r", token, False) + steps(g, "dev-r", token, True)
-        for _ in range(ROUNDS):
-            for name in ("https", "mqtts"):
-                half_tls_record(g, name)
-        healthy(g, "half TLS records")
-        lc = g.line("dev-r", token)
-        for i in range(2500):
-            lc.send_line({"ts": 1700000000000 + i, "values": {"v": i}})
-        lc.send_line({"seq": 1, "v": -1})
-        t.eq(lc.read_line(), {"ack": 1}, "data for the CSV stored")
-        lc.close()
-        for _ in range(ROUNDS):
-            streamed_csv_reset(g, "dev-r")
-            live_burst_reset(g, "dev-r", token)
-        healthy(g, "streamed CSV and live-feed resets")
-        # the next client of every kind is served as usual
-        lc = g.line("dev-r", token)
-        lc.send_line({"seq": 7, "v": 7})
-        t.eq(lc.read_line(), {"ack": 7}, "line client served after %d resets" % cuts)
-        lc.close()
+    # real resets at each step, plain and TLS: each step on a gateway of its own, so a
+    # crash names its step
+    only = os.environ.get("RESETS_ONLY")
+    for name, case in STEPS + [("tls_mid_record", None), ("csv_stream_and_live_burst", None)]:
+        if only and name != only:
+            continue
+        try:
+            with Gale(args=TLS_ARGS) as g:
+                wait_for(lambda: all(p in g.ports for p in ("https", "lines", "mqtts")), 10,
+                         "TLS ports")
+                token = provision(g, "dev-r")
+                if case:
+                    for _ in range(ROUNDS):
+                        for use_tls in (False, True):
+                            case(g, "dev-r", token, use_tls)
+                elif name == "tls_mid_record":
+                    for _ in range(ROUNDS):
+                        for pname in ("https", "mqtts"):
+                            half_tls_record(g, pname)
+                else:
+                    lc = g.line("dev-r", token)
+                    for i in range(2500):
+                        lc.send_line({"ts": 1700000000000 + i, "values": {"v": i}})
+                    lc.send_line({"seq": 1, "v": -1})
+                    t.eq(lc.read_line(), {"ack": 1}, "data for the CSV stored")
+                    lc.close()
+                    for _ in range(ROUNDS):
+                        streamed_csv_reset(g, "dev-r")
+                        live_burst_reset(g, "dev-r", token)
+                healthy(g, name)
+                lc = g.line("dev-r", token)  # the next client is served as usual
+                lc.send_line({"seq": 7, "v": 7})
+                t.eq(lc.read_line(), {"ack": 7}, "%s: a line client served after" % name)
+                lc.close()
+        except Exception as e:
+            t(False, "step %s: %s" % (name, str(e).splitlines()[0] if str(e) else repr(e)))
     # the write fault seam: the Nth write of every connection fails, then writes at random.
     # The device is provisioned first, on the same data dir, by a gateway without the seam.
     seam_dir = tempfile.mkdtemp(prefix="gale-resets-seam-")
-    with Gale(data_dir=seam_dir) as g:
-        token = provision(g, "dev-s")
-    for spec in ["1", "2", "3", "4", "5", "6", "p=0.2,seed=7"]:
-        with Gale(data_dir=seam_dir, args=TLS_ARGS, env={"GALE_TEST_FAIL_WRITES": spec}) as g:
-            wait_for(lambda: all(p in g.ports for p in ("https", "lines", "mqtts")), 10,
-                     "TLS ports")
-            g.wait_log(r"test seam: socket writes fail")
-            for _ in range(3):
-                for use_tls in (False, True):
-                    scenario(g, "dev-s", token, use_tls)
-            t(g.alive(), "seam %s: gale alive after every step's writes failed" % spec)
-            t(any("broken pipe" in l or "connection reset by peer" in l
-                  for l in g.log_lines), "seam %s: writes did fail" % spec)
+    if not only:
+        with Gale(data_dir=seam_dir) as g:
+            token = provision(g, "dev-s")
+    for spec in [] if only else ["1", "2", "3", "4", "5", "6", "p=0.2,seed=7"]:
+        try:
+            with Gale(data_dir=seam_dir, args=TLS_ARGS,
+                      env={"GALE_TEST_FAIL_WRITES": spec}) as g:
+                wait_for(lambda: all(p in g.ports for p in ("https", "lines", "mqtts")), 10,
+                         "TLS ports")
+                g.wait_log(r"test seam: socket writes fail")
+                for _ in range(3):
+                    for use_tls in (False, True):
+                        scenario(g, "dev-s", token, use_tls)
+                t(g.alive(), "seam %s: gale alive after every step's writes failed" % spec)
+                t(any("broken pipe" in l or "connection reset by peer" in l
+                      for l in g.log_lines), "seam %s: writes did fail" % spec)
+        except Exception as e:
+            t(False, "seam %s: %s" % (spec, str(e).splitlines()[0] if str(e) else repr(e)))
 
 t.run(main)
