@@ -219,8 +219,10 @@ static const struct key keys[] = {
          "soon as its fixed header says so), the first line, the first WebSocket message, "
          "an unauthenticated HTTP request body (413 unread)."),
     SIZE("limits.preauth_total_bytes", limits.preauth_total_bytes, 4096, 64 * GIB, "33554432",
-         "Bytes all connections not yet authenticated may hold together; a connection whose "
-         "bytes would pass it is closed, and new connections are refused while it is full."),
+         "Bytes all connections not yet authenticated may make the gateway hold together "
+         "(unconsumed input, HTTP request heads and bodies being read, WebSocket messages "
+         "being reassembled); a connection whose bytes would pass it is closed, and new "
+         "connections are refused while it is full."),
     INT("limits.max_connections_per_ip", limits.max_connections_per_ip, 0, 10000000, "1000",
         "Connections from one peer address not yet authenticated, before more from it are "
         "refused; authenticated ones do not count (a fleet behind one NAT address is not "
