@@ -227,6 +227,11 @@ static const struct key keys[] = {
         "Connections from one peer address not yet authenticated, before more from it are "
         "refused; authenticated ones do not count (a fleet behind one NAT address is not "
         "capped); 0 = no limit."),
+    INT("limits.max_connections_per_device", limits.max_connections_per_device, 0, 10000000,
+        "32",
+        "Live connections of one device over the line protocol and /ws/device, counting its "
+        "MQTT ones too, before another line or /ws/device login is refused (MQTT has "
+        "mqtt.max_connections_per_identity); 0 = no limit."),
     SIZE("limits.max_sessions_per_device", limits.max_sessions_per_device, 1, 1000000, "8",
          "Persistent MQTT sessions one device may hold; a new one past it replaces the "
          "device's longest-unused offline session (refused when all of them are connected)."),

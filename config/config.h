@@ -140,6 +140,7 @@ struct config {
         size_t preauth_max_bytes;        /* limits.preauth_max_bytes, default 65536 */
         size_t preauth_total_bytes;      /* limits.preauth_total_bytes, default 32 MiB */
         int max_connections_per_ip;      /* limits.max_connections_per_ip, default 1000; 0 off */
+        int max_connections_per_device;  /* limits.max_connections_per_device, 32; 0 off */
         size_t max_sessions_per_device;  /* limits.max_sessions_per_device, default 8 */
         size_t max_retained_per_device;  /* limits.max_retained_per_device, default 1000 */
         size_t max_retained_bytes_per_device; /* limits.max_retained_bytes_per_device, 1 MiB */

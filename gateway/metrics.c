@@ -264,6 +264,11 @@ void metrics_render(struct gw *gw, struct buf *b)
                (unsigned long long)m->mqtt_refused_anon_sessions,
                (unsigned long long)m->mqtt_refused_queue_bytes,
                (unsigned long long)m->mqtt_refused_qos2);
+    buf_printf(b, "# HELP gale_device_refused_total Line and /ws/device logins refused by a "
+                  "per-device limit, by its config key\n"
+                  "# TYPE gale_device_refused_total counter\n"
+                  "gale_device_refused_total{limit=\"limits.max_connections_per_device\"} %llu\n",
+               (unsigned long long)m->device_refused_connections);
     counter(b, "gale_mqtt_wills_dropped_total",
             "Wills not published: refused by the checks a PUBLISH goes through",
             m->mqtt_wills_dropped);

@@ -41,6 +41,8 @@ struct metrics {
     uint64_t mqtt_refused_subscriptions;     /* filters past mqtt.max_subscriptions */
     uint64_t mqtt_refused_sub_bytes;         /* ... past mqtt.max_subscription_bytes */
     uint64_t mqtt_refused_sub_levels;        /* ... past mqtt.max_subscription_levels */
+    uint64_t device_refused_connections;     /* line/ws-device logins past
+                                              * limits.max_connections_per_device */
     uint64_t mqtt_refused_connections;       /* CONNECTs past mqtt.max_connections_per_identity */
     uint64_t mqtt_refused_sessions;          /* CONNECTs refused at limits.max_sessions_per_device
                                               * (every session of the identity connected) */
