@@ -33,6 +33,7 @@ t = Check("test_bridge_failover")
 DEVICES = ("fo-1", "fo-2")
 RATE, SECONDS = 40, 12
 PAD = 64 * 1024  # payload bytes of the stalled scenario's messages
+WINDOW = 100     # the bridge's default max_inflight
 
 
 def gale_state(g):
@@ -77,9 +78,42 @@ def bridge(g):
     return js[0]
 
 
-def failover(label, first, second, collectors, extra=None):
+def firsts(arrivals, device):
+    """device's ks in order of first arrival."""
+    seen, out = set(), []
+    for d, k in arrivals:
+        if d == device and k not in seen:
+            seen.add(k)
+            out.append(k)
+    return out
+
+
+def out_of_order_run(ks):
+    """(start, length) of the shortest run of ks whose removal leaves the rest ascending;
+    (0, 0) when ks ascend."""
+    n = len(ks)
+    head = [True] * (n + 1)  # head[i]: ks[:i] ascends
+    for i in range(2, n + 1):
+        head[i] = head[i - 1] and ks[i - 2] < ks[i - 1]
+    tail = [True] * (n + 1)  # tail[j]: ks[j:] ascends
+    for j in range(n - 2, -1, -1):
+        tail[j] = tail[j + 1] and ks[j] < ks[j + 1]
+    best = (0, n)
+    for i in range(n + 1):
+        if not head[i]:
+            break
+        for j in range(i, n + 1):
+            if tail[j] and (i == 0 or j == n or ks[i - 1] < ks[j]):
+                if j - i < best[1]:
+                    best = (i, j - i)
+                break
+    return best if best[1] else (0, 0)
+
+
+def failover(label, first, second, collectors, extra=None, strict=()):
     """Gale bridged to [first, second]; devices publish; first is killed. collectors see
-    what reached the upstream (all of them together must hold every acked message)."""
+    what reached the upstream (all of them together must hold every acked message);
+    those in strict see only the first upstream's traffic."""
     conf = dict({"name": "central", "addresses": [first.uri, second.uri], "keepalive_s": 2},
                 **(extra or {}))
     with Watched(args=["--set", "bridge.upstreams=" + json.dumps([conf])]) as g:
@@ -116,12 +150,30 @@ def failover(label, first, second, collectors, extra=None):
         b = bridge(g)
         want = sum(len(v) for v in acked.values())
         union = lambda: [x for c in collectors for x in c.arrivals()]  # noqa: E731
-        wait_for(lambda: not check_delivery(acked, union())[0], 30,
-                 "every acked message upstream", interval=0.2)
+        try:
+            wait_for(lambda: not check_delivery(acked, union())[0], 30,
+                     "every acked message upstream", interval=0.2)
+        except AssertionError:
+            pass  # the check below says which
         missing, disorder, dups = check_delivery(acked, union())
-        t.eq(missing, [], "%s: acked messages missing upstream" % label)
-        for c in collectors:  # order per device holds in each subscriber's stream
-            t.eq(check_delivery({}, c.arrivals())[1], [], "%s: order per device" % label)
+        t(not missing, "%s: %d acked messages missing upstream: %r%s" % (
+            label, len(missing), missing[:20], "".join(
+                "\n  %s near %d: collector %d got %r" % (d, k, i, [
+                    x for x in firsts(c.arrivals(), d) if abs(x - k) <= 5])
+                for d, k in missing[:3] for i, c in enumerate(collectors))))
+        # order per device in each subscriber's stream; where the second upstream's traffic
+        # shows, paho's queued copies may come ahead of older messages after the failover
+        # (README, Order and duplicates): one run of at most the window
+        for i, c in enumerate(collectors):
+            for d in DEVICES:
+                ks = firsts(c.arrivals(), d)
+                at, n = out_of_order_run(ks)
+                t(n <= (0 if c in strict else WINDOW),
+                  "%s: order of %s at collector %d: %d first arrivals out of order from #%d: %r"
+                  % (label, d, i, n, at, ks[max(0, at - 3):at + n + 3]))
+                if n:
+                    print("%s: %s at collector %d: %d first arrivals ahead of older ones "
+                          "(paho's queued copies): %r" % (label, d, i, n, ks[at:at + n]))
         t(before_kill > 0, "%s: traffic went through the first before the kill" % label)
         t(arrived() - at_failover > RATE, "%s: traffic continued through the second: %d"
           % (label, arrived() - at_failover))
@@ -204,12 +256,13 @@ def stalled_failover():
                      "stalled: every acked message upstream", interval=0.2)
             missing, disorder, dups = check_delivery(acked, central.arrivals())
             t.eq(missing, [], "stalled: acked messages missing upstream")
+            at, n = out_of_order_run(firsts(central.arrivals(), "stall-1"))
+            t(n <= window, "stalled: out of order: %d first arrivals from #%d" % (n, at))
             t(g.alive(), "stalled: gale alive after the failover (%s)" % gale_state(g))
             b = bridge(g)
-            print("stalled: acked %d, duplicates %d, first arrivals out of order: %s, "
-                  "acked_total %d, resent_total %d" % (len(acked["stall-1"]), dups,
-                                                       bool(disorder), b["acked_total"],
-                                                       b["resent_total"]))
+            print("stalled: acked %d, duplicates %d, %d first arrivals ahead of older ones "
+                  "(paho's queued copies), acked_total %d, resent_total %d"
+                  % (len(acked["stall-1"]), dups, n, b["acked_total"], b["resent_total"]))
         central.close()
 
 
@@ -223,7 +276,7 @@ def main():
         # two independent brokers: the central store subscribes to both
         with MosquittoUpstream("first") as m1, MosquittoUpstream("second") as m2:
             s1, s2 = Collector(m1), Collector(m2)
-            failover("mosquitto", m1, m2, [s1, s2])
+            failover("mosquitto", m1, m2, [s1, s2], strict=[s1])
             t(len(s2.arrivals()) > RATE, "mosquitto: the second broker got the traffic")
             s1.close()
             s2.close()
