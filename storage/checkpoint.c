@@ -153,6 +153,8 @@ void store_wal_bound(struct store *s)
         }
         return;
     }
+    if (s->wal_frames == s->wal_done_frames)
+        return; /* checkpointed: the next commit starts the log over */
     now = gw_mono_ms();
     if (now < s->wal_retry_ms)
         return;
@@ -170,7 +172,7 @@ void store_wal_bound(struct store *s)
         log_debug("store: wal checkpoint by the writer frames=%d ms=%llu", nlog,
                   (unsigned long long)(gw_mono_ms() - now));
         s->wal_stuck_ms = 0;
-        s->wal_frames = 0; /* the next commit starts the log over; its hook tells */
+        s->wal_done_frames = s->wal_frames;
         return;
     }
     s->wal_retry_ms = gw_mono_ms() + STORE_WAL_RETRY_MS;

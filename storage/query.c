@@ -382,13 +382,14 @@ static int can_fold(const struct emitter *e, const struct chunk_stats *st, int h
  * over (checkpoint.c). The hot points were copied before the first snapshot began: a
  * later snapshot also holds every point the copy missed. No statement of r may be
  * running. SQLite result code. */
-static int renew_snapshot(struct store_reader *r, uint64_t *since_ms)
+static int renew_snapshot(struct store *s, struct store_reader *r, uint64_t *since_ms)
 {
     uint64_t now = gw_mono_ms();
 
-    if (now - *since_ms < STORE_SNAPSHOT_MAX_MS)
+    if (now - *since_ms < s->snapshot_ms)
         return SQLITE_OK;
     *since_ms = now;
+    __atomic_fetch_add(&s->snapshot_renewals, 1, __ATOMIC_RELAXED);
     if (!sqlite3_get_autocommit(r->db))
         sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
     return sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL);
@@ -397,14 +398,14 @@ static int renew_snapshot(struct store_reader *r, uint64_t *since_ms)
 /* Merges the chunks of series qs with its hot points (ascending) in the query's order.
  * The snapshot is renewed between two chunks when it is old (renew_snapshot): the walk
  * goes on after the last chunk it read. SQLite result code. */
-static int merge_series(struct store_reader *r, struct emitter *e, const struct qseries *qs,
-                        uint64_t *snap_ms)
+static int merge_series(struct store *s, struct store_reader *r, struct emitter *e,
+                        const struct qseries *qs, uint64_t *snap_ms)
 {
     const struct store_query *q = e->q;
     sqlite3_stmt *st = q->desc ? r->chunks_desc : r->chunks_asc;
     const struct point *hot = qs->hot;
     size_t nhot = qs->nhot, hi = 0; /* hot points emitted (from the query's start) */
-    int rc = SQLITE_DONE, walked = 0;
+    int rc = SQLITE_DONE, walked = 0, renew_ok = 0;
     int64_t last_start = 0;         /* of the last chunk read, when walked */
 
 /* hot point i in the query's order, and "it comes before ts in that order" */
@@ -422,11 +423,12 @@ static int merge_series(struct store_reader *r, struct emitter *e, const struct 
         struct chunk_points cp;
         const char *why = NULL;
 
-        if (gw_mono_ms() - *snap_ms >= STORE_SNAPSHOT_MAX_MS) {
+        if (renew_ok && gw_mono_ms() - *snap_ms >= s->snapshot_ms) {
             sqlite3_reset(st);
-            rc = renew_snapshot(r, snap_ms);
+            rc = renew_snapshot(s, r, snap_ms);
             if (rc != SQLITE_OK)
                 break;
+            renew_ok = 0; /* not again before the walk has moved on by a chunk */
             if (walked && q->desc && last_start == INT64_MIN) {
                 rc = SQLITE_DONE;
                 break;
@@ -440,7 +442,7 @@ static int merge_series(struct store_reader *r, struct emitter *e, const struct 
         end = sqlite3_column_int64(st, 1);
         if (walked && (q->desc ? start >= last_start : start <= last_start))
             continue; /* read before the snapshot was renewed */
-        walked = 1;
+        walked = renew_ok = 1;
         last_start = start;
         if (q->desc ? end < q->from_ms : start > q->to_ms) {
             rc = SQLITE_DONE;
@@ -612,7 +614,9 @@ static void run_query(struct store *s, struct store_reader *r, const struct stor
         out->key = ser[i].key;
         ser[i].key = NULL;
         if (ser[i].id != 0)
-            rc = merge_series(r, &e, &ser[i], &snap_ms);
+            rc = renew_snapshot(s, r, &snap_ms);
+        if (ser[i].id != 0 && rc == SQLITE_OK)
+            rc = merge_series(s, r, &e, &ser[i], &snap_ms);
         if (q->nkeys == 0 && out->npoints == 0) { /* every key: only those with points */
             free(out->key);
             free(out->points);

@@ -49,6 +49,7 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     apply_defaults(&s->cfg);
     s->path = xstrdup(cfg->path);
     s->cfg.path = s->path;
+    s->snapshot_ms = STORE_SNAPSHOT_MAX_MS;
 
     if (uv_mutex_init(&s->lock) != 0)
         goto fail;
@@ -158,4 +159,9 @@ void store_fail_next_commits(struct store *s, int n, int rc)
     s->fail_commits = n;
     s->fail_rc = rc ? rc : SQLITE_IOERR;
     uv_mutex_unlock(&s->lock);
+}
+
+void store_set_snapshot_ms(struct store *s, unsigned ms)
+{
+    s->snapshot_ms = ms;
 }

@@ -261,6 +261,10 @@ struct store {
     struct store_reader *pool[STORE_POOL_MAX];
     size_t npool;
 
+    /* read-only after store_open (a test seam changes it before any query) */
+    unsigned snapshot_ms;       /* a query renews its read snapshot this often */
+    uint64_t snapshot_renewals; /* atomic: snapshots renewed (for tests) */
+
     /* writer thread */
     sqlite3 *db;                /* the write connection */
     sqlite3_stmt *st[ST_COUNT];
@@ -295,6 +299,7 @@ struct store {
     uint64_t wal_seen_gen;      /* s->ckpt_lock: generation of wal_seen_copied */
     int64_t wal_seen_copied;    /* s->ckpt_lock: frames known copied in that generation */
     int wal_frames;             /* writer thread (the WAL hook): frames after the last commit */
+    int wal_done_frames;        /* writer thread: wal_frames when its checkpoint completed */
     uint64_t wal_retry_ms;      /* writer thread: no checkpoint of its own before this */
     uint64_t wal_stuck_ms;      /* writer thread: the log cannot restart since (0 = it can) */
 
@@ -454,5 +459,8 @@ const char *store_migration_sql(int v);
  * retention_days > 0) in the ordered stream: its seq is reported durable once that has
  * run. Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
+/* A query renews its read snapshot every ms (0: between every two chunks); before any
+ * query runs. Loop thread (store.c). */
+void store_set_snapshot_ms(struct store *s, unsigned ms);
 
 #endif
