@@ -56,7 +56,7 @@ static void wal_account(struct store *s, int rc, int nlog, int ncopied)
     }
     if (rc == SQLITE_OK && nlog >= 0 && ncopied == nlog)
         s->wal.checkpoints++;
-    else if (rc == SQLITE_BUSY || (rc == SQLITE_OK && ncopied < nlog))
+    else if (rc == SQLITE_BUSY) /* a passive one copying less is no sign: it never waits */
         s->wal.busy++;
     uv_mutex_unlock(&s->ckpt_lock);
 }
