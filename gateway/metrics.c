@@ -196,7 +196,7 @@ static void render_storage(struct gw *gw, struct buf *b)
     counter(b, "gale_storage_wal_frames_copied_total",
             "Write-ahead log frames copied into the database file", st.wal_frames_copied);
     counter(b, "gale_storage_wal_checkpoint_busy_total",
-            "Checkpoints a reader of an older snapshot kept from completing",
+            "Writer checkpoints a reader of an older snapshot kept from completing",
             st.wal_checkpoint_busy);
     histogram(b, "gale_storage_commit_seconds",
               "Writer time to commit one group-commit batch (retries included)",

@@ -9,11 +9,11 @@
  * chunks: the writer drops hot points only after their chunks committed, so a point
  * the copy missed is in the snapshot, and a point in both is the same value (the hot
  * copy wins a tie, as the newer write always does). A snapshot older than
- * STORE_SNAPSHOT_MAX_MS is ended between two chunks and a new one begun (it would keep
- * the WAL from starting over, checkpoint.c); the walk goes on after the last chunk
- * read, and the argument above holds for every later snapshot. Per series it walks the chunks
- * overlapping the range in the query's order and merges their points with the hot
- * ones. Raw points stop at limit (+1 to report truncated); aggregations fold the
+ * STORE_SNAPSHOT_MAX_MS is ended between two series or two chunks and a new one begun
+ * (it would keep the WAL from starting over, checkpoint.c); the walk goes on after the
+ * last chunk read, and the argument above holds for every later snapshot. Per series
+ * it walks the chunks overlapping the range in the query's order and merges their
+ * points with the hot ones. Raw points stop at limit (+1 to report truncated); aggregations fold the
  * merged stream into interval buckets and fold a chunk's header statistics instead of
  * its points when the chunk lies inside one bucket, holds only numbers and booleans,
  * no NaN, and no hot point inside its span. The after_work callback (loop thread)

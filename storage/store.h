@@ -135,7 +135,7 @@ struct store_wal_stats {
     uint64_t bytes;             /* size of the WAL file after the last commit */
     uint64_t checkpoints;       /* checkpoints that copied every frame of the WAL */
     uint64_t frames_copied;     /* WAL frames copied into the database file */
-    uint64_t busy;              /* checkpoints a reader's older snapshot kept from completing */
+    uint64_t busy;              /* writer checkpoints a reader kept from completing */
 };
 
 /* What the writer holds and has done, for metrics. Any thread (reads under a lock). */

@@ -8,7 +8,7 @@
  * below it (batch.c, hot.c and sql.c call nothing else in storage/):
  *   store.c      open/close, the bus sink, the counters the loop reads
  *   writer.c     the writer thread: commits batches as segments, runs chunk slices
- *   checkpoint.c the checkpointer thread: WAL checkpoints off the writer
+ *   checkpoint.c the WAL bound: the checkpointer thread, the writer's own checkpoint
  *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
  *   outbox.c     the bridge outbox (also its reads on the work pool)
