@@ -94,6 +94,7 @@ static int open_wal(sqlite3 *db)
 static void on_ckpt_thread(void *arg)
 {
     struct store *s = arg;
+    int failing = 0; /* log a failure once per episode (a full disk fails every one) */
 
     uv_mutex_lock(&s->ckpt_lock);
     for (;;) {
@@ -115,11 +116,17 @@ static void on_ckpt_thread(void *arg)
                                            &nlog, &ncopied);
         uv_mutex_unlock(&s->ckpt_run);
         wal_account(s, rc, nlog, ncopied);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-            log_warn("store: checkpoint failed rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
-        else
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            if (!failing++)
+                log_warn("store: checkpoint failed rc=%d error=\"%s\"", rc,
+                         sqlite3_errstr(rc));
+        } else {
+            if (failing)
+                log_info("store: checkpoints succeed again after failures=%d", failing);
+            failing = 0;
             log_debug("store: checkpoint wal_frames=%d copied=%d ms=%llu", nlog, ncopied,
                       (unsigned long long)(gw_mono_ms() - t0));
+        }
         uv_mutex_lock(&s->ckpt_lock);
     }
     uv_mutex_unlock(&s->ckpt_lock);
