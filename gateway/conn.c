@@ -16,6 +16,13 @@
  * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
  * stands still until the release.
  *
+ * Lifetime: conn_close marks a connection closing and closes its socket; its protocol
+ * and transport state are released in the socket's close callback (on_close), which libuv
+ * runs in the loop's close phase, after whatever callback closed it has returned. A
+ * failed write is a close like any other. One rule instead of a guard in every protocol:
+ * a connection can close inside any write, any write happens deep inside some protocol's
+ * handler, and the handler up the stack still holds pointers into that state.
+ *
  * The registry keeps two lists: live connections, and those with durable waiters
  * (whose ring, allocated on the first wait, carries the link).
  * Where each running walk goes next is kept in the registry (a slot per walk), so
@@ -126,6 +133,12 @@ struct conn_registry {
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
+    size_t nclosing;                 /* closed, close callback still to run */
+    struct {                         /* the write fault seam (conn_registry_fail_writes) */
+        uint32_t nth;
+        uint32_t p_scaled;           /* probability * 2^32, 0: off */
+        uint64_t rng;
+    } fail;
     struct conn **heap;              /* deadline min-heap on due_ms (conn->due_slot) */
     size_t nheap, heap_cap;
     uv_timer_t timer;                /* fires at heap[0]'s deadline */
@@ -157,6 +170,63 @@ void conn_registry_free(struct conn_registry *r)
 size_t conn_registry_count(const struct conn_registry *r)
 {
     return r->all.len;
+}
+
+size_t conn_registry_closing(const struct conn_registry *r)
+{
+    return r->nclosing;
+}
+
+/* ---- the write fault seam (tests only; off unless GALE_TEST_FAIL_WRITES is set) ---- */
+
+void conn_registry_fail_writes(struct conn_registry *r, uint32_t nth, double p, uint64_t seed)
+{
+    r->fail.nth = nth;
+    r->fail.p_scaled = p <= 0 ? 0 : p >= 1 ? UINT32_MAX : (uint32_t)(p * 4294967296.0);
+    r->fail.rng = seed ? seed : 0x9e3779b97f4a7c15ULL;
+}
+
+int conn_fail_writes_parse(const char *spec, uint32_t *nth, double *p, uint64_t *seed)
+{
+    char *end;
+    *nth = 0;
+    *p = 0;
+    *seed = 0;
+    if (strncmp(spec, "p=", 2) == 0) {
+        *p = strtod(spec + 2, &end);
+        if (end == spec + 2 || !(*p >= 0 && *p <= 1))
+            return -1;
+        if (strncmp(end, ",seed=", 6) == 0) {
+            const char *s = end + 6;
+            *seed = strtoull(s, &end, 10);
+            if (end == s)
+                return -1;
+        }
+        return *end ? -1 : 0;
+    }
+    unsigned long n = strtoul(spec, &end, 10);
+    if (end == spec || *end || n == 0 || n > UINT32_MAX)
+        return -1;
+    *nth = (uint32_t)n;
+    return 0;
+}
+
+/* The error the seam makes this write of c fail with (a reset peer's), or 0. */
+static int injected_write_error(struct conn_registry *r, struct conn *c)
+{
+    bool fail = false;
+
+    if (!r->fail.nth && !r->fail.p_scaled)
+        return 0;
+    if (++c->nwrites == r->fail.nth)
+        fail = true;
+    if (r->fail.p_scaled) { /* xorshift64*: reproducible from the seed */
+        r->fail.rng ^= r->fail.rng >> 12;
+        r->fail.rng ^= r->fail.rng << 25;
+        r->fail.rng ^= r->fail.rng >> 27;
+        fail |= (uint32_t)((r->fail.rng * 0x2545F4914F6CDD1DULL) >> 32) < r->fail.p_scaled;
+    }
+    return fail ? ((c->nwrites & 1) ? UV_EPIPE : UV_ECONNRESET) : 0;
 }
 
 static void iter_start(struct conn_iter *it, struct conn_registry *r, const struct list *l)
@@ -318,8 +388,10 @@ void conn_refeed(struct conn *c)
     conn_ref(c);
     if (c->xport && c->raw.len)
         c->xport->feed(c->xport_state, &c->raw, &c->in);
-    if (!c->closing && c->in.len)
+    if (!c->closing && c->in.len) {
+        assert(c->proto_state); /* released only by on_close, after c was closing */
         c->proto->feed(c->proto_state, &c->in);
+    }
     /* closing or not: the read buffer is lent only until here */
     keep_input(c, &c->in);
     keep_input(c, &c->raw);
@@ -332,10 +404,15 @@ void conn_set_transport(struct conn *c, const struct transport_ops *t, void *sta
 {
     c->xport = t;
     c->xport_state = state;
-    if (c->in.len) { /* bytes after the upgrade request belong to the transport */
+    if (c->in.len) /* bytes after the upgrade request belong to the transport */
         buf_append(&c->raw, c->in.data, c->in.len);
+    /* c->in may be the lent read buffer: the transport appends to c->in from now on (a
+     * message it inflated can be larger than that buffer), so it starts on memory of c's
+     * own, and the lent buffer is left to the read that lent it */
+    if (c->in.data == c->gw->conns->rbuf)
+        buf_init(&c->in);
+    else
         c->in.len = 0;
-    }
 }
 
 void conn_update_reading(struct conn *c)
@@ -574,14 +651,21 @@ void conn_authenticated(struct conn *c, const char *device)
         start_timer(c);
 }
 
+/* A socket write of c failed: nothing more is written, and c closes (at most once). */
+static void write_failed(struct conn *c, int err)
+{
+    c->write_failed = true;
+    conn_close(c, uv_strerror(err));
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct write_req *w = (struct write_req *)req;
     struct conn *c = w->c;
     c->send_queued_bytes -= w->len;
     free(w);
-    if (status < 0 && !c->closing)
-        conn_close(c, uv_strerror(status));
+    if (status < 0)
+        write_failed(c, status);
     if (c->close_after_write && c->send_queued_bytes == 0 && !c->closing)
         conn_close(c, c->close_why);
     if (c->on_drained && c->send_queued_bytes <= c->drain_mark_bytes && !c->closing) {
@@ -602,9 +686,17 @@ bool conn_when_drained(struct conn *c, size_t mark_bytes, void (*fn)(struct conn
     return true;
 }
 
+/* Whether c may write now: not closing (or writing its last words), no write failed. */
+static bool may_write(const struct conn *c)
+{
+    return (!c->closing || c->last_words) && !c->write_failed;
+}
+
 void conn_send(struct conn *c, const void *data, size_t len)
 {
-    if (c->xport && !c->closing && len)
+    if (c->closing || !len) /* the last words are the transport's own */
+        return;
+    if (c->xport)
         c->xport->send(c->xport_state, data, len);
     else
         conn_send_raw(c, data, len);
@@ -614,9 +706,11 @@ void conn_send_raw(struct conn *c, const void *data, size_t len)
 {
     const char *why = NULL;
 
+    if (!may_write(c) || !len)
+        return;
     if (!c->tls) {
         write_socket(c, data, len);
-    } else if (!c->closing && len) {
+    } else {
         if (tls_conn_write(c->tls, data, len, &why) != 0) {
             conn_close(c, why);
             return;
@@ -632,8 +726,13 @@ static void write_socket(struct conn *c, const void *data, size_t len)
     uv_buf_t b;
     int n = 0;
 
-    if (c->closing || len == 0)
+    /* a closing connection writes only its last words, and nothing after a failed write */
+    if (!may_write(c) || len == 0)
         return;
+    if ((n = injected_write_error(c->gw->conns, c)) != 0) {
+        write_failed(c, n);
+        return;
+    }
     c->bytes_out += len;
     c->gw->metrics.bytes_out += len;
     if (c->send_queued_bytes == 0) {
@@ -642,7 +741,7 @@ static void write_socket(struct conn *c, const void *data, size_t len)
         if (n == (int)len)
             return;
         if (n < 0 && n != UV_EAGAIN) {
-            conn_close(c, uv_strerror(n));
+            write_failed(c, n);
             return;
         }
         if (n < 0)
@@ -661,17 +760,17 @@ static void write_socket(struct conn *c, const void *data, size_t len)
     c->send_queued_bytes += len;
     conn_ref(c);
     b = uv_buf_init(w->data, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+    if ((n = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write)) != 0) {
         c->send_queued_bytes -= len;
         free(w);
         conn_unref(c);
-        conn_close(c, "write failed");
+        write_failed(c, n);
     }
 }
 
 void conn_close_after_write(struct conn *c, const char *why)
 {
-    if (c->closing)
+    if (c->closing || c->close_after_write)
         return;
     if (c->send_queued_bytes == 0) {
         conn_close(c, why);
@@ -698,9 +797,21 @@ static void free_conn(struct conn *c)
     free(c);
 }
 
+/* The socket is closed and no callback of c's is on the stack: its layers go now. */
 static void on_close(uv_handle_t *h)
 {
-    conn_unref(h->data);
+    struct conn *c = h->data;
+    const char *why = c->close_why ? c->close_why : "closed";
+
+    if (c->proto_state && c->proto->close)
+        c->proto->close(c->proto_state, why);
+    c->proto_state = NULL;
+    if (c->xport_state && c->xport->close)
+        c->xport->close(c->xport_state);
+    c->xport_state = NULL;
+    if (c->id) /* accepted (a refused one was never counted as closing) */
+        c->gw->conns->nclosing--;
+    conn_unref(c);
 }
 
 bool conn_refused(struct conn *c, const char *why)
@@ -714,24 +825,22 @@ void conn_close(struct conn *c, const char *why)
 {
     struct gw *gw = c->gw;
     struct conn_registry *r = gw->conns;
+    char *old_why;
     if (c->closing)
         return;
-    if (c->xport && c->xport->goodbye && c->xport_state) {
-        c->xport->goodbye(c->xport_state, gw->stopping);
-        if (c->closing)
-            return; /* the goodbye's write failed and closed the connection */
-    }
-    if (c->tls) { /* close_notify: the peer can tell a close from a cut */
-        tls_conn_shutdown(c->tls);
-        flush_tls(c);
-        if (c->closing)
-            return;
-    }
-    c->closing = true;
+    c->closing = true; /* first: a write below that fails comes back here and returns */
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
+    c->last_words = true;
+    if (c->xport && c->xport->goodbye && c->xport_state)
+        c->xport->goodbye(c->xport_state, gw->stopping);
+    if (c->tls && !c->write_failed) { /* close_notify: the peer can tell a close from a cut */
+        tls_conn_shutdown(c->tls);
+        flush_tls(c);
+    }
+    c->last_words = false;
     /* HTTP connections come and go by the thousand: their closes are debug noise; the
      * close of a refusal that is summarised is counted in that summary */
     if (c->refusal != CONN_REFUSAL_QUIET)
@@ -741,12 +850,9 @@ void conn_close(struct conn *c, const char *why)
                   (unsigned long long)c->id, c->peer, c->proto->name,
                   c->device[0] ? " device=" : "", c->device, log_q(why),
                   (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    if (c->proto_state && c->proto->close)
-        c->proto->close(c->proto_state, why);
-    c->proto_state = NULL;
-    if (c->xport_state && c->xport->close)
-        c->xport->close(c->xport_state);
-    c->xport_state = NULL;
+    old_why = c->close_why; /* why may be it (a close after write): copied first */
+    c->close_why = xstrdup(why ? why : "closed"); /* for the protocol's close, in on_close */
+    free(old_why);
     wait_list_remove(r, c);
     while (c->waiters && c->waiters->n) { /* ok = -1: cancelled, so owners of tags can free them */
         struct conn_waiters *ws = c->waiters;
@@ -758,6 +864,7 @@ void conn_close(struct conn *c, const char *why)
     unlink_walked(r, &r->all, &c->reg_link);
     guard_close(gw->guard, c);
     set_deadline(c, 0);
+    r->nclosing++;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 

@@ -6,11 +6,16 @@
  * small table of function pointers; it may be swapped mid-stream (HTTP upgraded
  * to WebSocket). Everything here runs on the loop thread.
  *
- * Lifetime: struct conn embeds its uv_tcp_t and is freed only after the close
- * callback has run and every reference (conn_ref, held by pending async work such
- * as a REST query) is dropped. conn_close() is idempotent: it marks the connection
- * closing, stops reading, logs once and closes the handle; code after it in the
- * same callback may still read c. */
+ * Lifetime (one rule): a connection, its transport (TLS, WebSocket) and its protocol
+ * state are freed only after the outermost callback on the stack has returned: from the
+ * socket's close callback (libuv runs it in a later phase of the loop), and the struct
+ * itself once every reference (conn_ref, held by pending async work such as a REST query)
+ * is dropped. conn_close() is idempotent: it marks the connection closing, stops reading,
+ * writes its last words (a WebSocket close frame, TLS close_notify), logs once and closes
+ * the handle; a write that fails marks the connection closing the same way and never
+ * re-enters the close path. So code after a conn_close or a conn_send, anywhere up the
+ * stack, may still use c and its protocol and transport state. Nothing is fed to a closing
+ * connection, and what is sent to one is dropped. */
 #ifndef GALE_CONN_H
 #define GALE_CONN_H
 
@@ -115,7 +120,7 @@ struct conn {
      * ws-device and HTTP ingest are from the start; MQTT once a publish wrote storage
      * (a pure subscriber never is). Whoever sets it later calls conn_update_reading. */
     bool ingest;
-    bool closing;
+    bool closing;                    /* conn_close ran: nothing is fed to it or written by it */
     bool authenticated;              /* conn_authenticated ran: pre-auth caps no longer apply */
     /* read-only */
     /* the gateway holds this ingest connection (storage pushes back): its idle clock (and
@@ -137,27 +142,39 @@ struct conn {
     bool reading;
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
+    bool last_words;                 /* conn_close writes its goodbye: writes still go out */
+    bool write_failed;               /* a socket write failed: nothing more is written */
+    uint32_t nwrites;                /* socket writes so far (the write fault seam counts) */
     uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
     uint32_t drain_mark_bytes;       /* conn_when_drained's mark (fills padding here) */
-    char *close_why;                 /* heap: why, once all queued bytes are written */
+    char *close_why;                 /* heap: why, once all queued bytes are written; then
+                                      * why it closed, for the protocol's close */
     /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
     void (*on_drained)(struct conn *c);
     struct list_link reg_link;       /* in the registry's list of live connections */
     struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
     /* gateway/guard.c's pre-auth accounting (only it writes these) */
     bool guard_counted;              /* counted against its peer address */
-    size_t guard_held;               /* its bytes in the pre-auth budget (what keep_input kept) */
+    size_t guard_held;               /* its bytes in the pre-auth budget */
+    /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
+     * fragmented message being assembled): each sets its own after a feed; the pre-auth
+     * budget counts them with in and raw (gateway/guard.h). */
+    size_t proto_held;
+    size_t xport_held;
 };
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it
  * with l->ctx; returns NULL (and logs) when the limit is reached or accept fails.
  * Starts reading. l is borrowed for the connection's lifetime. */
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l);
-/* Swaps the protocol (state of the old one is released by the caller). */
+/* Swaps the protocol (state of the old one is released by the caller). From then on the
+ * new state is the one released when c closes. */
 void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state);
-/* Puts a transport under the protocol; bytes already in c->in become raw input. */
+/* Puts a transport under the protocol; bytes already in c->in become raw input, in memory
+ * of the connection's own. */
 void conn_set_transport(struct conn *c, const struct transport_ops *t, void *state);
-/* Sends protocol bytes: through the transport when there is one. */
+/* Sends protocol bytes: through the transport when there is one. Dropped when c is closing;
+ * a failed write closes c (its state stays until the close callback). */
 void conn_send(struct conn *c, const void *data, size_t len);
 /* Copies data and writes it to the socket (uv_try_write first, the rest queued); on a
  * TLS connection it is encrypted first. */
@@ -219,6 +236,16 @@ void conn_registry_free(struct conn_registry *r);
 size_t conn_registry_count(const struct conn_registry *r);
 /* Closes every connection (shutdown). */
 void conn_registry_close_all(struct conn_registry *r, const char *why);
+/* Connections closed whose close callback has not run yet (their protocol state is still
+ * to be released): shutdown runs the loop until none is left. */
+size_t conn_registry_closing(const struct conn_registry *r);
+/* Test seam (GALE_TEST_FAIL_WRITES): makes socket writes fail as a reset peer's do
+ * (EPIPE, ECONNRESET), every connection's nth write (nth > 0) and/or each write with
+ * probability p (0..1, a generator seeded with seed). 0 and 0.0 turn it off. */
+void conn_registry_fail_writes(struct conn_registry *r, uint32_t nth, double p, uint64_t seed);
+/* Parses the seam's setting: "N" (the nth write) or "p=P[,seed=S]". Returns 0, or -1 when
+ * spec is not one of those. */
+int conn_fail_writes_parse(const char *spec, uint32_t *nth, double *p, uint64_t *seed);
 /* Storage reported the writes with seqs in (from_seq, upto_seq] committed (ok = 1) or
  * failed (ok = 0): waiters whose tickets overlap a failed range fail, and every waiter
  * whose ticket ends by upto_seq fires, connection by connection in arrival order. */

@@ -170,12 +170,23 @@ void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
     gw->durable_seq = upto_seq;
     if (!ok) {
         gw->metrics.storage_failures++;
+        if (gw->storage_full)
+            gw->metrics.storage_refused += upto_seq - from;
         gw->failed[gw->nfailed++ % 16] = (struct ticket){from + 1, upto_seq};
     }
     /* before any ack: an acked value is in latest for the very next read */
     if (gw->devices)
         devices_durable(gw->devices, upto_seq, ok != 0);
+    if (gw->on_settled)
+        gw->on_settled(gw->settled_ctx, from, upto_seq, ok);
     conn_registry_durable(gw->conns, from, upto_seq, ok);
+}
+
+void gw_on_storage_full(void *ctx, int full)
+{
+    struct gw *gw = ctx;
+
+    gw->storage_full = full != 0;
 }
 
 /* A ticket whose writes were all reported already: did any of them fail? */

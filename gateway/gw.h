@@ -74,12 +74,18 @@ struct gw {
     void (*on_command_reply)(struct gw *gw, const char *device, const char *cmd_id,
                              const void *payload, size_t len);
     void *hook_ctx;                  /* main's state for the two hooks above */
+    /* storage reported the writes (from_seq, upto_seq] committed (ok = 1) or failed
+     * (ok = 0), before any waiter fires: the MQTT broker remembers, per session, the
+     * QoS 2 ids whose first copy failed (NULL: none) */
+    void (*on_settled)(void *ctx, uint64_t from_seq, uint64_t upto_seq, int ok);
+    void *settled_ctx;
     struct conn_registry *conns;     /* live connections (conn.h) */
     struct guard *guard;             /* pre-auth budgets, device rates (guard.h); NULL: none */
     /* read-only */
     struct gw_listener listeners[8];
     int nlisteners;
     bool ingest_paused;
+    bool storage_full;               /* the disk is full: writes fail (gw_on_storage_full) */
     bool ready;                      /* storage loaded and every listener up (main sets it):
                                       * GET /api/ready answers 200 */
     uint64_t durable_seq;            /* storage reported every write up to here */
@@ -120,6 +126,11 @@ void gw_await_durable(struct conn *c, const struct ticket *t, uint64_t tag, conn
  * deferred is fed. */
 void gw_on_durable(void *ctx, uint64_t upto_seq, int ok);
 void gw_on_pressure(void *ctx, int paused);
+/* Storage found the disk full (full = 1: every write fails until it is not) or writes fit
+ * again (full = 0); in order with gw_on_durable, so a failure reported while
+ * gw->storage_full is set failed for want of space: the protocols say so (line and
+ * /ws/device "storage_full", HTTP 507). Storage logs the change. */
+void gw_on_storage_full(void *ctx, int full);
 
 /* What waits for the storage writer (gw->storage.queued); 0 when no storage is wired. */
 size_t gw_storage_queued(const struct gw *gw);

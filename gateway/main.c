@@ -295,6 +295,29 @@ static int load_secret(const char *path, unsigned char *out, size_t n, bool *cre
     return 0;
 }
 
+/* Replaces the file at path with text and a newline, mode 0600 from its creation on. */
+static void write_private(const char *path, const char *text)
+{
+    char tmp[CONFIG_STR_MAX + 48];
+    size_t n = strlen(text);
+    bool ok;
+    int fd;
+
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    unlink(tmp); /* left by a crash: O_EXCL makes the new one ours, with our mode */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        log_warn("cannot write %s: %s", tmp, strerror(errno));
+        return;
+    }
+    ok = write(fd, text, n) == (ssize_t)n && write(fd, "\n", 1) == 1;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        log_warn("cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
 static int load_api_key(struct gw *gw, const struct config *cfg)
 {
     char path[CONFIG_STR_MAX + 32];
@@ -315,14 +338,10 @@ static int load_api_key(struct gw *gw, const struct config *cfg)
         gw->api_key[4 + 2 * i] = hex[raw[i] & 15];
     }
     gw->api_key[3 + 2 * sizeof raw] = '\0';
-    /* a readable copy for the operator */
+    /* a readable copy for the operator: created 0600 under a temporary name and renamed
+     * over the old one, so no moment shows it to the group or others */
     snprintf(path, sizeof path, "%s/api_key", cfg->data_dir);
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fchmod(fileno(f), 0600);
-        fprintf(f, "%s\n", gw->api_key);
-        fclose(f);
-    }
+    write_private(path, gw->api_key);
     log_info("api key %s path=%s (set http.api_key or GALE_HTTP_API_KEY to choose one)",
              created ? "generated" : "loaded", path);
     return 0;
@@ -632,6 +651,30 @@ static void fault_seam_init(uv_loop_t *loop, struct store *store)
     uv_unref((uv_handle_t *)&fault_signal);
 }
 
+/* ---- test seam: failing socket writes ----
+ * GALE_TEST_FAIL_WRITES=N makes every connection's Nth socket write fail as a reset
+ * peer's does (EPIPE or ECONNRESET); =p=P[,seed=S] makes each write fail with probability
+ * P. Tests use it to close connections inside any write of any protocol step. Off unless
+ * the variable is set; a malformed value is an error at start. */
+static int write_fault_seam_init(struct gw *gw)
+{
+    const char *v = getenv("GALE_TEST_FAIL_WRITES");
+    uint32_t nth;
+    double p;
+    uint64_t seed;
+
+    if (!v || !v[0])
+        return 0;
+    if (conn_fail_writes_parse(v, &nth, &p, &seed) != 0) {
+        log_error("GALE_TEST_FAIL_WRITES=%s: expected N (the Nth write of each connection "
+                  "fails) or p=P[,seed=S] (each write fails with probability P)", v);
+        return -1;
+    }
+    conn_registry_fail_writes(gw->conns, nth, p, seed);
+    log_warn("test seam: socket writes fail (GALE_TEST_FAIL_WRITES=%s)", v);
+    return 0;
+}
+
 /* ---- test seam: a slow start ----
  * Start-up loads storage before the loop runs, so no request can see it loading. With
  * GALE_TEST_READY_DELAY_MS=n, readiness comes n ms after the listeners are up, so tests
@@ -714,6 +757,8 @@ int main(int argc, char **argv)
     gw.conns = conn_registry_new();
     gw.guard = guard_new(&cfg, &gw.metrics);
     gw.hook_ctx = &parts;
+    if (write_fault_seam_init(&gw) != 0)
+        goto out;
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -739,6 +784,7 @@ int main(int argc, char **argv)
     if (store_open(&loop, &scfg, &store) != 0)
         goto out;
     store_set_callbacks(store, gw_on_durable, gw_on_pressure, &gw);
+    store_set_full_callback(store, gw_on_storage_full);
     fault_seam_init(&loop, store);
     gw.storage = (struct gw_storage){store, storage_pending, storage_queued, storage_flush,
                                      storage_stats};
@@ -828,6 +874,10 @@ out:
     gw.stopping = true;
     bridge_close(parts.bridge); /* stops sending, disconnects; the outbox keeps the rest */
     conn_registry_close_all(gw.conns, "shutting down");
+    /* their close callbacks release their protocols' state, which may still write storage
+     * (a session's last state, a will): before storage drains and closes */
+    while (conn_registry_closing(gw.conns) > 0)
+        uv_run(&loop, UV_RUN_NOWAIT);
     gw_close_handles(&gw);
     tls_server_close(tls);
     if (store) {

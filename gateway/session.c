@@ -143,7 +143,7 @@ void session_command_reply(struct gw *gw, const char *device, const char *cmd_id
 /* ---- message transports -------------------------------------------------------------- */
 
 /* Sends the JSON object in b through the transport. Returns false when the connection
- * closed meanwhile (the session is then freed). */
+ * closed meanwhile (the session stays until the close callback). */
 static bool send_msg(struct conn *c, const struct session_ops *ops, struct buf *b)
 {
     ops->write(c, b);
@@ -186,6 +186,11 @@ static void on_durable(struct conn *c, uint64_t tag, int ok)
 
     if (ok < 0) /* closed first: nothing to send */
         return;
+    if (!ok && c->gw->storage_full) {
+        send_error(s, "storage_full", "storage full: not stored, send again later", true,
+                   (int64_t)tag);
+        return;
+    }
     if (!ok) {
         send_error(s, "storage_error", "storage failure: not stored, send again", true,
                    (int64_t)tag);

@@ -197,19 +197,32 @@ void store_handles_close(struct store *s)
 
 /* ---- batching ---- */
 
-/* Consecutive batches with the same outcome share one on_durable call (upto = the
- * last one's seq). Then the writer may be free: a waiting open batch goes at once. */
+/* The loop learns the writer's full state, in order with the outcomes. */
+static void report_full(struct store *s, int full)
+{
+    if (full == s->full_reported)
+        return;
+    s->full_reported = full;
+    if (s->on_full)
+        s->on_full(s->ctx, full);
+}
+
+/* Consecutive batches with the same outcome (and full state) share one on_durable call
+ * (upto = the last one's seq); a change of the full state is reported before the first
+ * batch that carries it. Then the writer may be free: a waiting open batch goes at once. */
 void store_drain_done(struct store *s)
 {
     struct store_batch *b, *next;
+    int full_now;
 
     uv_mutex_lock(&s->lock);
     b = s->done_head;
     s->done_head = s->done_tail = NULL;
+    full_now = s->full_state; /* newer than every batch taken here */
     uv_mutex_unlock(&s->lock);
     for (; b; b = next) {
         uint64_t upto = b->last_seq;
-        int ok = b->ok;
+        int ok = b->ok, full = b->full;
 
         next = b->next;
         assert(s->queued_rows >= b->nrows && s->queued_bytes >= b->nbytes && s->nsealed > 0);
@@ -218,9 +231,11 @@ void store_drain_done(struct store *s)
         s->nsealed--;
         s->durable_seq = upto;
         free(b);
-        if ((!next || next->ok != ok) && s->on_durable)
+        report_full(s, full);
+        if ((!next || next->ok != ok || next->full != full) && s->on_durable)
             s->on_durable(s->ctx, upto, ok);
     }
+    report_full(s, full_now);
     if (s->closing) /* store_writer_stop: the writer has exited */
         return;
     if (s->nsealed == 0 && s->open && s->open->awaited)

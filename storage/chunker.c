@@ -63,7 +63,7 @@ static int backing_off(const struct store *s)
 
 int store_chunk_due(const struct store *s)
 {
-    if (backing_off(s))
+    if (backing_off(s) || s->full) /* full: the writer's probes find out when space is back */
         return 0;
     return s->hot.ready.head || (s->force_chunk && s->hot.by_age.head) || over_bound(s, 1) ||
            retention_due(s);
@@ -71,7 +71,7 @@ int store_chunk_due(const struct store *s)
 
 int store_chunk_overdue(const struct store *s)
 {
-    return !backing_off(s) && over_bound(s, 2);
+    return !backing_off(s) && !s->full && over_bound(s, 2);
 }
 
 /* ---- one series ---- */
@@ -377,8 +377,10 @@ int store_chunk_slice(struct store *s)
     free(o.ids);
     free(o.kept);
     if (rc != SQLITE_OK) {
-        log_error("store: chunk slice of series=%zu failed rc=%d error=\"%s\"; retrying in %d ms",
-                  ndone, rc, store_errmsg(s->db, rc), STORE_CHUNK_RETRY_MS);
+        s->last_full = store_failure(s->db, rc, 0, s->last_err, sizeof s->last_err);
+        if (!s->last_full) /* a full disk is logged once by the writer */
+            log_error("store: chunk slice of series=%zu failed %s; retrying in %d ms", ndone,
+                      s->last_err, STORE_CHUNK_RETRY_MS);
         if (!sqlite3_get_autocommit(s->db))
             store_step(s->st[ST_ROLLBACK]);
         for (size_t i = 0; i < ndone; i++) { /* still hot; full ones are ready again */

@@ -5,6 +5,8 @@
  * thread that owns it (the writer thread for the write connection, a pool thread or
  * the loop at start-up for a read-only one). The bottom of storage/: calls nothing
  * else in it. */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "gateway/log.h"
@@ -45,6 +47,21 @@ int store_get_int64(sqlite3 *db, const char *sql, int64_t *out)
 const char *store_errmsg(sqlite3 *db, int rc)
 {
     return db && sqlite3_errcode(db) == rc ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+}
+
+int store_failure(sqlite3 *db, int rc, int injected, char *err, size_t len)
+{
+    int prim = rc & 0xff, e = 0, n;
+
+    if (!injected && (prim == SQLITE_FULL || prim == SQLITE_IOERR))
+        e = sqlite3_system_errno(db); /* the errno of the file operation that failed */
+    n = snprintf(err, len, "rc=%d error=\"%s\"", rc,
+                 injected ? sqlite3_errstr(rc) : store_errmsg(db, rc));
+    if (n > 0 && (size_t)n < len && e)
+        n += snprintf(err + n, len - (size_t)n, " errno=%d (%s)", e, strerror(e));
+    if (n > 0 && (size_t)n < len && injected)
+        snprintf(err + n, len - (size_t)n, " (injected)");
+    return prim == SQLITE_FULL || (prim == SQLITE_IOERR && (e == ENOSPC || e == EDQUOT));
 }
 
 int store_step(sqlite3_stmt *st)

@@ -34,6 +34,10 @@ static void apply_defaults(struct store_cfg *c)
         c->wal_max_bytes = STORE_DEFAULT_WAL_MAX_BYTES;
     if (c->wal_max_bytes < (1u << 20))
         c->wal_max_bytes = 1u << 20;
+    if (c->full_probe_ms == 0)
+        c->full_probe_ms = STORE_FULL_PROBE_MS;
+    if (c->full_probe_free == 0)
+        c->full_probe_free = STORE_FULL_PROBE_FREE;
 }
 
 int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
@@ -87,6 +91,11 @@ void store_set_callbacks(struct store *s, store_durable_fn on_durable,
     s->on_durable = on_durable;
     s->on_pressure = on_pressure;
     s->ctx = ctx;
+}
+
+void store_set_full_callback(struct store *s, store_full_fn on_full)
+{
+    s->on_full = on_full;
 }
 
 void store_close(struct store *s)

@@ -61,6 +61,12 @@ struct store_cfg {
     size_t hot_max_points;       /* move the log into the main table at this many rows */
     unsigned retention_days;   /* 0 = keep forever */
     size_t wal_max_bytes;      /* bound on the WAL file (default 64 MiB) */
+    /* Disk full: a batch is tried again at most this often (default 500 ms), or sooner
+     * once the file system shows full_probe_free more bytes free than at the last try;
+     * with no batch to try, a one-page probe commit runs once full_probe_free bytes are
+     * free (default 1 MiB). */
+    unsigned full_probe_ms;
+    uint64_t full_probe_free;
 };
 
 /* Fired on the loop thread. */
@@ -69,9 +75,19 @@ typedef void (*store_durable_fn)(void *ctx, uint64_t upto_seq, int ok);
  * or low (paused = 0) water. */
 typedef void (*store_pressure_fn)(void *ctx, int paused);
 
+/* Fired on the loop thread when the disk fills (full = 1: a commit met SQLITE_FULL or an
+ * I/O error with ENOSPC or EDQUOT) and when a commit succeeds again (full = 0). In order
+ * with on_durable: the writes that failed because the disk was full are reported after
+ * on_full(1) and before on_full(0). While full, the writer refuses batches without trying
+ * them (on_durable ok = 0 at once) and tries one now and then (cfg.full_probe_ms,
+ * cfg.full_probe_free). */
+typedef void (*store_full_fn)(void *ctx, int full);
+
 int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out);
 void store_set_callbacks(struct store *s, store_durable_fn on_durable,
                          store_pressure_fn on_pressure, void *ctx);
+/* on_full gets the ctx of store_set_callbacks. */
+void store_set_full_callback(struct store *s, store_full_fn on_full);
 /* Seals the open batch, waits until the writer has committed everything,
  * stops the writer thread, closes handles and the database. Loop thread;
  * blocks. Safe on a half-built store. Fires no callbacks after it returns.
@@ -153,8 +169,8 @@ struct store_stats {
 };
 void store_get_stats(struct store *s, struct store_stats *out);
 
-/* Test seam: the next n commits fail with SQLite result code rc (e.g. SQLITE_FULL),
- * retries included. Loop thread. */
+/* Test seam: the next n commit attempts fail with SQLite result code rc, retries
+ * included (SQLITE_FULL acts as a full disk: no retries, probes). Loop thread. */
 void store_fail_next_commits(struct store *s, int n, int rc);
 
 /* ---- reads: run on libuv's work pool, result on the loop thread ---- */

@@ -51,6 +51,8 @@
 #define STORE_SLICE_US 1000             /* writer time one chunk slice may take (then commit) */
 #define STORE_SLICE_MAX_POINTS 16384    /* hot points one slice chunks, at most (+ one series) */
 #define STORE_CHUNK_RETRY_MS 1000       /* after a failed slice, wait this long */
+#define STORE_FULL_PROBE_MS 500         /* default cfg.full_probe_ms */
+#define STORE_FULL_PROBE_FREE (1u << 20) /* default cfg.full_probe_free */
 #define STORE_HOT_BYTES_PER_POINT 64    /* hot bytes allowed per hot_max_points point */
 #define STORE_CKPT_PAGES 1000           /* WAL frames that wake the checkpointer, at most */
 #define STORE_WAL_WAIT_MS 250           /* the writer's checkpoint waits this long for readers */
@@ -131,6 +133,7 @@ struct store_batch {
     size_t nbytes;              /* memory its items hold (counted in queued_bytes) */
     uint64_t last_seq;          /* every seq <= last_seq not in an earlier batch is here */
     int ok;                     /* set by the writer: 1 committed, 0 failed for good */
+    int full;                   /* set by the writer: the disk was full after this batch */
     int awaited;                /* an ack waits on a write here (store_flush): no delay */
 };
 
@@ -226,6 +229,7 @@ struct store {
     /* loop thread */
     store_durable_fn on_durable;
     store_pressure_fn on_pressure;
+    store_full_fn on_full;
     void *ctx;
     struct store_batch *open;   /* batch being filled, or NULL */
     size_t nsealed;             /* batches sealed and not yet reported: writer busy if > 0 */
@@ -238,6 +242,7 @@ struct store {
     int paused;                 /* 1 after on_pressure(1) until on_pressure(0) */
     int loop_ref;               /* async handle ref'd: operations await durability */
     int closing;                /* store_close has started */
+    int full_reported;          /* the last on_full said full */
     struct list queries;        /* queries in flight (struct query_req) */
     struct list outbox_reads;   /* outbox reads in flight (struct outbox_req, outbox.c) */
 
@@ -249,6 +254,7 @@ struct store {
     int stopping;               /* writer: drain todo, then exit */
     int fail_commits;           /* test seam: commits left to fail */
     int fail_rc;                /* ... with this SQLite result code */
+    int full_state;             /* the writer's s->full as last published (for on_full) */
 
     /* s->hot_lock: the points acked and not yet chunked (hot.c) */
     uv_mutex_t hot_lock;
@@ -279,6 +285,17 @@ struct store {
     int force_chunk;            /* chunk every hot point (STORE_OP_COMPACT) */
     uint64_t chunk_retry_ms;    /* after a failed slice: none before this monotonic ms */
     uint64_t failed_batches;    /* batches failed for good since the last success */
+    /* Disk full (SQLITE_FULL, or an I/O error with ENOSPC/EDQUOT): no retries; a batch
+     * is refused untried until full_probe_ms or until the file system gained
+     * cfg.full_probe_free, then the next one is tried (the probe); chunk slices wait.
+     * A commit that succeeds ends it. */
+    int full;
+    uint64_t full_probe_ms;     /* monotonic ms: the next try while full */
+    uint64_t full_since_ms;     /* monotonic ms: when it began */
+    uint64_t full_refused;      /* batches refused in this episode */
+    uint64_t full_free;         /* bytes free (statvfs) at the last try that failed */
+    int last_full;              /* the last failed commit or slice met a full disk */
+    char last_err[192];         /* ... and what SQLite said (rc, message, errno) */
     int ret_behind;             /* retention: last pass stopped at its budget */
     uint64_t ret_last_ms;       /* retention: monotonic ms of the last full sweep's end */
 
@@ -429,6 +446,11 @@ int store_get_int64(sqlite3 *db, const char *sql, int64_t *out);
 /* The text for rc: the connection's own message when rc is its last error (it names
  * the table or column), else SQLite's generic text. */
 const char *store_errmsg(sqlite3 *db, int rc);
+/* A write on db failed with rc (before the rollback): 1 when that means the disk or the
+ * quota is full (SQLITE_FULL, or an I/O error whose errno is ENOSPC or EDQUOT), else 0.
+ * Writes what SQLite said to err (rc, message, errno); injected: rc came from the test
+ * seam, not from db. */
+int store_failure(sqlite3 *db, int rc, int injected, char *err, size_t len);
 /* Steps a bound statement to completion, then resets it and clears its bindings.
  * SQLITE_OK (a row it returns is ignored) or the error code. */
 int store_step(sqlite3_stmt *st);

@@ -9,11 +9,22 @@
  * 50/100/200 ms; after STORE_COMMIT_TRIES the batch is reported failed and the writer
  * goes on with the next. The batch's messages are released here, then it moves to the
  * done queue and uv_async_send() wakes the loop (batch.c reports it).
+ * A full disk is not retried: the batch fails at once and the store is full (logged once,
+ * published to the loop with the batches: on_full). While full, batches are refused
+ * without touching SQLite, chunk slices wait, and the next batch is tried for real every
+ * cfg.full_probe_ms, or at once when statvfs shows cfg.full_probe_free more free than
+ * at the last try (when no batch comes: a one-page probe commit once that much is free);
+ * the first commit that succeeds ends it (logged once).
+ * Nothing of a failed batch stays: its transaction is rolled back, the dictionary cache
+ * forgets the ids it created, its points never became hot.
  * Off the ack path, between batches, the writer runs chunk slices (chunker.c): at most
  * one after each batch while ingest flows, back to back while it is idle, and before
  * the next batch only when the hot points are far past their bound.
- * s->lock guards the two queues and the seam counters only; SQLite runs outside it. */
+ * s->lock guards the two queues, the seam counters and the published full state only;
+ * SQLite runs outside it. */
+#include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -320,9 +331,9 @@ static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx
         s->log_points += bc->tx_points;
         return SQLITE_OK;
     }
-    log_debug("store: commit upto=%llu failed rc=%d error=\"%s\"%s",
-             (unsigned long long)b->last_seq, rc, sqlite3_errstr(rc),
-             fail_rc ? " (injected)" : "");
+    s->last_full = store_failure(s->db, rc, fail_rc != 0, s->last_err, sizeof s->last_err);
+    log_debug("store: commit upto=%llu failed %s", (unsigned long long)b->last_seq,
+              s->last_err);
     if (!sqlite3_get_autocommit(s->db))
         store_step(s->st[ST_ROLLBACK]);
     /* ids created inside the rolled-back transaction are gone: forget them all */
@@ -347,11 +358,121 @@ static void apply_posts(struct store *s, const struct batch_ctx *bc)
     uv_mutex_unlock(&s->hot_lock);
 }
 
+/* ---- writer thread: a full disk ---- */
+
+#define STORE_STR_(x) #x
+#define STORE_STR(x) STORE_STR_(x)
+
+/* Bytes the file system of the database has free for us (0 when statvfs fails). */
+static uint64_t free_bytes(const struct store *s)
+{
+    struct statvfs v;
+
+    return statvfs(s->path, &v) == 0 ? (uint64_t)v.f_bavail * v.f_frsize : 0;
+}
+
+/* A try met a full disk (s->last_err says how): the next one waits for the probe
+ * interval, or for free space to grow. The first such try logs, once. */
+static void full_failed(struct store *s)
+{
+    uint64_t now = gw_mono_ms();
+
+    s->full_probe_ms = now + s->cfg.full_probe_ms;
+    s->full_free = free_bytes(s);
+    if (s->full)
+        return;
+    s->full = 1;
+    s->full_since_ms = now;
+    s->full_refused = 0;
+    log_warn("store: disk full, refusing writes until space returns: %s; trying again every"
+             " %u ms", s->last_err, s->cfg.full_probe_ms);
+}
+
+/* A commit succeeded. */
+static void full_end(struct store *s)
+{
+    if (!s->full)
+        return;
+    s->full = 0;
+    log_info("store: disk space is back, writes accepted again after full_ms=%llu"
+             " refused_batches=%llu", (unsigned long long)(gw_mono_ms() - s->full_since_ms),
+             (unsigned long long)s->full_refused);
+}
+
+/* Whether a batch is worth a try while full: the probe interval is over, or the file
+ * system gained cfg.full_probe_free since the last try (someone freed space). */
+static int full_try_due(const struct store *s)
+{
+    uint64_t now_free;
+
+    if (gw_mono_ms() >= s->full_probe_ms)
+        return 1;
+    now_free = free_bytes(s);
+    return now_free > s->full_free && now_free - s->full_free >= s->cfg.full_probe_free;
+}
+
+/* Tells the loop the writer's full state (the batches carry it too: b->full). */
+static void publish_full(struct store *s)
+{
+    uv_mutex_lock(&s->lock);
+    s->full_state = s->full;
+    uv_mutex_unlock(&s->lock);
+    uv_async_send(&s->h->async);
+}
+
+/* A chunk slice; one that met a full disk makes the store full. */
+static int chunk_slice(struct store *s)
+{
+    int ok;
+
+    s->last_full = 0; /* a slice that backs off tries nothing */
+    ok = store_chunk_slice(s);
+    if (!ok && s->last_full && !s->full) {
+        full_failed(s);
+        publish_full(s);
+    }
+    return ok;
+}
+
+/* Full with no batch to try: once the file system shows cfg.full_probe_free free, a
+ * commit that rewrites one page (the schema's own user_version) tells whether writes fit
+ * again. (Less free space waits for a batch to try: one page could fit while batches
+ * do not, and the state would flap.) */
+static void full_probe(struct store *s)
+{
+    int rc;
+
+    s->full_probe_ms = gw_mono_ms() + s->cfg.full_probe_ms;
+    if (free_bytes(s) < s->cfg.full_probe_free)
+        return;
+    rc = store_step(s->st[ST_BEGIN]);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(s->db, "PRAGMA user_version = " STORE_STR(STORE_SCHEMA_VERSION), NULL,
+                          NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = store_step(s->st[ST_COMMIT]);
+    if (rc == SQLITE_OK) {
+        full_end(s);
+        publish_full(s);
+        return;
+    }
+    if (store_failure(s->db, rc, 0, s->last_err, sizeof s->last_err))
+        full_failed(s);
+    if (!sqlite3_get_autocommit(s->db))
+        store_step(s->st[ST_ROLLBACK]);
+}
+
+/* ---- writer thread: the loop over batches ---- */
+
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
-    int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0;
+    int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0, full = 0;
     uint64_t start_ns = uv_hrtime();
 
+    if (!ok && s->full && !full_try_due(s)) {
+        s->full_refused++; /* refused untried: SQLite would only say the same */
+        tries = STORE_COMMIT_TRIES;
+    }
     while (!ok && tries < STORE_COMMIT_TRIES) {
         if (tries > 0)
             uv_sleep(STORE_RETRY_BASE_MS << (tries - 1));
@@ -360,6 +481,10 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
         tries++;
         if (rc == SQLITE_MISMATCH)
             break; /* a value this build cannot store: no retry will store it */
+        if (!ok && s->last_full) {
+            full = 1; /* no retry either: probes follow */
+            break;
+        }
     }
     if (ok)
         apply_posts(s, bc);
@@ -368,14 +493,20 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
         hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
         uv_mutex_unlock(&s->hot_lock);
     }
-    if (!ok && s->failed_batches++ == 0) /* once per episode */
-        log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable;"
-                  " rc=%d error=\"%s\"", (unsigned long long)b->last_seq, b->nrows, tries, rc,
-                  sqlite3_errstr(rc));
-    if (ok && b->nitems > 0 && s->failed_batches > 0) {
-        log_warn("store: commits recovered after failed_batches=%llu",
-                 (unsigned long long)s->failed_batches);
-        s->failed_batches = 0;
+    if (full) {
+        full_failed(s);
+        s->full_refused++;
+    } else if (!ok && !s->full && s->failed_batches++ == 0) { /* once per episode */
+        log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable; %s",
+                  (unsigned long long)b->last_seq, b->nrows, tries, s->last_err);
+    }
+    if (ok && b->nitems > 0) {
+        full_end(s);
+        if (s->failed_batches > 0) {
+            log_warn("store: commits recovered after failed_batches=%llu",
+                     (unsigned long long)s->failed_batches);
+            s->failed_batches = 0;
+        }
     }
     for (size_t i = 0; i < b->nitems; i++) {
         msg_unref(b->items[i].m);
@@ -385,10 +516,11 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     b->items = NULL;
     b->nitems = b->cap = 0;
     b->ok = ok;
+    b->full = s->full;
     if (compact_req) { /* before done: the op's seq means "chunked" */
         s->force_chunk = 1;
         s->chunk_retry_ms = 0;
-        while (s->force_chunk && store_chunk_slice(s))
+        while (s->force_chunk && chunk_slice(s))
             ;
         s->force_chunk = 0;
     }
@@ -399,6 +531,7 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     else
         s->done_head = b;
     s->done_tail = b;
+    s->full_state = s->full;
     uv_mutex_unlock(&s->lock);
     uv_async_send(&s->h->async);
 }
@@ -421,7 +554,7 @@ static void on_writer_thread(void *arg)
             uv_mutex_unlock(&s->lock);
             process_batch(s, b, &bc);
             if (store_chunk_due(s))
-                store_chunk_slice(s); /* one slice per batch: acks wait ~1 ms at most */
+                chunk_slice(s); /* one slice per batch: acks wait ~1 ms at most */
             store_wal_bound(s); /* between transactions: the WAL stays bounded */
             uv_mutex_lock(&s->lock);
             continue;
@@ -430,9 +563,21 @@ static void on_writer_thread(void *arg)
             break; /* what is hot is in the segments: the next start replays it */
         if (b || store_chunk_due(s)) { /* b waits: the hot points are overdue */
             uv_mutex_unlock(&s->lock);
-            store_chunk_slice(s); /* a failure backs off: then neither is due */
+            chunk_slice(s); /* a failure backs off: then neither is due */
             store_wal_bound(s);
             uv_mutex_lock(&s->lock);
+            continue;
+        }
+        if (s->full) {
+            uint64_t now = gw_mono_ms();
+
+            if (now >= s->full_probe_ms) {
+                uv_mutex_unlock(&s->lock);
+                full_probe(s);
+                uv_mutex_lock(&s->lock);
+            } else {
+                uv_cond_timedwait(&s->cond, &s->lock, (s->full_probe_ms - now) * 1000000);
+            }
             continue;
         }
         if (s->cfg.retention_days > 0 || s->chunk_retry_ms > 0)

@@ -266,6 +266,8 @@ static void on_stored(struct conn *conn, uint64_t tag, int ok)
     if (h) {
         if (ok)
             http_respond(h, 202, "application/json", p->body.data, p->body.len, NULL);
+        else if (conn->gw->storage_full)
+            http_respond_error(h, 507, "storage_full", "storage full: command not queued");
         else
             http_respond_error(h, 503, "storage_error", "storage failure: command not queued");
     }

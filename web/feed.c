@@ -297,7 +297,7 @@ static enum flush_rc viewer_flush(struct feed *hub, struct feed_viewer *v)
     c->msgs_out += nframes;
     ws_conn_send_frames(c, hub->out.data, hub->out.len);
     if (c->closing)
-        return FLUSH_GONE; /* the viewer was freed by its close */
+        return FLUSH_GONE; /* closed: the viewer goes with the close callback */
     return v->n ? FLUSH_STALLED : FLUSH_DONE;
 }
 

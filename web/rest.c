@@ -77,6 +77,8 @@ static void on_reply_durable(struct conn *c, uint64_t tag, int ok)
     if (h) {
         if (ok)
             http_respond(h, p->status, JSON, p->body.data, p->body.len, NULL);
+        else if (c->gw->storage_full)
+            http_respond_error(h, 507, "storage_full", "storage full: nothing was stored");
         else
             http_respond_error(h, 503, "storage_error", "storage failure: nothing was stored");
     }
@@ -102,9 +104,11 @@ static void health(struct gw *gw, struct http_conn *h)
     buf_init(&b);
     buf_printf(&b,
                "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%lld,\"connections\":%zu,"
-               "\"devices\":%zu,\"storage\":{\"queued_rows\":%zu,\"ingest_paused\":%s}}",
+               "\"devices\":%zu,\"storage\":{\"state\":\"%s\",\"queued_rows\":%zu,"
+               "\"ingest_paused\":%s}}",
                GALE_VERSION, (long long)((gw_now_ms() - gw->started_ms) / 1000),
-               conn_registry_count(gw->conns), gw->devices->by_id.len, gw_storage_queued(gw),
+               conn_registry_count(gw->conns), gw->devices->by_id.len,
+               gw->storage_full ? "full" : "ok", gw_storage_queued(gw),
                gw->ingest_paused ? "true" : "false");
     rest_reply_json(h, 200, &b);
     buf_fini(&b);

@@ -131,8 +131,6 @@ static int http_feed(void *state, struct buf *in)
         h->in_handler = true;
         c->msgs_in++;
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
-        if (c->closing)
-            return 0; /* h is gone */
         if (c->proto_state != h) { /* upgraded: the new layers take what is buffered */
             conn_refeed(c);
             return 0;
@@ -141,6 +139,7 @@ static int http_feed(void *state, struct buf *in)
         if (h->busy)
             conn_pause(c); /* async reply: pipelined bytes wait in `in` */
     }
+    c->proto_held = http_parser_held(&h->parser); /* in the pre-auth budget (guard.h) */
     return 0;
 }
 
@@ -319,8 +318,6 @@ void http_stream_end(struct http_conn *h, const char *trailers)
         http_chunk_end(&out, trailers);
         conn_send(c, out.data, out.len);
         buf_fini(&out);
-        if (c->closing)
-            return; /* the close freed h */
     }
     reply_done(h, h->stream_status, h->stream_bytes, keep);
 }
@@ -343,6 +340,7 @@ void http_upgraded(struct http_conn *h)
 {
     struct conn *c = h->conn;
     bool in_handler = h->in_handler;
+    c->proto_held = 0;
     http_free(h);
     conn_resume(c);
     if (!in_handler) /* else http_feed hands the buffered bytes over itself */

@@ -47,7 +47,7 @@ static void *line_open(struct conn *c, void *ctx)
 static int line_feed(void *state, struct buf *in)
 {
     struct line_conn *l = state;
-    struct conn *c = l->s.conn; /* valid after l is gone: freed only in its close callback */
+    struct conn *c = l->s.conn;
     size_t off = 0;
 
     /* the first line (before authentication) is capped at limits.preauth_max_bytes */
@@ -68,7 +68,7 @@ static int line_feed(void *state, struct buf *in)
         off += used;
         if (line_len > 0) {
             c->msgs_in++;
-            session_message(&l->s, line, line_len); /* may close: l is then freed */
+            session_message(&l->s, line, line_len); /* may close c */
         }
     }
     if (!c->closing)

@@ -80,13 +80,9 @@ int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, st
     if (!s)
         return GW_ENOENT;
     if (s->conn) {
-        /* outside broker work the close finishes at once: a clean session is gone with it */
+        /* detached now (its close callback comes later): a clean session is gone with it */
         conn_close(s->conn->c, "session discarded by the API");
-        s = broker_session_get(b, client_id);
-        if (!s)
-            return 0;
-        if (s->conn) /* still finishing (broker work up the stack): detach it here */
-            broker_conn_finish_now(s->conn);
+        broker_conn_finish_now(s->conn);
         s = broker_session_get(b, client_id);
         if (!s)
             return 0;
@@ -102,7 +98,7 @@ int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id
     /* as broker_session_unsubscribe, but the row's deletion joins the caller's ticket */
     if (!s || mqtt_router_unsubscribe(b->router, filter, strlen(filter), s) != 1)
         return GW_ENOENT;
-    s->nsubs--;
+    broker_session_count_sub(s, filter, strlen(filter), -1);
     if (!s->clean)
         ticket_add(t, b->store.delete_session_sub(b->store.ctx, s->client_id, filter));
     return 0;

@@ -240,7 +240,6 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
     struct conn *c = ws->c;
     size_t off = 0;
 
-    conn_ref(c);
     while (!c->closing && !c->close_after_write && off < raw->len) {
         struct ws_event ev;
         size_t used = 0;
@@ -271,8 +270,9 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
     if (!c->closing) {
         buf_consume(raw, off);
         ws_assembler_trim(&ws->as, WS_KEEP_BYTES);
+        /* in the pre-auth budget (gateway/guard.h) */
+        c->xport_held = ws_assembler_held(&ws->as) + ws->out.cap;
     }
-    conn_unref(c);
     return c->closing ? -1 : 0;
 }
 

@@ -459,7 +459,7 @@ static void test_same_group_commit(void **state)
     assert_int_equal(count_rows(f->path, "SELECT coalesce(sum(npoints), 0) FROM segments"), 1);
 
     /* the failure path: both fail, neither is stored */
-    store_fail_next_commits(f->s, STORE_COMMIT_TRIES, SQLITE_FULL);
+    store_fail_next_commits(f->s, STORE_COMMIT_TRIES, SQLITE_IOERR);
     p.ts_ms = 2000;
     k = make(2, 100);
     a = store_append(f->s, m);

@@ -46,6 +46,9 @@ struct fixture {
     size_t nevents;
     int pressure[64];            /* on_pressure values */
     size_t npressure;
+    int fulls[64];               /* on_full values */
+    size_t full_at[64];          /* ... and nevents when each came */
+    size_t nfulls;
     int query_done;
     struct store_result *res;
 };
@@ -72,6 +75,15 @@ static void on_pressure(void *ctx, int paused)
     f->pressure[f->npressure++] = paused;
 }
 
+static void on_full(void *ctx, int full)
+{
+    struct fixture *f = ctx;
+
+    assert_true(f->nfulls < sizeof f->fulls / sizeof f->fulls[0]);
+    f->full_at[f->nfulls] = f->nevents;
+    f->fulls[f->nfulls++] = full;
+}
+
 static void default_cfg(struct fixture *f)
 {
     memset(&f->cfg, 0, sizeof f->cfg);
@@ -88,6 +100,8 @@ static void do_open(struct fixture *f)
     assert_int_equal(store_open(&f->loop, &f->cfg, &f->s), 0);
     assert_non_null(f->s);
     store_set_callbacks(f->s, on_durable, on_pressure, f);
+    store_set_full_callback(f->s, on_full);
+    f->nfulls = 0;
 }
 
 static void do_close(struct fixture *f)
@@ -903,7 +917,7 @@ static void test_commit_failure(void **state)
     assert_int_equal(outcome_of(f, a), 1);
 
     /* every try of the next batch fails: reported not durable, rows absent */
-    store_fail_next_commits(f->s, STORE_COMMIT_TRIES, SQLITE_FULL);
+    store_fail_next_commits(f->s, STORE_COMMIT_TRIES, SQLITE_IOERR);
     b = append1(f, "d", pnum("k", 2, 2));
     b2 = store_put_device(f->s, &(struct store_device){ .id = "d", .token_hash = "x" });
     wait_durable(f, b2);
@@ -931,6 +945,139 @@ static void test_commit_failure(void **state)
     assert_int_equal(r->series[0].points[1].ts_ms, 3);
     assert_int_equal(r->series[0].points[2].ts_ms, 4);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM devices"), 0);
+}
+
+/* Index of the on_durable call that covered seq (-1 if none did). */
+static int event_of(const struct fixture *f, uint64_t seq)
+{
+    for (size_t i = 0; i < f->nevents; i++) {
+        if (f->events[i].upto >= seq)
+            return (int)i;
+    }
+    return -1;
+}
+
+static int seam_left(struct fixture *f)
+{
+    int n;
+
+    uv_mutex_lock(&f->s->lock);
+    n = f->s->fail_commits;
+    uv_mutex_unlock(&f->s->lock);
+    return n;
+}
+
+/* A full disk is not retried, and while full a batch is refused without a try: here the
+ * probe interval and the free-space trigger are out of reach, so only the first batch is
+ * tried. The loop hears on_full(1) before the failure it caused. Nothing refused is
+ * stored, and a reopened store is not full. */
+static void test_disk_full_refuses_untried(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t a, b, b2, c;
+
+    f->cfg.full_probe_ms = 3600 * 1000;
+    f->cfg.full_probe_free = UINT64_MAX / 4;
+    do_open(f);
+    a = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, a);
+    assert_int_equal(outcome_of(f, a), 1);
+    assert_int_equal(f->nfulls, 0);
+
+    store_fail_next_commits(f->s, 1, SQLITE_FULL); /* one try only: no retries */
+    b = append1(f, "d", pnum("k", 2, 2));
+    b2 = store_put_device(f->s, &(struct store_device){ .id = "d", .token_hash = "x" });
+    wait_durable(f, b2);
+    assert_int_equal(outcome_of(f, b), 0);
+    assert_int_equal(outcome_of(f, b2), 0);
+    assert_int_equal(seam_left(f), 0);
+    assert_int_equal(f->nfulls, 1);
+    assert_int_equal(f->fulls[0], 1);
+    assert_true((int)f->full_at[0] <= event_of(f, b)); /* full, then the failure */
+    assert_int_equal(f->s->full_reported, 1);
+
+    /* the seam is spent: a try would commit c; it is refused untried */
+    c = append1(f, "d", pnum("k", 3, 3));
+    wait_durable(f, c);
+    assert_int_equal(outcome_of(f, c), 0);
+    assert_int_equal(f->nfulls, 1);
+    do_close(f);
+
+    default_cfg(f);
+    do_open(f);
+    assert_int_equal(f->s->full_reported, 0);
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, 1);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM devices"), 0);
+}
+
+/* While full, a batch is tried every full_probe_ms (here 1 ms): each try that fails
+ * keeps the store full, the first that commits ends it (on_full(0) before its ok).
+ * Exactly the committed points are stored. */
+static void test_disk_full_probes_and_recovers(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t seqs[200];
+    int first_ok = -1;
+    size_t n = 0;
+
+    f->cfg.full_probe_ms = 1;
+    f->cfg.full_probe_free = UINT64_MAX / 4;
+    do_open(f);
+    store_fail_next_commits(f->s, 3, SQLITE_FULL);
+    while (n < 200 && first_ok < 0) {
+        seqs[n] = append1(f, "d", pnum("k", (int64_t)n + 1, (double)n));
+        wait_durable(f, seqs[n]);
+        if (outcome_of(f, seqs[n]) == 1)
+            first_ok = (int)n;
+        n++;
+    }
+    assert_true(first_ok >= 3); /* three tries failed (refusals in between, maybe) */
+    assert_int_equal(seam_left(f), 0);
+    assert_int_equal(f->nfulls, 2);
+    assert_int_equal(f->fulls[0], 1);
+    assert_int_equal(f->fulls[1], 0);
+    assert_true((int)f->full_at[0] <= event_of(f, seqs[0]));
+    assert_true(f->full_at[1] > (size_t)event_of(f, seqs[first_ok - 1]));
+    assert_true((int)f->full_at[1] <= event_of(f, seqs[first_ok]));
+
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, first_ok + 1);
+}
+
+static int full_ended(struct fixture *f, const void *arg)
+{
+    (void)arg;
+    return f->nfulls == 2;
+}
+
+/* With no batch to try, the idle writer probes with a one-page commit and reports the
+ * end of a full disk by itself. */
+static void test_disk_full_idle_probe(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t b, c;
+
+    f->cfg.full_probe_ms = 1;
+    f->cfg.full_probe_free = 1; /* any free space is worth a probe */
+    do_open(f);
+    store_fail_next_commits(f->s, 1, SQLITE_FULL);
+    b = append1(f, "d", pnum("k", 1, 1));
+    wait_durable(f, b);
+    assert_int_equal(outcome_of(f, b), 0);
+    assert_true(wait_until(f, full_ended, NULL));
+    assert_int_equal(f->fulls[0], 1);
+    assert_int_equal(f->fulls[1], 0);
+    c = append1(f, "d", pnum("k", 2, 2));
+    wait_durable(f, c);
+    assert_int_equal(outcome_of(f, c), 1);
+    assert_int_equal(f->nfulls, 2);
 }
 
 static void test_backpressure(void **state)
@@ -1775,6 +1922,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_latest_after_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_refuses_untried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_probes_and_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_idle_probe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_flushes_and_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_telemetry_gets_seq, setup, teardown),

@@ -662,12 +662,14 @@ async function pollGateway() {
     tile("messages/s", msgs.toFixed(1)),
     tile("hot points", String(g("gale_storage_hot_points"))),
     tile("queued rows", String(g("gale_storage_queued_rows"))),
-    tile("ingest", g("gale_storage_ingest_paused") ? "paused" : "flowing"));
+    tile("ingest", g("gale_storage_full") ? "refused: disk full"
+      : g("gale_storage_ingest_paused") ? "paused" : "flowing"));
   const drops = [
     ["live updates dropped", "gale_feed_dropped_total"],
     ["MQTT messages dropped", "gale_mqtt_dropped_total"],
     ["telemetry rejected", "gale_telemetry_rejected_total"],
     ["storage failures", "gale_storage_failures_total"],
+    ["writes refused (disk full)", "gale_storage_writes_refused_total"],
     ["ingest pauses", "gale_storage_ingest_pauses_total"],
     ["auth failures", "gale_auth_failures_total"],
     ["timeouts", "gale_timeouts_total"],
