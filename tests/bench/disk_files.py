@@ -25,6 +25,7 @@ import os
 import random
 import re
 import select
+import shutil
 import sys
 import time
 import urllib.request
@@ -168,7 +169,6 @@ def main():
     finally:
         if g.alive():
             g.kill9()
-        import shutil
         shutil.rmtree(g.data_dir, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ transaction open on gale.db, and 4 s after it let go. A sampler stats gale.db-wa
 gale.db every 50 ms."""
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -176,7 +177,6 @@ def main():
             t.eq(d, sent[i] - 1, "every point of key d of wal%d is stored" % i)
     finally:
         g2.stop()
-        import shutil
         shutil.rmtree(g.data_dir, ignore_errors=True)
 
 
