@@ -201,6 +201,11 @@ static const struct key keys[] = {
          "also bounds the log replayed on start (at most twice as many points)."),
     INT("storage.retention_days", storage.retention_days, 0, 36500, "0",
         "Days of telemetry kept; 0 keeps everything."),
+    SIZE("storage.wal_max_bytes", storage.wal_max_bytes, 1 * MIB, 64 * GIB, "67108864",
+         "Bound on the write-ahead log file (gale.db-wal), bytes. Checkpoints copy the log "
+         "into gale.db in the background; when the log reaches half of this, the writer "
+         "completes a checkpoint itself (waiting up to 250 ms for readers) before its next "
+         "commit. A reader that keeps an old snapshot can hold the log past it (logged)."),
     INT("limits.max_connections", limits.max_connections, 0, 10000000, "0",
         "Open connections (all listeners) before new ones are refused; 0 = what the "
         "open-file limit allows: RLIMIT_NOFILE (raised to its hard limit at start) minus "

@@ -27,6 +27,8 @@ struct gw_storage_stats {
     uint64_t slices, points_chunked, chunks_written;
     double slice_seconds_total, slice_seconds_max;
     struct hist commit_latency;      /* writer time per committed batch */
+    uint64_t wal_bytes;              /* size of the write-ahead log file */
+    uint64_t wal_checkpoints, wal_frames_copied, wal_checkpoint_busy;
 };
 
 struct gw_storage {

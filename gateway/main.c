@@ -547,6 +547,8 @@ static void storage_stats(void *ctx, struct gw_storage_stats *out)
         .slice_seconds_total = (double)st.slice_us_total / 1e6,
         .slice_seconds_max = (double)st.slice_us_max / 1e6,
         .commit_latency = st.commit_latency,
+        .wal_bytes = st.wal.bytes, .wal_checkpoints = st.wal.checkpoints,
+        .wal_frames_copied = st.wal.frames_copied, .wal_checkpoint_busy = st.wal.busy,
     };
 }
 
@@ -777,6 +779,7 @@ int main(int argc, char **argv)
         .queue_low_rows = cfg.storage.queue_low_rows,
         .hot_max_points = cfg.storage.hot_max_points,
         .retention_days = (unsigned)cfg.storage.retention_days,
+        .wal_max_bytes = cfg.storage.wal_max_bytes,
     };
     if (store_open(&loop, &scfg, &store) != 0)
         goto out;

@@ -189,6 +189,15 @@ static void render_storage(struct gw *gw, struct buf *b)
                   "# TYPE gale_storage_chunk_slice_seconds_max gauge\n"
                   "gale_storage_chunk_slice_seconds_max %.6f\n",
                st.slice_seconds_total, st.slice_seconds_max);
+    gauge(b, "gale_storage_wal_bytes", "Size of the write-ahead log file, bytes",
+          (double)st.wal_bytes);
+    counter(b, "gale_storage_wal_checkpoints_total",
+            "Checkpoints that copied every frame of the write-ahead log", st.wal_checkpoints);
+    counter(b, "gale_storage_wal_frames_copied_total",
+            "Write-ahead log frames copied into the database file", st.wal_frames_copied);
+    counter(b, "gale_storage_wal_checkpoint_busy_total",
+            "Writer checkpoints a reader of an older snapshot kept from completing",
+            st.wal_checkpoint_busy);
     histogram(b, "gale_storage_commit_seconds",
               "Writer time to commit one group-commit batch (retries included)",
               &st.commit_latency);
