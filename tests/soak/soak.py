@@ -278,6 +278,10 @@ def gateway_config(gale_bin, args, env):
     return json.loads(r.stdout)
 
 
+def fmt_ms(v):
+    return "-" if v is None else "%.3g" % v if v < 100 else "%.0f" % v
+
+
 def parse_ranges(s):
     if s == "-":
         return []
@@ -649,12 +653,12 @@ def main():
         print("readers:     '#' subscriber %d messages, /ws/live %d (dropped %d)"
               % (summary["sub_rx"], summary["feed_rx"], summary["feed_dropped"]))
         print("ack latency: PUBACK p50 %s / p99 %s ms; line p50 %s / p99 %s ms (whole run)"
-              % (summary["puback_p50_ms"], summary["puback_p99_ms"], summary["line_p50_ms"],
-                 summary["line_p99_ms"]))
-    print("PUBACK p99 per minute (ms): %s"
-          % ", ".join("m%d %s" % (m["minute"], m["puback_p99_ms"]) for m in minutes))
-    print("line-ack p99 per minute (ms): %s"
-          % ", ".join("m%d %s" % (m["minute"], m["line_p99_ms"]) for m in minutes))
+              % tuple(fmt_ms(summary[k]) for k in ("puback_p50_ms", "puback_p99_ms",
+                                                   "line_p50_ms", "line_p99_ms")))
+    for kind, name in (("PUBACK", "puback_p99_ms"), ("line-ack", "line_p99_ms")):
+        print("%s p99 per minute (ms): %s"
+              % (kind, ", ".join("m%d %s" % (m["minute"], fmt_ms(m[name])) for m in minutes)
+                 or "-"))
     print("peak RSS:    %.1f MiB (bound %.0f MiB)" % (peak["rss"] / MIB, bounds["rss"] / MIB))
     print("peak WAL:    %.1f MiB (bound %.1f MiB from %s)"
           % (peak["wal"] / MIB, bounds["wal"] / MIB, wal_src))
