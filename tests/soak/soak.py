@@ -270,6 +270,46 @@ def proc_status(pid):
     return rss, hwm
 
 
+def proc_cpu_s(pid):
+    """User + system CPU seconds of the process so far."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+SCRAPED = {"gale_storage_queued_rows": "queued_rows",
+           "gale_storage_hot_points": "hot_points",
+           "gale_storage_ingest_paused": "ingest_paused",
+           "gale_storage_commit_seconds_count": "commits"}
+
+
+def scrape(rest):
+    """The storage gauges of GET /metrics (None when it fails)."""
+    try:
+        st, payload, _ = rest.request("GET", "/metrics")
+    except Exception:
+        return None
+    if st != 200:
+        return None
+    out = {}
+    for line in payload.decode(errors="replace").splitlines():
+        name, _, value = line.partition(" ")
+        if name in SCRAPED:
+            try:
+                out[SCRAPED[name]] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
 def gateway_config(gale_bin, args, env):
     """The gateway's effective configuration (gale --check-config with the same flags)."""
     r = subprocess.run([gale_bin, "--check-config"] + args, env=env, capture_output=True,
@@ -363,13 +403,15 @@ def plot(path, rows, a, bounds, verdict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    nan = float("nan")
     t = [r["sec"] + 1 for r in rows]  # each row is the second that ends there
     drain_at = next((r["sec"] for r in rows if r["phase"] == "drain"), None)
 
     def col(name, scale=1.0):
-        return [None if r[name] in (None, "") else float(r[name]) / scale for r in rows]
+        return [nan if r.get(name) in (None, "") else float(r[name]) / scale for r in rows]
 
-    fig, ax = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True)
+    fig, ax = plt.subplots(3, 2, figsize=(13, 12), sharex=True)
+    twins = []
     fig.suptitle("Gale soak: %d devices, %.0f msg/s target, %.0f s  (%s)"
                  % (a.devices, a.rate, a.seconds, verdict), fontsize=13)
 
@@ -402,7 +444,6 @@ def plot(path, rows, a, bounds, verdict):
     p.set_yscale("log")
     p.set_title("Ack latency per second")
     p.set_ylabel("ms (log)")
-    p.set_xlabel("seconds since the load started")
 
     p = ax[1][1]
     p.plot(t, col("sent"), label="sent", color="tab:blue")
@@ -415,15 +456,45 @@ def plot(path, rows, a, bounds, verdict):
               label="%.0f %% of target" % (a.min_rate * 100))
     p.set_title("Throughput")
     p.set_ylabel("messages/s")
+    p.set_ylim(bottom=0)
+
+    p = ax[2][0]
+    p.plot(t, col("gale_cpu_pct"), label="gateway CPU (100 = one core)", color="tab:blue")
+    p.set_title("CPU")
+    p.set_ylabel("gateway CPU %")
     p.set_xlabel("seconds since the load started")
     p.set_ylim(bottom=0)
+    q = p.twinx()
+    q.plot(t, col("load1"), label="machine load average (right)", color="tab:gray", lw=1)
+    q.set_ylabel("load average (runnable tasks)")
+    q.set_ylim(bottom=0)
+    twins.append((p, q))
+
+    p = ax[2][1]
+    p.plot(t, col("queued_rows"), label="rows queued for the writer", color="tab:red")
+    p.plot(t, col("commits"), label="commits/s", color="tab:green")
+    p.set_title("Storage writer")
+    p.set_ylabel("rows, commits/s")
+    p.set_xlabel("seconds since the load started")
+    p.set_ylim(bottom=0)
+    q = p.twinx()
+    q.plot(t, col("hot_points", 1e6), label="hot points, not yet chunked (right)",
+           color="tab:cyan")
+    q.set_ylabel("hot points (millions)")
+    q.set_ylim(bottom=0)
+    twins.append((p, q))
 
     for row in ax:
         for p in row:
             if drain_at is not None:
                 p.axvline(drain_at, color="gray", lw=0.8, ls="-.")
             p.grid(True, alpha=0.3)
-            p.legend(fontsize=8, loc="best")
+            if not any(p is tp for tp, _ in twins):
+                p.legend(fontsize=8, loc="best")
+    for p, q in twins:  # one legend for both axes
+        h1, l1 = p.get_legend_handles_labels()
+        h2, l2 = q.get_legend_handles_labels()
+        p.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -500,12 +571,17 @@ def main():
             cmd += ["--feed"]
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         reader = RestReader(gale.ports["http"], api_key, ids, a.rest_rate)
+        metrics_rest = Rest(gale.ports["http"], api_key, timeout=5)
+        last_cpu = (time.monotonic(), proc_cpu_s(gale.proc.pid))
+        last_commits = None
         deadline = time.monotonic() + 60 + a.seconds + a.drain + 30
         with open(csv_path, "w", newline="") as f:
             fields = ["sec", "phase", "rss_bytes", "wal_bytes", "db_bytes", "sent", "sent_q0",
                       "sent_q1", "sent_line", "acked_q1", "acked_line", "puback_p50_ms",
                       "puback_p99_ms", "line_p50_ms", "line_p99_ms", "sub_rx", "feed_rx",
-                      "feed_dropped", "owed", "unacked", "rest_reads", "rest_p99_ms"]
+                      "feed_dropped", "owed", "unacked", "rest_reads", "rest_p99_ms",
+                      "gale_cpu_pct", "load1", "commits", "queued_rows", "hot_points",
+                      "ingest_paused"]
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             while True:
@@ -531,6 +607,19 @@ def main():
                     js["wal_bytes"] = file_size(wal_path)
                     js["db_bytes"] = file_size(db_path)
                     js["rest_reads"], js["rest_p99_ms"] = reader.take()
+                    now, cpu = time.monotonic(), proc_cpu_s(gale.proc.pid)
+                    if cpu is not None and last_cpu[1] is not None:
+                        js["gale_cpu_pct"] = round(100 * (cpu - last_cpu[1])
+                                                   / max(1e-3, now - last_cpu[0]), 1)
+                    last_cpu = (now, cpu)
+                    js["load1"] = load1()
+                    m = scrape(metrics_rest) or {}
+                    for k in ("queued_rows", "hot_points", "ingest_paused"):
+                        js[k] = m.get(k)
+                    if "commits" in m:
+                        if last_commits is not None:
+                            js["commits"] = m["commits"] - last_commits
+                        last_commits = m["commits"]
                     for k, name in (("rss", "rss_bytes"), ("wal", "wal_bytes"),
                                     ("db", "db_bytes")):
                         peak[k] = max(peak[k], js[name])
@@ -552,6 +641,7 @@ def main():
         if load.poll() is None:
             load.kill()
         rc = load.wait(30)
+        metrics_rest.close()
         reader.stop.set()
         if reader.ident is not None:
             reader.join(15)
