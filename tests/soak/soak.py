@@ -83,7 +83,8 @@ def parse_args():
     ap.add_argument("--wal-margin-mib", type=float, default=16)
     ap.add_argument("--ack-p99-bound-ms", type=float, default=1000)
     ap.add_argument("--min-rate", type=float, default=0.9, help="fraction of RATE to reach")
-    ap.add_argument("--verify-timeout", type=float, default=600)
+    ap.add_argument("--verify-timeout", type=float,
+                    help="seconds for reading every value back (default 120 + SECONDS)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="gateway configuration (repeatable), e.g. storage.sync=normal")
     ap.add_argument("--no-plot", action="store_true", help="CSV and summary only")
@@ -92,6 +93,8 @@ def parse_args():
     a.gale_bin = a.gale_bin or os.path.join(a.build, "gale")
     a.load_bin = a.load_bin or os.path.join(a.build, "tests", "soak", "soak_load")
     a.out = a.out or os.path.join(a.build, "soak")
+    if a.verify_timeout is None:
+        a.verify_timeout = 120 + a.seconds
     mix = {}
     for part in a.mix.split(","):
         k, _, v = part.partition("=")
