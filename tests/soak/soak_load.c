@@ -32,7 +32,7 @@
  *    "line_p99_ms":..,"sub_rx":..,"feed_rx":..,"feed_dropped":..,"owed":..,"unacked":..}
  * (counts are of that second; owed and unacked are totals at its end; a p50/p99 is
  * null when that second had no ack), each minute of the run {"minute":m,...} with
- * that minute's ack quantiles, then one {"summary":...}. --acked FILE gets a line per
+ * that minute's ack quantiles (the last one with the drain's acks), then one {"summary":...}. --acked FILE gets a line per
  * device: "<id> <kind> <sent> <acked ranges k-k,k-k or ->".
  * Latency quantiles come from a histogram with 2 % wide buckets.
  *
@@ -797,7 +797,8 @@ int main(int argc, char **argv)
         if (g.running && now >= next_sec) {
             report_second(sec++);
             next_sec += 1;
-            if (!g.stopped && sec % 60 == 0)
+            /* the last minute of the run takes the drain's acks with it */
+            if (!g.stopped && sec % 60 == 0 && (double)sec < g.seconds)
                 report_minute(minute++);
         }
         if (g.running && !g.stopped && now - g.t0 >= g.seconds) {
