@@ -32,8 +32,9 @@
  *    "line_p99_ms":..,"sub_rx":..,"feed_rx":..,"feed_dropped":..,"owed":..,"unacked":..}
  * (counts are of that second; owed and unacked are totals at its end; a p50/p99 is
  * null when that second had no ack), each minute of the run {"minute":m,...} with
- * that minute's ack quantiles (the last one with the drain's acks), then one {"summary":...}. --acked FILE gets a line per
- * device: "<id> <kind> <sent> <acked ranges k-k,k-k or ->".
+ * that minute's ack quantiles (the last one with the drain's acks), then one
+ * {"summary":...}. --acked FILE gets a line per device:
+ * "<id> <kind> <sent> <acked ranges k-k,k-k or ->".
  * Latency quantiles come from a histogram with 2 % wide buckets.
  *
  * Exit 0 when the run completed (whatever was acked; soak.py judges), 1 when a
