@@ -436,12 +436,14 @@ def plot(path, rows, a, bounds, verdict):
     p.set_ylim(bottom=0)
 
     p = ax[1][0]
+    # both kinds wait for the same commits and often coincide: PUBACK wide underneath
     for name, label, style in (("puback_p99_ms", "PUBACK p99", "-"),
-                               ("puback_p50_ms", "PUBACK p50", ":"),
+                               ("puback_p50_ms", "PUBACK p50", "--"),
                                ("line_p99_ms", "line ack p99", "-"),
-                               ("line_p50_ms", "line ack p50", ":")):
-        color = "tab:purple" if name.startswith("puback") else "tab:brown"
-        p.plot(t, col(name), label=label, ls=style, color=color)
+                               ("line_p50_ms", "line ack p50", "--")):
+        puback = name.startswith("puback")
+        p.plot(t, col(name), label=label, ls=style, color="tab:purple" if puback else "gold",
+               lw=3 if puback else 1.2, alpha=0.55 if puback else 1)
     p.axhline(a.ack_p99_bound_ms, color="tab:red", ls="--", lw=1,
               label="p99 bound %.0f ms" % a.ack_p99_bound_ms)
     p.set_yscale("log")
