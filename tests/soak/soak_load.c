@@ -65,12 +65,12 @@
 
 #define CONNECT_IN_FLIGHT 100
 #define CONNECT_TIMEOUT_S 60.0
-#define OUT_HIGH_BYTES 65536  /* QoS 0: stop encoding while this much waits to be written */
-#define KEEPALIVE_S 300       /* MQTT keep-alive asked for; the subscriber pings each 30 s */
+#define OUT_HIGH_BYTES 65536 /* QoS 0: stop encoding while this much waits to be written */
+#define KEEPALIVE_S 300      /* MQTT keep-alive asked for; the subscriber pings each 30 s */
 #define SUB_PING_S 30.0
-#define TICK_S 0.001          /* the pacing tick */
-#define HIST_BASE 1.02        /* latency histogram: bucket i holds [1.02^i, 1.02^(i+1)) us */
-#define HIST_N 1000           /* 1.02^1000 us is far beyond any deadline here */
+#define TICK_S 0.001   /* the pacing tick */
+#define HIST_BASE 1.02 /* latency histogram: bucket i holds [1.02^i, 1.02^(i+1)) us */
+#define HIST_N 1000    /* 1.02^1000 us is far beyond any deadline here */
 
 enum kind { K_Q0, K_Q1, K_LINE, K_SUB, K_FEED };
 static const char *const kind_name[] = {"q0", "q1", "line", "sub", "feed"};
@@ -116,8 +116,8 @@ static struct {
     bool feed;
     double rate, seconds, drain;
     struct client *cl;
-    int n;        /* clients in cl: devices, then the subscriber and the feed */
-    int ndev;     /* devices: cl[0..ndev) */
+    int n;    /* clients in cl: devices, then the subscriber and the feed */
+    int ndev; /* devices: cl[0..ndev) */
     int ep;
     double t0;
     long total, scheduled; /* messages in the run; messages handed out so far */
@@ -221,8 +221,8 @@ static void watch(struct client *c, bool want_out)
 
 static void lost(struct client *c, const char *why)
 {
-    fprintf(stderr, "soak_load: %s %s (%s): %s (sent %ld, acked %ld)\n", kind_name[c->kind],
-            c->id, c->state == S_READY ? "running" : "connecting", why, c->sent, c->acked);
+    fprintf(stderr, "soak_load: %s %s (%s): %s (sent %ld, acked %ld)\n", kind_name[c->kind], c->id,
+            c->state == S_READY ? "running" : "connecting", why, c->sent, c->acked);
     exit(1);
 }
 
@@ -575,8 +575,9 @@ static void report_second(long sec)
     put_q(&b, "puback_p99_ms", &g.sec.puback, 0.99);
     put_q(&b, "line_p50_ms", &g.sec.line, 0.5);
     put_q(&b, "line_p99_ms", &g.sec.line, 0.99);
-    buf_printf(&b, ",\"sub_rx\":%ld,\"feed_rx\":%ld,\"feed_dropped\":%ld,\"owed\":%ld,"
-                   "\"unacked\":%ld",
+    buf_printf(&b,
+               ",\"sub_rx\":%ld,\"feed_rx\":%ld,\"feed_dropped\":%ld,\"owed\":%ld,"
+               "\"unacked\":%ld",
                g.sec.sub_rx, g.sec.feed_rx, g.sec.feed_dropped, owed, unacked);
     emit(&b);
     buf_fini(&b);
@@ -717,8 +718,8 @@ static void parse_args(int argc, char **argv)
         else
             usage();
     }
-    if (g.mqtt_port <= 0 || g.line_port <= 0 || !g.devices_path || g.rate <= 0 ||
-        g.seconds <= 0 || g.drain < 0 || g.window < 1 || g.window > 1000 ||
+    if (g.mqtt_port <= 0 || g.line_port <= 0 || !g.devices_path || g.rate <= 0 || g.seconds <= 0 ||
+        g.drain < 0 || g.window < 1 || g.window > 1000 ||
         (g.feed && (g.http_port <= 0 || !g.api_key)))
         usage();
 }
@@ -788,8 +789,8 @@ int main(int argc, char **argv)
         }
         if (now > deadline) {
             if (!g.running) {
-                fprintf(stderr, "soak_load: only %d of %d clients connected within %.0f s\n",
-                        ready, g.n, CONNECT_TIMEOUT_S);
+                fprintf(stderr, "soak_load: only %d of %d clients connected within %.0f s\n", ready,
+                        g.n, CONNECT_TIMEOUT_S);
                 return 1;
             }
             break; /* the drain is over, whatever is still missing */
