@@ -125,7 +125,6 @@ static struct {
     struct second sec;
     struct hist min_puback, min_line, all_puback, all_line;
     long tot_sent[3], tot_acked[3], tot_sub_rx, tot_feed_rx, tot_feed_dropped, not_sent;
-    long ack_errors;
 } g;
 
 static const struct mqtt_limits lim = {0, MQTT_V311};
@@ -423,7 +422,6 @@ static void on_line(struct client *c, char *s, double now)
     } else if (sscanf(s, "{\"ack\":%ld}", &v) == 1) {
         on_ack(c, v, now);
     } else if (strncmp(s, "{\"command\"", 10) != 0) {
-        g.ack_errors++;
         lost(c, s);
     }
 }
