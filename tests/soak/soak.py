@@ -584,7 +584,7 @@ def main():
             fields = ["sec", "phase", "rss_bytes", "wal_bytes", "db_bytes", "sent", "sent_q0",
                       "sent_q1", "sent_line", "acked_q1", "acked_line", "puback_p50_ms",
                       "puback_p99_ms", "line_p50_ms", "line_p99_ms", "sub_rx", "feed_rx",
-                      "feed_dropped", "owed", "unacked", "rest_reads", "rest_p99_ms",
+                      "feed_dropped", "owed", "unacked", "late_ms", "rest_reads", "rest_p99_ms",
                       "gale_cpu_pct", "load1", "commits", "queued_rows", "hot_points",
                       "ingest_paused"]
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -29,11 +29,13 @@
  * Output (stdout, one JSON object a line): each second of the run and drain
  *   {"sec":i,"sent":N,"sent_q0":..,"sent_q1":..,"sent_line":..,"acked_q1":..,
  *    "acked_line":..,"puback_p50_ms":..,"puback_p99_ms":..,"line_p50_ms":..,
- *    "line_p99_ms":..,"sub_rx":..,"feed_rx":..,"feed_dropped":..,"owed":..,"unacked":..}
+ *    "line_p99_ms":..,"sub_rx":..,"feed_rx":..,"feed_dropped":..,"owed":..,"unacked":..,
+ *    "late_ms":..}
  * (counts are of that second; owed and unacked are totals at its end; a p50/p99 is
- * null when that second had no ack), each minute of the run {"minute":m,...} with
- * that minute's ack quantiles (the last one with the drain's acks), then one
- * {"summary":...}. --acked FILE gets a line per device:
+ * null when that second had no ack; late_ms: how long after the second's end the row
+ * was written, high when this process itself did not get the CPU), each minute of the
+ * run {"minute":m,...} with that minute's ack quantiles (the last one with the drain's
+ * acks), then one {"summary":...}. --acked FILE gets a line per device:
  * "<id> <kind> <sent> <acked ranges k-k,k-k or ->".
  * Latency quantiles come from a histogram with 2 % wide buckets.
  *
@@ -553,7 +555,7 @@ static void schedule(double now)
     }
 }
 
-static void report_second(long sec)
+static void report_second(long sec, double late_s)
 {
     struct buf b;
     long owed = 0, unacked = 0;
@@ -575,8 +577,8 @@ static void report_second(long sec)
     put_q(&b, "line_p99_ms", &g.sec.line, 0.99);
     buf_printf(&b,
                ",\"sub_rx\":%ld,\"feed_rx\":%ld,\"feed_dropped\":%ld,\"owed\":%ld,"
-               "\"unacked\":%ld",
-               g.sec.sub_rx, g.sec.feed_rx, g.sec.feed_dropped, owed, unacked);
+               "\"unacked\":%ld,\"late_ms\":%.0f",
+               g.sec.sub_rx, g.sec.feed_rx, g.sec.feed_dropped, owed, unacked, late_s * 1e3);
     emit(&b);
     buf_fini(&b);
     memset(&g.sec, 0, sizeof g.sec);
@@ -794,8 +796,10 @@ int main(int argc, char **argv)
             break; /* the drain is over, whatever is still missing */
         }
         schedule(now);
-        if (g.running && now >= next_sec) {
-            report_second(sec++);
+        /* one row per second of the clock: after a stall of this process the rows it
+         * missed follow at once (the counts in the first), each saying how late it is */
+        while (g.running && now >= next_sec) {
+            report_second(sec++, now - next_sec);
             next_sec += 1;
             /* the last minute of the run takes the drain's acks with it */
             if (!g.stopped && sec % 60 == 0 && (double)sec < g.seconds)
@@ -837,7 +841,7 @@ int main(int argc, char **argv)
                 on_readable(c, now);
         }
     }
-    report_second(sec++);
+    report_second(sec++, 0);
     if (minute == 0 || g.min_puback.n + g.min_line.n > 0)
         report_minute(minute++); /* the last, partial minute (acks of the drain included) */
     {
