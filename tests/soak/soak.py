@@ -60,14 +60,24 @@ def expected(k):
             "bat": 3.0 + (k % 1000) / 1000.0}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default where there is one (not for flags, nor for None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--build", default="build", help="build directory (gale, tests/soak/soak_load)")
     ap.add_argument("--gale-bin", help="the gateway binary (default BUILD/gale)")
     ap.add_argument("--load-bin", help="soak_load (default BUILD/tests/soak/soak_load)")
     ap.add_argument("--out", help="output directory (default BUILD/soak)")
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=60, help="seconds of load")
+    ap.add_argument("--devices", type=int, default=1000, help="devices provisioned and publishing")
     ap.add_argument("--rate", type=float, default=10000, help="messages/s, all devices together")
     ap.add_argument("--mix", default="q0=3,q1=4,line=3",
                     help="shares of MQTT QoS 0, MQTT QoS 1 and line-protocol devices")
@@ -77,11 +87,12 @@ def parse_args():
     ap.add_argument("--rest-rate", type=float, default=20, help="REST reads/s during the run")
     ap.add_argument("--no-feed", action="store_true", help="no /ws/live viewer")
     ap.add_argument("--no-sub", action="store_true", help="no '#' subscriber")
-    ap.add_argument("--rss-bound-mib", type=float, default=256)
+    ap.add_argument("--rss-bound-mib", type=float, default=256, help="the gateway's peak RSS")
     ap.add_argument("--wal-bound-mib", type=float, default=64,
                     help="WAL bound when the gateway has no storage.wal_max_bytes")
-    ap.add_argument("--wal-margin-mib", type=float, default=16)
-    ap.add_argument("--ack-p99-bound-ms", type=float, default=1000)
+    ap.add_argument("--wal-margin-mib", type=float, default=16, help="added to the WAL bound")
+    ap.add_argument("--ack-p99-bound-ms", type=float, default=1000,
+                    help="PUBACK and line-ack p99 of every minute")
     ap.add_argument("--min-rate", type=float, default=0.9, help="fraction of RATE to reach")
     ap.add_argument("--verify-timeout", type=float,
                     help="seconds for reading every value back (default 120 + SECONDS)")
