@@ -761,8 +761,10 @@ def main():
               "not sent (behind schedule) %d"
               % (summary["sent"], summary["rate"], summary["acked_q1"], summary["acked_line"],
                  summary["unacked"], summary["not_sent"]))
-        print("readers:     '#' subscriber %d messages, /ws/live %d (dropped %d)"
-              % (summary["sub_rx"], summary["feed_rx"], summary["feed_dropped"]))
+        print("readers:     '#' subscriber %d messages, /ws/live %d (dropped %d); the load "
+              "generator used %.1f s of CPU"
+              % (summary["sub_rx"], summary["feed_rx"], summary["feed_dropped"],
+                 summary.get("cpu_s", 0)))
         print("ack latency: PUBACK p50 %s / p99 %s ms; line p50 %s / p99 %s ms (whole run)"
               % tuple(fmt_ms(summary[k]) for k in ("puback_p50_ms", "puback_p99_ms",
                                                    "line_p50_ms", "line_p99_ms")))

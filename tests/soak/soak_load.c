@@ -847,6 +847,7 @@ int main(int argc, char **argv)
     {
         long sent = g.tot_sent[K_Q0] + g.tot_sent[K_Q1] + g.tot_sent[K_LINE];
         long q0_unread = 0;
+        struct rusage ru;
         struct buf b;
         for (int i = 0; i < g.ndev; i++)
             q0_unread += g.cl[i].kind == K_Q0 && !g.cl[i].pong;
@@ -866,6 +867,10 @@ int main(int argc, char **argv)
         put_q(&b, "puback_p99_ms", &g.all_puback, 0.99);
         put_q(&b, "line_p50_ms", &g.all_line, 0.5);
         put_q(&b, "line_p99_ms", &g.all_line, 0.99);
+        if (getrusage(RUSAGE_SELF, &ru) == 0)
+            buf_printf(&b, ",\"cpu_s\":%.2f",
+                       (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6);
         emit(&b);
         buf_fini(&b);
     }
