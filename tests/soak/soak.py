@@ -258,7 +258,7 @@ class RestReader(threading.Thread):
         with self.lock:
             lat, n = sorted(self.lat), self.count
             self.lat, self.count = [], 0
-        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None
+        p99 = round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None
         return n, p99
 
 
@@ -322,6 +322,52 @@ def scrape(rest):
             except ValueError:
                 pass
     return out
+
+
+class Sampler(threading.Thread):
+    """Samples the gateway every second of the clock, whatever the rest of the soak is
+    doing: RSS, the database and WAL file sizes, CPU, the machine's load average and the
+    storage gauges of /metrics. latest() is the last sample; peaks are kept here."""
+
+    def __init__(self, pid, port, key, db_path, wal_path):
+        super().__init__(daemon=True)
+        self.pid, self.db_path, self.wal_path = pid, db_path, wal_path
+        self.rest = Rest(port, key, timeout=2)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.sample = {}
+        self.peak = {"rss": 0, "wal": 0, "db": 0}
+
+    def one(self, last):
+        now, cpu = time.monotonic(), proc_cpu_s(self.pid)
+        rss, _ = proc_status(self.pid)
+        smp = {"rss_bytes": rss, "wal_bytes": file_size(self.wal_path),
+               "db_bytes": file_size(self.db_path), "load1": load1(), "t": now, "cpu": cpu}
+        if cpu is not None and last.get("cpu") is not None:
+            smp["gale_cpu_pct"] = round(100 * (cpu - last["cpu"]) / (now - last["t"]), 1)
+        m = scrape(self.rest) or {}
+        for k in ("queued_rows", "hot_points", "ingest_paused"):
+            smp[k] = m.get(k)
+        smp["commits_total"] = m.get("commits")
+        if m.get("commits") is not None and last.get("commits_total") is not None:
+            smp["commits"] = round((m["commits"] - last["commits_total"]) / (now - last["t"]), 1)
+        with self.lock:
+            self.sample = smp
+            for k in ("rss", "wal", "db"):
+                self.peak[k] = max(self.peak[k], smp[k + "_bytes"])
+        return smp
+
+    def run(self):
+        last = self.one({})
+        t = time.monotonic()
+        while not self.stop.wait(max(0.0, t + 1 - time.monotonic())):
+            t = max(t + 1, time.monotonic() - 1)
+            last = self.one(last)
+        self.rest.close()
+
+    def latest(self):
+        with self.lock:
+            return dict(self.sample)
 
 
 def gateway_config(gale_bin, args, env):
@@ -559,6 +605,7 @@ def main():
     gale.start(wait_ports=("http", "line", "mqtt"))
     load = None
     reader = None
+    sampler = None
     rows, minutes, summary = [], [], None
     stats = {}
     peak = {"rss": 0, "wal": 0, "db": 0}
@@ -587,9 +634,8 @@ def main():
             cmd += ["--feed"]
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         reader = RestReader(gale.ports["http"], api_key, ids, a.rest_rate)
-        metrics_rest = Rest(gale.ports["http"], api_key, timeout=5)
-        last_cpu = (time.monotonic(), proc_cpu_s(gale.proc.pid))
-        last_commits = None
+        sampler = Sampler(gale.proc.pid, gale.ports["http"], api_key, db_path, wal_path)
+        sampler.start()
         deadline = time.monotonic() + 60 + a.seconds + a.drain + 30
         with open(csv_path, "w", newline="") as f:
             fields = ["sec", "phase", "rss_bytes", "wal_bytes", "db_bytes", "sent", "sent_q0",
@@ -618,36 +664,22 @@ def main():
                     print("soak: %d clients connected; load running for %.0f s"
                           % (js["clients"], a.seconds), flush=True)
                 elif "sec" in js:
-                    rss, _ = proc_status(gale.proc.pid)
-                    js["rss_bytes"] = rss
-                    js["wal_bytes"] = file_size(wal_path)
-                    js["db_bytes"] = file_size(db_path)
+                    smp = sampler.latest()
+                    for k in ("rss_bytes", "wal_bytes", "db_bytes", "gale_cpu_pct", "load1",
+                              "commits", "queued_rows", "hot_points", "ingest_paused"):
+                        js[k] = smp.get(k)
                     js["rest_reads"], js["rest_p99_ms"] = reader.take()
-                    now, cpu = time.monotonic(), proc_cpu_s(gale.proc.pid)
-                    if cpu is not None and last_cpu[1] is not None:
-                        js["gale_cpu_pct"] = round(100 * (cpu - last_cpu[1])
-                                                   / max(1e-3, now - last_cpu[0]), 1)
-                    last_cpu = (now, cpu)
-                    js["load1"] = load1()
-                    m = scrape(metrics_rest) or {}
-                    for k in ("queued_rows", "hot_points", "ingest_paused"):
-                        js[k] = m.get(k)
-                    if "commits" in m:
-                        if last_commits is not None:
-                            js["commits"] = m["commits"] - last_commits
-                        last_commits = m["commits"]
-                    for k, name in (("rss", "rss_bytes"), ("wal", "wal_bytes"),
-                                    ("db", "db_bytes")):
-                        peak[k] = max(peak[k], js[name])
                     rows.append(js)
                     w.writerow(js)
                     f.flush()
                     if js["sec"] % 10 == 9:
                         print("soak: t=%3ds sent %5d/s  PUBACK p99 %s ms  RSS %.1f MiB  "
                               "WAL %.1f MiB  db %.1f MiB" %
-                              (js["sec"] + 1, js["sent"], js["puback_p99_ms"], rss / MIB,
-                               js["wal_bytes"] / MIB, js["db_bytes"] / MIB), flush=True)
-                    if js["wal_bytes"] > 4 * bounds["wal"] or rss > 4 * bounds["rss"]:
+                              (js["sec"] + 1, js["sent"], js["puback_p99_ms"],
+                               (js["rss_bytes"] or 0) / MIB, (js["wal_bytes"] or 0) / MIB,
+                               (js["db_bytes"] or 0) / MIB), flush=True)
+                    if (sampler.peak["wal"] > 4 * bounds["wal"]
+                            or sampler.peak["rss"] > 4 * bounds["rss"]):
                         failures.append("stopped early: WAL or RSS past 4x its bound")
                         break
                 elif "minute" in js:
@@ -657,7 +689,9 @@ def main():
         if load.poll() is None:
             load.kill()
         rc = load.wait(30)
-        metrics_rest.close()
+        sampler.stop.set()
+        sampler.join(15)
+        peak.update(sampler.peak)
         reader.stop.set()
         if reader.ident is not None:
             reader.join(15)
@@ -687,6 +721,9 @@ def main():
             load.wait()
         if reader:
             reader.stop.set()
+        if sampler:
+            sampler.stop.set()
+            peak.update(sampler.peak)
         rc = None
         try:
             rc = gale.stop(timeout=60)
