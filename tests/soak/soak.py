@@ -326,16 +326,18 @@ def scrape(rest):
 
 class Sampler(threading.Thread):
     """Samples the gateway every second of the clock, whatever the rest of the soak is
-    doing: RSS, the database and WAL file sizes, CPU, the machine's load average and the
-    storage gauges of /metrics. latest() is the last sample; peaks are kept here."""
+    doing: RSS, the database and WAL file sizes, CPU and the machine's load average; a
+    second thread scrapes the storage gauges of /metrics, so a slow answer delays no
+    sample. latest() is the last sample; peaks are kept here."""
 
     def __init__(self, pid, port, key, db_path, wal_path):
         super().__init__(daemon=True)
         self.pid, self.db_path, self.wal_path = pid, db_path, wal_path
-        self.rest = Rest(port, key, timeout=2)
+        self.rest = Rest(port, key, timeout=5)
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.sample = {}
+        self.metrics = {}  # the last scrape: gauges, and commits/s between the last two
         self.peak = {"rss": 0, "wal": 0, "db": 0}
 
     def one(self, last):
@@ -345,25 +347,35 @@ class Sampler(threading.Thread):
                "db_bytes": file_size(self.db_path), "load1": load1(), "t": now, "cpu": cpu}
         if cpu is not None and last.get("cpu") is not None:
             smp["gale_cpu_pct"] = round(100 * (cpu - last["cpu"]) / (now - last["t"]), 1)
-        m = scrape(self.rest) or {}
-        for k in ("queued_rows", "hot_points", "ingest_paused"):
-            smp[k] = m.get(k)
-        smp["commits_total"] = m.get("commits")
-        if m.get("commits") is not None and last.get("commits_total") is not None:
-            smp["commits"] = round((m["commits"] - last["commits_total"]) / (now - last["t"]), 1)
         with self.lock:
+            smp.update(self.metrics)
             self.sample = smp
             for k in ("rss", "wal", "db"):
                 self.peak[k] = max(self.peak[k], smp[k + "_bytes"])
         return smp
 
+    def scraper(self):
+        last = None
+        while not self.stop.is_set():
+            t = time.monotonic()
+            m = scrape(self.rest) or {}
+            got = {k: m.get(k) for k in ("queued_rows", "hot_points", "ingest_paused")}
+            if m.get("commits") is not None:
+                if last is not None:
+                    got["commits"] = round((m["commits"] - last[1]) / (t - last[0]), 1)
+                last = (t, m["commits"])
+            with self.lock:
+                self.metrics = got
+            self.stop.wait(max(0.0, t + 1 - time.monotonic()))
+        self.rest.close()
+
     def run(self):
+        threading.Thread(target=self.scraper, daemon=True).start()
         last = self.one({})
         t = time.monotonic()
         while not self.stop.wait(max(0.0, t + 1 - time.monotonic())):
             t = max(t + 1, time.monotonic() - 1)
             last = self.one(last)
-        self.rest.close()
 
     def latest(self):
         with self.lock:
