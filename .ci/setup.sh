@@ -5,6 +5,7 @@
 #   .ci/setup.sh runtime     runtime libraries only (the Docker image's final stage)
 #   .ci/setup.sh bench-deps  test dependencies + the benchmark references and load
 #                            generators (make bench: mosquitto, Tornado, nginx, wrk)
+#   .ci/setup.sh soak-deps   test dependencies + matplotlib for the soak's chart (make soak)
 # Installs only what is missing; safe to run again. Needs root (or sudo) for apt-get.
 set -eu
 
@@ -12,18 +13,20 @@ BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
-  chromium rabbitmq-server"
+  chromium rabbitmq-server strace"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
 [ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"
+SOAK_PKGS="python3-matplotlib"
 RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates curl"
 
 case "${1:-deps}" in
     deps) want="$BUILD_PKGS" ;;
     test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
     bench-deps) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
+    soak-deps) want="$BUILD_PKGS $TEST_PKGS $SOAK_PKGS" ;;
     runtime) want="$RUNTIME_PKGS" ;;
-    *) echo "usage: $0 deps|test-deps|bench-deps|runtime" >&2; exit 2 ;;
+    *) echo "usage: $0 deps|test-deps|bench-deps|soak-deps|runtime" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -33,7 +36,7 @@ for p in $want; do
     fi
 done
 # npm fetches uPlot (below); any npm will do, e.g. the one a nodejs package brings
-case "${1:-deps}" in deps|test-deps|bench-deps)
+case "${1:-deps}" in deps|test-deps|bench-deps|soak-deps)
     command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
 esac
 if [ -n "$missing" ]; then
@@ -47,7 +50,7 @@ fi
 # Debian starts Mosquitto and RabbitMQ services when the packages are installed; the
 # tests run their own brokers on free ports, Gale wants 1883 for itself, and a system
 # RabbitMQ would hold 5672 and epmd's 4369.
-case "${1:-deps}" in test-deps|bench-deps) with_tests=1 ;; *) with_tests=0 ;; esac
+case "${1:-deps}" in test-deps|bench-deps|soak-deps) with_tests=1 ;; *) with_tests=0 ;; esac
 if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1; then
     for svc in mosquitto rabbitmq-server; do
         if systemctl is-enabled --quiet "$svc" 2>/dev/null ||
@@ -61,7 +64,7 @@ fi
 # uPlot for the dashboard's charts (npm registry, the version package-lock.json pins):
 # the build embeds node_modules/uplot/dist into the binary, offline from then on.
 root="$(cd "$(dirname "$0")/.." && pwd)"
-case "${1:-deps}" in deps|test-deps|bench-deps)
+case "${1:-deps}" in deps|test-deps|bench-deps|soak-deps)
     if [ -f "$root/package-lock.json" ] && [ ! -f "$root/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
         (cd "$root" && npm ci --no-audit --no-fund >/dev/null) ||
             echo "setup: npm ci failed; the dashboard will be built without charts"

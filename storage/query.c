@@ -8,9 +8,12 @@
  * points in the range (s->hot_lock), and only then opens a read transaction for the
  * chunks: the writer drops hot points only after their chunks committed, so a point
  * the copy missed is in the snapshot, and a point in both is the same value (the hot
- * copy wins a tie, as the newer write always does). Per series it walks the chunks
- * overlapping the range in the query's order and merges their points with the hot
- * ones. Raw points stop at limit (+1 to report truncated); aggregations fold the
+ * copy wins a tie, as the newer write always does). A snapshot older than
+ * STORE_SNAPSHOT_MAX_MS is ended between two series or two chunks and a new one begun
+ * (it would keep the WAL from starting over, checkpoint.c); the walk goes on after the
+ * last chunk read, and the argument above holds for every later snapshot. Per series
+ * it walks the chunks overlapping the range in the query's order and merges their
+ * points with the hot ones. Raw points stop at limit (+1 to report truncated); aggregations fold the
  * merged stream into interval buckets and fold a chunk's header statistics instead of
  * its points when the chunk lies inside one bucket, holds only numbers and booleans,
  * no NaN, and no hot point inside its span. The after_work callback (loop thread)
@@ -25,6 +28,7 @@
 
 #include "gateway/log.h"
 #include "base/alloc.h"
+#include "base/clock.h"
 #include "base/err.h"
 #include "storage/chunk.h"
 #include "storage/store_int.h"
@@ -373,15 +377,36 @@ static int can_fold(const struct emitter *e, const struct chunk_stats *st, int h
            store_bucket_start(q, st->first_ts) == store_bucket_start(q, st->last_ts);
 }
 
+/* Ends the read snapshot and starts the next one once it is STORE_SNAPSHOT_MAX_MS old
+ * (*since_ms: when it began), so that a long query never keeps the WAL from starting
+ * over (checkpoint.c). The hot points were copied before the first snapshot began: a
+ * later snapshot also holds every point the copy missed. No statement of r may be
+ * running. SQLite result code. */
+static int renew_snapshot(struct store *s, struct store_reader *r, uint64_t *since_ms)
+{
+    uint64_t now = gw_mono_ms();
+
+    if (now - *since_ms < s->snapshot_ms)
+        return SQLITE_OK;
+    *since_ms = now;
+    __atomic_fetch_add(&s->snapshot_renewals, 1, __ATOMIC_RELAXED);
+    if (!sqlite3_get_autocommit(r->db))
+        sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+    return sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL);
+}
+
 /* Merges the chunks of series qs with its hot points (ascending) in the query's order.
- * SQLite result code. */
-static int merge_series(struct store_reader *r, struct emitter *e, const struct qseries *qs)
+ * The snapshot is renewed between two chunks when it is old (renew_snapshot): the walk
+ * goes on after the last chunk it read. SQLite result code. */
+static int merge_series(struct store *s, struct store_reader *r, struct emitter *e,
+                        const struct qseries *qs, uint64_t *snap_ms)
 {
     const struct store_query *q = e->q;
     sqlite3_stmt *st = q->desc ? r->chunks_desc : r->chunks_asc;
     const struct point *hot = qs->hot;
     size_t nhot = qs->nhot, hi = 0; /* hot points emitted (from the query's start) */
-    int rc = SQLITE_DONE;
+    int rc = SQLITE_DONE, walked = 0, renew_ok = 0;
+    int64_t last_start = 0;         /* of the last chunk read, when walked */
 
 /* hot point i in the query's order, and "it comes before ts in that order" */
 #define HOT(i) (&hot[q->desc ? nhot - 1 - (i) : (i)])
@@ -390,14 +415,35 @@ static int merge_series(struct store_reader *r, struct emitter *e, const struct 
     sqlite3_bind_int64(st, 1, qs->id);
     sqlite3_bind_int64(st, 2, q->from_ms);
     sqlite3_bind_int64(st, 3, q->to_ms);
-    while (!e->stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t start = sqlite3_column_int64(st, 0), end = sqlite3_column_int64(st, 1);
+    while (!e->stop) {
+        int64_t start, end;
         size_t len, hot_in = 0;
         const void *blob;
         struct chunk_stats cs;
         struct chunk_points cp;
         const char *why = NULL;
 
+        if (renew_ok && gw_mono_ms() - *snap_ms >= s->snapshot_ms) {
+            sqlite3_reset(st);
+            rc = renew_snapshot(s, r, snap_ms);
+            if (rc != SQLITE_OK)
+                break;
+            renew_ok = 0; /* not again before the walk has moved on by a chunk */
+            if (walked && q->desc && last_start == INT64_MIN) {
+                rc = SQLITE_DONE;
+                break;
+            }
+            if (walked) /* on from the last chunk read (ascending: it comes again) */
+                sqlite3_bind_int64(st, q->desc ? 3 : 2, q->desc ? last_start - 1 : last_start);
+        }
+        if ((rc = sqlite3_step(st)) != SQLITE_ROW)
+            break;
+        start = sqlite3_column_int64(st, 0);
+        end = sqlite3_column_int64(st, 1);
+        if (walked && (q->desc ? start >= last_start : start <= last_start))
+            continue; /* read before the snapshot was renewed */
+        walked = renew_ok = 1;
+        last_start = start;
         if (q->desc ? end < q->from_ms : start > q->to_ms) {
             rc = SQLITE_DONE;
             break;
@@ -536,6 +582,7 @@ static void run_query(struct store *s, struct store_reader *r, const struct stor
     struct qseries *ser = NULL;
     size_t nser = 0, limit = q->limit;
     int64_t dev_id = 0;
+    uint64_t snap_ms;
     int rc;
 
     if (limit == 0)
@@ -555,7 +602,8 @@ static void run_query(struct store *s, struct store_reader *r, const struct stor
     if (rc != SQLITE_OK)
         goto out;
     copy_hot(s, q, ser, nser, res);
-    rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot for every chunk */
+    snap_ms = gw_mono_ms();
+    rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL); /* one snapshot, renewed when old */
     if (rc != SQLITE_OK)
         goto out;
     res->series = xcalloc(nser ? nser : 1, sizeof *res->series);
@@ -566,7 +614,9 @@ static void run_query(struct store *s, struct store_reader *r, const struct stor
         out->key = ser[i].key;
         ser[i].key = NULL;
         if (ser[i].id != 0)
-            rc = merge_series(r, &e, &ser[i]);
+            rc = renew_snapshot(s, r, &snap_ms);
+        if (ser[i].id != 0 && rc == SQLITE_OK)
+            rc = merge_series(s, r, &e, &ser[i], &snap_ms);
         if (q->nkeys == 0 && out->npoints == 0) { /* every key: only those with points */
             free(out->key);
             free(out->points);

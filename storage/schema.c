@@ -315,7 +315,11 @@ int store_db_open(struct store *s)
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
     if (store_exec(s->db, "PRAGMA journal_mode=WAL") != 0 || store_exec(s->db, sync) != 0 ||
         store_exec(s->db, "PRAGMA cache_size=-32768") != 0 || /* 32 MiB */
-        store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 || migrate(s) != 0)
+        store_exec(s->db, "PRAGMA temp_store=MEMORY") != 0 ||
+        /* Debian builds SQLite with secure_delete on: every deleted segment would be
+         * written again as zeros, through the WAL (a device delete still zeroes its
+         * chunks, devices.c) */
+        store_exec(s->db, "PRAGMA secure_delete=FAST") != 0 || migrate(s) != 0)
         return -1;
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],

@@ -5,7 +5,9 @@
  * connection (schema.c), replays the segments not yet chunked (chunker.c), creates the
  * loop handles (batch.c) and starts the writer thread (writer.c). store_close undoes
  * it in reverse order: queries and outbox reads in flight are answered (query.c,
- * outbox.c), the writer drains and stops, the database closes. */
+ * outbox.c), the writer drains and stops, the checkpointer stops and the readers
+ * close, the WAL is checkpointed into the database (checkpoint.c), the database
+ * closes. */
 #include "storage/store.h"
 
 #include "base/alloc.h"
@@ -28,6 +30,10 @@ static void apply_defaults(struct store_cfg *c)
         c->queue_high_bytes = STORE_DEFAULT_HIGH_BYTES;
     if (c->queue_low_bytes == 0 || c->queue_low_bytes > c->queue_high_bytes)
         c->queue_low_bytes = c->queue_high_bytes / 2;
+    if (c->wal_max_bytes == 0)
+        c->wal_max_bytes = STORE_DEFAULT_WAL_MAX_BYTES;
+    if (c->wal_max_bytes < (1u << 20))
+        c->wal_max_bytes = 1u << 20;
     if (c->full_probe_ms == 0)
         c->full_probe_ms = STORE_FULL_PROBE_MS;
     if (c->full_probe_free == 0)
@@ -47,6 +53,7 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     apply_defaults(&s->cfg);
     s->path = xstrdup(cfg->path);
     s->cfg.path = s->path;
+    s->snapshot_ms = STORE_SNAPSHOT_MAX_MS;
 
     if (uv_mutex_init(&s->lock) != 0)
         goto fail;
@@ -100,10 +107,11 @@ void store_close(struct store *s)
     store_outbox_reads_finish(s);
     store_writer_stop(s); /* seals, drains, joins, fires the last on_durable */
     store_checkpointer_stop(s);
-    store_handles_close(s);
-    store_db_close(s);
     if (s->have_pool_lock)
         store_pool_close(s);
+    store_wal_close(s); /* the write connection is the last one: the WAL goes */
+    store_handles_close(s);
+    store_db_close(s);
     if (s->have_pool_cond)
         uv_cond_destroy(&s->pool_cond);
     if (s->have_pool_lock)
@@ -149,6 +157,9 @@ void store_get_stats(struct store *s, struct store_stats *out)
     out->hot_points = s->hot.npoints;
     out->hot_bytes = s->hot.nbytes;
     uv_mutex_unlock(&s->hot_lock);
+    uv_mutex_lock(&s->ckpt_lock);
+    out->wal = s->wal;
+    uv_mutex_unlock(&s->ckpt_lock);
 }
 
 void store_fail_next_commits(struct store *s, int n, int rc)
@@ -157,4 +168,9 @@ void store_fail_next_commits(struct store *s, int n, int rc)
     s->fail_commits = n;
     s->fail_rc = rc ? rc : SQLITE_IOERR;
     uv_mutex_unlock(&s->lock);
+}
+
+void store_set_snapshot_ms(struct store *s, unsigned ms)
+{
+    s->snapshot_ms = ms;
 }

@@ -60,6 +60,7 @@ struct store_cfg {
     size_t queue_low_rows;     /* (default high / 4) */
     size_t hot_max_points;       /* move the log into the main table at this many rows */
     unsigned retention_days;   /* 0 = keep forever */
+    size_t wal_max_bytes;      /* bound on the WAL file (default 64 MiB) */
     /* Disk full: a batch is tried again at most this often (default 500 ms), or sooner
      * once the file system shows full_probe_free more bytes free than at the last try;
      * with no batch to try, a one-page probe commit runs once full_probe_free bytes are
@@ -145,6 +146,14 @@ size_t store_queued(const struct store *s);
  * them. */
 size_t store_queued_bytes(const struct store *s);
 
+/* The write-ahead log (checkpoint.c). */
+struct store_wal_stats {
+    uint64_t bytes;             /* size of the WAL file after the last commit */
+    uint64_t checkpoints;       /* checkpoints that copied every frame of the WAL */
+    uint64_t frames_copied;     /* WAL frames copied into the database file */
+    uint64_t busy;              /* writer checkpoints a reader kept from completing */
+};
+
 /* What the writer holds and has done, for metrics. Any thread (reads under a lock). */
 struct store_stats {
     size_t hot_points;          /* acked, not yet in chunks (held in memory) */
@@ -156,6 +165,7 @@ struct store_stats {
     uint64_t slice_us_total;    /* writer time of those slices */
     uint64_t slice_us_max;      /* the longest one */
     struct hist commit_latency; /* writer time per committed batch, retries included */
+    struct store_wal_stats wal;
 };
 void store_get_stats(struct store *s, struct store_stats *out);
 

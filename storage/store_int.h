@@ -8,7 +8,7 @@
  * below it (batch.c, hot.c and sql.c call nothing else in storage/):
  *   store.c      open/close, the bus sink, the counters the loop reads
  *   writer.c     the writer thread: commits batches as segments, runs chunk slices
- *   checkpoint.c the checkpointer thread: WAL checkpoints off the writer
+ *   checkpoint.c the WAL bound: the checkpointer thread, the writer's own checkpoint
  *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
  *   outbox.c     the bridge outbox (also its reads on the work pool)
@@ -54,7 +54,10 @@
 #define STORE_FULL_PROBE_MS 500         /* default cfg.full_probe_ms */
 #define STORE_FULL_PROBE_FREE (1u << 20) /* default cfg.full_probe_free */
 #define STORE_HOT_BYTES_PER_POINT 64    /* hot bytes allowed per hot_max_points point */
-#define STORE_CKPT_PAGES 1000           /* WAL pages that wake the checkpointer (SQLite's default) */
+#define STORE_CKPT_PAGES 1000           /* WAL frames that wake the checkpointer, at most */
+#define STORE_WAL_WAIT_MS 250           /* the writer's checkpoint waits this long for readers */
+#define STORE_WAL_RETRY_MS 1000         /* ... and after failing, tries again this much later */
+#define STORE_SNAPSHOT_MAX_MS 200       /* a query renews its read snapshot this often */
 #define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
 #define STORE_POOL_MAX 4                /* idle read-only connections kept */
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
@@ -65,6 +68,7 @@
 #define STORE_DEFAULT_HIGH_ROWS 200000
 #define STORE_DEFAULT_HIGH_BYTES (64u << 20)
 #define STORE_DEFAULT_HOT_MAX_POINTS 1000000
+#define STORE_DEFAULT_WAL_MAX_BYTES (64u << 20)
 
 enum store_op_kind {
     STORE_OP_PUT_DEVICE = 0,
@@ -263,6 +267,10 @@ struct store {
     struct store_reader *pool[STORE_POOL_MAX];
     size_t npool;
 
+    /* read-only after store_open (a test seam changes it before any query) */
+    unsigned snapshot_ms;       /* a query renews its read snapshot this often */
+    uint64_t snapshot_renewals; /* atomic: snapshots renewed (for tests) */
+
     /* writer thread */
     sqlite3 *db;                /* the write connection */
     sqlite3_stmt *st[ST_COUNT];
@@ -291,17 +299,31 @@ struct store {
     int ret_behind;             /* retention: last pass stopped at its budget */
     uint64_t ret_last_ms;       /* retention: monotonic ms of the last full sweep's end */
 
-    /* checkpointer thread (checkpoint.c); s->ckpt_lock guards the two flags */
+    /* checkpoints (checkpoint.c). The checkpointer thread owns ckpt_db; s->ckpt_lock
+     * guards the two flags and the WAL counters; s->ckpt_run is held around every
+     * checkpoint of either connection (the checkpointer's and the writer's). */
     sqlite3 *ckpt_db;
+    char *wal_path;             /* path + "-wal" (owned) */
     uv_mutex_t ckpt_lock;
     uv_cond_t ckpt_cond;
+    uv_mutex_t ckpt_run;
     int ckpt_wanted, ckpt_stop;
     uv_thread_t ckpt_thread;
+    int wal_wake_frames;        /* read-only after start: frames that wake the checkpointer */
+    int wal_high_frames;        /* ... at which the writer completes a checkpoint itself */
+    struct store_wal_stats wal; /* s->ckpt_lock */
+    uint64_t wal_gen;           /* s->ckpt_lock: the log restarted this often (hook) */
+    uint64_t wal_seen_gen;      /* s->ckpt_lock: generation of wal_seen_copied */
+    int64_t wal_seen_copied;    /* s->ckpt_lock: frames known copied in that generation */
+    int wal_frames;             /* writer thread (the WAL hook): frames after the last commit */
+    int wal_done_frames;        /* writer thread: wal_frames when its checkpoint completed */
+    uint64_t wal_retry_ms;      /* writer thread: no checkpoint of its own before this */
+    uint64_t wal_stuck_ms;      /* writer thread: the log cannot restart since (0 = it can) */
 
     /* which parts exist (for store_close on a half-built store) */
     unsigned have_lock : 1, have_cond : 1, have_pool_lock : 1, have_pool_cond : 1,
         have_hot_lock : 1, have_thread : 1, have_ckpt_lock : 1, have_ckpt_cond : 1,
-        have_ckpt_thread : 1;
+        have_ckpt_thread : 1, have_ckpt_run : 1;
     uv_thread_t thread;
 };
 
@@ -318,6 +340,14 @@ void store_writer_stop(struct store *s);
 int store_checkpointer_start(struct store *s);
 /* Stops and joins it and closes its connection (store_close, after the writer). */
 void store_checkpointer_stop(struct store *s);
+/* Writer thread, between transactions: when the WAL holds wal_high_frames, completes a
+ * checkpoint on the write connection (the next commit then restarts the log), waiting
+ * up to STORE_WAL_WAIT_MS for readers of older snapshots; logs once per episode when
+ * a reader keeps the log from restarting. */
+void store_wal_bound(struct store *s);
+/* store_close, after the writer, the checkpointer and every reader are gone: copies the
+ * whole WAL into the database and truncates it (the close then removes it). */
+void store_wal_close(struct store *s);
 
 /* ---- chunker.c (writer thread, own transactions) ---- */
 /* True when a chunk slice has work: a series holds STORE_CHUNK_POINTS, the hot points
@@ -451,5 +481,8 @@ const char *store_migration_sql(int v);
  * retention_days > 0) in the ordered stream: its seq is reported durable once that has
  * run. Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
+/* A query renews its read snapshot every ms (0: between every two chunks); before any
+ * query runs. Loop thread (store.c). */
+void store_set_snapshot_ms(struct store *s, unsigned ms);
 
 #endif

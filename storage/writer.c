@@ -555,6 +555,7 @@ static void on_writer_thread(void *arg)
             process_batch(s, b, &bc);
             if (store_chunk_due(s))
                 chunk_slice(s); /* one slice per batch: acks wait ~1 ms at most */
+            store_wal_bound(s); /* between transactions: the WAL stays bounded */
             uv_mutex_lock(&s->lock);
             continue;
         }
@@ -563,6 +564,7 @@ static void on_writer_thread(void *arg)
         if (b || store_chunk_due(s)) { /* b waits: the hot points are overdue */
             uv_mutex_unlock(&s->lock);
             chunk_slice(s); /* a failure backs off: then neither is due */
+            store_wal_bound(s);
             uv_mutex_lock(&s->lock);
             continue;
         }

@@ -24,9 +24,11 @@
  *          --disk-hours (a slowly varying float with noise at two decimals, a second such
  *          float, a counter with integer increments (sometimes 0), a boolean and a string
  *          of "ok"/"warn"/"idle" that change rarely; 1 s apart with a few ms of jitter).
- *          Ours: load, store_compact, store_close; today's row layout: load with its moves.
- *          Each database is then checkpointed (wal_checkpoint(TRUNCATE)) and measured as
- *          (page_count - freelist_count) * page_size / points. Deterministic: run once.
+ *          Ours: load, store_compact, store_close; today's row layout: load with its moves,
+ *          close. Each is measured by its files: (size of the database file + size of its
+ *          WAL, as the close left them) / points; ours also by its pages in use
+ *          ((page_count - freelist_count) * page_size: the rows without the free pages the
+ *          segment log leaves in the file). Deterministic: run once.
  *   query  one series at 1 Hz for --query-days days (the same noisy float), built once per
  *          run for both sides (not timed; ours chunked by store_compact). After one untimed
  *          run of each, each round runs --query-reps repetitions of each query, ours and
@@ -56,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -665,16 +668,33 @@ static double raw_load(const struct opts *o, enum raw_layout lay, struct workloa
     return t0;
 }
 
-/* Bytes the database at path uses after a checkpoint: (page_count - freelist_count) *
- * page_size. No other connection may be open on it. */
+/* Bytes of the files of the database at path as its close left them: the database file
+ * plus its WAL (free pages and all). Every connection to it must be closed. */
 static double db_bytes(const char *path)
+{
+    char wal[320];
+    struct stat st;
+    double bytes = 0;
+
+    if (stat(path, &st) != 0)
+        die("stat of the database file failed");
+    bytes += (double)st.st_size;
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    if (stat(wal, &st) == 0)
+        bytes += (double)st.st_size;
+    return bytes;
+}
+
+/* Bytes of the pages in use in the database at path, (page_count - freelist_count) *
+ * page_size: what its rows take, without the free pages the file keeps. After
+ * db_bytes (opening it may create a WAL). */
+static double db_used_bytes(const char *path)
 {
     sqlite3 *db = NULL;
     double bytes;
 
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
         die("sqlite3_open failed");
-    exec_or_die(db, "PRAGMA wal_checkpoint(TRUNCATE)");
     bytes = (double)(get_int(db, "PRAGMA page_count") - get_int(db, "PRAGMA freelist_count")) *
             (double)get_int(db, "PRAGMA page_size");
     sqlite3_close(db);
@@ -974,7 +994,7 @@ static void run_disk(const struct opts *o)
 {
     char dir[256], path[300];
     size_t secs = (size_t)(o->disk_hours * 3600.0 + 0.5), n = o->disk_devices * secs;
-    double pts = (double)(n * MAX_KEYS), acked, chunked, loaded, ob, tb;
+    double pts = (double)(n * MAX_KEYS), acked, chunked, loaded, ob, tb, oused;
     struct workload w;
     struct ours b;
 
@@ -990,6 +1010,7 @@ static void run_disk(const struct opts *o)
     ours_close(&b);
     wl_fini(&w);
     ob = db_bytes(path);
+    oused = db_used_bytes(path);
     drop_db(dir, path);
 
     fresh_db(o, dir, sizeof dir, path, sizeof path);
@@ -999,9 +1020,9 @@ static void run_disk(const struct opts *o)
     tb = db_bytes(path);
     drop_db(dir, path);
 
-    printf("disk: %.0f points: ours %.2f bytes/point (%.1f MB) | today's row layout %.2f"
-           " bytes/point (%.1f MB)\n",
-           pts, ob / pts, ob / 1e6, tb / pts, tb / 1e6);
+    printf("disk: %.0f points: ours %.2f bytes/point (%.1f MB; pages in use %.2f"
+           " bytes/point) | today's row layout %.2f bytes/point (%.1f MB)\n",
+           pts, ob / pts, ob / 1e6, oused / pts, tb / pts, tb / 1e6);
     printf("disk: ours / today's row layout %.3f (< 1 = ours smaller); loads (not part of the"
            " figure): ours acked %.1fs chunked %.1fs (%.0f points/s), today's row layout"
            " %.1fs (%.0f points/s)\n\n",

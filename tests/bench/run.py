@@ -869,7 +869,7 @@ def cases(p):
           ("today", "end to end points/s (vs today's row layout)", True)], None),
         ("storage-disk", "storage", "storage on disk, 1 Hz fleet, %d devices x 5 keys, %g h"
          % (p["storage_disk_devices"], p["storage_disk_hours"]), False,
-         [("bytes", "bytes per point (vs today's row layout)", False)], None),
+         [("bytes", "bytes per point, files (vs today's row layout)", False)], None),
         ("storage-query", "storage", "storage query, one series at 1 Hz", False,
          [("day", "a day raw (86,400 points), queries/s (vs today's row layout)", True),
           ("hourly", "hourly avg over %d days, queries/s (vs today's row layout)"

@@ -145,7 +145,8 @@ class Gale:
             if self.own_dir:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
         if exc[0] is not None:
-            sys.stderr.write("---- gale log ----\n" + self.log()[-20000:] + "\n")
+            sys.stderr.write("---- gale log (exit status %r; negative: killed by that "
+                             "signal) ----\n" % rc + self.log()[-20000:] + "\n")
         elif rc != 0:
             # a clean SIGTERM stop exits 0; sanitizer reports (leaks, bad accesses) do not
             sys.stderr.write("---- gale log ----\n" + self.log()[-20000:] + "\n")

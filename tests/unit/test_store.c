@@ -2,7 +2,8 @@
  * uv loop: append -> durable -> query (four value types, order, limit, aggregation),
  * rewrites before and after chunking, devices, latest after reopen, injected commit
  * failures, backpressure, close/reopen, retention, broker state and commands,
- * persistent sessions' subscription rows, migrations from schema v1 and v2. Tests wait
+ * persistent sessions' subscription rows, migrations from schema v1 and v2, the query's
+ * snapshot renewed between chunks, the WAL checkpointed at close. Tests wait
  * for conditions by running the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until
  * a deadline; every test ends with uv_loop_close() == 0. */
 #include <setjmp.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -1800,6 +1802,113 @@ static void test_backpressure_counts_bytes(void **state)
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM session_msgs"), 40);
 }
 
+/* ---- the read snapshot and the WAL ---- */
+
+/* The result as text: series, truncated, every point (ts, type, value). */
+static char *render_result(const struct store_result *r)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+
+    assert_non_null(m);
+    for (size_t i = 0; i < r->nseries; i++) {
+        const struct store_series *se = &r->series[i];
+
+        fprintf(m, "%s%s:", se->key, se->truncated ? "+" : "");
+        for (size_t k = 0; k < se->npoints; k++)
+            fprintf(m, " %lld/%d/%.17g", (long long)se->points[k].ts_ms, se->points[k].type,
+                    se->points[k].num);
+        fputc('\n', m);
+    }
+    fclose(m);
+    return text;
+}
+
+static const struct qspec renew_cases[] = {
+    { .device = "r", .keys = { "x" }, .limit = 100000 },
+    { .device = "r", .keys = { "x" }, .limit = 100000, .desc = 1 },
+    { .device = "r", .keys = { "x" }, .from = 1500, .to = 3700, .limit = 100000 },
+    { .device = "r", .keys = { "x" }, .from = 1500, .to = 3700, .limit = 100000, .desc = 1 },
+    { .device = "r", .keys = { "x" }, .from = 999, .to = 4000, .limit = 2500 },
+    { .device = "r", .keys = { "x" }, .limit = 1700, .desc = 1 },
+    { .device = "r", .keys = { "x", "y" }, .agg = STORE_AGG_AVG, .interval = 700 },
+    { .device = "r", .keys = { "y" }, .agg = STORE_AGG_COUNT, .interval = 1000, .from = 500,
+      .desc = 1 },
+    { .device = "r", .limit = 100000 },
+};
+
+/* A query renews its read snapshot between two chunks once it is old (the seam makes
+ * that every chunk): the walk goes on after the last chunk it read, so each answer is
+ * the one a single snapshot gives. */
+static void test_snapshot_renewed_between_chunks(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0;
+
+    do_open(f);
+    for (int ts = 0; ts < 6000; ts++) {
+        struct point pts[] = { pnum("x", ts, ts * 0.5), pnum("y", ts, ts) };
+        seq = append(f, "r", pts, 2);
+    }
+    wait_durable(f, seq);
+    compact_now(f);
+    assert_true(count_rows(f->path, "SELECT count(*) FROM chunks") >= 12);
+    /* hot points inside chunks (they win) and past them */
+    for (int ts = 0; ts < 6000; ts += 777)
+        seq = append1(f, "r", pnum("x", ts, -1.0 - ts));
+    for (int ts = 6000; ts < 6100; ts++)
+        seq = append1(f, "r", pnum("x", ts, -1.0 - ts));
+    wait_durable(f, seq);
+    assert_true(hot_points(f) > 100);
+    for (size_t c = 0; c < sizeof renew_cases / sizeof renew_cases[0]; c++) {
+        char *one, *renewed;
+        uint64_t before;
+
+        store_set_snapshot_ms(f->s, 60000); /* one snapshot per query */
+        before = __atomic_load_n(&f->s->snapshot_renewals, __ATOMIC_RELAXED);
+        one = render_result(query(f, &renew_cases[c]));
+        assert_int_equal(__atomic_load_n(&f->s->snapshot_renewals, __ATOMIC_RELAXED), before);
+        store_set_snapshot_ms(f->s, 0); /* a new one before every chunk */
+        renewed = render_result(query(f, &renew_cases[c]));
+        assert_true(__atomic_load_n(&f->s->snapshot_renewals, __ATOMIC_RELAXED) > before);
+        if (strcmp(one, renewed) != 0)
+            fail_msg("case %zu: one snapshot:\n%.300s\nrenewed:\n%.300s", c, one, renewed);
+        free(one);
+        free(renewed);
+    }
+    do_close(f);
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* store_close leaves a checkpointed database: the WAL is copied in and removed. */
+static void test_close_checkpoints_wal(void **state)
+{
+    struct fixture *f = *state;
+    char wal[160];
+    uint64_t seq = 0;
+
+    snprintf(wal, sizeof wal, "%s-wal", f->path);
+    do_open(f);
+    for (int ts = 0; ts < 3000; ts++)
+        seq = append1(f, "w", pnum("v", ts, ts));
+    wait_durable(f, seq);
+    assert_true(file_size(wal) > 0);
+    do_close(f);
+    assert_true(file_size(wal) <= 0); /* gone (or empty) */
+    assert_true(file_size(f->path) > 4096);
+    do_open(f);
+    assert_int_equal(query(f, &(struct qspec){ .device = "w", .limit = 5000 })->series[0].npoints,
+                     3000);
+    do_close(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1835,6 +1944,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_renewed_between_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_checkpoints_wal, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
