@@ -1041,6 +1041,7 @@ class Chaos:
         sc = Scenario(0, self.args.seed, ["valid"], [target], self.args.tls)
         sc.rng = rng
         sc.target = target
+        sc.dev = dev_name(i % N_DEVICES)
         sc.tls = rng.random() < 0.4 if self.args.tls is None else self.args.tls
         dev, tok = sc.dev, token_of(sc.dev)
         c = None
