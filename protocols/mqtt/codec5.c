@@ -342,6 +342,7 @@ static int decode_codes5(struct mqtt_reader *r, struct mqtt_packet *pkt)
 
 int mqtt_decode_body5(struct mqtt_reader *r, struct mqtt_packet *pkt)
 {
+    mqtt_props_init(&pkt->props);
     switch (pkt->type) {
     case MQTT_CONNACK:
         return decode_connack5(r, pkt);

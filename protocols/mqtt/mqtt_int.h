@@ -163,6 +163,8 @@ static inline int mqtt_rd_check_topic(struct mqtt_reader *r, const struct mqtt_s
 
 /* ---- 5.0 decoding (props.c, codec5.c), called by codec.c */
 
+/* No properties: every field at its default (a 5.0 packet whose properties are omitted). */
+void mqtt_props_init(struct mqtt_props *o);
 /* Reads a Property Length and the properties after it, validated for `where` (a packet
  * type or MQTT_PROPS_WILL), into *out. */
 int mqtt_props_read(struct mqtt_reader *r, uint8_t where, struct mqtt_props *out);

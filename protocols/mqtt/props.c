@@ -130,17 +130,22 @@ static int check_bool(struct mqtt_reader *r, const struct mqtt_prop *p, uint8_t 
     return 0;
 }
 
-/* Decodes the property block r (the whole of r) for `where` into *o. */
-static int parse_block(struct mqtt_reader *r, uint8_t where, struct mqtt_props *o)
+void mqtt_props_init(struct mqtt_props *o)
 {
     memset(o, 0, sizeof *o);
-    o->raw.p = r->p;
-    o->raw.len = r->len;
     o->receive_maximum = 65535;
     o->request_problem_info = 1;
     o->maximum_qos = 2;
     o->retain_available = o->wildcard_sub_available = 1;
     o->sub_id_available = o->shared_sub_available = 1;
+}
+
+/* Decodes the property block r (the whole of r) for `where` into *o. */
+static int parse_block(struct mqtt_reader *r, uint8_t where, struct mqtt_props *o)
+{
+    mqtt_props_init(o);
+    o->raw.p = r->p;
+    o->raw.len = r->len;
     while (r->off < r->len) {
         struct mqtt_prop p;
         uint64_t bit;
