@@ -393,7 +393,7 @@ static void check_packet5(struct state *st, const struct mqtt_packet *pkt)
     uint8_t where = pkt->type;
 
     if (pkt->type == MQTT_CONNECT) {
-        if (pkt->connect.level == MQTT_V5)
+        if (pkt->version == MQTT_V5) /* not "MQIsdp" level 5: name and level only */
             check_connect5(pkt);
         else
             check_connect(pkt);
