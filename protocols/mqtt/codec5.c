@@ -170,6 +170,7 @@ int mqtt_decode_connect5(struct mqtt_reader *r, struct mqtt_packet *pkt)
     struct mqtt_connect *c = &pkt->connect;
     uint8_t f;
 
+    mqtt_props_init(&pkt->will_props);
     if (mqtt_rd_u8(r, &f) != 0 || mqtt_rd_u16(r, &c->keepalive_s) != 0)
         return -1;
     c->flags = f;
@@ -192,7 +193,7 @@ int mqtt_decode_connect5(struct mqtt_reader *r, struct mqtt_packet *pkt)
     if (mqtt_rd_str(r, &c->client_id) != 0)
         return -1;
     if (c->will) {
-        if (mqtt_props_read(r, MQTT_PROPS_WILL, &c->will_props) != 0
+        if (mqtt_props_read(r, MQTT_PROPS_WILL, &pkt->will_props) != 0
             || mqtt_rd_str(r, &c->will_topic) != 0
             || mqtt_rd_check_topic(r, &c->will_topic, "invalid will topic") != 0
             || mqtt_rd_bin(r, &c->will_payload) != 0)

@@ -99,8 +99,7 @@ struct mqtt_bin {
 /* MQTT 5.0 properties of one packet (§2.2.2), decoded and validated. raw is a view of
  * the property bytes (after the Property Length) for mqtt_prop_next(); the properties
  * Gale uses are surfaced as fields. A field whose property is absent holds the spec's
- * default (noted), else 0 or an empty view; `present` tells them apart. All zero in a
- * 3.1.1 packet. */
+ * default (noted), else 0 or an empty view; `present` tells them apart. */
 struct mqtt_props {
     struct mqtt_bin raw;            /* the property bytes; empty when none */
     uint64_t present;               /* bit (1 << id) for each enum mqtt_prop_id seen */
@@ -149,7 +148,6 @@ struct mqtt_connect {
     bool has_username, has_password;
     struct mqtt_str username;
     struct mqtt_bin password;   /* binary data; 5.0 allows a password without user name */
-    struct mqtt_props will_props; /* 5.0 Will Properties (when will is set) */
 };
 
 struct mqtt_connack {
@@ -187,7 +185,6 @@ struct mqtt_packet {
     uint8_t version;            /* the rules it was decoded with: MQTT_V311 or MQTT_V5 */
     uint8_t reason;             /* 5.0 PUBACK..PUBCOMP, DISCONNECT, AUTH: the reason code
                                  * (0 when omitted); CONNACK's is connack.rc */
-    struct mqtt_props props;    /* 5.0 properties; all zero in 3.1.1 */
     union {
         struct mqtt_connect connect;     /* CONNECT */
         struct mqtt_connack connack;     /* CONNACK */
@@ -195,6 +192,12 @@ struct mqtt_packet {
         struct mqtt_subscribe subscribe; /* SUBSCRIBE, UNSUBSCRIBE */
         struct mqtt_suback suback;       /* SUBACK; 5.0 UNSUBACK */
     };
+    /* Last, so a 3.1.1 decode clears only what precedes them: in a packet decoded with
+     * 3.1.1 rules (version != MQTT_V5) only their `present` (0) and `raw` (empty) are
+     * set, the other fields are not. */
+    struct mqtt_props props;      /* 5.0: the packet's properties */
+    struct mqtt_props will_props; /* 5.0 CONNECT with a will: the Will Properties; else
+                                   * none (present 0) */
 };
 
 /* Decodes at most one packet from p[0..len).
@@ -458,8 +461,8 @@ int mqtt_filter_share(const char *filter, size_t len, struct mqtt_str *share_nam
  * with mqtt_props_parse() for the packet, and a reason code must be one listed for the
  * packet type. */
 
-/* CONNECT level 5 from c (as mqtt_encode_connect(): proto_name, level and c->will_props
- * are ignored), with the CONNECT properties and, when c->will, the Will Properties. */
+/* CONNECT level 5 from c (as mqtt_encode_connect(); proto_name and level are ignored),
+ * with the CONNECT properties and, when c->will, the Will Properties. */
 int mqtt_encode_connect5(struct buf *out, const struct mqtt_connect *c,
                          const struct mqtt_bin *props, const struct mqtt_bin *will_props);
 int mqtt_encode_connack5(struct buf *out, bool session_present, uint8_t rc,

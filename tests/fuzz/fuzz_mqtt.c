@@ -330,7 +330,7 @@ static void check_connect5(const struct mqtt_packet *pkt)
     rebuild_props(&pkt->props, MQTT_CONNECT, &pb);
     props = (struct mqtt_bin){ pb.data, pb.len };
     if (c->will)
-        rebuild_props(&c->will_props, MQTT_PROPS_WILL, &wb);
+        rebuild_props(&pkt->will_props, MQTT_PROPS_WILL, &wb);
     wprops = (struct mqtt_bin){ wb.data, wb.len };
     CHECK(mqtt_encode_connect5(&b, c, &props, &wprops) == 0);
     decode_one5(b.data, b.len, MQTT_V_UNKNOWN, &again);
@@ -344,7 +344,7 @@ static void check_connect5(const struct mqtt_packet *pkt)
     CHECK(view_eq(d->username.p, d->username.len, c->username.p, c->username.len));
     CHECK(view_eq(d->password.p, d->password.len, c->password.p, c->password.len));
     props_eq(&again.props, &pkt->props);
-    props_eq(&d->will_props, &c->will_props);
+    props_eq(&again.will_props, &pkt->will_props);
     buf_fini(&b);
     buf_fini(&pb);
     buf_fini(&wb);

@@ -211,9 +211,9 @@ static void describe(struct buf *b, const struct mqtt_packet *pkt)
             put_escaped(b, c->will_topic.p, c->will_topic.len);
             buf_append_str(b, " ");
             put_escaped(b, c->will_payload.p, c->will_payload.len);
-            describe_props(b, &c->will_props);
+            describe_props(b, &pkt->will_props);
         } else {
-            assert_int_equal(c->will_props.present, 0);
+            assert_int_equal(pkt->will_props.present, 0);
         }
         if (c->has_username) {
             buf_append_str(b, " user=");
