@@ -228,7 +228,9 @@ enum codec_rc mqtt_decode(const struct mqtt_limits *lim, const uint8_t *p, size_
  * and AUTH; the remaining length must be minimal [MQTT-1.5.5-1]).
  * reason (may be NULL): on CODEC_ERROR, the reason code for the CONNACK or DISCONNECT
  * that 5.0 sends before closing (§4.13): MQTT_RC_MALFORMED_PACKET, MQTT_RC_PROTOCOL_ERROR,
- * MQTT_RC_PACKET_TOO_LARGE or MQTT_RC_TOPIC_ALIAS_INVALID; also set for 3.1.1.
+ * MQTT_RC_PACKET_TOO_LARGE, MQTT_RC_TOPIC_ALIAS_INVALID, or
+ * MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION for a version argument other than 0, 3, 4, 5;
+ * also set for 3.1.1 packets (where nothing is sent with it).
  * What the 5.0 decoder checks beyond the framing: property identifiers allowed on the
  * packet (else 0x81), properties that may appear once (else 0x82), property values in
  * range (Receive Maximum, Maximum Packet Size and Subscription Identifier not 0, the
