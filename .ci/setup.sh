@@ -12,7 +12,7 @@ BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
 TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
-  chromium rabbitmq-server"
+  chromium rabbitmq-server strace"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
 [ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"

@@ -122,6 +122,27 @@ static const struct key keys[] = {
          "client whose QoS 1/2 overflow is disconnected."),
     SIZE("mqtt.max_subscriptions", mqtt.max_subscriptions, 1, 10000000, "10000",
          "Subscriptions one session may hold; more are refused in SUBACK (0x80)."),
+    SIZE("mqtt.max_queued_bytes", mqtt.max_queued_bytes, 0, 64 * GIB, "8388608",
+         "Bytes (topics and payloads) of the messages queued per session; past it as past "
+         "mqtt.max_queued; 0 = no limit."),
+    SIZE("mqtt.max_subscription_bytes", mqtt.max_subscription_bytes, 0, GIB, "1048576",
+         "Bytes of the topic filters one session holds together; a filter past it is refused "
+         "in SUBACK (0x80); 0 = no limit."),
+    SIZE("mqtt.max_subscription_levels", mqtt.max_subscription_levels, 0, GIB, "50000",
+         "Topic levels of the filters one session holds together (a/b/# is 3); a filter past "
+         "it is refused in SUBACK (0x80); 0 = no limit."),
+    SIZE("mqtt.max_qos2_pending", mqtt.max_qos2_pending, 1, 65535, "1000",
+         "QoS 2 packet ids one session has received and not yet seen PUBREL for; a client "
+         "that opens one more is disconnected."),
+    SIZE("mqtt.max_connections_per_identity", mqtt.max_connections_per_identity, 0, 10000000,
+         "32",
+         "MQTT connections one device or application (its username) holds at once; one more "
+         "gets CONNACK 0x03 (server unavailable). An anonymous client is one identity per "
+         "client id (a second connection takes the first one over); 0 = no limit."),
+    SIZE("mqtt.max_anonymous_sessions", mqtt.max_anonymous_sessions, 0, 100000000, "1000",
+         "Persistent sessions of anonymous clients, all together; a new one past it replaces "
+         "the longest-unused offline one (CONNACK 0x05 when all of them are connected); "
+         "0 = no limit."),
     SIZE("mqtt.max_retained", mqtt.max_retained, 1, 100000000, "100000",
          "Retained topics kept; a new one past this is delivered but not retained."),
     CHOICE("mqtt.invalid_telemetry", mqtt.invalid_telemetry, "disconnect|ack", "disconnect",
@@ -198,12 +219,19 @@ static const struct key keys[] = {
          "soon as its fixed header says so), the first line, the first WebSocket message, "
          "an unauthenticated HTTP request body (413 unread)."),
     SIZE("limits.preauth_total_bytes", limits.preauth_total_bytes, 4096, 64 * GIB, "33554432",
-         "Bytes all connections not yet authenticated may hold together; a connection whose "
-         "bytes would pass it is closed, and new connections are refused while it is full."),
+         "Bytes all connections not yet authenticated may make the gateway hold together "
+         "(unconsumed input, HTTP request heads and bodies being read, WebSocket messages "
+         "being reassembled); a connection whose bytes would pass it is closed, and new "
+         "connections are refused while it is full."),
     INT("limits.max_connections_per_ip", limits.max_connections_per_ip, 0, 10000000, "1000",
         "Connections from one peer address not yet authenticated, before more from it are "
         "refused; authenticated ones do not count (a fleet behind one NAT address is not "
         "capped); 0 = no limit."),
+    INT("limits.max_connections_per_device", limits.max_connections_per_device, 0, 10000000,
+        "32",
+        "Live connections of one device over the line protocol and /ws/device, counting its "
+        "MQTT ones too, before another line or /ws/device login is refused (MQTT has "
+        "mqtt.max_connections_per_identity); 0 = no limit."),
     SIZE("limits.max_sessions_per_device", limits.max_sessions_per_device, 1, 1000000, "8",
          "Persistent MQTT sessions one device may hold; a new one past it replaces the "
          "device's longest-unused offline session (refused when all of them are connected)."),

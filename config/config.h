@@ -97,6 +97,12 @@ struct config {
         size_t max_inflight;             /* mqtt.max_inflight, default 20 */
         size_t max_queued;               /* mqtt.max_queued messages per session, default 1000 */
         size_t max_subscriptions;        /* mqtt.max_subscriptions per session, default 10000 */
+        size_t max_queued_bytes;         /* mqtt.max_queued_bytes per session, default 8 MiB */
+        size_t max_subscription_bytes;   /* mqtt.max_subscription_bytes per session, 1 MiB */
+        size_t max_subscription_levels;  /* mqtt.max_subscription_levels per session, 50000 */
+        size_t max_qos2_pending;         /* mqtt.max_qos2_pending per session, default 1000 */
+        size_t max_connections_per_identity; /* mqtt.max_connections_per_identity, 32 */
+        size_t max_anonymous_sessions;   /* mqtt.max_anonymous_sessions, default 1000 */
         size_t max_retained;             /* mqtt.max_retained topics, default 100000 */
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
@@ -134,6 +140,7 @@ struct config {
         size_t preauth_max_bytes;        /* limits.preauth_max_bytes, default 65536 */
         size_t preauth_total_bytes;      /* limits.preauth_total_bytes, default 32 MiB */
         int max_connections_per_ip;      /* limits.max_connections_per_ip, default 1000; 0 off */
+        int max_connections_per_device;  /* limits.max_connections_per_device, 32; 0 off */
         size_t max_sessions_per_device;  /* limits.max_sessions_per_device, default 8 */
         size_t max_retained_per_device;  /* limits.max_retained_per_device, default 1000 */
         size_t max_retained_bytes_per_device; /* limits.max_retained_bytes_per_device, 1 MiB */

@@ -770,7 +770,7 @@ static void write_socket(struct conn *c, const void *data, size_t len)
 
 void conn_close_after_write(struct conn *c, const char *why)
 {
-    if (c->closing)
+    if (c->closing || c->close_after_write)
         return;
     if (c->send_queued_bytes == 0) {
         conn_close(c, why);
@@ -825,6 +825,7 @@ void conn_close(struct conn *c, const char *why)
 {
     struct gw *gw = c->gw;
     struct conn_registry *r = gw->conns;
+    char *old_why;
     if (c->closing)
         return;
     c->closing = true; /* first: a write below that fails comes back here and returns */
@@ -849,8 +850,9 @@ void conn_close(struct conn *c, const char *why)
                   (unsigned long long)c->id, c->peer, c->proto->name,
                   c->device[0] ? " device=" : "", c->device, log_q(why),
                   (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    free(c->close_why); /* for the protocol's close, in on_close */
-    c->close_why = xstrdup(why ? why : "closed");
+    old_why = c->close_why; /* why may be it (a close after write): copied first */
+    c->close_why = xstrdup(why ? why : "closed"); /* for the protocol's close, in on_close */
+    free(old_why);
     wait_list_remove(r, c);
     while (c->waiters && c->waiters->n) { /* ok = -1: cancelled, so owners of tags can free them */
         struct conn_waiters *ws = c->waiters;

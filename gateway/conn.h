@@ -155,7 +155,12 @@ struct conn {
     struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
     /* gateway/guard.c's pre-auth accounting (only it writes these) */
     bool guard_counted;              /* counted against its peer address */
-    size_t guard_held;               /* its bytes in the pre-auth budget (what keep_input kept) */
+    size_t guard_held;               /* its bytes in the pre-auth budget */
+    /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
+     * fragmented message being assembled): each sets its own after a feed; the pre-auth
+     * budget counts them with in and raw (gateway/guard.h). */
+    size_t proto_held;
+    size_t xport_held;
 };
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it

@@ -109,6 +109,12 @@ void devices_fini(struct devices *d)
     while (d->pending_len > 0)
         msg_unref(pending_pop(d).m);
     free(d->pending);
+    while (d->staged) {
+        struct devices_staged *st = d->staged;
+        d->staged = st->next;
+        st->fn(st->arg, false);
+        free(st);
+    }
     while (map_next(&d->by_id, &it, NULL, &v))
         free_device(v);
     map_fini(&d->by_id);
@@ -175,7 +181,81 @@ uint64_t devices_save(struct devices *d, struct device *dev)
 {
     free(dev->record_json);
     dev->record_json = record_of(dev);
-    return d->store.put ? d->store.put(d->store.ctx, dev) : 0;
+    dev->put_seq = d->store.put ? d->store.put(d->store.ctx, dev) : 0;
+    return dev->put_seq;
+}
+
+uint64_t devices_stage(struct devices *d, const struct device *dev, struct device_change *ch)
+{
+    struct device tmp = *dev; /* the fields record_of and the store read; nothing owned */
+
+    if (ch->set_name)
+        tmp.name = ch->name;
+    if (ch->set_metadata)
+        tmp.metadata_json = ch->metadata_json;
+    if (ch->set_attrs)
+        tmp.server_attrs = ch->server_attrs;
+    if (ch->set_token)
+        memcpy(tmp.token_hash, ch->token_hash, sizeof tmp.token_hash);
+    free(ch->record_json);
+    ch->record_json = tmp.record_json = record_of(&tmp);
+    ch->seq = d->store.put ? d->store.put(d->store.ctx, &tmp) : 0;
+    return ch->seq;
+}
+
+static void take_str(char **field, char **value)
+{
+    free(*field);
+    *field = *value;
+    *value = NULL;
+}
+
+void devices_apply(struct devices *d, struct device *dev, struct device_change *ch)
+{
+    if (ch->set_name)
+        take_str(&dev->name, &ch->name);
+    if (ch->set_metadata)
+        take_str(&dev->metadata_json, &ch->metadata_json);
+    if (ch->set_attrs)
+        take_str(&dev->server_attrs, &ch->server_attrs);
+    if (ch->set_token)
+        memcpy(dev->token_hash, ch->token_hash, sizeof dev->token_hash);
+    ch->set_name = ch->set_metadata = ch->set_attrs = ch->set_token = false;
+    if (dev->put_seq > ch->seq) { /* a later write stored the old fields: store these */
+        devices_save(d, dev);
+        return;
+    }
+    free(dev->record_json); /* the record as ch's committed write stored it */
+    dev->record_json = record_of(dev);
+    dev->put_seq = ch->seq;
+}
+
+void devices_change_free(struct device_change *ch)
+{
+    free(ch->name);
+    free(ch->metadata_json);
+    free(ch->server_attrs);
+    free(ch->record_json);
+    memset(ch, 0, sizeof *ch);
+}
+
+void devices_when_durable(struct devices *d, uint64_t seq, devices_durable_fn fn, void *arg)
+{
+    struct devices_staged *st;
+
+    if (seq == 0) {
+        fn(arg, true);
+        return;
+    }
+    st = xcalloc(1, sizeof *st);
+    st->seq = seq;
+    st->fn = fn;
+    st->arg = arg;
+    if (d->staged_last)
+        d->staged_last->next = st;
+    else
+        d->staged = st;
+    d->staged_last = st;
 }
 
 /* The text of member name of rec when it is a JSON object, else NULL. */
@@ -266,6 +346,13 @@ uint64_t devices_delete(struct devices *d, const char *id, bool keep_data)
     return d->store.remove ? d->store.remove(d->store.ctx, copy) : 0;
 }
 
+uint64_t devices_stage_delete(struct devices *d, const char *id, bool keep_data)
+{
+    if (keep_data)
+        return d->store.forget ? d->store.forget(d->store.ctx, id) : 0;
+    return d->store.remove ? d->store.remove(d->store.ctx, id) : 0;
+}
+
 void devices_remove(struct devices *d, const char *id)
 {
     struct device *dev = map_del(&d->by_id, id, strlen(id));
@@ -305,6 +392,14 @@ void devices_durable(struct devices *d, uint64_t upto_seq, bool ok)
         if (dev)
             devices_update_latest(dev, p.m);
         msg_unref(p.m);
+    }
+    while (d->staged && d->staged->seq <= upto_seq) {
+        struct devices_staged *st = d->staged;
+        d->staged = st->next;
+        if (!d->staged)
+            d->staged_last = NULL;
+        st->fn(st->arg, ok);
+        free(st);
     }
     if (d->pending_len == 0 && d->pending_cap > PENDING_KEEP) {
         free(d->pending);

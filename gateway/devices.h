@@ -61,6 +61,7 @@ struct device {
      * {"$gale":2,"name":..,"metadata":{..},"server":{..},"reported":{..}} (members
      * present when set), or NULL when none is set; rebuilt by devices_save. */
     char *record_json;
+    uint64_t put_seq;       /* the write of its last devices_save (0: none yet) */
     struct map latest;      /* key -> struct latest_val */
 };
 
@@ -85,6 +86,31 @@ struct devices_pending {
     uint64_t seq;  /* the storage write that stores m */
 };
 
+/* A change of a device's record that applies to memory only once its write is
+ * durable (devices_stage, devices_apply): REST changes nothing a failed commit would
+ * leave behind. A set_* member replaces that field; the strings are heap, owned. */
+struct device_change {
+    bool set_name, set_metadata, set_attrs, set_token;
+    char *name;
+    char *metadata_json;
+    char *server_attrs;
+    char token_hash[DEVICE_TOKEN_HASH_HEX + 1];
+    /* set by devices_stage */
+    uint64_t seq;           /* the write that stores the record as changed */
+    char *record_json;      /* that record's text (what record_json becomes) */
+};
+
+/* Called once the write seq is durable (ok) or failed (!ok); also with !ok when the
+ * registry goes away first. */
+typedef void (*devices_durable_fn)(void *arg, bool ok);
+
+struct devices_staged {
+    struct devices_staged *next;
+    uint64_t seq;
+    devices_durable_fn fn;
+    void *arg;
+};
+
 struct devices {
     /* public */
     struct map by_id;           /* id -> struct device */
@@ -95,6 +121,8 @@ struct devices {
      * (storage.queue_high_bytes) stops ingest reads, which bounds it. */
     struct devices_pending *pending;
     size_t pending_head, pending_len, pending_cap;
+    /* devices_when_durable's callbacks, seq increasing */
+    struct devices_staged *staged, *staged_last;
 };
 
 void devices_init(struct devices *d);
@@ -113,6 +141,20 @@ struct device *devices_create(struct devices *d, const char *id, const char *tok
 /* Submits dev's whole record after the caller changed it (name, metadata, attributes,
  * token); rebuilds dev->record_json first. */
 uint64_t devices_save(struct devices *d, struct device *dev);
+/* Submits dev's whole record as it will be with ch applied, leaving dev as it is;
+ * sets ch->seq and ch->record_json and returns ch->seq. */
+uint64_t devices_stage(struct devices *d, const struct device *dev, struct device_change *ch);
+/* Applies ch (its write committed) to dev, taking its strings. When another write of
+ * dev's record was submitted after ch's (it carried the old fields), dev's record is
+ * submitted again. ch is left empty (devices_change_free is still safe). */
+void devices_apply(struct devices *d, struct device *dev, struct device_change *ch);
+void devices_change_free(struct device_change *ch);
+/* Submits the deletion of device id's record (and of its telemetry unless keep_data)
+ * without forgetting it: devices_delete once it is durable. */
+uint64_t devices_stage_delete(struct devices *d, const char *id, bool keep_data);
+/* Calls fn(arg, ok) from devices_durable once write seq is reported (at once, ok, for
+ * seq 0: nothing was written), whatever becomes of the connection that asked. */
+void devices_when_durable(struct devices *d, uint64_t seq, devices_durable_fn fn, void *arg);
 /* Start-up: sets name, metadata and both attribute scopes from the stored text (what
  * record_json was). A plain JSON object, as Gale stored before attributes had scopes,
  * becomes the server scope. NULL or unreadable text sets nothing. */
@@ -139,7 +181,8 @@ void devices_remove(struct devices *d, const char *id);
 void devices_sink(void *ctx, struct msg *m, struct ticket *t);
 /* Storage reported every write up to upto_seq: committed (ok) or failed. Each pending
  * message with seq <= upto_seq updates its device's latest values (ok) or is dropped,
- * and its reference released. Call before the acks of those writes go out. */
+ * and its reference released; devices_when_durable callbacks of those writes run. Call
+ * before the acks of those writes go out. */
 void devices_durable(struct devices *d, uint64_t upto_seq, bool ok);
 /* Updates the latest values from a telemetry message (newest ts wins). */
 void devices_update_latest(struct device *dev, const struct msg *m);

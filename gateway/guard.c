@@ -144,6 +144,7 @@ const char *guard_held(struct guard *g, struct conn *c, size_t held)
     release_bytes(g, c);
     if (held > g->cfg->limits.preauth_max_bytes)
         return "too many bytes before authentication (limits.preauth_max_bytes)";
+    held += c->proto_held + c->xport_held; /* what was assembled from it counts as well */
     if (g->preauth_bytes + held > g->cfg->limits.preauth_total_bytes)
         return "pre-authentication memory budget spent (limits.preauth_total_bytes)";
     g->preauth_bytes += held;

@@ -3,8 +3,10 @@
  *
  * Pre-authentication budgets (README "Security"): until conn_authenticated, a
  * connection counts against its peer address (limits.max_connections_per_ip) and the
- * bytes it holds unconsumed count against one budget shared by every such connection
- * (limits.preauth_total_bytes); its first packet, line or message is capped at
+ * memory it makes the gateway hold counts against one budget shared by every such
+ * connection (limits.preauth_total_bytes): its unconsumed input and what its protocol and
+ * transport assembled from it (c->proto_held, c->xport_held: an HTTP head and body, a
+ * fragmented WebSocket message); its first packet, line or message is capped at
  * limits.preauth_max_bytes (guard_cap, applied by each protocol where it knows the
  * declared size). conn.c calls the four hooks; nothing else changes the counts. Every
  * function takes a NULL guard (none wired, as in unit tests) and then limits nothing.
@@ -40,8 +42,9 @@ void guard_free(struct guard *g);
  * address, or a static reason to refuse it: its address has max_connections_per_ip
  * connections still authenticating, or the pre-auth byte budget is spent. */
 const char *guard_accept(struct guard *g, struct conn *c);
-/* c now holds held bytes it has not consumed. Returns NULL, or a static reason to close
- * it: unauthenticated, it holds more than preauth_max_bytes, or its bytes would take all
+/* c now holds held bytes of input it has not consumed, besides c->proto_held and
+ * c->xport_held. Returns NULL, or a static reason to close it: unauthenticated, its
+ * unconsumed input is more than preauth_max_bytes, or all it holds would take all
  * unauthenticated connections past preauth_total_bytes. An authenticated connection
  * always gets NULL. */
 const char *guard_held(struct guard *g, struct conn *c, size_t held);
@@ -66,7 +69,8 @@ enum guard_rate {
  * returned. NULL g (no guard wired) always allows. */
 enum guard_rate guard_rate(struct guard *g, const char *device, uint64_t now_ms);
 
-/* Bytes the unauthenticated connections hold now (for tests and metrics). */
+/* Bytes the unauthenticated connections hold now, as counted at their last check (for
+ * tests and metrics). */
 size_t guard_preauth_bytes(const struct guard *g);
 
 #endif

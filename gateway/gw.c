@@ -177,6 +177,8 @@ void gw_on_durable(void *ctx, uint64_t upto_seq, int ok)
     /* before any ack: an acked value is in latest for the very next read */
     if (gw->devices)
         devices_durable(gw->devices, upto_seq, ok != 0);
+    if (gw->on_settled)
+        gw->on_settled(gw->settled_ctx, from, upto_seq, ok);
     conn_registry_durable(gw->conns, from, upto_seq, ok);
 }
 

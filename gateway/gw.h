@@ -72,6 +72,11 @@ struct gw {
     void (*on_command_reply)(struct gw *gw, const char *device, const char *cmd_id,
                              const void *payload, size_t len);
     void *hook_ctx;                  /* main's state for the two hooks above */
+    /* storage reported the writes (from_seq, upto_seq] committed (ok = 1) or failed
+     * (ok = 0), before any waiter fires: the MQTT broker remembers, per session, the
+     * QoS 2 ids whose first copy failed (NULL: none) */
+    void (*on_settled)(void *ctx, uint64_t from_seq, uint64_t upto_seq, int ok);
+    void *settled_ctx;
     struct conn_registry *conns;     /* live connections (conn.h) */
     struct guard *guard;             /* pre-auth budgets, device rates (guard.h); NULL: none */
     /* read-only */

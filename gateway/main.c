@@ -295,6 +295,29 @@ static int load_secret(const char *path, unsigned char *out, size_t n, bool *cre
     return 0;
 }
 
+/* Replaces the file at path with text and a newline, mode 0600 from its creation on. */
+static void write_private(const char *path, const char *text)
+{
+    char tmp[CONFIG_STR_MAX + 48];
+    size_t n = strlen(text);
+    bool ok;
+    int fd;
+
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    unlink(tmp); /* left by a crash: O_EXCL makes the new one ours, with our mode */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        log_warn("cannot write %s: %s", tmp, strerror(errno));
+        return;
+    }
+    ok = write(fd, text, n) == (ssize_t)n && write(fd, "\n", 1) == 1;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        log_warn("cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
 static int load_api_key(struct gw *gw, const struct config *cfg)
 {
     char path[CONFIG_STR_MAX + 32];
@@ -315,14 +338,10 @@ static int load_api_key(struct gw *gw, const struct config *cfg)
         gw->api_key[4 + 2 * i] = hex[raw[i] & 15];
     }
     gw->api_key[3 + 2 * sizeof raw] = '\0';
-    /* a readable copy for the operator */
+    /* a readable copy for the operator: created 0600 under a temporary name and renamed
+     * over the old one, so no moment shows it to the group or others */
     snprintf(path, sizeof path, "%s/api_key", cfg->data_dir);
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fchmod(fileno(f), 0600);
-        fprintf(f, "%s\n", gw->api_key);
-        fclose(f);
-    }
+    write_private(path, gw->api_key);
     log_info("api key %s path=%s (set http.api_key or GALE_HTTP_API_KEY to choose one)",
              created ? "generated" : "loaded", path);
     return 0;

@@ -245,6 +245,33 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);
     counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);
+    buf_printf(b, "# HELP gale_mqtt_refused_total MQTT subscriptions, connections and "
+                  "messages refused by a per-identity limit, by its config key\n"
+                  "# TYPE gale_mqtt_refused_total counter\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_subscriptions\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_subscription_bytes\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_subscription_levels\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_connections_per_identity\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"limits.max_sessions_per_device\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_anonymous_sessions\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_queued_bytes\"} %llu\n"
+                  "gale_mqtt_refused_total{limit=\"mqtt.max_qos2_pending\"} %llu\n",
+               (unsigned long long)m->mqtt_refused_subscriptions,
+               (unsigned long long)m->mqtt_refused_sub_bytes,
+               (unsigned long long)m->mqtt_refused_sub_levels,
+               (unsigned long long)m->mqtt_refused_connections,
+               (unsigned long long)m->mqtt_refused_sessions,
+               (unsigned long long)m->mqtt_refused_anon_sessions,
+               (unsigned long long)m->mqtt_refused_queue_bytes,
+               (unsigned long long)m->mqtt_refused_qos2);
+    buf_printf(b, "# HELP gale_device_refused_total Line and /ws/device logins refused by a "
+                  "per-device limit, by its config key\n"
+                  "# TYPE gale_device_refused_total counter\n"
+                  "gale_device_refused_total{limit=\"limits.max_connections_per_device\"} %llu\n",
+               (unsigned long long)m->device_refused_connections);
+    counter(b, "gale_mqtt_wills_dropped_total",
+            "Wills not published: refused by the checks a PUBLISH goes through",
+            m->mqtt_wills_dropped);
     /* a label, so other transports can count theirs under the same name */
     buf_printf(b, "# HELP gale_telemetry_rejected_total Telemetry payloads that did not decode "
                   "(not stored)\n# TYPE gale_telemetry_rejected_total counter\n"

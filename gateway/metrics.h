@@ -37,6 +37,19 @@ struct metrics {
     uint64_t mqtt_messages_sent;       /* PUBLISH packets sent to subscribers */
     uint64_t mqtt_dropped;             /* QoS 0 dropped, queue overflow */
     uint64_t mqtt_telemetry_rejected;  /* MQTT telemetry payloads that did not decode */
+    /* MQTT refusals by per-identity limit (gale_mqtt_refused_total{limit="<config key>"}) */
+    uint64_t mqtt_refused_subscriptions;     /* filters past mqtt.max_subscriptions */
+    uint64_t mqtt_refused_sub_bytes;         /* ... past mqtt.max_subscription_bytes */
+    uint64_t mqtt_refused_sub_levels;        /* ... past mqtt.max_subscription_levels */
+    uint64_t device_refused_connections;     /* line/ws-device logins past
+                                              * limits.max_connections_per_device */
+    uint64_t mqtt_refused_connections;       /* CONNECTs past mqtt.max_connections_per_identity */
+    uint64_t mqtt_refused_sessions;          /* CONNECTs refused at limits.max_sessions_per_device
+                                              * (every session of the identity connected) */
+    uint64_t mqtt_refused_anon_sessions;     /* ... at mqtt.max_anonymous_sessions */
+    uint64_t mqtt_refused_queue_bytes;       /* messages dropped past mqtt.max_queued_bytes */
+    uint64_t mqtt_refused_qos2;              /* connections closed past mqtt.max_qos2_pending */
+    uint64_t mqtt_wills_dropped;             /* wills refused by the publish checks */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */

@@ -216,6 +216,26 @@ static void on_command(struct conn *c, const char *json, size_t len)
     buf_fini(&b);
 }
 
+/* limits.max_connections_per_device: dev has that many live connections (any transport)
+ * already, so this login is refused (said, counted, logged once per episode). */
+static bool over_connection_cap(struct session *s, const struct device *dev)
+{
+    struct conn *c = s->conn;
+    int cap = c->gw->cfg->limits.max_connections_per_device;
+
+    if (cap <= 0 || dev->online < cap)
+        return false;
+    c->gw->metrics.device_refused_connections++;
+    if (conn_refused(c, "limits.max_connections_per_device reached"))
+        log_warn("conn=%llu peer=%s proto=%s device=%s refused "
+                 "reason=\"limits.max_connections_per_device reached\" limit=%d",
+                 (unsigned long long)c->id, c->peer, c->proto->name, dev->id, cap);
+    session_refuse(s, "too_many_connections",
+                   "limits.max_connections_per_device reached: this device has that many "
+                   "connections open already");
+    return true;
+}
+
 static void go_online(struct session *s, struct device *dev)
 {
     s->authed = true;
@@ -235,7 +255,7 @@ void session_init(struct session *s, struct conn *c, const struct session_ops *o
 
 void session_authenticated(struct session *s, struct device *dev)
 {
-    if (!s->authed)
+    if (!s->authed && !over_connection_cap(s, dev))
         go_online(s, dev);
 }
 
@@ -272,6 +292,8 @@ static void login(struct session *s, const void *json, size_t len)
         session_refuse(s, "unauthorized", "authentication failed");
         return;
     }
+    if (over_connection_cap(s, dev))
+        return;
     go_online(s, dev);
     if (!c->closing) {
         struct buf b;

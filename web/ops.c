@@ -949,12 +949,28 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     else
         snprintf(target, sizeof target, "-");
     if (fmt == CONFIG_ACCESS_LOG_COMMON) {
+        /* The NCSA line is one string: with log.format=json it is one member ("msg"),
+         * never split into key=value pairs (a client's "level=" would become one). */
+        struct buf line;
         now = time(NULL);
         gmtime_r(&now, &tm);
         strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
-        log_info("%s - - [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host, when, method,
-                 log_q(target), req->http_major, req->http_minor, status, len,
-                 referer ? log_q(referer) : "-", agent ? log_q(agent) : "-", (double)us / 1e6);
+        buf_init(&line);
+        buf_printf(&line, "%s - - [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
+                   when, method, log_q(target), req->http_major, req->http_minor, status, len,
+                   referer ? log_q(referer) : "-", agent ? log_q(agent) : "-", (double)us / 1e6);
+        if (strcmp(c->gw->cfg->log.format, "json") == 0) {
+            struct buf js;
+            buf_init(&js);
+            buf_append_str(&js, "{\"msg\":");
+            buf_append_json_str(&js, (const char *)line.data, line.len);
+            buf_append_str(&js, "}");
+            log_write_json(LOG_INFO, buf_cstr(&js));
+            buf_fini(&js);
+        } else {
+            log_info("%s", buf_cstr(&line));
+        }
+        buf_fini(&line);
         return;
     }
     {

@@ -365,14 +365,14 @@ void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req
 /* ---- patch, delete, token ---- */
 
 /* Closes every connection of device id but self's (its credentials changed or it went). */
-static void close_device_conns(struct gw *gw, struct conn *self, const char *id, const char *why)
+static void close_device_conns(struct gw *gw, uint64_t self, const char *id, const char *why)
 {
     struct conn_iter it;
     struct conn *c;
 
     conn_iter_begin(&it, gw->conns);
     while ((c = conn_iter_next(&it)) != NULL)
-        if (c != self && strcmp(c->device, id) == 0)
+        if (c->id != self && strcmp(c->device, id) == 0)
             conn_close(c, why);
 }
 
@@ -388,10 +388,85 @@ static void write_with_token(const struct device *dev, const char *token, struct
     }
 }
 
-static void new_token(struct gw *gw, struct device *dev, char token[64])
+/* ---- changes that apply once durable ----
+ * A patch, a rotation or a deletion is submitted to storage first and changes memory
+ * (and closes the device's connections) only once storage reports it committed, from
+ * devices_durable, whether or not the asking connection is still there. A failed commit
+ * leaves everything as it was: the old token still works, the device is still there. */
+
+struct rest_change {
+    struct rest *r;
+    char id[DEVICE_ID_MAX + 1];
+    uint64_t self;              /* the asking connection: a rotation does not close it */
+    struct device_change ch;    /* a patch or a rotation */
+    bool del, keep;             /* a deletion, keeping the telemetry */
+};
+
+static void change_durable(void *arg, bool ok)
+{
+    struct rest_change *rc = arg;
+    struct gw *gw = ok ? rc->r->gw : NULL;
+    /* stopping: storage holds the change; memory goes away and writes no more */
+    struct device *dev = gw && !gw->stopping ? devices_find(gw->devices, rc->id) : NULL;
+
+    if (dev && rc->del) {
+        struct ticket t = {0, 0};
+        /* again: a write of the device submitted meanwhile (a record, telemetry) goes too */
+        devices_delete(gw->devices, rc->id, rc->keep);
+        close_device_conns(gw, rc->self, rc->id, "device deleted");
+        if (rc->r->on_device_deleted) /* after the closes, so no presence update follows it */
+            rc->r->on_device_deleted(rc->r->device_deleted_ctx, rc->id, &t);
+        log_info("device=%s deleted data=%s", rc->id, rc->keep ? "kept" : "deleted");
+    } else if (dev) {
+        bool rotated = rc->ch.set_token;
+        devices_apply(gw->devices, dev, &rc->ch);
+        if (rotated) {
+            /* a connection that authenticated with the old token goes too */
+            close_device_conns(gw, rc->self, rc->id, "token rotated");
+            log_info("device=%s token rotated", rc->id);
+        }
+    } /* failed (the store logged it, the reply says 503), or the registry went first */
+    devices_change_free(&rc->ch);
+    free(rc);
+}
+
+static struct rest_change *change_new(struct rest *r, struct http_conn *h, const char *id)
+{
+    struct rest_change *rc = xcalloc(1, sizeof *rc);
+    rc->r = r;
+    rc->self = http_conn_of(h)->id;
+    snprintf(rc->id, sizeof rc->id, "%s", id);
+    return rc;
+}
+
+/* dev as it will be once ch applies: a view for the reply (borrows everything). */
+static struct device change_view(const struct device *dev, const struct device_change *ch)
+{
+    struct device v = *dev;
+    if (ch->set_name)
+        v.name = ch->name;
+    if (ch->set_metadata)
+        v.metadata_json = ch->metadata_json;
+    if (ch->set_attrs)
+        v.server_attrs = ch->server_attrs;
+    return v;
+}
+
+/* Submits rc's change of dev and answers status with body once it is durable. */
+static void submit_change(struct rest_change *rc, struct http_conn *h, const struct device *dev,
+                          struct buf *body)
+{
+    struct gw *gw = rc->r->gw;
+    struct ticket t = ticket_one(devices_stage(gw->devices, dev, &rc->ch));
+    devices_when_durable(gw->devices, t.last, change_durable, rc);
+    rest_reply_when_durable(h, &t, 200, body, NULL);
+}
+
+static void new_token(struct gw *gw, struct device_change *ch, char token[64])
 {
     devices_new_token(token);
-    devices_hash_token(gw->token_secret, token, strlen(token), dev->token_hash);
+    devices_hash_token(gw->token_secret, token, strlen(token), ch->token_hash);
+    ch->set_token = true;
 }
 
 void rest_device_patch(struct rest *r, struct http_conn *h, struct http_req *req,
@@ -399,13 +474,14 @@ void rest_device_patch(struct rest *r, struct http_conn *h, struct http_req *req
 {
     static const char *const fields[] = {"attributes", "name", "metadata", "token", NULL};
     struct gw *gw = r->gw;
-    struct ticket t;
     cJSON *root = cJSON_ParseWithLength((const char *)req->body, req->body_len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "attributes");
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(root, "token");
     char token[64] = "";
+    struct rest_change *rc;
+    struct device view;
     struct buf b;
 
     if (!root || !cJSON_IsObject(root) || !root->child) {
@@ -432,35 +508,35 @@ void rest_device_patch(struct rest *r, struct http_conn *h, struct http_req *req
         http_respond_error(h, 400, "invalid_token", "token may only be \"rotate\"");
         goto out;
     }
+    rc = change_new(r, h, dev->id);
     if (attrs) { /* the server scope only: what the device reported stays */
         char *txt = print(attrs), *merged = dev->server_attrs ? xstrdup(dev->server_attrs) : NULL;
 
         devices_merge_attrs(&merged, txt, strlen(txt));
         free(txt);
+        rc->ch.set_attrs = true;
+        rc->ch.server_attrs = merged;
         if (attributes_too_large(gw, h, merged)) {
-            free(merged);
+            devices_change_free(&rc->ch);
+            free(rc);
             goto out;
         }
-        free(dev->server_attrs);
-        dev->server_attrs = merged;
     }
     if (name) {
-        free(dev->name);
-        dev->name = cJSON_IsString(name) ? xstrdup(name->valuestring) : NULL;
+        rc->ch.set_name = true;
+        rc->ch.name = cJSON_IsString(name) ? xstrdup(name->valuestring) : NULL;
     }
     if (meta) { /* replaced whole */
-        free(dev->metadata_json);
-        dev->metadata_json = cJSON_IsObject(meta) && meta->child ? print(meta) : NULL;
+        rc->ch.set_metadata = true;
+        rc->ch.metadata_json = cJSON_IsObject(meta) && meta->child ? print(meta) : NULL;
     }
-    if (tok) {
-        new_token(gw, dev, token);
-        close_device_conns(gw, http_conn_of(h), dev->id, "token rotated");
-    }
-    t = ticket_one(devices_save(gw->devices, dev));
+    if (tok)
+        new_token(gw, &rc->ch, token);
+    view = change_view(dev, &rc->ch);
     buf_init(&b);
-    write_with_token(dev, token[0] ? token : NULL, &b);
+    write_with_token(&view, token[0] ? token : NULL, &b);
     OPENSSL_cleanse(token, sizeof token);
-    rest_reply_when_durable(h, &t, 200, &b, NULL);
+    submit_change(rc, h, dev, &b);
 out:
     cJSON_Delete(root);
 }
@@ -469,7 +545,8 @@ void rest_device_patch_attrs(struct rest *r, struct http_conn *h, struct http_re
                              struct device *dev)
 {
     char *merged = dev->server_attrs ? xstrdup(dev->server_attrs) : NULL;
-    struct ticket t;
+    struct rest_change *rc;
+    struct device view;
     struct buf b;
 
     if (devices_merge_attrs(&merged, (const char *)req->body, req->body_len) != 0) {
@@ -482,26 +559,22 @@ void rest_device_patch_attrs(struct rest *r, struct http_conn *h, struct http_re
         free(merged);
         return;
     }
-    free(dev->server_attrs);
-    dev->server_attrs = merged;
-    t = ticket_one(devices_save(r->gw->devices, dev));
+    rc = change_new(r, h, dev->id);
+    rc->ch.set_attrs = true;
+    rc->ch.server_attrs = merged;
+    view = change_view(dev, &rc->ch);
     buf_init(&b);
-    devices_write_attrs_json(dev, &b);
-    rest_reply_when_durable(h, &t, 200, &b, NULL);
+    devices_write_attrs_json(&view, &b);
+    submit_change(rc, h, dev, &b);
 }
 
 void rest_device_token(struct rest *r, struct http_conn *h, struct device *dev)
 {
-    struct gw *gw = r->gw;
+    struct rest_change *rc = change_new(r, h, dev->id);
     char token[64];
-    struct ticket t;
     struct buf b;
 
-    new_token(gw, dev, token);
-    /* a connection that authenticated with the old token goes too */
-    close_device_conns(gw, http_conn_of(h), dev->id, "token rotated");
-    t = ticket_one(devices_save(gw->devices, dev));
-    log_info("device=%s token rotated", dev->id);
+    new_token(r->gw, &rc->ch, token);
     buf_init(&b);
     buf_append_str(&b, "{\"id\":");
     buf_append_json_str(&b, dev->id, strlen(dev->id));
@@ -509,7 +582,7 @@ void rest_device_token(struct rest *r, struct http_conn *h, struct device *dev)
     buf_append_json_str(&b, token, strlen(token));
     buf_append_str(&b, "}");
     OPENSSL_cleanse(token, sizeof token);
-    rest_reply_when_durable(h, &t, 200, &b, NULL);
+    submit_change(rc, h, dev, &b);
 }
 
 void rest_device_delete(struct rest *r, struct http_conn *h, struct http_req *req,
@@ -517,8 +590,9 @@ void rest_device_delete(struct rest *r, struct http_conn *h, struct http_req *re
 {
     static const char *const params[] = {"data", NULL};
     struct gw *gw = r->gw;
-    char id[DEVICE_ID_MAX + 1], val[16];
+    char val[16];
     bool keep = false;
+    struct rest_change *rc;
     struct buf b;
     struct ticket t;
 
@@ -531,15 +605,14 @@ void rest_device_delete(struct rest *r, struct http_conn *h, struct http_req *re
         }
         keep = strcmp(val, "keep") == 0;
     }
-    snprintf(id, sizeof id, "%s", dev->id);
-    t = ticket_one(devices_delete(gw->devices, id, keep));
-    close_device_conns(gw, http_conn_of(h), id, "device deleted");
-    if (r->on_device_deleted) /* after the closes, so no presence update follows it */
-        r->on_device_deleted(r->device_deleted_ctx, id, &t);
-    log_info("device=%s deleted data=%s", id, keep ? "kept" : "deleted");
+    rc = change_new(r, h, dev->id);
+    rc->del = true;
+    rc->keep = keep;
+    t = ticket_one(devices_stage_delete(gw->devices, rc->id, keep));
     buf_init(&b);
     buf_append_str(&b, "{\"deleted\":");
-    buf_append_json_str(&b, id, strlen(id));
+    buf_append_json_str(&b, rc->id, strlen(rc->id));
     buf_printf(&b, ",\"data\":\"%s\"}", keep ? "kept" : "deleted");
+    devices_when_durable(gw->devices, t.last, change_durable, rc);
     rest_reply_when_durable(h, &t, 200, &b, NULL);
 }

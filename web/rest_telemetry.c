@@ -88,16 +88,16 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
         /* disconnect: the reply says why, then the connection closes */
         if (gw->cfg->limits.device_rate_action == CONFIG_RATE_DISCONNECT)
             http_current(h)->keep_alive = false;
-        http_respond(h, 429, REST_JSON,
-                     "{\"error\":\"message rate over limits.device_rate_msgs_per_s\","
-                     "\"code\":\"rate_limited\"}",
-                     81, "Retry-After: 1\r\n");
+        static const char limited[] =
+            "{\"error\":\"message rate over limits.device_rate_msgs_per_s\","
+            "\"code\":\"rate_limited\"}";
+        http_respond(h, 429, REST_JSON, limited, sizeof limited - 1, "Retry-After: 1\r\n");
         return;
     }
     if (gw->ingest_paused) {
-        http_respond(h, 503, REST_JSON,
-                     "{\"error\":\"storage is catching up, retry shortly\",\"code\":\"busy\"}", 62,
-                     "Retry-After: 1\r\n");
+        static const char busy[] =
+            "{\"error\":\"storage is catching up, retry shortly\",\"code\":\"busy\"}";
+        http_respond(h, 503, REST_JSON, busy, sizeof busy - 1, "Retry-After: 1\r\n");
         return;
     }
     snprintf(topic, sizeof topic, "devices/%s/telemetry", dev->id);

@@ -56,6 +56,11 @@ struct bridge_payload {
     char data[];
 };
 
+/* An outbox entry's id and the seq of the write that stores its row. */
+struct mark {
+    uint64_t id, seq;
+};
+
 struct up {
     struct bridge *b;
     const struct bridge_upstream_cfg *cfg;
@@ -72,6 +77,14 @@ struct up {
     size_t inflight;
     size_t mem_msgs, mem_bytes;      /* payloads held */
     bool reading;
+    /* Writes of entries entered without a payload that storage has not reported yet, in
+     * id (and seq) order: a row a read does not find is missing for good only when its
+     * write was reported before the read began (it failed); until then it may commit. */
+    struct mark *marks;
+    size_t marks_head, marks_len, marks_cap;
+    uint64_t read_after;             /* the read in flight: ids after this one */
+    uint64_t read_unsettled;         /* ... and from this id on, writes were not reported */
+    bool read_hold;                  /* a row was not there yet: read again at the tick */
     /* the connection */
     bool connected, ever_connected;
     char *address;
@@ -296,6 +309,95 @@ static bool send_entry(struct up *u, struct bridge_entry *e)
     return true;
 }
 
+/* ---- writes not reported yet ---- */
+
+static void mark_unsettled(struct up *u, uint64_t id, uint64_t seq)
+{
+    if (seq == 0) /* nothing written (no storage) */
+        return;
+    if (u->marks_head + u->marks_len == u->marks_cap) {
+        if (u->marks_head) { /* slide down before growing */
+            memmove(u->marks, u->marks + u->marks_head, u->marks_len * sizeof *u->marks);
+            u->marks_head = 0;
+        }
+        if (u->marks_len == u->marks_cap) {
+            u->marks_cap = u->marks_cap ? 2 * u->marks_cap : 64;
+            u->marks = xrealloc(u->marks, u->marks_cap * sizeof *u->marks);
+        }
+    }
+    u->marks[u->marks_head + u->marks_len++] = (struct mark){id, seq};
+}
+
+/* Forgets the marks of writes storage has reported; returns the first id whose write it
+ * has not (UINT64_MAX: none). */
+static uint64_t first_unsettled(struct up *u)
+{
+    while (u->marks_len && u->marks[u->marks_head].seq <= u->b->gw->durable_seq) {
+        u->marks_head++;
+        u->marks_len--;
+    }
+    if (!u->marks_len) {
+        u->marks_head = 0;
+        if (u->marks_cap > 1024) {
+            free(u->marks);
+            u->marks = NULL;
+            u->marks_cap = 0;
+        }
+        return UINT64_MAX;
+    }
+    return u->marks[u->marks_head].id;
+}
+
+/* First ring position with an id above id. */
+static size_t after_pos(const struct up *u, uint64_t id)
+{
+    size_t lo = 0, hi = u->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (at(u, mid)->id <= id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* After a read of the ids after u->read_after: a waiting entry without a payload whose
+ * row the page should have held and did not is missing. Its write failed (a storage
+ * batch that failed: the message was never acknowledged to its publisher) when storage
+ * had reported it before the read began: it leaves the index, else the drain would read
+ * it again forever. A write not reported yet may still commit: the drain waits for the
+ * tick (no read loop) and reads again. */
+static void settle_missing(struct up *u, const struct outbox_msg *msgs, size_t n)
+{
+    uint64_t end = n ? msgs[n - 1].id : UINT64_MAX, first = 0, last = 0, count = 0;
+    size_t k = 0;
+
+    for (size_t i = after_pos(u, u->read_after); i < u->count && at(u, i)->id <= end; i++) {
+        struct bridge_entry *e = at(u, i);
+        while (k < n && msgs[k].id < e->id)
+            k++;
+        if ((k < n && msgs[k].id == e->id) || e->state != ENTRY_WAITING || e->p)
+            continue;
+        if (e->id >= u->read_unsettled) {
+            u->read_hold = true;
+            break;
+        }
+        if (!first)
+            first = e->id;
+        last = e->id;
+        count++;
+        finish(u, e);
+    }
+    if (count) {
+        log_warn("bridge upstream=%s outbox rows missing count=%llu first_id=%llu "
+                 "last_id=%llu: their write failed, dropped from the outbox index",
+                 u->cfg->name, (unsigned long long)count, (unsigned long long)first,
+                 (unsigned long long)last);
+        collect(u);
+    }
+}
+
 static void on_read(void *ctx, int rc, const struct outbox_msg *msgs, size_t n)
 {
     struct up *u = ctx;
@@ -312,6 +414,7 @@ static void on_read(void *ctx, int rc, const struct outbox_msg *msgs, size_t n)
         if (e && e->state == ENTRY_WAITING && !e->p)
             set_payload(u, e, msgs[k].topic, msgs[k].payload, msgs[k].payload_len);
     }
+    settle_missing(u, msgs, n);
     pump(u);
 }
 
@@ -322,6 +425,8 @@ static void read_from(struct up *u, const struct bridge_entry *e)
                                                          : 1;
     struct outbox_port *port = &u->b->port;
     u->reading = true;
+    u->read_after = e->id - 1;
+    u->read_unsettled = first_unsettled(u); /* before the read: what it must find */
     if (port->read(port->ctx, u->cfg->name, e->id - 1, msgs, bytes, on_read, u) != 0)
         u->reading = false;
 }
@@ -358,7 +463,7 @@ static void pump(struct up *u)
         if (old && (u->inflight >= backlog_max || (u->cfg->drain_rate && u->tokens < 1)))
             break;
         if (!e->p) {
-            if (!u->reading)
+            if (!u->reading && !u->read_hold)
                 read_from(u, e);
             break;
         }
@@ -379,6 +484,7 @@ static void enqueue(struct up *u, const char *device, const char *topic, const v
     bool may_send;
     struct bridge_entry *e;
     struct outbox_msg om;
+    uint64_t seq;
 
     if (!make_room(u, bytes))
         return;
@@ -386,11 +492,14 @@ static void enqueue(struct up *u, const char *device, const char *topic, const v
     may_send = u->connected && u->waiting_in[bucket] == 0 && u->inflight < u->cfg->max_inflight;
     om = (struct outbox_msg){u->next_id++, device ? device : "", topic, payload, len,
                              u->cfg->qos, gw_now_ms()};
-    ticket_add(t, u->b->port.put(u->b->port.ctx, u->cfg->name, &om));
+    seq = u->b->port.put(u->b->port.ctx, u->cfg->name, &om);
+    ticket_add(t, seq);
     e = push_entry(u, om.id, om.ts_ms, bytes, bucket, om.qos);
     if (may_send || (u->mem_msgs < BRIDGE_READAHEAD_MSGS / 2 &&
                      u->mem_bytes < BRIDGE_READAHEAD_BYTES / 2))
         set_payload(u, e, topic, payload, len);
+    else
+        mark_unsettled(u, om.id, seq); /* to be read back: its row may not be there yet */
     if (may_send && send_entry(u, e))
         return;
     if (u->connected)
@@ -654,6 +763,8 @@ void bridge_tick(struct bridge *b)
         if (u->cfg->max_age_s)
             drop_old(u);
         log_drops(u);
+        first_unsettled(u); /* forgets the marks of reported writes (also while down) */
+        u->read_hold = false;
         pump(u);
         busy |= u->connected && u->backlog > u->inflight;
     }
@@ -888,6 +999,7 @@ static void up_fini(struct up *u)
     free(u->ring);
     free(u->waiting_in);
     free(u->address);
+    free(u->marks);
 }
 
 struct bridge *bridge_new(struct gw *gw, const struct bridge_cfg *cfg,

@@ -5,9 +5,10 @@
  * run on paho's threads and only push a struct event on l->events (l->lock) and wake
  * the loop with uv_async_send; on_wake drains the queue on the loop and calls the
  * bridge's upstream_events. A send's context (struct send_ctx) is owned by paho until
- * one of its callbacks runs, which frees it; paho drops the callbacks of messages it
- * discards when the upstream lost our session, so contexts still listed after a
- * connect without session are freed then, and the rest at free. */
+ * one of its callbacks runs, which frees it, also across reconnects: a PUBLISH that paho
+ * had queued but not written when the connection dropped stays in its command queue and
+ * goes out, and calls back, after the next connect, with or without session. Contexts
+ * paho never called back are freed at free, after MQTTAsync_destroy. */
 #include "gateway/bridge/upstream.h"
 
 #include <MQTTAsync.h>
@@ -40,7 +41,6 @@ struct send_ctx {
     struct list_link link;   /* in l->sends */
     struct link *l;
     uint64_t tag;
-    uint64_t gen;            /* l->gen when sent */
 };
 
 struct link {
@@ -52,7 +52,6 @@ struct link {
     uv_mutex_t lock;         /* guards events and sends */
     struct list events;      /* struct event, oldest first */
     struct list sends;       /* struct send_ctx paho holds */
-    uint64_t gen;            /* connects so far (loop thread) */
     size_t addr;             /* the address of the attempt under way (loop thread) */
     size_t tried;            /* addresses this attempt has tried so far */
     bool closed;
@@ -157,21 +156,6 @@ static void event_free(struct event *e)
     free(e);
 }
 
-/* Send contexts of earlier connections that paho dropped with our session. */
-static void free_stale_sends(struct link *l)
-{
-    uv_mutex_lock(&l->lock);
-    for (struct list_link *p = l->sends.head, *next; p; p = next) {
-        struct send_ctx *s = list_entry(p, struct send_ctx, link);
-        next = p->next;
-        if (s->gen < l->gen) {
-            list_remove(&l->sends, p);
-            free(s);
-        }
-    }
-    uv_mutex_unlock(&l->lock);
-}
-
 static void on_wake(uv_async_t *a)
 {
     struct link *l = a->data;
@@ -187,9 +171,6 @@ static void on_wake(uv_async_t *a)
         if (!l->closed) {
             switch (e->kind) {
             case EV_CONNECTED:
-                l->gen++;
-                if (!e->ok)
-                    free_stale_sends(l);
                 l->ev->connected(l->ev_ctx, l->cfg->addresses[l->addr], e->ok);
                 break;
             case EV_CONNECT_FAILED: /* the next address, or lost once every one failed */
@@ -321,7 +302,6 @@ static int paho_send(void *link, uint64_t tag, const char *topic, const void *pa
 
     s->l = l;
     s->tag = tag;
-    s->gen = l->gen;
     m.payload = (void *)payload;
     m.payloadlen = (int)len;
     m.qos = qos;

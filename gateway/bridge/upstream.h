@@ -14,12 +14,15 @@
  * (MQTTAsync_closeSession cleans only with cleansession set). After the next CONNACK, with
  * session present it retransmits them (DUP set) and their onSuccess fires on the PUBACK;
  * with session present 0 (the upstream lost our session) it empties its session and
- * drops their pending responses, so neither onSuccess nor onFailure ever fires for them.
- * The bridge therefore never waits on a send across a reconnect: on connection lost it
- * takes every unacknowledged message back and resends it, oldest first, after the next
- * connect; a late onSuccess from paho's own retransmission still acknowledges the
- * message. Copies per message in flight at a loss: at most two more (paho's and ours),
- * each counted by the bridge as resent when it is ours. */
+ * fails their pending responses (onFailure, before the connect's onSuccess). A PUBLISH
+ * that paho had queued but not yet written at the loss (its socket was full, or the send
+ * raced the loss) stays in its command queue and goes out after the next connect, with or
+ * without session, and calls back as usual: a send's context therefore lives until its
+ * callback, however many reconnects later. The bridge never waits on a send across a
+ * reconnect: on connection lost it takes every unacknowledged message back and resends
+ * it, oldest first, after the next connect; a late onSuccess from paho's own copy still
+ * acknowledges the message. Copies per message in flight at a loss: at most two more
+ * (paho's and ours), each counted by the bridge as resent when it is ours. */
 #ifndef GALE_BRIDGE_UPSTREAM_H
 #define GALE_BRIDGE_UPSTREAM_H
 

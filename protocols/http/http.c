@@ -139,6 +139,7 @@ static int http_feed(void *state, struct buf *in)
         if (h->busy)
             conn_pause(c); /* async reply: pipelined bytes wait in `in` */
     }
+    c->proto_held = http_parser_held(&h->parser); /* in the pre-auth budget (guard.h) */
     return 0;
 }
 
@@ -339,6 +340,7 @@ void http_upgraded(struct http_conn *h)
 {
     struct conn *c = h->conn;
     bool in_handler = h->in_handler;
+    c->proto_held = 0;
     http_free(h);
     conn_resume(c);
     if (!in_handler) /* else http_feed hands the buffered bytes over itself */

@@ -8,6 +8,10 @@
 
 enum field_kind { FIELD_NONE, FIELD_URL, FIELD_NAME, FIELD_VALUE };
 
+/* Between requests, a head or body buffer larger than this is given back: one large
+ * request does not make a kept-alive connection hold its size until it closes. */
+#define KEEP_BYTES 4096
+
 static int fail_limit(struct http_parser *p, int status)
 {
     p->limit_status = status;
@@ -52,6 +56,7 @@ static void terminate_field(struct http_parser *p)
 static int on_message_begin(llhttp_t *l)
 {
     struct http_parser *p = l->data;
+    p->in_message = true;
     p->head.len = 0;
     p->body.len = 0;
     p->url_off = p->url_len = 0;
@@ -148,6 +153,7 @@ static int on_body(llhttp_t *l, const char *at, size_t len)
 static int on_message_complete(llhttp_t *l)
 {
     struct http_parser *p = l->data;
+    p->in_message = false;
     p->req.body = (const uint8_t *)buf_cstr(&p->body);
     p->req.body_len = p->body.len;
     p->req.seq = ++p->nreq;
@@ -174,6 +180,11 @@ void http_parser_init(struct http_parser *p, size_t max_header_bytes, size_t max
     p->llhttp.data = p;
 }
 
+size_t http_parser_held(const struct http_parser *p)
+{
+    return p->head.cap + p->body.cap;
+}
+
 void http_parser_fini(struct http_parser *p)
 {
     buf_fini(&p->head);
@@ -189,6 +200,11 @@ enum http_parse_rc http_parser_feed(struct http_parser *p, const uint8_t *data, 
     *used = 0;
     if (len == 0)
         return HTTP_PARSE_NEED_MORE;
+    if (!p->in_message) { /* the last request is no longer lent out */
+        p->head.len = p->body.len = 0;
+        buf_shrink(&p->head, KEEP_BYTES);
+        buf_shrink(&p->body, KEEP_BYTES);
+    }
     err = llhttp_execute(&p->llhttp, start, len);
     if (err == HPE_OK) {
         *used = len;

@@ -3,7 +3,8 @@
  * reads split them; the pieces are appended to one per-request buffer capped at
  * max_header_bytes, and pointers into it are fixed up once the headers are
  * complete. A complete request pauses the parser, so bytes after it (pipelined
- * requests) stay with the caller until it asks for the next one. */
+ * requests) stay with the caller until it asks for the next one. What the buffers hold
+ * is http_parser_held (the pre-auth budget counts it). */
 #ifndef GALE_HTTP_PARSER_H
 #define GALE_HTTP_PARSER_H
 
@@ -47,12 +48,17 @@ struct http_parser {
     int last;                      /* kind of the last field piece */
     int limit_status;              /* 413/431 when a limit stopped llhttp */
     bool in_headers_pause;         /* paused after headers for 100-continue */
+    bool in_message;               /* a request has begun and is not complete yet */
     uint64_t nreq;
     char why[160];
 };
 
 void http_parser_init(struct http_parser *p, size_t max_header_bytes, size_t max_body_bytes);
 void http_parser_fini(struct http_parser *p);
+/* The memory the parser holds for the request being assembled (or the last one, until
+ * the next call): its head and body buffers. Buffers over a few kB are given back
+ * before the next request starts. */
+size_t http_parser_held(const struct http_parser *p);
 /* Parses data[0..len); *used is set to the bytes consumed (all of them on NEED_MORE). */
 enum http_parse_rc http_parser_feed(struct http_parser *p, const uint8_t *data, size_t len,
                                     size_t *used, int *status, const char **why);

@@ -98,7 +98,7 @@ int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id
     /* as broker_session_unsubscribe, but the row's deletion joins the caller's ticket */
     if (!s || mqtt_router_unsubscribe(b->router, filter, strlen(filter), s) != 1)
         return GW_ENOENT;
-    s->nsubs--;
+    broker_session_count_sub(s, filter, strlen(filter), -1);
     if (!s->clean)
         ticket_add(t, b->store.delete_session_sub(b->store.ctx, s->client_id, filter));
     return 0;

@@ -13,6 +13,14 @@
  * writes only the filters it changed. Writes made while routing a message join its
  * publisher's ticket (b->ticket).
  *
+ * What waits for a subscriber (its queue, and the retained messages a SUBSCRIBE matched,
+ * kept apart in its backlog and never counted against the queue's limits) goes out as the
+ * in-flight window and its socket allow: pump runs again on each ack that frees a slot and
+ * when a socket past its send budget has drained (conn_when_drained). Per-identity bounds
+ * live here too: subscription bytes and levels, queued bytes, connections per device or
+ * application, QoS 2 ids awaiting PUBREL, anonymous persistent sessions; and the checks
+ * every message from a client passes, a PUBLISH and the will alike (broker_publish_check).
+ *
  * A connection that closes while routing or its packets run (a slow subscriber cut off, a
  * failed send) keeps its MQTT state until its close callback (gateway/conn.h), which runs
  * when no code of the broker is on the stack: it is finished (will, session detach,
@@ -36,6 +44,7 @@
 #include "base/err.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
+#include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
@@ -157,15 +166,111 @@ static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
     return s->conn->c->send_queued_bytes > send_budget(b);
 }
 
-/* Moves queued messages into free in-flight slots while the connection keeps up. */
+static size_t msg_bytes(const struct msg *m)
+{
+    return strlen(m->topic) + m->payload_len;
+}
+
+static void queue_push(struct mqtt_session *s, struct out_msg *o)
+{
+    list_push_back(&s->queue, &o->link);
+    s->queued_bytes += msg_bytes(o->m);
+}
+
+static void queue_remove(struct mqtt_session *s, struct out_msg *o)
+{
+    list_remove(&s->queue, &o->link);
+    s->queued_bytes -= msg_bytes(o->m);
+    if (s->backlog && s->backlog->ahead > s->queue.len)
+        s->backlog->ahead = s->queue.len; /* one of those was dropped */
+}
+
+/* Whether s may get a message on topic: its filter was allowed, but a rule may deny this
+ * topic, and an anonymous wildcard may reach a provisioned device's commands. */
+static bool may_receive(struct mqtt_broker *b, const struct mqtt_session *s, const char *topic)
+{
+    if (acl_has_subscribe_denials(b->acl) &&
+        !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
+                   s->device[0] ? s->device : NULL, topic, strlen(topic), ACL_SUBSCRIBE))
+        return false;
+    return s->role != ACL_ROLE_ANONYMOUS ||
+           !broker_anon_denied(b, topic, strlen(topic), ACL_SUBSCRIBE);
+}
+
+static bool backlog_waits(const struct mqtt_session *s)
+{
+    return s->backlog && s->backlog->head < s->backlog->n;
+}
+
+static void backlog_free(struct mqtt_session *s)
+{
+    struct ret_backlog *bl = s->backlog;
+    if (!bl)
+        return;
+    for (size_t i = bl->head; i < bl->n; i++)
+        msg_unref(bl->e[i].m);
+    free(bl->e);
+    free(bl);
+    s->backlog = NULL;
+}
+
+/* Sends the next retained message of the backlog when it is still its topic's (a newer
+ * one, or its clearing, reached s as a live message, queued behind); false when the
+ * in-flight window is full. */
+static bool backlog_send_one(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    struct ret_backlog *bl = s->backlog;
+    struct ret_entry e = bl->e[bl->head];
+    const struct retained *r;
+
+    if (e.qos > 0 && s->ninflight >= b->gw->cfg->mqtt.max_inflight)
+        return false;
+    bl->head++;
+    r = map_get(&b->retained.by_topic, e.m->topic, strlen(e.m->topic));
+    if (r && r->m == e.m && may_receive(b, s, e.m->topic)) {
+        if (e.qos == 0) {
+            send_publish(b, s->conn, e.m, 0, true, false, 0);
+        } else {
+            struct out_msg *o = xcalloc(1, sizeof *o);
+            o->m = msg_ref(e.m);
+            o->qos = e.qos;
+            o->retain = true;
+            number_msg(s, o);
+            send_inflight(b, s, o); /* stores it, marked sent */
+        }
+    }
+    msg_unref(e.m);
+    if (bl->head == bl->n)
+        backlog_free(s);
+    return true;
+}
+
+static void on_drained(struct conn *c);
+
+/* Sends what waits while the connection keeps up: queued messages older than the retained
+ * backlog, the backlog, then the rest of the queue, QoS 1/2 into free in-flight slots.
+ * Past the send budget it goes on once the socket drained (on_drained); a full window goes
+ * on with the acks that free it. */
 static void pump(struct mqtt_broker *b, struct mqtt_session *s)
 {
     size_t max = b->gw->cfg->mqtt.max_inflight;
-    while (s->conn && !s->conn->c->closing && s->queue.head && !over_budget(b, s)) {
-        struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
+    while (s->conn && !s->conn->c->closing && (s->queue.head || backlog_waits(s))) {
+        struct out_msg *o;
+        if (over_budget(b, s)) {
+            conn_when_drained(s->conn->c, send_budget(b) / 2, on_drained);
+            break;
+        }
+        if (backlog_waits(s) && s->backlog->ahead == 0) {
+            if (!backlog_send_one(b, s))
+                break;
+            continue;
+        }
+        o = list_entry(s->queue.head, struct out_msg, link);
         if (o->qos > 0 && s->ninflight >= max)
             break;
-        list_remove(&s->queue, &o->link);
+        if (s->backlog && s->backlog->ahead)
+            s->backlog->ahead--;
+        queue_remove(s, o);
         if (o->qos == 0) {
             send_publish(b, s->conn, o->m, 0, o->retain, false, 0);
             out_free(o);
@@ -173,6 +278,14 @@ static void pump(struct mqtt_broker *b, struct mqtt_session *s)
             send_inflight(b, s, o);
         }
     }
+}
+
+/* The socket of a subscriber that was past its send budget drained: what waits goes on. */
+static void on_drained(struct conn *c)
+{
+    struct mqtt_conn *mc = c->proto == &mqtt_proto ? c->proto_state : NULL;
+    if (mc && mc->sess && mc->sess->conn == mc)
+        pump(mc->b, mc->sess);
 }
 
 static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
@@ -189,7 +302,7 @@ static bool drop_oldest_qos0(struct mqtt_session *s)
         struct out_msg *o = list_entry(l, struct out_msg, link);
         if (o->qos != 0)
             continue;
-        list_remove(&s->queue, &o->link);
+        queue_remove(s, o);
         out_free(o);
         return true;
     }
@@ -198,13 +311,24 @@ static bool drop_oldest_qos0(struct mqtt_session *s)
 
 static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char *why)
 {
+    const struct config *cfg = b->gw->cfg;
     s->dropped++;
     b->gw->metrics.mqtt_dropped++;
     if (!s->drop_logged) {
         s->drop_logged = true;
-        log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu",
-                 log_q(s->client_id), why, s->queue.len, b->gw->cfg->mqtt.max_queued);
+        log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu "
+                 "queued_bytes=%zu limit_bytes=%zu",
+                 log_q(s->client_id), why, s->queue.len, cfg->mqtt.max_queued, s->queued_bytes,
+                 cfg->mqtt.max_queued_bytes);
     }
+}
+
+/* Whether one more message of bytes fits the session's queue limits. */
+static bool queue_fits(const struct mqtt_broker *b, const struct mqtt_session *s, size_t bytes)
+{
+    const struct config *cfg = b->gw->cfg;
+    return s->queue.len < cfg->mqtt.max_queued &&
+           (!cfg->mqtt.max_queued_bytes || s->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
 }
 
 /* Delivers m to session s with effective qos. */
@@ -212,17 +336,14 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
                     bool retain)
 {
     struct out_msg *o;
-    size_t max_queued = b->gw->cfg->mqtt.max_queued;
+    size_t bytes = msg_bytes(m);
+    /* retained messages a SUBSCRIBE matched go first: what follows them waits */
+    bool behind = s->queue.head || backlog_waits(s);
 
-    if (acl_has_subscribe_denials(b->acl) &&
-        !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                   s->device[0] ? s->device : NULL, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
-        return; /* a rule denies this topic to s, though its filter was allowed */
-    if (s->role == ACL_ROLE_ANONYMOUS &&
-        broker_anon_denied(b, m->topic, strlen(m->topic), ACL_SUBSCRIBE))
-        return; /* a wildcard reached a provisioned device's commands */
+    if (!may_receive(b, s, m->topic))
+        return;
 
-    if (s->conn && qos == 0 && !s->queue.head) {
+    if (s->conn && qos == 0 && !behind) {
         if (over_budget(b, s)) {
             count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
             return;
@@ -236,16 +357,21 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     o->m = msg_ref(m);
     o->qos = qos;
     o->retain = retain;
-    if (s->conn && qos > 0 && !s->queue.head && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
+    if (s->conn && qos > 0 && !behind && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
         !over_budget(b, s)) {
         number_msg(s, o);
         send_inflight(b, s, o); /* stores it, marked sent */
         return;
     }
-    if (s->queue.len >= max_queued) {
-        /* the oldest QoS 0 message makes room; failing that, the new one is dropped */
-        count_drop(b, s, "session queue full");
-        if (!drop_oldest_qos0(s)) {
+    if (!queue_fits(b, s, bytes)) {
+        bool by_bytes = s->queue.len < b->gw->cfg->mqtt.max_queued;
+        /* the oldest QoS 0 messages make room; failing that, the new one is dropped */
+        count_drop(b, s, by_bytes ? "session queue bytes full" : "session queue full");
+        if (by_bytes)
+            b->gw->metrics.mqtt_refused_queue_bytes++;
+        while (!queue_fits(b, s, bytes) && drop_oldest_qos0(s))
+            ;
+        if (!queue_fits(b, s, bytes)) {
             out_free(o);
             /* a live subscriber that lets QoS 1/2 pile up past the limit is cut off */
             if (qos > 0 && s->conn)
@@ -256,7 +382,7 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     number_msg(s, o);
     if (o->store_id)
         store_msg(b, s, o);
-    list_push_back(&s->queue, &o->link);
+    queue_push(s, o);
     if (s->conn)
         pump(b, s);
 }
@@ -277,6 +403,48 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
 }
 
 /* ---- connections ---- */
+
+/* Connections of one device or application (mqtt.max_connections_per_identity). */
+struct identity {
+    size_t conns;
+    char name[]; /* its username; map key */
+};
+
+/* Adds delta to the connections of mc's identity (anonymous clients are not counted: one
+ * client id has one connection at most). */
+static void identity_count(struct mqtt_broker *b, const struct mqtt_conn *mc, int delta)
+{
+    size_t n = strlen(mc->username);
+    struct identity *id;
+    if (mc->role == ACL_ROLE_ANONYMOUS || n == 0)
+        return;
+    id = map_get(&b->identities, mc->username, n);
+    if (!id) {
+        id = xcalloc(1, sizeof *id + n + 1);
+        memcpy(id->name, mc->username, n);
+        map_put(&b->identities, id->name, n, id);
+    }
+    id->conns = delta > 0 ? id->conns + 1 : id->conns - 1;
+    if (id->conns == 0) {
+        map_del(&b->identities, id->name, n);
+        free(id);
+    }
+}
+
+size_t broker_identity_conns(struct mqtt_broker *b, const char *username)
+{
+    const struct identity *id = map_get(&b->identities, username, strlen(username));
+    return id ? id->conns : 0;
+}
+
+void broker_conn_connected(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    mc->connected = true;
+    if (++b->connected > b->max_connected)
+        b->max_connected = b->connected;
+    identity_count(b, mc, 1);
+}
 
 struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
 {
@@ -304,11 +472,21 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
                  (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
                  (unsigned long long)mc->bad_telemetry);
     if (mc->connected) {
+        struct mqtt_will *w = mc->will;
         b->connected--;
-        if (mc->will && !mc->got_disconnect) { /* [MQTT-3.1.2-8] */
-            mqtt_broker_publish(b->gw, MSG_PLAIN, mc->c->device, mc->will->topic,
-                                mc->will->payload, mc->will->len, mc->will->qos,
-                                mc->will->retain);
+        identity_count(b, mc, -1);
+        /* [MQTT-3.1.2-8]; published as the client's own PUBLISH would be, or not at all */
+        if (w && !mc->got_disconnect) {
+            if (broker_publish_check(mc, w->topic, w->len, w->retain) == PUBLISH_OK) {
+                mqtt_broker_publish(b->gw, MSG_PLAIN, mc->c->device, w->topic, w->payload,
+                                    w->len, w->qos, w->retain);
+            } else {
+                b->gw->metrics.mqtt_wills_dropped++;
+                log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" will not published "
+                         "topic=\"%s\" reason=\"refused as a publish would be\"",
+                         (unsigned long long)mc->c->id, mc->c->peer,
+                         log_q(mc->sess->client_id), log_q(w->topic));
+            }
         }
         if (mc->sess && mc->sess->conn == mc)
             broker_session_detach(b, mc->sess);
@@ -457,35 +635,73 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
 }
 
 struct retained_hits {
-    struct msg **m;             /* references held */
-    uint8_t *qos;
-    size_t n, cap;
+    struct ret_backlog *bl;
+    uint8_t qos;                /* granted */
 };
 
 static void collect_retained(void *ctx, struct retained *r)
 {
     struct retained_hits *h = ctx;
-    if (h->n == h->cap) {
-        h->cap = h->cap ? h->cap * 2 : 16;
-        h->m = xrealloc(h->m, h->cap * sizeof *h->m);
-        h->qos = xrealloc(h->qos, h->cap);
+    struct ret_backlog *bl = h->bl;
+    if (bl->n == bl->cap) {
+        bl->cap = bl->cap ? bl->cap * 2 : 16;
+        bl->e = xrealloc(bl->e, bl->cap * sizeof *bl->e);
     }
-    h->m[h->n] = msg_ref(r->m);
-    h->qos[h->n++] = r->qos;
+    bl->e[bl->n++] = (struct ret_entry){msg_ref(r->m), r->qos < h->qos ? r->qos : h->qos};
+}
+
+static int entry_cmp(const void *a, const void *b)
+{
+    const struct ret_entry *x = a, *y = b;
+    return x->m < y->m ? -1 : x->m > y->m;
+}
+
+/* Keeps each waiting message once, with the highest QoS asked for it (the order of
+ * different topics' retained messages is free). */
+static void backlog_dedup(struct ret_backlog *bl)
+{
+    size_t out = bl->head;
+    qsort(bl->e + bl->head, bl->n - bl->head, sizeof *bl->e, entry_cmp);
+    for (size_t i = bl->head; i < bl->n; i++) {
+        if (out > bl->head && bl->e[out - 1].m == bl->e[i].m) {
+            if (bl->e[i].qos > bl->e[out - 1].qos)
+                bl->e[out - 1].qos = bl->e[i].qos;
+            msg_unref(bl->e[i].m);
+            continue;
+        }
+        bl->e[out++] = bl->e[i];
+    }
+    bl->n = out;
 }
 
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                           size_t len, uint8_t qos)
 {
-    struct retained_hits h = {0};
-    /* collected first: delivering must not run inside the walk */
-    retained_match(&b->retained, filter, len, collect_retained, &h);
-    for (size_t i = 0; i < h.n; i++) {
-        deliver(b, s, h.m[i], h.qos[i] < qos ? h.qos[i] : qos, true);
-        msg_unref(h.m[i]);
+    struct retained_hits h = {s->backlog, qos};
+    bool had = h.bl != NULL;
+
+    if (!h.bl) {
+        h.bl = xcalloc(1, sizeof *h.bl);
+        h.bl->ahead = s->queue.len; /* queued before the SUBSCRIBE: they go first */
     }
-    free(h.m);
-    free(h.qos);
+    /* collected first (references held): sending must not run inside the walk, and goes
+     * as the window and the socket allow */
+    retained_match(&b->retained, filter, len, collect_retained, &h);
+    if (h.bl->head == h.bl->n) {
+        s->backlog = h.bl;
+        backlog_free(s);
+        return;
+    }
+    /* memory: duplicates (a message several filters match) are dropped each time the
+     * backlog doubled since the last check, so it holds at most twice the messages it names */
+    if (had && h.bl->n - h.bl->head > 2 * h.bl->checked) {
+        backlog_dedup(h.bl);
+        h.bl->checked = h.bl->n - h.bl->head;
+    } else if (!had) {
+        h.bl->checked = h.bl->n; /* one filter matches each retained message once */
+    }
+    s->backlog = h.bl;
+    pump(b, s);
 }
 
 void mqtt_broker_publish(struct gw *gw, enum msg_kind kind, const char *device, const char *topic,
@@ -532,9 +748,10 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
 /* Frees the session's memory only (shutdown, or after it was unlinked). */
 static void session_release(struct mqtt_session *s)
 {
+    backlog_free(s);
     while (s->queue.head) {
         struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
-        list_remove(&s->queue, &o->link);
+        queue_remove(s, o);
         out_free(o);
     }
     for (size_t i = 0; i < s->ninflight; i++)
@@ -551,6 +768,8 @@ uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
     uint64_t seq = 0;
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
+    if (s->qos2_watched)
+        list_remove(&b->qos2_watch, &s->watch_link);
     if (!s->clean) { /* joins the ticket of what is being done (a device deleted), if any */
         seq = b->store.delete_session(b->store.ctx, s->client_id);
         ticket_add(b->ticket, seq);
@@ -614,12 +833,59 @@ void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s)
     cJSON_Delete(root);
 }
 
+/* Levels of a filter: a/b/# is 3. */
+static uint32_t filter_levels(const char *filter, size_t len)
+{
+    uint32_t n = 1;
+    for (size_t i = 0; i < len; i++)
+        n += filter[i] == '/';
+    return n;
+}
+
+void broker_session_count_sub(struct mqtt_session *s, const char *filter, size_t len, int sign)
+{
+    uint32_t levels = filter_levels(filter, len);
+    if (sign > 0) {
+        s->nsubs++;
+        s->sub_bytes += (uint32_t)len;
+        s->sub_levels += levels;
+    } else {
+        s->nsubs--;
+        s->sub_bytes -= (uint32_t)len;
+        s->sub_levels -= levels;
+    }
+}
+
+const char *broker_subscribe_room(struct mqtt_broker *b, const struct mqtt_session *s,
+                                  const char *filter, size_t len, size_t *limit)
+{
+    const struct config *cfg = b->gw->cfg;
+    if (s->nsubs >= cfg->mqtt.max_subscriptions) {
+        b->gw->metrics.mqtt_refused_subscriptions++;
+        *limit = cfg->mqtt.max_subscriptions;
+        return "mqtt.max_subscriptions";
+    }
+    if (cfg->mqtt.max_subscription_bytes &&
+        s->sub_bytes + len > cfg->mqtt.max_subscription_bytes) {
+        b->gw->metrics.mqtt_refused_sub_bytes++;
+        *limit = cfg->mqtt.max_subscription_bytes;
+        return "mqtt.max_subscription_bytes";
+    }
+    if (cfg->mqtt.max_subscription_levels &&
+        s->sub_levels + filter_levels(filter, len) > cfg->mqtt.max_subscription_levels) {
+        b->gw->metrics.mqtt_refused_sub_levels++;
+        *limit = cfg->mqtt.max_subscription_levels;
+        return "mqtt.max_subscription_levels";
+    }
+    return NULL;
+}
+
 void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                               size_t len, uint8_t qos)
 {
     char *f;
     if (mqtt_router_subscribe(b->router, filter, len, s, qos) == 1)
-        s->nsubs++;
+        broker_session_count_sub(s, filter, len, 1);
     if (s->clean)
         return;
     f = xstrndup(filter, len);
@@ -633,7 +899,7 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
     char *f;
     if (mqtt_router_unsubscribe(b->router, filter, len, s) != 1)
         return false;
-    s->nsubs--;
+    broker_session_count_sub(s, filter, len, -1);
     if (!s->clean) {
         f = xstrndup(filter, len);
         b->store.delete_session_sub(b->store.ctx, s->client_id, f);
@@ -650,15 +916,20 @@ static bool session_of(const struct mqtt_session *s, const char *id)
     return s->role != ACL_ROLE_ANONYMOUS && strcmp(s->username, id) == 0;
 }
 
-int broker_session_make_room(struct mqtt_broker *b, const char *device)
+int broker_session_make_room(struct mqtt_broker *b, enum acl_role role, const char *username)
 {
-    size_t limit = b->gw->cfg->limits.max_sessions_per_device, it = 0, n = 0;
+    bool anon = role == ACL_ROLE_ANONYMOUS;
+    const struct config *cfg = b->gw->cfg;
+    size_t limit = anon ? cfg->mqtt.max_anonymous_sessions : cfg->limits.max_sessions_per_device;
+    size_t it = 0, n = 0;
     struct mqtt_session *oldest = NULL;
     void *v;
 
+    if (limit == 0)
+        return 0;
     while (map_next(&b->sessions, &it, NULL, &v)) {
         struct mqtt_session *s = v;
-        if (s->clean || !session_of(s, device))
+        if (s->clean || (anon ? s->role != ACL_ROLE_ANONYMOUS : !session_of(s, username)))
             continue;
         n++;
         if (!s->conn && (!oldest || s->seen_ms < oldest->seen_ms))
@@ -668,9 +939,15 @@ int broker_session_make_room(struct mqtt_broker *b, const char *device)
         return 0;
     if (!oldest)
         return GW_ELIMIT;
-    log_info("mqtt client=\"%s\" device=%s session deleted reason=\"limits.max_sessions_per_device "
-             "reached: a new session replaces the one unused longest\" limit=%zu",
-             log_q(oldest->client_id), device, limit);
+    if (anon)
+        log_info("mqtt client=\"%s\" session deleted reason=\"mqtt.max_anonymous_sessions "
+                 "reached: a new session replaces the one unused longest\" limit=%zu",
+                 log_q(oldest->client_id), limit);
+    else
+        log_info("mqtt client=\"%s\" device=%s session deleted "
+                 "reason=\"limits.max_sessions_per_device reached: a new session replaces the "
+                 "one unused longest\" limit=%zu",
+                 log_q(oldest->client_id), username, limit);
     broker_session_free(b, oldest);
     return 0;
 }
@@ -714,6 +991,127 @@ size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
     }
     free(fs.f);
     return dropped;
+}
+
+enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topic,
+                                          size_t payload_len, bool retain)
+{
+    struct mqtt_broker *b = mc->b;
+    struct gw *gw = b->gw;
+    const char *client = mc->sess ? mc->sess->client_id : "";
+    const char *why;
+    size_t len = strlen(topic);
+    enum guard_rate rate;
+
+    if (mc->c->device[0] &&
+        (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
+        if (log_refusal(mc->c->peer, "rate limited"))
+            log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
+                     (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
+                     rate == GUARD_RATE_DROP ? "drop" : "disconnect",
+                     gw->cfg->limits.device_rate_msgs_per_s);
+        return rate == GUARD_RATE_DISCONNECT ? PUBLISH_CLOSE : PUBLISH_DROP;
+    }
+    if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, topic, len, ACL_PUBLISH)) ||
+        !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, client,
+                   mc->c->device[0] ? mc->c->device : NULL, topic, len, ACL_PUBLISH)) {
+        b->acl_denied++;
+        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
+            log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic));
+        return PUBLISH_DROP;
+    }
+    if (retain && !broker_retained_room(b, topic, payload_len, &why)) {
+        b->retained_refused++;
+        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "retained refused"))
+            log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" retained publish dropped "
+                     "topic=\"%s\" reason=\"%s\"",
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic),
+                     why);
+        return PUBLISH_DROP;
+    }
+    return PUBLISH_OK;
+}
+
+/* ---- incoming QoS 2 ids ---- */
+
+/* Index of id in s->qos2_in, or of where it would go. */
+static size_t qos2_index(const struct mqtt_session *s, uint16_t id)
+{
+    size_t lo = 0, hi = s->nqos2_in;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->qos2_in[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+struct qos2_in *broker_qos2_find(struct mqtt_session *s, uint16_t id)
+{
+    size_t i = qos2_index(s, id);
+    return i < s->nqos2_in && s->qos2_in[i].id == id ? &s->qos2_in[i] : NULL;
+}
+
+void broker_qos2_add(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id,
+                     const struct ticket *t)
+{
+    size_t i = qos2_index(s, id);
+    if (i < s->nqos2_in && s->qos2_in[i].id == id) {
+        s->qos2_in[i] = (struct qos2_in){id, false, *t};
+    } else {
+        if (s->nqos2_in == s->qos2_cap) {
+            s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
+            s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
+        }
+        memmove(&s->qos2_in[i + 1], &s->qos2_in[i], (s->nqos2_in - i) * sizeof *s->qos2_in);
+        s->qos2_in[i] = (struct qos2_in){id, false, *t};
+        s->nqos2_in++;
+    }
+    if (ticket_empty(t) || t->last <= b->gw->durable_seq)
+        return;
+    /* its writes are not reported yet: a failure marks it, whatever happens to the
+     * connection meanwhile (on_settled) */
+    if (t->last > s->qos2_last)
+        s->qos2_last = t->last;
+    if (!s->qos2_watched) {
+        s->qos2_watched = true;
+        list_push_back(&b->qos2_watch, &s->watch_link);
+    }
+}
+
+void broker_qos2_remove(struct mqtt_session *s, uint16_t id)
+{
+    size_t i = qos2_index(s, id);
+    if (i < s->nqos2_in && s->qos2_in[i].id == id) {
+        memmove(&s->qos2_in[i], &s->qos2_in[i + 1], (s->nqos2_in - i - 1) * sizeof *s->qos2_in);
+        s->nqos2_in--;
+    }
+}
+
+/* Storage reported the writes (from, upto]: the QoS 2 ids whose first copy had a failed
+ * write among them are marked, and sessions whose ids are all reported are let go. */
+static void on_settled(void *ctx, uint64_t from, uint64_t upto, int ok)
+{
+    struct mqtt_broker *b = ctx;
+    struct list_link *l = b->qos2_watch.head;
+    while (l) {
+        struct mqtt_session *s = list_entry(l, struct mqtt_session, watch_link);
+        l = l->next;
+        if (!ok) {
+            for (size_t i = 0; i < s->nqos2_in; i++) {
+                struct qos2_in *q = &s->qos2_in[i];
+                if (!ticket_empty(&q->t) && q->t.first <= upto && q->t.last > from)
+                    q->failed = true;
+            }
+        }
+        if (s->qos2_last <= upto) {
+            list_remove(&b->qos2_watch, &s->watch_link);
+            s->qos2_watched = false;
+        }
+    }
 }
 
 bool broker_anon_denied(const struct mqtt_broker *b, const char *topic, size_t len,
@@ -980,7 +1378,7 @@ static void on_session_sub_loaded(void *ctx, const char *client_id, const char *
     struct mqtt_broker *b = ctx;
     struct mqtt_session *s = broker_session_get(b, client_id);
     if (s && mqtt_router_subscribe(b->router, filter, strlen(filter), s, qos) == 1)
-        s->nsubs++;
+        broker_session_count_sub(s, filter, strlen(filter), 1);
 }
 
 static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
@@ -1003,7 +1401,7 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     o->store_id = msg_id;
     if (msg_id > s->next_store_id)
         s->next_store_id = msg_id;
-    list_push_back(&s->queue, &o->link);
+    queue_push(s, o);
 }
 
 struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *store)
@@ -1016,6 +1414,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->router = mqtt_router_new();
     map_init(&b->sessions);
     map_init(&b->retained_use);
+    map_init(&b->identities);
     retained_init(&b->retained);
     b->acl = acl_new(gw->cfg->mqtt.acl_json, err, sizeof err);
     if (!b->acl) {
@@ -1032,6 +1431,8 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     }
     check_loaded_sessions(b);
     bus_add_sink(gw->bus, "mqtt", sink_mqtt, b);
+    gw->on_settled = on_settled;
+    gw->settled_ctx = b;
     if (gw->cfg->mqtt.session_expiry_s > 0) { /* checked ten times per expiry, 1 s..60 s */
         uint64_t every = (uint64_t)gw->cfg->mqtt.session_expiry_s * 100;
         every = every < 1000 ? 1000 : every > 60000 ? 60000 : every;
@@ -1065,6 +1466,12 @@ void mqtt_broker_free(struct mqtt_broker *b)
     while (map_next(&b->retained_use, &it, NULL, &v))
         free(v);
     map_fini(&b->retained_use);
+    it = 0;
+    while (map_next(&b->identities, &it, NULL, &v))
+        free(v);
+    map_fini(&b->identities);
+    if (b->gw->settled_ctx == b)
+        b->gw->on_settled = NULL;
     retained_fini(&b->retained);
     mqtt_router_free(b->router);
     acl_free(b->acl);

@@ -37,11 +37,30 @@ struct out_msg {
     struct list_link link;  /* in the session's queue while queued */
 };
 
-/* An incoming QoS 2 packet id between its PUBLISH and PUBREL. */
+/* An incoming QoS 2 packet id between its PUBLISH and PUBREL (a session's are sorted by
+ * id). */
 struct qos2_in {
     uint16_t id;
+    bool failed;            /* storage reported a write of t failed: a resend is taken as a
+                             * first copy (stored, then PUBREC'd) */
     struct ticket t;        /* the writes of its first copy: a resend is PUBREC'd only once
-                             * they are durable, and the id is forgotten if they failed */
+                             * they are durable */
+};
+
+/* Retained messages a SUBSCRIBE matched, sent as the in-flight window and the socket allow
+ * (pump), each only while it is still the topic's retained message. Each filter adds its
+ * matches (a message two filters match may be sent twice, as Mosquitto does); duplicates
+ * are removed each time the backlog doubled, so it holds at most twice as many entries as
+ * retained messages it names. */
+struct ret_entry {
+    struct msg *m;          /* reference held */
+    uint8_t qos;            /* min(retained QoS, granted QoS) */
+};
+struct ret_backlog {
+    struct ret_entry *e;    /* [head, n) wait */
+    size_t head, n, cap;
+    size_t ahead;           /* queued messages older than the SUBSCRIBE: sent first */
+    size_t checked;         /* entries waiting after the last duplicate check */
 };
 
 /* A session, clean or persistent: one per client id, so one per connection at least. Its
@@ -56,11 +75,18 @@ struct mqtt_session {
                                  * connection, oldest first */
     struct out_msg **inflight;  /* sent, unacknowledged, in send order (mqtt.max_inflight
                                  * + 1 slots, allocated with the first send) */
-    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL */
+    struct qos2_in *qos2_in;    /* incoming QoS 2 ids between PUBLISH and PUBREL, by id
+                                 * (at most mqtt.max_qos2_pending) */
+    struct ret_backlog *backlog; /* retained messages still to send, or NULL */
+    struct list_link watch_link; /* in b->qos2_watch while qos2_watched */
+    uint64_t qos2_last;         /* highest write seq of its QoS 2 ids not yet reported */
+    size_t queued_bytes;        /* topics and payloads in queue (mqtt.max_queued_bytes) */
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
     int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
     uint32_t nsubs;             /* subscriptions held (mqtt.max_subscriptions) */
+    uint32_t sub_bytes;         /* bytes of their filters (mqtt.max_subscription_bytes) */
+    uint32_t sub_levels;        /* levels of their filters (mqtt.max_subscription_levels) */
     uint32_t nqos2_in, qos2_cap;
     uint16_t ninflight;         /* at most mqtt.max_inflight (65535) */
     uint16_t next_id;           /* last packet id handed out */
@@ -69,6 +95,7 @@ struct mqtt_session {
                                  * identity may take it over or resume it */
     bool clean;                 /* clean session: discarded at disconnect */
     bool drop_logged;           /* one log line per overflow episode */
+    bool qos2_watched;          /* in b->qos2_watch: storage reports may fail its ids */
     char id[];                  /* the client id, NUL-terminated */
 };
 
@@ -114,6 +141,8 @@ struct mqtt_broker {
     struct list conns;          /* struct mqtt_conn open (not closed) */
     struct map retained_use;    /* device id -> struct retained_use: its namespace's share */
     uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
+    struct map identities;      /* username -> struct identity: its connections past CONNACK */
+    struct list qos2_watch;     /* sessions with QoS 2 ids whose writes are not reported yet */
 };
 
 /* A will message: kept from CONNECT until the connection ends. */
@@ -155,10 +184,39 @@ struct mqtt_conn {
 
 /* ---- per-identity limits and ACL completeness (broker.c) ---- */
 
-/* limits.max_sessions_per_device: makes room for a new persistent session of device (its
- * registry id). At the limit the device's offline session unused longest is deleted (with
- * what it holds, logged); returns GW_ELIMIT when every one of them is connected, else 0. */
-int broker_session_make_room(struct mqtt_broker *b, const char *device);
+/* limits.max_sessions_per_device (a device or application: username is its registry id)
+ * or mqtt.max_anonymous_sessions (role anonymous: all anonymous clients together): makes
+ * room for a new persistent session. At the limit the offline session unused longest is
+ * deleted (with what it holds, logged); returns GW_ELIMIT when every one of them is
+ * connected, else 0. */
+int broker_session_make_room(struct mqtt_broker *b, enum acl_role role, const char *username);
+/* MQTT connections past CONNACK that username (a device or application) holds now. */
+size_t broker_identity_conns(struct mqtt_broker *b, const char *username);
+/* mc was accepted (CONNACK 0 is going out): counted as connected, and for its identity. */
+void broker_conn_connected(struct mqtt_conn *mc);
+
+/* What a PUBLISH (or a will) from mc may do. */
+enum publish_verdict {
+    PUBLISH_OK = 0,
+    PUBLISH_DROP,           /* refused (rate, ACL, a provisioned device's namespace, a
+                             * retained quota): counted and logged, not routed; a PUBLISH
+                             * is still acknowledged (3.1.1 has no negative ack) */
+    PUBLISH_CLOSE,          /* over the device rate with action disconnect */
+};
+/* The checks every message from a client passes before it is routed, a PUBLISH and the
+ * will alike: the device rate (limits.device_rate_msgs_per_s), the ACL, an anonymous
+ * client kept out of provisioned devices' namespaces (broker_anon_denied) and the retained
+ * quotas of devices (broker_retained_room) for a retained one. topic is the name routed
+ * (NUL-terminated). Refusals are counted and the first of each connection logged. */
+enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topic,
+                                          size_t payload_len, bool retain);
+
+/* ---- incoming QoS 2 ids of a session (broker.c; sorted, found by binary search) ---- */
+struct qos2_in *broker_qos2_find(struct mqtt_session *s, uint16_t id);
+/* Adds id with the ticket of its first copy; storage reports for t mark it failed. */
+void broker_qos2_add(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id,
+                     const struct ticket *t);
+void broker_qos2_remove(struct mqtt_session *s, uint16_t id);
 /* Drops the subscriptions of s that its identity may no longer hold (the ACL changed, an
  * anonymous filter names a provisioned device's commands), each with a log line and its
  * stored row deleted. Returns how many were dropped. */
@@ -220,6 +278,14 @@ void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s);
  * counts a new filter. A persistent session writes that one subscription. */
 void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                               size_t len, uint8_t qos);
+/* Whether s may hold one more filter (len bytes, valid): NULL, or the config key of the
+ * limit it would pass (mqtt.max_subscriptions, mqtt.max_subscription_bytes,
+ * mqtt.max_subscription_levels), counted in metrics, with the limit in *limit. */
+const char *broker_subscribe_room(struct mqtt_broker *b, const struct mqtt_session *s,
+                                  const char *filter, size_t len, size_t *limit);
+/* Counts (sign 1) or uncounts (-1) a subscription of s to filter in its nsubs, sub_bytes
+ * and sub_levels. */
+void broker_session_count_sub(struct mqtt_session *s, const char *filter, size_t len, int sign);
 /* Removes s's subscription to filter: true when it had one (then a persistent session
  * deletes that one row). */
 bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
@@ -228,7 +294,8 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
 void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
-/* Sends retained messages matching filter to s with at most qos. */
+/* Adds the retained messages matching filter, with at most qos, to s's backlog and sends
+ * what the in-flight window and the socket allow now; the rest follows (pump). */
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                           size_t len, uint8_t qos);
 

@@ -8,7 +8,9 @@
  * storage write (telemetry, a retained message, offline persistent sessions' queues,
  * a new device) is durable (gw_await_durable).
  * A resent QoS 2 PUBLISH is PUBREC'd once its first copy is durable; if that copy
- * failed, its id is forgotten, so the next resend is stored.
+ * failed (storage reports mark the session's id, whatever became of the connection), the
+ * resend is taken as a first copy and stored. A session holds at most
+ * mqtt.max_qos2_pending ids awaiting PUBREL; a client that opens one more is closed.
  * A telemetry payload that does not decode is never acknowledged as if stored: by
  * default (mqtt.invalid_telemetry = disconnect) it gets no PUBACK/PUBREC, is not routed,
  * and the connection closes once the acks of earlier messages are out; with ack it is
@@ -73,32 +75,6 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc)
     }
 }
 
-/* ---- incoming QoS 2 ids ---- */
-
-static struct qos2_in *qos2_find(struct mqtt_session *s, uint16_t id)
-{
-    for (size_t i = 0; i < s->nqos2_in; i++)
-        if (s->qos2_in[i].id == id)
-            return &s->qos2_in[i];
-    return NULL;
-}
-
-static void qos2_add(struct mqtt_session *s, uint16_t id, const struct ticket *t)
-{
-    if (s->nqos2_in == s->qos2_cap) {
-        s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
-        s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
-    }
-    s->qos2_in[s->nqos2_in++] = (struct qos2_in){id, *t};
-}
-
-static void qos2_remove(struct mqtt_session *s, uint16_t id)
-{
-    struct qos2_in *q = qos2_find(s, id);
-    if (q)
-        *q = s->qos2_in[--s->nqos2_in];
-}
-
 /* ---- acks after durability ---- */
 
 static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
@@ -113,7 +89,7 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
     }
     if (!ok) { /* not stored: no ack, so the client sends it again */
         if (tag & TAG_PUBREC) /* ... and that copy must be stored, not taken for a duplicate */
-            qos2_remove(mc->sess, id);
+            broker_qos2_remove(mc->sess, id);
         /* 3.1.1 has no negative ack, so the connection closes. The reason an MQTT 5
          * PUBACK/PUBREC would carry belongs here: 0x97 (quota exceeded) when the disk is
          * full (c->gw->storage_full), 0x80 (unspecified error) otherwise. */
@@ -223,6 +199,20 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         connack(mc, false, MQTT_CONNACK_ID_REJECTED);
         return;
     }
+    /* mqtt.max_connections_per_identity; a takeover replaces one of them */
+    if (mc->role != ACL_ROLE_ANONYMOUS && gw->cfg->mqtt.max_connections_per_identity &&
+        broker_identity_conns(b, mc->username) -
+                (s && s->conn && s->conn->role == mc->role ? 1 : 0) >=
+            gw->cfg->mqtt.max_connections_per_identity) {
+        gw->metrics.mqtt_refused_connections++;
+        if (conn_refused(mc->c, "mqtt.max_connections_per_identity reached"))
+            log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
+                     "reason=\"mqtt.max_connections_per_identity reached\" limit=%zu",
+                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                     log_q(mc->username), gw->cfg->mqtt.max_connections_per_identity);
+        connack(mc, false, MQTT_CONNACK_UNAVAILABLE);
+        return;
+    }
     /* takeover: the existing connection of this client id is closed [MQTT-3.1.4-2]. It
      * ended without DISCONNECT, so its will is published (as MQTT 5.0 specifies). */
     if (s && s->conn) {
@@ -243,14 +233,20 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         broker_session_set_identity(b, s, mc->role, mc->username);
         broker_session_recheck(b, s); /* the ACL may have changed since it subscribed */
     } else {
-        if (!cp->clean_session && mc->role != ACL_ROLE_ANONYMOUS &&
-            broker_session_make_room(b, mc->username) != 0) {
-            if (conn_refused(mc->c, "limits.max_sessions_per_device reached"))
+        if (!cp->clean_session && broker_session_make_room(b, mc->role, mc->username) != 0) {
+            bool anon = mc->role == ACL_ROLE_ANONYMOUS;
+            if (anon)
+                gw->metrics.mqtt_refused_anon_sessions++;
+            else
+                gw->metrics.mqtt_refused_sessions++;
+            if (conn_refused(mc->c, "session limit reached"))
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
-                         "reason=\"limits.max_sessions_per_device reached, all connected\" "
-                         "limit=%zu",
+                         "reason=\"%s reached, all connected\" limit=%zu",
                          (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
-                         log_q(mc->username), gw->cfg->limits.max_sessions_per_device);
+                         log_q(mc->username),
+                         anon ? "mqtt.max_anonymous_sessions" : "limits.max_sessions_per_device",
+                         anon ? gw->cfg->mqtt.max_anonymous_sessions
+                              : gw->cfg->limits.max_sessions_per_device);
             connack(mc, false, MQTT_CONNACK_NOT_AUTHORIZED);
             return;
         }
@@ -258,9 +254,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         broker_session_persist(b, s);
     }
     mc->sess = s;
-    mc->connected = true;
-    if (++b->connected > b->max_connected)
-        b->max_connected = b->connected;
+    broker_conn_connected(mc);
     mc->c->idle_timeout_ms = (unsigned)cp->keepalive_s * 1500; /* 1.5x [MQTT-3.1.2-24] */
     conn_authenticated(mc->c, device);
     connack(mc, sp, MQTT_CONNACK_ACCEPTED);
@@ -313,54 +307,43 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     const char *not_stored;
     struct session_client who = {mc->c, mc->role == ACL_ROLE_ANONYMOUS, mc->username,
                                  mc->c->device};
-    const struct qos2_in *q2;
-    enum guard_rate rate;
+    struct qos2_in *q2;
 
     b->publish_in++;
     mc->c->msgs_in++;
     if (pp->topic.len + 64 > sizeof stack_topic)
         topic = xmalloc(pp->topic.len + 64);
     session_mqtt_topic(&who, pp->topic.p, pp->topic.len, topic, pp->topic.len + 64);
-    if (pp->qos == 2 && (q2 = qos2_find(mc->sess, pkt->id)) != NULL) {
-        /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2]; its PUBREC waits for
-         * the first copy's writes, on this connection or the one that sent that copy */
-        t = q2->t;
-        goto ack;
-    }
-    if (mc->c->device[0] &&
-        (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
-        if (log_refusal(mc->c->peer, "rate limited"))
-            log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
-                     rate == GUARD_RATE_DROP ? "drop" : "disconnect",
-                     gw->cfg->limits.device_rate_msgs_per_s);
-        if (rate == GUARD_RATE_DISCONNECT) {
-            if (topic != stack_topic)
-                free(topic);
-            conn_close(mc->c, "message rate over limits.device_rate_msgs_per_s");
-            return;
+    if (pp->qos == 2 && (q2 = broker_qos2_find(mc->sess, pkt->id)) != NULL) {
+        if (!q2->failed) {
+            /* a resent QoS 2 PUBLISH is not delivered twice [MQTT-4.3.3-2]; its PUBREC waits
+             * for the first copy's writes, on this connection or the one that sent that copy */
+            t = q2->t;
+            goto ack;
         }
-        goto ack; /* dropped: acknowledged, as 3.1.1 has no negative ack */
+        /* storage lost the first copy (even after its connection closed): this one is it */
+        broker_qos2_remove(mc->sess, pkt->id);
+    } else if (pp->qos == 2 && mc->sess->nqos2_in >= gw->cfg->mqtt.max_qos2_pending) {
+        gw->metrics.mqtt_refused_qos2++;
+        log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" closed reason=\"mqtt.max_qos2_pending "
+                 "reached: QoS 2 ids never released with PUBREL\" limit=%zu",
+                 (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
+                 gw->cfg->mqtt.max_qos2_pending);
+        if (topic != stack_topic)
+            free(topic);
+        conn_close(mc->c, "mqtt.max_qos2_pending reached");
+        return;
     }
-    if ((mc->role == ACL_ROLE_ANONYMOUS &&
-         broker_anon_denied(b, topic, strlen(topic), ACL_PUBLISH)) ||
-        !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, mc->sess->client_id,
-                   mc->c->device[0] ? mc->c->device : NULL, topic, strlen(topic), ACL_PUBLISH)) {
-        b->acl_denied++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
-            log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
-                     log_q(topic));
-        goto ack; /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
-    }
-    if (pp->retain && !broker_retained_room(b, topic, pp->payload_len, &not_stored)) {
-        b->retained_refused++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "retained refused"))
-            log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" retained publish dropped "
-                     "topic=\"%s\" reason=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
-                     log_q(topic), not_stored);
-        goto ack; /* acknowledged and dropped, like a denied publish */
+    switch (broker_publish_check(mc, topic, pp->payload_len, pp->retain)) {
+    case PUBLISH_OK:
+        break;
+    case PUBLISH_DROP: /* 3.1.1 has no negative ack: acknowledged and dropped, as Mosquitto does */
+        goto ack;
+    case PUBLISH_CLOSE:
+        if (topic != stack_topic)
+            free(topic);
+        conn_close(mc->c, "message rate over limits.device_rate_msgs_per_s");
+        return;
     }
     /* Gale's device model (telemetry, attributes, command replies) decides what the
      * message is; the broker routes it */
@@ -388,8 +371,8 @@ ack:
         free(topic);
     /* accepted, even when the connection closed meanwhile: a resend is not delivered again
      * unless this copy's writes fail (on_ack_ready) */
-    if (pp->qos == 2 && !qos2_find(mc->sess, pkt->id))
-        qos2_add(mc->sess, pkt->id, &t);
+    if (pp->qos == 2 && !broker_qos2_find(mc->sess, pkt->id))
+        broker_qos2_add(b, mc->sess, pkt->id, &t);
     if (pp->qos == 0 || mc->c->closing) /* closed meanwhile (cut off as a subscriber) */
         return;
     /* acks keep arrival order: behind earlier waiters, and behind this message's writes */
@@ -406,6 +389,8 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
     size_t off = 0, n = 0;
     struct mqtt_str f;
     uint8_t opts;
+    const char *full;
+    size_t limit;
 
     if (pkt->subscribe.count > sizeof codes)
         rc = xmalloc(pkt->subscribe.count);
@@ -426,12 +411,12 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             continue;
         }
         granted = mqtt_router_granted(b->router, f.p, f.len, mc->sess);
-        if (granted < 0 && mc->sess->nsubs >= b->gw->cfg->mqtt.max_subscriptions) {
+        if (granted < 0 && (full = broker_subscribe_room(b, mc->sess, f.p, f.len, &limit))) {
             if (mc->denied_sub++ == 0)
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
-                         "reason=\"mqtt.max_subscriptions reached\" limit=%zu",
+                         "reason=\"%s reached\" limit=%zu",
                          (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
-                         b->gw->cfg->mqtt.max_subscriptions);
+                         full, limit);
             rc[n++] = MQTT_SUBACK_FAILURE;
             continue;
         }
@@ -494,7 +479,7 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         broker_on_pubrec(mc->b, mc->sess, pkt->id);
         break;
     case MQTT_PUBREL:
-        qos2_remove(mc->sess, pkt->id);
+        broker_qos2_remove(mc->sess, pkt->id);
         mc->out.len = 0;
         mqtt_encode_pubcomp(&mc->out, pkt->id);
         send_buf(mc);

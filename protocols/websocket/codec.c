@@ -221,6 +221,11 @@ const struct ws_limits *ws_assembler_limits(const struct ws_assembler *a)
     return &a->lim;
 }
 
+size_t ws_assembler_held(const struct ws_assembler *a)
+{
+    return a->msg.cap + (a->inflater ? ws_inflater_held(a->inflater) : 0);
+}
+
 void ws_assembler_trim(struct ws_assembler *a, size_t keep)
 {
     if (a->open)

@@ -127,6 +127,14 @@ static int inflater_init(struct ws_inflater *z)
     return inflateInit2(&z->z, -z->window_bits) == Z_OK ? 0 : GW_EINVAL;
 }
 
+/* zlib's struct inflate_state with its code tables: about 7 kB on 64-bit builds. */
+#define INFLATE_STATE_BYTES 7200
+
+size_t ws_inflater_held(const struct ws_inflater *z)
+{
+    return sizeof *z + INFLATE_STATE_BYTES + ((size_t)1 << z->window_bits);
+}
+
 struct ws_inflater *ws_inflater_new(int window_bits, bool no_context_takeover)
 {
     struct ws_inflater *z = xcalloc(1, sizeof *z);

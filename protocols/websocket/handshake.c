@@ -10,7 +10,9 @@
  * permessage-deflate the first offer whose parameters can all be honoured.
  * server_max_window_bits=8 is declined (zlib's raw deflate cannot make an 8-bit
  * window); client windows are capped by the policy when the client lets us
- * (client_max_window_bits in its offer), and never set below 9 for the same reason.
+ * (client_max_window_bits in its offer) and are never answered above the client's own
+ * value (RFC 7692 7.1.2.2): an offer of 8 is answered 8, and our inflater uses a 9-bit
+ * window for it (a larger window inflates what a smaller one made).
  * server_no_context_takeover is echoed only when offered (an unrequested one
  * confuses some clients, RFC 7692 erratum 4982); without it our compressor may
  * still reset per message, which the client cannot tell apart.
@@ -261,10 +263,8 @@ static bool agree(const struct pmd_offer *o, const struct ws_deflate_policy *pol
     out->server_no_context_takeover = o->snct || pol->no_context_takeover;
     out->client_no_context_takeover = o->cnct || pol->no_context_takeover;
     out->client_window_bits = 15;
-    if (o->cmwb >= 0) {
-        int cw = o->cmwb > 0 && o->cmwb < max ? o->cmwb : max;
-        out->client_window_bits = (uint8_t)(cw < 9 ? 9 : cw);
-    }
+    if (o->cmwb >= 0) /* never above the client's value (RFC 7692 7.1.2.2): 8 stays 8 */
+        out->client_window_bits = (uint8_t)(o->cmwb > 0 && o->cmwb < max ? o->cmwb : max);
     n = snprintf(resp, cap, "permessage-deflate%s%s", o->snct ? "; server_no_context_takeover" : "",
                  out->client_no_context_takeover ? "; client_no_context_takeover" : "");
     if (o->smwb > 0)

@@ -270,6 +270,8 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
     if (!c->closing) {
         buf_consume(raw, off);
         ws_assembler_trim(&ws->as, WS_KEEP_BYTES);
+        /* in the pre-auth budget (gateway/guard.h) */
+        c->xport_held = ws_assembler_held(&ws->as) + ws->out.cap;
     }
     return c->closing ? -1 : 0;
 }

@@ -124,7 +124,8 @@ struct ws_deflate_params {
     bool client_no_context_takeover; /* the client resets after each message: our
                                         inflater is dropped between messages */
     uint8_t server_window_bits;      /* 9..15: our compressor's window */
-    uint8_t client_window_bits;      /* 9..15: window the client may use = our inflater's */
+    uint8_t client_window_bits;      /* 8..15: window the client may use; our inflater's
+                                        is this, at least 9 (zlib's raw minimum) */
 };
 
 /* Per-connection (or per-hub) compressor; opaque, defined in ws_int.h. */
@@ -220,6 +221,9 @@ enum codec_rc ws_assembler_next(struct ws_assembler *a, uint8_t *p, size_t len,
 /* Releases buffer memory above keep bytes when no message is open (idle connections
  * stay small). Invalidates the last event's data. */
 void ws_assembler_trim(struct ws_assembler *a, size_t keep);
+/* The memory a holds: its message buffer and its decompressor (what the pre-auth budget
+ * counts of a fragmented or compressed message being assembled). */
+size_t ws_assembler_held(const struct ws_assembler *a);
 
 /* ---- encoders (server frames: never masked) ----------------------------------- */
 

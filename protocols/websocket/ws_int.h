@@ -33,6 +33,9 @@ struct ws_inflater {
 /* A decompressor for a 2^window_bits window (9..15). */
 struct ws_inflater *ws_inflater_new(int window_bits, bool no_context_takeover);
 void ws_inflater_free(struct ws_inflater *z);
+/* About the memory z holds: zlib's inflate state and its window (an estimate, for the
+ * pre-auth budget; zlib does not say). */
+size_t ws_inflater_held(const struct ws_inflater *z);
 /* Decompresses the next piece p[0..len) of the current message and appends the
  * output to out, producing at most max_out + 1 bytes in out in all (the extra byte
  * tells "exactly full" from "too big"). fin: this is the last piece; the 00 00 ff ff

@@ -146,4 +146,64 @@ def main():
         t.eq(g2.proc.returncode, 0, "SIGINT/SIGTERM exit 0")
 
 
-t.run(main)
+def api_key_private():
+    """The generated api_key file is 0600 from the moment it is created (it holds the
+    key to everything): every open that creates it asks for no group or other bits (seen
+    with strace), and the file is 0600 after the start."""
+    import re
+    import shutil
+    import signal
+    import time
+    d = tempfile.mkdtemp(prefix="gale-key-")
+    trace, data = os.path.join(d, "trace"), os.path.join(d, "data")
+    env = {k: v for k, v in os.environ.items() if k != "GALE_HTTP_API_KEY"}
+    cmd = ["strace", "-f", "-qq", "-e", "trace=open,openat,creat", "-o", trace, GALE_BIN,
+           "--data-dir", data, "--set", "http.port=0", "--set", "line.port=0",
+           "--set", "mqtt.port=0", "--set", "http.bind=127.0.0.1",
+           "--set", "line.bind=127.0.0.1", "--set", "mqtt.bind=127.0.0.1"]
+    old_umask = os.umask(0)  # the most permissive: only the mode asked for protects it
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    finally:
+        os.umask(old_umask)
+    key_file = os.path.join(data, "api_key")
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(key_file) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        t(os.path.exists(key_file), "the api_key file is written at the first start")
+        mode = os.stat(key_file).st_mode & 0o777
+        t.eq(oct(mode), oct(0o600), "api_key is 0600 after the start")
+        with open(trace) as f:
+            lines = f.read().splitlines()
+        creates = [l for l in lines if "api_key" in l and "api_key.bin" not in l and "O_CREAT" in l]
+        modes = [int(re.search(r", (0[0-7]+)\)", l).group(1), 8) for l in creates]
+        t(modes and all(m & 0o077 == 0 for m in modes),
+          "every open creating api_key asks for mode 0600 or less: %r" % creates)
+    finally:
+        gale_pid = None
+        try:
+            with open(trace) as f:
+                gale_pid = int(f.readline().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        if gale_pid:
+            try:
+                os.kill(gale_pid, signal.SIGTERM)
+            except OSError:
+                pass
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def all_tests():
+    main()
+    api_key_private()
+
+
+t.run(all_tests)

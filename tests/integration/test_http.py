@@ -4,6 +4,7 @@ bounded memory; the gateway keeps serving after each. /api/ready before the gate
 ready (503, through the start-up delay seam). The access log in every format, and
 with log.format=json its fields as members of the log line (not a JSON string inside it)."""
 import json
+import re
 import socket
 
 from galetest import API_KEY, Check, Gale, wait_for
@@ -95,6 +96,22 @@ def access_log_formats():
         line = [l for l in g.log_lines if "GET /api/health" in l][0]
         t(json.loads(line)["msg"].startswith("127.0.0.1 - - ["),
           "common format under log.format=json: the NCSA line is the message")
+        # a client's "=" in the target or the User-Agent adds no member to the line
+        s = connect(g)
+        s.sendall(b"GET /api/health?level=error&ts=1 HTTP/1.1\r\nHost: x\r\n"
+                  b"User-Agent: a=b level=debug ts=2\r\n\r\n")
+        read_responses(s, 1)
+        s.close()
+        g.wait_log(r"level=error&ts=1")
+        lines = [l for l in g.log_lines if "level=error&ts=1" in l]
+        t.eq(len(lines), 1, "one log line for the request")
+        js = json.loads(lines[0])
+        t.eq(sorted(js), ["level", "msg", "ts"], "ts, level and one message: %s" % lines[0])
+        t.eq(js["level"], "info", "the access log's level, not the client's")
+        t(js["ts"] not in ("1", "2", 1, 2), "the log's own time, not the client's")
+        t(re.match(r'127\.0\.0\.1 - - \[[^]]+\] "GET /api/health\?level=error&ts=1 '
+                   r'HTTP/1\.1" 200 \d+ "-" "a=b level=debug ts=2" \d+\.\d{6}$', js["msg"]),
+          "the whole NCSA line in the one member: %r" % js["msg"])
     with Gale(args=["--set", "http.access_log=json"]) as g:
         g.http("GET", "/api/health")
         g.wait_log(r'"type":"access"')

@@ -441,6 +441,8 @@ def main():
     # (test_mqtt_invalid_telemetry covers the default, disconnect)
     with Gale(args=["--set", "mqtt.acl=" + json.dumps(ACL),
                     "--set", "mqtt.max_subscriptions=200000",
+                    "--set", "mqtt.max_subscription_bytes=0",
+                    "--set", "mqtt.max_subscription_levels=0",
                     "--set", "mqtt.invalid_telemetry=ack"]) as g:
         for d in ("dev-1", "dev-2", "dev-3", "backend-ro"):
             C[d] = g.create_device(d)

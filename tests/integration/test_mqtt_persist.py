@@ -326,7 +326,8 @@ def acked_telemetry_survives_kill9():
     after the last PUBACK / PUBREC loses nothing."""
     d = tempfile.mkdtemp(prefix="gale-mqtt-durable-")
     try:
-        g = Gale(data_dir=d).start()
+        # 2500 QoS 2 ids are left without PUBREL: past the default mqtt.max_qos2_pending
+        g = Gale(data_dir=d, args=["--set", "mqtt.max_qos2_pending=65535"]).start()
         try:
             C["dev-1"] = g.create_device("dev-1")
             c = dev(g.ports["mqtt"], "durable")

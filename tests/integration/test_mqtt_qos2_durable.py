@@ -4,11 +4,14 @@ tries a batch 4 times, 50/100/200 ms apart, so n=4 fails a batch and n=3 delays 
 - The first copy of a QoS 2 PUBLISH whose commit failed is not PUBREC'd; its packet id is
   forgotten, so the resend (DUP) is stored, and PUBREC'd only then.
 - A resend (DUP, on a new connection or the same one) while the first copy is still being
-  committed is PUBREC'd only once that copy is durable, and stored once."""
+  committed is PUBREC'd only once that copy is durable, and stored once.
+- A first copy whose connection closed before its commit failed is remembered as failed by
+  its session, however many other batches fail after it: the resend is stored, and only
+  then PUBREC'd."""
 import socket
 
 import mqttraw as mr
-from galetest import Check, Gale
+from galetest import Check, Gale, metric, wait_for
 
 t = Check("test_mqtt_qos2_durable")
 TOPIC = "devices/dev-q/telemetry"
@@ -108,9 +111,42 @@ def pending_first_copy():
         c.close()
 
 
+def failed_after_close_in_outage():
+    with Gale(env={"GALE_TEST_FAIL_COMMITS": "4"}) as g:
+        token = g.create_device("dev-q")
+        port = g.ports["mqtt"]
+        c = mr.session(port, "q2-outage", clean=False, username="dev-q", password=token)
+        barrier(c, 1)
+        arm(g, 4)
+        c.send(mr.publish(TOPIC, value("e", 5), qos=2, pid=11))
+        c.close()  # gone before its batch fails: no connection hears of the failure
+        wait_for(lambda: metric(g, "gale_storage_failures_total") >= 1, 10, "the batch failed")
+        # the outage goes on: 18 more failed batches, each a QoS 1 publish of another client
+        for i in range(18):
+            o = mr.session(port, "filler", clean=True, username="dev-q", password=token)
+            barrier(o, 2)
+            arm(g, 4)
+            o.send(mr.publish(TOPIC, value("f", 100 + i), qos=1, pid=3))
+            wait_for(lambda: metric(g, "gale_storage_failures_total") >= 2 + i, 10,
+                     "failed batch %d" % i)
+            o.close()
+        t.eq(stored(g, "f"), [], "nothing of the outage stored")
+        c = mr.session(port, "q2-outage", clean=False, username="dev-q", password=token)
+        t.eq(c.session_present, 1, "the session is resumed after the outage")
+        c.send(mr.publish(TOPIC, value("e", 5), qos=2, dup=True, pid=11))
+        t.eq(c.recv_type(mr.PUBREC).pid, 11, "the resend is acknowledged")
+        t.eq(stored(g, "e"), [{"ts": BASE + 5, "value": 5}],
+             "the resend is stored before its PUBREC, though 18 failures came after the first")
+        c.send(mr.ack(mr.PUBREL, 11))
+        t.eq(c.recv_type(mr.PUBCOMP).pid, 11, "PUBREL completes the flow")
+        c.send(mr.DISCONNECT_BYTES)
+        c.close()
+
+
 def main():
     failed_first_copy()
     pending_first_copy()
+    failed_after_close_in_outage()
 
 
 t.run(main)

@@ -5,7 +5,10 @@
  * before the report, a failed range never shows, reports settle exactly seq <= upto in
  * order across ring growth and wrap-around, a removed device drops its pending values,
  * messages that are not stored never wait, and devices_fini releases what still waits
- * (the ASan build checks the references). */
+ * (the ASan build checks the references). A staged change (devices_stage) is written
+ * as changed and leaves memory as it was until devices_apply, which writes the record
+ * again when another write of it went after the staged one; devices_when_durable fires
+ * once per write, with its outcome. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -145,6 +148,86 @@ static void test_fini_releases_pending(void **state)
     devices_fini(&d); /* 70 references still held: LeakSanitizer would see them */
 }
 
+/* ---- changes applied once durable (devices_stage, devices_apply) ---- */
+
+static uint64_t put_seqno;
+static char last_record[512], last_hash[DEVICE_TOKEN_HASH_HEX + 1];
+static int nputs;
+
+static uint64_t fake_put(void *ctx, const struct device *d)
+{
+    (void)ctx;
+    snprintf(last_record, sizeof last_record, "%s", d->record_json ? d->record_json : "");
+    snprintf(last_hash, sizeof last_hash, "%s", d->token_hash);
+    nputs++;
+    return ++put_seqno;
+}
+
+static int fired, fired_ok;
+static void on_fired(void *arg, bool ok)
+{
+    (void)arg;
+    fired++;
+    fired_ok += ok;
+}
+
+static void test_stage_then_apply(void **state)
+{
+    struct devices d;
+    struct device *dev;
+    struct device_change ch = {0};
+    (void)state;
+    devices_init(&d);
+    devices_set_store(&d, &(struct devices_store){.put = fake_put});
+    dev = devices_add(&d, "dev-1", "aaaa", DEVICE_ROLE_DEVICE, 0);
+
+    /* staged: written as changed, memory untouched until applied */
+    ch.set_name = true;
+    ch.name = strdup("new");
+    ch.set_token = true;
+    snprintf(ch.token_hash, sizeof ch.token_hash, "bbbb");
+    assert_int_equal(devices_stage(&d, dev, &ch), 1);
+    assert_non_null(strstr(last_record, "\"name\":\"new\""));
+    assert_string_equal(last_hash, "bbbb");
+    assert_null(dev->name);
+    assert_string_equal(dev->token_hash, "aaaa");
+    devices_when_durable(&d, ch.seq, on_fired, NULL);
+    devices_durable(&d, 0, true);
+    assert_int_equal(fired, 0);
+    devices_durable(&d, 1, true);
+    assert_int_equal(fired_ok, 1);
+    devices_apply(&d, dev, &ch);
+    assert_string_equal(dev->name, "new");
+    assert_string_equal(dev->token_hash, "bbbb");
+    assert_non_null(strstr(dev->record_json, "\"name\":\"new\""));
+    assert_int_equal(nputs, 1); /* nothing else was written: no second write */
+    devices_change_free(&ch);
+
+    /* another write of the record went after the staged one (with the old fields): the
+     * applied change is written again, so storage ends with both */
+    ch.set_metadata = true;
+    ch.metadata_json = strdup("{\"m\":1}");
+    devices_stage(&d, dev, &ch);
+    dev->reported_attrs = strdup("{\"r\":1}");
+    devices_save(&d, dev); /* e.g. the device reported attributes meanwhile */
+    assert_null(strstr(last_record, "\"m\":1"));
+    devices_apply(&d, dev, &ch);
+    assert_int_equal(nputs, 4);
+    assert_non_null(strstr(last_record, "\"m\":1"));
+    assert_non_null(strstr(last_record, "\"r\":1"));
+    devices_change_free(&ch);
+
+    /* a failed write fires with !ok; one still waiting at fini fires with !ok too */
+    devices_when_durable(&d, 10, on_fired, NULL);
+    devices_durable(&d, 10, false);
+    assert_int_equal(fired, 2);
+    assert_int_equal(fired_ok, 1);
+    devices_when_durable(&d, 11, on_fired, NULL);
+    devices_fini(&d);
+    assert_int_equal(fired, 3);
+    assert_int_equal(fired_ok, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -153,6 +236,7 @@ int main(void)
         cmocka_unit_test(test_removed_device),
         cmocka_unit_test(test_not_stored),
         cmocka_unit_test(test_fini_releases_pending),
+        cmocka_unit_test(test_stage_then_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -308,8 +308,11 @@ static const struct ext_case ext_cases[] = {
     {"server bits 8 then fallback",
      {"permessage-deflate; server_max_window_bits=8, permessage-deflate"}, POL,
      "permessage-deflate", 15, 15, false, false},
-    {"client bits 8 becomes 9", {"permessage-deflate; client_max_window_bits=8"}, POL,
-     "permessage-deflate; client_max_window_bits=9", 15, 9, false, false},
+    /* never answered above the offer (RFC 7692 7.1.2.2) */
+    {"client bits 8 answered 8", {"permessage-deflate; client_max_window_bits=8"}, POL,
+     "permessage-deflate; client_max_window_bits=8", 15, 8, false, false},
+    {"client bits 8, policy 12: 8", {"permessage-deflate; client_max_window_bits=8"}, POL12,
+     "permessage-deflate; client_max_window_bits=8", 12, 8, false, false},
     {"client bits 10 quoted", {"permessage-deflate; client_max_window_bits=\"10\""}, POL,
      "permessage-deflate; client_max_window_bits=10", 15, 10, false, false},
     {"both no_context_takeover",
