@@ -1,10 +1,14 @@
-/* protocols/mqtt/codec.c: MQTT 3.1.1 packet decoder and encoders. Pure: no I/O, no
- * clock, no globals, no allocation on the decode path; any thread.
+/* protocols/mqtt/codec.c: MQTT packet decoder (the fixed header of every version and the
+ * 3.1.1 bodies) and the 3.1.1 encoders. Pure: no I/O, no clock, no globals, no
+ * allocation on the decode path; any thread.
  *
- * Bytes move one way: the connection's input buffer is handed to mqtt_decode(),
- * which reads the fixed header (type, flags, remaining length), rejects what the
- * header alone proves wrong (reserved types and flags, sizes over the limit, fixed
- * sizes) before the body arrives, then decodes the body into views of the input.
+ * Bytes move one way: the connection's input buffer is handed to mqtt_decode() (or
+ * mqtt_decode_v() with the connection's version), which reads the fixed header (type,
+ * flags, remaining length), rejects what the header alone proves wrong (reserved types
+ * and flags, sizes over the limit, fixed sizes) before the body arrives, then decodes
+ * the body into views of the input: 3.1.1 bodies here, 5.0 bodies in codec5.c (with
+ * the properties of props.c), both through the same struct mqtt_reader, which records
+ * the first failure's static reason and its 5.0 reason code.
  * Encoders compute the remaining length first, so they either append one complete
  * packet to the output buffer or nothing.
  *
@@ -12,6 +16,7 @@
 #include "protocols/mqtt/mqtt.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "base/err.h"
@@ -36,109 +41,11 @@ size_t mqtt_varint_put(uint8_t *out, uint32_t rem)
     return n;
 }
 
-/* ---- body reader: a cursor over the remaining-length bytes */
-
-struct reader {
-    const uint8_t *p; /* body start */
-    size_t len;       /* body bytes (the remaining length) */
-    size_t off;       /* bytes read so far */
-    const char *why;  /* set by the first failing read */
-};
-
-#define TRUNCATED "truncated field"
-#define BAD_UTF8 "invalid UTF-8"
-
-static int read_u8(struct reader *r, uint8_t *v)
-{
-    if (r->len - r->off < 1) {
-        r->why = TRUNCATED;
-        return -1;
-    }
-    *v = r->p[r->off++];
-    return 0;
-}
-
-static int read_u16(struct reader *r, uint16_t *v)
-{
-    if (r->len - r->off < 2) {
-        r->why = TRUNCATED;
-        return -1;
-    }
-    *v = (uint16_t)(r->p[r->off] << 8 | r->p[r->off + 1]);
-    r->off += 2;
-    return 0;
-}
-
-/* Binary data: two-byte length, then that many bytes (3.1.1 §1.5.3, §3.1.3.4). */
-static int read_bin(struct reader *r, struct mqtt_bin *v)
-{
-    uint16_t n;
-
-    if (read_u16(r, &n) != 0)
-        return -1;
-    if (r->len - r->off < n) {
-        r->why = TRUNCATED;
-        return -1;
-    }
-    v->p = r->p + r->off;
-    v->len = n;
-    r->off += n;
-    return 0;
-}
-
-/* UTF-8 encoded string: well-formed, no U+0000, no surrogates [MQTT-1.5.3-1,2]. */
-static int read_str(struct reader *r, struct mqtt_str *v)
-{
-    struct mqtt_bin b;
-
-    if (read_bin(r, &b) != 0)
-        return -1;
-    if (!mqtt_utf8_valid((const char *)b.p, b.len)) {
-        r->why = BAD_UTF8;
-        return -1;
-    }
-    v->p = (const char *)b.p;
-    v->len = b.len;
-    return 0;
-}
-
-/* A packet identifier that must be non-zero [MQTT-2.3.1-1]. */
-static int read_packet_id(struct reader *r, uint16_t *id)
-{
-    if (read_u16(r, id) != 0)
-        return -1;
-    if (*id == 0) {
-        r->why = "packet id is 0";
-        return -1;
-    }
-    return 0;
-}
-
-static int check_end(struct reader *r)
-{
-    if (r->off != r->len) {
-        r->why = "trailing bytes in packet";
-        return -1;
-    }
-    return 0;
-}
-
-/* A topic name: non-empty [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2] [MQTT-4.7.1-1].
- * UTF-8 was checked by read_str(). */
-static int check_topic_name(struct reader *r, const struct mqtt_str *t, const char *what)
-{
-    if (t->len == 0 || memchr(t->p, '+', t->len) || memchr(t->p, '#', t->len)) {
-        r->why = what;
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- fixed header */
 
 /* The reason the first byte is invalid, or NULL. Checked before anything else, so a
  * peer sending garbage is refused on its first byte. */
-static const char *check_first_byte(uint8_t b0)
+static const char *check_first_byte(uint8_t b0, int v5)
 {
     uint8_t type = b0 >> 4, flags = b0 & 0x0f;
 
@@ -165,8 +72,12 @@ static const char *check_first_byte(uint8_t b0)
     case MQTT_DISCONNECT:
         /* Reserved bits must be as listed; otherwise close [MQTT-2.2.2-1,2]. */
         return flags == 0 ? NULL : "invalid fixed header flags";
+    case MQTT_AUTH: /* 5.0 §3.15.1 */
+        if (!v5)
+            return "reserved packet type"; /* 15 is reserved in 3.1.1 */
+        return flags == 0 ? NULL : "invalid fixed header flags";
     default:
-        return "reserved packet type"; /* 0, and 15 (AUTH is 5.0 only) */
+        return "reserved packet type"; /* 0 */
     }
 }
 
@@ -192,17 +103,24 @@ static long fixed_remaining(uint8_t type)
 
 /* ---- bodies */
 
-static int decode_connect(struct reader *r, struct mqtt_connect *c)
+/* with5: decode a level 5 CONNECT whole (mqtt_decode_v()); else return its name and
+ * level only, as mqtt_decode() always has. */
+static int decode_connect(struct mqtt_reader *r, struct mqtt_packet *pkt, int with5)
 {
+    struct mqtt_connect *c = &pkt->connect;
     struct mqtt_bin name;
     uint8_t f;
 
     /* The protocol name is compared bytewise, so a plain binary read is enough. */
-    if (read_bin(r, &name) != 0 || read_u8(r, &c->level) != 0)
+    if (mqtt_rd_bin(r, &name) != 0 || mqtt_rd_u8(r, &c->level) != 0)
         return -1;
     c->proto_name.p = (const char *)name.p;
     c->proto_name.len = name.len;
     if (name.len == 4 && memcmp(name.p, "MQTT", 4) == 0) {
+        if (c->level == MQTT_V5 && with5) {
+            pkt->version = MQTT_V5;
+            return mqtt_decode_connect5(r, pkt);
+        }
         if (c->level != MQTT_V311)
             return 0; /* the handler answers CONNACK 0x01 [MQTT-3.1.2-2] */
     } else if (name.len == 6 && memcmp(name.p, "MQIsdp", 6) == 0) {
@@ -212,7 +130,7 @@ static int decode_connect(struct reader *r, struct mqtt_connect *c)
         r->why = "unknown protocol name"; /* the server may close [MQTT-3.1.2-1] */
         return -1;
     }
-    if (read_u8(r, &f) != 0 || read_u16(r, &c->keepalive_s) != 0)
+    if (mqtt_rd_u8(r, &f) != 0 || mqtt_rd_u16(r, &c->keepalive_s) != 0)
         return -1;
     c->flags = f;
     if (f & MQTT_CF_RESERVED) {
@@ -240,26 +158,26 @@ static int decode_connect(struct reader *r, struct mqtt_connect *c)
     /* Payload order: client id, will topic, will message, user name, password
      * [MQTT-3.1.3-1]; each present exactly when its flag says so [MQTT-3.1.2-9]
      * [MQTT-3.1.2-19] [MQTT-3.1.2-21]. */
-    if (read_str(r, &c->client_id) != 0) /* [MQTT-3.1.3-3] [MQTT-3.1.3-4] */
+    if (mqtt_rd_str(r, &c->client_id) != 0) /* [MQTT-3.1.3-3] [MQTT-3.1.3-4] */
         return -1;
     if (c->will) {
-        if (read_str(r, &c->will_topic) != 0 /* [MQTT-3.1.3-10] */
-            || check_topic_name(r, &c->will_topic, "invalid will topic") != 0
-            || read_bin(r, &c->will_payload) != 0)
+        if (mqtt_rd_str(r, &c->will_topic) != 0 /* [MQTT-3.1.3-10] */
+            || mqtt_rd_check_topic(r, &c->will_topic, "invalid will topic") != 0
+            || mqtt_rd_bin(r, &c->will_payload) != 0)
             return -1;
     }
-    if (c->has_username && read_str(r, &c->username) != 0) /* [MQTT-3.1.3-11] */
+    if (c->has_username && mqtt_rd_str(r, &c->username) != 0) /* [MQTT-3.1.3-11] */
         return -1;
-    if (c->has_password && read_bin(r, &c->password) != 0)
+    if (c->has_password && mqtt_rd_bin(r, &c->password) != 0)
         return -1;
-    return check_end(r);
+    return mqtt_rd_end(r);
 }
 
-static int decode_connack(struct reader *r, struct mqtt_connack *a)
+static int decode_connack(struct mqtt_reader *r, struct mqtt_connack *a)
 {
     uint8_t f;
 
-    if (read_u8(r, &f) != 0 || read_u8(r, &a->rc) != 0)
+    if (mqtt_rd_u8(r, &f) != 0 || mqtt_rd_u8(r, &a->rc) != 0)
         return -1;
     if (f & 0xfe) {
         r->why = "invalid CONNACK flags"; /* bits 7-1 reserved, 0 (3.1.1 §3.2.2.1) */
@@ -277,17 +195,17 @@ static int decode_connack(struct reader *r, struct mqtt_connack *a)
     return 0;
 }
 
-static int decode_publish(struct reader *r, uint8_t flags, struct mqtt_packet *pkt)
+static int decode_publish(struct mqtt_reader *r, uint8_t flags, struct mqtt_packet *pkt)
 {
     struct mqtt_publish *pub = &pkt->publish;
 
     pub->qos = (flags >> MQTT_PUBLISH_QOS_SHIFT) & 3;
     pub->dup = (flags & MQTT_PUBLISH_DUP) != 0;
     pub->retain = (flags & MQTT_PUBLISH_RETAIN) != 0;
-    if (read_str(r, &pub->topic) != 0 /* [MQTT-3.3.2-1] */
-        || check_topic_name(r, &pub->topic, "invalid topic name") != 0)
+    if (mqtt_rd_str(r, &pub->topic) != 0 /* [MQTT-3.3.2-1] */
+        || mqtt_rd_check_topic(r, &pub->topic, "invalid topic name") != 0)
         return -1;
-    if (pub->qos > 0 && read_packet_id(r, &pkt->id) != 0)
+    if (pub->qos > 0 && mqtt_rd_packet_id(r, &pkt->id) != 0)
         return -1;
     pub->payload = r->p + r->off; /* the rest, possibly empty (3.1.1 §3.3.3) */
     pub->payload_len = r->len - r->off;
@@ -296,11 +214,11 @@ static int decode_publish(struct reader *r, uint8_t flags, struct mqtt_packet *p
 }
 
 /* SUBSCRIBE (with a requested QoS byte per filter) and UNSUBSCRIBE. */
-static int decode_filters(struct reader *r, struct mqtt_packet *pkt, int with_qos)
+static int decode_filters(struct mqtt_reader *r, struct mqtt_packet *pkt, int with_qos)
 {
     struct mqtt_subscribe *s = &pkt->subscribe;
 
-    if (read_packet_id(r, &pkt->id) != 0)
+    if (mqtt_rd_packet_id(r, &pkt->id) != 0)
         return -1;
     s->list = r->p + r->off;
     s->list_len = r->len - r->off;
@@ -309,14 +227,14 @@ static int decode_filters(struct reader *r, struct mqtt_packet *pkt, int with_qo
         struct mqtt_str f;
         uint8_t q;
 
-        if (read_str(r, &f) != 0) /* [MQTT-3.8.3-1] [MQTT-3.10.3-1] */
+        if (mqtt_rd_str(r, &f) != 0) /* [MQTT-3.8.3-1] [MQTT-3.10.3-1] */
             return -1;
         if (!mqtt_filter_valid(f.p, f.len)) {
             r->why = "invalid topic filter"; /* [MQTT-4.7.1-2,3] [MQTT-4.7.3-1] */
             return -1;
         }
         if (with_qos) {
-            if (read_u8(r, &q) != 0)
+            if (mqtt_rd_u8(r, &q) != 0)
                 return -1;
             if (q > 2) {
                 r->why = "invalid requested QoS"; /* [MQTT-3.8.3-4] */
@@ -333,11 +251,11 @@ static int decode_filters(struct reader *r, struct mqtt_packet *pkt, int with_qo
     return 0;
 }
 
-static int decode_suback(struct reader *r, struct mqtt_packet *pkt)
+static int decode_suback(struct mqtt_reader *r, struct mqtt_packet *pkt)
 {
     size_t i;
 
-    if (read_packet_id(r, &pkt->id) != 0)
+    if (mqtt_rd_packet_id(r, &pkt->id) != 0)
         return -1;
     pkt->suback.codes = r->p + r->off;
     pkt->suback.count = r->len - r->off;
@@ -356,18 +274,28 @@ static int decode_suback(struct reader *r, struct mqtt_packet *pkt)
     return 0;
 }
 
+/* version: the rules for every packet but CONNECT (MQTT_V5 or not); with5: see
+ * decode_connect(). */
 static int decode_body(uint8_t b0, const uint8_t *body, size_t rem, struct mqtt_packet *pkt,
-                       const char **why)
+                       uint8_t version, int with5, const char **why, uint8_t *reason)
 {
-    struct reader r = { body, rem, 0, NULL };
+    struct mqtt_reader r = { body, rem, 0, NULL, MQTT_RC_MALFORMED_PACKET };
     int rc;
 
-    memset(pkt, 0, sizeof *pkt);
+    /* The properties are 5.0's: of them only what says "none" is cleared here, which
+     * keeps the 3.1.1 hot path as cheap as it was (the 5.0 decoder initialises them). */
+    memset(pkt, 0, offsetof(struct mqtt_packet, props));
+    pkt->props.present = pkt->will_props.present = 0;
+    pkt->props.raw = pkt->will_props.raw = (struct mqtt_bin){ NULL, 0 };
     pkt->type = b0 >> 4;
     pkt->flags = b0 & 0x0f;
-    switch (pkt->type) {
+    pkt->version = MQTT_V311;
+    if (version == MQTT_V5 && pkt->type != MQTT_CONNECT) {
+        pkt->version = MQTT_V5;
+        rc = mqtt_decode_body5(&r, pkt);
+    } else switch (pkt->type) {
     case MQTT_CONNECT:
-        rc = decode_connect(&r, &pkt->connect);
+        rc = decode_connect(&r, pkt, with5);
         break;
     case MQTT_CONNACK:
         rc = decode_connack(&r, &pkt->connack);
@@ -380,7 +308,7 @@ static int decode_body(uint8_t b0, const uint8_t *body, size_t rem, struct mqtt_
     case MQTT_PUBREL:
     case MQTT_PUBCOMP:
     case MQTT_UNSUBACK:
-        rc = read_packet_id(&r, &pkt->id);
+        rc = mqtt_rd_packet_id(&r, &pkt->id);
         break;
     case MQTT_SUBSCRIBE:
         rc = decode_filters(&r, pkt, 1);
@@ -397,34 +325,40 @@ static int decode_body(uint8_t b0, const uint8_t *body, size_t rem, struct mqtt_
     }
     if (rc != 0) {
         *why = r.why;
+        *reason = r.rc;
         return CODEC_ERROR;
     }
     return CODEC_FRAME;
 }
 
-enum codec_rc mqtt_decode(const struct mqtt_limits *lim, const uint8_t *p, size_t len,
-                          struct mqtt_packet *pkt, size_t *used, const char **why)
+static enum codec_rc decode(const struct mqtt_limits *lim, uint8_t version, int with5,
+                            const uint8_t *p, size_t len, struct mqtt_packet *pkt, size_t *used,
+                            const char **why, uint8_t *reason)
 {
     uint64_t max = lim->max_packet_bytes ? lim->max_packet_bytes : 5 + MQTT_MAX_REMAINING;
+    int v5 = version == MQTT_V5;
     uint32_t rem = 0;
     const char *bad;
     long fixed;
     size_t i;
 
-    if (lim->version != MQTT_V_UNKNOWN && lim->version != MQTT_V31
-        && lim->version != MQTT_V311) {
+    *reason = MQTT_RC_MALFORMED_PACKET;
+    if (version != MQTT_V_UNKNOWN && version != MQTT_V31 && version != MQTT_V311
+        && !(v5 && with5)) {
         *why = "protocol version not supported by the decoder";
+        *reason = MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION;
         return CODEC_ERROR;
     }
     if (len == 0)
         return CODEC_NEED_MORE;
-    if ((bad = check_first_byte(p[0])) != NULL) {
+    if ((bad = check_first_byte(p[0], v5)) != NULL) {
         *why = bad;
         return CODEC_ERROR;
     }
     /* Remaining length: 1..4 bytes, 7 bits each, least significant first. Encodings
-     * that are not minimal are accepted (3.1.1 does not forbid them). The sum so far
-     * is a lower bound of the size, so an oversize packet is refused early. */
+     * that are not minimal are accepted in 3.1.1 (it does not forbid them), not in 5.0
+     * [MQTT-1.5.5-1]. The sum so far is a lower bound of the size, so an oversize
+     * packet is refused early. */
     for (i = 1;; i++) {
         if (i > 4) {
             *why = "malformed remaining length";
@@ -435,22 +369,44 @@ enum codec_rc mqtt_decode(const struct mqtt_limits *lim, const uint8_t *p, size_
         rem |= (uint32_t)(p[i] & 0x7f) << (7 * (i - 1));
         if (1 + i + (uint64_t)rem > max) {
             *why = "packet too large";
+            *reason = MQTT_RC_PACKET_TOO_LARGE;
             return CODEC_ERROR;
         }
         if ((p[i] & 0x80) == 0)
             break;
     }
-    fixed = fixed_remaining(p[0] >> 4);
+    if (v5 && i > 1 && p[i] == 0) {
+        *why = "malformed remaining length";
+        return CODEC_ERROR;
+    }
+    fixed = v5 ? mqtt_fixed_remaining5(p[0] >> 4) : fixed_remaining(p[0] >> 4);
     if (fixed >= 0 && rem != (uint32_t)fixed) {
         *why = "invalid remaining length";
         return CODEC_ERROR;
     }
     if (len - 1 - i < rem)
         return CODEC_NEED_MORE;
-    if (decode_body(p[0], p + 1 + i, rem, pkt, why) != CODEC_FRAME)
+    if (decode_body(p[0], p + 1 + i, rem, pkt, version, with5, why, reason) != CODEC_FRAME)
         return CODEC_ERROR;
     *used = 1 + i + rem;
     return CODEC_FRAME;
+}
+
+enum codec_rc mqtt_decode(const struct mqtt_limits *lim, const uint8_t *p, size_t len,
+                          struct mqtt_packet *pkt, size_t *used, const char **why)
+{
+    uint8_t reason;
+
+    return decode(lim, lim->version, 0, p, len, pkt, used, why, &reason);
+}
+
+enum codec_rc mqtt_decode_v(const struct mqtt_limits *lim, uint8_t version, const uint8_t *p,
+                            size_t len, struct mqtt_packet *pkt, size_t *used,
+                            const char **why, uint8_t *reason)
+{
+    uint8_t ignored;
+
+    return decode(lim, version, 1, p, len, pkt, used, why, reason ? reason : &ignored);
 }
 
 int mqtt_filter_next(const struct mqtt_packet *pkt, size_t *off, struct mqtt_str *filter,
@@ -485,7 +441,7 @@ const char *mqtt_type_name(uint8_t type)
 
 /* ---- encoders */
 
-static void put_fixed(struct buf *out, uint8_t b0, size_t rem)
+void mqtt_put_fixed(struct buf *out, uint8_t b0, size_t rem)
 {
     uint8_t *w = buf_reserve(out, 5);
 
@@ -494,16 +450,15 @@ static void put_fixed(struct buf *out, uint8_t b0, size_t rem)
     buf_commit(out, 1 + mqtt_varint_put(w + 1, (uint32_t)rem));
 }
 
-static void put_u16(struct buf *out, uint16_t v)
+void mqtt_put_u16(struct buf *out, uint16_t v)
 {
     uint8_t b[2] = { (uint8_t)(v >> 8), (uint8_t)v };
     buf_append(out, b, 2);
 }
 
-/* A length-prefixed field; n <= MQTT_MAX_STRING was checked by the caller. */
-static void put_field(struct buf *out, const void *p, size_t n)
+void mqtt_put_field(struct buf *out, const void *p, size_t n)
 {
-    put_u16(out, (uint16_t)n);
+    mqtt_put_u16(out, (uint16_t)n);
     buf_append(out, p, n);
 }
 
@@ -511,8 +466,8 @@ static int encode_id_only(struct buf *out, uint8_t b0, uint16_t id)
 {
     if (id == 0)
         return GW_EINVAL; /* [MQTT-2.3.1-1] */
-    put_fixed(out, b0, 2);
-    put_u16(out, id);
+    mqtt_put_fixed(out, b0, 2);
+    mqtt_put_u16(out, id);
     return 0;
 }
 
@@ -545,20 +500,20 @@ int mqtt_encode_connect(struct buf *out, const struct mqtt_connect *c)
         f |= MQTT_CF_PASSWORD;
     }
     f |= c->clean_session ? MQTT_CF_CLEAN : 0;
-    put_fixed(out, MQTT_HDR(MQTT_CONNECT, 0), rem);
-    put_field(out, name, name_len);
+    mqtt_put_fixed(out, MQTT_HDR(MQTT_CONNECT, 0), rem);
+    mqtt_put_field(out, name, name_len);
     buf_append(out, &level, 1);
     buf_append(out, &f, 1);
-    put_u16(out, c->keepalive_s);
-    put_field(out, c->client_id.p, c->client_id.len);
+    mqtt_put_u16(out, c->keepalive_s);
+    mqtt_put_field(out, c->client_id.p, c->client_id.len);
     if (c->will) {
-        put_field(out, c->will_topic.p, c->will_topic.len);
-        put_field(out, c->will_payload.p, c->will_payload.len);
+        mqtt_put_field(out, c->will_topic.p, c->will_topic.len);
+        mqtt_put_field(out, c->will_payload.p, c->will_payload.len);
     }
     if (c->has_username)
-        put_field(out, c->username.p, c->username.len);
+        mqtt_put_field(out, c->username.p, c->username.len);
     if (c->has_password)
-        put_field(out, c->password.p, c->password.len);
+        mqtt_put_field(out, c->password.p, c->password.len);
     return 0;
 }
 
@@ -588,10 +543,10 @@ int mqtt_encode_publish_header(struct buf *out, const char *topic, size_t topic_
         return GW_EINVAL;
     f = (uint8_t)(qos << MQTT_PUBLISH_QOS_SHIFT) | (dup ? MQTT_PUBLISH_DUP : 0)
         | (retain ? MQTT_PUBLISH_RETAIN : 0);
-    put_fixed(out, MQTT_HDR(MQTT_PUBLISH, f), rem);
-    put_field(out, topic, topic_len);
+    mqtt_put_fixed(out, MQTT_HDR(MQTT_PUBLISH, f), rem);
+    mqtt_put_field(out, topic, topic_len);
     if (qos)
-        put_u16(out, id);
+        mqtt_put_u16(out, id);
     return 0;
 }
 
@@ -645,10 +600,10 @@ int mqtt_encode_subscribe(struct buf *out, uint16_t id, const struct mqtt_sub_re
         if (rem > MQTT_MAX_REMAINING)
             return GW_EINVAL;
     }
-    put_fixed(out, MQTT_HDR(MQTT_SUBSCRIBE, MQTT_FLAGS_RESERVED_0010), rem);
-    put_u16(out, id);
+    mqtt_put_fixed(out, MQTT_HDR(MQTT_SUBSCRIBE, MQTT_FLAGS_RESERVED_0010), rem);
+    mqtt_put_u16(out, id);
     for (i = 0; i < n; i++) {
-        put_field(out, subs[i].filter.p, subs[i].filter.len);
+        mqtt_put_field(out, subs[i].filter.p, subs[i].filter.len);
         buf_append(out, &subs[i].qos, 1);
     }
     return 0;
@@ -663,8 +618,8 @@ int mqtt_encode_suback(struct buf *out, uint16_t id, const uint8_t *codes, size_
     for (i = 0; i < n; i++)
         if (codes[i] > 2 && codes[i] != MQTT_SUBACK_FAILURE)
             return GW_EINVAL;
-    put_fixed(out, MQTT_HDR(MQTT_SUBACK, 0), 2 + n);
-    put_u16(out, id);
+    mqtt_put_fixed(out, MQTT_HDR(MQTT_SUBACK, 0), 2 + n);
+    mqtt_put_u16(out, id);
     buf_append(out, codes, n);
     return 0;
 }
@@ -683,10 +638,10 @@ int mqtt_encode_unsubscribe(struct buf *out, uint16_t id, const struct mqtt_str 
         if (rem > MQTT_MAX_REMAINING)
             return GW_EINVAL;
     }
-    put_fixed(out, MQTT_HDR(MQTT_UNSUBSCRIBE, MQTT_FLAGS_RESERVED_0010), rem);
-    put_u16(out, id);
+    mqtt_put_fixed(out, MQTT_HDR(MQTT_UNSUBSCRIBE, MQTT_FLAGS_RESERVED_0010), rem);
+    mqtt_put_u16(out, id);
     for (i = 0; i < n; i++)
-        put_field(out, filters[i].p, filters[i].len);
+        mqtt_put_field(out, filters[i].p, filters[i].len);
     return 0;
 }
 

@@ -13,10 +13,13 @@
  * - mqtt_router_*: subscriptions by topic filter (a trie of levels with + and #
  *   children) mapping a published topic to each subscriber once, with its QoS.
  *
- * Protocol version: struct mqtt_limits carries the connection's protocol level, so
- * MQTT 5.0 can be added to the same decoder (properties, reason codes) later: reason
- * and return codes are uint8_t, and packets keep a view of their property bytes.
- * Today levels 3 (MQTT 3.1, "MQIsdp") and 4 (3.1.1) decode with 3.1.1 rules.
+ * Protocol version: mqtt_decode() decodes levels 3 (MQTT 3.1, "MQIsdp") and 4 (3.1.1)
+ * with 3.1.1 rules and refuses version 5, exactly as a 3.1.1-only server needs.
+ * mqtt_decode_v() is the same decoder with the connection's version given explicitly:
+ * version 5 decodes every packet with MQTT 5.0 rules (properties, reason codes, AUTH)
+ * and reports the reason code to send when a packet is refused. MQTT 5.0 properties,
+ * their decoder and builder, reason codes and the 5.0 encoders are declared in the
+ * second half of this header (protocols/mqtt/props.c, codec5.c).
  *
  * Threads: everything here is pure or owned by one thread (the loop); a router is
  * not thread-safe. */
@@ -35,7 +38,7 @@ enum mqtt_version {
     MQTT_V_UNKNOWN = 0, /* before CONNECT: decode with 3.1.1 rules */
     MQTT_V31 = 3,       /* MQTT 3.1, protocol name "MQIsdp" */
     MQTT_V311 = 4,      /* MQTT 3.1.1, protocol name "MQTT" */
-    MQTT_V5 = 5,        /* MQTT 5.0: recognised in CONNECT only, not yet decoded */
+    MQTT_V5 = 5,        /* MQTT 5.0: decoded by mqtt_decode_v() */
 };
 
 /* Control packet types (high nibble of the first byte). */
@@ -54,7 +57,7 @@ enum mqtt_type {
     MQTT_PINGREQ = 12,
     MQTT_PINGRESP = 13,
     MQTT_DISCONNECT = 14,
-    /* 15 is AUTH in MQTT 5.0 and reserved in 3.1.1 */
+    MQTT_AUTH = 15, /* MQTT 5.0 only; reserved in 3.1.1 */
 };
 
 /* CONNACK return codes (3.1.1 §3.2.2.3); a uint8_t so 5.0 reason codes fit. */
@@ -93,9 +96,46 @@ struct mqtt_bin {
     size_t len; /* bytes */
 };
 
+/* MQTT 5.0 properties of one packet (§2.2.2), decoded and validated. raw is a view of
+ * the property bytes (after the Property Length) for mqtt_prop_next(); the properties
+ * Gale uses are surfaced as fields. A field whose property is absent holds the spec's
+ * default (noted), else 0 or an empty view; `present` tells them apart. */
+struct mqtt_props {
+    struct mqtt_bin raw;            /* the property bytes; empty when none */
+    uint64_t present;               /* bit (1 << id) for each enum mqtt_prop_id seen */
+    uint32_t session_expiry_s;      /* 0x11 Session Expiry Interval, seconds */
+    uint32_t message_expiry_s;      /* 0x02 Message Expiry Interval, seconds */
+    uint32_t will_delay_s;          /* 0x18 Will Delay Interval, seconds */
+    uint32_t maximum_packet_size;   /* 0x27 bytes, >= 1; 0 when absent (no limit) */
+    uint32_t subscription_id;       /* 0x0B the first Subscription Identifier (1..2^28-1) */
+    size_t subscription_id_count;   /* how many (PUBLISH may carry several) */
+    size_t user_prop_count;         /* 0x26 User Property pairs (walk with mqtt_prop_find) */
+    uint16_t receive_maximum;       /* 0x21, >= 1; 65535 when absent */
+    uint16_t topic_alias_maximum;   /* 0x22; 0 when absent */
+    uint16_t topic_alias;           /* 0x23, >= 1; 0 when absent */
+    uint16_t server_keep_alive_s;   /* 0x13 Server Keep Alive, seconds */
+    uint8_t payload_format;         /* 0x01 Payload Format Indicator: 0 bytes, 1 UTF-8 */
+    uint8_t request_problem_info;   /* 0x17, 0 or 1; 1 when absent */
+    uint8_t request_response_info;  /* 0x19, 0 or 1; 0 when absent */
+    uint8_t maximum_qos;            /* 0x24, 0 or 1; 2 when absent */
+    uint8_t retain_available;       /* 0x25, 0 or 1; 1 when absent */
+    uint8_t wildcard_sub_available; /* 0x28, 0 or 1; 1 when absent */
+    uint8_t sub_id_available;       /* 0x29, 0 or 1; 1 when absent */
+    uint8_t shared_sub_available;   /* 0x2A, 0 or 1; 1 when absent */
+    struct mqtt_str content_type;   /* 0x03 */
+    struct mqtt_str response_topic; /* 0x08, a valid topic name */
+    struct mqtt_bin correlation_data;   /* 0x09 */
+    struct mqtt_str assigned_client_id; /* 0x12 */
+    struct mqtt_str auth_method;    /* 0x15 */
+    struct mqtt_bin auth_data;      /* 0x16, only with auth_method */
+    struct mqtt_str response_info;  /* 0x1A Response Information */
+    struct mqtt_str server_reference;   /* 0x1C */
+    struct mqtt_str reason_string;  /* 0x1F */
+};
+
 struct mqtt_connect {
     struct mqtt_str proto_name; /* "MQTT" or "MQIsdp" */
-    uint8_t level;              /* enum mqtt_version; see mqtt_decode() for levels != 3, 4 */
+    uint8_t level;              /* enum mqtt_version; see mqtt_decode() for levels != 3, 4, 5 */
     uint8_t flags;              /* raw connect flags byte */
     bool clean_session;
     uint16_t keepalive_s;       /* seconds; 0 = no keep alive */
@@ -107,8 +147,7 @@ struct mqtt_connect {
     struct mqtt_bin will_payload; /* may be empty */
     bool has_username, has_password;
     struct mqtt_str username;
-    struct mqtt_bin password;   /* binary data in 3.1.1 */
-    struct mqtt_bin will_props; /* 5.0 will properties; always empty today */
+    struct mqtt_bin password;   /* binary data; 5.0 allows a password without user name */
 };
 
 struct mqtt_connack {
@@ -117,7 +156,8 @@ struct mqtt_connack {
 };
 
 struct mqtt_publish {
-    struct mqtt_str topic;      /* valid topic name: non-empty, UTF-8, no wildcards */
+    struct mqtt_str topic;      /* valid topic name: UTF-8, no wildcards, non-empty except in
+                                 * 5.0 with a Topic Alias (props.topic_alias) */
     const uint8_t *payload;     /* view; may be empty (then possibly NULL) */
     size_t payload_len;         /* bytes */
     uint8_t qos;                /* 0..2; packet id in mqtt_packet.id when > 0 */
@@ -131,7 +171,8 @@ struct mqtt_subscribe {
     size_t count;               /* filters, >= 1 */
 };
 
-/* SUBACK: one return code per filter (0, 1, 2 or MQTT_SUBACK_FAILURE). */
+/* SUBACK: one return code per filter (0, 1, 2 or MQTT_SUBACK_FAILURE; in 5.0 a SUBACK
+ * reason code). Also 5.0 UNSUBACK: one UNSUBACK reason code per filter. */
 struct mqtt_suback {
     const uint8_t *codes;       /* view */
     size_t count;               /* >= 1 */
@@ -141,14 +182,22 @@ struct mqtt_packet {
     uint8_t type;               /* enum mqtt_type */
     uint8_t flags;              /* low nibble of the first byte */
     uint16_t id;                /* packet identifier when the type has one, else 0 */
-    struct mqtt_bin props;      /* 5.0 properties (raw); always empty today */
+    uint8_t version;            /* the rules it was decoded with: MQTT_V311 or MQTT_V5 */
+    uint8_t reason;             /* 5.0 PUBACK..PUBCOMP, DISCONNECT, AUTH: the reason code
+                                 * (0 when omitted); CONNACK's is connack.rc */
     union {
         struct mqtt_connect connect;     /* CONNECT */
         struct mqtt_connack connack;     /* CONNACK */
         struct mqtt_publish publish;     /* PUBLISH */
         struct mqtt_subscribe subscribe; /* SUBSCRIBE, UNSUBSCRIBE */
-        struct mqtt_suback suback;       /* SUBACK */
+        struct mqtt_suback suback;       /* SUBACK; 5.0 UNSUBACK */
     };
+    /* Last, so a 3.1.1 decode clears only what precedes them: in a packet decoded with
+     * 3.1.1 rules (version != MQTT_V5) only their `present` (0) and `raw` (empty) are
+     * set, the other fields are not. */
+    struct mqtt_props props;      /* 5.0: the packet's properties */
+    struct mqtt_props will_props; /* 5.0 CONNECT with a will: the Will Properties; else
+                                   * none (present 0) */
 };
 
 /* Decodes at most one packet from p[0..len).
@@ -169,6 +218,31 @@ struct mqtt_packet {
  * with CONNACK 0x02 [MQTT-3.1.3-8], and MQTT 3.1 ("MQIsdp") wants 1..23 bytes. */
 enum codec_rc mqtt_decode(const struct mqtt_limits *lim, const uint8_t *p, size_t len,
                           struct mqtt_packet *pkt, size_t *used, const char **why);
+
+/* The same decoder with the connection's protocol version given explicitly (lim->version
+ * is not read) and the reason code to send when a packet is refused.
+ * version: MQTT_V_UNKNOWN before CONNECT (a CONNECT of level 3, 4 or 5 is decoded whole;
+ * pkt->connect.level tells the handler which one it got, and any other packet decodes
+ * with 3.1.1 rules), MQTT_V31 / MQTT_V311 (3.1.1 rules, as mqtt_decode()), MQTT_V5
+ * (5.0 rules: properties after the variable header, reason codes in acks, DISCONNECT
+ * and AUTH; the remaining length must be minimal [MQTT-1.5.5-1]).
+ * reason (may be NULL): on CODEC_ERROR, the reason code for the CONNACK or DISCONNECT
+ * that 5.0 sends before closing (§4.13): MQTT_RC_MALFORMED_PACKET, MQTT_RC_PROTOCOL_ERROR,
+ * MQTT_RC_PACKET_TOO_LARGE, MQTT_RC_TOPIC_ALIAS_INVALID, or
+ * MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION for a version argument other than 0, 3, 4, 5;
+ * also set for 3.1.1 packets (where nothing is sent with it).
+ * What the 5.0 decoder checks beyond the framing: property identifiers allowed on the
+ * packet (else 0x81), properties that may appear once (else 0x82), property values in
+ * range (Receive Maximum, Maximum Packet Size and Subscription Identifier not 0, the
+ * 0-or-1 bytes, a Response Topic without wildcards, Authentication Data only with a
+ * method: 0x82; Topic Alias 0: 0x94), UTF-8 (0x81), reason codes listed for the packet
+ * type (0x81), subscription options (reserved bits and QoS 3: 0x81, Retain Handling 3,
+ * No Local on a shared subscription and a malformed $share filter: 0x82), an empty
+ * topic without a Topic Alias (0x82). Rules that need connection state (topic alias
+ * maximum, receive maximum, which side may send what) are the handler's. */
+enum codec_rc mqtt_decode_v(const struct mqtt_limits *lim, uint8_t version, const uint8_t *p,
+                            size_t len, struct mqtt_packet *pkt, size_t *used,
+                            const char **why, uint8_t *reason);
 
 /* Walks the filters of a decoded SUBSCRIBE or UNSUBSCRIBE. Start with *off = 0.
  * Returns 1 with *filter set (and *options: the requested QoS byte of SUBSCRIBE,
@@ -217,6 +291,215 @@ int mqtt_encode_unsuback(struct buf *out, uint16_t id);
 int mqtt_encode_pingreq(struct buf *out);
 int mqtt_encode_pingresp(struct buf *out);
 int mqtt_encode_disconnect(struct buf *out);
+
+/* ---- MQTT 5.0 (protocols/mqtt/props.c, codec5.c) */
+
+/* Reason codes (5.0 §2.4). One byte; several codes share a value. */
+enum mqtt_rc {
+    MQTT_RC_SUCCESS = 0x00,               /* also Normal disconnection, Granted QoS 0 */
+    MQTT_RC_NORMAL_DISCONNECTION = 0x00,
+    MQTT_RC_GRANTED_QOS0 = 0x00,
+    MQTT_RC_GRANTED_QOS1 = 0x01,
+    MQTT_RC_GRANTED_QOS2 = 0x02,
+    MQTT_RC_DISCONNECT_WITH_WILL = 0x04,
+    MQTT_RC_NO_MATCHING_SUBSCRIBERS = 0x10,
+    MQTT_RC_NO_SUBSCRIPTION_EXISTED = 0x11,
+    MQTT_RC_CONTINUE_AUTHENTICATION = 0x18,
+    MQTT_RC_REAUTHENTICATE = 0x19,
+    MQTT_RC_UNSPECIFIED_ERROR = 0x80,
+    MQTT_RC_MALFORMED_PACKET = 0x81,
+    MQTT_RC_PROTOCOL_ERROR = 0x82,
+    MQTT_RC_IMPLEMENTATION_SPECIFIC_ERROR = 0x83,
+    MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION = 0x84,
+    MQTT_RC_CLIENT_ID_NOT_VALID = 0x85,
+    MQTT_RC_BAD_USER_NAME_OR_PASSWORD = 0x86,
+    MQTT_RC_NOT_AUTHORIZED = 0x87,
+    MQTT_RC_SERVER_UNAVAILABLE = 0x88,
+    MQTT_RC_SERVER_BUSY = 0x89,
+    MQTT_RC_BANNED = 0x8A,
+    MQTT_RC_SERVER_SHUTTING_DOWN = 0x8B,
+    MQTT_RC_BAD_AUTHENTICATION_METHOD = 0x8C,
+    MQTT_RC_KEEP_ALIVE_TIMEOUT = 0x8D,
+    MQTT_RC_SESSION_TAKEN_OVER = 0x8E,
+    MQTT_RC_TOPIC_FILTER_INVALID = 0x8F,
+    MQTT_RC_TOPIC_NAME_INVALID = 0x90,
+    MQTT_RC_PACKET_ID_IN_USE = 0x91,
+    MQTT_RC_PACKET_ID_NOT_FOUND = 0x92,
+    MQTT_RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93,
+    MQTT_RC_TOPIC_ALIAS_INVALID = 0x94,
+    MQTT_RC_PACKET_TOO_LARGE = 0x95,
+    MQTT_RC_MESSAGE_RATE_TOO_HIGH = 0x96,
+    MQTT_RC_QUOTA_EXCEEDED = 0x97,
+    MQTT_RC_ADMINISTRATIVE_ACTION = 0x98,
+    MQTT_RC_PAYLOAD_FORMAT_INVALID = 0x99,
+    MQTT_RC_RETAIN_NOT_SUPPORTED = 0x9A,
+    MQTT_RC_QOS_NOT_SUPPORTED = 0x9B,
+    MQTT_RC_USE_ANOTHER_SERVER = 0x9C,
+    MQTT_RC_SERVER_MOVED = 0x9D,
+    MQTT_RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E,
+    MQTT_RC_CONNECTION_RATE_EXCEEDED = 0x9F,
+    MQTT_RC_MAXIMUM_CONNECT_TIME = 0xA0,
+    MQTT_RC_SUBSCRIPTION_IDS_NOT_SUPPORTED = 0xA1,
+    MQTT_RC_WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED = 0xA2,
+};
+
+/* The spec's name of a reason code ("Malformed Packet"); for 0x00 "Success". "?" when
+ * the value is not a 5.0 reason code. Static. */
+const char *mqtt_rc_name(uint8_t rc);
+/* 1 when rc is one of the reason codes 5.0 lists for packet type (CONNACK, PUBACK,
+ * PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT, AUTH), else 0. */
+int mqtt_rc_allowed(uint8_t type, uint8_t rc);
+
+/* Property identifiers (5.0 §2.2.2.2). */
+enum mqtt_prop_id {
+    MQTT_PROP_PAYLOAD_FORMAT = 0x01,          /* byte: PUBLISH, Will */
+    MQTT_PROP_MESSAGE_EXPIRY = 0x02,          /* four-byte: PUBLISH, Will */
+    MQTT_PROP_CONTENT_TYPE = 0x03,            /* string: PUBLISH, Will */
+    MQTT_PROP_RESPONSE_TOPIC = 0x08,          /* string: PUBLISH, Will */
+    MQTT_PROP_CORRELATION_DATA = 0x09,        /* binary: PUBLISH, Will */
+    MQTT_PROP_SUBSCRIPTION_ID = 0x0B,         /* varint: PUBLISH (repeats), SUBSCRIBE */
+    MQTT_PROP_SESSION_EXPIRY = 0x11,          /* four-byte: CONNECT, CONNACK, DISCONNECT */
+    MQTT_PROP_ASSIGNED_CLIENT_ID = 0x12,      /* string: CONNACK */
+    MQTT_PROP_SERVER_KEEP_ALIVE = 0x13,       /* two-byte: CONNACK */
+    MQTT_PROP_AUTH_METHOD = 0x15,             /* string: CONNECT, CONNACK, AUTH */
+    MQTT_PROP_AUTH_DATA = 0x16,               /* binary: CONNECT, CONNACK, AUTH */
+    MQTT_PROP_REQUEST_PROBLEM_INFO = 0x17,    /* byte: CONNECT */
+    MQTT_PROP_WILL_DELAY = 0x18,              /* four-byte: Will */
+    MQTT_PROP_REQUEST_RESPONSE_INFO = 0x19,   /* byte: CONNECT */
+    MQTT_PROP_RESPONSE_INFO = 0x1A,           /* string: CONNACK */
+    MQTT_PROP_SERVER_REFERENCE = 0x1C,        /* string: CONNACK, DISCONNECT */
+    MQTT_PROP_REASON_STRING = 0x1F,           /* string: CONNACK, acks, DISCONNECT, AUTH */
+    MQTT_PROP_RECEIVE_MAXIMUM = 0x21,         /* two-byte: CONNECT, CONNACK */
+    MQTT_PROP_TOPIC_ALIAS_MAXIMUM = 0x22,     /* two-byte: CONNECT, CONNACK */
+    MQTT_PROP_TOPIC_ALIAS = 0x23,             /* two-byte: PUBLISH */
+    MQTT_PROP_MAXIMUM_QOS = 0x24,             /* byte: CONNACK */
+    MQTT_PROP_RETAIN_AVAILABLE = 0x25,        /* byte: CONNACK */
+    MQTT_PROP_USER_PROPERTY = 0x26,           /* string pair: every packet with properties,
+                                               * repeats */
+    MQTT_PROP_MAXIMUM_PACKET_SIZE = 0x27,     /* four-byte: CONNECT, CONNACK */
+    MQTT_PROP_WILDCARD_SUB_AVAILABLE = 0x28,  /* byte: CONNACK */
+    MQTT_PROP_SUB_ID_AVAILABLE = 0x29,        /* byte: CONNACK */
+    MQTT_PROP_SHARED_SUB_AVAILABLE = 0x2A,    /* byte: CONNACK */
+};
+#define MQTT_PROP_ID_MAX 0x2A
+
+/* Property value types (5.0 §1.5, §2.2.2.2). */
+enum mqtt_prop_type {
+    MQTT_PT_NONE = 0, /* not a property identifier */
+    MQTT_PT_BYTE,
+    MQTT_PT_U16,      /* Two Byte Integer */
+    MQTT_PT_U32,      /* Four Byte Integer */
+    MQTT_PT_VARINT,   /* Variable Byte Integer */
+    MQTT_PT_STR,      /* UTF-8 Encoded String */
+    MQTT_PT_BIN,      /* Binary Data */
+    MQTT_PT_PAIR,     /* UTF-8 String Pair */
+};
+
+/* One property, as mqtt_prop_next() returns it (views into the packet). */
+struct mqtt_prop {
+    uint8_t id;            /* enum mqtt_prop_id */
+    uint8_t type;          /* enum mqtt_prop_type */
+    uint32_t u;            /* BYTE, U16, U32, VARINT */
+    struct mqtt_str str;   /* STR; PAIR: the name */
+    struct mqtt_str value; /* PAIR: the value */
+    struct mqtt_bin bin;   /* BIN */
+};
+
+/* Where a property appears: a packet type, or MQTT_PROPS_WILL for CONNECT's Will
+ * Properties (type 0 is no packet). */
+#define MQTT_PROPS_WILL 0
+
+/* The type of property id, MQTT_PT_NONE when id is not one. */
+uint8_t mqtt_prop_type(uint8_t id);
+/* 1 when property id may appear in `where` (a packet type or MQTT_PROPS_WILL). */
+int mqtt_prop_allowed(uint8_t where, uint8_t id);
+/* 1 when props holds property id. */
+static inline int mqtt_props_has(const struct mqtt_props *ps, uint8_t id)
+{
+    return id <= MQTT_PROP_ID_MAX && ((ps->present >> id) & 1);
+}
+/* Walks the properties of a decoded packet in wire order. Start with *off = 0; returns 1
+ * with *p filled, or 0 at the end. */
+int mqtt_prop_next(const struct mqtt_props *ps, size_t *off, struct mqtt_prop *p);
+/* Same, only the properties with identifier id (User Property, Subscription Identifier). */
+int mqtt_prop_find(const struct mqtt_props *ps, uint8_t id, size_t *off, struct mqtt_prop *p);
+/* Validates raw property bytes (without their length prefix) as the properties of `where`,
+ * with every rule the decoder applies. Returns 0, or the reason code (0x81, 0x82, 0x94)
+ * with *why set. out (may be NULL) receives the decoded view. */
+int mqtt_props_parse(uint8_t where, const uint8_t *p, size_t len, struct mqtt_props *out,
+                     const char **why);
+
+/* ---- property builder: append one property (identifier and value) to b, to pass to a
+ * 5.0 encoder as a struct mqtt_bin (the encoder writes the Property Length). Each returns
+ * 0, or GW_EINVAL (nothing appended) when id does not have that type or the value does
+ * not fit it (a byte > 255, a Subscription Identifier 0 or > 268,435,455, a string over
+ * 65535 bytes). Rules across properties (duplicates, the packet) are checked by the
+ * encoder. */
+int mqtt_prop_put_int(struct buf *b, uint8_t id, uint32_t v); /* BYTE, U16, U32, VARINT */
+int mqtt_prop_put_str(struct buf *b, uint8_t id, const char *s, size_t len);
+int mqtt_prop_put_bin(struct buf *b, uint8_t id, const void *p, size_t len);
+int mqtt_prop_put_user(struct buf *b, const char *name, size_t name_len, const char *value,
+                       size_t value_len);
+/* Any property as mqtt_prop_next() returns it (to copy properties from one packet). */
+int mqtt_prop_put(struct buf *b, const struct mqtt_prop *p);
+
+/* Subscription options byte of a 5.0 SUBSCRIBE entry (§3.8.3.1). */
+#define MQTT_SUBOPT_QOS_MASK 0x03
+#define MQTT_SUBOPT_NO_LOCAL 0x04
+#define MQTT_SUBOPT_RETAIN_AS_PUBLISHED 0x08
+#define MQTT_SUBOPT_RETAIN_HANDLING_SHIFT 4 /* 0 send, 1 send if new, 2 do not send */
+#define MQTT_SUBOPT_RETAIN_HANDLING_MASK 0x30
+#define MQTT_SUBOPT_RESERVED 0xC0
+
+/* A shared subscription filter "$share/{ShareName}/{filter}" (5.0 §4.8.2). Returns 1
+ * with the share name and the filter set when filter is one, 0 when it does not start
+ * with "$share/", -1 when it does but is malformed (empty share name, '+', '#' or '/'
+ * in it, no filter after it, or an invalid filter). */
+int mqtt_filter_share(const char *filter, size_t len, struct mqtt_str *share_name,
+                      struct mqtt_str *share_filter);
+
+/* ---- 5.0 encoders. Same contract as the 3.1.1 ones (one packet or nothing, GW_EINVAL),
+ * and more: props (NULL = none) are property bytes built with mqtt_prop_put_*(), checked
+ * with mqtt_props_parse() for the packet, and a reason code must be one listed for the
+ * packet type. */
+
+/* CONNECT level 5 from c (as mqtt_encode_connect(); proto_name and level are ignored),
+ * with the CONNECT properties and, when c->will, the Will Properties. */
+int mqtt_encode_connect5(struct buf *out, const struct mqtt_connect *c,
+                         const struct mqtt_bin *props, const struct mqtt_bin *will_props);
+int mqtt_encode_connack5(struct buf *out, bool session_present, uint8_t rc,
+                         const struct mqtt_bin *props);
+/* PUBLISH: topic may be empty when props carry a Topic Alias. */
+int mqtt_encode_publish5(struct buf *out, const char *topic, size_t topic_len,
+                         const struct mqtt_bin *props, const uint8_t *payload,
+                         size_t payload_len, uint8_t qos, bool retain, bool dup, uint16_t id);
+/* Without the payload, as mqtt_encode_publish_header(). */
+int mqtt_encode_publish5_header(struct buf *out, const char *topic, size_t topic_len,
+                                const struct mqtt_bin *props, size_t payload_len, uint8_t qos,
+                                bool retain, bool dup, uint16_t id);
+/* PUBACK, PUBREC, PUBREL or PUBCOMP (type): reason code and properties, both omitted when
+ * rc is 0 and there are none (remaining length 2), the property length omitted when
+ * there are none (§3.4.2.1). */
+int mqtt_encode_ack5(struct buf *out, uint8_t type, uint16_t id, uint8_t rc,
+                     const struct mqtt_bin *props);
+
+/* One 5.0 SUBSCRIBE entry. */
+struct mqtt_sub_req5 {
+    struct mqtt_str filter;
+    uint8_t options;            /* QoS | MQTT_SUBOPT_* */
+};
+int mqtt_encode_subscribe5(struct buf *out, uint16_t id, const struct mqtt_bin *props,
+                           const struct mqtt_sub_req5 *subs, size_t n);
+int mqtt_encode_suback5(struct buf *out, uint16_t id, const struct mqtt_bin *props,
+                        const uint8_t *codes, size_t n);
+int mqtt_encode_unsubscribe5(struct buf *out, uint16_t id, const struct mqtt_bin *props,
+                             const struct mqtt_str *filters, size_t n);
+int mqtt_encode_unsuback5(struct buf *out, uint16_t id, const struct mqtt_bin *props,
+                          const uint8_t *codes, size_t n);
+/* DISCONNECT and AUTH: remaining length 0 when rc is 0 and there are no properties, the
+ * reason code alone when there are none (§3.14.2.1, §3.15.2.1). */
+int mqtt_encode_disconnect5(struct buf *out, uint8_t rc, const struct mqtt_bin *props);
+int mqtt_encode_auth(struct buf *out, uint8_t rc, const struct mqtt_bin *props);
 
 /* ---- topics (protocols/mqtt/topic.c) */
 
