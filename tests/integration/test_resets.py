@@ -241,8 +241,9 @@ def half_tls_record(g, name):
     rst(s)
 
 
-def streamed_csv_reset(g, dev):
-    s = plain(g.ports["http"])
+def streamed_csv_reset(g, dev, use_tls):
+    """A long CSV reply (streamed, chunked), cut while it is being written."""
+    s = sock(g, port_name("http", use_tls), use_tls)
     s.sendall(("GET /api/devices/%s/telemetry?keys=v&from=0&limit=20000&format=csv HTTP/1.1\r\n"
                "Host: x\r\nAuthorization: Bearer %s\r\n\r\n" % (dev, API_KEY)).encode())
     got = recv_some(s, 8192, 5)
@@ -250,15 +251,18 @@ def streamed_csv_reset(g, dev):
     rst(s)
 
 
-def live_burst_reset(g, dev, token):
-    ws = RawWS(g.ports["http"], "/ws/live", headers={"Authorization": "Bearer " + API_KEY})
-    t.eq(ws.status, 101, "live viewer upgraded")
-    ws.send_json({"subscribe": {"devices": [dev]}})
+def live_burst_reset(g, dev, token, use_tls):
+    """A live viewer cut while a burst of updates is written to it."""
+    s = sock(g, port_name("http", use_tls), use_tls)
+    s.sendall(upgrade_req("/ws/live", AUTH)
+              + RawWS.frame(0x1, json.dumps({"subscribe": {"devices": [dev]}}).encode()))
+    head = recv_some(s, 4096, 5)
+    t(head.startswith(b"HTTP/1.1 101"), "live viewer upgraded: %r" % head[:40])
     lc = g.line(dev, token)
     for i in range(300):
         lc.send_line({"v": i, "pad": "x" * 200})
     time.sleep(0.05)
-    rst(ws.sock)
+    rst(s)
     for i in range(300):
         lc.send_line({"v": i})
     lc.close()
@@ -349,8 +353,9 @@ def main():
                     t.eq(lc.read_line(), {"ack": 1}, "data for the CSV stored")
                     lc.close()
                     for _ in range(ROUNDS):
-                        streamed_csv_reset(g, "dev-r")
-                        live_burst_reset(g, "dev-r", token)
+                        for use_tls in (False, True):
+                            streamed_csv_reset(g, "dev-r", use_tls)
+                            live_burst_reset(g, "dev-r", token, use_tls)
                 healthy(g, name)
                 lc = g.line("dev-r", token)  # the next client is served as usual
                 lc.send_line({"seq": 7, "v": 7})
