@@ -24,6 +24,8 @@ import tempfile
 import time
 import zlib
 
+import mqttraw
+
 from galetest import API_KEY, Check, Gale, LineClient, RawWS, tls_args, wait_for
 from tlscerts import CA
 
@@ -65,39 +67,17 @@ def port_name(base, use_tls):
     return {"http": "https", "line": "lines", "mqtt": "mqtts"}[base] if use_tls else base
 
 
-# ---- MQTT packets ----
-def mstr(s):
-    b = s.encode()
-    return struct.pack(">H", len(b)) + b
-
-
-def remlen(n):
-    out = b""
-    while True:
-        d, n = n % 128, n // 128
-        out += bytes([d | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
+# ---- MQTT packets (mqttraw's builders) ----
 def connect_pkt(client, user=None, pw=None):
-    flags = 0x02 | (0x80 if user else 0) | (0x40 if pw else 0)
-    body = mstr("MQTT") + bytes([4, flags]) + struct.pack(">H", 30) + mstr(client)
-    if user:
-        body += mstr(user)
-    if pw:
-        body += mstr(pw)
-    return b"\x10" + remlen(len(body)) + body
+    return mqttraw.connect(client, clean=True, keepalive=30, username=user, password=pw)
 
 
 def subscribe_pkt(pid, topic, qos=1):
-    body = struct.pack(">H", pid) + mstr(topic) + bytes([qos])
-    return b"\x82" + remlen(len(body)) + body
+    return mqttraw.subscribe(pid, [(topic, qos)])
 
 
 def publish_pkt(topic, payload, qos=1, pid=1):
-    body = mstr(topic) + (struct.pack(">H", pid) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + remlen(len(body)) + body
+    return mqttraw.publish(topic, payload, qos=qos, pid=pid)
 
 
 def recv_some(s, n=1, timeout=2):
