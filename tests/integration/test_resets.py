@@ -26,7 +26,7 @@ import zlib
 
 import mqttraw
 
-from galetest import API_KEY, Check, Gale, LineClient, RawWS, tls_args, wait_for
+from galetest import API_KEY, Check, Gale, RawWS, tls_args, wait_for
 from tlscerts import CA
 
 t = Check("test_resets")
