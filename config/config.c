@@ -153,8 +153,9 @@ static const struct key keys[] = {
          "Retained topics kept; a new one past this is delivered but not retained."),
     CHOICE("mqtt.invalid_telemetry", mqtt.invalid_telemetry, "disconnect|ack", "disconnect",
            "A publish on a telemetry topic whose payload does not decode (never stored): "
-           "disconnect = no PUBACK/PUBREC, not routed, the connection is closed; ack = "
-           "acknowledged and routed as a plain message. Counted and logged either way."),
+           "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
+           "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
+           "ack = acknowledged and routed as a plain message. Counted and logged either way."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
         "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "

@@ -694,7 +694,7 @@ static bool may_write(const struct conn *c)
 
 void conn_send(struct conn *c, const void *data, size_t len)
 {
-    if (c->closing || !len) /* the last words are the transport's own */
+    if ((c->closing && !c->last_words) || !len) /* last words: the protocol's goodbye */
         return;
     if (c->xport)
         c->xport->send(c->xport_state, data, len);

@@ -1461,7 +1461,7 @@ bool broker_anon_denied(const struct mqtt_broker *b, const char *topic, size_t l
 
 /* Whether s (offline, persistent) outlived its expiry: mqtt.session_expiry_s, or its MQTT 5
  * client's Session Expiry Interval (capped by it). */
-static bool session_expired(const struct mqtt_session *s, int64_t now)
+bool broker_session_expired(const struct mqtt_session *s, int64_t now)
 {
     if (s->conn || s->clean || s->expiry_s == UINT32_MAX)
         return false;
@@ -1481,7 +1481,7 @@ static void expire_sessions(struct mqtt_broker *b)
         return; /* every session is connected: none can expire */
     while (map_next(&b->sessions, &it, NULL, &v)) {
         struct mqtt_session *s = v;
-        bool gone = session_expired(s, now);
+        bool gone = broker_session_expired(s, now);
         if (!gone && !(s->will && now >= s->will_at_ms))
             continue;
         if (n == cap) {
@@ -1494,7 +1494,7 @@ static void expire_sessions(struct mqtt_broker *b)
         struct mqtt_session *s = old[i];
         if (s->will && now >= s->will_at_ms)
             will_fire(b, s);
-        if (!session_expired(s, now))
+        if (!broker_session_expired(s, now))
             continue;
         log_info("mqtt client=\"%s\" session expired unused_s=%lld limit=%lu",
                  log_q(s->client_id), (long long)((now - s->seen_ms) / 1000),

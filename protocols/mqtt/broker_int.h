@@ -272,6 +272,8 @@ void broker_forward_props(const struct mqtt_props *ps, struct buf *out);
 /* A session's expiry to keep, from what a 5.0 client asked: capped by
  * mqtt.session_expiry_s when that is not 0. */
 uint32_t broker_expiry_cap(const struct mqtt_broker *b, uint32_t asked);
+/* Whether s is offline past its expiry (the timer deletes such sessions each second). */
+bool broker_session_expired(const struct mqtt_session *s, int64_t now);
 /* Stores a persistent session's record again (its expiry changed). */
 void broker_session_expiry(struct mqtt_broker *b, struct mqtt_session *s, uint32_t expiry_s);
 /* The client of s is back: a will waiting for its delay is dropped. */

@@ -377,6 +377,10 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
      * take it over nor resume it (it would read that client's messages). Sessions of
      * anonymous clients are anyone's, as on any open broker. */
     s = broker_session_get(b, client_id);
+    if (s && broker_session_expired(s, gw_now_ms())) { /* before the timer got to it */
+        broker_session_free(b, s);
+        s = NULL;
+    }
     if (s && s->role != ACL_ROLE_ANONYMOUS &&
         (mc->role == ACL_ROLE_ANONYMOUS || strcmp(s->username, mc->username) != 0)) {
         if (conn_refused(mc->c, "client id of another user"))
