@@ -60,6 +60,55 @@
 #define STORED_RETAIN 0x01
 #define STORED_RELEASED 0x02
 #define STORED_SENT 0x04
+/* bit 3: the stored payload starts with the message's MQTT 5 properties (pack_props); the
+ * same bit in a retained message's stored QoS byte */
+#define STORED_PROPS 0x08
+
+/* A message's payload as stored: when it has MQTT 5 properties or an expiry, prefixed with
+ * them (u32 length, the property bytes, i64 expiry epoch ms, big-endian) in tmp, and true;
+ * else the payload itself. */
+static bool pack_props(const struct msg *m, struct buf *tmp, const uint8_t **p, size_t *len)
+{
+    uint8_t hdr[8];
+    uint64_t e = (uint64_t)m->expiry_ms;
+    if (!m->props_len && !m->expiry_ms) {
+        *p = m->payload;
+        *len = m->payload_len;
+        return false;
+    }
+    for (int i = 0; i < 4; i++)
+        hdr[i] = (uint8_t)(m->props_len >> (24 - 8 * i));
+    buf_append(tmp, hdr, 4);
+    if (m->props_len)
+        buf_append(tmp, m->props, m->props_len);
+    for (int i = 0; i < 8; i++)
+        hdr[i] = (uint8_t)(e >> (56 - 8 * i));
+    buf_append(tmp, hdr, 8);
+    buf_append(tmp, m->payload, m->payload_len);
+    *p = tmp->data;
+    *len = tmp->len;
+    return true;
+}
+
+/* A message loaded from storage, its properties unpacked when packed (pack_props). */
+static struct msg *unpack_msg(const char *topic, const uint8_t *p, size_t len, bool packed)
+{
+    uint32_t plen = 0;
+    uint64_t e = 0;
+    struct msg *m;
+    if (!packed || len < 12)
+        return msg_new(MSG_PLAIN, "", topic, p, len, NULL, 0);
+    for (int i = 0; i < 4; i++)
+        plen = plen << 8 | p[i];
+    if (plen > len - 12)
+        return msg_new(MSG_PLAIN, "", topic, p, len, NULL, 0);
+    for (int i = 0; i < 8; i++)
+        e = e << 8 | p[4 + plen + i];
+    m = msg_new(MSG_PLAIN, "", topic, p + 12 + plen, len - 12 - plen, NULL, 0);
+    msg_set_props(m, p + 4, plen);
+    m->expiry_ms = (int64_t)e;
+    return m;
+}
 
 static size_t send_budget(const struct mqtt_broker *b)
 {
@@ -231,9 +280,15 @@ static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struc
     uint8_t flags = (uint8_t)((o->retain ? STORED_RETAIN : 0) |
                               (o->state == OUT_WAIT_PUBCOMP ? STORED_RELEASED : 0) |
                               (o->sent ? STORED_SENT : 0));
+    struct buf tmp;
+    const uint8_t *p;
+    size_t len;
+    buf_init(&tmp);
+    if (pack_props(o->m, &tmp, &p, &len))
+        flags |= STORED_PROPS;
     ticket_add(b->ticket, b->store.put_session_msg(b->store.ctx, s->client_id, o->store_id,
-                                                   o->m->topic, o->m->payload,
-                                                   o->m->payload_len, o->qos, flags));
+                                                   o->m->topic, p, len, o->qos, flags));
+    buf_fini(&tmp);
 }
 
 /* QoS 1/2 messages of persistent sessions are numbered (delivery order) and stored. */
@@ -895,6 +950,24 @@ static void retained_put_counted(struct mqtt_broker *b, struct msg *m)
     }
 }
 
+/* Stores the retained message m (with its MQTT 5 properties). */
+static uint64_t put_retained(struct mqtt_broker *b, const struct msg *m)
+{
+    struct buf tmp;
+    const uint8_t *p;
+    size_t len;
+    uint8_t qos = m->qos;
+    uint64_t seq;
+    buf_init(&tmp);
+    if (m->payload_len && pack_props(m, &tmp, &p, &len))
+        qos |= STORED_PROPS;
+    else
+        p = m->payload, len = m->payload_len;
+    seq = b->store.put_retained(b->store.ctx, m->topic, p, len, qos);
+    buf_fini(&tmp);
+    return seq;
+}
+
 static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
 {
     struct mqtt_broker *b = ctx;
@@ -913,8 +986,7 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     } else if (m->retain) {
         retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
-            ticket_add(t, b->store.put_retained(b->store.ctx, m->topic, m->payload,
-                                                m->payload_len, m->qos));
+            ticket_add(t, put_retained(b, m));
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
@@ -1693,8 +1765,8 @@ static void on_retained_loaded(void *ctx, const char *topic, const void *payload
                                uint8_t qos)
 {
     struct mqtt_broker *b = ctx;
-    struct msg *m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
-    m->qos = qos;
+    struct msg *m = unpack_msg(topic, payload, len, (qos & STORED_PROPS) != 0);
+    m->qos = qos & 3;
     m->retain = 1;
     retained_put_counted(b, m);
     msg_unref(m);
@@ -1742,7 +1814,7 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     if (!s)
         return;
     o = xcalloc(1, sizeof *o);
-    o->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
+    o->m = unpack_msg(topic, payload, len, (retain & STORED_PROPS) != 0);
     o->m->qos = qos;
     o->qos = qos;
     o->retain = (retain & STORED_RETAIN) != 0;

@@ -320,7 +320,12 @@ def restart_and_shutdown():
         c.send(R.disconnect5())
         c.close()
         pub = publisher(g)
-        pub.send(R.publish5("rs/x", "queued", qos=1, pid=1))
+        pub.send(R.publish5("rs/x", "queued", qos=1, pid=1,
+                            prop=R.props((R.P_CONTENT_TYPE, "text/plain"), (R.P_USER, ("a", "b")),
+                                         (R.P_MESSAGE_EXPIRY, 600))))
+        pub.recv_type(R.PUBACK)
+        pub.send(R.publish5("rt/ret", "kept", qos=1, pid=2, retain=True,
+                            prop=R.props((R.P_CORRELATION, b"\x07"))))
         pub.recv_type(R.PUBACK)
         pub.close()
         short = R.session5(port, "short", prop=R.props((R.P_SESSION_EXPIRY, 1)))
@@ -334,7 +339,15 @@ def restart_and_shutdown():
         port = g.ports["mqtt"]
         c = R.session5(port, "keep", clean=False, prop=R.props((R.P_SESSION_EXPIRY, 300)))
         t.eq(c.session_present, 1, "a 5.0 session survives a restart")
-        t.eq(recv_publish(c).payload, b"queued", "with its queued message")
+        p = recv_publish(c)
+        t.eq(p.payload, b"queued", "with its queued message")
+        t.eq((p.props.get(R.P_CONTENT_TYPE), p.props.get(R.P_USER)), ("text/plain", [("a", "b")]),
+             "its properties kept across the restart")
+        t(0 < p.props.get(R.P_MESSAGE_EXPIRY, 0) <= 600, "and its expiry: %r" % p.props)
+        c.sub(2, [("rt/ret", 0)])
+        p = recv_publish(c)
+        t.eq((p.payload, p.retain, p.props.get(R.P_CORRELATION)), (b"kept", True, b"\x07"),
+             "a retained message keeps its properties across a restart")
         c.close()
         time.sleep(1.5)
         c = R.session5(port, "short", clean=False, prop=R.props((R.P_SESSION_EXPIRY, 1)))
