@@ -111,6 +111,14 @@ def publish(c, dev, first, n):
     return acked
 
 
+def stopped(g):
+    """Stops g (SIGTERM): a clean stop exits 0, a sanitizer report does not."""
+    rc = g.stop()
+    if rc != 0:
+        print(g.log()[-5000:])
+    t.eq(rc, 0, "gale exits 0 after SIGTERM")
+
+
 def bridges(g):
     st, js = g.http("GET", "/api/bridges")
     return js[0] if st == 200 and js else {}
@@ -181,7 +189,7 @@ def test_forward_no_local_and_session():
             c.disconnect()
 
             # the session outlives Gale's absence (session_expiry_s defaults to 3600)
-            g.stop()
+            stopped(g)
             upstream_pub(up.port, "devices/v1/commands", json.dumps({"id": "k1", "name": "ping"}))
             g = Gale(data_dir=data, args=gale_args(
                 up.uri, subscribe=["devices/+/telemetry", "devices/+/commands"])).start(
@@ -191,13 +199,13 @@ def test_forward_no_local_and_session():
                      "the command published while Gale was stopped arrives")
             t(True, "session kept upstream: the command published while Gale was stopped "
                     "arrives (session_present=1)")
-            g.stop()
+            stopped(g)
             # session_expiry_s 0: the upstream forgets the bridge at its disconnect
             g = Gale(data_dir=data, args=gale_args(
                 up.uri, subscribe=["devices/+/commands"], session_expiry_s=0)).start(
                 wait_ports=("http", "mqtt"))
             g.wait_log(r"bridge connected upstream=up1", 20)
-            g.stop()
+            stopped(g)
             upstream_pub(up.port, "devices/v1/commands", json.dumps({"id": "k2", "name": "ping"}))
             g = Gale(data_dir=data, args=gale_args(
                 up.uri, subscribe=["devices/+/commands"], session_expiry_s=0)).start(
@@ -207,7 +215,7 @@ def test_forward_no_local_and_session():
             t.eq(g.http("GET", "/api/devices/v1/commands/k2")[0], 404,
                  "with session_expiry_s 0 nothing is kept for the bridge while it is away")
         finally:
-            g.stop()
+            stopped(g)
             sub.close()
 
 
@@ -246,7 +254,7 @@ def test_upstream_killed():
         c.loop_stop()
         c.disconnect()
     finally:
-        g.stop()
+        stopped(g)
         sub.close()
         up.close()
 
@@ -303,7 +311,7 @@ def test_refused_publish():
             s.loop_stop()
             ok.loop_stop()
         finally:
-            g.stop()
+            stopped(g)
             sub.close()
 
 
@@ -327,14 +335,14 @@ def test_connack_refused():
             t(('gale_bridge_connack_reason_code{upstream="up1"} %d' % ca.get("code", -2))
               in text.decode(), "/metrics: the CONNACK reason code")
         finally:
-            g.stop()
+            stopped(g)
         g = gale(up.uri, username="gale", password="right-pw")
         try:
             g.wait_log(r"bridge connected upstream=up1", 20)
             t.eq((bridges(g).get("connack") or {}).get("code"), 0,
                  "the right password: CONNACK 0")
         finally:
-            g.stop()
+            stopped(g)
 
 
 class FakeV5Upstream:
@@ -458,7 +466,7 @@ def test_server_disconnect():
         t.eq((bridges(g).get("disconnect") or {}).get("code"), 0x8B,
              "the last DISCONNECT stays in the status after the reconnect")
     finally:
-        g.stop()
+        stopped(g)
         up.close()
 
 
