@@ -52,7 +52,8 @@ struct event {
     bool ok;                 /* EV_DELIVERED; EV_CONNECTED: session present */
     uint8_t qos;             /* EV_MESSAGE */
     bool retain;
-    size_t len;              /* EV_MESSAGE: payload bytes */
+    size_t len;              /* EV_MESSAGE: payload bytes; EV_CONNECTED: the upstream's
+                              * Maximum Packet Size (MQTT 5), 0 when it set none */
     char *text;              /* EV_LOST, EV_CONNECT_FAILED, EV_DISCONNECTED: what happened;
                               * EV_MESSAGE topic */
     unsigned char *payload;  /* EV_MESSAGE */
@@ -78,6 +79,7 @@ struct link {
     size_t addr;             /* the address of the attempt under way (loop thread) */
     size_t tried;            /* addresses this attempt has tried so far */
     enum phase phase;        /* loop thread */
+    size_t max_packet;       /* the upstream's Maximum Packet Size, 0: none (loop thread) */
     bool v5;                 /* cfg->protocol is 5 */
     bool closed;
     bool tls;                /* some address is ssl:// or wss:// */
@@ -161,6 +163,9 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
     e->ok = r && r->alt.connect.sessionPresent;
     e->code = r ? (int)r->reasonCode : 0;
     e->reason_string = r ? reason_string(&r->properties) : NULL;
+    if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE))
+        e->len = (unsigned)MQTTProperties_getNumericValue(&r->properties,
+                                                         MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
     push(ctx, e);
 }
 
@@ -341,6 +346,7 @@ static void on_wake(uv_async_t *a)
             switch (e->kind) {
             case EV_CONNECTED:
                 l->phase = PH_UP;
+                l->max_packet = e->len;
                 if (l->ev->reason)
                     l->ev->reason(l->ev_ctx, UPSTREAM_CONNACK, e->code < 0 ? 0 : e->code,
                                   code_name(l, e->code < 0 ? 0 : e->code), e->reason_string);
@@ -540,15 +546,38 @@ static int paho_subscribe(void *link, char *const *filters, size_t n, uint8_t qo
     return rc == MQTTASYNC_SUCCESS ? 0 : GW_EINVAL;
 }
 
+/* Bytes of the PUBLISH packet for topic and len payload bytes, without properties. */
+static size_t publish_size(const char *topic, size_t len, uint8_t qos)
+{
+    size_t rem = 2 + strlen(topic) + (qos ? 2 : 0) + 1 + len, n = 1;
+    for (size_t r = rem; r >= 128; r /= 128)
+        n++;
+    return 1 + n + rem;
+}
+
 static int paho_send(void *link, uint64_t tag, const char *topic, const void *payload, size_t len,
                      uint8_t qos)
 {
     struct link *l = link;
     MQTTAsync_message m = MQTTAsync_message_initializer;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    struct send_ctx *s = xcalloc(1, sizeof *s);
+    struct send_ctx *s;
     int rc;
 
+    /* MQTT 5: a packet past the upstream's Maximum Packet Size would make it disconnect
+     * (0x95), again at every resend: it is refused here with that reason code */
+    if (l->v5 && l->max_packet && publish_size(topic, len, qos) > l->max_packet) {
+        struct event *e = event_new(EV_REFUSED, NULL);
+        char why[96];
+        snprintf(why, sizeof why, "larger than the upstream's Maximum Packet Size (%zu bytes)",
+                 l->max_packet);
+        e->tag = tag;
+        e->code = MQTTREASONCODE_PACKET_TOO_LARGE;
+        e->reason_string = xstrdup(why);
+        push(l, e);
+        return 0;
+    }
+    s = xcalloc(1, sizeof *s);
     s->l = l;
     s->tag = tag;
     m.payload = (void *)payload;

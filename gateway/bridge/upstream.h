@@ -59,7 +59,9 @@ struct upstream_events {
     void (*message)(void *ctx, const char *topic, const void *payload, size_t len,
                     uint8_t qos, bool retain);
     /* MQTT 5: the upstream answered the send with tag by a reason code >= 0x80 (PUBACK,
-     * PUBREC): it does not take the message, and would answer a resend the same way.
+     * PUBREC): it does not take the message, and would answer a resend the same way. Also
+     * 0x95 (Packet too large) for a message past the Maximum Packet Size of the upstream's
+     * CONNACK, which the link does not send.
      * name: static; reason_string (the packet's Reason String) NULL when none. */
     void (*refused)(void *ctx, uint64_t tag, int code, const char *name,
                     const char *reason_string);

@@ -7,7 +7,8 @@ Gale is stopped (a command published meanwhile arrives; with session_expiry_s 0 
 does not); the upstream killed and restarted: the bridge reconnects and every message
 acknowledged meanwhile arrives; a publish the upstream's ACL denies gets PUBACK 0x87:
 counted, shown in /api/bridges and /metrics, logged once, dropped from the outbox while
-messages on other topics keep flowing; a wrong password: CONNACK 0x86 in the status; an
+messages on other topics keep flowing; a message past the upstream's Maximum Packet Size
+is refused (0x95) instead of getting the bridge disconnected at every resend; a wrong password: CONNACK 0x86 in the status; an
 upstream's DISCONNECT (0x8B with a Reason String, from a minimal MQTT 5 server: Mosquitto
 2.0.11 closes a taken-over session without one) in the log and the status, and a
 reconnect."""
@@ -315,6 +316,37 @@ def test_refused_publish():
             sub.close()
 
 
+def test_packet_too_large():
+    """Mosquitto's max_packet_size goes in its CONNACK (Maximum Packet Size); a bigger
+    PUBLISH would get DISCONNECT 0x95 at every resend: the bridge refuses it itself."""
+    with MosquittoUpstream(extra_conf="max_packet_size 1000\n") as up:
+        sub = Sub(up.port, "devices/#")
+        g = gale(up.uri)
+        try:
+            g.wait_log(r"bridge connected upstream=up1", 20)
+            c = device(g, "big")
+            acked = publish(c, "big", 0, 1)
+            info = c.publish("devices/big/telemetry", json.dumps({"n": 1, "x": "a" * 2000}), qos=1)
+            info.wait_for_publish(10)
+            t(info.is_published(), "Gale acknowledges the big message")
+            acked |= publish(c, "big", 2, 1)
+            check_arrival(sub.drain(2, 20), acked, "the small messages around a too big one")
+            wait_for(lambda: bridges(g).get("backlog") == 0, 20, "the outbox empties")
+            b = bridges(g)
+            t.eq((b.get("refused"), (b.get("last_refused") or {}).get("name")),
+                 ({"0x95": 1}, "Packet too large"), "refused: 0x95 Packet too large")
+            t.eq((b.get("connected"), b.get("reconnects_total"), b.get("disconnect")),
+                 (True, 0, None), "never disconnected by the upstream")
+            g.wait_log(r"bridge refused upstream=up1 reason=0x95 \(Packet too large\) "
+                       r"reason_string=\"larger than the upstream's Maximum Packet Size "
+                       r"\(1000 bytes\)\"", 5)
+            t(True, "logged with the upstream's limit")
+            c.loop_stop()
+        finally:
+            stopped(g)
+            sub.close()
+
+
 def test_connack_refused():
     up, pwfile = upstream_with("passwd", "", "password_file")
     subprocess.run(["mosquitto_passwd", "-b", pwfile, "gale", "right-pw"], check=True,
@@ -474,6 +506,7 @@ def main():
     test_check_config()
     test_forward_no_local_and_session()
     test_refused_publish()
+    test_packet_too_large()
     test_connack_refused()
     test_server_disconnect()
     test_upstream_killed()
