@@ -11,7 +11,8 @@ messages on other topics keep flowing; a message past the upstream's Maximum Pac
 is refused (0x95) instead of getting the bridge disconnected at every resend; a wrong password: CONNACK 0x86 in the status; an
 upstream's DISCONNECT (0x8B with a Reason String, from a minimal MQTT 5 server: Mosquitto
 2.0.11 closes a taken-over session without one) in the log and the status, and a
-reconnect."""
+reconnect; that server resetting the connection at each step of the exchange in turn:
+the bridge gets through (under ASan: cleanly)."""
 import json
 import os
 import queue
@@ -378,12 +379,20 @@ def test_connack_refused():
 
 
 class FakeV5Upstream:
-    """A minimal MQTT 5 server on loopback (raw packets, standard library only): it
-    accepts each CONNECT with CONNACK 0 and answers SUBSCRIBE and PINGREQ; on its first
-    connection it sends DISCONNECT 0x8B (Server shutting down) with a Reason String
-    once the bridge has subscribed, then closes. Records each CONNECT's protocol level."""
+    """A minimal MQTT 5 server on loopback (raw packets, standard library only), one
+    scripted behaviour per connection (script[i] for the i-th, "normal" past its end):
+      normal      CONNACK 0, SUBACK, PUBACK 0 to every PUBLISH (recorded in .got), PINGRESP
+      kick        as normal until the SUBSCRIBE, then DISCONNECT 0x8B (Server shutting
+                  down) with a Reason String, and close
+      no_connack  reset (RST) once the CONNECT is read
+      after_sub   reset right after the SUBACK
+      mid_pub     reset when the first PUBLISH arrives, without PUBACK
+      refuse_rst  PUBACK 0x87 (Not authorized) to the first PUBLISH, then reset
+      disc_rst    DISCONNECT 0x8B right after the SUBACK, then reset at once
+    Records each CONNECT's protocol level."""
 
-    def __init__(self):
+    def __init__(self, script=()):
+        self.script = list(script)
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
         self.srv.listen(8)
@@ -391,6 +400,7 @@ class FakeV5Upstream:
         self.port = self.srv.getsockname()[1]
         self.uri = "tcp://127.0.0.1:%d" % self.port
         self.levels = []
+        self.got = []  # payloads of acknowledged PUBLISH packets
         self.stopping = False
         self.conns = []
         self.th = threading.Thread(target=self._accept, daemon=True)
@@ -418,6 +428,21 @@ class FakeV5Upstream:
             body += chunk
         return first[0], body
 
+    @staticmethod
+    def _varint_at(b, off):
+        n, mult = 0, 1
+        while True:
+            n += (b[off] & 0x7F) * mult
+            mult *= 128
+            off += 1
+            if not b[off - 1] & 0x80:
+                return n, off
+
+    @staticmethod
+    def _reset(c):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
     def _accept(self):
         nth = 0
         while not self.stopping:
@@ -427,36 +452,60 @@ class FakeV5Upstream:
                 continue
             except OSError:
                 return
+            mode = self.script[nth] if nth < len(self.script) else "normal"
             nth += 1
             self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c, nth == 1), daemon=True).start()
+            threading.Thread(target=self._serve, args=(c, mode), daemon=True).start()
 
-    def _serve(self, c, kick):
+    def _serve(self, c, mode):
         c.settimeout(30)
         try:
             first, body = self._read(c)
             if first >> 4 != mqttraw.CONNECT:
                 return
             self.levels.append(body[6])
+            if mode == "no_connack":
+                return self._reset(c)
             c.sendall(mqttraw.packet(0x20, b"\x00\x00" + mqttraw.varint(0)))
             while not self.stopping:
                 first, body = self._read(c)
                 kind = first >> 4
                 if kind == mqttraw.SUBSCRIBE:
-                    nfilt, off = 0, 2
-                    plen = body[off]  # properties (a one-byte length here)
-                    off += 1 + plen
+                    nfilt = 0
+                    plen, off = self._varint_at(body, 2)
+                    off += plen
                     while off < len(body):
                         n = struct.unpack(">H", body[off:off + 2])[0]
                         off += 2 + n + 1
                         nfilt += 1
                     c.sendall(mqttraw.packet(0x90, body[:2] + b"\x00" + b"\x01" * nfilt))
-                    if kick:
+                    if mode == "after_sub":
+                        return self._reset(c)
+                    if mode in ("kick", "disc_rst"):
                         props = b"\x1f" + mqttraw.s16("maintenance window")
                         c.sendall(mqttraw.packet(0xE0, b"\x8b" + mqttraw.varint(len(props)) +
                                                  props))
+                        if mode == "disc_rst":
+                            return self._reset(c)
                         time.sleep(0.2)
                         return
+                elif kind == mqttraw.PUBLISH:
+                    qos = (first >> 1) & 3
+                    n = struct.unpack(">H", body[:2])[0]
+                    off = 2 + n
+                    pid = body[off:off + 2] if qos else b""
+                    off += 2 if qos else 0
+                    plen, off = self._varint_at(body, off)
+                    payload = body[off + plen:]
+                    if mode == "mid_pub":
+                        return self._reset(c)
+                    if mode == "refuse_rst":
+                        c.sendall(mqttraw.packet(0x40, pid + b"\x87\x00"))
+                        time.sleep(0.2)
+                        return self._reset(c)
+                    self.got.append(payload)
+                    if qos == 1:
+                        c.sendall(mqttraw.packet(0x40, pid))
                 elif kind == mqttraw.PINGREQ:
                     c.sendall(b"\xd0\x00")
                 elif kind == mqttraw.DISCONNECT:
@@ -464,7 +513,10 @@ class FakeV5Upstream:
         except (OSError, ConnectionError, IndexError):
             pass
         finally:
-            c.close()
+            try:
+                c.close()
+            except OSError:
+                pass
 
     def close(self):
         self.stopping = True
@@ -477,8 +529,35 @@ class FakeV5Upstream:
         self.th.join(5)
 
 
+def test_resets():
+    """The upstream resets the connection at each step of the MQTT 5 exchange in turn
+    (before CONNACK, after SUBACK, mid-PUBLISH, after a refusing PUBACK, right after its
+    DISCONNECT): the bridge reconnects each time, one message is refused, every other
+    one arrives, and Gale stops cleanly (under ASan: no bad access, no leak)."""
+    up = FakeV5Upstream(["no_connack", "after_sub", "mid_pub", "refuse_rst", "disc_rst"])
+    g = Gale(args=gale_args(up.uri, max_inflight=2))
+    g.start(wait_ports=("http", "mqtt"))
+    try:
+        c = device(g, "r1")
+        t.eq(len(publish(c, "r1", 0, 6)), 6, "6 messages acknowledged by Gale")
+        wait_for(lambda: bridges(g).get("backlog") == 0, 90,
+                 "the outbox empties through the resets")
+        b = bridges(g)
+        got = set(json.loads(p)["n"] for p in up.got)
+        t.eq((len(got), b.get("refused")), (5, {"0x87": 1}),
+             "5 messages arrive, 1 refused (0x87) (arrived %s)" % sorted(got))
+        t(b.get("connected") is True and b.get("reconnects_total", 0) >= 4,
+          "connected again after the resets (reconnects_total %s)" % b.get("reconnects_total"))
+        t.eq(set(up.levels), {5}, "every CONNECT is MQTT 5")
+        c.loop_stop()
+        c.disconnect()
+    finally:
+        stopped(g)
+        up.close()
+
+
 def test_server_disconnect():
-    up = FakeV5Upstream()
+    up = FakeV5Upstream(["kick"])
     g = gale(up.uri)
     try:
         g.wait_log(r"bridge connection lost upstream=up1 reason=\"disconnected by the "
@@ -509,6 +588,7 @@ def main():
     test_packet_too_large()
     test_connack_refused()
     test_server_disconnect()
+    test_resets()
     test_upstream_killed()
 
 
