@@ -121,9 +121,10 @@ static const char *code_name(const struct link *l, int code)
 /* A heap copy of the Reason String property of p, or NULL. */
 static char *reason_string(MQTTProperties *p)
 {
-    MQTTProperty *rs = p && p->count ? MQTTProperties_getProperty(p, MQTTPROPERTY_CODE_REASON_STRING)
-                                     : NULL;
+    MQTTProperty *rs = NULL;
     char *s;
+    if (p && p->count)
+        rs = MQTTProperties_getProperty(p, MQTTPROPERTY_CODE_REASON_STRING);
     if (!rs || rs->value.data.len <= 0 || !rs->value.data.data)
         return NULL;
     s = xmalloc((size_t)rs->value.data.len + 1);

@@ -1,7 +1,8 @@
 /* gateway/bridge/upstream.h: the bridge's link to one upstream broker, as a small table of
  * operations: upstream_paho (upstream.c) speaks MQTT 3.1.1 or MQTT 5 (the upstream's
- * protocol) through paho-mqtt-c's MQTTAsync; unit tests put a fake in its place. Every operation is called on the loop
- * thread and never blocks (close excepted); every event is delivered on the loop thread.
+ * protocol) through paho-mqtt-c's MQTTAsync; unit tests put a fake in its place. Every
+ * operation is called on the loop thread and never blocks (close excepted); every event
+ * is delivered on the loop thread.
  *
  * paho runs its own threads. Its callbacks (connected, connection lost, a send's
  * onSuccess/onFailure, message arrived) only copy what they carry into an event, push it
@@ -80,7 +81,8 @@ struct upstream_ops {
     /* Starts one connect attempt over every address in order; the result comes as
      * connected or lost. */
     void (*connect)(void *link);
-    /* Subscribes to n filters (remote topics, prefix included) at qos. 0 or a GW_E* code. */
+    /* Subscribes to n filters (remote topics, prefix included) at qos; MQTT 5: with No
+     * Local (not on $share/ filters), a refused filter is logged. 0 or a GW_E* code. */
     int (*subscribe)(void *link, char *const *filters, size_t n, uint8_t qos);
     /* Queues one PUBLISH; its outcome comes as delivered(tag). Returns 0, or a GW_E* code
      * when it was not taken (not connected, paho's queue full): no event follows then. */

@@ -8,11 +8,11 @@ does not); the upstream killed and restarted: the bridge reconnects and every me
 acknowledged meanwhile arrives; a publish the upstream's ACL denies gets PUBACK 0x87:
 counted, shown in /api/bridges and /metrics, logged once, dropped from the outbox while
 messages on other topics keep flowing; a message past the upstream's Maximum Packet Size
-is refused (0x95) instead of getting the bridge disconnected at every resend; a wrong password: CONNACK 0x86 in the status; an
-upstream's DISCONNECT (0x8B with a Reason String, from a minimal MQTT 5 server: Mosquitto
-2.0.11 closes a taken-over session without one) in the log and the status, and a
-reconnect; that server resetting the connection at each step of the exchange in turn:
-the bridge gets through (under ASan: cleanly)."""
+is refused (0x95) instead of getting the bridge disconnected at every resend; a wrong
+password: CONNACK 0x86 in the status. Against a minimal MQTT 5 server (Mosquitto 2.0.11
+closes a taken-over session without DISCONNECT): the upstream's DISCONNECT 0x8B with a
+Reason String in the log and the status, and a reconnect; a reset of the connection at
+each step of the exchange in turn: the bridge gets through (under ASan: cleanly)."""
 import json
 import os
 import queue
