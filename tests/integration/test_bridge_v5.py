@@ -5,9 +5,9 @@ No Local keeps what the bridge sends up from coming back down on an overlapping
 subscription; the Session Expiry Interval keeps the bridge's session upstream while
 Gale is stopped (a command published meanwhile arrives; with session_expiry_s 0 it
 does not); the upstream killed and restarted: the bridge reconnects and every message
-acknowledged meanwhile arrives; a publish the upstream's ACL denies gets PUBACK 0x87:
-counted, shown in /api/bridges and /metrics, logged once, dropped from the outbox while
-messages on other topics keep flowing; a message past the upstream's Maximum Packet Size
+acknowledged meanwhile arrives; a publish the upstream's ACL denies gets PUBACK (QoS 2:
+PUBREC) 0x87: counted, shown in /api/bridges and /metrics, logged once, dropped from the
+outbox while messages on other topics keep flowing; a message past the upstream's Maximum Packet Size
 is refused (0x95) instead of getting the bridge disconnected at every resend; a wrong
 password: CONNACK 0x86 in the status. Against a minimal MQTT 5 server (Mosquitto 2.0.11
 closes a taken-over session without DISCONNECT): the upstream's DISCONNECT 0x8B with a
@@ -274,11 +274,13 @@ def upstream_with(name, text, directive):
     return up, path
 
 
-def test_refused_publish():
+def test_refused_publish(qos=1):
+    """QoS 1: PUBACK 0x87; QoS 2: PUBREC 0x87."""
     up, _ = upstream_with("acl", "topic deny devices/secret/#\ntopic readwrite #\n", "acl_file")
+    print("refused publish, QoS %d upstream" % qos)
     with up:
         sub = Sub(up.port, "devices/#")
-        g = gale(up.uri, max_inflight=2)
+        g = gale(up.uri, max_inflight=2, qos=qos)
         try:
             g.wait_log(r"bridge connected upstream=up1", 20)
             s = device(g, "secret")
@@ -584,7 +586,8 @@ def test_server_disconnect():
 def main():
     test_check_config()
     test_forward_no_local_and_session()
-    test_refused_publish()
+    test_refused_publish(1)
+    test_refused_publish(2)
     test_packet_too_large()
     test_connack_refused()
     test_server_disconnect()
