@@ -269,8 +269,8 @@ static const struct key keys[] = {
            "disconnect = the connection is closed. Counted in gale_rate_limited_total."),
     JSON("bridge.upstreams", bridge.upstreams_json, "[]",
          "Upstream MQTT brokers the bridge forwards to (a JSON array of objects: name, "
-         "addresses, forward, remote_prefix, subscribe, outbox limits, ...; README "
-         "\"Bridge\"); [] = no bridge."),
+         "addresses, protocol 3.1.1 or 5, forward, remote_prefix, subscribe, outbox limits, "
+         "...; README \"Bridge\"); [] = no bridge."),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
