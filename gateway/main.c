@@ -835,8 +835,8 @@ static void log_banner(const struct gw *gw, const struct config *cfg)
     }
     if (line >= 0) {
         client_host(cfg->line.bind, host, sizeof host);
-        log_info("try: line protocol: printf '{\"device\":\"dev-1\",\"token\":\"%%s\"}\\n"
-                 "{\"temp\":21.5,\"seq\":1}\\n' \"$TOKEN\" | nc -q 1 %s %d", host, line);
+        log_info("try: line protocol: nc %s %d, then type {\"device\":\"dev-1\",\"token\":"
+                 "\"$TOKEN\"} and {\"temp\":21.5,\"seq\":1}", host, line);
     }
     client_host(cfg->http.bind, host, sizeof host);
     log_info("try: WebSocket: ws://%s:%d/ws/device, first message "

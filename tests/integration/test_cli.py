@@ -225,7 +225,7 @@ def banner():
           in log, "the banner names the dashboard URL and the key file")
         t(key not in log, "the API key itself is not logged")
         t("mosquitto_pub -h 127.0.0.1 -p %d " % mqtt in log, "an MQTT example on the MQTT port")
-        t("| nc -q 1 127.0.0.1 %d" % line in log, "a line protocol example on the line port")
+        t("nc 127.0.0.1 %d, then type" % line in log, "a line protocol example on the line port")
         t("ws://127.0.0.1:%d/ws/device" % http in log, "a WebSocket URL on the HTTP port")
         t("http://127.0.0.1:%d/api/devices/dev-1/telemetry" % http in log,
           "an HTTP ingest example")
