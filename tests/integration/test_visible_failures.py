@@ -118,6 +118,20 @@ def line_auth_timeout():
         c2.close()
 
 
+def line_auth_timeout_write_fails():
+    """The error line is a write like any other: when it fails (every connection's first
+    write fails, GALE_TEST_FAIL_WRITES=1), the connection closes once and gale goes on
+    (clean stop, and clean under ASan)."""
+    with Gale(args=["--set", "limits.auth_timeout_ms=200"],
+              env={"GALE_TEST_FAIL_WRITES": "1"}) as g:
+        clients = [g.line() for _ in range(3)]
+        for c in clients:
+            t(c.closed(timeout=10), "the connection whose error line failed is closed")
+            c.close()
+        g.wait_log(r'proto=line close reason="[^"]*"')
+        t(g.alive(), "gale keeps running")
+
+
 def invalid_telemetry_hint(g):
     tok = g.create_device("v-bad")
     subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(g.ports["mqtt"]),
@@ -139,6 +153,7 @@ def main():
         rfc3339_ts(g)
         invalid_telemetry_hint(g)
     line_auth_timeout()
+    line_auth_timeout_write_fails()
 
 
 t.run(main)
