@@ -60,7 +60,7 @@ static void usage(FILE *out)
             "over REST, a live feed and a dashboard.\n"
             "\n"
             "options:\n"
-            "  --config FILE          read a JSON config file (config/gateway.json lists every key)\n"
+            "  --config FILE          read a JSON config file (see config/gateway.json)\n"
             "  --set section.key=val  set one key (repeatable); beats environment and file\n"
             "  --data-dir DIR         where the database and the API key live (default ./data)\n"
             "  --log-format text|json log line format (log.format)\n"
