@@ -118,11 +118,14 @@ def run_block():
 
 
 def make_run_installs_clients():
-    """make run -> make setup -> .ci/setup.sh run-deps, whose packages hold the clients."""
+    """make run -> make setup -> .ci/setup.sh run-deps, whose packages hold the clients;
+    then it runs gale on ./data, which is what the stand-in does."""
     p = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     t("sh .ci/setup.sh run-deps" in p.stdout, "make run sets up with run-deps (%s)"
       % p.stdout.splitlines()[:2])
+    t(re.search(r"^\./\S+/gale --data-dir \./data$", p.stdout, re.M),
+      "make run runs gale --data-dir ./data, as the stand-in does")
     setup = open(os.path.join(ROOT, ".ci", "setup.sh")).read()
     m = re.search(r'^CLIENT_PKGS="([^"]*)"', setup, re.M)
     pkgs = m.group(1).split() if m else []
