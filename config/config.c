@@ -270,7 +270,7 @@ static const struct key keys[] = {
     JSON("bridge.upstreams", bridge.upstreams_json, "[]",
          "Upstream MQTT brokers the bridge forwards to (a JSON array of objects: name, "
          "addresses, protocol 3.1.1 or 5, forward, remote_prefix, subscribe, outbox limits, "
-         "...; README \"Bridge\"); [] = no bridge."),
+         "...; docs/bridge.md); [] = no bridge."),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -79,7 +79,7 @@ static void usage(FILE *out)
             "\n"
             "Exit codes: 0 clean stop, 1 runtime failure (a port in use, the database),\n"
             "2 bad configuration (every error is listed) or a data directory in use.\n"
-            "More: README.md (\"Quick start\", \"Running it\", \"Configuration reference\"); once\n"
+            "More: README.md (quick start), docs/operations.md, docs/configuration.md; once\n"
             "running, the dashboard at http://localhost:8080/ and the REST API at /api/docs.\n");
 }
 
