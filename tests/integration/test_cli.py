@@ -22,10 +22,11 @@ def main():
     rc, out, _ = run(["--version"])
     t(rc == 0 and out.startswith("gale "), "--version")
     rc, out, _ = run(["--config-reference"])
-    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                               "README.md")).read()
-    missing = [l for l in out.splitlines() if l.startswith("| `") and l not in readme]
-    t(rc == 0 and not missing, "README's config reference matches the binary (%s)" % missing[:2])
+    ref = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                            "docs", "configuration.md")).read()
+    missing = [l for l in out.splitlines() if l.startswith("| `") and l not in ref]
+    t(rc == 0 and not missing,
+      "docs/configuration.md's reference matches the binary (%s)" % missing[:2])
     rc, out, _ = run(["--help"])
     t(rc == 0 and "GALE_HTTP_PORT" in out and "http.port" in out, "--help names keys and env")
     t(len(out.splitlines()) <= 40 and "--config-reference" in out and
