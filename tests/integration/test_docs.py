@@ -213,9 +213,13 @@ def check_routes_static(api):
          "the routes docs/rest.md calls public are the OpenAPI document's")
     m = re.search(r"Every path except(.*?)needs Authorization", api["info"]["description"],
                   re.S)
-    said = set(re.findall(r"(/[\w/.{}]*)", m.group(1))) if m else set()
-    t.eq(sorted(said), sorted({p for _, p in public}),
-         "the public paths the OpenAPI description names are its operations' own")
+    if m:  # a description that lists the public paths lists them all
+        said = set(re.findall(r"(/[\w/.{}]*)", m.group(1)))
+        t.eq(sorted(said), sorted({p for _, p in public}),
+             "the public paths the OpenAPI description names are its operations' own")
+    roles = {k: op["x-gale-role"] for k, op in ops.items() if "x-gale-role" in op}
+    wrong = [k for k, r in roles.items() if (r in ("public", "device")) != (k in public)]
+    t(not wrong, "x-gale-role public/device exactly where security allows no key (%s)" % wrong)
     return public
 
 
