@@ -203,6 +203,22 @@ def check_routes_static(api):
                 missing.append("%s: %s" % (name, lit))
     t(not missing, "every path the router knows is in the OpenAPI document (%s)" % missing)
 
+    # the route table of web/rest.c (method, path, role), where there is one, and the
+    # OpenAPI document's operations under /api/, /metrics, /healthz and their x-gale-role
+    table = re.search(r"struct route routes\[\] = \{(.*?)\n\};", read("web/rest.c"), re.S)
+    if table:
+        names = {"KEY_ROLE_NONE": "public", "R": "read", "O": "operator", "A": "admin"}
+        code = {(m.group(1), m.group(2)): names.get(m.group(3), m.group(3))
+                for m in re.finditer(r'\{"([A-Z]+)", "([^"]+)", (\w+),', table.group(1))}
+        norm = {(mth, re.sub(r"\{[^}]+\}", "*", p)): op for (mth, p), op in ops.items()
+                if p.startswith("/api/") or p in ("/metrics", "/healthz", "/ws/live")}
+        t.eq(sorted(set(code) - set(norm)), [], "routes of web/rest.c's table not in OpenAPI")
+        t.eq(sorted(set(norm) - set(code)), [], "OpenAPI routes not in web/rest.c's table")
+        wrong = ["%s %s: %s in code, %s in OpenAPI" % (k[0], k[1], r, norm[k].get("x-gale-role"))
+                 for k, r in sorted(code.items())
+                 if k in norm and "x-gale-role" in norm[k] and norm[k]["x-gale-role"] != r]
+        t(not wrong, "each route's role is the same in web/rest.c and OpenAPI (%s)" % wrong)
+
     # public routes: docs/rest.md's sentence, the OpenAPI description and each operation
     public = {k for k, op in ops.items() if is_public(api, op)}
     rest = read("docs/rest.md")
@@ -218,8 +234,9 @@ def check_routes_static(api):
         t.eq(sorted(said), sorted({p for _, p in public}),
              "the public paths the OpenAPI description names are its operations' own")
     roles = {k: op["x-gale-role"] for k, op in ops.items() if "x-gale-role" in op}
-    wrong = [k for k, r in roles.items() if (r in ("public", "device")) != (k in public)]
-    t(not wrong, "x-gale-role public/device exactly where security allows no key (%s)" % wrong)
+    wrong = [k for k, r in roles.items()
+             if (r in ("public", "device")) != (ops[k].get("security") == [])]
+    t(not wrong, "x-gale-role public/device exactly where security is [] (%s)" % wrong)
     return public
 
 
@@ -278,6 +295,17 @@ def check_routes_live(api, public):
                                                    "public" if (method, path) in public
                                                    else "needs the key"))
         t(not wrong, "without the API key exactly the public GET routes answer (%s)" % wrong)
+
+        # /ws/echo: upgraded without a key exactly when public (/ws/live takes its key in
+        # the upgrade or in its first message, so it upgrades either way)
+        wrong = []
+        for path in ("/ws/echo",):
+            ws = RawWS(g.ports["http"], path)
+            st = ws.status
+            ws.close()
+            if (("GET", path) in public) != (st == 101):
+                wrong.append("%s -> %d without a key" % (path, st))
+        t(not wrong, "WebSocket routes need the key as the OpenAPI document says (%s)" % wrong)
 
         # the code an unknown query parameter gets, on each kind of list and query
         codes = set()
