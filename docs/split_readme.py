@@ -13,7 +13,7 @@ under ROOT (default: the repository holding this script):
                        (every docs file with its sections, generated)
   docs/<file>.md       one file per entry of FILES: its title, a list of its sections,
                        then every section the mapping sends there, in source order
-  tests/README.md      the same, for the "Development" section, after
+  tests/README.md      the same, for the "Development" section (renamed by RENAME), after
                        docs/heads/tests_README.md
 
 Each "##" or "###" section (a heading and the text up to the next heading of that level
@@ -131,6 +131,9 @@ KEYWORDS = [
     ("simulat", "docs/operations.md"),
 ]
 FALLBACK = "docs/operations.md"
+
+# headings written differently in their new place (source heading -> new heading)
+RENAME = {"Development": "Make targets: the suites, fuzzing, chaos, benchmarks, soak"}
 
 README_HEAD = "docs/README.head.md"
 HEADS_DIR = "docs/heads"  # optional hand-written text put after a file's title
@@ -281,6 +284,11 @@ def build(text, root, gale=None):
     """{path: content} of every generated file, and the fallback notes."""
     title, intro, sections = parse(text)
     notes = place(sections)
+    for s in sections:
+        s["src_heading"] = s["heading"]
+        if s["heading"] in RENAME:
+            s["heading"] = RENAME[s["heading"]]
+            s["lines"][0] = "#" * s["level"] + " " + s["heading"]
     files = [f for f, _ in FILES]
     for s in sections:
         if s["file"] not in files and s["file"] != "README.md":
@@ -310,10 +318,10 @@ def build(text, root, gale=None):
             per_file[s["file"]](titles[s["file"]])
             if s.get("shown") == 1:
                 s["anchor"] = slug(titles[s["file"]])
-                anchors.setdefault(src_slug(s["heading"]), (s["file"], s["anchor"]))
+                anchors.setdefault(src_slug(s["src_heading"]), (s["file"], s["anchor"]))
                 continue
         s["anchor"] = per_file[s["file"]](s["heading"])
-        anchors.setdefault(src_slug(s["heading"]), (s["file"], s["anchor"]))
+        anchors.setdefault(src_slug(s["src_heading"]), (s["file"], s["anchor"]))
 
     out = {}
     for f in files:
