@@ -74,6 +74,9 @@ SECTIONS = {
     "Performance": "docs/performance.md",
     "Deployment": "docs/deployment.md",
     "Development": "tests/README.md",
+    "API keys": "docs/security.md",
+    "HTTP devices": "docs/protocols.md",
+    "Shared subscriptions": "docs/mqtt.md",
     # the "###" sections (each would follow its "##" anyway; named so that only new
     # ones are reported)
     "Telemetry queries": "docs/rest.md",
