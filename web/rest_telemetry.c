@@ -46,6 +46,7 @@
 #include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define MAX_QUERY_KEYS 64
@@ -1048,7 +1049,8 @@ out:
     free(sp);
 }
 
-void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req)
+void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req,
+                          const struct api_key *key)
 {
     struct query_spec *sp = xcalloc(1, sizeof *sp);
     char list[4096];
@@ -1085,7 +1087,7 @@ void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *
         nsubs = nids;
     }
     for (size_t i = 0; i < nids; i++) {
-        if (!devices_find(r->gw->devices, ids[i])) {
+        if (!devices_find(r->gw->devices, ids[i]) || !keys_allows_device(key, ids[i])) {
             struct buf msg;
             buf_init(&msg);
             buf_printf(&msg, "no such device: %.64s", ids[i]);

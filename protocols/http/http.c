@@ -26,6 +26,7 @@ struct http_conn {
     bool in_handler;             /* on_request is running: its reply must not re-enter feed */
     bool finished;               /* "Connection: close" sent: parse nothing more */
     uint64_t start_us;           /* uv_hrtime() / 1000 when the current request was complete */
+    char user[65];               /* http_set_user: who the request authenticated as, or "" */
     /* a streamed reply (http_stream_begin .. http_stream_end) */
     bool stream_chunked;         /* HTTP/1.1: chunked; else the close ends the body */
     bool stream_body;            /* false for HEAD: pieces are counted, not sent */
@@ -91,6 +92,7 @@ static void reject(struct http_conn *h, int status, const char *code, const char
              (unsigned long long)c->id, c->peer, status, log_q(why));
     h->busy = true;
     h->start_us = uv_hrtime() / 1000;
+    h->user[0] = '\0';
     h->parser.req.keep_alive = false;
     http_respond_error(h, status, code, why);
 }
@@ -128,6 +130,7 @@ static int http_feed(void *state, struct buf *in)
         }
         h->busy = true;
         h->start_us = uv_hrtime() / 1000;
+        h->user[0] = '\0';
         h->in_handler = true;
         c->msgs_in++;
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
@@ -160,6 +163,16 @@ struct http_conn *http_from_conn(struct conn *c)
 struct http_req *http_current(struct http_conn *h)
 {
     return h->busy ? &h->parser.req : NULL;
+}
+
+void http_set_user(struct http_conn *h, const char *user)
+{
+    snprintf(h->user, sizeof h->user, "%s", user ? user : "");
+}
+
+const char *http_user(const struct http_conn *h)
+{
+    return h->user;
 }
 
 /* The head of a reply: status line, our headers, extra ones, and the blank line. */

@@ -62,6 +62,11 @@ struct conn *http_conn_of(struct http_conn *h);
 struct http_conn *http_from_conn(struct conn *c);
 /* The request being answered (NULL when none). */
 struct http_req *http_current(struct http_conn *h);
+/* Names who the current request authenticated as (an API key's name; copied, at most
+ * 64 bytes) for the access log; NULL or "" clears it. Each request starts without. */
+void http_set_user(struct http_conn *h, const char *user);
+/* That name, "" when none. */
+const char *http_user(const struct http_conn *h);
 
 /* Sends the reply to the current request and moves on to the next one.
  * extra_headers: "Name: value\r\n..." or NULL. */
