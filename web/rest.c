@@ -32,6 +32,7 @@
 #include "protocols/http/http.h"
 #include "storage/store.h"
 #include "web/commands.h"
+#include "web/httpdev.h"
 #include "web/keys.h"
 #include "web/ops.h"
 #include "web/rest_int.h"
@@ -171,6 +172,7 @@ static const struct route routes[] = {
     {"GET", "/api/devices/*/commands", R, ROUTE_DEVICE_TOKEN},
     {"POST", "/api/devices/*/commands", O, 0},
     {"GET", "/api/devices/*/commands/*", R, 0},
+    {"POST", "/api/devices/*/commands/*/result", O, ROUTE_DEVICE_TOKEN},
     {"GET", "/api/telemetry", R, 0},
     {"GET", "/api/connections", R, ROUTE_ALL_DEVICES},
     {"GET", "/api/connections/*", R, ROUTE_ALL_DEVICES},
@@ -297,14 +299,25 @@ static bool authorize(struct rest *r, struct http_conn *h, struct http_req *req,
     return true;
 }
 
+/* "/commands/<cmd>/result" (the rest of a device path): the command id into cmd. */
+static bool command_of_result(const char *rest, char *cmd, size_t cap)
+{
+    const char *p = rest + 10, *slash;
+    if (strncmp(rest, "/commands/", 10) != 0 || (slash = strchr(p, '/')) == NULL ||
+        slash == p || (size_t)(slash - p) >= cap || strcmp(slash, "/result") != 0)
+        return false;
+    memcpy(cmd, p, (size_t)(slash - p));
+    cmd[slash - p] = '\0';
+    return true;
+}
+
 void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
 {
     struct rest *r = ctx;
     struct gw *gw = r->gw;
     const char *path = req->path, *m = req->method, *rest;
-    char id[DEVICE_ID_MAX + 2];
+    char id[DEVICE_ID_MAX + 2], cmd[64];
     struct device *dev;
-
     const struct api_key *key;
 
     if (req->upgrade && r->on_upgrade) {
@@ -340,6 +353,23 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             rest_unauthorized_ingest(gw, h);
         else
             http_respond_error(h, 404, "not_found", "no such device");
+        return;
+    }
+    /* the other routes a device's own credentials serve: its commands (HTTP devices) */
+    if (!key && strncmp(path, "/api/devices/", 13) == 0 &&
+        split_device_path(path, id, sizeof id, &rest) &&
+        (route_of(req)->flags & ROUTE_DEVICE_TOKEN)) {
+        dev = devices_find(gw->devices, id);
+        if (!dev || !httpdev_authenticated(gw, h, req, dev)) {
+            rest_unauthorized_ingest(gw, h); /* the same for known and unknown ids */
+        } else if (strcmp(rest, "/commands") == 0) {
+            httpdev_poll(r->httpdev, h, req, dev);
+        } else if (command_of_result(rest, cmd, sizeof cmd)) {
+            httpdev_seen(r->httpdev, dev);
+            httpdev_result(r->httpdev, h, req, dev, cmd);
+        } else {
+            http_respond_error(h, 404, "not_found", "no such resource");
+        }
         return;
     }
     if (!key) { /* a route a device's token serves, without a key: not one of those */
@@ -437,6 +467,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
                 rest_method_not_allowed(h, "GET, POST");
             return;
         }
+        if (command_of_result(rest, cmd, sizeof cmd)) {
+            if (strcmp(m, "POST") == 0)
+                httpdev_result(r->httpdev, h, req, dev, cmd);
+            else
+                rest_method_not_allowed(h, "POST");
+            return;
+        }
         if (strncmp(rest, "/commands/", 10) == 0 && rest[10] && !strchr(rest + 10, '/')) {
             if (strcmp(m, "GET") == 0)
                 commands_get(r->commands, h, dev, rest + 10);
@@ -479,6 +516,7 @@ struct rest *rest_new(struct gw *gw, struct store *store, struct commands *comma
     r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;
+    r->httpdev = httpdev_new(gw, commands);
     return r;
 }
 
@@ -487,6 +525,7 @@ void rest_free(struct rest *r)
     if (!r)
         return;
     rest_tz_free(r);
+    httpdev_free(r->httpdev);
     free(r);
 }
 

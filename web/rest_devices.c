@@ -329,7 +329,7 @@ void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req
     arr = devices_sorted(gw->devices, &n);
     for (size_t i = 0; i < n; i++) { /* filter in place */
         struct device *d = arr[i];
-        if ((online >= 0 && (d->online > 0) != online) || (have_role && d->role != role) ||
+        if ((online >= 0 && devices_online(d) != online) || (have_role && d->role != role) ||
             strncmp(d->id, prefix, strlen(prefix)) != 0 || !contains_ci(d->id, q) ||
             !keys_allows_device(key, d->id))
             continue;

@@ -36,6 +36,7 @@ struct rest {
     struct store *store;            /* device writes and telemetry queries */
     struct commands *commands;
     struct ops *ops;                /* operations routes (web/ops.h), or NULL */
+    struct httpdev *httpdev;        /* HTTP devices' presence and commands (web/httpdev.h) */
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
     rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */

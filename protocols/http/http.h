@@ -111,6 +111,16 @@ void http_stream_wait(struct http_conn *h, http_stream_fn fn, void *ctx);
  * or NULL), on HTTP/1.0 the connection closes once everything is written. */
 void http_stream_end(struct http_conn *h, const char *trailers);
 
+/* ---- a request that waits (a long poll) ----
+ * http_wait_watch: the current request's answer will come later, maybe much later. The
+ * connection reads on meanwhile, so that a peer that goes away (end of stream, reset) is
+ * seen at once: then fn(ctx, h) runs from the close (no I/O; h is going away) and the
+ * waiter releases what it holds. Bytes the client pipelines behind the request wait, up
+ * to http_server.max_header_bytes (then reading pauses). The watch ends with the reply
+ * (http_respond). */
+typedef void (*http_close_fn)(void *ctx, struct http_conn *h);
+void http_wait_watch(struct http_conn *h, http_close_fn fn, void *ctx);
+
 /* After the handler switched the connection to another protocol: frees the HTTP
  * state (the new protocol now owns the connection and any bytes left in c->in). */
 void http_upgraded(struct http_conn *h);
