@@ -335,6 +335,38 @@ static void list_keys(struct keys *ks, struct http_conn *h)
     buf_fini(&b);
 }
 
+/* A created key's answer, waiting for its row to be durable; freed by on_created. */
+struct created {
+    struct keys *ks;
+    char id[KEYS_ID_MAX + 1];
+    struct buf body;     /* the 201 body, with the key */
+};
+
+/* The row is durable: 201 with the key. It failed, or the client went away first: the
+ * key is forgotten (nobody was shown it) and the answer says nothing was stored. */
+static void on_created(struct conn *c, uint64_t tag, int ok)
+{
+    struct created *p = (struct created *)(uintptr_t)tag;
+    struct http_conn *h = ok >= 0 ? http_from_conn(c) : NULL;
+    struct api_key *k;
+
+    if (ok <= 0 && (k = map_get(&p->ks->by_id, p->id, strlen(p->id))) != NULL) {
+        map_del(&p->ks->by_id, k->id, strlen(k->id));
+        list_remove(&p->ks->all, &k->link);
+        store_delete_api_key(p->ks->store, k->id); /* a row that made it, if any */
+        key_free(k);
+    }
+    if (h && ok)
+        rest_reply_json(h, 201, &p->body);
+    else if (h && c->gw->storage_full)
+        http_respond_error(h, 507, "storage_full", "storage full: no key was created");
+    else if (h)
+        http_respond_error(h, 503, "storage_error", "storage failure: no key was created");
+    OPENSSL_cleanse(p->body.data, p->body.len);
+    buf_fini(&p->body);
+    free(p);
+}
+
 static void create_key(struct keys *ks, struct http_conn *h, struct http_req *req)
 {
     static const char *const fields[] = {"name", "role", "devices", NULL};
@@ -348,7 +380,7 @@ static void create_key(struct keys *ks, struct http_conn *h, struct http_req *re
     struct api_key *k = NULL;
     const char *why = NULL;
     struct ticket t = {0, 0};
-    struct buf b;
+    struct created *p;
     size_t n;
 
     if (!cJSON_IsObject(root)) {
@@ -411,16 +443,18 @@ static void create_key(struct keys *ks, struct http_conn *h, struct http_req *re
     add(ks, k);
     ticket_add(&t, save(ks, k, 0));
     log_info("api key id=%s name=%s role=%s created", k->id, k->name, keys_role_name(k->role));
-    buf_init(&b);
-    write_key(k, &b);
-    buf_append_str(&b, ",\"key\":");
-    buf_append_json_str(&b, secret, n);
-    buf_append_str(&b, "}");
+    p = xcalloc(1, sizeof *p);
+    p->ks = ks;
+    snprintf(p->id, sizeof p->id, "%s", k->id);
+    buf_init(&p->body);
+    write_key(k, &p->body);
+    buf_append_str(&p->body, ",\"key\":");
+    buf_append_json_str(&p->body, secret, n);
+    buf_append_str(&p->body, "}");
     OPENSSL_cleanse(secret, sizeof secret);
     OPENSSL_cleanse(rnd, sizeof rnd);
     k = NULL;
-    rest_reply_when_durable(h, &t, 201, &b, NULL);
-    buf_fini(&b);
+    gw_await_durable(http_conn_of(h), &t, (uint64_t)(uintptr_t)p, on_created);
 out:
     if (k)
         key_free(k);

@@ -4,8 +4,9 @@ commands, attributes, device creation, token rotation, the keys themselves): a m
 role answers 403 naming the role needed; a device filter hides other devices from lists,
 queries and the live feed; revocation takes effect at once, also on an open live feed;
 the configured key is the admin key "bootstrap" and cannot be revoked while it is the
-last admin key; only hashes reach the database file; keys survive a restart; the access
-log names the key of each request, never its secret."""
+last admin key; only hashes reach the database file; keys survive a restart; a key whose
+commit fails is not created; the access log names the key of each request, never its
+secret. The OpenAPI document's x-gale-role of every operation is the role enforced."""
 import glob
 import json
 import os
@@ -69,6 +70,14 @@ def main():
         # ---- persistence: the keys and the revocations survive a restart ----
         with Gale(data_dir=data) as g:
             restart(g)
+        # ---- a key whose row cannot be stored is not created ----
+        with Gale(env={"GALE_TEST_FAIL_COMMITS": "4"}) as g:
+            g.fail_commits(4)
+            st, js = g.http("POST", "/api/keys", {"name": "doomed", "role": "read"})
+            t.eq((st, js.get("code"), "key" in js), (503, "storage_error", False),
+                 "a failed commit: 503 and no key shown")
+            st, js = g.http("GET", "/api/keys")
+            t.eq([k["name"] for k in js["keys"]], ["default"], "and no key listed")
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
