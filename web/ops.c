@@ -949,6 +949,7 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     const char *method = req->method ? req->method : "-";
     const char *referer = req->method ? http_header(req, "Referer") : NULL;
     const char *agent = req->method ? http_header(req, "User-Agent") : NULL;
+    const char *user = http_user(h); /* a key name: [A-Za-z0-9_.:@-] only */
     char target[1024], host[64], when[64];
     const char *colon;
     time_t now;
@@ -974,8 +975,10 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
         gmtime_r(&now, &tm);
         strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
         buf_init(&line);
-        buf_printf(&line, "%s - - [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
-                   when, method, log_q(target), req->http_major, req->http_minor, status, len,
+        /* the NCSA user field names the API key that authenticated the request */
+        buf_printf(&line, "%s - %s [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
+                   user[0] ? user : "-", when, method, log_q(target), req->http_major,
+                   req->http_minor, status, len,
                    referer ? log_q(referer) : "-", agent ? log_q(agent) : "-", (double)us / 1e6);
         if (strcmp(c->gw->cfg->log.format, "json") == 0) {
             struct buf js;
@@ -1006,6 +1009,8 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
             cJSON_AddStringToObject(o, "referer", referer);
         if (agent)
             cJSON_AddStringToObject(o, "user_agent", agent);
+        if (user[0])
+            cJSON_AddStringToObject(o, "key", user);
         cJSON_AddNumberToObject(o, "conn", (double)c->id);
         js = cJSON_PrintUnformatted(o);
         log_write_json(LOG_INFO, js); /* with log.format=json: members of the line itself */
