@@ -50,6 +50,8 @@ struct metrics {
     uint64_t mqtt_refused_queue_bytes;       /* messages dropped past mqtt.max_queued_bytes */
     uint64_t mqtt_refused_qos2;              /* connections closed past mqtt.max_qos2_pending */
     uint64_t mqtt_wills_dropped;             /* wills refused by the publish checks */
+    uint64_t mqtt_shared_sent;               /* messages given to a shared subscription's member */
+    uint64_t mqtt_shared_dropped;            /* ... that no member could take (dropped) */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */

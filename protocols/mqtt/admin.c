@@ -96,7 +96,7 @@ int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id
 {
     struct mqtt_session *s = broker_session_get(b, client_id);
     /* as broker_session_unsubscribe, but the row's deletion joins the caller's ticket */
-    if (!s || mqtt_router_unsubscribe(b->router, filter, strlen(filter), s) != 1)
+    if (!s || share_unsubscribe(b, s, filter, strlen(filter)) != 1)
         return GW_ENOENT;
     broker_session_count_sub(s, filter, strlen(filter), -1);
     if (!s->clean)
