@@ -81,9 +81,9 @@ struct share_group *share_group_at(const struct share_groups *sg, uint16_t idx)
 static uint16_t free_idx(struct share_groups *sg)
 {
     size_t i;
-    for (i = 1; i < sg->cap_idx; i++)
+    for (i = sg->free_from ? sg->free_from : 1; i < sg->cap_idx; i++)
         if (!sg->by_idx[i])
-            return (uint16_t)i;
+            return (uint16_t)(sg->free_from = i);
     if (i > SHARE_MAX_GROUPS)
         return 0;
     sg->cap_idx = sg->cap_idx ? sg->cap_idx * 2 : 16;
@@ -91,7 +91,7 @@ static uint16_t free_idx(struct share_groups *sg)
         sg->cap_idx = SHARE_MAX_GROUPS + 1;
     sg->by_idx = xrealloc(sg->by_idx, sg->cap_idx * sizeof *sg->by_idx);
     memset(sg->by_idx + i, 0, (sg->cap_idx - i) * sizeof *sg->by_idx);
-    return (uint16_t)i;
+    return (uint16_t)(sg->free_from = i);
 }
 
 int share_join(struct share_groups *sg, const char *name, size_t name_len, const char *filter,
@@ -154,6 +154,8 @@ void share_group_free(struct share_groups *sg, struct share_group *g)
     sg->members -= g->n;
     map_del(&sg->by_key, g->key, strlen(g->key));
     sg->by_idx[g->idx] = NULL;
+    if (g->idx < sg->free_from)
+        sg->free_from = g->idx;
     free(g->m);
     free(g->key);
     free(g);

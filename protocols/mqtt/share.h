@@ -61,6 +61,7 @@ struct share_groups {
     struct map by_key;              /* "<name>/<filter>" -> struct share_group */
     struct share_group **by_idx;    /* [idx]; NULL = free; [0] never used */
     size_t cap_idx;
+    size_t free_from;               /* no free index below it */
     size_t members;                 /* memberships of every group */
 };
 
