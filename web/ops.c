@@ -46,6 +46,7 @@
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
+#include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
 #include "web/rest_int.h"
 
@@ -491,6 +492,7 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
                         uint8_t qos)
 {
     struct subs_out *so = ctx;
+    struct mqtt_str share, inner;
     if (so->filter && (strlen(so->filter) != len || memcmp(so->filter, filter, len) != 0))
         return;
     if (so->n++)
@@ -499,7 +501,12 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
     buf_append_json_str(so->b, client_id, strlen(client_id));
     buf_append_str(so->b, ",\"filter\":");
     buf_append_json_str(so->b, filter, len);
-    buf_printf(so->b, ",\"qos\":%u}", qos);
+    buf_printf(so->b, ",\"qos\":%u", qos);
+    if (mqtt_filter_share(filter, len, &share, &inner) == 1) { /* a shared subscription */
+        buf_append_str(so->b, ",\"share\":");
+        buf_append_json_str(so->b, share.p, share.len);
+    }
+    buf_append_str(so->b, "}");
 }
 
 static void session_one(struct ops *o, struct http_conn *h, struct http_req *req,
