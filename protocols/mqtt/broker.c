@@ -1515,17 +1515,17 @@ void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn deli
 /* ---- shared subscriptions (share.c's side) ---- */
 
 enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
-                                const char *topic, uint8_t qos)
+                                const struct msg *m, uint8_t qos)
 {
     const struct mqtt_conn *mc = s->conn && !s->conn->c->closing ? s->conn : NULL;
-    if ((!mc && (s->clean || qos == 0)) || !may_receive(b, s, topic))
+    if ((!mc && (s->clean || qos == 0)) || !may_receive(b, s, m->topic))
         return SHARE_FIT_NO; /* gone, QoS 0 for one offline, or a topic the ACL denies it */
     if (!mc) /* an offline persistent member takes its turn, queued */
-        return queue_fits(b, s, 0) ? SHARE_FIT_NOW : SHARE_FIT_NO;
+        return queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_NOW : SHARE_FIT_NO;
     if (!s->queue.head && !backlog_waits(s) && !over_budget(b, s) &&
         (qos == 0 || s->ninflight < b->gw->cfg->mqtt.max_inflight))
         return SHARE_FIT_NOW;
-    return qos == 0 || queue_fits(b, s, 0) ? SHARE_FIT_LATER : SHARE_FIT_NO;
+    return qos == 0 || queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_LATER : SHARE_FIT_NO;
 }
 
 void broker_share_deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m,

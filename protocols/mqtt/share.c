@@ -281,13 +281,13 @@ struct handover {
 
 struct fit_ctx {
     struct mqtt_broker *b;
-    const char *topic;
+    const struct msg *m;
 };
 
 static enum share_fit fit_member(void *ctx, void *sub, uint8_t qos)
 {
     struct fit_ctx *fc = ctx;
-    return broker_share_fit(fc->b, sub, fc->topic, qos);
+    return broker_share_fit(fc->b, sub, fc->m, qos);
 }
 
 /* The publisher key for sticky picking: the device that published, else the topic. */
@@ -304,7 +304,7 @@ static bool route_one(struct mqtt_broker *b, struct share_group *g, struct msg *
     size_t klen = 0;
     const char *key = NULL;
     enum share_strategy how = (enum share_strategy)b->gw->cfg->mqtt.shared_strategy;
-    struct fit_ctx fc = {b, m->topic};
+    struct fit_ctx fc = {b, m};
     struct share_member *mb;
 
     if (how == SHARE_STICKY)

@@ -127,9 +127,9 @@ size_t share_group_count(const struct mqtt_broker *b);
 void share_free(struct mqtt_broker *b);
 
 /* broker.c, for share.c */
-/* How well s can take a message on topic with (effective) qos now. */
+/* How well s can take m with (effective) qos now. */
 enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
-                                const char *topic, uint8_t qos);
+                                const struct msg *m, uint8_t qos);
 /* deliver() with the group's tag on the message (struct out_msg.group). */
 void broker_share_deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m,
                           uint8_t qos, uint16_t group);

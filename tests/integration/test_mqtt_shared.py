@@ -118,8 +118,14 @@ def spread(g):
           % (i, len(s), n))
     t.eq(sorted(plain.payloads(), key=int), want, "the plain subscriber got every message")
     t.eq(metric(g, "gale_mqtt_shared_sent_total") - sent0, n, "metric: messages sent via groups")
+    st, js = g.http("GET", "/api/mqtt/shared")
+    t.eq((st, js), (200, {"groups": [{"share": "g", "filter": "fleet/+/data", "members": 3,
+                                      "connected": 3, "sent": n}], "count": 1}),
+         "the group listed with its members")
     for c in cons + [plain]:
         c.stop()
+    wait_for(lambda: g.http("GET", "/api/mqtt/shared")[1]["count"] == 0, 10,
+             "the group gone with its last member")
 
 
 def leave_clean_mid_stream(g):
