@@ -903,9 +903,10 @@ void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, con
                               size_t len, uint8_t qos)
 {
     char *f;
-    if (share_subscribe(b, s, filter, len, qos, 0) == 1)
+    int r = share_subscribe(b, s, filter, len, qos, 0);
+    if (r == 1)
         broker_session_count_sub(s, filter, len, 1);
-    if (s->clean)
+    if (s->clean || r < 0)
         return;
     f = xstrndup(filter, len);
     b->store.put_session_sub(b->store.ctx, s->client_id, f, qos);

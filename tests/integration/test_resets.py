@@ -5,7 +5,8 @@ stops cleanly (under ASan, exit 0 means no bad access and no leak).
 Two ways of cutting a connection:
 - real resets (SO_LINGER 0, then close: the kernel sends RST) right after a step: a TLS
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
-  a shared SUBSCRIBE ($share/...; and with its own messages in flight), the first PUBLISH, half a packet, half a WebSocket frame, half a TLS record, during a
+  a shared SUBSCRIBE ($share/...; and with its own messages in flight), the first
+  PUBLISH, half a packet, half a WebSocket frame, half a TLS record, during a
   streamed CSV reply and during a live-feed burst; several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
