@@ -268,6 +268,38 @@ def persistent_offline(g):
     p.close()
 
 
+def rest_unsubscribe_offline(g):
+    """A persistent member offline with a message in flight and one queued: removing its
+    shared subscription over REST hands both to the connected member."""
+    port = g.ports["mqtt"]
+    off = mr.session(port, "x-off", clean=False)
+    live = mr.session(port, "x-live")
+    for c in (off, live):
+        t.eq(c.sub(1, [("$share/x/ops/x", 1)]), [1], "member subscribed")
+    p = mr.session(port, "x-pub")
+    p.send(mr.publish("ops/x", "0", qos=1, pid=1))  # to x-off (first in turn), not acked
+    p.recv_type(mr.PUBACK)
+    t.eq(off.recv().payload, b"0", "the persistent member has one in flight")
+    off.abort()
+    wait_for(lambda: g.http("GET", "/api/mqtt/sessions/x-off")[1].get("connected") is False,
+             10, "x-off offline")
+    for i in (1, 2, 3):
+        p.send(mr.publish("ops/x", str(i), qos=1, pid=i + 1))
+        p.recv_type(mr.PUBACK)
+    got = [m.payload for m in drain(live)]
+    st, js = g.http("GET", "/api/mqtt/sessions/x-off")
+    t.eq((js.get("inflight"), js.get("queued")), (1, 1), "x-off: 1 in flight, its turn queued")
+    t.eq(got, [b"1", b"3"], "the live member took its turns")
+    st, _ = g.http("DELETE", "/api/mqtt/subscriptions?client_id=x-off&filter=%24share%2Fx%2Fops%2Fx")
+    t.eq(st, 200, "the offline member's shared subscription removed over REST")
+    got += [m.payload for m in drain(live)]
+    same(got, [b"0", b"1", b"2", b"3"], "what waited for the offline member went to the other")
+    st, js = g.http("GET", "/api/mqtt/sessions/x-off")
+    t.eq((js.get("inflight"), js.get("queued")), (0, 0), "x-off holds nothing of the group")
+    live.close()
+    p.close()
+
+
 def no_retained_acl_malformed(g):
     port = g.ports["mqtt"]
     p = mr.session(port, "ret-pub")
@@ -369,7 +401,7 @@ def main():
     with Gale(args=ANON) as g:
         wait_for(lambda: "mqtt" in g.ports, 10, "the MQTT port")
         for f in (spread, leave_clean_mid_stream, leave_by_unsubscribe, reset_member,
-                  persistent_offline, no_retained_acl_malformed):
+                  persistent_offline, rest_unsubscribe_offline, no_retained_acl_malformed):
             try:
                 f(g)
             except Exception as e:
