@@ -290,7 +290,8 @@ def rest_unsubscribe_offline(g):
     st, js = g.http("GET", "/api/mqtt/sessions/x-off")
     t.eq((js.get("inflight"), js.get("queued")), (1, 1), "x-off: 1 in flight, its turn queued")
     t.eq(got, [b"1", b"3"], "the live member took its turns")
-    st, _ = g.http("DELETE", "/api/mqtt/subscriptions?client_id=x-off&filter=%24share%2Fx%2Fops%2Fx")
+    st, _ = g.http("DELETE",
+                   "/api/mqtt/subscriptions?client_id=x-off&filter=%24share%2Fx%2Fops%2Fx")
     t.eq(st, 200, "the offline member's shared subscription removed over REST")
     got += [m.payload for m in drain(live)]
     same(got, [b"0", b"1", b"2", b"3"], "what waited for the offline member went to the other")
