@@ -165,6 +165,12 @@ static const struct key keys[] = {
            "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
            "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
            "ack = acknowledged and routed as a plain message. Counted and logged either way."),
+    CHOICE("mqtt.shared_subscription_strategy", mqtt.shared_strategy, "round_robin|sticky",
+           "round_robin",
+           "Which member of a shared subscription ($share/<group>/<filter>) gets a message: "
+           "round_robin = the next member that can take it; sticky = one publisher's "
+           "messages (by its device, else by topic) go to the same member while it stays "
+           "one."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
         "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "

@@ -115,6 +115,8 @@ struct config {
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
         int session_expiry_s;            /* mqtt.session_expiry_s, default 604800; 0 never */
+        int shared_strategy;             /* mqtt.shared_subscription_strategy: enum
+                                          * share_strategy, default round_robin */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {

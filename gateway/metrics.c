@@ -294,6 +294,12 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_wills_dropped_total",
             "Wills not published: refused by the checks a PUBLISH goes through",
             m->mqtt_wills_dropped);
+    counter(b, "gale_mqtt_shared_sent_total",
+            "Messages given to one member of a shared subscription ($share/...)",
+            m->mqtt_shared_sent);
+    counter(b, "gale_mqtt_shared_dropped_total",
+            "Messages a shared subscription matched that no member could take (dropped)",
+            m->mqtt_shared_dropped);
     /* a label, so other transports can count theirs under the same name */
     buf_printf(b, "# HELP gale_telemetry_rejected_total Telemetry payloads that did not decode "
                   "(not stored)\n# TYPE gale_telemetry_rejected_total counter\n"
