@@ -1959,15 +1959,16 @@ enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
     if (!mc) /* an offline persistent member takes its turn, queued */
         return queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_NOW : SHARE_FIT_NO;
     if (!s->queue.head && !backlog_waits(s) && !over_budget(b, s) &&
-        (qos == 0 || s->ninflight < b->gw->cfg->mqtt.max_inflight))
+        (qos == 0 || s->ninflight < window(b, s)))
         return SHARE_FIT_NOW;
     return qos == 0 || queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_LATER : SHARE_FIT_NO;
 }
 
 void broker_share_deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m,
-                          uint8_t qos, uint16_t group)
+                          uint8_t qos, uint16_t group, uint32_t opts)
 {
-    deliver(b, s, m, qos, false, group);
+    /* the member's own options: Retain As Published, its Subscription Identifier */
+    deliver(b, s, m, qos, (opts & SUBOPT_RAP) && m->retain, opts & SUBOPT_ID_MASK, NULL, group);
 }
 
 size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t group,

@@ -314,7 +314,7 @@ static bool route_one(struct mqtt_broker *b, struct share_group *g, struct msg *
         return false;
     g->sent++;
     b->gw->metrics.mqtt_shared_sent++;
-    broker_share_deliver(b, mb->sub, m, qos < mb->qos ? qos : mb->qos, g->idx);
+    broker_share_deliver(b, mb->sub, m, qos < mb->qos ? qos : mb->qos, g->idx, mb->opts);
     return true;
 }
 

@@ -132,7 +132,7 @@ enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
                                 const struct msg *m, uint8_t qos);
 /* deliver() with the group's tag on the message (struct out_msg.group). */
 void broker_share_deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m,
-                          uint8_t qos, uint16_t group);
+                          uint8_t qos, uint16_t group, uint32_t opts);
 /* Called for each message of s tagged group that may go to another member: true when it
  * went (s then lets it go), false to keep it (untagged). */
 typedef bool (*broker_share_give_fn)(void *ctx, struct msg *m, uint8_t qos);
