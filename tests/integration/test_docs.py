@@ -95,6 +95,93 @@ def check_readme_and_links():
     t(not bad, "every relative link resolves (%s)" % bad[:5])
 
 
+# ---- docs/split_readme.py on a small README written whole ----
+
+SAMPLE = """# Gale
+
+```sh
+make run
+```
+
+Gale is a gateway (see [Bridge](#bridge)).
+
+## Quick start: a device
+
+```sh
+echo hello
+```
+
+Then the [dashboard](#dashboard) and [file](docker/compose.yaml).
+
+## MQTT
+
+Broker text, [limits](#limits-and-their-defaults).
+
+### A new MQTT part
+
+```sh
+# not a heading
+```
+
+## Security
+
+### Limits and their defaults
+
+See [MQTT](#mqtt).
+
+## Dashboard
+
+Pages.
+
+## Bridge
+
+Upstreams.
+
+## Something nobody mapped
+
+Misc.
+"""
+
+
+def check_split_script():
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="gale-split-")
+    try:
+        os.makedirs(os.path.join(d, "docs"))
+        shutil.copy(os.path.join(ROOT, "docs", "README.head.md"), os.path.join(d, "docs"))
+        os.makedirs(os.path.join(d, "docker"))
+        open(os.path.join(d, "docker", "compose.yaml"), "w").close()
+        src = os.path.join(d, "full.md")
+        with open(src, "w") as f:
+            f.write(SAMPLE)
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "split_readme.py"), src,
+                            "--root", d], capture_output=True, text=True, timeout=60)
+        t.eq(p.returncode, 0, "split_readme.py runs (%s)" % p.stderr[-300:])
+
+        def get(rel):
+            path = os.path.join(d, rel)
+            return open(path).read() if os.path.exists(path) else ""
+        readme, mqtt, sec = get("README.md"), get("docs/mqtt.md"), get("docs/security.md")
+        t("## Quick start: a device\n" in readme and "```sh\necho hello\n```" in readme,
+          "the quick start is copied verbatim")
+        t("(docs/dashboard.md#dashboard)" in readme and "(docker/compose.yaml)" in readme
+          and "(docs/bridge.md#bridge)" in readme, "README's links point into docs/")
+        t(mqtt.startswith("# MQTT\n") and "## A new MQTT part" in mqtt
+          and "# not a heading" in mqtt and "(security.md#limits-and-their-defaults)" in mqtt,
+          "a section follows its parent; links across pages are rewritten")
+        t("(mqtt.md#mqtt)" in sec, "a link to a page's title anchor")
+        t("Something nobody mapped -> docs/operations.md" in p.stdout
+          and "A new MQTT part -> docs/mqtt.md" in p.stdout and "Misc." in get(
+              "docs/operations.md"), "unmapped sections are placed and reported (%s)" % p.stdout)
+        again = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "split_readme.py"),
+                                src, "--root", d, "--check"], capture_output=True, text=True,
+                               timeout=60)
+        t.eq(again.returncode, 0, "a second run changes nothing (--check)")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # ---- config keys ----
 
 def size_value(v):
@@ -353,6 +440,7 @@ def check_facts(api, unknown_code, merges):
 def main():
     api = json.loads(read("web/assets/openapi.json"))
     check_readme_and_links()
+    check_split_script()
     check_config()
     public = check_routes_static(api)
     code, merges = check_routes_live(api, public)
