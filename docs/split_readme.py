@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = [
     ("docs/operations.md", "Running and operating Gale"),
     ("docs/configuration.md", None),
-    ("docs/protocols.md", "Device protocols: line protocol and WebSocket"),
+    ("docs/protocols.md", "Device protocols: line, WebSocket, HTTP"),
     ("docs/mqtt.md", None),
     ("docs/rest.md", None),
     ("docs/dashboard.md", None),
@@ -298,15 +298,20 @@ def build(text, root, gale=None):
             files.append(s["file"])
     titles = dict(FILES)
 
-    # A file that holds one "##" section (first) and its "###"s and has no title of its
-    # own in FILES takes that heading as its title, and its "###"s become "##"s.
+    # A "###" placed apart from its "##" (a "foreign" one) comes after the file's own
+    # sections, as a "##". A file that holds one "##" section and its "###"s and has no
+    # title of its own in FILES takes that heading as its title, and its "###"s become "##"s.
+    home = {s["heading"]: s["file"] for s in sections if s["level"] == 2}
+    for s in sections:
+        s["foreign"] = s["level"] == 3 and home.get(s["parent"]) != s["file"]
+    sections.sort(key=lambda s: s["foreign"])  # stable: source order otherwise
     for f in files:
         mine = [s for s in sections if s["file"] == f]
         tops = [s for s in mine if s["level"] == 2]
         promote = not titles.get(f) and len(tops) == 1 and mine[0] is tops[0]
         for s in mine:
             s["promoted"] = promote
-            s["shown"] = s["level"] - 1 if promote else s["level"]
+            s["shown"] = 2 if s["foreign"] else s["level"] - 1 if promote else s["level"]
         if mine and not titles.get(f):
             titles[f] = tops[0]["heading"] if promote else \
                 os.path.splitext(os.path.basename(f))[0].title()
