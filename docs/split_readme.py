@@ -54,6 +54,7 @@ FILES = [
     ("docs/architecture.md", None),
     ("docs/performance.md", None),
     ("docs/deployment.md", None),
+    ("docs/simulator.md", None),
     ("tests/README.md", "Tests"),
 ]
 
@@ -75,6 +76,9 @@ SECTIONS = {
     "Deployment": "docs/deployment.md",
     "Development": "tests/README.md",
     "API keys": "docs/security.md",
+    "Backup and restore": "docs/operations.md",
+    "Docker Compose": "docs/deployment.md",
+    "Device simulator (gale-sim)": "docs/simulator.md",
     "HTTP devices": "docs/protocols.md",
     "Shared subscriptions": "docs/mqtt.md",
     # the "###" sections (each would follow its "##" anyway; named so that only new
