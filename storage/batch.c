@@ -115,7 +115,9 @@ static void seal_awaited(struct store *s)
 
     uv_mutex_lock(&s->lock);
     waiting = s->todo_head != NULL;
-    may_inline = !waiting && inline_ok(s, b);
+    /* inline only with no batch anywhere between sealing and its report: one the writer
+     * has taken but not finished would commit (and be reported) after this one */
+    may_inline = s->nsealed == 0 && inline_ok(s, b);
     uv_mutex_unlock(&s->lock);
     if (waiting)
         return;
