@@ -52,7 +52,7 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     }
     uv_tcp_init(gw->loop, &l->tcp);
     l->tcp.data = l;
-    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn};
+    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn, cfg->proxy};
     l->open = true;
     gw->nlisteners++;
     rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
@@ -67,7 +67,11 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
     l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
-    log_info("listening protocol=%s port=%d bind=%s", name, l->port, bind);
+    if (cfg->proxy)
+        log_info("listening protocol=%s port=%d bind=%s proxy_protocol=%s", name, l->port, bind,
+                 cfg->proxy == PROXY_ANY ? "any" : cfg->proxy == PROXY_V1 ? "v1" : "v2");
+    else
+        log_info("listening protocol=%s port=%d bind=%s", name, l->port, bind);
     return 0;
 }
 
