@@ -3,6 +3,7 @@
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
  *        [--log-format text|json] [--log-level LEVEL] [--check-config]
  *        [--help] [--version]
+ *   gale [config options] --issue-token DEVICE [--expires DURATION|never] [--key-id ID]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
  * of it (check_config, which --check-config runs too), lock the data dir, open its
@@ -21,6 +22,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -28,6 +30,7 @@
 #include "gateway/bridge/bridge.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
@@ -57,6 +60,10 @@ static void usage(FILE *out)
             "  --log-format text|json log line format (log.format)\n"
             "  --log-level LEVEL      debug, info, warn or error (log.level)\n"
             "  --check-config         validate the configuration, print it, and exit\n"
+            "  --issue-token DEVICE   print a fleet token for DEVICE (auth.fleet_keys) and exit\n"
+            "  --expires DURATION     its lifetime: N followed by s, m, h or d, or never\n"
+            "                         (default 365d)\n"
+            "  --key-id ID            the fleet key that signs it (default: the first)\n"
             "  --version              print the version and exit\n"
             "  --help                 this text and the configuration reference\n"
             "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
@@ -102,6 +109,17 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
         return -1;
     }
     acl_free(acl);
+    {
+        struct proxy_trust t;
+        struct fleet *f;
+        if (proxy_trust_parse(cfg->limits.proxy_trusted_json, &t, why, sizeof why) != 0 ||
+            fleet_new(cfg->auth.fleet_keys_json, &f, why, sizeof why) != 0) {
+            snprintf(err, errlen, "config: %s", why);
+            return -1;
+        }
+        proxy_trust_fini(&t);
+        fleet_free(f);
+    }
     if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, errlen) != 0)
         return -1;
     {
@@ -110,6 +128,50 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
             return -1;
         bridge_cfg_fini(&bc);
     }
+    return 0;
+}
+
+/* gale --issue-token: what to issue (load_config fills it). */
+static struct {
+    const char *device;
+    const char *expires;  /* "365d", "never", ... */
+    const char *key_id;   /* NULL: the first key */
+} issue = {NULL, "365d", NULL};
+
+/* Prints a fleet token for issue.device, signed with the configured fleet keys, and
+ * returns the exit code: 0, or 2 for a bad device id, duration, key id or no fleet key. */
+static int issue_token(const struct config *cfg)
+{
+    struct fleet *f = NULL;
+    char err[600], tok[FLEET_TOKEN_MAX + 1], unit = 's';
+    long long n = 0, exp = 0;
+    int len;
+
+    if (fleet_new(cfg->auth.fleet_keys_json, &f, err, sizeof err) != 0)
+        return bad_config(err);
+    if (!f)
+        return bad_config("--issue-token needs auth.fleet_keys (the fleet key that signs)");
+    if (!devices_valid_id(issue.device, strlen(issue.device))) {
+        fleet_free(f);
+        return bad_config("--issue-token: a device id is 1..64 characters of [A-Za-z0-9_.:-]");
+    }
+    if (strcmp(issue.expires, "never") != 0) {
+        const char *e = issue.expires;
+        size_t digits = strspn(e, "0123456789");
+        if (digits == 0 || digits > 6 || !e[digits] || e[digits + 1] || !strchr("smhd", e[digits])) {
+            fleet_free(f);
+            return bad_config("--expires: N followed by s, m, h or d (e.g. 365d), or never");
+        }
+        n = atoll(e);
+        unit = e[digits];
+        exp = (long long)time(NULL) +
+              n * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
+    }
+    len = fleet_issue(f, issue.device, exp, issue.key_id, tok, sizeof tok);
+    fleet_free(f);
+    if (len < 0)
+        return bad_config("--key-id: no such key in auth.fleet_keys");
+    printf("%s\n", tok);
     return 0;
 }
 
@@ -147,6 +209,12 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             log_level = argv[++i];
         } else if (strcmp(a, "--set") == 0 && has_next) {
             i++; /* applied below, after file and env */
+        } else if (strcmp(a, "--issue-token") == 0 && has_next) {
+            issue.device = argv[++i];
+        } else if (strcmp(a, "--expires") == 0 && has_next) {
+            issue.expires = argv[++i];
+        } else if (strcmp(a, "--key-id") == 0 && has_next) {
+            issue.key_id = argv[++i];
         } else {
             fprintf(stderr, "gale: unknown or incomplete option \"%s\" (see --help)\n", a);
             *code = 2;
@@ -163,7 +231,9 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
                 goto bad;
         } else if (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--data-dir") == 0 ||
-                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0) {
+                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0 ||
+                   strcmp(argv[i], "--issue-token") == 0 || strcmp(argv[i], "--expires") == 0 ||
+                   strcmp(argv[i], "--key-id") == 0) {
             i++;
         }
     }
@@ -732,6 +802,8 @@ int main(int argc, char **argv)
         return code;
     log_setup((enum log_level)log_parse_level(cfg.log.level),
               strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
+    if (issue.device)
+        return issue_token(&cfg);
     if (check_only) {
         char *js = config_to_json(&cfg);
         printf("%s\n", js);
@@ -759,6 +831,17 @@ int main(int argc, char **argv)
     gw.hook_ctx = &parts;
     if (write_fault_seam_init(&gw) != 0)
         goto out;
+    {
+        char err[600]; /* checked by check_config: only a secret file changed since fails */
+        if (proxy_trust_parse(cfg.limits.proxy_trusted_json, &gw.proxy_trust, err, sizeof err) !=
+                0 ||
+            fleet_new(cfg.auth.fleet_keys_json, &gw.fleet, err, sizeof err) != 0) {
+            log_error("config: %s", err);
+            goto out;
+        }
+        if (gw.fleet)
+            log_info("fleet keys=%zu signing=%s", gw.fleet->n, gw.fleet->keys[0].id);
+    }
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -845,22 +928,28 @@ int main(int argc, char **argv)
     {
         void *http = rest_http_server(parts.rest);
         bool t = tls != NULL;
+        /* PROXY protocol versions per listener section (config words in mask order) */
+        unsigned hp = (unsigned)cfg.http.proxy_protocol, lp = (unsigned)cfg.line.proxy_protocol,
+                 mp = (unsigned)cfg.mqtt.proxy_protocol;
         const struct {
             bool on;
             struct gw_listen_cfg l;
         } ls[] = {
-            {true, {"http", cfg.http.bind, cfg.http.port, &http_proto, http, NULL, NULL}},
-            {cfg.line.enabled, {"line", cfg.line.bind, cfg.line.port, &line_proto, NULL, NULL, NULL}},
+            {true,
+             {"http", cfg.http.bind, cfg.http.port, &http_proto, http, NULL, NULL, hp}},
+            {cfg.line.enabled,
+             {"line", cfg.line.bind, cfg.line.port, &line_proto, NULL, NULL, NULL, lp}},
             {cfg.mqtt.enabled,
-             {"mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto, parts.broker, NULL, NULL}},
+             {"mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto, parts.broker, NULL, NULL, mp}},
             {t && cfg.http.tls_port,
              {"https", cfg.http.bind, tls_port(cfg.http.tls_port), &http_proto, http, tls,
-              "http/1.1"}},
+              "http/1.1", hp}},
             {t && cfg.line.enabled && cfg.line.tls_port,
-             {"lines", cfg.line.bind, tls_port(cfg.line.tls_port), &line_proto, NULL, tls, NULL}},
+             {"lines", cfg.line.bind, tls_port(cfg.line.tls_port), &line_proto, NULL, tls, NULL,
+              lp}},
             {t && cfg.mqtt.enabled && cfg.mqtt.tls_port,
              {"mqtts", cfg.mqtt.bind, tls_port(cfg.mqtt.tls_port), &mqtt_proto, parts.broker, tls,
-              "mqtt"}},
+              "mqtt", mp}},
         };
         for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++)
             if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
@@ -901,6 +990,8 @@ out:
     conn_registry_free(gw.conns);
     tls_server_free(tls);
     guard_free(gw.guard);
+    proxy_trust_fini(&gw.proxy_trust);
+    fleet_free(gw.fleet);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

@@ -40,6 +40,8 @@
 #include "base/clock.h"
 #include "base/err.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
+#include "gateway/log.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/session.h"
@@ -67,6 +69,18 @@ void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
 }
 
+void rest_unauthorized_token(struct gw *gw, struct http_conn *h, const char *id, const char *why,
+                             const char *reason)
+{
+    struct conn *c = http_conn_of(h);
+
+    metrics_auth_failed(&gw->metrics, "http", reason);
+    if (conn_refused(c, why))
+        log_warn("conn=%llu peer=%s proto=http auth failed device=\"%s\" reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, log_q(id), why);
+    http_respond_error(h, 401, "unauthorized", why);
+}
+
 void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *req,
                          struct device *dev)
 {
@@ -77,12 +91,19 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
     char topic[DEVICE_ID_MAX + 32];
     struct buf b;
 
-    /* the API key, the device's token, or (mutual TLS) the device's certificate */
-    if (!rest_authorized(gw, req) &&
-        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
-        !tls_peer_device(http_conn_of(h), dev->id)) {
-        rest_unauthorized_ingest(gw, h);
-        return;
+    /* the API key, (mutual TLS) the device's certificate, or its token: per device or fleet */
+    if (!rest_authorized(gw, req) && !tls_peer_device(http_conn_of(h), dev->id)) {
+        if (!tok) {
+            rest_unauthorized_ingest(gw, h);
+            return;
+        }
+        if (!session_check_token(gw, dev->id, tok, strlen(tok), &why, &code)) {
+            if (strcmp(code, "bad_token") == 0 && !fleet_is_token(tok, strlen(tok)))
+                rest_unauthorized_ingest(gw, h); /* as before: the same for every id */
+            else
+                rest_unauthorized_token(gw, h, dev->id, why, code);
+            return;
+        }
     }
     if (guard_rate(gw->guard, dev->id, gw_mono_ms()) != GUARD_RATE_OK) {
         /* disconnect: the reply says why, then the connection closes */
