@@ -72,30 +72,28 @@ static enum proxy_rc decode_v1(const uint8_t *p, size_t len, struct proxy_header
                                size_t *used, const char **why)
 {
     char line[PROXY_V1_MAX + 1], *f[6];
-    size_t n = len < PROXY_V1_MAX ? len : PROXY_V1_MAX, end, nf = 0;
-    const uint8_t *lf = memchr(p, '\n', n);
+    size_t n = len < PROXY_V1_MAX ? len : PROXY_V1_MAX, end = 0, nf = 0;
     int af;
 
-    if (!lf) {
-        if (len >= PROXY_V1_MAX)
-            return fail(why, "PROXY v1 line longer than 107 bytes");
-        for (size_t i = sizeof V1_SIG; i < len; i++) { /* text only, CR only before LF */
-            if (p[i] < 0x20 && p[i] != '\r')
-                return fail(why, "PROXY v1 line with a control byte");
-            if (p[i] > 0x7e)
-                return fail(why, "PROXY v1 line with a non-ASCII byte");
-            if (p[i] == '\r' && i + 1 < len)
-                return fail(why, "PROXY v1 line with CR before its end");
+    /* byte by byte, so the first bad byte names the reason however the reads split */
+    for (size_t i = sizeof V1_SIG; i < n && !end; i++) {
+        if (p[i] == '\n') {
+            if (p[i - 1] != '\r')
+                return fail(why, "PROXY v1 line not ended by CRLF");
+            end = i;
+        } else if (p[i] < 0x20 && p[i] != '\r') {
+            return fail(why, "PROXY v1 line with a control byte");
+        } else if (p[i] > 0x7e) {
+            return fail(why, "PROXY v1 line with a non-ASCII byte");
+        } else if (p[i] == '\r' && i + 1 < n && p[i + 1] != '\n') {
+            return fail(why, "PROXY v1 line with CR before its end");
         }
-        return PROXY_NEED_MORE;
     }
-    end = (size_t)(lf - p);
-    if (end == 0 || p[end - 1] != '\r')
-        return fail(why, "PROXY v1 line not ended by CRLF");
+    if (!end)
+        return len >= PROXY_V1_MAX ? fail(why, "PROXY v1 line longer than 107 bytes")
+                                   : PROXY_NEED_MORE;
     memcpy(line, p, end - 1);
     line[end - 1] = '\0';
-    if (memchr(line, '\0', end - 1) || memchr(line, '\r', end - 1))
-        return fail(why, "PROXY v1 line with a control byte");
     memset(out, 0, sizeof *out);
     out->version = 1;
     *used = end + 1;
@@ -197,10 +195,13 @@ enum proxy_rc proxy_decode(unsigned accept, const uint8_t *p, size_t len, struct
         return len <= sizeof V1_SIG ? PROXY_NEED_MORE : decode_v1(p, len, out, used, why);
     if ((accept & PROXY_V2) && prefix_of(p, len, V2_SIG, sizeof V2_SIG))
         return decode_v2(p, len, out, used, why);
+    /* the other version's signature: named once it is whole, so every split agrees */
     if (accept == PROXY_V1 && prefix_of(p, len, V2_SIG, sizeof V2_SIG))
-        return fail(why, "PROXY v2 header where v1 is expected");
+        return len < sizeof V2_SIG ? PROXY_NEED_MORE
+                                   : fail(why, "PROXY v2 header where v1 is expected");
     if (accept == PROXY_V2 && prefix_of(p, len, V1_SIG, sizeof V1_SIG))
-        return fail(why, "PROXY v1 header where v2 is expected");
+        return len < sizeof V1_SIG ? PROXY_NEED_MORE
+                                   : fail(why, "PROXY v1 header where v2 is expected");
     return fail(why, "no PROXY header");
 }
 
