@@ -191,6 +191,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             rest_method_not_allowed(h, "GET, POST");
         return;
     }
+    if (strcmp(path, "/api/fleet/tokens") == 0) {
+        if (strcmp(m, "POST") == 0)
+            rest_fleet_token(r, h, req);
+        else
+            rest_method_not_allowed(h, "POST");
+        return;
+    }
     if (strcmp(path, "/api/telemetry") == 0) {
         if (strcmp(m, "GET") == 0)
             rest_telemetry_query(r, h, req);

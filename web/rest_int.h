@@ -74,6 +74,9 @@ void rest_unauthorized_token(struct gw *gw, struct http_conn *h, const char *id,
                              const char *reason);
 void rest_tz_free(struct rest *r);
 
+/* rest_fleet.c: POST /api/fleet/tokens {"device":..,"expires_s":..,"key_id":..} */
+void rest_fleet_token(struct rest *r, struct http_conn *h, struct http_req *req);
+
 /* rest_devices.c */
 void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req);
 void rest_device_create(struct rest *r, struct http_conn *h, struct http_req *req);

@@ -105,10 +105,31 @@ def main():
         resp = c.auth("fleet-3", short)
         t(resp.get("code") == "unauthorized", "line: expired token refused: %r" % resp)
         c.close()
+        # provisioning through one instance: the token works on the other
+        st, js = a.http("POST", "/api/fleet/tokens", {"device": "rest-1", "expires_s": 3600})
+        t.eq(st, 201, "POST /api/fleet/tokens")
+        t(js["token"].startswith("gft1.rest-1.") and js["key_id"] == "k2" and
+          abs(js["expires"] - time.time() - 3600) < 60, "token, key and expiry: %r" % js)
+        t.eq(mqtt_rc(b, "rest-1", js["token"], "rest"), 0, "a REST-issued token on the other")
+        st, js = a.http("POST", "/api/fleet/tokens", {"device": "rest-2", "key_id": "k1",
+                                                       "expires_s": 0})
+        t(st == 201 and ".0.k1." in js["token"] and js["expires"] == 0, "key_id, never: %r" % js)
+        for body, code in (({"device": "bad/id"}, "invalid_id"), ({"device": "x", "key_id": "k9"},
+                           "unknown_key"), ({"device": "x", "expires_s": -1}, "invalid_expires"),
+                           ({"device": "x", "extra": 1}, "unknown_field")):
+            st, js = a.http("POST", "/api/fleet/tokens", body)
+            t(st == 400 and js["code"] == code, "%r: 400 %s (%r)" % (body, code, js))
+        st, js = a.http("POST", "/api/fleet/tokens", {"device": "x"}, key="wrong")
+        t.eq(st, 401, "POST /api/fleet/tokens needs the API key")
         # per-device tokens keep working
         dtok = g.create_device("local-1")
         t.eq(mqtt_rc(g, "local-1", dtok, "local"), 0, "a per-device token still works")
         t.eq(mqtt_rc(g, "local-1", "wrong", "local2"), 4, "a wrong per-device token still fails")
+
+    with Gale() as g:
+        st, js = g.http("POST", "/api/fleet/tokens", {"device": "x"})
+        t(st == 409 and js["code"] == "fleet_disabled", "no fleet key: 409 (%r)" % (js,))
+        t.eq(mqtt_rc(g, "fleet-1", tok, "nofleet"), 4, "no fleet key: fleet tokens refused")
 
     # rotation done: k1 retired
     with Gale(args=["--set", "auth.fleet_keys=" + json.dumps([K2])]) as g:
