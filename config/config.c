@@ -999,7 +999,8 @@ static void hide_secrets(cJSON *keys)
     cJSON_ArrayForEach(k, keys) {
         cJSON *s = cJSON_GetObjectItemCaseSensitive(k, "secret");
         if (cJSON_IsString(s) && s->valuestring[0])
-            cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)k, "secret", cJSON_CreateString("***"));
+            cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)k, "secret",
+                                                   cJSON_CreateString("***"));
     }
 }
 

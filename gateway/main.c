@@ -117,8 +117,19 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "config: %s", why);
             return -1;
         }
-        proxy_trust_fini(&t);
         fleet_free(f);
+        if (t.n == 0 && (cfg->http.proxy_protocol ||
+                         (cfg->line.enabled && cfg->line.proxy_protocol) ||
+                         (cfg->mqtt.enabled && cfg->mqtt.proxy_protocol))) {
+            snprintf(err, errlen,
+                     "config: %s.proxy_protocol is on but limits.proxy_trusted is empty: every "
+                     "connection to it would be refused (name the load balancer's address)",
+                     cfg->http.proxy_protocol   ? "http"
+                     : cfg->mqtt.proxy_protocol ? "mqtt"
+                                                : "line");
+            return -1;
+        }
+        proxy_trust_fini(&t);
     }
     if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, errlen) != 0)
         return -1;
@@ -158,7 +169,8 @@ static int issue_token(const struct config *cfg)
     if (strcmp(issue.expires, "never") != 0) {
         const char *e = issue.expires;
         size_t digits = strspn(e, "0123456789");
-        if (digits == 0 || digits > 6 || !e[digits] || e[digits + 1] || !strchr("smhd", e[digits])) {
+        if (digits == 0 || digits > 6 || !e[digits] || e[digits + 1] ||
+            !strchr("smhd", e[digits])) {
             fleet_free(f);
             return bad_config("--expires: N followed by s, m, h or d (e.g. 365d), or never");
         }

@@ -321,6 +321,10 @@ def main():
                        capture_output=True, text=True, timeout=20)
     t.eq(r.returncode, 2, "a bad CIDR is a config error")
     t("limits.proxy_trusted" in r.stderr, "the error names limits.proxy_trusted: %r" % r.stderr)
+    r = subprocess.run([GALE_BIN, "--check-config", "--set", "mqtt.proxy_protocol=v2"],
+                       capture_output=True, text=True, timeout=20)
+    t(r.returncode == 2 and "mqtt.proxy_protocol is on but limits.proxy_trusted is empty"
+      in r.stderr, "proxy_protocol without trusted peers is a config error: %r" % r.stderr)
 
 
 t.run(main)

@@ -150,13 +150,11 @@ static void test_tampering(void **state)
     assert_int_equal(fleet_verify(f, "dev-1", 5, tok, n - 1, NOW, &why), FLEET_BAD);
     snprintf(bad, sizeof bad, "%sA", tok);
     assert_int_equal(verify(f, "dev-1", bad, &why), FLEET_BAD);
+#define MAC43 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     static const char *const junk[] = {"gft1.", "gft1.dev-1", "gft1.dev-1.1.k1", "gft1....",
-                                       "gft1.dev-1.01.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                       "gft1.dev-1.x.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                       "gft1.dev-1.1.k!.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                       "gft1.dev-1.1..AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                       "gft1..1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                       "gft2.dev-1.1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"};
+                                       "gft1.dev-1.01.k1." MAC43, "gft1.dev-1.x.k1." MAC43,
+                                       "gft1.dev-1.1.k!." MAC43, "gft1.dev-1.1.." MAC43,
+                                       "gft1..1.k1." MAC43, "gft2.dev-1.1.k1." MAC43};
     for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++)
         assert_int_equal(verify(f, "dev-1", junk[i], &why), FLEET_BAD);
     assert_false(fleet_is_token("plain-per-device-token", 22));
@@ -201,7 +199,8 @@ static void test_keys(void **state)
         "[{\"id\":\"k\",\"secret\":\"short\"}]", "[{\"id\":\"k\"}]",
         "[{\"id\":\"k\",\"secret\":\"0123456789abcdef\",\"secret_file\":\"/x\"}]",
         "[{\"id\":\"k\",\"secret_file\":\"/nonexistent/fleet.key\"}]",
-        "[{\"id\":\"k\",\"secret\":\"0123456789abcdef\"},{\"id\":\"k\",\"secret\":\"0123456789abcdeg\"}]",
+        "[{\"id\":\"k\",\"secret\":\"0123456789abcdef\"},"
+        "{\"id\":\"k\",\"secret\":\"0123456789abcdeg\"}]",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
