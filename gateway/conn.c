@@ -630,6 +630,8 @@ static void on_due(struct conn *c)
     }
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
+        if (c->on_auth_timeout && c->proto_state)
+            c->on_auth_timeout(c);
         conn_close(c, "authentication timeout");
         return;
     }

@@ -213,6 +213,17 @@ void session_refuse(struct session *s, const char *code, const char *why)
         ops->close(c, why);
 }
 
+void session_auth_timeout(struct session *s)
+{
+    char why[160];
+
+    snprintf(why, sizeof why,
+             "authentication timeout: no login within limits.auth_timeout_ms (%d ms); send "
+             "{\"device\":\"<id>\",\"token\":\"<token>\"} first",
+             s->conn->gw->cfg->limits.auth_timeout_ms);
+    send_error(s, "auth_timeout", why, false, 0);
+}
+
 static void on_durable(struct conn *c, uint64_t tag, int ok)
 {
     struct session *s = c->proto_state;

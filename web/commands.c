@@ -362,6 +362,39 @@ void commands_set_status_hook(struct commands *cs, commands_status_fn fn, void *
     cs->status_ctx = ctx;
 }
 
+/* The first member of the command body obj that is not name, params or timeout_ms, or
+ * NULL: a typo ("parms") is answered, not dropped. */
+static const char *unknown_member(const cJSON *obj)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, obj) {
+        if (strcmp(m->string, "name") != 0 && strcmp(m->string, "params") != 0 &&
+            strcmp(m->string, "timeout_ms") != 0)
+            return m->string;
+    }
+    return NULL;
+}
+
+/* 400 {"error":"unknown field: <name> (allowed: ..)","code":"unknown_field","field":"<name>"} */
+static void respond_unknown_field(struct http_conn *h, const char *name)
+{
+    struct buf b, msg;
+    size_t n = strlen(name) > 64 ? 64 : strlen(name);
+
+    buf_init(&msg);
+    buf_printf(&msg, "unknown field: %.*s (allowed: name params timeout_ms)", (int)n, name);
+    buf_init(&b);
+    buf_append_str(&b, "{\"error\":");
+    buf_append_json_str(&b, buf_cstr(&msg), msg.len);
+    buf_append_str(&b, ",\"code\":\"unknown_field\",\"field\":");
+    buf_append_json_str(&b, name, n);
+    buf_append_str(&b, "}");
+    buf_fini(&msg);
+    http_respond(h, 400, "application/json", b.data, b.len, NULL);
+    buf_fini(&b);
+}
+
 void commands_post(struct commands *cs, struct http_conn *h, struct http_req *req,
                    struct device *dev)
 {
@@ -373,7 +406,12 @@ void commands_post(struct commands *cs, struct http_conn *h, struct http_req *re
     char id[33], *params_json = NULL;
     struct ticket t = {0, 0};
     int64_t timeout = DEFAULT_TIMEOUT_MS;
+    const char *unknown = cJSON_IsObject(root) ? unknown_member(root) : NULL;
 
+    if (unknown) {
+        respond_unknown_field(h, unknown);
+        goto out;
+    }
     if (!cJSON_IsObject(root) || !cJSON_IsString(name) || !name->valuestring[0] ||
         strlen(name->valuestring) > 128) {
         http_respond_error(h, 400, "bad_json",

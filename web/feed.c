@@ -370,7 +370,9 @@ static void send_json(struct conn *c, const struct buf *b)
     ws_conn_send(c, WS_OP_TEXT, b->data, b->len);
 }
 
-static void send_error(struct feed_viewer *v, const char *code, const char *why)
+/* {"type":"error","error":why,"code":code[,"field":field]} */
+static void send_error_field(struct feed_viewer *v, const char *code, const char *why,
+                             const char *field)
 {
     struct buf b;
     buf_init(&b);
@@ -378,9 +380,33 @@ static void send_error(struct feed_viewer *v, const char *code, const char *why)
     buf_append_json_str(&b, why, strlen(why));
     buf_append_str(&b, ",\"code\":");
     buf_append_json_str(&b, code, strlen(code));
+    if (field) {
+        buf_append_str(&b, ",\"field\":");
+        buf_append_json_str(&b, field, strlen(field));
+    }
     buf_append_str(&b, "}");
     send_json(v->conn, &b);
     buf_fini(&b);
+}
+
+static void send_error(struct feed_viewer *v, const char *code, const char *why)
+{
+    send_error_field(v, code, why, NULL);
+}
+
+/* The first member of obj whose name is not among the NULL-terminated names, or NULL. */
+static const char *unknown_member(const cJSON *obj, const char *const *names)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, obj) {
+        size_t i = 0;
+        while (names[i] && strcmp(names[i], m->string) != 0)
+            i++;
+        if (!names[i])
+            return m->string;
+    }
+    return NULL;
 }
 
 static void group_free(struct feed_group *g)
@@ -472,16 +498,31 @@ static void write_globs(struct buf *b, char *const *globs, size_t n)
     buf_append_str(b, "]");
 }
 
-static void subscribe(struct feed_viewer *v, const cJSON *sub)
+static void subscribe(struct feed_viewer *v, const cJSON *msg, const cJSON *sub)
 {
+    static const char *const top_names[] = {"subscribe", "auth", NULL};
+    static const char *const sub_names[] = {"devices", "keys", "presence", NULL};
     struct feed *hub = v->hub;
     struct feed_group *g, tmp;
     const cJSON *pres = cJSON_GetObjectItemCaseSensitive(sub, "presence");
-    const char *why = NULL;
+    const char *why = NULL, *unknown;
     struct buf sig, b;
 
     memset(&tmp, 0, sizeof tmp);
     buf_init(&sig);
+    /* a typo ("device") is answered, not taken for "all devices" */
+    if ((unknown = unknown_member(msg, top_names)) != NULL ||
+        (cJSON_IsObject(sub) && (unknown = unknown_member(sub, sub_names)) != NULL)) {
+        struct buf why;
+        char name[65];
+        snprintf(name, sizeof name, "%s", unknown);
+        buf_init(&why);
+        buf_printf(&why, "unknown field: %s (allowed: {\"subscribe\":{\"devices\":[globs],"
+                         "\"keys\":[globs],\"presence\":bool}})", name);
+        send_error_field(v, "unknown_field", buf_cstr(&why), name);
+        buf_fini(&why);
+        goto out;
+    }
     if (!cJSON_IsObject(sub) || (pres && !cJSON_IsBool(pres))) {
         send_error(v, "bad_request",
                    "subscribe takes {\"devices\":[globs],\"keys\":[globs],\"presence\":bool}");
@@ -579,7 +620,7 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
         goto out;
     }
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "subscribe")) != NULL) {
-        subscribe(v, it);
+        subscribe(v, root, it);
     } else if (cJSON_GetObjectItemCaseSensitive(root, "unsubscribe")) {
         group_leave(v->hub, v);
         viewer_clear(v);

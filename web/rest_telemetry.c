@@ -185,60 +185,6 @@ static bool parse_duration(const char *s, int64_t *out)
     return total > 0 && (*out = total, true);
 }
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-    int64_t era, yoe, doy, doe;
-
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/* RFC 3339: 2026-03-29T00:00:00Z, ...T01:30:00.250+02:00 (a space or t for T, z for Z). */
-static bool parse_rfc3339(const char *s, int64_t *out)
-{
-    int y, mo, d, hh, mi, ss, n = 0, oh, om;
-    int64_t ms = 0, off = 0;
-    const char *p;
-
-    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
-        return false;
-    p = s + 10;
-    if (*p != 'T' && *p != 't' && *p != ' ')
-        return false;
-    if (sscanf(p + 1, "%2d:%2d:%2d%n", &hh, &mi, &ss, &n) != 3 || n != 8)
-        return false;
-    p += 9;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return false;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
-            return false;
-        off = (oh * 60LL + om) * 60000 * (*p == '-' ? -1 : 1);
-        p += 6;
-    } else {
-        return false;
-    }
-    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || hh > 23 || mi > 59 || ss > 60)
-        return false;
-    *out = days_from_civil(y, mo, d) * DAY_MS + ((hh * 60LL + mi) * 60 + ss) * 1000 + ms - off;
-    return true;
-}
-
 /* from/to: epoch ms, RFC 3339, or relative to now: "now", "-1h", "now-15m", "now+1d". */
 static bool parse_time(const char *s, int64_t now_ms, int64_t *out)
 {
@@ -255,7 +201,7 @@ static bool parse_time(const char *s, int64_t now_ms, int64_t *out)
         *out = *s == '-' ? now_ms - d : now_ms + d;
         return true;
     }
-    return parse_rfc3339(s, out);
+    return gw_parse_rfc3339(s, out);
 }
 
 static bool parse_agg(const char *s, enum store_agg *out)

@@ -322,9 +322,31 @@ void http_stream_end(struct http_conn *h, const char *trailers)
     reply_done(h, h->stream_status, h->stream_bytes, keep);
 }
 
+/* A 401 is a refusal: logged with the peer, what was asked and why, a few per peer and
+ * window and then summed up (log_refusal), as failed device logins are. */
+static void log_unauthorized(struct http_conn *h, const char *msg)
+{
+    struct conn *c = h->conn;
+    const struct http_req *req = http_current(h);
+    const char *auth = "none";
+
+    if (!log_refusal(c->peer, msg))
+        return;
+    if (req && http_bearer(req))
+        auth = "bearer";
+    else if (req && req->target && strstr(req->target, "api_key="))
+        auth = "query";
+    log_warn("conn=%llu peer=%s proto=http refused status=401 method=%s path=\"%s\" "
+             "credentials=%s reason=\"%s\"",
+             (unsigned long long)c->id, c->peer, req ? log_q(req->method) : "-",
+             req ? log_q(req->path) : "", auth, log_q(msg));
+}
+
 void http_respond_error(struct http_conn *h, int status, const char *code, const char *msg)
 {
     struct buf b;
+    if (status == 401)
+        log_unauthorized(h, msg);
     buf_init(&b);
     buf_append_str(&b, "{\"error\":");
     buf_append_json_str(&b, msg, strlen(msg));

@@ -525,9 +525,12 @@ static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const 
     if (mc->bad_telemetry++ == 0)
         log_write(ack ? LOG_INFO : LOG_WARN,
                   "conn=%llu peer=%s proto=mqtt client=\"%s\" device=%s telemetry not stored "
-                  "reason=\"%s\" topic=\"%s\" action=%s",
+                  "reason=\"%s\" topic=\"%s\" action=%s%s",
                   (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id), device,
-                  why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect");
+                  why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect",
+                  ack ? "" : " hint=\"while developing, --set mqtt.invalid_telemetry=ack "
+                             "(or GALE_MQTT_INVALID_TELEMETRY=ack) acknowledges such publishes "
+                             "and keeps the connection\"");
     if (ack)
         return true;
     if (nack)
