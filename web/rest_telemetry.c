@@ -98,8 +98,10 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
             return;
         }
         if (!session_check_token(gw, dev->id, tok, strlen(tok), &why, &code)) {
-            if (strcmp(code, "bad_token") == 0 && !fleet_is_token(tok, strlen(tok)))
-                rest_unauthorized_ingest(gw, h); /* as before: the same for every id */
+            /* a per-device token: the same answer for every id, known or not (a fleet
+             * token's reason is the same for both) */
+            if (!(gw->fleet && fleet_is_token(tok, strlen(tok))))
+                rest_unauthorized_ingest(gw, h);
             else
                 rest_unauthorized_token(gw, h, dev->id, why, code);
             return;
