@@ -83,6 +83,10 @@ def main():
         t.eq(st, 200, "HTTP ingest with a fleet token registers and stores: %r" % (js,))
         st, js = b.http("GET", "/api/devices/fleet-2/latest")
         t(st == 200 and js.get("temp", {}).get("value") == 22, "value stored: %r" % (js,))
+        st, js = b.http("GET", "/api/devices/fleet-2/commands?wait=0", key=never)
+        t(st == 200 and js.get("commands") == [], "an HTTP device's command poll: %r" % (js,))
+        st, js = b.http("GET", "/api/devices/fleet-2/commands?wait=0", key=tok)
+        t.eq(st, 401, "the command poll refuses another device's fleet token")
 
         # refusals: MQTT bad credentials, HTTP 401 with the reason, a log line each
         t.eq(mqtt_rc(g, "fleet-3", short, "exp"), 4, "expired: CONNACK 0x04")
