@@ -17,6 +17,7 @@
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
  *   GET    /api/bridges                    the upstream bridges' state and counters
+ *   GET    /api/info                       version and the listeners' names and ports
  *
  * Everything here is answered from loop state at once, except removals and publishes
  * that write storage: those answer once the writes are durable. Lists are sorted by
@@ -239,6 +240,27 @@ static void docs(struct http_conn *h)
         }
     }
     http_respond_error(h, 404, "not_found", "no API docs page in this build");
+}
+
+/* The version and every open listener with its bound port, so that a client (the
+ * dashboard's connect snippets) names the real ports rather than the defaults. */
+static void info(struct ops *o, struct http_conn *h)
+{
+    struct gw *gw = o->gw;
+    struct buf b;
+    int n = 0;
+    buf_init(&b);
+    buf_printf(&b, "{\"version\":\"%s\",\"listeners\":[", GALE_VERSION);
+    for (int i = 0; i < gw->nlisteners; i++) {
+        const struct gw_listener *l = &gw->listeners[i];
+        if (!l->open)
+            continue;
+        buf_append_str(&b, n++ ? ",{\"name\":" : "{\"name\":");
+        buf_append_json_str(&b, l->conn.name, strlen(l->conn.name));
+        buf_printf(&b, ",\"port\":%d,\"tls\":%s}", l->port, l->conn.tls ? "true" : "false");
+    }
+    buf_append_str(&b, "]}");
+    reply(h, 200, &b, NULL);
 }
 
 /* ---- connections ---- */
@@ -845,7 +867,8 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     }
     if (strcmp(path, "/metrics") != 0 && strcmp(path, "/api/connections") != 0 &&
         strncmp(path, "/api/connections/", 17) != 0 && strcmp(path, "/api/publish") != 0 &&
-        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0)
+        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0 &&
+        strcmp(path, "/api/info") != 0)
         return false;
     if (!authorized && !(strcmp(path, "/metrics") == 0 && !o->gw->cfg->http.metrics_auth)) {
         metrics_auth_failed(&o->gw->metrics, "http", "bad_api_key");
@@ -887,6 +910,11 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     } else if (strcmp(path, "/api/bridges") == 0) {
         if (is(req, "GET"))
             bridges(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
+    } else if (strcmp(path, "/api/info") == 0) {
+        if (is(req, "GET"))
+            info(o, h);
         else
             rest_method_not_allowed(h, "GET");
     } else {
