@@ -16,6 +16,7 @@ import gzip
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import tempfile
@@ -118,6 +119,13 @@ async def submit(ws, form, fields):
 async def search(ws, text):
     await evaluate(ws, "{const f=document.getElementById('filter');f.value=%s;"
                        "f.dispatchEvent(new Event('input'))};true" % js_str(text))
+
+
+async def chart_interval(ws):
+    """The chart's bucket width in ms, as the range line states it ("· 12 s averages")."""
+    info = await evaluate(ws, "document.getElementById('range-info').textContent")
+    m = re.search(r"(\d+(?:\.\d+)?) s averages", info or "")
+    return int(float(m.group(1)) * 1000) if m else 1000
 
 
 def chart_len(key):
@@ -231,7 +239,7 @@ async def more_pages(ws, g, line):
         t(await wait_js(ws, chart_len("temp") + " >= 10"), "device chart has history points")
         t(await evaluate(ws, "!!document.querySelector('#chart-temp canvas')"),
           "chart drawn on a canvas")
-        interval = await evaluate(ws, "gale.charts.get('temp').gale_agg.interval")
+        interval = await chart_interval(ws)
         ts = int(time.time() * 1000)
         line.send_line({"ts": ts, "values": {"temp": 40.5}, "seq": 3})
         t.eq(line.read_line(), {"ack": 3}, "live value stored")
@@ -330,7 +338,7 @@ async def more_pages(ws, g, line):
                   {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
         await goto(ws, g, "#/")
         t(await wait_js(ws, "!!document.getElementById('dev-mqtt-1')"), "fleet on a phone")
-        t(await evaluate(ws, "document.documentElement.scrollWidth <= 400"),
+        t(await evaluate(ws, "document.documentElement.scrollWidth <= 390 && innerWidth <= 390"),
           "no sideways scrolling on a phone")
         await screenshot(ws, "fleet-phone")
         await goto(ws, g, "#/device/sensor-1")
@@ -492,10 +500,12 @@ def chart(key, expr):
     return "(() => { const u = gale.charts.get(%s); return !!u && (%s); })()" % (js_str(key), expr)
 
 
-async def no_overflow(ws, what):
+async def no_overflow(ws, what, width=375):
+    # innerWidth too: a phone zooms out to show a page wider than the screen, which
+    # widens innerWidth with it
     r = await evaluate(ws, "[document.documentElement.scrollWidth, window.innerWidth]")
-    t(r and r[0] <= r[1], "%s: no horizontal overflow at 375 px (scrollWidth, innerWidth = %r)"
-      % (what, r))
+    t(r and r[0] <= r[1] <= width, "%s: no horizontal overflow at %d px (scrollWidth, innerWidth"
+      " = %r)" % (what, width, r))
 
 
 async def shot(ws, name):
@@ -688,7 +698,7 @@ async def charts(ws, g):
     t(await evaluate(ws, "!location.hash.includes('range=')"), "a fitted range is not in the URL")
 
     # live points average into the history's buckets: one point per bucket, the bucket's mean
-    interval = await evaluate(ws, "gale.charts.get('temp').gale_agg.interval")
+    interval = await chart_interval(ws)
     n0 = await evaluate(ws, "gale.charts.get('temp').data[0].length")
     tok = g.http("POST", "/api/devices/fresh-1/token")[1]["token"]
     line = g.line("fresh-1", tok)
@@ -810,6 +820,11 @@ async def every_page(ws, g):
     wait_for(lambda: g.http("GET", "/api/mqtt/subscriptions?client_id=m-2")[0] == 200 and
              g.http("GET", "/api/mqtt/subscriptions?client_id=m-2")[1]["count"] == 2, 10,
              "m-2 subscribed")
+    long_id = "greenhouse-north-wing-row-07-soil-moisture-probe-0123456789abcdef"[:64]
+    g.create_device(long_id)
+    post_points(g, long_id, [{"ts": int(time.time() * 1000), "values": {
+        "firmware": "build-2026.12.07-rc3+sha.9f3c2e1a7b5d4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        "moisture": 0.42}}])
     try:
         for size, metrics in (("desktop", None),
                               ("phone", {"width": 375, "height": 812, "deviceScaleFactor": 2,
@@ -828,6 +843,19 @@ async def every_page(ws, g):
                     if metrics:
                         await no_overflow(ws, "%s (%s)" % (name, theme))
                     await shot(ws, "%s-%s-%s" % (name, theme, size))
+                if metrics:  # a long id and value, the custom range's inputs
+                    await goto(ws, g, "#/device/" + long_id)
+                    t(await wait_js(ws, chart("moisture", "true")), "long id's device page")
+                    await evaluate(ws, "[...document.querySelectorAll('#ranges button')].find(b => "
+                                       "b.textContent == 'custom').click();true")
+                    await asyncio.sleep(0.2)
+                    await no_overflow(ws, "a long id and value, custom range open (%s)" % theme)
+                    await goto(ws, g, "#/?q")
+                    await search(ws, "greenhouse")
+                    t(await wait_js(ws, "!!document.getElementById('dev-%s')" % long_id),
+                      "long id in the fleet")
+                    await no_overflow(ws, "fleet with a long id and value (%s)" % theme)
+                    await search(ws, "")
         # the add-device panel with its snippets on a phone
         await cdp(ws, "Emulation.setDeviceMetricsOverride",
                   {"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": True})
