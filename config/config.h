@@ -77,6 +77,9 @@ struct config {
         enum config_access_log access_log; /* http.access_log, default off */
         bool metrics_auth;               /* http.metrics_auth: /metrics needs the API key;
                                           * default false */
+        int device_idle_s;               /* http.device_idle_s: HTTP presence lasts, default 60 */
+        int command_wait_max_s;          /* http.command_wait_max_s: long poll cap, default 60 */
+        int command_polls_max;           /* http.command_polls_max: polls at once, 10000 */
     } http;
     struct {
         bool enabled;                    /* line.enabled, default true */

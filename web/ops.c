@@ -17,7 +17,7 @@
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
  *   GET    /api/bridges                    the upstream bridges' state and counters
- *   GET    /api/info                       version and the listeners' names and ports
+ *   GET    /api/info                       version, the listeners' ports, the caller's role
  *
  * Everything here is answered from loop state at once, except removals and publishes
  * that write storage: those answer once the writes are durable. Lists are sorted by
@@ -48,6 +48,7 @@
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define JSON "application/json"
@@ -243,14 +244,22 @@ static void docs(struct http_conn *h)
 }
 
 /* The version and every open listener with its bound port, so that a client (the
- * dashboard's connect snippets) names the real ports rather than the defaults. */
-static void info(struct ops *o, struct http_conn *h)
+ * dashboard's connect snippets) names the real ports rather than the defaults; and the
+ * role of the key asking. */
+static void info(struct ops *o, struct http_conn *h, const struct http_req *req)
 {
     struct gw *gw = o->gw;
+    const struct api_key *k = keys_check(gw->keys, http_bearer(req));
     struct buf b;
     int n = 0;
     buf_init(&b);
-    buf_printf(&b, "{\"version\":\"%s\",\"listeners\":[", GALE_VERSION);
+    buf_printf(&b, "{\"version\":\"%s\",", GALE_VERSION);
+    if (k) { /* the key asking: what it may do (the dashboard hides the rest) */
+        buf_printf(&b, "\"role\":\"%s\",\"key\":", keys_role_name(k->role));
+        buf_append_json_str(&b, k->name, strlen(k->name));
+        buf_printf(&b, ",\"all_devices\":%s,", k->ndevices ? "false" : "true");
+    }
+    buf_append_str(&b, "\"listeners\":[");
     for (int i = 0; i < gw->nlisteners; i++) {
         const struct gw_listener *l = &gw->listeners[i];
         if (!l->open)
@@ -914,7 +923,7 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
             rest_method_not_allowed(h, "GET");
     } else if (strcmp(path, "/api/info") == 0) {
         if (is(req, "GET"))
-            info(o, h);
+            info(o, h, req);
         else
             rest_method_not_allowed(h, "GET");
     } else {
@@ -960,6 +969,7 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     const char *method = req->method ? req->method : "-";
     const char *referer = req->method ? http_header(req, "Referer") : NULL;
     const char *agent = req->method ? http_header(req, "User-Agent") : NULL;
+    const char *user = http_user(h); /* a key name: [A-Za-z0-9_.:@-] only */
     char target[1024], host[64], when[64];
     const char *colon;
     time_t now;
@@ -985,8 +995,10 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
         gmtime_r(&now, &tm);
         strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
         buf_init(&line);
-        buf_printf(&line, "%s - - [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
-                   when, method, log_q(target), req->http_major, req->http_minor, status, len,
+        /* the NCSA user field names the API key that authenticated the request */
+        buf_printf(&line, "%s - %s [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
+                   user[0] ? user : "-", when, method, log_q(target), req->http_major,
+                   req->http_minor, status, len,
                    referer ? log_q(referer) : "-", agent ? log_q(agent) : "-", (double)us / 1e6);
         if (strcmp(c->gw->cfg->log.format, "json") == 0) {
             struct buf js;
@@ -1017,6 +1029,8 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
             cJSON_AddStringToObject(o, "referer", referer);
         if (agent)
             cJSON_AddStringToObject(o, "user_agent", agent);
+        if (user[0])
+            cJSON_AddStringToObject(o, "key", user);
         cJSON_AddNumberToObject(o, "conn", (double)c->id);
         js = cJSON_PrintUnformatted(o);
         log_write_json(LOG_INFO, js); /* with log.format=json: members of the line itself */

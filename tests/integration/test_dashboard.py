@@ -758,11 +758,11 @@ async def charts(ws, g):
 async def keys_page(ws, g):
     await goto(ws, g, "#/keys")
     t(await wait_js(ws, "!document.getElementById('keys').hidden"), "keys page lists keys")
-    await submit(ws, "key-form", {"key-name": "wall display", "key-role": "read"})
+    await submit(ws, "key-form", {"key-name": "wall-display", "key-role": "read"})
     t(await wait_js(ws, "!document.getElementById('secret').hidden && "
                         + text_of("secret-value") + ".length > 10"), "the new key shown once")
     key = await evaluate(ws, text_of("secret-value"))
-    t(await wait_js(ws, row_with("keys", "wall display")), "the new key listed")
+    t(await wait_js(ws, row_with("keys", "wall-display")), "the new key listed")
     listed = g.http("GET", "/api/keys")[1]
     t(key not in json.dumps(listed), "GET /api/keys shows no secret")
     t.eq(g.http("GET", "/api/devices", key=key)[0], 200, "the read key reads")
@@ -787,9 +787,9 @@ async def keys_page(ws, g):
     t(msg and "may not" in msg, "a 403 explained: %r" % msg)
     await cdp(ws, "Page.navigate", {"url": "http://127.0.0.1:%d/?key=%s#/keys"
                                           % (g.ports["http"], API_KEY)})
-    t(await wait_js(ws, row_with("keys", "wall display")), "back as admin")
-    t(await click_in_row(ws, "keys", "wall display", "Revoke"), "a Revoke button")
-    t(await wait_js(ws, "!" + row_with("keys", "wall display")), "revoked key gone from the list")
+    t(await wait_js(ws, row_with("keys", "wall-display")), "back as admin")
+    t(await click_in_row(ws, "keys", "wall-display", "Revoke"), "a Revoke button")
+    t(await wait_js(ws, "!" + row_with("keys", "wall-display")), "revoked key gone from the list")
     t.eq(g.http("GET", "/api/devices", key=key)[0], 401, "the revoked key is refused")
 
 

@@ -5,8 +5,8 @@ stops cleanly (under ASan, exit 0 means no bad access and no leak).
 Two ways of cutting a connection:
 - real resets (SO_LINGER 0, then close: the kernel sends RST) right after a step: a TLS
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
-  the first PUBLISH, half a packet, half a WebSocket frame, half a TLS record, during a
-  streamed CSV reply and during a live-feed burst; several times each, since whether the
+  the first PUBLISH, half a packet, half a WebSocket frame, half a TLS record, an HTTP
+  device's command long poll, during a streamed CSV reply and during a live-feed burst; several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
   with EPIPE/ECONNRESET, for N = 1..6, then each write with probability 0.2, while a
@@ -180,6 +180,21 @@ def case_viewer_error(g, dev, token, use_tls):
     rst(s)
 
 
+def case_command_poll(g, dev, token, use_tls):
+    """An HTTP device's command long poll, then gone while it waits: alone, with a
+    request pipelined behind it, and racing a command that wakes it."""
+    poll = ("GET /api/devices/%s/commands?wait=10 HTTP/1.1\r\nHost: x\r\n"
+            "Authorization: Bearer %s\r\n\r\n" % (dev, token)).encode()
+    for extra, wake in ((b"", False), (b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n", False),
+                        (b"", True)):
+        s = sock(g, port_name("http", use_tls), use_tls)
+        s.sendall(poll + extra)
+        recv_some(s, 1, 0.05)  # the poll is waiting (no answer yet)
+        rst(s)
+        if wake:
+            g.http("POST", "/api/devices/%s/commands" % dev, {"name": "wake"})
+
+
 STEPS = [
     ("tls_handshake_done", case_tls_handshake),
     ("upgrade_sent", case_upgrade),
@@ -194,6 +209,7 @@ STEPS = [
     ("line_mid_line", case_line_mid_line),
     ("ws_mid_frame", case_ws_mid_frame),
     ("live_viewer_error", case_viewer_error),
+    ("http_command_poll", case_command_poll),
 ]
 
 
@@ -284,6 +300,17 @@ def scenario(g, dev, token, use_tls):
             s.close()
         except OSError:
             pass
+    try:  # an HTTP device: its POST (commands in the reply) and a long poll that ends
+        s = sock(g, h, use_tls)
+        g.http("POST", "/api/devices/%s/commands" % dev, {"name": "seam"})
+        s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\nContent-Length: 7\r\n\r\n{\"v\":8}"
+                   "GET /api/devices/%s/commands?wait=0.2 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % (dev, token, dev, token)).encode())
+        recv_some(s, 4096, 0.5)
+        s.close()
+    except OSError:
+        pass
     try:
         s = sock(g, h, use_tls)
         s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n"

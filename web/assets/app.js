@@ -156,14 +156,16 @@ function notice(text) {
 
 // ---- roles ---------------------------------------------------------------------
 
-// The key's role (GET /api/info answers it): admin, operator (commands, attributes) or
-// read. Controls the role lacks are hidden; the server refuses them anyway (403).
+// The key's role (GET /api/info answers it): admin (devices, tokens, MQTT state, keys),
+// operator (commands, attributes, kicking connections) or read. Controls the role lacks
+// are hidden; the server refuses them anyway (403, shown as a message).
 const RANK = { read: 0, operator: 1, admin: 2 };
 const can = (need) => (RANK[state.role] ?? 2) >= RANK[need];
 
 function applyRole() {
   for (const e of document.querySelectorAll("[data-needs]")) e.hidden = !can(e.dataset.needs);
-  $("role").textContent = state.role && state.role !== "admin" ? state.role + " key" : "";
+  $("role").textContent = (state.role && state.role !== "admin" ? state.role + " key" : "") +
+    (state.allDevices === false ? " (some devices)" : "");
 }
 
 async function loadInfo() {
@@ -174,6 +176,7 @@ async function loadInfo() {
     state.info = { listeners: [] };
   }
   state.role = state.info.role || "admin";
+  state.allDevices = state.info.all_devices !== false;
   applyRole();
 }
 
@@ -810,7 +813,7 @@ async function sendCommand(ev) {
     cmdRow(Object.assign({ name: body.name, params: body.params }, r));
     followCommand(r.id);
   } catch (e) {
-    $("cmd-error").textContent = e.message;
+    $("cmd-error").textContent = errText(e);
   }
 }
 
@@ -823,15 +826,15 @@ async function setAttribute(ev) {
   if (raw === "") v = null; // an empty value deletes the key
   else try { v = JSON.parse(raw); } catch (e) { v = raw; }
   const d = state.devices.get(dv.id);
-  // the whole set-scope object with the change: PATCH merges or replaces, same result
-  const attrs = Object.assign({}, serverAttributes(d), { [k]: v });
   try {
-    const r = await api(dev(dv.id), { method: "PATCH", body: { attributes: attrs } });
-    Object.assign(d, r);
+    // merges into the server scope (null deletes the key): an operator key may
+    const r = await api(dev(dv.id) + "/attributes", { method: "PATCH", body: { [k]: v } });
+    d.server_attributes = r.server || {};
+    d.reported_attributes = r.reported || d.reported_attributes || {};
     renderAttributes(d);
     $("attr-key").value = $("attr-value").value = "";
   } catch (e) {
-    $("attr-error").textContent = e.message;
+    $("attr-error").textContent = errText(e);
   }
 }
 
@@ -880,7 +883,7 @@ async function loadConnections() {
     el("td", { text: fmtAgo(c.connected), title: new Date(c.connected).toISOString() }),
     el("td", { text: fmtBytes(c.bytes_in) + " · " + c.messages_in + " msg" }),
     el("td", { text: fmtBytes(c.bytes_out) + " · " + c.messages_out + " msg" }),
-    el("td", {}, can("admin") ? actionButton("Kick", () => kick(c.id)) : null)),
+    el("td", {}, can("operator") ? actionButton("Kick", () => kick(c.id)) : null)),
     ["id", "device", "protocol", "peer", "connected", "in", "out", ""])));
 }
 
@@ -1008,13 +1011,17 @@ async function loadKeys() {
   const list = Array.isArray(r) ? r : r.keys || [];
   $("keys").hidden = false;
   $("keys-error").textContent = "";
+  const self = state.info && state.info.key;
   fill($("keys").tBodies[0], list.map((k) => labelled(el("tr", { "data-key": String(k.id) },
-    el("td", { text: k.name || "" }), el("td", { text: k.role }),
+    el("td", { text: (k.name || "") + (k.name === self ? " (this browser)" : "") +
+      (k.configured ? " · configured" : "") }),
+    el("td", { text: k.role }),
     el("td", { text: k.devices && k.devices.length ? k.devices.join(", ") : "all" }),
     el("td", { text: k.created ? fmtAgo(k.created) : "", title: k.created ? new Date(k.created).toISOString() : "" }),
+    el("td", { text: k.last_used ? fmtAgo(k.last_used) : "—" }),
     el("td", {}, el("code", { text: String(k.id) })),
     el("td", {}, can("admin") ? actionButton("Revoke", () => revokeKey(k)) : null)),
-  ["name", "role", "devices", "created", "id", ""])));
+  ["name", "role", "devices", "created", "last used", "id", ""])));
 }
 
 async function createKey(ev) {
