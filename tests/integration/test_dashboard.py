@@ -614,6 +614,22 @@ async def rotate_delete(ws, g, token, line):
     t.eq(g.http("GET", "/api/devices/new-1")[0], 404, "the device is gone")
 
 
+async def http_presence(ws, g):
+    """A device that talks HTTP shows online (protocol http) in the fleet, and offline
+    once http.device_idle_s (2 here) passed without a request."""
+    tok = g.create_device("h-1")
+    await goto(ws, g, "#/")
+    row = "document.getElementById('dev-h-1')"
+    t(await wait_js(ws, "!!%s && %s.cells[1].textContent == 'offline'" % (row, row)),
+      "an HTTP device listed offline before it posts")
+    st, _ = g.http("POST", "/api/devices/h-1/telemetry", {"temp": 19.5}, key=tok)
+    t.eq(st, 200, "the HTTP device posts with its token")
+    t(await wait_js(ws, "%s.cells[1].textContent == 'online' && %s.cells[2].textContent == 'http'"
+                        % (row, row)), "the HTTP device shows online, protocol http")
+    t(await wait_js(ws, "%s.cells[1].textContent == 'offline'" % row, 15),
+      "offline again after http.device_idle_s")
+
+
 async def mqtt_pages(ws, g):
     tok = g.create_device("m-1")
     ready = queue.Queue()
@@ -884,6 +900,7 @@ async def console(b, g):
         token, line = await add_device(ws, g)
         await rotate_delete(ws, g, token, line)
         line.close()
+        await http_presence(ws, g)
         await mqtt_pages(ws, g)
         await charts(ws, g)
         if g.http("GET", "/api/keys")[0] != 404:
@@ -899,12 +916,14 @@ async def console(b, g):
 def console_main():
     os.makedirs(SHOTS, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="gale-chromium-")
-    with Gale() as g:
+    with Gale(args=("--set", "http.device_idle_s=2")) as g:
         wait_for(lambda: "mqtt" in g.ports, 10, "MQTT listening")
         st, info = g.http("GET", "/api/info")
         t(st == 200 and {(l["name"], l["port"]) for l in info["listeners"]} >=
           {("http", g.ports["http"]), ("line", g.ports["line"]), ("mqtt", g.ports["mqtt"])},
           "GET /api/info names the bound ports: %r" % info)
+        t(info.get("role") == "admin" and info.get("all_devices") is True,
+          "GET /api/info names the caller's role: %r" % info)
         t.eq(g.http("GET", "/api/info", key=None)[0], 401, "GET /api/info needs the key")
         b = Browser(profile)
         try:
