@@ -561,6 +561,16 @@ async def add_device(ws, g):
                                      "ws.addEventListener('message', (e) => { if (e.data.includes("
                                      "'ack')) { ws.close(); res(e.data); } })); })()" % snip["ws"])
     t(reply and json.loads(reply) == {"ack": 1}, "the WebSocket snippet runs: %r" % reply)
+    await cdp(ws, "Browser.grantPermissions", {
+        "origin": "http://127.0.0.1:%d" % h,
+        "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    await cdp(ws, "Emulation.setFocusEmulationEnabled", {"enabled": True})
+    await click(ws, "#secret .copy")
+    t(await wait_js(ws, "document.querySelector('#secret .copy').textContent == 'Copied'"),
+      "the Copy button says it copied: %r" % await evaluate(
+          ws, "document.querySelector('#secret .copy').textContent"))
+    t.eq(await evaluate_async(ws, "navigator.clipboard.readText()"), token,
+         "the token is on the clipboard")
     await shot(ws, "fleet-token-light-desktop")
     # a device connecting with the line snippet's credentials shows online
     cred = json.loads(snip["line"].split("'")[1])
@@ -801,6 +811,23 @@ async def keys_page(ws, g):
     msg = await evaluate_async(ws, "api('/api/devices', {method: 'POST', body: {id: 'x'}})"
                                    ".then(() => 'done', errText)")
     t(msg and "may not" in msg, "a 403 explained: %r" % msg)
+    # an operator key: kicks and commands, but adds and deletes nothing
+    st, op = g.http("POST", "/api/keys", {"name": "ops-desk", "role": "operator"})
+    t.eq(st, 201, "an operator key")
+    await cdp(ws, "Page.navigate", {"url": "http://127.0.0.1:%d/?key=%s#/connections"
+                                          % (g.ports["http"], op["key"])})
+    t(await wait_js(ws, "gale.state.role == 'operator' && "
+                        "!!document.querySelector('#conns button') && "
+                        "document.getElementById('add-device').hidden"),
+      "operator: Kick buttons, no Add device")
+    await goto(ws, g, "#/device/fresh-1")
+    t(await wait_js(ws, chart("temp", "true") + " && !document.getElementById('cmd-form').hidden &&"
+                        " !document.getElementById('attr-form').hidden && "
+                        "document.getElementById('dev-delete').hidden"),
+      "operator: commands and attributes, no delete")
+    await submit(ws, "attr-form", {"attr-key": "shift", "attr-value": '"night"'})
+    t(await wait_js(ws, "document.getElementById('attr-set').textContent.includes('night')"),
+      "operator sets an attribute from the page")
     await cdp(ws, "Page.navigate", {"url": "http://127.0.0.1:%d/?key=%s#/keys"
                                           % (g.ports["http"], API_KEY)})
     t(await wait_js(ws, row_with("keys", "wall-display")), "back as admin")
