@@ -714,6 +714,18 @@ async def charts(ws, g):
     t(await wait_js(ws, "gale.sparks.has('spark-1')"), "sparkline drawn")
     t.eq(await evaluate(ws, "gale.sparks.get('spark-1').gale_key"), "temp",
          "the sparkline follows the most recent key, not the first by name")
+    # live points average into the sparkline's minute (two in one message)
+    b = int(time.time() * 1000) // 60000 * 60000
+    line = g.line("spark-1", g.http("POST", "/api/devices/spark-1/token")[1]["token"])
+    line.send_line({"seq": 1, "batch": [{"ts": b + 1, "values": {"temp": 100}},
+                                        {"ts": b + 2, "values": {"temp": 200}}]})
+    t.eq(line.read_line(), {"ack": 1}, "two live points stored")
+    line.close()
+    want = g.http("GET", "/api/devices/spark-1/telemetry?keys=temp&agg=avg&interval=60000&"
+                  "from=%d&to=%d" % (b, b + 59999))[1]["temp"][0]["value"]
+    t(await wait_js(ws, "(() => { const u = gale.sparks.get('spark-1'); return u.data[0].at(-1) "
+                        "* 1000 == %d && Math.abs(u.data[1].at(-1) - %r) < 1e-6; })()" % (b, want)),
+      "the sparkline's current minute is the average %r of its points" % want)
 
     await goto(ws, g, "#/device/fresh-1")
     t(await wait_js(ws, chart("temp", "u.data[0].length >= 10")), "a new device's chart")

@@ -427,6 +427,16 @@ function onTelemetry(m) {
     }
     d.last_seen = Date.now();
   }
+  const spark = window.gale.sparks.get(m.device);
+  if (spark) { // every live point of its key into its minute, not only the newest
+    let changed = false;
+    for (const p of m.points) {
+      if (p.key !== spark.gale_key || typeof p.value !== "number" || p.ts <= spark.gale_seen) continue;
+      changed = addToBucket(spark, spark.gale_agg, p.ts, p.value) || changed;
+    }
+    spark.gale_seen = Math.max(spark.gale_seen, ...m.points.filter((p) => p.key === spark.gale_key).map((p) => p.ts));
+    if (changed) spark.setData(spark.data);
+  }
   if (state.route.page === "fleet" && d) {
     const tr = fleetRow(d);
     tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
@@ -523,14 +533,6 @@ function fleetRow(d) {
       el("b", { text: k }), fmtValue(d.latest[k].value));
     return span;
   }));
-  const spark = window.gale.sparks.get(d.id);
-  if (spark && d.latest && d.latest[spark.gale_key]) {
-    const v = d.latest[spark.gale_key];
-    if (typeof v.value === "number" && v.ts > (spark.gale_seen || 0)) {
-      spark.gale_seen = v.ts;
-      if (addToBucket(spark, spark.gale_agg, v.ts, v.value)) spark.setData(spark.data);
-    }
-  }
   return tr;
 }
 
