@@ -364,10 +364,16 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         if (!dev || !httpdev_authenticated(gw, h, req, dev)) {
             rest_unauthorized_ingest(gw, h); /* the same for known and unknown ids */
         } else if (strcmp(rest, "/commands") == 0) {
-            httpdev_poll(r->httpdev, h, req, dev);
+            if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+                httpdev_poll(r->httpdev, h, req, dev);
+            else
+                rest_method_not_allowed(h, "GET, POST");
         } else if (command_of_result(rest, cmd, sizeof cmd)) {
             httpdev_seen(r->httpdev, dev);
-            httpdev_result(r->httpdev, h, req, dev, cmd);
+            if (strcmp(m, "POST") == 0)
+                httpdev_result(r->httpdev, h, req, dev, cmd);
+            else
+                rest_method_not_allowed(h, "POST");
         } else {
             http_respond_error(h, 404, "not_found", "no such resource");
         }

@@ -121,6 +121,12 @@ def run(g):
     t.eq(st, 401, "another device's token -> 401")
     st, js = dev_http(g, "POST", "/api/devices/h-1/commands/%s/result" % cid, tok, b"not json")
     t.eq((st, js.get("code")), (400, "bad_json"), "a result that is not JSON -> 400")
+    st, js = dev_http(g, "GET", "/api/devices/h-1/commands/%s/result" % cid, tok)
+    t.eq(st, 405, "a result is POSTed: GET -> 405")
+    st, js = dev_http(g, "DELETE", "/api/devices/h-1/commands", tok)
+    t.eq(st, 405, "another method on its commands -> 405")
+    st, js = dev_http(g, "POST", "/api/devices/h-1/commands", tok, {"name": "self"})
+    t.eq(st, 401, "a device cannot send itself a command with its token")
 
     # ---- long poll: at once when a command waits ----
     st, js = g.http("POST", "/api/devices/h-1/commands", {"name": "a"})
