@@ -708,7 +708,9 @@ async def charts(ws, g):
     # "a" once, long ago; "temp" often and lately
     g.create_device("spark-1")
     post_points(g, "spark-1", [{"ts": now - 1800000, "values": {"a": 1}}] +
-                [{"ts": now - 600000 + i * 30000, "values": {"temp": 30 + i % 3}} for i in range(20)])
+                [{"ts": now - 600000 + i * 30000, "values": {"temp": 30 + i % 3}} for i in range(20)] +
+                [{"ts": now, "values": {"temp": 31}}])  # the latest: later in its minute than
+                                                        # the live points sent below
 
     await goto(ws, g, "#/")
     t(await wait_js(ws, "gale.sparks.has('spark-1')"), "sparkline drawn")
@@ -725,7 +727,9 @@ async def charts(ws, g):
                   "from=%d&to=%d" % (b, b + 59999))[1]["temp"][0]["value"]
     t(await wait_js(ws, "(() => { const u = gale.sparks.get('spark-1'); return u.data[0].at(-1) "
                         "* 1000 == %d && Math.abs(u.data[1].at(-1) - %r) < 1e-6; })()" % (b, want)),
-      "the sparkline's current minute is the average %r of its points" % want)
+      "the sparkline's current minute is the average %r of its points: %r" % (want, await evaluate(
+          ws, "(() => { const u = gale.sparks.get('spark-1'); return [u.data[0].slice(-3), "
+              "u.data[1].slice(-3), u.gale_seen, [...u.gale_agg.live]]; })()")))
 
     await goto(ws, g, "#/device/fresh-1")
     t(await wait_js(ws, chart("temp", "u.data[0].length >= 10")), "a new device's chart")

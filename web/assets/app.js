@@ -337,9 +337,10 @@ function addToBucket(u, agg, ts, value) {
   let acc = agg.live.get(b);
   if (!acc) {
     const last = xs.length ? xs[xs.length - 1] : -Infinity;
-    if (x < last) return false; // a late point in an older bucket: history has it
-    acc = x === last && agg.lastCount ? { sum: ys[ys.length - 1] * agg.lastCount, n: agg.lastCount }
-      : { sum: 0, n: 0 };
+    // a late point in a bucket of the history: it has it (or, without the bucket's count,
+    // cannot take it in exactly)
+    if (x < last || (x === last && !agg.lastCount)) return false;
+    acc = x === last ? { sum: ys[ys.length - 1] * agg.lastCount, n: agg.lastCount } : { sum: 0, n: 0 };
     agg.live.set(b, acc);
   }
   acc.sum += value;
@@ -431,10 +432,11 @@ function onTelemetry(m) {
   if (spark) { // every live point of its key into its minute, not only the newest
     let changed = false;
     for (const p of m.points) {
-      if (p.key !== spark.gale_key || typeof p.value !== "number" || p.ts <= spark.gale_seen) continue;
+      // the history ends at gale_to; the latest value at load is counted already
+      if (p.key !== spark.gale_key || typeof p.value !== "number" || p.ts <= spark.gale_to ||
+        p.ts === spark.gale_latest) continue;
       changed = addToBucket(spark, spark.gale_agg, p.ts, p.value) || changed;
     }
-    spark.gale_seen = Math.max(spark.gale_seen, ...m.points.filter((p) => p.key === spark.gale_key).map((p) => p.ts));
     if (changed) spark.setData(spark.data);
   }
   if (state.route.page === "fleet" && d) {
@@ -592,8 +594,11 @@ async function loadRowDetail(d) {
     u.gale_key = key;
     u.gale_agg = { interval: SPARK_INTERVAL_MS, live: new Map(), lastCount: 0 };
     const v = d.latest[key];
-    if (v.ts > to && addToBucket(u, u.gale_agg, v.ts, v.value)) u.setData(u.data);
-    u.gale_seen = Math.max(to, v.ts);
+    u.gale_to = to;
+    if (v.ts > to && addToBucket(u, u.gale_agg, v.ts, v.value)) {
+      u.gale_latest = v.ts;
+      u.setData(u.data);
+    }
     window.gale.sparks.set(d.id, u);
   } catch (e) {
     if (e.status === 401) logout(true);
