@@ -327,6 +327,14 @@ function makeSpark(target, data, from, to) {
   }, data, target);
 }
 
+// The points in the newest history bucket (starting at `newest` ms), from an agg=count
+// answer over that bucket; 0 when the history's last bucket is another one.
+function lastCount(data, counts, newest) {
+  const xs = data[0];
+  return counts && counts.length && counts[0].ts === newest && xs.length &&
+    xs[xs.length - 1] === newest / 1000 ? counts[0].value : 0;
+}
+
 // Live points join averaged history at its resolution: each goes into the bucket of
 // `interval` ms the server would put it in (aligned to the epoch) and the bucket shows
 // the running average, never the raw point. agg = {interval, live: Map(bucket ms ->
@@ -432,9 +440,7 @@ function onTelemetry(m) {
   if (spark) { // every live point of its key into its minute, not only the newest
     let changed = false;
     for (const p of m.points) {
-      // the history ends at gale_to; the latest value at load is counted already
-      if (p.key !== spark.gale_key || typeof p.value !== "number" || p.ts <= spark.gale_to ||
-        p.ts === spark.gale_latest) continue;
+      if (p.key !== spark.gale_key || typeof p.value !== "number") continue;
       changed = addToBucket(spark, spark.gale_agg, p.ts, p.value) || changed;
     }
     if (changed) spark.setData(spark.data);
@@ -581,24 +587,21 @@ async function loadRowDetail(d) {
     }
     const key = sparkKey(d.latest);
     if (!key || window.gale.sparks.has(d.id)) return;
-    // whole minutes only: the current one is averaged here from the live points
-    const now = Date.now(), to = Math.floor(now / SPARK_INTERVAL_MS) * SPARK_INTERVAL_MS - 1;
-    const r = await api(dev(d.id) + "/telemetry?keys=" + encodeURIComponent(key) + "&from=" +
-      (now - SPARK_MS) + "&to=" + to + "&agg=avg&interval=" + SPARK_INTERVAL_MS);
+    // the last hour's minutes, and how many points the current one holds so far: live
+    // points average into it exactly
+    const now = Date.now(), cur = Math.floor(now / SPARK_INTERVAL_MS) * SPARK_INTERVAL_MS;
+    const q = dev(d.id) + "/telemetry?keys=" + encodeURIComponent(key) + "&interval=" + SPARK_INTERVAL_MS;
+    const [r, c] = await Promise.all([api(q + "&agg=avg&from=" + (now - SPARK_MS) + "&to=" + now),
+      api(q + "&agg=count&from=" + cur + "&to=" + now)]);
     const tr = $("dev-" + d.id);
     if (!tr || !tr.isConnected || window.gale.sparks.has(d.id)) return;
     const cell = tr.cells[5];
     const box = el("div");
     cell.replaceChildren(box, el("div", { class: "key muted", text: key }));
-    const u = makeSpark(box, toSeries(r[key]), now - SPARK_MS, now);
+    const data = toSeries(r[key]);
+    const u = makeSpark(box, data, now - SPARK_MS, now);
     u.gale_key = key;
-    u.gale_agg = { interval: SPARK_INTERVAL_MS, live: new Map(), lastCount: 0 };
-    const v = d.latest[key];
-    u.gale_to = to;
-    if (v.ts > to && addToBucket(u, u.gale_agg, v.ts, v.value)) {
-      u.gale_latest = v.ts;
-      u.setData(u.data);
-    }
+    u.gale_agg = { interval: SPARK_INTERVAL_MS, live: new Map(), lastCount: lastCount(data, c && c[key], cur) };
     window.gale.sparks.set(d.id, u);
   } catch (e) {
     if (e.status === 401) logout(true);
@@ -718,9 +721,7 @@ async function loadHistory() {
     dv.live ? api(q + "&agg=count&from=" + newest + "&to=" + dv.to) : null]);
   for (const k of keys) {
     const data = toSeries(r[k]);
-    const n = c && c[k] && c[k].length && c[k][0].ts === newest &&
-      data[0].length && data[0][data[0].length - 1] === newest / 1000 ? c[k][0].value : 0;
-    addChart(k, data, n);
+    addChart(k, data, lastCount(data, c && c[k], newest));
   }
 }
 
