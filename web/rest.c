@@ -187,6 +187,7 @@ static const struct route routes[] = {
     {"DELETE", "/api/mqtt/retained", A, ROUTE_ALL_DEVICES},
     {"POST", "/api/publish", O, ROUTE_ALL_DEVICES},
     {"GET", "/api/bridges", R, ROUTE_ALL_DEVICES},
+    {"GET", "/api/info", R, 0},
     {"GET", "/api/keys", A, ROUTE_ALL_DEVICES},
     {"POST", "/api/keys", A, ROUTE_ALL_DEVICES},
     {"DELETE", "/api/keys/*", A, ROUTE_ALL_DEVICES},
