@@ -63,6 +63,10 @@ struct metrics {
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */
     uint64_t rate_limited_disconnect;  /* ... and connections closed for it */
     uint64_t preauth_refused;          /* connections refused or closed by pre-auth budgets */
+    /* PROXY protocol listeners (gale_proxy_connections_total{result=...}) */
+    uint64_t proxy_accepted;           /* a valid header named the client */
+    uint64_t proxy_untrusted;          /* refused: the peer is not in limits.proxy_trusted */
+    uint64_t proxy_failed;             /* closed: bad or missing header, or its timeout */
     struct hist ack_latency;           /* a write's ack waiting for durability: from the
                                         * wait's start to the ack (conn_registry_durable) */
     struct hist http_latency;          /* HTTP request complete -> reply written */

@@ -63,7 +63,7 @@
 /* A batch the loop commits itself (sync=normal, writer idle: store_commit_inline) holds at
  * most this many rows and bytes: a commit into the page cache of that size takes tens of
  * microseconds; a larger one goes to the writer thread. */
-#define STORE_INLINE_ROWS 2048
+#define STORE_INLINE_ROWS 128
 #define STORE_INLINE_BYTES (512u << 10)
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
 #define STORE_MAX_LIMIT 1000000         /* larger query limits are clamped to this */
