@@ -1,7 +1,7 @@
 /* gateway/main.c: flags, config, wiring, run, orderly shutdown.
  *
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
- *        [--log-format text|json] [--log-level LEVEL] [--check-config]
+ *        [--log-format text|json] [--log-level LEVEL] [--check-config] [--health]
  *        [--help] [--version]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
@@ -11,7 +11,9 @@
  * storage make everything received durable, and main closes the store (draining
  * the writer) and every handle before exiting 0.
  * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config or a
- * data dir another gale holds; a code 2 exit never opens the database. */
+ * data dir another gale holds; a code 2 exit never opens the database.
+ * --health probes the gale this configuration describes (gateway/health.h) and exits
+ * 0 when it is healthy, 1 when not. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -29,6 +31,7 @@
 #include "gateway/bus.h"
 #include "gateway/devices.h"
 #include "gateway/guard.h"
+#include "gateway/health.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/tls.h"
@@ -57,6 +60,8 @@ static void usage(FILE *out)
             "  --log-format text|json log line format (log.format)\n"
             "  --log-level LEVEL      debug, info, warn or error (log.level)\n"
             "  --check-config         validate the configuration, print it, and exit\n"
+            "  --health               ask the gale this configuration describes for\n"
+            "                         GET /api/health; exit 0 if healthy, 1 if not\n"
             "  --version              print the version and exit\n"
             "  --help                 this text and the configuration reference\n"
             "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
@@ -114,7 +119,8 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
 }
 
 /* Parses flags into cfg; returns -1 to exit with *code. */
-static int load_config(int argc, char **argv, struct config *cfg, bool *check_only, int *code)
+static int load_config(int argc, char **argv, struct config *cfg, bool *check_only,
+                       bool *health_only, int *code)
 {
     char err[512];
     const char *file = NULL, *data_dir = NULL, *log_format = NULL, *log_level = NULL;
@@ -137,6 +143,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             return -1;
         } else if (strcmp(a, "--check-config") == 0) {
             *check_only = true;
+        } else if (strcmp(a, "--health") == 0) {
+            *health_only = true;
         } else if (strcmp(a, "--config") == 0 && has_next) {
             file = argv[++i];
         } else if (strcmp(a, "--data-dir") == 0 && has_next) {
@@ -195,6 +203,9 @@ bad:
  * database, WAL and shm files (4 pooled readers and the ones in flight), and files opened
  * now and then (token key, config, REST assets). */
 #define FD_RESERVE 128
+
+/* gale --health's deadline: below the image's HEALTHCHECK --timeout (3 s) */
+#define HEALTH_TIMEOUT_MS 2000
 
 /* Raises the soft open-file limit to the hard one (as nginx's worker_rlimit_nofile does)
  * and, when limits.max_connections is 0 (auto), sets it to what that limit allows. */
@@ -264,6 +275,32 @@ static int lock_data_dir(const char *dir, bool *busy)
     if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
         log_warn("cannot write pid to lock file %s: %s", path, strerror(errno));
     return fd;
+}
+
+/* The data dir must be writable by this process: a directory owned by another user (a
+ * bind mount owned by root, a container run with another --user) or a read-only mount
+ * gets a message that names both users and the fix, not just "Permission denied". */
+static int check_data_dir(const char *dir)
+{
+    struct stat st;
+    int e;
+
+    if (access(dir, W_OK | X_OK) == 0)
+        return 0;
+    e = errno;
+    if (e == EROFS)
+        log_error("data dir %s is on a read-only file system: mount a writable volume or "
+                  "directory there (or choose another --data-dir)", dir);
+    else if (e == EACCES && stat(dir, &st) == 0)
+        log_error("data dir %s is not writable by uid %d gid %d (it belongs to uid %d gid %d, "
+                  "mode %04o): give uid %d write access to it (e.g. chown -R %d:%d on it, or "
+                  "on the host directory mounted there) or run gale as uid %d",
+                  dir, (int)getuid(), (int)getgid(), (int)st.st_uid, (int)st.st_gid,
+                  (unsigned)(st.st_mode & 07777), (int)getuid(), (int)getuid(),
+                  (int)getgid(), (int)st.st_uid);
+    else
+        log_error("data dir %s: %s", dir, strerror(e));
+    return -1;
 }
 
 /* Reads a secret file, or creates it with n random bytes (hex when text). */
@@ -725,11 +762,14 @@ int main(int argc, char **argv)
     struct tls_server *tls = NULL;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
-    bool check_only = false, created, busy;
-    int code = 1, lock_fd;
+    bool check_only = false, health_only = false, created, busy;
+    int code = 1, lock_fd, rc;
 
-    if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
+    if (load_config(argc, argv, &cfg, &check_only, &health_only, &code) != 0)
         return code;
+    if (health_only)
+        return health_probe(cfg.data_dir, cfg.http.bind, cfg.http.port, HEALTH_TIMEOUT_MS,
+                            stdout);
     log_setup((enum log_level)log_parse_level(cfg.log.level),
               strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
     if (check_only) {
@@ -744,6 +784,8 @@ int main(int argc, char **argv)
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }
+    if (check_data_dir(cfg.data_dir) != 0)
+        return 1;
     if ((lock_fd = lock_data_dir(cfg.data_dir, &busy)) < 0)
         return busy ? 2 : 1;
     memset(&gw, 0, sizeof gw);
@@ -865,6 +907,10 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++)
             if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
                 goto out;
+        /* ls[0], always on, is the first listener: where gale --health asks */
+        if ((rc = health_record(lock_fd, cfg.http.bind, gw.listeners[0].port)) != 0)
+            log_warn("cannot record the HTTP address in %s/gale.lock: %s", cfg.data_dir,
+                     strerror(-rc));
     }
     gw.ready = !ready_seam(&loop, &gw);
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
