@@ -2,7 +2,7 @@
  *
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
  *        [--log-format text|json] [--log-level LEVEL] [--check-config]
- *        [--help] [--version]
+ *        [--backup DEST] [--help] [--version]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
  * of it (check_config, which --check-config runs too), lock the data dir, open its
@@ -39,6 +39,7 @@
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
+#include "web/backup_cli.h"
 #include "web/commands.h"
 #include "web/feed.h"
 #include "web/ops.h"
@@ -57,12 +58,16 @@ static void usage(FILE *out)
             "  --log-format text|json log line format (log.format)\n"
             "  --log-level LEVEL      debug, info, warn or error (log.level)\n"
             "  --check-config         validate the configuration, print it, and exit\n"
+            "  --backup DEST          ask the gale running with this configuration for an\n"
+            "                         online backup and move it to DEST (a new file or a dir)\n"
             "  --version              print the version and exit\n"
             "  --help                 this text and the configuration reference\n"
             "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
             "Precedence: flag > environment > file > default.\n\n");
     config_print_reference(out);
 }
+
+static const char *backup_dest; /* --backup DEST: run backup_cli instead of the gateway */
 
 static int bad_config(const char *err)
 {
@@ -137,6 +142,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             return -1;
         } else if (strcmp(a, "--check-config") == 0) {
             *check_only = true;
+        } else if (strcmp(a, "--backup") == 0 && has_next) {
+            backup_dest = argv[++i];
         } else if (strcmp(a, "--config") == 0 && has_next) {
             file = argv[++i];
         } else if (strcmp(a, "--data-dir") == 0 && has_next) {
@@ -163,7 +170,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
                 goto bad;
         } else if (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--data-dir") == 0 ||
-                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0) {
+                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0 ||
+                   strcmp(argv[i], "--backup") == 0) {
             i++;
         }
     }
@@ -738,6 +746,8 @@ int main(int argc, char **argv)
         free(js);
         return 0;
     }
+    if (backup_dest)
+        return backup_cli(&cfg, backup_dest);
     signal(SIGPIPE, SIG_IGN);
     apply_fd_limit(&cfg);
     if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
