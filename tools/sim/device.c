@@ -182,6 +182,7 @@ void dev_start(struct dev *d)
     tele_init(&d->tele, s->o.seed ^ ((uint64_t)d->idx * 0x100000001B3ULL));
     uv_timer_init(s->loop, &d->timer);
     d->timer.data = d;
+    d->started = true;
     /* the first tick connects; the first message follows one period later */
     uv_timer_start(&d->timer, on_tick, tele_rand(&d->tele.rng) % period, period);
     d->timer_on = true;
@@ -228,7 +229,7 @@ static void on_timer_closed(uv_handle_t *h)
 void dev_close_all(struct dev *d)
 {
     dev_stop(d);
-    if (!uv_is_closing((uv_handle_t *)&d->timer))
+    if (d->started && !uv_is_closing((uv_handle_t *)&d->timer))
         uv_close((uv_handle_t *)&d->timer, on_timer_closed);
     if (d->net && d->net->open) {
         if (d->state == D_READY)

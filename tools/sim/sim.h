@@ -135,6 +135,7 @@ struct dev {
     uint16_t next_pid;    /* MQTT packet ids */
     uint64_t retry_at;    /* ms: no reconnect before */
     unsigned backoff_ms;
+    bool started;         /* dev_start ran: the timer exists */
     bool timer_on;
     bool done;            /* the run is over for it */
 };
