@@ -2,7 +2,7 @@
  *
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
  *        [--log-format text|json] [--log-level LEVEL] [--check-config] [--health]
- *        [--help] [--version]
+ *        [--backup DEST] [--help] [--version]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
  * of it (check_config, which --check-config runs too), lock the data dir, open its
@@ -42,6 +42,7 @@
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
+#include "web/backup_cli.h"
 #include "web/commands.h"
 #include "web/feed.h"
 #include "web/ops.h"
@@ -62,12 +63,16 @@ static void usage(FILE *out)
             "  --check-config         validate the configuration, print it, and exit\n"
             "  --health               ask the gale this configuration describes for\n"
             "                         GET /api/health; exit 0 if healthy, 1 if not\n"
+            "  --backup DEST          ask the gale running with this configuration for an\n"
+            "                         online backup and move it to DEST (a new file or a dir)\n"
             "  --version              print the version and exit\n"
             "  --help                 this text and the configuration reference\n"
             "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
             "Precedence: flag > environment > file > default.\n\n");
     config_print_reference(out);
 }
+
+static const char *backup_dest; /* --backup DEST: run backup_cli instead of the gateway */
 
 static int bad_config(const char *err)
 {
@@ -145,6 +150,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             *check_only = true;
         } else if (strcmp(a, "--health") == 0) {
             *health_only = true;
+        } else if (strcmp(a, "--backup") == 0 && has_next) {
+            backup_dest = argv[++i];
         } else if (strcmp(a, "--config") == 0 && has_next) {
             file = argv[++i];
         } else if (strcmp(a, "--data-dir") == 0 && has_next) {
@@ -171,7 +178,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
                 goto bad;
         } else if (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--data-dir") == 0 ||
-                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0) {
+                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0 ||
+                   strcmp(argv[i], "--backup") == 0) {
             i++;
         }
     }
@@ -778,6 +786,8 @@ int main(int argc, char **argv)
         free(js);
         return 0;
     }
+    if (backup_dest)
+        return backup_cli(&cfg, backup_dest);
     signal(SIGPIPE, SIG_IGN);
     apply_fd_limit(&cfg);
     if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {

@@ -4,6 +4,7 @@
 #ifndef GALE_METRICS_H
 #define GALE_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/buf.h"
@@ -55,6 +56,12 @@ struct metrics {
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */
     uint64_t rate_limited_disconnect;  /* ... and connections closed for it */
     uint64_t preauth_refused;          /* connections refused or closed by pre-auth budgets */
+    /* online backups (POST /api/backup): outcomes, and the last good one */
+    uint64_t backups_ok, backups_failed;
+    bool backup_running;
+    int64_t backup_last_ms;            /* epoch ms of its snapshot; 0: none yet */
+    uint64_t backup_last_bytes;
+    double backup_last_seconds;
     struct hist ack_latency;           /* a write's ack waiting for durability: from the
                                         * wait's start to the ack (conn_registry_durable) */
     struct hist http_latency;          /* HTTP request complete -> reply written */

@@ -184,6 +184,10 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             rest_method_not_allowed(h, "GET, POST");
         return;
     }
+    if (strcmp(path, "/api/backup") == 0) {
+        rest_backup(r, h, req);
+        return;
+    }
     if (strcmp(path, "/api/telemetry") == 0) {
         if (strcmp(m, "GET") == 0)
             rest_telemetry_query(r, h, req);
@@ -312,6 +316,7 @@ void rest_free(struct rest *r)
     if (!r)
         return;
     rest_tz_free(r);
+    rest_backup_fini(r);
     free(r);
 }
 

@@ -1,0 +1,255 @@
+/* tools/sim/http.c: a minimal HTTP/1.1 client (shttp_) and the HTTP ingest device.
+ *
+ * Requests go out on keep-alive connections, pipelined; responses come back in order
+ * and are read by their Content-Length (Gale's REST answers always carry one).
+ * An HTTP device POSTs each message to /api/devices/<id>/telemetry with its own token
+ * as the bearer; a 200 (sent once the points are durable) is its ack. Commands do not
+ * reach an HTTP device (it holds no connection Gale could send them on). */
+#define _GNU_SOURCE /* memmem */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "base/alloc.h"
+#include "tools/sim/sim.h"
+
+long shttp_parse(const uint8_t *p, size_t len, struct shttp_resp *out)
+{
+    const char *s = (const char *)p;
+    const char *end = memmem(s, len, "\r\n\r\n", 4);
+    long clen = 0;
+
+    if (!end)
+        return len > 65536 ? -1 : 0;
+    if (len < 12 || memcmp(s, "HTTP/1.", 7) != 0)
+        return -1;
+    out->status = atoi(s + 9);
+    for (const char *l = memchr(s, '\n', (size_t)(end - s)); l && l < end;
+         l = memchr(l + 1, '\n', (size_t)(end - l))) {
+        if (strncasecmp(l + 1, "content-length:", 15) == 0)
+            clen = atol(l + 16);
+    }
+    size_t head = (size_t)(end - s) + 4;
+    if (clen < 0 || len < head + (size_t)clen)
+        return clen < 0 ? -1 : 0;
+    out->body = s + head;
+    out->body_len = (size_t)clen;
+    return (long)(head + (size_t)clen);
+}
+
+void shttp_request(struct buf *out, const char *method, const char *path, const char *host,
+                   const char *auth, const char *body, size_t body_len)
+{
+    buf_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: gale-sim\r\n", method, path,
+               host);
+    if (auth)
+        buf_printf(out, "Authorization: Bearer %s\r\n", auth);
+    if (body)
+        buf_printf(out, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                   body_len);
+    else
+        buf_append_str(out, "Content-Length: 0\r\n\r\n");
+    if (body)
+        buf_append(out, body, body_len);
+}
+
+/* ---- the HTTP ingest devices: requests ride a small pool of keep-alive connections
+ * (device i on connection i % n), each request with its own device's token. A
+ * connection per device would not do: an HTTP connection is never "authenticated", so
+ * Gale counts every idle one against limits.max_connections_per_ip; and a connection
+ * per request would run the machine out of ports (TIME_WAIT). */
+
+struct hconn {
+    struct snet *net;       /* NULL when none */
+    struct dev **fifo;      /* the devices whose requests await their response, in order */
+    size_t head, len, cap;
+    struct buf out;         /* requests not yet written (while connecting) */
+    uint64_t retry_at;      /* ms: no new connection before */
+};
+
+static struct {
+    struct sim *s;
+    struct hconn *c;
+    int n;
+} pool;
+
+static void fifo_push(struct hconn *h, struct dev *d)
+{
+    if (h->len == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        struct dev **f = xcalloc(cap, sizeof *f);
+        for (size_t i = 0; i < h->len; i++)
+            f[i] = h->fifo[(h->head + i) % h->cap];
+        free(h->fifo);
+        h->fifo = f;
+        h->head = 0;
+        h->cap = cap;
+    }
+    h->fifo[(h->head + h->len++) % h->cap] = d;
+}
+
+static struct dev *fifo_pop(struct hconn *h)
+{
+    if (h->len == 0)
+        return NULL;
+    struct dev *d = h->fifo[h->head];
+    h->head = (h->head + 1) % h->cap;
+    h->len--;
+    return d;
+}
+
+static void hconn_read(struct snet *n)
+{
+    struct hconn *h = n->owner;
+    struct buf *in = &n->in;
+    size_t off = 0;
+
+    for (;;) {
+        struct shttp_resp r;
+        long used = shttp_parse(in->data + off, in->len - off, &r);
+        if (used == 0)
+            break;
+        struct dev *d = fifo_pop(h);
+        if (used < 0 || !d) {
+            if (d && d->unacked > 0)
+                d->unacked--;
+            if (d)
+                dev_error(d, "a malformed HTTP response");
+            else
+                pool.s->st.errors++; /* a response nobody asked for */
+            snet_close(n);
+            return;
+        }
+        off += (size_t)used;
+        if (r.status == 200) {
+            dev_acked(d, 1);
+        } else {
+            char why[200];
+            snprintf(why, sizeof why, "HTTP %d: %.*s", r.status,
+                     (int)(r.body_len > 120 ? 120 : r.body_len), r.body);
+            if (d->unacked > 0)
+                d->unacked--;
+            dev_error(d, why);
+        }
+    }
+    buf_consume(in, off);
+}
+
+static void hconn_connected(struct snet *n, int status)
+{
+    struct hconn *h = n->owner;
+
+    if (status != 0) {
+        snet_close(n);
+        return;
+    }
+    snet_write(n, &h->out);
+}
+
+static void hconn_closed(struct snet *n)
+{
+    struct hconn *h = n->owner;
+    struct dev *d;
+    unsigned lost = 0;
+
+    while ((d = fifo_pop(h)) != NULL) {
+        if (d->unacked > 0)
+            d->unacked--;
+        if (lost++ == 0 && !pool.s->stopping)
+            dev_error(d, n->connected ? "HTTP connection closed with requests unanswered"
+                                      : "cannot connect to the HTTP port");
+    }
+    if (lost > 1 && !pool.s->stopping)
+        pool.s->st.errors += lost - 1;
+    h->out.len = 0;
+    h->net = NULL;
+    h->retry_at = sim_now_ms() + 1000;
+    free(n);
+}
+
+void shttp_pool_init(struct sim *s, int n)
+{
+    pool.s = s;
+    pool.n = n;
+    pool.c = xcalloc((size_t)n, sizeof *pool.c);
+    for (int i = 0; i < n; i++)
+        buf_init(&pool.c[i].out);
+}
+
+void shttp_pool_close(void)
+{
+    for (int i = 0; i < pool.n; i++)
+        if (pool.c[i].net)
+            snet_close(pool.c[i].net);
+}
+
+void shttp_pool_free(void)
+{
+    for (int i = 0; i < pool.n; i++) {
+        buf_fini(&pool.c[i].out);
+        free(pool.c[i].fifo);
+    }
+    free(pool.c);
+    pool.c = NULL;
+    pool.n = 0;
+}
+
+static void hdev_start(struct dev *d)
+{
+    (void)d; /* not called: an HTTP device needs no connection of its own */
+}
+
+static void hdev_read(struct dev *d)
+{
+    (void)d;
+}
+
+static int hdev_send(struct dev *d, const struct buf *msg)
+{
+    struct sim *s = d->sim;
+    struct hconn *h = &pool.c[d->idx % pool.n];
+    char path[128], host[80];
+
+    if (!h->net) {
+        if (sim_now_ms() < h->retry_at)
+            return -1;
+        struct snet *n = xcalloc(1, sizeof *n);
+        buf_init(&n->in);
+        n->owner = h;
+        n->on_connect = hconn_connected;
+        n->on_read = hconn_read;
+        n->on_close = hconn_closed;
+        h->net = n;
+        if (snet_connect(n, s->loop, (const struct sockaddr *)&s->addr[P_HTTP]) != 0 &&
+            !n->inited) {
+            free(n);
+            h->net = NULL;
+            h->retry_at = sim_now_ms() + 1000;
+            dev_error(d, "cannot open a socket");
+            return -1;
+        }
+    }
+    snprintf(path, sizeof path, "/api/devices/%s/telemetry", d->id);
+    snprintf(host, sizeof host, "%s:%d", s->o.host, s->o.http_port);
+    shttp_request(&h->out, "POST", path, host, d->token[0] ? d->token : NULL,
+                  (const char *)msg->data, msg->len);
+    fifo_push(h, d);
+    d->unacked++;
+    if (h->net->connected)
+        snet_write(h->net, &h->out);
+    return 0;
+}
+
+static void hdev_finish(struct dev *d)
+{
+    (void)d;
+}
+
+static void hdev_free(struct dev *d)
+{
+    (void)d;
+}
+
+const struct proto_ops shttp_dev_ops = {hdev_start, hdev_read, hdev_send, hdev_finish,
+                                        hdev_free};
