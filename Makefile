@@ -60,6 +60,7 @@ test-tsan: setup-test
 test-image: setup-test
 	sh .ci/setup.sh image-deps
 	/usr/bin/python3 tests/image/test_image.py --work $(BUILD)/image
+	/usr/bin/python3 tests/image/test_compose.py --work $(BUILD)/image
 
 # libFuzzer targets (clang, ASan+UBSan), one per parser (tests/fuzz/targets.cmake):
 # make fuzz builds them in build-fuzz; make fuzz-run also runs each for FUZZ_SECONDS on a

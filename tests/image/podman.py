@@ -8,7 +8,9 @@ debian:bookworm-slim from Debian packages with debootstrap when podman does not 
 so nothing is pulled from a registry: the mirror is the one the host's apt reads, and the
 host's apt sources go into the image. Every command has a deadline."""
 import os
+import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,6 +160,54 @@ def base_image(env, work_dir):
         shutil.rmtree(root, ignore_errors=True)
     log("%s made in %.0f s" % (BASE, time.monotonic() - t0))
     return True
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def readme_section(title):
+    """The text of the README's `### <title>` section."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"^### %s\n(.*?)^##+ " % re.escape(title), text, re.M | re.S)
+    assert m, "README has a ### %s section" % title
+    return m.group(1)
+
+
+def readme_commands(section):
+    """The shell commands of the section's ```sh blocks, continuation lines joined,
+    comments dropped: a list of argv lists."""
+    cmds = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                cmds.append(shlex.split(line))
+    return cmds
+
+
+def find_command(cmds, *prefix):
+    for c in cmds:
+        if c[:len(prefix)] == list(prefix):
+            return c
+    raise AssertionError("README has no `%s ...`" % " ".join(prefix))
+
+
+def build_gale(env, tag):
+    """The README's `docker build` with podman, tagged tag: --format docker (the default
+    OCI format drops HEALTHCHECK) and the host's CA bundle as the build secret the
+    README names (for a proxy that inspects TLS). Returns (CompletedProcess, seconds)."""
+    build = find_command(readme_commands(readme_section("Docker")), "docker", "build")
+    argv = ["podman", "build", "--format", "docker"]
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    if os.path.exists(ca):
+        argv += ["--secret", "id=cacert,src=" + ca]
+    rest = build[2:]
+    rest[rest.index("-t") + 1] = tag
+    argv += rest
+    t0 = time.monotonic()
+    p = subprocess.run(argv, cwd=ROOT, env=env, timeout=1500, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    return p, time.monotonic() - t0
 
 
 def image_size(env, name):

@@ -41,32 +41,6 @@ MAX_IMAGE_BYTES = 96 * 1000 * 1000
 t = Check("test_image")
 
 
-def readme_docker_section():
-    text = open(os.path.join(ROOT, "README.md")).read()
-    m = re.search(r"^### Docker\n(.*?)^### ", text, re.M | re.S)
-    assert m, "README has a ### Docker section"
-    return m.group(1)
-
-
-def readme_commands(section):
-    """The shell commands of the section's ```sh blocks, continuation lines joined,
-    comments dropped: a list of argv lists."""
-    cmds = []
-    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
-            if line and not line.startswith("#"):
-                cmds.append(shlex.split(line))
-    return cmds
-
-
-def find(cmds, *prefix):
-    for c in cmds:
-        if c[:len(prefix)] == list(prefix):
-            return c
-    raise AssertionError("README's Docker section has no `%s ...`" % " ".join(prefix))
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,23 +158,11 @@ def main():
     env = podman.configure(opts.work)
     podman.base_image(env, opts.work)
 
-    section = readme_docker_section()
-    cmds = readme_commands(section)
+    cmds = podman.readme_commands(podman.readme_section("Docker"))
     r = Run(env, opts.tag)
 
-    # ---- build: the README's command, with podman's --format docker (keeps HEALTHCHECK)
-    build = find(cmds, "docker", "build")
-    argv = ["podman", "build", "--format", "docker"]
-    ca = "/etc/ssl/certs/ca-certificates.crt"
-    if os.path.exists(ca):  # the host's trust store, for a TLS-inspecting proxy
-        argv += ["--secret", "id=cacert,src=" + ca]
-    rest = build[2:]
-    rest[rest.index("-t") + 1] = opts.tag
-    argv += rest
-    t0 = time.monotonic()
-    p = subprocess.run(argv, cwd=ROOT, env=env, timeout=1500, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    build_s = time.monotonic() - t0
+    # ---- build: the README's command
+    p, build_s = podman.build_gale(env, opts.tag)
     if p.returncode != 0:
         print(p.stdout[-6000:])
     t.eq(p.returncode, 0, "podman build -f docker/Dockerfile")
@@ -223,8 +185,8 @@ def main():
 
 
 def run_checks(r, cmds):
-    run_cmd = find(cmds, "docker", "run")
-    key_cmd = find(cmds, "docker", "exec")
+    run_cmd = podman.find_command(cmds, "docker", "run")
+    key_cmd = podman.find_command(cmds, "docker", "exec")
     t(key_cmd[-2:] == ["cat", "/data/api_key"], "README reads the key from the volume")
     t("--read-only" in run_cmd and "--tmpfs" in run_cmd, "README runs it read-only")
 
