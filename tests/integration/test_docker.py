@@ -4,13 +4,23 @@ the modes it is called with, the config the image starts with is valid under the
 environment; the HEALTHCHECK's `gale --health` is healthy against a running gateway (also
 one whose port only a --set flag chose, read from gale.lock), unhealthy when nothing
 answers and when the gateway is stopped (SIGSTOP) within its 2 s deadline; a data dir
-the process may not write fails with a message naming both uids and the fix."""
+the process may not write fails with a message naming both uids and the fix. And the
+image build's uPlot fetch without npm (setup.sh deps, from a registry on loopback):
+the tarball the lock file's sha512 names is unpacked, a different one or an unreachable
+registry fails the setup (so the image build) and leaves nothing behind."""
+import base64
+import hashlib
+import http.server
+import io
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
+import threading
 import time
 
 from galetest import GALE_BIN, Check, Gale
@@ -96,6 +106,90 @@ def main():
             t(not os.path.exists(os.path.join(d, "gale.db")), "nothing created")
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+    check_fetch()
+
+
+def tarball(js):
+    """An npm-style package tarball (package/...) holding uPlot's two dist files."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tf:
+        for name, data in (("package/package.json", b'{"name":"uplot"}'),
+                           ("package/dist/uPlot.iife.min.js", js),
+                           ("package/dist/uPlot.min.css", b".u{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def check_fetch():
+    """setup.sh deps on a machine without npm: curl + openssl against the lock file."""
+    good, bad = tarball(b"/*good*/"), tarball(b"/*tampered*/")
+    served = {"body": good}
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/uplot/-/uplot-9.9.9.tgz":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(served["body"])))
+            self.end_headers()
+            self.wfile.write(served["body"])
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Registry)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    tree = tempfile.mkdtemp(prefix="gale-test-setup-")
+    try:
+        os.makedirs(os.path.join(tree, ".ci"))
+        shutil.copy(os.path.join(ROOT, ".ci", "setup.sh"), os.path.join(tree, ".ci"))
+        lock = {"name": "gale-dashboard", "lockfileVersion": 3, "requires": True,
+                "packages": {"": {"dependencies": {"uplot": "9.9.9"}},
+                             "node_modules/uplot": {
+                                 "version": "9.9.9",
+                                 "integrity": "sha512-" + base64.b64encode(
+                                     hashlib.sha512(good).digest()).decode(),
+                                 "license": "MIT"}}}
+        with open(os.path.join(tree, "package-lock.json"), "w") as f:
+            json.dump(lock, f, indent=2)
+        # a PATH with every command of this machine but npm
+        bindir = os.path.join(tree, "bin")
+        os.makedirs(bindir)
+        for d in ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"):
+            for name in os.listdir(d) if os.path.isdir(d) else []:
+                if name not in ("npm", "npx") and not os.path.exists(os.path.join(bindir, name)):
+                    os.symlink(os.path.join(d, name), os.path.join(bindir, name))
+        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_")}
+        env["PATH"] = bindir
+        dist = os.path.join(tree, "node_modules", "uplot", "dist", "uPlot.iife.min.js")
+
+        def setup(registry):
+            p = subprocess.run(["sh", os.path.join(tree, ".ci", "setup.sh"), "deps"],
+                               env=dict(env, npm_config_registry=registry),
+                               capture_output=True, text=True, timeout=120)
+            return p.returncode, p.stdout + p.stderr
+
+        url = "http://127.0.0.1:%d/" % srv.server_address[1]
+        served["body"] = bad
+        rc, out = setup(url)
+        t(rc != 0 and "does not match package-lock.json" in out and not os.path.exists(dist),
+          "a tarball other than the lock file's fails the setup (%d %s)" % (rc, out[-300:]))
+        rc, out = setup("http://127.0.0.1:1/")
+        t(rc != 0 and "cannot fetch" in out and not os.path.exists(dist),
+          "an unreachable registry fails the setup (%d %s)" % (rc, out[-300:]))
+        served["body"] = good
+        rc, out = setup(url)
+        t(rc == 0 and os.path.exists(dist) and open(dist, "rb").read() == b"/*good*/",
+          "the lock file's tarball is unpacked into node_modules (%d %s)" % (rc, out[-300:]))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 t.run(main)
