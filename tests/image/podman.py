@@ -61,7 +61,9 @@ def run(cmd, env=None, timeout=600, check=True, capture=True, input=None):
 
 
 def configure(conf_dir):
-    """Writes conf_dir/containers.conf; returns os.environ plus CONTAINERS_CONF."""
+    """Writes conf_dir/containers.conf; returns os.environ plus CONTAINERS_CONF (an
+    absolute path: podman's helpers run in other directories)."""
+    conf_dir = os.path.abspath(conf_dir)
     os.makedirs(conf_dir, exist_ok=True)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if nofile == resource.RLIM_INFINITY or nofile > 1048576:

@@ -2,9 +2,9 @@
 """docker/compose.yaml run with podman-compose the way the README says: Gale, the
 upstream Mosquitto its bridge forwards to, and a gale-sim fleet. Within a minute of `up`
 the dashboard's data API shows live data (the fleet's devices provisioned, a device's
-latest values moving) and the upstream receives the fleet's telemetry (mosquitto_sub on
-its published port); `down` then `up` keeps the data (the named volume) and the fleet
-carries on. Ports are published on 127.0.0.1 only (free ones, through the compose file's
+latest values moving), the upstream receives the fleet's telemetry (mosquitto_sub on
+its published port) and Prometheus has scraped Gale's fleet metrics; `down` then `up`
+keeps the data (the named volume) and the fleet carries on. Ports are published on 127.0.0.1 only (free ones, through the compose file's
 PUBLISH_* variables) and the project has a name of its own; `down -v` at the end removes
 its containers, network and volume.
 
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,8 +59,7 @@ def main():
     env = podman.configure(opts.work)
     podman.base_image(env, opts.work)
 
-    section = podman.readme_section("Docker Compose: Gale, an upstream broker and a "
-                                    "simulated fleet")
+    section = podman.readme_section("Docker Compose")
     cmds = podman.readme_commands(section)
     up = podman.find_command(cmds, "docker", "compose", "-f", "docker/compose.yaml", "up")
     key_cmd = podman.find_command(cmds, "docker", "compose", "-f", "docker/compose.yaml", "exec")
@@ -75,7 +75,7 @@ def main():
         return
 
     project = "galeci%d" % os.getpid()
-    ports = {k: free_port() for k in ("HTTP", "MQTT", "LINE", "UPSTREAM")}
+    ports = {k: free_port() for k in ("HTTP", "MQTT", "LINE", "UPSTREAM", "PROMETHEUS")}
     cenv = dict(env, BUILDAH_FORMAT="docker", SIM_DEVICES="6", SIM_RATE="2")
     cenv.pop("GALE_HTTP_API_KEY", None)
     for k, v in ports.items():
@@ -174,6 +174,15 @@ def check_stack(compose, key_cmd, ports, first):
     lines = [x for x in (out or "").splitlines() if x.startswith("fleet/devices/sim-")]
     t(len(lines) >= 10, "the upstream received the fleet's telemetry (%d messages: %s)"
       % (len(lines), lines[:2]))
+
+    def scraped():
+        q = urllib.parse.quote('gale_connections_by_protocol{job="gale",protocol="mqtt"}')
+        st, js = http(ports["PROMETHEUS"], "/api/v1/query?query=" + q)
+        res = (js or {}).get("data", {}).get("result", []) if st == 200 else []
+        return res if res and float(res[0]["value"][1]) > 0 else None
+    res = wait_for(scraped, max(1, deadline - time.monotonic()),
+                   "Prometheus scraping Gale's fleet connections", interval=1)
+    t(res is not None, "Prometheus has Gale's metrics: %s" % res)
     t(time.monotonic() <= deadline + 5, "all of it within a minute of up")
 
 
