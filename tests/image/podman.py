@@ -209,7 +209,11 @@ def build_gale(env, tag):
     t0 = time.monotonic()
     p = subprocess.run(argv, cwd=ROOT, env=env, timeout=1500, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
-    return p, time.monotonic() - t0
+    took = time.monotonic() - t0
+    # untagged images (build stages, replaced tags) stay a day as the next builds' cache
+    run(["podman", "image", "prune", "-f", "--filter", "until=24h"], env=env, timeout=300,
+        check=False)
+    return p, took
 
 
 def image_size(env, name):

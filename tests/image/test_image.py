@@ -21,8 +21,9 @@ import argparse
 import json
 import os
 import re
-import shlex
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import podman  # noqa: E402
+import tlscerts  # noqa: E402
 from galetest import Check, LineClient, wait_for  # noqa: E402
 
 MAX_IMAGE_BYTES = 96 * 1000 * 1000
@@ -61,10 +63,11 @@ class Run:
     def podman(self, *args, timeout=120, check=True):
         return podman.run(["podman"] + list(args), env=self.env, timeout=timeout, check=check)
 
-    def adapt_run(self, argv, extra_env=(), args=()):
+    def adapt_run(self, argv, extra_env=(), args=(), dirs=None):
         """The README's `docker run` argv for this test: podman, unique container and
-        volume names, published ports on 127.0.0.1 (free ones), the test's image tag.
-        Returns (argv, name, {container port: host port})."""
+        volume names, published ports on 127.0.0.1 (free ones), the test's image tag,
+        host directories as dirs maps them. Returns (argv, name, {container port: host
+        port})."""
         assert argv[:2] == ["docker", "run"], argv
         out, ports, name = ["podman", "run"], {}, None
         i = 2
@@ -82,7 +85,12 @@ class Run:
                 out += [a, "127.0.0.1:%d:%d" % (ports[cport], cport)]
                 i += 2
                 continue
-            if a == "-v" and not argv[i + 1].startswith("/"):
+            if a == "-v" and argv[i + 1].startswith("/"):
+                host, _, rest = argv[i + 1].partition(":")
+                out += [a, "%s:%s" % ((dirs or {}).get(host, host), rest)]
+                i += 2
+                continue
+            if a == "-v":
                 vol, _, rest = argv[i + 1].partition(":")
                 vname = "%s-%s" % (vol, self.suffix)
                 if vname not in self.volumes:
@@ -290,6 +298,8 @@ def run_checks(r, cmds):
     t(rc == 0, "healthcheck healthy with http.port from --set (%d %s)" % (rc, out))
     r.podman("rm", "-f", "-t", "0", name3)
 
+    check_tls(r, cmds)
+
     # ---- /data not writable by uid 10001: a root-owned directory, another --user
     d = tempfile.mkdtemp(prefix="gale-root-data-")
     r.dirs.append(d)
@@ -308,6 +318,66 @@ def run_checks(r, cmds):
         t.eq(p.returncode, 1, "%s on /data: exit 1" % what)
         t("10001" in p.stdout and "chown" in p.stdout and "not writable" in p.stdout,
           "%s: the message names uid 10001 and the fix: %s" % (what, p.stdout.strip()[-400:]))
+
+
+def served_serial(port):
+    """The serial of the certificate a TLS listener on 127.0.0.1:port presents."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s) as tls:
+            return tlscerts.serial_of(tls.getpeercert(binary_form=True))
+
+
+def check_tls(r, cmds):
+    """The README's TLS one-liner: a certificate directory mounted read-only, the key
+    readable by uid 10001; HTTPS and MQTTS answer with it; after the files are replaced,
+    the README's `docker kill -s HUP` makes new connections get the new one."""
+    tls_cmd = [c for c in cmds if c[:2] == ["docker", "run"] and
+               any("GALE_TLS_CERT_FILE" in a for a in c)]
+    t(len(tls_cmd) == 1, "README has the TLS one-liner")
+    hup = podman.find_command(cmds, "docker", "kill")
+    if not tls_cmd:
+        return
+    work = tempfile.mkdtemp(prefix="gale-tls-")
+    r.dirs.append(work)
+    tls_dir = os.path.join(work, "tls")
+    os.makedirs(tls_dir)
+    os.chmod(work, 0o755)
+    os.chmod(tls_dir, 0o755)
+    ca = tlscerts.CA(work)
+
+    def install(name):
+        pem, key = ca.issue(name, "localhost", server=True)
+        for src, dst in ((pem, "server.pem"), (key, "server.key")):
+            tmp = os.path.join(tls_dir, dst + ".new")
+            shutil.copy(src, tmp)
+            os.chown(tmp, 10001, 10001)  # the README: the key readable by uid 10001
+            os.chmod(tmp, 0o600 if dst.endswith(".key") else 0o644)
+            os.replace(tmp, os.path.join(tls_dir, dst))
+        return tlscerts.serial_of(open(pem).read())
+
+    serial1 = install("one")
+    host_dir = [a.split(":")[0] for a in tls_cmd[0] if a.endswith(":/etc/gale/tls:ro")]
+    t(len(host_dir) == 1, "the TLS one-liner mounts a certificate directory")
+    argv, name, ports = r.adapt_run(tls_cmd[0], dirs={host_dir[0]: tls_dir} if host_dir else {})
+    t(set(ports) >= {8883, 8443, 7443}, "TLS one-liner publishes 8883, 8443 and 7443")
+    r.podman(*argv[1:])
+    wait_ready(r, name, ports[8080])
+    t.eq(served_serial(ports[8443]), serial1, "HTTPS presents the mounted certificate")
+    t.eq(served_serial(ports[8883]), serial1, "MQTTS presents the mounted certificate")
+    ctx = ssl.create_default_context(cafile=ca.pem)
+    with urllib.request.urlopen("https://127.0.0.1:%d/api/health" % ports[8443], context=ctx,
+                                timeout=5) as resp:
+        t.eq(resp.status, 200, "GET /api/health over HTTPS, verified against the CA")
+    serial2 = install("two")
+    hup_argv = ["podman"] + [name if a == "gale" else a for a in hup[1:]]
+    r.podman(*hup_argv[1:])
+    wait_for(lambda: served_serial(ports[8443]) == serial2, 15,
+             "the new certificate after SIGHUP", interval=0.3)
+    t.eq(served_serial(ports[8883]), serial2, "MQTTS presents the new certificate after HUP")
+    r.podman("rm", "-f", "-t", "0", name)
 
 
 if __name__ == "__main__":
