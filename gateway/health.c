@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-int health_record(int lock_fd, const char *bind, int port)
+int health_record(int lock_fd, const char *http_bind, int port)
 {
     char text[640];
-    int n = snprintf(text, sizeof text, "%ld\nhttp %s %d\n", (long)getpid(), bind, port);
+    int n = snprintf(text, sizeof text, "%ld\nhttp %s %d\n", (long)getpid(), http_bind, port);
 
     if (n < 0 || (size_t)n >= sizeof text)
         return -EINVAL;
@@ -156,33 +156,35 @@ bad_addr:
     return 1;
 }
 
-int health_probe(const char *data_dir, const char *bind, int port, int timeout_ms, FILE *out)
+int health_probe(const char *data_dir, const char *http_bind, int port, int timeout_ms, FILE *out)
 {
     char addr[64], why[256] = "";
     int64_t deadline = now_ms() + timeout_ms;
-    const char *from = "config";
+    const char *from = "config", *lb, *rb;
 
     if (read_recorded(data_dir, addr, sizeof addr, &port) == 0)
         from = "gale.lock";
     else
-        snprintf(addr, sizeof addr, "%s", bind);
+        snprintf(addr, sizeof addr, "%s", http_bind);
     /* a wildcard bind answers on loopback */
     if (strcmp(addr, "0.0.0.0") == 0)
         snprintf(addr, sizeof addr, "127.0.0.1");
     else if (strcmp(addr, "::") == 0)
         snprintf(addr, sizeof addr, "::1");
     if (port <= 0) {
-        fprintf(out, "gale: unhealthy: no HTTP port known (http.port is %d and %s/gale.lock "
-                     "names none)\n", port, data_dir);
+        fprintf(out,
+                "gale: unhealthy: no HTTP port known (http.port is %d, %s/gale.lock has "
+                "none)\n",
+                port, data_dir);
         return 1;
     }
+    lb = strchr(addr, ':') ? "[" : ""; /* an IPv6 address in brackets */
+    rb = lb[0] ? "]" : "";
     if (ask(addr, port, deadline, why, sizeof why) != 0) {
-        fprintf(out, "gale: unhealthy: http %s%s%s:%d (from %s): %s\n",
-                strchr(addr, ':') ? "[" : "", addr, strchr(addr, ':') ? "]" : "", port, from,
+        fprintf(out, "gale: unhealthy: http %s%s%s:%d (from %s): %s\n", lb, addr, rb, port, from,
                 why);
         return 1;
     }
-    fprintf(out, "gale: healthy: http %s%s%s:%d answered 200\n", strchr(addr, ':') ? "[" : "",
-            addr, strchr(addr, ':') ? "]" : "", port);
+    fprintf(out, "gale: healthy: http %s%s%s:%d answered 200\n", lb, addr, rb, port);
     return 0;
 }

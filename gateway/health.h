@@ -12,11 +12,11 @@
 #include <stdio.h>
 
 /* Writes "<pid>\nhttp <bind> <port>\n" over the lock file fd. Returns 0 or -errno. */
-int health_record(int lock_fd, const char *bind, int port);
+int health_record(int lock_fd, const char *http_bind, int port);
 
 /* Probes the gale whose data dir and HTTP listener the arguments name; prints one line
  * to out (healthy or why not). Returns 0 when /api/health answered 200 within
  * timeout_ms, 1 otherwise. */
-int health_probe(const char *data_dir, const char *bind, int port, int timeout_ms, FILE *out);
+int health_probe(const char *data_dir, const char *http_bind, int port, int timeout_ms, FILE *out);
 
 #endif
