@@ -3,8 +3,8 @@
  *
  * The run: provision the devices when an API key is given, start every device's tick,
  * print a progress line each second on stderr, and stop at --duration, once every
- * device has sent --count messages, or at SIGINT/SIGTERM: no more sends, up to
- * DRAIN_MS for the outstanding acks, then each connection says goodbye and closes.
+ * device has sent --count messages, or at SIGINT/SIGTERM: no more sends, up to --drain
+ * seconds for the outstanding acks, then each connection says goodbye and closes.
  * A summary goes to stdout as one JSON object.
  * Exit status: 0 after a run in which devices connected, 1 when provisioning failed or
  * no device ever connected, 2 on bad usage. A second signal exits at once (1). */
@@ -21,7 +21,6 @@
 #include "base/alloc.h"
 #include "tools/sim/sim.h"
 
-#define DRAIN_MS 5000
 
 const char *const proto_name[P_COUNT] = {"mqtt", "line", "ws", "http"};
 
@@ -43,13 +42,14 @@ static const char usage[] =
     "  --prefix S           device ids are S followed by a number (default sim-)\n"
     "  --duration S         stop after S seconds (default: at SIGINT/SIGTERM)\n"
     "  --count N            stop once every device has sent N messages\n"
+    "  --drain S            at the stop, wait up to S seconds for acks (default 5)\n"
     "  --gaps P             probability that a device skips a send (default 0.02)\n"
     "  --late P             probability that a message is a late point (default 0.01)\n"
     "  --window N           unacknowledged messages per device before it skips sends\n"
     "                       (default 32)\n"
     "  --connect-parallel N connections being set up at once (default 100)\n"
     "  --http-connections N keep-alive connections the HTTP devices share (default 32)\n"
-    "  --seed N             random seed (default 1): the same seed, the same fleet\n"
+    "  --seed N             random seed (default 1): each device's base values and drift\n"
     "  --quiet              no progress line\n"
     "  --help\n"
     "\n"
@@ -127,10 +127,10 @@ static void stop_run(const char *why)
         return;
     S.stopping = true;
     if (!S.o.quiet)
-        sim_log("stopping (%s): waiting up to %d ms for acks", why, DRAIN_MS);
+        sim_log("stopping (%s): waiting up to %g s for acks", why, S.o.drain_s);
     for (int i = 0; i < S.o.devices; i++)
         dev_stop(&S.devs[i]);
-    drain_deadline = sim_now_ms() + DRAIN_MS;
+    drain_deadline = sim_now_ms() + (uint64_t)(S.o.drain_s * 1000);
     uv_timer_start(&drain_timer, on_drain_tick, 0, 50);
 }
 
@@ -223,7 +223,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
     *o = (struct sim_opts){.host = "127.0.0.1", .mqtt_port = 1883, .line_port = 7000,
                            .http_port = 8080, .devices = 10, .rate = 1, .qos = 1,
                            .mqtt_version = 4, .mix = true, .prefix = "sim-", .gap_p = 0.02,
-                           .late_p = 0.01, .seed = 1, .connect_parallel = 100,
+                           .late_p = 0.01, .seed = 1, .drain_s = 5, .connect_parallel = 100,
                            .provision_parallel = 16, .window = 32,
                            .http_connections = 32};
     char *key = NULL;
@@ -263,6 +263,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
         NUM("--http-port", 1, 65535, o->http_port)
         NUM("--duration", 0, 1e9, o->duration_s)
         NUM("--count", 0, 1e12, o->count)
+        NUM("--drain", 0, 3600, o->drain_s)
         NUM("--gaps", 0, 1, o->gap_p)
         NUM("--late", 0, 1, o->late_p)
         NUM("--window", 1, 65000, o->window)

@@ -84,6 +84,7 @@ struct sim_opts {
     const char *key;      /* API key: provision the devices when set */
     double duration_s;    /* 0 = until a signal */
     long count;           /* messages per device; 0 = no limit */
+    double drain_s;       /* at the stop, how long to wait for acks */
     double gap_p, late_p; /* per send: skip it / send a late point */
     uint64_t seed;
     int connect_parallel; /* connections being set up at once */
