@@ -7,6 +7,7 @@
   existing name 409 backup_exists; a bad name or field 400; no key or a wrong one 401;
 - metrics of the last backup (gale_backups_total, gale_backup_last_bytes) and GET;
 - gale --backup DEST against the running instance moves the snapshot to DEST;
+- SIGTERM during a backup stops cleanly and leaves no partial file;
 - a destination that cannot be written (storage.backup_dir under a regular file) gets a
   JSON 500 backup_failed, a full disk (storage.backup_dir on a small tmpfs this test
   mounts; skipped, saying why, where mount is not allowed) 507 disk_full with no partial
@@ -244,6 +245,35 @@ def cli(g):
     shutil.rmtree(os.path.dirname(dest), ignore_errors=True)
 
 
+def shutdown_during_backup(g):
+    """SIGTERM while a backup runs: a clean stop; the copy is cut short (no partial file
+    is left) or, when it was quicker, complete."""
+    def post():
+        try:
+            g.http("POST", "/api/backup", {"name": "cut.db"}, timeout=30)
+        except Exception:
+            pass  # the connection closes with the gateway
+    th = threading.Thread(target=post, daemon=True)
+    th.start()
+    wait_for(lambda: any("backup started" in l and "cut.db" in l for l in list(g.log_lines)), 10,
+             "backup started")
+    rc = g.stop()
+    th.join(30)
+    t(rc == 0, "a stop during a backup is clean (exit %s)" % rc)
+    bdir = os.path.join(g.data_dir, "backups")
+    t(not [f for f in os.listdir(bdir) if f.endswith(".partial")], "no partial file left (%s)"
+      % os.listdir(bdir))
+    cut = "stopped by the shutdown" in g.log()  # (g.log() reads what is left in the pipe)
+    if os.path.exists(os.path.join(bdir, "cut.db")):
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(bdir, "cut.db"), uri=True)
+        t.eq(db.execute("PRAGMA integrity_check").fetchall(), [("ok",)], "a finished copy is whole")
+        db.close()
+    else:
+        t(cut, "a backup that left no file was stopped by the shutdown (logged): %s"
+          % [l for l in g.log().splitlines() if "backup" in l or "stop" in l][-8:])
+    print("test_backup: the stop %s the backup" % ("cut short" if cut else "came after"))
+
+
 def still_takes_data(g, dev, token, seq):
     c = g.line(dev, token)
     c.send_line({"seq": seq, "ts": BASE + 10**9 + seq, "values": {"after": seq}})
@@ -301,6 +331,7 @@ def main():
         snapshot_under_load(g, tokens)
         one_at_a_time(g)
         cli(g)
+        shutdown_during_backup(g)
     unwritable()
     disk_full()
 

@@ -46,9 +46,13 @@ static void on_net_close(struct snet *n)
         s->st.connecting--;
     else if (d->state == D_READY)
         s->st.connected--;
-    if (!d->done && !s->stopping && n->read_error != 0 && d->state == D_READY)
-        dev_error(d, n->read_error == UV_EOF ? "connection closed by the server"
-                                             : uv_strerror(n->read_error));
+    if (!d->done && !s->stopping && n->read_error != 0 &&
+        (d->state == D_READY || d->state == D_CONNECTING))
+        dev_error(d, n->read_error == UV_EOF
+                         ? (d->state == D_READY ? "connection closed by the server"
+                                                : "connection closed by the server while "
+                                                  "logging in")
+                         : uv_strerror(n->read_error));
     d->state = d->done ? D_DONE : D_IDLE;
     ops_of(d)->free(d);
     d->pstate = NULL;

@@ -209,7 +209,7 @@ static int hdev_send(struct dev *d, const struct buf *msg)
 {
     struct sim *s = d->sim;
     struct hconn *h = &pool.c[d->idx % pool.n];
-    char path[128], host[80];
+    char path[128];
 
     if (!h->net) {
         if (sim_now_ms() < h->retry_at)
@@ -231,8 +231,7 @@ static int hdev_send(struct dev *d, const struct buf *msg)
         }
     }
     snprintf(path, sizeof path, "/api/devices/%s/telemetry", d->id);
-    snprintf(host, sizeof host, "%s:%d", s->o.host, s->o.http_port);
-    shttp_request(&h->out, "POST", path, host, d->token[0] ? d->token : NULL,
+    shttp_request(&h->out, "POST", path, s->http_host, d->token[0] ? d->token : NULL,
                   (const char *)msg->data, msg->len);
     fifo_push(h, d);
     d->unacked++;

@@ -360,6 +360,8 @@ int main(int argc, char **argv)
         resolve(s->o.host, s->o.http_port, &s->addr[P_WS]) != 0)
         return 1;
     s->addr[P_HTTP] = s->addr[P_WS];
+    snprintf(s->http_host, sizeof s->http_host,
+             strchr(s->o.host, ':') ? "[%.256s]:%d" : "%.256s:%d", s->o.host, s->o.http_port);
     s->http_addr = s->addr[P_WS];
 
     s->devs = xcalloc((size_t)s->o.devices, sizeof *s->devs);

@@ -28,7 +28,6 @@ struct prov {
     struct pconn *conns;
     int nconns, open, next, finished;
     int rc;
-    char host[80];
     struct buf out;
 };
 
@@ -51,11 +50,12 @@ static void send_request(struct pconn *c)
 
     if (c->renewing) {
         snprintf(path, sizeof path, "/api/devices/%s/token", d->id);
-        shttp_request(&p->out, "POST", path, p->host, p->s->o.key, NULL, 0);
+        shttp_request(&p->out, "POST", path, p->s->http_host, p->s->o.key, NULL, 0);
     } else {
         char body[96];
         int n = snprintf(body, sizeof body, "{\"id\":\"%s\"}", d->id);
-        shttp_request(&p->out, "POST", "/api/devices", p->host, p->s->o.key, body, (size_t)n);
+        shttp_request(&p->out, "POST", "/api/devices", p->s->http_host, p->s->o.key, body,
+                      (size_t)n);
     }
     snet_write(&c->net, &p->out);
 }
@@ -168,7 +168,6 @@ void prov_run(struct sim *s, void (*done)(struct sim *s, int rc))
     p->nconns = n;
     p->conns = xcalloc((size_t)n, sizeof *p->conns);
     buf_init(&p->out);
-    snprintf(p->host, sizeof p->host, "%s:%d", s->o.host, s->o.http_port);
     for (int i = 0; i < n; i++) {
         struct pconn *c = &p->conns[i];
         buf_init(&c->net.in);

@@ -107,6 +107,7 @@ struct sim {
     struct sim_stats st;
     struct sockaddr_storage addr[P_COUNT]; /* where each protocol connects */
     struct sockaddr_storage http_addr;
+    char http_host[300];  /* the Host header: host:port, [v6]:port */
     struct dev *devs;
     struct dev **waitq;   /* devices waiting for a connect slot (a ring) */
     size_t waitq_head, waitq_len;
