@@ -7,6 +7,7 @@
   existing name 409 backup_exists; a bad name or field 400; no key or a wrong one 401;
 - metrics of the last backup (gale_backups_total, gale_backup_last_bytes) and GET;
 - gale --backup DEST against the running instance moves the snapshot to DEST;
+- a client that resets its connection while its backup runs: the backup finishes;
 - SIGTERM during a backup stops cleanly and leaves no partial file;
 - a destination that cannot be written (storage.backup_dir under a regular file) gets a
   JSON 500 backup_failed, a full disk (storage.backup_dir on a small tmpfs this test
@@ -18,7 +19,9 @@ import os
 import random
 import re
 import shutil
+import socket
 import sqlite3
+import struct
 import subprocess
 import tempfile
 import threading
@@ -245,6 +248,24 @@ def cli(g):
     shutil.rmtree(os.path.dirname(dest), ignore_errors=True)
 
 
+def reset_while_waiting(g):
+    """The client resets its connection while its backup runs: the backup still finishes
+    (logged), nobody is answered, the gateway goes on."""
+    s = socket.create_connection(("127.0.0.1", g.ports["http"]))
+    body = b'{"name":"reset.db"}'
+    s.sendall(b"POST /api/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              API_KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    wait_for(lambda: any("backup started" in l and "reset.db" in l for l in list(g.log_lines)),
+             10, "backup started")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_for(lambda: any("backup done" in l and "reset.db" in l for l in list(g.log_lines)),
+             30, "the backup done after the reset")
+    st, js = g.http("GET", "/api/backup")
+    t(st == 200 and js["running"] is False and js["last"]["path"].endswith("reset.db"),
+      "after a reset the backup completed and the gateway answers (%s)" % js)
+
+
 def shutdown_during_backup(g):
     """SIGTERM while a backup runs: a clean stop; the copy is cut short (no partial file
     is left) or, when it was quicker, complete."""
@@ -331,6 +352,7 @@ def main():
         snapshot_under_load(g, tokens)
         one_at_a_time(g)
         cli(g)
+        reset_while_waiting(g)
         shutdown_during_backup(g)
     unwritable()
     disk_full()
