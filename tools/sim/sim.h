@@ -7,7 +7,8 @@
  *   device.c     dev_    a device's life: connect slots, send ticks, reconnects, commands
  *   mqtt.c       smqtt_  the MQTT device (3.1.1 or 5) on Gale's own MQTT encoders
  *   jsonline.c   sline_  the line protocol and /ws/device (same JSON messages)
- *   http.c       shttp_  a minimal HTTP/1.1 client (ingest devices, provisioning)
+ *   http.c       shttp_  the HTTP ingest devices (keep-alive connections they share)
+ *   httpmsg.c    shttp_  HTTP/1.1 requests built and responses parsed (pure)
  *   provision.c  prov_   devices created (or their token renewed) over the REST API
  *
  * One thread: everything here runs on the loop. */
@@ -167,10 +168,10 @@ struct proto_ops {
 };
 extern const struct proto_ops smqtt_ops, sline_ops, sws_ops, shttp_dev_ops;
 
-/* ---- http.c: one request at a time on a keep-alive connection */
+/* ---- httpmsg.c: HTTP/1.1 messages (pure) */
 struct shttp_resp {
     int status;           /* 0 when the request failed (no reply) */
-    const char *body;     /* NUL-terminated, valid during the callback */
+    const char *body;     /* a view into the parsed bytes (not NUL-terminated) */
     size_t body_len;
 };
 /* Parses one response from in (status line, Content-Length). Returns the bytes it
