@@ -231,6 +231,19 @@ def stops_and_failures(g):
 
     rc, summary, err = run(sim_args(g, "--devices", "2", "--key", "wrong-key", "--duration", "5"))
     t(rc == 1 and "API key was refused" in err, "a refused key is fatal (%s): %s" % (rc, err[-300:]))
+    # --wait: readiness first; the key file is read after it
+    keyfile = os.path.join(g.data_dir, "sim-key")
+    with open(keyfile, "w") as f:
+        f.write(API_KEY + "\n")
+    rc, summary, err = run(sim_args(g, "--devices", "2", "--wait", "10", "--key-file", keyfile,
+                                    "--duration", "2", "--prefix", "wait-"))
+    t(rc == 0 and summary["sent"] > 0 and summary["errors"] == 0,
+      "--wait and --key-file against a ready Gale (%s %s): %s" % (rc, summary, err[-300:]))
+    t0 = time.monotonic()
+    rc, summary, err = run([SIM, "--http-port", "1", "--wait", "1.5", "--key-file", keyfile,
+                            "--duration", "2"])
+    t(rc == 1 and "did not become ready within 1.5 s" in err and time.monotonic() - t0 < 10,
+      "--wait gives up after its time when nothing answers (%s): %s" % (rc, err[-300:]))
     rc, _, err = run([SIM, "--devices", "zero"])
     t(rc == 2, "a bad option exits 2 (%s)" % rc)
     rc, _, err = run([SIM, "--help"])

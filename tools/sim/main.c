@@ -39,6 +39,7 @@ static const char usage[] =
     "  --http-port P        (default 8080: REST, /ws/device and HTTP ingest)\n"
     "  --key KEY            API key: provision the devices over REST first\n"
     "  --key-file FILE      the API key from a file (e.g. data/api_key)\n"
+    "  --wait S             first wait up to S seconds for Gale to be ready (GET /api/ready)\n"
     "  --prefix S           device ids are S followed by a number (default sim-)\n"
     "  --duration S         stop after S seconds (default: at SIGINT/SIGTERM)\n"
     "  --count N            stop once every device has sent N messages\n"
@@ -207,6 +208,21 @@ static int read_key_file(const char *path, char **out)
     return 0;
 }
 
+/* After the wait for readiness (rc 0), or at once without --wait. */
+static void provision(struct sim *s, int rc)
+{
+    if (rc == 0 && s->o.key_file && read_key_file(s->o.key_file, &s->key_buf) != 0)
+        rc = 1;
+    if (s->key_buf)
+        s->o.key = s->key_buf;
+    if (rc != 0)
+        start_fleet(s, rc);
+    else if (s->o.key)
+        prov_run(s, start_fleet);
+    else
+        start_fleet(s, 0);
+}
+
 static bool num(const char *s, double lo, double hi, double *out)
 {
     char *end;
@@ -226,8 +242,6 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
                            .late_p = 0.01, .seed = 1, .drain_s = 5, .connect_parallel = 100,
                            .provision_parallel = 16, .window = 32,
                            .http_connections = 32};
-    char *key = NULL;
-
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +278,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
         NUM("--duration", 0, 1e9, o->duration_s)
         NUM("--count", 0, 1e12, o->count)
         NUM("--drain", 0, 3600, o->drain_s)
+        NUM("--wait", 0, 86400, o->wait_s)
         NUM("--gaps", 0, 1, o->gap_p)
         NUM("--late", 0, 1, o->late_p)
         NUM("--window", 1, 65000, o->window)
@@ -278,9 +293,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
         } else if (strcmp(a, "--key") == 0) {
             o->key = v;
         } else if (strcmp(a, "--key-file") == 0) {
-            if (read_key_file(v, &key) != 0)
-                return -1;
-            o->key = key;
+            o->key_file = v; /* read once Gale is ready (it may write it at its first start) */
         } else if (strcmp(a, "--mqtt-version") == 0) {
             if (strcmp(v, "3.1.1") == 0 || strcmp(v, "4") == 0 || strcmp(v, "3") == 0) {
                 o->mqtt_version = 4;
@@ -387,10 +400,10 @@ int main(int argc, char **argv)
     uv_signal_init(s->loop, &sig_term);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
-    if (s->o.key)
-        prov_run(s, start_fleet);
+    if (s->o.wait_s > 0)
+        prov_wait_ready(s, provision);
     else
-        start_fleet(s, 0);
+        provision(s, 0);
     uv_run(s->loop, UV_RUN_DEFAULT);
 
     double el = s->start_ms ? (double)(sim_now_ms() - s->start_ms) / 1000.0 : 0;
@@ -408,5 +421,6 @@ int main(int argc, char **argv)
     shttp_pool_free();
     free(s->devs);
     free(s->waitq);
+    free(s->key_buf);
     return rc;
 }

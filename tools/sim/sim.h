@@ -9,7 +9,8 @@
  *   jsonline.c   sline_  the line protocol and /ws/device (same JSON messages)
  *   http.c       shttp_  the HTTP ingest devices (keep-alive connections they share)
  *   httpmsg.c    shttp_  HTTP/1.1 requests built and responses parsed (pure)
- *   provision.c  prov_   devices created (or their token renewed) over the REST API
+ *   provision.c  prov_   devices created (or their token renewed) over the REST API, and
+ *                        the wait for Gale's readiness (--wait)
  *
  * One thread: everything here runs on the loop. */
 #ifndef GALE_SIM_H
@@ -83,9 +84,11 @@ struct sim_opts {
     bool mix;
     const char *prefix;   /* device ids are prefix + number */
     const char *key;      /* API key: provision the devices when set */
+    const char *key_file; /* ... or the file to read it from */
     double duration_s;    /* 0 = until a signal */
     long count;           /* messages per device; 0 = no limit */
     double drain_s;       /* at the stop, how long to wait for acks */
+    double wait_s;        /* --wait: how long to wait for Gale to be ready; 0 = not */
     double gap_p, late_p; /* per send: skip it / send a late point */
     uint64_t seed;
     int connect_parallel; /* connections being set up at once */
@@ -115,6 +118,7 @@ struct sim {
     bool stopping;        /* no more sends; waiting for acks */
     int fatal;            /* exit status set by a fatal error */
     bool ever_connected;
+    char *key_buf;        /* the key read from opts.key_file (owned) */
     uint64_t start_ms;
 };
 
@@ -188,6 +192,9 @@ void shttp_pool_free(void);
 
 /* ---- provision.c: gives every device a token over REST, then calls done(sim, rc). */
 void prov_run(struct sim *s, void (*done)(struct sim *s, int rc));
+/* --wait: GET /api/ready every 0.5 s until it answers 200 (done(s, 0)) or opts.wait_s
+ * has passed (done(s, 1), logged). */
+void prov_wait_ready(struct sim *s, void (*done)(struct sim *s, int rc));
 
 /* A log line on stderr (prefixed "gale-sim: "). */
 void sim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
