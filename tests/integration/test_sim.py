@@ -35,6 +35,8 @@ STATES = {"idle", "running", "fault"}
 
 
 def sim_args(g, *extra):
+    # Gale() waits for the http and line listeners; mqtt's line may come a moment later
+    wait_for(lambda: all(p in g.ports for p in ("http", "line", "mqtt")), 10, "gale's ports")
     return [SIM, "--host", "127.0.0.1", "--http-port", str(g.ports["http"]),
             "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"])] + list(extra)
 
