@@ -346,6 +346,7 @@ def disk_full():
 
 def main():
     with Gale() as g:
+        wait_for(lambda: "mqtt" in g.ports, 10, "the mqtt listener")  # Gale() waits for http, line
         tokens = {d: g.create_device(d) for d in DEVICES}
         filler = g.create_device("filler")
         prefill(g, "filler", filler, 30000)
