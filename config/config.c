@@ -131,6 +131,12 @@ static const struct key keys[] = {
     SIZE("mqtt.max_subscription_levels", mqtt.max_subscription_levels, 0, GIB, "50000",
          "Topic levels of the filters one session holds together (a/b/# is 3); a filter past "
          "it is refused in SUBACK (0x80); 0 = no limit."),
+    SIZE("mqtt.receive_maximum", mqtt.receive_maximum, 1, 65535, "1024",
+         "MQTT 5: QoS 1/2 publishes a client may have unacknowledged at once (Receive "
+         "Maximum in CONNACK); one more gets DISCONNECT 0x93."),
+    SIZE("mqtt.topic_alias_maximum", mqtt.topic_alias_maximum, 0, 65535, "32",
+         "MQTT 5: topic aliases per connection, both ways (Topic Alias Maximum in CONNACK, "
+         "and the most Gale assigns to a client that allows them); 0 = none."),
     SIZE("mqtt.max_qos2_pending", mqtt.max_qos2_pending, 1, 65535, "1000",
          "QoS 2 packet ids one session has received and not yet seen PUBREL for; a client "
          "that opens one more is disconnected."),
@@ -147,11 +153,13 @@ static const struct key keys[] = {
          "Retained topics kept; a new one past this is delivered but not retained."),
     CHOICE("mqtt.invalid_telemetry", mqtt.invalid_telemetry, "disconnect|ack", "disconnect",
            "A publish on a telemetry topic whose payload does not decode (never stored): "
-           "disconnect = no PUBACK/PUBREC, not routed, the connection is closed; ack = "
-           "acknowledged and routed as a plain message. Counted and logged either way."),
+           "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
+           "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
+           "ack = acknowledged and routed as a plain message. Counted and logged either way."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
-        "its subscriptions and queued messages; 0 = never."),
+        "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "
+        "Session Expiry Interval, capped by this."),
     JSON("mqtt.acl", mqtt.acl_json, "[]",
          "Extra ACL rules (a JSON array); devices always own devices/<id>/#."),
     STR("tls.cert_file", tls.cert_file, 0, "",
@@ -264,8 +272,8 @@ static const struct key keys[] = {
            "disconnect = the connection is closed. Counted in gale_rate_limited_total."),
     JSON("bridge.upstreams", bridge.upstreams_json, "[]",
          "Upstream MQTT brokers the bridge forwards to (a JSON array of objects: name, "
-         "addresses, forward, remote_prefix, subscribe, outbox limits, ...; README "
-         "\"Bridge\"); [] = no bridge."),
+         "addresses, protocol 3.1.1 or 5, forward, remote_prefix, subscribe, outbox limits, "
+         "...; README \"Bridge\"); [] = no bridge."),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -100,6 +100,8 @@ struct config {
         size_t max_queued_bytes;         /* mqtt.max_queued_bytes per session, default 8 MiB */
         size_t max_subscription_bytes;   /* mqtt.max_subscription_bytes per session, 1 MiB */
         size_t max_subscription_levels;  /* mqtt.max_subscription_levels per session, 50000 */
+        size_t receive_maximum;          /* mqtt.receive_maximum (MQTT 5), default 1024 */
+        size_t topic_alias_maximum;      /* mqtt.topic_alias_maximum (MQTT 5), default 32 */
         size_t max_qos2_pending;         /* mqtt.max_qos2_pending per session, default 1000 */
         size_t max_connections_per_identity; /* mqtt.max_connections_per_identity, 32 */
         size_t max_anonymous_sessions;   /* mqtt.max_anonymous_sessions, default 1000 */

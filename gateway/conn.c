@@ -694,7 +694,7 @@ static bool may_write(const struct conn *c)
 
 void conn_send(struct conn *c, const void *data, size_t len)
 {
-    if (c->closing || !len) /* the last words are the transport's own */
+    if ((c->closing && !c->last_words) || !len) /* last words: the protocol's goodbye */
         return;
     if (c->xport)
         c->xport->send(c->xport_state, data, len);
@@ -834,6 +834,8 @@ void conn_close(struct conn *c, const char *why)
         c->reading = false;
     }
     c->last_words = true;
+    if (c->proto->goodbye && c->proto_state && !c->write_failed)
+        c->proto->goodbye(c->proto_state, why, gw->stopping);
     if (c->xport && c->xport->goodbye && c->xport_state)
         c->xport->goodbye(c->xport_state, gw->stopping);
     if (c->tls && !c->write_failed) { /* close_notify: the peer can tell a close from a cut */

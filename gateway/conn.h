@@ -43,6 +43,10 @@ struct proto_ops {
      * after having closed the connection. */
     int (*feed)(void *state, struct buf *in);
     void (*close)(void *state, const char *why); /* release state; no I/O */
+    /* Optional: the protocol's last words when the connection closes (conn_close), before
+     * the transport's (an MQTT 5 DISCONNECT with its reason code); not called after a
+     * failed write. stopping: the gateway is shutting down. */
+    void (*goodbye)(void *state, const char *why, bool stopping);
 };
 
 /* A transport between the socket and the protocol (WebSocket): it decodes

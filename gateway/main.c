@@ -621,7 +621,7 @@ static uint64_t mqtt_delete_session(void *ctx, const char *client_id)
 }
 
 static uint64_t mqtt_put_session_sub(void *ctx, const char *client_id, const char *filter,
-                                     uint8_t qos)
+                                     uint64_t qos)
 {
     return store_put_session_sub(ctx, client_id, filter, qos);
 }

@@ -267,6 +267,17 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);
     counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);
+    counter(b, "gale_mqtt_too_large_total",
+            "MQTT 5 messages not sent to a client: larger than its Maximum Packet Size",
+            m->mqtt_too_large);
+    counter(b, "gale_mqtt_expired_total",
+            "MQTT 5 messages not sent: their Message Expiry Interval had passed",
+            m->mqtt_expired);
+    counter(b, "gale_mqtt_wills_delayed_total",
+            "MQTT 5 wills published after their Will Delay Interval", m->mqtt_wills_delayed);
+    counter(b, "gale_mqtt_wills_cancelled_total",
+            "MQTT 5 wills not published: the client reconnected within the delay",
+            m->mqtt_wills_cancelled);
     buf_printf(b, "# HELP gale_mqtt_refused_total MQTT subscriptions, connections and "
                   "messages refused by a per-identity limit, by its config key\n"
                   "# TYPE gale_mqtt_refused_total counter\n"

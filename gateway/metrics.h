@@ -51,6 +51,12 @@ struct metrics {
     uint64_t mqtt_refused_queue_bytes;       /* messages dropped past mqtt.max_queued_bytes */
     uint64_t mqtt_refused_qos2;              /* connections closed past mqtt.max_qos2_pending */
     uint64_t mqtt_wills_dropped;             /* wills refused by the publish checks */
+    uint64_t mqtt_too_large;                 /* MQTT 5: messages not sent to a client because
+                                              * they exceed its Maximum Packet Size */
+    uint64_t mqtt_expired;                   /* MQTT 5: messages not sent because their
+                                              * Message Expiry Interval had passed */
+    uint64_t mqtt_wills_delayed;             /* MQTT 5: wills published after their delay */
+    uint64_t mqtt_wills_cancelled;           /* ... not published: the client came back */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */

@@ -60,3 +60,15 @@ struct msg *msg_new(enum msg_kind kind, const char *device, const char *topic,
     m->payload_len = payload_len;
     return m;
 }
+
+void msg_set_props(struct msg *m, const void *p, size_t len)
+{
+    free(m->props);
+    m->props = NULL;
+    m->props_len = 0;
+    if (len) {
+        m->props = xmalloc(len);
+        memcpy(m->props, p, len);
+        m->props_len = (uint32_t)len;
+    }
+}

@@ -39,6 +39,13 @@ struct msg {
     const char *topic;        /* points into data[] */
     const uint8_t *payload;   /* points into data[] */
     size_t payload_len;
+    /* MQTT 5.0 properties that travel with the message (payload format, content type,
+     * response topic, correlation data, user properties: property bytes as on the wire,
+     * Message Expiry excluded), a separate allocation owned by the message; NULL when
+     * none. Set once, before the message is published. */
+    uint8_t *props;
+    uint32_t props_len;
+    int64_t expiry_ms;        /* epoch ms after which it is not delivered; 0 = never */
     size_t npoints;           /* decoded telemetry values */
     struct point *points;     /* points into data[] */
     char data[];              /* one allocation holds every string */
@@ -52,12 +59,17 @@ static inline struct msg *msg_ref(struct msg *m)
 
 static inline void msg_unref(struct msg *m)
 {
-    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) {
+        free(m->props);
         free(m);
+    }
 }
 
 /* Builds a message with refs = 1 (the caller's). points may be NULL when npoints is 0;
  * their key/str are copied. device/topic may be NULL (stored as ""). */
+/* Gives m (not yet published) a copy of the property bytes p[0..len) (len 0: none). */
+void msg_set_props(struct msg *m, const void *p, size_t len);
+
 struct msg *msg_new(enum msg_kind kind, const char *device, const char *topic,
                     const void *payload, size_t payload_len, const struct point *points,
                     size_t npoints);

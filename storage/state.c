@@ -40,12 +40,12 @@ uint64_t store_delete_session(struct store *s, const char *client_id)
 }
 
 uint64_t store_put_session_sub(struct store *s, const char *client_id, const char *filter,
-                               uint8_t qos)
+                               uint64_t qos)
 {
     struct store_op *op = store_op_new(STORE_OP_PUT_SESSION_SUB, client_id);
 
     op->topic = xstrdup(filter ? filter : "");
-    op->qos = qos;
+    op->msg_id = qos;
     return store_submit_op(s, op);
 }
 
@@ -133,7 +133,7 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
         st = s->st[ST_SESSION_SUB_PUT];
         sqlite3_bind_text(st, 1, op->id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, op->topic, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 3, op->qos);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)op->msg_id);
         return store_step(st);
     case STORE_OP_DELETE_SESSION_SUB:
         st = s->st[ST_SESSION_SUB_DEL];
@@ -215,10 +215,10 @@ static int load_session_subs(sqlite3_stmt *subs, const char *client_id,
     sqlite3_bind_text(subs, 1, client_id, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(subs)) == SQLITE_ROW) {
         const char *filter = store_col_text(subs, 0);
-        int qos = sqlite3_column_int(subs, 1);
+        sqlite3_int64 qos = sqlite3_column_int64(subs, 1);
 
-        if (filter && qos >= 0 && qos <= 2)
-            on_sub(ctx, client_id, filter, (uint8_t)qos);
+        if (filter && qos >= 0 && (qos & 0xff) <= 2)
+            on_sub(ctx, client_id, filter, (uint64_t)qos);
     }
     sqlite3_reset(subs);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;

@@ -254,9 +254,10 @@ int store_load_retained(struct store *s, store_retained_fn fn, void *ctx);
 uint64_t store_put_session(struct store *s, const char *client_id, const char *identity_json);
 /* Deletes the session, its subscriptions and every message queued for it. */
 uint64_t store_delete_session(struct store *s, const char *client_id);
-/* Adds subscription filter of a persistent session, or sets the qos of the one it has. */
+/* Adds subscription filter of a persistent session, or sets the options of the one it
+ * has: qos is its QoS (bits 0..1) and the subscriber's options above them (opaque here). */
 uint64_t store_put_session_sub(struct store *s, const char *client_id, const char *filter,
-                               uint8_t qos);
+                               uint64_t qos);
 /* Deletes subscription filter of a session (nothing happens when there is none). */
 uint64_t store_delete_session_sub(struct store *s, const char *client_id, const char *filter);
 /* A QoS 1/2 message queued or in flight for a persistent session; msg_id is the
@@ -270,7 +271,7 @@ typedef void (*store_session_fn)(void *ctx, const char *client_id, const char *i
 /* Called for each subscription of a session (in filter order), after that session's
  * store_session_fn. */
 typedef void (*store_session_sub_fn)(void *ctx, const char *client_id, const char *filter,
-                                     uint8_t qos);
+                                     uint64_t qos);
 /* Called in msg_id order per session, after that session's subscriptions. */
 typedef void (*store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
                                      const char *topic, const void *payload,

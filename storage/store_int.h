@@ -109,7 +109,8 @@ struct store_op {
     char *reply_json;   /* command */
     uint8_t *payload;   /* retained / session msg / outbox */
     size_t payload_len; /* bytes in payload */
-    uint64_t msg_id;    /* session msg | outbox: id (delete: first id of the range) */
+    uint64_t msg_id;    /* session msg | outbox: id (delete: first id of the range) |
+                         * session sub: its qos and options */
     uint64_t last_id;   /* outbox delete: last id of the range */
     uint8_t qos;        /* retained / session msg / session sub / outbox */
     uint8_t retain;     /* session msg */

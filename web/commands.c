@@ -19,6 +19,7 @@
 #include "gateway/log.h"
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
+#include "protocols/mqtt/mqtt.h"
 #include "storage/store.h"
 
 #define MAX_KEPT 10000
@@ -326,6 +327,20 @@ int commands_create(struct commands *cs, struct device *dev, const char *id, con
     c->m = msg_new(MSG_PLAIN, dev->id, topic, payload.data, payload.len, NULL, 0);
     c->m->ts_ms = c->created_ms;
     c->m->qos = 1;
+    {
+        /* MQTT 5 devices also get where to reply (Response Topic, with the command id as
+         * Correlation Data) and the command's lifetime (Message Expiry Interval): not
+         * delivered once it expired */
+        char reply[DEVICE_ID_MAX + 64];
+        struct buf props;
+        int n = snprintf(reply, sizeof reply, "devices/%s/commands/%s/reply", dev->id, c->id);
+        buf_init(&props);
+        mqtt_prop_put_str(&props, MQTT_PROP_RESPONSE_TOPIC, reply, (size_t)n);
+        mqtt_prop_put_bin(&props, MQTT_PROP_CORRELATION_DATA, c->id, strlen(c->id));
+        msg_set_props(c->m, props.data, props.len);
+        buf_fini(&props);
+        c->m->expiry_ms = c->expires_ms;
+    }
     bus_publish(gw->bus, c->m, t);
     log_info("device=%s command=%s name=\"%s\" queued", dev->id, c->id, log_q(c->name));
     conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */

@@ -631,7 +631,7 @@ static void viewer_close(void *state, const char *why)
     free(v);
 }
 
-const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed, viewer_close};
+const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed, viewer_close, NULL};
 
 /* ---- the sink and presence ---------------------------------------------------- */
 

@@ -407,8 +407,25 @@ static void write_session(struct buf *b, const struct mqtt_session_info *s)
         buf_printf(b, "%llu", (unsigned long long)s->conn_id);
     else
         buf_append_str(b, "null");
-    buf_printf(b, ",\"subscriptions\":%zu,\"queued\":%zu,\"inflight\":%zu,\"dropped\":%llu}",
+    buf_printf(b, ",\"subscriptions\":%zu,\"queued\":%zu,\"inflight\":%zu,\"dropped\":%llu",
                s->subscriptions, s->queued, s->inflight, (unsigned long long)s->dropped);
+    /* protocol: the connected client's level (5 = MQTT 5.0), null offline; expiry null =
+     * never */
+    buf_append_str(b, ",\"protocol\":");
+    if (s->protocol)
+        buf_printf(b, "%u", (unsigned)s->protocol);
+    else
+        buf_append_str(b, "null");
+    buf_append_str(b, ",\"session_expiry_s\":");
+    if (s->session_expiry_s == UINT32_MAX)
+        buf_append_str(b, "null");
+    else
+        buf_printf(b, "%lu", (unsigned long)s->session_expiry_s);
+    buf_printf(b, ",\"will_pending\":%s", s->will_pending ? "true" : "false");
+    if (s->protocol == 5)
+        buf_printf(b, ",\"receive_maximum\":%lu,\"topic_aliases\":%lu",
+                   (unsigned long)s->receive_maximum, (unsigned long)s->topic_aliases);
+    buf_append_str(b, "}");
 }
 
 struct names {

@@ -7,10 +7,10 @@
  *
  * Where: storage.backup_dir (default <data_dir>/backups), and nowhere else: a caller
  * names the file, never the directory, so the REST API cannot write outside it. The
- * default name is gale-<UTC time to the millisecond>.db (gale-20261207T031500.123Z.db). One backup at a time (409 backup_running); an
- * existing file is never replaced (409 backup_exists). A full disk is 507 disk_full, any
- * other failure 500 backup_failed, each with what failed; the partial file is removed
- * and the gateway goes on. */
+ * default name is gale-<UTC time to the millisecond>.db (gale-20261207T031500.123Z.db).
+ * One backup at a time (409 backup_running); an existing file is never replaced (409
+ * backup_exists). A full disk is 507 disk_full, any other failure 500 backup_failed,
+ * each with what failed; the partial file is removed and the gateway goes on. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
@@ -185,7 +185,8 @@ void rest_backup(struct rest *r, struct http_conn *h, struct http_req *req)
         struct buf b;
         buf_init(&b);
         backup_dir(r->gw->cfg, dir, sizeof dir);
-        buf_printf(&b, "{\"running\":%s,\"dir\":", r->gw->metrics.backup_running ? "true" : "false");
+        buf_printf(&b, "{\"running\":%s,\"dir\":",
+                   r->gw->metrics.backup_running ? "true" : "false");
         buf_append_json_str(&b, dir, strlen(dir));
         buf_append_str(&b, ",\"last\":");
         write_last(r, &b);

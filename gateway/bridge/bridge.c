@@ -45,8 +45,8 @@
 #define DEFAULT_COMMAND_TIMEOUT_MS 60000
 
 enum entry_state { ENTRY_WAITING = 0, ENTRY_SENT = 1, ENTRY_DONE = 2 };
-enum drop_reason { DROP_FULL = 0, DROP_AGE = 1 };
-static const char *const drop_names[] = {"full", "age"};
+enum drop_reason { DROP_FULL = 0, DROP_AGE = 1, DROP_REFUSED = 2, NDROP_REASONS };
+static const char *const drop_names[] = {"full", "age", "refused"};
 
 /* A message in memory: topic and payload in one allocation. */
 struct bridge_payload {
@@ -93,9 +93,15 @@ struct up {
     double tokens;                   /* backlog sends allowed now */
     uint64_t tokens_ms;              /* uv_now of the last refill */
     /* stats */
-    uint64_t sent, acked, resent, received, reconnects, dropped[2];
-    uint64_t drops_unlogged[2];
+    uint64_t sent, acked, resent, received, reconnects, dropped[NDROP_REASONS];
+    uint64_t drops_unlogged[NDROP_REASONS];
     uint64_t drops_logged_ms;
+    /* reason codes: the last CONNACK, the last DISCONNECT from the upstream, the last
+     * refused message (code -1: none yet); names are static, the rest heap copies */
+    struct bridge_reason connack, disconnect, refused;
+    char *refused_topic;
+    uint64_t refused_by[256];        /* refused messages per reason code */
+    uint8_t refused_logged[32];      /* codes logged since the last connect (bits) */
 };
 
 /* A command that came from an upstream: its status goes back there. */
@@ -123,6 +129,15 @@ struct bridge {
 };
 
 static void pump(struct up *u);
+
+static void reason_set(struct bridge_reason *r, int code, const char *name,
+                       const char *reason_string)
+{
+    free(r->reason_string);
+    r->code = code;
+    r->name = name;
+    r->reason_string = reason_string ? xstrdup(reason_string) : NULL;
+}
 
 /* ---- the index ---- */
 
@@ -525,8 +540,10 @@ static void on_connected(void *ctx, const char *uri, bool session_present)
     u->boundary = u->next_id - 1;
     u->tokens = 0;
     u->tokens_ms = uv_now(u->b->gw->loop);
-    log_info("bridge connected upstream=%s address=%s session_present=%d backlog=%llu",
-             c->name, uri, session_present, (unsigned long long)u->backlog);
+    memset(u->refused_logged, 0, sizeof u->refused_logged);
+    log_info("bridge connected upstream=%s address=%s protocol=%s session_present=%d "
+             "backlog=%llu", c->name, uri, c->protocol == 5 ? "5" : "3.1.1", session_present,
+             (unsigned long long)u->backlog);
     for (size_t i = 0; i < c->nsubscribe; i++) {
         size_t fl = strlen(c->subscribe[i]);
         filters[i] = xmalloc(plen + fl + 1);
@@ -591,6 +608,45 @@ static void on_delivered(void *ctx, uint64_t tag, bool ok)
         rewait(u, (size_t)i, e);
     }
     pump(u);
+}
+
+/* MQTT 5: the upstream will not take the message (PUBACK/PUBREC >= 0x80). Sending it
+ * again would get the same answer and hold up the window: it leaves the outbox, counted
+ * as dropped "refused" and per reason code; the first refusal of each code after a
+ * connect is logged with its topic, the rest are counted in the drop log. */
+static void on_refused(void *ctx, uint64_t tag, int code, const char *name,
+                       const char *reason_string)
+{
+    struct up *u = ctx;
+    long i = find(u, tag);
+    struct bridge_entry *e = i >= 0 ? at(u, (size_t)i) : NULL;
+    const char *topic;
+    uint8_t c = (uint8_t)code;
+
+    if (!e || e->state == ENTRY_DONE)
+        return; /* a second copy's answer */
+    topic = e->p ? e->p->topic : NULL;
+    reason_set(&u->refused, code, name, reason_string);
+    free(u->refused_topic);
+    u->refused_topic = topic ? xstrdup(topic) : NULL;
+    u->refused_by[c]++;
+    if (!(u->refused_logged[c / 8] & (1u << (c % 8)))) {
+        u->refused_logged[c / 8] |= (uint8_t)(1u << (c % 8));
+        log_warn("bridge refused upstream=%s reason=0x%02X (%s) reason_string=\"%s\" "
+                 "topic=\"%s\": dropped from the outbox", u->cfg->name, (unsigned)c, name,
+                 log_q(reason_string ? reason_string : ""), log_q(topic ? topic : ""));
+    }
+    drop(u, (size_t)i, DROP_REFUSED);
+    collect(u);
+    pump(u);
+}
+
+static void on_reason(void *ctx, enum upstream_packet what, int code, const char *name,
+                      const char *reason_string)
+{
+    struct up *u = ctx;
+    reason_set(what == UPSTREAM_CONNACK ? &u->connack : &u->disconnect, code, name,
+               reason_string);
 }
 
 static struct origin *origin_add(struct bridge *b, struct up *u, const char *id,
@@ -717,7 +773,8 @@ static void on_message(void *ctx, const char *topic, const void *payload, size_t
     msg_unref(m);
 }
 
-static const struct upstream_events events = {on_connected, on_lost, on_delivered, on_message};
+static const struct upstream_events events = {on_connected, on_lost,   on_delivered,
+                                              on_message,   on_refused, on_reason};
 
 /* ---- the timer ---- */
 
@@ -743,7 +800,7 @@ static void log_drops(struct up *u)
     uint64_t now = gw_mono_ms();
     if (now - u->drops_logged_ms < 1000)
         return;
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < NDROP_REASONS; r++) {
         if (!u->drops_unlogged[r])
             continue;
         log_warn("bridge dropped upstream=%s reason=%s count=%llu", u->cfg->name, drop_names[r],
@@ -890,10 +947,34 @@ void bridge_get_stats(const struct bridge *b, size_t i, struct bridge_stats *out
         .inflight = u->inflight, .sent_total = u->sent, .acked_total = u->acked,
         .resent_total = u->resent, .received_total = u->received,
         .reconnects_total = u->reconnects, .dropped_full = u->dropped[DROP_FULL],
-        .dropped_age = u->dropped[DROP_AGE],
+        .dropped_age = u->dropped[DROP_AGE], .dropped_refused = u->dropped[DROP_REFUSED],
+        .protocol = u->cfg->protocol == 5 ? "5" : "3.1.1", .connack = u->connack,
+        .disconnect = u->disconnect, .refused = u->refused, .refused_topic = u->refused_topic,
+        .refused_by = u->refused_by,
     };
     if (out->oldest_age_s < 0)
         out->oldest_age_s = 0;
+}
+
+/* {"code","name","reason_string"(,"topic")} or null */
+static void reason_json(struct buf *out, const struct bridge_reason *r, const char *topic)
+{
+    if (r->code < 0) {
+        buf_append_str(out, "null");
+        return;
+    }
+    buf_printf(out, "{\"code\":%d,\"hex\":\"0x%02X\",\"name\":", r->code, (unsigned)r->code);
+    buf_append_json_str(out, r->name, strlen(r->name));
+    buf_append_str(out, ",\"reason_string\":");
+    if (r->reason_string)
+        buf_append_json_str(out, r->reason_string, strlen(r->reason_string));
+    else
+        buf_append_str(out, "null");
+    if (topic) {
+        buf_append_str(out, ",\"topic\":");
+        buf_append_json_str(out, topic, strlen(topic));
+    }
+    buf_append_str(out, "}");
 }
 
 void bridge_write_json(void *ctx, struct buf *out)
@@ -916,14 +997,28 @@ void bridge_write_json(void *ctx, struct buf *out)
                    ",\"backlog\":%llu,\"backlog_bytes\":%llu,\"oldest_age_s\":%.3f,"
                    "\"inflight\":%llu,\"sent_total\":%llu,\"acked_total\":%llu,"
                    "\"resent_total\":%llu,\"received_total\":%llu,\"reconnects_total\":%llu,"
-                   "\"dropped_total\":%llu,\"dropped\":{\"full\":%llu,\"age\":%llu}}",
+                   "\"dropped_total\":%llu,\"dropped\":{\"full\":%llu,\"age\":%llu,"
+                   "\"refused\":%llu}",
                    (unsigned long long)s.backlog, (unsigned long long)s.backlog_bytes,
                    s.oldest_age_s, (unsigned long long)s.inflight,
                    (unsigned long long)s.sent_total, (unsigned long long)s.acked_total,
                    (unsigned long long)s.resent_total, (unsigned long long)s.received_total,
                    (unsigned long long)s.reconnects_total,
-                   (unsigned long long)(s.dropped_full + s.dropped_age),
-                   (unsigned long long)s.dropped_full, (unsigned long long)s.dropped_age);
+                   (unsigned long long)(s.dropped_full + s.dropped_age + s.dropped_refused),
+                   (unsigned long long)s.dropped_full, (unsigned long long)s.dropped_age,
+                   (unsigned long long)s.dropped_refused);
+        buf_printf(out, ",\"protocol\":\"%s\",\"connack\":", s.protocol);
+        reason_json(out, &s.connack, NULL);
+        buf_append_str(out, ",\"disconnect\":");
+        reason_json(out, &s.disconnect, NULL);
+        buf_append_str(out, ",\"refused\":{");
+        for (int c = 0, n = 0; c < 256; c++)
+            if (s.refused_by[c])
+                buf_printf(out, "%s\"0x%02X\":%llu", n++ ? "," : "", (unsigned)c,
+                           (unsigned long long)s.refused_by[c]);
+        buf_append_str(out, "},\"last_refused\":");
+        reason_json(out, &s.refused, s.refused_topic);
+        buf_append_str(out, "}");
     }
     buf_append_str(out, "]");
 }
@@ -945,6 +1040,10 @@ void bridge_write_metrics(void *ctx, struct buf *out)
         {"gale_bridge_received_total", "counter", "Messages received from the upstream."},
         {"gale_bridge_resent_total", "counter", "Messages sent again after a lost connection."},
         {"gale_bridge_inflight", "gauge", "Messages sent and not yet acknowledged."},
+        {"gale_bridge_connack_reason_code", "gauge",
+         "Reason code of the last CONNACK (0 accepted); -1 before any."},
+        {"gale_bridge_refused_total", "counter",
+         "Messages the upstream refused (MQTT 5 PUBACK/PUBREC reason code >= 0x80), by code."},
     };
     struct bridge_stats s;
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
@@ -965,11 +1064,21 @@ void bridge_write_metrics(void *ctx, struct buf *out)
                            (unsigned long long)s.dropped_full);
                 buf_printf(out, "%s{upstream=\"%s\",reason=\"age\"} %llu\n", fam[f].name, s.name,
                            (unsigned long long)s.dropped_age);
+                buf_printf(out, "%s{upstream=\"%s\",reason=\"refused\"} %llu\n", fam[f].name,
+                           s.name, (unsigned long long)s.dropped_refused);
                 continue;
             case 7: v[0] = (double)s.reconnects_total; break;
             case 8: v[0] = (double)s.received_total; break;
             case 9: v[0] = (double)s.resent_total; break;
-            default: v[0] = (double)s.inflight; break;
+            case 10: v[0] = (double)s.inflight; break;
+            case 11: v[0] = s.connack.code; break;
+            default:
+                for (int c = 0; c < 256; c++)
+                    if (s.refused_by[c])
+                        buf_printf(out, "%s{upstream=\"%s\",code=\"0x%02X\"} %llu\n",
+                                   fam[f].name, s.name, (unsigned)c,
+                                   (unsigned long long)s.refused_by[c]);
+                continue;
             }
             if (v[0] == (double)(int64_t)v[0])
                 buf_printf(out, "%s{upstream=\"%s\"} %lld\n", fam[f].name, s.name,
@@ -1000,6 +1109,10 @@ static void up_fini(struct up *u)
     free(u->waiting_in);
     free(u->address);
     free(u->marks);
+    free(u->connack.reason_string);
+    free(u->disconnect.reason_string);
+    free(u->refused.reason_string);
+    free(u->refused_topic);
 }
 
 struct bridge *bridge_new(struct gw *gw, const struct bridge_cfg *cfg,
@@ -1028,6 +1141,7 @@ struct bridge *bridge_new(struct gw *gw, const struct bridge_cfg *cfg,
         u->waiting_in = xcalloc(NBUCKETS, sizeof *u->waiting_in);
         u->next_id = 1;
         u->backoff_ms = BACKOFF_MIN_MS;
+        u->connack.code = u->disconnect.code = u->refused.code = -1;
         if (port->load_index(port->ctx, u->cfg->name, on_index_entry, u) != 0) {
             log_error("bridge upstream=%s: cannot load the outbox", u->cfg->name);
             for (size_t k = 0; k <= i; k++)

@@ -53,6 +53,13 @@ struct bridge_hooks {
                    const char *params_json, int64_t timeout_ms);
 };
 
+/* A reason code the upstream answered with (code -1: none yet). name is static. */
+struct bridge_reason {
+    int code;
+    const char *name;
+    char *reason_string;             /* the packet's Reason String (MQTT 5), or NULL */
+};
+
 /* Counters and gauges of one upstream (GET /api/bridges, /metrics). */
 struct bridge_stats {
     const char *name;
@@ -62,7 +69,14 @@ struct bridge_stats {
     double oldest_age_s;             /* of the oldest one; 0 when empty */
     uint64_t inflight;
     uint64_t sent_total, acked_total, resent_total, received_total, reconnects_total;
-    uint64_t dropped_full, dropped_age;
+    uint64_t dropped_full, dropped_age, dropped_refused;
+    const char *protocol;            /* "3.1.1" or "5" */
+    /* borrowed from the bridge, valid until it changes (loop thread) */
+    struct bridge_reason connack;    /* the last CONNACK */
+    struct bridge_reason disconnect; /* the last DISCONNECT from the upstream (MQTT 5) */
+    struct bridge_reason refused;    /* the last message the upstream refused (MQTT 5) */
+    const char *refused_topic;       /* its topic, or NULL */
+    const uint64_t *refused_by;      /* [256]: refused messages per reason code */
 };
 
 /* Builds the bridge over gw's loop, bus and devices for every upstream of cfg (borrowed,

@@ -19,7 +19,7 @@ static const char *const known_keys[] = {
     "name", "addresses", "client_id", "username", "password", "keepalive_s",
     "clean_session", "forward", "remote_prefix", "subscribe", "qos", "format",
     "max_inflight", "drain_rate", "max_backlog_messages", "max_backlog_bytes", "max_age_s",
-    "overflow", "ca_file", "cert_file", "key_file", "verify",
+    "overflow", "ca_file", "cert_file", "key_file", "verify", "protocol", "session_expiry_s",
 };
 
 struct ctx {
@@ -241,6 +241,23 @@ static int parse_one(struct ctx *c, const cJSON *o, struct bridge_upstream_cfg *
     if ((rc = get_bool(c, o, "clean_session", false, &u->clean_session)) != 0 ||
         (rc = get_bool(c, o, "verify", true, &u->verify)) != 0)
         return rc;
+    /* "3.1.1" or "5" ("5.0" and the number 5 too) */
+    v = cJSON_GetObjectItemCaseSensitive(o, "protocol");
+    u->protocol = 4;
+    if (v && cJSON_IsString(v) && strcmp(v->valuestring, "3.1.1") == 0)
+        u->protocol = 4;
+    else if (v && ((cJSON_IsString(v) && (strcmp(v->valuestring, "5") == 0 ||
+                                          strcmp(v->valuestring, "5.0") == 0)) ||
+                   (cJSON_IsNumber(v) && v->valuedouble == 5)))
+        u->protocol = 5;
+    else if (v)
+        return fail(c, "protocol", "must be \"3.1.1\" or \"5\"");
+    if (cJSON_GetObjectItemCaseSensitive(o, "session_expiry_s") && u->protocol != 5)
+        return fail(c, "session_expiry_s", "needs protocol 5 (MQTT 3.1.1 has clean_session)");
+    if ((rc = get_number(c, o, "session_expiry_s", 0, 4294967295.0, u->clean_session ? 0 : 3600,
+                         &d)) != 0)
+        return rc;
+    u->session_expiry_s = (uint32_t)d;
     v = cJSON_GetObjectItemCaseSensitive(o, "format");
     if (v && !(cJSON_IsString(v) && (strcmp(v->valuestring, "raw") == 0 ||
                                      strcmp(v->valuestring, "normalized") == 0)))

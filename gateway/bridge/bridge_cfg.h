@@ -31,7 +31,11 @@ struct bridge_upstream_cfg {
     char *client_id;                 /* default "gale-<name>" */
     char *username, *password;
     int keepalive_s;                 /* default 60 */
-    bool clean_session;              /* default false: the upstream keeps what it owes */
+    uint8_t protocol;                /* MQTT protocol level: 4 = 3.1.1 (default), 5 = 5.0 */
+    bool clean_session;              /* default false: the upstream keeps what it owes;
+                                      * MQTT 5: the Clean Start flag */
+    uint32_t session_expiry_s;       /* MQTT 5 Session Expiry Interval: default 3600
+                                      * (0 with clean_session); 0xFFFFFFFF = never */
     char **forward;                  /* local topic filters sent up */
     size_t nforward;
     char *remote_prefix;             /* prepended upstream, stripped coming down; "" */

@@ -1,7 +1,8 @@
 /* gateway/bridge/upstream.h: the bridge's link to one upstream broker, as a small table of
- * operations: upstream_paho (upstream.c) speaks MQTT 3.1.1 through paho-mqtt-c's
- * MQTTAsync; unit tests put a fake in its place. Every operation is called on the loop
- * thread and never blocks (close excepted); every event is delivered on the loop thread.
+ * operations: upstream_paho (upstream.c) speaks MQTT 3.1.1 or MQTT 5 (the upstream's
+ * protocol) through paho-mqtt-c's MQTTAsync; unit tests put a fake in its place. Every
+ * operation is called on the loop thread and never blocks (close excepted); every event
+ * is delivered on the loop thread.
  *
  * paho runs its own threads. Its callbacks (connected, connection lost, a send's
  * onSuccess/onFailure, message arrived) only copy what they carry into an event, push it
@@ -22,7 +23,12 @@
  * reconnect: on connection lost it takes every unacknowledged message back and resends
  * it, oldest first, after the next connect; a late onSuccess from paho's own copy still
  * acknowledges the message. Copies per message in flight at a loss: at most two more
- * (paho's and ours), each counted by the bridge as resent when it is ours. */
+ * (paho's and ours), each counted by the bridge as resent when it is ours.
+ *
+ * MQTT 5: paho keeps the same in-memory session while the Session Expiry Interval is not
+ * 0 (Clean Start 0 plays cleansession 0's part). A PUBACK/PUBREC with a reason code
+ * >= 0x80 ends that send with the refusal (refused, below) instead of an acknowledgement;
+ * a DISCONNECT from the upstream ends the connection with its reason code. */
 #ifndef GALE_BRIDGE_UPSTREAM_H
 #define GALE_BRIDGE_UPSTREAM_H
 
@@ -32,6 +38,12 @@
 #include <uv.h>
 
 struct bridge_upstream_cfg;
+
+/* What an upstream's reason code answered (reason events). */
+enum upstream_packet {
+    UPSTREAM_CONNACK = 0,     /* the last CONNACK: 0 accepted, else the refusal */
+    UPSTREAM_DISCONNECT = 1,  /* a DISCONNECT the upstream sent (MQTT 5) */
+};
 
 /* What a link reports, on the loop thread, to ctx. */
 struct upstream_events {
@@ -47,6 +59,18 @@ struct upstream_events {
     /* A message on a subscribed filter; everything valid during the call only. */
     void (*message)(void *ctx, const char *topic, const void *payload, size_t len,
                     uint8_t qos, bool retain);
+    /* MQTT 5: the upstream answered the send with tag by a reason code >= 0x80 (PUBACK,
+     * PUBREC): it does not take the message, and would answer a resend the same way. Also
+     * 0x95 (Packet too large) for a message past the Maximum Packet Size of the upstream's
+     * CONNACK, which the link does not send.
+     * name: static; reason_string (the packet's Reason String) NULL when none. */
+    void (*refused)(void *ctx, uint64_t tag, int code, const char *name,
+                    const char *reason_string);
+    /* The reason code of a CONNACK (MQTT 3.1.1: its return code) or of the upstream's
+     * DISCONNECT, just before the connected or lost it leads to. name: static;
+     * reason_string NULL when none. */
+    void (*reason)(void *ctx, enum upstream_packet what, int code, const char *name,
+                   const char *reason_string);
 };
 
 struct upstream_ops {
@@ -57,7 +81,8 @@ struct upstream_ops {
     /* Starts one connect attempt over every address in order; the result comes as
      * connected or lost. */
     void (*connect)(void *link);
-    /* Subscribes to n filters (remote topics, prefix included) at qos. 0 or a GW_E* code. */
+    /* Subscribes to n filters (remote topics, prefix included) at qos; MQTT 5: with No
+     * Local (not on $share/ filters), a refused filter is logged. 0 or a GW_E* code. */
     int (*subscribe)(void *link, char *const *filters, size_t n, uint8_t qos);
     /* Queues one PUBLISH; its outcome comes as delivered(tag). Returns 0, or a GW_E* code
      * when it was not taken (not connected, paho's queue full): no event follows then. */

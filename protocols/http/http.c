@@ -143,7 +143,7 @@ static int http_feed(void *state, struct buf *in)
     return 0;
 }
 
-const struct proto_ops http_proto = {"http", http_open, http_feed, http_close};
+const struct proto_ops http_proto = {"http", http_open, http_feed, http_close, NULL};
 
 struct conn *http_conn_of(struct http_conn *h)
 {

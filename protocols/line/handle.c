@@ -84,4 +84,4 @@ static void line_close(void *state, const char *why)
     free(l);
 }
 
-const struct proto_ops line_proto = {"line", line_open, line_feed, line_close};
+const struct proto_ops line_proto = {"line", line_open, line_feed, line_close, NULL};

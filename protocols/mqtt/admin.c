@@ -14,7 +14,19 @@ static void fill_info(const struct mqtt_session *s, struct mqtt_session_info *ou
         .clean = s->clean, .conn_id = s->conn ? s->conn->c->id : 0,
         .subscriptions = s->nsubs, .queued = s->queue.len, .inflight = s->ninflight,
         .dropped = s->dropped,
+        .protocol = s->conn ? s->conn->lim.version : 0,
+        .session_expiry_s = s->clean ? 0 : s->expiry_s,
+        .will_pending = s->will != NULL,
     };
+    if (s->conn && s->conn->v5) {
+        const struct mqtt5_conn *v5 = s->conn->v5;
+        size_t in = 0;
+        if (v5->alias_in)
+            for (size_t i = 1; i <= v5->alias_max_in; i++)
+                in += v5->alias_in[i] != NULL;
+        out->receive_maximum = v5->recv_max_out;
+        out->topic_aliases = (uint32_t)(in + v5->alias_out_n);
+    }
 }
 
 void mqtt_broker_sessions(struct mqtt_broker *b, mqtt_session_info_fn fn, void *ctx)
@@ -81,7 +93,7 @@ int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, st
         return GW_ENOENT;
     if (s->conn) {
         /* detached now (its close callback comes later): a clean session is gone with it */
-        conn_close(s->conn->c, "session discarded by the API");
+        broker_disconnect(s->conn, MQTT_RC_ADMINISTRATIVE_ACTION, "session discarded by the API");
         broker_conn_finish_now(s->conn);
         s = broker_session_get(b, client_id);
         if (!s)

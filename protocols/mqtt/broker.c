@@ -48,6 +48,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/session.h"
+#include "protocols/mqtt/mqtt_int.h"
 
 #define SYS_INTERVAL_MS 10000
 
@@ -59,6 +60,55 @@
 #define STORED_RETAIN 0x01
 #define STORED_RELEASED 0x02
 #define STORED_SENT 0x04
+/* bit 3: the stored payload starts with the message's MQTT 5 properties (pack_props); the
+ * same bit in a retained message's stored QoS byte */
+#define STORED_PROPS 0x08
+
+/* A message's payload as stored: when it has MQTT 5 properties or an expiry, prefixed with
+ * them (u32 length, the property bytes, i64 expiry epoch ms, big-endian) in tmp, and true;
+ * else the payload itself. */
+static bool pack_props(const struct msg *m, struct buf *tmp, const uint8_t **p, size_t *len)
+{
+    uint8_t hdr[8];
+    uint64_t e = (uint64_t)m->expiry_ms;
+    if (!m->props_len && !m->expiry_ms) {
+        *p = m->payload;
+        *len = m->payload_len;
+        return false;
+    }
+    for (int i = 0; i < 4; i++)
+        hdr[i] = (uint8_t)(m->props_len >> (24 - 8 * i));
+    buf_append(tmp, hdr, 4);
+    if (m->props_len)
+        buf_append(tmp, m->props, m->props_len);
+    for (int i = 0; i < 8; i++)
+        hdr[i] = (uint8_t)(e >> (56 - 8 * i));
+    buf_append(tmp, hdr, 8);
+    buf_append(tmp, m->payload, m->payload_len);
+    *p = tmp->data;
+    *len = tmp->len;
+    return true;
+}
+
+/* A message loaded from storage, its properties unpacked when packed (pack_props). */
+static struct msg *unpack_msg(const char *topic, const uint8_t *p, size_t len, bool packed)
+{
+    uint32_t plen = 0;
+    uint64_t e = 0;
+    struct msg *m;
+    if (!packed || len < 12)
+        return msg_new(MSG_PLAIN, "", topic, p, len, NULL, 0);
+    for (int i = 0; i < 4; i++)
+        plen = plen << 8 | p[i];
+    if (plen > len - 12)
+        return msg_new(MSG_PLAIN, "", topic, p, len, NULL, 0);
+    for (int i = 0; i < 8; i++)
+        e = e << 8 | p[4 + plen + i];
+    m = msg_new(MSG_PLAIN, "", topic, p + 12 + plen, len - 12 - plen, NULL, 0);
+    msg_set_props(m, p + 4, plen);
+    m->expiry_ms = (int64_t)e;
+    return m;
+}
 
 static size_t send_budget(const struct mqtt_broker *b)
 {
@@ -72,17 +122,117 @@ void broker_send(struct mqtt_conn *mc)
     mc->b->packets_out++;
 }
 
-static void send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg *m, uint8_t qos,
-                         bool retain, bool dup, uint16_t id)
+/* Seconds left before m expires (at least 1), 0 when it has no expiry. */
+static uint32_t expiry_left(const struct msg *m, int64_t now)
 {
+    int64_t left;
+    if (!m->expiry_ms)
+        return 0;
+    left = (m->expiry_ms - now + 999) / 1000;
+    return left < 1 ? 1 : left > UINT32_MAX ? UINT32_MAX : (uint32_t)left;
+}
+
+/* The alias of topic towards mc's client: an existing one (*is_new false), a new one when
+ * the client allows more (*is_new true: not yet recorded, see alias_record), or 0. */
+static uint16_t alias_out(const struct mqtt5_conn *v5, const char *topic, size_t len,
+                          bool *is_new)
+{
+    void *v;
+    *is_new = false;
+    if (!v5->alias_max_out)
+        return 0;
+    if ((v = map_get(&v5->alias_out, topic, len)) != NULL)
+        return (uint16_t)(uintptr_t)v;
+    if (v5->alias_out_n >= v5->alias_max_out)
+        return 0;
+    *is_new = true;
+    return (uint16_t)(v5->alias_out_n + 1);
+}
+
+static void alias_record(struct mqtt5_conn *v5, const char *topic, size_t len, uint16_t alias)
+{
+    char *key = xstrndup(topic, len);
+    map_put(&v5->alias_out, key, len, (void *)(uintptr_t)alias);
+    v5->alias_out_n++;
+}
+
+/* Sends m to mc. MQTT 5: with the message's properties, the remaining expiry, its
+ * subscription identifiers (subid, or the 0-terminated subids) and a topic alias when
+ * the client allows them; a message larger than the client's Maximum Packet Size is not
+ * sent (counted) [MQTT-3.1.2-25]. Returns false when it was not sent for that reason. */
+static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg *m, uint8_t qos,
+                         bool retain, bool dup, uint16_t id, uint32_t subid,
+                         const uint32_t *subids)
+{
+    size_t tlen = strlen(m->topic);
     mc->out.len = 0;
-    if (mqtt_encode_publish(&mc->out, m->topic, strlen(m->topic), m->payload, m->payload_len, qos,
-                            retain, dup, id) != 0)
-        return;
+    if (!mc->v5) {
+        if (mqtt_encode_publish(&mc->out, m->topic, tlen, m->payload, m->payload_len, qos,
+                                retain, dup, id) != 0)
+            return true;
+    } else {
+        struct mqtt5_conn *v5 = mc->v5;
+        struct buf *pb = &b->props;
+        struct mqtt_bin props;
+        uint32_t left = expiry_left(m, gw_now_ms());
+        bool is_new;
+        uint16_t alias = alias_out(v5, m->topic, tlen, &is_new);
+        size_t size, rem;
+
+        pb->len = 0;
+        if (m->props_len)
+            buf_append(pb, m->props, m->props_len);
+        if (left)
+            mqtt_prop_put_int(pb, MQTT_PROP_MESSAGE_EXPIRY, left);
+        if (subids) {
+            for (size_t i = 0; subids[i]; i++)
+                mqtt_prop_put_int(pb, MQTT_PROP_SUBSCRIPTION_ID, subids[i]);
+        } else if (subid) {
+            mqtt_prop_put_int(pb, MQTT_PROP_SUBSCRIPTION_ID, subid);
+        }
+        if (alias)
+            mqtt_prop_put_int(pb, MQTT_PROP_TOPIC_ALIAS, alias);
+        if (alias && !is_new)
+            tlen = 0; /* the client knows the topic by its alias */
+        rem = 2 + tlen + (qos ? 2 : 0) + mqtt_varint_size((uint32_t)pb->len) + pb->len +
+              m->payload_len;
+        size = 1 + mqtt_varint_size(rem > MQTT_MAX_REMAINING ? MQTT_MAX_REMAINING : (uint32_t)rem) +
+               rem;
+        if (v5->max_packet_out && size > v5->max_packet_out) {
+            b->gw->metrics.mqtt_too_large++;
+            return false;
+        }
+        props = (struct mqtt_bin){pb->data, pb->len};
+        if (mqtt_encode_publish5(&mc->out, m->topic, tlen, &props, m->payload, m->payload_len,
+                                 qos, retain, dup, id) != 0)
+            return true;
+        if (is_new)
+            alias_record(v5, m->topic, tlen, alias);
+    }
     broker_send(mc);
     mc->c->msgs_out++;
     b->publish_out++;
     b->gw->metrics.mqtt_messages_sent++;
+    return true;
+}
+
+/* Whether m expired before it could be sent (counted). */
+static bool expired(struct mqtt_broker *b, const struct msg *m)
+{
+    if (!m->expiry_ms || gw_now_ms() < m->expiry_ms)
+        return false;
+    b->gw->metrics.mqtt_expired++;
+    return true;
+}
+
+/* In-flight window of s: mqtt.max_inflight, or less when its MQTT 5 client's Receive
+ * Maximum is lower [MQTT-3.3.4-7]. */
+static size_t window(const struct mqtt_broker *b, const struct mqtt_session *s)
+{
+    size_t max = b->gw->cfg->mqtt.max_inflight;
+    if (s->conn && s->conn->v5 && s->conn->v5->recv_max_out < max)
+        return s->conn->v5->recv_max_out;
+    return max;
 }
 
 static void send_pubrel(struct mqtt_conn *mc, uint16_t id)
@@ -95,6 +245,7 @@ static void send_pubrel(struct mqtt_conn *mc, uint16_t id)
 static void out_free(struct out_msg *o)
 {
     msg_unref(o->m);
+    free(o->subids);
     free(o);
 }
 
@@ -129,9 +280,15 @@ static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struc
     uint8_t flags = (uint8_t)((o->retain ? STORED_RETAIN : 0) |
                               (o->state == OUT_WAIT_PUBCOMP ? STORED_RELEASED : 0) |
                               (o->sent ? STORED_SENT : 0));
+    struct buf tmp;
+    const uint8_t *p;
+    size_t len;
+    buf_init(&tmp);
+    if (pack_props(o->m, &tmp, &p, &len))
+        flags |= STORED_PROPS;
     ticket_add(b->ticket, b->store.put_session_msg(b->store.ctx, s->client_id, o->store_id,
-                                                   o->m->topic, o->m->payload,
-                                                   o->m->payload_len, o->qos, flags));
+                                                   o->m->topic, p, len, o->qos, flags));
+    buf_fini(&tmp);
 }
 
 /* QoS 1/2 messages of persistent sessions are numbered (delivery order) and stored. */
@@ -141,7 +298,11 @@ static void number_msg(struct mqtt_session *s, struct out_msg *o)
         o->store_id = ++s->next_store_id;
 }
 
-static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
+static void completed(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o);
+
+/* Sends o into the in-flight window. A message the client's Maximum Packet Size refuses
+ * is done with as if it had been acknowledged [MQTT-3.1.2-25]; false then. */
+static bool send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
 {
     bool dup = o->sent; /* sent before a restart [MQTT-3.3.1-1]; else a first attempt */
     o->pkt_id = pick_id(s, o);
@@ -150,15 +311,22 @@ static void send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
     s->inflight[s->ninflight++] = o;
     if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
         send_pubrel(s->conn, o->pkt_id);
-        return;
+        return true;
     }
     o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
+    if (!send_publish(b, s->conn, o->m, o->qos, o->retain, dup, o->pkt_id, o->subid,
+                      o->subids)) {
+        s->ninflight--;
+        o->state = OUT_QUEUED;
+        completed(b, s, o);
+        return false;
+    }
     if (!o->sent) {
         o->sent = true;
         if (o->store_id)
             store_msg(b, s, o);
     }
-    send_publish(b, s->conn, o->m, o->qos, o->retain, dup, o->pkt_id);
+    return true;
 }
 
 static bool over_budget(struct mqtt_broker *b, struct mqtt_session *s)
@@ -223,18 +391,19 @@ static bool backlog_send_one(struct mqtt_broker *b, struct mqtt_session *s)
     struct ret_entry e = bl->e[bl->head];
     const struct retained *r;
 
-    if (e.qos > 0 && s->ninflight >= b->gw->cfg->mqtt.max_inflight)
+    if (e.qos > 0 && s->ninflight >= window(b, s))
         return false;
     bl->head++;
     r = map_get(&b->retained.by_topic, e.m->topic, strlen(e.m->topic));
-    if (r && r->m == e.m && may_receive(b, s, e.m->topic)) {
+    if (r && r->m == e.m && may_receive(b, s, e.m->topic) && !expired(b, e.m)) {
         if (e.qos == 0) {
-            send_publish(b, s->conn, e.m, 0, true, false, 0);
+            send_publish(b, s->conn, e.m, 0, true, false, 0, e.subid, NULL);
         } else {
             struct out_msg *o = xcalloc(1, sizeof *o);
             o->m = msg_ref(e.m);
             o->qos = e.qos;
             o->retain = true;
+            o->subid = e.subid;
             number_msg(s, o);
             send_inflight(b, s, o); /* stores it, marked sent */
         }
@@ -246,6 +415,7 @@ static bool backlog_send_one(struct mqtt_broker *b, struct mqtt_session *s)
 }
 
 static void on_drained(struct conn *c);
+static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o);
 
 /* Sends what waits while the connection keeps up: queued messages older than the retained
  * backlog, the backlog, then the rest of the queue, QoS 1/2 into free in-flight slots.
@@ -253,7 +423,7 @@ static void on_drained(struct conn *c);
  * on with the acks that free it. */
 static void pump(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    size_t max = b->gw->cfg->mqtt.max_inflight;
+    size_t max = window(b, s);
     while (s->conn && !s->conn->c->closing && (s->queue.head || backlog_waits(s))) {
         struct out_msg *o;
         if (over_budget(b, s)) {
@@ -271,8 +441,11 @@ static void pump(struct mqtt_broker *b, struct mqtt_session *s)
         if (s->backlog && s->backlog->ahead)
             s->backlog->ahead--;
         queue_remove(s, o);
-        if (o->qos == 0) {
-            send_publish(b, s->conn, o->m, 0, o->retain, false, 0);
+        if (o->state != OUT_WAIT_PUBCOMP && expired(b, o->m)) { /* never sent after expiry */
+            unpersist_msg(b, s, o);
+            out_free(o);
+        } else if (o->qos == 0) {
+            send_publish(b, s->conn, o->m, 0, o->retain, false, 0, o->subid, o->subids);
             out_free(o);
         } else {
             send_inflight(b, s, o);
@@ -331,34 +504,35 @@ static bool queue_fits(const struct mqtt_broker *b, const struct mqtt_session *s
            (!cfg->mqtt.max_queued_bytes || s->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
 }
 
-/* Delivers m to session s with effective qos. */
+/* Delivers m to session s with effective qos (and the subscription identifiers it
+ * matched: subid, or the 0-terminated subids, which s takes over). */
 static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m, uint8_t qos,
-                    bool retain)
+                    bool retain, uint32_t subid, uint32_t *subids)
 {
     struct out_msg *o;
     size_t bytes = msg_bytes(m);
     /* retained messages a SUBSCRIBE matched go first: what follows them waits */
     bool behind = s->queue.head || backlog_waits(s);
 
-    if (!may_receive(b, s, m->topic))
-        return;
-
-    if (s->conn && qos == 0 && !behind) {
-        if (over_budget(b, s)) {
-            count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
-            return;
-        }
-        send_publish(b, s->conn, m, 0, retain, false, 0);
+    if (!may_receive(b, s, m->topic) || (!s->conn && s->clean)) {
+        free(subids);
         return;
     }
-    if (!s->conn && s->clean)
+    if (s->conn && qos == 0 && !behind) {
+        if (over_budget(b, s))
+            count_drop(b, s, "subscriber not reading (QoS 0 dropped)");
+        else
+            send_publish(b, s->conn, m, 0, retain, false, 0, subid, subids);
+        free(subids);
         return;
+    }
     o = xcalloc(1, sizeof *o);
     o->m = msg_ref(m);
     o->qos = qos;
     o->retain = retain;
-    if (s->conn && qos > 0 && !behind && s->ninflight < b->gw->cfg->mqtt.max_inflight &&
-        !over_budget(b, s)) {
+    o->subid = subid;
+    o->subids = subids;
+    if (s->conn && qos > 0 && !behind && s->ninflight < window(b, s) && !over_budget(b, s)) {
         number_msg(s, o);
         send_inflight(b, s, o); /* stores it, marked sent */
         return;
@@ -375,7 +549,8 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
             out_free(o);
             /* a live subscriber that lets QoS 1/2 pile up past the limit is cut off */
             if (qos > 0 && s->conn)
-                conn_close(s->conn->c, "subscriber too slow: session queue full");
+                broker_disconnect(s->conn, MQTT_RC_QUOTA_EXCEEDED,
+                                  "subscriber too slow: session queue full");
             return;
         }
     }
@@ -394,12 +569,156 @@ struct route_ctx {
     struct msg *m;
 };
 
+struct subid_hits {
+    const char *topic;
+    uint32_t *ids;
+    size_t n, cap;
+};
+
+static void collect_subid(void *ctx, const char *filter, size_t len, uint8_t qos, uint32_t opts)
+{
+    struct subid_hits *h = ctx;
+    uint32_t id = opts & SUBOPT_ID_MASK;
+    (void)qos;
+    if (!id || !mqtt_topic_matches(filter, len, h->topic, strlen(h->topic)))
+        return;
+    for (size_t i = 0; i < h->n; i++)
+        if (h->ids[i] == id)
+            return;
+    if (h->n + 1 >= h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 4;
+        h->ids = xrealloc(h->ids, h->cap * sizeof *h->ids);
+    }
+    h->ids[h->n++] = id;
+    h->ids[h->n] = 0;
+}
+
 static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
 {
     struct route_ctx *rc = ctx;
+    struct mqtt_session *s = sub;
     uint8_t q = rc->m->qos < qos ? rc->m->qos : qos;
-    (void)opts;
-    deliver(rc->b, sub, rc->m, q, false); /* retain is 0 to existing subscribers [MQTT-3.3.1-9] */
+    uint32_t *ids = NULL;
+
+    if ((opts & SUBOPT_NO_LOCAL) && s == rc->b->origin)
+        return; /* [MQTT-3.8.3-3] */
+    if ((opts & MQTT_ROUTER_MULTI) && s->nsubids) {
+        /* overlapping subscriptions: one copy carrying every matching identifier */
+        struct subid_hits h = {rc->m->topic, NULL, 0, 0};
+        mqtt_router_list(rc->b->router, s, collect_subid, &h);
+        if (h.n > 1)
+            ids = h.ids;
+        else
+            free(h.ids);
+    }
+    /* retain is 0 to existing subscribers [MQTT-3.3.1-9], unless Retain As Published */
+    deliver(rc->b, s, rc->m, q, (opts & SUBOPT_RAP) && rc->m->retain, opts & SUBOPT_ID_MASK,
+            ids);
+}
+
+/* ---- MQTT 5 ---- */
+
+void broker_disconnect(struct mqtt_conn *mc, uint8_t rc, const char *why)
+{
+    if (mc->v5 && mc->connected && !mc->c->closing && !mc->disconnect_rc) {
+        mc->disconnect_rc = rc;
+        mc->disconnect_why = why;
+    }
+    conn_close(mc->c, why);
+}
+
+void broker_forward_props(const struct mqtt_props *ps, struct buf *out)
+{
+    struct mqtt_prop p;
+    size_t off = 0;
+    while (mqtt_prop_next(ps, &off, &p)) {
+        switch (p.id) {
+        case MQTT_PROP_PAYLOAD_FORMAT:
+        case MQTT_PROP_CONTENT_TYPE:
+        case MQTT_PROP_RESPONSE_TOPIC:
+        case MQTT_PROP_CORRELATION_DATA:
+        case MQTT_PROP_USER_PROPERTY:
+            mqtt_prop_put(out, &p);
+            break;
+        default: /* expiry is kept as a deadline; aliases and identifiers are per hop */
+            break;
+        }
+    }
+}
+
+uint32_t broker_expiry_cap(const struct mqtt_broker *b, uint32_t asked)
+{
+    int cap = b->gw->cfg->mqtt.session_expiry_s;
+    return cap > 0 && asked > (uint32_t)cap ? (uint32_t)cap : asked;
+}
+
+void broker_will_free(struct mqtt_will *w)
+{
+    if (!w)
+        return;
+    free(w->topic);
+    free(w->props);
+    free(w);
+}
+
+/* Publishes a will as device's (checked by broker_publish_check when its connection ended). */
+static void will_publish(struct mqtt_broker *b, const char *device, const struct mqtt_will *w)
+{
+    struct msg *m = msg_new(MSG_PLAIN, device, w->topic, w->payload, w->len, NULL, 0);
+    m->ts_ms = gw_now_ms();
+    m->qos = w->qos;
+    m->retain = w->retain;
+    if (w->props_len)
+        msg_set_props(m, w->props, w->props_len);
+    if (w->expiry_s)
+        m->expiry_ms = m->ts_ms + (int64_t)w->expiry_s * 1000;
+    bus_publish(b->gw->bus, m, NULL);
+    msg_unref(m);
+}
+
+void broker_will_cancel(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    if (!s->will)
+        return;
+    log_info("mqtt client=\"%s\" will not published topic=\"%s\" reason=\"the client "
+             "reconnected within its will delay\"",
+             log_q(s->client_id), log_q(s->will->topic));
+    broker_will_free(s->will);
+    s->will = NULL;
+    b->delayed_wills--;
+    b->gw->metrics.mqtt_wills_cancelled++;
+}
+
+/* The will s held for its delay goes out now (the delay passed, or the session ends). */
+static void will_fire(struct mqtt_broker *b, struct mqtt_session *s)
+{
+    struct mqtt_will *w = s->will;
+    s->will = NULL;
+    b->delayed_wills--;
+    b->gw->metrics.mqtt_wills_delayed++;
+    will_publish(b, s->device, w);
+    broker_will_free(w);
+}
+
+void broker_session_expiry(struct mqtt_broker *b, struct mqtt_session *s, uint32_t expiry_s)
+{
+    bool changed = !s->own_expiry || s->expiry_s != expiry_s;
+    s->own_expiry = true;
+    s->expiry_s = expiry_s;
+    if (expiry_s == 0) {
+        if (!s->clean) { /* ends with its connection now: nothing of it is kept */
+            ticket_add(b->ticket, b->store.delete_session(b->store.ctx, s->client_id));
+            s->clean = true;
+        }
+        return;
+    }
+    if (s->clean) { /* a new MQTT 5 session that outlives its connection */
+        s->clean = false;
+        broker_session_persist(b, s);
+        return;
+    }
+    if (changed)
+        broker_session_persist(b, s);
 }
 
 /* ---- connections ---- */
@@ -477,15 +796,25 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
         identity_count(b, mc, -1);
         /* [MQTT-3.1.2-8]; published as the client's own PUBLISH would be, or not at all */
         if (w && !mc->got_disconnect) {
-            if (broker_publish_check(mc, w->topic, w->len, w->retain) == PUBLISH_OK) {
-                mqtt_broker_publish(b->gw, MSG_PLAIN, mc->c->device, w->topic, w->payload,
-                                    w->len, w->qos, w->retain);
-            } else {
+            struct mqtt_session *s = mc->sess;
+            if (broker_publish_check(mc, w->topic, w->len, w->retain, NULL) != PUBLISH_OK) {
                 b->gw->metrics.mqtt_wills_dropped++;
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" will not published "
                          "topic=\"%s\" reason=\"refused as a publish would be\"",
                          (unsigned long long)mc->c->id, mc->c->peer,
                          log_q(mc->sess->client_id), log_q(w->topic));
+            } else if (w->delay_s && s && s->conn == mc && !s->clean) {
+                /* MQTT 5 Will Delay Interval: held by the session, published when the delay
+                 * passes or the session ends, dropped when the client is back first */
+                if (s->will)
+                    broker_will_free(s->will);
+                else
+                    b->delayed_wills++;
+                s->will = w;
+                s->will_at_ms = gw_now_ms() + (int64_t)w->delay_s * 1000;
+                mc->will = NULL;
+            } else {
+                will_publish(b, mc->c->device, w);
             }
         }
         if (mc->sess && mc->sess->conn == mc)
@@ -503,9 +832,21 @@ void broker_conn_close(struct mqtt_conn *mc)
     list_remove(&b->conns, &mc->link);
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
-    if (mc->will)
-        free(mc->will->topic);
-    free(mc->will);
+    broker_will_free(mc->will);
+    if (mc->v5) {
+        struct mqtt5_conn *v5 = mc->v5;
+        size_t it = 0;
+        const char *key;
+        if (v5->alias_in) {
+            for (size_t i = 0; i <= v5->alias_max_in; i++)
+                free(v5->alias_in[i]);
+            free(v5->alias_in);
+        }
+        while (map_next(&v5->alias_out, &it, &key, NULL))
+            free((char *)key);
+        map_fini(&v5->alias_out);
+        free(v5);
+    }
     if (mc->username[0])
         free((char *)mc->username);
     buf_fini(&mc->out);
@@ -609,6 +950,24 @@ static void retained_put_counted(struct mqtt_broker *b, struct msg *m)
     }
 }
 
+/* Stores the retained message m (with its MQTT 5 properties). */
+static uint64_t put_retained(struct mqtt_broker *b, const struct msg *m)
+{
+    struct buf tmp;
+    const uint8_t *p;
+    size_t len;
+    uint8_t qos = m->qos;
+    uint64_t seq;
+    buf_init(&tmp);
+    if (m->payload_len && pack_props(m, &tmp, &p, &len))
+        qos |= STORED_PROPS;
+    else
+        p = m->payload, len = m->payload_len;
+    seq = b->store.put_retained(b->store.ctx, m->topic, p, len, qos);
+    buf_fini(&tmp);
+    return seq;
+}
+
 static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
 {
     struct mqtt_broker *b = ctx;
@@ -627,8 +986,7 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     } else if (m->retain) {
         retained_put_counted(b, m);
         if (m->topic[0] != '$') /* $SYS is the server's own: rebuilt, never stored */
-            ticket_add(t, b->store.put_retained(b->store.ctx, m->topic, m->payload,
-                                                m->payload_len, m->qos));
+            ticket_add(t, put_retained(b, m));
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
@@ -637,6 +995,7 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
 struct retained_hits {
     struct ret_backlog *bl;
     uint8_t qos;                /* granted */
+    uint32_t subid;
 };
 
 static void collect_retained(void *ctx, struct retained *r)
@@ -647,7 +1006,7 @@ static void collect_retained(void *ctx, struct retained *r)
         bl->cap = bl->cap ? bl->cap * 2 : 16;
         bl->e = xrealloc(bl->e, bl->cap * sizeof *bl->e);
     }
-    bl->e[bl->n++] = (struct ret_entry){msg_ref(r->m), r->qos < h->qos ? r->qos : h->qos};
+    bl->e[bl->n++] = (struct ret_entry){msg_ref(r->m), h->subid, r->qos < h->qos ? r->qos : h->qos};
 }
 
 static int entry_cmp(const void *a, const void *b)
@@ -675,9 +1034,9 @@ static void backlog_dedup(struct ret_backlog *bl)
 }
 
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
-                          size_t len, uint8_t qos)
+                          size_t len, uint8_t qos, uint32_t subid)
 {
-    struct retained_hits h = {s->backlog, qos};
+    struct retained_hits h = {s->backlog, qos, subid};
     bool had = h.bl != NULL;
 
     if (!h.bl) {
@@ -740,6 +1099,8 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
     s->client_id = memcpy(s->id, client_id, n);
     set_identity(s, role, username);
     s->clean = clean;
+    s->expiry_s = b->gw->cfg->mqtt.session_expiry_s > 0 ? (uint32_t)b->gw->cfg->mqtt.session_expiry_s
+                                                        : UINT32_MAX;
     s->seen_ms = gw_now_ms();
     map_put(&b->sessions, s->client_id, strlen(s->client_id), s);
     return s;
@@ -748,6 +1109,7 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
 /* Frees the session's memory only (shutdown, or after it was unlinked). */
 static void session_release(struct mqtt_session *s)
 {
+    broker_will_free(s->will); /* shutdown: a will waiting for its delay is not kept */
     backlog_free(s);
     while (s->queue.head) {
         struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
@@ -766,6 +1128,8 @@ static void session_release(struct mqtt_session *s)
 uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 {
     uint64_t seq = 0;
+    if (s->will) /* the session ends before the will's delay: it goes now */
+        will_fire(b, s);
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
     if (s->qos2_watched)
@@ -789,7 +1153,7 @@ void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct
         if (o->state == OUT_WAIT_PUBCOMP)
             send_pubrel(mc, o->pkt_id);
         else
-            send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id);
+            send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id, o->subid, o->subids);
     }
     pump(b, s);
 }
@@ -827,6 +1191,8 @@ void broker_session_persist(struct mqtt_broker *b, struct mqtt_session *s)
     root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "user", s->username);
     cJSON_AddStringToObject(root, "role", role_names[s->role]);
+    if (s->own_expiry) /* MQTT 5: the session's own Session Expiry Interval */
+        cJSON_AddNumberToObject(root, "expiry", s->expiry_s);
     js = cJSON_PrintUnformatted(root);
     b->store.put_session(b->store.ctx, s->client_id, js);
     cJSON_free(js);
@@ -880,16 +1246,31 @@ const char *broker_subscribe_room(struct mqtt_broker *b, const struct mqtt_sessi
     return NULL;
 }
 
+/* Subscribes s in the router, keeping its counts. */
+static void router_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                             size_t len, uint8_t qos, uint32_t opts)
+{
+    uint32_t old = 0;
+    int had = mqtt_router_granted_opts(b->router, filter, len, s, &old);
+    if (mqtt_router_subscribe_opts(b->router, filter, len, s, qos, opts) < 0)
+        return;
+    if (had < 0)
+        broker_session_count_sub(s, filter, len, 1);
+    else if (old & SUBOPT_ID_MASK)
+        s->nsubids--;
+    if (opts & SUBOPT_ID_MASK)
+        s->nsubids++;
+}
+
 void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
-                              size_t len, uint8_t qos)
+                              size_t len, uint8_t qos, uint32_t opts)
 {
     char *f;
-    if (mqtt_router_subscribe(b->router, filter, len, s, qos) == 1)
-        broker_session_count_sub(s, filter, len, 1);
+    router_subscribe(b, s, filter, len, qos, opts);
     if (s->clean)
         return;
     f = xstrndup(filter, len);
-    b->store.put_session_sub(b->store.ctx, s->client_id, f, qos);
+    b->store.put_session_sub(b->store.ctx, s->client_id, f, qos | (uint64_t)opts << 8);
     free(f);
 }
 
@@ -897,9 +1278,13 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
                                 const char *filter, size_t len)
 {
     char *f;
-    if (mqtt_router_unsubscribe(b->router, filter, len, s) != 1)
+    uint32_t opts = 0;
+    if (mqtt_router_granted_opts(b->router, filter, len, s, &opts) < 0 ||
+        mqtt_router_unsubscribe(b->router, filter, len, s) != 1)
         return false;
     broker_session_count_sub(s, filter, len, -1);
+    if (opts & SUBOPT_ID_MASK)
+        s->nsubids--;
     if (!s->clean) {
         f = xstrndup(filter, len);
         b->store.delete_session_sub(b->store.ctx, s->client_id, f);
@@ -994,8 +1379,9 @@ size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
 }
 
 enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topic,
-                                          size_t payload_len, bool retain)
+                                          size_t payload_len, bool retain, uint8_t *reason)
 {
+    uint8_t unused;
     struct mqtt_broker *b = mc->b;
     struct gw *gw = b->gw;
     const char *client = mc->sess ? mc->sess->client_id : "";
@@ -1003,6 +1389,8 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
     size_t len = strlen(topic);
     enum guard_rate rate;
 
+    if (!reason)
+        reason = &unused;
     if (mc->c->device[0] &&
         (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
         if (log_refusal(mc->c->peer, "rate limited"))
@@ -1010,6 +1398,7 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
                      (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
                      rate == GUARD_RATE_DROP ? "drop" : "disconnect",
                      gw->cfg->limits.device_rate_msgs_per_s);
+        *reason = MQTT_RC_MESSAGE_RATE_TOO_HIGH;
         return rate == GUARD_RATE_DISCONNECT ? PUBLISH_CLOSE : PUBLISH_DROP;
     }
     if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, topic, len, ACL_PUBLISH)) ||
@@ -1019,6 +1408,7 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
         if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
             log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
                      (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic));
+        *reason = MQTT_RC_NOT_AUTHORIZED;
         return PUBLISH_DROP;
     }
     if (retain && !broker_retained_room(b, topic, payload_len, &why)) {
@@ -1028,6 +1418,7 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
                      "topic=\"%s\" reason=\"%s\"",
                      (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic),
                      why);
+        *reason = MQTT_RC_QUOTA_EXCEEDED;
         return PUBLISH_DROP;
     }
     return PUBLISH_OK;
@@ -1140,19 +1531,30 @@ bool broker_anon_denied(const struct mqtt_broker *b, const char *topic, size_t l
            (rlen == 1 && (rest[0] == '+' || rest[0] == '#'));
 }
 
-/* Persistent sessions offline for longer than mqtt.session_expiry_s are deleted. */
+/* Whether s (offline, persistent) outlived its expiry: mqtt.session_expiry_s, or its MQTT 5
+ * client's Session Expiry Interval (capped by it). */
+bool broker_session_expired(const struct mqtt_session *s, int64_t now)
+{
+    if (s->conn || s->clean || s->expiry_s == UINT32_MAX)
+        return false;
+    return now - s->seen_ms >= (int64_t)s->expiry_s * 1000;
+}
+
+/* Persistent sessions offline past their expiry are deleted; wills whose delay passed are
+ * published. */
 static void expire_sessions(struct mqtt_broker *b)
 {
-    int64_t expiry_ms = (int64_t)b->gw->cfg->mqtt.session_expiry_s * 1000, now = gw_now_ms();
+    int64_t now = gw_now_ms();
     struct mqtt_session **old = NULL;
     size_t it = 0, n = 0, cap = 0;
     void *v;
 
-    if (expiry_ms <= 0)
-        return;
+    if (b->sessions.len <= b->connected && !b->delayed_wills)
+        return; /* every session is connected: none can expire */
     while (map_next(&b->sessions, &it, NULL, &v)) {
         struct mqtt_session *s = v;
-        if (s->conn || s->clean || now - s->seen_ms < expiry_ms)
+        bool gone = broker_session_expired(s, now);
+        if (!gone && !(s->will && now >= s->will_at_ms))
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -1161,10 +1563,15 @@ static void expire_sessions(struct mqtt_broker *b)
         old[n++] = s;
     }
     for (size_t i = 0; i < n; i++) {
-        log_info("mqtt client=\"%s\" session expired unused_s=%lld limit=%d",
-                 log_q(old[i]->client_id), (long long)((now - old[i]->seen_ms) / 1000),
-                 b->gw->cfg->mqtt.session_expiry_s);
-        broker_session_free(b, old[i]);
+        struct mqtt_session *s = old[i];
+        if (s->will && now >= s->will_at_ms)
+            will_fire(b, s);
+        if (!broker_session_expired(s, now))
+            continue;
+        log_info("mqtt client=\"%s\" session expired unused_s=%lld limit=%lu",
+                 log_q(s->client_id), (long long)((now - s->seen_ms) / 1000),
+                 (unsigned long)s->expiry_s);
+        broker_session_free(b, s);
     }
     free(old);
 }
@@ -1229,9 +1636,18 @@ void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id
         completed(b, s, o);
 }
 
-void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id)
+void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id, uint8_t rc)
 {
     struct out_msg *o = take_inflight(s, id, OUT_WAIT_PUBREC);
+    if (o && rc >= 0x80) {
+        /* MQTT 5: the client refused it, which ends the flow: no PUBREL (5.0 §4.3.3) */
+        o->state = OUT_WAIT_PUBCOMP; /* take it out of the window as a PUBCOMP would */
+        o = take_inflight(s, id, OUT_WAIT_PUBCOMP);
+        completed(b, s, o);
+        return;
+    }
+    if (rc >= 0x80)
+        return;
     if (o) {
         o->state = OUT_WAIT_PUBCOMP;
         if (o->store_id) /* after a restart only PUBREL may be resent, never the PUBLISH */
@@ -1349,8 +1765,8 @@ static void on_retained_loaded(void *ctx, const char *topic, const void *payload
                                uint8_t qos)
 {
     struct mqtt_broker *b = ctx;
-    struct msg *m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
-    m->qos = qos;
+    struct msg *m = unpack_msg(topic, payload, len, (qos & STORED_PROPS) != 0);
+    m->qos = qos & 3;
     m->retain = 1;
     retained_put_counted(b, m);
     msg_unref(m);
@@ -1362,23 +1778,30 @@ static void on_session_loaded(void *ctx, const char *client_id, const char *reco
     cJSON *root = cJSON_Parse(record);
     const cJSON *user = cJSON_GetObjectItemCaseSensitive(root, "user");
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(root, "role");
+    const cJSON *expiry = cJSON_GetObjectItemCaseSensitive(root, "expiry");
     enum acl_role r = ACL_ROLE_ANONYMOUS;
+    struct mqtt_session *s;
 
     if (cJSON_IsString(role) && strcmp(role->valuestring, "device") == 0)
         r = ACL_ROLE_DEVICE;
     else if (cJSON_IsString(role) && strcmp(role->valuestring, "app") == 0)
         r = ACL_ROLE_APP;
-    broker_session_new(b, client_id, false, r, cJSON_IsString(user) ? user->valuestring : "");
+    s = broker_session_new(b, client_id, false, r, cJSON_IsString(user) ? user->valuestring : "");
+    if (cJSON_IsNumber(expiry) && expiry->valuedouble >= 1 && expiry->valuedouble <= UINT32_MAX) {
+        s->own_expiry = true; /* capped again: the cap may be lower now */
+        s->expiry_s = broker_expiry_cap(b, (uint32_t)expiry->valuedouble);
+    }
     cJSON_Delete(root);
 }
 
 static void on_session_sub_loaded(void *ctx, const char *client_id, const char *filter,
-                                  uint8_t qos)
+                                  uint64_t qos)
 {
     struct mqtt_broker *b = ctx;
     struct mqtt_session *s = broker_session_get(b, client_id);
-    if (s && mqtt_router_subscribe(b->router, filter, strlen(filter), s, qos) == 1)
-        broker_session_count_sub(s, filter, strlen(filter), 1);
+    if (s)
+        router_subscribe(b, s, filter, strlen(filter), (uint8_t)(qos & 3),
+                         (uint32_t)(qos >> 8) & ~MQTT_ROUTER_MULTI);
 }
 
 static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
@@ -1391,7 +1814,7 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     if (!s)
         return;
     o = xcalloc(1, sizeof *o);
-    o->m = msg_new(MSG_PLAIN, "", topic, payload, len, NULL, 0);
+    o->m = unpack_msg(topic, payload, len, (retain & STORED_PROPS) != 0);
     o->m->qos = qos;
     o->qos = qos;
     o->retain = (retain & STORED_RETAIN) != 0;
@@ -1412,6 +1835,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->gw = gw;
     b->store = *store;
     b->router = mqtt_router_new();
+    buf_init(&b->props);
     map_init(&b->sessions);
     map_init(&b->retained_use);
     map_init(&b->identities);
@@ -1433,14 +1857,11 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     bus_add_sink(gw->bus, "mqtt", sink_mqtt, b);
     gw->on_settled = on_settled;
     gw->settled_ctx = b;
-    if (gw->cfg->mqtt.session_expiry_s > 0) { /* checked ten times per expiry, 1 s..60 s */
-        uint64_t every = (uint64_t)gw->cfg->mqtt.session_expiry_s * 100;
-        every = every < 1000 ? 1000 : every > 60000 ? 60000 : every;
-        uv_timer_init(gw->loop, &b->expiry_timer);
-        b->expiry_timer.data = b;
-        uv_timer_start(&b->expiry_timer, on_expiry_timer, every, every);
-        uv_unref((uv_handle_t *)&b->expiry_timer);
-    }
+    /* every second: MQTT 5 clients choose expiries and will delays in seconds */
+    uv_timer_init(gw->loop, &b->expiry_timer);
+    b->expiry_timer.data = b;
+    uv_timer_start(&b->expiry_timer, on_expiry_timer, 1000, 1000);
+    uv_unref((uv_handle_t *)&b->expiry_timer);
     uv_timer_init(gw->loop, &b->sys_timer);
     b->sys_timer.data = b;
     uv_timer_start(&b->sys_timer, on_sys_timer, 100, SYS_INTERVAL_MS);
@@ -1475,7 +1896,19 @@ void mqtt_broker_free(struct mqtt_broker *b)
     retained_fini(&b->retained);
     mqtt_router_free(b->router);
     acl_free(b->acl);
+    buf_fini(&b->props);
+    free(b->auth_method);
     free(b);
+}
+
+void mqtt_broker_set_auth(struct mqtt_broker *b, const char *method, mqtt_auth_fn fn, void *ctx)
+{
+    if (!b)
+        return;
+    free(b->auth_method);
+    b->auth_method = method ? xstrdup(method) : NULL;
+    b->auth_fn = method ? fn : NULL;
+    b->auth_ctx = ctx;
 }
 
 void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn delivered,

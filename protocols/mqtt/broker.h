@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/buf.h"
 #include "gateway/conn.h"
 #include "gateway/msg.h"
 
@@ -30,9 +31,10 @@ typedef void (*mqtt_store_retained_fn)(void *ctx, const char *topic, const void 
                                        size_t len, uint8_t qos);
 /* A persistent session loaded at start-up: record is what put_session stored. */
 typedef void (*mqtt_store_session_fn)(void *ctx, const char *client_id, const char *record);
-/* A subscription of a persistent session, loaded after its session. */
+/* A subscription of a persistent session, loaded after its session: qos is what
+ * put_session_sub stored. */
 typedef void (*mqtt_store_session_sub_fn)(void *ctx, const char *client_id, const char *filter,
-                                          uint8_t qos);
+                                          uint64_t qos);
 /* A message of a persistent session, loaded after its subscriptions, in msg_id order. */
 typedef void (*mqtt_store_session_msg_fn)(void *ctx, const char *client_id, uint64_t msg_id,
                                           const char *topic, const void *payload, size_t len,
@@ -49,9 +51,10 @@ struct mqtt_store {
     /* Deletes the session, its subscriptions and every message kept for it. */
     uint64_t (*delete_session)(void *ctx, const char *client_id);
     /* Adds subscription filter of a persistent session, or replaces its qos: one write
-     * per subscription, whatever else the session holds. */
+     * per subscription, whatever else the session holds. qos is the QoS in bits 0..1 and
+     * the MQTT 5 options (router option word) from bit 8 up. */
     uint64_t (*put_session_sub)(void *ctx, const char *client_id, const char *filter,
-                                uint8_t qos);
+                                uint64_t qos);
     uint64_t (*delete_session_sub)(void *ctx, const char *client_id, const char *filter);
     /* Creates or replaces message msg_id (the session's own increasing number) of a
      * persistent session; flags is a byte the broker reads back as it wrote it. */
@@ -88,6 +91,17 @@ typedef void (*mqtt_delivered_fn)(void *ctx, const char *device, struct msg *m);
 void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn delivered,
                                    void *ctx);
 
+/* MQTT 5 enhanced authentication (5.0 §4.12): a method Gale answers. fn is called with
+ * the Authentication Data of a CONNECT (or of an AUTH asking for re-authentication, 0x19)
+ * naming method, and the CONNECT's user name; it may append Authentication Data to
+ * reply, and returns MQTT_RC_SUCCESS (the client is let in: the user name and password
+ * checks still apply) or a CONNACK reason code >= 0x80 (refused with it). Single-step
+ * methods only: a CONNECT naming any other method, or any method while none is set, is
+ * refused with 0x8C (Bad authentication method). One method; NULL method removes it. */
+typedef uint8_t (*mqtt_auth_fn)(void *ctx, const char *username, size_t username_len,
+                                const uint8_t *data, size_t len, struct buf *reply);
+void mqtt_broker_set_auth(struct mqtt_broker *b, const char *method, mqtt_auth_fn fn, void *ctx);
+
 /* Presence of any device (any protocol): retained devices/<id>/status online/offline. */
 void mqtt_broker_presence(struct mqtt_broker *b, const char *device, bool online);
 /* The device was deleted: its retained status topic, when there is one, is cleared (an
@@ -107,6 +121,11 @@ struct mqtt_session_info {
     size_t queued;              /* messages waiting for a connection or an in-flight slot */
     size_t inflight;            /* sent, not yet acknowledged */
     uint64_t dropped;           /* dropped by mqtt.max_queued */
+    uint8_t protocol;           /* its connection's protocol level (3, 4, 5), 0 offline */
+    uint32_t session_expiry_s;  /* kept this long offline; UINT32_MAX never (clean: 0) */
+    uint32_t receive_maximum;   /* MQTT 5: the client's Receive Maximum (0 otherwise) */
+    uint32_t topic_aliases;     /* MQTT 5: aliases in use on its connection, both ways */
+    bool will_pending;          /* MQTT 5: a will waits for its delay */
 };
 typedef void (*mqtt_session_info_fn)(void *ctx, const struct mqtt_session_info *s);
 typedef void (*mqtt_sub_info_fn)(void *ctx, const char *client_id, const char *filter,

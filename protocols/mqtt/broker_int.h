@@ -35,7 +35,15 @@ struct out_msg {
     uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
     uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
     struct list_link link;  /* in the session's queue while queued */
+    uint32_t subid;         /* MQTT 5 Subscription Identifier it matched (0: none) */
+    uint32_t *subids;       /* when several matched: all of them, 0-terminated (heap) */
 };
+
+/* Router option word of a subscription (mqtt_router_subscribe_opts): the MQTT 5
+ * subscription options that matter after SUBSCRIBE. */
+#define SUBOPT_ID_MASK 0x0FFFFFFFu   /* Subscription Identifier, 0 = none */
+#define SUBOPT_NO_LOCAL (1u << 28)   /* not delivered to the session that published it */
+#define SUBOPT_RAP (1u << 29)        /* Retain As Published */
 
 /* An incoming QoS 2 packet id between its PUBLISH and PUBREL (a session's are sorted by
  * id). */
@@ -54,6 +62,7 @@ struct qos2_in {
  * retained messages it names. */
 struct ret_entry {
     struct msg *m;          /* reference held */
+    uint32_t subid;         /* MQTT 5 Subscription Identifier of the SUBSCRIBE, or 0 */
     uint8_t qos;            /* min(retained QoS, granted QoS) */
 };
 struct ret_backlog {
@@ -93,7 +102,14 @@ struct mqtt_session {
     uint8_t role;               /* enum acl_role of that client. A session of an
                                  * authenticated client (device, app) is its own: no other
                                  * identity may take it over or resume it */
-    bool clean;                 /* clean session: discarded at disconnect */
+    bool clean;                 /* clean session: discarded at disconnect (3.1.1 clean
+                                 * session 1, or MQTT 5 Session Expiry Interval 0) */
+    uint32_t expiry_s;          /* a persistent session's expiry once offline, seconds
+                                 * (UINT32_MAX: never); 3.1.1: mqtt.session_expiry_s */
+    struct mqtt_will *will;     /* a will waiting for its delay (MQTT 5), or NULL */
+    int64_t will_at_ms;         /* epoch ms it is published unless the client is back */
+    uint32_t nsubids;           /* subscriptions carrying a Subscription Identifier */
+    bool own_expiry;            /* expiry_s was chosen by an MQTT 5 client (stored) */
     bool drop_logged;           /* one log line per overflow episode */
     bool qos2_watched;          /* in b->qos2_watch: storage reports may fail its ids */
     char id[];                  /* the client id, NUL-terminated */
@@ -143,15 +159,44 @@ struct mqtt_broker {
     uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
     struct map identities;      /* username -> struct identity: its connections past CONNACK */
     struct list qos2_watch;     /* sessions with QoS 2 ids whose writes are not reported yet */
+    struct mqtt_session *origin; /* while routing a client's PUBLISH: its session (No Local) */
+    struct buf props;           /* scratch: the properties of a PUBLISH being sent */
+    size_t delayed_wills;       /* sessions holding a will that waits for its delay */
+    char *auth_method;          /* MQTT 5 enhanced authentication (mqtt_broker_set_auth) */
+    mqtt_auth_fn auth_fn;
+    void *auth_ctx;
 };
 
-/* A will message: kept from CONNECT until the connection ends. */
+/* A will message: kept from CONNECT until the connection ends (MQTT 5: or until its
+ * delay has passed, held by the session). */
 struct mqtt_will {
     char *topic;                /* heap */
     size_t len;                 /* payload bytes */
     uint8_t qos;
     bool retain;
+    uint32_t delay_s;           /* MQTT 5 Will Delay Interval */
+    uint32_t expiry_s;          /* MQTT 5 Message Expiry Interval, 0 = none */
+    uint8_t *props;             /* MQTT 5 properties it carries (msg props), heap or NULL */
+    size_t props_len;
     uint8_t payload[];
+};
+
+/* MQTT 5 state of a connection (allocated only for 5.0 clients). */
+struct mqtt5_conn {
+    uint32_t max_packet_out;    /* the client's Maximum Packet Size; 0 = protocol max */
+    uint32_t session_expiry_s;  /* as CONNECT (or DISCONNECT) set it, capped */
+    uint16_t recv_max_out;      /* the client's Receive Maximum: our window towards it */
+    uint16_t alias_max_out;     /* aliases we may assign it: min(its max, ours) */
+    uint16_t alias_max_in;      /* aliases it may use: mqtt.topic_alias_maximum */
+    uint16_t alias_out_n;       /* aliases assigned so far */
+    uint32_t in_flight;         /* its QoS 1/2 publishes we have not finished acking */
+    bool problem_info;          /* Request Problem Information: reason strings on acks */
+    bool expiry_was_zero;       /* CONNECT's Session Expiry Interval was 0 */
+    bool auth_method;           /* CONNECT named the enhanced authentication method */
+    bool peer_disconnect;       /* the client sent DISCONNECT: no DISCONNECT back */
+    char **alias_in;            /* [alias_max_in + 1]: topics it named, heap, or NULL */
+    size_t alias_in_bytes;      /* their bytes (bounded by mqtt.max_subscription_bytes) */
+    struct map alias_out;       /* topic -> alias number (uintptr_t) we assigned */
 };
 
 /* One connection's MQTT state, held for every connection (most of them idle): what few
@@ -166,6 +211,7 @@ struct mqtt_conn {
      * role is device is the connection's (c->device). */
     const char *username;
     struct mqtt_will *will;     /* NULL: none */
+    struct mqtt5_conn *v5;      /* MQTT 5 state, NULL for 3.1.1 */
     struct buf out;             /* encoding scratch, freed after each send */
     enum acl_role role;
     /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
@@ -180,6 +226,9 @@ struct mqtt_conn {
     bool finished;              /* broker_conn_finish_now ran (will, detach, presence) */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
+    uint8_t disconnect_rc;      /* MQTT 5: the reason code of the DISCONNECT sent when the
+                                 * connection closes (0: none, or chosen by the cause) */
+    const char *disconnect_why; /* its Reason String (static), or NULL */
 };
 
 /* ---- per-identity limits and ACL completeness (broker.c) ---- */
@@ -199,8 +248,9 @@ void broker_conn_connected(struct mqtt_conn *mc);
 enum publish_verdict {
     PUBLISH_OK = 0,
     PUBLISH_DROP,           /* refused (rate, ACL, a provisioned device's namespace, a
-                             * retained quota): counted and logged, not routed; a PUBLISH
-                             * is still acknowledged (3.1.1 has no negative ack) */
+                             * retained quota): counted and logged, not routed; a 3.1.1
+                             * PUBLISH is still acknowledged (3.1.1 has no negative ack),
+                             * a 5.0 one gets the reason code in its PUBACK/PUBREC */
     PUBLISH_CLOSE,          /* over the device rate with action disconnect */
 };
 /* The checks every message from a client passes before it is routed, a PUBLISH and the
@@ -209,7 +259,27 @@ enum publish_verdict {
  * quotas of devices (broker_retained_room) for a retained one. topic is the name routed
  * (NUL-terminated). Refusals are counted and the first of each connection logged. */
 enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topic,
-                                          size_t payload_len, bool retain);
+                                          size_t payload_len, bool retain, uint8_t *reason);
+
+/* ---- MQTT 5 (broker.c) ---- */
+
+/* Closes mc's connection; a 5.0 client past CONNACK first gets DISCONNECT rc with why as
+ * its Reason String (why is static). 3.1.1: conn_close. */
+void broker_disconnect(struct mqtt_conn *mc, uint8_t rc, const char *why);
+/* The properties of a PUBLISH (or will) that travel with the message (msg props):
+ * payload format, content type, response topic, correlation data, user properties. */
+void broker_forward_props(const struct mqtt_props *ps, struct buf *out);
+/* A session's expiry to keep, from what a 5.0 client asked: capped by
+ * mqtt.session_expiry_s when that is not 0. */
+uint32_t broker_expiry_cap(const struct mqtt_broker *b, uint32_t asked);
+/* Whether s is offline past its expiry (the timer deletes such sessions each second). */
+bool broker_session_expired(const struct mqtt_session *s, int64_t now);
+/* Stores a persistent session's record again (its expiry changed). */
+void broker_session_expiry(struct mqtt_broker *b, struct mqtt_session *s, uint32_t expiry_s);
+/* The client of s is back: a will waiting for its delay is dropped. */
+void broker_will_cancel(struct mqtt_broker *b, struct mqtt_session *s);
+/* Frees a will. */
+void broker_will_free(struct mqtt_will *w);
 
 /* ---- incoming QoS 2 ids of a session (broker.c; sorted, found by binary search) ---- */
 struct qos2_in *broker_qos2_find(struct mqtt_session *s, uint16_t id);
@@ -277,7 +347,7 @@ void broker_session_detach(struct mqtt_broker *b, struct mqtt_session *s);
 /* Subscribes s to filter (len bytes, valid) with qos, or changes the qos it has; s->nsubs
  * counts a new filter. A persistent session writes that one subscription. */
 void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
-                              size_t len, uint8_t qos);
+                              size_t len, uint8_t qos, uint32_t opts);
 /* Whether s may hold one more filter (len bytes, valid): NULL, or the config key of the
  * limit it would pass (mqtt.max_subscriptions, mqtt.max_subscription_bytes,
  * mqtt.max_subscription_levels), counted in metrics, with the limit in *limit. */
@@ -292,11 +362,12 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
                                 const char *filter, size_t len);
 /* Client acks for messages the broker sent. */
 void broker_on_puback(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
-void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
+/* rc: the MQTT 5 reason code (0 for 3.1.1); one >= 0x80 ends the flow. */
+void broker_on_pubrec(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id, uint8_t rc);
 void broker_on_pubcomp(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id);
 /* Adds the retained messages matching filter, with at most qos, to s's backlog and sends
  * what the in-flight window and the socket allow now; the rest follows (pump). */
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
-                          size_t len, uint8_t qos);
+                          size_t len, uint8_t qos, uint32_t subid);
 
 #endif

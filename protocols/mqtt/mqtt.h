@@ -523,7 +523,10 @@ int mqtt_topic_matches(const char *filter, size_t filter_len, const char *topic,
 struct mqtt_router;
 
 /* Called once per distinct matching subscriber, with the highest QoS among its
- * matching subscriptions and the option word of the subscription that gave it. */
+ * matching subscriptions and the option word of the subscription that gave it, with
+ * MQTT_ROUTER_MULTI added when more than one of its subscriptions matched (option words
+ * use the bits below it). */
+#define MQTT_ROUTER_MULTI 0x80000000u
 typedef void (*mqtt_router_match_fn)(void *ctx, void *sub, uint8_t qos, uint32_t opts);
 /* Called once per subscription a subscriber holds (mqtt_router_list). filter is a
  * view valid during the call only. */
@@ -548,6 +551,9 @@ int mqtt_router_subscribe_opts(struct mqtt_router *r, const char *filter, size_t
 int mqtt_router_unsubscribe(struct mqtt_router *r, const char *filter, size_t len, void *sub);
 /* The QoS granted to sub's subscription to exactly this filter, or -1 when it holds none. */
 int mqtt_router_granted(struct mqtt_router *r, const char *filter, size_t len, void *sub);
+/* Same, and the subscription's option word in *opts (may be NULL) when it exists. */
+int mqtt_router_granted_opts(struct mqtt_router *r, const char *filter, size_t len, void *sub,
+                             uint32_t *opts);
 /* Removes every subscription of sub in O(its subscriptions). Returns how many. */
 size_t mqtt_router_remove_all(struct mqtt_router *r, void *sub);
 /* Calls fn for each subscription sub holds (e.g. to persist a session). Returns how many.

@@ -74,6 +74,7 @@ struct match_out {
     void *sub;
     uint32_t opts;
     uint8_t qos;
+    uint8_t multi;          /* more than one of its subscriptions matched */
 };
 
 struct frame {
@@ -447,11 +448,19 @@ int mqtt_router_unsubscribe(struct mqtt_router *r, const char *filter, size_t le
 
 int mqtt_router_granted(struct mqtt_router *r, const char *filter, size_t len, void *sub)
 {
+    return mqtt_router_granted_opts(r, filter, len, sub, NULL);
+}
+
+int mqtt_router_granted_opts(struct mqtt_router *r, const char *filter, size_t len, void *sub,
+                             uint32_t *opts)
+{
     struct rnode *n;
     struct rsub *e;
     if (len == 0 || (n = walk_filter(r, filter, len, 0)) == NULL)
         return -1;
     e = find_pair(r, n, sub, hash_pair(r, n, sub));
+    if (e && opts)
+        *opts = e->opts;
     return e ? e->qos : -1;
 }
 
@@ -514,6 +523,7 @@ static void collect(struct mqtt_router *r, const struct rnode *n)
 
         if (c->gen == r->gen) {
             o = &r->out[c->out];
+            o->multi = 1;
             if (e->qos > o->qos) {
                 o->qos = e->qos;
                 o->opts = e->opts;
@@ -530,6 +540,7 @@ static void collect(struct mqtt_router *r, const struct rnode *n)
         o->sub = c->sub;
         o->qos = e->qos;
         o->opts = e->opts;
+        o->multi = 0;
     }
 }
 
@@ -589,7 +600,8 @@ size_t mqtt_router_match(struct mqtt_router *r, const char *topic, size_t len,
     nout = r->nout;
     r->in_match = 1;
     for (i = 0; i < nout; i++)
-        fn(ctx, r->out[i].sub, r->out[i].qos, r->out[i].opts);
+        fn(ctx, r->out[i].sub, r->out[i].qos,
+           r->out[i].opts | (r->out[i].multi ? MQTT_ROUTER_MULTI : 0));
     r->in_match = 0;
     return nout;
 }

@@ -211,7 +211,7 @@ static uint64_t cw_delete_session_msg(void *ctx, const char *client_id, uint64_t
 }
 
 static uint64_t cw_put_session_sub(void *ctx, const char *client_id, const char *filter,
-                                uint8_t qos)
+                                uint64_t qos)
 {
     (void)client_id, (void)filter, (void)qos;
     return cw_next_seq(ctx);

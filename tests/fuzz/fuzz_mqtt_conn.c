@@ -58,7 +58,9 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     mqtt_broker_presence(w->broker, device, online);
 }
 
-/* Decodes what a client received: server packets, well formed, CONNACK first. */
+/* Decodes what a client received: server packets, well formed, CONNACK first. The
+ * version is the CONNACK's: an MQTT 5 one has a property block (remaining length > 2),
+ * and every later packet is decoded with 5.0 rules (cl->state). */
 static void client_check(struct cw_client *cl)
 {
     static const struct mqtt_limits lim = {0, MQTT_V311};
@@ -68,8 +70,12 @@ static void client_check(struct cw_client *cl)
         struct mqtt_packet pkt;
         const char *why = NULL;
         size_t used = 0;
-        enum codec_rc rc = mqtt_decode(&lim, cl->in.data + off, cl->in.len - off, &pkt, &used,
-                                       &why);
+        enum codec_rc rc;
+        if (cl->nmsgs == 0 && cl->in.len - off >= 2 && cl->in.data[off] == 0x20 &&
+            cl->in.data[off + 1] > 2)
+            cl->state = MQTT_V5;
+        rc = mqtt_decode_v(&lim, cl->state == MQTT_V5 ? MQTT_V5 : MQTT_V311, cl->in.data + off,
+                           cl->in.len - off, &pkt, &used, &why, NULL);
         if (rc == CODEC_NEED_MORE)
             break;
         CHECK(rc == CODEC_FRAME);
@@ -79,7 +85,12 @@ static void client_check(struct cw_client *cl)
             CHECK(cl->nmsgs == 0);
             break;
         case MQTT_PUBLISH:
-            CHECK(mqtt_topic_valid(pkt.publish.topic.p, pkt.publish.topic.len));
+            CHECK(mqtt_topic_valid(pkt.publish.topic.p, pkt.publish.topic.len) ||
+                  (cl->state == MQTT_V5 && pkt.publish.topic.len == 0 && pkt.props.topic_alias));
+            break;
+        case MQTT_DISCONNECT:
+        case MQTT_AUTH:
+            CHECK(cl->state == MQTT_V5);
             break;
         case MQTT_PUBACK:
         case MQTT_PUBREC:

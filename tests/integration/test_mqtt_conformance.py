@@ -39,8 +39,8 @@ def connect_rules(g):
     port = g.ports["mqtt"]
     # unsupported protocol level -> 0x01 then close [MQTT-3.1.2-2]
     c = mr.Raw(port)
-    a = c.connect("lvl", level=5)
-    t.eq((a.rc, a.session_present), (1, 0), "protocol level 5 -> CONNACK 0x01")
+    a = c.connect("lvl", level=6)
+    t.eq((a.rc, a.session_present), (1, 0), "protocol level 6 -> CONNACK 0x01")
     t(c.closed(), "closed after CONNACK 0x01")
     # empty client id without clean session -> 0x02 [MQTT-3.1.3-8]
     c = mr.Raw(port)

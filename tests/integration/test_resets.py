@@ -5,7 +5,8 @@ stops cleanly (under ASan, exit 0 means no bad access and no leak).
 Two ways of cutting a connection:
 - real resets (SO_LINGER 0, then close: the kernel sends RST) right after a step: a TLS
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
-  the first PUBLISH, half a packet, half a WebSocket frame, half a TLS record, during a
+  the first PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
+  with an identifier, AUTH, DISCONNECT with properties, half a packet, half a WebSocket frame, half a TLS record, during a
   streamed CSV reply and during a live-feed burst; several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
@@ -159,6 +160,30 @@ def mqtt_case(extra_of):
     return case
 
 
+def mqtt5_case(extra_of, will=False):
+    """An MQTT 5 client (CONNECT with properties and a will with a delay), then extra_of's
+    packets, then a reset."""
+    R = mqttraw
+
+    def case(g, dev, token, use_tls):
+        s = sock(g, port_name("mqtt", use_tls), use_tls)
+        s.sendall(R.connect5("rst5-" + dev, keepalive=30, username=dev, password=token,
+                             prop=R.props((R.P_SESSION_EXPIRY, 30), (R.P_RECEIVE_MAX, 5),
+                                          (R.P_ALIAS_MAX, 4), (R.P_USER, ("k", "v"))),
+                             will=("devices/%s/will" % dev, "w", 1, False) if will else None,
+                             will_props=R.props((R.P_WILL_DELAY, 1)))
+                  + extra_of(dev))
+        rst(s)
+    return case
+
+
+def v5_alias_publishes(dev):
+    R = mqttraw
+    topic = "devices/%s/telemetry" % dev
+    return (R.publish5(topic, b'{"x":1}', qos=1, pid=1, prop=R.props((R.P_ALIAS, 1)))
+            + R.publish5("", b'{"x":2}', qos=1, pid=2, prop=R.props((R.P_ALIAS, 1))))
+
+
 def case_line_mid_line(g, dev, token, use_tls):
     s = sock(g, port_name("line", use_tls), use_tls)
     s.sendall(json.dumps({"device": dev, "token": token}).encode() + b'\n{"seq":1,"tem')
@@ -191,6 +216,17 @@ STEPS = [
      mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}'))),
     ("mqtt_mid_packet",
      mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}' * 50)[:40])),
+    ("mqtt5_connect_with_will", mqtt5_case(lambda dev: b"", will=True)),
+    ("mqtt5_alias_publish", mqtt5_case(v5_alias_publishes)),
+    ("mqtt5_subscribe_with_id",
+     mqtt5_case(lambda dev: mqttraw.subscribe5(1, [("devices/%s/commands" % dev, 0x1D)],
+                                               mqttraw.props((mqttraw.P_SUB_ID, 7))))),
+    ("mqtt5_auth", mqtt5_case(lambda dev: mqttraw.packet(0xF0, bytes([0x19]) + mqttraw.props(
+        (mqttraw.P_AUTH_METHOD, "x"))))),
+    ("mqtt5_disconnect_with_props",
+     mqtt5_case(lambda dev: mqttraw.disconnect5(0x04, mqttraw.props((mqttraw.P_SESSION_EXPIRY, 5),
+                                                                    (mqttraw.P_REASON_STRING, "bye"))),
+                will=True)),
     ("line_mid_line", case_line_mid_line),
     ("ws_mid_frame", case_ws_mid_frame),
     ("live_viewer_error", case_viewer_error),
@@ -266,6 +302,19 @@ def scenario(g, dev, token, use_tls):
                   + publish_pkt("devices/%s/telemetry" % dev, b'{"v":3}', 1, 2)
                   + publish_pkt("devices/%s/telemetry" % dev, b'{"v":4}', 0)
                   + b"\xe0\x00")
+        recv_some(s, 4096, 0.5)
+        s.close()
+    except OSError:
+        pass
+    try:  # MQTT 5: CONNACK with properties, aliases both ways, a negative ack, DISCONNECT
+        R = mqttraw
+        s = sock(g, m, use_tls)
+        s.sendall(R.connect5("seam5-" + dev, username=dev, password=token,
+                             prop=R.props((R.P_ALIAS_MAX, 3), (R.P_SESSION_EXPIRY, 10)))
+                  + R.subscribe5(1, [("devices/%s/#" % dev, 1)], R.props((R.P_SUB_ID, 3)))
+                  + v5_alias_publishes(dev)
+                  + R.publish5("devices/%s/telemetry" % dev, b"{bad", qos=1, pid=3)
+                  + R.publish5("devices/%s/x" % dev, b"", qos=0, prop=R.props((R.P_ALIAS, 9))))
         recv_some(s, 4096, 0.5)
         s.close()
     except OSError:

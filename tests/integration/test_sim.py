@@ -9,8 +9,9 @@
 - a second run on the same ids renews their tokens (POST .../token) and works;
 - without a key, MQTT devices connect anonymously where Gale allows it (auto-registered),
   and --count ends the run once each has sent its messages;
-- MQTT 5 (--mqtt-version 5) against Debian's Mosquitto: telemetry arrives as 5.0
-  publishes and a command is answered;
+- MQTT 5 (--mqtt-version 5) against Gale (commands answered) and Debian's Mosquitto:
+  telemetry arrives as 5.0 publishes, a command is answered on its reply topic, or on
+  its Response Topic with its Correlation Data;
 - SIGINT stops a run without a duration (exit 0, summary); a refused API key is fatal
   (exit 1, naming it); a bad option exits 2."""
 import json
@@ -21,6 +22,8 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from galetest import API_KEY, Check, Gale, wait_for
 from mosquitto import Mosquitto
@@ -32,6 +35,8 @@ STATES = {"idle", "running", "fault"}
 
 
 def sim_args(g, *extra):
+    # Gale() waits for the http and line listeners; mqtt's line may come a moment later
+    wait_for(lambda: all(p in g.ports for p in ("http", "line", "mqtt")), 10, "gale's ports")
     return [SIM, "--host", "127.0.0.1", "--http-port", str(g.ports["http"]),
             "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"])] + list(extra)
 
@@ -140,11 +145,13 @@ def mqtt5_mosquitto():
         def on_message(cl, ud, msg):
             if msg.topic.endswith("/telemetry"):
                 got["v5"] += 1
-            elif "/reply" in msg.topic:
-                got["replies"].append((msg.topic, json.loads(msg.payload)))
+            elif "/reply" in msg.topic or msg.topic.startswith("resp/"):
+                cd = getattr(msg.properties, "CorrelationData", None)
+                got["replies"].append((msg.topic, json.loads(msg.payload), cd))
         c.on_message = on_message
         c.connect("127.0.0.1", m.port)
         c.subscribe("devices/#", qos=1)
+        c.subscribe("resp/#", qos=1)
         c.loop_start()
         try:
             proc = subprocess.Popen([SIM, "--mqtt-port", str(m.port), "--protocol", "mqtt",
@@ -157,6 +164,18 @@ def mqtt5_mosquitto():
             t(got["replies"][0][0] == "devices/v5-0002/commands/c-1/reply" and
               got["replies"][0][1].get("result") == "pong", "MQTT 5 device answers a command (%s)"
               % got["replies"])
+            # MQTT 5 request/response: the reply goes to the Response Topic with the
+            # Correlation Data
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "resp/abc"
+            props.CorrelationData = b"corr-9"
+            c.publish("devices/v5-0003/commands", json.dumps({"id": "c-2", "name": "reboot"}),
+                      qos=1, properties=props)
+            wait_for(lambda: len(got["replies"]) >= 2, 10, "the reply on the Response Topic")
+            t(got["replies"][1][0] == "resp/abc" and got["replies"][1][2] == b"corr-9" and
+              got["replies"][1][1].get("result") == "ok",
+              "the reply goes to the Response Topic with the Correlation Data (%s)"
+              % (got["replies"][1:],))
             out, err = proc.communicate(timeout=30)
             summary = json.loads(out.strip().splitlines()[-1])
             t(proc.returncode == 0 and summary["errors"] == 0 and summary["acked"] == summary["sent"],
@@ -164,6 +183,33 @@ def mqtt5_mosquitto():
         finally:
             c.loop_stop()
             c.disconnect()
+
+
+def mqtt5_gale(g):
+    """MQTT 5 devices against Gale: CONNECT level 5, acks, a command replied (Gale sends it
+    with a Response Topic and Correlation Data)."""
+    proc = subprocess.Popen(sim_args(g, "--devices", "3", "--protocol", "mqtt", "--mqtt-version",
+                                     "5", "--rate", "5", "--duration", "4", "--key", API_KEY,
+                                     "--prefix", "m5-"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: g.http("GET", "/api/devices?prefix=m5-&online=true")[1].get("total") == 3,
+                 15, "the MQTT 5 devices online")
+        st, js = g.http("POST", "/api/devices/m5-0002/commands", {"name": "ping"})
+        cmd = js["id"]
+        js = wait_for(lambda: (lambda r: r if r.get("status") == "replied" else None)(
+            g.http("GET", "/api/devices/m5-0002/commands/%s" % cmd)[1]), 10, "replied")
+        t(js["reply"].get("result") == "pong", "an MQTT 5 device answers Gale's command (%s)" % js)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    summary = json.loads(out.strip().splitlines()[-1])
+    t(proc.returncode == 0 and summary["errors"] == 0 and summary["acked"] == summary["sent"] > 0,
+      "MQTT 5 devices: every message acked by Gale (%s): %s" % (summary, err[-300:]))
+    t(any("protocol=5" in l and 'client="m5-0001"' in l for l in g.log().splitlines()),
+      "Gale saw MQTT 5 CONNECTs")
 
 
 def stops_and_failures(g):
@@ -187,6 +233,19 @@ def stops_and_failures(g):
 
     rc, summary, err = run(sim_args(g, "--devices", "2", "--key", "wrong-key", "--duration", "5"))
     t(rc == 1 and "API key was refused" in err, "a refused key is fatal (%s): %s" % (rc, err[-300:]))
+    # --wait: readiness first; the key file is read after it
+    keyfile = os.path.join(g.data_dir, "sim-key")
+    with open(keyfile, "w") as f:
+        f.write(API_KEY + "\n")
+    rc, summary, err = run(sim_args(g, "--devices", "2", "--wait", "10", "--key-file", keyfile,
+                                    "--duration", "2", "--prefix", "wait-"))
+    t(rc == 0 and summary["sent"] > 0 and summary["errors"] == 0,
+      "--wait and --key-file against a ready Gale (%s %s): %s" % (rc, summary, err[-300:]))
+    t0 = time.monotonic()
+    rc, summary, err = run([SIM, "--http-port", "1", "--wait", "1.5", "--key-file", keyfile,
+                            "--duration", "2"])
+    t(rc == 1 and "did not become ready within 1.5 s" in err and time.monotonic() - t0 < 10,
+      "--wait gives up after its time when nothing answers (%s): %s" % (rc, err[-300:]))
     rc, _, err = run([SIM, "--devices", "zero"])
     t(rc == 2, "a bad option exits 2 (%s)" % rc)
     rc, _, err = run([SIM, "--help"])
@@ -196,6 +255,7 @@ def stops_and_failures(g):
 def main():
     with Gale() as g:
         mixed_fleet(g)
+        mqtt5_gale(g)
         stops_and_failures(g)
     anonymous_count()
     if os.path.exists("/usr/sbin/mosquitto"):

@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from galetest import API_KEY, Check, Gale
+from galetest import API_KEY, Check, Gale, wait_for
 
 t = Check("test_sim_load")
 SIM = os.environ.get("GALE_SIM_BIN", os.path.join(os.getcwd(), "gale-sim"))
@@ -17,6 +17,7 @@ N = 2000
 
 def main():
     with Gale() as g:
+        wait_for(lambda: "mqtt" in g.ports, 10, "the mqtt listener")
         t0 = time.monotonic()
         p = subprocess.run([SIM, "--http-port", str(g.ports["http"]),
                             "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"]),

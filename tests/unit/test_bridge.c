@@ -404,6 +404,94 @@ static void test_missing_row_dropped(void **state)
     teardown(b);
 }
 
+/* MQTT 5: a refused message (PUBACK >= 0x80) leaves the outbox at once, counted per code,
+ * and the window goes on; a second copy's answer is ignored; the reason codes of
+ * CONNACK and DISCONNECT are kept for the status. */
+static void test_refused(void **state)
+{
+    (void)state;
+    struct bridge *b = setup("[{\"name\":\"u\",\"addresses\":[\"tcp://h:1\"],\"protocol\":5,"
+                             "\"max_inflight\":2}]");
+    struct buf js;
+    assert_int_equal(stats(b).connack.code, -1);
+    link_->ev->reason(link_->ctx, UPSTREAM_CONNACK, 0, "Success", NULL);
+    link_->ev->connected(link_->ctx, "tcp://h:1", false);
+    for (int i = 0; i < 4; i++)
+        publish(b, "d1", i);
+    assert_int_equal(link_->nsent, 2);
+    link_->ev->refused(link_->ctx, 1, 0x87, "Not authorized", "denied by ACL");
+    link_->ev->refused(link_->ctx, 1, 0x87, "Not authorized", NULL); /* a second copy's */
+    assert_int_equal(link_->nsent, 3);                                /* the window moved on */
+    assert_false(store[1].live); /* out of the outbox */
+    assert_true(store[2].live);
+    link_->ev->delivered(link_->ctx, 2, true);
+    link_->ev->refused(link_->ctx, 3, 0x97, "Quota exceeded", NULL);
+    assert_int_equal(link_->nsent, 4);
+    link_->ev->delivered(link_->ctx, 4, true);
+    assert_int_equal(stats(b).backlog, 0);
+    assert_int_equal(stats(b).inflight, 0);
+    assert_int_equal(stats(b).acked_total, 2);
+    assert_int_equal(stats(b).dropped_refused, 2);
+    assert_int_equal(stats(b).refused_by[0x87], 1);
+    assert_int_equal(stats(b).refused_by[0x97], 1);
+    assert_int_equal(stats(b).refused.code, 0x97);
+    assert_string_equal(stats(b).refused_topic, "devices/d1/telemetry");
+    link_->ev->reason(link_->ctx, UPSTREAM_DISCONNECT, 0x8B, "Server shutting down", "bye");
+    link_->ev->lost(link_->ctx, "disconnected by the upstream");
+    assert_int_equal(stats(b).disconnect.code, 0x8B);
+    assert_string_equal(stats(b).disconnect.reason_string, "bye");
+    assert_string_equal(stats(b).protocol, "5");
+    buf_init(&js);
+    bridge_write_json(b, &js);
+    if (!strstr(buf_cstr(&js), "\"dropped\":{\"full\":0,\"age\":0,\"refused\":2}") ||
+        !strstr(buf_cstr(&js), "\"refused\":{\"0x87\":1,\"0x97\":1}") ||
+        !strstr(buf_cstr(&js), "\"disconnect\":{\"code\":139,\"hex\":\"0x8B\","
+                               "\"name\":\"Server shutting down\",\"reason_string\":\"bye\"}") ||
+        !strstr(buf_cstr(&js), "\"connack\":{\"code\":0,"))
+        fail_msg("%s", buf_cstr(&js));
+    buf_fini(&js);
+    teardown(b);
+}
+
+static void test_cfg_protocol(void **state)
+{
+    struct bridge_cfg c;
+    char err[256];
+    (void)state;
+    static const char *const bad[] = {
+        "[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],\"protocol\":\"4\"}]",
+        "[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],\"protocol\":3}]",
+        "[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],\"protocol\":true}]",
+        "[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],\"session_expiry_s\":5}]",
+        "[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],\"protocol\":5,"
+        "\"session_expiry_s\":4294967296}]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(bridge_cfg_parse(bad[i], &c, err, sizeof err), 0);
+        if (!strstr(err, "\"a\" (#0): protocol:") && !strstr(err, "\"a\" (#0): session_expiry_s:"))
+            fail_msg("%s: %s", bad[i], err);
+    }
+    assert_int_equal(bridge_cfg_parse("[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"]}]", &c,
+                                      err, sizeof err), 0);
+    assert_int_equal(c.ups[0].protocol, 4);
+    bridge_cfg_fini(&c);
+    assert_int_equal(bridge_cfg_parse("[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],"
+                                      "\"protocol\":\"5.0\"}]", &c, err, sizeof err), 0);
+    assert_int_equal(c.ups[0].protocol, 5);
+    assert_int_equal(c.ups[0].session_expiry_s, 3600);
+    bridge_cfg_fini(&c);
+    assert_int_equal(bridge_cfg_parse("[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],"
+                                      "\"protocol\":5,\"clean_session\":true}]", &c, err,
+                                      sizeof err), 0);
+    assert_int_equal(c.ups[0].session_expiry_s, 0);
+    bridge_cfg_fini(&c);
+    assert_int_equal(bridge_cfg_parse("[{\"name\":\"a\",\"addresses\":[\"tcp://h:1\"],"
+                                      "\"protocol\":\"5\",\"session_expiry_s\":4294967295}]", &c,
+                                      err, sizeof err), 0);
+    assert_int_equal(c.ups[0].session_expiry_s, 4294967295u);
+    bridge_cfg_fini(&c);
+}
+
 static void test_cfg_errors(void **state)
 {
     struct bridge_cfg c;
@@ -464,6 +552,8 @@ int main(void)
         cmocka_unit_test(test_drops_full),
         cmocka_unit_test(test_restart_reads_back),
         cmocka_unit_test(test_missing_row_dropped),
+        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_cfg_protocol),
         cmocka_unit_test(test_cfg_errors),
         cmocka_unit_test(test_topic_match),
     };

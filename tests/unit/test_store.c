@@ -1184,11 +1184,11 @@ static void on_session(void *ctx, const char *client_id, const char *identity_js
     seen_add(ctx, line);
 }
 
-static void on_session_sub(void *ctx, const char *client_id, const char *filter, uint8_t qos)
+static void on_session_sub(void *ctx, const char *client_id, const char *filter, uint64_t qos)
 {
     char line[128];
 
-    snprintf(line, sizeof line, "F %s %s q%d", client_id, filter, qos);
+    snprintf(line, sizeof line, "F %s %s q%d", client_id, filter, (int)qos);
     seen_add(ctx, line);
 }
 

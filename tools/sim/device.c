@@ -17,6 +17,7 @@
 
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
+#define WRITE_QUEUE_MAX 65536 /* bytes a device may have waiting for its socket */
 #define ERROR_LOG_MAX 20 /* errors logged one by one; the progress line counts the rest */
 
 static const struct proto_ops *ops_of(const struct dev *d)
@@ -46,9 +47,13 @@ static void on_net_close(struct snet *n)
         s->st.connecting--;
     else if (d->state == D_READY)
         s->st.connected--;
-    if (!d->done && !s->stopping && n->read_error != 0 && d->state == D_READY)
-        dev_error(d, n->read_error == UV_EOF ? "connection closed by the server"
-                                             : uv_strerror(n->read_error));
+    if (!d->done && !s->stopping && n->read_error != 0 &&
+        (d->state == D_READY || d->state == D_CONNECTING))
+        dev_error(d, n->read_error == UV_EOF
+                         ? (d->state == D_READY ? "connection closed by the server"
+                                                : "connection closed by the server while "
+                                                  "logging in")
+                         : uv_strerror(n->read_error));
     d->state = d->done ? D_DONE : D_IDLE;
     ops_of(d)->free(d);
     d->pstate = NULL;
@@ -153,7 +158,9 @@ static void on_tick(uv_timer_t *t)
         s->st.gaps++;
         return;
     }
-    if (d->unacked >= (unsigned)s->o.window) {
+    /* too many unacknowledged, or (QoS 0) too much not yet written: Gale pushes back */
+    if (d->unacked >= (unsigned)s->o.window ||
+        (d->net && uv_stream_get_write_queue_size((uv_stream_t *)&d->net->tcp) > WRITE_QUEUE_MAX)) {
         s->st.skipped++;
         return;
     }

@@ -1,58 +1,16 @@
-/* tools/sim/http.c: a minimal HTTP/1.1 client (shttp_) and the HTTP ingest device.
+/* tools/sim/http.c: the HTTP ingest devices (shttp_).
  *
  * Requests go out on keep-alive connections, pipelined; responses come back in order
- * and are read by their Content-Length (Gale's REST answers always carry one).
- * An HTTP device POSTs each message to /api/devices/<id>/telemetry with its own token
- * as the bearer; a 200 (sent once the points are durable) is its ack. Commands do not
- * reach an HTTP device (it holds no connection Gale could send them on). */
-#define _GNU_SOURCE /* memmem */
+ * (httpmsg.c builds and parses them). An HTTP device POSTs each message to
+ * /api/devices/<id>/telemetry with its own token as the bearer; a 200 (sent once the
+ * points are durable) is its ack. Commands do not reach an HTTP device (it holds no
+ * connection Gale could send them on). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "base/alloc.h"
 #include "tools/sim/sim.h"
-
-long shttp_parse(const uint8_t *p, size_t len, struct shttp_resp *out)
-{
-    const char *s = (const char *)p;
-    const char *end = memmem(s, len, "\r\n\r\n", 4);
-    long clen = 0;
-
-    if (!end)
-        return len > 65536 ? -1 : 0;
-    if (len < 12 || memcmp(s, "HTTP/1.", 7) != 0)
-        return -1;
-    out->status = atoi(s + 9);
-    for (const char *l = memchr(s, '\n', (size_t)(end - s)); l && l < end;
-         l = memchr(l + 1, '\n', (size_t)(end - l))) {
-        if (strncasecmp(l + 1, "content-length:", 15) == 0)
-            clen = atol(l + 16);
-    }
-    size_t head = (size_t)(end - s) + 4;
-    if (clen < 0 || len < head + (size_t)clen)
-        return clen < 0 ? -1 : 0;
-    out->body = s + head;
-    out->body_len = (size_t)clen;
-    return (long)(head + (size_t)clen);
-}
-
-void shttp_request(struct buf *out, const char *method, const char *path, const char *host,
-                   const char *auth, const char *body, size_t body_len)
-{
-    buf_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: gale-sim\r\n", method, path,
-               host);
-    if (auth)
-        buf_printf(out, "Authorization: Bearer %s\r\n", auth);
-    if (body)
-        buf_printf(out, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                   body_len);
-    else
-        buf_append_str(out, "Content-Length: 0\r\n\r\n");
-    if (body)
-        buf_append(out, body, body_len);
-}
 
 /* ---- the HTTP ingest devices: requests ride a small pool of keep-alive connections
  * (device i on connection i % n), each request with its own device's token. A
@@ -209,7 +167,7 @@ static int hdev_send(struct dev *d, const struct buf *msg)
 {
     struct sim *s = d->sim;
     struct hconn *h = &pool.c[d->idx % pool.n];
-    char path[128], host[80];
+    char path[128];
 
     if (!h->net) {
         if (sim_now_ms() < h->retry_at)
@@ -231,8 +189,7 @@ static int hdev_send(struct dev *d, const struct buf *msg)
         }
     }
     snprintf(path, sizeof path, "/api/devices/%s/telemetry", d->id);
-    snprintf(host, sizeof host, "%s:%d", s->o.host, s->o.http_port);
-    shttp_request(&h->out, "POST", path, host, d->token[0] ? d->token : NULL,
+    shttp_request(&h->out, "POST", path, s->http_host, d->token[0] ? d->token : NULL,
                   (const char *)msg->data, msg->len);
     fifo_push(h, d);
     d->unacked++;

@@ -74,13 +74,11 @@ static void start(struct dev *d, bool ws)
         send_hello(d);
         return;
     }
-    char host[80];
-    snprintf(host, sizeof host, "%s:%d", d->sim->o.host, d->sim->o.http_port);
     buf_printf(&l->out,
                "GET /ws/device HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                "Sec-WebSocket-Version: 13\r\nUser-Agent: gale-sim\r\n\r\n",
-               host);
+               d->sim->http_host);
     snet_write(d->net, &l->out);
 }
 

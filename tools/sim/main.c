@@ -3,8 +3,8 @@
  *
  * The run: provision the devices when an API key is given, start every device's tick,
  * print a progress line each second on stderr, and stop at --duration, once every
- * device has sent --count messages, or at SIGINT/SIGTERM: no more sends, up to
- * DRAIN_MS for the outstanding acks, then each connection says goodbye and closes.
+ * device has sent --count messages, or at SIGINT/SIGTERM: no more sends, up to --drain
+ * seconds for the outstanding acks, then each connection says goodbye and closes.
  * A summary goes to stdout as one JSON object.
  * Exit status: 0 after a run in which devices connected, 1 when provisioning failed or
  * no device ever connected, 2 on bad usage. A second signal exits at once (1). */
@@ -21,7 +21,6 @@
 #include "base/alloc.h"
 #include "tools/sim/sim.h"
 
-#define DRAIN_MS 5000
 
 const char *const proto_name[P_COUNT] = {"mqtt", "line", "ws", "http"};
 
@@ -40,16 +39,18 @@ static const char usage[] =
     "  --http-port P        (default 8080: REST, /ws/device and HTTP ingest)\n"
     "  --key KEY            API key: provision the devices over REST first\n"
     "  --key-file FILE      the API key from a file (e.g. data/api_key)\n"
+    "  --wait S             first wait up to S seconds for Gale to be ready (GET /api/ready)\n"
     "  --prefix S           device ids are S followed by a number (default sim-)\n"
     "  --duration S         stop after S seconds (default: at SIGINT/SIGTERM)\n"
     "  --count N            stop once every device has sent N messages\n"
+    "  --drain S            at the stop, wait up to S seconds for acks (default 5)\n"
     "  --gaps P             probability that a device skips a send (default 0.02)\n"
     "  --late P             probability that a message is a late point (default 0.01)\n"
     "  --window N           unacknowledged messages per device before it skips sends\n"
     "                       (default 32)\n"
     "  --connect-parallel N connections being set up at once (default 100)\n"
     "  --http-connections N keep-alive connections the HTTP devices share (default 32)\n"
-    "  --seed N             random seed (default 1): the same seed, the same fleet\n"
+    "  --seed N             random seed (default 1): each device's base values and drift\n"
     "  --quiet              no progress line\n"
     "  --help\n"
     "\n"
@@ -127,10 +128,10 @@ static void stop_run(const char *why)
         return;
     S.stopping = true;
     if (!S.o.quiet)
-        sim_log("stopping (%s): waiting up to %d ms for acks", why, DRAIN_MS);
+        sim_log("stopping (%s): waiting up to %g s for acks", why, S.o.drain_s);
     for (int i = 0; i < S.o.devices; i++)
         dev_stop(&S.devs[i]);
-    drain_deadline = sim_now_ms() + DRAIN_MS;
+    drain_deadline = sim_now_ms() + (uint64_t)(S.o.drain_s * 1000);
     uv_timer_start(&drain_timer, on_drain_tick, 0, 50);
 }
 
@@ -207,6 +208,21 @@ static int read_key_file(const char *path, char **out)
     return 0;
 }
 
+/* After the wait for readiness (rc 0), or at once without --wait. */
+static void provision(struct sim *s, int rc)
+{
+    if (rc == 0 && s->o.key_file && read_key_file(s->o.key_file, &s->key_buf) != 0)
+        rc = 1;
+    if (s->key_buf)
+        s->o.key = s->key_buf;
+    if (rc != 0)
+        start_fleet(s, rc);
+    else if (s->o.key)
+        prov_run(s, start_fleet);
+    else
+        start_fleet(s, 0);
+}
+
 static bool num(const char *s, double lo, double hi, double *out)
 {
     char *end;
@@ -223,11 +239,9 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
     *o = (struct sim_opts){.host = "127.0.0.1", .mqtt_port = 1883, .line_port = 7000,
                            .http_port = 8080, .devices = 10, .rate = 1, .qos = 1,
                            .mqtt_version = 4, .mix = true, .prefix = "sim-", .gap_p = 0.02,
-                           .late_p = 0.01, .seed = 1, .connect_parallel = 100,
+                           .late_p = 0.01, .seed = 1, .drain_s = 5, .connect_parallel = 100,
                            .provision_parallel = 16, .window = 32,
                            .http_connections = 32};
-    char *key = NULL;
-
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -263,6 +277,8 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
         NUM("--http-port", 1, 65535, o->http_port)
         NUM("--duration", 0, 1e9, o->duration_s)
         NUM("--count", 0, 1e12, o->count)
+        NUM("--drain", 0, 3600, o->drain_s)
+        NUM("--wait", 0, 86400, o->wait_s)
         NUM("--gaps", 0, 1, o->gap_p)
         NUM("--late", 0, 1, o->late_p)
         NUM("--window", 1, 65000, o->window)
@@ -277,9 +293,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
         } else if (strcmp(a, "--key") == 0) {
             o->key = v;
         } else if (strcmp(a, "--key-file") == 0) {
-            if (read_key_file(v, &key) != 0)
-                return -1;
-            o->key = key;
+            o->key_file = v; /* read once Gale is ready (it may write it at its first start) */
         } else if (strcmp(a, "--mqtt-version") == 0) {
             if (strcmp(v, "3.1.1") == 0 || strcmp(v, "4") == 0 || strcmp(v, "3") == 0) {
                 o->mqtt_version = 4;
@@ -359,6 +373,8 @@ int main(int argc, char **argv)
         resolve(s->o.host, s->o.http_port, &s->addr[P_WS]) != 0)
         return 1;
     s->addr[P_HTTP] = s->addr[P_WS];
+    snprintf(s->http_host, sizeof s->http_host,
+             strchr(s->o.host, ':') ? "[%.256s]:%d" : "%.256s:%d", s->o.host, s->o.http_port);
     s->http_addr = s->addr[P_WS];
 
     s->devs = xcalloc((size_t)s->o.devices, sizeof *s->devs);
@@ -384,10 +400,10 @@ int main(int argc, char **argv)
     uv_signal_init(s->loop, &sig_term);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_term, on_signal, SIGTERM);
-    if (s->o.key)
-        prov_run(s, start_fleet);
+    if (s->o.wait_s > 0)
+        prov_wait_ready(s, provision);
     else
-        start_fleet(s, 0);
+        provision(s, 0);
     uv_run(s->loop, UV_RUN_DEFAULT);
 
     double el = s->start_ms ? (double)(sim_now_ms() - s->start_ms) / 1000.0 : 0;
@@ -405,5 +421,6 @@ int main(int argc, char **argv)
     shttp_pool_free();
     free(s->devs);
     free(s->waitq);
+    free(s->key_buf);
     return rc;
 }

@@ -28,7 +28,6 @@ struct prov {
     struct pconn *conns;
     int nconns, open, next, finished;
     int rc;
-    char host[80];
     struct buf out;
 };
 
@@ -51,11 +50,12 @@ static void send_request(struct pconn *c)
 
     if (c->renewing) {
         snprintf(path, sizeof path, "/api/devices/%s/token", d->id);
-        shttp_request(&p->out, "POST", path, p->host, p->s->o.key, NULL, 0);
+        shttp_request(&p->out, "POST", path, p->s->http_host, p->s->o.key, NULL, 0);
     } else {
         char body[96];
         int n = snprintf(body, sizeof body, "{\"id\":\"%s\"}", d->id);
-        shttp_request(&p->out, "POST", "/api/devices", p->host, p->s->o.key, body, (size_t)n);
+        shttp_request(&p->out, "POST", "/api/devices", p->s->http_host, p->s->o.key, body,
+                      (size_t)n);
     }
     snet_write(&c->net, &p->out);
 }
@@ -168,7 +168,6 @@ void prov_run(struct sim *s, void (*done)(struct sim *s, int rc))
     p->nconns = n;
     p->conns = xcalloc((size_t)n, sizeof *p->conns);
     buf_init(&p->out);
-    snprintf(p->host, sizeof p->host, "%s:%d", s->o.host, s->o.http_port);
     for (int i = 0; i < n; i++) {
         struct pconn *c = &p->conns[i];
         buf_init(&c->net.in);
@@ -189,4 +188,104 @@ void prov_run(struct sim *s, void (*done)(struct sim *s, int rc))
         free(p);
         done(s, 1);
     }
+}
+
+/* ---- --wait: GET /api/ready until 200, every WAIT_RETRY_MS, until a deadline */
+
+#define WAIT_RETRY_MS 500
+
+struct waiter {
+    struct sim *s;
+    void (*done)(struct sim *s, int rc);
+    uv_timer_t timer;
+    struct snet *net;
+    uint64_t deadline;
+    int last_status;        /* of the last answer, 0 when none */
+    bool ready;
+};
+
+static void wait_try(uv_timer_t *t);
+
+static void waiter_closed(uv_handle_t *h)
+{
+    struct waiter *w = h->data;
+    struct sim *s = w->s;
+    void (*done)(struct sim *, int) = w->done;
+    bool ready = w->ready;
+
+    free(w);
+    if (!ready)
+        sim_log("Gale did not become ready within %g s", s->o.wait_s);
+    done(s, ready ? 0 : 1);
+}
+
+static void wait_net_closed(struct snet *n)
+{
+    struct waiter *w = n->owner;
+
+    free(n);
+    w->net = NULL;
+    if (w->ready || sim_now_ms() >= w->deadline || w->s->stopping)
+        uv_close((uv_handle_t *)&w->timer, waiter_closed);
+    else
+        uv_timer_start(&w->timer, wait_try, WAIT_RETRY_MS, 0);
+}
+
+static void wait_read(struct snet *n)
+{
+    struct waiter *w = n->owner;
+    struct shttp_resp r;
+    long used = shttp_parse(n->in.data, n->in.len, &r);
+
+    if (used == 0)
+        return;
+    w->last_status = used > 0 ? r.status : 0;
+    w->ready = used > 0 && r.status == 200;
+    snet_close(n);
+}
+
+static void wait_connected(struct snet *n, int status)
+{
+    struct waiter *w = n->owner;
+    struct buf b;
+
+    if (status != 0) {
+        snet_close(n);
+        return;
+    }
+    buf_init(&b);
+    shttp_request(&b, "GET", "/api/ready", w->s->http_host, NULL, NULL, 0);
+    snet_write(n, &b);
+    buf_fini(&b);
+}
+
+static void wait_try(uv_timer_t *t)
+{
+    struct waiter *w = t->data;
+    struct snet *n = xcalloc(1, sizeof *n);
+
+    buf_init(&n->in);
+    n->owner = w;
+    n->on_connect = wait_connected;
+    n->on_read = wait_read;
+    n->on_close = wait_net_closed;
+    w->net = n;
+    snet_connect(n, w->s->loop, (const struct sockaddr *)&w->s->http_addr);
+    if (!n->inited) { /* nothing will call back: try again later */
+        free(n);
+        w->net = NULL;
+        uv_timer_start(&w->timer, wait_try, WAIT_RETRY_MS, 0);
+    }
+}
+
+void prov_wait_ready(struct sim *s, void (*done)(struct sim *s, int rc))
+{
+    struct waiter *w = xcalloc(1, sizeof *w);
+
+    w->s = s;
+    w->done = done;
+    w->deadline = sim_now_ms() + (uint64_t)(s->o.wait_s * 1000);
+    uv_timer_init(s->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, wait_try, 0, 0);
 }

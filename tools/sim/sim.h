@@ -7,8 +7,10 @@
  *   device.c     dev_    a device's life: connect slots, send ticks, reconnects, commands
  *   mqtt.c       smqtt_  the MQTT device (3.1.1 or 5) on Gale's own MQTT encoders
  *   jsonline.c   sline_  the line protocol and /ws/device (same JSON messages)
- *   http.c       shttp_  a minimal HTTP/1.1 client (ingest devices, provisioning)
- *   provision.c  prov_   devices created (or their token renewed) over the REST API
+ *   http.c       shttp_  the HTTP ingest devices (keep-alive connections they share)
+ *   httpmsg.c    shttp_  HTTP/1.1 requests built and responses parsed (pure)
+ *   provision.c  prov_   devices created (or their token renewed) over the REST API, and
+ *                        the wait for Gale's readiness (--wait)
  *
  * One thread: everything here runs on the loop. */
 #ifndef GALE_SIM_H
@@ -82,8 +84,11 @@ struct sim_opts {
     bool mix;
     const char *prefix;   /* device ids are prefix + number */
     const char *key;      /* API key: provision the devices when set */
+    const char *key_file; /* ... or the file to read it from */
     double duration_s;    /* 0 = until a signal */
     long count;           /* messages per device; 0 = no limit */
+    double drain_s;       /* at the stop, how long to wait for acks */
+    double wait_s;        /* --wait: how long to wait for Gale to be ready; 0 = not */
     double gap_p, late_p; /* per send: skip it / send a late point */
     uint64_t seed;
     int connect_parallel; /* connections being set up at once */
@@ -106,12 +111,14 @@ struct sim {
     struct sim_stats st;
     struct sockaddr_storage addr[P_COUNT]; /* where each protocol connects */
     struct sockaddr_storage http_addr;
+    char http_host[300];  /* the Host header: host:port, [v6]:port */
     struct dev *devs;
     struct dev **waitq;   /* devices waiting for a connect slot (a ring) */
     size_t waitq_head, waitq_len;
     bool stopping;        /* no more sends; waiting for acks */
     int fatal;            /* exit status set by a fatal error */
     bool ever_connected;
+    char *key_buf;        /* the key read from opts.key_file (owned) */
     uint64_t start_ms;
 };
 
@@ -165,10 +172,10 @@ struct proto_ops {
 };
 extern const struct proto_ops smqtt_ops, sline_ops, sws_ops, shttp_dev_ops;
 
-/* ---- http.c: one request at a time on a keep-alive connection */
+/* ---- httpmsg.c: HTTP/1.1 messages (pure) */
 struct shttp_resp {
     int status;           /* 0 when the request failed (no reply) */
-    const char *body;     /* NUL-terminated, valid during the callback */
+    const char *body;     /* a view into the parsed bytes (not NUL-terminated) */
     size_t body_len;
 };
 /* Parses one response from in (status line, Content-Length). Returns the bytes it
@@ -185,6 +192,9 @@ void shttp_pool_free(void);
 
 /* ---- provision.c: gives every device a token over REST, then calls done(sim, rc). */
 void prov_run(struct sim *s, void (*done)(struct sim *s, int rc));
+/* --wait: GET /api/ready every 0.5 s until it answers 200 (done(s, 0)) or opts.wait_s
+ * has passed (done(s, 1), logged). */
+void prov_wait_ready(struct sim *s, void (*done)(struct sim *s, int rc));
 
 /* A log line on stderr (prefixed "gale-sim: "). */
 void sim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
