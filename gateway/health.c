@@ -1,8 +1,9 @@
-/* gateway/health.c: `gale --health` (see health.h). The server side writes its HTTP
- * address into the lock file it holds; the probe side, a separate short-lived process,
- * reads it and asks GET /api/health over a plain socket, every step under one deadline.
- * A gale that is stopped (SIGSTOP) or stuck still accepts connections into the kernel's
- * backlog but never answers: the deadline turns that into "unhealthy". */
+/* gateway/health.c: `gale --health` (see health.h). The server side writes its
+ * listeners' addresses into <data_dir>/listeners; the probe side, a separate short-lived
+ * process, reads the HTTP one and asks GET /api/health over a plain socket, every step
+ * under one deadline. A gale that is stopped (SIGSTOP) or stuck still accepts
+ * connections into the kernel's backlog but never answers: the deadline turns that into
+ * "unhealthy". */
 #include "gateway/health.h"
 
 #include <arpa/inet.h>
@@ -10,46 +11,63 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-int health_record(int lock_fd, const char *http_bind, int port)
+int health_record(const char *data_dir, const struct health_listener *ls, size_t n)
 {
-    char text[640];
-    int n = snprintf(text, sizeof text, "%ld\nhttp %s %d\n", (long)getpid(), http_bind, port);
+    char path[1024], tmp[1040];
+    FILE *f;
+    int rc = 0;
 
-    if (n < 0 || (size_t)n >= sizeof text)
-        return -EINVAL;
-    if (ftruncate(lock_fd, 0) != 0 || pwrite(lock_fd, text, (size_t)n, 0) != n)
+    snprintf(path, sizeof path, "%s/listeners", data_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if ((f = fopen(tmp, "w")) == NULL)
         return -errno;
-    return 0;
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%s %s %d\n", ls[i].name, ls[i].bind, ls[i].port);
+    if (ferror(f))
+        rc = -EIO;
+    if (fclose(f) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc != 0)
+        unlink(tmp);
+    return rc;
 }
 
-/* The "http <addr> <port>" line of <data_dir>/gale.lock, if a gale wrote one. */
+void health_forget(const char *data_dir)
+{
+    char path[1024];
+
+    snprintf(path, sizeof path, "%s/listeners", data_dir);
+    unlink(path);
+}
+
+/* The "http <addr> <port>" line of <data_dir>/listeners, if a gale wrote one. */
 static int read_recorded(const char *data_dir, char *addr, size_t addrlen, int *port)
 {
-    char path[1024], text[1024], a[64];
-    const char *line;
-    ssize_t n;
-    int fd, p;
+    char path[1024], line[256], a[64];
+    FILE *f;
+    int p, rc = -1;
 
-    snprintf(path, sizeof path, "%s/gale.lock", data_dir);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    snprintf(path, sizeof path, "%s/listeners", data_dir);
+    if ((f = fopen(path, "r")) == NULL)
         return -1;
-    n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    text[n] = '\0';
-    if ((line = strstr(text, "\nhttp ")) == NULL || sscanf(line + 6, "%63s %d", a, &p) != 2 ||
-        p <= 0 || p > 65535)
-        return -1;
-    snprintf(addr, addrlen, "%s", a);
-    *port = p;
-    return 0;
+    while (rc != 0 && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "http %63s %d", a, &p) == 2 && p > 0 && p <= 65535) {
+            snprintf(addr, addrlen, "%s", a);
+            *port = p;
+            rc = 0;
+        }
+    }
+    fclose(f);
+    return rc;
 }
 
 static int64_t now_ms(void)
@@ -163,7 +181,7 @@ int health_probe(const char *data_dir, const char *http_bind, int port, int time
     const char *from = "config", *lb, *rb;
 
     if (read_recorded(data_dir, addr, sizeof addr, &port) == 0)
-        from = "gale.lock";
+        from = "listeners";
     else
         snprintf(addr, sizeof addr, "%s", http_bind);
     /* a wildcard bind answers on loopback */
@@ -173,7 +191,7 @@ int health_probe(const char *data_dir, const char *http_bind, int port, int time
         snprintf(addr, sizeof addr, "::1");
     if (port <= 0) {
         fprintf(out,
-                "gale: unhealthy: no HTTP port known (http.port is %d, %s/gale.lock has "
+                "gale: unhealthy: no HTTP port known (http.port is %d, %s/listeners has "
                 "none)\n",
                 port, data_dir);
         return 1;

@@ -914,13 +914,19 @@ int main(int argc, char **argv)
              {"mqtts", cfg.mqtt.bind, tls_port(cfg.mqtt.tls_port), &mqtt_proto, parts.broker, tls,
               "mqtt"}},
         };
-        for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++)
-            if (ls[i].on && gw_listen(&gw, &ls[i].l) != 0)
+        struct health_listener bound[sizeof ls / sizeof ls[0]];
+        size_t nbound = 0;
+        for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
+            if (!ls[i].on)
+                continue;
+            if (gw_listen(&gw, &ls[i].l) != 0)
                 goto out;
-        /* ls[0], always on, is the first listener: where gale --health asks */
-        if ((rc = health_record(lock_fd, cfg.http.bind, gw.listeners[0].port)) != 0)
-            log_warn("cannot record the HTTP address in %s/gale.lock: %s", cfg.data_dir,
-                     strerror(-rc));
+            bound[nbound++] = (struct health_listener){ls[i].l.name, ls[i].l.bind,
+                                                       gw.listeners[gw.nlisteners - 1].port};
+        }
+        /* where gale --health (and scripts) find the ports, random ones included */
+        if ((rc = health_record(cfg.data_dir, bound, nbound)) != 0)
+            log_warn("cannot write %s/listeners: %s", cfg.data_dir, strerror(-rc));
     }
     gw.ready = !ready_seam(&loop, &gw);
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
@@ -960,6 +966,7 @@ out:
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);
+    health_forget(cfg.data_dir);
     close(lock_fd); /* last: the next gale may open the data dir now */
     return code;
 }

@@ -2,8 +2,9 @@
 runs the image itself): every file the Dockerfile copies exists, the setup script knows
 the modes it is called with, the config the image starts with is valid under the image's
 environment; the HEALTHCHECK's `gale --health` is healthy against a running gateway (also
-one whose port only a --set flag chose, read from gale.lock), unhealthy when nothing
-answers and when the gateway is stopped (SIGSTOP) within its 2 s deadline; a data dir
+one whose port only a --set flag chose, read from <data_dir>/listeners, which lists every
+bound listener and is gone after a clean stop), unhealthy when nothing answers and when
+the gateway is stopped (SIGSTOP) within its 2 s deadline; a data dir
 the process may not write fails with a message naming both uids and the fix. And the
 image build's uPlot fetch without npm (setup.sh deps, from a registry on loopback):
 the tarball the lock file's sha512 names is unpacked, a different one or an unreachable
@@ -70,10 +71,13 @@ def main():
         shutil.rmtree(empty, ignore_errors=True)
 
     with Gale() as g:
-        # the port came from --set http.port=0: only gale.lock knows it
+        listeners = open(os.path.join(g.data_dir, "listeners")).read().splitlines()
+        t.eq(listeners, ["%s 127.0.0.1 %d" % (p, g.ports[p]) for p in ("http", "line", "mqtt")],
+             "the listeners file")
+        # the port came from --set http.port=0: only the listeners file knows it
         rc, out = health(g.data_dir, env=env)
         t(rc == 0 and "healthy" in out and str(g.ports["http"]) in out,
-          "healthy, port from gale.lock: %d %s" % (rc, out))
+          "healthy, port from the listeners file: %d %s" % (rc, out))
         # the same through the environment, as the image's HEALTHCHECK runs it
         rc, out = health(g.data_dir, env=dict(env, GALE_HTTP_PORT="1"))
         t.eq(rc, 0, "the recorded port beats a stale config port (%s)" % out)
@@ -89,8 +93,16 @@ def main():
         t(took < 10, "the probe gave up within its deadline (%.1f s)" % took)
         rc, out = health(g.data_dir, env=env)
         t.eq(rc, 0, "healthy again after SIGCONT (%s)" % out)
-        lock = open(os.path.join(g.data_dir, "gale.lock")).read()
-        t(lock.startswith("%d\n" % g.proc.pid), "gale.lock still starts with the pid")
+        t.eq(open(os.path.join(g.data_dir, "gale.lock")).read(), "%d\n" % g.proc.pid,
+             "gale.lock holds the pid alone")
+        data_dir = g.data_dir
+        g.own_dir = False  # kept for the check below
+        g.stop()
+    try:
+        t(not os.path.exists(os.path.join(data_dir, "listeners")),
+          "a clean stop removes the listeners file")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
     # a data dir this uid may not write: the message names both uids and the fix
     if os.getuid() == 0:
