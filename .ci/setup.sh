@@ -1,6 +1,8 @@
 #!/bin/sh
 # .ci/setup.sh: installs what Gale needs on Debian 12 (bookworm), then builds.
 #   .ci/setup.sh deps        build dependencies only (used by docker/Dockerfile)
+#   .ci/setup.sh run-deps    build dependencies + the clients the README's quick start
+#                            uses (curl, mosquitto_pub, nc): make run, make setup
 #   .ci/setup.sh test-deps   build + test dependencies (clients, browser, sanitizers)
 #   .ci/setup.sh runtime     runtime libraries only (the Docker image's final stage)
 #   .ci/setup.sh bench-deps  test dependencies + the benchmark references and load
@@ -11,8 +13,9 @@ set -eu
 
 BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
-TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
-  python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
+CLIENT_PKGS="curl mosquitto-clients netcat-openbsd"
+TEST_PKGS="libcmocka-dev mosquitto $CLIENT_PKGS openssl python3 python3-paho-mqtt
+  python3-websockets python3-tornado clang libclang-rt-14-dev sqlite3 procps
   chromium rabbitmq-server strace"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
@@ -22,11 +25,12 @@ RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-ce
 
 case "${1:-deps}" in
     deps) want="$BUILD_PKGS" ;;
+    run-deps) want="$BUILD_PKGS $CLIENT_PKGS" ;;
     test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
     bench-deps) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
     soak-deps) want="$BUILD_PKGS $TEST_PKGS $SOAK_PKGS" ;;
     runtime) want="$RUNTIME_PKGS" ;;
-    *) echo "usage: $0 deps|test-deps|bench-deps|soak-deps|runtime" >&2; exit 2 ;;
+    *) echo "usage: $0 deps|run-deps|test-deps|bench-deps|soak-deps|runtime" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -36,7 +40,7 @@ for p in $want; do
     fi
 done
 # npm fetches uPlot (below); any npm will do, e.g. the one a nodejs package brings
-case "${1:-deps}" in deps|test-deps|bench-deps|soak-deps)
+case "${1:-deps}" in deps|run-deps|test-deps|bench-deps|soak-deps)
     command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
 esac
 if [ -n "$missing" ]; then
@@ -64,7 +68,7 @@ fi
 # uPlot for the dashboard's charts (npm registry, the version package-lock.json pins):
 # the build embeds node_modules/uplot/dist into the binary, offline from then on.
 root="$(cd "$(dirname "$0")/.." && pwd)"
-case "${1:-deps}" in deps|test-deps|bench-deps|soak-deps)
+case "${1:-deps}" in deps|run-deps|test-deps|bench-deps|soak-deps)
     if [ -f "$root/package-lock.json" ] && [ ! -f "$root/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
         (cd "$root" && npm ci --no-audit --no-fund >/dev/null) ||
             echo "setup: npm ci failed; the dashboard will be built without charts"
