@@ -318,7 +318,8 @@ def unwritable():
     with Gale(args=["--set", "storage.backup_dir=%s/backups" % afile]) as g:
         token = g.create_device("uw")
         st, js = g.http("POST", "/api/backup")
-        t(st == 500 and js.get("code") == "backup_failed" and "Not a directory" in js.get("error", ""),
+        t(st == 500 and js.get("code") == "backup_failed" and
+          "Not a directory" in js.get("error", ""),
           "an unwritable destination: 500 backup_failed saying why (%s %s)" % (st, js))
         t(metric(g, 'gale_backups_total{result="failed"}') == 1, "the failure is counted")
         still_takes_data(g, "uw", token, 1)

@@ -32,6 +32,9 @@ t = Check("test_sim")
 SIM = os.environ.get("GALE_SIM_BIN", os.path.join(os.getcwd(), "gale-sim"))
 PROTOS = ["mqtt", "line", "ws", "http"]  # --protocol mix: device i (from 1) is PROTOS[(i-1) % 4]
 STATES = {"idle", "running", "fault"}
+# gale-sim takes GALE_HTTP_API_KEY from the environment when no key is given: runs without
+# a key must not inherit one
+SIM_ENV = {k: v for k, v in os.environ.items() if k != "GALE_HTTP_API_KEY"}
 
 
 def sim_args(g, *extra):
@@ -41,8 +44,8 @@ def sim_args(g, *extra):
             "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"])] + list(extra)
 
 
-def run(args, timeout=60):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run(args, timeout=60, env=None):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env or SIM_ENV)
     summary = None
     for line in p.stdout.splitlines():
         if line.startswith("{"):
@@ -74,7 +77,8 @@ def mixed_fleet(g):
     n = 20
     proc = subprocess.Popen(sim_args(g, "--devices", str(n), "--protocol", "mix", "--rate", "4",
                                      "--duration", "6", "--key", API_KEY, "--prefix", "mix-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         ids = ["mix-%04d" % i for i in range(1, n + 1)]
 
@@ -101,7 +105,8 @@ def mixed_fleet(g):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    t(proc.returncode == 0, "the run ends by itself with exit 0 (%s): %s" % (proc.returncode, err[-800:]))
+    t(proc.returncode == 0,
+      "the run ends by itself with exit 0 (%s): %s" % (proc.returncode, err[-800:]))
     summary = json.loads(out.strip().splitlines()[-1])
     t(summary["errors"] == 0, "no errors (%s)" % summary)
     t(summary["sent"] > 2 * n and summary["acked"] == summary["sent"],
@@ -156,7 +161,8 @@ def mqtt5_mosquitto():
             proc = subprocess.Popen([SIM, "--mqtt-port", str(m.port), "--protocol", "mqtt",
                                      "--mqtt-version", "5", "--devices", "3", "--rate", "5",
                                      "--duration", "5", "--prefix", "v5-"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
             wait_for(lambda: got["v5"] >= 3, 10, "MQTT 5 telemetry at mosquitto")
             c.publish("devices/v5-0002/commands", json.dumps({"id": "c-1", "name": "ping"}), qos=1)
             wait_for(lambda: got["replies"], 10, "the command's reply")
@@ -177,7 +183,8 @@ def mqtt5_mosquitto():
               % (got["replies"][1:],))
             out, err = proc.communicate(timeout=30)
             summary = json.loads(out.strip().splitlines()[-1])
-            t(proc.returncode == 0 and summary["errors"] == 0 and summary["acked"] == summary["sent"],
+            t(proc.returncode == 0 and summary["errors"] == 0 and
+              summary["acked"] == summary["sent"],
               "MQTT 5 run: every publish acked by mosquitto (%s)" % summary)
         finally:
             c.loop_stop()
@@ -190,7 +197,8 @@ def mqtt5_gale(g):
     proc = subprocess.Popen(sim_args(g, "--devices", "3", "--protocol", "mqtt", "--mqtt-version",
                                      "5", "--rate", "5", "--duration", "4", "--key", API_KEY,
                                      "--prefix", "m5-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         wait_for(lambda: g.http("GET", "/api/devices?prefix=m5-&online=true")[1].get("total") == 3,
                  15, "the MQTT 5 devices online")
@@ -214,7 +222,8 @@ def mqtt5_gale(g):
 def stops_and_failures(g):
     proc = subprocess.Popen(sim_args(g, "--devices", "4", "--protocol", "line", "--key", API_KEY,
                                      "--prefix", "sig-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         wait_for(lambda: g.http("GET", "/api/devices?prefix=sig-&online=true")[1].get("total") == 4,
                  15, "the devices online")
@@ -231,7 +240,8 @@ def stops_and_failures(g):
     t("SIGINT" in err, "the stop says why")
 
     rc, summary, err = run(sim_args(g, "--devices", "2", "--key", "wrong-key", "--duration", "5"))
-    t(rc == 1 and "API key was refused" in err, "a refused key is fatal (%s): %s" % (rc, err[-300:]))
+    t(rc == 1 and "API key was refused" in err,
+      "a refused key is fatal (%s): %s" % (rc, err[-300:]))
     # --wait: readiness first; the key file is read after it
     keyfile = os.path.join(g.data_dir, "sim-key")
     with open(keyfile, "w") as f:
@@ -245,6 +255,11 @@ def stops_and_failures(g):
                             "--duration", "2"])
     t(rc == 1 and "did not become ready within 1.5 s" in err and time.monotonic() - t0 < 10,
       "--wait gives up after its time when nothing answers (%s): %s" % (rc, err[-300:]))
+    rc, summary, err = run(sim_args(g, "--devices", "2", "--duration", "2", "--prefix", "env-"),
+                           env=dict(SIM_ENV, GALE_HTTP_API_KEY=API_KEY))
+    st, js = g.http("GET", "/api/devices?prefix=env-")
+    t(rc == 0 and js["total"] == 2 and summary["errors"] == 0,
+      "the key from GALE_HTTP_API_KEY provisions (%s %s)" % (rc, js.get("total")))
     rc, _, err = run([SIM, "--devices", "zero"])
     t(rc == 2, "a bad option exits 2 (%s)" % rc)
     rc, _, err = run([SIM, "--help"])
