@@ -18,8 +18,9 @@ gale: $(BUILD)/CMakeCache.txt
 configure:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
+# build dependencies and the clients the README's quick start uses (curl, mosquitto_pub, nc)
 setup:
-	sh .ci/setup.sh deps
+	sh .ci/setup.sh run-deps
 
 setup-test:
 	sh .ci/setup.sh test-deps

@@ -1,6 +1,8 @@
 #!/bin/sh
 # .ci/setup.sh: installs what Gale needs on Debian 12 (bookworm), then builds.
 #   .ci/setup.sh deps        build dependencies only (used by docker/Dockerfile)
+#   .ci/setup.sh run-deps    build dependencies + the clients the README's quick start
+#                            uses (curl, mosquitto_pub, nc): make run, make setup
 #   .ci/setup.sh test-deps   build + test dependencies (clients, browser, sanitizers)
 #   .ci/setup.sh runtime     runtime libraries only (the Docker image's final stage)
 #   .ci/setup.sh bench-deps  test dependencies + the benchmark references and load
@@ -12,8 +14,9 @@ set -eu
 
 BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-dev
   libssl-dev libpaho-mqtt-dev node-llhttp zlib1g-dev gzip"
-TEST_PKGS="libcmocka-dev mosquitto mosquitto-clients openssl python3 python3-paho-mqtt
-  python3-websockets python3-tornado curl clang libclang-rt-14-dev sqlite3 procps
+CLIENT_PKGS="curl mosquitto-clients netcat-openbsd"
+TEST_PKGS="libcmocka-dev mosquitto $CLIENT_PKGS openssl python3 python3-paho-mqtt
+  python3-websockets python3-tornado clang libclang-rt-14-dev sqlite3 procps
   chromium rabbitmq-server strace"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
@@ -26,12 +29,13 @@ RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-ce
 
 case "${1:-deps}" in
     deps) want="$BUILD_PKGS" ;;
+    run-deps) want="$BUILD_PKGS $CLIENT_PKGS" ;;
     test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
     bench-deps) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
     soak-deps) want="$BUILD_PKGS $TEST_PKGS $SOAK_PKGS" ;;
     image-deps) want="$IMAGE_PKGS" ;;
     runtime) want="$RUNTIME_PKGS" ;;
-    *) echo "usage: $0 deps|test-deps|bench-deps|soak-deps|image-deps|runtime" >&2; exit 2 ;;
+    *) echo "usage: $0 deps|run-deps|test-deps|bench-deps|soak-deps|image-deps|runtime" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -46,7 +50,7 @@ done
 case "${1:-deps}" in
     test-deps|bench-deps|soak-deps)
         command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
-    deps)
+    deps|run-deps)
         if ! command -v npm >/dev/null 2>&1; then
             for p in $FETCH_PKGS; do
                 dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
@@ -112,7 +116,7 @@ fetch_uplot() {
     rm -rf "$tmp"
     return $rc
 }
-case "${1:-deps}" in deps|test-deps|bench-deps|soak-deps)
+case "${1:-deps}" in deps|run-deps|test-deps|bench-deps|soak-deps)
     if [ -f "$root/package-lock.json" ] && [ ! -f "$root/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
         if command -v npm >/dev/null 2>&1; then
             (cd "$root" && npm ci --no-audit --no-fund >/dev/null)

@@ -59,7 +59,7 @@ struct key {
 #define JSON(n, f, d, h) { n, KEY_JSON, FIELD(f), 0, 0, NULL, d, h }
 
 /* The one list of keys: parsing, validation, defaults, gateway.json and the
- * reference (gale --help, README) all come from here. Order = output order. */
+ * reference (gale --config-reference, README) all come from here. Order = output order. */
 static const struct key keys[] = {
     STR("gateway.data_dir", data_dir, 1, "./data",
         "Directory for the database, the generated API key and other state."),
@@ -74,7 +74,8 @@ static const struct key keys[] = {
         "HTTPS and WSS port (the same routes over TLS); on only with tls.cert_file; 0 = off, "
         "-1 picks a free port."),
     STR("http.api_key", http.api_key, 0, "",
-        "API key for REST and the live feed; empty = generate one into the data dir."),
+        "API key for REST and the live feed (the admin key \"bootstrap\"); empty = generate "
+        "one into the data dir."),
     SIZE("http.max_header_bytes", http.max_header_bytes, 256, 16 * MIB, "16384",
          "Largest request head (request line + headers), bytes."),
     SIZE("http.max_body_bytes", http.max_body_bytes, 0, GIB, "1048576",
@@ -92,6 +93,14 @@ static const struct key keys[] = {
            "fields as one JSON object."),
     BOOL("http.metrics_auth", http.metrics_auth, "false",
          "GET /metrics needs the API key; false = readable without it (Prometheus scrapers)."),
+    INT("http.device_idle_s", http.device_idle_s, 1, 86400, "60",
+        "A device that talks HTTP with its own credentials is online (protocol http) until "
+        "this many seconds after its last request."),
+    INT("http.command_wait_max_s", http.command_wait_max_s, 0, 3600, "60",
+        "Longest wait of a command long poll (GET /api/devices/{id}/commands?wait=S), "
+        "seconds; larger waits are cut to it (and to limits.idle_timeout_ms)."),
+    INT("http.command_polls_max", http.command_polls_max, 0, 1000000, "10000",
+        "Command long polls waiting at once (one per device); past it a poll answers 503."),
     BOOL("line.enabled", line.enabled, "true", "Run the raw TCP line-protocol listener."),
     STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
     INT("line.port", line.port, 0, 65535, "7000",
@@ -156,6 +165,12 @@ static const struct key keys[] = {
            "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
            "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
            "ack = acknowledged and routed as a plain message. Counted and logged either way."),
+    CHOICE("mqtt.shared_subscription_strategy", mqtt.shared_strategy, "round_robin|sticky",
+           "round_robin",
+           "Which member of a shared subscription ($share/<group>/<filter>) gets a message: "
+           "round_robin = the next member that can take it; sticky = one publisher's "
+           "messages (by its device, else by topic) go to the same member while it stays "
+           "one."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
         "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "
@@ -324,6 +339,22 @@ static const char *quote(const char *s, size_t n, char *out, size_t outlen)
     return out;
 }
 
+/* Appends one error (line, already formatted) and from (a source such as " (in g.json)",
+ * or "") to err as a line of its own: a source reports all its errors at once. Returns -1. */
+static int add_error(char *err, size_t errlen, const char *line, const char *from)
+{
+    size_t used;
+
+    if (!err || errlen == 0)
+        return -1;
+    used = strnlen(err, errlen);
+    if (used > 0 && used + 1 < errlen)
+        err[used++] = '\n';
+    if (used < errlen)
+        snprintf(err + used, errlen - used, "%s%s", line, from);
+    return -1;
+}
+
 /* ---- the table ---- */
 
 static const struct key *find_key(const char *name, size_t len)
@@ -346,6 +377,91 @@ static int is_section(const char *s, size_t len)
         if (section_len(&keys[i]) == len && memcmp(keys[i].name, s, len) == 0)
             return 1;
     return 0;
+}
+
+/* Edit distance of a and b, case-insensitive, an adjacent swap counting as one edit
+ * (optimal string alignment); names longer than 63 bytes count as far from everything. */
+static size_t edit_distance(const char *a, size_t al, const char *b, size_t bl)
+{
+    size_t rows[3][64], *pp = rows[0], *p = rows[1], *cur = rows[2], *t;
+
+    if (al >= 64 || bl >= 64)
+        return SIZE_MAX;
+    for (size_t j = 0; j <= bl; j++)
+        p[j] = j;
+    for (size_t i = 1; i <= al; i++) {
+        int ca = tolower((unsigned char)a[i - 1]);
+        cur[0] = i;
+        for (size_t j = 1; j <= bl; j++) {
+            int cb = tolower((unsigned char)b[j - 1]);
+            size_t d = p[j] + 1;
+            if (cur[j - 1] + 1 < d)
+                d = cur[j - 1] + 1;
+            if (p[j - 1] + (ca != cb) < d)
+                d = p[j - 1] + (ca != cb);
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == cb && pp[j - 2] + 1 < d)
+                d = pp[j - 2] + 1; /* a swap: "prot" for "port" */
+            cur[j] = d;
+        }
+        t = pp;
+        pp = p;
+        p = cur;
+        cur = t;
+    }
+    return p[bl];
+}
+
+/* A known key an unknown name[0..len) was probably meant to be, or NULL: the same key
+ * in another section ("http.max_connections" -> limits.max_connections), else the
+ * nearest name within a small edit distance ("http.prot" -> http.port). */
+static const char *suggest_key(const char *name, size_t len)
+{
+    const char *dot = memchr(name, '.', len), *best = NULL;
+    size_t best_d = SIZE_MAX, limit = len < 8 ? 1 : len < 16 ? 2 : 3;
+
+    if (dot) {
+        size_t leaf = len - (size_t)(dot + 1 - name);
+        for (size_t i = 0; i < NKEYS; i++) {
+            const char *kl = keys[i].name + section_len(&keys[i]) + 1;
+            if (leaf > 0 && strlen(kl) == leaf && strncasecmp(kl, dot + 1, leaf) == 0)
+                return keys[i].name;
+        }
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        size_t d = edit_distance(name, len, keys[i].name, strlen(keys[i].name));
+        if (d < best_d) {
+            best_d = d;
+            best = keys[i].name;
+        }
+    }
+    return best_d <= limit ? best : NULL;
+}
+
+/* The same for a section name ("htpp" -> http), or NULL. */
+static const char *suggest_section(const char *name, size_t len, char *out, size_t outlen)
+{
+    size_t best_d = SIZE_MAX;
+
+    for (size_t i = 0; i < NKEYS; i++) {
+        size_t sl = section_len(&keys[i]);
+        size_t d = edit_distance(name, len, keys[i].name, sl);
+        if (d < best_d) {
+            best_d = d;
+            snprintf(out, outlen, "%.*s", (int)sl, keys[i].name);
+        }
+    }
+    return best_d <= (len < 6 ? 1 : 2) ? out : NULL;
+}
+
+/* " (did you mean X?)" for an unknown key, or "". */
+static const char *did_you_mean(const char *name, size_t len, char *out, size_t outlen)
+{
+    const char *k = suggest_key(name, len);
+    if (!k)
+        return "";
+    snprintf(out, outlen, " (did you mean %s?)", k);
+    return out;
 }
 
 /* GALE_ + upper(section) + _ + upper(key). */
@@ -667,32 +783,50 @@ void config_defaults(struct config *cfg)
 static int apply_doc(struct config *cfg, const cJSON *doc, const char *src, char *err,
                      size_t errlen)
 {
-    char q[QUOTED_MAX];
+    char q[QUOTED_MAX], from[CONFIG_STR_MAX + 8] = "";
     const cJSON *sec, *item;
+    int rc = 0;
 
     if (!cJSON_IsObject(doc))
         return fail(err, errlen, "config: %s%stop level must be a JSON object", src ? src : "",
                     src ? ": " : "");
+    if (err && errlen)
+        err[0] = '\0';
+    if (src)
+        snprintf(from, sizeof from, " (in %s)", src);
     cJSON_ArrayForEach(sec, doc) {
         size_t slen = strlen(sec->string);
-        if (!is_section(sec->string, slen))
-            return fail(err, errlen, "config: unknown section %s",
-                        quote(sec->string, slen, q, sizeof q));
-        if (!cJSON_IsObject(sec))
-            return fail(err, errlen, "config: %s: must be an object", sec->string);
+        char one[1024], hint[96], word[64];
+        if (!is_section(sec->string, slen)) {
+            const char *s = suggest_section(sec->string, slen, word, sizeof word);
+            if (s)
+                snprintf(hint, sizeof hint, " (did you mean %s?)", s);
+            fail(one, sizeof one, "config: unknown section %s%s",
+                 quote(sec->string, slen, q, sizeof q), s ? hint : "");
+            rc = add_error(err, errlen, one, from);
+            continue;
+        }
+        if (!cJSON_IsObject(sec)) {
+            fail(one, sizeof one, "config: %s: must be an object", sec->string);
+            rc = add_error(err, errlen, one, from);
+            continue;
+        }
         cJSON_ArrayForEach(item, sec) {
             char name[256];
             const struct key *k;
             int n = snprintf(name, sizeof name, "%s.%s", sec->string, item->string);
             k = n > 0 && (size_t)n < sizeof name ? find_key(name, (size_t)n) : NULL;
-            if (!k)
-                return fail(err, errlen, "config: unknown key %s",
-                            quote(name, strnlen(name, sizeof name), q, sizeof q));
-            if (set_json(cfg, k, item, err, errlen) != 0)
-                return -1;
+            if (!k) {
+                size_t nl = strnlen(name, sizeof name);
+                fail(one, sizeof one, "config: unknown key %s%s", quote(name, nl, q, sizeof q),
+                     did_you_mean(name, nl, hint, sizeof hint));
+                rc = add_error(err, errlen, one, from);
+            } else if (set_json(cfg, k, item, one, sizeof one) != 0) {
+                rc = add_error(err, errlen, one, from);
+            }
         }
     }
-    return 0;
+    return rc;
 }
 
 static int apply_json_from(struct config *cfg, const char *json, size_t len, const char *src,
@@ -771,9 +905,12 @@ int config_apply_set(struct config *cfg, const char *assignment, char *err, size
         return fail(err, errlen, "config: --set %s: expected section.key=value",
                     quote(assignment, strlen(assignment), q, sizeof q));
     k = find_key(assignment, (size_t)(eq - assignment));
-    if (!k)
-        return fail(err, errlen, "config: unknown key %s",
-                    quote(assignment, (size_t)(eq - assignment), q, sizeof q));
+    if (!k) {
+        char hint[96];
+        return fail(err, errlen, "config: unknown key %s%s",
+                    quote(assignment, (size_t)(eq - assignment), q, sizeof q),
+                    did_you_mean(assignment, (size_t)(eq - assignment), hint, sizeof hint));
+    }
     /* set_text stores only after the value passed every check, so cfg stays whole */
     return set_text(cfg, k, eq + 1, err, errlen);
 }
@@ -791,7 +928,7 @@ static int is_env_section(const char *s, size_t len)
  * after GALE_ matches in any case (GALE_HTTP_PORT, GALE_http_port). */
 static int apply_env_var(struct config *cfg, const char *var, char *err, size_t errlen)
 {
-    char q[QUOTED_MAX], q2[QUOTED_MAX], name[128], key[256];
+    char q[QUOTED_MAX], q2[QUOTED_MAX], name[128], key[256], hint[96], one[1024];
     const char *eq = strchr(var, '='), *sec = var + 5, *us;
     size_t nlen, kl = 0;
 
@@ -804,14 +941,19 @@ static int apply_env_var(struct config *cfg, const char *var, char *err, size_t 
         return 0;
     for (size_t i = 0; i < NKEYS; i++) {
         env_name(&keys[i], name, sizeof name);
-        if (strlen(name) == nlen && strncasecmp(name, var, nlen) == 0)
-            return set_text(cfg, &keys[i], eq + 1, err, errlen);
+        if (strlen(name) == nlen && strncasecmp(name, var, nlen) == 0) {
+            if (set_text(cfg, &keys[i], eq + 1, one, sizeof one) == 0)
+                return 0;
+            return fail(err, errlen, "%s (from environment variable %s)", one,
+                        quote(var, nlen, q2, sizeof q2));
+        }
     }
     /* report it as the key it would name: GALE_HTTP_PROT -> http.prot */
     for (const char *p = sec; p < eq && kl + 1 < sizeof key; p++)
         key[kl++] = p == us ? '.' : (char)tolower((unsigned char)*p);
-    return fail(err, errlen, "config: unknown key %s (from environment variable %s)",
-                quote(key, kl, q, sizeof q), quote(var, nlen, q2, sizeof q2));
+    return fail(err, errlen, "config: unknown key %s%s (from environment variable %s)",
+                quote(key, kl, q, sizeof q), did_you_mean(key, kl, hint, sizeof hint),
+                quote(var, nlen, q2, sizeof q2));
 }
 
 int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t errlen)
@@ -823,8 +965,13 @@ int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t er
         return 0;
     tmp = xmalloc(sizeof *tmp);
     *tmp = *cfg;
-    for (size_t i = 0; envp[i] && rc == 0; i++)
-        rc = apply_env_var(tmp, envp[i], err, errlen);
+    if (err && errlen)
+        err[0] = '\0';
+    for (size_t i = 0; envp[i]; i++) {
+        char one[1200];
+        if (apply_env_var(tmp, envp[i], one, sizeof one) != 0)
+            rc = add_error(err, errlen, one, "");
+    }
     if (rc == 0)
         *cfg = *tmp;
     free(tmp);
@@ -898,37 +1045,50 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
         { "mqtt.tls_port", tls && cfg->mqtt.enabled, cfg->mqtt.bind, cfg->mqtt.tls_port },
     };
     const size_t nports = sizeof ports / sizeof ports[0];
+    char one[1024];
+    int rc = 0;
 
+    if (err && errlen)
+        err[0] = '\0';
     for (size_t i = 0; i < NKEYS; i++)
-        if (check_key(cfg, &keys[i], err, errlen) != 0)
-            return -1;
-    if (cfg->storage.queue_low_rows >= cfg->storage.queue_high_rows)
-        return fail(err, errlen,
-                    "config: storage.queue_low_rows (%zu) must be less than "
-                    "storage.queue_high_rows (%zu)",
-                    cfg->storage.queue_low_rows, cfg->storage.queue_high_rows);
-    if (cfg->storage.queue_low_bytes >= cfg->storage.queue_high_bytes)
-        return fail(err, errlen,
-                    "config: storage.queue_low_bytes (%zu) must be less than "
-                    "storage.queue_high_bytes (%zu)",
-                    cfg->storage.queue_low_bytes, cfg->storage.queue_high_bytes);
-    if (cfg->storage.batch_rows > cfg->storage.queue_high_rows)
-        return fail(err, errlen,
-                    "config: storage.batch_rows (%zu) must not exceed storage.queue_high_rows "
-                    "(%zu)",
-                    cfg->storage.batch_rows, cfg->storage.queue_high_rows);
+        if (check_key(cfg, &keys[i], one, sizeof one) != 0)
+            rc = add_error(err, errlen, one, "");
+    if (cfg->storage.queue_low_rows >= cfg->storage.queue_high_rows) {
+        fail(one, sizeof one,
+             "config: storage.queue_low_rows (%zu) must be less than storage.queue_high_rows "
+             "(%zu)",
+             cfg->storage.queue_low_rows, cfg->storage.queue_high_rows);
+        rc = add_error(err, errlen, one, "");
+    }
+    if (cfg->storage.queue_low_bytes >= cfg->storage.queue_high_bytes) {
+        fail(one, sizeof one,
+             "config: storage.queue_low_bytes (%zu) must be less than "
+             "storage.queue_high_bytes (%zu)",
+             cfg->storage.queue_low_bytes, cfg->storage.queue_high_bytes);
+        rc = add_error(err, errlen, one, "");
+    }
+    if (cfg->storage.batch_rows > cfg->storage.queue_high_rows) {
+        fail(one, sizeof one,
+             "config: storage.batch_rows (%zu) must not exceed storage.queue_high_rows (%zu)",
+             cfg->storage.batch_rows, cfg->storage.queue_high_rows);
+        rc = add_error(err, errlen, one, "");
+    }
     if (!tls && cfg->tls.key_file[0])
-        return fail(err, errlen, "config: tls.key_file is set but tls.cert_file is not");
+        rc = add_error(err, errlen, "config: tls.key_file is set but tls.cert_file is not", "");
     if (tls && cfg->tls.client_auth != CONFIG_CLIENT_AUTH_OFF && !cfg->tls.ca_file[0])
-        return fail(err, errlen, "config: tls.client_auth needs tls.ca_file (the CAs that "
-                                 "client certificates verify against)");
+        rc = add_error(err, errlen,
+                       "config: tls.client_auth needs tls.ca_file (the CAs that client "
+                       "certificates verify against)",
+                       "");
     for (size_t i = 0; i < nports; i++)
         for (size_t j = i + 1; j < nports; j++)
             if (ports[i].on && ports[j].on && ports[i].port > 0 &&
-                ports[i].port == ports[j].port && same_address(ports[i].bind, ports[j].bind))
-                return fail(err, errlen, "config: %s and %s are both %d", ports[i].name,
-                            ports[j].name, ports[i].port);
-    return 0;
+                ports[i].port == ports[j].port && same_address(ports[i].bind, ports[j].bind)) {
+                fail(one, sizeof one, "config: %s and %s are both %d", ports[i].name,
+                     ports[j].name, ports[i].port);
+                rc = add_error(err, errlen, one, "");
+            }
+    return rc;
 }
 
 /* Adds one key's value to its section object in root. */
@@ -1033,24 +1193,6 @@ static void describe_type(const struct key *k, char *out, size_t outlen, const c
 static void describe_default(const struct key *k, char *out, size_t outlen)
 {
     snprintf(out, outlen, k->type == KEY_STR ? "\"%s\"" : "%s", k->def);
-}
-
-void config_print_reference(FILE *out)
-{
-    char env[96], type[96], def[64];
-
-    fprintf(out, "Configuration keys (precedence: --set > environment > --config file > "
-                 "default):\n");
-    fprintf(out, "  %-32s %-28s %-10s %s\n", "KEY", "TYPE", "DEFAULT", "ENVIRONMENT");
-    for (size_t i = 0; i < NKEYS; i++) {
-        const struct key *k = &keys[i];
-        env_name(k, env, sizeof env);
-        describe_type(k, type, sizeof type, "|");
-        describe_default(k, def, sizeof def);
-        fprintf(out, "  %-32s %-28s %-10s %s\n      %s\n", k->name, type, def, env, k->help);
-    }
-    fprintf(out, "Sizes accept a k, m or g suffix (x1024, x1024^2, x1024^3) in the environment\n"
-                 "and --set; booleans accept true/false, 1/0, yes/no, on/off there.\n");
 }
 
 /* Writes s with the characters that Markdown tables or HTML would eat escaped. */

@@ -2,7 +2,10 @@
  * Precedence: --set flag > environment GALE_<SECTION>_<KEY> > --config file > default.
  * Every key lives in one table in config.c (name, type, bounds, default, help),
  * from which parsing, validation, --help text and the README reference come.
- * Errors name the key: "config: http.port: must be an integer 0..65535 (got \"x\")". */
+ * Errors name the key: "config: http.port: must be an integer 0..65535 (got \"x\")", and an
+ * unknown key the one it probably meant ("(did you mean http.port?)"). A source reports
+ * every error it holds at once, one per line in err (a file's and the environment's each
+ * name their source); a source with any error is applied not at all. */
 #ifndef GALE_CONFIG_H
 #define GALE_CONFIG_H
 
@@ -77,6 +80,9 @@ struct config {
         enum config_access_log access_log; /* http.access_log, default off */
         bool metrics_auth;               /* http.metrics_auth: /metrics needs the API key;
                                           * default false */
+        int device_idle_s;               /* http.device_idle_s: HTTP presence lasts, default 60 */
+        int command_wait_max_s;          /* http.command_wait_max_s: long poll cap, default 60 */
+        int command_polls_max;           /* http.command_polls_max: polls at once, 10000 */
     } http;
     struct {
         bool enabled;                    /* line.enabled, default true */
@@ -109,6 +115,8 @@ struct config {
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
         int session_expiry_s;            /* mqtt.session_expiry_s, default 604800; 0 never */
+        int shared_strategy;             /* mqtt.shared_subscription_strategy: enum
+                                          * share_strategy, default round_robin */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {
@@ -173,9 +181,8 @@ int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t er
 int config_apply_set(struct config *cfg, const char *assignment, char *err, size_t errlen);
 /* Cross-key checks (low water < high water, ...). */
 int config_validate(const struct config *cfg, char *err, size_t errlen);
-/* Writes the reference (every key, type, default, env name, help) as text. */
-void config_print_reference(FILE *out);
-/* The same reference as a Markdown table (the README's config section). */
+/* Writes the reference (every key, type, default, env name, help) as a Markdown table:
+ * gale --config-reference, and the README's config section. */
 void config_print_reference_markdown(FILE *out);
 /* Writes the effective config as JSON (api_key redacted). Returns heap string. */
 char *config_to_json(const struct config *cfg);

@@ -530,6 +530,8 @@ static void on_due(struct conn *c)
     uint64_t now = gw_mono_ms();
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
+        if (c->on_auth_timeout && c->proto_state)
+            c->on_auth_timeout(c);
         conn_close(c, "authentication timeout");
         return;
     }

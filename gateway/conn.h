@@ -111,6 +111,9 @@ struct conn {
     void *xport_state;
     /* set by protocols that can carry commands to their device (line, ws-device) */
     void (*send_command)(struct conn *c, const char *json, size_t len);
+    /* set by a protocol that answers a missed auth deadline (the line protocol): its
+     * last words (an error saying so) before the close that follows at once; or NULL */
+    void (*on_auth_timeout)(struct conn *c);
     const char *device;              /* device id after auth, else "" (never NULL) */
     int64_t connected_ms;            /* epoch ms */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;

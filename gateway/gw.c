@@ -53,6 +53,7 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     uv_tcp_init(gw->loop, &l->tcp);
     l->tcp.data = l;
     l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn};
+    l->bind = bind;
     l->open = true;
     gw->nlisteners++;
     rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
@@ -67,8 +68,29 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
     l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
-    log_info("listening protocol=%s port=%d bind=%s", name, l->port, bind);
     return 0;
+}
+
+void gw_listener_set_ctx(struct gw *gw, const struct proto_ops *proto, void *ctx)
+{
+    for (int i = 0; i < gw->nlisteners; i++)
+        if (gw->listeners[i].conn.proto == proto)
+            gw->listeners[i].conn.ctx = ctx;
+}
+
+void gw_log_listening(const struct gw *gw)
+{
+    for (int i = 0; i < gw->nlisteners; i++)
+        log_info("listening protocol=%s port=%d bind=%s", gw->listeners[i].conn.name,
+                 gw->listeners[i].port, gw->listeners[i].bind);
+}
+
+int gw_listener_port(const struct gw *gw, const char *name)
+{
+    for (int i = 0; i < gw->nlisteners; i++)
+        if (strcmp(gw->listeners[i].conn.name, name) == 0)
+            return gw->listeners[i].port;
+    return -1;
 }
 
 static void on_signal(uv_signal_t *s, int signum)

@@ -15,6 +15,7 @@
 struct bus;
 struct devices;
 struct guard;
+struct keys;
 
 /* What the loop needs to know of storage, filled by main (gateway/ never includes
  * storage/). Both functions are called on the loop thread; a NULL ctx means there is
@@ -53,6 +54,7 @@ struct gw_listen_cfg {
 struct gw_listener {
     struct conn_listener conn;      /* what each accepted connection carries */
     uv_tcp_t tcp;
+    const char *bind;               /* the address it is bound to (the config's text) */
     int port;                       /* bound port (resolved when 0 was asked) */
     bool open;
 };
@@ -65,7 +67,8 @@ struct gw {
     struct devices *devices;
     struct gw_storage storage;
     struct metrics metrics;
-    char api_key[CONFIG_STR_MAX];    /* REST and live feed key (web/auth.h checks it) */
+    char api_key[CONFIG_STR_MAX];    /* the configured key: API key "bootstrap" (web/keys.h) */
+    struct keys *keys;               /* the API keys (web/keys.h, set by main); NULL: none */
     unsigned char token_secret[32];  /* HMAC key for device tokens */
     int64_t started_ms;
     /* a device went online (first connection) or offline (last one closed) */
@@ -102,10 +105,19 @@ struct gw {
 /* Parses a listener's bind address (IPv6 when it holds a ':', else IPv4) with port into
  * out. Returns 0 or a libuv error; no I/O, so configuration checks call it before start. */
 int gw_parse_addr(const char *bind, int port, struct sockaddr_storage *out);
-/* Binds a listener; its connections get &listener->conn (name, proto, ctx). Logs
- * "listening protocol=<name> port=<n>". Returns 0, GW_ELIMIT past 8 listeners, or a
- * libuv error (logged). */
+/* Binds a listener and listens: the kernel queues connections from here on, and the
+ * loop accepts them once it runs; they get &listener->conn (name, proto, ctx), so the
+ * ctx may be filled in (gw_listener_set_ctx) until then. Start-up binds first, before
+ * anything is created on disk. Returns 0, GW_ELIMIT past 8 listeners, or a libuv
+ * error (logged). */
 int gw_listen(struct gw *gw, const struct gw_listen_cfg *l);
+/* Gives every listener of protocol proto its server state (proto->open's ctx). */
+void gw_listener_set_ctx(struct gw *gw, const struct proto_ops *proto, void *ctx);
+/* Logs "listening protocol=<name> port=<n> bind=<addr>" for each listener (the line
+ * tests and operators read the ports from), once the loop is about to accept. */
+void gw_log_listening(const struct gw *gw);
+/* The bound port of the listener named name, or -1 when there is none. */
+int gw_listener_port(const struct gw *gw, const char *name);
 /* Installs SIGINT/SIGTERM handlers that call gw_stop. */
 int gw_start(struct gw *gw);
 /* Stops accepting, closes connections; the loop then exits once storage drained. */

@@ -2,12 +2,15 @@
  *
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
  *        [--log-format text|json] [--log-level LEVEL] [--check-config] [--health]
- *        [--backup DEST] [--help] [--version]
+ *        [--config-reference] [--backup DEST] [--help] [--version]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
- * of it (check_config, which --check-config runs too), lock the data dir, open its
- * secrets and the database, load devices and latest values into the loop's hot
- * state, bind listeners. Then the loop runs until SIGINT or SIGTERM; gw_stop lets
+ * of it (check_config, which --check-config runs too; every error of every source is
+ * reported), bind the listeners (nothing exists on disk yet, so a port in use leaves
+ * nothing behind), create and lock the data dir, open its secrets and the database,
+ * load devices and latest values into the loop's hot state, give the listeners their
+ * protocols' state and log them and the banner. Then the loop runs (and accepts what
+ * the listeners queued meanwhile) until SIGINT or SIGTERM; gw_stop lets
  * storage make everything received durable, and main closes the store (draining
  * the writer) and every handle before exiting 0.
  * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config or a
@@ -36,6 +39,7 @@
 #include "gateway/log.h"
 #include "gateway/tls.h"
 #include "base/alloc.h"
+#include "base/buf.h"
 #include "base/err.h"
 #include "protocols/http/http.h"
 #include "protocols/line/line_proto.h"
@@ -45,6 +49,7 @@
 #include "web/backup_cli.h"
 #include "web/commands.h"
 #include "web/feed.h"
+#include "web/keys.h"
 #include "web/ops.h"
 #include "web/rest.h"
 #include "web/ws_routes.h"
@@ -55,35 +60,73 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: gale [options]\n"
+            "Gale is an IoT device gateway: devices send telemetry over MQTT, a line protocol\n"
+            "(JSON lines over TCP), WebSocket or HTTP; Gale stores it in SQLite and serves it\n"
+            "over REST, a live feed and a dashboard.\n"
+            "\n"
+            "options:\n"
             "  --config FILE          read a JSON config file (see config/gateway.json)\n"
-            "  --set section.key=val  set one key (repeatable); beats env and file\n"
-            "  --data-dir DIR         where the database and secrets live (default ./data)\n"
+            "  --set section.key=val  set one key (repeatable); beats environment and file\n"
+            "  --data-dir DIR         where the database and the API key live (default ./data)\n"
             "  --log-format text|json log line format (log.format)\n"
             "  --log-level LEVEL      debug, info, warn or error (log.level)\n"
-            "  --check-config         validate the configuration, print it, and exit\n"
-            "  --health               ask the gale this configuration describes for\n"
-            "                         GET /api/health; exit 0 if healthy, 1 if not\n"
+            "  --check-config         check the configuration, print it as JSON, and exit\n"
+            "  --config-reference     every configuration key: type, default, environment\n"
+            "                         variable and meaning (a Markdown table)\n"
             "  --backup DEST          ask the gale running with this configuration for an\n"
             "                         online backup and move it to DEST (a new file or a dir)\n"
+            "  --health               ask the gale this configuration describes for\n"
+            "                         GET /api/health; exit 0 if healthy, 1 if not\n"
             "  --version              print the version and exit\n"
-            "  --help                 this text and the configuration reference\n"
-            "Every key can also come from the environment as GALE_<SECTION>_<KEY>.\n"
-            "Precedence: flag > environment > file > default.\n\n");
-    config_print_reference(out);
+            "  --help                 this text\n"
+            "\n"
+            "Every key can also come from the environment as GALE_<SECTION>_<KEY>, e.g.\n"
+            "GALE_HTTP_PORT=8080 for http.port. Precedence: --set > environment > file > default.\n"
+            "Often set: http.port (8080), line.port (7000), mqtt.port (1883), *.bind (0.0.0.0),\n"
+            "http.api_key (generated into the data dir when empty), storage.sync (full|normal),\n"
+            "storage.retention_days, tls.cert_file and tls.key_file (the TLS listeners).\n"
+            "\n"
+            "Exit codes: 0 clean stop, 1 runtime failure (a port in use, the database),\n"
+            "2 bad configuration (every error is listed) or a data directory in use.\n"
+            "More: README.md (\"Quick start\", \"Running it\", \"Configuration reference\"); once\n"
+            "running, the dashboard at http://localhost:8080/ and the REST API at /api/docs.\n");
 }
 
 static const char *backup_dest; /* --backup DEST: run backup_cli instead of the gateway */
+static bool health_only;        /* --health: run health_probe instead of the gateway */
 
-static int bad_config(const char *err)
+/* Prints each error line (err holds one per line) and returns the exit code 2. */
+static int bad_config(const char *err, int n)
 {
-    fprintf(stderr, "gale: %s\n", err);
+    const char *p = err;
+
+    while (*p) {
+        size_t len = strcspn(p, "\n");
+        fprintf(stderr, "gale: %.*s\n", (int)len, p);
+        p += len + (p[len] == '\n');
+    }
+    if (n > 1)
+        fprintf(stderr, "gale: %d errors in the configuration\n", n);
     return 2;
+}
+
+/* Appends the lines of err, each followed by from, to the errors so far. */
+static void add_errors(struct buf *errs, int *n, const char *err, const char *from)
+{
+    const char *p = err;
+
+    while (*p) {
+        size_t len = strcspn(p, "\n");
+        buf_printf(errs, "%.*s%s\n", (int)len, p, from);
+        (*n)++;
+        p += len + (p[len] == '\n');
+    }
 }
 
 /* What a start would otherwise reject only once storage is open: the MQTT ACL rules
  * (parsed again by the broker), the bridge's upstreams (parsed again at start) and the
- * bind address of every enabled listener. */
-static int check_config(const struct config *cfg, char *err, size_t errlen)
+ * bind address of every enabled listener. Every error goes to errs. */
+static void check_config(const struct config *cfg, struct buf *errs, int *n)
 {
     const struct {
         const char *key;
@@ -95,45 +138,54 @@ static int check_config(const struct config *cfg, char *err, size_t errlen)
         {"mqtt.bind", cfg->mqtt.enabled, cfg->mqtt.bind},
     };
     struct sockaddr_storage ss;
-    char why[400];
+    char why[400], err[8192];
     struct acl *acl;
 
-    if (config_validate(cfg, err, errlen) != 0)
-        return -1;
+    if (config_validate(cfg, err, sizeof err) != 0)
+        add_errors(errs, n, err, "");
     for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
         if (binds[i].on && gw_parse_addr(binds[i].bind, 0, &ss) != 0) {
-            snprintf(err, errlen, "config: %s: must be an IPv4 or IPv6 address (got \"%s\")",
-                     binds[i].key, binds[i].bind);
-            return -1;
+            snprintf(err, sizeof err,
+                     "config: %s: must be an IPv4 or IPv6 address (got \"%s\")", binds[i].key,
+                     binds[i].bind);
+            add_errors(errs, n, err, "");
         }
     }
     if ((acl = acl_new(cfg->mqtt.acl_json, why, sizeof why)) == NULL) {
-        snprintf(err, errlen, "config: %s", why);
-        return -1;
+        snprintf(err, sizeof err, "config: %s", why);
+        add_errors(errs, n, err, "");
     }
     acl_free(acl);
-    if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, errlen) != 0)
-        return -1;
+    if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, sizeof err) != 0)
+        add_errors(errs, n, err, "");
     {
         struct bridge_cfg bc;
-        if (bridge_cfg_parse(cfg->bridge.upstreams_json, &bc, err, errlen) != 0)
-            return -1;
-        bridge_cfg_fini(&bc);
+        if (bridge_cfg_parse(cfg->bridge.upstreams_json, &bc, err, sizeof err) != 0)
+            add_errors(errs, n, err, "");
+        else
+            bridge_cfg_fini(&bc);
     }
-    return 0;
 }
 
-/* Parses flags into cfg; returns -1 to exit with *code. */
-static int load_config(int argc, char **argv, struct config *cfg, bool *check_only,
-                       bool *health_only, int *code)
+/* Parses flags into cfg, collecting every error of every source (file, environment,
+ * flags) before it reports them; returns -1 to exit with *code. */
+static int load_config(int argc, char **argv, struct config *cfg, bool *check_only, int *code)
 {
-    char err[512];
-    const char *file = NULL, *data_dir = NULL, *log_format = NULL, *log_level = NULL;
-    int i;
+    char err[8192], set[CONFIG_STR_MAX + 32];
+    const char *file = NULL;
+    const struct {
+        const char *flag, *key;
+    } shorthands[] = {
+        {"--data-dir", "gateway.data_dir"},
+        {"--log-format", "log.format"},
+        {"--log-level", "log.level"},
+    };
+    struct buf errs;
+    int i, n = 0;
 
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
-        bool has_next = i + 1 < argc;
+        bool has_next = i + 1 < argc, known = false;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             *code = 0;
@@ -148,62 +200,68 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             return -1;
         } else if (strcmp(a, "--check-config") == 0) {
             *check_only = true;
+            continue;
         } else if (strcmp(a, "--health") == 0) {
-            *health_only = true;
+            health_only = true;
+            continue;
         } else if (strcmp(a, "--backup") == 0 && has_next) {
             backup_dest = argv[++i];
+            continue;
         } else if (strcmp(a, "--config") == 0 && has_next) {
             file = argv[++i];
-        } else if (strcmp(a, "--data-dir") == 0 && has_next) {
-            data_dir = argv[++i];
-        } else if (strcmp(a, "--log-format") == 0 && has_next) {
-            log_format = argv[++i];
-        } else if (strcmp(a, "--log-level") == 0 && has_next) {
-            log_level = argv[++i];
+            continue;
         } else if (strcmp(a, "--set") == 0 && has_next) {
             i++; /* applied below, after file and env */
-        } else {
+            continue;
+        }
+        for (size_t s = 0; s < sizeof shorthands / sizeof shorthands[0]; s++)
+            if (strcmp(a, shorthands[s].flag) == 0 && has_next) {
+                i++;
+                known = true;
+            }
+        if (!known) {
             fprintf(stderr, "gale: unknown or incomplete option \"%s\" (see --help)\n", a);
             *code = 2;
             return -1;
         }
     }
+    buf_init(&errs);
     config_defaults(cfg);
     if (file && config_apply_file(cfg, file, err, sizeof err) != 0)
-        goto bad;
+        add_errors(&errs, &n, err, "");
     if (config_apply_env(cfg, environ, err, sizeof err) != 0)
-        goto bad;
+        add_errors(&errs, &n, err, "");
+    /* --set and its shorthands in the order given: the last one of a key wins */
     for (i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
-            if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
-                goto bad;
-        } else if (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--data-dir") == 0 ||
-                   strcmp(argv[i], "--log-format") == 0 || strcmp(argv[i], "--log-level") == 0 ||
-                   strcmp(argv[i], "--backup") == 0) {
+        const char *a = argv[i];
+        if ((strcmp(a, "--config") == 0 || strcmp(a, "--backup") == 0) && i + 1 < argc) {
             i++;
+        } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
+            if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
+                add_errors(&errs, &n, err, " (from --set)");
+        } else {
+            for (size_t s = 0; s < sizeof shorthands / sizeof shorthands[0]; s++) {
+                if (strcmp(a, shorthands[s].flag) != 0 || i + 1 >= argc)
+                    continue;
+                snprintf(set, sizeof set, "%s=%s", shorthands[s].key, argv[++i]);
+                if (config_apply_set(cfg, set, err, sizeof err) != 0) {
+                    char from[48];
+                    snprintf(from, sizeof from, " (from %s)", shorthands[s].flag);
+                    add_errors(&errs, &n, err, from);
+                }
+                break;
+            }
         }
     }
-    if (data_dir) {
-        snprintf(err, sizeof err, "gateway.data_dir=%s", data_dir);
-        if (config_apply_set(cfg, err, err, sizeof err) != 0)
-            goto bad;
+    if (n == 0) /* cross-key checks of a configuration that holds what was asked for */
+        check_config(cfg, &errs, &n);
+    if (n > 0) {
+        *code = bad_config(buf_cstr(&errs), n);
+        buf_fini(&errs);
+        return -1;
     }
-    if (log_format) {
-        snprintf(err, sizeof err, "log.format=%s", log_format);
-        if (config_apply_set(cfg, err, err, sizeof err) != 0)
-            goto bad;
-    }
-    if (log_level) {
-        snprintf(err, sizeof err, "log.level=%s", log_level);
-        if (config_apply_set(cfg, err, err, sizeof err) != 0)
-            goto bad;
-    }
-    if (check_config(cfg, err, sizeof err) != 0)
-        goto bad;
+    buf_fini(&errs);
     return 0;
-bad:
-    *code = bad_config(err);
-    return -1;
 }
 
 /* File descriptors a connection may not take: stdio, the loop's own (epoll, signal pipe,
@@ -252,15 +310,19 @@ static void apply_fd_limit(struct config *cfg)
 /* Takes an exclusive lock on <dir>/gale.lock, held by the returned fd for the process
  * lifetime: the kernel drops it when the process ends, kill -9 included, so a stale file
  * never blocks a restart. The file holds the holder's pid for the next one's message.
- * Returns the fd, or -1 (logged) with *busy set when another process holds the lock. */
-static int lock_data_dir(const char *dir, bool *busy)
+ * Returns the fd, or -1 (logged) with *busy set when another process holds the lock.
+ * Without create, a missing file (or directory) is no error and nothing is created: the
+ * check before the listeners bind, whose lock main drops again. */
+static int lock_data_dir(const char *dir, bool create, bool *busy)
 {
     char path[CONFIG_STR_MAX + 16], pid[32] = "";
     int fd, n;
 
     *busy = false;
     snprintf(path, sizeof path, "%s/gale.lock", dir);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    if (fd < 0 && !create && errno == ENOENT)
+        return -1; /* the check before binding: no lock file, nobody holds the dir */
     if (fd < 0) {
         log_error("cannot open lock file %s: %s", path, strerror(errno));
         return -1;
@@ -309,6 +371,20 @@ static int check_data_dir(const char *dir)
     else
         log_error("data dir %s: %s", dir, strerror(e));
     return -1;
+}
+
+/* <data_dir>/listeners for gale --health and scripts: every bound listener, random
+ * ports included. */
+static void record_listeners(const struct gw *gw, const char *data_dir)
+{
+    struct health_listener ls[sizeof gw->listeners / sizeof gw->listeners[0]];
+    int rc;
+
+    for (int i = 0; i < gw->nlisteners; i++)
+        ls[i] = (struct health_listener){gw->listeners[i].conn.name, gw->listeners[i].bind,
+                                         gw->listeners[i].port};
+    if ((rc = health_record(data_dir, ls, (size_t)gw->nlisteners)) != 0)
+        log_warn("cannot write %s/listeners: %s", data_dir, strerror(-rc));
 }
 
 /* Reads a secret file, or creates it with n random bytes (hex when text). */
@@ -461,6 +537,13 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     struct parts *p = gw->hook_ctx;
     mqtt_broker_presence(p->broker, device, online);
     feed_presence(p->feed, device, online);
+}
+
+/* A revoked API key's live-feed viewers close at once. */
+static void on_key_revoked(void *ctx, const struct api_key *k)
+{
+    struct parts *p = ctx;
+    feed_key_revoked(p->feed, k->id);
 }
 
 /* A deleted device leaves no presence behind. */
@@ -750,6 +833,87 @@ static int tls_port(int port)
     return port < 0 ? 0 : port;
 }
 
+/* Binds every enabled listener (gw_listen); their protocols' server state is set once
+ * it exists (gw_listener_set_ctx). Returns 0 or the first error (logged). */
+static int bind_listeners(struct gw *gw, const struct config *cfg, struct tls_server *tls)
+{
+    bool t = tls != NULL;
+    const struct {
+        bool on;
+        struct gw_listen_cfg l;
+    } ls[] = {
+        {true, {"http", cfg->http.bind, cfg->http.port, &http_proto, NULL, NULL, NULL}},
+        {cfg->line.enabled,
+         {"line", cfg->line.bind, cfg->line.port, &line_proto, NULL, NULL, NULL}},
+        {cfg->mqtt.enabled,
+         {"mqtt", cfg->mqtt.bind, cfg->mqtt.port, &mqtt_proto, NULL, NULL, NULL}},
+        {t && cfg->http.tls_port,
+         {"https", cfg->http.bind, tls_port(cfg->http.tls_port), &http_proto, NULL, tls,
+          "http/1.1"}},
+        {t && cfg->line.enabled && cfg->line.tls_port,
+         {"lines", cfg->line.bind, tls_port(cfg->line.tls_port), &line_proto, NULL, tls, NULL}},
+        {t && cfg->mqtt.enabled && cfg->mqtt.tls_port,
+         {"mqtts", cfg->mqtt.bind, tls_port(cfg->mqtt.tls_port), &mqtt_proto, NULL, tls,
+          "mqtt"}},
+    };
+    int rc;
+
+    for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++)
+        if (ls[i].on && (rc = gw_listen(gw, &ls[i].l)) != 0)
+            return rc;
+    return 0;
+}
+
+/* The host a local client reaches a listener bound to bind at: localhost for the
+ * wildcard addresses, else the address itself (IPv6 in brackets). */
+static void client_host(const char *bind, char *out, size_t outlen)
+{
+    if (strcmp(bind, "0.0.0.0") == 0 || strcmp(bind, "::") == 0)
+        snprintf(out, outlen, "localhost");
+    else if (strchr(bind, ':'))
+        snprintf(out, outlen, "[%s]", bind);
+    else
+        snprintf(out, outlen, "%s", bind);
+}
+
+/* The start-up banner, after the listeners are up: where the dashboard is, where the API
+ * key is, and one example per protocol with the ports actually bound (a port of 0 picks
+ * one). The key itself is never logged. The examples hold no '=' (so that in JSON logs
+ * they stay one "msg"); dev-1 and $TOKEN are those of the README's quick start. */
+static void log_banner(const struct gw *gw, const struct config *cfg)
+{
+    char host[80], key[CONFIG_STR_MAX + 48];
+    int http = gw_listener_port(gw, "http"), line = gw_listener_port(gw, "line");
+    int mqtt = gw_listener_port(gw, "mqtt");
+
+    if (cfg->http.api_key[0])
+        snprintf(key, sizeof key, "api_key_from=http.api_key");
+    else
+        snprintf(key, sizeof key, "api_key_file=%s/api_key", cfg->data_dir);
+    client_host(cfg->http.bind, host, sizeof host);
+    log_info("dashboard url=http://%s:%d/ %s rest=http://%s:%d/api/docs", host, http, key, host,
+             http);
+    log_info("try: add a device: curl -H 'Authorization: Bearer <API key>' -d "
+             "'{\"id\":\"dev-1\"}' http://%s:%d/api/devices (its token is in the reply)",
+             host, http);
+    if (mqtt >= 0) {
+        client_host(cfg->mqtt.bind, host, sizeof host);
+        log_info("try: MQTT: mosquitto_pub -h %s -p %d -u dev-1 -P \"$TOKEN\" -q 1 -t "
+                 "devices/dev-1/telemetry -m '{\"temp\":21.5}'", host, mqtt);
+    }
+    if (line >= 0) {
+        client_host(cfg->line.bind, host, sizeof host);
+        log_info("try: line protocol: nc %s %d, then type {\"device\":\"dev-1\",\"token\":"
+                 "\"$TOKEN\"} and {\"temp\":21.5,\"seq\":1}", host, line);
+    }
+    client_host(cfg->http.bind, host, sizeof host);
+    log_info("try: WebSocket: ws://%s:%d/ws/device, first message "
+             "{\"device\":\"dev-1\",\"token\":\"$TOKEN\"}, then {\"temp\":21.5}", host,
+             http);
+    log_info("try: HTTP: curl -H \"Authorization: Bearer $TOKEN\" -d '{\"temp\":21.5}' "
+             "http://%s:%d/api/devices/dev-1/telemetry", host, http);
+}
+
 static void on_walk_close(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -770,10 +934,10 @@ int main(int argc, char **argv)
     struct tls_server *tls = NULL;
     uv_loop_t loop;
     char dbpath[CONFIG_STR_MAX + 16], secret_path[CONFIG_STR_MAX + 32];
-    bool check_only = false, health_only = false, created, busy;
-    int code = 1, lock_fd, rc;
+    bool check_only = false, created, busy;
+    int code = 1, lock_fd;
 
-    if (load_config(argc, argv, &cfg, &check_only, &health_only, &code) != 0)
+    if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
         return code;
     if (health_only)
         return health_probe(cfg.data_dir, cfg.http.bind, cfg.http.port, HEALTH_TIMEOUT_MS,
@@ -790,14 +954,12 @@ int main(int argc, char **argv)
         return backup_cli(&cfg, backup_dest);
     signal(SIGPIPE, SIG_IGN);
     apply_fd_limit(&cfg);
-    if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
-        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
-        return 1;
-    }
-    if (check_data_dir(cfg.data_dir) != 0)
-        return 1;
-    if ((lock_fd = lock_data_dir(cfg.data_dir, &busy)) < 0)
-        return busy ? 2 : 1;
+    /* another gale on this data dir: said before anything else, and nothing is created */
+    if ((lock_fd = lock_data_dir(cfg.data_dir, false, &busy)) >= 0)
+        close(lock_fd);
+    else if (busy)
+        return 2;
+    lock_fd = -1;
     memset(&gw, 0, sizeof gw);
     gw.cfg = &cfg;
     uv_loop_init(&loop);
@@ -811,6 +973,27 @@ int main(int argc, char **argv)
     gw.hook_ctx = &parts;
     if (write_fault_seam_init(&gw) != 0)
         goto out;
+    /* the listeners first: a port in use ends the start before anything exists on disk
+     * (no data dir, key or database); what they queue is accepted once the loop runs */
+    if (cfg.tls.cert_file[0]) { /* checked by check_config: only a file changed since fails */
+        char err[CONFIG_STR_MAX + 256];
+        if ((tls = tls_server_new(&cfg, err, sizeof err)) == NULL) {
+            log_error("%s", err);
+            goto out;
+        }
+    }
+    if (bind_listeners(&gw, &cfg, tls) != 0)
+        goto out;
+    if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+        log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
+        goto out;
+    }
+    if (check_data_dir(cfg.data_dir) != 0)
+        goto out;
+    if ((lock_fd = lock_data_dir(cfg.data_dir, true, &busy)) < 0) {
+        code = busy ? 2 : 1;
+        goto out;
+    }
 
     snprintf(secret_path, sizeof secret_path, "%s/token.key", cfg.data_dir);
     if (load_secret(secret_path, gw.token_secret, sizeof gw.token_secret, &created) != 0 ||
@@ -859,6 +1042,9 @@ int main(int argc, char **argv)
     if ((parts.commands = commands_new(&gw, store, parts.broker)) == NULL)
         goto out;
     gw.on_command_reply = on_command_reply;
+    if ((gw.keys = keys_new(&gw, store)) == NULL)
+        goto out;
+    keys_set_revoked_hook(gw.keys, on_key_revoked, &parts);
     parts.rest = rest_new(&gw, store, parts.commands);
     rest_set_device_deleted_hook(parts.rest, on_device_deleted, parts.broker);
     parts.ops = ops_new(&gw, parts.broker);
@@ -885,51 +1071,15 @@ int main(int argc, char **argv)
                                                        bridge_write_metrics});
     }
     gw_start(&gw);
-    if (cfg.tls.cert_file[0]) { /* checked by check_config: only a file changed since fails */
-        char err[CONFIG_STR_MAX + 256];
-        if ((tls = tls_server_new(&cfg, err, sizeof err)) == NULL) {
-            log_error("%s", err);
-            goto out;
-        }
-        if (tls_server_watch(tls, &loop) != 0)
-            log_warn("tls: cannot watch the certificate files; SIGHUP still reloads them");
-    }
-    {
-        void *http = rest_http_server(parts.rest);
-        bool t = tls != NULL;
-        const struct {
-            bool on;
-            struct gw_listen_cfg l;
-        } ls[] = {
-            {true, {"http", cfg.http.bind, cfg.http.port, &http_proto, http, NULL, NULL}},
-            {cfg.line.enabled, {"line", cfg.line.bind, cfg.line.port, &line_proto, NULL, NULL, NULL}},
-            {cfg.mqtt.enabled,
-             {"mqtt", cfg.mqtt.bind, cfg.mqtt.port, &mqtt_proto, parts.broker, NULL, NULL}},
-            {t && cfg.http.tls_port,
-             {"https", cfg.http.bind, tls_port(cfg.http.tls_port), &http_proto, http, tls,
-              "http/1.1"}},
-            {t && cfg.line.enabled && cfg.line.tls_port,
-             {"lines", cfg.line.bind, tls_port(cfg.line.tls_port), &line_proto, NULL, tls, NULL}},
-            {t && cfg.mqtt.enabled && cfg.mqtt.tls_port,
-             {"mqtts", cfg.mqtt.bind, tls_port(cfg.mqtt.tls_port), &mqtt_proto, parts.broker, tls,
-              "mqtt"}},
-        };
-        struct health_listener bound[sizeof ls / sizeof ls[0]];
-        size_t nbound = 0;
-        for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
-            if (!ls[i].on)
-                continue;
-            if (gw_listen(&gw, &ls[i].l) != 0)
-                goto out;
-            bound[nbound++] = (struct health_listener){ls[i].l.name, ls[i].l.bind,
-                                                       gw.listeners[gw.nlisteners - 1].port};
-        }
-        /* where gale --health (and scripts) find the ports, random ones included */
-        if ((rc = health_record(cfg.data_dir, bound, nbound)) != 0)
-            log_warn("cannot write %s/listeners: %s", cfg.data_dir, strerror(-rc));
-    }
+    if (tls && tls_server_watch(tls, &loop) != 0)
+        log_warn("tls: cannot watch the certificate files; SIGHUP still reloads them");
+    gw_listener_set_ctx(&gw, &http_proto, rest_http_server(parts.rest));
+    gw_listener_set_ctx(&gw, &mqtt_proto, parts.broker);
+    gw_log_listening(&gw);
+    record_listeners(&gw, cfg.data_dir);
     gw.ready = !ready_seam(&loop, &gw);
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
+    log_banner(&gw, &cfg);
     uv_run(&loop, UV_RUN_DEFAULT);
     code = 0;
 out:
@@ -959,6 +1109,7 @@ out:
     ops_free(parts.ops);
     feed_free(parts.feed);
     commands_free(parts.commands);
+    keys_free(gw.keys);
     mqtt_broker_free(parts.broker);
     conn_registry_free(gw.conns);
     tls_server_free(tls);
@@ -966,7 +1117,9 @@ out:
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);
-    health_forget(cfg.data_dir);
-    close(lock_fd); /* last: the next gale may open the data dir now */
+    if (lock_fd >= 0) {
+        health_forget(cfg.data_dir);
+        close(lock_fd); /* last: the next gale may open the data dir now */
+    }
     return code;
 }

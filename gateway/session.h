@@ -75,6 +75,9 @@ void session_authenticated(struct session *s, struct device *dev);
 void session_message(struct session *s, const void *json, size_t len);
 /* A transport-level fatal error (a line too long): error object, then close. */
 void session_refuse(struct session *s, const char *code, const char *why);
+/* The auth deadline passed (proto_ops.auth_timeout): an error object with code
+ * auth_timeout; the caller closes the connection. */
+void session_auth_timeout(struct session *s);
 /* The connection is closing: presence goes offline. No I/O; s may be freed after. */
 void session_close(struct session *s);
 

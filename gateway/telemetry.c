@@ -6,7 +6,8 @@
  * arena allocation and the tree is freed. Pure: no I/O, no clock, no globals; called on
  * the loop thread (or any thread: it shares nothing).
  * Rules beyond telemetry.h: "ts" is an integer (integer-valued doubles such as 1.7e12
- * count) in 0..253402300799999 (end of year 9999); "seq" an integer in 0..2^53-1, allowed
+ * count) or an RFC 3339 string ("2026-03-29T12:00:00.250Z", gw_parse_rfc3339), either in
+ * 0..253402300799999 ms (1970 to the end of year 9999); "seq" an integer in 0..2^53-1, allowed
  * only at the top of a single object or of a batch envelope (inside an array it is
  * refused, not taken as a value); beside "values" only "ts" and "seq" may appear, beside
  * a top-level "batch" array only "seq"; "ts", "values", "seq" and "batch" are matched
@@ -26,8 +27,10 @@
 
 #include "gateway/log.h"
 #include "base/alloc.h"
+#include "base/clock.h"
 
 #define TS_MAX_MS 253402300799999.0 /* 9999-12-31T23:59:59.999Z in epoch ms */
+#define TS_RULE "ts must be epoch ms (an integer) or an RFC 3339 time (2026-03-29T12:00:00Z)"
 #define SEQ_MAX 9007199254740991.0  /* 2^53 - 1: the largest integer a double holds exactly */
 
 /* State shared by both passes over the tree. */
@@ -223,13 +226,20 @@ static int parse_ts(struct walk *w, const cJSON *ts, int64_t *ts_ms)
 {
     double d;
 
-    if (!cJSON_IsNumber(ts))
-        return fail(w, "ts must be an integer (epoch ms)", "bad_ts");
-    d = ts->valuedouble;
+    if (cJSON_IsString(ts)) {
+        int64_t ms;
+        if (!gw_parse_rfc3339(ts->valuestring, &ms))
+            return fail(w, TS_RULE, "bad_ts");
+        d = (double)ms;
+    } else if (!cJSON_IsNumber(ts)) {
+        return fail(w, TS_RULE, "bad_ts");
+    } else {
+        d = ts->valuedouble;
+    }
     if (!isfinite(d) || floor(d) != d)
-        return fail(w, "ts must be an integer (epoch ms)", "bad_ts");
+        return fail(w, TS_RULE, "bad_ts");
     if (d < 0 || d > TS_MAX_MS)
-        return fail(w, "ts out of range (epoch ms, 0 to year 9999)", "bad_ts");
+        return fail(w, "ts out of range (1970 to the year 9999)", "bad_ts");
     *ts_ms = (int64_t)d;
     return 0;
 }

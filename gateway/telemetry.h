@@ -2,6 +2,7 @@
  * Accepted shapes (DESIGN.md "Telemetry payloads"):
  *   {"temp":21.5,"on":true}                 values at now_ms
  *   {"ts":1700000000000,"values":{...}}     values at ts (epoch ms)
+ *   {"ts":"2026-03-29T12:00:00Z","values":{...}}   the same with an RFC 3339 ts
  *   [ <either of the above>, ... ]
  *   {"seq":N,"batch":[ <either of the above>, ... ]}   the batch envelope: an array
  *                                           with one seq for all of it
@@ -33,11 +34,11 @@ struct telem {
 };
 
 /* Returns 0 and fills *out (free with telem_fini), or -1 with *why set to a static
- * reason ("invalid JSON", "expected an object or array", "ts must be an integer
- * (epoch ms)", "values must be an object", "too many values", "key too long",
- * "empty telemetry", ...) and *code to a machine code ("bad_json", "bad_shape",
- * "bad_ts", "too_many_values", "bad_key"). On -1 only out->has_seq and out->seq may be
- * set: when the JSON parsed and carried a valid top-level seq. */
+ * reason ("invalid JSON", "expected an object or array", "ts must be epoch ms (an
+ * integer) or an RFC 3339 time ...", "values must be an object", "too many values",
+ * "key too long", "empty telemetry", ...) and *code to a machine code ("bad_json",
+ * "bad_shape", "bad_ts", "too_many_values", "bad_key"). On -1 only out->has_seq and
+ * out->seq may be set: when the JSON parsed and carried a valid top-level seq. */
 int telem_decode(const struct telem_limits *lim, const char *json, size_t len, int64_t now_ms,
                  struct telem *out, const char **why, const char **code);
 void telem_fini(struct telem *t);

@@ -368,5 +368,22 @@ typedef void (*store_backup_fn)(void *ctx, const struct store_backup_result *r);
  * code (fn is then not called). store_close stops a backup in flight (fn is not called). */
 int store_backup(struct store *s, const char *dir, const char *name, store_backup_fn fn,
                  void *ctx);
+/* ---- API keys (web/keys.h keeps them in memory) ---- */
+struct store_api_key {
+    const char *id;           /* the key's public id */
+    const char *name;
+    const char *role;         /* "admin" | "operator" | "read" */
+    const char *devices_json; /* JSON array of device globs, or NULL: every device */
+    const char *hash;         /* hex SHA-256 of the whole key; NULL for "bootstrap" */
+    int64_t created_ms;
+    int64_t revoked_ms;       /* 0 = in force */
+};
+/* Inserts or replaces by id (all fields copied). */
+uint64_t store_put_api_key(struct store *s, const struct store_api_key *k);
+/* Deletes the key's row. */
+uint64_t store_delete_api_key(struct store *s, const char *id);
+typedef void (*store_api_key_fn)(void *ctx, const struct store_api_key *k);
+/* Start-up only (blocks): calls fn for every stored key, in creation order. */
+int store_load_api_keys(struct store *s, store_api_key_fn fn, void *ctx);
 
 #endif

@@ -41,7 +41,7 @@
 #include "base/list.h"
 #include "storage/store.h"
 
-#define STORE_SCHEMA_VERSION 5          /* PRAGMA user_version after migrations */
+#define STORE_SCHEMA_VERSION 6          /* PRAGMA user_version after migrations */
 #define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
 #define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
 #define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
@@ -89,6 +89,9 @@ enum store_op_kind {
     /* the bridge outbox (outbox.c) */
     STORE_OP_PUT_OUTBOX,        /* replaces a message of the same (upstream, id) */
     STORE_OP_DELETE_OUTBOX,     /* the range msg_id..last_id */
+    /* API keys (keys.c) */
+    STORE_OP_PUT_API_KEY,       /* inserts or replaces */
+    STORE_OP_DELETE_API_KEY,
 };
 
 /* A write other than telemetry, in the same ordered stream. Every pointer is owned
@@ -218,6 +221,7 @@ enum store_stmt {
     ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_SUBS_DEL,
     ST_SESSION_MSGS_DEL, ST_SESSION_SUB_PUT, ST_SESSION_SUB_DEL, ST_SESSION_MSG_PUT,
     ST_SESSION_MSG_DEL, ST_COMMAND_PUT, ST_OUTBOX_PUT, ST_OUTBOX_DEL,
+    ST_API_KEY_PUT, ST_API_KEY_DEL,
     ST_COUNT
 };
 
@@ -375,6 +379,8 @@ int store_apply_device_op(struct store *s, const struct store_op *op);
 /* ---- state.c (writer thread, inside the batch's transaction) ---- */
 /* Applies a broker-state or command operation: SQLite result code. */
 int store_apply_state_op(struct store *s, const struct store_op *op);
+/* keys.c: STORE_OP_PUT_API_KEY / STORE_OP_DELETE_API_KEY (writer thread). */
+int store_apply_api_key_op(struct store *s, const struct store_op *op);
 
 /* ---- outbox.c ---- */
 /* Writer thread, inside the batch's transaction: applies an outbox put or delete.

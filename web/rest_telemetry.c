@@ -46,6 +46,8 @@
 #include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
+#include "web/httpdev.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define MAX_QUERY_KEYS 64
@@ -67,6 +69,36 @@ void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
 }
 
+/* A device's own telemetry POST waiting for its commit; freed by on_ingest_durable. */
+struct ingest_reply {
+    struct rest *r;
+    size_t npoints;
+    char device[DEVICE_ID_MAX + 1];
+};
+
+/* The commit of a device's POST: {"stored":N,"commands":[...]} with the commands queued
+ * for it, taken (delivered) only now that the answer goes out. */
+static void on_ingest_durable(struct conn *c, uint64_t tag, int ok)
+{
+    struct ingest_reply *p = (struct ingest_reply *)(uintptr_t)tag;
+    struct http_conn *h = ok >= 0 ? http_from_conn(c) : NULL;
+    struct buf b;
+
+    if (h && ok) {
+        buf_init(&b);
+        buf_printf(&b, "{\"stored\":%zu,\"commands\":", p->npoints);
+        httpdev_take(p->r->httpdev, p->device, &b);
+        buf_append_str(&b, "}");
+        rest_reply_json(h, 200, &b);
+        buf_fini(&b);
+    } else if (h && c->gw->storage_full) {
+        http_respond_error(h, 507, "storage_full", "storage full: nothing was stored");
+    } else if (h) {
+        http_respond_error(h, 503, "storage_error", "storage failure: nothing was stored");
+    }
+    free(p);
+}
+
 void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *req,
                          struct device *dev)
 {
@@ -77,13 +109,17 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
     char topic[DEVICE_ID_MAX + 32];
     struct buf b;
 
+    bool by_device;
+
     /* the API key, the device's token, or (mutual TLS) the device's certificate */
-    if (!rest_authorized(gw, req) &&
-        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
+    by_device = !rest_authorized(gw, req);
+    if (by_device && !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
         !tls_peer_device(http_conn_of(h), dev->id)) {
         rest_unauthorized_ingest(gw, h);
         return;
     }
+    if (by_device)
+        httpdev_seen(r->httpdev, dev); /* online over HTTP, even when refused below */
     if (guard_rate(gw->guard, dev->id, gw_mono_ms()) != GUARD_RATE_OK) {
         /* disconnect: the reply says why, then the connection closes */
         if (gw->cfg->limits.device_rate_action == CONFIG_RATE_DISCONNECT)
@@ -103,6 +139,14 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
     snprintf(topic, sizeof topic, "devices/%s/telemetry", dev->id);
     if (session_ingest(gw, dev, topic, req->body, req->body_len, &res, &why, &code) != 0) {
         http_respond_error(h, 400, code, why);
+        return;
+    }
+    if (by_device) { /* the reply also carries the device's queued commands */
+        struct ingest_reply *p = xcalloc(1, sizeof *p);
+        p->r = r;
+        p->npoints = res.npoints;
+        snprintf(p->device, sizeof p->device, "%s", dev->id);
+        gw_await_durable(http_conn_of(h), &res.ticket, (uint64_t)(uintptr_t)p, on_ingest_durable);
         return;
     }
     buf_init(&b);
@@ -164,60 +208,6 @@ static bool parse_duration(const char *s, int64_t *out)
     return total > 0 && (*out = total, true);
 }
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-    int64_t era, yoe, doy, doe;
-
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/* RFC 3339: 2026-03-29T00:00:00Z, ...T01:30:00.250+02:00 (a space or t for T, z for Z). */
-static bool parse_rfc3339(const char *s, int64_t *out)
-{
-    int y, mo, d, hh, mi, ss, n = 0, oh, om;
-    int64_t ms = 0, off = 0;
-    const char *p;
-
-    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
-        return false;
-    p = s + 10;
-    if (*p != 'T' && *p != 't' && *p != ' ')
-        return false;
-    if (sscanf(p + 1, "%2d:%2d:%2d%n", &hh, &mi, &ss, &n) != 3 || n != 8)
-        return false;
-    p += 9;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return false;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
-            return false;
-        off = (oh * 60LL + om) * 60000 * (*p == '-' ? -1 : 1);
-        p += 6;
-    } else {
-        return false;
-    }
-    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || hh > 23 || mi > 59 || ss > 60)
-        return false;
-    *out = days_from_civil(y, mo, d) * DAY_MS + ((hh * 60LL + mi) * 60 + ss) * 1000 + ms - off;
-    return true;
-}
-
 /* from/to: epoch ms, RFC 3339, or relative to now: "now", "-1h", "now-15m", "now+1d". */
 static bool parse_time(const char *s, int64_t now_ms, int64_t *out)
 {
@@ -234,7 +224,7 @@ static bool parse_time(const char *s, int64_t now_ms, int64_t *out)
         *out = *s == '-' ? now_ms - d : now_ms + d;
         return true;
     }
-    return parse_rfc3339(s, out);
+    return gw_parse_rfc3339(s, out);
 }
 
 static bool parse_agg(const char *s, enum store_agg *out)
@@ -1048,7 +1038,8 @@ out:
     free(sp);
 }
 
-void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req)
+void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req,
+                          const struct api_key *key)
 {
     struct query_spec *sp = xcalloc(1, sizeof *sp);
     char list[4096];
@@ -1085,7 +1076,7 @@ void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *
         nsubs = nids;
     }
     for (size_t i = 0; i < nids; i++) {
-        if (!devices_find(r->gw->devices, ids[i])) {
+        if (!devices_find(r->gw->devices, ids[i]) || !keys_allows_device(key, ids[i])) {
             struct buf msg;
             buf_init(&msg);
             buf_printf(&msg, "no such device: %.64s", ids[i]);

@@ -35,11 +35,17 @@ static void line_end(struct conn *c, const char *why)
 
 static const struct session_ops line_session = {"line", "line", line_write, line_end};
 
+static void line_auth_timeout(struct conn *c)
+{
+    session_auth_timeout(c->proto_state); /* the session leads the line state */
+}
+
 static void *line_open(struct conn *c, void *ctx)
 {
     (void)ctx;
     struct line_conn *l = xcalloc(1, sizeof *l);
     session_init(&l->s, c, &line_session);
+    c->on_auth_timeout = line_auth_timeout;
     line_decoder_init(&l->dec, c->gw->cfg->line.max_line_bytes);
     return l;
 }

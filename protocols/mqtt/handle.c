@@ -525,9 +525,12 @@ static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const 
     if (mc->bad_telemetry++ == 0)
         log_write(ack ? LOG_INFO : LOG_WARN,
                   "conn=%llu peer=%s proto=mqtt client=\"%s\" device=%s telemetry not stored "
-                  "reason=\"%s\" topic=\"%s\" action=%s",
+                  "reason=\"%s\" topic=\"%s\" action=%s%s",
                   (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id), device,
-                  why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect");
+                  why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect",
+                  ack ? "" : " hint=\"while developing, --set mqtt.invalid_telemetry=ack "
+                             "(or GALE_MQTT_INVALID_TELEMETRY=ack) acknowledges such publishes "
+                             "and keeps the connection\"");
     if (ack)
         return true;
     if (nack)
@@ -731,11 +734,17 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
         uint8_t qos = opts & MQTT_SUBOPT_QOS_MASK;
         uint32_t ropts = 0, old_opts = 0;
         int granted;
+        struct mqtt_str af; /* the ACL judges a shared subscription's own filter */
         fresh[n] = false;
-        if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, f.p, f.len, ACL_SUBSCRIBE)) ||
+        if (share_parse(f.p, f.len, NULL, &af) < 0) { /* a malformed "$share/..." */
+            rc[n++] = mc->v5 ? MQTT_RC_TOPIC_FILTER_INVALID : MQTT_SUBACK_FAILURE;
+            continue;
+        }
+        if ((mc->role == ACL_ROLE_ANONYMOUS &&
+             broker_anon_denied(b, af.p, af.len, ACL_SUBSCRIBE)) ||
             !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
-                       mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, f.p, f.len,
-                       ACL_SUBSCRIBE)) {
+                       mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, af.p,
+                       af.len, ACL_SUBSCRIBE)) {
             b->acl_denied++;
             if (mc->denied_sub++ == 0 && log_refusal(mc->c->peer, "subscribe denied"))
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied "

@@ -4,7 +4,8 @@
   journal mode), and a second Gale started on a copy of it (the README's restore) holds
   every value acked before the backup began;
 - one backup at a time: a second POST while one runs gets 409 backup_running; an
-  existing name 409 backup_exists; a bad name or field 400; no key or a wrong one 401;
+  existing name 409 backup_exists; a bad name or field 400; no key or a wrong one 401, a
+  read or operator key 403 (backups need admin);
 - metrics of the last backup (gale_backups_total, gale_backup_last_bytes) and GET;
 - gale --backup DEST against the running instance moves the snapshot to DEST;
 - a client that resets its connection while its backup runs: the backup finishes;
@@ -216,6 +217,12 @@ def one_at_a_time(g):
     t(st == 401 and js.get("code") == "unauthorized", "no key: 401 (%s)" % st)
     st, js = g.http("POST", "/api/backup", key="wrong")
     t(st == 401, "a wrong key: 401 (%s)" % st)
+    for role in ("read", "operator"):
+        st, js = g.http("POST", "/api/keys", {"name": "bk-" + role, "role": role})
+        t(st == 201, "a %s key made (%s)" % (role, st))
+        st, js = g.http("POST", "/api/backup", key=js["key"])
+        t(st == 403 and js.get("role_needed") == "admin",
+          "a %s key: 403, backups need admin (%s %s)" % (role, st, js))
     st, js = g.http("GET", "/api/backup")
     t(st == 200 and js["running"] is False and js["last"] and js["last"]["bytes"] > 0,
       "GET /api/backup: not running, the last one (%s)" % js)
@@ -311,7 +318,8 @@ def unwritable():
     with Gale(args=["--set", "storage.backup_dir=%s/backups" % afile]) as g:
         token = g.create_device("uw")
         st, js = g.http("POST", "/api/backup")
-        t(st == 500 and js.get("code") == "backup_failed" and "Not a directory" in js.get("error", ""),
+        t(st == 500 and js.get("code") == "backup_failed" and
+          "Not a directory" in js.get("error", ""),
           "an unwritable destination: 500 backup_failed saying why (%s %s)" % (st, js))
         t(metric(g, 'gale_backups_total{result="failed"}') == 1, "the failure is counted")
         still_takes_data(g, "uw", token, 1)

@@ -27,7 +27,11 @@ def main():
     missing = [l for l in out.splitlines() if l.startswith("| `") and l not in readme]
     t(rc == 0 and not missing, "README's config reference matches the binary (%s)" % missing[:2])
     rc, out, _ = run(["--help"])
-    t(rc == 0 and "GALE_HTTP_PORT" in out and "http.port" in out, "--help lists keys and env")
+    t(rc == 0 and "GALE_HTTP_PORT" in out and "http.port" in out, "--help names keys and env")
+    t(len(out.splitlines()) <= 40 and "--config-reference" in out and
+      "limits.max_retained_bytes_per_device" not in out,
+      "--help is short (%d lines) and points to --config-reference for the table"
+      % len(out.splitlines()))
 
     with tempfile.TemporaryDirectory() as d:
         cfg = os.path.join(d, "g.json")
@@ -146,6 +150,97 @@ def main():
         t.eq(g2.proc.returncode, 0, "SIGINT/SIGTERM exit 0")
 
 
+def all_errors_at_once():
+    """Every error of every source is reported in one run, each with its source, and an
+    unknown key with the one it probably meant; exit 2."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "g.json")
+        with open(cfg, "w") as f:
+            json.dump({"htpp": {"port": 1}, "http": {"prot": 5, "port": "x"},
+                       "mqtt": {"max_connections": 3}}, f)
+        rc, out, err = run(["--config", cfg, "--set", "log.levle=debug",
+                            "--set", "http.port=99999", "--log-level", "loud", "--check-config"],
+                           env={"GALE_LINE_PORTT": "5", "GALE_HTTP_WS_ECHO": "maybe"})
+        lines = err.strip().splitlines()
+        t.eq(rc, 2, "bad config from every source exits 2")
+        want = [
+            ('unknown section "htpp" (did you mean http?) (in %s)' % cfg),
+            ('unknown key "http.prot" (did you mean http.port?) (in %s)' % cfg),
+            ("http.port: must be an integer in 0..65535 (got a string) (in %s)" % cfg),
+            ('unknown key "mqtt.max_connections" (did you mean limits.max_connections?) (in %s)'
+             % cfg),
+            ('http.ws_echo: must be true, false, 1, 0, yes, no, on or off (got "maybe") '
+             '(from environment variable "GALE_HTTP_WS_ECHO")'),
+            ('unknown key "line.portt" (did you mean line.port?) '
+             '(from environment variable "GALE_LINE_PORTT")'),
+            'unknown key "log.levle" (did you mean log.level?) (from --set)',
+            'http.port: must be an integer in 0..65535 (got "99999") (from --set)',
+            'log.level: must be one of debug|info|warn|error (got "loud") (from --log-level)',
+        ]
+        for w in want:
+            t(any(l == "gale: config: " + w for l in lines), "reported: %s" % w)
+        t.eq(lines[-1], "gale: %d errors in the configuration" % len(want),
+             "the count closes the list")
+        # cross-key checks report all of theirs too
+        rc, out, err = run(["--set", "storage.queue_low_rows=300000",
+                            "--set", "storage.queue_low_bytes=1g", "--check-config"])
+        t(rc == 2 and "queue_low_rows" in err and "queue_low_bytes" in err,
+          "every cross-key error at once (%r)" % err)
+        # a start with them creates nothing
+        fresh = os.path.join(d, "fresh")
+        rc, out, err = run(["--data-dir", fresh, "--set", "http.prot=0"])
+        t(rc == 2 and not os.path.exists(fresh), "a bad config creates no data dir")
+
+
+def bind_first():
+    """The listeners bind before anything is created on disk: a port in use ends the start
+    with exit 1, and no data dir, key, lock or database is left behind."""
+    with tempfile.TemporaryDirectory() as d:
+        for proto in ("http", "line", "mqtt"):
+            busy = socket.socket()
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            fresh = os.path.join(d, "data-" + proto)
+            args = ["--data-dir", fresh]
+            for p in ("http", "line", "mqtt"):
+                args += ["--set", "%s.bind=127.0.0.1" % p,
+                         "--set", "%s.port=%d" % (p, busy.getsockname()[1] if p == proto else 0)]
+            rc, out, err = run(args)
+            busy.close()
+            t(rc == 1 and "address already in use" in err,
+              "%s port in use -> exit 1 with the reason (rc=%d)" % (proto, rc))
+            t(not os.path.exists(fresh), "%s port in use -> no data dir created (%s)"
+              % (proto, os.listdir(fresh) if os.path.exists(fresh) else "absent"))
+
+
+def banner():
+    """After the listeners are up the log says where the dashboard and the key file are,
+    with one example per protocol on the ports actually bound; the key is never logged."""
+    with Gale(api_key=None) as g:
+        g.wait_log(r"try: HTTP:")
+        log = g.log()
+        http, line, mqtt = g.ports["http"], g.ports["line"], g.ports["mqtt"]
+        key = open(os.path.join(g.data_dir, "api_key")).read().strip()
+        t("dashboard url=http://127.0.0.1:%d/ api_key_file=%s/api_key" % (http, g.data_dir)
+          in log, "the banner names the dashboard URL and the key file")
+        t(key not in log, "the API key itself is not logged")
+        t("mosquitto_pub -h 127.0.0.1 -p %d " % mqtt in log, "an MQTT example on the MQTT port")
+        t("nc 127.0.0.1 %d, then type" % line in log, "a line protocol example on the line port")
+        t("ws://127.0.0.1:%d/ws/device" % http in log, "a WebSocket URL on the HTTP port")
+        t("http://127.0.0.1:%d/api/devices/dev-1/telemetry" % http in log,
+          "an HTTP ingest example")
+        order = [i for i, l in enumerate(g.log_lines) if "listening protocol=" in l or
+                 "dashboard url=" in l]
+        t(order and "dashboard url=" in g.log_lines[order[-1]],
+          "the banner comes after every listening line")
+    with Gale(args=["--log-format", "json"]) as g:
+        g.wait_log(r"try: HTTP:")
+        for l in g.log_lines:
+            if "try:" in l or "dashboard" in l:
+                js = json.loads(l)
+                t("msg" in js, "banner lines are JSON objects in JSON logs: %s" % l[:60])
+
+
 def api_key_private():
     """The generated api_key file is 0600 from the moment it is created (it holds the
     key to everything): every open that creates it asks for no group or other bits (seen
@@ -203,6 +298,9 @@ def api_key_private():
 
 def all_tests():
     main()
+    all_errors_at_once()
+    bind_first()
+    banner()
     api_key_private()
 
 

@@ -35,7 +35,8 @@ def main():
         t.eq([c.read_line(), c.read_line()], [{"ack": 2}, {"ack": 3}],
              "line: batch ack keeps arrival order with single acks")
         c.send_line({"seq": 4, "ts": "yesterday", "values": {"a": 1}})
-        t.eq(c.read_line(), {"error": "ts must be an integer (epoch ms)", "code": "bad_ts",
+        t.eq(c.read_line(), {"error": "ts must be epoch ms (an integer) or an RFC 3339 time "
+                                      "(2026-03-29T12:00:00Z)", "code": "bad_ts",
                              "seq": 4}, "line: an error reply carries the bad message's seq")
         c.send_line({"seq": 5, "batch": [{"a": 1}, 7]})
         e = c.read_line()

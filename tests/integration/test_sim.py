@@ -3,8 +3,8 @@
   device is created, connects over its protocol (GET /api/devices/{id} "protocol"), and
   its values are readable over REST with the simulator's keys and kinds (temperature and
   humidity numbers, pulses a counter that never goes down, door_open a boolean, state one
-  of idle/running/fault); commands sent over REST to the MQTT, line and /ws/device
-  devices are answered (status "replied", the reply the simulator sends); every message
+  of idle/running/fault); commands sent over REST to an MQTT, a line, a /ws/device and an
+  HTTP device are answered (status "replied", the reply the simulator sends); every message
   is acked, no error; --duration ends the run by itself with exit 0 and a summary;
 - a second run on the same ids renews their tokens (POST .../token) and works;
 - without a key, MQTT devices connect anonymously where Gale allows it (auto-registered),
@@ -32,6 +32,9 @@ t = Check("test_sim")
 SIM = os.environ.get("GALE_SIM_BIN", os.path.join(os.getcwd(), "gale-sim"))
 PROTOS = ["mqtt", "line", "ws", "http"]  # --protocol mix: device i (from 1) is PROTOS[(i-1) % 4]
 STATES = {"idle", "running", "fault"}
+# gale-sim takes GALE_HTTP_API_KEY from the environment when no key is given: runs without
+# a key must not inherit one
+SIM_ENV = {k: v for k, v in os.environ.items() if k != "GALE_HTTP_API_KEY"}
 
 
 def sim_args(g, *extra):
@@ -41,8 +44,8 @@ def sim_args(g, *extra):
             "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"])] + list(extra)
 
 
-def run(args, timeout=60):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run(args, timeout=60, env=None):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env or SIM_ENV)
     summary = None
     for line in p.stdout.splitlines():
         if line.startswith("{"):
@@ -74,16 +77,17 @@ def mixed_fleet(g):
     n = 20
     proc = subprocess.Popen(sim_args(g, "--devices", str(n), "--protocol", "mix", "--rate", "4",
                                      "--duration", "6", "--key", API_KEY, "--prefix", "mix-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         ids = ["mix-%04d" % i for i in range(1, n + 1)]
 
         def all_online():
             st, js = g.http("GET", "/api/devices?prefix=mix-&online=true&limit=100")
-            return st == 200 and js["total"] == 3 * n // 4  # the HTTP devices hold no connection
-        wait_for(all_online, 15, "the MQTT, line and ws devices online")
+            return st == 200 and js["total"] == n  # HTTP devices: online while they post
+        wait_for(all_online, 15, "every device online")
         cmds = {}
-        for dev in ids[:3]:  # an MQTT, a line and a ws device
+        for dev in ids[:4]:  # an MQTT, a line, a ws and an HTTP device
             st, js = g.http("POST", "/api/devices/%s/commands" % dev,
                             {"name": "ping", "params": {"n": 1}})
             t(st == 202, "%s: command accepted (%s)" % (dev, st))
@@ -92,7 +96,7 @@ def mixed_fleet(g):
         def replied(dev):
             st, js = g.http("GET", "/api/devices/%s/commands/%s" % (dev, cmds[dev]))
             return js if st == 200 and js.get("status") == "replied" else None
-        for i, dev in enumerate(ids[:3]):
+        for i, dev in enumerate(ids[:4]):
             js = wait_for(lambda: replied(dev), 10, "%s's command replied" % dev)
             t(js["reply"].get("result") == "pong", "%s (%s): the reply is the simulator's (%s)"
               % (dev, PROTOS[i], js.get("reply")))
@@ -101,19 +105,19 @@ def mixed_fleet(g):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    t(proc.returncode == 0, "the run ends by itself with exit 0 (%s): %s" % (proc.returncode, err[-800:]))
+    t(proc.returncode == 0,
+      "the run ends by itself with exit 0 (%s): %s" % (proc.returncode, err[-800:]))
     summary = json.loads(out.strip().splitlines()[-1])
     t(summary["errors"] == 0, "no errors (%s)" % summary)
     t(summary["sent"] > 2 * n and summary["acked"] == summary["sent"],
       "every message acked (%d sent, %d acked)" % (summary["sent"], summary["acked"]))
-    t(summary["commands"] == 3, "three commands answered (%s)" % summary["commands"])
+    t(summary["commands"] == 4, "four commands answered (%s)" % summary["commands"])
     t("connected=20/20" in err, "the progress line shows every device connected")
     st, js = g.http("GET", "/api/devices?prefix=mix-&limit=100")
     t(js["total"] == n, "provisioning created the %d devices (%s)" % (n, js["total"]))
     for i, dev in enumerate(ids):
         st, d = g.http("GET", "/api/devices/%s" % dev)
-        # presence names the protocol of a connection; HTTP ingest holds none
-        want = {"mqtt": "mqtt", "line": "line", "ws": "ws", "http": None}[PROTOS[i % 4]]
+        want = PROTOS[i % 4]
         t(d.get("protocol") == want, "%s: used %s (%s)" % (dev, PROTOS[i % 4], d.get("protocol")))
         check_values(g, dev)
 
@@ -157,7 +161,8 @@ def mqtt5_mosquitto():
             proc = subprocess.Popen([SIM, "--mqtt-port", str(m.port), "--protocol", "mqtt",
                                      "--mqtt-version", "5", "--devices", "3", "--rate", "5",
                                      "--duration", "5", "--prefix", "v5-"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
             wait_for(lambda: got["v5"] >= 3, 10, "MQTT 5 telemetry at mosquitto")
             c.publish("devices/v5-0002/commands", json.dumps({"id": "c-1", "name": "ping"}), qos=1)
             wait_for(lambda: got["replies"], 10, "the command's reply")
@@ -178,7 +183,8 @@ def mqtt5_mosquitto():
               % (got["replies"][1:],))
             out, err = proc.communicate(timeout=30)
             summary = json.loads(out.strip().splitlines()[-1])
-            t(proc.returncode == 0 and summary["errors"] == 0 and summary["acked"] == summary["sent"],
+            t(proc.returncode == 0 and summary["errors"] == 0 and
+              summary["acked"] == summary["sent"],
               "MQTT 5 run: every publish acked by mosquitto (%s)" % summary)
         finally:
             c.loop_stop()
@@ -191,7 +197,8 @@ def mqtt5_gale(g):
     proc = subprocess.Popen(sim_args(g, "--devices", "3", "--protocol", "mqtt", "--mqtt-version",
                                      "5", "--rate", "5", "--duration", "4", "--key", API_KEY,
                                      "--prefix", "m5-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         wait_for(lambda: g.http("GET", "/api/devices?prefix=m5-&online=true")[1].get("total") == 3,
                  15, "the MQTT 5 devices online")
@@ -215,7 +222,8 @@ def mqtt5_gale(g):
 def stops_and_failures(g):
     proc = subprocess.Popen(sim_args(g, "--devices", "4", "--protocol", "line", "--key", API_KEY,
                                      "--prefix", "sig-"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=SIM_ENV)
     try:
         wait_for(lambda: g.http("GET", "/api/devices?prefix=sig-&online=true")[1].get("total") == 4,
                  15, "the devices online")
@@ -232,7 +240,8 @@ def stops_and_failures(g):
     t("SIGINT" in err, "the stop says why")
 
     rc, summary, err = run(sim_args(g, "--devices", "2", "--key", "wrong-key", "--duration", "5"))
-    t(rc == 1 and "API key was refused" in err, "a refused key is fatal (%s): %s" % (rc, err[-300:]))
+    t(rc == 1 and "API key was refused" in err,
+      "a refused key is fatal (%s): %s" % (rc, err[-300:]))
     # --wait: readiness first; the key file is read after it
     keyfile = os.path.join(g.data_dir, "sim-key")
     with open(keyfile, "w") as f:
@@ -246,6 +255,11 @@ def stops_and_failures(g):
                             "--duration", "2"])
     t(rc == 1 and "did not become ready within 1.5 s" in err and time.monotonic() - t0 < 10,
       "--wait gives up after its time when nothing answers (%s): %s" % (rc, err[-300:]))
+    rc, summary, err = run(sim_args(g, "--devices", "2", "--duration", "2", "--prefix", "env-"),
+                           env=dict(SIM_ENV, GALE_HTTP_API_KEY=API_KEY))
+    st, js = g.http("GET", "/api/devices?prefix=env-")
+    t(rc == 0 and js["total"] == 2 and summary["errors"] == 0,
+      "the key from GALE_HTTP_API_KEY provisions (%s %s)" % (rc, js.get("total")))
     rc, _, err = run([SIM, "--devices", "zero"])
     t(rc == 2, "a bad option exits 2 (%s)" % rc)
     rc, _, err = run([SIM, "--help"])

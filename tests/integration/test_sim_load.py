@@ -20,7 +20,8 @@ def main():
         wait_for(lambda: "mqtt" in g.ports, 10, "the mqtt listener")
         t0 = time.monotonic()
         p = subprocess.run([SIM, "--http-port", str(g.ports["http"]),
-                            "--mqtt-port", str(g.ports["mqtt"]), "--line-port", str(g.ports["line"]),
+                            "--mqtt-port", str(g.ports["mqtt"]),
+                            "--line-port", str(g.ports["line"]),
                             "--devices", str(N), "--rate", "1", "--duration", "5",
                             "--key", API_KEY, "--prefix", "load-"],
                            capture_output=True, text=True, timeout=120)
@@ -35,9 +36,9 @@ def main():
           % (summary["acked"], summary["sent"]))
         st, js = g.http("GET", "/api/devices?prefix=load-&limit=1")
         t(js["total"] == N, "provisioned %d devices (%s)" % (N, js["total"]))
+        last = [l for l in p.stderr.splitlines() if " t=" in l][-1:]
         print("test_sim_load: %d devices, %d sent, %d acked in %.1f s wall (provisioning "
-              "included); last progress: %s" % (N, summary["sent"], summary["acked"], took,
-                                                 [l for l in p.stderr.splitlines() if " t=" in l][-1:]))
+              "included); last progress: %s" % (N, summary["sent"], summary["acked"], took, last))
 
 
 t.run(main)

@@ -15,6 +15,8 @@
 #include "base/buf.h"
 #include "gateway/telemetry.h"
 
+#define TS_RULE "ts must be epoch ms (an integer) or an RFC 3339 time (2026-03-29T12:00:00Z)"
+
 #define NOW 1700000000123LL
 /* clang-format off */
 #define BAD(n, js, maxp, maxk, c, w)                                                       \
@@ -138,9 +140,31 @@ static const struct telem_case cases[] = {
     BAD("ts past year 9999", "{\"ts\":253402300800000,\"values\":{\"a\":1}}", 0, 0, "bad_ts", NULL),
     BAD("negative ts", "{\"ts\":-1,\"values\":{\"a\":1}}", 0, 0, "bad_ts", NULL),
     BAD("fractional ts", "{\"ts\":1.5,\"values\":{\"a\":1}}", 0, 0, "bad_ts",
-        "ts must be an integer (epoch ms)"),
-    BAD("string ts", "{\"ts\":\"1700000000000\",\"values\":{\"a\":1}}", 0, 0, "bad_ts",
-        "ts must be an integer (epoch ms)"),
+        TS_RULE),
+    BAD("digits in a string ts", "{\"ts\":\"1700000000000\",\"values\":{\"a\":1}}", 0, 0,
+        "bad_ts", TS_RULE),
+    /* RFC 3339 ts (the same parser as the queries' from/to) */
+    OK("RFC 3339 ts", "{\"ts\":\"2023-11-14T22:13:20Z\",\"values\":{\"a\":1}}", 0, 0, 0, 0,
+       NUM("a", 1700000000000LL, 1)),
+    OK("RFC 3339 ts with ms and offset",
+       "{\"ts\":\"2023-11-15T00:13:20.250+02:00\",\"values\":{\"a\":1}}", 0, 0, 0, 0,
+       NUM("a", 1700000000250LL, 1)),
+    OK("RFC 3339 ts, lower case, space, microseconds cut",
+       "{\"ts\":\"2023-11-14 22:13:20.123456z\",\"values\":{\"a\":1}}", 0, 0, 0, 0,
+       NUM("a", 1700000000123LL, 1)),
+    OK("RFC 3339 ts at the epoch", "[{\"ts\":\"1970-01-01T00:00:00Z\",\"values\":{\"a\":1}}]",
+       0, 0, 0, 0, NUM("a", 0, 1)),
+    OK("RFC 3339 ts in a batch", "{\"seq\":1,\"batch\":[{\"ts\":\"2023-11-14T22:13:20Z\","
+       "\"values\":{\"a\":1}}]}", 0, 0, 1, 1, NUM("a", 1700000000000LL, 1)),
+    BAD("RFC 3339 ts without a zone", "{\"ts\":\"2023-11-14T22:13:20\",\"values\":{\"a\":1}}",
+        0, 0, "bad_ts", TS_RULE),
+    BAD("RFC 3339 ts, month 13", "{\"ts\":\"2023-13-14T22:13:20Z\",\"values\":{\"a\":1}}",
+        0, 0, "bad_ts", NULL),
+    BAD("RFC 3339 ts, trailing bytes", "{\"ts\":\"2023-11-14T22:13:20Zx\",\"values\":{\"a\":1}}",
+        0, 0, "bad_ts", NULL),
+    BAD("RFC 3339 ts before 1970", "{\"ts\":\"1969-12-31T23:59:59Z\",\"values\":{\"a\":1}}",
+        0, 0, "bad_ts", "ts out of range (1970 to the year 9999)"),
+    BAD("a word for ts", "{\"ts\":\"yesterday\",\"values\":{\"a\":1}}", 0, 0, "bad_ts", NULL),
     BAD("null ts", "{\"ts\":null,\"values\":{\"a\":1}}", 0, 0, "bad_ts", NULL),
     BAD("infinite ts", "{\"ts\":1e999,\"values\":{\"a\":1}}", 0, 0, "bad_ts", NULL),
     BAD("bad ts inside an array", "[{\"a\":1},{\"ts\":true,\"values\":{\"a\":1}}]", 0, 0, "bad_ts",

@@ -3,8 +3,10 @@
  * Requests go out on keep-alive connections, pipelined; responses come back in order
  * (httpmsg.c builds and parses them). An HTTP device POSTs each message to
  * /api/devices/<id>/telemetry with its own token as the bearer; a 200 (sent once the
- * points are durable) is its ack. Commands do not reach an HTTP device (it holds no
- * connection Gale could send them on). */
+ * points are durable) is its ack. Its queued commands come in that reply
+ * ({"stored":N,"commands":[{"id","name","params"}…]}); each is answered with
+ * POST /api/devices/<id>/commands/<cmd>/result {"result":…,"name":…}. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +20,14 @@
  * Gale counts every idle one against limits.max_connections_per_ip; and a connection
  * per request would run the machine out of ports (TIME_WAIT). */
 
+struct hreq {
+    struct dev *d;
+    bool result;            /* a command's result, not telemetry */
+};
+
 struct hconn {
     struct snet *net;       /* NULL when none */
-    struct dev **fifo;      /* the devices whose requests await their response, in order */
+    struct hreq *fifo;      /* the requests that await their response, in order */
     size_t head, len, cap;
     struct buf out;         /* requests not yet written (while connecting) */
     uint64_t retry_at;      /* ms: no new connection before */
@@ -32,11 +39,11 @@ static struct {
     int n;
 } pool;
 
-static void fifo_push(struct hconn *h, struct dev *d)
+static void fifo_push(struct hconn *h, struct dev *d, bool result)
 {
     if (h->len == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
-        struct dev **f = xcalloc(cap, sizeof *f);
+        struct hreq *f = xcalloc(cap, sizeof *f);
         for (size_t i = 0; i < h->len; i++)
             f[i] = h->fifo[(h->head + i) % h->cap];
         free(h->fifo);
@@ -44,17 +51,50 @@ static void fifo_push(struct hconn *h, struct dev *d)
         h->head = 0;
         h->cap = cap;
     }
-    h->fifo[(h->head + h->len++) % h->cap] = d;
+    h->fifo[(h->head + h->len++) % h->cap] = (struct hreq){d, result};
 }
 
-static struct dev *fifo_pop(struct hconn *h)
+static bool fifo_pop(struct hconn *h, struct hreq *out)
 {
     if (h->len == 0)
-        return NULL;
-    struct dev *d = h->fifo[h->head];
+        return false;
+    *out = h->fifo[h->head];
     h->head = (h->head + 1) % h->cap;
     h->len--;
-    return d;
+    return true;
+}
+
+/* Queues the results of the commands in a telemetry reply's "commands". */
+static void answer_commands(struct hconn *h, struct dev *d, const struct shttp_resp *r)
+{
+    cJSON *j = cJSON_ParseWithLength(r->body, r->body_len);
+    const cJSON *cmd;
+
+    cJSON_ArrayForEach(cmd, cJSON_GetObjectItemCaseSensitive(j, "commands"))
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(cmd, "id");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "name");
+        const char *nm = cJSON_IsString(name) ? name->valuestring : "";
+        char path[200];
+        struct buf body;
+
+        if (!cJSON_IsString(id) || strlen(id->valuestring) > 64) {
+            dev_error(d, "a command without an id");
+            continue;
+        }
+        buf_init(&body);
+        buf_printf(&body, "{\"result\":\"%s\",\"name\":", dev_command_result(nm));
+        buf_append_json_str(&body, nm, strlen(nm));
+        buf_append_str(&body, "}");
+        snprintf(path, sizeof path, "/api/devices/%s/commands/%s/result", d->id,
+                 id->valuestring);
+        shttp_request(&h->out, "POST", path, pool.s->http_host, d->token,
+                      (const char *)body.data, body.len);
+        buf_fini(&body);
+        fifo_push(h, d, true);
+        pool.s->st.cmds++;
+    }
+    cJSON_Delete(j);
 }
 
 static void hconn_read(struct snet *n)
@@ -68,20 +108,32 @@ static void hconn_read(struct snet *n)
         long used = shttp_parse(in->data + off, in->len - off, &r);
         if (used == 0)
             break;
-        struct dev *d = fifo_pop(h);
-        if (used < 0 || !d) {
-            if (d && d->unacked > 0)
+        struct hreq q;
+        if (!fifo_pop(h, &q)) {
+            pool.s->st.errors++; /* a response nobody asked for */
+            snet_close(n);
+            return;
+        }
+        struct dev *d = q.d;
+        if (used < 0) {
+            if (!q.result && d->unacked > 0)
                 d->unacked--;
-            if (d)
-                dev_error(d, "a malformed HTTP response");
-            else
-                pool.s->st.errors++; /* a response nobody asked for */
+            dev_error(d, "a malformed HTTP response");
             snet_close(n);
             return;
         }
         off += (size_t)used;
-        if (r.status == 200) {
+        if (q.result) {
+            if (r.status != 200) {
+                char why[200];
+                snprintf(why, sizeof why, "a command's result: HTTP %d: %.*s", r.status,
+                         (int)(r.body_len > 120 ? 120 : r.body_len), r.body);
+                dev_error(d, why);
+            }
+        } else if (r.status == 200) {
             dev_acked(d, 1);
+            if (d->token[0])
+                answer_commands(h, d, &r);
         } else {
             char why[200];
             snprintf(why, sizeof why, "HTTP %d: %.*s", r.status,
@@ -92,6 +144,7 @@ static void hconn_read(struct snet *n)
         }
     }
     buf_consume(in, off);
+    snet_write(n, &h->out);
 }
 
 static void hconn_connected(struct snet *n, int status)
@@ -108,15 +161,15 @@ static void hconn_connected(struct snet *n, int status)
 static void hconn_closed(struct snet *n)
 {
     struct hconn *h = n->owner;
-    struct dev *d;
+    struct hreq q;
     unsigned lost = 0;
 
-    while ((d = fifo_pop(h)) != NULL) {
-        if (d->unacked > 0)
-            d->unacked--;
+    while (fifo_pop(h, &q)) {
+        if (!q.result && q.d->unacked > 0)
+            q.d->unacked--;
         if (lost++ == 0 && !pool.s->stopping)
-            dev_error(d, n->connected ? "HTTP connection closed with requests unanswered"
-                                      : "cannot connect to the HTTP port");
+            dev_error(q.d, n->connected ? "HTTP connection closed with requests unanswered"
+                                        : "cannot connect to the HTTP port");
     }
     if (lost > 1 && !pool.s->stopping)
         pool.s->st.errors += lost - 1;
@@ -191,7 +244,7 @@ static int hdev_send(struct dev *d, const struct buf *msg)
     snprintf(path, sizeof path, "/api/devices/%s/telemetry", d->id);
     shttp_request(&h->out, "POST", path, s->http_host, d->token[0] ? d->token : NULL,
                   (const char *)msg->data, msg->len);
-    fifo_push(h, d);
+    fifo_push(h, d, false);
     d->unacked++;
     if (h->net->connected)
         snet_write(h->net, &h->out);

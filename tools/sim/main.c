@@ -38,7 +38,8 @@ static const char usage[] =
     "  --mqtt-port P        (default 1883)   --line-port P (default 7000)\n"
     "  --http-port P        (default 8080: REST, /ws/device and HTTP ingest)\n"
     "  --key KEY            API key: provision the devices over REST first\n"
-    "  --key-file FILE      the API key from a file (e.g. data/api_key)\n"
+    "  --key-file FILE      the API key from a file (e.g. data/api_key); without either,\n"
+    "                       the environment's GALE_HTTP_API_KEY when set\n"
     "  --wait S             first wait up to S seconds for Gale to be ready (GET /api/ready)\n"
     "  --prefix S           device ids are S followed by a number (default sim-)\n"
     "  --duration S         stop after S seconds (default: at SIGINT/SIGTERM)\n"
@@ -319,6 +320,9 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
             return -1;
         }
     }
+    /* the key Gale itself may be given, as compose files and scripts set it */
+    if (!o->key && !o->key_file && getenv("GALE_HTTP_API_KEY") && getenv("GALE_HTTP_API_KEY")[0])
+        o->key = getenv("GALE_HTTP_API_KEY");
     if (strlen(o->prefix) > 48) {
         sim_log("--prefix: longer than 48 characters");
         return -1;
