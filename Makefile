@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all gale configure setup setup-test run test test-asan test-tsan fuzz fuzz-run chaos bench soak clean
+.PHONY: all gale configure setup setup-test run test test-asan test-tsan test-image fuzz fuzz-run chaos bench soak clean
 
 all: gale
 
@@ -52,6 +52,16 @@ test-tsan: setup-test
 	cmake --build build-tsan -j$(JOBS) --target test_store test_store_prop test_outbox
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 GALE_PROP_ITERS=300 ctest --output-on-failure \
 	  --no-tests=error -R '^unit\.test_(store(_prop)?|outbox)$$'
+
+# The Docker image, built and run with podman (tests/image/): installs podman, runc,
+# debootstrap and podman-compose when missing (setup.sh image-deps), configures podman under
+# $(BUILD)/image (containers.conf), makes the debian:bookworm-slim base from Debian packages
+# when podman lacks it, builds docker/Dockerfile with the README's command and runs the
+# README's recipe against it; then docker/compose.yaml with podman-compose.
+test-image: setup-test
+	sh .ci/setup.sh image-deps
+	/usr/bin/python3 tests/image/test_image.py --work $(BUILD)/image
+	/usr/bin/python3 tests/image/test_compose.py --work $(BUILD)/image
 
 # libFuzzer targets (clang, ASan+UBSan), one per parser (tests/fuzz/targets.cmake):
 # make fuzz builds them in build-fuzz; make fuzz-run also runs each for FUZZ_SECONDS on a

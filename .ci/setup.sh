@@ -8,6 +8,7 @@
 #   .ci/setup.sh bench-deps  test dependencies + the benchmark references and load
 #                            generators (make bench: mosquitto, Tornado, nginx, wrk)
 #   .ci/setup.sh soak-deps   test dependencies + matplotlib for the soak's chart (make soak)
+#   .ci/setup.sh image-deps  podman, runc, debootstrap and podman-compose (make test-image)
 # Installs only what is missing; safe to run again. Needs root (or sudo) for apt-get.
 set -eu
 
@@ -21,7 +22,10 @@ BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
 [ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"
 SOAK_PKGS="python3-matplotlib"
-RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates curl"
+IMAGE_PKGS="podman runc debootstrap podman-compose golang-github-containernetworking-plugin-dnsname"
+# without npm, uPlot comes straight from the npm registry with curl, checked by openssl
+FETCH_PKGS="curl ca-certificates openssl"
+RUNTIME_PKGS="libuv1 libsqlite3-0 libcjson1 libssl3 libpaho-mqtt1.3 zlib1g ca-certificates"
 
 case "${1:-deps}" in
     deps) want="$BUILD_PKGS" ;;
@@ -29,8 +33,9 @@ case "${1:-deps}" in
     test-deps) want="$BUILD_PKGS $TEST_PKGS" ;;
     bench-deps) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
     soak-deps) want="$BUILD_PKGS $TEST_PKGS $SOAK_PKGS" ;;
+    image-deps) want="$IMAGE_PKGS" ;;
     runtime) want="$RUNTIME_PKGS" ;;
-    *) echo "usage: $0 deps|run-deps|test-deps|bench-deps|soak-deps|runtime" >&2; exit 2 ;;
+    *) echo "usage: $0 deps|run-deps|test-deps|bench-deps|soak-deps|image-deps|runtime" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -39,9 +44,19 @@ for p in $want; do
         missing="$missing $p"
     fi
 done
-# npm fetches uPlot (below); any npm will do, e.g. the one a nodejs package brings
-case "${1:-deps}" in deps|run-deps|test-deps|bench-deps|soak-deps)
-    command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
+# uPlot (below) comes with npm when there is one (any npm will do, e.g. the one a nodejs
+# package brings; the tests want it for MQTT.js), else with curl: a build machine (the
+# image's build stage) needs no npm and its few hundred packages for one file.
+case "${1:-deps}" in
+    test-deps|bench-deps|soak-deps)
+        command -v npm >/dev/null 2>&1 || missing="$missing npm" ;;
+    deps|run-deps)
+        if ! command -v npm >/dev/null 2>&1; then
+            for p in $FETCH_PKGS; do
+                dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+                    missing="$missing $p"
+            done
+        fi ;;
 esac
 if [ -n "$missing" ]; then
     SUDO=""
@@ -65,13 +80,53 @@ if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1; then
     done
 fi
 
-# uPlot for the dashboard's charts (npm registry, the version package-lock.json pins):
-# the build embeds node_modules/uplot/dist into the binary, offline from then on.
+# uPlot for the dashboard's charts (npm registry, the version and sha512 package-lock.json
+# pins): the build embeds node_modules/uplot/dist into the binary, offline from then on.
+# Without npm: the registry's tarball with curl (CURL_CA_BUNDLE names extra CAs, e.g.
+# behind a TLS-inspecting proxy), checked against the lock file's integrity hash.
+# A failed fetch fails the setup: a dashboard without charts is not a build to ship.
 root="$(cd "$(dirname "$0")/.." && pwd)"
+fetch_uplot() {
+    lock="$root/package-lock.json"
+    entry="$(sed -n '/"node_modules\/uplot": {/,/}/p' "$lock")"
+    version="$(printf '%s\n' "$entry" | sed -n 's/.*"version": *"\([^"]*\)".*/\1/p')"
+    integrity="$(printf '%s\n' "$entry" | sed -n 's/.*"integrity": *"\(sha512-[^"]*\)".*/\1/p')"
+    if [ -z "$version" ] || [ -z "$integrity" ]; then
+        echo "setup: no uplot version and sha512 integrity in $lock" >&2
+        return 1
+    fi
+    registry="${npm_config_registry:-https://registry.npmjs.org/}"
+    url="${registry%/}/uplot/-/uplot-$version.tgz"
+    tmp="$(mktemp -d)"
+    if ! curl -fsSL --retry 3 -o "$tmp/uplot.tgz" "$url"; then
+        echo "setup: cannot fetch $url" >&2
+        rm -rf "$tmp"
+        return 1
+    fi
+    got="sha512-$(openssl dgst -sha512 -binary "$tmp/uplot.tgz" | openssl base64 -A)"
+    if [ "$got" != "$integrity" ]; then
+        echo "setup: $url does not match package-lock.json (got $got, want $integrity)" >&2
+        rm -rf "$tmp"
+        return 1
+    fi
+    mkdir -p "$tmp/uplot" "$root/node_modules" &&
+        tar -xzf "$tmp/uplot.tgz" -C "$tmp/uplot" --strip-components=1 --no-same-owner &&
+        rm -rf "$root/node_modules/uplot" && mv "$tmp/uplot" "$root/node_modules/uplot"
+    rc=$?
+    rm -rf "$tmp"
+    return $rc
+}
 case "${1:-deps}" in deps|run-deps|test-deps|bench-deps|soak-deps)
     if [ -f "$root/package-lock.json" ] && [ ! -f "$root/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
-        (cd "$root" && npm ci --no-audit --no-fund >/dev/null) ||
-            echo "setup: npm ci failed; the dashboard will be built without charts"
+        if command -v npm >/dev/null 2>&1; then
+            (cd "$root" && npm ci --no-audit --no-fund >/dev/null)
+        else
+            fetch_uplot
+        fi || {
+            echo "setup: cannot fetch uPlot, the dashboard's charts (see above); fix the" \
+                "network or the registry (npm_config_registry) and run again" >&2
+            exit 1
+        }
     fi ;;
 esac
 

@@ -240,6 +240,9 @@ static const struct key keys[] = {
          "into gale.db in the background; when the log reaches half of this, the writer "
          "completes a checkpoint itself (waiting up to 250 ms for readers) before its next "
          "commit. A reader that keeps an old snapshot can hold the log past it (logged)."),
+    STR("storage.backup_dir", storage.backup_dir, 0, "",
+        "Directory online backups (POST /api/backup, gale --backup) are written to, and "
+        "the only one; empty = <data_dir>/backups."),
     INT("limits.max_connections", limits.max_connections, 0, 10000000, "0",
         "Open connections (all listeners) before new ones are refused; 0 = what the "
         "open-file limit allows: RLIMIT_NOFILE (raised to its hard limit at start) minus "

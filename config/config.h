@@ -145,6 +145,7 @@ struct config {
         size_t hot_max_points;           /* storage.hot_max_points, default 1000000 */
         int retention_days;              /* storage.retention_days, default 0 (forever) */
         size_t wal_max_bytes;            /* storage.wal_max_bytes, default 64 MiB */
+        char backup_dir[CONFIG_STR_MAX]; /* storage.backup_dir; "" = <data_dir>/backups */
     } storage;
     struct {
         int max_connections;             /* limits.max_connections, default 0 = from the fd limit */

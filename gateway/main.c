@@ -1,8 +1,8 @@
 /* gateway/main.c: flags, config, wiring, run, orderly shutdown.
  *
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
- *        [--log-format text|json] [--log-level LEVEL] [--check-config]
- *        [--config-reference] [--help] [--version]
+ *        [--log-format text|json] [--log-level LEVEL] [--check-config] [--health]
+ *        [--config-reference] [--backup DEST] [--help] [--version]
  *   gale [config options] --issue-token DEVICE [--expires DURATION|never] [--key-id ID]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
@@ -15,7 +15,9 @@
  * storage make everything received durable, and main closes the store (draining
  * the writer) and every handle before exiting 0.
  * Exit codes: 0 clean stop, 1 runtime failure (bind, database), 2 bad config or a
- * data dir another gale holds; a code 2 exit never opens the database. */
+ * data dir another gale holds; a code 2 exit never opens the database.
+ * --health probes the gale this configuration describes (gateway/health.h) and exits
+ * 0 when it is healthy, 1 when not. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -35,6 +37,7 @@
 #include "gateway/devices.h"
 #include "gateway/fleet.h"
 #include "gateway/guard.h"
+#include "gateway/health.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/tls.h"
@@ -46,6 +49,7 @@
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "storage/store.h"
+#include "web/backup_cli.h"
 #include "web/commands.h"
 #include "web/feed.h"
 #include "web/keys.h"
@@ -76,6 +80,10 @@ static void usage(FILE *out)
             "  --expires DURATION     its lifetime: N followed by s, m, h or d, or never\n"
             "                         (default 365d)\n"
             "  --key-id ID            the fleet key that signs it (default: the first)\n"
+            "  --backup DEST          ask the gale running with this configuration for an\n"
+            "                         online backup and move it to DEST (a new file or a dir)\n"
+            "  --health               ask the gale this configuration describes for\n"
+            "                         GET /api/health; exit 0 if healthy, 1 if not\n"
             "  --version              print the version and exit\n"
             "  --help                 this text\n"
             "\n"
@@ -90,6 +98,9 @@ static void usage(FILE *out)
             "More: README.md (quick start), docs/operations.md, docs/configuration.md; once\n"
             "running, the dashboard at http://localhost:8080/ and the REST API at /api/docs.\n");
 }
+
+static const char *backup_dest; /* --backup DEST: run backup_cli instead of the gateway */
+static bool health_only;        /* --health: run health_probe instead of the gateway */
 
 /* Prints each error line (err holds one per line) and returns the exit code 2. */
 static int bad_config(const char *err, int n)
@@ -268,6 +279,12 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
         } else if (strcmp(a, "--check-config") == 0) {
             *check_only = true;
             continue;
+        } else if (strcmp(a, "--health") == 0) {
+            health_only = true;
+            continue;
+        } else if (strcmp(a, "--backup") == 0 && has_next) {
+            backup_dest = argv[++i];
+            continue;
         } else if (strcmp(a, "--config") == 0 && has_next) {
             file = argv[++i];
             continue;
@@ -305,7 +322,8 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         if ((strcmp(a, "--config") == 0 || strcmp(a, "--issue-token") == 0 ||
-             strcmp(a, "--expires") == 0 || strcmp(a, "--key-id") == 0) &&
+             strcmp(a, "--expires") == 0 || strcmp(a, "--key-id") == 0 ||
+             strcmp(a, "--backup") == 0) &&
             i + 1 < argc) {
             i++;
         } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
@@ -341,6 +359,9 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
  * database, WAL and shm files (4 pooled readers and the ones in flight), and files opened
  * now and then (token key, config, REST assets). */
 #define FD_RESERVE 128
+
+/* gale --health's deadline: below the image's HEALTHCHECK --timeout (3 s) */
+#define HEALTH_TIMEOUT_MS 2000
 
 /* Raises the soft open-file limit to the hard one (as nginx's worker_rlimit_nofile does)
  * and, when limits.max_connections is 0 (auto), sets it to what that limit allows. */
@@ -414,6 +435,46 @@ static int lock_data_dir(const char *dir, bool create, bool *busy)
     if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
         log_warn("cannot write pid to lock file %s: %s", path, strerror(errno));
     return fd;
+}
+
+/* The data dir must be writable by this process: a directory owned by another user (a
+ * bind mount owned by root, a container run with another --user) or a read-only mount
+ * gets a message that names both users and the fix, not just "Permission denied". */
+static int check_data_dir(const char *dir)
+{
+    struct stat st;
+    int e;
+
+    if (access(dir, W_OK | X_OK) == 0)
+        return 0;
+    e = errno;
+    if (e == EROFS)
+        log_error("data dir %s is on a read-only file system: mount a writable volume or "
+                  "directory there (or choose another --data-dir)", dir);
+    else if (e == EACCES && stat(dir, &st) == 0)
+        log_error("data dir %s is not writable by uid %d gid %d (it belongs to uid %d gid %d, "
+                  "mode %04o): give uid %d write access to it (e.g. chown -R %d:%d on it, or "
+                  "on the host directory mounted there) or run gale as uid %d",
+                  dir, (int)getuid(), (int)getgid(), (int)st.st_uid, (int)st.st_gid,
+                  (unsigned)(st.st_mode & 07777), (int)getuid(), (int)getuid(),
+                  (int)getgid(), (int)st.st_uid);
+    else
+        log_error("data dir %s: %s", dir, strerror(e));
+    return -1;
+}
+
+/* <data_dir>/listeners for gale --health and scripts: every bound listener, random
+ * ports included. */
+static void record_listeners(const struct gw *gw, const char *data_dir)
+{
+    struct health_listener ls[sizeof gw->listeners / sizeof gw->listeners[0]];
+    int rc;
+
+    for (int i = 0; i < gw->nlisteners; i++)
+        ls[i] = (struct health_listener){gw->listeners[i].conn.name, gw->listeners[i].bind,
+                                         gw->listeners[i].port};
+    if ((rc = health_record(data_dir, ls, (size_t)gw->nlisteners)) != 0)
+        log_warn("cannot write %s/listeners: %s", data_dir, strerror(-rc));
 }
 
 /* Reads a secret file, or creates it with n random bytes (hex when text). */
@@ -972,6 +1033,9 @@ int main(int argc, char **argv)
 
     if (load_config(argc, argv, &cfg, &check_only, &code) != 0)
         return code;
+    if (health_only)
+        return health_probe(cfg.data_dir, cfg.http.bind, cfg.http.port, HEALTH_TIMEOUT_MS,
+                            stdout);
     log_setup((enum log_level)log_parse_level(cfg.log.level),
               strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
     if (issue.device)
@@ -982,6 +1046,8 @@ int main(int argc, char **argv)
         free(js);
         return 0;
     }
+    if (backup_dest)
+        return backup_cli(&cfg, backup_dest);
     signal(SIGPIPE, SIG_IGN);
     apply_fd_limit(&cfg);
     /* another gale on this data dir: said before anything else, and nothing is created */
@@ -1029,6 +1095,8 @@ int main(int argc, char **argv)
         log_error("cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         goto out;
     }
+    if (check_data_dir(cfg.data_dir) != 0)
+        goto out;
     if ((lock_fd = lock_data_dir(cfg.data_dir, true, &busy)) < 0) {
         code = busy ? 2 : 1;
         goto out;
@@ -1115,6 +1183,7 @@ int main(int argc, char **argv)
     gw_listener_set_ctx(&gw, &http_proto, rest_http_server(parts.rest));
     gw_listener_set_ctx(&gw, &mqtt_proto, parts.broker);
     gw_log_listening(&gw);
+    record_listeners(&gw, cfg.data_dir);
     gw.ready = !ready_seam(&loop, &gw);
     log_info("gale %s started data_dir=%s", GALE_VERSION, cfg.data_dir);
     log_banner(&gw, &cfg);
@@ -1157,7 +1226,9 @@ out:
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);
-    if (lock_fd >= 0)
+    if (lock_fd >= 0) {
+        health_forget(cfg.data_dir);
         close(lock_fd); /* last: the next gale may open the data dir now */
+    }
     return code;
 }

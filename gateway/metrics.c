@@ -253,6 +253,19 @@ void metrics_render(struct gw *gw, struct buf *b)
           gw->storage_full ? 1 : 0);
     counter(b, "gale_storage_writes_refused_total",
             "Writes refused (not acknowledged) because the disk was full", m->storage_refused);
+    buf_printf(b, "# HELP gale_backups_total Online backups by outcome\n"
+                  "# TYPE gale_backups_total counter\n"
+                  "gale_backups_total{result=\"ok\"} %llu\n"
+                  "gale_backups_total{result=\"failed\"} %llu\n",
+               (unsigned long long)m->backups_ok, (unsigned long long)m->backups_failed);
+    gauge(b, "gale_backup_running", "1 while an online backup runs", m->backup_running ? 1 : 0);
+    gauge(b, "gale_backup_last_timestamp_seconds",
+          "When the last good backup's snapshot was taken (epoch seconds; 0: none yet)",
+          (double)m->backup_last_ms / 1000.0);
+    gauge(b, "gale_backup_last_bytes", "Size of the last good backup, bytes",
+          (double)m->backup_last_bytes);
+    gauge(b, "gale_backup_last_duration_seconds", "How long the last good backup took",
+          m->backup_last_seconds);
     counter(b, "gale_mqtt_messages_sent_total", "PUBLISH packets sent to subscribers",
             m->mqtt_messages_sent);
     counter(b, "gale_mqtt_dropped_total", "MQTT messages dropped (queue limits)", m->mqtt_dropped);

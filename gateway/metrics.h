@@ -4,6 +4,7 @@
 #ifndef GALE_METRICS_H
 #define GALE_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/buf.h"
@@ -67,6 +68,12 @@ struct metrics {
     uint64_t proxy_accepted;           /* a valid header named the client */
     uint64_t proxy_untrusted;          /* refused: the peer is not in limits.proxy_trusted */
     uint64_t proxy_failed;             /* closed: bad or missing header, or its timeout */
+    /* online backups (POST /api/backup): outcomes, and the last good one */
+    uint64_t backups_ok, backups_failed;
+    bool backup_running;
+    int64_t backup_last_ms;            /* epoch ms of its snapshot; 0: none yet */
+    uint64_t backup_last_bytes;
+    double backup_last_seconds;
     struct hist ack_latency;           /* a write's ack waiting for durability: from the
                                         * wait's start to the ack (conn_registry_durable) */
     struct hist http_latency;          /* HTTP request complete -> reply written */

@@ -108,6 +108,7 @@ void store_close(struct store *s)
     s->closing = 1;
     store_queries_finish(s);
     store_outbox_reads_finish(s);
+    store_backup_stop(s);
     store_writer_stop(s); /* seals, drains, joins, fires the last on_durable */
     store_checkpointer_stop(s);
     if (s->have_pool_lock)

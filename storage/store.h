@@ -345,6 +345,29 @@ int store_load_outbox_index(struct store *s, const char *upstream, store_outbox_
 int store_read_outbox(struct store *s, const char *upstream, uint64_t after_id, size_t max_msgs,
                       size_t max_bytes, store_outbox_read_fn fn, void *ctx);
 
+/* ---- online backup (backup.c) ---- */
+struct store_backup_result {
+    int rc;                 /* 0, or GW_ESTORE with error set */
+    int full;               /* the failure was a full disk (ENOSPC, EDQUOT, SQLITE_FULL) */
+    int exists;             /* the failure was that path exists */
+    const char *path;       /* the snapshot: "<dir>/<name>" (valid during the call) */
+    uint64_t bytes;         /* its size */
+    uint64_t pages;         /* database pages copied */
+    int64_t started_ms;     /* epoch ms of the snapshot's moment (its read transaction) */
+    double seconds;         /* the whole backup, start to synced file */
+    char error[768];        /* what failed, for people */
+};
+/* Fired on the loop thread. */
+typedef void (*store_backup_fn)(void *ctx, const struct store_backup_result *r);
+/* Loop thread, never blocks: copies the database, as of one moment while writes go on,
+ * into dir/name (dir is created, one level, mode 0700; name is a file name, no '/')
+ * on libuv's work pool, and calls fn with the outcome. The file under its name is
+ * complete and synced; an existing file is never replaced (exists = 1). Every write
+ * acknowledged before the call is in the copy. One backup at a time: GW_EEXIST while
+ * one runs; GW_EINVAL for a bad argument, GW_ESTORE once store_close began, or a libuv
+ * code (fn is then not called). store_close stops a backup in flight (fn is not called). */
+int store_backup(struct store *s, const char *dir, const char *name, store_backup_fn fn,
+                 void *ctx);
 /* ---- API keys (web/keys.h keeps them in memory) ---- */
 struct store_api_key {
     const char *id;           /* the key's public id */

@@ -12,6 +12,7 @@
  *   chunker.c    chunk slices (segments -> per-series chunks), retention, start-up replay
  *   devices.c    device records         state.c  broker state and commands
  *   outbox.c     the bridge outbox (also its reads on the work pool)
+ *   backup.c     online backups (a read-only connection on the work pool)
  *                (build ops on the loop, apply them on the writer, start-up loads)
  *   batch.c      loop side of the hand-off: ops, the open batch, sealing, done reports
  *   schema.c     the write connection: pragmas, migrations, prepared statements
@@ -256,6 +257,7 @@ struct store {
     int full_reported;          /* the last on_full said full */
     struct list queries;        /* queries in flight (struct query_req) */
     struct list outbox_reads;   /* outbox reads in flight (struct outbox_req, outbox.c) */
+    struct store_backup_req *backup; /* the backup in flight (backup.c), or NULL */
 
     /* s->lock: the two queues, the stop flag and the commit-failure seam */
     uv_mutex_t lock;
@@ -467,6 +469,10 @@ void hot_point_get(const struct hot_series *hs, size_t i, struct point *p);
 /* First index in hs whose ts >= ts. */
 size_t hot_lower_bound(const struct hot_series *hs, int64_t ts);
 void hot_fini(struct hot *h);
+
+/* ---- backup.c: stops the backup in flight, waiting for its work callback
+ * (store_close, loop thread). */
+void store_backup_stop(struct store *s);
 
 /* ---- sql.c (any thread, on the connection the caller owns) ---- */
 /* Runs SQL text without results; logs a failure. 0 or -1. */

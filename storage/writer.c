@@ -544,12 +544,16 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
 
 int store_commit_inline(struct store *s, struct store_batch *b)
 {
-    int compact = 0;
+    int compact = 0, rc;
     uint64_t start_ns = uv_hrtime();
 
     if (!s->inline_bc)
         s->inline_bc = xcalloc(1, sizeof *s->inline_bc);
-    if (commit_batch(s, b, s->inline_bc, &compact) != SQLITE_OK)
+    /* the loop never waits on SQLite: a lock held elsewhere fails the attempt at once */
+    sqlite3_busy_timeout(s->db, 0);
+    rc = commit_batch(s, b, s->inline_bc, &compact);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK)
         return -1; /* rolled back, nothing of it stays: the writer tries it again */
     apply_posts(s, s->inline_bc);
     uv_mutex_lock(&s->hot_lock);

@@ -189,6 +189,10 @@ static void on_timer(uv_timer_t *t)
 
 void httpdev_take(struct httpdev *hd, const char *device, struct buf *out)
 {
+    if (!hd->cs) { /* a gateway without commands (tests) queues none */
+        buf_append_str(out, "[]");
+        return;
+    }
     commands_take(hd->cs, device, out);
 }
 
@@ -217,7 +221,7 @@ void httpdev_poll(struct httpdev *hd, struct http_conn *h, struct http_req *req,
     if (wait_ms > max_ms)
         wait_ms = max_ms;
     httpdev_seen(hd, dev);
-    if (wait_ms == 0 || commands_pending(hd->cs, dev->id)) {
+    if (wait_ms == 0 || !hd->cs || commands_pending(hd->cs, dev->id)) {
         struct buf b;
         buf_init(&b);
         buf_append_str(&b, "{\"commands\":");
@@ -280,7 +284,8 @@ void httpdev_result(struct httpdev *hd, struct http_conn *h, struct http_req *re
         return;
     }
     cJSON_Delete(js);
-    rc = commands_result(hd->cs, dev->id, cmd_id, req->body, req->body_len, &t);
+    rc = hd->cs ? commands_result(hd->cs, dev->id, cmd_id, req->body, req->body_len, &t)
+                : GW_ENOENT;
     if (rc == GW_ENOENT) {
         http_respond_error(h, 404, "not_found", "no such command");
         return;

@@ -193,6 +193,8 @@ static const struct route routes[] = {
     {"POST", "/api/keys", A, ROUTE_ALL_DEVICES},
     {"DELETE", "/api/keys/*", A, ROUTE_ALL_DEVICES},
     {"POST", "/api/fleet/tokens", A, ROUTE_ALL_DEVICES}, /* credentials any instance takes */
+    {"GET", "/api/backup", A, ROUTE_ALL_DEVICES},
+    {"POST", "/api/backup", A, ROUTE_ALL_DEVICES},
 };
 #undef R
 #undef O
@@ -412,6 +414,10 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             rest_method_not_allowed(h, "POST");
         return;
     }
+    if (strcmp(path, "/api/backup") == 0) {
+        rest_backup(r, h, req);
+        return;
+    }
     if (strcmp(path, "/api/telemetry") == 0) {
         if (strcmp(m, "GET") == 0)
             rest_telemetry_query(r, h, req, key);
@@ -553,6 +559,7 @@ void rest_free(struct rest *r)
     if (!r)
         return;
     rest_tz_free(r);
+    rest_backup_fini(r);
     httpdev_free(r->httpdev);
     free(r);
 }

@@ -43,6 +43,8 @@ struct rest {
     void *device_deleted_ctx;
     struct rest_tz tz[REST_TZ_CACHE]; /* zones asked for; the oldest makes room */
     size_t ntz, tz_next;
+    struct conn *backup_conn;       /* rest_backup.c: who waits for the backup (a ref) */
+    char backup_last_path[1024];    /* the last good backup */
 };
 
 void rest_reply_json(struct http_conn *h, int status, struct buf *b);
@@ -80,6 +82,10 @@ void rest_tz_free(struct rest *r);
 
 /* rest_fleet.c: POST /api/fleet/tokens {"device":..,"expires_s":..,"key_id":..} */
 void rest_fleet_token(struct rest *r, struct http_conn *h, struct http_req *req);
+/* rest_backup.c: POST|GET /api/backup; rest_backup_fini drops what a backup stopped by
+ * store_close left (rest_free). */
+void rest_backup(struct rest *r, struct http_conn *h, struct http_req *req);
+void rest_backup_fini(struct rest *r);
 
 /* rest_devices.c */
 /* GET /api/devices: the devices key allows */

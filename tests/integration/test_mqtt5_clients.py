@@ -1,7 +1,8 @@
 """MQTT 5.0 with real clients, each in MQTT 5 mode: mosquitto_pub/mosquitto_sub -V mqttv5
 (user properties, a device's telemetry stored), python3-paho-mqtt with MQTTv5
 (request/response with Response Topic and Correlation Data, user properties, content
-type, No Local, a 3.1.1 client and a 5.0 client on the same topics both ways), the
+type, No Local, a 3.1.1 client and a 5.0 client on the same topics both ways, a shared
+subscription of three consumers one of which leaves), the
 Eclipse Paho C asynchronous client (mqtt5_paho_c: CONNACK properties, Subscription
 Identifier, PUBACK reason codes 0 and 0x87, session expiry), and MQTT.js over WebSocket
 (request/response with a topic alias). The MQTT 5 behaviours at the byte level are in
@@ -138,6 +139,42 @@ def python_paho(g):
         c.close()
 
 
+def shared_consumers(g):
+    """Three python paho MQTTv5 consumers of $share/workers/jobs/#, QoS 1; one leaves (its
+    clean session ends) halfway: every message reaches exactly one consumer, none lost."""
+    port = g.ports["mqtt"]
+    cons = [Client5(port, "worker-%d" % i) for i in range(3)]
+    for c in cons:
+        c.sub("$share/workers/jobs/#", 1)
+    pub = Client5(port, "jobs-pub")
+    got = {i: [] for i in range(3)}
+    n = 300
+    for i in range(n):
+        pub.c.publish("jobs/%d" % (i % 7), str(i), qos=1)
+        if i == n // 2:
+            time.sleep(0.3)
+            cons[2].close()  # leaves with whatever it had not acknowledged
+        for k, c in enumerate(cons):
+            while True:
+                try:
+                    got[k].append(int(c.msgs.get_nowait().payload))
+                except queue.Empty:
+                    break
+    deadline = time.time() + 10
+    while time.time() < deadline and sum(len(set(v)) for v in got.values()) < n:
+        for k, c in enumerate(cons[:2]):
+            try:
+                got[k].append(int(c.msgs.get(timeout=0.2).payload))
+            except queue.Empty:
+                pass
+    union = set().union(*[set(v) for v in got.values()])
+    t.eq(len(union), n, "$share with 3 MQTT 5 consumers: none lost when one leaves")
+    t(all(len(got[k]) > n // 10 for k in range(2)), "the load is spread: %r"
+      % [len(got[k]) for k in range(3)])
+    for c in cons[:2] + [pub]:
+        c.close()
+
+
 def paho_c(g):
     exe = os.path.join(os.getcwd(), "tests", "integration", "mqtt5_paho_c")
     tok = g.create_device("dev-c5")
@@ -184,6 +221,7 @@ def main():
     with Gale(args=ANON) as g:
         mosquitto_clients(g)
         python_paho(g)
+        shared_consumers(g)
         paho_c(g)
         mqttjs(g)
         t(g.alive(), "gateway alive")
