@@ -168,10 +168,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 
 def readme_section(title):
-    """The text of the README's `### <title>` section."""
-    text = open(os.path.join(ROOT, "README.md")).read()
-    m = re.search(r"^### %s\n(.*?)^##+ " % re.escape(title), text, re.M | re.S)
-    assert m, "README has a ### %s section" % title
+    """The text of the `## <title>` section of docs/deployment.md (Docker, Docker Compose)."""
+    text = open(os.path.join(ROOT, "docs", "deployment.md")).read()
+    m = re.search(r"^##+ %s\n(.*?)^##+ " % re.escape(title), text, re.M | re.S)
+    assert m, "docs/deployment.md has a ## %s section" % title
     return m.group(1)
 
 
