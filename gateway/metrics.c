@@ -326,6 +326,14 @@ void metrics_render(struct gw *gw, struct buf *b)
                   "gale_rate_limited_total{action=\"disconnect\"} %llu\n",
                (unsigned long long)m->rate_limited_drop,
                (unsigned long long)m->rate_limited_disconnect);
+    buf_printf(b, "# HELP gale_proxy_connections_total Connections to PROXY protocol "
+                  "listeners, by outcome of their header\n"
+                  "# TYPE gale_proxy_connections_total counter\n"
+                  "gale_proxy_connections_total{result=\"accepted\"} %llu\n"
+                  "gale_proxy_connections_total{result=\"untrusted\"} %llu\n"
+                  "gale_proxy_connections_total{result=\"failed\"} %llu\n",
+               (unsigned long long)m->proxy_accepted, (unsigned long long)m->proxy_untrusted,
+               (unsigned long long)m->proxy_failed);
     counter(b, "gale_preauth_refused_total",
             "Connections refused or closed by pre-authentication budgets", m->preauth_refused);
     gauge(b, "gale_preauth_bytes", "Bytes held by connections not yet authenticated",

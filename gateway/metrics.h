@@ -70,6 +70,10 @@ struct metrics {
     int64_t backup_last_ms;            /* epoch ms of its snapshot; 0: none yet */
     uint64_t backup_last_bytes;
     double backup_last_seconds;
+    /* PROXY protocol listeners (gale_proxy_connections_total{result=...}) */
+    uint64_t proxy_accepted;           /* a valid header named the client */
+    uint64_t proxy_untrusted;          /* refused: the peer is not in limits.proxy_trusted */
+    uint64_t proxy_failed;             /* closed: bad or missing header, or its timeout */
     struct hist ack_latency;           /* a write's ack waiting for durability: from the
                                         * wait's start to the ack (conn_registry_durable) */
     struct hist http_latency;          /* HTTP request complete -> reply written */

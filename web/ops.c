@@ -18,6 +18,7 @@
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
  *   GET    /api/bridges                    the upstream bridges' state and counters
+ *   GET    /api/info                       version, the listeners' ports, the caller's role
  *
  * Everything here is answered from loop state at once, except removals and publishes
  * that write storage: those answer once the writes are durable. Lists are sorted by
@@ -49,6 +50,7 @@
 #include "protocols/mqtt/mqtt.h"
 #include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define JSON "application/json"
@@ -241,6 +243,35 @@ static void docs(struct http_conn *h)
         }
     }
     http_respond_error(h, 404, "not_found", "no API docs page in this build");
+}
+
+/* The version and every open listener with its bound port, so that a client (the
+ * dashboard's connect snippets) names the real ports rather than the defaults; and the
+ * role of the key asking. */
+static void info(struct ops *o, struct http_conn *h, const struct http_req *req)
+{
+    struct gw *gw = o->gw;
+    const struct api_key *k = keys_check(gw->keys, http_bearer(req));
+    struct buf b;
+    int n = 0;
+    buf_init(&b);
+    buf_printf(&b, "{\"version\":\"%s\",", GALE_VERSION);
+    if (k) { /* the key asking: what it may do (the dashboard hides the rest) */
+        buf_printf(&b, "\"role\":\"%s\",\"key\":", keys_role_name(k->role));
+        buf_append_json_str(&b, k->name, strlen(k->name));
+        buf_printf(&b, ",\"all_devices\":%s,", k->ndevices ? "false" : "true");
+    }
+    buf_append_str(&b, "\"listeners\":[");
+    for (int i = 0; i < gw->nlisteners; i++) {
+        const struct gw_listener *l = &gw->listeners[i];
+        if (!l->open)
+            continue;
+        buf_append_str(&b, n++ ? ",{\"name\":" : "{\"name\":");
+        buf_append_json_str(&b, l->conn.name, strlen(l->conn.name));
+        buf_printf(&b, ",\"port\":%d,\"tls\":%s}", l->port, l->conn.tls ? "true" : "false");
+    }
+    buf_append_str(&b, "]}");
+    reply(h, 200, &b, NULL);
 }
 
 /* ---- connections ---- */
@@ -895,7 +926,8 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     }
     if (strcmp(path, "/metrics") != 0 && strcmp(path, "/api/connections") != 0 &&
         strncmp(path, "/api/connections/", 17) != 0 && strcmp(path, "/api/publish") != 0 &&
-        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0)
+        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0 &&
+        strcmp(path, "/api/info") != 0)
         return false;
     if (!authorized && !(strcmp(path, "/metrics") == 0 && !o->gw->cfg->http.metrics_auth)) {
         metrics_auth_failed(&o->gw->metrics, "http", "bad_api_key");
@@ -942,6 +974,11 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     } else if (strcmp(path, "/api/bridges") == 0) {
         if (is(req, "GET"))
             bridges(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
+    } else if (strcmp(path, "/api/info") == 0) {
+        if (is(req, "GET"))
+            info(o, h, req);
         else
             rest_method_not_allowed(h, "GET");
     } else {
