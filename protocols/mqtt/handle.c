@@ -64,6 +64,15 @@ static void send_buf(struct mqtt_conn *mc)
     broker_send(mc);
 }
 
+/* MQTT 5: whether the packet encoded in mc->out from byte start on is larger than the
+ * client's Maximum Packet Size. A Reason String must not make a packet larger than that
+ * [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3]: the caller encodes the packet again
+ * without it. */
+static bool too_large(const struct mqtt_conn *mc, size_t start)
+{
+    return mc->v5 && mc->v5->max_packet_out && mc->out.len - start > mc->v5->max_packet_out;
+}
+
 /* The 3.1.1 CONNACK return code for a 5.0 CONNACK reason code. */
 static uint8_t connack_rc311(uint8_t rc)
 {
@@ -102,6 +111,11 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc, struct buf *props
             mqtt_prop_put_str(&pb, MQTT_PROP_REASON_STRING, why, strlen(why));
         bin = (struct mqtt_bin){pb.data, pb.len};
         mqtt_encode_connack5(&mc->out, sp, rc, &bin);
+        if (rc != MQTT_RC_SUCCESS && why && too_large(mc, 0)) { /* without the Reason String */
+            mc->out.len = 0;
+            bin.len = props ? props->len : 0;
+            mqtt_encode_connack5(&mc->out, sp, rc, &bin);
+        }
         buf_fini(&pb);
     } else {
         mqtt_encode_connack(&mc->out, sp, connack_rc311(rc));
@@ -157,14 +171,17 @@ static void encode_ack(struct mqtt_conn *mc, uint8_t type, uint16_t id, uint8_t 
         struct buf pb;
         struct mqtt_bin bin;
         const char *why = ack_why(rc);
+        size_t start = mc->out.len;
         buf_init(&pb);
         mqtt_prop_put_str(&pb, MQTT_PROP_REASON_STRING, why, strlen(why));
         bin = (struct mqtt_bin){pb.data, pb.len};
         mqtt_encode_ack5(&mc->out, type, id, rc, &bin);
         buf_fini(&pb);
-    } else {
-        mqtt_encode_ack5(&mc->out, type, id, rc, NULL);
+        if (!too_large(mc, start))
+            return;
+        mc->out.len = start; /* without the Reason String */
     }
+    mqtt_encode_ack5(&mc->out, type, id, rc, NULL);
 }
 
 /* ---- acks after durability ---- */
@@ -1084,6 +1101,10 @@ static void mqtt_goodbye(void *state, const char *why, bool stopping)
     bin = (struct mqtt_bin){pb.data, pb.len};
     mc->out.len = 0;
     mqtt_encode_disconnect5(&mc->out, rc, &bin);
+    if (too_large(mc, 0)) { /* without the Reason String */
+        mc->out.len = 0;
+        mqtt_encode_disconnect5(&mc->out, rc, NULL);
+    }
     send_buf(mc);
     buf_fini(&pb);
 }

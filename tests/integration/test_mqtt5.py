@@ -9,7 +9,10 @@ changed by DISCONNECT); will delay (fired and cancelled) and DISCONNECT with wil
 server DISCONNECT reason codes (takeover, protocol error, administrative action,
 shutdown); AUTH refused with 0x8C; properties passed through to a 5.0 subscriber and a
 3.1.1 subscriber on the same topic; the REST session listing's 5.0 fields; commands to
-a 5.0 device with Response Topic, Correlation Data and Message Expiry."""
+a 5.0 device with Response Topic, Correlation Data and Message Expiry; Reason Strings left
+out of a PUBACK, CONNACK or DISCONNECT that would not fit the client's Maximum Packet
+Size; protocol rules (Subscription Identifier 0, aliases end with the connection, a second
+CONNECT, Request Problem Information 0)."""
 import json
 import socket
 import time
@@ -402,6 +405,91 @@ def passthrough_and_commands():
             c.close()
 
 
+def goodbye(c, timeout=5):
+    """The DISCONNECT the server sends before closing (packets before it are skipped)."""
+    deadline = time.time() + timeout
+    while True:
+        p = c.recv(max(0.05, deadline - time.time()))
+        if p.type == R.DISCONNECT:
+            return p
+
+
+def size(p):
+    """Bytes of a received packet on the wire (remaining length < 128 here)."""
+    return 2 + len(p.body)
+
+
+def reason_strings_fit():
+    """A Reason String never makes a packet larger than the client's Maximum Packet Size
+    [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3]: the packet goes without it."""
+    acl = json.dumps([{"topic": "secret/#", "action": "publish", "allow": False}])
+    with Gale(args=ANON + ["--set", "mqtt.acl=" + acl, "--set", "mqtt.topic_alias_maximum=2"]) as g:
+        port = g.ports["mqtt"]
+        small = R.props((R.P_MAX_PACKET, 16))
+        c = R.session5(port, "mps-ack", prop=small)
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t.eq(p.rc, 0x87, "PUBACK 0x87 to a client with Maximum Packet Size 16")
+        t(size(p) <= 16 and R.P_REASON_STRING not in p.props,
+          "the PUBACK fits, without its Reason String (%d bytes, %r)" % (size(p), p.props))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=2))
+        p = c.recv_type(R.PUBACK)
+        t.eq((p.pid, p.rc), (2, 0x87), "the connection goes on")
+        c.close()
+        # a larger limit still gets the Reason String
+        c = R.session5(port, "mps-big", prop=R.props((R.P_MAX_PACKET, 1000)))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t(p.rc == 0x87 and R.P_REASON_STRING in p.props, "room for it: with the Reason String")
+        c.close()
+        # a refused CONNECT
+        c = R.Raw5(port)
+        a = c.connect("mps-auth", prop=R.props((R.P_MAX_PACKET, 20),
+                                               (R.P_AUTH_METHOD, "SCRAM-SHA-256")))
+        t.eq(a.rc, 0x8C, "CONNACK 0x8C to a client with Maximum Packet Size 20")
+        t(size(a) <= 20 and R.P_REASON_STRING not in a.props,
+          "the CONNACK fits, without its Reason String (%d bytes, %r)" % (size(a), a.props))
+        c.close()
+        # the server's DISCONNECT
+        c = R.session5(port, "mps-bye", prop=small)
+        c.send(R.publish5("al/x", "x", prop=R.props((R.P_ALIAS, 3))))
+        p = goodbye(c)
+        t.eq(p.rc, 0x94, "DISCONNECT 0x94 to a client with Maximum Packet Size 16")
+        t(size(p) <= 16 and R.P_REASON_STRING not in p.props,
+          "the DISCONNECT fits, without its Reason String (%d bytes, %r)" % (size(p), p.props))
+        c.close()
+
+
+def protocol_rules():
+    """Server rules checked on the wire: a Subscription Identifier of 0 is a Protocol
+    Error (5.0 3.8.2.1.2); Topic Alias mappings end with the connection [MQTT-3.3.2-7];
+    a second CONNECT is a Protocol Error [MQTT-3.1.0-2]; Request Problem Information 0:
+    no Reason String on a PUBACK [MQTT-3.1.2-29]."""
+    acl = json.dumps([{"topic": "secret/#", "action": "publish", "allow": False}])
+    with Gale(args=ANON + ["--set", "mqtt.acl=" + acl]) as g:
+        port = g.ports["mqtt"]
+        c = R.session5(port, "sid0")
+        c.send(R.subscribe5(1, [("x/#", 0)], prop=R.props((R.P_SUB_ID, 0))))
+        t.eq(c.disconnected(), 0x82, "SUBSCRIBE with Subscription Identifier 0: DISCONNECT 0x82")
+        c = R.session5(port, "alias", prop=R.props((R.P_SESSION_EXPIRY, 30)))
+        c.send(R.publish5("al/one", "a", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.disconnect5())
+        c.close()
+        c = R.session5(port, "alias", clean=False, prop=R.props((R.P_SESSION_EXPIRY, 30)))
+        t.eq(c.session_present, 1, "the session is resumed")
+        c.send(R.publish5("", "b", prop=R.props((R.P_ALIAS, 1))))
+        t.eq(c.disconnected(), 0x82, "an alias of the previous connection is unknown: 0x82")
+        c = R.session5(port, "twice")
+        c.send(R.connect5("twice"))
+        t.eq(c.disconnected(), 0x82, "a second CONNECT: DISCONNECT 0x82")
+        c = R.session5(port, "rpi0", prop=R.props((0x17, 0)))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t(p.rc == 0x87 and R.P_REASON_STRING not in p.props,
+          "Request Problem Information 0: PUBACK 0x87 without a Reason String (%r)" % p.props)
+        c.close()
+
+
 def main():
     connack_props()
     aliases_and_flow()
@@ -410,6 +498,8 @@ def main():
     sessions_and_wills()
     restart_and_shutdown()
     passthrough_and_commands()
+    reason_strings_fit()
+    protocol_rules()
 
 
 t.run(main)
