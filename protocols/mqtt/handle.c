@@ -840,23 +840,25 @@ static void handle_disconnect(struct mqtt_conn *mc, const struct mqtt_packet *pk
 {
     struct mqtt5_conn *v5 = mc->v5;
 
-    mc->got_disconnect = true; /* the will is discarded [MQTT-3.14.4-3] */
     if (!v5) {
+        mc->got_disconnect = true; /* the will is discarded [MQTT-3.14.4-3] */
         conn_close(mc->c, "client disconnected");
         return;
     }
     v5->peer_disconnect = true;
     if (mqtt_props_has(&pkt->props, MQTT_PROP_SESSION_EXPIRY)) {
         if (v5->expiry_was_zero && pkt->props.session_expiry_s != 0) {
-            v5->peer_disconnect = false; /* it gets a DISCONNECT back */
+            /* not a valid DISCONNECT: the will stays, and the client gets DISCONNECT 0x82 */
+            v5->peer_disconnect = false;
             violation(mc, "Session Expiry Interval set by DISCONNECT after 0 in CONNECT",
                       MQTT_RC_PROTOCOL_ERROR); /* [MQTT-3.14.2-2] */
             return;
         }
         broker_session_expiry(mc->b, mc->sess, broker_expiry_cap(mc->b, pkt->props.session_expiry_s));
     }
-    if (pkt->reason == MQTT_RC_DISCONNECT_WITH_WILL)
-        mc->got_disconnect = false; /* the will is published [MQTT-3.14.2.1] */
+    /* only Normal disconnection (0x00) discards the will [MQTT-3.1.2-8] [MQTT-3.14.4-3]:
+     * 0x04 (Disconnect with Will Message) and the error codes publish it */
+    mc->got_disconnect = pkt->reason == MQTT_RC_SUCCESS;
     conn_close(mc->c, pkt->reason == 0 ? "client disconnected"
                                        : "client disconnected with a reason code");
 }

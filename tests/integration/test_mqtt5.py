@@ -11,8 +11,9 @@ shutdown); AUTH refused with 0x8C; properties passed through to a 5.0 subscriber
 3.1.1 subscriber on the same topic; the REST session listing's 5.0 fields; commands to
 a 5.0 device with Response Topic, Correlation Data and Message Expiry; Reason Strings left
 out of a PUBACK, CONNACK or DISCONNECT that would not fit the client's Maximum Packet
-Size; protocol rules (Subscription Identifier 0, aliases end with the connection, a second
-CONNECT, Request Problem Information 0)."""
+Size; the will after a DISCONNECT with an error reason code or an invalid one; protocol rules
+(Subscription Identifier 0, aliases end with the connection, a second CONNECT, Request
+Problem Information 0)."""
 import json
 import socket
 import time
@@ -460,6 +461,31 @@ def reason_strings_fit():
         c.close()
 
 
+def wills_and_disconnect():
+    """Only a DISCONNECT with Reason Code 0x00 discards the will [MQTT-3.1.2-8]
+    [MQTT-3.14.4-3]; one that is itself a Protocol Error is no valid DISCONNECT
+    [MQTT-3.14.2-2]: the will is published."""
+    with Gale(args=ANON) as g:
+        port = g.ports["mqtt"]
+        w = R.session5(port, "watch")
+        w.sub(1, [("will/#", 0)])
+        c = R.session5(port, "d80", will=("will/d80", "error", 0, False))
+        c.send(R.disconnect5(0x80))
+        t(c.closed(), "DISCONNECT 0x80 closes the connection")
+        t.eq(recv_publish(w, 5).payload, b"error", "DISCONNECT 0x80 (Unspecified error) "
+             "publishes the will")
+        c = R.session5(port, "dpe", will=("will/dpe", "invalid", 0, False))
+        c.send(R.disconnect5(0, R.props((R.P_SESSION_EXPIRY, 10))))
+        t.eq(c.disconnected(), 0x82, "DISCONNECT with an expiry after 0 in CONNECT: 0x82")
+        t.eq(recv_publish(w, 5).payload, b"invalid", "that DISCONNECT is not valid: the will "
+             "is published")
+        c = R.session5(port, "d00", will=("will/d00", "no", 0, False))
+        c.send(R.disconnect5(0x00))
+        t(c.closed(), "DISCONNECT 0x00 closes the connection")
+        t(no_publish(w, 1.0), "DISCONNECT 0x00 still discards the will")
+        w.close()
+
+
 def protocol_rules():
     """Server rules checked on the wire: a Subscription Identifier of 0 is a Protocol
     Error (5.0 3.8.2.1.2); Topic Alias mappings end with the connection [MQTT-3.3.2-7];
@@ -499,6 +525,7 @@ def main():
     restart_and_shutdown()
     passthrough_and_commands()
     reason_strings_fit()
+    wills_and_disconnect()
     protocol_rules()
 
 
