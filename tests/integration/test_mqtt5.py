@@ -486,6 +486,42 @@ def wills_and_disconnect():
         w.close()
 
 
+def resume_within_receive_maximum():
+    """A resumed session's unacknowledged messages are resent, with their packet ids and
+    DUP [MQTT-4.4.0-1], but never more at once than the new connection's Receive Maximum
+    [MQTT-3.3.4-7]: the rest follow as acks free the window."""
+    with Gale(args=ANON) as g:
+        port = g.ports["mqtt"]
+        pub = publisher(g)
+        keep = R.props((R.P_SESSION_EXPIRY, 60), (R.P_RECEIVE_MAX, 5))
+        c = R.session5(port, "rmx", prop=keep)
+        c.sub(1, [("rq/#", 1)])
+        for i in range(1, 6):
+            pub.send(R.publish5("rq/t", str(i), qos=1, pid=i))
+            pub.recv_type(R.PUBACK)
+        first = [recv_publish(c) for _ in range(5)]
+        t.eq([p.payload for p in first], [b"1", b"2", b"3", b"4", b"5"],
+             "five in flight under Receive Maximum 5, none acknowledged")
+        c.abort()
+        time.sleep(0.3)
+        c = R.session5(port, "rmx", clean=False,
+                       prop=R.props((R.P_SESSION_EXPIRY, 60), (R.P_RECEIVE_MAX, 2)))
+        t.eq(c.session_present, 1, "the session is resumed")
+        got = [recv_publish(c) for _ in range(2)]
+        t(no_publish(c), "Receive Maximum 2 on the new connection: only two resent at once")
+        unacked = [p.pid for p in got]
+        while len(got) < 5:
+            c.send(R.ack5(R.PUBACK, unacked.pop(0)))
+            got.append(recv_publish(c))
+            unacked.append(got[-1].pid)
+        t.eq([p.payload for p in got], [b"1", b"2", b"3", b"4", b"5"],
+             "all five resent in order as acks come in")
+        t.eq([p.pid for p in got], [p.pid for p in first], "with their packet ids")
+        t(all(p.dup for p in got), "and DUP")
+        c.close()
+        pub.close()
+
+
 def protocol_rules():
     """Server rules checked on the wire: a Subscription Identifier of 0 is a Protocol
     Error (5.0 3.8.2.1.2); Topic Alias mappings end with the connection [MQTT-3.3.2-7];
@@ -526,6 +562,7 @@ def main():
     passthrough_and_commands()
     reason_strings_fit()
     wills_and_disconnect()
+    resume_within_receive_maximum()
     protocol_rules()
 
 
