@@ -11,9 +11,11 @@ shutdown); AUTH refused with 0x8C; properties passed through to a 5.0 subscriber
 3.1.1 subscriber on the same topic; the REST session listing's 5.0 fields; commands to
 a 5.0 device with Response Topic, Correlation Data and Message Expiry; Reason Strings left
 out of a PUBACK, CONNACK or DISCONNECT that would not fit the client's Maximum Packet
-Size; the will after a DISCONNECT with an error reason code or an invalid one; protocol rules
-(Subscription Identifier 0, aliases end with the connection, a second CONNECT, Request
-Problem Information 0)."""
+Size; the will after a DISCONNECT with an error reason code or an invalid one; a resumed
+session within the new connection's Receive Maximum; Server Keep Alive applied; QoS 2
+counted until PUBCOMP; protocol rules (Subscription Identifier 0, aliases end with the
+connection and are replaced by a new topic, a second CONNECT, Request Problem Information
+0)."""
 import json
 import socket
 import time
@@ -522,6 +524,32 @@ def resume_within_receive_maximum():
         pub.close()
 
 
+def keepalive_and_flow():
+    """Server Keep Alive is the keep alive Gale applies: 1.5 times it without a packet
+    ends the connection with DISCONNECT 0x8D [MQTT-3.1.2-22] [MQTT-3.2.2-21]; a QoS 2
+    publish counts against Gale's Receive Maximum until its PUBCOMP [MQTT-3.3.4-9]."""
+    with Gale(args=ANON + ["--set", "mqtt.max_keepalive=1"]) as g:
+        c = R.Raw5(g.ports["mqtt"])
+        a = c.connect("ka", keepalive=60)
+        t.eq(a.props.get(R.P_SERVER_KEEP_ALIVE), 1, "Server Keep Alive 1 for a client asking 60")
+        t0 = time.monotonic()
+        t.eq(c.disconnected(10), 0x8D, "silent past it: DISCONNECT 0x8D (Keep Alive timeout)")
+        t(time.monotonic() - t0 >= 1.0, "not before the keep alive has passed")
+        c.close()
+    with Gale(args=ANON + ["--set", "mqtt.receive_maximum=2"]) as g:
+        q = R.session5(g.ports["mqtt"], "q2done")
+        for rnd in range(3):
+            for i in (1, 2):
+                q.send(R.publish5("rm/q", "x", qos=2, pid=i))
+                t.eq(q.recv_type(R.PUBREC).pid, i, "round %d: PUBREC %d" % (rnd, i))
+            for i in (1, 2):
+                q.send(R.ack5(R.PUBREL, i))
+                p = q.recv_type(R.PUBCOMP)
+                t.eq((p.pid, p.rc), (i, 0), "round %d: PUBCOMP %d" % (rnd, i))
+        t(q.nothing(0.3), "Receive Maximum 2: PUBCOMP frees the slot, no DISCONNECT")
+        q.close()
+
+
 def protocol_rules():
     """Server rules checked on the wire: a Subscription Identifier of 0 is a Protocol
     Error (5.0 3.8.2.1.2); Topic Alias mappings end with the connection [MQTT-3.3.2-7];
@@ -541,6 +569,19 @@ def protocol_rules():
         t.eq(c.session_present, 1, "the session is resumed")
         c.send(R.publish5("", "b", prop=R.props((R.P_ALIAS, 1))))
         t.eq(c.disconnected(), 0x82, "an alias of the previous connection is unknown: 0x82")
+        # a PUBLISH with a Topic Alias and a topic maps the alias anew [MQTT-3.3.2-12]
+        w = R.session5(port, "alias-watch")
+        w.sub(1, [("al/#", 0)])
+        c = R.session5(port, "alias2")
+        c.send(R.publish5("al/one", "1", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.publish5("al/two", "2", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.publish5("", "3", prop=R.props((R.P_ALIAS, 1))))
+        got = [recv_publish(w) for _ in range(3)]
+        t.eq([(p.topic, p.payload) for p in got],
+             [("al/one", b"1"), ("al/two", b"2"), ("al/two", b"3")],
+             "an alias sent again with a topic names the new topic")
+        c.close()
+        w.close()
         c = R.session5(port, "twice")
         c.send(R.connect5("twice"))
         t.eq(c.disconnected(), 0x82, "a second CONNECT: DISCONNECT 0x82")
@@ -563,6 +604,7 @@ def main():
     reason_strings_fit()
     wills_and_disconnect()
     resume_within_receive_maximum()
+    keepalive_and_flow()
     protocol_rules()
 
 
