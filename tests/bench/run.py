@@ -18,8 +18,10 @@ References, all on loopback on free ports, started and stopped by PID here:
   MQTT 5       (group mqtt5) the same cases spoken in 5.0 (bench_mqtt --mqtt-version 5) to
                Gale and to Mosquitto (max_inflight_messages 1024, so its Receive Maximum
                is Gale's), and one more side: the same Gale spoken to in 3.1.1, in the
-               same round (Gale 5.0, Gale 3.1.1, Mosquitto 5.0); its rows say "vs Gale
-               3.1.1" in the reference column
+               same round (Gale 5.0, Gale 3.1.1, Mosquitto 5.0); the reference column
+               names which; besides the rates, the server's CPU time per message
+               (/proc/PID/stat over the run), which other load on the machine moves
+               less than it moves the rates
   REST latest  nginx (one worker, access log off) serving the same bytes as a static file
   live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
   TLS          `openssl s_server -www` with the same certificate (handshakes/s), and Gale's
@@ -291,26 +293,39 @@ class Side:
 
 # ---- MQTT cases ----
 
+def cpu_s(pid):
+    """CPU time (user + system, every thread) process pid has used, seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_mqtt(ctx, side, clients, per, qos, window=100, extra=()):
+    """bench_mqtt's figures, and cpu_us: the server's CPU time per message during the run
+    (connects included), which the machine's other load changes less than the rates."""
     with side.mqtt(ctx) as srv:
         cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), str(clients), str(per), str(qos),
                str(window), "--seconds", str(ctx.p["mqtt_s"])] + list(extra)
         if side.version == 5:
             cmd += ["--mqtt-version", "5"]
-        return kv_line(run_tool(cmd, ctx.p["mqtt_s"] + 90), "mqtt")
+        c0 = cpu_s(srv.pid)
+        f = kv_line(run_tool(cmd, ctx.p["mqtt_s"] + 90), "mqtt")
+        f["cpu_us"] = (cpu_s(srv.pid) - c0) * 1e6 / max(f["messages"], 1)
+        return f
 
 
 def case_qos0(clients_key, per_key):
     def run(ctx, side):
         f = bench_mqtt(ctx, side, ctx.p[clients_key], ctx.p[per_key], 0)
-        return {"rate": f["msgs_per_s"]}
+        return {"rate": f["msgs_per_s"], "cpu": f["cpu_us"]}
     return run
 
 
 def case_qos1(clients, window, per_key):
     def run(ctx, side):
         f = bench_mqtt(ctx, side, clients, ctx.p[per_key], 1, window)
-        return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"]}
+        return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"],
+                "cpu": f["cpu_us"]}
     return run
 
 
@@ -819,6 +834,7 @@ RATE = ("rate", "msg/s", True)
 ACKED = ("rate", "acked msg/s", True)
 P50 = ("p50", "PUBACK p50 ms", False)
 P99 = ("p99", "PUBACK p99 ms", False)
+CPU = ("cpu", "server CPU µs/msg", False)
 
 
 # group: mqtt | mqtt5 | rest | feed | storage | tls | tlsplain | bridge; synced: runs once per storage.sync mode;
@@ -851,14 +867,14 @@ def cases(p):
          run_route),
         ("latency", "mqtt", "MQTT publish-to-receive latency at 10k msg/s", False,
          [("p50", "p50 ms", False), ("p99", "p99 ms", False)], run_latency),
-        ("qos0-1-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 1 publisher", False, [RATE],
+        ("qos0-1-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 1 publisher", False, [RATE, CPU],
          case_qos0("c1", "qos0_1")),
-        ("qos0-100-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 100 publishers", False, [RATE],
+        ("qos0-100-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 100 publishers", False, [RATE, CPU],
          case_qos0("c100", "qos0_100")),
         ("qos1-w1-v5", "mqtt5", "MQTT 5 QoS 1, 1 publisher, window 1", True,
-         [ACKED, P50, P99], case_qos1(1, 1, "qos1_w1")),
+         [ACKED, P50, P99, CPU], case_qos1(1, 1, "qos1_w1")),
         ("qos1-w32-v5", "mqtt5", "MQTT 5 QoS 1, 1 publisher, window 32", True,
-         [ACKED, P50, P99], case_qos1(1, 32, "qos1_w32")),
+         [ACKED, P50, P99, CPU], case_qos1(1, 32, "qos1_w32")),
         ("idle", "mqtt", "MQTT %d idle connections, %d handshakes in flight"
          % (p["idle"], CONNECT_INFLIGHT), False,
          [("bytes", "RSS bytes/connection", False), ("rate", "connects/s", True)], run_idle),
