@@ -837,9 +837,9 @@ P99 = ("p99", "PUBACK p99 ms", False)
 CPU = ("cpu", "server CPU µs/msg", False)
 
 
-# group: mqtt | mqtt5 | rest | feed | storage | tls | tlsplain | bridge; synced: runs once per storage.sync mode;
-# metrics: [(key, label, higher is better)]; run(ctx, side) -> {key: value}, or None
-# for storage, which bench_storage interleaves by itself
+# group: mqtt | mqtt5 | rest | feed | storage | tls | tlsplain | bridge; synced: runs once
+# per storage.sync mode; metrics: [(key, label, higher is better)]; run(ctx, side) ->
+# {key: value}, or None for storage, which bench_storage interleaves by itself
 Case = collections.namedtuple("Case", "id group title synced metrics run")
 
 
@@ -933,8 +933,9 @@ def cases(p):
 # the reference of a case when its group's is not it
 CASE_REF_NAME = {"bridge-drain": "paho_pub",
                  "bridge-live-ack": "no backlog"}
-REF_NAME = {"mqtt": "mosquitto", "mqtt5": "mosquitto 5.0", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite",
-            "tls": "s_server", "tlsplain": "Gale plain", "bridge": "mosquitto"}
+REF_NAME = {"mqtt": "mosquitto", "mqtt5": "mosquitto 5.0", "rest": "nginx", "feed": "tornado",
+            "storage": "raw SQLite", "tls": "s_server", "tlsplain": "Gale plain",
+            "bridge": "mosquitto"}
 
 
 def ref_name(cid, group):
@@ -1154,7 +1155,8 @@ def run_rounds(ctx, plan, results, errors, disk):
         for cid, group, title, synced, metrics, fn in plan.cases:
             for mode in plan.modes_of(synced) if fn else []:
                 what = "round %d %s %s" % (rnd, cid, mode)
-                got = [run_one(ctx, fn, side, what, errors) for side in plan.sides(cid, group, mode)]
+                got = [run_one(ctx, fn, side, what, errors)
+                       for side in plan.sides(cid, group, mode)]
                 # the reference is the last side; a middle one (Gale 3.1.1) has its own rows
                 for rid, ref in [(cid, got[-1])] + [(cid + V311, g) for g in got[1:-1]]:
                     row = results.setdefault((rid, mode), {})
