@@ -74,7 +74,8 @@ static const struct key keys[] = {
         "HTTPS and WSS port (the same routes over TLS); on only with tls.cert_file; 0 = off, "
         "-1 picks a free port."),
     STR("http.api_key", http.api_key, 0, "",
-        "API key for REST and the live feed; empty = generate one into the data dir."),
+        "API key for REST and the live feed (the admin key \"bootstrap\"); empty = generate "
+        "one into the data dir."),
     SIZE("http.max_header_bytes", http.max_header_bytes, 256, 16 * MIB, "16384",
          "Largest request head (request line + headers), bytes."),
     SIZE("http.max_body_bytes", http.max_body_bytes, 0, GIB, "1048576",
@@ -92,6 +93,14 @@ static const struct key keys[] = {
            "fields as one JSON object."),
     BOOL("http.metrics_auth", http.metrics_auth, "false",
          "GET /metrics needs the API key; false = readable without it (Prometheus scrapers)."),
+    INT("http.device_idle_s", http.device_idle_s, 1, 86400, "60",
+        "A device that talks HTTP with its own credentials is online (protocol http) until "
+        "this many seconds after its last request."),
+    INT("http.command_wait_max_s", http.command_wait_max_s, 0, 3600, "60",
+        "Longest wait of a command long poll (GET /api/devices/{id}/commands?wait=S), "
+        "seconds; larger waits are cut to it (and to limits.idle_timeout_ms)."),
+    INT("http.command_polls_max", http.command_polls_max, 0, 1000000, "10000",
+        "Command long polls waiting at once (one per device); past it a poll answers 503."),
     BOOL("line.enabled", line.enabled, "true", "Run the raw TCP line-protocol listener."),
     STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
     INT("line.port", line.port, 0, 65535, "7000",
@@ -156,6 +165,12 @@ static const struct key keys[] = {
            "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
            "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
            "ack = acknowledged and routed as a plain message. Counted and logged either way."),
+    CHOICE("mqtt.shared_subscription_strategy", mqtt.shared_strategy, "round_robin|sticky",
+           "round_robin",
+           "Which member of a shared subscription ($share/<group>/<filter>) gets a message: "
+           "round_robin = the next member that can take it; sticky = one publisher's "
+           "messages (by its device, else by topic) go to the same member while it stays "
+           "one."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
         "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "

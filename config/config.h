@@ -80,6 +80,9 @@ struct config {
         enum config_access_log access_log; /* http.access_log, default off */
         bool metrics_auth;               /* http.metrics_auth: /metrics needs the API key;
                                           * default false */
+        int device_idle_s;               /* http.device_idle_s: HTTP presence lasts, default 60 */
+        int command_wait_max_s;          /* http.command_wait_max_s: long poll cap, default 60 */
+        int command_polls_max;           /* http.command_polls_max: polls at once, 10000 */
     } http;
     struct {
         bool enabled;                    /* line.enabled, default true */
@@ -112,6 +115,8 @@ struct config {
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
         int session_expiry_s;            /* mqtt.session_expiry_s, default 604800; 0 never */
+        int shared_strategy;             /* mqtt.shared_subscription_strategy: enum
+                                          * share_strategy, default round_robin */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {

@@ -358,6 +358,8 @@ void devices_remove(struct devices *d, const char *id)
     struct device *dev = map_del(&d->by_id, id, strlen(id));
     if (!dev)
         return;
+    if (dev->http_online)
+        list_remove(&d->http_active, &dev->http_link);
     free_device(dev);
     for (size_t i = 0; i < d->pending_len; i++) { /* deletions are rare: a walk will do */
         struct devices_pending *p = pending_at(d, i);
@@ -488,7 +490,7 @@ void devices_write_json(const struct device *dev, struct buf *out)
     buf_append_str(out, ",\"role\":");
     buf_append_json_str(out, role, strlen(role));
     buf_printf(out, ",\"created\":%lld,\"online\":%s,\"last_seen\":", (long long)dev->created_ms,
-               dev->online > 0 ? "true" : "false");
+               devices_online(dev) ? "true" : "false");
     if (dev->last_seen_ms)
         buf_printf(out, "%lld", (long long)dev->last_seen_ms);
     else

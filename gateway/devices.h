@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "base/map.h"
 #include "gateway/msg.h"
 
@@ -52,6 +53,12 @@ struct device {
     int64_t last_seen_ms;   /* 0 = never */
     char protocol[16];      /* last protocol seen: "line", "mqtt", "http", "ws" */
     int online;             /* live authenticated connections */
+    /* Presence from HTTP requests with the device's own credentials (web/httpdev.h): online
+     * until http.device_idle_s after the last one. http_link is in devices.http_active
+     * while http_online. */
+    bool http_online;
+    int64_t http_seen_mono_ms; /* gw_mono_ms() of its last such request */
+    struct list_link http_link;
     char *name;             /* heap display name or NULL */
     char *metadata_json;    /* heap JSON object text or NULL: the operator's, opaque */
     /* Attributes in two scopes, each a heap JSON object text or NULL (none): */
@@ -114,6 +121,8 @@ struct devices_staged {
 struct devices {
     /* public */
     struct map by_id;           /* id -> struct device */
+    struct list http_active;    /* struct device online by HTTP, by http_link, oldest request
+                                 * first (web/httpdev.c keeps it) */
     struct devices_store store; /* all zero until devices_set_store: nothing is written */
     /* private */
     /* FIFO ring of values awaiting their commit, seq increasing. One entry per stored
@@ -129,6 +138,11 @@ void devices_init(struct devices *d);
 void devices_fini(struct devices *d);
 void devices_set_store(struct devices *d, const struct devices_store *store);
 struct device *devices_find(struct devices *d, const char *id);
+/* Whether dev is online: a live connection, or HTTP activity within http.device_idle_s. */
+static inline bool devices_online(const struct device *dev)
+{
+    return dev->online > 0 || dev->http_online;
+}
 /* Start-up: adds a device read from storage (id valid and new); nothing is written. */
 struct device *devices_add(struct devices *d, const char *id, const char *token_hash,
                            enum device_role role, int64_t created_ms);

@@ -15,6 +15,7 @@
 struct bus;
 struct devices;
 struct guard;
+struct keys;
 
 /* What the loop needs to know of storage, filled by main (gateway/ never includes
  * storage/). Both functions are called on the loop thread; a NULL ctx means there is
@@ -66,7 +67,8 @@ struct gw {
     struct devices *devices;
     struct gw_storage storage;
     struct metrics metrics;
-    char api_key[CONFIG_STR_MAX];    /* REST and live feed key (web/auth.h checks it) */
+    char api_key[CONFIG_STR_MAX];    /* the configured key: API key "bootstrap" (web/keys.h) */
+    struct keys *keys;               /* the API keys (web/keys.h, set by main); NULL: none */
     unsigned char token_secret[32];  /* HMAC key for device tokens */
     int64_t started_ms;
     /* a device went online (first connection) or offline (last one closed) */

@@ -45,6 +45,7 @@
 #include "storage/store.h"
 #include "web/commands.h"
 #include "web/feed.h"
+#include "web/keys.h"
 #include "web/ops.h"
 #include "web/rest.h"
 #include "web/ws_routes.h"
@@ -476,6 +477,13 @@ static void on_presence(struct gw *gw, const char *device, bool online)
     struct parts *p = gw->hook_ctx;
     mqtt_broker_presence(p->broker, device, online);
     feed_presence(p->feed, device, online);
+}
+
+/* A revoked API key's live-feed viewers close at once. */
+static void on_key_revoked(void *ctx, const struct api_key *k)
+{
+    struct parts *p = ctx;
+    feed_key_revoked(p->feed, k->id);
 }
 
 /* A deleted device leaves no presence behind. */
@@ -967,6 +975,9 @@ int main(int argc, char **argv)
     if ((parts.commands = commands_new(&gw, store, parts.broker)) == NULL)
         goto out;
     gw.on_command_reply = on_command_reply;
+    if ((gw.keys = keys_new(&gw, store)) == NULL)
+        goto out;
+    keys_set_revoked_hook(gw.keys, on_key_revoked, &parts);
     parts.rest = rest_new(&gw, store, parts.commands);
     rest_set_device_deleted_hook(parts.rest, on_device_deleted, parts.broker);
     parts.ops = ops_new(&gw, parts.broker);
@@ -1030,6 +1041,7 @@ out:
     ops_free(parts.ops);
     feed_free(parts.feed);
     commands_free(parts.commands);
+    keys_free(gw.keys);
     mqtt_broker_free(parts.broker);
     conn_registry_free(gw.conns);
     tls_server_free(tls);

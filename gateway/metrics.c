@@ -209,7 +209,7 @@ void metrics_render(struct gw *gw, struct buf *b)
     size_t online = 0, it = 0;
     void *v;
     while (map_next(&gw->devices->by_id, &it, NULL, &v))
-        online += ((struct device *)v)->online > 0;
+        online += devices_online(v);
     head(b, "gale_build_info", "gauge", "Build and library versions (always 1)");
     buf_printf(b, "gale_build_info{version=\"%s\",libuv=\"%s\",openssl=\"%s\"} 1\n",
                GALE_VERSION, uv_version_string(), OpenSSL_version(OPENSSL_VERSION_STRING));
@@ -222,7 +222,9 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_connections_refused_total", "Connections refused at max_connections",
             m->connections_refused);
     gauge(b, "gale_devices", "Provisioned devices", (double)gw->devices->by_id.len);
-    gauge(b, "gale_devices_online", "Devices with a live connection", (double)online);
+    gauge(b, "gale_devices_online",
+          "Devices online (a live connection, or HTTP requests within http.device_idle_s)",
+          (double)online);
     counter(b, "gale_bytes_received_total", "Bytes read from sockets", m->bytes_in);
     counter(b, "gale_bytes_sent_total", "Bytes written to sockets", m->bytes_out);
     counter(b, "gale_messages_received_total", "Messages published on the bus", m->messages_in);
@@ -292,6 +294,12 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_wills_dropped_total",
             "Wills not published: refused by the checks a PUBLISH goes through",
             m->mqtt_wills_dropped);
+    counter(b, "gale_mqtt_shared_sent_total",
+            "Messages given to one member of a shared subscription ($share/...)",
+            m->mqtt_shared_sent);
+    counter(b, "gale_mqtt_shared_dropped_total",
+            "Messages a shared subscription matched that no member could take (dropped)",
+            m->mqtt_shared_dropped);
     /* a label, so other transports can count theirs under the same name */
     buf_printf(b, "# HELP gale_telemetry_rejected_total Telemetry payloads that did not decode "
                   "(not stored)\n# TYPE gale_telemetry_rejected_total counter\n"

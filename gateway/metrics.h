@@ -56,6 +56,8 @@ struct metrics {
                                               * Message Expiry Interval had passed */
     uint64_t mqtt_wills_delayed;             /* MQTT 5: wills published after their delay */
     uint64_t mqtt_wills_cancelled;           /* ... not published: the client came back */
+    uint64_t mqtt_shared_sent;               /* messages given to a shared subscription's member */
+    uint64_t mqtt_shared_dropped;            /* ... that no member could take (dropped) */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */

@@ -61,7 +61,7 @@ void session_online(struct gw *gw, struct conn *c, const char *device, const cha
     conn_authenticated(c, dev->id);
     dev->online++;
     devices_touch(gw->devices, dev, proto, gw_now_ms());
-    if (dev->online == 1 && gw->on_presence)
+    if (dev->online == 1 && !dev->http_online && gw->on_presence)
         gw->on_presence(gw, dev->id, true);
     log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, c->peer,
              proto, dev->id);
@@ -78,7 +78,7 @@ void session_offline(struct gw *gw, struct conn *c)
     if (dev->online > 0)
         dev->online--;
     devices_touch(gw->devices, dev, NULL, gw_now_ms());
-    if (dev->online == 0 && gw->on_presence)
+    if (dev->online == 0 && !dev->http_online && gw->on_presence)
         gw->on_presence(gw, dev->id, false);
 }
 

@@ -32,6 +32,9 @@
  * Schema v5 adds the bridge outbox (outbox.c): outbox(PK(upstream, id), device, topic,
  * payload, qos, ts) WITHOUT ROWID, the messages bound for each upstream broker in id
  * order (the migration from v4 only creates it).
+ * Schema v6 adds the API keys (keys.c): api_keys(id PK, name, role, devices, hash,
+ * created_ms, revoked_ms): hash is the hex SHA-256 of the whole key (NULL for the
+ * configured key, id "bootstrap", whose row only records that it was revoked).
  * t (v1..v3) is enum val_type (0 number REAL, 1 bool INTEGER 0/1, 2 string TEXT,
  * 3 JSON TEXT), read only through store_read_value (sql.c).
  * device_ids is separate from devices: telemetry may arrive for a device that is not
@@ -120,6 +123,12 @@ static const char *const migrations[] = {
     " topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, ts INTEGER NOT NULL,"
     " PRIMARY KEY(upstream, id)) WITHOUT ROWID;"
     "PRAGMA user_version = 5;",
+
+    /* v6: API keys (keys.c) */
+    "CREATE TABLE api_keys(id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL,"
+    " role TEXT NOT NULL, devices TEXT, hash TEXT, created_ms INTEGER NOT NULL,"
+    " revoked_ms INTEGER NOT NULL DEFAULT 0);"
+    "PRAGMA user_version = 6;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -193,6 +202,10 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT OR REPLACE INTO outbox(upstream, id, device, topic, payload, qos, ts)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE upstream = ?1 AND id BETWEEN ?2 AND ?3",
+    [ST_API_KEY_PUT] =
+        "INSERT OR REPLACE INTO api_keys(id, name, role, devices, hash, created_ms, revoked_ms)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_API_KEY_DEL] = "DELETE FROM api_keys WHERE id = ?1",
 };
 
 /* v3 -> v4: every row of the (series, ts) table (the log is already folded in)

@@ -166,6 +166,9 @@ int store_apply_state_op(struct store *s, const struct store_op *op)
         sqlite3_bind_int64(st, 8, op->last_seen_ms);
         sqlite3_bind_int64(st, 9, op->expires_ms);
         return store_step(st);
+    case STORE_OP_PUT_API_KEY:
+    case STORE_OP_DELETE_API_KEY:
+        return store_apply_api_key_op(s, op);
     default:
         return SQLITE_MISUSE;
     }

@@ -345,4 +345,22 @@ int store_load_outbox_index(struct store *s, const char *upstream, store_outbox_
 int store_read_outbox(struct store *s, const char *upstream, uint64_t after_id, size_t max_msgs,
                       size_t max_bytes, store_outbox_read_fn fn, void *ctx);
 
+/* ---- API keys (web/keys.h keeps them in memory) ---- */
+struct store_api_key {
+    const char *id;           /* the key's public id */
+    const char *name;
+    const char *role;         /* "admin" | "operator" | "read" */
+    const char *devices_json; /* JSON array of device globs, or NULL: every device */
+    const char *hash;         /* hex SHA-256 of the whole key; NULL for "bootstrap" */
+    int64_t created_ms;
+    int64_t revoked_ms;       /* 0 = in force */
+};
+/* Inserts or replaces by id (all fields copied). */
+uint64_t store_put_api_key(struct store *s, const struct store_api_key *k);
+/* Deletes the key's row. */
+uint64_t store_delete_api_key(struct store *s, const char *id);
+typedef void (*store_api_key_fn)(void *ctx, const struct store_api_key *k);
+/* Start-up only (blocks): calls fn for every stored key, in creation order. */
+int store_load_api_keys(struct store *s, store_api_key_fn fn, void *ctx);
+
 #endif

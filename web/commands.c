@@ -46,6 +46,13 @@ struct command {
     int64_t created_ms, updated_ms, expires_ms;
     struct msg *m;          /* the published message while not yet delivered */
     struct list_link age;   /* in the age list */
+    struct list_link qlink; /* in its device's queue while queued */
+};
+
+/* A device's queued commands, oldest first: what an HTTP device takes (commands_take). */
+struct cmd_queue {
+    char device[DEVICE_ID_MAX + 1];
+    struct list cmds;       /* struct command by qlink */
 };
 
 struct commands {
@@ -56,6 +63,9 @@ struct commands {
     uv_timer_t timer;       /* expiry */
     commands_status_fn on_status; /* every change of status, or NULL */
     void *status_ctx;
+    struct map queues;      /* device -> struct cmd_queue, while it has queued commands */
+    commands_queued_fn on_queued; /* a new command was queued, or NULL */
+    void *queued_ctx;
 };
 
 /* The status a stored name stands for (NULL, or a name this build does not know:
@@ -73,6 +83,29 @@ static struct command *oldest(struct commands *cs)
     return list_entry(cs->by_age.head, struct command, age);
 }
 
+static void queue_push(struct commands *cs, struct command *c)
+{
+    struct cmd_queue *q = map_get(&cs->queues, c->device, strlen(c->device));
+    if (!q) {
+        q = xcalloc(1, sizeof *q);
+        snprintf(q->device, sizeof q->device, "%s", c->device);
+        map_put(&cs->queues, q->device, strlen(q->device), q);
+    }
+    list_push_back(&q->cmds, &c->qlink);
+}
+
+static void queue_remove(struct commands *cs, struct command *c)
+{
+    struct cmd_queue *q = map_get(&cs->queues, c->device, strlen(c->device));
+    if (!q || !list_linked(&q->cmds, &c->qlink))
+        return;
+    list_remove(&q->cmds, &c->qlink);
+    if (q->cmds.len == 0) {
+        map_del(&cs->queues, q->device, strlen(q->device));
+        free(q);
+    }
+}
+
 static void cmd_free(struct command *c)
 {
     free(c->name);
@@ -88,6 +121,7 @@ static void keep_bounded(struct commands *cs)
         struct command *c = oldest(cs);
         list_remove(&cs->by_age, &c->age);
         map_del(&cs->by_id, c->id, strlen(c->id));
+        queue_remove(cs, c);
         cmd_free(c);
     }
 }
@@ -106,19 +140,22 @@ static uint64_t save(struct commands *cs, struct command *c)
     return store_put_command(cs->store, &sc);
 }
 
-static void set_status(struct commands *cs, struct command *c, enum command_status status)
+static uint64_t set_status(struct commands *cs, struct command *c, enum command_status status)
 {
+    uint64_t seq;
     c->status = status;
     c->updated_ms = gw_now_ms();
     if (status != COMMAND_QUEUED) {
         msg_unref(c->m);
         c->m = NULL;
+        queue_remove(cs, c);
     }
-    save(cs, c);
+    seq = save(cs, c);
     log_info("device=%s command=%s name=\"%s\" status=%s", c->device, c->id, log_q(c->name),
              status_names[status]);
     if (cs->on_status)
         cs->on_status(cs->status_ctx, c->device, c->id, status_names[status], c->reply_json);
+    return seq;
 }
 
 static void write_json(const struct command *c, struct buf *b)
@@ -174,10 +211,18 @@ static void on_delivered(void *ctx, const char *device, struct msg *m)
 void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
                     const void *payload, size_t len)
 {
+    commands_result(cs, device, cmd_id, payload, len, NULL);
+}
+
+int commands_result(struct commands *cs, const char *device, const char *cmd_id,
+                    const void *payload, size_t len, struct ticket *t)
+{
     struct command *c = map_get(&cs->by_id, cmd_id, strlen(cmd_id));
     cJSON *js;
-    if (!c || strcmp(c->device, device) != 0 || c->status == COMMAND_REPLIED)
-        return;
+    if (!c || strcmp(c->device, device) != 0)
+        return GW_ENOENT;
+    if (c->status == COMMAND_REPLIED)
+        return GW_EEXIST;
     js = cJSON_ParseWithLength(payload, len);
     free(c->reply_json);
     if (js) {
@@ -192,7 +237,8 @@ void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
         buf_fini(&b);
     }
     cJSON_Delete(js);
-    set_status(cs, c, COMMAND_REPLIED);
+    ticket_add(t, set_status(cs, c, COMMAND_REPLIED));
+    return 0;
 }
 
 static void on_expiry(uv_timer_t *t)
@@ -222,6 +268,8 @@ static void on_loaded(void *ctx, const struct store_command *sc)
     c->expires_ms = sc->expires_ms;
     map_put(&cs->by_id, c->id, strlen(c->id), c);
     list_push_back(&cs->by_age, &c->age);
+    if (c->status == COMMAND_QUEUED)
+        queue_push(cs, c);
     keep_bounded(cs);
 }
 
@@ -231,6 +279,7 @@ struct commands *commands_new(struct gw *gw, struct store *store, struct mqtt_br
     cs->gw = gw;
     cs->store = store;
     map_init(&cs->by_id);
+    map_init(&cs->queues);
     if (store_load_commands(store, gw_now_ms() - 7 * 24 * 3600 * 1000LL, on_loaded, cs) != 0) {
         commands_free(cs);
         return NULL;
@@ -250,9 +299,11 @@ void commands_free(struct commands *cs)
     while (cs->by_age.head) {
         struct command *c = oldest(cs);
         list_remove(&cs->by_age, &c->age);
+        queue_remove(cs, c);
         cmd_free(c);
     }
     map_fini(&cs->by_id);
+    map_fini(&cs->queues);
     free(cs);
 }
 
@@ -310,6 +361,7 @@ int commands_create(struct commands *cs, struct device *dev, const char *id, con
     c->expires_ms = c->created_ms + timeout_ms;
     map_put(&cs->by_id, c->id, strlen(c->id), c);
     list_push_back(&cs->by_age, &c->age);
+    queue_push(cs, c);
     ticket_add(t, save(cs, c));
     snprintf(id_out, 33, "%s", c->id);
     if (cs->on_status)
@@ -352,8 +404,47 @@ int commands_create(struct commands *cs, struct device *dev, const char *id, con
         }
     }
     buf_fini(&payload);
+    if (c->status == COMMAND_QUEUED && cs->on_queued) /* an HTTP device waiting for it */
+        cs->on_queued(cs->queued_ctx, dev->id);
     keep_bounded(cs);
     return 0;
+}
+
+void commands_set_queued_hook(struct commands *cs, commands_queued_fn fn, void *ctx)
+{
+    cs->on_queued = fn;
+    cs->queued_ctx = ctx;
+}
+
+bool commands_pending(struct commands *cs, const char *device)
+{
+    return map_get(&cs->queues, device, strlen(device)) != NULL;
+}
+
+size_t commands_take(struct commands *cs, const char *device, struct buf *out)
+{
+    struct cmd_queue *q = map_get(&cs->queues, device, strlen(device));
+    size_t n = 0;
+
+    buf_append_str(out, "[");
+    while (q && q->cmds.head) { /* set_status frees q with its last command */
+        struct command *c = list_entry(q->cmds.head, struct command, qlink);
+        bool last = q->cmds.len == 1;
+        if (n++)
+            buf_append_str(out, ",");
+        buf_append_str(out, "{\"id\":");
+        buf_append_json_str(out, c->id, strlen(c->id));
+        buf_append_str(out, ",\"name\":");
+        buf_append_json_str(out, c->name, strlen(c->name));
+        buf_append_str(out, ",\"params\":");
+        buf_append_str(out, c->params_json ? c->params_json : "null");
+        buf_append_str(out, "}");
+        set_status(cs, c, COMMAND_DELIVERED);
+        if (last)
+            break;
+    }
+    buf_append_str(out, "]");
+    return n;
 }
 
 void commands_set_status_hook(struct commands *cs, commands_status_fn fn, void *ctx)

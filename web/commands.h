@@ -10,9 +10,11 @@
 #ifndef GALE_COMMANDS_H
 #define GALE_COMMANDS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+struct buf;
 struct commands;
 struct device;
 struct gw;
@@ -53,5 +55,19 @@ void commands_set_status_hook(struct commands *cs, commands_status_fn fn, void *
 /* A reply from a device over any transport. */
 void commands_reply(struct commands *cs, const char *device, const char *cmd_id,
                     const void *payload, size_t len);
+/* The same, saying what happened: 0 (status replied; its write joins t, which may be
+ * NULL), GW_ENOENT (no such command of device) or GW_EEXIST (replied already). */
+int commands_result(struct commands *cs, const char *device, const char *cmd_id,
+                    const void *payload, size_t len, struct ticket *t);
+
+/* ---- HTTP devices: they take their queued commands ---- */
+/* A command was queued for device and no connection took it. */
+typedef void (*commands_queued_fn)(void *ctx, const char *device);
+void commands_set_queued_hook(struct commands *cs, commands_queued_fn fn, void *ctx);
+/* Whether device has queued commands. */
+bool commands_pending(struct commands *cs, const char *device);
+/* Appends device's queued commands, oldest first, as a JSON array
+ * [{"id","name","params"},...] to out and marks them delivered. Returns how many. */
+size_t commands_take(struct commands *cs, const char *device, struct buf *out);
 
 #endif

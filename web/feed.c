@@ -33,7 +33,7 @@
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "protocols/websocket/ws_transport.h"
-#include "web/auth.h"
+#include "web/keys.h"
 
 #define FEED_MAX_GLOBS 64          /* globs per list in a subscription */
 #define FEED_MAX_GLOB_BYTES 128    /* bytes per glob */
@@ -64,6 +64,8 @@ struct feed_group {
     char **keys; /* key globs; nkeys 0 = every key */
     size_t nkeys;
     bool presence; /* wants presence events */
+    char **kdevs;  /* the viewers' API key's device filter (globs); nkdevs 0 = every device */
+    size_t nkdevs;
     struct list viewers; /* struct feed_viewer, by glink */
 };
 
@@ -73,7 +75,11 @@ struct feed_viewer {
     struct feed_group *group; /* NULL until subscribed */
     struct list_link glink;   /* in the group's viewers */
     struct list_link plink;   /* in the hub's pending list while frames wait */
+    struct list_link vlink;   /* in the hub's viewers once authenticated */
     bool authed;
+    char key_id[KEYS_ID_MAX + 1]; /* the API key it authenticated with */
+    char **kdevs;             /* that key's device filter (heap copies); nkdevs 0 = all */
+    size_t nkdevs;
     bool deflate;             /* gets compressed variants of shared frames */
     int errors;               /* error messages sent */
     struct feed_frame **ring; /* frames waiting, oldest at head */
@@ -87,6 +93,7 @@ struct feed {
     struct gw *gw;
     struct list groups;          /* struct feed_group with viewers, by link */
     struct list pending;         /* struct feed_viewer with frames waiting, by plink */
+    struct list viewers;         /* authenticated struct feed_viewer, by vlink (revocation) */
     size_t budget_bytes;         /* per viewer: ring bytes, and unwritten socket bytes */
     uv_check_t check;            /* flush after each loop iteration's I/O */
     uv_timer_t timer;            /* flush when paced or stalled */
@@ -415,8 +422,11 @@ static void group_free(struct feed_group *g)
         free(g->devs[i]);
     for (size_t i = 0; i < g->nkeys; i++)
         free(g->keys[i]);
+    for (size_t i = 0; i < g->nkdevs; i++)
+        free(g->kdevs[i]);
     free(g->devs);
     free(g->keys);
+    free(g->kdevs);
     free(g->sig);
     free(g);
 }
@@ -537,6 +547,16 @@ static void subscribe(struct feed_viewer *v, const cJSON *msg, const cJSON *sub)
     if (!read_globs(cJSON_GetObjectItemCaseSensitive(sub, "keys"), "keys", &tmp.keys, &tmp.nkeys,
                     &sig, &why))
         goto bad;
+    /* the API key's device filter bounds what the group sees: part of its identity */
+    buf_append(&sig, "\x1e", 1);
+    if (v->nkdevs) {
+        tmp.kdevs = xcalloc(v->nkdevs, sizeof(char *));
+        for (size_t i = 0; i < v->nkdevs; i++) {
+            tmp.kdevs[tmp.nkdevs++] = xstrdup(v->kdevs[i]);
+            buf_append(&sig, "\x1f", 1);
+            buf_append_str(&sig, v->kdevs[i]);
+        }
+    }
     for (g = list_entry(hub->groups.head, struct feed_group, link); g;
          g = list_entry(g->link.next, struct feed_group, link))
         if (strcmp(g->sig, buf_cstr(&sig)) == 0)
@@ -567,25 +587,56 @@ out:
         free(tmp.devs[i]);
     for (size_t i = 0; i < tmp.nkeys; i++)
         free(tmp.keys[i]);
+    for (size_t i = 0; i < tmp.nkdevs; i++)
+        free(tmp.kdevs[i]);
     free(tmp.devs);
     free(tmp.keys);
+    free(tmp.kdevs);
     buf_fini(&sig);
 }
 
-static void viewer_authed(struct feed_viewer *v)
+static void viewer_authed(struct feed_viewer *v, const struct api_key *k)
 {
     const struct ws_deflate_params *pmd = ws_conn_deflate(v->conn);
     v->authed = true;
+    snprintf(v->key_id, sizeof v->key_id, "%s", k->id);
+    if (k->ndevices) {
+        v->kdevs = xcalloc(k->ndevices, sizeof(char *));
+        for (size_t i = 0; i < k->ndevices; i++)
+            v->kdevs[v->nkdevs++] = xstrdup(k->devices[i]);
+    }
+    list_push_back(&v->hub->viewers, &v->vlink);
     v->deflate = pmd && pmd->server_window_bits >= 15;
     conn_authenticated(v->conn, NULL);
     ws_conn_send(v->conn, WS_OP_TEXT, "{\"type\":\"ready\"}", 16);
 }
 
-void feed_viewer_authenticated(struct conn *c)
+void feed_viewer_authenticated(struct conn *c, const struct api_key *k)
 {
     struct feed_viewer *v = c->proto_state;
     if (c->proto == &feed_viewer_proto && v && !v->authed)
-        viewer_authed(v);
+        viewer_authed(v, k);
+}
+
+void feed_key_revoked(struct feed *hub, const char *key_id)
+{
+    struct list_link *e, *next;
+
+    if (!hub)
+        return;
+    for (e = hub->viewers.head; e; e = next) {
+        struct feed_viewer *v = list_entry(e, struct feed_viewer, vlink);
+        next = e->next;
+        if (strcmp(v->key_id, key_id) != 0)
+            continue;
+        list_remove(&hub->viewers, &v->vlink); /* once: the close completes later */
+        v->key_id[0] = '\0';
+        group_leave(hub, v);
+        pending_remove(hub, v);
+        viewer_clear(v);
+        send_error(v, "key_revoked", "the API key of this connection was revoked");
+        ws_conn_close(v->conn, WS_CLOSE_POLICY, "api key revoked");
+    }
 }
 
 static void viewer_error(struct feed_viewer *v, const char *code, const char *why)
@@ -613,10 +664,11 @@ void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint
         goto out;
     }
     if (!v->authed) {
+        const struct api_key *k;
         it = cJSON_GetObjectItemCaseSensitive(root, "auth");
-        if (!cJSON_IsString(it) || !auth_api_key_ok(c->gw, it->valuestring))
+        if (!cJSON_IsString(it) || (k = keys_check(c->gw->keys, it->valuestring)) == NULL)
             goto unauthorized;
-        viewer_authed(v);
+        viewer_authed(v, k);
         goto out;
     }
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "subscribe")) != NULL) {
@@ -668,6 +720,11 @@ static void viewer_close(void *state, const char *why)
     group_leave(v->hub, v);
     pending_remove(v->hub, v);
     viewer_clear(v);
+    if (list_linked(&v->hub->viewers, &v->vlink))
+        list_remove(&v->hub->viewers, &v->vlink);
+    for (size_t i = 0; i < v->nkdevs; i++)
+        free(v->kdevs[i]);
+    free(v->kdevs);
     free(v->ring);
     free(v);
 }
@@ -688,7 +745,7 @@ static void feed_sink(void *ctx, struct msg *m, struct ticket *t)
     for (struct list_link *ge = hub->groups.head; ge; ge = ge->next) {
         struct feed_group *g = list_entry(ge, struct feed_group, link);
         struct feed_frame *f;
-        if (!match_any(g->devs, g->ndevs, m->device))
+        if (!match_any(g->devs, g->ndevs, m->device) || !match_any(g->kdevs, g->nkdevs, m->device))
             continue;
         if (g->nkeys == 0) {
             if (!full)
@@ -717,7 +774,8 @@ void feed_presence(struct feed *hub, const char *device, bool online)
         return;
     for (struct list_link *ge = hub->groups.head; ge; ge = ge->next) {
         struct feed_group *g = list_entry(ge, struct feed_group, link);
-        if (!g->presence || !match_any(g->devs, g->ndevs, device))
+        if (!g->presence || !match_any(g->devs, g->ndevs, device) ||
+            !match_any(g->kdevs, g->nkdevs, device))
             continue;
         if (!f) {
             hub->json.len = 0;

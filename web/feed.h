@@ -45,8 +45,13 @@ void feed_presence(struct feed *hub, const char *device, bool online);
  * transport (web/ws_routes.c attaches it); messages arrive through
  * feed_viewer_message. */
 extern const struct proto_ops feed_viewer_proto;
-/* The viewer presented a valid API key with the upgrade request: no auth message. */
-void feed_viewer_authenticated(struct conn *c);
+struct api_key;
+/* The viewer presented API key k (web/keys.h; borrowed for the call) with the upgrade
+ * request: no auth message. A key with a device filter sees only those devices. */
+void feed_viewer_authenticated(struct conn *c, const struct api_key *k);
+/* API key key_id was revoked: its viewers get {"type":"error","code":"key_revoked"}
+ * and close (hub may be NULL). */
+void feed_key_revoked(struct feed *hub, const char *key_id);
 void feed_viewer_message(struct conn *c, void *state, uint8_t opcode, const uint8_t *data,
                          size_t len);
 

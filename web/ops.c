@@ -13,6 +13,7 @@
  *   DELETE /api/mqtt/sessions/{client}     disconnects it and discards the session
  *   GET    /api/mqtt/subscriptions         every subscription, or one client's
  *   DELETE /api/mqtt/subscriptions         one subscription (?client_id=&filter=)
+ *   GET    /api/mqtt/shared                shared subscription groups, members counted
  *   GET    /api/mqtt/retained              retained messages matching ?topic= (a filter)
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
@@ -45,6 +46,7 @@
 #include "gateway/msg.h"
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
+#include "protocols/mqtt/mqtt.h"
 #include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
 #include "web/rest_int.h"
@@ -508,6 +510,7 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
                         uint8_t qos)
 {
     struct subs_out *so = ctx;
+    struct mqtt_str share, inner;
     if (so->filter && (strlen(so->filter) != len || memcmp(so->filter, filter, len) != 0))
         return;
     if (so->n++)
@@ -516,7 +519,12 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
     buf_append_json_str(so->b, client_id, strlen(client_id));
     buf_append_str(so->b, ",\"filter\":");
     buf_append_json_str(so->b, filter, len);
-    buf_printf(so->b, ",\"qos\":%u}", qos);
+    buf_printf(so->b, ",\"qos\":%u", qos);
+    if (mqtt_filter_share(filter, len, &share, &inner) == 1) { /* a shared subscription */
+        buf_append_str(so->b, ",\"share\":");
+        buf_append_json_str(so->b, share.p, share.len);
+    }
+    buf_append_str(so->b, "}");
 }
 
 static void session_one(struct ops *o, struct http_conn *h, struct http_req *req,
@@ -603,6 +611,31 @@ static void subscriptions(struct ops *o, struct http_conn *h, struct http_req *r
         }
         buf_printf(&b, "],\"count\":%zu}", so.n);
     }
+    reply(h, 200, &b, NULL);
+}
+
+static void on_share_json(void *ctx, const struct mqtt_share_info *g)
+{
+    struct subs_out *so = ctx;
+    if (so->n++)
+        buf_append_str(so->b, ",");
+    buf_append_str(so->b, "{\"share\":");
+    buf_append_json_str(so->b, g->share, g->share_len);
+    buf_append_str(so->b, ",\"filter\":");
+    buf_append_json_str(so->b, g->filter, strlen(g->filter));
+    buf_printf(so->b, ",\"members\":%zu,\"connected\":%zu,\"sent\":%llu}", g->members,
+               g->connected, (unsigned long long)g->sent);
+}
+
+/* GET /api/mqtt/shared: every group (at most 65535), not paged. */
+static void shared_groups(struct ops *o, struct http_conn *h)
+{
+    struct buf b;
+    struct subs_out so = {&b, 0, NULL};
+    buf_init(&b);
+    buf_append_str(&b, "{\"groups\":[");
+    mqtt_broker_shared(o->broker, on_share_json, &so);
+    buf_printf(&b, "],\"count\":%zu}", so.n);
     reply(h, 200, &b, NULL);
 }
 
@@ -899,6 +932,11 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
             session_one(o, h, req, seg);
     } else if (strcmp(path, "/api/mqtt/subscriptions") == 0) {
         subscriptions(o, h, req);
+    } else if (strcmp(path, "/api/mqtt/shared") == 0) {
+        if (is(req, "GET"))
+            shared_groups(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
     } else if (strcmp(path, "/api/mqtt/retained") == 0) {
         retained(o, h, req);
     } else if (strcmp(path, "/api/bridges") == 0) {
@@ -949,6 +987,7 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     const char *method = req->method ? req->method : "-";
     const char *referer = req->method ? http_header(req, "Referer") : NULL;
     const char *agent = req->method ? http_header(req, "User-Agent") : NULL;
+    const char *user = http_user(h); /* a key name: [A-Za-z0-9_.:@-] only */
     char target[1024], host[64], when[64];
     const char *colon;
     time_t now;
@@ -974,8 +1013,10 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
         gmtime_r(&now, &tm);
         strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
         buf_init(&line);
-        buf_printf(&line, "%s - - [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
-                   when, method, log_q(target), req->http_major, req->http_minor, status, len,
+        /* the NCSA user field names the API key that authenticated the request */
+        buf_printf(&line, "%s - %s [%s] \"%s %s HTTP/%d.%d\" %d %zu \"%s\" \"%s\" %.6f", host,
+                   user[0] ? user : "-", when, method, log_q(target), req->http_major,
+                   req->http_minor, status, len,
                    referer ? log_q(referer) : "-", agent ? log_q(agent) : "-", (double)us / 1e6);
         if (strcmp(c->gw->cfg->log.format, "json") == 0) {
             struct buf js;
@@ -1006,6 +1047,8 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
             cJSON_AddStringToObject(o, "referer", referer);
         if (agent)
             cJSON_AddStringToObject(o, "user_agent", agent);
+        if (user[0])
+            cJSON_AddStringToObject(o, "key", user);
         cJSON_AddNumberToObject(o, "conn", (double)c->id);
         js = cJSON_PrintUnformatted(o);
         log_write_json(LOG_INFO, js); /* with log.format=json: members of the line itself */

@@ -31,8 +31,9 @@
 #include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
-#include "web/auth.h"
 #include "web/commands.h"
+#include "web/httpdev.h"
+#include "web/keys.h"
 #include "web/ops.h"
 #include "web/rest_int.h"
 #include "web/static.h"
@@ -53,7 +54,7 @@ void rest_reply_json(struct http_conn *h, int status, struct buf *b)
 
 bool rest_authorized(struct gw *gw, const struct http_req *req)
 {
-    return auth_api_key_ok(gw, http_bearer(req));
+    return keys_check(gw->keys, http_bearer(req)) != NULL;
 }
 
 void rest_method_not_allowed(struct http_conn *h, const char *allow)
@@ -128,18 +129,203 @@ static bool split_device_path(const char *path, char *id, size_t idlen, const ch
     return true;
 }
 
+/* ---- who may call what: every route with the role it needs ----
+ * One table for the whole HTTP listener (web/ops.c's routes included), checked before
+ * any handler runs; README "API keys" and the OpenAPI document (x-gale-role) say the
+ * same. A path under /api/ that no entry names needs a key of any role (then 404 or
+ * 405); any other path outside /api/ is the dashboard's files (public). */
+enum route_flag {
+    ROUTE_DEVICE_TOKEN = 1, /* the device's own token (or certificate) serves as well */
+    ROUTE_ALL_DEVICES = 2,  /* not about one device: a key with a device filter is refused */
+    ROUTE_METRICS = 4,      /* public unless http.metrics_auth */
+};
+
+struct route {
+    const char *method;     /* GET also serves HEAD */
+    const char *path;       /* a "*" segment stands for any one segment */
+    enum key_role role;     /* KEY_ROLE_NONE: public */
+    unsigned flags;
+};
+
+#define R KEY_ROLE_READ
+#define O KEY_ROLE_OPERATOR
+#define A KEY_ROLE_ADMIN
+static const struct route routes[] = {
+    {"GET", "/api/health", KEY_ROLE_NONE, 0},
+    {"GET", "/healthz", KEY_ROLE_NONE, 0},
+    {"GET", "/api/ready", KEY_ROLE_NONE, 0},
+    {"GET", "/api/openapi.json", KEY_ROLE_NONE, 0},
+    {"GET", "/api/docs", KEY_ROLE_NONE, 0},
+    {"GET", "/metrics", R, ROUTE_METRICS},
+    {"GET", "/ws/live", R, 0}, /* the upgrade: web/ws_routes.c checks the key */
+    {"GET", "/api/devices", R, 0},
+    {"POST", "/api/devices", A, ROUTE_ALL_DEVICES},
+    {"GET", "/api/devices/*", R, 0},
+    {"PATCH", "/api/devices/*", A, 0},
+    {"DELETE", "/api/devices/*", A, 0},
+    {"POST", "/api/devices/*/token", A, 0},
+    {"GET", "/api/devices/*/attributes", R, 0},
+    {"PATCH", "/api/devices/*/attributes", O, 0},
+    {"GET", "/api/devices/*/latest", R, 0},
+    {"GET", "/api/devices/*/telemetry", R, 0},
+    {"POST", "/api/devices/*/telemetry", O, ROUTE_DEVICE_TOKEN},
+    {"GET", "/api/devices/*/commands", R, ROUTE_DEVICE_TOKEN},
+    {"POST", "/api/devices/*/commands", O, 0},
+    {"GET", "/api/devices/*/commands/*", R, 0},
+    {"POST", "/api/devices/*/commands/*/result", O, ROUTE_DEVICE_TOKEN},
+    {"GET", "/api/telemetry", R, 0},
+    {"GET", "/api/connections", R, ROUTE_ALL_DEVICES},
+    {"GET", "/api/connections/*", R, ROUTE_ALL_DEVICES},
+    {"DELETE", "/api/connections/*", O, ROUTE_ALL_DEVICES},
+    {"GET", "/api/mqtt/sessions", R, ROUTE_ALL_DEVICES},
+    {"GET", "/api/mqtt/sessions/*", R, ROUTE_ALL_DEVICES},
+    {"DELETE", "/api/mqtt/sessions/*", A, ROUTE_ALL_DEVICES},
+    {"GET", "/api/mqtt/subscriptions", R, ROUTE_ALL_DEVICES},
+    {"DELETE", "/api/mqtt/subscriptions", A, ROUTE_ALL_DEVICES},
+    {"GET", "/api/mqtt/retained", R, ROUTE_ALL_DEVICES},
+    {"DELETE", "/api/mqtt/retained", A, ROUTE_ALL_DEVICES},
+    {"POST", "/api/publish", O, ROUTE_ALL_DEVICES},
+    {"GET", "/api/bridges", R, ROUTE_ALL_DEVICES},
+    {"GET", "/api/keys", A, ROUTE_ALL_DEVICES},
+    {"POST", "/api/keys", A, ROUTE_ALL_DEVICES},
+    {"DELETE", "/api/keys/*", A, ROUTE_ALL_DEVICES},
+};
+#undef R
+#undef O
+#undef A
+
+static const struct route route_api_other = {NULL, NULL, KEY_ROLE_READ, 0};
+static const struct route route_files = {NULL, NULL, KEY_ROLE_NONE, 0};
+
+/* Whether path matches pattern, segment by segment. */
+static bool path_matches(const char *pattern, const char *path)
+{
+    while (*pattern && *path) {
+        if (*pattern == '*') {
+            size_t n = strcspn(path, "/");
+            if (n == 0)
+                return false;
+            path += n;
+            pattern++;
+        } else if (*pattern++ != *path++) {
+            return false;
+        }
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static const struct route *route_of(const struct http_req *req)
+{
+    const char *m = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
+    const struct route *least = NULL;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (!path_matches(routes[i].path, req->path))
+            continue;
+        if (strcmp(routes[i].method, m) == 0)
+            return &routes[i];
+        if (!least || routes[i].role < least->role)
+            least = &routes[i];
+    }
+    if (least) /* another method: its 405 needs no more than the path's least role */
+        return least;
+    if (strncmp(req->path, "/api/", 5) == 0 || strcmp(req->path, "/metrics") == 0)
+        return &route_api_other;
+    return &route_files;
+}
+
+static void unauthorized(struct gw *gw, struct http_conn *h)
+{
+    metrics_auth_failed(&gw->metrics, "http", "bad_api_key");
+    http_respond_error(h, 401, "unauthorized",
+                       "missing or wrong API key (Authorization: Bearer <key>)");
+}
+
+/* 403 naming the role the route needs (and, for a key with a device filter on a route
+ * about every device, that it needs a key for every device). */
+static void forbidden(struct http_conn *h, const struct route *rt, const struct api_key *k)
+{
+    const char *need = keys_role_name(rt->role);
+    struct buf b;
+
+    buf_init(&b);
+    if (k->role < rt->role)
+        buf_printf(&b,
+                   "{\"error\":\"this needs a key with role %s (this key's role is %s)\","
+                   "\"code\":\"forbidden\",\"role_needed\":\"%s\"}",
+                   need, keys_role_name(k->role), need);
+    else
+        buf_printf(&b,
+                   "{\"error\":\"this needs a key for every device (this key has a device "
+                   "filter)\",\"code\":\"forbidden\",\"role_needed\":\"%s\","
+                   "\"devices_needed\":\"all\"}",
+                   need);
+    rest_reply_json(h, 403, &b);
+    buf_fini(&b);
+}
+
+/* Checks req against the route table. Returns true when the handler may run, with *key
+ * the API key the request carries (NULL: none, on a public route or one a device's token
+ * serves, whose handler checks that); else answers 401, 403 or 404 (a device the key's
+ * filter hides looks absent). */
+static bool authorize(struct rest *r, struct http_conn *h, struct http_req *req,
+                      const struct api_key **key)
+{
+    struct gw *gw = r->gw;
+    const struct route *rt = route_of(req);
+    const struct api_key *k = keys_check(gw->keys, http_bearer(req));
+    char id[DEVICE_ID_MAX + 2];
+    const char *rest;
+
+    *key = k;
+    if (k)
+        http_set_user(h, k->name);
+    if (rt->role == KEY_ROLE_NONE || ((rt->flags & ROUTE_METRICS) && !gw->cfg->http.metrics_auth))
+        return true;
+    if (!k) {
+        if (rt->flags & ROUTE_DEVICE_TOKEN)
+            return true;
+        unauthorized(gw, h);
+        return false;
+    }
+    if (k->role < rt->role || ((rt->flags & ROUTE_ALL_DEVICES) && k->ndevices)) {
+        forbidden(h, rt, k);
+        return false;
+    }
+    if (strncmp(req->path, "/api/devices/", 13) == 0 &&
+        split_device_path(req->path, id, sizeof id, &rest) && !keys_allows_device(k, id)) {
+        http_respond_error(h, 404, "not_found", "no such device");
+        return false;
+    }
+    return true;
+}
+
+/* "/commands/<cmd>/result" (the rest of a device path): the command id into cmd. */
+static bool command_of_result(const char *rest, char *cmd, size_t cap)
+{
+    const char *p = rest + 10, *slash;
+    if (strncmp(rest, "/commands/", 10) != 0 || (slash = strchr(p, '/')) == NULL ||
+        slash == p || (size_t)(slash - p) >= cap || strcmp(slash, "/result") != 0)
+        return false;
+    memcpy(cmd, p, (size_t)(slash - p));
+    cmd[slash - p] = '\0';
+    return true;
+}
+
 void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
 {
     struct rest *r = ctx;
     struct gw *gw = r->gw;
     const char *path = req->path, *m = req->method, *rest;
-    char id[DEVICE_ID_MAX + 2];
+    char id[DEVICE_ID_MAX + 2], cmd[64];
     struct device *dev;
+    const struct api_key *key;
 
     if (req->upgrade && r->on_upgrade) {
         r->on_upgrade(r->upgrade_ctx, h, req);
         return;
     }
+    if (!authorize(r, h, req, &key))
+        return;
     if (strcmp(path, "/api/health") == 0 || strcmp(path, "/healthz") == 0) {
         health(gw, h);
         return;
@@ -149,7 +335,7 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             http_respond_error(h, 404, "not_found", "no OpenAPI document in this build");
         return;
     }
-    if (r->ops && ops_handle(r->ops, h, req, rest_authorized(gw, req)))
+    if (r->ops && ops_handle(r->ops, h, req, true))
         return;
     if (strncmp(path, "/api/", 5) != 0) {
         if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) && static_serve(h, req, path))
@@ -163,30 +349,55 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
         dev = devices_find(gw->devices, id);
         if (dev)
             rest_telemetry_post(r, h, req, dev);
-        else if (!rest_authorized(gw, req)) /* without credentials an unknown id looks known */
+        else if (!key) /* without credentials an unknown id looks known */
             rest_unauthorized_ingest(gw, h);
         else
             http_respond_error(h, 404, "not_found", "no such device");
         return;
     }
-    if (!rest_authorized(gw, req)) {
-        metrics_auth_failed(&gw->metrics, "http", "bad_api_key");
-        http_respond_error(h, 401, "unauthorized",
-                           "missing or wrong API key (Authorization: Bearer <key>)");
+    /* the other routes a device's own credentials serve: its commands (HTTP devices) */
+    if (!key && strncmp(path, "/api/devices/", 13) == 0 &&
+        split_device_path(path, id, sizeof id, &rest) &&
+        (route_of(req)->flags & ROUTE_DEVICE_TOKEN)) {
+        dev = devices_find(gw->devices, id);
+        if (!dev || !httpdev_authenticated(gw, h, req, dev)) {
+            rest_unauthorized_ingest(gw, h); /* the same for known and unknown ids */
+        } else if (strcmp(rest, "/commands") == 0) {
+            if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+                httpdev_poll(r->httpdev, h, req, dev);
+            else
+                rest_method_not_allowed(h, "GET, POST");
+        } else if (command_of_result(rest, cmd, sizeof cmd)) {
+            httpdev_seen(r->httpdev, dev);
+            if (strcmp(m, "POST") == 0)
+                httpdev_result(r->httpdev, h, req, dev, cmd);
+            else
+                rest_method_not_allowed(h, "POST");
+        } else {
+            http_respond_error(h, 404, "not_found", "no such resource");
+        }
+        return;
+    }
+    if (!key) { /* a route a device's token serves, without a key: not one of those */
+        unauthorized(gw, h);
+        return;
+    }
+    if (strcmp(path, "/api/keys") == 0 || strncmp(path, "/api/keys/", 10) == 0) {
+        keys_handle(gw->keys, h, req);
         return;
     }
     if (strcmp(path, "/api/devices") == 0) {
         if (strcmp(m, "POST") == 0)
             rest_device_create(r, h, req);
         else if (strcmp(m, "GET") == 0)
-            rest_devices_list(r, h, req);
+            rest_devices_list(r, h, req, key);
         else
             rest_method_not_allowed(h, "GET, POST");
         return;
     }
     if (strcmp(path, "/api/telemetry") == 0) {
         if (strcmp(m, "GET") == 0)
-            rest_telemetry_query(r, h, req);
+            rest_telemetry_query(r, h, req, key);
         else
             rest_method_not_allowed(h, "GET");
         return;
@@ -262,6 +473,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
                 rest_method_not_allowed(h, "GET, POST");
             return;
         }
+        if (command_of_result(rest, cmd, sizeof cmd)) {
+            if (strcmp(m, "POST") == 0)
+                httpdev_result(r->httpdev, h, req, dev, cmd);
+            else
+                rest_method_not_allowed(h, "POST");
+            return;
+        }
         if (strncmp(rest, "/commands/", 10) == 0 && rest[10] && !strchr(rest + 10, '/')) {
             if (strcmp(m, "GET") == 0)
                 commands_get(r->commands, h, dev, rest + 10);
@@ -273,8 +491,8 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     http_respond_error(h, 404, "not_found", "no such resource");
 }
 
-/* The head of req carries credentials: the API key, or a device's token for its own
- * telemetry ingest (the one route that takes one). Checked before the body is read. */
+/* The head of req carries credentials: an API key, or a device's token on a route its
+ * token serves (ROUTE_DEVICE_TOKEN) for that device. Checked before the body is read. */
 static bool head_authorized(void *ctx, const struct http_req *req)
 {
     struct rest *r = ctx;
@@ -284,8 +502,8 @@ static bool head_authorized(void *ctx, const struct http_req *req)
 
     if (rest_authorized(r->gw, req))
         return true;
-    if (!tok || strcmp(req->method, "POST") != 0 || strncmp(req->path, "/api/devices/", 13) != 0 ||
-        !split_device_path(req->path, id, sizeof id, &rest) || strcmp(rest, "/telemetry") != 0)
+    if (!tok || !(route_of(req)->flags & ROUTE_DEVICE_TOKEN) ||
+        !split_device_path(req->path, id, sizeof id, &rest))
         return false;
     dev = devices_find(r->gw->devices, id);
     return dev && devices_check_token(r->gw->token_secret, dev, tok, strlen(tok));
@@ -304,6 +522,7 @@ struct rest *rest_new(struct gw *gw, struct store *store, struct commands *comma
     r->srv.ctx = r;
     r->srv.max_header_bytes = gw->cfg->http.max_header_bytes;
     r->srv.max_body_bytes = gw->cfg->http.max_body_bytes;
+    r->httpdev = httpdev_new(gw, commands);
     return r;
 }
 
@@ -312,6 +531,7 @@ void rest_free(struct rest *r)
     if (!r)
         return;
     rest_tz_free(r);
+    httpdev_free(r->httpdev);
     free(r);
 }
 

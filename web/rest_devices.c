@@ -21,6 +21,7 @@
 #include "gateway/log.h"
 #include "gateway/ticket.h"
 #include "protocols/http/http.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define LIST_DEFAULT_LIMIT 1000
@@ -241,7 +242,8 @@ static bool contains_ci(const char *hay, const char *needle)
     return n == 0;
 }
 
-void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req)
+void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req,
+                       const struct api_key *key)
 {
     static const char *const params[] = {"limit", "cursor", "online", "prefix", "q",
                                          "role",  "sort",   "order",  NULL};
@@ -327,8 +329,9 @@ void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req
     arr = devices_sorted(gw->devices, &n);
     for (size_t i = 0; i < n; i++) { /* filter in place */
         struct device *d = arr[i];
-        if ((online >= 0 && (d->online > 0) != online) || (have_role && d->role != role) ||
-            strncmp(d->id, prefix, strlen(prefix)) != 0 || !contains_ci(d->id, q))
+        if ((online >= 0 && devices_online(d) != online) || (have_role && d->role != role) ||
+            strncmp(d->id, prefix, strlen(prefix)) != 0 || !contains_ci(d->id, q) ||
+            !keys_allows_device(key, d->id))
             continue;
         arr[m++] = d;
     }

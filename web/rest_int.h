@@ -10,6 +10,7 @@
 #include "base/buf.h"
 #include "web/rest.h"
 
+struct api_key;
 struct device;
 struct gw;
 struct http_conn;
@@ -35,6 +36,7 @@ struct rest {
     struct store *store;            /* device writes and telemetry queries */
     struct commands *commands;
     struct ops *ops;                /* operations routes (web/ops.h), or NULL */
+    struct httpdev *httpdev;        /* HTTP devices' presence and commands (web/httpdev.h) */
     rest_upgrade_fn on_upgrade;     /* NULL: upgrade requests are plain requests */
     void *upgrade_ctx;
     rest_device_deleted_fn on_device_deleted; /* NULL: nothing else to forget */
@@ -46,7 +48,7 @@ struct rest {
 void rest_reply_json(struct http_conn *h, int status, struct buf *b);
 /* 405 with an Allow header listing allow (e.g. "GET, DELETE"). */
 void rest_method_not_allowed(struct http_conn *h, const char *allow);
-/* True when req carries the API key. */
+/* True when req carries an API key (any role). */
 bool rest_authorized(struct gw *gw, const struct http_req *req);
 /* Answers with status and body (taken over; left empty) once every write of t is
  * durable, or 503 when one failed. undo_device: a created device to forget on failure. */
@@ -61,8 +63,10 @@ bool rest_check_params(struct http_conn *h, const struct http_req *req,
 /* GET /api/devices/{id}/telemetry */
 void rest_telemetry_get(struct rest *r, struct http_conn *h, struct http_req *req,
                         struct device *dev);
-/* GET /api/telemetry?devices=a,b&... : the same query over several devices */
-void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req);
+/* GET /api/telemetry?devices=a,b&... : the same query over several devices (those key
+ * does not allow look absent) */
+void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req,
+                          const struct api_key *key);
 /* POST /api/devices/{id}/telemetry (the API key, the device's token or certificate) */
 void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *req,
                          struct device *dev);
@@ -71,7 +75,9 @@ void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h);
 void rest_tz_free(struct rest *r);
 
 /* rest_devices.c */
-void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req);
+/* GET /api/devices: the devices key allows */
+void rest_devices_list(struct rest *r, struct http_conn *h, struct http_req *req,
+                       const struct api_key *key);
 void rest_device_create(struct rest *r, struct http_conn *h, struct http_req *req);
 void rest_device_patch(struct rest *r, struct http_conn *h, struct http_req *req,
                        struct device *dev);

@@ -46,6 +46,8 @@
 #include "gateway/tls.h"
 #include "protocols/http/http.h"
 #include "storage/store.h"
+#include "web/httpdev.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define MAX_QUERY_KEYS 64
@@ -67,6 +69,36 @@ void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
 }
 
+/* A device's own telemetry POST waiting for its commit; freed by on_ingest_durable. */
+struct ingest_reply {
+    struct rest *r;
+    size_t npoints;
+    char device[DEVICE_ID_MAX + 1];
+};
+
+/* The commit of a device's POST: {"stored":N,"commands":[...]} with the commands queued
+ * for it, taken (delivered) only now that the answer goes out. */
+static void on_ingest_durable(struct conn *c, uint64_t tag, int ok)
+{
+    struct ingest_reply *p = (struct ingest_reply *)(uintptr_t)tag;
+    struct http_conn *h = ok >= 0 ? http_from_conn(c) : NULL;
+    struct buf b;
+
+    if (h && ok) {
+        buf_init(&b);
+        buf_printf(&b, "{\"stored\":%zu,\"commands\":", p->npoints);
+        httpdev_take(p->r->httpdev, p->device, &b);
+        buf_append_str(&b, "}");
+        rest_reply_json(h, 200, &b);
+        buf_fini(&b);
+    } else if (h && c->gw->storage_full) {
+        http_respond_error(h, 507, "storage_full", "storage full: nothing was stored");
+    } else if (h) {
+        http_respond_error(h, 503, "storage_error", "storage failure: nothing was stored");
+    }
+    free(p);
+}
+
 void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *req,
                          struct device *dev)
 {
@@ -77,13 +109,17 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
     char topic[DEVICE_ID_MAX + 32];
     struct buf b;
 
+    bool by_device;
+
     /* the API key, the device's token, or (mutual TLS) the device's certificate */
-    if (!rest_authorized(gw, req) &&
-        !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
+    by_device = !rest_authorized(gw, req);
+    if (by_device && !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
         !tls_peer_device(http_conn_of(h), dev->id)) {
         rest_unauthorized_ingest(gw, h);
         return;
     }
+    if (by_device)
+        httpdev_seen(r->httpdev, dev); /* online over HTTP, even when refused below */
     if (guard_rate(gw->guard, dev->id, gw_mono_ms()) != GUARD_RATE_OK) {
         /* disconnect: the reply says why, then the connection closes */
         if (gw->cfg->limits.device_rate_action == CONFIG_RATE_DISCONNECT)
@@ -103,6 +139,14 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
     snprintf(topic, sizeof topic, "devices/%s/telemetry", dev->id);
     if (session_ingest(gw, dev, topic, req->body, req->body_len, &res, &why, &code) != 0) {
         http_respond_error(h, 400, code, why);
+        return;
+    }
+    if (by_device) { /* the reply also carries the device's queued commands */
+        struct ingest_reply *p = xcalloc(1, sizeof *p);
+        p->r = r;
+        p->npoints = res.npoints;
+        snprintf(p->device, sizeof p->device, "%s", dev->id);
+        gw_await_durable(http_conn_of(h), &res.ticket, (uint64_t)(uintptr_t)p, on_ingest_durable);
         return;
     }
     buf_init(&b);
@@ -994,7 +1038,8 @@ out:
     free(sp);
 }
 
-void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req)
+void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *req,
+                          const struct api_key *key)
 {
     struct query_spec *sp = xcalloc(1, sizeof *sp);
     char list[4096];
@@ -1031,7 +1076,7 @@ void rest_telemetry_query(struct rest *r, struct http_conn *h, struct http_req *
         nsubs = nids;
     }
     for (size_t i = 0; i < nids; i++) {
-        if (!devices_find(r->gw->devices, ids[i])) {
+        if (!devices_find(r->gw->devices, ids[i]) || !keys_allows_device(key, ids[i])) {
             struct buf msg;
             buf_init(&msg);
             buf_printf(&msg, "no such device: %.64s", ids[i]);

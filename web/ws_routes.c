@@ -26,8 +26,8 @@
 #include "protocols/mqtt/broker.h"
 #include "protocols/websocket/ws.h"
 #include "protocols/websocket/ws_transport.h"
-#include "web/auth.h"
 #include "web/feed.h"
+#include "web/keys.h"
 #include "web/rest.h"
 
 #define LIVE_MAX_MESSAGE_BYTES 65536 /* a viewer only sends small control messages */
@@ -117,16 +117,18 @@ static int device_creds(struct gw *gw, struct http_conn *h, struct http_req *req
     return 1;
 }
 
-/* API key with the upgrade: Bearer or ?api_key=. 1 ok, 0 none, -1 after a 401. */
-static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req)
+/* API key with the upgrade: Bearer or ?api_key=. 1 ok (*key set), 0 none, -1 after a
+ * 401. Any role may watch the live feed (read is the least). */
+static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req,
+                      const struct api_key **key)
 {
-    char key[CONFIG_STR_MAX];
+    char buf[CONFIG_STR_MAX];
     const char *k = http_bearer(req);
-    if (!k && http_query_param(req, "api_key", key, sizeof key))
-        k = key;
+    if (!k && http_query_param(req, "api_key", buf, sizeof buf))
+        k = buf;
     if (!k)
         return 0;
-    if (!auth_api_key_ok(gw, k)) {
+    if ((*key = keys_check(gw->keys, k)) == NULL) {
         if (conn_refused(http_conn_of(h), "wrong API key"))
             log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
                      (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
@@ -162,6 +164,7 @@ static void on_upgrade(void *ctx, struct http_conn *h, struct http_req *req)
     struct ws_conn_cfg wcfg;
     const struct proto_ops *proto;
     struct device *dev = NULL;
+    const struct api_key *key = NULL;
     enum endpoint which;
     int status, live = 0;
     const char *why = NULL;
@@ -207,7 +210,7 @@ static void on_upgrade(void *ctx, struct http_conn *h, struct http_req *req)
     }
     if (which == EP_DEVICE && device_creds(gw, h, req, &dev) < 0)
         return;
-    if (which == EP_LIVE && (live = live_creds(gw, h, req)) < 0)
+    if (which == EP_LIVE && (live = live_creds(gw, h, req, &key)) < 0)
         return;
 
     buf_init(&out);
@@ -259,7 +262,7 @@ static void on_upgrade(void *ctx, struct http_conn *h, struct http_req *req)
     if (dev)
         ws_device_authenticated(c, dev);
     if (live > 0)
-        feed_viewer_authenticated(c);
+        feed_viewer_authenticated(c, key);
     http_upgraded(h); /* frames sent right behind the request are fed by protocols/http */
 }
 

@@ -26,6 +26,7 @@ struct http_conn {
     bool in_handler;             /* on_request is running: its reply must not re-enter feed */
     bool finished;               /* "Connection: close" sent: parse nothing more */
     uint64_t start_us;           /* uv_hrtime() / 1000 when the current request was complete */
+    char user[65];               /* http_set_user: who the request authenticated as, or "" */
     /* a streamed reply (http_stream_begin .. http_stream_end) */
     bool stream_chunked;         /* HTTP/1.1: chunked; else the close ends the body */
     bool stream_body;            /* false for HEAD: pieces are counted, not sent */
@@ -33,6 +34,8 @@ struct http_conn {
     size_t stream_bytes;         /* body bytes sent so far */
     http_stream_fn wait_fn;      /* http_stream_wait's producer, or NULL */
     void *wait_ctx;
+    http_close_fn watch_fn;      /* http_wait_watch's waiter, or NULL */
+    void *watch_ctx;
 };
 
 /* The head of a request is complete: credentials in it authenticate the connection and
@@ -71,10 +74,14 @@ static void http_close(void *state, const char *why)
 {
     struct http_conn *h = state;
     http_stream_fn fn = h->wait_fn;
+    http_close_fn wfn = h->watch_fn;
     (void)why;
     h->wait_fn = NULL;
+    h->watch_fn = NULL;
     if (fn)
         fn(h->wait_ctx, h, true);
+    if (wfn)
+        wfn(h->watch_ctx, h);
     http_free(h);
 }
 
@@ -91,6 +98,7 @@ static void reject(struct http_conn *h, int status, const char *code, const char
              (unsigned long long)c->id, c->peer, status, log_q(why));
     h->busy = true;
     h->start_us = uv_hrtime() / 1000;
+    h->user[0] = '\0';
     h->parser.req.keep_alive = false;
     http_respond_error(h, status, code, why);
 }
@@ -100,6 +108,8 @@ static int http_feed(void *state, struct buf *in)
     struct http_conn *h = state;
     struct conn *c = h->conn;
 
+    if (h->busy && h->watch_fn && in->len > h->srv->max_header_bytes)
+        conn_pause(c); /* a waiting request: what is pipelined behind it stays bounded */
     while (!h->busy && !h->finished && !c->closing && in->len > 0) {
         size_t used;
         int status;
@@ -128,6 +138,7 @@ static int http_feed(void *state, struct buf *in)
         }
         h->busy = true;
         h->start_us = uv_hrtime() / 1000;
+        h->user[0] = '\0';
         h->in_handler = true;
         c->msgs_in++;
         h->srv->on_request(h->srv->ctx, h, &h->parser.req);
@@ -136,7 +147,7 @@ static int http_feed(void *state, struct buf *in)
             return 0;
         }
         h->in_handler = false;
-        if (h->busy)
+        if (h->busy && (!h->watch_fn || in->len > h->srv->max_header_bytes))
             conn_pause(c); /* async reply: pipelined bytes wait in `in` */
     }
     c->proto_held = http_parser_held(&h->parser); /* in the pre-auth budget (guard.h) */
@@ -160,6 +171,24 @@ struct http_conn *http_from_conn(struct conn *c)
 struct http_req *http_current(struct http_conn *h)
 {
     return h->busy ? &h->parser.req : NULL;
+}
+
+void http_wait_watch(struct http_conn *h, http_close_fn fn, void *ctx)
+{
+    h->watch_fn = fn;
+    h->watch_ctx = ctx;
+    if (!h->in_handler)
+        conn_resume(h->conn); /* http_feed leaves it reading after the handler */
+}
+
+void http_set_user(struct http_conn *h, const char *user)
+{
+    snprintf(h->user, sizeof h->user, "%s", user ? user : "");
+}
+
+const char *http_user(const struct http_conn *h)
+{
+    return h->user;
 }
 
 /* The head of a reply: status line, our headers, extra ones, and the blank line. */
@@ -192,6 +221,7 @@ static void reply_done(struct http_conn *h, int status, size_t len, bool keep)
     if (h->srv->on_reply)
         h->srv->on_reply(h->srv->ctx, h, &h->parser.req, status, len, us);
     h->busy = false;
+    h->watch_fn = NULL;
     if (!keep) {
         h->finished = true;
         conn_close_after_write(c, "http connection: close");
@@ -216,6 +246,7 @@ void http_respond(struct http_conn *h, int status, const char *content_type, con
     char framing[64];
     bool keep = reply_keeps(h);
 
+    h->watch_fn = NULL; /* answered: a close from here on is no waiter's business */
     buf_init(&out);
     snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", len);
     write_head(h, &out, status, content_type, framing, extra_headers);

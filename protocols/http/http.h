@@ -62,6 +62,11 @@ struct conn *http_conn_of(struct http_conn *h);
 struct http_conn *http_from_conn(struct conn *c);
 /* The request being answered (NULL when none). */
 struct http_req *http_current(struct http_conn *h);
+/* Names who the current request authenticated as (an API key's name; copied, at most
+ * 64 bytes) for the access log; NULL or "" clears it. Each request starts without. */
+void http_set_user(struct http_conn *h, const char *user);
+/* That name, "" when none. */
+const char *http_user(const struct http_conn *h);
 
 /* Sends the reply to the current request and moves on to the next one.
  * extra_headers: "Name: value\r\n..." or NULL. */
@@ -105,6 +110,16 @@ void http_stream_wait(struct http_conn *h, http_stream_fn fn, void *ctx);
 /* Ends the streamed reply: on HTTP/1.1 the last chunk with trailers ("Name: value\r\n..."
  * or NULL), on HTTP/1.0 the connection closes once everything is written. */
 void http_stream_end(struct http_conn *h, const char *trailers);
+
+/* ---- a request that waits (a long poll) ----
+ * http_wait_watch: the current request's answer will come later, maybe much later. The
+ * connection reads on meanwhile, so that a peer that goes away (end of stream, reset) is
+ * seen at once: then fn(ctx, h) runs from the close (no I/O; h is going away) and the
+ * waiter releases what it holds. Bytes the client pipelines behind the request wait, up
+ * to http_server.max_header_bytes (then reading pauses). The watch ends with the reply
+ * (http_respond). */
+typedef void (*http_close_fn)(void *ctx, struct http_conn *h);
+void http_wait_watch(struct http_conn *h, http_close_fn fn, void *ctx);
 
 /* After the handler switched the connection to another protocol: frees the HTTP
  * state (the new protocol now owns the connection and any bytes left in c->in). */

@@ -94,8 +94,9 @@ def access_log_formats():
         g.http("GET", "/api/health")
         g.wait_log(r'GET /api/health HTTP/1\.1\\" 200')
         line = [l for l in g.log_lines if "GET /api/health" in l][0]
-        t(json.loads(line)["msg"].startswith("127.0.0.1 - - ["),
-          "common format under log.format=json: the NCSA line is the message")
+        t(json.loads(line)["msg"].startswith("127.0.0.1 - default ["),
+          "common format under log.format=json: the NCSA line is the message (its user field "
+          "names the API key)")
         # a client's "=" in the target or the User-Agent adds no member to the line
         s = connect(g)
         s.sendall(b"GET /api/health?level=error&ts=1 HTTP/1.1\r\nHost: x\r\n"

@@ -104,7 +104,8 @@ def access_log(t):
                                                                 "Referer": "http://r/"})
         g.http("GET", "/api/nothing-here")
         line = g.wait_log(r'"GET /api/health\?token=REDACTED&x=1 HTTP/1\.1" 200')
-        t(re.search(r'level=info 127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+        # the user field names the API key the request carried (galetest sends the default)
+        t(re.search(r'level=info 127\.0\.0\.1 - default \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
                     r'"GET /api/health\?token=REDACTED&x=1 HTTP/1\.1" 200 \d+ "http://r/" '
                     r'"probe/1\.0" \d+\.\d{6}', g.log()), "combined format line")
         g.wait_log(r'"GET /api/nothing-here HTTP/1\.1" 404')

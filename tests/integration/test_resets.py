@@ -5,10 +5,12 @@ stops cleanly (under ASan, exit 0 means no bad access and no leak).
 Two ways of cutting a connection:
 - real resets (SO_LINGER 0, then close: the kernel sends RST) right after a step: a TLS
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
-  the first PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
+  a shared SUBSCRIBE ($share/...; and with its own messages in flight), the first
+  PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
   with an identifier, AUTH, DISCONNECT with properties, an MQTT 5 session resumed with a
-  lower Receive Maximum, half a packet, half a WebSocket frame, half a TLS record, during a
-  streamed CSV reply and during a live-feed burst; several times each, since whether the
+  lower Receive Maximum, half a packet, half a WebSocket frame, half a TLS record, an HTTP
+  device's command long poll, during a streamed CSV reply and during a live-feed burst;
+  several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
   with EPIPE/ECONNRESET, for N = 1..6, then each write with probability 0.2, while a
@@ -225,6 +227,21 @@ def case_viewer_error(g, dev, token, use_tls):
     rst(s)
 
 
+def case_command_poll(g, dev, token, use_tls):
+    """An HTTP device's command long poll, then gone while it waits: alone, with a
+    request pipelined behind it, and racing a command that wakes it."""
+    poll = ("GET /api/devices/%s/commands?wait=10 HTTP/1.1\r\nHost: x\r\n"
+            "Authorization: Bearer %s\r\n\r\n" % (dev, token)).encode()
+    for extra, wake in ((b"", False), (b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n", False),
+                        (b"", True)):
+        s = sock(g, port_name("http", use_tls), use_tls)
+        s.sendall(poll + extra)
+        recv_some(s, 1, 0.05)  # the poll is waiting (no answer yet)
+        rst(s)
+        if wake:
+            g.http("POST", "/api/devices/%s/commands" % dev, {"name": "wake"})
+
+
 STEPS = [
     ("tls_handshake_done", case_tls_handshake),
     ("upgrade_sent", case_upgrade),
@@ -232,6 +249,11 @@ STEPS = [
     ("expect_100_continue", case_expect_continue),
     ("mqtt_connect", mqtt_case(lambda dev: b"")),
     ("mqtt_subscribe", mqtt_case(lambda dev: subscribe_pkt(1, "devices/%s/commands" % dev))),
+    ("mqtt_shared_subscribe",
+     mqtt_case(lambda dev: subscribe_pkt(1, "$share/g/devices/%s/commands" % dev))),
+    ("mqtt_shared_member_inflight",
+     mqtt_case(lambda dev: subscribe_pkt(1, "$share/g/devices/%s/x" % dev)
+               + b"".join(publish_pkt("devices/%s/x" % dev, b"m", pid=i) for i in range(1, 6)))),
     ("mqtt_first_publish",
      mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}'))),
     ("mqtt_mid_packet",
@@ -251,6 +273,7 @@ STEPS = [
     ("line_mid_line", case_line_mid_line),
     ("ws_mid_frame", case_ws_mid_frame),
     ("live_viewer_error", case_viewer_error),
+    ("http_command_poll", case_command_poll),
 ]
 
 
@@ -354,6 +377,17 @@ def scenario(g, dev, token, use_tls):
             s.close()
         except OSError:
             pass
+    try:  # an HTTP device: its POST (commands in the reply) and a long poll that ends
+        s = sock(g, h, use_tls)
+        g.http("POST", "/api/devices/%s/commands" % dev, {"name": "seam"})
+        s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\nContent-Length: 7\r\n\r\n{\"v\":8}"
+                   "GET /api/devices/%s/commands?wait=0.2 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % (dev, token, dev, token)).encode())
+        recv_some(s, 4096, 0.5)
+        s.close()
+    except OSError:
+        pass
     try:
         s = sock(g, h, use_tls)
         s.sendall(("POST /api/devices/%s/telemetry HTTP/1.1\r\nHost: x\r\n"

@@ -48,7 +48,8 @@ def main():
         base = 1700000000000
         pts = [{"ts": base + i, "values": {"t": i}} for i in range(25)]
         st, js = g.http("POST", "/api/devices/dev-1/telemetry", pts, key=tok)
-        t.eq((st, js), (200, {"stored": 25}), "ingest with device token")
+        t.eq((st, js), (200, {"stored": 25, "commands": []}),
+             "ingest with device token (no command waiting)")
         st, js = g.http("POST", "/api/devices/dev-1/telemetry", {"t": 1}, key="bad")
         t.eq(st, 401, "ingest with a wrong token -> 401")
         st, js = g.http("POST", "/api/devices/dev-1/telemetry", b"[1,2", key=tok)

@@ -611,8 +611,9 @@ static void test_migration_v4_to_v5(void **state)
     assert_int_equal(count_rows(f->path, SQL_HAS_OUTBOX), 0);
 
     do_open(f);
-    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), 5);
-    assert_int_equal(STORE_SCHEMA_VERSION, 5);
+    /* on to the newest schema, through v5 */
+    assert_int_equal(count_rows(f->path, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
+    assert_true(STORE_SCHEMA_VERSION >= 5);
     assert_int_equal(count_rows(f->path, SQL_HAS_OUTBOX), 1);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM devices"), 1);
     wait_durable(f, put(f, "up", &k));
