@@ -1155,17 +1155,42 @@ uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc)
 {
+    size_t max, pubs = 0, keep = 0;
+
     s->conn = mc;
     s->drop_logged = false;
     s->seen_ms = gw_now_ms();
-    /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1] */
+    /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1], but no more
+     * PUBLISHes than the new connection's window (an MQTT 5 client's Receive Maximum may be
+     * lower than the last one's [MQTT-3.3.4-7]): the rest go back to the head of the queue,
+     * in order, and are resent as acks free the window, as after a restart (DUP, and the
+     * packet id pick_id derives from the stored number) */
+    max = window(b, s);
+    for (size_t i = 0; i < s->ninflight; i++)
+        pubs += s->inflight[i]->state != OUT_WAIT_PUBCOMP;
+    for (size_t i = s->ninflight; i-- > 0 && pubs > max;) {
+        struct out_msg *o = s->inflight[i];
+        if (o->state == OUT_WAIT_PUBCOMP)
+            continue;
+        pubs--;
+        o->state = OUT_QUEUED;
+        list_push_front(&s->queue, &o->link);
+        s->queued_bytes += msg_bytes(o->m);
+        if (s->backlog)
+            s->backlog->ahead++; /* older than a retained backlog */
+        s->inflight[i] = NULL;
+    }
     for (size_t i = 0; i < s->ninflight; i++) {
         struct out_msg *o = s->inflight[i];
+        if (!o)
+            continue;
+        s->inflight[keep++] = o;
         if (o->state == OUT_WAIT_PUBCOMP)
             send_pubrel(mc, o->pkt_id);
         else
             send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id, o->subid, o->subids);
     }
+    s->ninflight = (uint16_t)keep;
     pump(b, s);
 }
 
