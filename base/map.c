@@ -1,6 +1,7 @@
 /* base/map.c: see map.h. FNV-1a hashing; grows at 70% load (tombstones counted). */
 #include "base/map.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,7 @@ void map_fini(struct map *m)
     map_init(m);
 }
 
-static struct map_entry *find(const struct map *m, const char *key, size_t klen, uint64_t h)
+static struct map_entry *find(const struct map *m, const char *key, size_t klen, uint32_t h)
 {
     if (!m->cap)
         return NULL;
@@ -66,15 +67,17 @@ static void grow(struct map *m)
 
 void *map_get(const struct map *m, const char *key, size_t klen)
 {
-    struct map_entry *e = find(m, key, klen, map_hash(key, klen));
+    struct map_entry *e = find(m, key, klen, (uint32_t)map_hash(key, klen));
     return e ? e->val : NULL;
 }
 
 void *map_put(struct map *m, const char *key, size_t klen, void *val)
 {
-    uint64_t h = map_hash(key, klen);
+    uint32_t h = (uint32_t)map_hash(key, klen);
     struct map_entry *e = find(m, key, klen, h);
     size_t i;
+
+    assert(klen <= UINT32_MAX);
     if (e) {
         void *old = e->val;
         e->val = val;
@@ -88,14 +91,14 @@ void *map_put(struct map *m, const char *key, size_t klen, void *val)
         ;
     if (!m->slots[i].key)
         m->used++;
-    m->slots[i] = (struct map_entry){key, klen, h, val};
+    m->slots[i] = (struct map_entry){key, val, h, (uint32_t)klen};
     m->len++;
     return NULL;
 }
 
 void *map_del(struct map *m, const char *key, size_t klen)
 {
-    struct map_entry *e = find(m, key, klen, map_hash(key, klen));
+    struct map_entry *e = find(m, key, klen, (uint32_t)map_hash(key, klen));
     void *val;
     if (!e)
         return NULL;
