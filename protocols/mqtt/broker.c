@@ -1845,7 +1845,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->store = *store;
     b->router = mqtt_router_new();
     buf_init(&b->props);
-    map_init(&b->sessions);
+    map_init_keyed(&b->sessions, offsetof(struct mqtt_session, client_id)); /* 8-byte slots */
     map_init(&b->retained_use);
     map_init(&b->identities);
     retained_init(&b->retained);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -33,6 +34,7 @@ static void test_structure_sizes(void **state)
     /* the client id starts in the session's tail padding (allocated by offsetof) */
     assert_true(offsetof(struct mqtt_session, client_id) <= 183);
     assert_true(sizeof(struct map_entry) <= 24);
+    assert_true(sizeof(struct map) <= 32);
 }
 
 /* The heap blocks of one idle MQTT 3.1.1 connection with a client id of 10 characters
@@ -49,24 +51,32 @@ static void test_idle_mqtt_blocks(void **state)
     assert_int_equal(sess, 208);
 }
 
-/* The sessions map of 19,000 connections: 32768 slots of 24 bytes. */
+/* The sessions map of 19,000 connections, keyed by the sessions' own client ids as the
+ * broker's is (map_init_keyed): 32768 slots of 8 bytes. */
 static void test_sessions_map_bytes(void **state)
 {
     enum { N = 19000 };
-    static char keys[N][16];
+    size_t off = offsetof(struct mqtt_session, client_id);
+    static struct mqtt_session *sessions[N];
     struct map m;
     (void)state;
-    map_init(&m);
+    map_init_keyed(&m, off);
     for (int i = 0; i < N; i++) {
-        snprintf(keys[i], sizeof keys[i], "idle-%d", i);
-        assert_null(map_put(&m, keys[i], strlen(keys[i]), keys[i]));
+        sessions[i] = calloc(1, off + 16);
+        assert_non_null(sessions[i]);
+        snprintf(sessions[i]->client_id, 16, "idle-%d", i);
+        assert_null(map_put(&m, sessions[i]->client_id, strlen(sessions[i]->client_id),
+                            sessions[i]));
     }
     assert_int_equal(m.len, N);
     assert_int_equal(m.cap, 32768);
-    assert_true(m.cap * sizeof *m.slots <= 768 * 1024);
+    assert_true(m.cap * sizeof(void *) <= 256 * 1024);
     for (int i = 0; i < N; i += 97)
-        assert_ptr_equal(map_get(&m, keys[i], strlen(keys[i])), keys[i]);
+        assert_ptr_equal(map_get(&m, sessions[i]->client_id, strlen(sessions[i]->client_id)),
+                         sessions[i]);
     map_fini(&m);
+    for (int i = 0; i < N; i++)
+        free(sessions[i]);
 }
 
 int main(void)
