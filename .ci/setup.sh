@@ -16,7 +16,7 @@ BUILD_PKGS="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libcjson-
 CLIENT_PKGS="curl mosquitto-clients netcat-openbsd"
 TEST_PKGS="libcmocka-dev mosquitto $CLIENT_PKGS openssl python3 python3-paho-mqtt
   python3-websockets python3-tornado clang libclang-rt-14-dev sqlite3 procps
-  chromium rabbitmq-server strace"
+  chromium rabbitmq-server strace haproxy"
 BENCH_PKGS="wrk"
 # any nginx flavour will do; nginx-light is the smallest
 [ -x /usr/sbin/nginx ] || BENCH_PKGS="$BENCH_PKGS nginx-light"
@@ -56,7 +56,7 @@ fi
 # RabbitMQ would hold 5672 and epmd's 4369.
 case "${1:-deps}" in test-deps|bench-deps|soak-deps) with_tests=1 ;; *) with_tests=0 ;; esac
 if [ "$with_tests" = 1 ] && command -v systemctl >/dev/null 2>&1; then
-    for svc in mosquitto rabbitmq-server; do
+    for svc in mosquitto rabbitmq-server haproxy; do
         if systemctl is-enabled --quiet "$svc" 2>/dev/null ||
             systemctl is-active --quiet "$svc" 2>/dev/null; then
             echo "setup: stopping and disabling the $svc service (the tests run their own)"

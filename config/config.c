@@ -36,6 +36,7 @@ enum key_type {
     KEY_ENUM, /* char[] field holding one of the '|'-separated words in choices */
     KEY_CHOICE, /* enum field: the position of one of the '|'-separated words in choices */
     KEY_JSON, /* char[] field holding a JSON array as compact text */
+    KEY_LIST, /* as KEY_JSON, an array of strings; text may also be "a, b, c" */
 };
 
 struct key {
@@ -57,6 +58,7 @@ struct key {
 #define ENUM(n, f, c, d, h) { n, KEY_ENUM, FIELD(f), 0, 0, c, d, h }
 #define CHOICE(n, f, c, d, h) { n, KEY_CHOICE, FIELD(f), 0, 0, c, d, h }
 #define JSON(n, f, d, h) { n, KEY_JSON, FIELD(f), 0, 0, NULL, d, h }
+#define LIST(n, f, d, h) { n, KEY_LIST, FIELD(f), 0, 0, NULL, d, h }
 
 /* The one list of keys: parsing, validation, defaults, gateway.json and the
  * reference (gale --config-reference, README) all come from here. Order = output order. */
@@ -70,6 +72,11 @@ static const struct key keys[] = {
     STR("http.bind", http.bind, 1, "0.0.0.0", "Address the HTTP/WebSocket listener binds."),
     INT("http.port", http.port, 0, 65535, "8080",
         "HTTP port (REST, dashboard, WebSocket); 0 picks a free port."),
+    CHOICE("http.proxy_protocol", http.proxy_protocol, "off|v1|v2|any", "off",
+           "PROXY protocol on http.port and http.tls_port (behind a TCP load balancer): "
+           "v1, v2 or any = each connection must open with a header of that version, which "
+           "names the client (its address is then the peer in logs, limits, metrics and the "
+           "connection list); only peers in limits.proxy_trusted may connect."),
     INT("http.tls_port", http.tls_port, -1, 65535, "8443",
         "HTTPS and WSS port (the same routes over TLS); on only with tls.cert_file; 0 = off, "
         "-1 picks a free port."),
@@ -105,6 +112,8 @@ static const struct key keys[] = {
     STR("line.bind", line.bind, 1, "0.0.0.0", "Address the line-protocol listener binds."),
     INT("line.port", line.port, 0, 65535, "7000",
         "Line-protocol TCP port; 0 picks a free port."),
+    CHOICE("line.proxy_protocol", line.proxy_protocol, "off|v1|v2|any", "off",
+           "PROXY protocol on line.port and line.tls_port, as http.proxy_protocol."),
     INT("line.tls_port", line.tls_port, -1, 65535, "7443",
         "Line protocol over TLS port; on only with tls.cert_file; 0 = off, -1 picks a free "
         "port."),
@@ -115,6 +124,8 @@ static const struct key keys[] = {
     BOOL("mqtt.enabled", mqtt.enabled, "true", "Run the MQTT listener."),
     STR("mqtt.bind", mqtt.bind, 1, "0.0.0.0", "Address the MQTT listener binds."),
     INT("mqtt.port", mqtt.port, 0, 65535, "1883", "MQTT TCP port; 0 picks a free port."),
+    CHOICE("mqtt.proxy_protocol", mqtt.proxy_protocol, "off|v1|v2|any", "off",
+           "PROXY protocol on mqtt.port and mqtt.tls_port, as http.proxy_protocol."),
     INT("mqtt.tls_port", mqtt.tls_port, -1, 65535, "8883",
         "MQTT over TLS port (ALPN \"mqtt\"); on only with tls.cert_file; 0 = off, -1 picks a "
         "free port."),
@@ -165,6 +176,12 @@ static const struct key keys[] = {
            "disconnect = no PUBACK/PUBREC, not routed, the connection is closed (an MQTT 5 "
            "client's QoS 1/2 publish gets PUBACK/PUBREC 0x99 instead and it stays connected); "
            "ack = acknowledged and routed as a plain message. Counted and logged either way."),
+    CHOICE("mqtt.shared_subscription_strategy", mqtt.shared_strategy, "round_robin|sticky",
+           "round_robin",
+           "Which member of a shared subscription ($share/<group>/<filter>) gets a message: "
+           "round_robin = the next member that can take it; sticky = one publisher's "
+           "messages (by its device, else by topic) go to the same member while it stays "
+           "one."),
     INT("mqtt.session_expiry_s", mqtt.session_expiry_s, 0, 2000000000, "604800",
         "Seconds a persistent session may stay unused (offline) before it is deleted with "
         "its subscriptions and queued messages; 0 = never. MQTT 5 clients choose their own "
@@ -231,6 +248,14 @@ static const struct key keys[] = {
         "Time a new connection has to authenticate, milliseconds."),
     INT("limits.idle_timeout_ms", limits.idle_timeout_ms, 1, 86400000, "300000",
         "Silence after which a connection is closed, milliseconds."),
+    LIST("limits.proxy_trusted", limits.proxy_trusted_json, "[]",
+         "Peers (IPv4 or IPv6 addresses or CIDRs, e.g. 10.0.0.0/8, ::1/128) allowed to connect "
+         "to a listener with the PROXY protocol on, and whose header is believed; any other "
+         "peer is refused there. A JSON array, or comma-separated in the environment and "
+         "--set."),
+    INT("limits.proxy_header_timeout_ms", limits.proxy_header_timeout_ms, 1, 3600000, "5000",
+        "Time a connection to a PROXY protocol listener has to send its whole header, "
+        "milliseconds."),
     SIZE("limits.max_points_per_message", limits.max_points_per_message, 1, 1000000, "1000",
          "Telemetry key/value points accepted in one message."),
     SIZE("limits.max_send_queue_bytes", limits.max_send_queue_bytes, 1024, GIB, "4194304",
@@ -276,6 +301,11 @@ static const struct key keys[] = {
            "What a message over the device rate gets: drop = not taken (MQTT: acknowledged "
            "and dropped; line and WebSocket: an error with code rate_limited; HTTP: 429), "
            "disconnect = the connection is closed. Counted in gale_rate_limited_total."),
+    JSON("auth.fleet_keys", auth.fleet_keys_json, "[]",
+         "Fleet keys (a JSON array of {\"id\":..,\"secret\":..} or {\"id\":..,"
+         "\"secret_file\":..}): every instance with the same key accepts the fleet tokens "
+         "it signs (gale --issue-token, POST /api/fleet/tokens; README \"Scaling out\"). The "
+         "first key signs new tokens, all of them verify; [] = no fleet tokens."),
     JSON("bridge.upstreams", bridge.upstreams_json, "[]",
          "Upstream MQTT brokers the bridge forwards to (a JSON array of objects: name, "
          "addresses, protocol 3.1.1 or 5, forward, remote_prefix, subscribe, outbox limits, "
@@ -517,6 +547,7 @@ static const char *type_name(enum key_type t)
     case KEY_ENUM:
     case KEY_CHOICE: return "enum";
     case KEY_JSON: return "json array";
+    case KEY_LIST: return "list";
     }
     return "?";
 }
@@ -575,6 +606,13 @@ static int store_json(struct config *cfg, const struct key *k, const cJSON *v, c
 
     if (!cJSON_IsArray(v))
         return fail(err, errlen, "config: %s: must be a JSON array", k->name);
+    if (k->type == KEY_LIST) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, v) {
+            if (!cJSON_IsString(e))
+                return fail(err, errlen, "config: %s: must be a list of strings", k->name);
+        }
+    }
     text = cJSON_PrintUnformatted(v);
     if (!text)
         return fail(err, errlen, "config: %s: cannot encode value", k->name);
@@ -677,6 +715,30 @@ static int set_text(struct config *cfg, const struct key *k, const char *s, char
     case KEY_ENUM:
     case KEY_CHOICE:
         return store_str(cfg, k, s, strlen(s), err, errlen);
+    case KEY_LIST:
+        if (s[strspn(s, " ")] != '[') { /* "a, b, c": comma-separated, spaces trimmed */
+            j = cJSON_CreateArray();
+            for (const char *p = s; *p;) {
+                size_t n = strcspn(p, ",");
+                const char *b = p, *e = p + n;
+                while (b < e && *b == ' ')
+                    b++;
+                while (e > b && e[-1] == ' ')
+                    e--;
+                if (e > b) {
+                    char *item = xmalloc((size_t)(e - b) + 1);
+                    memcpy(item, b, (size_t)(e - b));
+                    item[e - b] = '\0';
+                    cJSON_AddItemToArray(j, cJSON_CreateString(item));
+                    free(item);
+                }
+                p += n + (p[n] == ',');
+            }
+            rc = store_json(cfg, k, j, err, errlen);
+            cJSON_Delete(j);
+            return rc;
+        }
+        __attribute__((fallthrough)); /* a JSON array */
     case KEY_JSON:
         j = cJSON_ParseWithOpts(s, NULL, 1); /* nothing may follow the value */
         if (!j)
@@ -741,6 +803,7 @@ static int set_json(struct config *cfg, const struct key *k, const cJSON *v, cha
                         json_kind(v));
         return store_str(cfg, k, v->valuestring, strlen(v->valuestring), err, errlen);
     case KEY_JSON:
+    case KEY_LIST:
         if (!cJSON_IsArray(v))
             return fail(err, errlen, "config: %s: must be a JSON array (got %s)", k->name,
                         json_kind(v));
@@ -1000,6 +1063,7 @@ static int check_key(const struct config *cfg, const struct key *k, char *err, s
             return fail(err, errlen, "config: %s: not NUL-terminated", k->name);
         return store_str(&scratch, k, s, strlen(s), err, errlen);
     case KEY_JSON:
+    case KEY_LIST:
         if (!memchr(s, '\0', k->size))
             return fail(err, errlen, "config: %s: not NUL-terminated", k->name);
         j = cJSON_ParseWithOpts(s, NULL, 1);
@@ -1095,6 +1159,19 @@ static void hide_passwords(cJSON *upstreams)
     }
 }
 
+/* Fleet key secrets likewise (a secret_file's name is shown). */
+static void hide_secrets(cJSON *keys)
+{
+    const cJSON *k;
+
+    cJSON_ArrayForEach(k, keys) {
+        cJSON *s = cJSON_GetObjectItemCaseSensitive(k, "secret");
+        if (cJSON_IsString(s) && s->valuestring[0])
+            cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)k, "secret",
+                                                   cJSON_CreateString("***"));
+    }
+}
+
 static void add_value(cJSON *root, const struct config *cfg, const struct key *k)
 {
     char sec[32];
@@ -1118,11 +1195,14 @@ static void add_value(cJSON *root, const struct config *cfg, const struct key *k
         v = cJSON_CreateString(choice_word(k->choices, *(const int *)f, word, sizeof word));
         break;
     case KEY_JSON:
+    case KEY_LIST:
         v = cJSON_Parse(f);
         if (!v)
             v = cJSON_CreateString(f); /* not validated; show what is there */
         else if (strcmp(k->name, "bridge.upstreams") == 0)
             hide_passwords(v);
+        else if (strcmp(k->name, "auth.fleet_keys") == 0)
+            hide_secrets(v);
         break;
     default:
         if (strcmp(k->name, "http.api_key") == 0 && *(const char *)f)

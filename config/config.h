@@ -69,6 +69,8 @@ struct config {
     struct {
         char bind[64];                   /* http.bind, default "0.0.0.0" */
         int port;                        /* http.port, default 8080; 0 = pick */
+        int proxy_protocol;              /* http.proxy_protocol: off|v1|v2|any as 0..3, the
+                                          * mask of versions of gateway/proxy.h */
         int tls_port;                    /* http.tls_port (HTTPS, WSS), default 8443; 0 = off,
                                           * -1 = pick; only with tls.cert_file */
         char api_key[CONFIG_STR_MAX];    /* http.api_key; "" = generate into data dir */
@@ -88,6 +90,7 @@ struct config {
         bool enabled;                    /* line.enabled, default true */
         char bind[64];                   /* line.bind */
         int port;                        /* line.port, default 7000 */
+        int proxy_protocol;              /* line.proxy_protocol, as http's */
         int tls_port;                    /* line.tls_port, default 7443; as http.tls_port */
         size_t max_line_bytes;           /* line.max_line_bytes, default 65536 */
         int max_errors;                  /* line.max_errors, default 10: errors before close */
@@ -96,6 +99,7 @@ struct config {
         bool enabled;                    /* mqtt.enabled, default true */
         char bind[64];                   /* mqtt.bind */
         int port;                        /* mqtt.port, default 1883 */
+        int proxy_protocol;              /* mqtt.proxy_protocol, as http's */
         int tls_port;                    /* mqtt.tls_port, default 8883; as http.tls_port */
         size_t max_packet_bytes;         /* mqtt.max_packet_bytes, default 1048576 */
         bool allow_anonymous;            /* mqtt.allow_anonymous, default false */
@@ -115,6 +119,8 @@ struct config {
         enum config_invalid_telemetry invalid_telemetry; /* mqtt.invalid_telemetry, default
                                                           * disconnect */
         int session_expiry_s;            /* mqtt.session_expiry_s, default 604800; 0 never */
+        int shared_strategy;             /* mqtt.shared_subscription_strategy: enum
+                                          * share_strategy, default round_robin */
         char acl_json[4096];             /* mqtt.acl: JSON array of rules, default "[]" */
     } mqtt;
     struct {
@@ -144,6 +150,8 @@ struct config {
         int max_connections;             /* limits.max_connections, default 0 = from the fd limit */
         int auth_timeout_ms;             /* limits.auth_timeout_ms, default 10000 */
         int idle_timeout_ms;             /* limits.idle_timeout_ms, default 300000 */
+        char proxy_trusted_json[4096];   /* limits.proxy_trusted: JSON array of CIDRs, "[]" */
+        int proxy_header_timeout_ms;     /* limits.proxy_header_timeout_ms, default 5000 */
         size_t max_points_per_message;   /* limits.max_points_per_message, default 1000 */
         size_t max_send_queue_bytes;     /* limits.max_send_queue_bytes, default 4194304 */
         size_t preauth_max_bytes;        /* limits.preauth_max_bytes, default 65536 */
@@ -158,6 +166,10 @@ struct config {
         int device_rate_burst;           /* limits.device_rate_burst, default 100 */
         enum config_rate_action device_rate_action; /* limits.device_rate_action, default drop */
     } limits;
+    struct {
+        char fleet_keys_json[4096];      /* auth.fleet_keys: JSON array of {id, secret |
+                                          * secret_file}, "[]" */
+    } auth;
     struct {
         char upstreams_json[16384];      /* bridge.upstreams: JSON array of upstreams, "[]" */
     } bridge;

@@ -38,6 +38,7 @@
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
+#include "gateway/proxy.h"
 #include "gateway/tls.h"
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -360,6 +361,98 @@ static bool guard_ok(struct conn *c)
 }
 /* ---- end of pre-auth budgets ---- */
 
+/* ---- the PROXY protocol header (gateway/proxy.h): before anything else, TLS included ---- */
+
+static void start_timer(struct conn *c);
+
+/* The protocol (and TLS under it) of c's listener takes over: c is counted against its
+ * peer address (guard.h) and opened. */
+static void open_layers(struct conn *c)
+{
+    const struct conn_listener *l = c->listener;
+
+    if (l->tls)
+        c->tls = tls_conn_new(l->tls, c, l->alpn);
+    c->proto_state = l->proto->open(c, l->ctx);
+    if (c->closing)
+        return;
+    start_timer(c);
+    conn_update_reading(c);
+}
+
+/* c's PROXY header did not come, or was not one: closed, logged once per episode. */
+static void proxy_refuse(struct conn *c, const char *why)
+{
+    c->gw->metrics.proxy_failed++;
+    if (conn_refused(c, why))
+        log_warn("conn=%llu peer=%s listener=%s PROXY header refused reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, c->listener->name, why);
+    conn_close(c, why);
+}
+
+/* The header of c named its client (unless it is the balancer's own connection). */
+static void proxy_done(struct conn *c, const struct proxy_header *h)
+{
+    const char *why;
+
+    c->gw->metrics.proxy_accepted++;
+    if (!h->local) {
+        char *peer = format_peer(&h->src);
+        log_debug("conn=%llu peer=%s via=%s PROXY v%d header", (unsigned long long)c->id, peer,
+                  c->peer, h->version);
+        free((char *)c->peer);
+        c->peer = peer;
+    }
+    if ((why = guard_accept(c->gw->guard, c)) != NULL) { /* now against the client's address */
+        c->gw->metrics.connections_refused++;
+        c->gw->metrics.preauth_refused++;
+        if (conn_refused(c, why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", c->listener->name, c->peer,
+                     why);
+        conn_close(c, why);
+        return;
+    }
+    open_layers(c);
+}
+
+/* n bytes read at p (the start of the loop-wide read buffer) while c's PROXY header is
+ * not complete. Returns how many bytes follow the header, moved to p for the layers above,
+ * or 0 (header incomplete, or c closed). A header split over reads is kept in c->proxy_in,
+ * at most PROXY_HEADER_MAX bytes (proxy_decode refuses any longer). */
+static size_t read_proxy(struct conn *c, uint8_t *p, size_t n)
+{
+    struct buf *in = c->proxy_in;
+    const uint8_t *data = p;
+    size_t len = n, used = 0, rest;
+    struct proxy_header h;
+    const char *why = NULL;
+    enum proxy_rc rc;
+
+    if (in->len) {
+        buf_append(in, p, n);
+        data = in->data;
+        len = in->len;
+    }
+    rc = proxy_decode(c->listener->proxy, data, len, &h, &used, &why);
+    if (rc == PROXY_NEED_MORE) {
+        if (data == p)
+            buf_append(in, p, n);
+        return 0;
+    }
+    if (rc == PROXY_ERROR) {
+        proxy_refuse(c, why);
+        return 0;
+    }
+    rest = len - used; /* fewer than n: the bytes kept before were all header */
+    memmove(p, data + used, rest);
+    buf_fini(in);
+    free(in);
+    c->proxy_in = NULL;
+    proxy_done(c, &h);
+    return c->closing ? 0 : rest;
+}
+/* ---- end of the PROXY protocol header ---- */
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = s->data;
@@ -372,6 +465,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
+    if (c->proxy_in && (nread = (ssize_t)read_proxy(c, (uint8_t *)b->base, (size_t)nread)) == 0)
+        return; /* the header is not complete, or was refused */
     if (c->tls) /* b is the loop-wide read buffer (on_alloc): decrypted there, by pieces */
         read_tls(c, (uint8_t *)b->base, (size_t)nread);
     else
@@ -528,6 +623,11 @@ static void set_deadline(struct conn *c, uint64_t ms)
 static void on_due(struct conn *c)
 {
     uint64_t now = gw_mono_ms();
+    if (c->proxy_in) {
+        c->gw->metrics.timeouts++;
+        proxy_refuse(c, "PROXY header timeout (limits.proxy_header_timeout_ms)");
+        return;
+    }
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
         if (c->on_auth_timeout && c->proto_state)
@@ -592,6 +692,15 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
     c->peer = format_peer(&ss);
+    if (l->proxy && !proxy_trusted(&gw->proxy_trust, (const struct sockaddr *)&ss)) {
+        why = "PROXY protocol listener: peer not in limits.proxy_trusted";
+        gw->metrics.proxy_untrusted++;
+        if (log_refusal(c->peer, why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, c->peer, why);
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return NULL;
+    }
     /* 0 (auto) is resolved from the fd limit at start (main.c); unresolved, none applies */
     if (gw->stopping || (gw->cfg->limits.max_connections > 0 &&
                          (int)r->all.len >= gw->cfg->limits.max_connections)) {
@@ -604,7 +713,8 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
     }
-    if ((why = guard_accept(gw->guard, c)) != NULL) { /* pre-auth budgets (guard.h) */
+    /* pre-auth budgets (guard.h); behind a balancer, once the header named the client */
+    if (!l->proxy && (why = guard_accept(gw->guard, c)) != NULL) {
         gw->metrics.connections_refused++;
         gw->metrics.preauth_refused++;
         if (log_refusal(c->peer, why))
@@ -624,14 +734,15 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     gw->metrics.connections_total++;
     log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
               l->proto->name);
-    if (l->tls)
-        c->tls = tls_conn_new(l->tls, c, l->alpn);
-    c->proto_state = l->proto->open(c, l->ctx);
-    if (c->closing)
-        return NULL;
-    start_timer(c);
-    conn_update_reading(c);
-    return c;
+    if (l->proxy) { /* the layers open once the header is read (read_proxy) */
+        c->proxy_in = xcalloc(1, sizeof *c->proxy_in);
+        buf_init(c->proxy_in);
+        set_deadline(c, (uint64_t)gw->cfg->limits.proxy_header_timeout_ms);
+        conn_update_reading(c);
+        return c;
+    }
+    open_layers(c);
+    return c->closing ? NULL : c;
 }
 
 void *conn_state_space(struct conn *c, size_t n)
@@ -795,6 +906,9 @@ void conn_close_after_write(struct conn *c, const char *why)
 
 static void free_conn(struct conn *c)
 {
+    if (c->proxy_in)
+        buf_fini(c->proxy_in);
+    free(c->proxy_in);
     buf_fini(&c->in);
     buf_fini(&c->raw);
     tls_conn_free(c->tls);

@@ -76,6 +76,10 @@ struct conn_listener {
     void *ctx;                      /* that protocol's server state (proto->open's ctx) */
     struct tls_server *tls;         /* TLS under the transport (gateway/tls.h), or NULL */
     const char *alpn;               /* the protocol ALPN selects on it ("mqtt"), or NULL */
+    /* PROXY protocol versions its connections open with (gateway/proxy.h enum proxy_accept;
+     * 0: none): only peers in limits.proxy_trusted may connect, and each must send a
+     * header first, whose client address becomes the connection's peer */
+    unsigned proxy;
 };
 
 /* Called when every write of a ticket has become durable (ok = 1), when any of
@@ -103,7 +107,9 @@ struct conn {
     /* public */
     uint64_t id;                     /* unique for the process lifetime, from 1 */
     struct gw *gw;
-    const char *peer;                /* "127.0.0.1:51512" or "[::1]:51512" (heap) */
+    /* "127.0.0.1:51512" or "[::1]:51512" (heap): the socket's peer, or the client a PROXY
+     * protocol header named */
+    const char *peer;
     const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
     const struct proto_ops *proto;
     void *proto_state;
@@ -166,6 +172,9 @@ struct conn {
     void (*on_drained)(struct conn *c);
     struct list_link reg_link;       /* in the registry's list of live connections */
     struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
+    /* a listener with the PROXY protocol: the header's bytes so far, until it is complete
+     * (the protocol is not open yet: proto_state is NULL); NULL otherwise */
+    struct buf *proxy_in;
     /* gateway/guard.c's pre-auth accounting (only it writes this and guard_counted) */
     size_t guard_held;               /* its bytes in the pre-auth budget */
     /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
@@ -177,7 +186,11 @@ struct conn {
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it
  * with l->ctx; returns NULL (and logs) when the limit is reached or accept fails.
- * Starts reading. l is borrowed for the connection's lifetime. */
+ * Starts reading. l is borrowed for the connection's lifetime. On a listener with the
+ * PROXY protocol (l->proxy), a peer outside limits.proxy_trusted is refused here, and
+ * the protocol (TLS included) opens only once the header has been read, within
+ * limits.proxy_header_timeout_ms: the pre-auth count against an address and everything
+ * after it see the client's address. */
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l);
 /* The state_bytes of the listener's protocol, allocated zeroed right after c (aligned as
  * c is: for pointers and 64-bit integers), handed out once, for n bytes at most: NULL when there is none (another

@@ -52,7 +52,7 @@ int gw_listen(struct gw *gw, const struct gw_listen_cfg *cfg)
     }
     uv_tcp_init(gw->loop, &l->tcp);
     l->tcp.data = l;
-    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn};
+    l->conn = (struct conn_listener){name, cfg->proto, cfg->ctx, cfg->tls, cfg->alpn, cfg->proxy};
     l->bind = bind;
     l->open = true;
     gw->nlisteners++;
@@ -80,9 +80,16 @@ void gw_listener_set_ctx(struct gw *gw, const struct proto_ops *proto, void *ctx
 
 void gw_log_listening(const struct gw *gw)
 {
-    for (int i = 0; i < gw->nlisteners; i++)
-        log_info("listening protocol=%s port=%d bind=%s", gw->listeners[i].conn.name,
-                 gw->listeners[i].port, gw->listeners[i].bind);
+    for (int i = 0; i < gw->nlisteners; i++) {
+        unsigned proxy = gw->listeners[i].conn.proxy;
+        if (proxy)
+            log_info("listening protocol=%s port=%d bind=%s proxy_protocol=%s",
+                     gw->listeners[i].conn.name, gw->listeners[i].port, gw->listeners[i].bind,
+                     proxy == PROXY_ANY ? "any" : proxy == PROXY_V1 ? "v1" : "v2");
+        else
+            log_info("listening protocol=%s port=%d bind=%s", gw->listeners[i].conn.name,
+                     gw->listeners[i].port, gw->listeners[i].bind);
+    }
 }
 
 int gw_listener_port(const struct gw *gw, const char *name)

@@ -11,9 +11,11 @@
 #include "config/config.h"
 #include "gateway/conn.h"
 #include "gateway/metrics.h"
+#include "gateway/proxy.h"
 
 struct bus;
 struct devices;
+struct fleet;
 struct guard;
 struct keys;
 
@@ -49,6 +51,7 @@ struct gw_listen_cfg {
     void *ctx;                      /* the protocol's server state (proto->open's ctx) */
     struct tls_server *tls;         /* TLS under every connection (gateway/tls.h), or NULL */
     const char *alpn;               /* protocol ALPN selects ("mqtt"; static), or NULL */
+    unsigned proxy;                 /* PROXY protocol versions (enum proxy_accept), 0: off */
 };
 
 struct gw_listener {
@@ -70,6 +73,8 @@ struct gw {
     char api_key[CONFIG_STR_MAX];    /* the configured key: API key "bootstrap" (web/keys.h) */
     struct keys *keys;               /* the API keys (web/keys.h, set by main); NULL: none */
     unsigned char token_secret[32];  /* HMAC key for device tokens */
+    struct proxy_trust proxy_trust;  /* limits.proxy_trusted, parsed (main fills it) */
+    struct fleet *fleet;             /* auth.fleet_keys (gateway/fleet.h); NULL: none */
     int64_t started_ms;
     /* a device went online (first connection) or offline (last one closed) */
     void (*on_presence)(struct gw *gw, const char *device, bool online);

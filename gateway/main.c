@@ -3,6 +3,7 @@
  *   gale [--config FILE] [--set section.key=value]... [--data-dir DIR]
  *        [--log-format text|json] [--log-level LEVEL] [--check-config]
  *        [--config-reference] [--help] [--version]
+ *   gale [config options] --issue-token DEVICE [--expires DURATION|never] [--key-id ID]
  *
  * Start-up (may block): load config (defaults < file < env < flags) and check all
  * of it (check_config, which --check-config runs too; every error of every source is
@@ -24,6 +25,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -31,6 +33,7 @@
 #include "gateway/bridge/bridge.h"
 #include "gateway/bus.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
@@ -69,6 +72,10 @@ static void usage(FILE *out)
             "  --check-config         check the configuration, print it as JSON, and exit\n"
             "  --config-reference     every configuration key: type, default, environment\n"
             "                         variable and meaning (a Markdown table)\n"
+            "  --issue-token DEVICE   print a fleet token for DEVICE (auth.fleet_keys) and exit\n"
+            "  --expires DURATION     its lifetime: N followed by s, m, h or d, or never\n"
+            "                         (default 365d)\n"
+            "  --key-id ID            the fleet key that signs it (default: the first)\n"
             "  --version              print the version and exit\n"
             "  --help                 this text\n"
             "\n"
@@ -148,12 +155,83 @@ static void check_config(const struct config *cfg, struct buf *errs, int *n)
     if (cfg->tls.cert_file[0] && tls_server_check(cfg, err, sizeof err) != 0)
         add_errors(errs, n, err, "");
     {
+        struct proxy_trust t;
+        struct fleet *f;
+        if (fleet_new(cfg->auth.fleet_keys_json, &f, why, sizeof why) == 0) {
+            fleet_free(f);
+        } else {
+            snprintf(err, sizeof err, "config: %s", why);
+            add_errors(errs, n, err, "");
+        }
+        if (proxy_trust_parse(cfg->limits.proxy_trusted_json, &t, why, sizeof why) != 0) {
+            snprintf(err, sizeof err, "config: %s", why);
+            add_errors(errs, n, err, "");
+        } else if (t.n == 0 && (cfg->http.proxy_protocol ||
+                                (cfg->line.enabled && cfg->line.proxy_protocol) ||
+                                (cfg->mqtt.enabled && cfg->mqtt.proxy_protocol))) {
+            snprintf(err, sizeof err,
+                     "config: %s.proxy_protocol is on but limits.proxy_trusted is empty: every "
+                     "connection to it would be refused (name the load balancer's address)",
+                     cfg->http.proxy_protocol   ? "http"
+                     : cfg->mqtt.proxy_protocol ? "mqtt"
+                                                : "line");
+            add_errors(errs, n, err, "");
+        }
+        proxy_trust_fini(&t);
+    }
+    {
         struct bridge_cfg bc;
         if (bridge_cfg_parse(cfg->bridge.upstreams_json, &bc, err, sizeof err) != 0)
             add_errors(errs, n, err, "");
         else
             bridge_cfg_fini(&bc);
     }
+}
+
+/* gale --issue-token: what to issue (load_config fills it). */
+static struct {
+    const char *device;
+    const char *expires;  /* "365d", "never", ... */
+    const char *key_id;   /* NULL: the first key */
+} issue = {NULL, "365d", NULL};
+
+/* Prints a fleet token for issue.device, signed with the configured fleet keys, and
+ * returns the exit code: 0, or 2 for a bad device id, duration, key id or no fleet key. */
+static int issue_token(const struct config *cfg)
+{
+    struct fleet *f = NULL;
+    char err[600], tok[FLEET_TOKEN_MAX + 1], unit = 's';
+    long long n = 0, exp = 0;
+    int len;
+
+    if (fleet_new(cfg->auth.fleet_keys_json, &f, err, sizeof err) != 0)
+        return bad_config(err, 1);
+    if (!f)
+        return bad_config("--issue-token needs auth.fleet_keys (the fleet key that signs)", 1);
+    if (!devices_valid_id(issue.device, strlen(issue.device))) {
+        fleet_free(f);
+        return bad_config("--issue-token: a device id is 1..64 characters of [A-Za-z0-9_.:-]",
+                          1);
+    }
+    if (strcmp(issue.expires, "never") != 0) {
+        const char *e = issue.expires;
+        size_t digits = strspn(e, "0123456789");
+        if (digits == 0 || digits > 6 || !e[digits] || e[digits + 1] ||
+            !strchr("smhd", e[digits])) {
+            fleet_free(f);
+            return bad_config("--expires: N followed by s, m, h or d (e.g. 365d), or never", 1);
+        }
+        n = atoll(e);
+        unit = e[digits];
+        exp = (long long)time(NULL) +
+              n * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
+    }
+    len = fleet_issue(f, issue.device, exp, issue.key_id, tok, sizeof tok);
+    fleet_free(f);
+    if (len < 0)
+        return bad_config("--key-id: no such key in auth.fleet_keys", 1);
+    printf("%s\n", tok);
+    return 0;
 }
 
 /* Parses flags into cfg, collecting every error of every source (file, environment,
@@ -196,6 +274,15 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
         } else if (strcmp(a, "--set") == 0 && has_next) {
             i++; /* applied below, after file and env */
             continue;
+        } else if (strcmp(a, "--issue-token") == 0 && has_next) {
+            issue.device = argv[++i];
+            continue;
+        } else if (strcmp(a, "--expires") == 0 && has_next) {
+            issue.expires = argv[++i];
+            continue;
+        } else if (strcmp(a, "--key-id") == 0 && has_next) {
+            issue.key_id = argv[++i];
+            continue;
         }
         for (size_t s = 0; s < sizeof shorthands / sizeof shorthands[0]; s++)
             if (strcmp(a, shorthands[s].flag) == 0 && has_next) {
@@ -217,7 +304,9 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
     /* --set and its shorthands in the order given: the last one of a key wins */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--config") == 0 && i + 1 < argc) {
+        if ((strcmp(a, "--config") == 0 || strcmp(a, "--issue-token") == 0 ||
+             strcmp(a, "--expires") == 0 || strcmp(a, "--key-id") == 0) &&
+            i + 1 < argc) {
             i++;
         } else if (strcmp(a, "--set") == 0 && i + 1 < argc) {
             if (config_apply_set(cfg, argv[++i], err, sizeof err) != 0)
@@ -778,23 +867,27 @@ static int tls_port(int port)
 static int bind_listeners(struct gw *gw, const struct config *cfg, struct tls_server *tls)
 {
     bool t = tls != NULL;
+    /* PROXY protocol versions per listener section (config words in mask order) */
+    unsigned hp = (unsigned)cfg->http.proxy_protocol, lp = (unsigned)cfg->line.proxy_protocol,
+             mp = (unsigned)cfg->mqtt.proxy_protocol;
     const struct {
         bool on;
         struct gw_listen_cfg l;
     } ls[] = {
-        {true, {"http", cfg->http.bind, cfg->http.port, &http_proto, NULL, NULL, NULL}},
+        {true, {"http", cfg->http.bind, cfg->http.port, &http_proto, NULL, NULL, NULL, hp}},
         {cfg->line.enabled,
-         {"line", cfg->line.bind, cfg->line.port, &line_proto, NULL, NULL, NULL}},
+         {"line", cfg->line.bind, cfg->line.port, &line_proto, NULL, NULL, NULL, lp}},
         {cfg->mqtt.enabled,
-         {"mqtt", cfg->mqtt.bind, cfg->mqtt.port, &mqtt_proto, NULL, NULL, NULL}},
+         {"mqtt", cfg->mqtt.bind, cfg->mqtt.port, &mqtt_proto, NULL, NULL, NULL, mp}},
         {t && cfg->http.tls_port,
          {"https", cfg->http.bind, tls_port(cfg->http.tls_port), &http_proto, NULL, tls,
-          "http/1.1"}},
+          "http/1.1", hp}},
         {t && cfg->line.enabled && cfg->line.tls_port,
-         {"lines", cfg->line.bind, tls_port(cfg->line.tls_port), &line_proto, NULL, tls, NULL}},
+         {"lines", cfg->line.bind, tls_port(cfg->line.tls_port), &line_proto, NULL, tls, NULL,
+          lp}},
         {t && cfg->mqtt.enabled && cfg->mqtt.tls_port,
          {"mqtts", cfg->mqtt.bind, tls_port(cfg->mqtt.tls_port), &mqtt_proto, NULL, tls,
-          "mqtt"}},
+          "mqtt", mp}},
     };
     int rc;
 
@@ -881,6 +974,8 @@ int main(int argc, char **argv)
         return code;
     log_setup((enum log_level)log_parse_level(cfg.log.level),
               strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
+    if (issue.device)
+        return issue_token(&cfg);
     if (check_only) {
         char *js = config_to_json(&cfg);
         printf("%s\n", js);
@@ -908,6 +1003,17 @@ int main(int argc, char **argv)
     gw.hook_ctx = &parts;
     if (write_fault_seam_init(&gw) != 0)
         goto out;
+    {
+        char err[600]; /* checked by check_config: only a secret file changed since fails */
+        if (proxy_trust_parse(cfg.limits.proxy_trusted_json, &gw.proxy_trust, err, sizeof err) !=
+                0 ||
+            fleet_new(cfg.auth.fleet_keys_json, &gw.fleet, err, sizeof err) != 0) {
+            log_error("config: %s", err);
+            goto out;
+        }
+        if (gw.fleet)
+            log_info("fleet keys=%zu signing=%s", gw.fleet->n, gw.fleet->keys[0].id);
+    }
     /* the listeners first: a port in use ends the start before anything exists on disk
      * (no data dir, key or database); what they queue is accepted once the loop runs */
     if (cfg.tls.cert_file[0]) { /* checked by check_config: only a file changed since fails */
@@ -1046,6 +1152,8 @@ out:
     conn_registry_free(gw.conns);
     tls_server_free(tls);
     guard_free(gw.guard);
+    proxy_trust_fini(&gw.proxy_trust);
+    fleet_free(gw.fleet);
     bus_free(gw.bus);
     devices_fini(&devices);
     log_info("stopped code=%d", code);

@@ -294,6 +294,12 @@ void metrics_render(struct gw *gw, struct buf *b)
     counter(b, "gale_mqtt_wills_dropped_total",
             "Wills not published: refused by the checks a PUBLISH goes through",
             m->mqtt_wills_dropped);
+    counter(b, "gale_mqtt_shared_sent_total",
+            "Messages given to one member of a shared subscription ($share/...)",
+            m->mqtt_shared_sent);
+    counter(b, "gale_mqtt_shared_dropped_total",
+            "Messages a shared subscription matched that no member could take (dropped)",
+            m->mqtt_shared_dropped);
     /* a label, so other transports can count theirs under the same name */
     buf_printf(b, "# HELP gale_telemetry_rejected_total Telemetry payloads that did not decode "
                   "(not stored)\n# TYPE gale_telemetry_rejected_total counter\n"
@@ -307,6 +313,14 @@ void metrics_render(struct gw *gw, struct buf *b)
                   "gale_rate_limited_total{action=\"disconnect\"} %llu\n",
                (unsigned long long)m->rate_limited_drop,
                (unsigned long long)m->rate_limited_disconnect);
+    buf_printf(b, "# HELP gale_proxy_connections_total Connections to PROXY protocol "
+                  "listeners, by outcome of their header\n"
+                  "# TYPE gale_proxy_connections_total counter\n"
+                  "gale_proxy_connections_total{result=\"accepted\"} %llu\n"
+                  "gale_proxy_connections_total{result=\"untrusted\"} %llu\n"
+                  "gale_proxy_connections_total{result=\"failed\"} %llu\n",
+               (unsigned long long)m->proxy_accepted, (unsigned long long)m->proxy_untrusted,
+               (unsigned long long)m->proxy_failed);
     counter(b, "gale_preauth_refused_total",
             "Connections refused or closed by pre-authentication budgets", m->preauth_refused);
     gauge(b, "gale_preauth_bytes", "Bytes held by connections not yet authenticated",

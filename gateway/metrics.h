@@ -56,11 +56,17 @@ struct metrics {
                                               * Message Expiry Interval had passed */
     uint64_t mqtt_wills_delayed;             /* MQTT 5: wills published after their delay */
     uint64_t mqtt_wills_cancelled;           /* ... not published: the client came back */
+    uint64_t mqtt_shared_sent;               /* messages given to a shared subscription's member */
+    uint64_t mqtt_shared_dropped;            /* ... that no member could take (dropped) */
     uint64_t feed_dropped;             /* live-feed updates dropped for slow viewers */
     uint64_t feed_sent;                /* live-feed frames sent */
     uint64_t rate_limited_drop;        /* device messages over the rate, dropped */
     uint64_t rate_limited_disconnect;  /* ... and connections closed for it */
     uint64_t preauth_refused;          /* connections refused or closed by pre-auth budgets */
+    /* PROXY protocol listeners (gale_proxy_connections_total{result=...}) */
+    uint64_t proxy_accepted;           /* a valid header named the client */
+    uint64_t proxy_untrusted;          /* refused: the peer is not in limits.proxy_trusted */
+    uint64_t proxy_failed;             /* closed: bad or missing header, or its timeout */
     struct hist ack_latency;           /* a write's ack waiting for durability: from the
                                         * wait's start to the ack (conn_registry_durable) */
     struct hist http_latency;          /* HTTP request complete -> reply written */

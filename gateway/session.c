@@ -15,6 +15,7 @@
 #include "base/alloc.h"
 #include "base/clock.h"
 #include "gateway/bus.h"
+#include "gateway/fleet.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
@@ -22,6 +23,44 @@
 #include "gateway/tls.h"
 
 /* ---- shared pieces ------------------------------------------------------------------- */
+
+struct device *session_check_token(struct gw *gw, const char *id, const char *token, size_t tlen,
+                                   const char **why, const char **reason)
+{
+    struct device *dev = devices_find(gw->devices, id);
+    enum fleet_rc rc;
+    uint64_t seq;
+
+    if (gw->fleet && fleet_is_token(token, tlen)) {
+        rc = fleet_verify(gw->fleet, id, strlen(id), token, tlen, gw_now_ms() / 1000, why);
+        if (rc != FLEET_OK) {
+            *reason = rc == FLEET_EXPIRED       ? "expired_token"
+                      : rc == FLEET_UNKNOWN_KEY ? "unknown_key"
+                                                : "bad_token";
+            return NULL;
+        }
+        if (dev && dev->role != DEVICE_ROLE_DEVICE) {
+            *why = "fleet token for an application entry (fleet tokens are for devices)";
+            *reason = "bad_token";
+            return NULL;
+        }
+        if (!dev) { /* first valid connect here: registered, as if provisioned */
+            dev = devices_create(gw->devices, id, FLEET_TOKEN_HASH, DEVICE_ROLE_DEVICE, NULL,
+                                 gw_now_ms(), &seq);
+            log_info("device=%s registered by its fleet token", id);
+        }
+        return dev;
+    }
+    if (!dev) {
+        *why = "unknown device";
+        *reason = "unknown_device";
+    } else if (!devices_check_token(gw->token_secret, dev, token, tlen)) {
+        dev = NULL;
+        *why = "bad token";
+        *reason = "bad_token";
+    }
+    return dev;
+}
 
 struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device, size_t dlen,
                                     const char *token, size_t tlen)
@@ -36,12 +75,7 @@ struct device *session_authenticate(struct gw *gw, struct conn *c, const char *d
     } else {
         memcpy(id, device, dlen);
         id[dlen] = '\0';
-        dev = devices_find(gw->devices, id);
-        if (dev && !devices_check_token(gw->token_secret, dev, token, tlen)) {
-            dev = NULL;
-            why = "bad token";
-            reason = "bad_token";
-        }
+        dev = session_check_token(gw, id, token, tlen, &why, &reason);
     }
     if (!dev) {
         metrics_auth_failed(&gw->metrics, c->proto->name, reason);

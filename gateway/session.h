@@ -83,8 +83,15 @@ void session_close(struct session *s);
 
 /* ---- shared pieces ----------------------------------------------------------------- */
 
-/* Checks device id and token; counts and logs failures with the peer.
- * Returns the device (borrowed) or NULL. */
+/* Checks the token of device id (valid, NUL-terminated): its per-device token or, when
+ * auth.fleet_keys is set, a fleet token (gateway/fleet.h) for it; a device unknown here
+ * whose fleet token verifies is registered now. Returns the device (borrowed), or NULL
+ * with a static reason (logs, replies) and a metrics reason ("bad_token",
+ * "expired_token", "unknown_key", "unknown_device"). Logs nothing else. */
+struct device *session_check_token(struct gw *gw, const char *id, const char *token, size_t tlen,
+                                   const char **why, const char **reason);
+/* Checks device id and token (session_check_token); counts and logs failures with the
+ * peer. Returns the device (borrowed) or NULL. */
 struct device *session_authenticate(struct gw *gw, struct conn *c, const char *device, size_t dlen,
                                     const char *token, size_t tlen);
 /* Presence: c now speaks for device (a registry id; nothing happens when it is gone)

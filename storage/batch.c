@@ -1,13 +1,20 @@
 /* storage/batch.c: the loop side of the hand-off to the writer thread.
  *
  * Loop thread: store_append and store_submit_op add items to the open batch and give
- * each operation the next seq. Group commit without a timer: while the writer is
- * idle (no sealed batch outstanding), the open batch is sealed at the end of the loop
- * iteration that added to it (the check handle, right after the I/O callbacks; the
- * prepare handle catches writes made after it, before the loop could block). While
- * the writer is busy, arrivals ride in the open batch, which is sealed once it holds
- * cfg.batch_rows rows or, at once, when the writer reports its last sealed batch done.
+ * each operation the next seq. Group commit without a timer: an open batch an ack waits
+ * on is sealed at the end of the loop iteration that added to it (the check handle,
+ * right after the I/O callbacks; the prepare handle catches writes made after it, before
+ * the loop could block) when no sealed batch waits for the writer: the writer then always
+ * has the next batch ready when it finishes one (no idle gap between commits, which
+ * matters when each ends with an fsync), and arrivals ride in the open batch meanwhile,
+ * sealed once it holds cfg.batch_rows rows or the writer takes the waiting one.
  * Sealing pushes the batch on the todo queue and wakes the writer.
+ * The loop's own commit (sync=normal): when that batch is small and the writer is idle
+ * (its lock free: uv_mutex_trylock, never a wait), the loop commits it itself
+ * (store_commit_inline) and reports it at once: an ack costs no thread hand-off. A
+ * commit into the page cache is the size of a write() of its pages; what may block
+ * (fsync with sync=full, checkpoints, chunk slices, retries after a failure) stays on
+ * the writer, which the loop kicks when such work is due.
  * The writer (writer.c) moves each batch it has finished to the done queue and wakes
  * the loop through the async handle; on_done drains the whole done queue (sends
  * coalesce), advances the durable watermark, calls on_durable and on_pressure.
@@ -89,13 +96,61 @@ static void delay_stop(struct store *s)
     }
 }
 
-/* A busy writer leaves an awaited open batch to store_drain_done, which seals it the
- * moment the writer is free: either way the sealer has nothing more to do. */
+/* Whether the loop may commit b itself: sync=normal, not full, no commit failure injected
+ * (the seam counts the writer's tries), no compaction, small. Under s->lock. */
+static int inline_ok(const struct store *s, const struct store_batch *b)
+{
+    return s->cfg.sync != STORE_SYNC_FULL && !s->full_state && !s->full_reported &&
+           s->fail_commits == 0 && !b->compact && b->nrows <= STORE_INLINE_ROWS &&
+           b->nbytes <= STORE_INLINE_BYTES;
+}
+
+/* The awaited open batch goes now: committed by the loop when it may (inline_ok, the
+ * writer idle), else sealed for the writer. Nothing happens while a sealed batch still
+ * waits for the writer: store_drain_done calls again when one is done. */
+static void seal_awaited(struct store *s)
+{
+    struct store_batch *b = s->open;
+    int waiting, may_inline, kick;
+
+    uv_mutex_lock(&s->lock);
+    waiting = s->todo_head != NULL;
+    /* inline only with no batch anywhere between sealing and its report: one the writer
+     * has taken but not finished would commit (and be reported) after this one */
+    may_inline = s->nsealed == 0 && inline_ok(s, b);
+    uv_mutex_unlock(&s->lock);
+    if (waiting)
+        return;
+    if (!may_inline || uv_mutex_trylock(&s->db_lock) != 0) {
+        store_seal(s);
+        return;
+    }
+    s->open = NULL;
+    s->nsealed++;
+    delay_stop(s);
+    if (store_commit_inline(s, b) != 0) { /* rolled back: the writer tries it again */
+        uv_mutex_unlock(&s->db_lock);
+        s->open = b;
+        s->nsealed--;
+        store_seal(s);
+        return;
+    }
+    kick = store_writer_work_due(s);
+    uv_mutex_unlock(&s->db_lock);
+    if (kick) {
+        uv_mutex_lock(&s->lock);
+        s->writer_kick = 1;
+        uv_cond_signal(&s->cond);
+        uv_mutex_unlock(&s->lock);
+    }
+    store_drain_done(s); /* the acks go out now */
+}
+
 static void seal_if_idle(struct store *s)
 {
-    if (s->open && s->open->awaited && s->nsealed == 0)
-        store_seal(s);
-    sealer_stop(s);
+    sealer_stop(s); /* first: reporting a batch may start it again */
+    if (s->open && s->open->awaited)
+        seal_awaited(s);
 }
 
 static void on_iteration_end(uv_check_t *c)
@@ -238,8 +293,8 @@ void store_drain_done(struct store *s)
     report_full(s, full_now);
     if (s->closing) /* store_writer_stop: the writer has exited */
         return;
-    if (s->nsealed == 0 && s->open && s->open->awaited)
-        store_seal(s);
+    if (s->open && s->open->awaited)
+        sealer_start(s); /* sealed (or committed) before the loop blocks again */
     if (s->loop_ref && s->durable_seq == s->last_seq) {
         uv_unref((uv_handle_t *)&s->h->async);
         s->loop_ref = 0;
@@ -366,8 +421,7 @@ void store_flush(struct store *s)
     if (!s->open || s->closing)
         return;
     s->open->awaited = 1;
-    if (s->nsealed == 0)
-        sealer_start(s);
+    sealer_start(s);
 }
 
 uint64_t store_append(struct store *s, struct msg *m)
@@ -392,6 +446,8 @@ uint64_t store_submit_op(struct store *s, struct store_op *op)
     struct store_batch *b = open_batch(s);
 
     push_item(s, NULL, op, op_bytes(op));
+    if (op->kind == STORE_OP_COMPACT)
+        b->compact = 1;
     b->last_seq = seq;
     added(s);
     return seq;

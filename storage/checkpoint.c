@@ -61,15 +61,25 @@ static void wal_account(struct store *s, int rc, int nlog, int ncopied)
     uv_mutex_unlock(&s->ckpt_lock);
 }
 
-/* Write connection, after each commit (writer thread). */
+/* Write connection, after each commit (whoever holds s->db_lock). The file's size follows
+ * from the frames written since it was last cut back, which only happens when the log
+ * starts over (journal_size_limit): only then does it cost a stat(). */
 static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
 {
     struct store *s = arg;
     struct stat st;
-    uint64_t bytes = stat(s->wal_path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    uint64_t bytes;
 
     (void)db;
     (void)name;
+    if (frames < s->wal_frames && stat(s->wal_path, &st) == 0 && s->wal_frame_bytes > 0)
+        s->wal_file_frames = st.st_size > WAL_HEADER_BYTES
+                                 ? (int)((st.st_size - WAL_HEADER_BYTES) / s->wal_frame_bytes)
+                                 : 0;
+    if (frames > s->wal_file_frames)
+        s->wal_file_frames = frames;
+    bytes = s->wal_file_frames ? WAL_HEADER_BYTES + (uint64_t)s->wal_file_frames * s->wal_frame_bytes
+                               : 0;
     uv_mutex_lock(&s->ckpt_lock);
     if (frames < s->wal_frames)
         s->wal_gen++; /* the log started over */
@@ -220,6 +230,9 @@ int store_checkpointer_start(struct store *s)
 
     if (store_get_int64(s->db, "PRAGMA page_size", &page) != SQLITE_OK || page <= 0)
         page = 4096;
+    s->wal_frame_bytes = (int)page + WAL_FRAME_HEADER_BYTES;
+    if (s->wal.bytes > WAL_HEADER_BYTES)
+        s->wal_file_frames = (int)((s->wal.bytes - WAL_HEADER_BYTES) / (uint64_t)s->wal_frame_bytes);
     frames = (s->cfg.wal_max_bytes - WAL_HEADER_BYTES) / (size_t)(page + WAL_FRAME_HEADER_BYTES);
     s->wal_high_frames = frames / 2 > 2 ? (int)(frames / 2 < INT32_MAX ? frames / 2 : INT32_MAX)
                                         : 2;

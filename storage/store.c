@@ -70,6 +70,9 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     if (uv_mutex_init(&s->hot_lock) != 0)
         goto fail;
     s->have_hot_lock = 1;
+    if (uv_mutex_init(&s->db_lock) != 0)
+        goto fail;
+    s->have_db_lock = 1;
 
     if (store_db_open(s) != 0 || store_replay(s) != 0 || store_handles_init(s) != 0 ||
         store_checkpointer_start(s) != 0 || store_writer_start(s) != 0)
@@ -119,6 +122,8 @@ void store_close(struct store *s)
     hot_fini(&s->hot);
     if (s->have_hot_lock)
         uv_mutex_destroy(&s->hot_lock);
+    if (s->have_db_lock)
+        uv_mutex_destroy(&s->db_lock);
     if (s->have_cond)
         uv_cond_destroy(&s->cond);
     if (s->have_lock)

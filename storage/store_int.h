@@ -60,6 +60,11 @@
 #define STORE_SNAPSHOT_MAX_MS 200       /* a query renews its read snapshot this often */
 #define STORE_SERIES_CACHE_MAX (1u << 20)  /* cached (device, key) ids before a reset */
 #define STORE_POOL_MAX 4                /* idle read-only connections kept */
+/* A batch the loop commits itself (sync=normal, writer idle: store_commit_inline) holds at
+ * most this many rows and bytes: a commit into the page cache of that size takes tens of
+ * microseconds; a larger one goes to the writer thread. */
+#define STORE_INLINE_ROWS 128
+#define STORE_INLINE_BYTES (512u << 10)
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
 #define STORE_MAX_LIMIT 1000000         /* larger query limits are clamped to this */
 
@@ -139,6 +144,7 @@ struct store_batch {
     int ok;                     /* set by the writer: 1 committed, 0 failed for good */
     int full;                   /* set by the writer: the disk was full after this batch */
     int awaited;                /* an ack waits on a write here (store_flush): no delay */
+    int compact;                /* holds a STORE_OP_COMPACT (never committed inline) */
 };
 
 /* uv handles live apart from struct store: store_close frees the store at once, the
@@ -258,6 +264,8 @@ struct store {
     struct store_batch *done_head, *done_tail;  /* committed or failed, for the loop */
     int stopping;               /* writer: drain todo, then exit */
     int fail_commits;           /* test seam: commits left to fail */
+    int writer_kick;            /* the loop committed inline: chunk slices or the WAL bound
+                                 * may be due (the writer looks) */
     int fail_rc;                /* ... with this SQLite result code */
     int full_state;             /* the writer's s->full as last published (for on_full) */
 
@@ -276,7 +284,12 @@ struct store {
     unsigned snapshot_ms;       /* a query renews its read snapshot this often */
     uint64_t snapshot_renewals; /* atomic: snapshots renewed (for tests) */
 
-    /* writer thread */
+    /* writer thread, and the loop while it commits inline: s->db_lock guards the write
+     * connection and everything in this section and the next. The writer holds it around
+     * each batch, chunk slice, probe and checkpoint of its own; the loop only ever tries it
+     * (uv_mutex_trylock), so it never waits for SQLite (store_commit_inline). */
+    uv_mutex_t db_lock;
+    struct batch_ctx *inline_bc; /* the loop's batch context (writer.c) */
     sqlite3 *db;                /* the write connection */
     sqlite3_stmt *st[ST_COUNT];
     struct store_cache cache;   /* device and series ids */
@@ -321,14 +334,16 @@ struct store {
     uint64_t wal_seen_gen;      /* s->ckpt_lock: generation of wal_seen_copied */
     int64_t wal_seen_copied;    /* s->ckpt_lock: frames known copied in that generation */
     int wal_frames;             /* writer thread (the WAL hook): frames after the last commit */
+    int wal_frame_bytes;        /* page size + frame header: a frame's bytes in the file */
+    int wal_file_frames;        /* frames the WAL file holds room for (its size, known) */
     int wal_done_frames;        /* writer thread: wal_frames when its checkpoint completed */
     uint64_t wal_retry_ms;      /* writer thread: no checkpoint of its own before this */
     uint64_t wal_stuck_ms;      /* writer thread: the log cannot restart since (0 = it can) */
 
     /* which parts exist (for store_close on a half-built store) */
     unsigned have_lock : 1, have_cond : 1, have_pool_lock : 1, have_pool_cond : 1,
-        have_hot_lock : 1, have_thread : 1, have_ckpt_lock : 1, have_ckpt_cond : 1,
-        have_ckpt_thread : 1, have_ckpt_run : 1;
+        have_hot_lock : 1, have_db_lock : 1, have_thread : 1, have_ckpt_lock : 1,
+        have_ckpt_cond : 1, have_ckpt_thread : 1, have_ckpt_run : 1;
     uv_thread_t thread;
 };
 
@@ -338,6 +353,14 @@ int store_writer_start(struct store *s);
 /* Seals, waits for the writer to drain, joins it and reports what is done; frees the
  * writer's caches (store_close). */
 void store_writer_stop(struct store *s);
+/* Loop thread, holding s->db_lock (taken with trylock), the todo queue empty: commits b
+ * (detached from s->open, counted in nsealed) in one attempt, as the writer would, and
+ * moves it to the done queue (the caller drains it). Returns 0, or -1 when the attempt
+ * failed and was rolled back: the caller hands b to the writer, which retries it. */
+int store_commit_inline(struct store *s, struct store_batch *b);
+/* Loop thread, holding s->db_lock: background work (a chunk slice, the WAL bound) is due
+ * that only the writer does. */
+int store_writer_work_due(const struct store *s);
 
 /* ---- checkpoint.c ---- */
 /* Opens the checkpointer's connection, starts its thread and hooks the write

@@ -464,6 +464,18 @@ static void full_probe(struct store *s)
 
 /* ---- writer thread: the loop over batches ---- */
 
+/* A finished batch's messages and operations go (the writer's references). */
+static void release_items(struct store_batch *b)
+{
+    for (size_t i = 0; i < b->nitems; i++) {
+        msg_unref(b->items[i].m);
+        store_op_free(b->items[i].op);
+    }
+    free(b->items);
+    b->items = NULL;
+    b->nitems = b->cap = 0;
+}
+
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0, full = 0;
@@ -508,13 +520,7 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
             s->failed_batches = 0;
         }
     }
-    for (size_t i = 0; i < b->nitems; i++) {
-        msg_unref(b->items[i].m);
-        store_op_free(b->items[i].op);
-    }
-    free(b->items);
-    b->items = NULL;
-    b->nitems = b->cap = 0;
+    release_items(b);
     b->ok = ok;
     b->full = s->full;
     if (compact_req) { /* before done: the op's seq means "chunked" */
@@ -536,56 +542,121 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     uv_async_send(&s->h->async);
 }
 
+int store_commit_inline(struct store *s, struct store_batch *b)
+{
+    int compact = 0;
+    uint64_t start_ns = uv_hrtime();
+
+    if (!s->inline_bc)
+        s->inline_bc = xcalloc(1, sizeof *s->inline_bc);
+    if (commit_batch(s, b, s->inline_bc, &compact) != SQLITE_OK)
+        return -1; /* rolled back, nothing of it stays: the writer tries it again */
+    apply_posts(s, s->inline_bc);
+    uv_mutex_lock(&s->hot_lock);
+    hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
+    uv_mutex_unlock(&s->hot_lock);
+    if (s->failed_batches > 0) {
+        log_warn("store: commits recovered after failed_batches=%llu",
+                 (unsigned long long)s->failed_batches);
+        s->failed_batches = 0;
+    }
+    release_items(b);
+    b->ok = 1;
+    b->full = s->full;
+    uv_mutex_lock(&s->lock);
+    if (s->done_tail)
+        s->done_tail->next = b;
+    else
+        s->done_head = b;
+    s->done_tail = b;
+    uv_mutex_unlock(&s->lock);
+    return 0;
+}
+
+int store_writer_work_due(const struct store *s)
+{
+    return store_chunk_due(s) || (s->wal_high_frames > 0 && s->wal_frames >= s->wal_high_frames);
+}
+
+/* Runs f (a chunk slice, the WAL bound or a probe) with the write connection. */
+static void with_db(struct store *s, int slice, int probe)
+{
+    uv_mutex_lock(&s->db_lock);
+    if (probe) {
+        full_probe(s);
+    } else {
+        if (slice)
+            chunk_slice(s); /* a failure backs off: then it is not due */
+        store_wal_bound(s); /* between transactions: the WAL stays bounded */
+    }
+    uv_mutex_unlock(&s->db_lock);
+}
+
 static void on_writer_thread(void *arg)
 {
     struct store *s = arg;
     struct batch_ctx bc = { 0 };
 
-    uv_mutex_lock(&s->lock);
     for (;;) {
-        struct store_batch *b = s->todo_head;
+        struct store_batch *b;
+        int overdue, due, full, timed;
+        uint64_t probe_ms, now;
 
-        /* the chunk state is the writer's own: reading it under s->lock is fine */
-        if (b && !store_chunk_overdue(s)) {
+        /* the writer-side state, read under the lock the loop's inline commits hold */
+        uv_mutex_lock(&s->db_lock);
+        overdue = store_chunk_overdue(s);
+        due = store_chunk_due(s);
+        full = s->full;
+        probe_ms = s->full_probe_ms;
+        timed = s->cfg.retention_days > 0 || s->chunk_retry_ms > 0;
+        uv_mutex_unlock(&s->db_lock);
+
+        uv_mutex_lock(&s->lock); /* never held while waiting for s->db_lock */
+        b = s->todo_head;
+        if (b && !overdue) {
             s->todo_head = b->next;
             if (!s->todo_head)
                 s->todo_tail = NULL;
             b->next = NULL;
             uv_mutex_unlock(&s->lock);
+            uv_mutex_lock(&s->db_lock);
             process_batch(s, b, &bc);
             if (store_chunk_due(s))
                 chunk_slice(s); /* one slice per batch: acks wait ~1 ms at most */
-            store_wal_bound(s); /* between transactions: the WAL stays bounded */
-            uv_mutex_lock(&s->lock);
-            continue;
-        }
-        if (s->stopping && !b)
-            break; /* what is hot is in the segments: the next start replays it */
-        if (b || store_chunk_due(s)) { /* b waits: the hot points are overdue */
-            uv_mutex_unlock(&s->lock);
-            chunk_slice(s); /* a failure backs off: then neither is due */
             store_wal_bound(s);
-            uv_mutex_lock(&s->lock);
+            uv_mutex_unlock(&s->db_lock);
             continue;
         }
-        if (s->full) {
-            uint64_t now = gw_mono_ms();
-
-            if (now >= s->full_probe_ms) {
+        if (s->writer_kick) { /* the loop committed inline: what follows a batch */
+            s->writer_kick = 0;
+            uv_mutex_unlock(&s->lock);
+            with_db(s, due, 0);
+            continue;
+        }
+        if (s->stopping && !b) {
+            uv_mutex_unlock(&s->lock);
+            break; /* what is hot is in the segments: the next start replays it */
+        }
+        if (b || due) { /* b waits: the hot points are overdue */
+            uv_mutex_unlock(&s->lock);
+            with_db(s, 1, 0);
+            continue;
+        }
+        if (full) {
+            now = gw_mono_ms();
+            if (now >= probe_ms) {
                 uv_mutex_unlock(&s->lock);
-                full_probe(s);
-                uv_mutex_lock(&s->lock);
-            } else {
-                uv_cond_timedwait(&s->cond, &s->lock, (s->full_probe_ms - now) * 1000000);
+                with_db(s, 0, 1);
+                continue;
             }
-            continue;
-        }
-        if (s->cfg.retention_days > 0 || s->chunk_retry_ms > 0)
+            uv_cond_timedwait(&s->cond, &s->lock, (probe_ms - now) * 1000000);
+        } else if (timed) {
             uv_cond_timedwait(&s->cond, &s->lock, (uint64_t)STORE_CHUNK_RETRY_MS * 1000000);
-        else
+        } else {
             uv_cond_wait(&s->cond, &s->lock);
+        }
+        uv_mutex_unlock(&s->lock);
     }
-    uv_mutex_unlock(&s->lock);
     free(bc.posts);
 }
 
@@ -612,6 +683,11 @@ void store_writer_stop(struct store *s)
     }
     /* writes submitted by those last callbacks: no writer is left to commit them */
     store_discard_open(s);
+    if (s->inline_bc) {
+        free(s->inline_bc->posts);
+        free(s->inline_bc);
+        s->inline_bc = NULL;
+    }
     cache_clear(&s->cache);
     free(s->cache.slots);
     s->cache.slots = NULL;

@@ -20,6 +20,7 @@
 #include "base/list.h"
 #include "base/map.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
 #include "gateway/ticket.h"
@@ -48,9 +49,13 @@ struct httpdev {
 bool httpdev_authenticated(struct gw *gw, struct http_conn *h, const struct http_req *req,
                            const struct device *dev)
 {
-    const char *tok = http_bearer(req);
+    const char *tok = http_bearer(req), *why;
     if (tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok)))
         return true;
+    if (tok && gw->fleet && fleet_is_token(tok, strlen(tok))) /* a fleet token (fleet.h) */
+        return dev->role == DEVICE_ROLE_DEVICE &&
+               fleet_verify(gw->fleet, dev->id, strlen(dev->id), tok, strlen(tok),
+                            gw_now_ms() / 1000, &why) == FLEET_OK;
     return !tok && tls_peer_device(http_conn_of(h), dev->id) != NULL;
 }
 

@@ -13,10 +13,12 @@
  *   DELETE /api/mqtt/sessions/{client}     disconnects it and discards the session
  *   GET    /api/mqtt/subscriptions         every subscription, or one client's
  *   DELETE /api/mqtt/subscriptions         one subscription (?client_id=&filter=)
+ *   GET    /api/mqtt/shared                shared subscription groups, members counted
  *   GET    /api/mqtt/retained              retained messages matching ?topic= (a filter)
  *   DELETE /api/mqtt/retained              clears one topic (?topic=)
  *   POST   /api/publish                    a message to any topic, as a client would
  *   GET    /api/bridges                    the upstream bridges' state and counters
+ *   GET    /api/info                       version, the listeners' ports, the caller's role
  *
  * Everything here is answered from loop state at once, except removals and publishes
  * that write storage: those answer once the writes are durable. Lists are sorted by
@@ -46,7 +48,9 @@
 #include "protocols/http/http.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
+#include "protocols/mqtt/mqtt.h"
 #include "web/assets.h"
+#include "web/keys.h"
 #include "web/rest_int.h"
 
 #define JSON "application/json"
@@ -239,6 +243,35 @@ static void docs(struct http_conn *h)
         }
     }
     http_respond_error(h, 404, "not_found", "no API docs page in this build");
+}
+
+/* The version and every open listener with its bound port, so that a client (the
+ * dashboard's connect snippets) names the real ports rather than the defaults; and the
+ * role of the key asking. */
+static void info(struct ops *o, struct http_conn *h, const struct http_req *req)
+{
+    struct gw *gw = o->gw;
+    const struct api_key *k = keys_check(gw->keys, http_bearer(req));
+    struct buf b;
+    int n = 0;
+    buf_init(&b);
+    buf_printf(&b, "{\"version\":\"%s\",", GALE_VERSION);
+    if (k) { /* the key asking: what it may do (the dashboard hides the rest) */
+        buf_printf(&b, "\"role\":\"%s\",\"key\":", keys_role_name(k->role));
+        buf_append_json_str(&b, k->name, strlen(k->name));
+        buf_printf(&b, ",\"all_devices\":%s,", k->ndevices ? "false" : "true");
+    }
+    buf_append_str(&b, "\"listeners\":[");
+    for (int i = 0; i < gw->nlisteners; i++) {
+        const struct gw_listener *l = &gw->listeners[i];
+        if (!l->open)
+            continue;
+        buf_append_str(&b, n++ ? ",{\"name\":" : "{\"name\":");
+        buf_append_json_str(&b, l->conn.name, strlen(l->conn.name));
+        buf_printf(&b, ",\"port\":%d,\"tls\":%s}", l->port, l->conn.tls ? "true" : "false");
+    }
+    buf_append_str(&b, "]}");
+    reply(h, 200, &b, NULL);
 }
 
 /* ---- connections ---- */
@@ -508,6 +541,7 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
                         uint8_t qos)
 {
     struct subs_out *so = ctx;
+    struct mqtt_str share, inner;
     if (so->filter && (strlen(so->filter) != len || memcmp(so->filter, filter, len) != 0))
         return;
     if (so->n++)
@@ -516,7 +550,12 @@ static void on_sub_json(void *ctx, const char *client_id, const char *filter, si
     buf_append_json_str(so->b, client_id, strlen(client_id));
     buf_append_str(so->b, ",\"filter\":");
     buf_append_json_str(so->b, filter, len);
-    buf_printf(so->b, ",\"qos\":%u}", qos);
+    buf_printf(so->b, ",\"qos\":%u", qos);
+    if (mqtt_filter_share(filter, len, &share, &inner) == 1) { /* a shared subscription */
+        buf_append_str(so->b, ",\"share\":");
+        buf_append_json_str(so->b, share.p, share.len);
+    }
+    buf_append_str(so->b, "}");
 }
 
 static void session_one(struct ops *o, struct http_conn *h, struct http_req *req,
@@ -603,6 +642,31 @@ static void subscriptions(struct ops *o, struct http_conn *h, struct http_req *r
         }
         buf_printf(&b, "],\"count\":%zu}", so.n);
     }
+    reply(h, 200, &b, NULL);
+}
+
+static void on_share_json(void *ctx, const struct mqtt_share_info *g)
+{
+    struct subs_out *so = ctx;
+    if (so->n++)
+        buf_append_str(so->b, ",");
+    buf_append_str(so->b, "{\"share\":");
+    buf_append_json_str(so->b, g->share, g->share_len);
+    buf_append_str(so->b, ",\"filter\":");
+    buf_append_json_str(so->b, g->filter, strlen(g->filter));
+    buf_printf(so->b, ",\"members\":%zu,\"connected\":%zu,\"sent\":%llu}", g->members,
+               g->connected, (unsigned long long)g->sent);
+}
+
+/* GET /api/mqtt/shared: every group (at most 65535), not paged. */
+static void shared_groups(struct ops *o, struct http_conn *h)
+{
+    struct buf b;
+    struct subs_out so = {&b, 0, NULL};
+    buf_init(&b);
+    buf_append_str(&b, "{\"groups\":[");
+    mqtt_broker_shared(o->broker, on_share_json, &so);
+    buf_printf(&b, "],\"count\":%zu}", so.n);
     reply(h, 200, &b, NULL);
 }
 
@@ -862,7 +926,8 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
     }
     if (strcmp(path, "/metrics") != 0 && strcmp(path, "/api/connections") != 0 &&
         strncmp(path, "/api/connections/", 17) != 0 && strcmp(path, "/api/publish") != 0 &&
-        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0)
+        strncmp(path, "/api/mqtt/", 10) != 0 && strcmp(path, "/api/bridges") != 0 &&
+        strcmp(path, "/api/info") != 0)
         return false;
     if (!authorized && !(strcmp(path, "/metrics") == 0 && !o->gw->cfg->http.metrics_auth)) {
         metrics_auth_failed(&o->gw->metrics, "http", "bad_api_key");
@@ -899,11 +964,21 @@ bool ops_handle(struct ops *o, struct http_conn *h, struct http_req *req, bool a
             session_one(o, h, req, seg);
     } else if (strcmp(path, "/api/mqtt/subscriptions") == 0) {
         subscriptions(o, h, req);
+    } else if (strcmp(path, "/api/mqtt/shared") == 0) {
+        if (is(req, "GET"))
+            shared_groups(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
     } else if (strcmp(path, "/api/mqtt/retained") == 0) {
         retained(o, h, req);
     } else if (strcmp(path, "/api/bridges") == 0) {
         if (is(req, "GET"))
             bridges(o, h);
+        else
+            rest_method_not_allowed(h, "GET");
+    } else if (strcmp(path, "/api/info") == 0) {
+        if (is(req, "GET"))
+            info(o, h, req);
         else
             rest_method_not_allowed(h, "GET");
     } else {

@@ -24,6 +24,7 @@
 #include "base/clock.h"
 #include "base/err.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/log.h"
@@ -186,9 +187,11 @@ static const struct route routes[] = {
     {"DELETE", "/api/mqtt/retained", A, ROUTE_ALL_DEVICES},
     {"POST", "/api/publish", O, ROUTE_ALL_DEVICES},
     {"GET", "/api/bridges", R, ROUTE_ALL_DEVICES},
+    {"GET", "/api/info", R, 0},
     {"GET", "/api/keys", A, ROUTE_ALL_DEVICES},
     {"POST", "/api/keys", A, ROUTE_ALL_DEVICES},
     {"DELETE", "/api/keys/*", A, ROUTE_ALL_DEVICES},
+    {"POST", "/api/fleet/tokens", A, ROUTE_ALL_DEVICES}, /* credentials any instance takes */
 };
 #undef R
 #undef O
@@ -346,7 +349,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
     /* device-token ingest is the one API route that takes a device's credentials */
     if (strncmp(path, "/api/devices/", 13) == 0 && split_device_path(path, id, sizeof id, &rest) &&
         strcmp(rest, "/telemetry") == 0 && strcmp(m, "POST") == 0) {
+        const char *tok = http_bearer(req), *why, *reason;
         dev = devices_find(gw->devices, id);
+        if (!dev && tok && gw->fleet && fleet_is_token(tok, strlen(tok)) &&
+            !(dev = session_check_token(gw, id, tok, strlen(tok), &why, &reason))) {
+            rest_unauthorized_token(gw, h, id, why, reason);
+            return;
+        }
         if (dev)
             rest_telemetry_post(r, h, req, dev);
         else if (!key) /* without credentials an unknown id looks known */
@@ -393,6 +402,13 @@ void rest_handle(void *ctx, struct http_conn *h, struct http_req *req)
             rest_devices_list(r, h, req, key);
         else
             rest_method_not_allowed(h, "GET, POST");
+        return;
+    }
+    if (strcmp(path, "/api/fleet/tokens") == 0) {
+        if (strcmp(m, "POST") == 0)
+            rest_fleet_token(r, h, req);
+        else
+            rest_method_not_allowed(h, "POST");
         return;
     }
     if (strcmp(path, "/api/telemetry") == 0) {
@@ -506,7 +522,12 @@ static bool head_authorized(void *ctx, const struct http_req *req)
         !split_device_path(req->path, id, sizeof id, &rest))
         return false;
     dev = devices_find(r->gw->devices, id);
-    return dev && devices_check_token(r->gw->token_secret, dev, tok, strlen(tok));
+    if (dev && devices_check_token(r->gw->token_secret, dev, tok, strlen(tok)))
+        return true;
+    /* a fleet token: checked again, and its device registered, by the route */
+    return r->gw->fleet && fleet_is_token(tok, strlen(tok)) &&
+           fleet_verify(r->gw->fleet, id, strlen(id), tok, strlen(tok), gw_now_ms() / 1000,
+                        &(const char *){NULL}) == FLEET_OK;
 }
 
 struct rest *rest_new(struct gw *gw, struct store *store, struct commands *commands)

@@ -72,7 +72,14 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
                          struct device *dev);
 /* The answer to ingest without valid credentials, the same for known and unknown ids. */
 void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h);
+/* A device token for device id was refused (session_check_token's why and reason): 401
+ * with why, logged with the peer and counted. */
+void rest_unauthorized_token(struct gw *gw, struct http_conn *h, const char *id, const char *why,
+                             const char *reason);
 void rest_tz_free(struct rest *r);
+
+/* rest_fleet.c: POST /api/fleet/tokens {"device":..,"expires_s":..,"key_id":..} */
+void rest_fleet_token(struct rest *r, struct http_conn *h, struct http_req *req);
 
 /* rest_devices.c */
 /* GET /api/devices: the devices key allows */

@@ -40,6 +40,8 @@
 #include "base/clock.h"
 #include "base/err.h"
 #include "gateway/devices.h"
+#include "gateway/fleet.h"
+#include "gateway/log.h"
 #include "gateway/guard.h"
 #include "gateway/gw.h"
 #include "gateway/session.h"
@@ -67,6 +69,18 @@ void rest_unauthorized_ingest(struct gw *gw, struct http_conn *h)
 {
     metrics_auth_failed(&gw->metrics, "http", "bad_device_token");
     http_respond_error(h, 401, "unauthorized", "API key or the device's token required");
+}
+
+void rest_unauthorized_token(struct gw *gw, struct http_conn *h, const char *id, const char *why,
+                             const char *reason)
+{
+    struct conn *c = http_conn_of(h);
+
+    metrics_auth_failed(&gw->metrics, "http", reason);
+    if (conn_refused(c, why))
+        log_warn("conn=%llu peer=%s proto=http auth failed device=\"%s\" reason=\"%s\"",
+                 (unsigned long long)c->id, c->peer, log_q(id), why);
+    http_respond_error(h, 401, "unauthorized", why);
 }
 
 /* A device's own telemetry POST waiting for its commit; freed by on_ingest_durable. */
@@ -111,12 +125,22 @@ void rest_telemetry_post(struct rest *r, struct http_conn *h, struct http_req *r
 
     bool by_device;
 
-    /* the API key, the device's token, or (mutual TLS) the device's certificate */
+    /* the API key, (mutual TLS) the device's certificate, or its token: per device or fleet */
     by_device = !rest_authorized(gw, req);
-    if (by_device && !(tok && devices_check_token(gw->token_secret, dev, tok, strlen(tok))) &&
-        !tls_peer_device(http_conn_of(h), dev->id)) {
-        rest_unauthorized_ingest(gw, h);
-        return;
+    if (by_device && !tls_peer_device(http_conn_of(h), dev->id)) {
+        if (!tok) {
+            rest_unauthorized_ingest(gw, h);
+            return;
+        }
+        if (!session_check_token(gw, dev->id, tok, strlen(tok), &why, &code)) {
+            /* a per-device token: the same answer for every id, known or not (a fleet
+             * token's reason is the same for both) */
+            if (!(gw->fleet && fleet_is_token(tok, strlen(tok))))
+                rest_unauthorized_ingest(gw, h);
+            else
+                rest_unauthorized_token(gw, h, dev->id, why, code);
+            return;
+        }
     }
     if (by_device)
         httpdev_seen(r->httpdev, dev); /* online over HTTP, even when refused below */

@@ -2,8 +2,10 @@
  * subscriptions and retained messages listed as plain snapshots and removed on request
  * from REST (web/ops.c). Removals go through the persistence port like the broker's own,
  * so their writes join the caller's ticket. Loop thread only; never inside broker work. */
+#include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
 #include "base/err.h"
 #include "protocols/mqtt/broker_int.h"
 
@@ -108,12 +110,42 @@ int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id
 {
     struct mqtt_session *s = broker_session_get(b, client_id);
     /* as broker_session_unsubscribe, but the row's deletion joins the caller's ticket */
-    if (!s || mqtt_router_unsubscribe(b->router, filter, strlen(filter), s) != 1)
+    if (!s || share_unsubscribe(b, s, filter, strlen(filter)) != 1)
         return GW_ENOENT;
     broker_session_count_sub(s, filter, strlen(filter), -1);
     if (!s->clean)
         ticket_add(t, b->store.delete_session_sub(b->store.ctx, s->client_id, filter));
     return 0;
+}
+
+static int group_cmp(const void *a, const void *b)
+{
+    const struct share_group *x = *(struct share_group *const *)a;
+    const struct share_group *y = *(struct share_group *const *)b;
+    return strcmp(x->key, y->key);
+}
+
+void mqtt_broker_shared(struct mqtt_broker *b, mqtt_share_info_fn fn, void *ctx)
+{
+    struct share_group **all;
+    size_t n = 0, it = 0;
+    void *v;
+
+    if (!b || !b->share || b->share->by_key.len == 0)
+        return;
+    all = xcalloc(b->share->by_key.len, sizeof *all);
+    while (map_next(&b->share->by_key, &it, NULL, &v))
+        all[n++] = v;
+    qsort(all, n, sizeof *all, group_cmp);
+    for (size_t i = 0; i < n; i++) {
+        const struct share_group *g = all[i];
+        struct mqtt_share_info info = {g->key, g->name_len, g->key + g->name_len + 1, g->n, 0,
+                                       g->sent};
+        for (uint32_t k = 0; k < g->n; k++)
+            info.connected += ((const struct mqtt_session *)g->m[k].sub)->conn != NULL;
+        fn(ctx, &info);
+    }
+    free(all);
 }
 
 struct ret_ctx {

@@ -508,7 +508,7 @@ static bool queue_fits(const struct mqtt_broker *b, const struct mqtt_session *s
 /* Delivers m to session s with effective qos (and the subscription identifiers it
  * matched: subid, or the 0-terminated subids, which s takes over). */
 static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m, uint8_t qos,
-                    bool retain, uint32_t subid, uint32_t *subids)
+                    bool retain, uint32_t subid, uint32_t *subids, uint16_t group)
 {
     struct out_msg *o;
     size_t bytes = msg_bytes(m);
@@ -533,6 +533,7 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     o->retain = retain;
     o->subid = subid;
     o->subids = subids;
+    o->group = group;
     if (s->conn && qos > 0 && !behind && s->ninflight < window(b, s) && !over_budget(b, s)) {
         number_msg(s, o);
         send_inflight(b, s, o); /* stores it, marked sent */
@@ -601,9 +602,14 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
     uint8_t q = rc->m->qos < qos ? rc->m->qos : qos;
     uint32_t *ids = NULL;
 
+    if (opts & (SHARE_OPT_GROUP | SHARE_OPT_MEMBER)) {
+        if (opts & SHARE_OPT_GROUP) /* one of its members gets it */
+            share_route(rc->b, sub, rc->m);
+        return; /* a member's own "$share/..." entry delivers nothing itself */
+    }
     if ((opts & SUBOPT_NO_LOCAL) && s == rc->b->origin)
         return; /* [MQTT-3.8.3-3] */
-    if ((opts & MQTT_ROUTER_MULTI) && s->nsubids) {
+    if (mqtt_router_multi(rc->b->router) && s->nsubids) {
         /* overlapping subscriptions: one copy carrying every matching identifier */
         struct subid_hits h = {rc->m->topic, NULL, 0, 0};
         mqtt_router_list(rc->b->router, s, collect_subid, &h);
@@ -614,7 +620,7 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
     }
     /* retain is 0 to existing subscribers [MQTT-3.3.1-9], unless Retain As Published */
     deliver(rc->b, s, rc->m, q, (opts & SUBOPT_RAP) && rc->m->retain, opts & SUBOPT_ID_MASK,
-            ids);
+            ids, 0);
 }
 
 /* ---- MQTT 5 ---- */
@@ -1046,6 +1052,10 @@ void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const c
 {
     struct retained_hits h = {s->backlog, qos, subid};
     bool had = h.bl != NULL;
+    struct mqtt_str af;
+
+    if (share_parse(filter, len, NULL, &af) != 0)
+        return; /* none on a shared subscription (5.0 §4.8.2) */
 
     if (!h.bl) {
         h.bl = xcalloc(1, sizeof *h.bl);
@@ -1139,6 +1149,7 @@ uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
     uint64_t seq = 0;
     if (s->will) /* the session ends before the will's delay: it goes now */
         will_fire(b, s);
+    share_session_gone(b, s); /* its shared subscriptions' messages go to other members */
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
     if (s->qos2_watched)
@@ -1252,31 +1263,42 @@ const char *broker_subscribe_room(struct mqtt_broker *b, const struct mqtt_sessi
         *limit = cfg->mqtt.max_subscription_levels;
         return "mqtt.max_subscription_levels";
     }
+    if (share_group_count(b) >= SHARE_MAX_GROUPS) {
+        struct mqtt_str name, inner;
+        if (share_parse(filter, len, &name, &inner) == 1 &&
+            !share_group_get(b->share, name.p, name.len, inner.p, inner.len)) {
+            *limit = SHARE_MAX_GROUPS;
+            return "shared subscription groups";
+        }
+    }
     return NULL;
 }
 
-/* Subscribes s in the router, keeping its counts. */
-static void router_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
-                             size_t len, uint8_t qos, uint32_t opts)
+/* Subscribes s in the router (a "$share/..." filter joins its group), keeping its counts.
+ * Returns as share_subscribe. */
+static int router_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
+                            size_t len, uint8_t qos, uint32_t opts)
 {
     uint32_t old = 0;
     int had = mqtt_router_granted_opts(b->router, filter, len, s, &old);
-    if (mqtt_router_subscribe_opts(b->router, filter, len, s, qos, opts) < 0)
-        return;
+    int r = share_subscribe(b, s, filter, len, qos, opts);
+    if (r < 0)
+        return r;
     if (had < 0)
         broker_session_count_sub(s, filter, len, 1);
     else if (old & SUBOPT_ID_MASK)
         s->nsubids--;
     if (opts & SUBOPT_ID_MASK)
         s->nsubids++;
+    return r;
 }
 
 void broker_session_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                               size_t len, uint8_t qos, uint32_t opts)
 {
     char *f;
-    router_subscribe(b, s, filter, len, qos, opts);
-    if (s->clean)
+    int r = router_subscribe(b, s, filter, len, qos, opts);
+    if (s->clean || r < 0)
         return;
     f = xstrndup(filter, len);
     b->store.put_session_sub(b->store.ctx, s->client_id, f, qos | (uint64_t)opts << 8);
@@ -1289,7 +1311,7 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
     char *f;
     uint32_t opts = 0;
     if (mqtt_router_granted_opts(b->router, filter, len, s, &opts) < 0 ||
-        mqtt_router_unsubscribe(b->router, filter, len, s) != 1)
+        share_unsubscribe(b, s, filter, len) != 1)
         return false;
     broker_session_count_sub(s, filter, len, -1);
     if (opts & SUBOPT_ID_MASK)
@@ -1372,9 +1394,11 @@ size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
     mqtt_router_list(b->router, s, collect_filter, &fs);
     for (size_t i = 0; i < fs.n; i++) {
         size_t len = strlen(fs.f[i]);
+        struct mqtt_str af; /* the ACL judges a shared subscription's own filter */
+        share_parse(fs.f[i], len, NULL, &af);
         if (!acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                       s->device[0] ? s->device : NULL, fs.f[i], len, ACL_SUBSCRIBE) ||
-            (s->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, fs.f[i], len, ACL_SUBSCRIBE))) {
+                       s->device[0] ? s->device : NULL, af.p, af.len, ACL_SUBSCRIBE) ||
+            (s->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, af.p, af.len, ACL_SUBSCRIBE))) {
             log_info("mqtt client=\"%s\" subscription dropped filter=\"%s\" "
                      "reason=\"no longer allowed by the ACL\"",
                      log_q(s->client_id), log_q(fs.f[i]));
@@ -1763,7 +1787,10 @@ static void on_sys_timer(uv_timer_t *t)
     add_conn_bytes(&b->conns, &bytes_in, &bytes_out);
     sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
     sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
-    sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu", mqtt_router_count(b->router));
+    sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu",
+            mqtt_router_count(b->router) - share_group_count(b)); /* a group is none */
+    sys_pub(gw, "$SYS/broker/shared/messages/sent", "%llu", m->mqtt_shared_sent);
+    sys_pub(gw, "$SYS/broker/shared/messages/dropped", "%llu", m->mqtt_shared_dropped);
     sys_pub(gw, "$SYS/broker/retained messages/count", "%llu",
             (unsigned long long)retained_count(&b->retained));
 }
@@ -1810,7 +1837,7 @@ static void on_session_sub_loaded(void *ctx, const char *client_id, const char *
     struct mqtt_session *s = broker_session_get(b, client_id);
     if (s)
         router_subscribe(b, s, filter, strlen(filter), (uint8_t)(qos & 3),
-                         (uint32_t)(qos >> 8) & ~MQTT_ROUTER_MULTI);
+                         (uint32_t)(qos >> 8) & ~(SHARE_OPT_GROUP | SHARE_OPT_MEMBER));
 }
 
 static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg_id,
@@ -1902,6 +1929,7 @@ void mqtt_broker_free(struct mqtt_broker *b)
     map_fini(&b->identities);
     if (b->gw->settled_ctx == b)
         b->gw->on_settled = NULL;
+    share_free(b);
     retained_fini(&b->retained);
     mqtt_router_free(b->router);
     acl_free(b->acl);
@@ -1927,4 +1955,67 @@ void mqtt_broker_set_command_hooks(struct mqtt_broker *b, mqtt_delivered_fn deli
         return;
     b->on_delivered = delivered;
     b->hook_ctx = ctx;
+}
+
+/* ---- shared subscriptions (share.c's side) ---- */
+
+enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
+                                const struct msg *m, uint8_t qos)
+{
+    const struct mqtt_conn *mc = s->conn && !s->conn->c->closing ? s->conn : NULL;
+    if ((!mc && (s->clean || qos == 0)) || !may_receive(b, s, m->topic))
+        return SHARE_FIT_NO; /* gone, QoS 0 for one offline, or a topic the ACL denies it */
+    if (!mc) /* an offline persistent member takes its turn, queued */
+        return queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_NOW : SHARE_FIT_NO;
+    if (!s->queue.head && !backlog_waits(s) && !over_budget(b, s) &&
+        (qos == 0 || s->ninflight < window(b, s)))
+        return SHARE_FIT_NOW;
+    return qos == 0 || queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_LATER : SHARE_FIT_NO;
+}
+
+void broker_share_deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m,
+                          uint8_t qos, uint16_t group, uint32_t opts)
+{
+    /* the member's own options: Retain As Published, its Subscription Identifier */
+    deliver(b, s, m, qos, (opts & SUBOPT_RAP) && m->retain, opts & SUBOPT_ID_MASK, NULL, group);
+}
+
+size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t group,
+                         broker_share_give_fn give, void *ctx)
+{
+    size_t moved = 0, i = 0;
+    struct list_link *l = s->queue.head;
+
+    while (l) {
+        struct out_msg *o = list_entry(l, struct out_msg, link);
+        l = l->next;
+        if (o->group != group)
+            continue;
+        o->group = 0;
+        if (o->qos == 0 || !give(ctx, o->m, o->qos))
+            continue;
+        queue_remove(s, o);
+        unpersist_msg(b, s, o);
+        out_free(o);
+        moved++;
+    }
+    /* in flight: its connection would still acknowledge them; offline, they move too */
+    while (i < s->ninflight) {
+        struct out_msg *o = s->inflight[i];
+        if (o->group != group) {
+            i++;
+            continue;
+        }
+        o->group = 0;
+        if (s->conn || o->state == OUT_WAIT_PUBCOMP || !give(ctx, o->m, o->qos)) {
+            i++;
+            continue;
+        }
+        memmove(&s->inflight[i], &s->inflight[i + 1], (s->ninflight - i - 1) * sizeof o);
+        s->ninflight--;
+        unpersist_msg(b, s, o);
+        out_free(o);
+        moved++;
+    }
+    return moved;
 }

@@ -150,6 +150,18 @@ int mqtt_broker_session_discard(struct mqtt_broker *b, const char *client_id, st
  * or GW_ENOENT when there is no such session or subscription. */
 int mqtt_broker_session_unsubscribe(struct mqtt_broker *b, const char *client_id,
                                     const char *filter, struct ticket *t);
+/* A shared subscription group ($share/<share>/<filter>). */
+struct mqtt_share_info {
+    const char *share;          /* its name, share_len bytes (not NUL-terminated) */
+    size_t share_len;
+    const char *filter;         /* its filter */
+    size_t members;
+    size_t connected;           /* members with a connection */
+    uint64_t sent;              /* messages given to a member since it was created */
+};
+typedef void (*mqtt_share_info_fn)(void *ctx, const struct mqtt_share_info *g);
+/* Calls fn for each shared subscription group, sorted by name, then filter. */
+void mqtt_broker_shared(struct mqtt_broker *b, mqtt_share_info_fn fn, void *ctx);
 /* Calls fn for each retained message whose topic the valid filter matches ($SYS topics
  * only for filters that start with '$'). */
 void mqtt_broker_retained(struct mqtt_broker *b, const char *filter, mqtt_retained_info_fn fn,

@@ -20,6 +20,7 @@
 #include "protocols/mqtt/acl.h"
 #include "protocols/mqtt/broker.h"
 #include "protocols/mqtt/mqtt.h"
+#include "protocols/mqtt/share.h"
 
 enum out_state { OUT_QUEUED = 0, OUT_WAIT_PUBACK, OUT_WAIT_PUBREC, OUT_WAIT_PUBCOMP };
 
@@ -33,6 +34,8 @@ struct out_msg {
     bool sent;              /* a PUBLISH of it went out (maybe before a restart): any
                              * further one carries DUP */
     uint16_t pkt_id;        /* assigned when sent with QoS > 0 */
+    uint16_t group;         /* share.c tag of the shared subscription it came through
+                             * (struct share_group.idx), 0: none */
     uint64_t store_id;      /* id in storage for persistent sessions; 0 = not stored */
     struct list_link link;  /* in the session's queue while queued */
     uint32_t subid;         /* MQTT 5 Subscription Identifier it matched (0: none) */
@@ -164,6 +167,7 @@ struct mqtt_broker {
     char *auth_method;          /* MQTT 5 enhanced authentication (mqtt_broker_set_auth) */
     mqtt_auth_fn auth_fn;
     void *auth_ctx;
+    struct share_groups *share; /* shared subscriptions (share.c), NULL until the first */
 };
 
 /* A will message: kept from CONNECT until the connection ends (MQTT 5: or until its

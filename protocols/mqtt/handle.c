@@ -734,11 +734,17 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
         uint8_t qos = opts & MQTT_SUBOPT_QOS_MASK;
         uint32_t ropts = 0, old_opts = 0;
         int granted;
+        struct mqtt_str af; /* the ACL judges a shared subscription's own filter */
         fresh[n] = false;
-        if ((mc->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, f.p, f.len, ACL_SUBSCRIBE)) ||
+        if (share_parse(f.p, f.len, NULL, &af) < 0) { /* a malformed "$share/..." */
+            rc[n++] = mc->v5 ? MQTT_RC_TOPIC_FILTER_INVALID : MQTT_SUBACK_FAILURE;
+            continue;
+        }
+        if ((mc->role == ACL_ROLE_ANONYMOUS &&
+             broker_anon_denied(b, af.p, af.len, ACL_SUBSCRIBE)) ||
             !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL,
-                       mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, f.p, f.len,
-                       ACL_SUBSCRIBE)) {
+                       mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, af.p,
+                       af.len, ACL_SUBSCRIBE)) {
             b->acl_denied++;
             if (mc->denied_sub++ == 0 && log_refusal(mc->c->peer, "subscribe denied"))
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied "

@@ -523,10 +523,8 @@ int mqtt_topic_matches(const char *filter, size_t filter_len, const char *topic,
 struct mqtt_router;
 
 /* Called once per distinct matching subscriber, with the highest QoS among its
- * matching subscriptions and the option word of the subscription that gave it, with
- * MQTT_ROUTER_MULTI added when more than one of its subscriptions matched (option words
- * use the bits below it). */
-#define MQTT_ROUTER_MULTI 0x80000000u
+ * matching subscriptions and the option word of the subscription that gave it
+ * (mqtt_router_multi() tells, during the call, whether more than one matched). */
 typedef void (*mqtt_router_match_fn)(void *ctx, void *sub, uint8_t qos, uint32_t opts);
 /* Called once per subscription a subscriber holds (mqtt_router_list). filter is a
  * view valid during the call only. */
@@ -565,6 +563,9 @@ size_t mqtt_router_list(struct mqtt_router *r, void *sub, mqtt_router_list_fn fn
  * call mqtt_router_match() on the same router. */
 size_t mqtt_router_match(struct mqtt_router *r, const char *topic, size_t len,
                          mqtt_router_match_fn fn, void *ctx);
+/* During a mqtt_router_match() callback: 1 when more than one subscription of that
+ * subscriber matched the topic (overlapping filters), else 0. */
+int mqtt_router_multi(const struct mqtt_router *r);
 /* Number of subscriptions (filter, subscriber pairs) held. */
 size_t mqtt_router_count(const struct mqtt_router *r);
 

@@ -92,6 +92,7 @@ struct mqtt_router {
     uint64_t seed;          /* hash seed, per router */
     uint64_t gen;           /* match generation */
     int in_match;           /* guards against re-entrant matching */
+    int cur_multi;          /* the subscriber being called back had several matches */
     struct match_out *out;  /* scratch: this match's subscribers */
     size_t nout, cap_out;
     struct frame *stack;    /* scratch: the match walk */
@@ -599,11 +600,18 @@ size_t mqtt_router_match(struct mqtt_router *r, const char *topic, size_t len,
     }
     nout = r->nout;
     r->in_match = 1;
-    for (i = 0; i < nout; i++)
-        fn(ctx, r->out[i].sub, r->out[i].qos,
-           r->out[i].opts | (r->out[i].multi ? MQTT_ROUTER_MULTI : 0));
+    for (i = 0; i < nout; i++) {
+        r->cur_multi = r->out[i].multi;
+        fn(ctx, r->out[i].sub, r->out[i].qos, r->out[i].opts);
+    }
+    r->cur_multi = 0;
     r->in_match = 0;
     return nout;
+}
+
+int mqtt_router_multi(const struct mqtt_router *r)
+{
+    return r->cur_multi;
 }
 
 size_t mqtt_router_count(const struct mqtt_router *r)

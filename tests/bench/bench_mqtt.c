@@ -3,8 +3,8 @@
  * clients multiplexed with ppoll() in one thread.
  *
  *   bench_mqtt PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]
- *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]]
- *              [--tls CAFILE]
+ *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]
+ *              [--subscribers N]] [--tls CAFILE]
  *
  * Each publisher connects (client id bench-<i>, username bench-<i>, no password)
  * and publishes 4-key telemetry JSON of 74 bytes to devices/bench-<i>/telemetry, every
@@ -25,13 +25,17 @@
  *                 message (same process, same clock).
  *   --sub-port P  the subscriber connects to port P instead of PORT (another broker,
  *                 e.g. the upstream Gale bridges to: device -> Gale -> upstream latency).
+ *   --subscribers N  N such clients (bench-sub-<j>) subscribe F, e.g. a shared
+ *                 subscription $share/<group>/... that spreads the messages over them:
+ *                 delivered counts what they all got, sub_min= and sub_max= what the
+ *                 least and the most served one got.
  *   --tls CA      every client speaks TLS (server certificate checked against CA for
  *                 "localhost"): the handshake is done, blocking, at connect; then reads
  *                 and writes go through SSL_read/SSL_write in the same poll loop.
  * Prints one line of key=value:
  *   mqtt qos= clients= window= messages= seconds= msgs_per_s= [ack_p50_ms= ack_p99_ms=
  *        ack_p99_worst_10s_ms=]  (the highest p99 over consecutive 10 s windows of acks)
- *        [delivered= delivered_per_s= e2e_p50_ms= e2e_p99_ms=]
+ *        [delivered= delivered_per_s= e2e_p50_ms= e2e_p99_ms= [sub_min= sub_max=]]
  * Bounded: connecting gives up after 30 s, the run S + 30 s after the start
  * (S defaults to 120); loopback only. */
 #define _GNU_SOURCE
@@ -68,6 +72,7 @@ struct client {
     bool is_sub;
     bool connacked, subacked, ping_sent, done;
     long published, acked, limit;
+    long got;          /* subscriber: telemetry of ours it received */
     double *sent_at;   /* QoS 1: send time by packet id (1..65535) */
     struct buf out;    /* bytes not yet written */
     struct buf in;     /* bytes read, not yet decoded */
@@ -86,8 +91,9 @@ struct run {
     double seconds, rate;
     const char *filter;
     int sub_port;        /* --sub-port: the subscriber's server, else 0 (PORT) */
+    int nsubs;           /* --subscribers: subscriber clients (1 with --subscribe) */
     SSL_CTX *tls;        /* --tls: client context, else NULL */
-    struct client *cl;   /* nclients publishers, then the subscriber if any */
+    struct client *cl;   /* nclients publishers, then the subscribers if any */
     int nfds;
     struct pollfd *pfd;
     double t0, t_stop, t_last_recv;
@@ -299,7 +305,8 @@ static void finish_client(struct run *r, struct client *c)
     }
 }
 
-static void on_publish(struct run *r, const struct mqtt_packet *pkt, double now)
+static void on_publish(struct run *r, struct client *c, const struct mqtt_packet *pkt,
+                       double now)
 {
     const struct mqtt_publish *p = &pkt->publish;
     char topic[64], payload[128];
@@ -322,6 +329,7 @@ static void on_publish(struct run *r, const struct mqtt_packet *pkt, double now)
         return;
     }
     r->delivered++;
+    c->got++;
     r->t_last_recv = now;
     sample_add(&r->e2e, (now - r->pub_time[i][k]) * 1e3);
 }
@@ -363,7 +371,7 @@ static void read_client(struct run *r, struct client *c, int i, double now)
             } else if (pkt.type == MQTT_PINGRESP) {
                 c->acked = c->limit;
             } else if (pkt.type == MQTT_PUBLISH && c->is_sub) {
-                on_publish(r, &pkt, now);
+                on_publish(r, c, &pkt, now);
             }
         }
         buf_consume(&c->in, off);
@@ -433,7 +441,8 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW] [--seconds S]"
-            " [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]] [--tls CAFILE]\n",
+            " [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P] [--subscribers N]]"
+            " [--tls CAFILE]\n",
             argv0);
     exit(2);
 }
@@ -469,6 +478,8 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
                 r->filter = argv[++i];
             else if (strcmp(a, "--sub-port") == 0)
                 r->sub_port = atoi(argv[++i]);
+            else if (strcmp(a, "--subscribers") == 0)
+                r->nsubs = atoi(argv[++i]);
             else if (strcmp(a, "--tls") == 0)
                 r->tls = tls_context(argv[++i]);
             else
@@ -486,8 +497,11 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
     }
     if (pos < 4 || *port <= 0 || r->nclients < 1 || r->per < 1 || r->qos < 0 || r->qos > 1 ||
         r->window < 1 || r->window > 65535 || r->seconds <= 0 || r->rate < 0 ||
-        r->sub_port < 0 || (r->sub_port && !r->filter))
+        r->sub_port < 0 || (r->sub_port && !r->filter) || r->nsubs < 0 || r->nsubs > 1000 ||
+        (r->nsubs && !r->filter))
         usage(argv[0]);
+    if (r->filter && !r->nsubs)
+        r->nsubs = 1;
 }
 
 int main(int argc, char **argv)
@@ -505,19 +519,24 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    r.nfds = r.nclients + (r.filter ? 1 : 0);
+    r.nfds = r.nclients + r.nsubs;
     r.cl = calloc((size_t)r.nfds, sizeof *r.cl);
     r.pfd = calloc((size_t)r.nfds, sizeof *r.pfd);
     if (!r.cl || !r.pfd)
         die("out of memory");
-    if (r.filter) {
-        struct client *s = &r.cl[r.nclients];
+    for (int j = 0; j < r.nsubs; j++) {
+        struct client *s = &r.cl[r.nclients + j];
         struct mqtt_sub_req req = {{r.filter, strlen(r.filter)}, 0};
-        open_client(s, r.sub_port ? r.sub_port : port, "bench-sub", true,
-                    r.sub_port ? NULL : r.tls);
+        char id[32];
+        if (r.nsubs == 1)
+            snprintf(id, sizeof id, "bench-sub");
+        else
+            snprintf(id, sizeof id, "bench-sub-%d", j);
+        open_client(s, r.sub_port ? r.sub_port : port, id, true, r.sub_port ? NULL : r.tls);
         mqtt_encode_subscribe(&s->out, 1, &req, 1);
-        r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
     }
+    if (r.filter)
+        r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
     for (int i = 0; i < r.nclients; i++) {
         char id[32];
         snprintf(id, sizeof id, "bench-%d", i);
@@ -576,14 +595,16 @@ int main(int argc, char **argv)
     r.t_stop = now_s();
     for (int i = 0; i < r.nclients; i++)
         sent += r.cl[i].published;
-    /* the subscriber goes on reading until it has everything or the line goes quiet */
-    if (r.filter) {
-        struct client *s = &r.cl[r.nclients];
-        struct pollfd p = {s->fd, POLLIN, 0};
-        while (!sub_finished(&r, now_s()) && now_s() < deadline) {
-            if (poll(&p, 1, 100) > 0)
-                read_client(&r, s, r.nclients, now_s());
-        }
+    /* the subscribers go on reading until they have everything or the line goes quiet */
+    while (r.filter && !sub_finished(&r, now_s()) && now_s() < deadline) {
+        struct pollfd *p = r.pfd + r.nclients;
+        for (int j = 0; j < r.nsubs; j++)
+            p[j] = (struct pollfd){r.cl[r.nclients + j].fd, POLLIN, 0};
+        if (poll(p, (nfds_t)r.nsubs, 100) <= 0)
+            continue;
+        for (int j = 0; j < r.nsubs; j++)
+            if (p[j].revents)
+                read_client(&r, &r.cl[r.nclients + j], r.nclients + j, now_s());
     }
     qsort(r.ack.v, r.ack.n, sizeof *r.ack.v, cmp_double);
     qsort(r.e2e.v, r.e2e.n, sizeof *r.e2e.v, cmp_double);
@@ -599,6 +620,15 @@ int main(int argc, char **argv)
                r.delivered, r.foreign,
                r.t_last_recv > r.t0 ? (double)r.delivered / (r.t_last_recv - r.t0) : 0.0,
                quantile(&r.e2e, 0.5), quantile(&r.e2e, 0.99));
+    if (r.nsubs > 1) {
+        long lo = -1, hi = 0;
+        for (int j = 0; j < r.nsubs; j++) {
+            long got = r.cl[r.nclients + j].got;
+            lo = lo < 0 || got < lo ? got : lo;
+            hi = got > hi ? got : hi;
+        }
+        printf(" sub_min=%ld sub_max=%ld", lo, hi);
+    }
     printf("\n");
     for (int i = 0; i < r.nfds; i++) {
         SSL_free(r.cl[i].ssl);

@@ -83,6 +83,7 @@ PARAMS = {
     "qos1_w32": (200000, 5000),      # QoS 1, 1 publisher, window 32
     "qos1_100": (5000, 50),          # QoS 1, 100 publishers, window 1
     "route": (20000, 1000),          # per publisher (10) to the # subscriber
+    "shared": (20000, 1000),         # per publisher (10) to 3 members of a shared subscription
     "lat_s": (3, 1),                 # seconds at 10k msg/s for the latency case
     "fleet_s": (30, 2),              # seconds of the QoS 1 fleet case (--fleet-seconds)
     "idle": (19000, 500),            # idle connections (the fd limit here is 20,000)
@@ -315,6 +316,17 @@ def run_fleet(ctx, side):
 def run_route(ctx, side):
     f = bench_mqtt(ctx, side, 10, ctx.p["route"], 0, extra=["--subscribe", "#"])
     return {"rate": f["delivered_per_s"], "fraction": f["delivered"] / max(f["messages"], 1)}
+
+
+def run_shared(ctx, side):
+    """10 publishers (QoS 0) to a shared subscription $share/bench/devices/+/telemetry of 3
+    consumers (QoS 0): messages delivered per second, all consumers together; each message
+    to one of them (the delivered fraction over 1 would show copies)."""
+    f = bench_mqtt(ctx, side, 10, ctx.p["shared"], 0,
+                   extra=["--subscribe", "$share/bench/devices/+/telemetry",
+                          "--subscribers", "3"])
+    return {"rate": f["delivered_per_s"], "fraction": f["delivered"] / max(f["messages"], 1),
+            "even": f["sub_min"] / max(f["sub_max"], 1)}
 
 
 def run_latency(ctx, side):
@@ -831,6 +843,10 @@ def cases(p):
         ("route", "mqtt", "MQTT routing, 10 publishers to one # subscriber", False,
          [("rate", "delivered msg/s", True), ("fraction", "delivered fraction", True)],
          run_route),
+        ("shared", "mqtt", "MQTT shared subscription, 10 publishers to 3 consumers of "
+         "$share/bench/devices/+/telemetry", False,
+         [("rate", "delivered msg/s", True), ("fraction", "delivered fraction", True),
+          ("even", "least / most served consumer", True)], run_shared),
         ("latency", "mqtt", "MQTT publish-to-receive latency at 10k msg/s", False,
          [("p50", "p50 ms", False), ("p99", "p99 ms", False)], run_latency),
         ("idle", "mqtt", "MQTT %d idle connections, %d handshakes in flight"

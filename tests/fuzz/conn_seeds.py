@@ -204,6 +204,15 @@ save('deaf_subscriber', T,
      .deaf(2).reset(2))
 
 save('auth_deadline', T, In(0x40).write(0, c1[:5]).wait(40).write(1, c1).wait(40))
+# two members of a shared subscription, one deaf then reset with messages in flight (they
+# go to the other), the other unsubscribing from its group (the group goes with it)
+shared = mqtt_subscribe('$share/g/devices/#').decode('latin1')
+unsub = (bytes([0xa2]) + remlen(4 + len('$share/g/devices/#')) + struct.pack('>H', 3)
+         + struct.pack('>H', len('$share/g/devices/#')) + b'$share/g/devices/#').decode('latin1')
+save('shared_members', T,
+     In(0x02).write(1, c2 + shared, deaf=True).write(2, c3 + shared)
+     .write(0, c1 + pub * 6).durable().reset(1).write(0, pub * 2).durable()
+     .write(2, unsub).write(0, pub).durable().fin(2))
 
 # ---------------- found by the fuzzer ----------------
 # A Connection: close reply larger than the socket buffers: the close waits for the send

@@ -144,7 +144,7 @@ static void world_open(struct world *wd, uint8_t flags)
     w->gw.on_presence = on_presence;
     wd->broker = cw_mqtt_broker_new(w);
     CHECK(gw_listen(&w->gw, &(struct gw_listen_cfg){"mqtt", "127.0.0.1", 0, &mqtt_proto,
-                                                    wd->broker, NULL, NULL}) == 0);
+                                                    wd->broker, NULL, NULL, 0}) == 0);
     w->port = w->gw.listeners[0].port;
 }
 

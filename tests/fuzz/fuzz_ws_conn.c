@@ -143,7 +143,7 @@ static void world_open(struct world *wd, uint8_t flags)
     wd->srv = *rest_http_server(wd->rest);
     wd->srv.on_request = handle;
     CHECK(gw_listen(&w->gw, &(struct gw_listen_cfg){"http", "127.0.0.1", 0, &http_proto,
-                                                    &wd->srv, NULL, NULL}) == 0);
+                                                    &wd->srv, NULL, NULL, 0}) == 0);
     w->port = w->gw.listeners[0].port;
 }
 

@@ -4,7 +4,7 @@ Session Expiry cap; topic aliases both ways and their errors; Receive Maximum bo
 Maximum Packet Size both ways; reason codes in PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK;
 subscription options (No Local, Retain As Published, Retain Handling 0/1/2) and
 Subscription Identifiers on overlapping filters; Message Expiry while a session is
-offline; session expiry (ends with the connection, kept, expired, across a restart,
+offline; shared subscriptions with 5.0 members; session expiry (ends with the connection, kept, expired, across a restart,
 changed by DISCONNECT); will delay (fired and cancelled) and DISCONNECT with will;
 server DISCONNECT reason codes (takeover, protocol error, administrative action,
 shutdown); AUTH refused with 0x8C; properties passed through to a 5.0 subscriber and a
@@ -189,6 +189,29 @@ def subscription_options():
         t(no_publish(si), "only one copy")
         a.send(R.publish5("si/a/c", "one"))
         t.eq(recv_publish(si).props.get(R.P_SUB_ID), [11], "one identifier when one matches")
+        # shared subscriptions with 5.0 members: each message to one member, with that
+        # member's Subscription Identifier; No Local on a shared subscription is an error
+        m1 = R.session5(port, "sh1")
+        m2 = R.session5(port, "sh2")
+        m1.sub(1, [("$share/g5/sh/#", 1)], prop=R.props((R.P_SUB_ID, 5)))
+        m2.sub(1, [("$share/g5/sh/#", 1)], prop=R.props((R.P_SUB_ID, 6)))
+        for i in range(4):
+            a.send(R.publish5("sh/t", str(i), qos=1, pid=10 + i))
+        got = {}
+        for m, want in ((m1, 5), (m2, 6)):
+            for _ in range(2):
+                p = recv_publish(m)
+                m.send(R.ack5(R.PUBACK, p.pid))
+                got.setdefault(want, []).append((p.payload, p.props.get(R.P_SUB_ID)))
+        t.eq(sorted(x for v in got.values() for x, _ in v), [b"0", b"1", b"2", b"3"],
+             "$share with 5.0 members: every message once, spread over both")
+        t(all(ids == [k] for k, v in got.items() for _, ids in v),
+          "each member gets its own Subscription Identifier: %r" % got)
+        bad = R.session5(port, "shnl")
+        bad.send(R.subscribe5(1, [("$share/g5/x", 0x04)]))
+        t.eq(bad.disconnected(), 0x82, "No Local on a shared subscription: DISCONNECT 0x82")
+        m1.close()
+        m2.close()
         # UNSUBACK reason codes
         si.send(R.unsubscribe5(9, ["si/a/#", "never/subscribed"]))
         p = si.recv_type(R.UNSUBACK)

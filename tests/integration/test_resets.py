@@ -5,7 +5,8 @@ stops cleanly (under ASan, exit 0 means no bad access and no leak).
 Two ways of cutting a connection:
 - real resets (SO_LINGER 0, then close: the kernel sends RST) right after a step: a TLS
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
-  the first PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
+  a shared SUBSCRIBE ($share/...; and with its own messages in flight), the first
+  PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
   with an identifier, AUTH, DISCONNECT with properties, half a packet, half a WebSocket
   frame, half a TLS record, an HTTP device's command long poll, during a streamed CSV reply
   and during a live-feed burst; several times each, since whether the
@@ -228,6 +229,11 @@ STEPS = [
     ("expect_100_continue", case_expect_continue),
     ("mqtt_connect", mqtt_case(lambda dev: b"")),
     ("mqtt_subscribe", mqtt_case(lambda dev: subscribe_pkt(1, "devices/%s/commands" % dev))),
+    ("mqtt_shared_subscribe",
+     mqtt_case(lambda dev: subscribe_pkt(1, "$share/g/devices/%s/commands" % dev))),
+    ("mqtt_shared_member_inflight",
+     mqtt_case(lambda dev: subscribe_pkt(1, "$share/g/devices/%s/x" % dev)
+               + b"".join(publish_pkt("devices/%s/x" % dev, b"m", pid=i) for i in range(1, 6)))),
     ("mqtt_first_publish",
      mqtt_case(lambda dev: publish_pkt("devices/%s/telemetry" % dev, b'{"x":1}'))),
     ("mqtt_mid_packet",

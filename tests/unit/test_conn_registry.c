@@ -90,7 +90,7 @@ static int setup(void **state)
     f->loop.data = &f->gw;
     f->gw.conns = conn_registry_new();
     assert_int_equal(gw_listen(&f->gw, &(struct gw_listen_cfg){"test", "127.0.0.1", 0,
-                                                                &test_proto, &f->srv, NULL, NULL}),
+                                                                &test_proto, &f->srv, NULL, NULL, 0}),
                      0);
     uv_ip4_addr("127.0.0.1", f->gw.listeners[0].port, &addr);
     for (int i = 0; i < NCONNS; i++) {

@@ -1616,12 +1616,6 @@ static void test_unknown_value_type(void **state)
     assert_int_equal(store_load_latest(f->s, on_latest_count, &calls), GW_ESTORE);
 }
 
-static int sealed_none_open(struct fixture *f, const void *arg)
-{
-    (void)arg;
-    return f->s->open == NULL;
-}
-
 /* Group commit never sleeps: with the writer idle, a write is sealed in the loop
  * iteration that made it and is durable after one commit, with no timer between. */
 static void test_idle_writer_seals_at_once(void **state)
@@ -1687,8 +1681,19 @@ static void test_unawaited_write_waits_at_most_the_delay(void **state)
     assert_int_equal(outcome_of(f, seq), 1);
 }
 
-/* While the writer is busy, arrivals ride in the open batch (sealed at batch_rows); the
- * moment the writer reports its last batch done, the waiting batch is sealed. */
+static int todo_empty(struct fixture *f, const void *arg)
+{
+    int empty;
+    (void)arg;
+    uv_mutex_lock(&f->s->lock);
+    empty = f->s->todo_head == NULL;
+    uv_mutex_unlock(&f->s->lock);
+    return empty;
+}
+
+/* While the writer commits one batch, the next awaited one is sealed at once, so the
+ * writer finds it the moment it is done (no idle gap); arrivals after that ride in the
+ * open batch (sealed at batch_rows) until the writer takes the waiting one. */
 static void test_busy_writer_rides_next_batch(void **state)
 {
     struct fixture *f = *state;
@@ -1702,26 +1707,62 @@ static void test_busy_writer_rides_next_batch(void **state)
     store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_null(f->s->open);
+    assert_true(wait_until(f, todo_empty, NULL)); /* the writer took a: it is busy */
     b = append1(f, "d", pnum("k", 2, 2));
     store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_non_null(f->s->open); /* the writer is busy: b waits, no commit of its own */
-    assert_int_equal(f->s->open->nitems, 1);
-    c = append1(f, "d", pnum("k", 3, 3)); /* batch_rows reached: sealed behind a */
-    assert_null(f->s->open);
+    assert_null(f->s->open); /* sealed behind a, ready for the writer */
     assert_int_equal(f->s->nsealed, 2);
-    d = append1(f, "d", pnum("k", 4, 4));
+    c = append1(f, "d", pnum("k", 3, 3));
     store_flush(f->s);
     uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_non_null(f->s->open);
+    assert_non_null(f->s->open); /* b waits for the writer: c rides in the open batch */
+    assert_int_equal(f->s->open->nitems, 1);
+    d = append1(f, "d", pnum("k", 4, 4)); /* batch_rows reached: sealed behind b */
+    assert_null(f->s->open);
+    assert_int_equal(f->s->nsealed, 3);
 
-    wait_durable(f, c);
-    assert_true(wait_until(f, sealed_none_open, NULL)); /* d went when b+c were done */
     wait_durable(f, d);
     assert_int_equal(outcome_of(f, a), 1);
     assert_int_equal(outcome_of(f, b), 1);
+    assert_int_equal(outcome_of(f, c), 1);
     assert_int_equal(outcome_of(f, d), 1);
     assert_int_equal(count_rows(f->path, SQL_LOGGED), 4);
+}
+
+/* storage.sync=normal: the loop commits an awaited batch itself while the writer is idle
+ * (no thread hand-off), and hands it to the writer while the writer holds the write
+ * connection (here, its chunk slices, which the loop's commits keep making due). Every
+ * write is durable once, in order; the hot points and chunks hold every value. Under TSan
+ * (make test-tsan) this is the race between the loop's commits and the writer's work. */
+static void test_inline_commits_race_the_writer(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0, inline_seen = 0;
+    const struct store_result *r;
+    struct store_stats st;
+
+    f->cfg.sync = STORE_SYNC_NORMAL;
+    f->cfg.batch_delay_ms = 60000;
+    do_open(f);
+    for (int i = 0; i < 3000; i++) {
+        seq = append1(f, i % 3 == 0 ? "a" : "b", pnum("k", i, i));
+        store_flush(f->s);
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        if (!f->s->open && f->s->durable_seq == seq)
+            inline_seen++; /* committed and reported within the iteration: by the loop */
+        if (i % 500 == 499)
+            store_compact(f->s); /* chunk slices on the writer, between the loop's commits */
+    }
+    wait_durable(f, seq);
+    assert_true(inline_seen > 0);
+    assert_int_equal(outcome_of(f, seq), 1);
+    store_get_stats(f->s, &st);
+    assert_int_equal(st.hot_points + st.points_chunked >= 3000, 1);
+    r = query(f, &(struct qspec){ .device = "b", .keys = { "k" }, .limit = 5000 });
+    assert_int_equal(r->series[0].npoints, 2000);
+    r = query(f, &(struct qspec){ .device = "a", .keys = { "k" }, .limit = 5000 });
+    assert_int_equal(r->series[0].npoints, 1000);
 }
 
 /* A pragma's value on the write connection, as text (read before any write, so the
@@ -1942,6 +1983,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idle_writer_seals_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inline_commits_race_the_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_renewed_between_chunks, setup, teardown),

@@ -1,6 +1,7 @@
-// Gale dashboard: four pages behind the URL's hash (#/ fleet, #/device/<id>,
-// #/connections, #/gateway), data from the REST API, kept current by the live feed
-// (/ws/live, subscribed only to what the page shows). Charts are uPlot's.
+// Gale dashboard: pages behind the URL's hash (#/ fleet, #/device/<id>, #/connections,
+// #/mqtt/sessions|subscriptions|retained, #/keys, #/gateway), data from the REST API,
+// kept current by the live feed (/ws/live, subscribed only to what the page shows).
+// Charts are uPlot's. Secrets (a device's token, a new API key) are shown once.
 // The API key is entered once and kept in localStorage ("gale.key"); it never stays
 // in the address bar (a one-shot ?key= is moved to storage and stripped).
 "use strict";
@@ -109,10 +110,199 @@ function every(ms, fn) {
   state.timers.push(setInterval(fn, ms));
 }
 
+// What a refused request says to the user: a 403 names the role the key lacks.
+function errText(e) {
+  if (e && e.status === 403)
+    return "This API key may not do that" + (e.message && e.message !== "HTTP 403" ? ": " + e.message : "") + ".";
+  return e && e.message ? e.message : String(e);
+}
+
+// A destructive button asks again on itself: the first click arms it ("Sure? …") for
+// 5 s, the second does it. Returns true on the second click.
+function confirmed(btn) {
+  if (btn.dataset.armed) {
+    clearTimeout(+btn.dataset.armed);
+    delete btn.dataset.armed;
+    btn.textContent = btn.dataset.label;
+    btn.classList.remove("armed");
+    return true;
+  }
+  btn.dataset.label = btn.textContent;
+  btn.textContent = "Sure? " + btn.textContent;
+  btn.classList.add("armed");
+  btn.dataset.armed = String(setTimeout(() => {
+    delete btn.dataset.armed;
+    btn.textContent = btn.dataset.label;
+    btn.classList.remove("armed");
+  }, 5000));
+  return false;
+}
+
+const anyArmed = (id) => !!$(id).querySelector("button.armed");
+
+function actionButton(label, fn, cls) {
+  const b = el("button", { type: "button", class: cls || "danger small", text: label });
+  b.addEventListener("click", () => { if (confirmed(b)) fn(b); });
+  return b;
+}
+
+// A line at the top of the page for what just happened; it goes after 8 s.
+function notice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+  clearTimeout(state.noticeTimer);
+  if (text) state.noticeTimer = setTimeout(() => notice(""), 8000);
+}
+
+// ---- roles ---------------------------------------------------------------------
+
+// The key's role (GET /api/info answers it): admin (devices, tokens, MQTT state, keys),
+// operator (commands, attributes, kicking connections) or read. Controls the role lacks
+// are hidden; the server refuses them anyway (403, shown as a message).
+const RANK = { read: 0, operator: 1, admin: 2 };
+const can = (need) => (RANK[state.role] ?? 2) >= RANK[need];
+
+function applyRole() {
+  for (const e of document.querySelectorAll("[data-needs]")) e.hidden = !can(e.dataset.needs);
+  $("role").textContent = (state.role && state.role !== "admin" ? state.role + " key" : "") +
+    (state.allDevices === false ? " (some devices)" : "");
+}
+
+async function loadInfo() {
+  try {
+    state.info = await api("/api/info");
+  } catch (e) {
+    if (e.status === 401) throw e;
+    state.info = { listeners: [] };
+  }
+  state.role = state.info.role || "admin";
+  state.allDevices = state.info.all_devices !== false;
+  applyRole();
+}
+
+// ---- secrets shown once --------------------------------------------------------
+
+// Connect snippets for a device with its token: the host as this page reaches Gale,
+// the MQTT and line ports as the gateway bound them (GET /api/info).
+function snippets(id, token) {
+  const host = location.hostname.replace(/^\[|\]$/g, "");
+  const port = (n) => ((state.info && state.info.listeners) || []).find((l) => l.name === n);
+  const web = location.host, wsProto = location.protocol === "https:" ? "wss:" : "ws:";
+  const out = [];
+  const mqtt = port("mqtt"), line = port("line"), mqtts = port("mqtts");
+  if (mqtt) out.push(["MQTT (mosquitto_pub)", "mqtt", "mosquitto_pub -h " + host + " -p " + mqtt.port +
+    " -u '" + id + "' -P '" + token + "' -q 1 -t 'devices/" + id + "/telemetry' -m '{\"temp\":21.5}'"]);
+  if (mqtts) out.push(["MQTT over TLS", "mqtts", "mosquitto_pub -h " + host + " -p " + mqtts.port +
+    " --capath /etc/ssl/certs -u '" + id + "' -P '" + token + "' -q 1 -t 'devices/" + id +
+    "/telemetry' -m '{\"temp\":21.5}'"]);
+  if (line) out.push(["Line protocol (nc)", "line", "(echo '{\"device\":\"" + id + "\",\"token\":\"" + token +
+    "\"}'; echo '{\"temp\":21.5,\"seq\":1}'; sleep 1) | nc " + host + " " + line.port]);
+  out.push(["WebSocket (/ws/device, e.g. in a browser's console)", "ws",
+    "const ws = new WebSocket(\"" + wsProto + "//" + web + "/ws/device?device=" + encodeURIComponent(id) +
+    "&token=" + encodeURIComponent(token) + "\");\n" +
+    "ws.onopen = () => ws.send(JSON.stringify({ temp: 21.5, seq: 1 }));\n" +
+    "ws.onmessage = (e) => console.log(e.data);"]);
+  out.push(["HTTP (curl)", "http", "curl -X POST -H 'Authorization: Bearer " + token + "' -d '{\"temp\":21.5}' " +
+    location.protocol + "//" + web + "/api/devices/" + encodeURIComponent(id) + "/telemetry"]);
+  return out;
+}
+
+function showSecret(title, note, value, snips) {
+  $("secret-title").textContent = title;
+  $("secret-note").textContent = note;
+  $("secret-value").textContent = value;
+  $("snippets").replaceChildren(...(snips || []).map(([label, name, text]) =>
+    el("div", { class: "snippet" }, el("h4", { text: label }),
+      el("div", { class: "copyrow" }, el("pre", { id: "snip-" + name, text }),
+        el("button", { type: "button", class: "secondary copy", "data-copy": "snip-" + name, text: "Copy" })))));
+  $("secret").hidden = false;
+  $("secret").scrollIntoView({ block: "nearest" });
+}
+
+function hideSecret() {
+  $("secret").hidden = true;
+  $("secret-value").textContent = "";
+  $("snippets").replaceChildren();
+}
+
+// Copies the text of the element a .copy button names: the Clipboard API where the page
+// is a secure context (https, localhost), else the selection and execCommand.
+async function copyFrom(btn) {
+  const src = $(btn.dataset.copy);
+  let ok = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) { await navigator.clipboard.writeText(src.textContent); ok = true; }
+  } catch (e) { /* fall back */ }
+  if (!ok) {
+    const r = document.createRange();
+    r.selectNodeContents(src);
+    const sel = getSelection();
+    sel.removeAllRanges();
+    sel.addRange(r);
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+  }
+  btn.textContent = ok ? "Copied" : "Select and copy";
+  setTimeout(() => { btn.textContent = "Copy"; }, 2000);
+}
+
+// ---- devices: add, rotate, delete ----------------------------------------------
+
+async function addDevice(ev) {
+  ev.preventDefault();
+  $("add-error").textContent = "";
+  const body = { id: $("add-id").value.trim() };
+  if ($("add-name").value.trim()) body.name = $("add-name").value.trim();
+  if ($("add-role").value !== "device") body.role = $("add-role").value;
+  try {
+    const r = await api("/api/devices", { method: "POST", body });
+    $("add-form").reset();
+    $("add-form").hidden = true;
+    showSecret("Device " + r.id + " added", "Its token is shown this once (Gale keeps only a hash of it): " +
+      "copy it or a snippet now. Rotate the token to get a new one.", r.token, snippets(r.id, r.token));
+    await loadDevices();
+    renderFleet();
+  } catch (e) {
+    $("add-error").textContent = errText(e);
+  }
+}
+
+async function rotateToken(btn) {
+  const id = dv.id;
+  $("dev-error").textContent = "";
+  try {
+    const r = await api(dev(id) + "/token", { method: "POST" });
+    showSecret("New token for " + id, "Shown this once. The old token no longer works and the device's " +
+      "connections with it were closed.", r.token, snippets(id, r.token));
+  } catch (e) {
+    $("dev-error").textContent = errText(e);
+  }
+  btn.blur();
+}
+
+async function deleteDevice() {
+  const id = dv.id;
+  $("dev-error").textContent = "";
+  try {
+    await api(dev(id), { method: "DELETE" });
+    state.devices.delete(id);
+    location.hash = "#/";
+    notice("Device " + id + " deleted.");
+  } catch (e) {
+    $("dev-error").textContent = errText(e);
+  }
+}
+
 // ---- charts --------------------------------------------------------------------
 
 function axisStyle() {
   return { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line") } };
+}
+
+// Where a series' area is filled to: zero when the y scale shows it, else the bottom of
+// the chart, so that a negative series is never filled upward to a zero off the top.
+function fillTo(u, i) {
+  const sc = u.scales[u.series[i].scale || "y"];
+  return sc.min > 0 || sc.max < 0 ? sc.min : 0;
 }
 
 // xrange() -> [from, to] in seconds: the time axis shows the chosen range, not just
@@ -121,7 +311,7 @@ function makeChart(target, label, data, xrange) {
   const width = Math.max(200, target.clientWidth || 400);
   return new uPlot({
     width, height: 220,
-    series: [{}, { label, stroke: css("--series"), fill: css("--fill"), width: 1.5, spanGaps: true }],
+    series: [{}, { label, stroke: css("--series"), fill: css("--fill"), fillTo, width: 1.5, spanGaps: true }],
     axes: [axisStyle(), axisStyle()],
     scales: { x: { time: true, range: xrange } },
   }, data, target);
@@ -131,10 +321,43 @@ function makeSpark(target, data, from, to) {
   return new uPlot({
     width: 120, height: 32,
     cursor: { show: false }, legend: { show: false }, select: { show: false },
-    series: [{}, { stroke: css("--series"), fill: css("--fill"), width: 1, spanGaps: true }],
+    series: [{}, { stroke: css("--series"), fill: css("--fill"), fillTo, width: 1, spanGaps: true }],
     axes: [{ show: false }, { show: false }],
     scales: { x: { time: true, range: () => [from / 1000, Math.max(to, Date.now()) / 1000] } },
   }, data, target);
+}
+
+// The points in the newest history bucket (starting at `newest` ms), from an agg=count
+// answer over that bucket; 0 when the history's last bucket is another one.
+function lastCount(data, counts, newest) {
+  const xs = data[0];
+  return counts && counts.length && counts[0].ts === newest && xs.length &&
+    xs[xs.length - 1] === newest / 1000 ? counts[0].value : 0;
+}
+
+// Live points join averaged history at its resolution: each goes into the bucket of
+// `interval` ms the server would put it in (aligned to the epoch) and the bucket shows
+// the running average, never the raw point. agg = {interval, live: Map(bucket ms ->
+// {sum, n}), lastCount: points already in the newest history bucket}.
+function addToBucket(u, agg, ts, value) {
+  const b = Math.floor(ts / agg.interval) * agg.interval, x = b / 1000;
+  const [xs, ys] = u.data;
+  let acc = agg.live.get(b);
+  if (!acc) {
+    const last = xs.length ? xs[xs.length - 1] : -Infinity;
+    // a late point in a bucket of the history: it has it (or, without the bucket's count,
+    // cannot take it in exactly)
+    if (x < last || (x === last && !agg.lastCount)) return false;
+    acc = x === last ? { sum: ys[ys.length - 1] * agg.lastCount, n: agg.lastCount } : { sum: 0, n: 0 };
+    agg.live.set(b, acc);
+  }
+  acc.sum += value;
+  acc.n++;
+  let i = xs.length;
+  while (i > 0 && xs[i - 1] > x) i--;
+  if (i > 0 && xs[i - 1] === x) ys[i - 1] = acc.sum / acc.n;
+  else { xs.splice(i, 0, x); ys.splice(i, 0, acc.sum / acc.n); }
+  return true;
 }
 
 // Points as uPlot wants them: [[seconds...], [values...]], numbers only.
@@ -212,6 +435,15 @@ function onTelemetry(m) {
       if (!cur || cur.ts <= p.ts) d.latest[p.key] = { ts: p.ts, value: p.value };
     }
     d.last_seen = Date.now();
+  }
+  const spark = window.gale.sparks.get(m.device);
+  if (spark) { // every live point of its key into its minute, not only the newest
+    let changed = false;
+    for (const p of m.points) {
+      if (p.key !== spark.gale_key || typeof p.value !== "number") continue;
+      changed = addToBucket(spark, spark.gale_agg, p.ts, p.value) || changed;
+    }
+    if (changed) spark.setData(spark.data);
   }
   if (state.route.page === "fleet" && d) {
     const tr = fleetRow(d);
@@ -309,16 +541,18 @@ function fleetRow(d) {
       el("b", { text: k }), fmtValue(d.latest[k].value));
     return span;
   }));
-  const spark = window.gale.sparks.get(d.id);
-  if (spark && d.latest && d.latest[spark.gale_key]) {
-    const v = d.latest[spark.gale_key];
-    if (typeof v.value === "number" && v.ts / 1000 > (spark.data[0].at(-1) || 0)) {
-      spark.data[0].push(v.ts / 1000);
-      spark.data[1].push(v.value);
-      spark.setData(spark.data);
-    }
-  }
   return tr;
+}
+
+// The key a device's sparkline follows: its most recently sent numeric key (of those
+// sent last together, the first by name), not the first by name of all it ever sent.
+function sparkKey(latest) {
+  let best = null;
+  for (const k of Object.keys(latest || {}).sort()) {
+    const v = latest[k];
+    if (typeof v.value === "number" && (!best || v.ts > latest[best].ts)) best = k;
+  }
+  return best;
 }
 
 function renderFleet() {
@@ -351,18 +585,23 @@ async function loadRowDetail(d) {
       d.latest = await api(dev(d.id) + "/latest");
       fleetRow(d);
     }
-    const key = Object.keys(d.latest).sort().find((k) => typeof d.latest[k].value === "number");
+    const key = sparkKey(d.latest);
     if (!key || window.gale.sparks.has(d.id)) return;
-    const now = Date.now();
-    const r = await api(dev(d.id) + "/telemetry?keys=" + encodeURIComponent(key) + "&from=" +
-      (now - SPARK_MS) + "&to=" + now + "&agg=avg&interval=" + SPARK_INTERVAL_MS);
+    // the last hour's minutes, and how many points the current one holds so far: live
+    // points average into it exactly
+    const now = Date.now(), cur = Math.floor(now / SPARK_INTERVAL_MS) * SPARK_INTERVAL_MS;
+    const q = dev(d.id) + "/telemetry?keys=" + encodeURIComponent(key) + "&interval=" + SPARK_INTERVAL_MS;
+    const [r, c] = await Promise.all([api(q + "&agg=avg&from=" + (now - SPARK_MS) + "&to=" + now),
+      api(q + "&agg=count&from=" + cur + "&to=" + now)]);
     const tr = $("dev-" + d.id);
     if (!tr || !tr.isConnected || window.gale.sparks.has(d.id)) return;
     const cell = tr.cells[5];
     const box = el("div");
     cell.replaceChildren(box, el("div", { class: "key muted", text: key }));
-    const u = makeSpark(box, toSeries(r[key]), now - SPARK_MS, now);
+    const data = toSeries(r[key]);
+    const u = makeSpark(box, data, now - SPARK_MS, now);
     u.gale_key = key;
+    u.gale_agg = { interval: SPARK_INTERVAL_MS, live: new Map(), lastCount: lastCount(data, c && c[key], cur) };
     window.gale.sparks.set(d.id, u);
   } catch (e) {
     if (e.status === 401) logout(true);
@@ -378,7 +617,11 @@ async function showFleet() {
 
 // ---- device page ---------------------------------------------------------------
 
-const dv = { id: null, range: 3600000, from: 0, to: 0, live: true, latest: {} };
+const RANGES = { "15m": 900000, "1h": 3600000, "24h": 86400000, "7d": 604800000 };
+// mode: "auto" (fitted to the data), "relative" (the last 15m/1h/24h/7d) or "custom"
+const dv = { id: null, mode: "auto", range: 3600000, from: 0, to: 0, live: true, latest: {},
+  interval: 1000, fitted: false };
+window.gale.dv = dv;
 
 function renderDeviceHead(d) {
   $("dev-title").textContent = d.name ? d.name + " (" + d.id + ")" : d.id;
@@ -407,29 +650,89 @@ function chooseInterval(span) {
   return Math.max(1000, Math.ceil(span / CHART_POINTS / 1000) * 1000);
 }
 
+const numericKeys = () => Object.keys(dv.latest).filter((k) => typeof dv.latest[k].value === "number").sort();
+const localTime = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+
+// The range the route asks for (?range= or ?from=&to=), else one fitted to the device's
+// data: from its first point (of the week before its last) to now while it sent in the
+// last hour (at least a minute, at most an hour, following live), else a fixed range
+// around its points, so that a new device's chart is not mostly empty axes.
+async function chooseRange(r) {
+  dv.fitted = false;
+  if (r.range && RANGES[r.range]) {
+    Object.assign(dv, { mode: "relative", live: true, range: RANGES[r.range] });
+    return;
+  }
+  if (r.from && r.to && r.from < r.to) {
+    Object.assign(dv, { mode: "custom", live: false, from: r.from, to: r.to });
+    return;
+  }
+  Object.assign(dv, { mode: "auto", live: true, range: RANGES["1h"] });
+  const keys = numericKeys();
+  if (!keys.length) return;
+  const last = Math.max(...keys.map((k) => dv.latest[k].ts));
+  const r1 = await api(dev(dv.id) + "/telemetry?keys=" + keys.map(encodeURIComponent).join(",") +
+    "&order=asc&limit=1&from=" + (last - RANGES["7d"]) + "&to=" + last);
+  let first = last;
+  for (const k of keys) if (r1[k] && r1[k].length) first = Math.min(first, r1[k][0].ts);
+  const now = Date.now();
+  dv.fitted = true;
+  if (now - last < RANGES["1h"]) {
+    dv.range = Math.min(RANGES["1h"], Math.max(60000, Math.ceil((now - first) * 1.05)));
+  } else {
+    const pad = Math.max(1000, Math.ceil((last - first) * 0.05));
+    Object.assign(dv, { live: false, from: first - pad, to: last + pad });
+  }
+}
+
+async function showRange() {
+  await chooseRange(state.route);
+  const name = dv.mode === "relative" ? state.route.range : dv.mode;
+  for (const b of $("ranges").querySelectorAll("button[data-range]"))
+    b.classList.toggle("active", b.dataset.range === name);
+  $("custom").hidden = dv.mode !== "custom";
+  if (dv.mode === "custom") {
+    $("from").value = localTime(dv.from);
+    $("to").value = localTime(dv.to);
+  }
+  await loadHistory();
+}
+
+// History as averages of `interval` ms; while the range follows live, also the count of
+// points in the newest bucket so that live points average into it exactly.
 async function loadHistory() {
   if (dv.live) { dv.to = Date.now(); dv.from = dv.to - dv.range; }
   const interval = chooseInterval(dv.to - dv.from);
+  dv.interval = interval;
   $("range-info").textContent = new Date(dv.from).toLocaleString() + " – " +
-    (dv.live ? "now" : new Date(dv.to).toLocaleString()) + " · " + (interval / 1000) + " s averages";
-  const keys = Object.keys(dv.latest).filter((k) => typeof dv.latest[k].value === "number").sort();
+    (dv.live ? "now" : new Date(dv.to).toLocaleString()) + " · " + (interval / 1000) + " s averages" +
+    (dv.fitted ? " · fitted to its data" : "");
+  const keys = numericKeys();
   for (const u of window.gale.charts.values()) u.destroy();
   window.gale.charts.clear();
   $("charts").replaceChildren();
   $("no-charts").hidden = keys.length > 0;
   if (!keys.length) return;
-  const r = await api(dev(dv.id) + "/telemetry?keys=" + keys.map(encodeURIComponent).join(",") +
-    "&from=" + dv.from + "&to=" + dv.to + "&agg=avg&interval=" + interval + "&limit=" + (CHART_POINTS * 2));
-  for (const k of keys) addChart(k, toSeries(r[k]));
+  const q = dev(dv.id) + "/telemetry?keys=" + keys.map(encodeURIComponent).join(",") +
+    "&interval=" + interval;
+  const newest = Math.floor(dv.to / interval) * interval;
+  const [r, c] = await Promise.all([
+    api(q + "&agg=avg&from=" + dv.from + "&to=" + dv.to + "&limit=" + (CHART_POINTS * 2)),
+    dv.live ? api(q + "&agg=count&from=" + newest + "&to=" + dv.to) : null]);
+  for (const k of keys) {
+    const data = toSeries(r[k]);
+    addChart(k, data, lastCount(data, c && c[k], newest));
+  }
 }
 
-function addChart(key, data) {
+function addChart(key, data, lastCount) {
   const box = el("div");
   const card = el("div", { class: "chart", id: "chart-" + key }, el("h3", { text: key }), box);
   $("charts").appendChild(card);
   $("no-charts").hidden = true;
   const u = makeChart(box, key, data, () => dv.live
     ? [(Date.now() - dv.range) / 1000, Date.now() / 1000] : [dv.from / 1000, dv.to / 1000]);
+  u.gale_agg = { interval: dv.interval, live: new Map(), lastCount: lastCount || 0 };
   window.gale.charts.set(key, u);
   return u;
 }
@@ -439,13 +742,9 @@ function deviceLive(points) {
     const cur = dv.latest[p.key];
     if (!cur || cur.ts <= p.ts) dv.latest[p.key] = { ts: p.ts, value: p.value };
     if (!dv.live || typeof p.value !== "number") continue;
-    const t = p.ts / 1000;
-    const u = window.gale.charts.get(p.key) || addChart(p.key, [[], []]);
+    const u = window.gale.charts.get(p.key) || addChart(p.key, [[], []], 0);
+    if (!addToBucket(u, u.gale_agg, p.ts, p.value)) continue;
     const [xs, ys] = u.data;
-    let i = xs.length; // points arrive in order; a late one is put in its place
-    while (i > 0 && xs[i - 1] > t) i--;
-    xs.splice(i, 0, t);
-    ys.splice(i, 0, p.value);
     const cut = (Date.now() - dv.range) / 1000;
     let drop = 0;
     while (drop < xs.length && (xs[drop] < cut || xs.length - drop > MAX_LIVE_POINTS)) drop++;
@@ -455,28 +754,25 @@ function deviceLive(points) {
   kvRows($("dev-latest").tBodies[0], dv.latest, true);
 }
 
+// The range goes into the address (#/device/<id>?range=1h or ?from=&to=): a reload keeps
+// it, the back button returns to the one before.
+const deviceHash = (id, q) => "#/device/" + encodeURIComponent(id) + (q ? "?" + q : "");
+
 function setRange(btn) {
-  for (const b of $("ranges").querySelectorAll("button[data-range]")) b.classList.toggle("active", b === btn);
   if (btn.dataset.range === "custom") {
+    for (const b of $("ranges").querySelectorAll("button[data-range]")) b.classList.toggle("active", b === btn);
     $("custom").hidden = false;
-    const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
-    if (!$("from").value) $("from").value = local(Date.now() - dv.range);
-    if (!$("to").value) $("to").value = local(Date.now());
+    if (!$("from").value) $("from").value = localTime(dv.from || Date.now() - RANGES["1h"]);
+    if (!$("to").value) $("to").value = localTime(dv.live ? Date.now() : dv.to);
     return;
   }
-  $("custom").hidden = true;
-  dv.live = true;
-  dv.range = +btn.dataset.range;
-  loadHistory().catch(showError);
+  location.hash = deviceHash(dv.id, "range=" + btn.dataset.range);
 }
 
 function applyCustom() {
   const from = new Date($("from").value).getTime(), to = new Date($("to").value).getTime();
   if (!(from < to)) { $("range-info").textContent = "the range's start must be before its end"; return; }
-  dv.live = false;
-  dv.from = from;
-  dv.to = to;
-  loadHistory().catch(showError);
+  location.hash = deviceHash(dv.id, "from=" + from + "&to=" + to);
 }
 
 function cmdRow(c) {
@@ -525,7 +821,7 @@ async function sendCommand(ev) {
     cmdRow(Object.assign({ name: body.name, params: body.params }, r));
     followCommand(r.id);
   } catch (e) {
-    $("cmd-error").textContent = e.message;
+    $("cmd-error").textContent = errText(e);
   }
 }
 
@@ -538,15 +834,15 @@ async function setAttribute(ev) {
   if (raw === "") v = null; // an empty value deletes the key
   else try { v = JSON.parse(raw); } catch (e) { v = raw; }
   const d = state.devices.get(dv.id);
-  // the whole set-scope object with the change: PATCH merges or replaces, same result
-  const attrs = Object.assign({}, serverAttributes(d), { [k]: v });
   try {
-    const r = await api(dev(dv.id), { method: "PATCH", body: { attributes: attrs } });
-    Object.assign(d, r);
+    // merges into the server scope (null deletes the key): an operator key may
+    const r = await api(dev(dv.id) + "/attributes", { method: "PATCH", body: { [k]: v } });
+    d.server_attributes = r.server || {};
+    d.reported_attributes = r.reported || d.reported_attributes || {};
     renderAttributes(d);
     $("attr-key").value = $("attr-value").value = "";
   } catch (e) {
-    $("attr-error").textContent = e.message;
+    $("attr-error").textContent = errText(e);
   }
 }
 
@@ -571,10 +867,7 @@ async function showDevice(id) {
     const list = r.commands.slice(-20);
     for (const c of list) cmdRow(c);
   }).catch(() => {});
-  const active = $("ranges").querySelector("button.active") ||
-    $("ranges").querySelector("button[data-range='" + dv.range + "']");
-  for (const b of $("ranges").querySelectorAll("button[data-range]")) b.classList.toggle("active", b === active);
-  await loadHistory();
+  await showRange();
   every(10000, () => {
     const cur = state.devices.get(id);
     if (cur) renderDeviceHead(cur);
@@ -584,6 +877,7 @@ async function showDevice(id) {
 // ---- connections ---------------------------------------------------------------
 
 async function loadConnections() {
+  if (anyArmed("conns")) return; // a kick waits for its second click
   const r = await api("/api/connections");
   const q = $("conn-filter").value.trim().toLowerCase();
   const rows = (r.connections || []).filter((c) => !q ||
@@ -596,14 +890,179 @@ async function loadConnections() {
     el("td", { text: c.peer }),
     el("td", { text: fmtAgo(c.connected), title: new Date(c.connected).toISOString() }),
     el("td", { text: fmtBytes(c.bytes_in) + " · " + c.messages_in + " msg" }),
-    el("td", { text: fmtBytes(c.bytes_out) + " · " + c.messages_out + " msg" })),
-    ["id", "device", "protocol", "peer", "connected", "in", "out"])));
+    el("td", { text: fmtBytes(c.bytes_out) + " · " + c.messages_out + " msg" }),
+    el("td", {}, can("operator") ? actionButton("Kick", () => kick(c.id)) : null)),
+    ["id", "device", "protocol", "peer", "connected", "in", "out", ""])));
+}
+
+// Closes a connection (the device may reconnect; rotate its token or delete it to keep it out).
+async function kick(id) {
+  $("conn-error").textContent = "";
+  try {
+    await api("/api/connections/" + id, { method: "DELETE" });
+    notice("Connection " + id + " closed.");
+  } catch (e) {
+    $("conn-error").textContent = errText(e);
+  }
+  await loadConnections().catch(showError);
 }
 
 async function showConnections() {
   liveSubscribe(null);
   await loadConnections();
   every(5000, () => loadConnections().catch(() => {}));
+}
+
+// ---- MQTT sessions, subscriptions, retained messages ---------------------------
+
+const MQTT_TABS = ["sessions", "subscriptions", "retained"];
+const MQTT_LIMIT = 1000;
+
+function mqttRows(tab, r, q) {
+  const has = (...xs) => !q || xs.some((s) => s && String(s).toLowerCase().includes(q));
+  const del = (path, what) => can("admin") ? actionButton("Delete", () => mqttDelete(path, what)) : null;
+  if (tab === "sessions") {
+    return (r.sessions || []).filter((s) => has(s.client_id, s.device, s.username)).map((s) => labelled(
+      el("tr", { "data-key": s.client_id },
+        el("td", { text: s.client_id }),
+        el("td", {}, s.device ? el("a", { href: "#/device/" + encodeURIComponent(s.device), text: s.device }) : "—"),
+        el("td", {}, statusCell(s.connected), s.clean ? " · clean" : " · persistent"),
+        el("td", { text: String(s.subscriptions) }),
+        el("td", { text: s.queued + " / " + s.inflight }),
+        el("td", { text: String(s.dropped) }),
+        el("td", {}, del("/api/mqtt/sessions/" + encodeURIComponent(s.client_id), "session " + s.client_id))),
+      ["client id", "device", "state", "subscriptions", "queued / in flight", "dropped", ""]));
+  }
+  if (tab === "subscriptions") {
+    return (r.subscriptions || []).filter((s) => has(s.client_id, s.filter)).map((s) => labelled(
+      el("tr", { "data-key": s.client_id + " " + s.filter },
+        el("td", { text: s.client_id }), el("td", {}, el("code", { text: s.filter })),
+        el("td", { text: String(s.qos) }),
+        el("td", {}, del("/api/mqtt/subscriptions?client_id=" + encodeURIComponent(s.client_id) +
+          "&filter=" + encodeURIComponent(s.filter), "subscription " + s.filter))),
+      ["client id", "filter", "QoS", ""]));
+  }
+  return (r.retained || []).filter((m) => has(m.topic, m.payload)).map((m) => labelled(
+    el("tr", { "data-key": m.topic },
+      el("td", {}, el("code", { text: m.topic })),
+      el("td", { class: "payload", text: (m.payload_encoding === "base64" ? "base64: " : "") +
+        (m.payload.length > 200 ? m.payload.slice(0, 200) + "…" : m.payload) }),
+      el("td", { text: String(m.qos) }), el("td", { text: fmtBytes(m.bytes) }),
+      el("td", { text: fmtAgo(m.ts), title: m.ts ? new Date(m.ts).toISOString() : "" }),
+      el("td", {}, del("/api/mqtt/retained?topic=" + encodeURIComponent(m.topic), "retained " + m.topic))),
+    ["topic", "payload", "QoS", "size", "stored", ""]));
+}
+
+async function loadMqtt() {
+  const tab = state.route.tab, table = $("mqtt-" + tab);
+  if (anyArmed("mqtt-" + tab)) return; // a delete waits for its second click
+  const path = { sessions: "/api/mqtt/sessions?limit=" + MQTT_LIMIT, subscriptions: "/api/mqtt/subscriptions",
+    retained: "/api/mqtt/retained?limit=" + MQTT_LIMIT }[tab];
+  let r;
+  try {
+    r = await api(path);
+  } catch (e) {
+    if (e.status === 401) throw e;
+    $("mqtt-error").textContent = e.status === 404 ? "MQTT is not enabled on this gateway." : errText(e);
+    fill(table.tBodies[0], []);
+    return;
+  }
+  if (state.route.tab !== tab) return;
+  $("mqtt-error").textContent = "";
+  const q = $("mqtt-filter").value.trim().toLowerCase();
+  const rows = mqttRows(tab, r, q);
+  const all = (r[tab] || []).length;
+  $("mqtt-count").textContent = rows.length + " of " + all + (r._next ? "+" : "") + " " + tab;
+  $("mqtt-empty").hidden = rows.length > 0;
+  $("mqtt-empty").textContent = all ? "Nothing matches the filter." : {
+    sessions: "No MQTT sessions.", subscriptions: "No subscriptions.", retained: "No retained messages." }[tab];
+  table.hidden = rows.length === 0;
+  fill(table.tBodies[0], rows);
+}
+
+async function mqttDelete(path, what) {
+  try {
+    await api(path, { method: "DELETE" });
+    notice("Deleted " + what + ".");
+  } catch (e) {
+    $("mqtt-error").textContent = errText(e);
+  }
+  await loadMqtt().catch(showError);
+}
+
+async function showMqtt() {
+  liveSubscribe(null);
+  const tab = state.route.tab;
+  for (const a of $("mqtt-tabs").querySelectorAll("a")) a.classList.toggle("active", a.dataset.tab === tab);
+  for (const t of MQTT_TABS) $("mqtt-" + t).hidden = t !== tab;
+  $("mqtt-filter").placeholder = { sessions: "filter (client id, device)", subscriptions: "filter (client id, topic filter)",
+    retained: "filter (topic, payload)" }[tab];
+  await loadMqtt();
+  every(5000, () => loadMqtt().catch(() => {}));
+}
+
+// ---- API keys ------------------------------------------------------------------
+
+async function loadKeys() {
+  if (anyArmed("keys")) return;
+  let r;
+  try {
+    r = await api("/api/keys");
+  } catch (e) {
+    if (e.status === 401) throw e;
+    $("keys").hidden = true;
+    $("keys-error").textContent = e.status === 404 ? "This gateway has one API key (data/api_key) and no others to manage."
+      : e.status === 403 ? "Listing and creating keys needs an admin key; this one is " + (state.role || "not admin") + "."
+      : errText(e);
+    return;
+  }
+  const list = Array.isArray(r) ? r : r.keys || [];
+  $("keys").hidden = false;
+  $("keys-error").textContent = "";
+  const self = state.info && state.info.key;
+  fill($("keys").tBodies[0], list.map((k) => labelled(el("tr", { "data-key": String(k.id) },
+    el("td", { text: (k.name || "") + (k.name === self ? " (this browser)" : "") +
+      (k.configured ? " · configured" : "") }),
+    el("td", { text: k.role }),
+    el("td", { text: k.devices && k.devices.length ? k.devices.join(", ") : "all" }),
+    el("td", { text: k.created ? fmtAgo(k.created) : "", title: k.created ? new Date(k.created).toISOString() : "" }),
+    el("td", { text: k.last_used ? fmtAgo(k.last_used) : "—" }),
+    el("td", {}, el("code", { text: String(k.id) })),
+    el("td", {}, can("admin") ? actionButton("Revoke", () => revokeKey(k)) : null)),
+  ["name", "role", "devices", "created", "last used", "id", ""])));
+}
+
+async function createKey(ev) {
+  ev.preventDefault();
+  $("keys-error").textContent = "";
+  const body = { name: $("key-name").value.trim(), role: $("key-role").value };
+  const devs = $("key-devices").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (devs.length) body.devices = devs;
+  try {
+    const r = await api("/api/keys", { method: "POST", body });
+    $("key-form").reset();
+    showSecret("API key " + (r.name || body.name) + " (" + r.role + ")", "Shown this once (Gale keeps only a " +
+      "hash of it): copy it now. Use it as Authorization: Bearer <key>, or paste it into this dashboard's login.",
+      r.key, []);
+  } catch (e) {
+    $("keys-error").textContent = errText(e);
+  }
+  await loadKeys().catch(showError);
+}
+
+async function revokeKey(k) {
+  try {
+    await api("/api/keys/" + encodeURIComponent(k.id), { method: "DELETE" });
+    notice("Key " + (k.name || k.id) + " revoked.");
+  } catch (e) {
+    $("keys-error").textContent = errText(e);
+  }
+  await loadKeys().catch(showError);
+}
+
+async function showKeys() {
+  liveSubscribe(null);
+  await loadKeys();
 }
 
 // ---- gateway -------------------------------------------------------------------
@@ -730,19 +1189,35 @@ async function showGateway() {
 
 // ---- routing, login, theme -----------------------------------------------------
 
+// #/, #/device/<id>[?range=1h | ?from=<ms>&to=<ms>], #/connections, #/mqtt/<tab>, #/keys, #/gateway
 function parseRoute() {
   const h = location.hash.replace(/^#\/?/, "");
-  if (h.startsWith("device/")) return { page: "device", id: decodeURIComponent(h.slice(7)) };
-  if (h === "connections" || h === "gateway") return { page: h };
+  const qi = h.indexOf("?");
+  const path = qi < 0 ? h : h.slice(0, qi), q = new URLSearchParams(qi < 0 ? "" : h.slice(qi + 1));
+  if (path.startsWith("device/")) {
+    return { page: "device", id: decodeURIComponent(path.slice(7)), range: q.get("range"),
+      from: +q.get("from") || 0, to: +q.get("to") || 0 };
+  }
+  if (path === "mqtt" || path.startsWith("mqtt/"))
+    return { page: "mqtt", tab: MQTT_TABS.includes(path.slice(5)) ? path.slice(5) : "sessions" };
+  if (path === "connections" || path === "gateway" || path === "keys") return { page: path };
   return { page: "fleet" };
 }
 
 function showError(e) {
   if (e && e.status === 401) { logout(true); return; }
+  if (e && e.status === 403) notice(errText(e));
   console.error(e);
 }
 
 async function route() {
+  const next = parseRoute(), cur = state.route;
+  if (cur && cur.page === "device" && next.page === "device" && next.id === cur.id) {
+    state.route = next; // only the range changed: the rest of the page stays
+    await showRange();
+    return;
+  }
+  hideSecret();
   state.timers.forEach(clearInterval);
   state.timers = [];
   destroyCharts();
@@ -751,13 +1226,14 @@ async function route() {
   for (const a of $("nav").querySelectorAll("a"))
     a.classList.toggle("active", a.dataset.page === state.route.page);
   const show = { fleet: showFleet, device: () => showDevice(state.route.id),
-    connections: showConnections, gateway: showGateway }[state.route.page];
+    connections: showConnections, mqtt: showMqtt, keys: showKeys, gateway: showGateway }[state.route.page];
   await show();
 }
 
 async function start() {
   try {
     await loadDevices();
+    await loadInfo();
   } catch (e) {
     $("login").hidden = false;
     $("app").hidden = true;
@@ -832,6 +1308,21 @@ $("conn-filter").addEventListener("input", () => loadConnections().catch(showErr
 for (const b of $("ranges").querySelectorAll("button[data-range]")) b.addEventListener("click", () => setRange(b));
 $("apply").addEventListener("click", applyCustom);
 $("cmd-form").addEventListener("submit", sendCommand);
+$("add-device").addEventListener("click", () => {
+  $("add-form").hidden = !$("add-form").hidden;
+  if (!$("add-form").hidden) $("add-id").focus();
+});
+$("add-cancel").addEventListener("click", () => { $("add-form").reset(); $("add-form").hidden = true; });
+$("add-form").addEventListener("submit", addDevice);
+$("dev-rotate").addEventListener("click", (e) => { if (confirmed(e.target)) rotateToken(e.target); });
+$("dev-delete").addEventListener("click", (e) => { if (confirmed(e.target)) deleteDevice(); });
+$("secret-close").addEventListener("click", hideSecret);
+document.addEventListener("click", (e) => {
+  const b = e.target.closest && e.target.closest("button.copy");
+  if (b) copyFrom(b);
+});
+$("mqtt-filter").addEventListener("input", () => loadMqtt().catch(showError));
+$("key-form").addEventListener("submit", createKey);
 $("attr-form").addEventListener("submit", setAttribute);
 
 // A link with ?key= (e.g. from a provisioning script) is a one-shot: the key moves
