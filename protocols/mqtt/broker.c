@@ -35,6 +35,7 @@
 #include "protocols/mqtt/broker_int.h"
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -773,7 +774,13 @@ void broker_conn_connected(struct mqtt_conn *mc)
 
 struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
 {
-    struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
+    /* in the connection's own block when it was accepted by an MQTT listener */
+    struct mqtt_conn *mc = conn_state_space(c, sizeof *mc);
+    bool in_conn = mc != NULL;
+
+    if (!in_conn)
+        mc = xcalloc(1, sizeof *mc);
+    mc->in_conn = in_conn;
     mc->c = c;
     mc->b = b;
     mc->username = "";
@@ -856,7 +863,8 @@ void broker_conn_close(struct mqtt_conn *mc)
     if (mc->username[0])
         free((char *)mc->username);
     buf_fini(&mc->out);
-    free(mc);
+    if (!mc->in_conn)
+        free(mc);
 }
 
 /* ---- retained messages per device namespace ---- */
@@ -1105,8 +1113,9 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
                                         enum acl_role role, const char *username)
 {
     size_t n = strlen(client_id) + 1;
-    struct mqtt_session *s = xcalloc(1, sizeof *s + n);
-    s->client_id = memcpy(s->id, client_id, n);
+    /* the id starts in the struct's tail padding */
+    struct mqtt_session *s = xcalloc(1, offsetof(struct mqtt_session, client_id) + n);
+    memcpy(s->client_id, client_id, n);
     set_identity(s, role, username);
     s->clean = clean;
     s->expiry_s = b->gw->cfg->mqtt.session_expiry_s > 0 ? (uint32_t)b->gw->cfg->mqtt.session_expiry_s
@@ -1888,7 +1897,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->store = *store;
     b->router = mqtt_router_new();
     buf_init(&b->props);
-    map_init(&b->sessions);
+    map_init_keyed(&b->sessions, offsetof(struct mqtt_session, client_id)); /* 8-byte slots */
     map_init(&b->retained_use);
     map_init(&b->identities);
     retained_init(&b->retained);

@@ -1117,4 +1117,5 @@ static void mqtt_goodbye(void *state, const char *why, bool stopping)
     buf_fini(&pb);
 }
 
-const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close, mqtt_goodbye};
+const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close, mqtt_goodbye,
+                                     sizeof(struct mqtt_conn)};
