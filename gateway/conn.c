@@ -669,7 +669,8 @@ static void start_timer(struct conn *c)
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l)
 {
     struct conn_registry *r = gw->conns;
-    struct conn *c = xcalloc(1, sizeof *c);
+    /* the protocol's state, when it asks for it, in the same block (conn_state_space) */
+    struct conn *c = xcalloc(1, sizeof *c + l->proto->state_bytes);
     struct sockaddr_storage ss;
     int len = sizeof ss, rc;
     const char *why;
@@ -742,6 +743,14 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     }
     open_layers(c);
     return c->closing ? NULL : c;
+}
+
+void *conn_state_space(struct conn *c, size_t n)
+{
+    if (c->state_space_taken || !c->listener || n > c->listener->proto->state_bytes)
+        return NULL;
+    c->state_space_taken = true;
+    return c + 1;
 }
 
 void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state)

@@ -47,6 +47,9 @@ struct proto_ops {
      * the transport's (an MQTT 5 DISCONNECT with its reason code); not called after a
      * failed write. stopping: the gateway is shutting down. */
     void (*goodbye)(void *state, const char *why, bool stopping);
+    /* Optional: bytes of per-connection state that open may take from the connection's own
+     * allocation (conn_state_space) rather than a block of its own; 0: none. */
+    size_t state_bytes;
 };
 
 /* A transport between the socket and the protocol (WebSocket): it decodes
@@ -152,14 +155,17 @@ struct conn {
     uint64_t due_ms;                 /* uv_now() of its auth or idle deadline */
     uint32_t due_slot;               /* its place in the registry's deadline heap + 1; 0: none */
     int refs;
+    uint32_t nwrites;                /* socket writes so far (the write fault seam counts) */
+    uint32_t drain_mark_bytes;       /* conn_when_drained's mark */
+    /* the one-byte fields together, leaving no padding between the wider ones */
     bool reading;
     bool paused;                     /* by backpressure or by the protocol */
     bool close_after_write;
     bool last_words;                 /* conn_close writes its goodbye: writes still go out */
     bool write_failed;               /* a socket write failed: nothing more is written */
-    uint32_t nwrites;                /* socket writes so far (the write fault seam counts) */
     uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
-    uint32_t drain_mark_bytes;       /* conn_when_drained's mark (fills padding here) */
+    bool guard_counted;              /* gateway/guard.c: counted against its peer address */
+    bool state_space_taken;          /* conn_state_space handed out the space after c */
     char *close_why;                 /* heap: why, once all queued bytes are written; then
                                       * why it closed, for the protocol's close */
     /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
@@ -169,8 +175,7 @@ struct conn {
     /* a listener with the PROXY protocol: the header's bytes so far, until it is complete
      * (the protocol is not open yet: proto_state is NULL); NULL otherwise */
     struct buf *proxy_in;
-    /* gateway/guard.c's pre-auth accounting (only it writes these) */
-    bool guard_counted;              /* counted against its peer address */
+    /* gateway/guard.c's pre-auth accounting (only it writes this and guard_counted) */
     size_t guard_held;               /* its bytes in the pre-auth budget */
     /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
      * fragmented message being assembled): each sets its own after a feed; the pre-auth
@@ -187,6 +192,11 @@ struct conn {
  * limits.proxy_header_timeout_ms: the pre-auth count against an address and everything
  * after it see the client's address. */
 struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_listener *l);
+/* The state_bytes of the listener's protocol, allocated zeroed right after c (aligned as
+ * c is: for pointers and 64-bit integers), handed out once, for n bytes at most: NULL when there is none (another
+ * protocol, already taken, too small), and the caller allocates its state itself. A
+ * protocol's close does not free it: it goes with c, after that close. */
+void *conn_state_space(struct conn *c, size_t n);
 /* Swaps the protocol (state of the old one is released by the caller). From then on the
  * new state is the one released when c closes. */
 void conn_set_proto(struct conn *c, const struct proto_ops *proto, void *state);

@@ -199,6 +199,8 @@ static void check_config(const struct config *cfg, struct buf *errs, int *n)
     }
 }
 
+static const char *backup_dest; /* --backup DEST: run backup_cli instead of the gateway */
+
 /* gale --issue-token: what to issue (load_config fills it). */
 static struct {
     const char *device;
@@ -299,6 +301,9 @@ static int load_config(int argc, char **argv, struct config *cfg, bool *check_on
             continue;
         } else if (strcmp(a, "--key-id") == 0 && has_next) {
             issue.key_id = argv[++i];
+            continue;
+        } else if (strcmp(a, "--backup") == 0 && has_next) {
+            backup_dest = argv[++i];
             continue;
         }
         for (size_t s = 0; s < sizeof shorthands / sizeof shorthands[0]; s++)
@@ -1040,14 +1045,14 @@ int main(int argc, char **argv)
               strcmp(cfg.log.format, "json") == 0 ? LOG_JSON : LOG_TEXT);
     if (issue.device)
         return issue_token(&cfg);
+    if (backup_dest)
+        return backup_cli(&cfg, backup_dest);
     if (check_only) {
         char *js = config_to_json(&cfg);
         printf("%s\n", js);
         free(js);
         return 0;
     }
-    if (backup_dest)
-        return backup_cli(&cfg, backup_dest);
     signal(SIGPIPE, SIG_IGN);
     apply_fd_limit(&cfg);
     /* another gale on this data dir: said before anything else, and nothing is created */

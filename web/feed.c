@@ -729,7 +729,8 @@ static void viewer_close(void *state, const char *why)
     free(v);
 }
 
-const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed, viewer_close, NULL};
+const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed, viewer_close,
+                                           NULL, 0};
 
 /* ---- the sink and presence ---------------------------------------------------- */
 

@@ -73,7 +73,7 @@ static void echo_close(void *state, const char *why)
     (void)why;
 }
 
-static const struct proto_ops echo_proto = {"ws-echo", echo_open, echo_feed, echo_close, NULL};
+static const struct proto_ops echo_proto = {"ws-echo", echo_open, echo_feed, echo_close, NULL, 0};
 
 /* ---- credentials --------------------------------------------------------------- */
 

@@ -154,7 +154,7 @@ static int http_feed(void *state, struct buf *in)
     return 0;
 }
 
-const struct proto_ops http_proto = {"http", http_open, http_feed, http_close, NULL};
+const struct proto_ops http_proto = {"http", http_open, http_feed, http_close, NULL, 0};
 
 struct conn *http_conn_of(struct http_conn *h)
 {

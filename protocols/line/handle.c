@@ -90,4 +90,4 @@ static void line_close(void *state, const char *why)
     free(l);
 }
 
-const struct proto_ops line_proto = {"line", line_open, line_feed, line_close, NULL};
+const struct proto_ops line_proto = {"line", line_open, line_feed, line_close, NULL, 0};

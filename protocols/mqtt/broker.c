@@ -35,6 +35,7 @@
 #include "protocols/mqtt/broker_int.h"
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -773,7 +774,13 @@ void broker_conn_connected(struct mqtt_conn *mc)
 
 struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
 {
-    struct mqtt_conn *mc = xcalloc(1, sizeof *mc);
+    /* in the connection's own block when it was accepted by an MQTT listener */
+    struct mqtt_conn *mc = conn_state_space(c, sizeof *mc);
+    bool in_conn = mc != NULL;
+
+    if (!in_conn)
+        mc = xcalloc(1, sizeof *mc);
+    mc->in_conn = in_conn;
     mc->c = c;
     mc->b = b;
     mc->username = "";
@@ -856,7 +863,8 @@ void broker_conn_close(struct mqtt_conn *mc)
     if (mc->username[0])
         free((char *)mc->username);
     buf_fini(&mc->out);
-    free(mc);
+    if (!mc->in_conn)
+        free(mc);
 }
 
 /* ---- retained messages per device namespace ---- */
@@ -1105,8 +1113,9 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
                                         enum acl_role role, const char *username)
 {
     size_t n = strlen(client_id) + 1;
-    struct mqtt_session *s = xcalloc(1, sizeof *s + n);
-    s->client_id = memcpy(s->id, client_id, n);
+    /* the id starts in the struct's tail padding */
+    struct mqtt_session *s = xcalloc(1, offsetof(struct mqtt_session, client_id) + n);
+    memcpy(s->client_id, client_id, n);
     set_identity(s, role, username);
     s->clean = clean;
     s->expiry_s = b->gw->cfg->mqtt.session_expiry_s > 0 ? (uint32_t)b->gw->cfg->mqtt.session_expiry_s
@@ -1155,17 +1164,42 @@ uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 
 void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct mqtt_conn *mc)
 {
+    size_t max, pubs = 0, keep = 0;
+
     s->conn = mc;
     s->drop_logged = false;
     s->seen_ms = gw_now_ms();
-    /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1] */
+    /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1], but no more
+     * PUBLISHes than the new connection's window (an MQTT 5 client's Receive Maximum may be
+     * lower than the last one's [MQTT-3.3.4-7]): the rest go back to the head of the queue,
+     * in order, and are resent as acks free the window, as after a restart (DUP, and the
+     * packet id pick_id derives from the stored number) */
+    max = window(b, s);
+    for (size_t i = 0; i < s->ninflight; i++)
+        pubs += s->inflight[i]->state != OUT_WAIT_PUBCOMP;
+    for (size_t i = s->ninflight; i-- > 0 && pubs > max;) {
+        struct out_msg *o = s->inflight[i];
+        if (o->state == OUT_WAIT_PUBCOMP)
+            continue;
+        pubs--;
+        o->state = OUT_QUEUED;
+        list_push_front(&s->queue, &o->link);
+        s->queued_bytes += msg_bytes(o->m);
+        if (s->backlog)
+            s->backlog->ahead++; /* older than a retained backlog */
+        s->inflight[i] = NULL;
+    }
     for (size_t i = 0; i < s->ninflight; i++) {
         struct out_msg *o = s->inflight[i];
+        if (!o)
+            continue;
+        s->inflight[keep++] = o;
         if (o->state == OUT_WAIT_PUBCOMP)
             send_pubrel(mc, o->pkt_id);
         else
             send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id, o->subid, o->subids);
     }
+    s->ninflight = (uint16_t)keep;
     pump(b, s);
 }
 
@@ -1863,7 +1897,7 @@ struct mqtt_broker *mqtt_broker_new(struct gw *gw, const struct mqtt_store *stor
     b->store = *store;
     b->router = mqtt_router_new();
     buf_init(&b->props);
-    map_init(&b->sessions);
+    map_init_keyed(&b->sessions, offsetof(struct mqtt_session, client_id)); /* 8-byte slots */
     map_init(&b->retained_use);
     map_init(&b->identities);
     retained_init(&b->retained);

@@ -78,7 +78,6 @@ struct ret_backlog {
 /* A session, clean or persistent: one per client id, so one per connection at least. Its
  * tables are allocated when first used and its counters are as small as their limits. */
 struct mqtt_session {
-    char *client_id;            /* map key; points at id[] at the end of the session */
     const char *username;       /* username of the session's client: heap when not empty,
                                  * else "" */
     struct mqtt_conn *conn;     /* NULL while offline */
@@ -115,7 +114,7 @@ struct mqtt_session {
     bool own_expiry;            /* expiry_s was chosen by an MQTT 5 client (stored) */
     bool drop_logged;           /* one log line per overflow episode */
     bool qos2_watched;          /* in b->qos2_watch: storage reports may fail its ids */
-    char id[];                  /* the client id, NUL-terminated */
+    char client_id[];           /* NUL-terminated; the key in b->sessions */
 };
 
 struct ret_node;
@@ -204,7 +203,8 @@ struct mqtt5_conn {
 };
 
 /* One connection's MQTT state, held for every connection (most of them idle): what few
- * have (a will, a username) is on the heap, counters are 32 bits. */
+ * have (a will, a username) is on the heap, counters are 32 bits. Accepted by an MQTT
+ * listener, it lives in the connection's own block (conn_state_space). */
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
@@ -217,7 +217,8 @@ struct mqtt_conn {
     struct mqtt_will *will;     /* NULL: none */
     struct mqtt5_conn *v5;      /* MQTT 5 state, NULL for 3.1.1 */
     struct buf out;             /* encoding scratch, freed after each send */
-    enum acl_role role;
+    const char *disconnect_why; /* MQTT 5: the Reason String (static) of the DISCONNECT
+                                 * sent when the connection closes, or NULL */
     /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
      * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
     uint32_t ahead;
@@ -225,6 +226,8 @@ struct mqtt_conn {
     uint32_t denied_pub;        /* publishes the ACL dropped */
     uint32_t denied_sub;        /* filters the ACL refused (SUBACK 0x80) */
     uint32_t bad_telemetry;     /* telemetry payloads that did not decode (not stored) */
+    uint8_t role;               /* enum acl_role */
+    bool in_conn;               /* in c's block (conn_state_space): freed with c */
     bool connected;             /* CONNACK 0 sent */
     bool got_disconnect;        /* DISCONNECT received: no will */
     bool finished;              /* broker_conn_finish_now ran (will, detach, presence) */
@@ -232,7 +235,6 @@ struct mqtt_conn {
                                  * disconnect): later packets are not handled */
     uint8_t disconnect_rc;      /* MQTT 5: the reason code of the DISCONNECT sent when the
                                  * connection closes (0: none, or chosen by the cause) */
-    const char *disconnect_why; /* its Reason String (static), or NULL */
 };
 
 /* ---- per-identity limits and ACL completeness (broker.c) ---- */

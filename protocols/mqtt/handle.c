@@ -64,6 +64,15 @@ static void send_buf(struct mqtt_conn *mc)
     broker_send(mc);
 }
 
+/* MQTT 5: whether the packet encoded in mc->out from byte start on is larger than the
+ * client's Maximum Packet Size. A Reason String must not make a packet larger than that
+ * [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3]: the caller encodes the packet again
+ * without it. */
+static bool too_large(const struct mqtt_conn *mc, size_t start)
+{
+    return mc->v5 && mc->v5->max_packet_out && mc->out.len - start > mc->v5->max_packet_out;
+}
+
 /* The 3.1.1 CONNACK return code for a 5.0 CONNACK reason code. */
 static uint8_t connack_rc311(uint8_t rc)
 {
@@ -102,6 +111,11 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc, struct buf *props
             mqtt_prop_put_str(&pb, MQTT_PROP_REASON_STRING, why, strlen(why));
         bin = (struct mqtt_bin){pb.data, pb.len};
         mqtt_encode_connack5(&mc->out, sp, rc, &bin);
+        if (rc != MQTT_RC_SUCCESS && why && too_large(mc, 0)) { /* without the Reason String */
+            mc->out.len = 0;
+            bin.len = props ? props->len : 0;
+            mqtt_encode_connack5(&mc->out, sp, rc, &bin);
+        }
         buf_fini(&pb);
     } else {
         mqtt_encode_connack(&mc->out, sp, connack_rc311(rc));
@@ -157,14 +171,17 @@ static void encode_ack(struct mqtt_conn *mc, uint8_t type, uint16_t id, uint8_t 
         struct buf pb;
         struct mqtt_bin bin;
         const char *why = ack_why(rc);
+        size_t start = mc->out.len;
         buf_init(&pb);
         mqtt_prop_put_str(&pb, MQTT_PROP_REASON_STRING, why, strlen(why));
         bin = (struct mqtt_bin){pb.data, pb.len};
         mqtt_encode_ack5(&mc->out, type, id, rc, &bin);
         buf_fini(&pb);
-    } else {
-        mqtt_encode_ack5(&mc->out, type, id, rc, NULL);
+        if (!too_large(mc, start))
+            return;
+        mc->out.len = start; /* without the Reason String */
     }
+    mqtt_encode_ack5(&mc->out, type, id, rc, NULL);
 }
 
 /* ---- acks after durability ---- */
@@ -829,23 +846,25 @@ static void handle_disconnect(struct mqtt_conn *mc, const struct mqtt_packet *pk
 {
     struct mqtt5_conn *v5 = mc->v5;
 
-    mc->got_disconnect = true; /* the will is discarded [MQTT-3.14.4-3] */
     if (!v5) {
+        mc->got_disconnect = true; /* the will is discarded [MQTT-3.14.4-3] */
         conn_close(mc->c, "client disconnected");
         return;
     }
     v5->peer_disconnect = true;
     if (mqtt_props_has(&pkt->props, MQTT_PROP_SESSION_EXPIRY)) {
         if (v5->expiry_was_zero && pkt->props.session_expiry_s != 0) {
-            v5->peer_disconnect = false; /* it gets a DISCONNECT back */
+            /* not a valid DISCONNECT: the will stays, and the client gets DISCONNECT 0x82 */
+            v5->peer_disconnect = false;
             violation(mc, "Session Expiry Interval set by DISCONNECT after 0 in CONNECT",
                       MQTT_RC_PROTOCOL_ERROR); /* [MQTT-3.14.2-2] */
             return;
         }
         broker_session_expiry(mc->b, mc->sess, broker_expiry_cap(mc->b, pkt->props.session_expiry_s));
     }
-    if (pkt->reason == MQTT_RC_DISCONNECT_WITH_WILL)
-        mc->got_disconnect = false; /* the will is published [MQTT-3.14.2.1] */
+    /* only Normal disconnection (0x00) discards the will [MQTT-3.1.2-8] [MQTT-3.14.4-3]:
+     * 0x04 (Disconnect with Will Message) and the error codes publish it */
+    mc->got_disconnect = pkt->reason == MQTT_RC_SUCCESS;
     conn_close(mc->c, pkt->reason == 0 ? "client disconnected"
                                        : "client disconnected with a reason code");
 }
@@ -1090,8 +1109,13 @@ static void mqtt_goodbye(void *state, const char *why, bool stopping)
     bin = (struct mqtt_bin){pb.data, pb.len};
     mc->out.len = 0;
     mqtt_encode_disconnect5(&mc->out, rc, &bin);
+    if (too_large(mc, 0)) { /* without the Reason String */
+        mc->out.len = 0;
+        mqtt_encode_disconnect5(&mc->out, rc, NULL);
+    }
     send_buf(mc);
     buf_fini(&pb);
 }
 
-const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close, mqtt_goodbye};
+const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close, mqtt_goodbye,
+                                     sizeof(struct mqtt_conn)};

@@ -80,7 +80,9 @@ enum mqtt_connack_rc {
 
 /* Decoder inputs; one per connection (the version changes once CONNECT is accepted). */
 struct mqtt_limits {
-    size_t max_packet_bytes; /* whole packet incl. fixed header; 0 = protocol maximum */
+    /* whole packet incl. fixed header; 0 = protocol maximum (at most 268,435,460: 32 bits
+     * leave struct mqtt_conn no padding here) */
+    uint32_t max_packet_bytes;
     uint8_t version;         /* enum mqtt_version of the connection; 0 before CONNECT */
 };
 

@@ -63,4 +63,5 @@ static void wsdev_close(void *state, const char *why)
     free(state);
 }
 
-const struct proto_ops ws_device_proto = {"ws-device", wsdev_open, wsdev_feed, wsdev_close, NULL};
+const struct proto_ops ws_device_proto = {"ws-device", wsdev_open, wsdev_feed, wsdev_close,
+                                         NULL, 0};

@@ -1,10 +1,10 @@
 /* tests/bench/bench_mqtt.c: MQTT publish throughput, PUBACK latency, routing and
  * end-to-end latency against any MQTT 3.1.1 server (Gale or Mosquitto), from C
- * clients multiplexed with ppoll() in one thread.
+ * clients multiplexed with ppoll() in one thread; MQTT 3.1.1 by default, 5.0 on request.
  *
  *   bench_mqtt PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW]
  *              [--seconds S] [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P]
- *              [--subscribers N]] [--tls CAFILE]
+ *              [--subscribers N]] [--tls CAFILE] [--mqtt-version 4|5]
  *
  * Each publisher connects (client id bench-<i>, username bench-<i>, no password)
  * and publishes 4-key telemetry JSON of 74 bytes to devices/bench-<i>/telemetry, every
@@ -32,9 +32,16 @@
  *   --tls CA      every client speaks TLS (server certificate checked against CA for
  *                 "localhost"): the handshake is done, blocking, at connect; then reads
  *                 and writes go through SSL_read/SSL_write in the same poll loop.
+ *   --mqtt-version V  4 (3.1.1, the default) or 5: every client connects with level 5
+ *                 and no properties, publishes with an empty property block, subscribes
+ *                 with options QoS 0 and reads acks with 5.0 rules (a PUBACK's reason code
+ *                 and properties are optional; a failure code, >= 0x80, ends the run).
+ *                 A server's Receive Maximum below WINDOW lowers the window, as a client
+ *                 must; window= in the output is the window used.
  * Prints one line of key=value:
- *   mqtt qos= clients= window= messages= seconds= msgs_per_s= [ack_p50_ms= ack_p99_ms=
- *        ack_p99_worst_10s_ms=]  (the highest p99 over consecutive 10 s windows of acks)
+ *   mqtt version= qos= clients= window= messages= seconds= msgs_per_s= [ack_p50_ms=
+ *        ack_p99_ms= ack_p99_worst_10s_ms=]  (the last: the highest p99 over consecutive
+ *        10 s windows of acks)
  *        [delivered= delivered_per_s= e2e_p50_ms= e2e_p99_ms= [sub_min= sub_max=]]
  * Bounded: connecting gives up after 30 s, the run S + 30 s after the start
  * (S defaults to 120); loopback only. */
@@ -109,6 +116,7 @@ struct run {
 #define ACK_WINDOW_S 10.0
 
 static const struct mqtt_limits lim = {0, MQTT_V311};
+static uint8_t version = MQTT_V311; /* --mqtt-version */
 
 static double now_s(void)
 {
@@ -242,7 +250,10 @@ static void open_client(struct client *c, int port, const char *id, bool is_sub,
     m.username = m.client_id;
     buf_init(&c->out);
     buf_init(&c->in);
-    mqtt_encode_connect(&c->out, &m);
+    if (version == MQTT_V5)
+        mqtt_encode_connect5(&c->out, &m, NULL, NULL); /* Property Length 0 */
+    else
+        mqtt_encode_connect(&c->out, &m);
 }
 
 /* Messages client i may have sent by now: its limit, or the schedule's count under --rate. */
@@ -272,8 +283,12 @@ static void publish_one(struct run *r, struct client *c, int i, double now)
                       20.0 + (double)(k % 1000) / 100, 40.0 + (double)(k % 200) / 10,
                       3.0 + (double)(k % 500) / 1000, k);
 
-    mqtt_encode_publish(&c->out, topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl,
-                        (uint8_t)r->qos, false, false, pid);
+    if (version == MQTT_V5)
+        mqtt_encode_publish5(&c->out, topic, (size_t)tl, NULL, (const uint8_t *)payload,
+                             (size_t)pl, (uint8_t)r->qos, false, false, pid);
+    else
+        mqtt_encode_publish(&c->out, topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl,
+                            (uint8_t)r->qos, false, false, pid);
     if (r->qos)
         c->sent_at[pid] = now;
     if (r->pub_time)
@@ -351,20 +366,28 @@ static void read_client(struct run *r, struct client *c, int i, double now)
             exit(1);
         }
         buf_commit(&c->in, (size_t)n);
-        while (mqtt_decode(&lim, c->in.data + off, c->in.len - off, &pkt, &used, &why) ==
-               CODEC_FRAME) {
+        while (mqtt_decode_v(&lim, version, c->in.data + off, c->in.len - off, &pkt, &used,
+                             &why, NULL) == CODEC_FRAME) {
             off += used;
             if (pkt.type == MQTT_CONNACK) {
                 if (pkt.connack.rc != 0) {
                     fprintf(stderr, "bench_mqtt: client %d: CONNACK rc=%d\n", i, pkt.connack.rc);
                     exit(1);
                 }
+                /* 5.0: never more unacknowledged QoS 1 than the server's Receive Maximum */
+                if (version == MQTT_V5 && r->qos && pkt.props.receive_maximum < r->window)
+                    r->window = pkt.props.receive_maximum;
                 c->connacked = true;
             } else if (pkt.type == MQTT_SUBACK) {
-                if (pkt.suback.count < 1 || pkt.suback.codes[0] == MQTT_SUBACK_FAILURE)
+                if (pkt.suback.count < 1 || pkt.suback.codes[0] >= MQTT_SUBACK_FAILURE)
                     die("subscription refused");
                 c->subacked = true;
             } else if (pkt.type == MQTT_PUBACK) {
+                if (pkt.reason >= 0x80) { /* 5.0: the server refused the message */
+                    fprintf(stderr, "bench_mqtt: client %d: PUBACK reason 0x%02x\n", i,
+                            pkt.reason);
+                    exit(1);
+                }
                 if (c->sent_at && pkt.id)
                     ack_add(r, now, (now - c->sent_at[pkt.id]) * 1e3);
                 c->acked++;
@@ -442,7 +465,7 @@ static void usage(const char *argv0)
     fprintf(stderr,
             "usage: %s PORT CLIENTS MESSAGES_PER_CLIENT QOS [WINDOW] [--seconds S]"
             " [--rate MSGS_PER_S] [--subscribe FILTER [--sub-port P] [--subscribers N]]"
-            " [--tls CAFILE]\n",
+            " [--tls CAFILE] [--mqtt-version 4|5]\n",
             argv0);
     exit(2);
 }
@@ -482,6 +505,8 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
                 r->nsubs = atoi(argv[++i]);
             else if (strcmp(a, "--tls") == 0)
                 r->tls = tls_context(argv[++i]);
+            else if (strcmp(a, "--mqtt-version") == 0)
+                version = (uint8_t)atoi(argv[++i]);
             else
                 usage(argv[0]);
             continue;
@@ -498,7 +523,7 @@ static void parse_args(struct run *r, int *port, int argc, char **argv)
     if (pos < 4 || *port <= 0 || r->nclients < 1 || r->per < 1 || r->qos < 0 || r->qos > 1 ||
         r->window < 1 || r->window > 65535 || r->seconds <= 0 || r->rate < 0 ||
         r->sub_port < 0 || (r->sub_port && !r->filter) || r->nsubs < 0 || r->nsubs > 1000 ||
-        (r->nsubs && !r->filter))
+        (r->nsubs && !r->filter) || (version != MQTT_V311 && version != MQTT_V5))
         usage(argv[0]);
     if (r->filter && !r->nsubs)
         r->nsubs = 1;
@@ -527,13 +552,17 @@ int main(int argc, char **argv)
     for (int j = 0; j < r.nsubs; j++) {
         struct client *s = &r.cl[r.nclients + j];
         struct mqtt_sub_req req = {{r.filter, strlen(r.filter)}, 0};
+        struct mqtt_sub_req5 req5 = {{r.filter, strlen(r.filter)}, 0};
         char id[32];
         if (r.nsubs == 1)
             snprintf(id, sizeof id, "bench-sub");
         else
             snprintf(id, sizeof id, "bench-sub-%d", j);
         open_client(s, r.sub_port ? r.sub_port : port, id, true, r.sub_port ? NULL : r.tls);
-        mqtt_encode_subscribe(&s->out, 1, &req, 1);
+        if (version == MQTT_V5)
+            mqtt_encode_subscribe5(&s->out, 1, NULL, &req5, 1);
+        else
+            mqtt_encode_subscribe(&s->out, 1, &req, 1);
     }
     if (r.filter)
         r.pub_time = calloc((size_t)r.nclients, sizeof *r.pub_time);
@@ -608,8 +637,9 @@ int main(int argc, char **argv)
     }
     qsort(r.ack.v, r.ack.n, sizeof *r.ack.v, cmp_double);
     qsort(r.e2e.v, r.e2e.n, sizeof *r.e2e.v, cmp_double);
-    printf("mqtt qos=%d clients=%d window=%d messages=%ld seconds=%.3f msgs_per_s=%.0f", r.qos,
-           r.nclients, r.window, sent, secs, (double)sent / secs);
+    printf("mqtt version=%d qos=%d clients=%d window=%d messages=%ld seconds=%.3f"
+           " msgs_per_s=%.0f", version, r.qos, r.nclients, r.window, sent, secs,
+           (double)sent / secs);
     if (r.qos) {
         window_close(&r, now_s());
         printf(" ack_p50_ms=%.3f ack_p99_ms=%.3f ack_p99_worst_10s_ms=%.3f", quantile(&r.ack, 0.5),

@@ -15,6 +15,13 @@ as JSON beside it.
 
 References, all on loopback on free ports, started and stopped by PID here:
   MQTT cases   Debian's mosquitto, persistence off, anonymous, no logging
+  MQTT 5       (group mqtt5) the same cases spoken in 5.0 (bench_mqtt --mqtt-version 5) to
+               Gale and to Mosquitto (max_inflight_messages 1024, so its Receive Maximum
+               is Gale's), and one more side: the same Gale spoken to in 3.1.1, in the
+               same round (Gale 5.0, Gale 3.1.1, Mosquitto 5.0); the reference column
+               names which; besides the rates, the server's CPU time per message
+               (/proc/PID/stat over the run), which other load on the machine moves
+               less than it moves the rates
   REST latest  nginx (one worker, access log off) serving the same bytes as a static file
   live feed    Tornado broadcasting the same JSON (tornado_feed.py, via bench_feed.py)
   TLS          `openssl s_server -www` with the same certificate (handshakes/s), and Gale's
@@ -207,8 +214,11 @@ class GaleServer:
 
 
 class MosquittoServer:
+    def __init__(self, extra_conf=""):
+        self.extra_conf = extra_conf
+
     def __enter__(self):
-        self.m = Mosquitto().__enter__()
+        self.m = Mosquitto(self.extra_conf).__enter__()
         self.pid = self.m.proc.pid
         self.mqtt_port = self.m.port
         return self
@@ -262,38 +272,61 @@ def tls_certs(ctx, rsa):
 
 # ---- sides: what a case runs against ----
 
-class Side:
-    """One contender of a case: Gale (a binary, a sync mode) or a reference."""
+# Mosquitto in the MQTT 5 cases: its Receive Maximum is max_inflight_messages (20 by
+# default), which would hold a 5.0 client at window 20 in a window 32 case; set to Gale's
+# mqtt.receive_maximum default, both sides grant the same window.
+MOSQUITTO_V5_CONF = "max_inflight_messages 1024\n"
 
-    def __init__(self, kind, label, binary=None, mode="-"):
+
+class Side:
+    """One contender of a case: Gale (a binary, a sync mode) or a reference, spoken to
+    in MQTT 3.1.1 (version 4) or 5.0 (version 5) by bench_mqtt."""
+
+    def __init__(self, kind, label, binary=None, mode="-", version=4):
         self.kind, self.label, self.binary, self.mode = kind, label, binary, mode
+        self.version = version
 
     def mqtt(self, ctx):
         if self.kind == "gale":
             return GaleServer(ctx, self.binary, self.mode)
-        return MosquittoServer()
+        return MosquittoServer(MOSQUITTO_V5_CONF if self.version == 5 else "")
 
 
 # ---- MQTT cases ----
 
+def cpu_s(pid):
+    """CPU time (user + system, every thread) process pid has used, seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_mqtt(ctx, side, clients, per, qos, window=100, extra=()):
+    """bench_mqtt's figures, and cpu_us: the server's CPU time per message during the run
+    (connects included), which the machine's other load changes less than the rates."""
     with side.mqtt(ctx) as srv:
         cmd = [ctx.tool("bench_mqtt"), str(srv.mqtt_port), str(clients), str(per), str(qos),
                str(window), "--seconds", str(ctx.p["mqtt_s"])] + list(extra)
-        return kv_line(run_tool(cmd, ctx.p["mqtt_s"] + 90), "mqtt")
+        if side.version == 5:
+            cmd += ["--mqtt-version", "5"]
+        c0 = cpu_s(srv.pid)
+        f = kv_line(run_tool(cmd, ctx.p["mqtt_s"] + 90), "mqtt")
+        f["cpu_us"] = (cpu_s(srv.pid) - c0) * 1e6 / max(f["messages"], 1)
+        return f
 
 
 def case_qos0(clients_key, per_key):
     def run(ctx, side):
         f = bench_mqtt(ctx, side, ctx.p[clients_key], ctx.p[per_key], 0)
-        return {"rate": f["msgs_per_s"]}
+        return {"rate": f["msgs_per_s"], "cpu": f["cpu_us"]}
     return run
 
 
 def case_qos1(clients, window, per_key):
     def run(ctx, side):
         f = bench_mqtt(ctx, side, clients, ctx.p[per_key], 1, window)
-        return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"]}
+        return {"rate": f["msgs_per_s"], "p50": f["ack_p50_ms"], "p99": f["ack_p99_ms"],
+                "cpu": f["cpu_us"]}
     return run
 
 
@@ -813,11 +846,12 @@ RATE = ("rate", "msg/s", True)
 ACKED = ("rate", "acked msg/s", True)
 P50 = ("p50", "PUBACK p50 ms", False)
 P99 = ("p99", "PUBACK p99 ms", False)
+CPU = ("cpu", "server CPU µs/msg", False)
 
 
-# group: mqtt | rest | feed | storage | tls | tlsplain | bridge; synced: runs once per storage.sync mode;
-# metrics: [(key, label, higher is better)]; run(ctx, side) -> {key: value}, or None
-# for storage, which bench_storage interleaves by itself
+# group: mqtt | mqtt5 | rest | feed | storage | tls | tlsplain | bridge; synced: runs once
+# per storage.sync mode; metrics: [(key, label, higher is better)]; run(ctx, side) ->
+# {key: value}, or None for storage, which bench_storage interleaves by itself
 Case = collections.namedtuple("Case", "id group title synced metrics run")
 
 
@@ -849,6 +883,14 @@ def cases(p):
           ("even", "least / most served consumer", True)], run_shared),
         ("latency", "mqtt", "MQTT publish-to-receive latency at 10k msg/s", False,
          [("p50", "p50 ms", False), ("p99", "p99 ms", False)], run_latency),
+        ("qos0-1-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 1 publisher", False, [RATE, CPU],
+         case_qos0("c1", "qos0_1")),
+        ("qos0-100-v5", "mqtt5", "MQTT 5 QoS 0 ingest, 100 publishers", False, [RATE, CPU],
+         case_qos0("c100", "qos0_100")),
+        ("qos1-w1-v5", "mqtt5", "MQTT 5 QoS 1, 1 publisher, window 1", True,
+         [ACKED, P50, P99, CPU], case_qos1(1, 1, "qos1_w1")),
+        ("qos1-w32-v5", "mqtt5", "MQTT 5 QoS 1, 1 publisher, window 32", True,
+         [ACKED, P50, P99, CPU], case_qos1(1, 32, "qos1_w32")),
         ("idle", "mqtt", "MQTT %d idle connections, %d handshakes in flight"
          % (p["idle"], CONNECT_INFLIGHT), False,
          [("bytes", "RSS bytes/connection", False), ("rate", "connects/s", True)], run_idle),
@@ -907,8 +949,9 @@ def cases(p):
 # the reference of a case when its group's is not it
 CASE_REF_NAME = {"bridge-drain": "paho_pub",
                  "bridge-live-ack": "no backlog"}
-REF_NAME = {"mqtt": "mosquitto", "rest": "nginx", "feed": "tornado", "storage": "raw SQLite",
-            "tls": "s_server", "tlsplain": "Gale plain", "bridge": "mosquitto"}
+REF_NAME = {"mqtt": "mosquitto", "mqtt5": "mosquitto 5.0", "rest": "nginx", "feed": "tornado",
+            "storage": "raw SQLite", "tls": "s_server", "tlsplain": "Gale plain",
+            "bridge": "mosquitto"}
 
 
 def ref_name(cid, group):
@@ -1018,8 +1061,8 @@ def parse_args(argv):
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--build", default="build", help="build directory (gale, tests/bench/*)")
     ap.add_argument("--cases", default="all",
-                    help="comma-separated case ids or groups (mqtt, rest, feed, storage, tls, "
-                         "bridge)")
+                    help="comma-separated case ids or groups (mqtt, mqtt5, rest, feed, storage, "
+                         "tls, bridge)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, smoke 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness")
     ap.add_argument("--gale-bin", action="append", default=[], metavar="BIN",
@@ -1046,6 +1089,10 @@ def check_tools(ctx, a, chosen):
     groups = {c.group for c in chosen}
     if "mqtt" in groups:
         need += [ctx.tool("bench_mqtt"), ctx.tool("bench_conn")]
+        if len(a.gale_bin) == 1:
+            need.append("/usr/sbin/mosquitto")
+    if "mqtt5" in groups:
+        need.append(ctx.tool("bench_mqtt"))
         if len(a.gale_bin) == 1:
             need.append("/usr/sbin/mosquitto")
     if "feed" in groups:
@@ -1086,11 +1133,18 @@ class Plan:
         return self.modes if synced else ["-"]
 
     def sides(self, cid, group, mode):
-        """(measured, reference) for one case in one mode."""
-        gale = Side("gale", self.labels[0], self.bins[0], mode)
+        """(measured, reference) for one case in one mode; the MQTT 5 cases (group mqtt5)
+        speak 5.0 to both, and with one binary add a third side, the same Gale spoken
+        to in 3.1.1 (rows "vs Gale 3.1.1")."""
+        v = 5 if group == "mqtt5" else 4
+        gale = Side("gale", self.labels[0] + (" 5.0" if v == 5 else ""), self.bins[0], mode, v)
         if self.two:
-            return gale, Side("gale", self.labels[1], self.bins[1], mode)
-        return gale, Side("ref", ref_name(cid, group))
+            return [gale, Side("gale", self.labels[1] + (" 5.0" if v == 5 else ""),
+                               self.bins[1], mode, v)]
+        sides = [gale, Side("ref", ref_name(cid, group), version=v)]
+        if v == 5:
+            sides.insert(1, Side("gale", self.labels[0] + " 3.1.1", self.bins[0], mode, 4))
+        return sides
 
 
 def run_one(ctx, fn, side, what, errors):
@@ -1117,10 +1171,13 @@ def run_rounds(ctx, plan, results, errors, disk):
         for cid, group, title, synced, metrics, fn in plan.cases:
             for mode in plan.modes_of(synced) if fn else []:
                 what = "round %d %s %s" % (rnd, cid, mode)
-                pair = [run_one(ctx, fn, side, what, errors) for side in plan.sides(cid, group, mode)]
-                row = results.setdefault((cid, mode), {})
-                for key, _, _ in metrics:
-                    row.setdefault(key, []).append((pair[0].get(key), pair[1].get(key)))
+                got = [run_one(ctx, fn, side, what, errors)
+                       for side in plan.sides(cid, group, mode)]
+                # the reference is the last side; a middle one (Gale 3.1.1) has its own rows
+                for rid, ref in [(cid, got[-1])] + [(cid + V311, g) for g in got[1:-1]]:
+                    row = results.setdefault((rid, mode), {})
+                    for key, _, _ in metrics:
+                        row.setdefault(key, []).append((got[0].get(key), ref.get(key)))
     ids = [c.id for c in plan.cases if c.run is None]
     if ids:
         t = time.monotonic()
@@ -1134,6 +1191,10 @@ def run_rounds(ctx, plan, results, errors, disk):
               (ctx.rounds, time.monotonic() - t), flush=True)
 
 
+# results key suffix of a MQTT 5 case's rows against the same Gale in 3.1.1
+V311 = "@3.1.1"
+
+
 def render(ctx, plan, results, errors, disk, command, elapsed):
     """The Markdown report: machine, command, the table, the disk, failures."""
     ref_hdr = plan.labels[1] if plan.two else "Reference"
@@ -1141,18 +1202,21 @@ def render(ctx, plan, results, errors, disk, command, elapsed):
              % (plan.labels[0], ref_hdr), "|---|---|---|---:|---:|---:|---|"]
     for cid, group, title, synced, metrics, fn in plan.cases:
         for mode in plan.modes_of(synced):
-            row = results.get((cid, mode), {})
-            for key, label, higher in metrics:
-                pairs = row.get(key, [])
-                ratios = [g / r if g is not None and r else None for g, r in pairs]
-                mr = median_or_none(ratios)
-                lines.append("| %s | %s | %s%s | %s | %s%s | %s | %s |" % (
-                    title, mode, label, "" if higher else " ↓",
-                    fmt(median_or_none(g for g, _ in pairs), label),
-                    fmt(median_or_none(r for _, r in pairs), label),
-                    "" if plan.two else " (%s)" % ref_name(cid, group),
-                    "%.2f×" % mr if mr is not None else "failed",
-                    ", ".join("%.2f" % x if x is not None else "failed" for x in ratios)))
+            refs = [(cid, "" if plan.two else " (%s)" % ref_name(cid, group))]
+            if (cid + V311, mode) in results:
+                refs.append((cid + V311, " (%s 3.1.1)" % plan.labels[0]))
+            for rid, ref_label in refs:
+                row = results.get((rid, mode), {})
+                for key, label, higher in metrics:
+                    pairs = row.get(key, [])
+                    ratios = [g / r if g is not None and r else None for g, r in pairs]
+                    mr = median_or_none(ratios)
+                    lines.append("| %s | %s | %s%s | %s | %s%s | %s | %s |" % (
+                        title, mode, label, "" if higher else " ↓",
+                        fmt(median_or_none(g for g, _ in pairs), label),
+                        fmt(median_or_none(r for _, r in pairs), label), ref_label,
+                        "%.2f×" % mr if mr is not None else "failed",
+                        ", ".join("%.2f" % x if x is not None else "failed" for x in ratios)))
     head = ["Machine: %s; Gale build: %s." % (machine(), build_type(ctx.build)),
             ("Binaries: %s." % " vs ".join(plan.bins)) if plan.two else
             ("References: %s." % versions()),

@@ -9,7 +9,13 @@ changed by DISCONNECT); will delay (fired and cancelled) and DISCONNECT with wil
 server DISCONNECT reason codes (takeover, protocol error, administrative action,
 shutdown); AUTH refused with 0x8C; properties passed through to a 5.0 subscriber and a
 3.1.1 subscriber on the same topic; the REST session listing's 5.0 fields; commands to
-a 5.0 device with Response Topic, Correlation Data and Message Expiry."""
+a 5.0 device with Response Topic, Correlation Data and Message Expiry; Reason Strings left
+out of a PUBACK, CONNACK or DISCONNECT that would not fit the client's Maximum Packet
+Size; the will after a DISCONNECT with an error reason code or an invalid one; a resumed
+session within the new connection's Receive Maximum; Server Keep Alive applied; QoS 2
+counted until PUBCOMP; protocol rules (Subscription Identifier 0, aliases end with the
+connection and are replaced by a new topic, a second CONNECT, Request Problem Information
+0)."""
 import json
 import socket
 import time
@@ -425,6 +431,191 @@ def passthrough_and_commands():
             c.close()
 
 
+def goodbye(c, timeout=5):
+    """The DISCONNECT the server sends before closing (packets before it are skipped)."""
+    deadline = time.time() + timeout
+    while True:
+        p = c.recv(max(0.05, deadline - time.time()))
+        if p.type == R.DISCONNECT:
+            return p
+
+
+def size(p):
+    """Bytes of a received packet on the wire (remaining length < 128 here)."""
+    return 2 + len(p.body)
+
+
+def reason_strings_fit():
+    """A Reason String never makes a packet larger than the client's Maximum Packet Size
+    [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3]: the packet goes without it."""
+    acl = json.dumps([{"topic": "secret/#", "action": "publish", "allow": False}])
+    with Gale(args=ANON + ["--set", "mqtt.acl=" + acl, "--set", "mqtt.topic_alias_maximum=2"]) as g:
+        port = g.ports["mqtt"]
+        small = R.props((R.P_MAX_PACKET, 16))
+        c = R.session5(port, "mps-ack", prop=small)
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t.eq(p.rc, 0x87, "PUBACK 0x87 to a client with Maximum Packet Size 16")
+        t(size(p) <= 16 and R.P_REASON_STRING not in p.props,
+          "the PUBACK fits, without its Reason String (%d bytes, %r)" % (size(p), p.props))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=2))
+        p = c.recv_type(R.PUBACK)
+        t.eq((p.pid, p.rc), (2, 0x87), "the connection goes on")
+        c.close()
+        # a larger limit still gets the Reason String
+        c = R.session5(port, "mps-big", prop=R.props((R.P_MAX_PACKET, 1000)))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t(p.rc == 0x87 and R.P_REASON_STRING in p.props, "room for it: with the Reason String")
+        c.close()
+        # a refused CONNECT
+        c = R.Raw5(port)
+        a = c.connect("mps-auth", prop=R.props((R.P_MAX_PACKET, 20),
+                                               (R.P_AUTH_METHOD, "SCRAM-SHA-256")))
+        t.eq(a.rc, 0x8C, "CONNACK 0x8C to a client with Maximum Packet Size 20")
+        t(size(a) <= 20 and R.P_REASON_STRING not in a.props,
+          "the CONNACK fits, without its Reason String (%d bytes, %r)" % (size(a), a.props))
+        c.close()
+        # the server's DISCONNECT
+        c = R.session5(port, "mps-bye", prop=small)
+        c.send(R.publish5("al/x", "x", prop=R.props((R.P_ALIAS, 3))))
+        p = goodbye(c)
+        t.eq(p.rc, 0x94, "DISCONNECT 0x94 to a client with Maximum Packet Size 16")
+        t(size(p) <= 16 and R.P_REASON_STRING not in p.props,
+          "the DISCONNECT fits, without its Reason String (%d bytes, %r)" % (size(p), p.props))
+        c.close()
+
+
+def wills_and_disconnect():
+    """Only a DISCONNECT with Reason Code 0x00 discards the will [MQTT-3.1.2-8]
+    [MQTT-3.14.4-3]; one that is itself a Protocol Error is no valid DISCONNECT
+    [MQTT-3.14.2-2]: the will is published."""
+    with Gale(args=ANON) as g:
+        port = g.ports["mqtt"]
+        w = R.session5(port, "watch")
+        w.sub(1, [("will/#", 0)])
+        c = R.session5(port, "d80", will=("will/d80", "error", 0, False))
+        c.send(R.disconnect5(0x80))
+        t(c.closed(), "DISCONNECT 0x80 closes the connection")
+        t.eq(recv_publish(w, 5).payload, b"error", "DISCONNECT 0x80 (Unspecified error) "
+             "publishes the will")
+        c = R.session5(port, "dpe", will=("will/dpe", "invalid", 0, False))
+        c.send(R.disconnect5(0, R.props((R.P_SESSION_EXPIRY, 10))))
+        t.eq(c.disconnected(), 0x82, "DISCONNECT with an expiry after 0 in CONNECT: 0x82")
+        t.eq(recv_publish(w, 5).payload, b"invalid", "that DISCONNECT is not valid: the will "
+             "is published")
+        c = R.session5(port, "d00", will=("will/d00", "no", 0, False))
+        c.send(R.disconnect5(0x00))
+        t(c.closed(), "DISCONNECT 0x00 closes the connection")
+        t(no_publish(w, 1.0), "DISCONNECT 0x00 still discards the will")
+        w.close()
+
+
+def resume_within_receive_maximum():
+    """A resumed session's unacknowledged messages are resent, with their packet ids and
+    DUP [MQTT-4.4.0-1], but never more at once than the new connection's Receive Maximum
+    [MQTT-3.3.4-7]: the rest follow as acks free the window."""
+    with Gale(args=ANON) as g:
+        port = g.ports["mqtt"]
+        pub = publisher(g)
+        keep = R.props((R.P_SESSION_EXPIRY, 60), (R.P_RECEIVE_MAX, 5))
+        c = R.session5(port, "rmx", prop=keep)
+        c.sub(1, [("rq/#", 1)])
+        for i in range(1, 6):
+            pub.send(R.publish5("rq/t", str(i), qos=1, pid=i))
+            pub.recv_type(R.PUBACK)
+        first = [recv_publish(c) for _ in range(5)]
+        t.eq([p.payload for p in first], [b"1", b"2", b"3", b"4", b"5"],
+             "five in flight under Receive Maximum 5, none acknowledged")
+        c.abort()
+        time.sleep(0.3)
+        c = R.session5(port, "rmx", clean=False,
+                       prop=R.props((R.P_SESSION_EXPIRY, 60), (R.P_RECEIVE_MAX, 2)))
+        t.eq(c.session_present, 1, "the session is resumed")
+        got = [recv_publish(c) for _ in range(2)]
+        t(no_publish(c), "Receive Maximum 2 on the new connection: only two resent at once")
+        unacked = [p.pid for p in got]
+        while len(got) < 5:
+            c.send(R.ack5(R.PUBACK, unacked.pop(0)))
+            got.append(recv_publish(c))
+            unacked.append(got[-1].pid)
+        t.eq([p.payload for p in got], [b"1", b"2", b"3", b"4", b"5"],
+             "all five resent in order as acks come in")
+        t.eq([p.pid for p in got], [p.pid for p in first], "with their packet ids")
+        t(all(p.dup for p in got), "and DUP")
+        c.close()
+        pub.close()
+
+
+def keepalive_and_flow():
+    """Server Keep Alive is the keep alive Gale applies: 1.5 times it without a packet
+    ends the connection with DISCONNECT 0x8D [MQTT-3.1.2-22] [MQTT-3.2.2-21]; a QoS 2
+    publish counts against Gale's Receive Maximum until its PUBCOMP [MQTT-3.3.4-9]."""
+    with Gale(args=ANON + ["--set", "mqtt.max_keepalive=1"]) as g:
+        c = R.Raw5(g.ports["mqtt"])
+        a = c.connect("ka", keepalive=60)
+        t.eq(a.props.get(R.P_SERVER_KEEP_ALIVE), 1, "Server Keep Alive 1 for a client asking 60")
+        t0 = time.monotonic()
+        t.eq(c.disconnected(10), 0x8D, "silent past it: DISCONNECT 0x8D (Keep Alive timeout)")
+        t(time.monotonic() - t0 >= 1.0, "not before the keep alive has passed")
+        c.close()
+    with Gale(args=ANON + ["--set", "mqtt.receive_maximum=2"]) as g:
+        q = R.session5(g.ports["mqtt"], "q2done")
+        for rnd in range(3):
+            for i in (1, 2):
+                q.send(R.publish5("rm/q", "x", qos=2, pid=i))
+                t.eq(q.recv_type(R.PUBREC).pid, i, "round %d: PUBREC %d" % (rnd, i))
+            for i in (1, 2):
+                q.send(R.ack5(R.PUBREL, i))
+                p = q.recv_type(R.PUBCOMP)
+                t.eq((p.pid, p.rc), (i, 0), "round %d: PUBCOMP %d" % (rnd, i))
+        t(q.nothing(0.3), "Receive Maximum 2: PUBCOMP frees the slot, no DISCONNECT")
+        q.close()
+
+
+def protocol_rules():
+    """Server rules checked on the wire: a Subscription Identifier of 0 is a Protocol
+    Error (5.0 3.8.2.1.2); Topic Alias mappings end with the connection [MQTT-3.3.2-7];
+    a second CONNECT is a Protocol Error [MQTT-3.1.0-2]; Request Problem Information 0:
+    no Reason String on a PUBACK [MQTT-3.1.2-29]."""
+    acl = json.dumps([{"topic": "secret/#", "action": "publish", "allow": False}])
+    with Gale(args=ANON + ["--set", "mqtt.acl=" + acl]) as g:
+        port = g.ports["mqtt"]
+        c = R.session5(port, "sid0")
+        c.send(R.subscribe5(1, [("x/#", 0)], prop=R.props((R.P_SUB_ID, 0))))
+        t.eq(c.disconnected(), 0x82, "SUBSCRIBE with Subscription Identifier 0: DISCONNECT 0x82")
+        c = R.session5(port, "alias", prop=R.props((R.P_SESSION_EXPIRY, 30)))
+        c.send(R.publish5("al/one", "a", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.disconnect5())
+        c.close()
+        c = R.session5(port, "alias", clean=False, prop=R.props((R.P_SESSION_EXPIRY, 30)))
+        t.eq(c.session_present, 1, "the session is resumed")
+        c.send(R.publish5("", "b", prop=R.props((R.P_ALIAS, 1))))
+        t.eq(c.disconnected(), 0x82, "an alias of the previous connection is unknown: 0x82")
+        # a PUBLISH with a Topic Alias and a topic maps the alias anew [MQTT-3.3.2-12]
+        w = R.session5(port, "alias-watch")
+        w.sub(1, [("al/#", 0)])
+        c = R.session5(port, "alias2")
+        c.send(R.publish5("al/one", "1", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.publish5("al/two", "2", prop=R.props((R.P_ALIAS, 1))))
+        c.send(R.publish5("", "3", prop=R.props((R.P_ALIAS, 1))))
+        got = [recv_publish(w) for _ in range(3)]
+        t.eq([(p.topic, p.payload) for p in got],
+             [("al/one", b"1"), ("al/two", b"2"), ("al/two", b"3")],
+             "an alias sent again with a topic names the new topic")
+        c.close()
+        w.close()
+        c = R.session5(port, "twice")
+        c.send(R.connect5("twice"))
+        t.eq(c.disconnected(), 0x82, "a second CONNECT: DISCONNECT 0x82")
+        c = R.session5(port, "rpi0", prop=R.props((0x17, 0)))
+        c.send(R.publish5("secret/x", "no", qos=1, pid=1))
+        p = c.recv_type(R.PUBACK)
+        t(p.rc == 0x87 and R.P_REASON_STRING not in p.props,
+          "Request Problem Information 0: PUBACK 0x87 without a Reason String (%r)" % p.props)
+        c.close()
+
+
 def main():
     connack_props()
     aliases_and_flow()
@@ -433,6 +624,11 @@ def main():
     sessions_and_wills()
     restart_and_shutdown()
     passthrough_and_commands()
+    reason_strings_fit()
+    wills_and_disconnect()
+    resume_within_receive_maximum()
+    keepalive_and_flow()
+    protocol_rules()
 
 
 t.run(main)

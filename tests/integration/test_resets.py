@@ -7,9 +7,10 @@ Two ways of cutting a connection:
   handshake, an upgrade request, an `Expect: 100-continue` head, MQTT CONNECT, SUBSCRIBE,
   a shared SUBSCRIBE ($share/...; and with its own messages in flight), the first
   PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
-  with an identifier, AUTH, DISCONNECT with properties, half a packet, half a WebSocket
-  frame, half a TLS record, an HTTP device's command long poll, during a streamed CSV reply
-  and during a live-feed burst; several times each, since whether the
+  with an identifier, AUTH, DISCONNECT with properties, an MQTT 5 session resumed with a
+  lower Receive Maximum, half a packet, half a WebSocket frame, half a TLS record, an HTTP
+  device's command long poll, during a streamed CSV reply and during a live-feed burst;
+  several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
   with EPIPE/ECONNRESET, for N = 1..6, then each write with probability 0.2, while a
@@ -186,6 +187,25 @@ def v5_alias_publishes(dev):
             + R.publish5("", b'{"x":2}', qos=1, pid=2, prop=R.props((R.P_ALIAS, 1))))
 
 
+def case_v5_resume_lower_receive_maximum(g, dev, token, use_tls):
+    """An MQTT 5 session with unacknowledged deliveries (Receive Maximum 5), reset; resumed
+    with Receive Maximum 1 (the deliveries past it go back to the queue) and reset while
+    they are resent."""
+    R = mqttraw
+    topic = "devices/%s/telemetry" % dev
+    for rm in (5, 1):
+        s = sock(g, port_name("mqtt", use_tls), use_tls)
+        s.sendall(R.connect5("rst5r-" + dev, clean=False, username=dev, password=token,
+                             prop=R.props((R.P_SESSION_EXPIRY, 30), (R.P_RECEIVE_MAX, rm)))
+                  + (R.subscribe5(1, [(topic, 1)])
+                     + b"".join(R.publish5(topic, b'{"x":%d}' % i, qos=1, pid=i)
+                                for i in range(1, 5)) if rm == 5 else b""))
+        got, deadline = b"", time.monotonic() + 2
+        while rm == 5 and got.count(b'{"x":') < 4 and time.monotonic() < deadline:
+            got += recv_some(s, 4096, 0.2)  # the deliveries, unacknowledged
+        rst(s)
+
+
 def case_line_mid_line(g, dev, token, use_tls):
     s = sock(g, port_name("line", use_tls), use_tls)
     s.sendall(json.dumps({"device": dev, "token": token}).encode() + b'\n{"seq":1,"tem')
@@ -249,6 +269,7 @@ STEPS = [
      mqtt5_case(lambda dev: mqttraw.disconnect5(0x04, mqttraw.props((mqttraw.P_SESSION_EXPIRY, 5),
                                                                     (mqttraw.P_REASON_STRING, "bye"))),
                 will=True)),
+    ("mqtt5_resume_lower_receive_maximum", case_v5_resume_lower_receive_maximum),
     ("line_mid_line", case_line_mid_line),
     ("ws_mid_frame", case_ws_mid_frame),
     ("live_viewer_error", case_viewer_error),

@@ -1,9 +1,13 @@
 /* tests/unit/test_base.c: base64url against RFC 4648's vectors (URL alphabet, no
- * padding) and round trips; the intrusive list's push/remove bookkeeping. */
+ * padding) and round trips; the intrusive list's push/remove bookkeeping; the hash map,
+ * ordinary and keyed by its values, against a plain array under random puts, deletes
+ * (tombstones), lookups of keys that are prefixes of stored ones, and growth. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +16,7 @@
 #include "base/b64.h"
 #include "base/hist.h"
 #include "base/list.h"
+#include "base/map.h"
 
 static void test_b64url_vectors(void **state)
 {
@@ -104,6 +109,98 @@ static void test_hist(void **state)
     assert_int_equal(h.sum_us, 0 + 100 + 101 + 10000000 + 10000001);
 }
 
+/* A value that carries its key (a keyed map's) and an id the model checks. */
+struct keyed {
+    int id;
+    char key[12];
+};
+
+#define MAP_NKEYS 3000
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Random operations on m and on present[] (the model: which items are in it); every few
+ * hundred operations every key is looked up and the map iterated. Keys "k<n>" make some
+ * keys prefixes of others ("k1", "k12"). */
+static void map_model_run(struct map *m)
+{
+    static struct keyed items[MAP_NKEYS];
+    static bool present[MAP_NKEYS];
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    size_t n = 0;
+
+    for (int i = 0; i < MAP_NKEYS; i++) {
+        items[i].id = i;
+        snprintf(items[i].key, sizeof items[i].key, "k%d", i);
+        present[i] = false;
+    }
+    for (int op = 0; op < 60000; op++) {
+        int i = (int)(rng_next(&x) % (op < 20000 ? MAP_NKEYS : MAP_NKEYS / 3));
+        struct keyed *it = &items[i];
+        size_t klen = strlen(it->key);
+        if (rng_next(&x) % 3) {
+            void *old = map_put(m, it->key, klen, it);
+            assert_ptr_equal(old, present[i] ? it : NULL);
+            n += !present[i];
+            present[i] = true;
+        } else {
+            void *old = map_del(m, it->key, klen);
+            assert_ptr_equal(old, present[i] ? it : NULL);
+            n -= present[i];
+            present[i] = false;
+        }
+        assert_int_equal(m->len, n);
+        if (op % 500 == 0) {
+            size_t iter = 0, seen = 0;
+            const char *k;
+            void *v;
+            for (int j = 0; j < MAP_NKEYS; j++) {
+                const char *kj = items[j].key;
+                assert_ptr_equal(map_get(m, kj, strlen(kj)), present[j] ? &items[j] : NULL);
+                /* a key one byte shorter, or the stored key with a byte more */
+                if (strlen(kj) > 2 && !present[atoi(kj + 1) / 10])
+                    assert_null(map_get(m, kj, strlen(kj) - 1));
+            }
+            assert_null(map_get(m, "k1x", 3));
+            while (map_next(m, &iter, &k, &v)) {
+                struct keyed *e = v;
+                assert_true(present[e->id]);
+                assert_string_equal(k, e->key);
+                seen++;
+            }
+            assert_int_equal(seen, n);
+        }
+    }
+    /* the load stays under 70 % and slots are 24 bytes (ordinary) or 8 (keyed) */
+    assert_true(m->used * 10 < (size_t)m->cap * 7);
+}
+
+static void test_map_model(void **state)
+{
+    struct map m;
+    (void)state;
+    map_init(&m);
+    map_model_run(&m);
+    map_fini(&m);
+}
+
+static void test_map_keyed_model(void **state)
+{
+    struct map m;
+    (void)state;
+    map_init_keyed(&m, offsetof(struct keyed, key));
+    map_model_run(&m);
+    map_fini(&m);
+    assert_int_equal(m.len, 0);
+    assert_null(map_get(&m, "k1", 2));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -111,6 +208,8 @@ int main(void)
         cmocka_unit_test(test_b64url_round_trip),
         cmocka_unit_test(test_list),
         cmocka_unit_test(test_hist),
+        cmocka_unit_test(test_map_model),
+        cmocka_unit_test(test_map_keyed_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,7 +55,7 @@ static void test_close(void *state, const char *why)
     (void)why;
 }
 
-static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close, NULL};
+static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close, NULL, 0};
 
 static void on_connect(uv_connect_t *req, int status)
 {
