@@ -118,6 +118,7 @@ SECTIONS = {
     "TLS, measured": "docs/performance.md",
     "Bridge cases": "docs/performance.md",
     "Soak": "docs/performance.md",
+    "An idle connection, structure by structure": "docs/performance.md",
     "Docker": "docs/deployment.md",
     "Scaling out": "docs/deployment.md",
 }
