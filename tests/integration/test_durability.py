@@ -139,7 +139,13 @@ def latest_follows_commits():
         t.eq(c.read_line(), {"ack": 101}, "a value after the failure is acknowledged")
         t.eq(latest(g, "dev-l").get("x"), point(101), "and is in latest right after its ack")
 
-        # a restart rebuilds latest from storage: the same picture
+        # a restart rebuilds latest from storage: the same picture. dev-l goes offline
+        # first, and its offline writes are durable before the seam is armed below (they
+        # come before dev-r's creation, which is awaited): else their batch, sealed by the
+        # delay timer, may meet the failing commits instead of dev-r's value
+        c.close()
+        wait_for(lambda: not g.http("GET", "/api/devices/dev-l")[1].get("online"), 10,
+                 "dev-l offline")
         token = g.create_device("dev-r")
         c = g.line("dev-r", token)
         send(c, {"ts": BASE + 1, "values": {"y": 1}, "seq": 1})
