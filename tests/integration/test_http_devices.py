@@ -156,14 +156,25 @@ def run(g):
         box["at"] = time.time()
         box["s0"] = s0
 
-    th = threading.Thread(target=poll)
-    th.start()
-    wait_for(lambda: waiting(g, "h-1", tok), 10, "the poll waits")
+    th = [threading.Thread(target=poll)]
+    th[0].start()
+
+    def poll_waits():
+        # the probe is a (1 ms) poll itself: when it came first, the thread's poll was
+        # refused 409 and ends at once; it goes again
+        if not th[0].is_alive() and box.get("r", (None,))[0] == 409:
+            box.clear()
+            th[0] = threading.Thread(target=poll)
+            th[0].start()
+            return False
+        return waiting(g, "h-1", tok)
+
+    wait_for(poll_waits, 10, "the poll waits")
     t(device(g, "h-1")["online"], "a device with a poll waiting is online")
     sent = time.time()
     st, js = g.http("POST", "/api/devices/h-1/commands", {"name": "wake", "params": [1]})
     c2 = js["id"]
-    th.join(25)
+    th[0].join(25)
     t.eq(box["r"], (200, {"commands": [{"id": c2, "name": "wake", "params": [1]}]}),
          "the poll answers with the new command")
     t(box["at"] - sent < 2, "woken at once (%.2fs after the command)" % (box["at"] - sent))
