@@ -476,6 +476,41 @@ static void release_items(struct store_batch *b)
     b->nitems = b->cap = 0;
 }
 
+/* b was committed: its points become hot, its commit latency counts, a failure episode
+ * ends. */
+static void committed(struct store *s, struct store_batch *b, const struct batch_ctx *bc,
+                      uint64_t start_ns)
+{
+    apply_posts(s, bc);
+    if (b->nitems == 0)
+        return;
+    uv_mutex_lock(&s->hot_lock);
+    hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
+    uv_mutex_unlock(&s->hot_lock);
+    full_end(s);
+    if (s->failed_batches > 0) {
+        log_warn("store: commits recovered after failed_batches=%llu",
+                 (unsigned long long)s->failed_batches);
+        s->failed_batches = 0;
+    }
+}
+
+/* b's outcome goes to the loop: the done queue, with the full state; wake: through the
+ * async handle (the writer thread), else the caller drains it (the loop's own commit). */
+static void push_done(struct store *s, struct store_batch *b, int wake)
+{
+    uv_mutex_lock(&s->lock);
+    if (s->done_tail)
+        s->done_tail->next = b;
+    else
+        s->done_head = b;
+    s->done_tail = b;
+    s->full_state = s->full;
+    uv_mutex_unlock(&s->lock);
+    if (wake)
+        uv_async_send(&s->h->async);
+}
+
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0, full = 0;
@@ -499,26 +534,13 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
         }
     }
     if (ok)
-        apply_posts(s, bc);
-    if (ok && b->nitems > 0) {
-        uv_mutex_lock(&s->hot_lock);
-        hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
-        uv_mutex_unlock(&s->hot_lock);
-    }
+        committed(s, b, bc, start_ns);
     if (full) {
         full_failed(s);
         s->full_refused++;
     } else if (!ok && !s->full && s->failed_batches++ == 0) { /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable; %s",
                   (unsigned long long)b->last_seq, b->nrows, tries, s->last_err);
-    }
-    if (ok && b->nitems > 0) {
-        full_end(s);
-        if (s->failed_batches > 0) {
-            log_warn("store: commits recovered after failed_batches=%llu",
-                     (unsigned long long)s->failed_batches);
-            s->failed_batches = 0;
-        }
     }
     release_items(b);
     b->ok = ok;
@@ -530,16 +552,7 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
             ;
         s->force_chunk = 0;
     }
-
-    uv_mutex_lock(&s->lock);
-    if (s->done_tail)
-        s->done_tail->next = b;
-    else
-        s->done_head = b;
-    s->done_tail = b;
-    s->full_state = s->full;
-    uv_mutex_unlock(&s->lock);
-    uv_async_send(&s->h->async);
+    push_done(s, b, 1);
 }
 
 int store_commit_inline(struct store *s, struct store_batch *b)
@@ -555,25 +568,11 @@ int store_commit_inline(struct store *s, struct store_batch *b)
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
     if (rc != SQLITE_OK)
         return -1; /* rolled back, nothing of it stays: the writer tries it again */
-    apply_posts(s, s->inline_bc);
-    uv_mutex_lock(&s->hot_lock);
-    hist_observe(&s->stats.commit_latency, (uv_hrtime() - start_ns) / 1000);
-    uv_mutex_unlock(&s->hot_lock);
-    if (s->failed_batches > 0) {
-        log_warn("store: commits recovered after failed_batches=%llu",
-                 (unsigned long long)s->failed_batches);
-        s->failed_batches = 0;
-    }
+    committed(s, b, s->inline_bc, start_ns);
     release_items(b);
     b->ok = 1;
     b->full = s->full;
-    uv_mutex_lock(&s->lock);
-    if (s->done_tail)
-        s->done_tail->next = b;
-    else
-        s->done_head = b;
-    s->done_tail = b;
-    uv_mutex_unlock(&s->lock);
+    push_done(s, b, 0);
     return 0;
 }
 
