@@ -209,6 +209,12 @@ static const struct key keys[] = {
     CHOICE("storage.sync", storage.sync, "full|normal", "full",
          "What an ack survives: full = a power cut (every commit is synced to disk), "
          "normal = a crash of the gateway process, not of the machine (faster)."),
+    BOOL("storage.ack_log", storage.ack_log, "true",
+         "With storage.sync=normal: a write is acked once it is appended to the ack log "
+         "(<storage.path>-ack.<n>, one write() per loop iteration that has acks waiting), "
+         "and the writer thread commits it to SQLite behind the ack; a crash of the process "
+         "loses nothing acked (the next start commits the log). false = every ack waits for "
+         "its SQLite commit. No effect with storage.sync=full."),
     SIZE("storage.batch_rows", storage.batch_rows, 1, 1000000, "10000",
          "Most points per write transaction (group commit): arrivals while the writer is "
          "busy ride in the next one, up to this size (one segment row; each commit costs "

@@ -136,6 +136,7 @@ struct config {
     struct {
         char path[CONFIG_STR_MAX];       /* storage.path; "" = <data_dir>/gale.db */
         enum config_sync sync;           /* storage.sync, default full */
+        bool ack_log;                    /* storage.ack_log, default true */
         size_t batch_rows;               /* storage.batch_rows, default 1000 */
         int batch_delay_ms;              /* storage.batch_delay_ms: deprecated, unused */
         size_t queue_high_bytes;         /* storage.queue_high_bytes, default 64 MiB */

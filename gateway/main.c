@@ -1127,6 +1127,7 @@ int main(int argc, char **argv)
         .hot_max_points = cfg.storage.hot_max_points,
         .retention_days = (unsigned)cfg.storage.retention_days,
         .wal_max_bytes = cfg.storage.wal_max_bytes,
+        .no_ack_log = !cfg.storage.ack_log,
     };
     if (store_open(&loop, &scfg, &store) != 0)
         goto out;

@@ -249,7 +249,7 @@ int store_backup(struct store *s, const char *dir, const char *name, store_backu
     snprintf(r->tmp, dl + nl + 12, "%s/.%s.partial", dir, name);
     r->fn = fn;
     r->ctx = ctx;
-    rc = uv_queue_work(s->loop, &r->work, on_backup_work, on_backup_done);
+    rc = store_queue_read(s, &r->work, on_backup_work, on_backup_done);
     if (rc != 0) {
         req_free(r);
         return rc;

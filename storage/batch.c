@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "gateway/log.h"
 #include "storage/store_int.h"
 
 /* ---- operations ---- */
@@ -105,20 +106,48 @@ static int inline_ok(const struct store *s, const struct store_batch *b)
            b->nbytes <= STORE_INLINE_BYTES;
 }
 
+/* Whether the ack log may ack writes: on, no sealed batch outstanding with writes it
+ * lacks (acks go out in seq order), the store healthy (a failure or a full disk: acks wait
+ * for the writer's outcome, as without the log). Under s->lock. */
+static int log_ok(const struct store *s)
+{
+    return s->log.on && s->unlogged_out == 0 && !s->full_state && !s->full_reported &&
+           s->fail_commits == 0 && !s->log_stuck;
+}
+
+/* Every write up to upto is in the ack log: durable as sync=normal promises. */
+static void report_logged(struct store *s, uint64_t upto)
+{
+    if (upto <= s->durable_seq)
+        return;
+    s->durable_seq = upto;
+    if (s->on_durable)
+        s->on_durable(s->ctx, upto, 1);
+}
+
 /* The awaited open batch goes now: committed by the loop when it may (inline_ok, the
  * writer idle), else sealed for the writer. Nothing happens while a sealed batch still
  * waits for the writer: store_drain_done calls again when one is done. */
 static void seal_awaited(struct store *s)
 {
     struct store_batch *b = s->open;
-    int waiting, may_inline, kick;
+    int waiting, may_inline, may_log, kick;
 
     uv_mutex_lock(&s->lock);
     waiting = s->todo_head != NULL;
     /* inline only with no batch anywhere between sealing and its report: one the writer
      * has taken but not finished would commit (and be reported) after this one */
     may_inline = s->nsealed == 0 && inline_ok(s, b);
+    may_log = log_ok(s);
     uv_mutex_unlock(&s->lock);
+    if (may_log && store_log_write(s, b) == 0) {
+        /* acked by the log: the writer commits it behind the acks, next when it is free */
+        uint64_t upto = b->last_seq;
+        if (!waiting)
+            store_seal(s);
+        report_logged(s, upto);
+        return;
+    }
     if (waiting)
         return;
     if (!may_inline || uv_mutex_trylock(&s->db_lock) != 0) {
@@ -149,6 +178,8 @@ static void seal_awaited(struct store *s)
 static void seal_if_idle(struct store *s)
 {
     sealer_stop(s); /* first: reporting a batch may start it again */
+    if (s->log_unreported > s->durable_seq)
+        report_logged(s, s->log_unreported);
     if (s->open && s->open->awaited)
         seal_awaited(s);
 }
@@ -250,6 +281,54 @@ void store_handles_close(struct store *s)
         uv_close((uv_handle_t *)&h->async, on_handle_closed);
 }
 
+/* ---- reads after the acks they may be asked about ---- */
+
+/* Queues the waiting reads whose writes are committed (all: every one). */
+static void release_reads(struct store *s, int all)
+{
+    size_t keep = 0;
+
+    for (size_t i = 0; i < s->ngated; i++) {
+        struct store_gated *g = &s->gated[i];
+        if (all || g->lsn <= s->log.committed_lsn) {
+            if (uv_queue_work(s->loop, g->w, g->work, g->after) != 0)
+                log_error("store: a read could not be queued");
+        } else {
+            s->gated[keep++] = *g;
+        }
+    }
+    s->ngated = keep;
+}
+
+int store_queue_read(struct store *s, uv_work_t *w, uv_work_cb work, uv_after_work_cb after)
+{
+    int stuck;
+
+    if (s->log.last_lsn <= s->log.committed_lsn)
+        return uv_queue_work(s->loop, w, work, after);
+    uv_mutex_lock(&s->lock);
+    stuck = s->log_stuck || s->full_state;
+    uv_mutex_unlock(&s->lock);
+    if (stuck) /* the writer retries a batch: reads do not wait for it */
+        return uv_queue_work(s->loop, w, work, after);
+    if (s->ngated == s->gated_cap) {
+        s->gated_cap = s->gated_cap ? 2 * s->gated_cap : 8;
+        s->gated = xrealloc(s->gated, s->gated_cap * sizeof *s->gated);
+    }
+    s->gated[s->ngated++] = (struct store_gated){ w, work, after, s->log.last_lsn };
+    if (s->open && s->open->nlogged > 0 && s->nsealed == 0)
+        store_seal(s); /* the writer is idle: the logged writes go to it now */
+    return 0;
+}
+
+void store_release_reads(struct store *s)
+{
+    release_reads(s, 1);
+    free(s->gated);
+    s->gated = NULL;
+    s->ngated = s->gated_cap = 0;
+}
+
 /* ---- batching ---- */
 
 /* The loop learns the writer's full state, in order with the outcomes. */
@@ -268,13 +347,16 @@ static void report_full(struct store *s, int full)
 void store_drain_done(struct store *s)
 {
     struct store_batch *b, *next;
-    int full_now;
+    uint64_t reported;
+    int full_now, stuck;
 
     uv_mutex_lock(&s->lock);
     b = s->done_head;
     s->done_head = s->done_tail = NULL;
     full_now = s->full_state; /* newer than every batch taken here */
+    stuck = s->log_stuck;
     uv_mutex_unlock(&s->lock);
+    reported = s->durable_seq; /* the ack log reports its batches before they commit */
     for (; b; b = next) {
         uint64_t upto = b->last_seq;
         int ok = b->ok, full = b->full;
@@ -284,13 +366,22 @@ void store_drain_done(struct store *s)
         s->queued_rows -= b->nrows;
         s->queued_bytes -= b->nbytes;
         s->nsealed--;
-        s->durable_seq = upto;
+        if (upto > s->durable_seq)
+            s->durable_seq = upto; /* a logged batch was reported when it was logged */
+        if (b->unlogged)
+            s->unlogged_out--;
+        if (ok && b->lsn)
+            store_log_committed(s, b->lsn);
         free(b);
         report_full(s, full);
-        if ((!next || next->ok != ok || next->full != full) && s->on_durable)
-            s->on_durable(s->ctx, upto, ok);
+        if ((!next || next->ok != ok || next->full != full) && upto > reported) {
+            reported = upto;
+            if (s->on_durable)
+                s->on_durable(s->ctx, upto, ok);
+        }
     }
     report_full(s, full_now);
+    release_reads(s, stuck || full_now);
     if (s->closing) /* store_writer_stop: the writer has exited */
         return;
     if (s->open && s->open->awaited)
@@ -387,6 +478,24 @@ void store_seal(struct store *s)
 
     if (!b)
         return;
+    if (s->log.on && b->nlogged < b->nitems) {
+        /* every write is logged before its batch is sealed, so the ack log holds batches
+         * in the writer's order; one that could not be stops the log from acking until
+         * the writer has reported it */
+        int may_log;
+        uv_mutex_lock(&s->lock);
+        may_log = log_ok(s);
+        uv_mutex_unlock(&s->lock);
+        if (!may_log || store_log_write(s, b) != 0)
+            b->unlogged = 1;
+    }
+    /* a batch wholly in the log, after none that is not: its acks need not wait for the
+     * writer (reported at the end of this iteration, not from inside the caller's write) */
+    if (s->log.on && !b->unlogged && s->unlogged_out == 0 && b->last_seq > s->durable_seq &&
+        b->last_seq > s->log_unreported)
+        s->log_unreported = b->last_seq;
+    if (b->unlogged)
+        s->unlogged_out++;
     s->open = NULL;
     s->nsealed++;
     sealer_stop(s);
@@ -399,6 +508,8 @@ void store_seal(struct store *s)
     s->todo_tail = b;
     uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->lock);
+    if (s->log_unreported > s->durable_seq && !s->closing)
+        sealer_start(s);
 }
 
 void store_discard_open(struct store *s)

@@ -294,7 +294,7 @@ int store_read_outbox(struct store *s, const char *upstream, uint64_t after_id, 
     req->ctx = ctx;
     req->rc = GW_ESTORE;
     buf_init(&req->data);
-    rc = uv_queue_work(s->loop, &req->work, on_read_work, on_read_done);
+    rc = store_queue_read(s, &req->work, on_read_work, on_read_done);
     if (rc != 0) {
         req_free(req);
         return rc;

@@ -782,7 +782,7 @@ int store_query_telemetry(struct store *s, struct store_query *q, store_query_fn
     req->q = q;
     req->fn = fn;
     req->ctx = ctx;
-    rc = uv_queue_work(s->loop, &req->work, on_query_work, on_query_done);
+    rc = store_queue_read(s, &req->work, on_query_work, on_query_done);
     if (rc != 0) {
         store_query_free(q);
         free(req);

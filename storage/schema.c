@@ -129,6 +129,11 @@ static const char *const migrations[] = {
     " role TEXT NOT NULL, devices TEXT, hash TEXT, created_ms INTEGER NOT NULL,"
     " revoked_ms INTEGER NOT NULL DEFAULT 0);"
     "PRAGMA user_version = 6;",
+
+    /* v7: the last ack log record the database holds (acklog.c) */
+    "CREATE TABLE log_state(lsn INTEGER NOT NULL);"
+    "INSERT INTO log_state(lsn) VALUES (0);"
+    "PRAGMA user_version = 7;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -206,6 +211,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT OR REPLACE INTO api_keys(id, name, role, devices, hash, created_ms, revoked_ms)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_API_KEY_DEL] = "DELETE FROM api_keys WHERE id = ?1",
+    [ST_LOG_LSN] = "UPDATE log_state SET lsn = ?1",
 };
 
 /* v3 -> v4: every row of the (series, ts) table (the log is already folded in)

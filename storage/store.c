@@ -54,6 +54,7 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     s->path = xstrdup(cfg->path);
     s->cfg.path = s->path;
     s->snapshot_ms = STORE_SNAPSHOT_MAX_MS;
+    s->log.fd = -1;
 
     if (uv_mutex_init(&s->lock) != 0)
         goto fail;
@@ -74,7 +75,8 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
         goto fail;
     s->have_db_lock = 1;
 
-    if (store_db_open(s) != 0 || store_replay(s) != 0 || store_handles_init(s) != 0 ||
+    if (store_db_open(s) != 0 || store_replay(s) != 0 || store_log_open(s) != 0 ||
+        store_handles_init(s) != 0 ||
         store_checkpointer_start(s) != 0 || store_writer_start(s) != 0)
         goto fail;
     *out = s;
@@ -106,10 +108,12 @@ void store_close(struct store *s)
     if (!s)
         return;
     s->closing = 1;
+    store_release_reads(s); /* queued now: the finishing below answers them */
     store_queries_finish(s);
     store_outbox_reads_finish(s);
     store_backup_stop(s);
     store_writer_stop(s); /* seals, drains, joins, fires the last on_durable */
+    store_log_close(s);   /* its files go once everything in them is committed */
     store_checkpointer_stop(s);
     if (s->have_pool_lock)
         store_pool_close(s);

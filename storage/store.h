@@ -67,6 +67,8 @@ struct store_cfg {
      * free (default 1 MiB). */
     unsigned full_probe_ms;
     uint64_t full_probe_free;
+    /* sync=normal: acks wait for the SQLite commit instead of the ack log (acklog.c). */
+    bool no_ack_log;
 };
 
 /* Fired on the loop thread. */

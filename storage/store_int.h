@@ -41,7 +41,7 @@
 #include "base/list.h"
 #include "storage/store.h"
 
-#define STORE_SCHEMA_VERSION 6          /* PRAGMA user_version after migrations */
+#define STORE_SCHEMA_VERSION 7          /* PRAGMA user_version after migrations */
 #define STORE_COMMIT_TRIES 4            /* a batch is tried this often: first + 3 retries */
 #define STORE_RETRY_BASE_MS 50          /* backoff before retry i: 50, 100, 200 ms */
 #define STORE_BUSY_TIMEOUT_MS 5000      /* sqlite3_busy_timeout on every connection */
@@ -66,6 +66,9 @@
  * microseconds; a larger one goes to the writer thread. */
 #define STORE_INLINE_ROWS 128
 #define STORE_INLINE_BYTES (512u << 10)
+/* The ack log (acklog.c): a file is closed at this size and a new one started. */
+#define STORE_LOG_FILE_BYTES (4u << 20)
+#define STORE_LOG_RETRY_MAX_MS 1000     /* a logged batch's commit is retried at least this often */
 #define STORE_DEFAULT_LIMIT 1000        /* query limit 0 means this */
 #define STORE_MAX_LIMIT 1000000         /* larger query limits are clamped to this */
 
@@ -146,6 +149,40 @@ struct store_batch {
     int full;                   /* set by the writer: the disk was full after this batch */
     int awaited;                /* an ack waits on a write here (store_flush): no delay */
     int compact;                /* holds a STORE_OP_COMPACT (never committed inline) */
+    size_t nlogged;             /* items[0..nlogged) are in the ack log (loop thread) */
+    uint64_t lsn;               /* the ack log's record holding items[nlogged - 1], or 0 */
+    int unlogged;               /* sealed with items not in the ack log */
+};
+
+/* The ack log (acklog.c). Loop thread after store_open. */
+struct store_log_file {
+    uint64_t no;                /* "<path>-ack.<no>" */
+    uint64_t last_lsn;          /* its last record (0: none) */
+};
+struct store_log {
+    int on;                     /* sync=normal and the log opened */
+    int fd;                     /* the file being appended to, or -1 */
+    uint64_t no;                /* its number (the newest file's) */
+    uint64_t size;              /* its bytes */
+    uint64_t cur_last_lsn;      /* its last record */
+    struct store_log_file *files; /* closed files not yet deleted, oldest first */
+    size_t nfiles, cap;
+    uint64_t next_lsn;          /* the next record's */
+    uint64_t last_lsn;          /* the last record written */
+    uint64_t committed_lsn;     /* every record up to it is in SQLite */
+    uint64_t retry_ms;          /* after a failed write: not used before this */
+    int failed_logged;          /* the failure episode is logged */
+    uint64_t records, bytes, failures; /* counters */
+    struct buf rec;             /* the record being written */
+};
+
+/* A read (query, outbox read, backup) waiting for the writer to commit what the ack log
+ * acked before it arrived (store_queue_read). */
+struct store_gated {
+    uv_work_t *w;
+    uv_work_cb work;
+    uv_after_work_cb after;
+    uint64_t lsn;
 };
 
 /* uv handles live apart from struct store: store_close frees the store at once, the
@@ -227,7 +264,7 @@ enum store_stmt {
     ST_RETAINED_PUT, ST_RETAINED_DEL, ST_SESSION_PUT, ST_SESSION_DEL, ST_SESSION_SUBS_DEL,
     ST_SESSION_MSGS_DEL, ST_SESSION_SUB_PUT, ST_SESSION_SUB_DEL, ST_SESSION_MSG_PUT,
     ST_SESSION_MSG_DEL, ST_COMMAND_PUT, ST_OUTBOX_PUT, ST_OUTBOX_DEL,
-    ST_API_KEY_PUT, ST_API_KEY_DEL,
+    ST_API_KEY_PUT, ST_API_KEY_DEL, ST_LOG_LSN,
     ST_COUNT
 };
 
@@ -258,6 +295,12 @@ struct store {
     struct list queries;        /* queries in flight (struct query_req) */
     struct list outbox_reads;   /* outbox reads in flight (struct outbox_req, outbox.c) */
     struct store_backup_req *backup; /* the backup in flight (backup.c), or NULL */
+    struct store_log log;       /* the ack log (acklog.c) */
+    size_t unlogged_out;        /* sealed batches with writes not in the log, not reported */
+    uint64_t log_unreported;    /* writes up to this seq are in the log, reported at the end
+                                 * of the iteration */
+    struct store_gated *gated;  /* reads waiting for committed_lsn (store_queue_read) */
+    size_t ngated, gated_cap;
 
     /* s->lock: the two queues, the stop flag and the commit-failure seam */
     uv_mutex_t lock;
@@ -269,6 +312,8 @@ struct store {
     int writer_kick;            /* the loop committed inline: chunk slices or the WAL bound
                                  * may be due (the writer looks) */
     int fail_rc;                /* ... with this SQLite result code */
+    int log_stuck;              /* a batch the ack log acked failed to commit: reads do not
+                                 * wait for it (the writer retries it) */
     int full_state;             /* the writer's s->full as last published (for on_full) */
 
     /* s->hot_lock: the points acked and not yet chunked (hot.c) */
@@ -364,6 +409,39 @@ int store_commit_inline(struct store *s, struct store_batch *b);
  * that only the writer does. */
 int store_writer_work_due(const struct store *s);
 
+/* Start-up (store_log_open, before the writer starts): commits a batch replayed from the
+ * ack log (b->lsn set), its points become hot; frees its items. 0 or -1 (logged). */
+int store_commit_replayed(struct store *s, struct store_batch *b);
+/* Frees b's items (not b). */
+void store_batch_release(struct store_batch *b);
+
+/* ---- acklog.c ---- */
+/* Start-up, after store_replay: commits the records of the log files that SQLite does not
+ * hold yet (log_state.lsn), removes the files, turns the log on under sync=normal.
+ * 0 or -1 (logged). */
+int store_log_open(struct store *s);
+/* Loop thread: appends b's writes not yet logged as one record. 0: they are logged (or
+ * there were none), -1: not (the log is off, backing off, or the write failed). */
+int store_log_write(struct store *s, struct store_batch *b);
+/* Loop thread: every record up to lsn is committed; files holding only such go. */
+void store_log_committed(struct store *s, uint64_t lsn);
+/* store_close, after the writer: closes the file, removes what is committed. */
+void store_log_close(struct store *s);
+/* The record codec (pure; tests and the fuzz target use it). A record is built in b:
+ * start = store_log_begin(b), items, store_log_end(b, start, lsn). */
+size_t store_log_begin(struct buf *b);
+void store_log_put_msg(struct buf *b, const struct msg *m);
+void store_log_put_op(struct buf *b, const struct store_op *op);
+void store_log_end(struct buf *b, size_t start, uint64_t lsn);
+/* The record at p[0..len): its size (> 0) with lsn and body set; 0 when p holds only part
+ * of one; -1 when it is not a record (bad header or checksum). *why says which. */
+long store_log_record(const uint8_t *p, size_t len, uint64_t *lsn, const uint8_t **body,
+                      size_t *body_len, const char **why);
+/* The next item of a record's body: 1 with *m (a new message, refs 1) or *op (owned)
+ * set, 0 at the end, -1 when malformed (*why). */
+int store_log_item(const uint8_t *body, size_t len, size_t *pos, struct msg **m,
+                   struct store_op **op, const char **why);
+
 /* ---- checkpoint.c ---- */
 /* Opens the checkpointer's connection, starts its thread and hooks the write
  * connection's commits (store_open, before the writer starts). 0 or -1 (logged). */
@@ -431,6 +509,11 @@ void store_seal(struct store *s);
 void store_drain_done(struct store *s);
 /* Frees the open batch without committing it (store_close: nothing can commit it). */
 void store_discard_open(struct store *s);
+/* Queues a read on the work pool once the writer has committed every write the ack log
+ * has acked so far (at once when it has): a read sees every acked write. Loop thread. */
+int store_queue_read(struct store *s, uv_work_t *w, uv_work_cb work, uv_after_work_cb after);
+/* Queues every waiting read now (store_close). */
+void store_release_reads(struct store *s);
 /* Creates the loop handles (store_open); store_handles_close uv_close()s them, they
  * are freed when the loop runs. */
 int store_handles_init(struct store *s);

@@ -317,6 +317,10 @@ static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx
     }
     if (rc == SQLITE_OK)
         rc = put_segment(s, bc);
+    if (rc == SQLITE_OK && b->lsn) { /* the ack log's records up to b->lsn are in here */
+        sqlite3_bind_int64(s->st[ST_LOG_LSN], 1, (int64_t)b->lsn);
+        rc = store_step(s->st[ST_LOG_LSN]);
+    }
     if (rc == SQLITE_OK) {
         uv_mutex_lock(&s->lock);
         if (s->fail_commits > 0) {
@@ -465,7 +469,7 @@ static void full_probe(struct store *s)
 /* ---- writer thread: the loop over batches ---- */
 
 /* A finished batch's messages and operations go (the writer's references). */
-static void release_items(struct store_batch *b)
+void store_batch_release(struct store_batch *b)
 {
     for (size_t i = 0; i < b->nitems; i++) {
         msg_unref(b->items[i].m);
@@ -511,12 +515,73 @@ static void push_done(struct store *s, struct store_batch *b, int wake)
         uv_async_send(&s->h->async);
 }
 
+static int writer_stopping(struct store *s)
+{
+    int stopping;
+
+    uv_mutex_lock(&s->lock);
+    stopping = s->stopping;
+    uv_mutex_unlock(&s->lock);
+    return stopping;
+}
+
+/* The loop learns that a batch the ack log acked is stuck (reads stop waiting for it), or
+ * committed after all. */
+static void set_stuck(struct store *s, int stuck)
+{
+    uv_mutex_lock(&s->lock);
+    s->log_stuck = stuck;
+    uv_mutex_unlock(&s->lock);
+    uv_async_send(&s->h->async);
+}
+
+/* A batch with writes the ack log has acked: tried until it commits, never refused nor
+ * given up, since its acks are out (a full disk is tried every full_probe_ms). Only a
+ * stop ends the tries: the log file keeps the batch and the next start commits it.
+ * 1 committed, 0 not. */
+static int commit_logged(struct store *s, struct store_batch *b, struct batch_ctx *bc,
+                         int *compact)
+{
+    unsigned delay = STORE_RETRY_BASE_MS;
+
+    for (int tries = 0;; tries++) {
+        if (tries > 0) {
+            if (writer_stopping(s))
+                return 0;
+            uv_sleep(s->full ? s->cfg.full_probe_ms : delay);
+            if (delay < STORE_LOG_RETRY_MAX_MS)
+                delay *= 2;
+        }
+        if (commit_batch(s, b, bc, compact) == SQLITE_OK) {
+            if (tries > 0) {
+                log_warn("store: batch upto=%llu committed after tries=%d",
+                         (unsigned long long)b->last_seq, tries + 1);
+                set_stuck(s, 0);
+            }
+            return 1;
+        }
+        if (tries == 0) {
+            log_error("store: batch upto=%llu rows=%zu acked through the ack log failed to"
+                      " commit: %s; trying again until it does",
+                      (unsigned long long)b->last_seq, b->nrows, s->last_err);
+            set_stuck(s, 1);
+        }
+        if (s->last_full && !s->full) {
+            full_failed(s);
+            publish_full(s);
+        }
+    }
+}
+
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
 {
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0, full = 0;
     uint64_t start_ns = uv_hrtime();
 
-    if (!ok && s->full && !full_try_due(s)) {
+    if (!ok && b->lsn) {
+        ok = commit_logged(s, b, bc, &compact_req);
+        tries = STORE_COMMIT_TRIES; /* no other tries */
+    } else if (!ok && s->full && !full_try_due(s)) {
         s->full_refused++; /* refused untried: SQLite would only say the same */
         tries = STORE_COMMIT_TRIES;
     }
@@ -538,11 +603,14 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     if (full) {
         full_failed(s);
         s->full_refused++;
+    } else if (!ok && b->lsn) {
+        log_warn("store: batch upto=%llu stays in the ack log for the next start",
+                 (unsigned long long)b->last_seq);
     } else if (!ok && !s->full && s->failed_batches++ == 0) { /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable; %s",
                   (unsigned long long)b->last_seq, b->nrows, tries, s->last_err);
     }
-    release_items(b);
+    store_batch_release(b);
     b->ok = ok;
     b->full = s->full;
     if (compact_req) { /* before done: the op's seq means "chunked" */
@@ -569,11 +637,34 @@ int store_commit_inline(struct store *s, struct store_batch *b)
     if (rc != SQLITE_OK)
         return -1; /* rolled back, nothing of it stays: the writer tries it again */
     committed(s, b, s->inline_bc, start_ns);
-    release_items(b);
+    store_batch_release(b);
     b->ok = 1;
     b->full = s->full;
     push_done(s, b, 0);
     return 0;
+}
+
+int store_commit_replayed(struct store *s, struct store_batch *b)
+{
+    struct batch_ctx bc = { 0 };
+    int compact = 0, rc = SQLITE_OK;
+    uint64_t start_ns = uv_hrtime();
+
+    for (int tries = 0; tries < STORE_COMMIT_TRIES; tries++) {
+        if (tries > 0)
+            uv_sleep(STORE_RETRY_BASE_MS << (tries - 1));
+        rc = commit_batch(s, b, &bc, &compact);
+        if (rc == SQLITE_OK || rc == SQLITE_MISMATCH)
+            break;
+    }
+    if (rc == SQLITE_OK)
+        committed(s, b, &bc, start_ns);
+    else
+        log_error("store: the ack log's record lsn=%llu cannot be committed: %s",
+                  (unsigned long long)b->lsn, s->last_err);
+    store_batch_release(b);
+    free(bc.posts);
+    return rc == SQLITE_OK ? 0 : -1;
 }
 
 int store_writer_work_due(const struct store *s)

@@ -6,6 +6,7 @@
  * snapshot renewed between chunks, the WAL checkpointed at close. Tests wait
  * for conditions by running the loop (UV_RUN_ONCE, a 10 ms tick keeps it turning) until
  * a deadline; every test ends with uv_loop_close() == 0. */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1743,6 +1744,7 @@ static void test_inline_commits_race_the_writer(void **state)
     struct store_stats st;
 
     f->cfg.sync = STORE_SYNC_NORMAL;
+    f->cfg.no_ack_log = true; /* acks wait for commits: the loop's own, or the writer's */
     f->cfg.batch_delay_ms = 60000;
     do_open(f);
     for (int i = 0; i < 3000; i++) {
@@ -1763,6 +1765,222 @@ static void test_inline_commits_race_the_writer(void **state)
     assert_int_equal(r->series[0].npoints, 2000);
     r = query(f, &(struct qspec){ .device = "a", .keys = { "k" }, .limit = 5000 });
     assert_int_equal(r->series[0].npoints, 1000);
+}
+
+/* ---- the ack log (sync=normal) ---- */
+
+/* Files "gale.db-ack.<n>" beside the database. */
+static int count_log_files(const struct fixture *f)
+{
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL)
+        n += strncmp(e->d_name, "gale.db-ack.", 12) == 0;
+    closedir(d);
+    return n;
+}
+
+static void exec_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* A record: one point of dev (key "k"), and a device put of put_id when set. */
+static void log_record(struct buf *b, uint64_t lsn, const char *dev, int64_t ts,
+                       const char *put_id)
+{
+    size_t start = store_log_begin(b);
+    struct point p = pnum("k", ts, (double)ts);
+    struct msg *m = msg_new(MSG_TELEMETRY, dev, "", NULL, 0, &p, 1);
+
+    store_log_put_msg(b, m);
+    msg_unref(m);
+    if (put_id) {
+        struct store_op *op = store_op_new(STORE_OP_PUT_DEVICE, put_id);
+        op->role = xstrdup("device");
+        op->created_ms = 5;
+        store_log_put_op(b, op);
+        store_op_free(op);
+    }
+    store_log_end(b, start, lsn);
+}
+
+/* An ack stands on the log: with the writer held off the write connection, a flushed
+ * write is still reported durable, one record in one file; a query waits until the writer
+ * has committed it (a read sees every acked write), and the clean close leaves no file.
+ * Without the log the same write waits for the writer. */
+static void test_ack_log_acks_before_the_commit(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    struct store_query *q;
+    uint64_t seq;
+
+    f->cfg.sync = STORE_SYNC_NORMAL;
+    do_open(f);
+    wait_durable(f, append1(f, "d", pnum("k", 1, 1))); /* the writer is idle after this */
+    uv_mutex_lock(&f->s->db_lock); /* the writer cannot commit now */
+    seq = append1(f, "d", pnum("k", 2, 2));
+    store_flush(f->s);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_int_equal(count_log_files(f), 1);
+    assert_true(f->s->log.records >= 2);
+    assert_true(f->s->log.committed_lsn < f->s->log.last_lsn);
+    q = calloc(1, sizeof *q);
+    assert_non_null(q);
+    q->device = xstrdup("d");
+    q->to_ms = INT64_MAX;
+    q->limit = 10;
+    f->query_done = 0;
+    assert_int_equal(store_query_telemetry(f->s, q, on_query, f), 0);
+    for (int i = 0; i < 20; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(f->query_done, 0); /* waits for the commit */
+    uv_mutex_unlock(&f->s->db_lock);
+    assert_true(wait_until(f, query_finished, NULL));
+    r = f->res;
+    assert_int_equal(r->rc, 0);
+    assert_int_equal(r->nseries, 1);
+    assert_int_equal(r->series[0].npoints, 2);
+    do_close(f);
+    assert_int_equal(count_log_files(f), 0);
+
+    f->cfg.no_ack_log = true;
+    do_open(f);
+    wait_durable(f, append1(f, "d", pnum("k", 3, 3)));
+    uv_mutex_lock(&f->s->db_lock);
+    seq = append1(f, "d", pnum("k", 4, 4));
+    store_flush(f->s);
+    for (int i = 0; i < 20; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_true(f->s->durable_seq < seq); /* the ack waits for the writer */
+    uv_mutex_unlock(&f->s->db_lock);
+    wait_durable(f, seq);
+    assert_int_equal(count_log_files(f), 0);
+}
+
+/* Start-up commits the records SQLite lacks (past log_state.lsn), in order, stops at a
+ * torn record, and removes the files. */
+static void test_ack_log_replay(void **state)
+{
+    struct fixture *f = *state;
+    struct devices_seen ds = { 0 };
+    const struct store_result *r;
+    struct buf b;
+    char p[200];
+    FILE *fp;
+    size_t whole;
+
+    f->cfg.sync = STORE_SYNC_NORMAL;
+    do_open(f);
+    do_close(f);
+    exec_sql(f->path, "UPDATE log_state SET lsn = 1");
+    buf_init(&b);
+    log_record(&b, 1, "a", 1, "ghost");   /* committed already: skipped */
+    log_record(&b, 2, "a", 2, NULL);
+    log_record(&b, 3, "b", 3, "real");
+    whole = b.len;
+    log_record(&b, 4, "a", 4, NULL);      /* torn below: never acked */
+    snprintf(p, sizeof p, "%s-ack.7", f->path);
+    fp = fopen(p, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(b.data, 1, whole + (b.len - whole) / 2, fp),
+                     whole + (b.len - whole) / 2);
+    fclose(fp);
+    buf_fini(&b);
+
+    do_open(f);
+    assert_int_equal(count_log_files(f), 0);
+    assert_int_equal(count_rows(f->path, "SELECT lsn FROM log_state"), 3);
+    r = query(f, &(struct qspec){ .device = "a", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, 2);
+    r = query(f, &(struct qspec){ .device = "b", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, 3);
+    assert_int_equal(store_load_devices(f->s, on_device, &ds), 0);
+    assert_int_equal(ds.n, 1);
+    assert_string_equal(ds.ids[0], "real");
+    /* the next record numbers go on past the replayed ones */
+    assert_true(f->s->log.next_lsn > 3);
+}
+
+/* Every field of an operation and a message survives the record codec; a flipped byte
+ * fails the checksum; a cut record is partial. */
+static void test_ack_log_codec(void **state)
+{
+    struct buf b;
+    struct store_op *op = store_op_new(STORE_OP_PUT_SESSION_MSG, "client");
+    struct point pts[3] = { pnum("n", -5, 2.5), pbool("b", 7, 1),
+                            ptext("s", 1700000000000, VAL_STR, "text") };
+    struct msg *m = msg_new(MSG_TELEMETRY, "dev", "", NULL, 0, pts, 3), *m2 = NULL;
+    struct store_op *op2 = NULL;
+    const uint8_t *body;
+    const char *why = NULL;
+    size_t blen, pos = 0, start;
+    uint64_t lsn = 0;
+
+    (void)state;
+    op->topic = xstrdup("t/1");
+    op->text = xstrdup("{}");
+    op->payload = store_dup_bytes("\0\1\2", 3);
+    op->payload_len = 3;
+    op->msg_id = 300;
+    op->last_id = 1ull << 40;
+    op->qos = 2;
+    op->retain = 1;
+    op->created_ms = -1;
+    op->expires_ms = 1700000000000;
+    buf_init(&b);
+    start = store_log_begin(&b);
+    store_log_put_op(&b, op);
+    store_log_put_msg(&b, m);
+    store_log_end(&b, start, 42);
+    assert_int_equal(store_log_record(b.data, b.len, &lsn, &body, &blen, &why), (long)b.len);
+    assert_int_equal(lsn, 42);
+    assert_int_equal(store_log_item(body, blen, &pos, &m2, &op2, &why), 1);
+    assert_non_null(op2);
+    assert_int_equal(op2->kind, STORE_OP_PUT_SESSION_MSG);
+    assert_string_equal(op2->id, "client");
+    assert_string_equal(op2->topic, "t/1");
+    assert_string_equal(op2->text, "{}");
+    assert_null(op2->device);
+    assert_int_equal(op2->payload_len, 3);
+    assert_memory_equal(op2->payload, "\0\1\2", 3);
+    assert_int_equal(op2->msg_id, 300);
+    assert_int_equal(op2->last_id, 1ull << 40);
+    assert_int_equal(op2->qos, 2);
+    assert_int_equal(op2->retain, 1);
+    assert_int_equal(op2->created_ms, -1);
+    assert_int_equal(op2->expires_ms, 1700000000000);
+    store_op_free(op2);
+    assert_int_equal(store_log_item(body, blen, &pos, &m2, &op2, &why), 1);
+    assert_non_null(m2);
+    assert_string_equal(m2->device, "dev");
+    assert_int_equal(m2->npoints, 3);
+    assert_int_equal(m2->points[0].ts_ms, -5);
+    assert_true(m2->points[0].num == 2.5);
+    assert_int_equal(m2->points[1].type, VAL_BOOL);
+    assert_true(m2->points[1].num == 1);
+    assert_string_equal(m2->points[2].str, "text");
+    assert_int_equal(m2->points[2].ts_ms, 1700000000000);
+    msg_unref(m2);
+    assert_int_equal(store_log_item(body, blen, &pos, &m2, &op2, &why), 0);
+    assert_int_equal(store_log_record(b.data, b.len - 1, &lsn, &body, &blen, &why), 0);
+    b.data[b.len - 3] ^= 0x10;
+    assert_int_equal(store_log_record(b.data, b.len, &lsn, &body, &blen, &why), -1);
+    assert_string_equal(why, "checksum mismatch");
+    buf_fini(&b);
+    store_op_free(op);
+    msg_unref(m);
 }
 
 /* A pragma's value on the write connection, as text (read before any write, so the
@@ -1985,6 +2203,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_writer_rides_next_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inline_commits_race_the_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_log_acks_before_the_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_log_replay, setup, teardown),
+        cmocka_unit_test(test_ack_log_codec),
         cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_renewed_between_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_checkpoints_wal, setup, teardown),

@@ -1,0 +1,680 @@
+/* storage/acklog.c: the ack log. Under storage.sync=normal an ack stands on a record
+ * appended to this log, not on the SQLite commit behind it (docs/architecture.md
+ * "Threads"):
+ *
+ * - Loop thread: at the end of a loop iteration in which an ack waits, the writes of the
+ *   open batch not yet logged are encoded into one record and appended with one write()
+ *   (the page cache; a crash of the process keeps it, as SQLite's own commit under
+ *   synchronous=NORMAL would); then they are reported durable and the acks go out. Every
+ *   write is logged before its batch is sealed, so records and batches follow the same
+ *   order and the log always holds a prefix of what the writer has not yet committed.
+ * - Writer thread: commits the batch as before, and in the same transaction sets
+ *   log_state.lsn to the batch's last record: SQLite says which records it holds.
+ * - The loop deletes a log file once every record in it is committed; a file is closed
+ *   at STORE_LOG_FILE_BYTES and a new one started.
+ * - Start-up (store_open, before the writer runs): the records of every log file past
+ *   log_state.lsn are committed again, in order, then the files go. A record is trusted
+ *   only whole and with its checksum: a torn tail ends that file's replay (it was never
+ *   acked: its write() had not returned).
+ * - A write that fails (a full disk) leaves the file: its writes are not acked by the
+ *   log; they are acked when the writer commits them, or refused, as without the log;
+ *   the log is tried again, in a new file, a second later.
+ *
+ * File: "<database>-ack.<n>", a sequence of records:
+ *   u32 magic "GAL1" | u32 body bytes | u32 CRC-32 of (lsn, body) | u64 lsn | body
+ * (little-endian), the body a sequence of items:
+ *   'T' str device, varint points, per point: str key, zigzag varint ts, u8 type, value
+ *       (VAL_NUM/VAL_BOOL: the double's 8 bytes; VAL_STR/VAL_JSON: str)
+ *   'O' u8 kind, varint mask of the strings present, those strings in struct store_op
+ *       order, [payload: varint length + bytes], varint msg_id, varint last_id, u8 qos,
+ *       u8 retain, zigzag varints created_ms, last_seen_ms, expires_ms
+ * where str is varint length + bytes + NUL. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/alloc.h"
+#include "base/clock.h"
+#include "gateway/log.h"
+#include "storage/store_int.h"
+#include "storage/varint.h"
+
+#define LOG_MAGIC 0x314c4147u   /* "GAL1" */
+#define LOG_HEADER 20
+#define LOG_BODY_MAX (256u << 20) /* a larger length is a torn or foreign header */
+#define LOG_RETRY_MS 1000       /* after a failed write, the log waits this long */
+
+/* ---- the codec (pure) ---- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+    if (crc_table[1] == 0)
+        crc_init(); /* same table from every thread: a benign race */
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++)
+        crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void put_str(struct buf *b, const char *p, size_t n)
+{
+    varint_put(b, n);
+    buf_append(b, p, n);
+    buf_append(b, "", 1);
+}
+
+static void put_double(struct buf *b, double d)
+{
+    uint64_t bits;
+    uint8_t tmp[8];
+
+    memcpy(&bits, &d, sizeof bits);
+    put_u64(tmp, bits);
+    buf_append(b, tmp, sizeof tmp);
+}
+
+size_t store_log_begin(struct buf *b)
+{
+    size_t start = b->len;
+
+    buf_reserve(b, LOG_HEADER);
+    buf_commit(b, LOG_HEADER);
+    return start;
+}
+
+void store_log_put_msg(struct buf *b, const struct msg *m)
+{
+    buf_append(b, "T", 1);
+    put_str(b, m->device, strlen(m->device));
+    varint_put(b, m->npoints);
+    for (size_t i = 0; i < m->npoints; i++) {
+        const struct point *p = &m->points[i];
+        uint8_t t = (uint8_t)p->type;
+
+        put_str(b, p->key, strlen(p->key));
+        varint_put(b, zigzag((uint64_t)p->ts_ms));
+        buf_append(b, &t, 1);
+        if (p->type == VAL_STR || p->type == VAL_JSON)
+            put_str(b, p->str ? p->str : "", p->str ? p->str_len : 0);
+        else
+            put_double(b, p->num);
+    }
+}
+
+/* The op's optional strings, in the order of the mask's bits. */
+#define OP_STRINGS(op)                                                                    \
+    { &(op)->id, &(op)->token_hash, &(op)->role, &(op)->attrs_json, &(op)->protocol,      \
+      &(op)->text, &(op)->topic, &(op)->device, &(op)->params_json, &(op)->status,         \
+      &(op)->reply_json }
+#define OP_NSTRINGS 11
+#define OP_HAS_PAYLOAD (1u << OP_NSTRINGS)
+
+void store_log_put_op(struct buf *b, const struct store_op *op)
+{
+    char *const *strs[OP_NSTRINGS] = OP_STRINGS(op);
+    uint64_t mask = op->payload ? OP_HAS_PAYLOAD : 0;
+    uint8_t small[3] = { 'O', (uint8_t)op->kind, 0 };
+
+    for (int i = 0; i < OP_NSTRINGS; i++)
+        if (*strs[i])
+            mask |= 1u << i;
+    buf_append(b, small, 2);
+    varint_put(b, mask);
+    for (int i = 0; i < OP_NSTRINGS; i++)
+        if (*strs[i])
+            put_str(b, *strs[i], strlen(*strs[i]));
+    if (op->payload) {
+        varint_put(b, op->payload_len);
+        buf_append(b, op->payload, op->payload_len);
+    }
+    varint_put(b, op->msg_id);
+    varint_put(b, op->last_id);
+    small[0] = op->qos;
+    small[1] = op->retain;
+    buf_append(b, small, 2);
+    varint_put(b, zigzag((uint64_t)op->created_ms));
+    varint_put(b, zigzag((uint64_t)op->last_seen_ms));
+    varint_put(b, zigzag((uint64_t)op->expires_ms));
+}
+
+void store_log_end(struct buf *b, size_t start, uint64_t lsn)
+{
+    uint8_t *h = b->data + start;
+    size_t body = b->len - start - LOG_HEADER;
+
+    put_u32(h, LOG_MAGIC);
+    put_u32(h + 4, (uint32_t)body);
+    put_u64(h + 12, lsn);
+    put_u32(h + 8, crc32_update(0, h + 12, 8 + body));
+}
+
+long store_log_record(const uint8_t *p, size_t len, uint64_t *lsn, const uint8_t **body,
+                      size_t *body_len, const char **why)
+{
+    uint32_t n;
+
+    if (len < LOG_HEADER) {
+        *why = "truncated header";
+        return 0;
+    }
+    n = get_u32(p + 4);
+    if (get_u32(p) != LOG_MAGIC || n > LOG_BODY_MAX) {
+        *why = "bad header";
+        return -1;
+    }
+    if (len - LOG_HEADER < n) {
+        *why = "truncated body";
+        return 0;
+    }
+    if (crc32_update(0, p + 12, 8 + (size_t)n) != get_u32(p + 8)) {
+        *why = "checksum mismatch";
+        return -1;
+    }
+    *lsn = get_u64(p + 12);
+    *body = p + LOG_HEADER;
+    *body_len = n;
+    return (long)(LOG_HEADER + n);
+}
+
+/* A str at p[*pos..len): NUL-terminated in place, the length without it. */
+static int get_str(const uint8_t *p, size_t len, size_t *pos, const char **s, size_t *n)
+{
+    uint64_t v;
+
+    if (varint_get(p, len, pos, &v) != 0 || v >= len - *pos || p[*pos + v] != 0)
+        return -1;
+    *s = (const char *)p + *pos;
+    *n = (size_t)v;
+    *pos += (size_t)v + 1;
+    return 0;
+}
+
+static int get_i64(const uint8_t *p, size_t len, size_t *pos, int64_t *out)
+{
+    uint64_t v;
+
+    if (varint_get(p, len, pos, &v) != 0)
+        return -1;
+    *out = (int64_t)unzigzag(v);
+    return 0;
+}
+
+static struct msg *get_msg(const uint8_t *p, size_t len, size_t *pos, const char **why)
+{
+    const char *device;
+    size_t dlen, n;
+    uint64_t np;
+    struct point *pts;
+    struct msg *m = NULL;
+
+    if (get_str(p, len, pos, &device, &dlen) != 0 || dlen == 0 || strlen(device) != dlen ||
+        varint_get(p, len, pos, &np) != 0 || np == 0 || np > (len - *pos) / 4) {
+        *why = "bad telemetry header";
+        return NULL;
+    }
+    pts = xcalloc((size_t)np, sizeof *pts);
+    for (n = 0; n < np; n++) {
+        struct point *pt = &pts[n];
+        size_t klen;
+
+        if (get_str(p, len, pos, &pt->key, &klen) != 0 || klen == 0 || klen > 128 ||
+            strlen(pt->key) != klen || get_i64(p, len, pos, &pt->ts_ms) != 0 || *pos >= len ||
+            p[*pos] > VAL_JSON) {
+            *why = "bad point";
+            goto out;
+        }
+        pt->type = (enum val_type)p[(*pos)++];
+        if (pt->type == VAL_STR || pt->type == VAL_JSON) {
+            if (get_str(p, len, pos, &pt->str, &pt->str_len) != 0) {
+                *why = "bad point text";
+                goto out;
+            }
+        } else {
+            uint64_t bits;
+            if (len - *pos < 8) {
+                *why = "truncated number";
+                goto out;
+            }
+            bits = get_u64(p + *pos);
+            *pos += 8;
+            memcpy(&pt->num, &bits, sizeof bits);
+            if (pt->type == VAL_BOOL && pt->num != 0 && pt->num != 1) {
+                *why = "bad bool";
+                goto out;
+            }
+        }
+    }
+    m = msg_new(MSG_TELEMETRY, device, "", NULL, 0, pts, (size_t)np);
+out:
+    free(pts);
+    return m;
+}
+
+static struct store_op *get_op(const uint8_t *p, size_t len, size_t *pos, const char **why)
+{
+    struct store_op *op;
+    uint64_t mask, v;
+    int64_t i64[3];
+
+    if (*pos >= len || p[*pos] > STORE_OP_DELETE_API_KEY) {
+        *why = "bad operation kind";
+        return NULL;
+    }
+    op = xcalloc(1, sizeof *op);
+    op->kind = (enum store_op_kind)p[(*pos)++];
+    if (varint_get(p, len, pos, &mask) != 0 || mask >= (OP_HAS_PAYLOAD << 1) || !(mask & 1)) {
+        *why = "bad operation mask";
+        goto fail;
+    }
+    {
+        char **strs[OP_NSTRINGS] = OP_STRINGS(op);
+        for (int i = 0; i < OP_NSTRINGS; i++) {
+            const char *s;
+            size_t n;
+            if (!(mask & (1u << i)))
+                continue;
+            if (get_str(p, len, pos, &s, &n) != 0) {
+                *why = "bad operation text";
+                goto fail;
+            }
+            *strs[i] = xstrndup(s, n);
+        }
+    }
+    if (mask & OP_HAS_PAYLOAD) {
+        if (varint_get(p, len, pos, &v) != 0 || v > len - *pos) {
+            *why = "bad operation payload";
+            goto fail;
+        }
+        op->payload = store_dup_bytes(p + *pos, (size_t)v);
+        op->payload_len = (size_t)v;
+        *pos += (size_t)v;
+    }
+    if (varint_get(p, len, pos, &op->msg_id) != 0 || varint_get(p, len, pos, &op->last_id) != 0 ||
+        len - *pos < 2) {
+        *why = "bad operation ids";
+        goto fail;
+    }
+    op->qos = p[(*pos)++];
+    op->retain = p[(*pos)++];
+    for (int i = 0; i < 3; i++) {
+        if (get_i64(p, len, pos, &i64[i]) != 0) {
+            *why = "bad operation times";
+            goto fail;
+        }
+    }
+    op->created_ms = i64[0];
+    op->last_seen_ms = i64[1];
+    op->expires_ms = i64[2];
+    return op;
+fail:
+    store_op_free(op);
+    return NULL;
+}
+
+int store_log_item(const uint8_t *body, size_t len, size_t *pos, struct msg **m,
+                   struct store_op **op, const char **why)
+{
+    uint8_t tag;
+
+    *m = NULL;
+    *op = NULL;
+    if (*pos >= len)
+        return 0;
+    tag = body[(*pos)++];
+    if (tag == 'T')
+        *m = get_msg(body, len, pos, why);
+    else if (tag == 'O')
+        *op = get_op(body, len, pos, why);
+    else
+        *why = "unknown item";
+    return *m || *op ? 1 : -1;
+}
+
+/* ---- the files (loop thread; start-up) ---- */
+
+static char *file_path(const struct store *s, uint64_t no)
+{
+    size_t n = strlen(s->path) + 32;
+    char *p = xmalloc(n);
+
+    snprintf(p, n, "%s-ack.%llu", s->path, (unsigned long long)no);
+    return p;
+}
+
+static void file_unlink(struct store *s, uint64_t no)
+{
+    char *p = file_path(s, no);
+
+    if (unlink(p) != 0 && errno != ENOENT)
+        log_warn("store: cannot remove ack log file=%s: %s", p, strerror(errno));
+    free(p);
+}
+
+static void file_close_current(struct store_log *l)
+{
+    if (l->fd < 0)
+        return;
+    close(l->fd);
+    l->fd = -1;
+    if (l->nfiles == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 8;
+        l->files = xrealloc(l->files, l->cap * sizeof *l->files);
+    }
+    l->files[l->nfiles].no = l->no;
+    l->files[l->nfiles++].last_lsn = l->cur_last_lsn;
+}
+
+/* Every write of b not yet logged, as one record (loop thread). 0: logged (or nothing
+ * to log), -1: not logged (the log is off, or the write failed). */
+int store_log_write(struct store *s, struct store_batch *b)
+{
+    struct store_log *l = &s->log;
+    size_t start, off = 0;
+    uint64_t lsn;
+
+    if (b->nlogged == b->nitems)
+        return 0;
+    if (!l->on || gw_mono_ms() < l->retry_ms)
+        return -1;
+    if (l->fd < 0) {
+        char *p = file_path(s, ++l->no);
+        l->fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+        if (l->fd < 0) {
+            log_warn("store: cannot create ack log file=%s: %s; acks wait for commits",
+                     p, strerror(errno));
+            free(p);
+            l->retry_ms = gw_mono_ms() + LOG_RETRY_MS;
+            return -1;
+        }
+        free(p);
+        l->size = 0;
+        l->cur_last_lsn = 0;
+    }
+    lsn = l->next_lsn;
+    l->rec.len = 0;
+    start = store_log_begin(&l->rec);
+    for (size_t i = b->nlogged; i < b->nitems; i++) {
+        if (b->items[i].m)
+            store_log_put_msg(&l->rec, b->items[i].m);
+        else
+            store_log_put_op(&l->rec, b->items[i].op);
+    }
+    store_log_end(&l->rec, start, lsn);
+    while (off < l->rec.len) {
+        ssize_t n = write(l->fd, l->rec.data + off, l->rec.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            /* the file may end in a torn record now: nothing more goes into it */
+            if (!l->failed_logged)
+                log_warn("store: ack log write failed: %s; acks wait for commits until it"
+                         " works again", n < 0 ? strerror(errno) : "no progress");
+            l->failed_logged = 1;
+            l->failures++;
+            file_close_current(l);
+            l->retry_ms = gw_mono_ms() + LOG_RETRY_MS;
+            return -1;
+        }
+        off += (size_t)n;
+    }
+    if (l->failed_logged) {
+        log_info("store: ack log writes work again");
+        l->failed_logged = 0;
+    }
+    l->next_lsn++;
+    l->last_lsn = lsn;
+    l->cur_last_lsn = lsn;
+    l->size += l->rec.len;
+    l->records++;
+    l->bytes += l->rec.len;
+    b->nlogged = b->nitems;
+    b->lsn = lsn;
+    if (l->size >= STORE_LOG_FILE_BYTES)
+        file_close_current(l);
+    if (l->rec.cap > (4u << 20))
+        buf_fini(&l->rec); /* a big batch's buffer is not kept */
+    return 0;
+}
+
+void store_log_committed(struct store *s, uint64_t lsn)
+{
+    struct store_log *l = &s->log;
+    size_t keep = 0;
+
+    if (lsn > l->committed_lsn)
+        l->committed_lsn = lsn;
+    for (size_t i = 0; i < l->nfiles; i++) {
+        if (l->files[i].last_lsn <= l->committed_lsn)
+            file_unlink(s, l->files[i].no);
+        else
+            l->files[keep++] = l->files[i];
+    }
+    l->nfiles = keep;
+}
+
+/* Reads a whole file (start-up). NULL when it cannot be read (logged). */
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    uint8_t *p;
+    size_t off = 0;
+
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        log_error("store: cannot read ack log file=%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    p = xmalloc((size_t)st.st_size + 1);
+    while (off < (size_t)st.st_size) {
+        ssize_t n = read(fd, p + off, (size_t)st.st_size - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    close(fd);
+    *len = off;
+    return p;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The numbers of the log files beside the database, ascending. */
+static uint64_t *list_files(const struct store *s, size_t *n)
+{
+    const char *slash = strrchr(s->path, '/');
+    char *dir = slash ? xstrndup(s->path, (size_t)(slash - s->path + 1)) : xstrdup(".");
+    const char *base = slash ? slash + 1 : s->path;
+    size_t blen = strlen(base), cap = 0;
+    uint64_t *nos = NULL;
+    DIR *d = opendir(dir[0] ? dir : "/");
+    struct dirent *e;
+
+    *n = 0;
+    while (d && (e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        char *end;
+        unsigned long long no;
+
+        if (strncmp(name, base, blen) != 0 || strncmp(name + blen, "-ack.", 5) != 0 ||
+            name[blen + 5] < '0' || name[blen + 5] > '9')
+            continue;
+        no = strtoull(name + blen + 5, &end, 10);
+        if (*end)
+            continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 8;
+            nos = xrealloc(nos, cap * sizeof *nos);
+        }
+        nos[(*n)++] = no;
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    if (*n)
+        qsort(nos, *n, sizeof *nos, cmp_u64);
+    return nos;
+}
+
+/* The records of one file past the committed lsn, committed again in order. */
+static int replay_file(struct store *s, const char *path, uint64_t *max_lsn, int64_t *batches,
+                       int64_t *items)
+{
+    size_t len = 0, off = 0;
+    uint8_t *data = read_file(path, &len);
+
+    if (!data)
+        return -1;
+    while (off < len) {
+        uint64_t lsn;
+        const uint8_t *body;
+        size_t blen, pos = 0;
+        const char *why = NULL;
+        long n = store_log_record(data + off, len - off, &lsn, &body, &blen, &why);
+        struct store_batch b = { 0 };
+        struct msg *m;
+        struct store_op *op;
+        int got;
+
+        if (n <= 0) {
+            log_warn("store: ack log file=%s ends in a partial record at offset=%zu (%s):"
+                     " it was never acked", path, off, why);
+            break;
+        }
+        off += (size_t)n;
+        if (lsn > *max_lsn)
+            *max_lsn = lsn;
+        if (lsn <= s->log.committed_lsn)
+            continue;
+        while ((got = store_log_item(body, blen, &pos, &m, &op, &why)) == 1) {
+            if (b.nitems == b.cap) {
+                b.cap = b.cap ? 2 * b.cap : 64;
+                b.items = xrealloc(b.items, b.cap * sizeof *b.items);
+            }
+            b.items[b.nitems].m = m;
+            b.items[b.nitems++].op = op;
+            if (m)
+                b.nrows += m->npoints;
+        }
+        if (got < 0) { /* a checksummed record that does not decode: a foreign file */
+            log_error("store: ack log file=%s record lsn=%llu does not decode (%s)", path,
+                      (unsigned long long)lsn, why);
+            store_batch_release(&b);
+            free(data);
+            return -1;
+        }
+        b.lsn = lsn;
+        if (store_commit_replayed(s, &b) != 0) {
+            free(data);
+            return -1;
+        }
+        s->log.committed_lsn = lsn;
+        (*batches)++;
+        *items += (int64_t)b.nitems;
+    }
+    free(data);
+    return 0;
+}
+
+int store_log_open(struct store *s)
+{
+    struct store_log *l = &s->log;
+    uint64_t *nos, max_lsn;
+    size_t n;
+    int64_t committed = 0, batches = 0, items = 0;
+    int rc = 0;
+
+    l->fd = -1;
+    buf_init(&l->rec);
+    if (store_get_int64(s->db, "SELECT lsn FROM log_state", &committed) != SQLITE_OK)
+        return -1;
+    l->committed_lsn = (uint64_t)committed;
+    max_lsn = l->committed_lsn;
+    nos = list_files(s, &n);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char *p = file_path(s, nos[i]);
+        rc = replay_file(s, p, &max_lsn, &batches, &items);
+        free(p);
+    }
+    if (rc == 0) {
+        if (batches > 0)
+            log_info("store: ack log replayed batches=%lld writes=%lld up to lsn=%llu",
+                     (long long)batches, (long long)items,
+                     (unsigned long long)l->committed_lsn);
+        for (size_t i = 0; i < n; i++)
+            file_unlink(s, nos[i]); /* all of it is in SQLite now */
+        l->no = n ? nos[n - 1] : 0;
+    }
+    free(nos);
+    l->next_lsn = max_lsn + 1;
+    l->last_lsn = max_lsn;
+    l->on = rc == 0 && s->cfg.sync == STORE_SYNC_NORMAL && !s->cfg.no_ack_log &&
+            strncmp(s->path, ":memory:", 8) != 0 && strncmp(s->path, "file:", 5) != 0;
+    return rc;
+}
+
+void store_log_close(struct store *s)
+{
+    struct store_log *l = &s->log;
+
+    file_close_current(l);
+    store_log_committed(s, l->committed_lsn); /* what is committed goes; the rest stays */
+    if (l->nfiles > 0)
+        log_warn("store: ack log files=%zu kept: they hold acked writes not yet committed;"
+                 " the next start commits them", l->nfiles);
+    free(l->files);
+    l->files = NULL;
+    l->nfiles = l->cap = 0;
+    buf_fini(&l->rec);
+}
