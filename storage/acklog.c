@@ -1,5 +1,5 @@
-/* storage/acklog.c: the ack log. Under storage.sync=normal an ack stands on a record
- * appended to this log, not on the SQLite commit behind it (docs/architecture.md
+/* storage/acklog.c: the ack log. An ack stands on a record appended to this log (and,
+ * under storage.sync=full, synced), not on the SQLite commit behind it (docs/architecture.md
  * "Threads"):
  *
  * - Loop thread: at the end of a loop iteration in which an ack waits, the writes of the
@@ -16,6 +16,11 @@
  *   log_state.lsn are committed again, in order, then the files go. A record is trusted
  *   only whole and with its checksum: a torn tail ends that file's replay (it was never
  *   acked: its write() had not returned).
+ * - Under storage.sync=full the record must reach the disk first: the syncer thread
+ *   fdatasyncs the file (and the directory, for a new file) and the acks go when it is
+ *   done; each sync covers every record written before it began, so publishers waiting
+ *   together share one (group commit), and the loop goes on appending meanwhile.
+ *   SQLite keeps synchronous=FULL, so a file may go once its records are committed.
  * - A write that fails (a full disk) leaves the file: its writes are not acked by the
  *   log; they are acked when the writer commits them, or refused, as without the log;
  *   the log is tried again, in a new file, a second later.
@@ -36,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "base/alloc.h"
@@ -48,6 +54,7 @@
 #define LOG_HEADER 20
 #define LOG_BODY_MAX (256u << 20) /* a larger length is a torn or foreign header */
 #define LOG_RETRY_MS 1000       /* after a failed write, the log waits this long */
+#define LOG_SPACE_CHECK_MS 100  /* free space is looked at this often */
 
 /* ---- the codec (pure) ---- */
 
@@ -397,7 +404,18 @@ static void file_close_current(struct store_log *l)
 {
     if (l->fd < 0)
         return;
-    close(l->fd);
+    if (l->sync) { /* the syncer syncs what it holds first, then closes it */
+        uv_mutex_lock(&l->sync_lock);
+        if (l->nretired == l->retired_cap) {
+            l->retired_cap = l->retired_cap ? 2 * l->retired_cap : 4;
+            l->retired = xrealloc(l->retired, l->retired_cap * sizeof *l->retired);
+        }
+        l->retired[l->nretired++] = l->fd;
+        l->sync_fd = -1;
+        uv_mutex_unlock(&l->sync_lock);
+    } else {
+        close(l->fd);
+    }
     l->fd = -1;
     if (l->nfiles == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 8;
@@ -405,6 +423,28 @@ static void file_close_current(struct store_log *l)
     }
     l->files[l->nfiles].no = l->no;
     l->files[l->nfiles++].last_lsn = l->cur_last_lsn;
+}
+
+/* Whether the file system has room for what the log may ack and SQLite then needs: at
+ * least cfg.queue_high_bytes + cfg.wal_max_bytes free (checked at most every
+ * LOG_SPACE_CHECK_MS). Below it acks wait for commits, so a disk that fills refuses new
+ * writes per protocol rather than holding acked ones it cannot commit. */
+static int space_ok(struct store *s)
+{
+    struct store_log *l = &s->log;
+    uint64_t now = gw_mono_ms();
+    struct statvfs v;
+
+    if (now >= l->space_checked_ms + LOG_SPACE_CHECK_MS || l->space_checked_ms == 0) {
+        uint64_t floor = (uint64_t)s->cfg.queue_high_bytes + s->cfg.wal_max_bytes, avail;
+        l->space_checked_ms = now;
+        avail = statvfs(s->path, &v) == 0 ? (uint64_t)v.f_bavail * v.f_frsize : 0;
+        if (l->space_ok && avail < floor)
+            log_info("store: bytes_free=%llu below %llu: acks wait for commits until there is"
+                     " more", (unsigned long long)avail, (unsigned long long)floor);
+        l->space_ok = avail >= floor;
+    }
+    return l->space_ok;
 }
 
 /* Every write of b not yet logged, as one record (loop thread). 0: logged (or nothing
@@ -417,7 +457,7 @@ int store_log_write(struct store *s, struct store_batch *b)
 
     if (b->nlogged == b->nitems)
         return 0;
-    if (!l->on || gw_mono_ms() < l->retry_ms)
+    if (!l->on || gw_mono_ms() < l->retry_ms || !space_ok(s))
         return -1;
     if (l->fd < 0) {
         char *p = file_path(s, ++l->no);
@@ -432,6 +472,12 @@ int store_log_write(struct store *s, struct store_batch *b)
         free(p);
         l->size = 0;
         l->cur_last_lsn = 0;
+        if (l->sync) {
+            uv_mutex_lock(&l->sync_lock);
+            l->sync_fd = l->fd;
+            l->sync_dir = 1; /* the file's name must survive a power cut too */
+            uv_mutex_unlock(&l->sync_lock);
+        }
     }
     lsn = l->next_lsn;
     l->rec.len = 0;
@@ -477,6 +523,115 @@ int store_log_write(struct store *s, struct store_batch *b)
     if (l->rec.cap > (4u << 20))
         buf_fini(&l->rec); /* a big batch's buffer is not kept */
     return 0;
+}
+
+/* ---- sync=full: the syncer thread ---- */
+
+static int sync_dir(const struct store *s)
+{
+    const char *slash = strrchr(s->path, '/');
+    char *dir = slash ? xstrndup(s->path, (size_t)(slash - s->path + 1)) : xstrdup(".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+    if (fd < 0 || fsync(fd) != 0)
+        rc = errno ? errno : EIO;
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    return rc;
+}
+
+static void on_sync_thread(void *arg)
+{
+    struct store *s = arg;
+    struct store_log *l = &s->log;
+
+    uv_mutex_lock(&l->sync_lock);
+    for (;;) {
+        uint64_t want;
+        int fd, dir, err = 0, *retired;
+        size_t nretired;
+
+        while (!l->sync_stop && l->sync_want <= l->sync_done && l->nretired == 0)
+            uv_cond_wait(&l->sync_cond, &l->sync_lock);
+        if (l->sync_stop && l->sync_want <= l->sync_done && l->nretired == 0)
+            break;
+        want = l->sync_want; /* every record written up to now: one sync for all of them */
+        fd = l->sync_fd >= 0 ? dup(l->sync_fd) : -1; /* the loop may retire it meanwhile */
+        dir = l->sync_dir;
+        l->sync_dir = 0;
+        retired = l->retired;
+        nretired = l->nretired;
+        l->retired = NULL;
+        l->nretired = l->retired_cap = 0;
+        uv_mutex_unlock(&l->sync_lock);
+        for (size_t i = 0; i < nretired; i++) {
+            if (fdatasync(retired[i]) != 0 && !err)
+                err = errno;
+            close(retired[i]);
+        }
+        free(retired);
+        if (fd >= 0) {
+            if (fdatasync(fd) != 0 && !err)
+                err = errno;
+            close(fd);
+        }
+        if (dir && !err)
+            err = sync_dir(s);
+        uv_mutex_lock(&l->sync_lock);
+        if (err) {
+            l->sync_err = err;
+        } else if (want > l->sync_done) {
+            l->sync_done = want;
+        }
+        uv_mutex_unlock(&l->sync_lock);
+        uv_async_send(&s->h->async); /* store_drain_done reports it */
+        uv_mutex_lock(&l->sync_lock);
+    }
+    uv_mutex_unlock(&l->sync_lock);
+}
+
+void store_log_logged(struct store *s, uint64_t seq)
+{
+    struct store_log *l = &s->log;
+
+    if (!l->sync) {
+        if (seq > s->log_unreported)
+            s->log_unreported = seq;
+        return;
+    }
+    uv_mutex_lock(&l->sync_lock);
+    if (seq > l->sync_want) {
+        l->sync_want = seq;
+        uv_cond_signal(&l->sync_cond);
+    }
+    uv_mutex_unlock(&l->sync_lock);
+}
+
+uint64_t store_log_synced(struct store *s)
+{
+    struct store_log *l = &s->log;
+    uint64_t done;
+    int err;
+
+    if (!l->sync)
+        return 0;
+    uv_mutex_lock(&l->sync_lock);
+    done = l->sync_done;
+    err = l->sync_err;
+    l->sync_err = 0;
+    uv_mutex_unlock(&l->sync_lock);
+    if (err && l->on) {
+        /* what that sync covered may not be on the disk, and a later sync that succeeds
+         * would not say it is: the log acks nothing more in this process; every ack waits
+         * for the writer's commit (SQLite syncs its own log) */
+        log_error("store: ack log sync failed: %s; acks wait for commits from now on",
+                  strerror(err));
+        l->failures++;
+        l->on = 0;
+        file_close_current(l);
+    }
+    return l->on ? done : 0;
 }
 
 void store_log_committed(struct store *s, uint64_t lsn)
@@ -659,9 +814,29 @@ int store_log_open(struct store *s)
     free(nos);
     l->next_lsn = max_lsn + 1;
     l->last_lsn = max_lsn;
-    l->on = rc == 0 && s->cfg.sync == STORE_SYNC_NORMAL && !s->cfg.no_ack_log &&
-            strncmp(s->path, ":memory:", 8) != 0 && strncmp(s->path, "file:", 5) != 0;
+    l->on = rc == 0 && !s->cfg.no_ack_log && strncmp(s->path, ":memory:", 8) != 0 &&
+            strncmp(s->path, "file:", 5) != 0;
+    if (l->on && s->cfg.sync == STORE_SYNC_FULL) {
+        l->sync_fd = -1;
+        if (uv_mutex_init(&l->sync_lock) != 0 || uv_cond_init(&l->sync_cond) != 0)
+            return -1;
+        l->sync = 1; /* the thread starts with the handles (store_log_start) */
+    }
     return rc;
+}
+
+int store_log_start(struct store *s)
+{
+    struct store_log *l = &s->log;
+
+    if (!l->sync)
+        return 0;
+    if (uv_thread_create(&l->sync_thread, on_sync_thread, s) != 0) {
+        l->on = 0;
+        return -1;
+    }
+    l->sync_started = 1;
+    return 0;
 }
 
 void store_log_close(struct store *s)
@@ -669,6 +844,24 @@ void store_log_close(struct store *s)
     struct store_log *l = &s->log;
 
     file_close_current(l);
+    if (l->sync) {
+        if (l->sync_started) { /* it syncs and closes what it holds, then ends */
+            uv_mutex_lock(&l->sync_lock);
+            l->sync_stop = 1;
+            uv_cond_signal(&l->sync_cond);
+            uv_mutex_unlock(&l->sync_lock);
+            uv_thread_join(&l->sync_thread);
+            l->sync_started = 0;
+        }
+        for (size_t i = 0; i < l->nretired; i++)
+            close(l->retired[i]);
+        free(l->retired);
+        l->retired = NULL;
+        l->nretired = 0;
+        uv_cond_destroy(&l->sync_cond);
+        uv_mutex_destroy(&l->sync_lock);
+        l->sync = 0;
+    }
     store_log_committed(s, l->committed_lsn); /* what is committed goes; the rest stays */
     if (l->nfiles > 0)
         log_warn("store: ack log files=%zu kept: they hold acked writes not yet committed;"

@@ -138,14 +138,18 @@ static void seal_awaited(struct store *s)
     /* inline only with no batch anywhere between sealing and its report: one the writer
      * has taken but not finished would commit (and be reported) after this one */
     may_inline = s->nsealed == 0 && inline_ok(s, b);
-    may_log = log_ok(s);
+    may_log = log_ok(s) && !b->compact; /* a compaction's seq means "chunked": no early ack */
     uv_mutex_unlock(&s->lock);
     if (may_log && store_log_write(s, b) == 0) {
-        /* acked by the log: the writer commits it behind the acks, next when it is free */
+        /* acked by the log (sync=full: once the syncer has synced it): the writer commits
+         * it behind the acks, next when it is free */
         uint64_t upto = b->last_seq;
         if (!waiting)
             store_seal(s);
-        report_logged(s, upto);
+        if (s->log.sync)
+            store_log_logged(s, upto);
+        else
+            report_logged(s, upto);
         return;
     }
     if (waiting)
@@ -347,7 +351,7 @@ static void report_full(struct store *s, int full)
 void store_drain_done(struct store *s)
 {
     struct store_batch *b, *next;
-    uint64_t reported;
+    uint64_t reported, synced;
     int full_now, stuck;
 
     uv_mutex_lock(&s->lock);
@@ -356,6 +360,7 @@ void store_drain_done(struct store *s)
     full_now = s->full_state; /* newer than every batch taken here */
     stuck = s->log_stuck;
     uv_mutex_unlock(&s->lock);
+    synced = store_log_synced(s); /* before the batches: their reports may pass it */
     reported = s->durable_seq; /* the ack log reports its batches before they commit */
     for (; b; b = next) {
         uint64_t upto = b->last_seq;
@@ -381,6 +386,8 @@ void store_drain_done(struct store *s)
         }
     }
     report_full(s, full_now);
+    if (synced > s->durable_seq && !s->closing)
+        report_logged(s, synced);
     release_reads(s, stuck || full_now);
     if (s->closing) /* store_writer_stop: the writer has exited */
         return;
@@ -484,16 +491,15 @@ void store_seal(struct store *s)
          * the writer has reported it */
         int may_log;
         uv_mutex_lock(&s->lock);
-        may_log = log_ok(s);
+        may_log = log_ok(s) && !b->compact;
         uv_mutex_unlock(&s->lock);
         if (!may_log || store_log_write(s, b) != 0)
             b->unlogged = 1;
     }
     /* a batch wholly in the log, after none that is not: its acks need not wait for the
      * writer (reported at the end of this iteration, not from inside the caller's write) */
-    if (s->log.on && !b->unlogged && s->unlogged_out == 0 && b->last_seq > s->durable_seq &&
-        b->last_seq > s->log_unreported)
-        s->log_unreported = b->last_seq;
+    if (s->log.on && !b->unlogged && s->unlogged_out == 0 && b->last_seq > s->durable_seq)
+        store_log_logged(s, b->last_seq);
     if (b->unlogged)
         s->unlogged_out++;
     s->open = NULL;

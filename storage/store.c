@@ -76,7 +76,7 @@ int store_open(uv_loop_t *loop, const struct store_cfg *cfg, struct store **out)
     s->have_db_lock = 1;
 
     if (store_db_open(s) != 0 || store_replay(s) != 0 || store_log_open(s) != 0 ||
-        store_handles_init(s) != 0 ||
+        store_handles_init(s) != 0 || store_log_start(s) != 0 ||
         store_checkpointer_start(s) != 0 || store_writer_start(s) != 0)
         goto fail;
     *out = s;
@@ -176,6 +176,14 @@ void store_fail_next_commits(struct store *s, int n, int rc)
 {
     uv_mutex_lock(&s->lock);
     s->fail_commits = n;
+    s->fail_rc = rc ? rc : SQLITE_IOERR;
+    uv_mutex_unlock(&s->lock);
+}
+
+void store_fail_next_logged_commits(struct store *s, int n, int rc)
+{
+    uv_mutex_lock(&s->lock);
+    s->fail_logged = n;
     s->fail_rc = rc ? rc : SQLITE_IOERR;
     uv_mutex_unlock(&s->lock);
 }

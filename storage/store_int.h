@@ -172,8 +172,26 @@ struct store_log {
     uint64_t committed_lsn;     /* every record up to it is in SQLite */
     uint64_t retry_ms;          /* after a failed write: not used before this */
     int failed_logged;          /* the failure episode is logged */
+    int space_ok;               /* the file system had room at the last look */
+    uint64_t space_checked_ms;  /* monotonic ms of that look */
     uint64_t records, bytes, failures; /* counters */
     struct buf rec;             /* the record being written */
+    /* sync=full: acks wait for the syncer thread's fdatasync of the log (one per round,
+     * covering every record written before the round began: group commit). sync_lock
+     * guards the fields below it. */
+    int sync;                   /* read-only after store_log_open: sync=full, a syncer */
+    int sync_started;           /* its thread runs */
+    uv_thread_t sync_thread;
+    uv_mutex_t sync_lock;
+    uv_cond_t sync_cond;
+    int sync_fd;                /* the file records go to now, or -1 */
+    int *retired;               /* files closed by the loop: synced, then closed */
+    size_t nretired, retired_cap;
+    int sync_dir;               /* a new file: the directory is synced too */
+    uint64_t sync_want;         /* writes up to this seq are in the log, to be synced */
+    uint64_t sync_done;         /* ... and up to this one synced */
+    int sync_err;               /* errno of a failed sync, for the loop (then 0) */
+    int sync_stop;
 };
 
 /* A read (query, outbox read, backup) waiting for the writer to commit what the ack log
@@ -308,7 +326,9 @@ struct store {
     struct store_batch *todo_head, *todo_tail;  /* sealed, waiting for the writer */
     struct store_batch *done_head, *done_tail;  /* committed or failed, for the loop */
     int stopping;               /* writer: drain todo, then exit */
-    int fail_commits;           /* test seam: commits left to fail */
+    int fail_commits;           /* test seam: commits left to fail (batches whose acks wait
+                                 * for the commit; while it is armed the ack log acks nothing) */
+    int fail_logged;            /* test seam: commits of batches the ack log acked, to fail */
     int writer_kick;            /* the loop committed inline: chunk slices or the WAL bound
                                  * may be due (the writer looks) */
     int fail_rc;                /* ... with this SQLite result code */
@@ -350,6 +370,12 @@ struct store {
     int force_chunk;            /* chunk every hot point (STORE_OP_COMPACT) */
     uint64_t chunk_retry_ms;    /* after a failed slice: none before this monotonic ms */
     uint64_t failed_batches;    /* batches failed for good since the last success */
+    /* batches the ack log acked whose commit failed, in order: tried again until they
+     * commit (writer.c); later batches wait behind them or are refused */
+    struct store_batch *stuck_head, *stuck_tail;
+    uint64_t stuck_retry_ms;    /* monotonic ms of the next try */
+    unsigned stuck_delay_ms;    /* the back-off after the next failure */
+    uint64_t stuck_tries;       /* tries in this episode */
     /* Disk full (SQLITE_FULL, or an I/O error with ENOSPC/EDQUOT): no retries; a batch
      * is refused untried until full_probe_ms or until the file system gained
      * cfg.full_probe_free, then the next one is tried (the probe); chunk slices wait.
@@ -420,6 +446,8 @@ void store_batch_release(struct store_batch *b);
  * hold yet (log_state.lsn), removes the files, turns the log on under sync=normal.
  * 0 or -1 (logged). */
 int store_log_open(struct store *s);
+/* store_open, after the handles exist: starts the syncer (sync=full). 0 or -1. */
+int store_log_start(struct store *s);
 /* Loop thread: appends b's writes not yet logged as one record. 0: they are logged (or
  * there were none), -1: not (the log is off, backing off, or the write failed). */
 int store_log_write(struct store *s, struct store_batch *b);
@@ -427,6 +455,12 @@ int store_log_write(struct store *s, struct store_batch *b);
 void store_log_committed(struct store *s, uint64_t lsn);
 /* store_close, after the writer: closes the file, removes what is committed. */
 void store_log_close(struct store *s);
+/* Loop thread: the writes up to seq are in the log: sync=normal reports them at the end
+ * of the iteration, sync=full asks the syncer to sync them first. */
+void store_log_logged(struct store *s, uint64_t seq);
+/* Loop thread (store_drain_done): what the syncer has synced since, or 0; a failed sync
+ * ends the file (acks then wait for commits until the log works again). */
+uint64_t store_log_synced(struct store *s);
 /* The record codec (pure; tests and the fuzz target use it). A record is built in b:
  * start = store_log_begin(b), items, store_log_end(b, start, lsn). */
 size_t store_log_begin(struct buf *b);
@@ -600,6 +634,9 @@ const char *store_migration_sql(int v);
  * retention_days > 0) in the ordered stream: its seq is reported durable once that has
  * run. Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
+/* The next n commit attempts of batches the ack log has acked fail with rc (the writer
+ * retries them until they commit). Any thread. */
+void store_fail_next_logged_commits(struct store *s, int n, int rc);
 /* A query renews its read snapshot every ms (0: between every two chunks); before any
  * query runs. Loop thread (store.c). */
 void store_set_snapshot_ms(struct store *s, unsigned ms);

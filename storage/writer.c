@@ -323,8 +323,9 @@ static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx
     }
     if (rc == SQLITE_OK) {
         uv_mutex_lock(&s->lock);
-        if (s->fail_commits > 0) {
-            s->fail_commits--;
+        int *seam = b->lsn ? &s->fail_logged : &s->fail_commits;
+        if (*seam > 0) {
+            (*seam)--;
             fail_rc = s->fail_rc;
         }
         uv_mutex_unlock(&s->lock);
@@ -515,16 +516,6 @@ static void push_done(struct store *s, struct store_batch *b, int wake)
         uv_async_send(&s->h->async);
 }
 
-static int writer_stopping(struct store *s)
-{
-    int stopping;
-
-    uv_mutex_lock(&s->lock);
-    stopping = s->stopping;
-    uv_mutex_unlock(&s->lock);
-    return stopping;
-}
-
 /* The loop learns that a batch the ack log acked is stuck (reads stop waiting for it), or
  * committed after all. */
 static void set_stuck(struct store *s, int stuck)
@@ -535,42 +526,96 @@ static void set_stuck(struct store *s, int stuck)
     uv_async_send(&s->h->async);
 }
 
-/* A batch with writes the ack log has acked: tried until it commits, never refused nor
- * given up, since its acks are out (a full disk is tried every full_probe_ms). Only a
- * stop ends the tries: the log file keeps the batch and the next start commits it.
- * 1 committed, 0 not. */
-static int commit_logged(struct store *s, struct store_batch *b, struct batch_ctx *bc,
-                         int *compact)
+/* Batches with writes the ack log has acked are never refused nor given up, since their
+ * acks are out: one whose commit fails waits in the stuck list (in order) and is tried
+ * again, 50 ms doubling to STORE_LOG_RETRY_MAX_MS apart (a full disk: when a probe is due),
+ * until it commits. Meanwhile no later batch may commit before it: later batches the log
+ * acked join the list, the others are refused (reported failed) at once, as with a full
+ * disk, so devices hear about it. Only a stop ends the tries: the log file keeps the
+ * batches and the next start commits them. */
+static void stuck_push(struct store *s, struct store_batch *b)
 {
-    unsigned delay = STORE_RETRY_BASE_MS;
+    b->next = NULL;
+    if (s->stuck_tail)
+        s->stuck_tail->next = b;
+    else
+        s->stuck_head = b;
+    s->stuck_tail = b;
+}
 
-    for (int tries = 0;; tries++) {
-        if (tries > 0) {
-            if (writer_stopping(s))
-                return 0;
-            uv_sleep(s->full ? s->cfg.full_probe_ms : delay);
-            if (delay < STORE_LOG_RETRY_MAX_MS)
-                delay *= 2;
-        }
-        if (commit_batch(s, b, bc, compact) == SQLITE_OK) {
-            if (tries > 0) {
-                log_warn("store: batch upto=%llu committed after tries=%d",
-                         (unsigned long long)b->last_seq, tries + 1);
-                set_stuck(s, 0);
-            }
-            return 1;
-        }
-        if (tries == 0) {
-            log_error("store: batch upto=%llu rows=%zu acked through the ack log failed to"
-                      " commit: %s; trying again until it does",
-                      (unsigned long long)b->last_seq, b->nrows, s->last_err);
-            set_stuck(s, 1);
-        }
-        if (s->last_full && !s->full) {
-            full_failed(s);
-            publish_full(s);
-        }
+/* One commit of the stuck list's head failed: the next try waits. */
+static void stuck_backoff(struct store *s)
+{
+    if (s->last_full && !s->full) {
+        full_failed(s);
+        publish_full(s);
     }
+    s->stuck_retry_ms = gw_mono_ms() + (s->full ? s->cfg.full_probe_ms : s->stuck_delay_ms);
+    if (s->stuck_delay_ms < STORE_LOG_RETRY_MAX_MS)
+        s->stuck_delay_ms *= 2;
+}
+
+/* A logged batch's first commit failed. */
+static void stuck_begin(struct store *s, struct store_batch *b)
+{
+    if (!s->stuck_head) {
+        log_error("store: batch upto=%llu rows=%zu acked through the ack log failed to commit:"
+                  " %s; trying again until it does", (unsigned long long)b->last_seq, b->nrows,
+                  s->last_err);
+        s->stuck_delay_ms = STORE_RETRY_BASE_MS;
+        s->stuck_tries = 1;
+        set_stuck(s, 1);
+    }
+    stuck_push(s, b);
+    stuck_backoff(s);
+}
+
+/* Tries the stuck batches in order while they commit (when a try is due). */
+static void stuck_retry(struct store *s, struct batch_ctx *bc)
+{
+    while (s->stuck_head) {
+        struct store_batch *b = s->stuck_head;
+        uint64_t start_ns = uv_hrtime();
+        int compact = 0;
+
+        if (gw_mono_ms() < s->stuck_retry_ms || (s->full && !full_try_due(s)))
+            return;
+        s->stuck_tries++;
+        if (commit_batch(s, b, bc, &compact) != SQLITE_OK) {
+            stuck_backoff(s);
+            return;
+        }
+        s->stuck_head = b->next;
+        if (!s->stuck_head)
+            s->stuck_tail = NULL;
+        committed(s, b, bc, start_ns);
+        store_batch_release(b);
+        b->ok = 1;
+        b->full = s->full;
+        push_done(s, b, 1);
+        s->stuck_retry_ms = 0;
+    }
+    log_warn("store: the batches the ack log acked are committed after tries=%llu",
+             (unsigned long long)s->stuck_tries);
+    set_stuck(s, 0);
+}
+
+/* A stop: what is still stuck stays in the log files for the next start. */
+static void stuck_give_up(struct store *s)
+{
+    struct store_batch *b;
+
+    if (s->stuck_head)
+        log_warn("store: batches the ack log acked stay in its files for the next start"
+                 " (upto=%llu)", (unsigned long long)s->stuck_tail->last_seq);
+    while ((b = s->stuck_head) != NULL) {
+        s->stuck_head = b->next;
+        store_batch_release(b);
+        b->ok = 0;
+        b->full = s->full;
+        push_done(s, b, 1);
+    }
+    s->stuck_tail = NULL;
 }
 
 static void process_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc)
@@ -578,9 +623,23 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     int ok = b->nitems == 0, compact_req = 0, rc = SQLITE_OK, tries = 0, full = 0;
     uint64_t start_ns = uv_hrtime();
 
-    if (!ok && b->lsn) {
-        ok = commit_logged(s, b, bc, &compact_req);
-        tries = STORE_COMMIT_TRIES; /* no other tries */
+    if (!ok && s->stuck_head)
+        stuck_retry(s, bc);
+    if (!ok && s->stuck_head) { /* it may not commit before them */
+        if (b->lsn) {
+            stuck_push(s, b);
+            return;
+        }
+        s->full_refused += s->full;
+        tries = STORE_COMMIT_TRIES; /* refused untried */
+    } else if (!ok && b->lsn) {
+        rc = commit_batch(s, b, bc, &compact_req);
+        ok = rc == SQLITE_OK;
+        if (!ok) {
+            stuck_begin(s, b);
+            return;
+        }
+        tries = STORE_COMMIT_TRIES;
     } else if (!ok && s->full && !full_try_due(s)) {
         s->full_refused++; /* refused untried: SQLite would only say the same */
         tries = STORE_COMMIT_TRIES;
@@ -603,9 +662,6 @@ static void process_batch(struct store *s, struct store_batch *b, struct batch_c
     if (full) {
         full_failed(s);
         s->full_refused++;
-    } else if (!ok && b->lsn) {
-        log_warn("store: batch upto=%llu stays in the ack log for the next start",
-                 (unsigned long long)b->last_seq);
     } else if (!ok && !s->full && s->failed_batches++ == 0) { /* once per episode */
         log_error("store: batch upto=%llu rows=%zu failed after %d tries, not durable; %s",
                   (unsigned long long)b->last_seq, b->nrows, tries, s->last_err);
@@ -693,8 +749,8 @@ static void on_writer_thread(void *arg)
 
     for (;;) {
         struct store_batch *b;
-        int overdue, due, full, timed;
-        uint64_t probe_ms, now;
+        int overdue, due, full, timed, stuck;
+        uint64_t probe_ms, stuck_ms, now;
 
         /* the writer-side state, read under the lock the loop's inline commits hold */
         uv_mutex_lock(&s->db_lock);
@@ -703,6 +759,8 @@ static void on_writer_thread(void *arg)
         full = s->full;
         probe_ms = s->full_probe_ms;
         timed = s->cfg.retention_days > 0 || s->chunk_retry_ms > 0;
+        stuck = s->stuck_head != NULL;
+        stuck_ms = s->stuck_retry_ms;
         uv_mutex_unlock(&s->db_lock);
 
         uv_mutex_lock(&s->lock); /* never held while waiting for s->db_lock */
@@ -729,15 +787,27 @@ static void on_writer_thread(void *arg)
         }
         if (s->stopping && !b) {
             uv_mutex_unlock(&s->lock);
+            uv_mutex_lock(&s->db_lock);
+            stuck_give_up(s);
+            uv_mutex_unlock(&s->db_lock);
             break; /* what is hot is in the segments: the next start replays it */
+        }
+        now = gw_mono_ms();
+        if (stuck && now >= stuck_ms) {
+            uv_mutex_unlock(&s->lock);
+            uv_mutex_lock(&s->db_lock);
+            stuck_retry(s, &bc);
+            uv_mutex_unlock(&s->db_lock);
+            continue;
         }
         if (b || due) { /* b waits: the hot points are overdue */
             uv_mutex_unlock(&s->lock);
             with_db(s, 1, 0);
             continue;
         }
-        if (full) {
-            now = gw_mono_ms();
+        if (stuck && !(full && probe_ms < stuck_ms)) {
+            uv_cond_timedwait(&s->cond, &s->lock, (stuck_ms - now) * 1000000);
+        } else if (full) {
             if (now >= probe_ms) {
                 uv_mutex_unlock(&s->lock);
                 with_db(s, 0, 1);

@@ -93,6 +93,9 @@ static void default_cfg(struct fixture *f)
     f->cfg.queue_high_rows = 200000;
     f->cfg.queue_low_rows = 50000;
     f->cfg.hot_max_points = 100000;
+    /* acks wait for commits: most tests read the database right after an ack; the ack
+     * log has tests of its own (test_ack_log_*) */
+    f->cfg.no_ack_log = true;
 }
 
 static void do_open(struct fixture *f)
@@ -1812,6 +1815,12 @@ static void log_record(struct buf *b, uint64_t lsn, const char *dev, int64_t ts,
     store_log_end(b, start, lsn);
 }
 
+static int log_caught_up(struct fixture *f, const void *arg)
+{
+    (void)arg;
+    return f->s->log.committed_lsn == f->s->log.last_lsn;
+}
+
 /* An ack stands on the log: with the writer held off the write connection, a flushed
  * write is still reported durable, one record in one file; a query waits until the writer
  * has committed it (a read sees every acked write), and the clean close leaves no file.
@@ -1824,6 +1833,7 @@ static void test_ack_log_acks_before_the_commit(void **state)
     uint64_t seq;
 
     f->cfg.sync = STORE_SYNC_NORMAL;
+    f->cfg.no_ack_log = false;
     do_open(f);
     wait_durable(f, append1(f, "d", pnum("k", 1, 1))); /* the writer is idle after this */
     uv_mutex_lock(&f->s->db_lock); /* the writer cannot commit now */
@@ -1867,6 +1877,83 @@ static void test_ack_log_acks_before_the_commit(void **state)
     assert_int_equal(count_log_files(f), 0);
 }
 
+/* sync=full: the ack waits for the syncer's fdatasync of the log, not for the writer; a
+ * compaction (its seq means "chunked") is never acked by the log. */
+static void test_ack_log_full_syncs(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq;
+
+    f->cfg.sync = STORE_SYNC_FULL;
+    f->cfg.no_ack_log = false;
+    do_open(f);
+    assert_true(f->s->log.sync);
+    wait_durable(f, append1(f, "d", pnum("k", 1, 1)));
+    uv_mutex_lock(&f->s->db_lock);
+    for (int i = 2; i < 50; i++)
+        seq = append1(f, "d", pnum("k", i, i));
+    store_flush(f->s);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    uv_mutex_lock(&f->s->log.sync_lock);
+    assert_true(f->s->log.sync_done >= seq);
+    uv_mutex_unlock(&f->s->log.sync_lock);
+    seq = store_compact(f->s);
+    store_flush(f->s);
+    for (int i = 0; i < 20; i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_true(f->s->durable_seq < seq);
+    uv_mutex_unlock(&f->s->db_lock);
+    wait_durable(f, seq);
+    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM segments"), 0);
+    do_close(f);
+    assert_int_equal(count_log_files(f), 0);
+}
+
+static int log_is_stuck(struct fixture *f, const void *arg)
+{
+    int stuck;
+
+    (void)arg;
+    uv_mutex_lock(&f->s->lock);
+    stuck = f->s->log_stuck;
+    uv_mutex_unlock(&f->s->lock);
+    return stuck;
+}
+
+/* A batch the log acked whose commit fails is tried until it commits, never reported
+ * failed; while it is stuck a later write is refused (reported failed) rather than
+ * committed before it, and reads do not wait for it. */
+static void test_ack_log_failed_commit_retried(void **state)
+{
+    struct fixture *f = *state;
+    const struct store_result *r;
+    uint64_t seq, seq2;
+
+    f->cfg.sync = STORE_SYNC_NORMAL;
+    f->cfg.no_ack_log = false;
+    do_open(f);
+    store_fail_next_logged_commits(f->s, 1000000, SQLITE_IOERR);
+    seq = append1(f, "d", pnum("k", 1, 1));
+    store_flush(f->s);
+    wait_durable(f, seq);
+    assert_int_equal(outcome_of(f, seq), 1);
+    assert_true(wait_until(f, log_is_stuck, NULL));
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } }); /* answered meanwhile */
+    assert_int_equal(r->rc, 0);
+    seq2 = append1(f, "d", pnum("k", 2, 2));
+    store_flush(f->s);
+    wait_durable(f, seq2);
+    assert_int_equal(outcome_of(f, seq2), 0); /* refused, not committed ahead of seq */
+    store_fail_next_logged_commits(f->s, 0, SQLITE_IOERR);
+    assert_true(wait_until(f, log_caught_up, NULL));
+    assert_false(log_is_stuck(f, NULL));
+    r = query(f, &(struct qspec){ .device = "d", .keys = { "k" } });
+    assert_int_equal(r->series[0].npoints, 1);
+    assert_int_equal(r->series[0].points[0].ts_ms, 1);
+    assert_int_equal(outcome_of(f, seq), 1);
+}
+
 /* Start-up commits the records SQLite lacks (past log_state.lsn), in order, stops at a
  * torn record, and removes the files. */
 static void test_ack_log_replay(void **state)
@@ -1880,6 +1967,7 @@ static void test_ack_log_replay(void **state)
     size_t whole;
 
     f->cfg.sync = STORE_SYNC_NORMAL;
+    f->cfg.no_ack_log = false;
     do_open(f);
     do_close(f);
     exec_sql(f->path, "UPDATE log_state SET lsn = 1");
@@ -2204,6 +2292,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inline_commits_race_the_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_log_acks_before_the_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_log_full_syncs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_log_failed_commit_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_log_replay, setup, teardown),
         cmocka_unit_test(test_ack_log_codec),
         cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
