@@ -851,22 +851,32 @@ static struct mqtt_store mqtt_store_port(struct store *s)
  * With GALE_TEST_FAIL_COMMITS=n in the environment, each SIGUSR2 makes storage's next n
  * commit attempts fail (store_fail_next_commits), so integration tests can check what is
  * acknowledged when a commit fails: n equal to the writer's tries fails a batch, fewer
- * only delay it. Off unless the variable is set. */
+ * only delay it. GALE_TEST_FAIL_LOGGED_COMMITS=n does the same for the commits of batches
+ * the ack log has acked (the writer retries those until they commit), so a test can kill
+ * the process while acked writes are only in the log. Off unless a variable is set. */
 static uv_signal_t fault_signal;
-static int fault_commits;
+static int fault_commits, fault_logged;
 
 static void on_fault_signal(uv_signal_t *h, int signum)
 {
     (void)signum;
-    store_fail_next_commits(h->data, fault_commits, 0);
-    log_warn("test seam: the next %d storage commit attempts fail", fault_commits);
+    if (fault_commits > 0) {
+        store_fail_next_commits(h->data, fault_commits, 0);
+        log_warn("test seam: the next %d storage commit attempts fail", fault_commits);
+    }
+    if (fault_logged > 0) {
+        store_fail_next_logged_commits(h->data, fault_logged, 0);
+        log_warn("test seam: the next %d commit attempts of acked batches fail", fault_logged);
+    }
 }
 
 static void fault_seam_init(uv_loop_t *loop, struct store *store)
 {
     const char *v = getenv("GALE_TEST_FAIL_COMMITS");
+    const char *w = getenv("GALE_TEST_FAIL_LOGGED_COMMITS");
     fault_commits = v ? atoi(v) : 0;
-    if (fault_commits <= 0)
+    fault_logged = w ? atoi(w) : 0;
+    if (fault_commits <= 0 && fault_logged <= 0)
         return;
     uv_signal_init(loop, &fault_signal);
     fault_signal.data = store;

@@ -174,6 +174,9 @@ void store_get_stats(struct store *s, struct store_stats *out);
 /* Test seam: the next n commit attempts fail with SQLite result code rc, retries
  * included (SQLITE_FULL acts as a full disk: no retries, probes). Loop thread. */
 void store_fail_next_commits(struct store *s, int n, int rc);
+/* Test seam: the next n commit attempts of batches the ack log has acked fail with rc
+ * (the writer retries them until they commit). Any thread. */
+void store_fail_next_logged_commits(struct store *s, int n, int rc);
 
 /* ---- reads: run on libuv's work pool, result on the loop thread ---- */
 /* first/last: the value of the bucket's oldest/newest numeric point. */

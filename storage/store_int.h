@@ -634,9 +634,6 @@ const char *store_migration_sql(int v);
  * retention_days > 0) in the ordered stream: its seq is reported durable once that has
  * run. Loop thread (writer.c). */
 uint64_t store_compact(struct store *s);
-/* The next n commit attempts of batches the ack log has acked fail with rc (the writer
- * retries them until they commit). Any thread. */
-void store_fail_next_logged_commits(struct store *s, int n, int rc);
 /* A query renews its read snapshot every ms (0: between every two chunks); before any
  * query runs. Loop thread (store.c). */
 void store_set_snapshot_ms(struct store *s, unsigned ms);
