@@ -650,7 +650,8 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         }
         /* storage lost the first copy (even after its connection closed): this one is it */
         broker_qos2_remove(mc->sess, pkt->id);
-    } else if (pp->qos == 2 && mc->sess->nqos2_in >= gw->cfg->mqtt.max_qos2_pending) {
+    } else if (pp->qos == 2 && mc->sess->dv &&
+               mc->sess->dv->nqos2_in >= gw->cfg->mqtt.max_qos2_pending) {
         gw->metrics.mqtt_refused_qos2++;
         log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" closed reason=\"mqtt.max_qos2_pending "
                  "reached: QoS 2 ids never released with PUBREL\" limit=%zu",
