@@ -629,9 +629,9 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
 
 void broker_disconnect(struct mqtt_conn *mc, uint8_t rc, const char *why)
 {
-    if (mc->v5 && mc->connected && !mc->c->closing && !mc->disconnect_rc) {
-        mc->disconnect_rc = rc;
-        mc->disconnect_why = why;
+    if (mc->v5 && mc->connected && !mc->c->closing && !mc->v5->disconnect_rc) {
+        mc->v5->disconnect_rc = rc;
+        mc->v5->disconnect_why = why;
     }
     conn_close(mc->c, why);
 }
@@ -801,7 +801,7 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
     if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
                  "subscribe_denied=%llu telemetry_not_stored=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer,
+                 (unsigned long long)mc->c->id, conn_peer(mc->c),
                  log_q(mc->sess ? mc->sess->client_id : NULL),
                  (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
                  (unsigned long long)mc->bad_telemetry);
@@ -816,7 +816,7 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
                 b->gw->metrics.mqtt_wills_dropped++;
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" will not published "
                          "topic=\"%s\" reason=\"refused as a publish would be\"",
-                         (unsigned long long)mc->c->id, mc->c->peer,
+                         (unsigned long long)mc->c->id, conn_peer(mc->c),
                          log_q(mc->sess->client_id), log_q(w->topic));
             } else if (w->delay_s && s && s->conn == mc && !s->clean) {
                 /* MQTT 5 Will Delay Interval: held by the session, published when the delay
@@ -1471,9 +1471,9 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
         reason = &unused;
     if (mc->c->device[0] &&
         (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
-        if (log_refusal(mc->c->peer, "rate limited"))
+        if (log_refusal(conn_peer(mc->c), "rate limited"))
             log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), mc->c->device,
                      rate == GUARD_RATE_DROP ? "drop" : "disconnect",
                      gw->cfg->limits.device_rate_msgs_per_s);
         *reason = MQTT_RC_MESSAGE_RATE_TOO_HIGH;
@@ -1483,18 +1483,18 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
         !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, client,
                    mc->c->device[0] ? mc->c->device : NULL, topic, len, ACL_PUBLISH)) {
         b->acl_denied++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
+        if (mc->denied_pub++ == 0 && log_refusal(conn_peer(mc->c), "publish denied"))
             log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic));
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client), log_q(topic));
         *reason = MQTT_RC_NOT_AUTHORIZED;
         return PUBLISH_DROP;
     }
     if (retain && !broker_retained_room(b, topic, payload_len, &why)) {
         b->retained_refused++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "retained refused"))
+        if (mc->denied_pub++ == 0 && log_refusal(conn_peer(mc->c), "retained refused"))
             log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" retained publish dropped "
                      "topic=\"%s\" reason=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic),
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client), log_q(topic),
                      why);
         *reason = MQTT_RC_QUOTA_EXCEEDED;
         return PUBLISH_DROP;

@@ -218,6 +218,9 @@ struct mqtt5_conn {
     bool expiry_was_zero;       /* CONNECT's Session Expiry Interval was 0 */
     bool auth_method;           /* CONNECT named the enhanced authentication method */
     bool peer_disconnect;       /* the client sent DISCONNECT: no DISCONNECT back */
+    uint8_t disconnect_rc;      /* the reason code of the DISCONNECT sent when the connection
+                                 * closes (0: none, or chosen by the cause) */
+    const char *disconnect_why; /* the Reason String (static) of that DISCONNECT, or NULL */
     char **alias_in;            /* [alias_max_in + 1]: topics it named, heap, or NULL */
     size_t alias_in_bytes;      /* their bytes (bounded by mqtt.max_subscription_bytes) */
     struct map alias_out;       /* topic -> alias number (uintptr_t) we assigned */
@@ -238,8 +241,6 @@ struct mqtt_conn {
     struct mqtt_will *will;     /* NULL: none */
     struct mqtt5_conn *v5;      /* MQTT 5 state, NULL for 3.1.1 */
     struct buf out;             /* encoding scratch, freed after each send */
-    const char *disconnect_why; /* MQTT 5: the Reason String (static) of the DISCONNECT
-                                 * sent when the connection closes, or NULL */
     /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
      * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
     uint32_t ahead;
@@ -254,8 +255,6 @@ struct mqtt_conn {
     bool finished;              /* broker_conn_finish_now ran (will, detach, presence) */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
-    uint8_t disconnect_rc;      /* MQTT 5: the reason code of the DISCONNECT sent when the
-                                 * connection closes (0: none, or chosen by the cause) */
 };
 
 /* ---- per-identity limits and ACL completeness (broker.c) ---- */
