@@ -2,7 +2,7 @@
  * send path, auth/idle timers and durable waiters. Loop thread only.
  *
  * Reads land in one loop-wide buffer (the registry's, 64 KiB): on_alloc hands it to
- * every read, and take_input lends it to the connection as c->in (c->raw under a
+ * every read, and take_input lends it to the connection as c->in (c->x->raw under a
  * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
  * partial frame is copied into memory of the connection's own, which is freed once it
  * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
@@ -446,7 +446,7 @@ static void proxy_done(struct conn *c, const struct proxy_header *h)
 
 /* n bytes read at p (the start of the loop-wide read buffer) while c's PROXY header is
  * not complete. Returns how many bytes follow the header, moved to p for the layers above,
- * or 0 (header incomplete, or c closed). A header split over reads is kept in c->proxy_in,
+ * or 0 (header incomplete, or c closed). A header split over reads is kept in c->x->proxy_in,
  * at most PROXY_HEADER_MAX bytes (proxy_decode refuses any longer). */
 static size_t read_proxy(struct conn *c, uint8_t *p, size_t n)
 {

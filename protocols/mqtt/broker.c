@@ -360,7 +360,8 @@ static bool may_receive(struct mqtt_broker *b, const struct mqtt_session *s, con
 {
     if (acl_has_subscribe_denials(b->acl) &&
         !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                   session_device(s)[0] ? session_device(s) : NULL, topic, strlen(topic), ACL_SUBSCRIBE))
+                   session_device(s)[0] ? session_device(s) : NULL, topic, strlen(topic),
+                   ACL_SUBSCRIBE))
         return false;
     return s->role != ACL_ROLE_ANONYMOUS ||
            !broker_anon_denied(b, topic, strlen(topic), ACL_SUBSCRIBE);
@@ -494,8 +495,8 @@ static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char
         s->dv->drop_logged = true;
         log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu "
                  "queued_bytes=%zu limit_bytes=%zu",
-                 log_q(s->client_id), why, s->dv->queue.len, cfg->mqtt.max_queued, s->dv->queued_bytes,
-                 cfg->mqtt.max_queued_bytes);
+                 log_q(s->client_id), why, s->dv->queue.len, cfg->mqtt.max_queued,
+                 s->dv->queued_bytes, cfg->mqtt.max_queued_bytes);
     }
 }
 
@@ -504,7 +505,8 @@ static bool queue_fits(const struct mqtt_broker *b, const struct mqtt_session *s
 {
     const struct config *cfg = b->gw->cfg;
     return s->dv->queue.len < cfg->mqtt.max_queued &&
-           (!cfg->mqtt.max_queued_bytes || s->dv->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
+           (!cfg->mqtt.max_queued_bytes ||
+            s->dv->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
 }
 
 /* Delivers m to session s with effective qos (and the subscription identifiers it
@@ -1442,7 +1444,8 @@ size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
         struct mqtt_str af; /* the ACL judges a shared subscription's own filter */
         share_parse(fs.f[i], len, NULL, &af);
         if (!acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                       session_device(s)[0] ? session_device(s) : NULL, af.p, af.len, ACL_SUBSCRIBE) ||
+                       session_device(s)[0] ? session_device(s) : NULL, af.p, af.len,
+                       ACL_SUBSCRIBE) ||
             (s->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, af.p, af.len, ACL_SUBSCRIBE))) {
             log_info("mqtt client=\"%s\" subscription dropped filter=\"%s\" "
                      "reason=\"no longer allowed by the ACL\"",
@@ -1536,7 +1539,8 @@ void broker_qos2_add(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id,
             s->dv->qos2_cap = s->dv->qos2_cap ? s->dv->qos2_cap * 2 : 8;
             s->dv->qos2_in = xrealloc(s->dv->qos2_in, s->dv->qos2_cap * sizeof *s->dv->qos2_in);
         }
-        memmove(&s->dv->qos2_in[i + 1], &s->dv->qos2_in[i], (s->dv->nqos2_in - i) * sizeof *s->dv->qos2_in);
+        memmove(&s->dv->qos2_in[i + 1], &s->dv->qos2_in[i],
+                (s->dv->nqos2_in - i) * sizeof *s->dv->qos2_in);
         s->dv->qos2_in[i] = (struct qos2_in){id, false, *t};
         s->dv->nqos2_in++;
     }
@@ -1556,7 +1560,8 @@ void broker_qos2_remove(struct mqtt_session *s, uint16_t id)
 {
     size_t i = qos2_index(s, id);
     if (s->dv && i < s->dv->nqos2_in && s->dv->qos2_in[i].id == id) {
-        memmove(&s->dv->qos2_in[i], &s->dv->qos2_in[i + 1], (s->dv->nqos2_in - i - 1) * sizeof *s->dv->qos2_in);
+        memmove(&s->dv->qos2_in[i], &s->dv->qos2_in[i + 1],
+                (s->dv->nqos2_in - i - 1) * sizeof *s->dv->qos2_in);
         s->dv->nqos2_in--;
     }
 }
@@ -1694,7 +1699,8 @@ static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_
             continue;
         if (state == OUT_WAIT_PUBREC)
             return o; /* stays in flight, waiting for PUBCOMP */
-        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1], (s->dv->ninflight - i - 1) * sizeof o);
+        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1],
+                (s->dv->ninflight - i - 1) * sizeof o);
         s->dv->ninflight--;
         return o;
     }
@@ -2059,7 +2065,8 @@ size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t
             i++;
             continue;
         }
-        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1], (s->dv->ninflight - i - 1) * sizeof o);
+        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1],
+                (s->dv->ninflight - i - 1) * sizeof o);
         s->dv->ninflight--;
         unpersist_msg(b, s, o);
         out_free(o);
