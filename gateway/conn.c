@@ -163,7 +163,8 @@ struct conn_registry {
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
-    size_t nclosing;                 /* closed, close callback still to run */
+    /* connections closed whose close callback has not run yet (reg_link), newest first */
+    struct list closing;
     struct {                         /* the write fault seam (conn_registry_fail_writes) */
         uint32_t nth;
         uint32_t p_scaled;           /* probability * 2^32, 0: off */
@@ -204,7 +205,7 @@ size_t conn_registry_count(const struct conn_registry *r)
 
 size_t conn_registry_closing(const struct conn_registry *r)
 {
-    return r->nclosing;
+    return r->closing.len;
 }
 
 /* ---- the write fault seam (tests only; off unless GALE_TEST_FAIL_WRITES is set) ---- */
@@ -273,6 +274,11 @@ static void iter_start(struct conn_iter *it, struct conn_registry *r, const stru
 void conn_iter_begin(struct conn_iter *it, struct conn_registry *r)
 {
     iter_start(it, r, &r->all);
+}
+
+void conn_iter_begin_closing(struct conn_iter *it, struct conn_registry *r)
+{
+    iter_start(it, r, &r->closing);
 }
 
 void conn_iter_end(struct conn_iter *it)
@@ -980,8 +986,8 @@ static void on_close(uv_handle_t *h)
         c->x->xport->close(c->x->xport_state);
     if (c->x->xport_state)
         c->x->xport_state = NULL;
-    if (c->id) /* accepted (a refused one was never counted as closing) */
-        c->gw->conns->nclosing--;
+    if (c->id) /* accepted (a refused one was never in the registry) */
+        unlink_walked(c->gw->conns, &c->gw->conns->closing, &c->reg_link);
     conn_unref(c);
 }
 
@@ -1035,9 +1041,9 @@ void conn_close(struct conn *c, const char *why)
         w.fn(c, w.tag, -1);
     }
     unlink_walked(r, &r->all, &c->reg_link);
+    list_push_front(&r->closing, &c->reg_link);
     guard_close(gw->guard, c);
     set_deadline(c, 0);
-    r->nclosing++;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 

@@ -311,6 +311,9 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
  * (which ends the walk); a loop left early must call conn_iter_end (which may be called
  * again, and after the end). Walks may nest, up to 8 deep. */
 void conn_iter_begin(struct conn_iter *it, struct conn_registry *r);
+/* A walk over the connections closed whose close callback has not run yet (no longer in
+ * the registry's live list, their counters final), as conn_iter_begin's. */
+void conn_iter_begin_closing(struct conn_iter *it, struct conn_registry *r);
 struct conn *conn_iter_next(struct conn_iter *it);
 void conn_iter_end(struct conn_iter *it);
 

@@ -789,7 +789,6 @@ struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
     mc->b = b;
     mc->username = "";
     buf_init(&mc->out);
-    list_push_back(&b->conns, &mc->link);
     return mc;
 }
 
@@ -846,7 +845,6 @@ void broker_conn_close(struct mqtt_conn *mc)
     struct mqtt_broker *b = mc->b;
 
     broker_conn_finish_now(mc);
-    list_remove(&b->conns, &mc->link);
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
     broker_will_free(mc->will);
@@ -1805,13 +1803,15 @@ static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned 
     mqtt_broker_publish(gw, MSG_PLAIN, "", topic, val, (size_t)n, 0, true);
 }
 
-/* Adds the bytes the connections on l received and sent so far. */
-static void add_conn_bytes(const struct list *l, unsigned long long *in, unsigned long long *out)
+/* Adds the bytes the MQTT connections of the walk it received and sent so far. */
+static void add_conn_bytes(struct conn_iter *it, unsigned long long *in, unsigned long long *out)
 {
-    for (const struct list_link *e = l->head; e; e = e->next) {
-        const struct mqtt_conn *mc = list_entry(e, const struct mqtt_conn, link);
-        *in += mc->c->bytes_in;
-        *out += mc->c->bytes_out;
+    const struct conn *c;
+    while ((c = conn_iter_next(it)) != NULL) {
+        if (c->proto != &mqtt_proto)
+            continue;
+        *in += c->bytes_in;
+        *out += c->bytes_out;
     }
 }
 
@@ -1823,6 +1823,7 @@ static void on_sys_timer(uv_timer_t *t)
     const struct metrics *m = &gw->metrics;
     unsigned long long total = b->sessions.len;
     unsigned long long bytes_in = b->bytes_in_closed, bytes_out = b->bytes_out_closed;
+    struct conn_iter it;
     mqtt_broker_publish(gw, MSG_PLAIN, "", "$SYS/broker/version", "gale " GALE_VERSION,
                         strlen("gale " GALE_VERSION), 0, true);
     sys_pub(gw, "$SYS/broker/uptime", "%llu seconds",
@@ -1838,7 +1839,12 @@ static void on_sys_timer(uv_timer_t *t)
     sys_pub(gw, "$SYS/broker/publish/messages/received", "%llu", b->publish_in);
     sys_pub(gw, "$SYS/broker/publish/messages/sent", "%llu", b->publish_out);
     sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
-    add_conn_bytes(&b->conns, &bytes_in, &bytes_out);
+    /* the live ones and those closed whose close callback (which adds their bytes to the
+     * closed ones') is still to run */
+    conn_iter_begin(&it, gw->conns);
+    add_conn_bytes(&it, &bytes_in, &bytes_out);
+    conn_iter_begin_closing(&it, gw->conns);
+    add_conn_bytes(&it, &bytes_in, &bytes_out);
     sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
     sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
     sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu",

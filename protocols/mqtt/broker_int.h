@@ -170,14 +170,15 @@ struct mqtt_broker {
     uint64_t acl_denied;        /* publishes and subscriptions refused by the ACL */
     uint64_t retained_refused;  /* new retained topics refused at mqtt.max_retained */
     size_t nretained;           /* retained topics kept, $SYS not counted */
-    uint64_t bytes_in_closed;   /* bytes received / sent by MQTT connections now closed */
+    /* bytes received / sent by MQTT connections whose close callback ran ($SYS adds the
+     * others' from the connection registry) */
+    uint64_t bytes_in_closed;
     uint64_t bytes_out_closed;
     mqtt_delivered_fn on_delivered;
     void *hook_ctx;
     uint64_t next_anon;         /* for server-assigned client ids */
     struct ticket *ticket;      /* while routing a message: its publisher's ticket, which
                                  * the writes routing causes join (NULL otherwise) */
-    struct list conns;          /* struct mqtt_conn open (not closed) */
     struct map retained_use;    /* device id -> struct retained_use: its namespace's share */
     uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
     struct map identities;      /* username -> struct identity: its connections past CONNACK */
@@ -232,7 +233,6 @@ struct mqtt5_conn {
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
-    struct list_link link;      /* in b->conns until freed */
     struct mqtt_limits lim;
     struct mqtt_session *sess;
     /* the CONNECT's username: heap when not empty, else "" (never NULL). The device id when

@@ -5,7 +5,8 @@
  * are cancelled once each when a waiter's callback closes other waiting connections; a
  * waiter whose writes span a failed and a committed report fails; backpressure holds
  * ingest connections only, and a held connection's idle clock stands still; an idle
- * connection allocates nothing besides its own block (its peer address is in it).
+ * connection allocates nothing besides its own block (its peer address is in it); a closed
+ * connection is walked as closing until its close callback ran.
  * Each test ends with every handle closed and uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -429,6 +430,41 @@ static void test_idle_conn_holds_no_extra_blocks(void **state)
     assert_string_equal(conn_peer(first), first_peer); /* its peer is as it was */
 }
 
+/* A closed connection leaves the live walk at once and is in the walk over closing ones
+ * until its close callback ran. */
+static void test_closing_walk_until_close_callback(void **state)
+{
+    struct fixture *f = *state;
+    struct conn_iter it;
+    struct conn *c, *closed;
+    int live = 0, closing = 0;
+
+    conn_iter_begin(&it, f->gw.conns);
+    closed = conn_iter_next(&it);
+    conn_iter_end(&it);
+    assert_non_null(closed);
+    conn_ref(closed); /* read after its close callback */
+    conn_close(closed, "test");
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_ptr_not_equal(c, closed);
+        live++;
+    }
+    assert_int_equal(live, NCONNS - 1);
+    conn_iter_begin_closing(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_ptr_equal(c, closed);
+        closing++;
+    }
+    assert_int_equal(closing, 1);
+    assert_int_equal(conn_registry_closing(f->gw.conns), 1);
+    while (conn_registry_closing(f->gw.conns))
+        uv_run(&f->loop, UV_RUN_ONCE);
+    conn_iter_begin_closing(&it, f->gw.conns);
+    assert_null(conn_iter_next(&it));
+    conn_unref(closed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +478,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pressure_holds_ingest_and_its_idle_clock, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idle_conn_holds_no_extra_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_closing_walk_until_close_callback, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
