@@ -2,7 +2,7 @@
  * send path, auth/idle timers and durable waiters. Loop thread only.
  *
  * Reads land in one loop-wide buffer (the registry's, 64 KiB): on_alloc hands it to
- * every read, and take_input lends it to the connection as c->in (c->raw under a
+ * every read, and take_input lends it to the connection as c->in (c->x->raw under a
  * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
  * partial frame is copied into memory of the connection's own, which is freed once it
  * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
@@ -30,6 +30,7 @@
  * on to the next one: code called during a walk may close any connection. */
 #include "gateway/conn.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,10 +73,10 @@ static void take_input(struct conn *c, size_t n);
 static void flush_tls(struct conn *c)
 {
     const void *p;
-    size_t n = tls_conn_output(c->tls, &p);
+    size_t n = tls_conn_output(c->x->tls, &p);
     if (n) {
         write_socket(c, p, n);
-        tls_conn_output_done(c->tls);
+        tls_conn_output_done(c->x->tls);
     }
 }
 
@@ -88,7 +89,7 @@ static void read_tls(struct conn *c, uint8_t *p, size_t n)
 {
     const char *why = NULL;
     size_t len;
-    int rc = tls_conn_read(c->tls, p, n, p, READ_CHUNK, &len, &why);
+    int rc = tls_conn_read(c->x->tls, p, n, p, READ_CHUNK, &len, &why);
 
     for (;;) {
         flush_tls(c); /* the answer to a handshake flight, or the alert of a failure */
@@ -96,7 +97,7 @@ static void read_tls(struct conn *c, uint8_t *p, size_t n)
             take_input(c, len);
         if (rc != TLS_READ_MORE || c->closing)
             break;
-        rc = tls_conn_read(c->tls, NULL, 0, p, READ_CHUNK, &len, &why);
+        rc = tls_conn_read(c->x->tls, NULL, 0, p, READ_CHUNK, &len, &why);
     }
     /* TLS_READ_CLOSED: the peer's close_notify, after what came before it was served */
     if (rc == TLS_READ_CLOSED || rc == TLS_READ_ERROR)
@@ -104,22 +105,50 @@ static void read_tls(struct conn *c, uint8_t *p, size_t n)
 }
 /* ---- end of TLS hook points ---- */
 
-/* The peer address as text, on the heap (exactly as long as it is). */
-static char *format_peer(const struct sockaddr_storage *ss)
+/* What a connection that uses none of struct conn_extra points to: read-only, so a write
+ * that did not go through conn_extra faults at once. */
+static const struct conn_extra no_extra;
+
+struct conn_extra *conn_extra(struct conn *c)
 {
-    char host[INET6_ADDRSTRLEN] = "?", out[INET6_ADDRSTRLEN + 8];
+    if (c->x == &no_extra)
+        c->x = xcalloc(1, sizeof *c->x);
+    return c->x;
+}
+
+/* Keeps the peer address ss in c (binary: formatted by conn_peer when shown). */
+static void set_peer(struct conn *c, const struct sockaddr_storage *ss)
+{
+    c->peer_family = 0;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, host, sizeof host);
-        snprintf(out, sizeof out, "%s:%d", host, ntohs(a->sin_port));
+        c->peer4 = a->sin_addr.s_addr;
+        c->peer_port = ntohs(a->sin_port);
+        c->peer_family = 4;
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, host, sizeof host);
-        snprintf(out, sizeof out, "[%s]:%d", host, ntohs(a->sin6_port));
-    } else {
-        snprintf(out, sizeof out, "unknown");
+        memcpy(conn_extra(c)->peer6, &a->sin6_addr, sizeof c->x->peer6);
+        c->peer_port = ntohs(a->sin6_port);
+        c->peer_family = 6;
     }
-    return xstrdup(out);
+}
+
+const char *conn_peer(const struct conn *c)
+{
+    static _Thread_local char slots[CONN_PEER_SLOTS][CONN_PEER_MAX];
+    static _Thread_local unsigned next;
+    char *out = slots[next++ % CONN_PEER_SLOTS], host[INET6_ADDRSTRLEN] = "?";
+
+    if (c->peer_family == 4) {
+        inet_ntop(AF_INET, &c->peer4, host, sizeof host);
+        snprintf(out, CONN_PEER_MAX, "%s:%u", host, (unsigned)c->peer_port);
+    } else if (c->peer_family == 6) {
+        inet_ntop(AF_INET6, c->x->peer6, host, sizeof host);
+        snprintf(out, CONN_PEER_MAX, "[%s]:%u", host, (unsigned)c->peer_port);
+    } else {
+        snprintf(out, CONN_PEER_MAX, "unknown");
+    }
+    return out;
 }
 
 /* ---- the registry ---- */
@@ -134,7 +163,8 @@ struct conn_registry {
         struct list_link *next;
     } walks[WALKS_MAX];
     uint64_t next_id;
-    size_t nclosing;                 /* closed, close callback still to run */
+    /* connections closed whose close callback has not run yet (reg_link), newest first */
+    struct list closing;
     struct {                         /* the write fault seam (conn_registry_fail_writes) */
         uint32_t nth;
         uint32_t p_scaled;           /* probability * 2^32, 0: off */
@@ -175,7 +205,7 @@ size_t conn_registry_count(const struct conn_registry *r)
 
 size_t conn_registry_closing(const struct conn_registry *r)
 {
-    return r->nclosing;
+    return r->closing.len;
 }
 
 /* ---- the write fault seam (tests only; off unless GALE_TEST_FAIL_WRITES is set) ---- */
@@ -219,7 +249,7 @@ static int injected_write_error(struct conn_registry *r, struct conn *c)
 
     if (!r->fail.nth && !r->fail.p_scaled)
         return 0;
-    if (++c->nwrites == r->fail.nth)
+    if (++conn_extra(c)->nwrites == r->fail.nth)
         fail = true;
     if (r->fail.p_scaled) { /* xorshift64*: reproducible from the seed */
         r->fail.rng ^= r->fail.rng >> 12;
@@ -227,7 +257,7 @@ static int injected_write_error(struct conn_registry *r, struct conn *c)
         r->fail.rng ^= r->fail.rng >> 27;
         fail |= (uint32_t)((r->fail.rng * 0x2545F4914F6CDD1DULL) >> 32) < r->fail.p_scaled;
     }
-    return fail ? ((c->nwrites & 1) ? UV_EPIPE : UV_ECONNRESET) : 0;
+    return fail ? ((c->x->nwrites & 1) ? UV_EPIPE : UV_ECONNRESET) : 0;
 }
 
 static void iter_start(struct conn_iter *it, struct conn_registry *r, const struct list *l)
@@ -244,6 +274,11 @@ static void iter_start(struct conn_iter *it, struct conn_registry *r, const stru
 void conn_iter_begin(struct conn_iter *it, struct conn_registry *r)
 {
     iter_start(it, r, &r->all);
+}
+
+void conn_iter_begin_closing(struct conn_iter *it, struct conn_registry *r)
+{
+    iter_start(it, r, &r->closing);
 }
 
 void conn_iter_end(struct conn_iter *it)
@@ -283,14 +318,14 @@ static void unlink_walked(struct conn_registry *r, struct list *l, struct list_l
 
 static void wait_list_remove(struct conn_registry *r, struct conn *c)
 {
-    if (c->waiters && list_linked(&r->waiting, &c->waiters->link))
-        unlink_walked(r, &r->waiting, &c->waiters->link);
+    if (c->x->waiters && list_linked(&r->waiting, &c->x->waiters->link))
+        unlink_walked(r, &r->waiting, &c->x->waiters->link);
 }
 
 /* Bytes received and not yet consumed by the protocol (what ingest_hold_bytes bounds). */
 static size_t held_bytes(const struct conn *c)
 {
-    return c->in.len + c->raw.len;
+    return c->in.len + c->x->raw.len;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
@@ -332,7 +367,7 @@ static void keep_input(struct conn *c, struct buf *b)
  * plaintext of a record is never longer than the record) and calls this once per piece. */
 static void take_input(struct conn *c, size_t n)
 {
-    struct buf *b = c->xport ? &c->raw : &c->in;
+    struct buf *b = c->x->xport ? &c->x->raw : &c->in;
     uint8_t *p = c->gw->conns->rbuf;
 
     if (b->len == 0) { /* the common case: lend the read buffer, copy nothing */
@@ -355,7 +390,7 @@ static bool guard_ok(struct conn *c)
     c->gw->metrics.preauth_refused++;
     if (conn_refused(c, why))
         log_warn("conn=%llu peer=%s proto=%s closed before authentication reason=\"%s\"",
-                 (unsigned long long)c->id, c->peer, c->proto->name, why);
+                 (unsigned long long)c->id, conn_peer(c), c->proto->name, why);
     conn_close(c, why);
     return false;
 }
@@ -372,7 +407,7 @@ static void open_layers(struct conn *c)
     const struct conn_listener *l = c->listener;
 
     if (l->tls)
-        c->tls = tls_conn_new(l->tls, c, l->alpn);
+        conn_extra(c)->tls = tls_conn_new(l->tls, c, l->alpn);
     c->proto_state = l->proto->open(c, l->ctx);
     if (c->closing)
         return;
@@ -386,7 +421,7 @@ static void proxy_refuse(struct conn *c, const char *why)
     c->gw->metrics.proxy_failed++;
     if (conn_refused(c, why))
         log_warn("conn=%llu peer=%s listener=%s PROXY header refused reason=\"%s\"",
-                 (unsigned long long)c->id, c->peer, c->listener->name, why);
+                 (unsigned long long)c->id, conn_peer(c), c->listener->name, why);
     conn_close(c, why);
 }
 
@@ -397,18 +432,18 @@ static void proxy_done(struct conn *c, const struct proxy_header *h)
 
     c->gw->metrics.proxy_accepted++;
     if (!h->local) {
-        char *peer = format_peer(&h->src);
-        log_debug("conn=%llu peer=%s via=%s PROXY v%d header", (unsigned long long)c->id, peer,
-                  c->peer, h->version);
-        free((char *)c->peer);
-        c->peer = peer;
+        char via[CONN_PEER_MAX];
+        snprintf(via, sizeof via, "%s", conn_peer(c));
+        set_peer(c, &h->src);
+        log_debug("conn=%llu peer=%s via=%s PROXY v%d header", (unsigned long long)c->id,
+                  conn_peer(c), via, h->version);
     }
     if ((why = guard_accept(c->gw->guard, c)) != NULL) { /* now against the client's address */
         c->gw->metrics.connections_refused++;
         c->gw->metrics.preauth_refused++;
         if (conn_refused(c, why))
-            log_warn("listener=%s peer=%s refused reason=\"%s\"", c->listener->name, c->peer,
-                     why);
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", c->listener->name,
+                     conn_peer(c), why);
         conn_close(c, why);
         return;
     }
@@ -417,11 +452,11 @@ static void proxy_done(struct conn *c, const struct proxy_header *h)
 
 /* n bytes read at p (the start of the loop-wide read buffer) while c's PROXY header is
  * not complete. Returns how many bytes follow the header, moved to p for the layers above,
- * or 0 (header incomplete, or c closed). A header split over reads is kept in c->proxy_in,
+ * or 0 (header incomplete, or c closed). A header split over reads is kept in c->x->proxy_in,
  * at most PROXY_HEADER_MAX bytes (proxy_decode refuses any longer). */
 static size_t read_proxy(struct conn *c, uint8_t *p, size_t n)
 {
-    struct buf *in = c->proxy_in;
+    struct buf *in = c->x->proxy_in;
     const uint8_t *data = p;
     size_t len = n, used = 0, rest;
     struct proxy_header h;
@@ -447,7 +482,7 @@ static size_t read_proxy(struct conn *c, uint8_t *p, size_t n)
     memmove(p, data + used, rest);
     buf_fini(in);
     free(in);
-    c->proxy_in = NULL;
+    c->x->proxy_in = NULL;
     proxy_done(c, &h);
     return c->closing ? 0 : rest;
 }
@@ -465,31 +500,39 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->bytes_in += (uint64_t)nread;
     c->gw->metrics.bytes_in += (uint64_t)nread;
     c->last_read_mono_ms = gw_mono_ms();
-    if (c->proxy_in && (nread = (ssize_t)read_proxy(c, (uint8_t *)b->base, (size_t)nread)) == 0)
+    if (c->x->proxy_in &&
+        (nread = (ssize_t)read_proxy(c, (uint8_t *)b->base, (size_t)nread)) == 0)
         return; /* the header is not complete, or was refused */
-    if (c->tls) /* b is the loop-wide read buffer (on_alloc): decrypted there, by pieces */
+    if (c->x->tls) /* b is the loop-wide read buffer (on_alloc): decrypted there, by pieces */
         read_tls(c, (uint8_t *)b->base, (size_t)nread);
     else
         take_input(c, (size_t)nread);
 }
 
+/* keep_input on both buffers (raw is c's own only under a transport) */
+static void keep_inputs(struct conn *c)
+{
+    keep_input(c, &c->in);
+    if (c->x->xport)
+        keep_input(c, &c->x->raw);
+}
+
 void conn_refeed(struct conn *c)
 {
-    if (c->closing || (c->in.len == 0 && c->raw.len == 0)) {
-        keep_input(c, &c->in);
-        keep_input(c, &c->raw);
+    struct conn_extra *x = c->x;
+    if (c->closing || (c->in.len == 0 && x->raw.len == 0)) {
+        keep_inputs(c);
         return;
     }
     conn_ref(c);
-    if (c->xport && c->raw.len)
-        c->xport->feed(c->xport_state, &c->raw, &c->in);
+    if (x->xport && x->raw.len)
+        x->xport->feed(x->xport_state, &x->raw, &c->in);
     if (!c->closing && c->in.len) {
         assert(c->proto_state); /* released only by on_close, after c was closing */
         c->proto->feed(c->proto_state, &c->in);
     }
     /* closing or not: the read buffer is lent only until here */
-    keep_input(c, &c->in);
-    keep_input(c, &c->raw);
+    keep_inputs(c);
     if (!c->closing && guard_ok(c)) /* what the protocol left, now kept, counts as held */
         conn_update_reading(c); /* a held connection reads up to its ingest_hold_bytes */
     conn_unref(c);
@@ -497,10 +540,11 @@ void conn_refeed(struct conn *c)
 
 void conn_set_transport(struct conn *c, const struct transport_ops *t, void *state)
 {
-    c->xport = t;
-    c->xport_state = state;
+    struct conn_extra *x = conn_extra(c);
+    x->xport = t;
+    x->xport_state = state;
     if (c->in.len) /* bytes after the upgrade request belong to the transport */
-        buf_append(&c->raw, c->in.data, c->in.len);
+        buf_append(&x->raw, c->in.data, c->in.len);
     /* c->in may be the lent read buffer: the transport appends to c->in from now on (a
      * message it inflated can be larger than that buffer), so it starts on memory of c's
      * own, and the lent buffer is left to the read that lent it */
@@ -623,15 +667,15 @@ static void set_deadline(struct conn *c, uint64_t ms)
 static void on_due(struct conn *c)
 {
     uint64_t now = gw_mono_ms();
-    if (c->proxy_in) {
+    if (c->x->proxy_in) {
         c->gw->metrics.timeouts++;
         proxy_refuse(c, "PROXY header timeout (limits.proxy_header_timeout_ms)");
         return;
     }
     if (c->auth_timeout_ms) {
         c->gw->metrics.timeouts++;
-        if (c->on_auth_timeout && c->proto_state)
-            c->on_auth_timeout(c);
+        if (c->proto->auth_timeout && c->proto_state)
+            c->proto->auth_timeout(c);
         conn_close(c, "authentication timeout");
         return;
     }
@@ -677,9 +721,9 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
 
     c->gw = gw;
     c->refs = 1;
+    c->x = (struct conn_extra *)&no_extra;
     c->device = "";
     buf_init(&c->in);
-    buf_init(&c->raw);
     uv_tcp_init(gw->loop, &c->tcp);
     c->tcp.data = c;
     rc = uv_accept(server, (uv_stream_t *)&c->tcp);
@@ -691,12 +735,12 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     }
     memset(&ss, 0, sizeof ss);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
-    c->peer = format_peer(&ss);
+    set_peer(c, &ss);
     if (l->proxy && !proxy_trusted(&gw->proxy_trust, (const struct sockaddr *)&ss)) {
         why = "PROXY protocol listener: peer not in limits.proxy_trusted";
         gw->metrics.proxy_untrusted++;
-        if (log_refusal(c->peer, why))
-            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, c->peer, why);
+        if (log_refusal(conn_peer(c), why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, conn_peer(c), why);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
@@ -706,8 +750,8 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
                          (int)r->all.len >= gw->cfg->limits.max_connections)) {
         why = gw->stopping ? "shutting down" : "max connections reached";
         gw->metrics.connections_refused++;
-        if (log_refusal(c->peer, why))
-            log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, c->peer,
+        if (log_refusal(conn_peer(c), why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\" limit=%d", l->name, conn_peer(c),
                      why, gw->cfg->limits.max_connections);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -717,8 +761,8 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     if (!l->proxy && (why = guard_accept(gw->guard, c)) != NULL) {
         gw->metrics.connections_refused++;
         gw->metrics.preauth_refused++;
-        if (log_refusal(c->peer, why))
-            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, c->peer, why);
+        if (log_refusal(conn_peer(c), why))
+            log_warn("listener=%s peer=%s refused reason=\"%s\"", l->name, conn_peer(c), why);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return NULL;
@@ -732,11 +776,12 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     c->idle_timeout_ms = (uint32_t)gw->cfg->limits.idle_timeout_ms;
     list_push_front(&r->all, &c->reg_link);
     gw->metrics.connections_total++;
-    log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, c->peer,
+    log_debug("conn=%llu peer=%s proto=%s open", (unsigned long long)c->id, conn_peer(c),
               l->proto->name);
     if (l->proxy) { /* the layers open once the header is read (read_proxy) */
-        c->proxy_in = xcalloc(1, sizeof *c->proxy_in);
-        buf_init(c->proxy_in);
+        struct conn_extra *x = conn_extra(c);
+        x->proxy_in = xcalloc(1, sizeof *x->proxy_in);
+        buf_init(x->proxy_in);
         set_deadline(c, (uint64_t)gw->cfg->limits.proxy_header_timeout_ms);
         conn_update_reading(c);
         return c;
@@ -789,10 +834,10 @@ static void on_write(uv_write_t *req, int status)
     if (status < 0)
         write_failed(c, status);
     if (c->close_after_write && c->send_queued_bytes == 0 && !c->closing)
-        conn_close(c, c->close_why);
-    if (c->on_drained && c->send_queued_bytes <= c->drain_mark_bytes && !c->closing) {
-        void (*fn)(struct conn *c) = c->on_drained;
-        c->on_drained = NULL;
+        conn_close(c, c->x->close_why);
+    if (c->x->on_drained && c->send_queued_bytes <= c->x->drain_mark_bytes && !c->closing) {
+        void (*fn)(struct conn *c) = c->x->on_drained;
+        c->x->on_drained = NULL;
         fn(c);
     }
     conn_unref(c);
@@ -800,11 +845,14 @@ static void on_write(uv_write_t *req, int status)
 
 bool conn_when_drained(struct conn *c, size_t mark_bytes, void (*fn)(struct conn *c))
 {
-    c->on_drained = NULL;
+    struct conn_extra *x;
+    if (c->x->on_drained)
+        c->x->on_drained = NULL;
     if (!fn || c->send_queued_bytes <= mark_bytes)
         return false;
-    c->on_drained = fn;
-    c->drain_mark_bytes = (uint32_t)mark_bytes;
+    x = conn_extra(c);
+    x->on_drained = fn;
+    x->drain_mark_bytes = (uint32_t)mark_bytes;
     return true;
 }
 
@@ -818,8 +866,8 @@ void conn_send(struct conn *c, const void *data, size_t len)
 {
     if ((c->closing && !c->last_words) || !len) /* last words: the protocol's goodbye */
         return;
-    if (c->xport)
-        c->xport->send(c->xport_state, data, len);
+    if (c->x->xport)
+        c->x->xport->send(c->x->xport_state, data, len);
     else
         conn_send_raw(c, data, len);
 }
@@ -830,10 +878,10 @@ void conn_send_raw(struct conn *c, const void *data, size_t len)
 
     if (!may_write(c) || !len)
         return;
-    if (!c->tls) {
+    if (!c->x->tls) {
         write_socket(c, data, len);
     } else {
-        if (tls_conn_write(c->tls, data, len, &why) != 0) {
+        if (tls_conn_write(c->x->tls, data, len, &why) != 0) {
             conn_close(c, why);
             return;
         }
@@ -898,7 +946,7 @@ void conn_close_after_write(struct conn *c, const char *why)
         conn_close(c, why);
         return;
     }
-    c->close_why = xstrdup(why);
+    conn_extra(c)->close_why = xstrdup(why);
     c->close_after_write = true;
     c->paused = true;
     conn_update_reading(c);
@@ -906,17 +954,20 @@ void conn_close_after_write(struct conn *c, const char *why)
 
 static void free_conn(struct conn *c)
 {
-    if (c->proxy_in)
-        buf_fini(c->proxy_in);
-    free(c->proxy_in);
+    struct conn_extra *x = c->x;
     buf_fini(&c->in);
-    buf_fini(&c->raw);
-    tls_conn_free(c->tls);
-    if (c->waiters)
-        free(c->waiters->ring);
-    free(c->waiters);
-    free(c->close_why);
-    free((char *)c->peer);
+    if (x != &no_extra) {
+        if (x->proxy_in)
+            buf_fini(x->proxy_in);
+        free(x->proxy_in);
+        buf_fini(&x->raw);
+        tls_conn_free(x->tls);
+        if (x->waiters)
+            free(x->waiters->ring);
+        free(x->waiters);
+        free(x->close_why);
+        free(x);
+    }
     if (c->device[0])
         free((char *)c->device);
     free(c);
@@ -926,23 +977,24 @@ static void free_conn(struct conn *c)
 static void on_close(uv_handle_t *h)
 {
     struct conn *c = h->data;
-    const char *why = c->close_why ? c->close_why : "closed";
+    const char *why = c->x->close_why ? c->x->close_why : "closed";
 
     if (c->proto_state && c->proto->close)
         c->proto->close(c->proto_state, why);
     c->proto_state = NULL;
-    if (c->xport_state && c->xport->close)
-        c->xport->close(c->xport_state);
-    c->xport_state = NULL;
-    if (c->id) /* accepted (a refused one was never counted as closing) */
-        c->gw->conns->nclosing--;
+    if (c->x->xport_state && c->x->xport->close)
+        c->x->xport->close(c->x->xport_state);
+    if (c->x->xport_state)
+        c->x->xport_state = NULL;
+    if (c->id) /* accepted (a refused one was never in the registry) */
+        unlink_walked(c->gw->conns, &c->gw->conns->closing, &c->reg_link);
     conn_unref(c);
 }
 
 bool conn_refused(struct conn *c, const char *why)
 {
     if (c->refusal == CONN_REFUSAL_NONE)
-        c->refusal = log_refusal(c->peer, why) ? CONN_REFUSAL_LOGGED : CONN_REFUSAL_QUIET;
+        c->refusal = log_refusal(conn_peer(c), why) ? CONN_REFUSAL_LOGGED : CONN_REFUSAL_QUIET;
     return c->refusal == CONN_REFUSAL_LOGGED;
 }
 
@@ -961,10 +1013,10 @@ void conn_close(struct conn *c, const char *why)
     c->last_words = true;
     if (c->proto->goodbye && c->proto_state && !c->write_failed)
         c->proto->goodbye(c->proto_state, why, gw->stopping);
-    if (c->xport && c->xport->goodbye && c->xport_state)
-        c->xport->goodbye(c->xport_state, gw->stopping);
-    if (c->tls && !c->write_failed) { /* close_notify: the peer can tell a close from a cut */
-        tls_conn_shutdown(c->tls);
+    if (c->x->xport && c->x->xport->goodbye && c->x->xport_state)
+        c->x->xport->goodbye(c->x->xport_state, gw->stopping);
+    if (c->x->tls && !c->write_failed) { /* close_notify: the peer can tell a close from a cut */
+        tls_conn_shutdown(c->x->tls);
         flush_tls(c);
     }
     c->last_words = false;
@@ -974,24 +1026,24 @@ void conn_close(struct conn *c, const char *why)
         log_write(strcmp(c->proto->name, "http") == 0 ? LOG_DEBUG : LOG_INFO,
                   "conn=%llu peer=%s proto=%s%s%s close reason=\"%s\" bytes_in=%llu "
                   "bytes_out=%llu",
-                  (unsigned long long)c->id, c->peer, c->proto->name,
+                  (unsigned long long)c->id, conn_peer(c), c->proto->name,
                   c->device[0] ? " device=" : "", c->device, log_q(why),
                   (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out);
-    old_why = c->close_why; /* why may be it (a close after write): copied first */
-    c->close_why = xstrdup(why ? why : "closed"); /* for the protocol's close, in on_close */
+    old_why = c->x->close_why; /* why may be it (a close after write): copied first */
+    conn_extra(c)->close_why = xstrdup(why ? why : "closed"); /* for the protocol's close */
     free(old_why);
     wait_list_remove(r, c);
-    while (c->waiters && c->waiters->n) { /* ok = -1: cancelled, so owners of tags can free them */
-        struct conn_waiters *ws = c->waiters;
+    while (c->x->waiters && c->x->waiters->n) { /* ok = -1: cancelled: owners of tags free them */
+        struct conn_waiters *ws = c->x->waiters;
         struct conn_waiter w = ws->ring[ws->head];
         ws->head = (ws->head + 1) % ws->cap;
         ws->n--;
         w.fn(c, w.tag, -1);
     }
     unlink_walked(r, &r->all, &c->reg_link);
+    list_push_front(&r->closing, &c->reg_link);
     guard_close(gw->guard, c);
     set_deadline(c, 0);
-    r->nclosing++;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -1022,12 +1074,12 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
                         conn_durable_fn fn)
 {
     struct conn_registry *r = c->gw->conns;
-    struct conn_waiters *ws = c->waiters;
+    struct conn_waiters *ws = c->x->waiters;
 
     if (c->closing)
         return;
     if (!ws) {
-        ws = c->waiters = xcalloc(1, sizeof *ws);
+        ws = conn_extra(c)->waiters = xcalloc(1, sizeof *ws);
         ws->c = c;
     }
     if (ws->n == ws->cap) {
@@ -1049,7 +1101,7 @@ void conn_await_durable(struct conn *c, const struct ticket *t, bool failed, uin
 
 bool conn_has_waiters(const struct conn *c)
 {
-    return c->waiters && c->waiters->n;
+    return c->x->waiters && c->x->waiters->n;
 }
 
 void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t upto_seq,
@@ -1061,7 +1113,7 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
     iter_start(&it, r, &r->waiting); /* a callback may close or unlink any connection */
     while ((e = iter_step(&it)) != NULL) {
         struct conn *c = list_entry(e, struct conn_waiters, link)->c;
-        struct conn_waiters *ws = c->waiters;
+        struct conn_waiters *ws = c->x->waiters;
         conn_ref(c);
         if (!ok) { /* every pending ticket that names a failed write fails */
             for (uint32_t i = 0; i < ws->n; i++) {
@@ -1071,17 +1123,17 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
             }
         }
         /* a callback may queue more waiters: the ring may move, so it is read anew */
-        while (c->waiters->n && !c->closing) {
-            struct conn_waiter w = c->waiters->ring[c->waiters->head];
+        while (c->x->waiters->n && !c->closing) {
+            struct conn_waiter w = c->x->waiters->ring[c->x->waiters->head];
             if (w.t.last > upto_seq)
                 break;
-            c->waiters->head = (c->waiters->head + 1) % c->waiters->cap;
-            c->waiters->n--;
+            c->x->waiters->head = (c->x->waiters->head + 1) % c->x->waiters->cap;
+            c->x->waiters->n--;
             if (!w.failed && !ticket_empty(&w.t))
                 hist_observe(&c->gw->metrics.ack_latency, uv_hrtime() / 1000 - w.since_us);
             w.fn(c, w.tag, w.failed ? 0 : 1);
         }
-        if (c->waiters->n == 0)
+        if (c->x->waiters->n == 0)
             wait_list_remove(r, c);
         conn_unref(c);
     }

@@ -50,6 +50,12 @@ struct proto_ops {
     /* Optional: bytes of per-connection state that open may take from the connection's own
      * allocation (conn_state_space) rather than a block of its own; 0: none. */
     size_t state_bytes;
+    /* Optional: the last words of a connection that missed its auth deadline (the line
+     * protocol: an error saying so), before the close that follows at once. */
+    void (*auth_timeout)(struct conn *c);
+    /* Optional, for protocols that carry commands to their device (line, ws-device): sends
+     * one to the device an authenticated connection (c->device set) speaks for. */
+    void (*send_command)(struct conn *c, const char *json, size_t len);
 };
 
 /* A transport between the socket and the protocol (WebSocket): it decodes
@@ -100,29 +106,50 @@ struct conn_waiters;     /* a connection's FIFO ring of durable waiters (conn.c)
 /* Whether a connection was refused and how that is logged (conn_refused). */
 enum conn_refusal { CONN_REFUSAL_NONE, CONN_REFUSAL_LOGGED, CONN_REFUSAL_QUIET };
 
-/* Thousands of these are held at once, mostly idle: fields that most connections never
- * use live behind pointers allocated on first use, and integers are as small as their
- * ranges allow (sizes are bounded by config limits far below 4 GiB). */
-struct conn {
-    /* public */
-    uint64_t id;                     /* unique for the process lifetime, from 1 */
-    struct gw *gw;
-    /* "127.0.0.1:51512" or "[::1]:51512" (heap): the socket's peer, or the client a PROXY
-     * protocol header named */
-    const char *peer;
-    const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
-    const struct proto_ops *proto;
-    void *proto_state;
+/* What a connection holds only when it uses it: TLS, a transport, a PROXY header being read,
+ * a drain hook, durable waiters, pre-auth accounting, a close pending behind its
+ * writes, an IPv6 peer's address. Allocated zeroed by the first conn_extra(c). */
+struct conn_extra {
     /* TLS between the socket and the rest (gateway/tls.h), or NULL: reads are decrypted
      * before the transport or the protocol sees them, conn_send_raw encrypts */
     struct tls_conn *tls;
     const struct transport_ops *xport;   /* NULL: the protocol reads the socket directly */
     void *xport_state;
-    /* set by protocols that can carry commands to their device (line, ws-device) */
-    void (*send_command)(struct conn *c, const char *json, size_t len);
-    /* set by a protocol that answers a missed auth deadline (the line protocol): its
-     * last words (an error saying so) before the close that follows at once; or NULL */
-    void (*on_auth_timeout)(struct conn *c);
+    /* socket bytes for the transport (when xport is set), as struct conn's in */
+    struct buf raw;
+    char *close_why;                 /* heap: why, once all queued bytes are written; then
+                                      * why it closed, for the protocol's close */
+    /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
+    void (*on_drained)(struct conn *c);
+    struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
+    /* a listener with the PROXY protocol: the header's bytes so far, until it is complete
+     * (the protocol is not open yet: proto_state is NULL); NULL otherwise */
+    struct buf *proxy_in;
+    /* gateway/guard.c's pre-auth accounting (only it writes this and guard_counted) */
+    size_t guard_held;               /* its bytes in the pre-auth budget */
+    /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
+     * fragmented message being assembled): each sets its own after a feed; the pre-auth
+     * budget counts them with in and raw (gateway/guard.h). */
+    size_t proto_held;
+    size_t xport_held;
+    uint32_t drain_mark_bytes;       /* conn_when_drained's mark */
+    uint32_t nwrites;                /* socket writes so far (the write fault seam counts) */
+    uint8_t peer6[16];               /* the peer's address when it is IPv6 (peer_family 6) */
+};
+
+/* Thousands of these are held at once, mostly idle: fields that most connections never
+ * use live in struct conn_extra, allocated on first use, and integers are as small as
+ * their ranges allow (sizes are bounded by config limits far below 4 GiB). */
+struct conn {
+    /* public */
+    uint64_t id;                     /* unique for the process lifetime, from 1 */
+    struct gw *gw;
+    const struct conn_listener *listener; /* accepted by it (an upgrade keeps it) */
+    const struct proto_ops *proto;
+    void *proto_state;
+    /* Never NULL: read its fields through it (until conn_extra allocated them, it points to
+     * a shared read-only copy, all zero), write them through conn_extra(c) only. */
+    struct conn_extra *x;
     const char *device;              /* device id after auth, else "" (never NULL) */
     int64_t connected_ms;            /* epoch ms */
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
@@ -143,20 +170,23 @@ struct conn {
      * a transport's pings) stand still, and start again from the release */
     bool held;
     size_t send_queued_bytes;        /* bytes handed to uv_write not yet written */
-    /* Bytes for the protocol, not yet consumed, and socket bytes for the transport (when
-     * xport is set). During a feed either may be the loop-wide read buffer, lent; between
-     * reads each holds only the unconsumed tail of a partial frame, and no memory at all
-     * when drained. Consumers keep offsets into them, never pointers. */
+    /* Bytes for the protocol, not yet consumed (x->raw: socket bytes for the transport).
+     * During a feed it may be the loop-wide read buffer, lent; between reads it holds only
+     * the unconsumed tail of a partial frame, and no memory at all when drained. Consumers
+     * keep offsets into it, never pointers. */
     struct buf in;
-    struct buf raw;
     uint64_t last_read_mono_ms;
     /* private */
     uv_tcp_t tcp;
     uint64_t due_ms;                 /* uv_now() of its auth or idle deadline */
     uint32_t due_slot;               /* its place in the registry's deadline heap + 1; 0: none */
     int refs;
-    uint32_t nwrites;                /* socket writes so far (the write fault seam counts) */
-    uint32_t drain_mark_bytes;       /* conn_when_drained's mark */
+    struct list_link reg_link;       /* in the registry's list of live connections */
+    /* the socket's peer, or the client a PROXY protocol header named (as text: conn_peer):
+     * its IPv4 address (network order) or, when IPv6, x->peer6; its port */
+    uint32_t peer4;
+    uint16_t peer_port;
+    uint8_t peer_family;             /* 4, 6, or 0: unknown */
     /* the one-byte fields together, leaving no padding between the wider ones */
     bool reading;
     bool paused;                     /* by backpressure or by the protocol */
@@ -166,23 +196,18 @@ struct conn {
     uint8_t refusal;                 /* enum conn_refusal, set by conn_refused */
     bool guard_counted;              /* gateway/guard.c: counted against its peer address */
     bool state_space_taken;          /* conn_state_space handed out the space after c */
-    char *close_why;                 /* heap: why, once all queued bytes are written; then
-                                      * why it closed, for the protocol's close */
-    /* conn_when_drained: called once send_queued_bytes falls to drain_mark_bytes */
-    void (*on_drained)(struct conn *c);
-    struct list_link reg_link;       /* in the registry's list of live connections */
-    struct conn_waiters *waiters;    /* NULL until the first conn_await_durable */
-    /* a listener with the PROXY protocol: the header's bytes so far, until it is complete
-     * (the protocol is not open yet: proto_state is NULL); NULL otherwise */
-    struct buf *proxy_in;
-    /* gateway/guard.c's pre-auth accounting (only it writes this and guard_counted) */
-    size_t guard_held;               /* its bytes in the pre-auth budget */
-    /* Memory the protocol and the transport hold for it beyond in and raw (a request or a
-     * fragmented message being assembled): each sets its own after a feed; the pre-auth
-     * budget counts them with in and raw (gateway/guard.h). */
-    size_t proto_held;
-    size_t xport_held;
 };
+
+/* The fields of c that most connections never use, allocated (zeroed) by the first call;
+ * for writing them (c->x reads them). */
+struct conn_extra *conn_extra(struct conn *c);
+/* Longest text of a peer address, NUL included: "[" IPv6 "]:" port. */
+#define CONN_PEER_MAX (INET6_ADDRSTRLEN + 8)
+/* c's peer as text, "127.0.0.1:51512" or "[::1]:51512" ("unknown" when it has none), in
+ * a thread-local buffer: valid until the CONN_PEER_SLOTS-th next call on the same thread
+ * (use it inside one statement). */
+#define CONN_PEER_SLOTS 4
+const char *conn_peer(const struct conn *c);
 
 /* Accepts a pending connection on server into gw->conns and opens l->proto on it
  * with l->ctx; returns NULL (and logs) when the limit is reached or accept fails.
@@ -286,6 +311,9 @@ void conn_registry_durable(struct conn_registry *r, uint64_t from_seq, uint64_t 
  * (which ends the walk); a loop left early must call conn_iter_end (which may be called
  * again, and after the end). Walks may nest, up to 8 deep. */
 void conn_iter_begin(struct conn_iter *it, struct conn_registry *r);
+/* A walk over the connections closed whose close callback has not run yet (no longer in
+ * the registry's live list, their counters final), as conn_iter_begin's. */
+void conn_iter_begin_closing(struct conn_iter *it, struct conn_registry *r);
 struct conn *conn_iter_next(struct conn_iter *it);
 void conn_iter_end(struct conn_iter *it);
 

@@ -1,6 +1,6 @@
 /* gateway/guard.c: see guard.h. The counts live in two maps: peer address -> connections
  * of it still authenticating, device id -> its token bucket. A connection records what
- * it counts (c->guard_counted, c->guard_held), so release is exact whatever the order of
+ * it counts (c->guard_counted, c->x->guard_held), so release is exact whatever the order of
  * authentication and close. Loop thread only. */
 #include "gateway/guard.h"
 
@@ -103,7 +103,7 @@ static void uncount(struct guard *g, struct conn *c)
         g->flood = false;
         malloc_trim(0);
     }
-    a = addr_get(g, c->peer, false);
+    a = addr_get(g, conn_peer(c), false);
     if (a && --a->n == 0) {
         map_del(&g->addrs, a->addr, strlen(a->addr));
         free(a);
@@ -112,8 +112,10 @@ static void uncount(struct guard *g, struct conn *c)
 
 static void release_bytes(struct guard *g, struct conn *c)
 {
-    g->preauth_bytes -= c->guard_held;
-    c->guard_held = 0;
+    if (!c->x->guard_held)
+        return;
+    g->preauth_bytes -= c->x->guard_held;
+    c->x->guard_held = 0;
 }
 
 const char *guard_accept(struct guard *g, struct conn *c)
@@ -126,7 +128,7 @@ const char *guard_accept(struct guard *g, struct conn *c)
     per_ip = g->cfg->limits.max_connections_per_ip;
     if (g->preauth_bytes >= g->cfg->limits.preauth_total_bytes)
         return "pre-authentication memory budget spent (limits.preauth_total_bytes)";
-    a = addr_get(g, c->peer, true);
+    a = addr_get(g, conn_peer(c), true);
     if (per_ip > 0 && a->n >= (size_t)per_ip)
         return "too many unauthenticated connections from this address "
                "(limits.max_connections_per_ip)";
@@ -144,11 +146,12 @@ const char *guard_held(struct guard *g, struct conn *c, size_t held)
     release_bytes(g, c);
     if (held > g->cfg->limits.preauth_max_bytes)
         return "too many bytes before authentication (limits.preauth_max_bytes)";
-    held += c->proto_held + c->xport_held; /* what was assembled from it counts as well */
+    held += c->x->proto_held + c->x->xport_held; /* what was assembled from it counts too */
     if (g->preauth_bytes + held > g->cfg->limits.preauth_total_bytes)
         return "pre-authentication memory budget spent (limits.preauth_total_bytes)";
     g->preauth_bytes += held;
-    c->guard_held = held;
+    if (held)
+        conn_extra(c)->guard_held = held;
     return NULL;
 }
 

@@ -5,7 +5,7 @@
  * connection counts against its peer address (limits.max_connections_per_ip) and the
  * memory it makes the gateway hold counts against one budget shared by every such
  * connection (limits.preauth_total_bytes): its unconsumed input and what its protocol and
- * transport assembled from it (c->proto_held, c->xport_held: an HTTP head and body, a
+ * transport assembled from it (c->x->proto_held, c->x->xport_held: an HTTP head and body, a
  * fragmented WebSocket message); its first packet, line or message is capped at
  * limits.preauth_max_bytes (guard_cap, applied by each protocol where it knows the
  * declared size). conn.c calls the four hooks; nothing else changes the counts. Every
@@ -42,8 +42,8 @@ void guard_free(struct guard *g);
  * address, or a static reason to refuse it: its address has max_connections_per_ip
  * connections still authenticating, or the pre-auth byte budget is spent. */
 const char *guard_accept(struct guard *g, struct conn *c);
-/* c now holds held bytes of input it has not consumed, besides c->proto_held and
- * c->xport_held. Returns NULL, or a static reason to close it: unauthenticated, its
+/* c now holds held bytes of input it has not consumed, besides c->x->proto_held and
+ * c->x->xport_held. Returns NULL, or a static reason to close it: unauthenticated, its
  * unconsumed input is more than preauth_max_bytes, or all it holds would take all
  * unauthenticated connections past preauth_total_bytes. An authenticated connection
  * always gets NULL. */

@@ -81,7 +81,7 @@ struct device *session_authenticate(struct gw *gw, struct conn *c, const char *d
         metrics_auth_failed(&gw->metrics, c->proto->name, reason);
         if (conn_refused(c, why))
             log_warn("conn=%llu peer=%s proto=%s auth failed device=\"%s\" reason=\"%s\"",
-                     (unsigned long long)c->id, c->peer, c->proto->name,
+                     (unsigned long long)c->id, conn_peer(c), c->proto->name,
                      log_qn(device, dlen), why);
     }
     return dev;
@@ -97,7 +97,7 @@ void session_online(struct gw *gw, struct conn *c, const char *device, const cha
     devices_touch(gw->devices, dev, proto, gw_now_ms());
     if (dev->online == 1 && !dev->http_online && gw->on_presence)
         gw->on_presence(gw, dev->id, true);
-    log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, c->peer,
+    log_info("conn=%llu peer=%s proto=%s device=%s online", (unsigned long long)c->id, conn_peer(c),
              proto, dev->id);
 }
 
@@ -247,8 +247,7 @@ static void on_durable(struct conn *c, uint64_t tag, int ok)
     buf_fini(&b);
 }
 
-/* conn->send_command of an authenticated session: {"command":<json>}. */
-static void on_command(struct conn *c, const char *json, size_t len)
+void session_send_command(struct conn *c, const char *json, size_t len)
 {
     struct session *s = c->proto_state;
     struct buf b;
@@ -274,7 +273,7 @@ static bool over_connection_cap(struct session *s, const struct device *dev)
     if (conn_refused(c, "limits.max_connections_per_device reached"))
         log_warn("conn=%llu peer=%s proto=%s device=%s refused "
                  "reason=\"limits.max_connections_per_device reached\" limit=%d",
-                 (unsigned long long)c->id, c->peer, c->proto->name, dev->id, cap);
+                 (unsigned long long)c->id, conn_peer(c), c->proto->name, dev->id, cap);
     session_refuse(s, "too_many_connections",
                    "limits.max_connections_per_device reached: this device has that many "
                    "connections open already");
@@ -284,7 +283,6 @@ static bool over_connection_cap(struct session *s, const struct device *dev)
 static void go_online(struct session *s, struct device *dev)
 {
     s->authed = true;
-    s->conn->send_command = on_command;
     snprintf(s->topic, sizeof s->topic, "devices/%s/telemetry", dev->id);
     session_online(s->conn->gw, s->conn, dev->id, s->ops->presence);
 }
@@ -322,7 +320,7 @@ static void login(struct session *s, const void *json, size_t len)
         if (conn_refused(c, "bad first message"))
             log_warn("conn=%llu peer=%s proto=%s auth failed reason=\"first %s must be "
                      "{\\\"device\\\":..,\\\"token\\\":..}\"",
-                     (unsigned long long)c->id, c->peer, c->proto->name, s->ops->unit);
+                     (unsigned long long)c->id, conn_peer(c), c->proto->name, s->ops->unit);
         cJSON_Delete(root);
         snprintf(why, sizeof why, "first %s must be {\"device\":\"<id>\",\"token\":\"<token>\"}",
                  s->ops->unit);
@@ -382,7 +380,7 @@ static void bad_message(struct session *s, const struct device *dev,
     gw->metrics.line_errors++;
     s->errors++;
     log_info("conn=%llu peer=%s proto=%s device=%s bad %s reason=\"%s\" errors=%d",
-             (unsigned long long)c->id, c->peer, c->proto->name, dev->id, s->ops->unit,
+             (unsigned long long)c->id, conn_peer(c), c->proto->name, dev->id, s->ops->unit,
              log_q(why), s->errors);
     if (!send_error(s, code, why, res->has_seq, res->seq))
         return;
@@ -402,9 +400,9 @@ static void rate_limited(struct session *s, enum guard_rate r, const void *json,
     cJSON *root;
     const cJSON *seq;
 
-    if (log_refusal(c->peer, "rate limited"))
+    if (log_refusal(conn_peer(c), "rate limited"))
         log_warn("conn=%llu peer=%s proto=%s device=%s rate limited action=%s limit=%d",
-                 (unsigned long long)c->id, c->peer, c->proto->name, c->device,
+                 (unsigned long long)c->id, conn_peer(c), c->proto->name, c->device,
                  r == GUARD_RATE_DISCONNECT ? "disconnect" : "drop",
                  c->gw->cfg->limits.device_rate_msgs_per_s);
     if (r == GUARD_RATE_DISCONNECT) {
@@ -605,7 +603,7 @@ static struct device *auto_register(struct gw *gw, const struct session_client *
     dev = devices_create(gw->devices, id, NULL, DEVICE_ROLE_DEVICE, NULL, gw_now_ms(), &seq);
     ticket_add(t, seq);
     log_info("conn=%llu peer=%s proto=mqtt device=%s registered on first telemetry",
-             (unsigned long long)who->conn->id, who->conn->peer, id);
+             (unsigned long long)who->conn->id, conn_peer(who->conn), id);
     if (who->anonymous && !who->conn->device[0] && strcmp(who->username, id) == 0)
         session_online(gw, who->conn, dev->id, "mqtt");
     return dev;

@@ -118,6 +118,9 @@ struct msg *session_decode(struct gw *gw, struct device *dev, const char *topic,
  * Returns 0, or -1 with a static reason and machine code. */
 int session_ingest(struct gw *gw, struct device *dev, const char *topic, const void *json,
                    size_t len, struct session_result *res, const char **why, const char **code);
+/* proto_ops.send_command of the protocols whose state is (or starts with) a session, for
+ * an authenticated one: {"command":<json>}. */
+void session_send_command(struct conn *c, const char *json, size_t len);
 /* A device's reply to command cmd_id, from any transport (payload borrowed). */
 void session_command_reply(struct gw *gw, const char *device, const char *cmd_id,
                            const void *payload, size_t len);

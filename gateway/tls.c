@@ -292,7 +292,7 @@ static void log_handshake(const struct tls_conn *t)
     SSL_get0_alpn_selected(t->ssl, &alpn, &alpn_len);
     log_debug("conn=%llu peer=%s listener=%s tls handshake done version=%s cipher=%s "
               "sni=\"%s\" alpn=\"%s\" client_cn=\"%s\"",
-              (unsigned long long)c->id, c->peer, c->listener->name, SSL_get_version(t->ssl),
+              (unsigned long long)c->id, conn_peer(c), c->listener->name, SSL_get_version(t->ssl),
               SSL_get_cipher_name(t->ssl), log_q(sni), log_qn(alpn, alpn_len), log_q(subject));
 }
 
@@ -317,7 +317,7 @@ static void handshake_failed(struct tls_conn *t, int err)
     metrics_auth_failed(&c->gw->metrics, "tls", "handshake_failed");
     if (conn_refused(c, "tls handshake failed"))
         log_warn("conn=%llu peer=%s listener=%s tls handshake failed reason=\"%s\"",
-                 (unsigned long long)c->id, c->peer, c->listener->name, log_q(detail));
+                 (unsigned long long)c->id, conn_peer(c), c->listener->name, log_q(detail));
 }
 
 enum tls_read_rc tls_conn_read(struct tls_conn *t, const void *data, size_t len, void *out,
@@ -450,7 +450,7 @@ static const char *provisioned(struct gw *gw, const unsigned char *p, int n, con
 
 const char *tls_peer_device(const struct conn *c, const char *want)
 {
-    const struct tls_conn *t = c->tls;
+    const struct tls_conn *t = c->x->tls;
     X509 *x;
     X509_NAME *subject;
     GENERAL_NAMES *sans;

@@ -397,8 +397,8 @@ int commands_create(struct commands *cs, struct device *dev, const char *id, con
     log_info("device=%s command=%s name=\"%s\" queued", dev->id, c->id, log_q(c->name));
     conn_iter_begin(&it, gw->conns); /* a failed write closes its connection */
     while ((conn = conn_iter_next(&it)) != NULL) {
-        if (strcmp(conn->device, dev->id) == 0 && conn->send_command && !conn->closing) {
-            conn->send_command(conn, (const char *)payload.data, payload.len);
+        if (strcmp(conn->device, dev->id) == 0 && conn->proto->send_command && !conn->closing) {
+            conn->proto->send_command(conn, (const char *)payload.data, payload.len);
             if (c->status == COMMAND_QUEUED)
                 set_status(cs, c, COMMAND_DELIVERED);
         }

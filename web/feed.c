@@ -217,7 +217,7 @@ static void drop_oldest(struct feed *hub, struct feed_viewer *v)
     if (v->dropped == 0)
         log_info("conn=%llu peer=%s proto=ws-live feed dropping oldest updates "
                  "(viewer too slow) budget_bytes=%zu send_queued_bytes=%zu",
-                 (unsigned long long)v->conn->id, v->conn->peer, hub->budget_bytes,
+                 (unsigned long long)v->conn->id, conn_peer(v->conn), hub->budget_bytes,
                  v->conn->send_queued_bytes);
     v->ring_bytes -= f->len;
     v->head = (v->head + 1) % v->cap;
@@ -688,7 +688,7 @@ unauthorized:
     metrics_auth_failed(&c->gw->metrics, "ws-live", "bad_api_key");
     if (conn_refused(c, "no valid API key"))
         log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"no valid API key\"",
-                 (unsigned long long)c->id, c->peer);
+                 (unsigned long long)c->id, conn_peer(c));
     send_error(v, "unauthorized",
                "send the API key first: {\"auth\":\"<key>\"} (or with the upgrade: "
                "Authorization: Bearer <key> or ?api_key=<key>)");
@@ -730,7 +730,7 @@ static void viewer_close(void *state, const char *why)
 }
 
 const struct proto_ops feed_viewer_proto = {"ws-live", viewer_open, viewer_feed, viewer_close,
-                                           NULL, 0};
+                                           NULL, 0, NULL, NULL};
 
 /* ---- the sink and presence ---------------------------------------------------- */
 

@@ -278,17 +278,19 @@ static void info(struct ops *o, struct http_conn *h, const struct http_req *req)
 
 static void write_conn(struct buf *b, const struct conn *c)
 {
+    const char *peer;
     buf_printf(b, "{\"id\":%llu,\"peer\":", (unsigned long long)c->id);
-    buf_append_json_str(b, c->peer, strlen(c->peer));
+    peer = conn_peer(c);
+    buf_append_json_str(b, peer, strlen(peer));
     buf_append_str(b, ",\"listener\":");
     buf_append_json_str(b, c->listener->name, strlen(c->listener->name));
     buf_append_str(b, ",\"protocol\":");
     buf_append_json_str(b, c->proto->name, strlen(c->proto->name));
-    if (c->xport) {
+    if (c->x->xport) {
         buf_append_str(b, ",\"transport\":");
-        buf_append_json_str(b, c->xport->name, strlen(c->xport->name));
+        buf_append_json_str(b, c->x->xport->name, strlen(c->x->xport->name));
     }
-    buf_printf(b, ",\"tls\":%s,\"device\":", c->tls ? "true" : "false");
+    buf_printf(b, ",\"tls\":%s,\"device\":", c->x->tls ? "true" : "false");
     if (c->device[0])
         buf_append_json_str(b, c->device, strlen(c->device));
     else
@@ -342,7 +344,7 @@ static void connections_list(struct ops *o, struct http_conn *h, struct http_req
         if (c->id <= after_id || (f_proto && strcmp(c->proto->name, protocol) != 0) ||
             (f_dev && strcmp(c->device, device) != 0) ||
             (f_lis && strcmp(c->listener->name, listener) != 0) ||
-            (f_peer && strncmp(c->peer, peer, strlen(peer)) != 0))
+            (f_peer && strncmp(conn_peer(c), peer, strlen(peer)) != 0))
             continue;
         if (n == cap)
             arr = xrealloc(arr, (cap *= 2) * sizeof *arr);
@@ -415,7 +417,8 @@ static void connection_one(struct ops *o, struct http_conn *h, struct http_req *
         http_respond_error(h, 409, "self", "a connection cannot kick itself");
         return;
     }
-    log_info("conn=%llu peer=%s kicked by api from=%s", id, c->peer, http_conn_of(h)->peer);
+    log_info("conn=%llu peer=%s kicked by api from=%s", id, conn_peer(c),
+             conn_peer(http_conn_of(h)));
     conn_close(c, "kicked by the API");
     buf_printf(&b, "{\"kicked\":%llu}", id);
     reply(h, 200, &b, NULL);
@@ -1026,7 +1029,7 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     const char *agent = req->method ? http_header(req, "User-Agent") : NULL;
     const char *user = http_user(h); /* a key name: [A-Za-z0-9_.:@-] only */
     char target[1024], host[64], when[64];
-    const char *colon;
+    const char *colon, *peer;
     time_t now;
     struct tm tm;
 
@@ -1034,8 +1037,9 @@ void ops_access_log(void *ctx, struct http_conn *h, const struct http_req *req, 
     if (fmt == CONFIG_ACCESS_LOG_OFF)
         return;
     /* the client's address without its port, as access logs give it */
-    snprintf(host, sizeof host, "%s", c->peer[0] == '[' ? c->peer + 1 : c->peer);
-    colon = strrchr(host, c->peer[0] == '[' ? ']' : ':');
+    peer = conn_peer(c);
+    snprintf(host, sizeof host, "%s", peer[0] == '[' ? peer + 1 : peer);
+    colon = strrchr(host, peer[0] == '[' ? ']' : ':');
     if (colon)
         host[colon - host] = '\0';
     if (req->method)

@@ -79,7 +79,7 @@ void rest_unauthorized_token(struct gw *gw, struct http_conn *h, const char *id,
     metrics_auth_failed(&gw->metrics, "http", reason);
     if (conn_refused(c, why))
         log_warn("conn=%llu peer=%s proto=http auth failed device=\"%s\" reason=\"%s\"",
-                 (unsigned long long)c->id, c->peer, log_q(id), why);
+                 (unsigned long long)c->id, conn_peer(c), log_q(id), why);
     http_respond_error(h, 401, "unauthorized", why);
 }
 

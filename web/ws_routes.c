@@ -73,7 +73,8 @@ static void echo_close(void *state, const char *why)
     (void)why;
 }
 
-static const struct proto_ops echo_proto = {"ws-echo", echo_open, echo_feed, echo_close, NULL, 0};
+static const struct proto_ops echo_proto = {"ws-echo", echo_open,  echo_feed, echo_close,
+                                            NULL,      0,          NULL,       NULL};
 
 /* ---- credentials --------------------------------------------------------------- */
 
@@ -131,7 +132,7 @@ static int live_creds(struct gw *gw, struct http_conn *h, struct http_req *req,
     if ((*key = keys_check(gw->keys, k)) == NULL) {
         if (conn_refused(http_conn_of(h), "wrong API key"))
             log_warn("conn=%llu peer=%s proto=ws-live auth failed reason=\"wrong API key\"",
-                     (unsigned long long)http_conn_of(h)->id, http_conn_of(h)->peer);
+                     (unsigned long long)http_conn_of(h)->id, conn_peer(http_conn_of(h)));
         unauthorized(gw, h, "wrong API key");
         return -1;
     }
@@ -254,7 +255,7 @@ static void on_upgrade(void *ctx, struct http_conn *h, struct http_req *req)
         break;
     }
     log_info("conn=%llu peer=%s websocket upgrade endpoint=%s subprotocol=%s deflate=%s",
-             (unsigned long long)c->id, c->peer, wcfg.endpoint,
+             (unsigned long long)c->id, conn_peer(c), wcfg.endpoint,
              acc.subprotocol ? acc.subprotocol : "-", acc.deflate.enabled ? "yes" : "no");
     state = proto->open(c, proto_ctx);
     conn_set_proto(c, proto, state);

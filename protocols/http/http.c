@@ -95,7 +95,7 @@ static void reject(struct http_conn *h, int status, const char *code, const char
 {
     struct conn *c = h->conn;
     log_info("conn=%llu peer=%s proto=http bad request status=%d reason=\"%s\"",
-             (unsigned long long)c->id, c->peer, status, log_q(why));
+             (unsigned long long)c->id, conn_peer(c), status, log_q(why));
     h->busy = true;
     h->start_us = uv_hrtime() / 1000;
     h->user[0] = '\0';
@@ -107,6 +107,7 @@ static int http_feed(void *state, struct buf *in)
 {
     struct http_conn *h = state;
     struct conn *c = h->conn;
+    size_t held;
 
     if (h->busy && h->watch_fn && in->len > h->srv->max_header_bytes)
         conn_pause(c); /* a waiting request: what is pipelined behind it stays bounded */
@@ -150,11 +151,13 @@ static int http_feed(void *state, struct buf *in)
         if (h->busy && (!h->watch_fn || in->len > h->srv->max_header_bytes))
             conn_pause(c); /* async reply: pipelined bytes wait in `in` */
     }
-    c->proto_held = http_parser_held(&h->parser); /* in the pre-auth budget (guard.h) */
+    held = http_parser_held(&h->parser); /* in the pre-auth budget (guard.h) */
+    if (held || c->x->proto_held)
+        conn_extra(c)->proto_held = held;
     return 0;
 }
 
-const struct proto_ops http_proto = {"http", http_open, http_feed, http_close, NULL, 0};
+const struct proto_ops http_proto = {"http", http_open, http_feed, http_close, NULL, 0, NULL, NULL};
 
 struct conn *http_conn_of(struct http_conn *h)
 {
@@ -361,7 +364,7 @@ static void log_unauthorized(struct http_conn *h, const char *msg)
     const struct http_req *req = http_current(h);
     const char *auth = "none";
 
-    if (!log_refusal(c->peer, msg))
+    if (!log_refusal(conn_peer(c), msg))
         return;
     if (req && http_bearer(req))
         auth = "bearer";
@@ -369,7 +372,7 @@ static void log_unauthorized(struct http_conn *h, const char *msg)
         auth = "query";
     log_warn("conn=%llu peer=%s proto=http refused status=401 method=%s path=\"%s\" "
              "credentials=%s reason=\"%s\"",
-             (unsigned long long)c->id, c->peer, req ? log_q(req->method) : "-",
+             (unsigned long long)c->id, conn_peer(c), req ? log_q(req->method) : "-",
              req ? log_q(req->path) : "", auth, log_q(msg));
 }
 
@@ -393,7 +396,8 @@ void http_upgraded(struct http_conn *h)
 {
     struct conn *c = h->conn;
     bool in_handler = h->in_handler;
-    c->proto_held = 0;
+    if (c->x->proto_held)
+        c->x->proto_held = 0;
     http_free(h);
     conn_resume(c);
     if (!in_handler) /* else http_feed hands the buffered bytes over itself */

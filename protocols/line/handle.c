@@ -45,7 +45,6 @@ static void *line_open(struct conn *c, void *ctx)
     (void)ctx;
     struct line_conn *l = xcalloc(1, sizeof *l);
     session_init(&l->s, c, &line_session);
-    c->on_auth_timeout = line_auth_timeout;
     line_decoder_init(&l->dec, c->gw->cfg->line.max_line_bytes);
     return l;
 }
@@ -90,4 +89,5 @@ static void line_close(void *state, const char *why)
     free(l);
 }
 
-const struct proto_ops line_proto = {"line", line_open, line_feed, line_close, NULL, 0};
+const struct proto_ops line_proto = {"line", line_open, line_feed, line_close, NULL, 0,
+                                     line_auth_timeout, session_send_command};

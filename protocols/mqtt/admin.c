@@ -11,14 +11,16 @@
 
 static void fill_info(const struct mqtt_session *s, struct mqtt_session_info *out)
 {
+    static const struct mqtt_deliv none;
+    const struct mqtt_deliv *d = s->dv ? s->dv : &none;
     *out = (struct mqtt_session_info){
-        .client_id = s->client_id, .username = s->username, .device = s->device,
+        .client_id = s->client_id, .username = s->username, .device = session_device(s),
         .clean = s->clean, .conn_id = s->conn ? s->conn->c->id : 0,
-        .subscriptions = s->nsubs, .queued = s->queue.len, .inflight = s->ninflight,
-        .dropped = s->dropped,
+        .subscriptions = d->nsubs, .queued = d->queue.len, .inflight = d->ninflight,
+        .dropped = d->dropped,
         .protocol = s->conn ? s->conn->lim.version : 0,
         .session_expiry_s = s->clean ? 0 : s->expiry_s,
-        .will_pending = s->will != NULL,
+        .will_pending = d->will != NULL,
     };
     if (s->conn && s->conn->v5) {
         const struct mqtt5_conn *v5 = s->conn->v5;

@@ -252,8 +252,8 @@ static void out_free(struct out_msg *o)
 
 static bool id_in_use(const struct mqtt_session *s, uint16_t id)
 {
-    for (size_t i = 0; i < s->ninflight; i++)
-        if (s->inflight[i]->pkt_id == id)
+    for (size_t i = 0; i < s->dv->ninflight; i++)
+        if (s->dv->inflight[i]->pkt_id == id)
             return true;
     return false;
 }
@@ -270,9 +270,9 @@ static uint16_t pick_id(struct mqtt_session *s, const struct out_msg *o)
             return id;
     }
     do
-        s->next_id = (uint16_t)(s->next_id == 65535 ? 1 : s->next_id + 1);
-    while (id_in_use(s, s->next_id));
-    return s->next_id;
+        s->dv->next_id = (uint16_t)(s->dv->next_id == 65535 ? 1 : s->dv->next_id + 1);
+    while (id_in_use(s, s->dv->next_id));
+    return s->dv->next_id;
 }
 
 /* Writes the stored copy of a persistent session's message (replacing the older one). */
@@ -296,7 +296,7 @@ static void store_msg(struct mqtt_broker *b, struct mqtt_session *s, const struc
 static void number_msg(struct mqtt_session *s, struct out_msg *o)
 {
     if (!s->clean && o->qos > 0)
-        o->store_id = ++s->next_store_id;
+        o->store_id = ++s->dv->next_store_id;
 }
 
 static void completed(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o);
@@ -307,9 +307,9 @@ static bool send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
 {
     bool dup = o->sent; /* sent before a restart [MQTT-3.3.1-1]; else a first attempt */
     o->pkt_id = pick_id(s, o);
-    if (!s->inflight) /* most sessions never have a message in flight */
-        s->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->inflight);
-    s->inflight[s->ninflight++] = o;
+    if (!s->dv->inflight) /* most sessions never have a message in flight */
+        s->dv->inflight = xcalloc(b->gw->cfg->mqtt.max_inflight + 1, sizeof *s->dv->inflight);
+    s->dv->inflight[s->dv->ninflight++] = o;
     if (o->state == OUT_WAIT_PUBCOMP) { /* released before a restart: finish the flow */
         send_pubrel(s->conn, o->pkt_id);
         return true;
@@ -317,7 +317,7 @@ static bool send_inflight(struct mqtt_broker *b, struct mqtt_session *s, struct 
     o->state = o->qos == 1 ? OUT_WAIT_PUBACK : OUT_WAIT_PUBREC;
     if (!send_publish(b, s->conn, o->m, o->qos, o->retain, dup, o->pkt_id, o->subid,
                       o->subids)) {
-        s->ninflight--;
+        s->dv->ninflight--;
         o->state = OUT_QUEUED;
         completed(b, s, o);
         return false;
@@ -342,16 +342,16 @@ static size_t msg_bytes(const struct msg *m)
 
 static void queue_push(struct mqtt_session *s, struct out_msg *o)
 {
-    list_push_back(&s->queue, &o->link);
-    s->queued_bytes += msg_bytes(o->m);
+    list_push_back(&s->dv->queue, &o->link);
+    s->dv->queued_bytes += msg_bytes(o->m);
 }
 
 static void queue_remove(struct mqtt_session *s, struct out_msg *o)
 {
-    list_remove(&s->queue, &o->link);
-    s->queued_bytes -= msg_bytes(o->m);
-    if (s->backlog && s->backlog->ahead > s->queue.len)
-        s->backlog->ahead = s->queue.len; /* one of those was dropped */
+    list_remove(&s->dv->queue, &o->link);
+    s->dv->queued_bytes -= msg_bytes(o->m);
+    if (s->dv->backlog && s->dv->backlog->ahead > s->dv->queue.len)
+        s->dv->backlog->ahead = s->dv->queue.len; /* one of those was dropped */
 }
 
 /* Whether s may get a message on topic: its filter was allowed, but a rule may deny this
@@ -360,7 +360,8 @@ static bool may_receive(struct mqtt_broker *b, const struct mqtt_session *s, con
 {
     if (acl_has_subscribe_denials(b->acl) &&
         !acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                   s->device[0] ? s->device : NULL, topic, strlen(topic), ACL_SUBSCRIBE))
+                   session_device(s)[0] ? session_device(s) : NULL, topic, strlen(topic),
+                   ACL_SUBSCRIBE))
         return false;
     return s->role != ACL_ROLE_ANONYMOUS ||
            !broker_anon_denied(b, topic, strlen(topic), ACL_SUBSCRIBE);
@@ -368,19 +369,19 @@ static bool may_receive(struct mqtt_broker *b, const struct mqtt_session *s, con
 
 static bool backlog_waits(const struct mqtt_session *s)
 {
-    return s->backlog && s->backlog->head < s->backlog->n;
+    return s->dv && s->dv->backlog && s->dv->backlog->head < s->dv->backlog->n;
 }
 
 static void backlog_free(struct mqtt_session *s)
 {
-    struct ret_backlog *bl = s->backlog;
+    struct ret_backlog *bl = s->dv ? s->dv->backlog : NULL;
     if (!bl)
         return;
     for (size_t i = bl->head; i < bl->n; i++)
         msg_unref(bl->e[i].m);
     free(bl->e);
     free(bl);
-    s->backlog = NULL;
+    s->dv->backlog = NULL;
 }
 
 /* Sends the next retained message of the backlog when it is still its topic's (a newer
@@ -388,11 +389,11 @@ static void backlog_free(struct mqtt_session *s)
  * in-flight window is full. */
 static bool backlog_send_one(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    struct ret_backlog *bl = s->backlog;
+    struct ret_backlog *bl = s->dv->backlog;
     struct ret_entry e = bl->e[bl->head];
     const struct retained *r;
 
-    if (e.qos > 0 && s->ninflight >= window(b, s))
+    if (e.qos > 0 && s->dv->ninflight >= window(b, s))
         return false;
     bl->head++;
     r = map_get(&b->retained.by_topic, e.m->topic, strlen(e.m->topic));
@@ -425,22 +426,24 @@ static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct 
 static void pump(struct mqtt_broker *b, struct mqtt_session *s)
 {
     size_t max = window(b, s);
-    while (s->conn && !s->conn->c->closing && (s->queue.head || backlog_waits(s))) {
+    if (!s->dv) /* nothing was ever queued for it */
+        return;
+    while (s->conn && !s->conn->c->closing && (s->dv->queue.head || backlog_waits(s))) {
         struct out_msg *o;
         if (over_budget(b, s)) {
             conn_when_drained(s->conn->c, send_budget(b) / 2, on_drained);
             break;
         }
-        if (backlog_waits(s) && s->backlog->ahead == 0) {
+        if (backlog_waits(s) && s->dv->backlog->ahead == 0) {
             if (!backlog_send_one(b, s))
                 break;
             continue;
         }
-        o = list_entry(s->queue.head, struct out_msg, link);
-        if (o->qos > 0 && s->ninflight >= max)
+        o = list_entry(s->dv->queue.head, struct out_msg, link);
+        if (o->qos > 0 && s->dv->ninflight >= max)
             break;
-        if (s->backlog && s->backlog->ahead)
-            s->backlog->ahead--;
+        if (s->dv->backlog && s->dv->backlog->ahead)
+            s->dv->backlog->ahead--;
         queue_remove(s, o);
         if (o->state != OUT_WAIT_PUBCOMP && expired(b, o->m)) { /* never sent after expiry */
             unpersist_msg(b, s, o);
@@ -472,7 +475,7 @@ static void unpersist_msg(struct mqtt_broker *b, struct mqtt_session *s, struct 
  * every queued message is QoS 1/2. */
 static bool drop_oldest_qos0(struct mqtt_session *s)
 {
-    for (struct list_link *l = s->queue.head; l; l = l->next) {
+    for (struct list_link *l = s->dv->queue.head; l; l = l->next) {
         struct out_msg *o = list_entry(l, struct out_msg, link);
         if (o->qos != 0)
             continue;
@@ -486,14 +489,14 @@ static bool drop_oldest_qos0(struct mqtt_session *s)
 static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char *why)
 {
     const struct config *cfg = b->gw->cfg;
-    s->dropped++;
+    s->dv->dropped++;
     b->gw->metrics.mqtt_dropped++;
-    if (!s->drop_logged) {
-        s->drop_logged = true;
+    if (!s->dv->drop_logged) {
+        s->dv->drop_logged = true;
         log_warn("mqtt client=\"%s\" dropping messages reason=\"%s\" queued=%zu limit=%zu "
                  "queued_bytes=%zu limit_bytes=%zu",
-                 log_q(s->client_id), why, s->queue.len, cfg->mqtt.max_queued, s->queued_bytes,
-                 cfg->mqtt.max_queued_bytes);
+                 log_q(s->client_id), why, s->dv->queue.len, cfg->mqtt.max_queued,
+                 s->dv->queued_bytes, cfg->mqtt.max_queued_bytes);
     }
 }
 
@@ -501,8 +504,9 @@ static void count_drop(struct mqtt_broker *b, struct mqtt_session *s, const char
 static bool queue_fits(const struct mqtt_broker *b, const struct mqtt_session *s, size_t bytes)
 {
     const struct config *cfg = b->gw->cfg;
-    return s->queue.len < cfg->mqtt.max_queued &&
-           (!cfg->mqtt.max_queued_bytes || s->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
+    return s->dv->queue.len < cfg->mqtt.max_queued &&
+           (!cfg->mqtt.max_queued_bytes ||
+            s->dv->queued_bytes + bytes <= cfg->mqtt.max_queued_bytes);
 }
 
 /* Delivers m to session s with effective qos (and the subscription identifiers it
@@ -513,7 +517,7 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     struct out_msg *o;
     size_t bytes = msg_bytes(m);
     /* retained messages a SUBSCRIBE matched go first: what follows them waits */
-    bool behind = s->queue.head || backlog_waits(s);
+    bool behind = broker_deliv(s)->queue.head || backlog_waits(s);
 
     if (!may_receive(b, s, m->topic) || (!s->conn && s->clean)) {
         free(subids);
@@ -534,13 +538,13 @@ static void deliver(struct mqtt_broker *b, struct mqtt_session *s, struct msg *m
     o->subid = subid;
     o->subids = subids;
     o->group = group;
-    if (s->conn && qos > 0 && !behind && s->ninflight < window(b, s) && !over_budget(b, s)) {
+    if (s->conn && qos > 0 && !behind && s->dv->ninflight < window(b, s) && !over_budget(b, s)) {
         number_msg(s, o);
         send_inflight(b, s, o); /* stores it, marked sent */
         return;
     }
     if (!queue_fits(b, s, bytes)) {
-        bool by_bytes = s->queue.len < b->gw->cfg->mqtt.max_queued;
+        bool by_bytes = s->dv->queue.len < b->gw->cfg->mqtt.max_queued;
         /* the oldest QoS 0 messages make room; failing that, the new one is dropped */
         count_drop(b, s, by_bytes ? "session queue bytes full" : "session queue full");
         if (by_bytes)
@@ -609,7 +613,7 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
     }
     if ((opts & SUBOPT_NO_LOCAL) && s == rc->b->origin)
         return; /* [MQTT-3.8.3-3] */
-    if (mqtt_router_multi(rc->b->router) && s->nsubids) {
+    if (mqtt_router_multi(rc->b->router) && s->dv->nsubids) {
         /* overlapping subscriptions: one copy carrying every matching identifier */
         struct subid_hits h = {rc->m->topic, NULL, 0, 0};
         mqtt_router_list(rc->b->router, s, collect_subid, &h);
@@ -627,9 +631,9 @@ static void on_match(void *ctx, void *sub, uint8_t qos, uint32_t opts)
 
 void broker_disconnect(struct mqtt_conn *mc, uint8_t rc, const char *why)
 {
-    if (mc->v5 && mc->connected && !mc->c->closing && !mc->disconnect_rc) {
-        mc->disconnect_rc = rc;
-        mc->disconnect_why = why;
+    if (mc->v5 && mc->connected && !mc->c->closing && !mc->v5->disconnect_rc) {
+        mc->v5->disconnect_rc = rc;
+        mc->v5->disconnect_why = why;
     }
     conn_close(mc->c, why);
 }
@@ -685,13 +689,13 @@ static void will_publish(struct mqtt_broker *b, const char *device, const struct
 
 void broker_will_cancel(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    if (!s->will)
+    if (!s->dv || !s->dv->will)
         return;
     log_info("mqtt client=\"%s\" will not published topic=\"%s\" reason=\"the client "
              "reconnected within its will delay\"",
-             log_q(s->client_id), log_q(s->will->topic));
-    broker_will_free(s->will);
-    s->will = NULL;
+             log_q(s->client_id), log_q(s->dv->will->topic));
+    broker_will_free(s->dv->will);
+    s->dv->will = NULL;
     b->delayed_wills--;
     b->gw->metrics.mqtt_wills_cancelled++;
 }
@@ -699,11 +703,11 @@ void broker_will_cancel(struct mqtt_broker *b, struct mqtt_session *s)
 /* The will s held for its delay goes out now (the delay passed, or the session ends). */
 static void will_fire(struct mqtt_broker *b, struct mqtt_session *s)
 {
-    struct mqtt_will *w = s->will;
-    s->will = NULL;
+    struct mqtt_will *w = s->dv->will;
+    s->dv->will = NULL;
     b->delayed_wills--;
     b->gw->metrics.mqtt_wills_delayed++;
-    will_publish(b, s->device, w);
+    will_publish(b, session_device(s), w);
     broker_will_free(w);
 }
 
@@ -785,7 +789,6 @@ struct mqtt_conn *broker_conn_new(struct mqtt_broker *b, struct conn *c)
     mc->b = b;
     mc->username = "";
     buf_init(&mc->out);
-    list_push_back(&b->conns, &mc->link);
     return mc;
 }
 
@@ -799,7 +802,7 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
     if (mc->denied_pub + mc->denied_sub + mc->bad_telemetry > 1)
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" refusals publish_denied=%llu "
                  "subscribe_denied=%llu telemetry_not_stored=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer,
+                 (unsigned long long)mc->c->id, conn_peer(mc->c),
                  log_q(mc->sess ? mc->sess->client_id : NULL),
                  (unsigned long long)mc->denied_pub, (unsigned long long)mc->denied_sub,
                  (unsigned long long)mc->bad_telemetry);
@@ -814,17 +817,17 @@ void broker_conn_finish_now(struct mqtt_conn *mc)
                 b->gw->metrics.mqtt_wills_dropped++;
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" will not published "
                          "topic=\"%s\" reason=\"refused as a publish would be\"",
-                         (unsigned long long)mc->c->id, mc->c->peer,
+                         (unsigned long long)mc->c->id, conn_peer(mc->c),
                          log_q(mc->sess->client_id), log_q(w->topic));
             } else if (w->delay_s && s && s->conn == mc && !s->clean) {
                 /* MQTT 5 Will Delay Interval: held by the session, published when the delay
                  * passes or the session ends, dropped when the client is back first */
-                if (s->will)
-                    broker_will_free(s->will);
+                if (broker_deliv(s)->will)
+                    broker_will_free(s->dv->will);
                 else
                     b->delayed_wills++;
-                s->will = w;
-                s->will_at_ms = gw_now_ms() + (int64_t)w->delay_s * 1000;
+                s->dv->will = w;
+                s->dv->will_at_ms = gw_now_ms() + (int64_t)w->delay_s * 1000;
                 mc->will = NULL;
             } else {
                 will_publish(b, mc->c->device, w);
@@ -842,7 +845,6 @@ void broker_conn_close(struct mqtt_conn *mc)
     struct mqtt_broker *b = mc->b;
 
     broker_conn_finish_now(mc);
-    list_remove(&b->conns, &mc->link);
     b->bytes_in_closed += mc->c->bytes_in;
     b->bytes_out_closed += mc->c->bytes_out;
     broker_will_free(mc->will);
@@ -1050,7 +1052,7 @@ static void backlog_dedup(struct ret_backlog *bl)
 void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const char *filter,
                           size_t len, uint8_t qos, uint32_t subid)
 {
-    struct retained_hits h = {s->backlog, qos, subid};
+    struct retained_hits h = {broker_deliv(s)->backlog, qos, subid};
     bool had = h.bl != NULL;
     struct mqtt_str af;
 
@@ -1059,13 +1061,13 @@ void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const c
 
     if (!h.bl) {
         h.bl = xcalloc(1, sizeof *h.bl);
-        h.bl->ahead = s->queue.len; /* queued before the SUBSCRIBE: they go first */
+        h.bl->ahead = s->dv->queue.len; /* queued before the SUBSCRIBE: they go first */
     }
     /* collected first (references held): sending must not run inside the walk, and goes
      * as the window and the socket allow */
     retained_match(&b->retained, filter, len, collect_retained, &h);
     if (h.bl->head == h.bl->n) {
-        s->backlog = h.bl;
+        s->dv->backlog = h.bl;
         backlog_free(s);
         return;
     }
@@ -1077,7 +1079,7 @@ void broker_send_retained(struct mqtt_broker *b, struct mqtt_session *s, const c
     } else if (!had) {
         h.bl->checked = h.bl->n; /* one filter matches each retained message once */
     }
-    s->backlog = h.bl;
+    s->dv->backlog = h.bl;
     pump(b, s);
 }
 
@@ -1105,8 +1107,6 @@ static void set_identity(struct mqtt_session *s, enum acl_role role, const char 
         free((char *)s->username);
     s->username = username && username[0] ? xstrdup(username) : "";
     s->role = (uint8_t)role;
-    /* a device's username is its id */
-    s->device = role == ACL_ROLE_DEVICE ? s->username : "";
 }
 
 struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,
@@ -1125,20 +1125,33 @@ struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *clien
     return s;
 }
 
+struct mqtt_deliv *broker_deliv(struct mqtt_session *s)
+{
+    if (!s->dv) {
+        s->dv = xcalloc(1, sizeof *s->dv);
+        s->dv->s = s;
+    }
+    return s->dv;
+}
+
 /* Frees the session's memory only (shutdown, or after it was unlinked). */
 static void session_release(struct mqtt_session *s)
 {
-    broker_will_free(s->will); /* shutdown: a will waiting for its delay is not kept */
-    backlog_free(s);
-    while (s->queue.head) {
-        struct out_msg *o = list_entry(s->queue.head, struct out_msg, link);
-        queue_remove(s, o);
-        out_free(o);
+    struct mqtt_deliv *d = s->dv;
+    if (d) {
+        broker_will_free(d->will); /* shutdown: a will waiting for its delay is not kept */
+        backlog_free(s);
+        while (d->queue.head) {
+            struct out_msg *o = list_entry(d->queue.head, struct out_msg, link);
+            queue_remove(s, o);
+            out_free(o);
+        }
+        for (size_t i = 0; i < d->ninflight; i++)
+            out_free(d->inflight[i]);
+        free(d->inflight);
+        free(d->qos2_in);
+        free(d);
     }
-    for (size_t i = 0; i < s->ninflight; i++)
-        out_free(s->inflight[i]);
-    free(s->inflight);
-    free(s->qos2_in);
     if (s->username[0])
         free((char *)s->username);
     free(s);
@@ -1147,13 +1160,13 @@ static void session_release(struct mqtt_session *s)
 uint64_t broker_session_free(struct mqtt_broker *b, struct mqtt_session *s)
 {
     uint64_t seq = 0;
-    if (s->will) /* the session ends before the will's delay: it goes now */
+    if (s->dv && s->dv->will) /* the session ends before the will's delay: it goes now */
         will_fire(b, s);
     share_session_gone(b, s); /* its shared subscriptions' messages go to other members */
     map_del(&b->sessions, s->client_id, strlen(s->client_id));
     mqtt_router_remove_all(b->router, s);
-    if (s->qos2_watched)
-        list_remove(&b->qos2_watch, &s->watch_link);
+    if (s->dv && s->dv->qos2_watched)
+        list_remove(&b->qos2_watch, &s->dv->watch_link);
     if (!s->clean) { /* joins the ticket of what is being done (a device deleted), if any */
         seq = b->store.delete_session(b->store.ctx, s->client_id);
         ticket_add(b->ticket, seq);
@@ -1167,39 +1180,41 @@ void broker_session_attach(struct mqtt_broker *b, struct mqtt_session *s, struct
     size_t max, pubs = 0, keep = 0;
 
     s->conn = mc;
-    s->drop_logged = false;
     s->seen_ms = gw_now_ms();
+    if (!s->dv)
+        return; /* nothing in flight or queued */
+    s->dv->drop_logged = false;
     /* resend what was in flight, with DUP, in the original order [MQTT-4.4.0-1], but no more
      * PUBLISHes than the new connection's window (an MQTT 5 client's Receive Maximum may be
      * lower than the last one's [MQTT-3.3.4-7]): the rest go back to the head of the queue,
      * in order, and are resent as acks free the window, as after a restart (DUP, and the
      * packet id pick_id derives from the stored number) */
     max = window(b, s);
-    for (size_t i = 0; i < s->ninflight; i++)
-        pubs += s->inflight[i]->state != OUT_WAIT_PUBCOMP;
-    for (size_t i = s->ninflight; i-- > 0 && pubs > max;) {
-        struct out_msg *o = s->inflight[i];
+    for (size_t i = 0; i < s->dv->ninflight; i++)
+        pubs += s->dv->inflight[i]->state != OUT_WAIT_PUBCOMP;
+    for (size_t i = s->dv->ninflight; i-- > 0 && pubs > max;) {
+        struct out_msg *o = s->dv->inflight[i];
         if (o->state == OUT_WAIT_PUBCOMP)
             continue;
         pubs--;
         o->state = OUT_QUEUED;
-        list_push_front(&s->queue, &o->link);
-        s->queued_bytes += msg_bytes(o->m);
-        if (s->backlog)
-            s->backlog->ahead++; /* older than a retained backlog */
-        s->inflight[i] = NULL;
+        list_push_front(&s->dv->queue, &o->link);
+        s->dv->queued_bytes += msg_bytes(o->m);
+        if (s->dv->backlog)
+            s->dv->backlog->ahead++; /* older than a retained backlog */
+        s->dv->inflight[i] = NULL;
     }
-    for (size_t i = 0; i < s->ninflight; i++) {
-        struct out_msg *o = s->inflight[i];
+    for (size_t i = 0; i < s->dv->ninflight; i++) {
+        struct out_msg *o = s->dv->inflight[i];
         if (!o)
             continue;
-        s->inflight[keep++] = o;
+        s->dv->inflight[keep++] = o;
         if (o->state == OUT_WAIT_PUBCOMP)
             send_pubrel(mc, o->pkt_id);
         else
             send_publish(b, mc, o->m, o->qos, o->retain, true, o->pkt_id, o->subid, o->subids);
     }
-    s->ninflight = (uint16_t)keep;
+    s->dv->ninflight = (uint16_t)keep;
     pump(b, s);
 }
 
@@ -1256,14 +1271,15 @@ static uint32_t filter_levels(const char *filter, size_t len)
 void broker_session_count_sub(struct mqtt_session *s, const char *filter, size_t len, int sign)
 {
     uint32_t levels = filter_levels(filter, len);
+    broker_deliv(s);
     if (sign > 0) {
-        s->nsubs++;
-        s->sub_bytes += (uint32_t)len;
-        s->sub_levels += levels;
+        s->dv->nsubs++;
+        s->dv->sub_bytes += (uint32_t)len;
+        s->dv->sub_levels += levels;
     } else {
-        s->nsubs--;
-        s->sub_bytes -= (uint32_t)len;
-        s->sub_levels -= levels;
+        s->dv->nsubs--;
+        s->dv->sub_bytes -= (uint32_t)len;
+        s->dv->sub_levels -= levels;
     }
 }
 
@@ -1271,19 +1287,21 @@ const char *broker_subscribe_room(struct mqtt_broker *b, const struct mqtt_sessi
                                   const char *filter, size_t len, size_t *limit)
 {
     const struct config *cfg = b->gw->cfg;
-    if (s->nsubs >= cfg->mqtt.max_subscriptions) {
+    static const struct mqtt_deliv none;
+    const struct mqtt_deliv *d = s->dv ? s->dv : &none;
+    if (d->nsubs >= cfg->mqtt.max_subscriptions) {
         b->gw->metrics.mqtt_refused_subscriptions++;
         *limit = cfg->mqtt.max_subscriptions;
         return "mqtt.max_subscriptions";
     }
     if (cfg->mqtt.max_subscription_bytes &&
-        s->sub_bytes + len > cfg->mqtt.max_subscription_bytes) {
+        d->sub_bytes + len > cfg->mqtt.max_subscription_bytes) {
         b->gw->metrics.mqtt_refused_sub_bytes++;
         *limit = cfg->mqtt.max_subscription_bytes;
         return "mqtt.max_subscription_bytes";
     }
     if (cfg->mqtt.max_subscription_levels &&
-        s->sub_levels + filter_levels(filter, len) > cfg->mqtt.max_subscription_levels) {
+        d->sub_levels + filter_levels(filter, len) > cfg->mqtt.max_subscription_levels) {
         b->gw->metrics.mqtt_refused_sub_levels++;
         *limit = cfg->mqtt.max_subscription_levels;
         return "mqtt.max_subscription_levels";
@@ -1306,15 +1324,17 @@ static int router_subscribe(struct mqtt_broker *b, struct mqtt_session *s, const
 {
     uint32_t old = 0;
     int had = mqtt_router_granted_opts(b->router, filter, len, s, &old);
-    int r = share_subscribe(b, s, filter, len, qos, opts);
+    int r;
+    broker_deliv(s); /* before the router can hand it a message */
+    r = share_subscribe(b, s, filter, len, qos, opts);
     if (r < 0)
         return r;
     if (had < 0)
         broker_session_count_sub(s, filter, len, 1);
     else if (old & SUBOPT_ID_MASK)
-        s->nsubids--;
+        s->dv->nsubids--;
     if (opts & SUBOPT_ID_MASK)
-        s->nsubids++;
+        s->dv->nsubids++;
     return r;
 }
 
@@ -1340,7 +1360,7 @@ bool broker_session_unsubscribe(struct mqtt_broker *b, struct mqtt_session *s,
         return false;
     broker_session_count_sub(s, filter, len, -1);
     if (opts & SUBOPT_ID_MASK)
-        s->nsubids--;
+        s->dv->nsubids--;
     if (!s->clean) {
         f = xstrndup(filter, len);
         b->store.delete_session_sub(b->store.ctx, s->client_id, f);
@@ -1422,7 +1442,8 @@ size_t broker_session_recheck(struct mqtt_broker *b, struct mqtt_session *s)
         struct mqtt_str af; /* the ACL judges a shared subscription's own filter */
         share_parse(fs.f[i], len, NULL, &af);
         if (!acl_check(b->acl, s->role, s->username[0] ? s->username : NULL, s->client_id,
-                       s->device[0] ? s->device : NULL, af.p, af.len, ACL_SUBSCRIBE) ||
+                       session_device(s)[0] ? session_device(s) : NULL, af.p, af.len,
+                       ACL_SUBSCRIBE) ||
             (s->role == ACL_ROLE_ANONYMOUS && broker_anon_denied(b, af.p, af.len, ACL_SUBSCRIBE))) {
             log_info("mqtt client=\"%s\" subscription dropped filter=\"%s\" "
                      "reason=\"no longer allowed by the ACL\"",
@@ -1451,9 +1472,9 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
         reason = &unused;
     if (mc->c->device[0] &&
         (rate = guard_rate(gw->guard, mc->c->device, gw_mono_ms())) != GUARD_RATE_OK) {
-        if (log_refusal(mc->c->peer, "rate limited"))
+        if (log_refusal(conn_peer(mc->c), "rate limited"))
             log_warn("conn=%llu peer=%s proto=mqtt device=%s rate limited action=%s limit=%d",
-                     (unsigned long long)mc->c->id, mc->c->peer, mc->c->device,
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), mc->c->device,
                      rate == GUARD_RATE_DROP ? "drop" : "disconnect",
                      gw->cfg->limits.device_rate_msgs_per_s);
         *reason = MQTT_RC_MESSAGE_RATE_TOO_HIGH;
@@ -1463,18 +1484,18 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
         !acl_check(b->acl, mc->role, mc->username[0] ? mc->username : NULL, client,
                    mc->c->device[0] ? mc->c->device : NULL, topic, len, ACL_PUBLISH)) {
         b->acl_denied++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "publish denied"))
+        if (mc->denied_pub++ == 0 && log_refusal(conn_peer(mc->c), "publish denied"))
             log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" publish denied topic=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic));
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client), log_q(topic));
         *reason = MQTT_RC_NOT_AUTHORIZED;
         return PUBLISH_DROP;
     }
     if (retain && !broker_retained_room(b, topic, payload_len, &why)) {
         b->retained_refused++;
-        if (mc->denied_pub++ == 0 && log_refusal(mc->c->peer, "retained refused"))
+        if (mc->denied_pub++ == 0 && log_refusal(conn_peer(mc->c), "retained refused"))
             log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" retained publish dropped "
                      "topic=\"%s\" reason=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client), log_q(topic),
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client), log_q(topic),
                      why);
         *reason = MQTT_RC_QUOTA_EXCEEDED;
         return PUBLISH_DROP;
@@ -1484,13 +1505,13 @@ enum publish_verdict broker_publish_check(struct mqtt_conn *mc, const char *topi
 
 /* ---- incoming QoS 2 ids ---- */
 
-/* Index of id in s->qos2_in, or of where it would go. */
+/* Index of id in s->dv->qos2_in, or of where it would go. */
 static size_t qos2_index(const struct mqtt_session *s, uint16_t id)
 {
-    size_t lo = 0, hi = s->nqos2_in;
+    size_t lo = 0, hi = s->dv ? s->dv->nqos2_in : 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (s->qos2_in[mid].id < id)
+        if (s->dv->qos2_in[mid].id < id)
             lo = mid + 1;
         else
             hi = mid;
@@ -1501,42 +1522,45 @@ static size_t qos2_index(const struct mqtt_session *s, uint16_t id)
 struct qos2_in *broker_qos2_find(struct mqtt_session *s, uint16_t id)
 {
     size_t i = qos2_index(s, id);
-    return i < s->nqos2_in && s->qos2_in[i].id == id ? &s->qos2_in[i] : NULL;
+    return s->dv && i < s->dv->nqos2_in && s->dv->qos2_in[i].id == id ? &s->dv->qos2_in[i] : NULL;
 }
 
 void broker_qos2_add(struct mqtt_broker *b, struct mqtt_session *s, uint16_t id,
                      const struct ticket *t)
 {
     size_t i = qos2_index(s, id);
-    if (i < s->nqos2_in && s->qos2_in[i].id == id) {
-        s->qos2_in[i] = (struct qos2_in){id, false, *t};
+    broker_deliv(s);
+    if (i < s->dv->nqos2_in && s->dv->qos2_in[i].id == id) {
+        s->dv->qos2_in[i] = (struct qos2_in){id, false, *t};
     } else {
-        if (s->nqos2_in == s->qos2_cap) {
-            s->qos2_cap = s->qos2_cap ? s->qos2_cap * 2 : 8;
-            s->qos2_in = xrealloc(s->qos2_in, s->qos2_cap * sizeof *s->qos2_in);
+        if (s->dv->nqos2_in == s->dv->qos2_cap) {
+            s->dv->qos2_cap = s->dv->qos2_cap ? s->dv->qos2_cap * 2 : 8;
+            s->dv->qos2_in = xrealloc(s->dv->qos2_in, s->dv->qos2_cap * sizeof *s->dv->qos2_in);
         }
-        memmove(&s->qos2_in[i + 1], &s->qos2_in[i], (s->nqos2_in - i) * sizeof *s->qos2_in);
-        s->qos2_in[i] = (struct qos2_in){id, false, *t};
-        s->nqos2_in++;
+        memmove(&s->dv->qos2_in[i + 1], &s->dv->qos2_in[i],
+                (s->dv->nqos2_in - i) * sizeof *s->dv->qos2_in);
+        s->dv->qos2_in[i] = (struct qos2_in){id, false, *t};
+        s->dv->nqos2_in++;
     }
     if (ticket_empty(t) || t->last <= b->gw->durable_seq)
         return;
     /* its writes are not reported yet: a failure marks it, whatever happens to the
      * connection meanwhile (on_settled) */
-    if (t->last > s->qos2_last)
-        s->qos2_last = t->last;
-    if (!s->qos2_watched) {
-        s->qos2_watched = true;
-        list_push_back(&b->qos2_watch, &s->watch_link);
+    if (t->last > s->dv->qos2_last)
+        s->dv->qos2_last = t->last;
+    if (!s->dv->qos2_watched) {
+        s->dv->qos2_watched = true;
+        list_push_back(&b->qos2_watch, &s->dv->watch_link);
     }
 }
 
 void broker_qos2_remove(struct mqtt_session *s, uint16_t id)
 {
     size_t i = qos2_index(s, id);
-    if (i < s->nqos2_in && s->qos2_in[i].id == id) {
-        memmove(&s->qos2_in[i], &s->qos2_in[i + 1], (s->nqos2_in - i - 1) * sizeof *s->qos2_in);
-        s->nqos2_in--;
+    if (s->dv && i < s->dv->nqos2_in && s->dv->qos2_in[i].id == id) {
+        memmove(&s->dv->qos2_in[i], &s->dv->qos2_in[i + 1],
+                (s->dv->nqos2_in - i - 1) * sizeof *s->dv->qos2_in);
+        s->dv->nqos2_in--;
     }
 }
 
@@ -1547,18 +1571,18 @@ static void on_settled(void *ctx, uint64_t from, uint64_t upto, int ok)
     struct mqtt_broker *b = ctx;
     struct list_link *l = b->qos2_watch.head;
     while (l) {
-        struct mqtt_session *s = list_entry(l, struct mqtt_session, watch_link);
+        struct mqtt_session *s = list_entry(l, struct mqtt_deliv, watch_link)->s;
         l = l->next;
         if (!ok) {
-            for (size_t i = 0; i < s->nqos2_in; i++) {
-                struct qos2_in *q = &s->qos2_in[i];
+            for (size_t i = 0; i < s->dv->nqos2_in; i++) {
+                struct qos2_in *q = &s->dv->qos2_in[i];
                 if (!ticket_empty(&q->t) && q->t.first <= upto && q->t.last > from)
                     q->failed = true;
             }
         }
-        if (s->qos2_last <= upto) {
-            list_remove(&b->qos2_watch, &s->watch_link);
-            s->qos2_watched = false;
+        if (s->dv->qos2_last <= upto) {
+            list_remove(&b->qos2_watch, &s->dv->watch_link);
+            s->dv->qos2_watched = false;
         }
     }
 }
@@ -1612,7 +1636,7 @@ static void expire_sessions(struct mqtt_broker *b)
     while (map_next(&b->sessions, &it, NULL, &v)) {
         struct mqtt_session *s = v;
         bool gone = broker_session_expired(s, now);
-        if (!gone && !(s->will && now >= s->will_at_ms))
+        if (!gone && !(s->dv && s->dv->will && now >= s->dv->will_at_ms))
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -1622,7 +1646,7 @@ static void expire_sessions(struct mqtt_broker *b)
     }
     for (size_t i = 0; i < n; i++) {
         struct mqtt_session *s = old[i];
-        if (s->will && now >= s->will_at_ms)
+        if (s->dv && s->dv->will && now >= s->dv->will_at_ms)
             will_fire(b, s);
         if (!broker_session_expired(s, now))
             continue;
@@ -1665,14 +1689,17 @@ static void check_loaded_sessions(struct mqtt_broker *b)
 
 static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_t state)
 {
-    for (size_t i = 0; i < s->ninflight; i++) {
-        struct out_msg *o = s->inflight[i];
+    if (!s->dv) /* nothing was ever sent to it */
+        return NULL;
+    for (size_t i = 0; i < s->dv->ninflight; i++) {
+        struct out_msg *o = s->dv->inflight[i];
         if (o->pkt_id != id || o->state != state)
             continue;
         if (state == OUT_WAIT_PUBREC)
             return o; /* stays in flight, waiting for PUBCOMP */
-        memmove(&s->inflight[i], &s->inflight[i + 1], (s->ninflight - i - 1) * sizeof o);
-        s->ninflight--;
+        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1],
+                (s->dv->ninflight - i - 1) * sizeof o);
+        s->dv->ninflight--;
         return o;
     }
     return NULL;
@@ -1680,8 +1707,8 @@ static struct out_msg *take_inflight(struct mqtt_session *s, uint16_t id, uint8_
 
 static void completed(struct mqtt_broker *b, struct mqtt_session *s, struct out_msg *o)
 {
-    if (b->on_delivered && s->device[0])
-        b->on_delivered(b->hook_ctx, s->device, o->m);
+    if (b->on_delivered && session_device(s)[0])
+        b->on_delivered(b->hook_ctx, session_device(s), o->m);
     unpersist_msg(b, s, o);
     out_free(o);
     pump(b, s);
@@ -1776,13 +1803,15 @@ static void sys_pub(struct gw *gw, const char *topic, const char *fmt, unsigned 
     mqtt_broker_publish(gw, MSG_PLAIN, "", topic, val, (size_t)n, 0, true);
 }
 
-/* Adds the bytes the connections on l received and sent so far. */
-static void add_conn_bytes(const struct list *l, unsigned long long *in, unsigned long long *out)
+/* Adds the bytes the MQTT connections of the walk it received and sent so far. */
+static void add_conn_bytes(struct conn_iter *it, unsigned long long *in, unsigned long long *out)
 {
-    for (const struct list_link *e = l->head; e; e = e->next) {
-        const struct mqtt_conn *mc = list_entry(e, const struct mqtt_conn, link);
-        *in += mc->c->bytes_in;
-        *out += mc->c->bytes_out;
+    const struct conn *c;
+    while ((c = conn_iter_next(it)) != NULL) {
+        if (c->proto != &mqtt_proto)
+            continue;
+        *in += c->bytes_in;
+        *out += c->bytes_out;
     }
 }
 
@@ -1794,6 +1823,7 @@ static void on_sys_timer(uv_timer_t *t)
     const struct metrics *m = &gw->metrics;
     unsigned long long total = b->sessions.len;
     unsigned long long bytes_in = b->bytes_in_closed, bytes_out = b->bytes_out_closed;
+    struct conn_iter it;
     mqtt_broker_publish(gw, MSG_PLAIN, "", "$SYS/broker/version", "gale " GALE_VERSION,
                         strlen("gale " GALE_VERSION), 0, true);
     sys_pub(gw, "$SYS/broker/uptime", "%llu seconds",
@@ -1809,7 +1839,12 @@ static void on_sys_timer(uv_timer_t *t)
     sys_pub(gw, "$SYS/broker/publish/messages/received", "%llu", b->publish_in);
     sys_pub(gw, "$SYS/broker/publish/messages/sent", "%llu", b->publish_out);
     sys_pub(gw, "$SYS/broker/publish/messages/dropped", "%llu", m->mqtt_dropped);
-    add_conn_bytes(&b->conns, &bytes_in, &bytes_out);
+    /* the live ones and those closed whose close callback (which adds their bytes to the
+     * closed ones') is still to run */
+    conn_iter_begin(&it, gw->conns);
+    add_conn_bytes(&it, &bytes_in, &bytes_out);
+    conn_iter_begin_closing(&it, gw->conns);
+    add_conn_bytes(&it, &bytes_in, &bytes_out);
     sys_pub(gw, "$SYS/broker/bytes/received", "%llu", bytes_in);
     sys_pub(gw, "$SYS/broker/bytes/sent", "%llu", bytes_out);
     sys_pub(gw, "$SYS/broker/subscriptions/count", "%llu",
@@ -1883,8 +1918,8 @@ static void on_session_msg_loaded(void *ctx, const char *client_id, uint64_t msg
     if (retain & STORED_RELEASED)
         o->state = OUT_WAIT_PUBCOMP;
     o->store_id = msg_id;
-    if (msg_id > s->next_store_id)
-        s->next_store_id = msg_id;
+    if (msg_id > broker_deliv(s)->next_store_id)
+        s->dv->next_store_id = msg_id;
     queue_push(s, o);
 }
 
@@ -1992,8 +2027,8 @@ enum share_fit broker_share_fit(struct mqtt_broker *b, struct mqtt_session *s,
         return SHARE_FIT_NO; /* gone, QoS 0 for one offline, or a topic the ACL denies it */
     if (!mc) /* an offline persistent member takes its turn, queued */
         return queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_NOW : SHARE_FIT_NO;
-    if (!s->queue.head && !backlog_waits(s) && !over_budget(b, s) &&
-        (qos == 0 || s->ninflight < window(b, s)))
+    if (!s->dv->queue.head && !backlog_waits(s) && !over_budget(b, s) &&
+        (qos == 0 || s->dv->ninflight < window(b, s)))
         return SHARE_FIT_NOW;
     return qos == 0 || queue_fits(b, s, msg_bytes(m)) ? SHARE_FIT_LATER : SHARE_FIT_NO;
 }
@@ -2009,7 +2044,7 @@ size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t
                          broker_share_give_fn give, void *ctx)
 {
     size_t moved = 0, i = 0;
-    struct list_link *l = s->queue.head;
+    struct list_link *l = s->dv->queue.head;
 
     while (l) {
         struct out_msg *o = list_entry(l, struct out_msg, link);
@@ -2025,8 +2060,8 @@ size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t
         moved++;
     }
     /* in flight: its connection would still acknowledge them; offline, they move too */
-    while (i < s->ninflight) {
-        struct out_msg *o = s->inflight[i];
+    while (i < s->dv->ninflight) {
+        struct out_msg *o = s->dv->inflight[i];
         if (o->group != group) {
             i++;
             continue;
@@ -2036,8 +2071,9 @@ size_t broker_share_take(struct mqtt_broker *b, struct mqtt_session *s, uint16_t
             i++;
             continue;
         }
-        memmove(&s->inflight[i], &s->inflight[i + 1], (s->ninflight - i - 1) * sizeof o);
-        s->ninflight--;
+        memmove(&s->dv->inflight[i], &s->dv->inflight[i + 1],
+                (s->dv->ninflight - i - 1) * sizeof o);
+        s->dv->ninflight--;
         unpersist_msg(b, s, o);
         out_free(o);
         moved++;

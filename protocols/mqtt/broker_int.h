@@ -75,13 +75,14 @@ struct ret_backlog {
     size_t checked;         /* entries waiting after the last duplicate check */
 };
 
-/* A session, clean or persistent: one per client id, so one per connection at least. Its
- * tables are allocated when first used and its counters are as small as their limits. */
-struct mqtt_session {
-    const char *username;       /* username of the session's client: heap when not empty,
-                                 * else "" */
-    struct mqtt_conn *conn;     /* NULL while offline */
-    const char *device;         /* device the session speaks for (its username), or "" */
+/* What a session holds to deliver and receive messages beyond its identity: its
+ * subscriptions' counts, its queue and in-flight table, its incoming QoS 2 ids, a retained
+ * backlog and a will waiting for its delay. Allocated with the first of them (broker_deliv:
+ * a subscription, a message for it, a QoS 2 id, a delayed will, a stored message loaded)
+ * and kept until the session ends; a session that only publishes QoS 0 and 1 (most
+ * devices) never has one. Its counters are as small as their limits. */
+struct mqtt_deliv {
+    struct mqtt_session *s;     /* its session */
     struct list queue;          /* struct out_msg waiting for a free in-flight slot or a
                                  * connection, oldest first */
     struct out_msg **inflight;  /* sent, unacknowledged, in send order (mqtt.max_inflight
@@ -94,28 +95,48 @@ struct mqtt_session {
     size_t queued_bytes;        /* topics and payloads in queue (mqtt.max_queued_bytes) */
     uint64_t next_store_id;     /* persistent message numbering */
     uint64_t dropped;           /* messages dropped by the queue limit */
-    int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
+    struct mqtt_will *will;     /* a will waiting for its delay (MQTT 5), or NULL */
+    int64_t will_at_ms;         /* epoch ms it is published unless the client is back */
     uint32_t nsubs;             /* subscriptions held (mqtt.max_subscriptions) */
     uint32_t sub_bytes;         /* bytes of their filters (mqtt.max_subscription_bytes) */
     uint32_t sub_levels;        /* levels of their filters (mqtt.max_subscription_levels) */
+    uint32_t nsubids;           /* subscriptions carrying a Subscription Identifier */
     uint32_t nqos2_in, qos2_cap;
     uint16_t ninflight;         /* at most mqtt.max_inflight (65535) */
     uint16_t next_id;           /* last packet id handed out */
+    bool drop_logged;           /* one log line per overflow episode */
+    bool qos2_watched;          /* in b->qos2_watch: storage reports may fail its ids */
+};
+
+/* A session, clean or persistent: one per client id, so one per connection at least, and
+ * most of them idle: what it holds to deliver messages is allocated with its first use
+ * (struct mqtt_deliv). */
+struct mqtt_session {
+    const char *username;       /* username of the session's client: heap when not empty,
+                                 * else "" */
+    struct mqtt_conn *conn;     /* NULL while offline */
+    struct mqtt_deliv *dv;      /* NULL until first used (broker_deliv) */
+    int64_t seen_ms;            /* epoch ms it was last attached or detached (expiry) */
+    uint32_t expiry_s;          /* a persistent session's expiry once offline, seconds
+                                 * (UINT32_MAX: never); 3.1.1: mqtt.session_expiry_s */
     uint8_t role;               /* enum acl_role of that client. A session of an
                                  * authenticated client (device, app) is its own: no other
                                  * identity may take it over or resume it */
     bool clean;                 /* clean session: discarded at disconnect (3.1.1 clean
                                  * session 1, or MQTT 5 Session Expiry Interval 0) */
-    uint32_t expiry_s;          /* a persistent session's expiry once offline, seconds
-                                 * (UINT32_MAX: never); 3.1.1: mqtt.session_expiry_s */
-    struct mqtt_will *will;     /* a will waiting for its delay (MQTT 5), or NULL */
-    int64_t will_at_ms;         /* epoch ms it is published unless the client is back */
-    uint32_t nsubids;           /* subscriptions carrying a Subscription Identifier */
     bool own_expiry;            /* expiry_s was chosen by an MQTT 5 client (stored) */
-    bool drop_logged;           /* one log line per overflow episode */
-    bool qos2_watched;          /* in b->qos2_watch: storage reports may fail its ids */
-    char client_id[];           /* NUL-terminated; the key in b->sessions */
+    char client_id[];           /* NUL-terminated; the key in b->sessions; starts in the
+                                 * struct's tail padding (allocated by offsetof) */
 };
+
+/* The device a session speaks for (a device's username is its id), or "". */
+static inline const char *session_device(const struct mqtt_session *s)
+{
+    return s->role == ACL_ROLE_DEVICE ? s->username : "";
+}
+
+/* The delivery state of s, allocated zeroed when it has none yet. */
+struct mqtt_deliv *broker_deliv(struct mqtt_session *s);
 
 struct ret_node;
 
@@ -149,14 +170,15 @@ struct mqtt_broker {
     uint64_t acl_denied;        /* publishes and subscriptions refused by the ACL */
     uint64_t retained_refused;  /* new retained topics refused at mqtt.max_retained */
     size_t nretained;           /* retained topics kept, $SYS not counted */
-    uint64_t bytes_in_closed;   /* bytes received / sent by MQTT connections now closed */
+    /* bytes received / sent by MQTT connections whose close callback ran ($SYS adds the
+     * others' from the connection registry) */
+    uint64_t bytes_in_closed;
     uint64_t bytes_out_closed;
     mqtt_delivered_fn on_delivered;
     void *hook_ctx;
     uint64_t next_anon;         /* for server-assigned client ids */
     struct ticket *ticket;      /* while routing a message: its publisher's ticket, which
                                  * the writes routing causes join (NULL otherwise) */
-    struct list conns;          /* struct mqtt_conn open (not closed) */
     struct map retained_use;    /* device id -> struct retained_use: its namespace's share */
     uv_timer_t expiry_timer;    /* deletes persistent sessions unused past mqtt.session_expiry_s */
     struct map identities;      /* username -> struct identity: its connections past CONNACK */
@@ -197,6 +219,9 @@ struct mqtt5_conn {
     bool expiry_was_zero;       /* CONNECT's Session Expiry Interval was 0 */
     bool auth_method;           /* CONNECT named the enhanced authentication method */
     bool peer_disconnect;       /* the client sent DISCONNECT: no DISCONNECT back */
+    uint8_t disconnect_rc;      /* the reason code of the DISCONNECT sent when the connection
+                                 * closes (0: none, or chosen by the cause) */
+    const char *disconnect_why; /* the Reason String (static) of that DISCONNECT, or NULL */
     char **alias_in;            /* [alias_max_in + 1]: topics it named, heap, or NULL */
     size_t alias_in_bytes;      /* their bytes (bounded by mqtt.max_subscription_bytes) */
     struct map alias_out;       /* topic -> alias number (uintptr_t) we assigned */
@@ -208,7 +233,6 @@ struct mqtt5_conn {
 struct mqtt_conn {
     struct conn *c;             /* valid until finished (the conn is freed later still) */
     struct mqtt_broker *b;
-    struct list_link link;      /* in b->conns until freed */
     struct mqtt_limits lim;
     struct mqtt_session *sess;
     /* the CONNECT's username: heap when not empty, else "" (never NULL). The device id when
@@ -217,8 +241,6 @@ struct mqtt_conn {
     struct mqtt_will *will;     /* NULL: none */
     struct mqtt5_conn *v5;      /* MQTT 5 state, NULL for 3.1.1 */
     struct buf out;             /* encoding scratch, freed after each send */
-    const char *disconnect_why; /* MQTT 5: the Reason String (static) of the DISCONNECT
-                                 * sent when the connection closes, or NULL */
     /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
      * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
     uint32_t ahead;
@@ -233,8 +255,6 @@ struct mqtt_conn {
     bool finished;              /* broker_conn_finish_now ran (will, detach, presence) */
     bool rejected;              /* closing for such a payload (mqtt.invalid_telemetry =
                                  * disconnect): later packets are not handled */
-    uint8_t disconnect_rc;      /* MQTT 5: the reason code of the DISCONNECT sent when the
-                                 * connection closes (0: none, or chosen by the cause) */
 };
 
 /* ---- per-identity limits and ACL completeness (broker.c) ---- */

@@ -54,7 +54,7 @@ static void violation(struct mqtt_conn *mc, const char *why, uint8_t rc)
     /* before CONNECT (garbage, an oversized CONNECT) the peer's refusals are summarised */
     if (mc->connected || conn_refused(mc->c, why))
         log_warn("conn=%llu peer=%s proto=mqtt protocol error reason=\"%s\"%s%s",
-                 (unsigned long long)mc->c->id, mc->c->peer, why, mc->v5 ? " rc=" : "",
+                 (unsigned long long)mc->c->id, conn_peer(mc->c), why, mc->v5 ? " rc=" : "",
                  mc->v5 ? mqtt_rc_name(rc ? rc : MQTT_RC_PROTOCOL_ERROR) : "");
     broker_disconnect(mc, rc ? rc : MQTT_RC_PROTOCOL_ERROR, why);
 }
@@ -126,7 +126,7 @@ static void connack(struct mqtt_conn *mc, bool sp, uint8_t rc, struct buf *props
             why = mqtt_rc_name(rc);
         if (conn_refused(mc->c, why))
             log_warn("conn=%llu peer=%s proto=mqtt connect refused rc=%d reason=\"%s\"",
-                     (unsigned long long)mc->c->id, mc->c->peer,
+                     (unsigned long long)mc->c->id, conn_peer(mc->c),
                      mc->v5 ? rc : connack_rc311(rc), why);
         conn_close_after_write(mc->c, why);
     }
@@ -195,7 +195,7 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
         return;
     if (tag & TAG_CLOSE) { /* after the acks just sent, which the client must still get */
         if (mc->v5)
-            mc->disconnect_rc = MQTT_RC_PAYLOAD_FORMAT_INVALID;
+            mc->v5->disconnect_rc = MQTT_RC_PAYLOAD_FORMAT_INVALID;
         conn_close_after_write(c, "telemetry that does not decode, not acknowledged");
         return;
     }
@@ -403,7 +403,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         if (conn_refused(mc->c, "client id of another user"))
             log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused: the "
                      "client id belongs to another user",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                      log_q(mc->username));
         buf_fini(&props);
         connack(mc, false, MQTT_RC_CLIENT_ID_NOT_VALID, NULL,
@@ -419,7 +419,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         if (conn_refused(mc->c, "mqtt.max_connections_per_identity reached"))
             log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
                      "reason=\"mqtt.max_connections_per_identity reached\" limit=%zu",
-                     (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                     (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                      log_q(mc->username), cfg->mqtt.max_connections_per_identity);
         buf_fini(&props);
         connack(mc, false, v5 ? MQTT_RC_QUOTA_EXCEEDED : MQTT_RC_SERVER_UNAVAILABLE, NULL,
@@ -432,7 +432,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
     if (s && s->conn) {
         struct mqtt_conn *old = s->conn;
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" takes over conn=%llu",
-                 (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                 (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                  (unsigned long long)old->c->id);
         broker_disconnect(old, MQTT_RC_SESSION_TAKEN_OVER, "session taken over by a new connection");
         broker_conn_finish_now(old);
@@ -466,7 +466,7 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
             if (conn_refused(mc->c, "session limit reached"))
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" refused "
                          "reason=\"%s reached, all connected\" limit=%zu",
-                         (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                         (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                          log_q(mc->username),
                          anon ? "mqtt.max_anonymous_sessions" : "limits.max_sessions_per_device",
                          anon ? cfg->mqtt.max_anonymous_sessions
@@ -511,12 +511,12 @@ static void handle_connect(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" connected "
                  "protocol=5 clean_start=%d session_expiry_s=%lu keepalive=%u "
                  "session_present=%d",
-                 (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                 (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                  log_q(mc->username), cp->clean_session, (unsigned long)expiry, keepalive, sp);
     else
         log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" user=\"%s\" connected clean=%d "
                  "keepalive=%u session_present=%d",
-                 (unsigned long long)mc->c->id, mc->c->peer, log_q(client_id),
+                 (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(client_id),
                  log_q(mc->username), cp->clean_session, keepalive, sp);
     if (login.device[0]) /* applications are in the registry too: they get presence */
         session_online(gw, mc->c, login.device, "mqtt");
@@ -543,8 +543,8 @@ static bool accept_bad_telemetry(struct mqtt_conn *mc, const char *topic, const 
         log_write(ack ? LOG_INFO : LOG_WARN,
                   "conn=%llu peer=%s proto=mqtt client=\"%s\" device=%s telemetry not stored "
                   "reason=\"%s\" topic=\"%s\" action=%s%s",
-                  (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id), device,
-                  why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect",
+                  (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(mc->sess->client_id),
+                  device, why, log_q(topic), ack ? "ack" : nack ? "nack" : "disconnect",
                   ack ? "" : " hint=\"while developing, --set mqtt.invalid_telemetry=ack "
                              "(or GALE_MQTT_INVALID_TELEMETRY=ack) acknowledges such publishes "
                              "and keeps the connection\"");
@@ -650,11 +650,12 @@ static void handle_publish(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         }
         /* storage lost the first copy (even after its connection closed): this one is it */
         broker_qos2_remove(mc->sess, pkt->id);
-    } else if (pp->qos == 2 && mc->sess->nqos2_in >= gw->cfg->mqtt.max_qos2_pending) {
+    } else if (pp->qos == 2 && mc->sess->dv &&
+               mc->sess->dv->nqos2_in >= gw->cfg->mqtt.max_qos2_pending) {
         gw->metrics.mqtt_refused_qos2++;
         log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" closed reason=\"mqtt.max_qos2_pending "
                  "reached: QoS 2 ids never released with PUBREL\" limit=%zu",
-                 (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
+                 (unsigned long long)mc->c->id, conn_peer(mc->c), log_q(mc->sess->client_id),
                  gw->cfg->mqtt.max_qos2_pending);
         if (topic != stack_topic)
             free(topic);
@@ -763,11 +764,11 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
                        mc->sess->client_id, mc->c->device[0] ? mc->c->device : NULL, af.p,
                        af.len, ACL_SUBSCRIBE)) {
             b->acl_denied++;
-            if (mc->denied_sub++ == 0 && log_refusal(mc->c->peer, "subscribe denied"))
+            if (mc->denied_sub++ == 0 && log_refusal(conn_peer(mc->c), "subscribe denied"))
                 log_info("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe denied "
                          "filter=\"%s\"",
-                         (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
-                         log_qn(f.p, f.len));
+                         (unsigned long long)mc->c->id, conn_peer(mc->c),
+                         log_q(mc->sess->client_id), log_qn(f.p, f.len));
             rc[n++] = denied;
             continue;
         }
@@ -776,8 +777,8 @@ static void handle_subscribe(struct mqtt_conn *mc, const struct mqtt_packet *pkt
             if (mc->denied_sub++ == 0)
                 log_warn("conn=%llu peer=%s proto=mqtt client=\"%s\" subscribe refused "
                          "reason=\"%s reached\" limit=%zu",
-                         (unsigned long long)mc->c->id, mc->c->peer, log_q(mc->sess->client_id),
-                         full, limit);
+                         (unsigned long long)mc->c->id, conn_peer(mc->c),
+                         log_q(mc->sess->client_id), full, limit);
             rc[n++] = mc->v5 ? MQTT_RC_QUOTA_EXCEEDED : MQTT_SUBACK_FAILURE;
             continue;
         }
@@ -1087,13 +1088,15 @@ static void mqtt_close(void *state, const char *why)
 static void mqtt_goodbye(void *state, const char *why, bool stopping)
 {
     struct mqtt_conn *mc = state;
-    uint8_t rc = mc->disconnect_rc;
-    const char *text = mc->disconnect_why;
+    uint8_t rc;
+    const char *text;
     struct buf pb;
     struct mqtt_bin bin;
 
     if (!mc->v5 || !mc->connected || mc->v5->peer_disconnect)
         return;
+    rc = mc->v5->disconnect_rc;
+    text = mc->v5->disconnect_why;
     if (!rc && stopping) {
         rc = MQTT_RC_SERVER_SHUTTING_DOWN;
         text = "server shutting down";
@@ -1118,4 +1121,4 @@ static void mqtt_goodbye(void *state, const char *why, bool stopping)
 }
 
 const struct proto_ops mqtt_proto = {"mqtt", mqtt_open, mqtt_feed, mqtt_close, mqtt_goodbye,
-                                     sizeof(struct mqtt_conn)};
+                                     sizeof(struct mqtt_conn), NULL, NULL};

@@ -64,4 +64,4 @@ static void wsdev_close(void *state, const char *why)
 }
 
 const struct proto_ops ws_device_proto = {"ws-device", wsdev_open, wsdev_feed, wsdev_close,
-                                         NULL, 0};
+                                         NULL, 0, NULL, session_send_command};

@@ -1,6 +1,6 @@
 /* protocols/websocket/transport.c: the WebSocket transport (see ws_transport.h).
  *
- * The path of a byte: on_read puts socket bytes in c->raw; ws_feed runs the
+ * The path of a byte: on_read puts socket bytes in c->x->raw; ws_feed runs the
  * assembler over them (frames are unmasked in place), answers PINGs, handles the
  * close handshake, and passes each data message up: appended to c->in for MQTT,
  * or to the endpoint's message function. conn_send() comes back through ws_send,
@@ -59,7 +59,7 @@ struct ws_conn {
 
 static struct ws_conn *ws_of(const struct conn *c)
 {
-    return c->xport == &ws_transport ? c->xport_state : NULL;
+    return c->x->xport == &ws_transport ? c->x->xport_state : NULL;
 }
 
 static uint64_t ping_interval_ms(const struct conn *c)
@@ -106,7 +106,7 @@ static void begin_close(struct ws_conn *ws, uint16_t code, const char *reason, b
     if (ws->state != WS_OPEN || c->closing)
         return;
     log_info("conn=%llu peer=%s proto=%s endpoint=%s websocket close sent code=%u reason=\"%s\"",
-             (unsigned long long)c->id, c->peer, c->proto->name, ws->cfg.endpoint, code,
+             (unsigned long long)c->id, conn_peer(c), c->proto->name, ws->cfg.endpoint, code,
              log_q(reason));
     snprintf(ws->close_why, sizeof ws->close_why, "websocket close %u: %s", code, reason);
     send_close_frame(ws, code, reason);
@@ -140,7 +140,7 @@ static void on_timer(uv_timer_t *t)
             c->gw->metrics.timeouts++;
             log_info("conn=%llu peer=%s proto=%s endpoint=%s websocket ping unanswered "
                      "after_ms=%llu",
-                     (unsigned long long)c->id, c->peer, c->proto->name, ws->cfg.endpoint,
+                     (unsigned long long)c->id, conn_peer(c), c->proto->name, ws->cfg.endpoint,
                      (unsigned long long)(now - ws->ping_sent_ms));
             send_close_frame(ws, WS_CLOSE_INTERNAL, "ping timeout");
             conn_close(c, "websocket ping timeout (no pong)");
@@ -271,7 +271,7 @@ static int ws_feed(void *state, struct buf *raw, struct buf *in)
         buf_consume(raw, off);
         ws_assembler_trim(&ws->as, WS_KEEP_BYTES);
         /* in the pre-auth budget (gateway/guard.h) */
-        c->xport_held = ws_assembler_held(&ws->as) + ws->out.cap;
+        conn_extra(c)->xport_held = ws_assembler_held(&ws->as) + ws->out.cap;
     }
     return c->closing ? -1 : 0;
 }

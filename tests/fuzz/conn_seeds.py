@@ -216,8 +216,8 @@ save('shared_members', T,
 
 # ---------------- found by the fuzzer ----------------
 # A Connection: close reply larger than the socket buffers: the close waits for the send
-# queue (conn_close_after_write keeps why in c->close_why), and once it drains on_write
-# calls conn_close(c, c->close_why), which frees c->close_why before it copies why from
+# queue (conn_close_after_write keeps why in c->x->close_why), and once it drains on_write
+# calls conn_close(c, c->x->close_why), which frees c->x->close_why before it copies why from
 # it (heap-use-after-free in gateway/conn.c; fuzz_http_conn found it in a streamed
 # HTTP/1.0 reply, whose end is such a close).
 save('crash-close_after_write_why', 'http_conn',

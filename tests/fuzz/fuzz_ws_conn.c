@@ -83,12 +83,12 @@ static void send_commands(struct cw *cw)
     conn_iter_begin(&it, cw->gw.conns);
     while ((c = conn_iter_next(&it)) != NULL) {
         int n;
-        if (!c->send_command)
+        if (!c->proto->send_command || !c->device[0])
             continue;
         n = snprintf(json, sizeof json,
                      "{\"id\":\"c%llu\",\"name\":\"reboot\",\"params\":{}}",
                      (unsigned long long)++w->ncommands);
-        c->send_command(c, json, (size_t)n);
+        c->proto->send_command(c, json, (size_t)n);
     }
 }
 

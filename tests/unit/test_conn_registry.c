@@ -4,12 +4,15 @@
  * of them, from a nested walk); an ended walk frees its slot; durable waiters fire or
  * are cancelled once each when a waiter's callback closes other waiting connections; a
  * waiter whose writes span a failed and a committed report fails; backpressure holds
- * ingest connections only, and a held connection's idle clock stands still.
+ * ingest connections only, and a held connection's idle clock stands still; an idle
+ * connection allocates nothing besides its own block (its peer address is in it); a closed
+ * connection is walked as closing until its close callback ran.
  * Each test ends with every handle closed and uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,7 +58,8 @@ static void test_close(void *state, const char *why)
     (void)why;
 }
 
-static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close, NULL, 0};
+static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close,
+                                            NULL,   0,         NULL,      NULL};
 
 static void on_connect(uv_connect_t *req, int status)
 {
@@ -379,6 +383,88 @@ static void test_pressure_holds_ingest_and_its_idle_clock(void **state)
     conn_unref(other);
 }
 
+/* An accepted plain TCP connection from an IPv4 address allocates nothing besides its own
+ * block (test_conn_memory counts that block): its peer address is kept in it, as binary, and
+ * shown as the text logs and the REST API print; its struct conn_extra is the shared empty
+ * one until a field of it is written, and only that connection's then. */
+static void test_idle_conn_holds_no_extra_blocks(void **state)
+{
+    struct fixture *f = *state;
+    const struct conn_extra *none = NULL;
+    char want[NCONNS][CONN_PEER_MAX], first_peer[CONN_PEER_MAX] = "";
+    int nwant = 0, found = 0;
+    struct conn_iter it;
+    struct conn *c, *first = NULL;
+
+    for (int i = 0; i < NCONNS; i++) {
+        struct sockaddr_in local;
+        int len = sizeof local;
+        assert_int_equal(uv_tcp_getsockname(&f->clients[i], (struct sockaddr *)&local, &len), 0);
+        snprintf(want[nwant++], CONN_PEER_MAX, "127.0.0.1:%d", ntohs(local.sin_port));
+    }
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        const char *peer = conn_peer(c);
+        if (!none)
+            none = c->x;
+        assert_ptr_equal(c->x, none); /* one shared, read-only copy */
+        assert_null(c->x->tls);
+        assert_null(c->x->xport);
+        for (int i = 0; i < nwant; i++)
+            if (strcmp(peer, want[i]) == 0) {
+                found++;
+                want[i][0] = '\0';
+            }
+        if (!first) {
+            first = c;
+            snprintf(first_peer, sizeof first_peer, "%s", peer);
+        }
+    }
+    assert_int_equal(found, NCONNS); /* each client's own address and port */
+    assert_ptr_not_equal(conn_extra(first), none);
+    assert_ptr_equal(conn_extra(first), first->x); /* allocated once */
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL)
+        if (c != first)
+            assert_ptr_equal(c->x, none);
+    assert_string_equal(conn_peer(first), first_peer); /* its peer is as it was */
+}
+
+/* A closed connection leaves the live walk at once and is in the walk over closing ones
+ * until its close callback ran. */
+static void test_closing_walk_until_close_callback(void **state)
+{
+    struct fixture *f = *state;
+    struct conn_iter it;
+    struct conn *c, *closed;
+    int live = 0, closing = 0;
+
+    conn_iter_begin(&it, f->gw.conns);
+    closed = conn_iter_next(&it);
+    conn_iter_end(&it);
+    assert_non_null(closed);
+    conn_ref(closed); /* read after its close callback */
+    conn_close(closed, "test");
+    conn_iter_begin(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_ptr_not_equal(c, closed);
+        live++;
+    }
+    assert_int_equal(live, NCONNS - 1);
+    conn_iter_begin_closing(&it, f->gw.conns);
+    while ((c = conn_iter_next(&it)) != NULL) {
+        assert_ptr_equal(c, closed);
+        closing++;
+    }
+    assert_int_equal(closing, 1);
+    assert_int_equal(conn_registry_closing(f->gw.conns), 1);
+    while (conn_registry_closing(f->gw.conns))
+        uv_run(&f->loop, UV_RUN_ONCE);
+    conn_iter_begin_closing(&it, f->gw.conns);
+    assert_null(conn_iter_next(&it));
+    conn_unref(closed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -391,6 +477,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pressure_holds_ingest_and_its_idle_clock, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_idle_conn_holds_no_extra_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_closing_walk_until_close_callback, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
