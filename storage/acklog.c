@@ -73,7 +73,7 @@ static void crc_init(void)
 static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 {
     if (crc_table[1] == 0)
-        crc_init(); /* same table from every thread: a benign race */
+        crc_init(); /* the loop thread (and start-up, on it) is the only caller */
     crc = ~crc;
     for (size_t i = 0; i < n; i++)
         crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);

@@ -16,8 +16,9 @@
  * sequence number.
  * Batches commit in sequence order, so durability is a single watermark: when
  * on_durable(ctx, upto, ok) fires on the loop thread, every operation with
- * seq <= upto is committed (ok = 1) or has failed for good (ok = 0, after the
- * writer's retries).
+ * seq <= upto is durable (ok = 1: in the ack log, synced under sync=full, or committed;
+ * acklog.c) or has failed for good (ok = 0, after the writer's retries). A query sees
+ * every write reported durable before it was asked.
  *
  * Layout: an ack stands on one segment row per batch (every point of the batch in a
  * compact binary form); off the ack path the writer moves the points into compressed
