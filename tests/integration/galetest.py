@@ -59,7 +59,7 @@ class Gale:
         self.log_lines = []
         self._lock = threading.Lock()
 
-    def start(self, wait_ports=("http", "line")):
+    def start(self, wait_ports=("http", "line", "mqtt")):
         cmd = [GALE_BIN, "--data-dir", self.data_dir,
                "--set", "http.port=0", "--set", "line.port=0", "--set", "mqtt.port=0",
                "--set", "http.bind=127.0.0.1", "--set", "line.bind=127.0.0.1",

@@ -341,7 +341,7 @@ def sessions_and_wills():
 
 def restart_and_shutdown():
     g = Gale(args=ANON)
-    g.start()
+    g.start(wait_ports=("http", "line", "mqtt"))
     try:
         port = g.ports["mqtt"]
         c = R.session5(port, "keep", prop=R.props((R.P_SESSION_EXPIRY, 300)))
