@@ -5,9 +5,10 @@
  * every read, and take_input lends it to the connection as c->in (c->raw under a
  * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
  * partial frame is copied into memory of the connection's own, which is freed once it
- * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
- * queue only what the kernel did not take, in a request allocated for that write and
- * freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
+ * is drained: an idle connection holds no input buffer. What a callback sends a
+ * connection is staged and written with one write() when the callback is over (see
+ * "staged output"); a write tries uv_try_write() first and queues only what the kernel
+ * did not take, in a request allocated for that write and freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
  * under a single uv_timer_t armed for the earliest (a uv_timer_t each would cost 152
  * bytes a connection); a connection's deadline is the auth deadline, then the idle one,
  * re-armed lazily from the time of the last read, so a busy connection does not touch
@@ -66,6 +67,7 @@ static void on_close(uv_handle_t *h);
 static void write_socket(struct conn *c, const void *data, size_t len);
 static void write_now(struct conn *c, const void *data, size_t len);
 static void stage_start(struct conn_registry *r, uv_loop_t *loop);
+static void stage_flush_all(struct conn_registry *r);
 static void take_input(struct conn *c, size_t n);
 
 /* ---- TLS hook points (gateway/tls.h): records in on read, out on send and close ---- */
@@ -499,6 +501,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         read_tls(c, (uint8_t *)b->base, (size_t)nread);
     else
         take_input(c, (size_t)nread);
+    /* what the read made the gateway send goes now (publishing clients' reads come in
+     * bursts: a delivery does not wait for the others' decoding) */
+    stage_flush_all(c->gw->conns);
 }
 
 void conn_refeed(struct conn *c)
@@ -922,20 +927,21 @@ static void write_now(struct conn *c, const void *data, size_t len)
 }
 
 /* ---- staged output ----
- * What one loop iteration sends a connection leaves in one write(): bytes for the socket
- * (after TLS and the WebSocket framing, so records and frames stay whole) are appended to
- * the connection's entry in the registry's staging, and every entry is written once the
- * iteration's I/O callbacks have run (a check handle), and before the loop waits for I/O
- * again (a prepare handle: what timers, acks handed back and close callbacks sent). No
- * byte waits past that, nor for a timer. libuv runs a phase's handles most recently
- * started first; these two start with the first connection and never stop, so the check
- * and prepare handles of storage (acks of commits) and of the live feed, which start
- * and stop, run before them. A connection with STAGE_FLUSH_BYTES staged writes them at
- * once; a write of STAGE_DIRECT_BYTES or more is not copied (what was staged goes
- * first); a close writes what was staged with its last words. Nothing is kept for an
- * idle connection: the staging is the registry's, its memory reused from one iteration to
- * the next (STAGE_KEEP_ENTRIES buffers of up to STAGE_KEEP_BYTES), and the fault seam
- * and the send budget apply to each socket write as before. */
+ * What a connection is sent while one callback runs leaves in one write(): bytes for the
+ * socket (after TLS and the WebSocket framing, so records and frames stay whole) are
+ * appended to the connection's entry in the registry's staging, and every entry is
+ * written at the end of the read callback that produced them, after the iteration's
+ * other I/O callbacks (a check handle: acks handed back by storage) and before the loop
+ * waits for I/O again (a prepare handle: what timers and close callbacks sent). No byte
+ * waits past its loop iteration, nor for a timer. libuv runs a phase's handles most
+ * recently started first; these two start with the first connection and never stop, so
+ * the check and prepare handles of storage (acks of inline commits) and of the live
+ * feed, which start and stop, run before them. A connection with STAGE_FLUSH_BYTES
+ * staged writes them at once; a write of STAGE_DIRECT_BYTES or more is not copied (what
+ * was staged goes first); a close writes what was staged with its last words. Nothing is
+ * kept for an idle connection: the staging is the registry's, its memory reused from one
+ * iteration to the next (STAGE_KEEP_ENTRIES buffers of up to STAGE_KEEP_BYTES), and the
+ * fault seam and the send budget apply to each socket write as before. */
 
 #define STAGE_FLUSH_BYTES 65536
 #define STAGE_DIRECT_BYTES 16384

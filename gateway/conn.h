@@ -206,8 +206,9 @@ void conn_set_transport(struct conn *c, const struct transport_ops *t, void *sta
 /* Sends protocol bytes: through the transport when there is one. Dropped when c is closing;
  * a failed write closes c (its state stays until the close callback). */
 void conn_send(struct conn *c, const void *data, size_t len);
-/* Copies data and writes it to the socket (uv_try_write first, the rest queued); on a
- * TLS connection it is encrypted first. */
+/* Copies data for the socket (on a TLS connection, encrypted first). What c is sent while
+ * one callback runs is written with one write() when it returns (at the latest before
+ * the loop waits for I/O again): uv_try_write first, the rest queued. */
 void conn_send_raw(struct conn *c, const void *data, size_t len);
 /* Arms fn to run (from a write's completion, never after c closed) once the bytes queued
  * for c's socket are at most mark_bytes: a producer of a long reply waits on it instead of

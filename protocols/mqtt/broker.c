@@ -116,11 +116,37 @@ static size_t send_budget(const struct mqtt_broker *b)
     return b->gw->cfg->limits.max_send_queue_bytes / 2;
 }
 
+/* Encoding scratch kept between packets; a larger one (a big PUBLISH) is freed. */
+#define SPARE_MAX_BYTES 4096
+
+/* mc->out's memory goes back to the broker (or is freed): a connection keeps none. */
+static void out_release(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    if (!b->spare.data && mc->out.cap <= SPARE_MAX_BYTES) {
+        b->spare = mc->out;
+        b->spare.len = 0;
+        buf_init(&mc->out);
+    } else {
+        buf_fini(&mc->out);
+    }
+}
+
 void broker_send(struct mqtt_conn *mc)
 {
     conn_send(mc->c, mc->out.data, mc->out.len);
-    buf_fini(&mc->out); /* conn_send copied it: an idle connection keeps no scratch */
+    out_release(mc); /* conn_send copied it */
     mc->b->packets_out++;
+}
+
+struct buf *broker_out(struct mqtt_conn *mc)
+{
+    if (!mc->out.data && mc->b->spare.data) {
+        mc->out = mc->b->spare;
+        buf_init(&mc->b->spare);
+    }
+    mc->out.len = 0;
+    return &mc->out;
 }
 
 /* Seconds left before m expires (at least 1), 0 when it has no expiry. */
@@ -166,11 +192,13 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
                          const uint32_t *subids)
 {
     size_t tlen = strlen(m->topic);
-    mc->out.len = 0;
+    broker_out(mc);
     if (!mc->v5) {
         if (mqtt_encode_publish(&mc->out, m->topic, tlen, m->payload, m->payload_len, qos,
-                                retain, dup, id) != 0)
+                                retain, dup, id) != 0) {
+            out_release(mc);
             return true;
+        }
     } else {
         struct mqtt5_conn *v5 = mc->v5;
         struct buf *pb = &b->props;
@@ -201,12 +229,15 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
                rem;
         if (v5->max_packet_out && size > v5->max_packet_out) {
             b->gw->metrics.mqtt_too_large++;
+            out_release(mc);
             return false;
         }
         props = (struct mqtt_bin){pb->data, pb->len};
         if (mqtt_encode_publish5(&mc->out, m->topic, tlen, &props, m->payload, m->payload_len,
-                                 qos, retain, dup, id) != 0)
+                                 qos, retain, dup, id) != 0) {
+            out_release(mc);
             return true;
+        }
         if (is_new)
             alias_record(v5, m->topic, tlen, alias);
     }
@@ -238,7 +269,7 @@ static size_t window(const struct mqtt_broker *b, const struct mqtt_session *s)
 
 static void send_pubrel(struct mqtt_conn *mc, uint16_t id)
 {
-    mc->out.len = 0;
+    broker_out(mc);
     mqtt_encode_pubrel(&mc->out, id);
     broker_send(mc);
 }
@@ -1959,6 +1990,7 @@ void mqtt_broker_free(struct mqtt_broker *b)
     mqtt_router_free(b->router);
     acl_free(b->acl);
     buf_fini(&b->props);
+    buf_fini(&b->spare);
     free(b->auth_method);
     free(b);
 }
