@@ -192,6 +192,16 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
                          const uint32_t *subids)
 {
     size_t tlen = strlen(m->topic);
+    if (!mc->v5 && qos == 0 && !retain && m == b->shared_m) {
+        /* the same bytes for every 3.1.1 subscriber of the message being routed: encoded
+         * for the first one, copied by conn_send for each */
+        if (!b->shared.len && mqtt_encode_publish(&b->shared, m->topic, tlen, m->payload,
+                                                  m->payload_len, 0, false, false, 0) != 0)
+            return true;
+        conn_send(mc->c, b->shared.data, b->shared.len);
+        b->packets_out++;
+        goto sent;
+    }
     broker_out(mc);
     if (!mc->v5) {
         if (mqtt_encode_publish(&mc->out, m->topic, tlen, m->payload, m->payload_len, qos,
@@ -242,6 +252,7 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
             alias_record(v5, m->topic, tlen, alias);
     }
     broker_send(mc);
+sent:
     mc->c->msgs_out++;
     b->publish_out++;
     b->gw->metrics.mqtt_messages_sent++;
@@ -1018,8 +1029,11 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     struct mqtt_broker *b = ctx;
     struct route_ctx rc = {b, m};
     struct ticket *outer = b->ticket;
+    struct msg *outer_m = b->shared_m;
 
     b->ticket = t;
+    b->shared_m = m; /* its 3.1.1 QoS 0 PUBLISH is encoded once (send_publish) */
+    b->shared.len = 0;
     if (m->retain && m->payload_len > 0 && m->topic[0] != '$' &&
         b->nretained >= b->gw->cfg->mqtt.max_retained &&
         !map_get(&b->retained.by_topic, m->topic, strlen(m->topic))) {
@@ -1035,6 +1049,9 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
+    b->shared_m = outer_m; /* a routing this one ran inside encodes its own again */
+    b->shared.len = 0;
+    buf_shrink(&b->shared, SPARE_MAX_BYTES);
 }
 
 struct retained_hits {
@@ -1991,6 +2008,7 @@ void mqtt_broker_free(struct mqtt_broker *b)
     acl_free(b->acl);
     buf_fini(&b->props);
     buf_fini(&b->spare);
+    buf_fini(&b->shared);
     free(b->auth_method);
     free(b);
 }

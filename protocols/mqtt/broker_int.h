@@ -164,6 +164,10 @@ struct mqtt_broker {
     struct mqtt_session *origin; /* while routing a client's PUBLISH: its session (No Local) */
     struct buf props;           /* scratch: the properties of a PUBLISH being sent */
     struct buf spare;           /* the memory of the last packet sent, for the next (broker_out) */
+    /* while a message is routed (sink_mqtt): it, and its MQTT 3.1.1 QoS 0 PUBLISH once
+     * encoded (len 0 until then), sent as is to every such subscriber; else NULL */
+    struct msg *shared_m;
+    struct buf shared;
     size_t delayed_wills;       /* sessions holding a will that waits for its delay */
     char *auth_method;          /* MQTT 5 enhanced authentication (mqtt_broker_set_auth) */
     mqtt_auth_fn auth_fn;
