@@ -946,7 +946,7 @@ static void write_now(struct conn *c, const void *data, size_t len)
 #define STAGE_FLUSH_BYTES 65536
 #define STAGE_DIRECT_BYTES 16384
 #define STAGE_KEEP_ENTRIES 16
-#define STAGE_KEEP_BYTES 131072
+#define STAGE_KEEP_BYTES 65536
 
 static size_t stage_hash(const struct conn *c)
 {
