@@ -8,14 +8,14 @@
  * is drained: an idle connection holds no input buffer. What a callback sends a
  * connection is staged and written with one write() when the callback is over (see
  * "staged output"); a write tries uv_try_write() first and queues only what the kernel
- * did not take, in a request allocated for that write and freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
- * under a single uv_timer_t armed for the earliest (a uv_timer_t each would cost 152
- * bytes a connection); a connection's deadline is the auth deadline, then the idle one,
- * re-armed lazily from the time of the last read, so a busy connection does not touch
- * the heap per read. While
- * storage pushes back, an ingest connection is held: it stops reading (or, when its
- * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
- * stands still until the release.
+ * did not take, in a request allocated for that write and freed by its callback. Auth
+ * and idle deadlines sit in one min-heap of the registry under a single uv_timer_t armed
+ * for the earliest (a uv_timer_t each would cost 152 bytes a connection); a connection's
+ * deadline is the auth deadline, then the idle one, re-armed lazily from the time of the
+ * last read, so a busy connection does not touch the heap per read. While storage pushes
+ * back, an ingest connection is held: it stops reading (or, when its protocol defers
+ * ingest itself, reads only up to ingest_hold_bytes) and its idle clock stands still
+ * until the release.
  *
  * Lifetime: conn_close marks a connection closing and closes its socket; its protocol
  * and transport state are released in the socket's close callback (on_close), which libuv
@@ -173,6 +173,7 @@ struct conn_registry {
     uv_check_t flush_check;          /* writes it after the iteration's I/O callbacks */
     uv_prepare_t flush_prepare;      /* ...and before the loop waits for I/O again */
     bool flush_ready;                /* both initialised (with the first connection) */
+    bool write_direct;               /* conn_registry_write_direct: nothing is staged */
 };
 
 struct conn_registry *conn_registry_new(void)
@@ -937,8 +938,9 @@ static void write_now(struct conn *c, const void *data, size_t len)
  * recently started first; these two start with the first connection and never stop, so
  * the check and prepare handles of storage (acks of inline commits) and of the live
  * feed, which start and stop, run before them. A connection with STAGE_FLUSH_BYTES
- * staged writes them at once; a write of STAGE_DIRECT_BYTES or more is not copied (what
- * was staged goes first); a close writes what was staged with its last words. Nothing is
+ * staged writes them at once; a write of STAGE_DIRECT_BYTES or more, and any while the
+ * registry writes directly (the live feed's paced pass), is not copied (what was staged
+ * goes first); a close writes what was staged with its last words. Nothing is
  * kept for an idle connection: the staging is the registry's, its memory reused from one
  * iteration to the next (STAGE_KEEP_ENTRIES buffers of up to STAGE_KEEP_BYTES), and the
  * fault seam and the send budget apply to each socket write as before. */
@@ -1128,7 +1130,7 @@ static void write_socket(struct conn *c, const void *data, size_t len)
 
     if (!may_write(c) || len == 0)
         return;
-    if (!r->flush_ready || len >= STAGE_DIRECT_BYTES) {
+    if (!r->flush_ready || r->write_direct || len >= STAGE_DIRECT_BYTES) {
         stage_flush(r, c, false);
         write_now(c, data, len);
         return;
@@ -1141,6 +1143,10 @@ static void write_socket(struct conn *c, const void *data, size_t len)
         i = stage_entry(&r->st, c);
     }
     buf_append(&r->st.e[i].b, data, len);
+}
+void conn_registry_write_direct(struct conn_registry *r, bool on)
+{
+    r->write_direct = on;
 }
 /* ---- end of staged output ---- */
 

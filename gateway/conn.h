@@ -270,6 +270,10 @@ void conn_registry_close_all(struct conn_registry *r, const char *why);
 /* Connections closed whose close callback has not run yet (their protocol state is still
  * to be released): shutdown runs the loop until none is left. */
 size_t conn_registry_closing(const struct conn_registry *r);
+/* on: what connections are sent is written at once rather than staged until the callback
+ * returns, until called again with off; for a producer that batches its writes itself and
+ * paces itself by the time they take (the live feed's pass). */
+void conn_registry_write_direct(struct conn_registry *r, bool on);
 /* Test seam (GALE_TEST_FAIL_WRITES): makes socket writes fail as a reset peer's do
  * (EPIPE, ECONNRESET), every connection's nth write (nth > 0) and/or each write with
  * probability p (0..1, a generator seeded with seed). 0 and 0.0 turn it off. */
