@@ -183,6 +183,13 @@ static void alias_record(struct mqtt5_conn *v5, const char *topic, size_t len, u
     v5->alias_out_n++;
 }
 
+static void count_publish(struct mqtt_broker *b, struct mqtt_conn *mc)
+{
+    mc->c->msgs_out++;
+    b->publish_out++;
+    b->gw->metrics.mqtt_messages_sent++;
+}
+
 /* Sends m to mc. MQTT 5: with the message's properties, the remaining expiry, its
  * subscription identifiers (subid, or the 0-terminated subids) and a topic alias when
  * the client allows them; a message larger than the client's Maximum Packet Size is not
@@ -200,7 +207,8 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
             return true;
         conn_send(mc->c, b->shared.data, b->shared.len);
         b->packets_out++;
-        goto sent;
+        count_publish(b, mc);
+        return true;
     }
     broker_out(mc);
     if (!mc->v5) {
@@ -252,10 +260,7 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
             alias_record(v5, m->topic, tlen, alias);
     }
     broker_send(mc);
-sent:
-    mc->c->msgs_out++;
-    b->publish_out++;
-    b->gw->metrics.mqtt_messages_sent++;
+    count_publish(b, mc);
     return true;
 }
 
