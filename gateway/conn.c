@@ -5,16 +5,17 @@
  * every read, and take_input lends it to the connection as c->in (c->x->raw under a
  * transport) while the protocol decodes and consumes. Only the unconsumed tail of a
  * partial frame is copied into memory of the connection's own, which is freed once it
- * is drained: an idle connection holds no input buffer. Writes try uv_try_write() first and
- * queue only what the kernel did not take, in a request allocated for that write and
- * freed by its callback. Auth and idle deadlines sit in one min-heap of the registry
- * under a single uv_timer_t armed for the earliest (a uv_timer_t each would cost 152
- * bytes a connection); a connection's deadline is the auth deadline, then the idle one,
- * re-armed lazily from the time of the last read, so a busy connection does not touch
- * the heap per read. While
- * storage pushes back, an ingest connection is held: it stops reading (or, when its
- * protocol defers ingest itself, reads only up to ingest_hold_bytes) and its idle clock
- * stands still until the release.
+ * is drained: an idle connection holds no input buffer. What a callback sends a
+ * connection is staged and written with one write() when the callback is over (see
+ * "staged output"); a write tries uv_try_write() first and queues only what the kernel
+ * did not take, in a request allocated for that write and freed by its callback. Auth
+ * and idle deadlines sit in one min-heap of the registry under a single uv_timer_t armed
+ * for the earliest (a uv_timer_t each would cost 152 bytes a connection); a connection's
+ * deadline is the auth deadline, then the idle one, re-armed lazily from the time of the
+ * last read, so a busy connection does not touch the heap per read. While storage pushes
+ * back, an ingest connection is held: it stops reading (or, when its protocol defers
+ * ingest itself, reads only up to ingest_hold_bytes) and its idle clock stands still
+ * until the release.
  *
  * Lifetime: conn_close marks a connection closing and closes its socket; its protocol
  * and transport state are released in the socket's close callback (on_close), which libuv
@@ -65,6 +66,9 @@ struct conn_waiters {
 
 static void on_close(uv_handle_t *h);
 static void write_socket(struct conn *c, const void *data, size_t len);
+static void write_now(struct conn *c, const void *data, size_t len);
+static void stage_start(struct conn_registry *r, uv_loop_t *loop);
+static void stage_flush_all(struct conn_registry *r);
 static void take_input(struct conn *c, size_t n);
 
 /* ---- TLS hook points (gateway/tls.h): records in on read, out on send and close ---- */
@@ -155,6 +159,24 @@ const char *conn_peer(const struct conn *c)
 
 #define WALKS_MAX 8 /* walks running at once (nested) */
 
+/* Output staged for one connection during a loop iteration (see "Staged output"). */
+struct staged {
+    struct conn *c;                  /* its connection (the key, kept after it is written) */
+    bool live;                       /* false: written (or dropped); a new write takes a new one */
+    struct buf b;                    /* bytes in the order they were sent */
+};
+
+/* The connections with staged output, in the order they got their first byte, and an
+ * index on them (open addressing on the connection's address, 0: empty, else entry + 1).
+ * Entries past n keep their memory for the next iterations, up to STAGE_KEEP_BYTES. */
+struct staging {
+    struct staged *e;
+    size_t n, cap;
+    uint32_t *slots;
+    size_t nslots;                   /* power of two, at least twice n */
+    size_t last;                     /* the entry written last + 1 (most writes repeat it) */
+};
+
 struct conn_registry {
     struct list all;                 /* live connections, newest first (reg_link) */
     struct list waiting;             /* connections with durable waiters (their link) */
@@ -177,6 +199,11 @@ struct conn_registry {
     /* the loop-wide read buffer (READ_CHUNK bytes): lent as the input of one connection
      * at a time, from its read until take_input returns */
     uint8_t *rbuf;
+    struct staging st;               /* output of this loop iteration, per connection */
+    uv_check_t flush_check;          /* writes it after the iteration's I/O callbacks */
+    uv_prepare_t flush_prepare;      /* ...and before the loop waits for I/O again */
+    bool flush_ready;                /* both initialised (with the first connection) */
+    bool write_direct;               /* conn_registry_write_direct: nothing is staged */
 };
 
 struct conn_registry *conn_registry_new(void)
@@ -193,6 +220,10 @@ void conn_registry_free(struct conn_registry *r)
     assert(r->all.len == 0 && r->waiting.len == 0);
     for (int i = 0; i < WALKS_MAX; i++)
         assert(r->walks[i].list == NULL);
+    for (size_t i = 0; i < r->st.cap; i++)
+        buf_fini(&r->st.e[i].b);
+    free(r->st.e);
+    free(r->st.slots);
     free(r->heap);
     free(r->rbuf);
     free(r);
@@ -507,6 +538,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         read_tls(c, (uint8_t *)b->base, (size_t)nread);
     else
         take_input(c, (size_t)nread);
+    /* what the read made the gateway send goes now (publishing clients' reads come in
+     * bursts: a delivery does not wait for the others' decoding) */
+    stage_flush_all(c->gw->conns);
 }
 
 /* keep_input on both buffers (raw is c's own only under a transport) */
@@ -719,6 +753,7 @@ struct conn *conn_accept(struct gw *gw, uv_stream_t *server, const struct conn_l
     int len = sizeof ss, rc;
     const char *why;
 
+    stage_start(r, gw->loop);
     c->gw = gw;
     c->refs = 1;
     c->x = (struct conn_extra *)&no_extra;
@@ -889,7 +924,9 @@ void conn_send_raw(struct conn *c, const void *data, size_t len)
     }
 }
 
-static void write_socket(struct conn *c, const void *data, size_t len)
+/* Writes data to c's socket now: uv_try_write when nothing is queued, the rest copied
+ * into a request of its own and queued (c closes past max_send_queue_bytes). */
+static void write_now(struct conn *c, const void *data, size_t len)
 {
     const char *p = data;
     struct write_req *w;
@@ -938,10 +975,234 @@ static void write_socket(struct conn *c, const void *data, size_t len)
     }
 }
 
+/* ---- staged output ----
+ * What a connection is sent while one callback runs leaves in one write(): bytes for the
+ * socket (after TLS and the WebSocket framing, so records and frames stay whole) are
+ * appended to the connection's entry in the registry's staging, and every entry is
+ * written at the end of the read callback that produced them, after the iteration's
+ * other I/O callbacks (a check handle: acks handed back by storage) and before the loop
+ * waits for I/O again (a prepare handle: what timers and close callbacks sent). No byte
+ * waits past its loop iteration, nor for a timer. libuv runs a phase's handles most
+ * recently started first; these two start with the first connection and never stop, so
+ * the check and prepare handles of storage (acks of inline commits) and of the live
+ * feed, which start and stop, run before them. A connection with STAGE_FLUSH_BYTES
+ * staged writes them at once; a write of STAGE_DIRECT_BYTES or more, and any while the
+ * registry writes directly (the live feed's paced pass), is not copied (what was staged
+ * goes first); a close writes what was staged with its last words. Nothing is
+ * kept for an idle connection: the staging is the registry's, its memory reused from one
+ * iteration to the next (STAGE_KEEP_ENTRIES buffers of up to STAGE_KEEP_BYTES), and the
+ * fault seam and the send budget apply to each socket write as before. */
+
+#define STAGE_FLUSH_BYTES 65536
+#define STAGE_DIRECT_BYTES 16384
+#define STAGE_KEEP_ENTRIES 16
+#define STAGE_KEEP_BYTES 65536
+
+static size_t stage_hash(const struct conn *c)
+{
+    uint64_t x = (uintptr_t)c;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)x;
+}
+
+/* Rebuilds the index for want entries; a connection maps to its latest entry. */
+static void stage_index(struct staging *st, size_t want)
+{
+    size_t n = 16;
+
+    while (n < 2 * want)
+        n *= 2;
+    free(st->slots);
+    st->slots = xcalloc(n, sizeof *st->slots);
+    st->nslots = n;
+    for (size_t i = 0; i < st->n; i++) {
+        size_t h = stage_hash(st->e[i].c) & (n - 1);
+        while (st->slots[h] && st->e[st->slots[h] - 1].c != st->e[i].c)
+            h = (h + 1) & (n - 1);
+        st->slots[h] = (uint32_t)i + 1;
+    }
+}
+
+/* The slot of c in the index: its latest entry's, or the empty one it would take. */
+static size_t stage_slot(const struct staging *st, const struct conn *c)
+{
+    size_t h = stage_hash(c) & (st->nslots - 1);
+
+    while (st->slots[h] && st->e[st->slots[h] - 1].c != c)
+        h = (h + 1) & (st->nslots - 1);
+    return h;
+}
+
+/* c's live entry + 1, or 0. */
+static size_t stage_find(const struct staging *st, const struct conn *c)
+{
+    size_t h;
+
+    if (st->last && st->e[st->last - 1].c == c && st->e[st->last - 1].live)
+        return st->last;
+    if (!st->n)
+        return 0;
+    h = stage_slot(st, c);
+    return st->slots[h] && st->e[st->slots[h] - 1].live ? st->slots[h] : 0;
+}
+
+/* c's live entry, made when it has none. */
+static size_t stage_entry(struct staging *st, struct conn *c)
+{
+    size_t h, i = stage_find(st, c);
+
+    if (i) {
+        st->last = i;
+        return i - 1;
+    }
+    if (2 * (st->n + 1) > st->nslots)
+        stage_index(st, st->n + 1);
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? 2 * st->cap : 16;
+        st->e = xrealloc(st->e, cap * sizeof *st->e);
+        memset(st->e + st->cap, 0, (cap - st->cap) * sizeof *st->e);
+        st->cap = cap;
+    }
+    h = stage_slot(st, c);
+    i = st->n++;
+    st->e[i].c = c;
+    st->e[i].live = true;
+    st->e[i].b.len = 0;
+    st->slots[h] = (uint32_t)i + 1;
+    st->last = i + 1;
+    return i;
+}
+
+/* Writes what entry i holds. Whatever is sent to its connection meanwhile (the last
+ * words of a close the write caused) is staged after it. */
+static void stage_write(struct conn_registry *r, size_t i)
+{
+    struct buf b = r->st.e[i].b;
+    struct conn *c = r->st.e[i].c;
+
+    if (!b.len)
+        return;
+    buf_init(&r->st.e[i].b);
+    write_now(c, b.data, b.len);
+    b.len = 0;
+    if (!r->st.e[i].b.data) /* its memory back for the next bytes */
+        r->st.e[i].b = b;
+    else
+        buf_fini(&b);
+}
+
+/* Writes c's staged bytes now: before a write that is not staged, and before a close.
+ * done: nothing more is staged for c (it closes); a later write would take a new entry. */
+static void stage_flush(struct conn_registry *r, struct conn *c, bool done)
+{
+    size_t i;
+
+    while ((i = stage_find(&r->st, c)) != 0) {
+        if (done)
+            r->st.e[i - 1].live = false;
+        stage_write(r, i - 1);
+        if (!done)
+            break;
+    }
+}
+
+/* The end of the iteration: every entry is written, in the order of their first bytes. */
+static void stage_flush_all(struct conn_registry *r)
+{
+    struct staging *st = &r->st;
+
+    if (!st->n)
+        return;
+    /* an entry is done before its write: what is sent meanwhile takes a new one, which
+     * this loop reaches too */
+    for (size_t i = 0; i < st->n; i++) {
+        if (!st->e[i].live)
+            continue;
+        st->e[i].live = false;
+        stage_write(r, i);
+    }
+    for (size_t i = 0; i < st->n; i++) {
+        st->e[i].b.len = 0;
+        if (i >= STAGE_KEEP_ENTRIES || st->e[i].b.cap > STAGE_KEEP_BYTES)
+            buf_fini(&st->e[i].b);
+    }
+    st->n = 0;
+    st->last = 0;
+    if (st->cap > 256) { /* after a fan-out to many connections */
+        for (size_t i = 0; i < STAGE_KEEP_ENTRIES; i++)
+            buf_fini(&st->e[i].b);
+        free(st->e);
+        free(st->slots);
+        st->e = NULL;
+        st->slots = NULL;
+        st->cap = st->nslots = 0;
+    } else {
+        memset(st->slots, 0, st->nslots * sizeof *st->slots);
+    }
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    stage_flush_all(h->data);
+}
+
+static void on_flush_prepare(uv_prepare_t *h)
+{
+    stage_flush_all(h->data);
+}
+
+/* Starts the handles that write the staging (with the first connection: the registry
+ * knows no loop before). Unreferenced: they do not keep the loop alive. */
+static void stage_start(struct conn_registry *r, uv_loop_t *loop)
+{
+    if (r->flush_ready)
+        return;
+    uv_check_init(loop, &r->flush_check);
+    r->flush_check.data = r;
+    uv_check_start(&r->flush_check, on_flush_check);
+    uv_unref((uv_handle_t *)&r->flush_check);
+    uv_prepare_init(loop, &r->flush_prepare);
+    r->flush_prepare.data = r;
+    uv_prepare_start(&r->flush_prepare, on_flush_prepare);
+    uv_unref((uv_handle_t *)&r->flush_prepare);
+    r->flush_ready = true;
+}
+
+/* Sends bytes to c's socket: staged for the end of the iteration (see above). */
+static void write_socket(struct conn *c, const void *data, size_t len)
+{
+    struct conn_registry *r = c->gw->conns;
+    size_t i;
+
+    if (!may_write(c) || len == 0)
+        return;
+    if (!r->flush_ready || r->write_direct || len >= STAGE_DIRECT_BYTES) {
+        stage_flush(r, c, false);
+        write_now(c, data, len);
+        return;
+    }
+    i = stage_entry(&r->st, c);
+    if (r->st.e[i].b.len + len > STAGE_FLUSH_BYTES) {
+        stage_write(r, i);
+        if (!may_write(c)) /* that write failed, or closed c */
+            return;
+        i = stage_entry(&r->st, c);
+    }
+    buf_append(&r->st.e[i].b, data, len);
+}
+void conn_registry_write_direct(struct conn_registry *r, bool on)
+{
+    r->write_direct = on;
+}
+/* ---- end of staged output ---- */
+
 void conn_close_after_write(struct conn *c, const char *why)
 {
     if (c->closing || c->close_after_write)
         return;
+    stage_flush(c->gw->conns, c, false); /* what it was sent counts as queued */
     if (c->send_queued_bytes == 0) {
         conn_close(c, why);
         return;
@@ -1019,6 +1280,7 @@ void conn_close(struct conn *c, const char *why)
         tls_conn_shutdown(c->x->tls);
         flush_tls(c);
     }
+    stage_flush(r, c, true); /* what was staged, and the last words, go before the close */
     c->last_words = false;
     /* HTTP connections come and go by the thousand: their closes are debug noise; the
      * close of a refusal that is summarised is counted in that summary */

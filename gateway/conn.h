@@ -231,8 +231,9 @@ void conn_set_transport(struct conn *c, const struct transport_ops *t, void *sta
 /* Sends protocol bytes: through the transport when there is one. Dropped when c is closing;
  * a failed write closes c (its state stays until the close callback). */
 void conn_send(struct conn *c, const void *data, size_t len);
-/* Copies data and writes it to the socket (uv_try_write first, the rest queued); on a
- * TLS connection it is encrypted first. */
+/* Copies data for the socket (on a TLS connection, encrypted first). What c is sent while
+ * one callback runs is written with one write() when it returns (at the latest before
+ * the loop waits for I/O again): uv_try_write first, the rest queued. */
 void conn_send_raw(struct conn *c, const void *data, size_t len);
 /* Arms fn to run (from a write's completion, never after c closed) once the bytes queued
  * for c's socket are at most mark_bytes: a producer of a long reply waits on it instead of
@@ -294,6 +295,10 @@ void conn_registry_close_all(struct conn_registry *r, const char *why);
 /* Connections closed whose close callback has not run yet (their protocol state is still
  * to be released): shutdown runs the loop until none is left. */
 size_t conn_registry_closing(const struct conn_registry *r);
+/* on: what connections are sent is written at once rather than staged until the callback
+ * returns, until called again with off; for a producer that batches its writes itself and
+ * paces itself by the time they take (the live feed's pass). */
+void conn_registry_write_direct(struct conn_registry *r, bool on);
 /* Test seam (GALE_TEST_FAIL_WRITES): makes socket writes fail as a reset peer's do
  * (EPIPE, ECONNRESET), every connection's nth write (nth > 0) and/or each write with
  * probability p (0..1, a generator seeded with seed). 0 and 0.0 turn it off. */

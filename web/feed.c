@@ -6,13 +6,13 @@
  * (oldest dropped past the byte budget) -> the viewer goes on the pending list ->
  * the uv_check handle, after the loop iteration's I/O, flushes every pending viewer:
  * its frames copied back to back into one buffer and written with one
- * conn_send_raw (a compressed variant, made once per frame, for viewers that
- * negotiated permessage-deflate). Flushing is paced: after a pass that took t, the
- * next one waits at least t/2, so under load a write carries many updates and the
- * loop keeps a third of its time for ingest (measured with 1000 viewers at 1000
- * msg/s: waiting t costs ~2x the latency for ~2/3 of the CPU; not waiting, a core). A viewer whose
- * socket is past its budget stays pending and is retried every FEED_STALL_RETRY_MS or on the next
- * pass.
+ * conn_send_raw, at once rather than staged (conn_registry_write_direct; a compressed
+ * variant, made once per frame, for viewers that negotiated permessage-deflate).
+ * Flushing is paced: after a pass that took t, the next one waits at least t/2, so under
+ * load a write carries many updates and the loop keeps a third of its time for ingest
+ * (measured with 1000 viewers at 1000 msg/s: waiting t costs ~2x the latency for ~2/3 of
+ * the CPU; not waiting, a core). A viewer whose socket is past its budget stays pending
+ * and is retried every FEED_STALL_RETRY_MS or on the next pass.
  *
  * Memory per viewer: ring references up to the budget (the frames are shared), and
  * at most the budget of unwritten bytes in its connection's send queue. Loop thread
@@ -316,6 +316,8 @@ static void flush(struct feed *hub)
     uint64_t t0 = uv_hrtime(), t1;
     bool stalled = false;
 
+    /* each viewer's frames are one write, made now: the pass is paced by its writes */
+    conn_registry_write_direct(hub->gw->conns, true);
     for (e = hub->pending.head; e; e = next) {
         struct feed_viewer *v = list_entry(e, struct feed_viewer, plink);
         next = e->next;
@@ -330,6 +332,7 @@ static void flush(struct feed *hub)
             break;
         }
     }
+    conn_registry_write_direct(hub->gw->conns, false);
     hub->out.len = 0;
     hub->zbuf.len = 0;
     buf_shrink(&hub->out, FEED_KEEP_BYTES);

@@ -116,11 +116,37 @@ static size_t send_budget(const struct mqtt_broker *b)
     return b->gw->cfg->limits.max_send_queue_bytes / 2;
 }
 
+/* Encoding scratch kept between packets; a larger one (a big PUBLISH) is freed. */
+#define SPARE_MAX_BYTES 4096
+
+/* mc->out's memory goes back to the broker (or is freed): a connection keeps none. */
+static void out_release(struct mqtt_conn *mc)
+{
+    struct mqtt_broker *b = mc->b;
+    if (!b->spare.data && mc->out.cap <= SPARE_MAX_BYTES) {
+        b->spare = mc->out;
+        b->spare.len = 0;
+        buf_init(&mc->out);
+    } else {
+        buf_fini(&mc->out);
+    }
+}
+
 void broker_send(struct mqtt_conn *mc)
 {
     conn_send(mc->c, mc->out.data, mc->out.len);
-    buf_fini(&mc->out); /* conn_send copied it: an idle connection keeps no scratch */
+    out_release(mc); /* conn_send copied it */
     mc->b->packets_out++;
+}
+
+struct buf *broker_out(struct mqtt_conn *mc)
+{
+    if (!mc->out.data && mc->b->spare.data) {
+        mc->out = mc->b->spare;
+        buf_init(&mc->b->spare);
+    }
+    mc->out.len = 0;
+    return &mc->out;
 }
 
 /* Seconds left before m expires (at least 1), 0 when it has no expiry. */
@@ -157,6 +183,13 @@ static void alias_record(struct mqtt5_conn *v5, const char *topic, size_t len, u
     v5->alias_out_n++;
 }
 
+static void count_publish(struct mqtt_broker *b, struct mqtt_conn *mc)
+{
+    mc->c->msgs_out++;
+    b->publish_out++;
+    b->gw->metrics.mqtt_messages_sent++;
+}
+
 /* Sends m to mc. MQTT 5: with the message's properties, the remaining expiry, its
  * subscription identifiers (subid, or the 0-terminated subids) and a topic alias when
  * the client allows them; a message larger than the client's Maximum Packet Size is not
@@ -166,11 +199,24 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
                          const uint32_t *subids)
 {
     size_t tlen = strlen(m->topic);
-    mc->out.len = 0;
+    if (!mc->v5 && qos == 0 && !retain && m == b->shared_m) {
+        /* the same bytes for every 3.1.1 subscriber of the message being routed: encoded
+         * for the first one, copied by conn_send for each */
+        if (!b->shared.len && mqtt_encode_publish(&b->shared, m->topic, tlen, m->payload,
+                                                  m->payload_len, 0, false, false, 0) != 0)
+            return true;
+        conn_send(mc->c, b->shared.data, b->shared.len);
+        b->packets_out++;
+        count_publish(b, mc);
+        return true;
+    }
+    broker_out(mc);
     if (!mc->v5) {
         if (mqtt_encode_publish(&mc->out, m->topic, tlen, m->payload, m->payload_len, qos,
-                                retain, dup, id) != 0)
+                                retain, dup, id) != 0) {
+            out_release(mc);
             return true;
+        }
     } else {
         struct mqtt5_conn *v5 = mc->v5;
         struct buf *pb = &b->props;
@@ -201,19 +247,20 @@ static bool send_publish(struct mqtt_broker *b, struct mqtt_conn *mc, struct msg
                rem;
         if (v5->max_packet_out && size > v5->max_packet_out) {
             b->gw->metrics.mqtt_too_large++;
+            out_release(mc);
             return false;
         }
         props = (struct mqtt_bin){pb->data, pb->len};
         if (mqtt_encode_publish5(&mc->out, m->topic, tlen, &props, m->payload, m->payload_len,
-                                 qos, retain, dup, id) != 0)
+                                 qos, retain, dup, id) != 0) {
+            out_release(mc);
             return true;
+        }
         if (is_new)
             alias_record(v5, m->topic, tlen, alias);
     }
     broker_send(mc);
-    mc->c->msgs_out++;
-    b->publish_out++;
-    b->gw->metrics.mqtt_messages_sent++;
+    count_publish(b, mc);
     return true;
 }
 
@@ -238,7 +285,7 @@ static size_t window(const struct mqtt_broker *b, const struct mqtt_session *s)
 
 static void send_pubrel(struct mqtt_conn *mc, uint16_t id)
 {
-    mc->out.len = 0;
+    broker_out(mc);
     mqtt_encode_pubrel(&mc->out, id);
     broker_send(mc);
 }
@@ -989,8 +1036,11 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     struct mqtt_broker *b = ctx;
     struct route_ctx rc = {b, m};
     struct ticket *outer = b->ticket;
+    struct msg *outer_m = b->shared_m;
 
     b->ticket = t;
+    b->shared_m = m; /* its 3.1.1 QoS 0 PUBLISH is encoded once (send_publish) */
+    b->shared.len = 0;
     if (m->retain && m->payload_len > 0 && m->topic[0] != '$' &&
         b->nretained >= b->gw->cfg->mqtt.max_retained &&
         !map_get(&b->retained.by_topic, m->topic, strlen(m->topic))) {
@@ -1006,6 +1056,9 @@ static void sink_mqtt(void *ctx, struct msg *m, struct ticket *t)
     }
     mqtt_router_match(b->router, m->topic, strlen(m->topic), on_match, &rc);
     b->ticket = outer;
+    b->shared_m = outer_m; /* a routing this one ran inside encodes its own again */
+    b->shared.len = 0;
+    buf_shrink(&b->shared, SPARE_MAX_BYTES);
 }
 
 struct retained_hits {
@@ -1994,6 +2047,8 @@ void mqtt_broker_free(struct mqtt_broker *b)
     mqtt_router_free(b->router);
     acl_free(b->acl);
     buf_fini(&b->props);
+    buf_fini(&b->spare);
+    buf_fini(&b->shared);
     free(b->auth_method);
     free(b);
 }

@@ -185,6 +185,11 @@ struct mqtt_broker {
     struct list qos2_watch;     /* sessions with QoS 2 ids whose writes are not reported yet */
     struct mqtt_session *origin; /* while routing a client's PUBLISH: its session (No Local) */
     struct buf props;           /* scratch: the properties of a PUBLISH being sent */
+    struct buf spare;           /* the memory of the last packet sent, for the next (broker_out) */
+    /* while a message is routed (sink_mqtt): it, and its MQTT 3.1.1 QoS 0 PUBLISH once
+     * encoded (len 0 until then), sent as is to every such subscriber; else NULL */
+    struct msg *shared_m;
+    struct buf shared;
     size_t delayed_wills;       /* sessions holding a will that waits for its delay */
     char *auth_method;          /* MQTT 5 enhanced authentication (mqtt_broker_set_auth) */
     mqtt_auth_fn auth_fn;
@@ -240,7 +245,7 @@ struct mqtt_conn {
     const char *username;
     struct mqtt_will *will;     /* NULL: none */
     struct mqtt5_conn *v5;      /* MQTT 5 state, NULL for 3.1.1 */
-    struct buf out;             /* encoding scratch, freed after each send */
+    struct buf out;             /* encoding scratch, emptied by each send (broker_send) */
     /* while a PUBLISH waits for storage: bytes at the head of the input already scanned
      * for pings and acks (take_ahead; fewer than the hold cap plus one packet) */
     uint32_t ahead;
@@ -354,8 +359,12 @@ void broker_conn_close(struct mqtt_conn *mc);
  * updates presence; once): a takeover needs the old session detached before the new
  * connection takes it, which must not wait for the old connection's close callback. */
 void broker_conn_finish_now(struct mqtt_conn *mc);
-/* Sends the packet encoded in mc->out (and empties it); counts it for $SYS. */
+/* Sends the packet encoded in mc->out (and empties it); counts it for $SYS. Its memory
+ * goes on to the next packet of any connection (broker_out): a connection keeps none. */
 void broker_send(struct mqtt_conn *mc);
+/* mc->out emptied, on the memory of the last packet sent when it has none: encoding a
+ * packet allocates nothing. */
+struct buf *broker_out(struct mqtt_conn *mc);
 struct mqtt_session *broker_session_get(struct mqtt_broker *b, const char *client_id);
 /* role and username: the client's identity (ACL checks on delivery, ownership). */
 struct mqtt_session *broker_session_new(struct mqtt_broker *b, const char *client_id, bool clean,

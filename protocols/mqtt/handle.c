@@ -216,7 +216,7 @@ static void on_ack_ready(struct conn *c, uint64_t tag, int ok)
     }
     if (mc->v5 && mc->v5->in_flight && ((tag & TAG_PUBACK) || rc >= 0x80))
         mc->v5->in_flight--; /* a QoS 2 one is done at PUBREL, or now when refused */
-    mc->out.len = 0;
+    broker_out(mc);
     encode_ack(mc, (tag & TAG_PUBREC) ? MQTT_PUBREC : MQTT_PUBACK, id, rc);
     send_buf(mc);
 }
@@ -937,7 +937,7 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         broker_qos2_remove(mc->sess, pkt->id);
         if (mc->v5 && known && mc->v5->in_flight)
             mc->v5->in_flight--;
-        mc->out.len = 0;
+        broker_out(mc);
         encode_ack(mc, MQTT_PUBCOMP, pkt->id, known ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
         send_buf(mc);
         break;
@@ -952,7 +952,7 @@ static void handle_packet(struct mqtt_conn *mc, const struct mqtt_packet *pkt)
         handle_unsubscribe(mc, pkt);
         break;
     case MQTT_PINGREQ:
-        mc->out.len = 0;
+        broker_out(mc);
         mqtt_encode_pingresp(&mc->out);
         send_buf(mc);
         break;

@@ -9,7 +9,9 @@ Two ways of cutting a connection:
   PUBLISH, MQTT 5 CONNECT with a delayed will, a PUBLISH by topic alias, SUBSCRIBE
   with an identifier, AUTH, DISCONNECT with properties, an MQTT 5 session resumed with a
   lower Receive Maximum, half a packet, half a WebSocket frame, half a TLS record, an HTTP
-  device's command long poll, during a streamed CSV reply and during a live-feed burst;
+  device's command long poll, during a streamed CSV reply and during a live-feed burst,
+  subscribers (MQTT and MQTT over WebSocket) while a burst of deliveries staged for them
+  in one read is written;
   several times each, since whether the
   gateway's next write sees the reset depends on timing;
 - the write fault seam (GALE_TEST_FAIL_WRITES): every connection's Nth socket write fails
@@ -242,6 +244,32 @@ def case_command_poll(g, dev, token, use_tls):
             g.http("POST", "/api/devices/%s/commands" % dev, {"name": "wake"})
 
 
+def case_staged_deliveries(g, dev, token, use_tls):
+    """Subscribers (MQTT, and MQTT over WebSocket) reset while a publisher's burst, read
+    at once, is routed to them: their deliveries, staged during that read, are written at
+    its end (or with the close) into a reset socket."""
+    topic = "devices/%s/telemetry" % dev
+    subs = []
+    for i, ws in enumerate((False, True)):
+        s = sock(g, port_name("http" if ws else "mqtt", use_tls), use_tls)
+        pkts = connect_pkt("rst-stsub%d-%s" % (i, dev), dev, token) + subscribe_pkt(1, topic, 0)
+        if ws:
+            s.sendall(upgrade_req("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n"))
+            recv_some(s, 4096, 2)  # the 101
+            pkts = RawWS.frame(0x2, pkts)
+        s.sendall(pkts)
+        recv_some(s, 4096, 2)  # CONNACK, SUBACK
+        subs.append(s)
+    p = sock(g, port_name("mqtt", use_tls), use_tls)
+    p.sendall(connect_pkt("rst-stpub-" + dev, dev, token)
+              + b"".join(publish_pkt(topic, b'{"x":%d}' % i, qos=i % 2, pid=i + 1)
+                         for i in range(200)))
+    for s in subs:
+        rst(s)
+    recv_some(p, 4096, 0.2)
+    rst(p)
+
+
 STEPS = [
     ("tls_handshake_done", case_tls_handshake),
     ("upgrade_sent", case_upgrade),
@@ -274,6 +302,7 @@ STEPS = [
     ("ws_mid_frame", case_ws_mid_frame),
     ("live_viewer_error", case_viewer_error),
     ("http_command_poll", case_command_poll),
+    ("mqtt_staged_deliveries", case_staged_deliveries),
 ]
 
 

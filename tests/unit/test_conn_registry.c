@@ -6,7 +6,9 @@
  * waiter whose writes span a failed and a committed report fails; backpressure holds
  * ingest connections only, and a held connection's idle clock stands still; an idle
  * connection allocates nothing besides its own block (its peer address is in it); a closed
- * connection is walked as closing until its close callback ran.
+ * connection is walked as closing until its close callback ran; what one read makes the
+ * gateway send leaves in one socket write (the write fault seam counts it once), in order
+ * whatever the sizes, and before a close after write.
  * Each test ends with every handle closed and uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,10 +47,40 @@ static void *test_open(struct conn *c, void *ctx)
     return c;
 }
 
+/* What the test protocol answers a read with (0: nothing). */
+enum { REPLY_NONE, REPLY_THREE, REPLY_SIZES };
+static int reply_mode;
+static struct buf reply_want; /* REPLY_SIZES: every byte sent, in order */
+
+static void send_fill(struct conn *c, char ch, size_t n)
+{
+    char *p = malloc(n);
+    memset(p, ch, n);
+    conn_send(c, p, n);
+    buf_append(&reply_want, p, n);
+    free(p);
+}
+
 static int test_feed(void *state, struct buf *in)
 {
-    (void)state;
+    struct conn *c = state;
     in->len = 0;
+    if (reply_mode == REPLY_THREE) {
+        conn_send(c, "one ", 4);
+        conn_send(c, "two ", 4);
+        conn_send(c, "three", 5);
+    } else if (reply_mode == REPLY_SIZES) {
+        /* small ones staged, large ones written without a copy after them, and more than
+         * a connection stages at once */
+        send_fill(c, 'a', 1);
+        send_fill(c, 'b', 20000);
+        send_fill(c, 'c', 3);
+        for (int i = 0; i < 100; i++)
+            send_fill(c, (char)('e' + i % 20), 1000);
+        send_fill(c, 'z', 70000);
+        send_fill(c, 'y', 5);
+        conn_close_after_write(c, "reply sent");
+    }
     return 0;
 }
 
@@ -60,6 +92,57 @@ static void test_close(void *state, const char *why)
 
 static const struct proto_ops test_proto = {"test", test_open, test_feed, test_close,
                                             NULL,   0,         NULL,      NULL};
+
+/* What a client read, and whether it saw the end (EOF or a reset). */
+static struct buf client_got;
+static bool client_eof;
+
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    static char space[65536];
+    (void)h;
+    (void)suggested;
+    *out = uv_buf_init(space, sizeof space);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    if (n < 0) {
+        client_eof = true;
+        uv_read_stop(s);
+    } else if (n > 0) {
+        buf_append(&client_got, b->base, (size_t)n);
+    }
+}
+
+static void on_client_write(uv_write_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* Client i sends one byte (one read for the server) and reads what comes back. */
+static void client_poke(struct fixture *f, int i)
+{
+    uv_write_t *req = malloc(sizeof *req);
+    uv_buf_t b = uv_buf_init("x", 1);
+    assert_int_equal(uv_write(req, (uv_stream_t *)&f->clients[i], &b, 1, on_client_write), 0);
+    uv_read_start((uv_stream_t *)&f->clients[i], on_client_alloc, on_client_read);
+}
+
+static size_t want_len;
+
+static bool client_has_all_or_eof(struct fixture *f)
+{
+    (void)f;
+    return client_eof || client_got.len >= want_len;
+}
+
+static bool client_at_eof(struct fixture *f)
+{
+    (void)f;
+    return client_eof;
+}
 
 static void on_connect(uv_connect_t *req, int status)
 {
@@ -465,6 +548,55 @@ static void test_closing_walk_until_close_callback(void **state)
     conn_unref(closed);
 }
 
+/* Three sends while one read is served leave in one socket write: with every
+ * connection's second socket write failing (the fault seam), all three arrive; the next
+ * read's answer is that second write, which fails and closes the connection. */
+static void test_sends_of_one_read_leave_in_one_write(void **state)
+{
+    struct fixture *f = *state;
+
+    buf_init(&client_got);
+    client_eof = false;
+    reply_mode = REPLY_THREE;
+    conn_registry_fail_writes(f->gw.conns, 2, 0, 0);
+    client_poke(f, 0);
+    want_len = 13;
+    run_until(f, client_has_all_or_eof);
+    assert_false(client_eof);
+    assert_int_equal(client_got.len, 13);
+    assert_memory_equal(client_got.data, "one two three", 13);
+
+    client_poke(f, 0); /* its answer is the connection's second socket write */
+    run_until(f, client_at_eof);
+    assert_int_equal(client_got.len, 13);
+    while (conn_registry_closing(f->gw.conns) > 0)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(conn_registry_count(f->gw.conns), NCONNS - 1);
+    conn_registry_fail_writes(f->gw.conns, 0, 0, 0);
+    reply_mode = REPLY_NONE;
+    buf_fini(&client_got);
+}
+
+/* Sends of every size in one read (staged, written past a connection's staging limit,
+ * large ones written without a copy) arrive in order, all of them before the close that
+ * waits for them. */
+static void test_sends_keep_their_order(void **state)
+{
+    struct fixture *f = *state;
+
+    buf_init(&client_got);
+    buf_init(&reply_want);
+    client_eof = false;
+    reply_mode = REPLY_SIZES;
+    client_poke(f, 3);
+    run_until(f, client_at_eof);
+    assert_int_equal(client_got.len, reply_want.len);
+    assert_memory_equal(client_got.data, reply_want.data, reply_want.len);
+    reply_mode = REPLY_NONE;
+    buf_fini(&client_got);
+    buf_fini(&reply_want);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -479,6 +611,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idle_conn_holds_no_extra_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_closing_walk_until_close_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sends_of_one_read_leave_in_one_write, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sends_keep_their_order, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
