@@ -20,7 +20,11 @@
  *   fdatasyncs the file (and the directory, for a new file) and the acks go when it is
  *   done; each sync covers every record written before it began, so publishers waiting
  *   together share one (group commit), and the loop goes on appending meanwhile.
- *   SQLite keeps synchronous=FULL, so a file may go once its records are committed.
+ *   The writer commits a batch the log holds whole with synchronous=NORMAL (the log's
+ *   sync is what the ack stands on; other batches keep FULL), so a file may go only once
+ *   a checkpoint has copied its records into the database file and synced it
+ *   (store_wal_ckpt_lsn), not at the commit: a power cut may take NORMAL commits back,
+ *   and the next start commits them again from the log.
  * - A write that fails (a full disk) leaves the file: its writes are not acked by the
  *   log; they are acked when the writer commits them, or refused, as without the log;
  *   the log is tried again, in a new file, a second later.
@@ -518,7 +522,7 @@ int store_log_write(struct store *s, struct store_batch *b)
     l->bytes += l->rec.len;
     b->nlogged = b->nitems;
     b->lsn = lsn;
-    if (l->size >= STORE_LOG_FILE_BYTES)
+    if (l->size >= l->file_bytes)
         file_close_current(l);
     if (l->rec.cap > (4u << 20))
         buf_fini(&l->rec); /* a big batch's buffer is not kept */
@@ -637,12 +641,19 @@ uint64_t store_log_synced(struct store *s)
 void store_log_committed(struct store *s, uint64_t lsn)
 {
     struct store_log *l = &s->log;
+    uint64_t gone;
     size_t keep = 0;
 
     if (lsn > l->committed_lsn)
         l->committed_lsn = lsn;
+    gone = l->committed_lsn; /* sync=normal: committed is as safe as the log's record */
+    if (l->sync && l->nfiles > 0) {
+        uint64_t synced = store_wal_ckpt_lsn(s);
+        if (synced < gone)
+            gone = synced;
+    }
     for (size_t i = 0; i < l->nfiles; i++) {
-        if (l->files[i].last_lsn <= l->committed_lsn)
+        if (l->files[i].last_lsn <= gone)
             file_unlink(s, l->files[i].no);
         else
             l->files[keep++] = l->files[i];
@@ -791,6 +802,7 @@ int store_log_open(struct store *s)
     int rc = 0;
 
     l->fd = -1;
+    l->file_bytes = STORE_LOG_FILE_BYTES;
     buf_init(&l->rec);
     if (store_get_int64(s->db, "SELECT lsn FROM log_state", &committed) != SQLITE_OK)
         return -1;
@@ -844,6 +856,9 @@ void store_log_close(struct store *s)
     struct store_log *l = &s->log;
 
     file_close_current(l);
+    if (l->sync)
+        store_wal_checkpoint_now(s); /* the NORMAL commits into the database file, synced */
+    store_log_committed(s, l->committed_lsn); /* what is safe without the log goes */
     if (l->sync) {
         if (l->sync_started) { /* it syncs and closes what it holds, then ends */
             uv_mutex_lock(&l->sync_lock);
@@ -862,10 +877,10 @@ void store_log_close(struct store *s)
         uv_mutex_destroy(&l->sync_lock);
         l->sync = 0;
     }
-    store_log_committed(s, l->committed_lsn); /* what is committed goes; the rest stays */
     if (l->nfiles > 0)
-        log_warn("store: ack log files=%zu kept: they hold acked writes not yet committed;"
-                 " the next start commits them", l->nfiles);
+        log_warn("store: ack log files=%zu kept: they hold acked writes not yet committed"
+                 " (or not yet synced into the database file); the next start commits them",
+                 l->nfiles);
     free(l->files);
     l->files = NULL;
     l->nfiles = l->cap = 0;

@@ -41,11 +41,27 @@
 #define WAL_HEADER_BYTES 32
 #define WAL_FRAME_HEADER_BYTES 24
 
+/* The last ack log record in the WAL, read before a checkpoint starts (any thread). */
+static uint64_t wal_lsn(struct store *s)
+{
+    uint64_t lsn;
+
+    uv_mutex_lock(&s->ckpt_lock);
+    lsn = s->wal_lsn;
+    uv_mutex_unlock(&s->ckpt_lock);
+    return lsn;
+}
+
 /* Counts one checkpoint's outcome (any thread). nlog/ncopied as
- * sqlite3_wal_checkpoint_v2 reports them: frames in the log, frames of it copied. */
-static void wal_account(struct store *s, int rc, int nlog, int ncopied)
+ * sqlite3_wal_checkpoint_v2 reports them: frames in the log, frames of it copied; lsn the
+ * last ack log record committed before it began. A checkpoint that copied every frame
+ * has synced them into the database file (synchronous NORMAL or FULL): every record up to
+ * lsn is there, whatever the commit's own synchronous was. */
+static void wal_account(struct store *s, int rc, int nlog, int ncopied, uint64_t lsn)
 {
     uv_mutex_lock(&s->ckpt_lock);
+    if (rc == SQLITE_OK && nlog >= 0 && ncopied == nlog && lsn > s->ckpt_lsn)
+        s->ckpt_lsn = lsn;
     if (nlog >= 0 && ncopied >= 0) {
         int64_t before = s->wal_seen_gen == s->wal_gen ? s->wal_seen_copied : 0;
 
@@ -81,6 +97,8 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     bytes = s->wal_file_frames ? WAL_HEADER_BYTES + (uint64_t)s->wal_file_frames * s->wal_frame_bytes
                                : 0;
     uv_mutex_lock(&s->ckpt_lock);
+    if (s->commit_lsn)
+        s->wal_lsn = s->commit_lsn;
     if (frames < s->wal_frames)
         s->wal_gen++; /* the log started over */
     s->wal.bytes = bytes;
@@ -109,13 +127,14 @@ static void on_ckpt_thread(void *arg)
     uv_mutex_lock(&s->ckpt_lock);
     for (;;) {
         int nlog = -1, ncopied = -1, rc;
-        uint64_t t0;
+        uint64_t t0, lsn;
 
         while (!s->ckpt_wanted && !s->ckpt_stop)
             uv_cond_wait(&s->ckpt_cond, &s->ckpt_lock);
         if (s->ckpt_stop)
             break;
         s->ckpt_wanted = 0;
+        lsn = s->wal_lsn;
         uv_mutex_unlock(&s->ckpt_lock);
         uv_mutex_lock(&s->ckpt_run);
         t0 = gw_mono_ms();
@@ -125,7 +144,7 @@ static void on_ckpt_thread(void *arg)
             rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, "main", SQLITE_CHECKPOINT_PASSIVE,
                                            &nlog, &ncopied);
         uv_mutex_unlock(&s->ckpt_run);
-        wal_account(s, rc, nlog, ncopied);
+        wal_account(s, rc, nlog, ncopied, lsn);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
             if (!failing++)
                 log_warn("store: checkpoint failed rc=%d error=\"%s\"", rc,
@@ -157,7 +176,7 @@ static int wait_readers(void *arg, int n)
 void store_wal_bound(struct store *s)
 {
     int nlog = -1, ncopied = -1, rc;
-    uint64_t now, deadline;
+    uint64_t now, deadline, lsn;
 
     if (s->wal_high_frames <= 0)
         return;
@@ -175,13 +194,14 @@ void store_wal_bound(struct store *s)
     now = gw_mono_ms();
     if (now < s->wal_retry_ms)
         return;
+    lsn = wal_lsn(s);
     uv_mutex_lock(&s->ckpt_run);
     deadline = gw_mono_ms() + STORE_WAL_WAIT_MS;
     sqlite3_busy_handler(s->db, wait_readers, &deadline);
     rc = sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_RESTART, &nlog, &ncopied);
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS); /* the connection's own handler */
     uv_mutex_unlock(&s->ckpt_run);
-    wal_account(s, rc, nlog, ncopied);
+    wal_account(s, rc, nlog, ncopied, lsn);
     if (rc == SQLITE_OK) {
         if (s->wal_stuck_ms)
             log_info("store: wal restarts again after ms=%llu",
@@ -289,6 +309,34 @@ void store_checkpointer_stop(struct store *s)
     if (s->have_ckpt_run)
         uv_mutex_destroy(&s->ckpt_run);
     s->have_ckpt_cond = s->have_ckpt_lock = s->have_ckpt_run = 0;
+}
+
+uint64_t store_wal_ckpt_lsn(struct store *s)
+{
+    uint64_t lsn;
+
+    if (!s->have_ckpt_lock)
+        return 0;
+    uv_mutex_lock(&s->ckpt_lock);
+    lsn = s->ckpt_lsn;
+    uv_mutex_unlock(&s->ckpt_lock);
+    return lsn;
+}
+
+void store_wal_checkpoint_now(struct store *s)
+{
+    int nlog = -1, ncopied = -1, rc;
+    uint64_t lsn;
+
+    if (!s->db || !s->have_ckpt_run)
+        return;
+    lsn = wal_lsn(s);
+    uv_mutex_lock(&s->ckpt_run);
+    rc = sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied);
+    uv_mutex_unlock(&s->ckpt_run);
+    wal_account(s, rc, nlog, ncopied, lsn);
+    if (rc != SQLITE_OK)
+        log_warn("store: wal checkpoint failed rc=%d error=\"%s\"", rc, store_errmsg(s->db, rc));
 }
 
 void store_wal_close(struct store *s)

@@ -170,6 +170,7 @@ struct store_log {
     uint64_t next_lsn;          /* the next record's */
     uint64_t last_lsn;          /* the last record written */
     uint64_t committed_lsn;     /* every record up to it is in SQLite */
+    uint64_t file_bytes;        /* a file is closed at this size (STORE_LOG_FILE_BYTES) */
     uint64_t retry_ms;          /* after a failed write: not used before this */
     int failed_logged;          /* the failure episode is logged */
     int space_ok;               /* the file system had room at the last look */
@@ -407,6 +408,13 @@ struct store {
     uint64_t wal_seen_gen;      /* s->ckpt_lock: generation of wal_seen_copied */
     int64_t wal_seen_copied;    /* s->ckpt_lock: frames known copied in that generation */
     int wal_frames;             /* writer thread (the WAL hook): frames after the last commit */
+    /* sync=full with the ack log: a batch the log holds whole commits with
+     * synchronous=NORMAL (the log's sync is its durability), so a log file may go only once
+     * a checkpoint has copied its records into the database file and synced it. */
+    int db_sync_normal;         /* s->db_lock: the write connection's synchronous is NORMAL */
+    uint64_t commit_lsn;        /* s->db_lock: the log record the commit running holds (hook) */
+    uint64_t wal_lsn;           /* s->ckpt_lock: the last log record committed into the WAL */
+    uint64_t ckpt_lsn;          /* s->ckpt_lock: ... and copied into the database file, synced */
     int wal_frame_bytes;        /* page size + frame header: a frame's bytes in the file */
     int wal_file_frames;        /* frames the WAL file holds room for (its size, known) */
     int wal_done_frames;        /* writer thread: wal_frames when its checkpoint completed */
@@ -487,6 +495,12 @@ void store_checkpointer_stop(struct store *s);
  * up to STORE_WAL_WAIT_MS for readers of older snapshots; logs once per episode when
  * a reader keeps the log from restarting. */
 void store_wal_bound(struct store *s);
+/* Every ack log record up to the returned one is in the database file and synced
+ * (a checkpoint copied it; any thread). */
+uint64_t store_wal_ckpt_lsn(struct store *s);
+/* A passive checkpoint on the write connection, now (its holder: the writer, or
+ * store_close once the writer is gone). */
+void store_wal_checkpoint_now(struct store *s);
 /* store_close, after the writer, the checkpointer and every reader are gone: copies the
  * whole WAL into the database and truncates it (the close then removes it). */
 void store_wal_close(struct store *s);

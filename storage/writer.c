@@ -297,6 +297,20 @@ static int apply_op(struct store *s, struct batch_ctx *bc, const struct store_op
     }
 }
 
+/* sync=full with the ack log: a batch the log holds whole (synced before its acks go)
+ * commits with synchronous=NORMAL, one fsync fewer per batch; the log files stay until a
+ * checkpoint has synced their records into the database file (acklog.c). Any other batch
+ * (a write the log lacks waits for this commit's own sync) commits with FULL, which also
+ * syncs the NORMAL commits before it. */
+static void set_sync(struct store *s, int normal)
+{
+    if (s->cfg.sync != STORE_SYNC_FULL || normal == s->db_sync_normal)
+        return; /* sync=normal: NORMAL throughout */
+    if (sqlite3_exec(s->db, normal ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
+                     NULL, NULL, NULL) == SQLITE_OK)
+        s->db_sync_normal = normal;
+}
+
 /* One attempt at committing b: SQLITE_OK, or the failure's code after rolling back. */
 static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx *bc,
                         int *compact)
@@ -308,6 +322,7 @@ static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx
     bc->tx_points = 0;
     s->tx_seg = s->seg_last + 1;
     segment_enc_start(&bc->seg, &s->segbuf);
+    set_sync(s, s->log.sync && b->lsn && b->nlogged == b->nitems);
     rc = store_step(s->st[ST_BEGIN]);
     for (size_t i = 0; rc == SQLITE_OK && i < b->nitems; i++) {
         if (b->items[i].m)
@@ -329,7 +344,9 @@ static int commit_batch(struct store *s, struct store_batch *b, struct batch_ctx
             fail_rc = s->fail_rc;
         }
         uv_mutex_unlock(&s->lock);
+        s->commit_lsn = b->lsn; /* for the WAL hook, which runs inside the commit */
         rc = fail_rc ? fail_rc : store_step(s->st[ST_COMMIT]);
+        s->commit_lsn = 0;
     }
     if (rc == SQLITE_OK) {
         s->seg_last = s->tx_seg - 1;

@@ -1959,6 +1959,56 @@ static void test_ack_log_failed_commit_retried(void **state)
     assert_int_equal(outcome_of(f, seq), 1);
 }
 
+static int write_conn_synchronous(struct fixture *f)
+{
+    int64_t v = -1;
+
+    uv_mutex_lock(&f->s->db_lock);
+    assert_int_equal(store_get_int64(f->s->db, "PRAGMA synchronous", &v), SQLITE_OK);
+    uv_mutex_unlock(&f->s->db_lock);
+    return (int)v;
+}
+
+/* sync=full: a batch the log holds whole commits with synchronous=NORMAL (one fsync per
+ * batch: the log's), so its log file stays until a checkpoint has synced its records
+ * into the database file; a batch the log lacks (a compaction) commits with FULL. */
+static void test_ack_log_full_files_wait_for_a_checkpoint(void **state)
+{
+    struct fixture *f = *state;
+    uint64_t seq = 0;
+
+    f->cfg.sync = STORE_SYNC_FULL;
+    f->cfg.no_ack_log = false;
+    do_open(f);
+    f->s->log.file_bytes = 1; /* a file per record */
+    for (int i = 1; i <= 5; i++) {
+        seq = append1(f, "d", pnum("k", i, i));
+        store_flush(f->s);
+        wait_durable(f, seq);
+    }
+    assert_true(wait_until(f, log_caught_up, NULL));
+    assert_int_equal(write_conn_synchronous(f), 1); /* NORMAL */
+    assert_true(store_wal_ckpt_lsn(f->s) < f->s->log.committed_lsn);
+    assert_int_equal(count_log_files(f), 5); /* committed, not yet in the database file */
+    uv_mutex_lock(&f->s->db_lock);
+    store_wal_checkpoint_now(f->s);
+    uv_mutex_unlock(&f->s->db_lock);
+    assert_int_equal(store_wal_ckpt_lsn(f->s), f->s->log.committed_lsn);
+    store_log_committed(f->s, 0);
+    assert_int_equal(count_log_files(f), 0);
+    seq = store_compact(f->s);
+    store_flush(f->s);
+    wait_durable(f, seq);
+    assert_int_equal(write_conn_synchronous(f), 2); /* FULL */
+    /* a clean close checkpoints and leaves no file */
+    seq = append1(f, "d", pnum("k", 6, 6));
+    store_flush(f->s);
+    wait_durable(f, seq);
+    assert_int_equal(count_log_files(f), 1);
+    do_close(f);
+    assert_int_equal(count_log_files(f), 0);
+}
+
 /* Start-up commits the records SQLite lacks (past log_state.lsn), in order, stops at a
  * torn record, and removes the files. */
 static void test_ack_log_replay(void **state)
@@ -2299,6 +2349,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ack_log_acks_before_the_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_log_full_syncs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_log_failed_commit_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_log_full_files_wait_for_a_checkpoint, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_ack_log_replay, setup, teardown),
         cmocka_unit_test(test_ack_log_codec),
         cmocka_unit_test_setup_teardown(test_backpressure_counts_bytes, setup, teardown),
