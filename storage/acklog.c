@@ -47,6 +47,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "base/alloc.h"
 #include "base/clock.h"
@@ -61,28 +62,6 @@
 #define LOG_SPACE_CHECK_MS 100  /* free space is looked at this often */
 
 /* ---- the codec (pure) ---- */
-
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
-{
-    if (crc_table[1] == 0)
-        crc_init(); /* the loop thread (and start-up, on it) is the only caller */
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++)
-        crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -117,16 +96,6 @@ static void put_str(struct buf *b, const char *p, size_t n)
     buf_append(b, "", 1);
 }
 
-static void put_double(struct buf *b, double d)
-{
-    uint64_t bits;
-    uint8_t tmp[8];
-
-    memcpy(&bits, &d, sizeof bits);
-    put_u64(tmp, bits);
-    buf_append(b, tmp, sizeof tmp);
-}
-
 size_t store_log_begin(struct buf *b)
 {
     size_t start = b->len;
@@ -136,23 +105,59 @@ size_t store_log_begin(struct buf *b)
     return start;
 }
 
+/* The pointer writers of store_log_put_msg: room was reserved for the worst case. */
+static uint8_t *ptr_varint(uint8_t *q, uint64_t v)
+{
+    while (v >= 0x80) {
+        *q++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *q++ = (uint8_t)v;
+    return q;
+}
+
+static uint8_t *ptr_str(uint8_t *q, const char *p, size_t n)
+{
+    q = ptr_varint(q, n);
+    memcpy(q, p, n);
+    q[n] = 0;
+    return q + n + 1;
+}
+
+/* One reservation for the whole message (the hot path: a message per call). */
 void store_log_put_msg(struct buf *b, const struct msg *m)
 {
-    buf_append(b, "T", 1);
-    put_str(b, m->device, strlen(m->device));
-    varint_put(b, m->npoints);
+    size_t dlen = strlen(m->device), most = 1 + 11 + dlen + 10, have;
+    uint8_t *q, *q0;
+
     for (size_t i = 0; i < m->npoints; i++) {
         const struct point *p = &m->points[i];
-        uint8_t t = (uint8_t)p->type;
-
-        put_str(b, p->key, strlen(p->key));
-        varint_put(b, zigzag((uint64_t)p->ts_ms));
-        buf_append(b, &t, 1);
-        if (p->type == VAL_STR || p->type == VAL_JSON)
-            put_str(b, p->str ? p->str : "", p->str ? p->str_len : 0);
-        else
-            put_double(b, p->num);
+        most += 11 + strlen(p->key) + 10 + 1 + 11 +
+                (p->type == VAL_STR || p->type == VAL_JSON ? (p->str ? p->str_len : 0) : 8);
     }
+    q = q0 = buf_reserve(b, most);
+    *q++ = 'T';
+    q = ptr_str(q, m->device, dlen);
+    q = ptr_varint(q, m->npoints);
+    for (size_t i = 0; i < m->npoints; i++) {
+        const struct point *p = &m->points[i];
+
+        q = ptr_str(q, p->key, strlen(p->key));
+        q = ptr_varint(q, zigzag((uint64_t)p->ts_ms));
+        *q++ = (uint8_t)p->type;
+        if (p->type == VAL_STR || p->type == VAL_JSON) {
+            q = ptr_str(q, p->str ? p->str : "", p->str ? p->str_len : 0);
+        } else {
+            uint64_t bits;
+            memcpy(&bits, &p->num, sizeof bits);
+            put_u64(q, bits);
+            q += 8;
+        }
+    }
+    have = (size_t)(q - q0);
+    if (have > most)
+        abort(); /* the reservation above disagrees with what was written */
+    buf_commit(b, have);
 }
 
 /* The op's optional strings, in the order of the mask's bits. */
@@ -199,7 +204,7 @@ void store_log_end(struct buf *b, size_t start, uint64_t lsn)
     put_u32(h, LOG_MAGIC);
     put_u32(h + 4, (uint32_t)body);
     put_u64(h + 12, lsn);
-    put_u32(h + 8, crc32_update(0, h + 12, 8 + body));
+    put_u32(h + 8, (uint32_t)crc32(0, h + 12, (uInt)(8 + body)));
 }
 
 long store_log_record(const uint8_t *p, size_t len, uint64_t *lsn, const uint8_t **body,
@@ -220,7 +225,7 @@ long store_log_record(const uint8_t *p, size_t len, uint64_t *lsn, const uint8_t
         *why = "truncated body";
         return 0;
     }
-    if (crc32_update(0, p + 12, 8 + (size_t)n) != get_u32(p + 8)) {
+    if ((uint32_t)crc32(0, p + 12, (uInt)(8 + (size_t)n)) != get_u32(p + 8)) {
         *why = "checksum mismatch";
         return -1;
     }
