@@ -105,20 +105,10 @@ size_t store_log_begin(struct buf *b)
     return start;
 }
 
-/* The pointer writers of store_log_put_msg: room was reserved for the worst case. */
-static uint8_t *ptr_varint(uint8_t *q, uint64_t v)
-{
-    while (v >= 0x80) {
-        *q++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *q++ = (uint8_t)v;
-    return q;
-}
-
+/* A str at q, for store_log_put_msg: room was reserved for the worst case. */
 static uint8_t *ptr_str(uint8_t *q, const char *p, size_t n)
 {
-    q = ptr_varint(q, n);
+    q = varint_write(q, n);
     memcpy(q, p, n);
     q[n] = 0;
     return q + n + 1;
@@ -138,12 +128,12 @@ void store_log_put_msg(struct buf *b, const struct msg *m)
     q = q0 = buf_reserve(b, most);
     *q++ = 'T';
     q = ptr_str(q, m->device, dlen);
-    q = ptr_varint(q, m->npoints);
+    q = varint_write(q, m->npoints);
     for (size_t i = 0; i < m->npoints; i++) {
         const struct point *p = &m->points[i];
 
         q = ptr_str(q, p->key, strlen(p->key));
-        q = ptr_varint(q, zigzag((uint64_t)p->ts_ms));
+        q = varint_write(q, zigzag((uint64_t)p->ts_ms));
         *q++ = (uint8_t)p->type;
         if (p->type == VAL_STR || p->type == VAL_JSON) {
             q = ptr_str(q, p->str ? p->str : "", p->str ? p->str_len : 0);

@@ -8,17 +8,22 @@
 
 #include "base/buf.h"
 
+/* Writes v at q (room for 10 bytes); returns the byte after it. */
+static inline uint8_t *varint_write(uint8_t *q, uint64_t v)
+{
+    while (v >= 0x80) {
+        *q++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *q++ = (uint8_t)v;
+    return q;
+}
+
 static inline void varint_put(struct buf *b, uint64_t v)
 {
     uint8_t tmp[10];
-    size_t n = 0;
 
-    while (v >= 0x80) {
-        tmp[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    tmp[n++] = (uint8_t)v;
-    buf_append(b, tmp, n);
+    buf_append(b, tmp, (size_t)(varint_write(tmp, v) - tmp));
 }
 
 /* Reads a varint at p[*pos..len); rejects one running past len or 64 bits: 0 or -1. */

@@ -126,7 +126,8 @@ def run_mode(rnd, mode):
             g.ports = {}
             g.start(wait_ports=("http", "line", "mqtt"))
             replays = len(re.findall(r"store: ack log replayed batches=[1-9]", g.log()))
-            print("%s round %d: restarts that committed the ack log so far: %d" % (mode, rnd_no, replays))
+            print("%s round %d: restarts that committed the ack log so far: %d"
+                  % (mode, rnd_no, replays))
             if rnd_no == ROUNDS - 1:
                 t(replays > replayed_before, "%s: the last round's restart committed acked"
                   " writes only the ack log held" % mode)

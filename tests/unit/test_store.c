@@ -1921,14 +1921,15 @@ static int log_is_stuck(struct fixture *f, const void *arg)
     return stuck;
 }
 
-/* A batch the log acked whose commit fails is tried until it commits, never reported
- * failed; while it is stuck a later write is refused (reported failed) rather than
- * committed before it, and reads do not wait for it. */
+/* Caught up and no longer stuck. */
 static int log_recovered(struct fixture *f, const void *arg)
 {
     return log_caught_up(f, arg) && !log_is_stuck(f, arg);
 }
 
+/* A batch the log acked whose commit fails is tried until it commits, never reported
+ * failed; while it is stuck a later write is refused (reported failed) rather than
+ * committed before it, and reads do not wait for it. */
 static void test_ack_log_failed_commit_retried(void **state)
 {
     struct fixture *f = *state;
